@@ -1,0 +1,328 @@
+"""Run configuration: a pydantic schema, YAML loading and ``a.b=c`` overrides.
+
+Every error names the full path of the offending field (``model.layers.0.beta``)
+and the reason, so a researcher can fix the YAML without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    # Unknown keys are almost always typos; silently ignoring them would train
+    # a different model than the one the researcher wrote down.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class SurrogateConfig(_Strict):
+    name: Literal["fast_sigmoid", "atan", "triangle", "boxcar"] = "fast_sigmoid"
+    scale: PositiveFloat = 10.0
+
+
+class _Decay(_Strict):
+    """A leak given either as ``beta`` (per step) or as ``tau`` (seconds)."""
+
+    beta: float | None = Field(None, gt=0.0, le=1.0)
+    tau: PositiveFloat | None = None
+    learn_decay: bool = False
+
+    @model_validator(mode="after")
+    def _beta_xor_tau(self):
+        if self.beta is not None and self.tau is not None:
+            raise ValueError("give either beta or tau, not both")
+        return self
+
+    def resolve_beta(self, dt: float, default: float) -> float:
+        if self.beta is not None:
+            return self.beta
+        if self.tau is not None:
+            return math.exp(-dt / self.tau)
+        return default
+
+
+class _SpikingLayer(_Decay):
+    size: PositiveInt
+    threshold: PositiveFloat = 1.0
+    reset: Literal["subtract", "zero"] = "subtract"
+    # Detaching the reset from the graph is the usual choice for surrogate-gradient
+    # training (Zenke & Vogels 2021): it keeps gradients from cancelling themselves.
+    detach_reset: bool = True
+    surrogate: SurrogateConfig = SurrogateConfig()
+
+
+class LIFLayerConfig(_SpikingLayer):
+    type: Literal["lif"]
+
+
+class RLIFLayerConfig(_SpikingLayer):
+    type: Literal["rlif"]
+
+
+class ALIFLayerConfig(_SpikingLayer):
+    type: Literal["alif"]
+    recurrent: bool = True
+    # Adaptation decay per step (rho) or its time constant in seconds.
+    rho: float | None = Field(None, gt=0.0, le=1.0)
+    tau_adapt: PositiveFloat | None = None
+    adapt_strength: NonNegativeFloat = 1.8
+
+    @model_validator(mode="after")
+    def _rho_xor_tau(self):
+        if self.rho is not None and self.tau_adapt is not None:
+            raise ValueError("give either rho or tau_adapt, not both")
+        return self
+
+    def resolve_rho(self, dt: float) -> float:
+        if self.rho is not None:
+            return self.rho
+        if self.tau_adapt is not None:
+            return math.exp(-dt / self.tau_adapt)
+        return 0.98
+
+
+LayerConfig = Annotated[
+    Union[LIFLayerConfig, RLIFLayerConfig, ALIFLayerConfig], Field(discriminator="type")
+]
+LAYER_TYPES = ("lif", "rlif", "alif")
+
+
+class ReadoutConfig(_Decay):
+    # How the LI membrane trace over time becomes class logits.
+    reduce: Literal["max", "mean", "last", "sum"] = "max"
+
+
+class ModelConfig(_Strict):
+    layers: list[LayerConfig] = Field(min_length=1)
+    readout: ReadoutConfig = ReadoutConfig()
+
+
+# ------------------------------------------------------------------------------ data
+
+
+class SyntheticConfig(_Strict):
+    """Parameters of the built-in SHD-format synthetic dataset."""
+
+    n_train: PositiveInt = 4000
+    n_test: PositiveInt = 1000
+    n_classes: int = Field(20, ge=2)
+    n_channels: PositiveInt = 700
+    duration: PositiveFloat = 1.0
+    jitter: NonNegativeFloat = 0.01
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    noise_rate: NonNegativeFloat = 2.0
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    dataset: Literal["synthetic", "shd", "ssc"] = "synthetic"
+    path: str | None = None
+    steps: PositiveInt | None = None
+    dt: PositiveFloat | None = None
+    max_time: PositiveFloat = 1.0
+    channel_pooling: PositiveInt = 1
+    binary: bool = True
+    batch_size: PositiveInt = 64
+    val_split: float = Field(0.1, ge=0.0, lt=1.0)
+    cache_dir: str | None = None
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.steps is not None and self.dt is not None:
+            raise ValueError("give either steps or dt, not both")
+        if self.dataset in ("shd", "ssc") and not self.path:
+            raise ValueError(f"dataset '{self.dataset}' needs data.path: the folder holding its .h5 files")
+        return self
+
+    @property
+    def num_steps(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        if self.dt is not None:
+            return max(1, round(self.max_time / self.dt))
+        return 100
+
+    @property
+    def step_seconds(self) -> float:
+        return self.dt if self.dt is not None else self.max_time / self.num_steps
+
+
+# -------------------------------------------------------------------------- training
+
+
+class TrainingConfig(_Strict):
+    epochs: PositiveInt = 10
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_step_size: PositiveInt = 10
+    lr_gamma: float = Field(0.5, gt=0.0, le=1.0)
+    grad_clip: PositiveFloat | None = None
+    seed: int = 0
+    tensorboard: bool = False
+    keep_checkpoints: PositiveInt = 2
+
+
+class BPTTConfig(_Strict):
+    schedule: Literal["store_all"] = "store_all"
+
+
+class Config(_Strict):
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+    bptt: BPTTConfig = BPTTConfig()
+    device: Literal["cpu", "cuda", "ipu", "ipu-model"] = "cpu"
+    out_dir: str | None = None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file, apply ``a.b=c`` overrides, and validate."""
+    raw = read_yaml(path)
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_config(raw, source=str(path))
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, ...)")
+    return raw
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set ``a.b.0.c=value`` in a nested dict; the value is parsed as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{item}': expected the form a.b=c")
+    value = yaml.safe_load(text) if text.strip() else None
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[:depth]) or "the top level"
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override '{item}': {where} is a list of {len(node)} entries; '{part}' is not an index in it")
+            index = int(part)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"override '{item}': {where} is a value, not a section")
+
+
+def validate_config(raw: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [format_error(err) for err in exc.errors()]
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(f"  {line}" for line in lines)) from None
+
+
+def format_error(err: dict) -> str:
+    loc = _strip_union_tags(err["loc"])
+    field = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        allowed = allowed_fields(loc[:-1])
+        hint = ""
+        if allowed:
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known fields: {', '.join(allowed)})"
+        return f"{field}: unknown field{hint}"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{field}: required field is missing"
+    shown = err.get("input")
+    if isinstance(shown, (str, int, float, bool)) or shown is None:
+        return f"{field}: {message} (got {shown!r})"
+    return f"{field}: {message}"
+
+
+def _strip_union_tags(loc: tuple) -> tuple:
+    # pydantic puts the discriminator value into the path of a tagged union
+    # member (model.layers.0.rlif.size); users wrote model.layers.0.size.
+    out: list = []
+    for part in loc:
+        if part in LAYER_TYPES and out and isinstance(out[-1], int):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def allowed_fields(loc: tuple) -> list[str]:
+    """Field names of the section at ``loc``, best effort (for hints)."""
+    cls: Any = Config
+    for part in loc:
+        cls = _unwrap(cls)
+        if isinstance(part, int):
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+            return []
+        cls = cls.model_fields[part].annotation
+    cls = _unwrap(cls)
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return sorted(cls.model_fields)
+    return []
+
+
+def _unwrap(tp: Any) -> Any:
+    # list[X], X | None and Annotated[Union[...]] all lead to a model class;
+    # for a union of layer types the shared fields are what matter for hints.
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin is list:
+            tp = typing.get_args(tp)[0]
+        elif origin in (Union, getattr(__import__("types"), "UnionType", None)):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = args[0]
+        else:
+            return tp
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,29 @@
+"""Evaluate a finished (or interrupted) run from its folder alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .config import load_config
+from .data import load_splits, make_loader
+from .devices import resolve_device
+from .errors import TrainingError
+from .network import build_network
+from .train import evaluate
+
+
+def evaluate_run(run_dir: Path, split: str = "test") -> tuple[float, float]:
+    """Loss and accuracy of the run's latest checkpoint on ``split`` (test, val or train)."""
+    folder = latest_checkpoint(run_dir)
+    if folder is None:
+        raise TrainingError(f"{run_dir}: no checkpoint found (expected {run_dir}/checkpoints/LATEST)")
+    cfg = load_config(run_dir / "config.yaml")
+    device = resolve_device(cfg.device)
+    splits = load_splits(cfg.data, cfg.training.seed)
+    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt)
+    load_checkpoint(folder, model)
+    dataset = getattr(splits, split)
+    if dataset is None:
+        raise TrainingError(f"the run has no {split} split (data.val_split is 0)")
+    return evaluate(model.to(device), make_loader(dataset, cfg.data.batch_size), device)

@@ -1,0 +1,151 @@
+"""Spiking layers: thin nn.Modules over the pure step functions in ``neurons``.
+
+Layers are time-major: they map ``[T, B, n_in]`` to ``[T, B, n_out]``. The input
+projection never depends on a layer's own state, so it runs as one matrix
+product over all T steps before the time loop; only the recurrent product and
+the element-wise update run per step.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+from torch import Tensor, nn
+
+from . import neurons
+from .neurons import ALIFParams, ALIFState, LIFParams, LIFState, LIParams, LIState
+
+
+def _decay(n: int, beta: float, learn: bool, module: nn.Module, name: str) -> None:
+    value = torch.full((n,), float(beta))
+    if learn:
+        module.register_parameter(name, nn.Parameter(value))
+    else:
+        module.register_buffer(name, value)
+
+
+def _input_weight(n_in: int, n_out: int, gain: float) -> nn.Linear:
+    # Spiking inputs are sparse and non-negative: a plain fan-in init leaves the
+    # first layer silent. Scaling by the expected leak integration (gain) makes
+    # neurons reach threshold at the start of training.
+    linear = nn.Linear(n_in, n_out)
+    nn.init.normal_(linear.weight, 0.0, gain / math.sqrt(n_in))
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+def _recurrent_weight(n: int) -> nn.Linear:
+    linear = nn.Linear(n, n, bias=False)
+    nn.init.normal_(linear.weight, 0.0, 1.0 / math.sqrt(n))
+    return linear
+
+
+class SpikingLayer(nn.Module, abc.ABC):
+    """A layer run by an explicit loop over time: ``project`` once, then ``step`` T times."""
+
+    n_out: int
+
+    def project(self, x: Tensor) -> Tensor:
+        return self.fc(x)
+
+    @abc.abstractmethod
+    def initial_state(self, batch: int, like: Tensor) -> tuple:
+        """The state before the first step (zeros), on ``like``'s device and dtype."""
+
+    @abc.abstractmethod
+    def step(self, state: tuple, current: Tensor) -> tuple[tuple, Tensor]:
+        """One time step: the new state and this step's output."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        currents = self.project(x)
+        state = self.initial_state(x.shape[1], currents)
+        outputs = []
+        for current in currents.unbind(0):
+            state, out = self.step(state, current)
+            outputs.append(out)
+        return torch.stack(outputs)
+
+
+class LIF(SpikingLayer):
+    """Feed-forward leaky integrate-and-fire layer."""
+
+    def __init__(self, n_in: int, n_out: int, *, beta: float = 0.9, threshold: float = 1.0,
+                 reset: str = "subtract", detach_reset: bool = True, learn_decay: bool = False,
+                 spike: neurons.Surrogate = neurons.Surrogate(), recurrent: bool = False):
+        super().__init__()
+        self.n_out = n_out
+        self.fc = _input_weight(n_in, n_out, gain=2.0 * threshold)
+        self.rec = _recurrent_weight(n_out) if recurrent else None
+        _decay(n_out, beta, learn_decay, self, "beta")
+        self.threshold, self.reset, self.detach_reset, self.spike = threshold, reset, detach_reset, spike
+
+    def params(self) -> LIFParams:
+        return LIFParams(self.beta.clamp(0.0, 1.0), self.threshold, self.reset, self.detach_reset, self.spike)
+
+    def initial_state(self, batch: int, like: Tensor) -> tuple[LIFState, Tensor]:
+        zeros = like.new_zeros(batch, self.n_out)
+        return LIFState(zeros), zeros
+
+    def step(self, state, current):
+        lif, z_prev = state
+        if self.rec is not None:
+            current = current + self.rec(z_prev)
+        lif, z = neurons.lif_step(self.params(), lif, current)
+        return (lif, z), z
+
+
+class RecurrentLIF(LIF):
+    """LIF layer with all-to-all recurrent weights from its own previous spikes."""
+
+    def __init__(self, n_in: int, n_out: int, **kwargs):
+        super().__init__(n_in, n_out, recurrent=True, **kwargs)
+
+
+class ALIF(SpikingLayer):
+    """Adaptive-threshold LIF layer (Bellec et al. 2018), recurrent by default."""
+
+    def __init__(self, n_in: int, n_out: int, *, beta: float = 0.9, rho: float = 0.98,
+                 adapt_strength: float = 1.8, threshold: float = 1.0, reset: str = "subtract",
+                 detach_reset: bool = True, learn_decay: bool = False,
+                 spike: neurons.Surrogate = neurons.Surrogate(), recurrent: bool = True):
+        super().__init__()
+        self.n_out = n_out
+        self.fc = _input_weight(n_in, n_out, gain=2.0 * threshold)
+        self.rec = _recurrent_weight(n_out) if recurrent else None
+        _decay(n_out, beta, learn_decay, self, "beta")
+        _decay(n_out, rho, learn_decay, self, "rho")
+        self.adapt_strength, self.threshold = adapt_strength, threshold
+        self.reset, self.detach_reset, self.spike = reset, detach_reset, spike
+
+    def params(self) -> ALIFParams:
+        return ALIFParams(self.beta.clamp(0.0, 1.0), self.rho.clamp(0.0, 1.0), self.adapt_strength,
+                          self.threshold, self.reset, self.detach_reset, self.spike)
+
+    def initial_state(self, batch: int, like: Tensor) -> tuple[ALIFState, Tensor]:
+        zeros = like.new_zeros(batch, self.n_out)
+        return ALIFState(zeros, zeros), zeros
+
+    def step(self, state, current):
+        alif, z_prev = state
+        if self.rec is not None:
+            current = current + self.rec(z_prev)
+        alif, z = neurons.alif_step(self.params(), alif, current)
+        return (alif, z), z
+
+
+class LIReadout(SpikingLayer):
+    """Leaky-integrator readout; its membrane trace over time is the output."""
+
+    def __init__(self, n_in: int, n_out: int, *, beta: float = 0.95, learn_decay: bool = False):
+        super().__init__()
+        self.n_out = n_out
+        self.fc = nn.Linear(n_in, n_out)
+        _decay(n_out, beta, learn_decay, self, "beta")
+
+    def initial_state(self, batch: int, like: Tensor) -> LIState:
+        return LIState(like.new_zeros(batch, self.n_out))
+
+    def step(self, state, current):
+        return neurons.li_step(LIParams(self.beta.clamp(0.0, 1.0)), state, current)

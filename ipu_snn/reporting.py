@@ -1,0 +1,81 @@
+"""What a run leaves behind for the researcher: metrics.csv, summary.json, curves.png."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def _replace_atomically(path: Path, data: bytes) -> None:
+    # Readers (a plotting notebook, a sweep script) never see a half-written file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def write_metrics_csv(path: Path, rows: list[dict]) -> None:
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    _replace_atomically(path, buf.getvalue().encode())
+
+
+def read_metrics_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    _replace_atomically(path, (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def plot_curves(path: Path, rows: list[dict]) -> None:
+    """Loss and accuracy against epoch, train and validation side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # runs headless on servers and in CI
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-o"), ("val", "--s")):
+        if any(r.get(f"{split}_loss") is not None for r in rows):
+            ax_loss.plot(epochs, [r.get(f"{split}_loss") for r in rows], style, label=split)
+            ax_acc.plot(epochs, [r.get(f"{split}_accuracy") for r in rows], style, label=split)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    _replace_atomically(path, buf.getvalue())
+
+
+class TensorBoardLog:
+    """Optional scalars for TensorBoard; the package is an extra, checked at start-up."""
+
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, row: dict, epoch: int) -> None:
+        for key, value in row.items():
+            if key != "epoch" and value is not None:
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
