@@ -59,14 +59,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return folder if (folder / STATE).is_file() and (folder / WEIGHTS).is_file() else None
 
 
-def load_checkpoint(folder: Path, model: torch.nn.Module) -> dict:
+def read_checkpoint(folder: Path) -> tuple[dict, dict]:
+    """The weights and the run state of a checkpoint folder."""
     try:
         weights = load_file(str(folder / WEIGHTS))
         state = torch.load(folder / STATE, weights_only=True, map_location="cpu")
     except Exception as exc:  # any corruption is reported the same way
         raise TrainingError(f"checkpoint {folder} cannot be read: {exc}") from None
+    return weights, state
+
+
+def load_weights(model: torch.nn.Module, weights: dict, folder: Path) -> None:
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         raise TrainingError(f"checkpoint {folder} does not match the model of this config: {exc}") from None
-    return state

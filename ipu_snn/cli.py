@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args, console)
     except UserError as exc:
-        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         errors.print("[yellow]interrupted[/]: the last complete checkpoint is kept; continue with --resume")

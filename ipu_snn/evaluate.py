@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import latest_checkpoint, load_checkpoint
+from .checkpoint import latest_checkpoint, load_weights, read_checkpoint
 from .config import load_config
 from .data import load_splits, make_loader
 from .devices import resolve_device
@@ -22,7 +22,7 @@ def evaluate_run(run_dir: Path, split: str = "test") -> tuple[float, float]:
     device = resolve_device(cfg.device)
     splits = load_splits(cfg.data, cfg.training.seed)
     model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt)
-    load_checkpoint(folder, model)
+    load_weights(model, read_checkpoint(folder)[0], folder)
     dataset = getattr(splits, split)
     if dataset is None:
         raise TrainingError(f"the run has no {split} split (data.val_split is 0)")

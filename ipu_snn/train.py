@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_weights, read_checkpoint, save_checkpoint
 from .config import Config, dump_config
 from .data import load_splits, make_loader
 from .devices import resolve_device
@@ -137,7 +137,7 @@ def _open_tensorboard(cfg: Config, out_dir: Path) -> TensorBoardLog | None:
 
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Console | None = None,
-          on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+          on_epoch_end: Callable[[int, dict, SpikingNetwork], None] | None = None) -> dict:
     """Train as the config says; returns the summary also written to summary.json."""
     console = console or Console()
     out_dir = Path(out_dir)
@@ -163,8 +163,9 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
     history: list[dict] = []
     wall_before = 0.0
     if resume:
-        state = load_checkpoint(previous, model)
+        weights, state = read_checkpoint(previous)
         _check_resumable(state["config"], cfg, previous)
+        load_weights(model, weights, previous)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _restore_rng(state["rng"], shuffle)
@@ -195,7 +196,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
                 save_checkpoint(out_dir, epoch, model, state, keep=cfg.training.keep_checkpoints)
                 progress.console.print(_epoch_line(row, cfg.training.epochs))
                 if on_epoch_end is not None:
-                    on_epoch_end(epoch, row)
+                    on_epoch_end(epoch, row, model)
     finally:
         if tensorboard:
             tensorboard.close()

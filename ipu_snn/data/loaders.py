@@ -51,7 +51,7 @@ def _files(cfg: DataConfig) -> dict[str, Path]:
     if cfg.dataset == "synthetic":
         folder = ensure_synthetic(cfg.synthetic, cfg.cache_dir)
         return {"train": folder / "synthetic_train.h5", "test": folder / "synthetic_test.h5"}
-    folder = Path(cfg.path)
+    folder = Path(cfg.path).expanduser()
     if not folder.is_dir():
         raise DataError(f"data.path: folder not found: {folder}")
     names = {"train": "train", "test": "test"} | ({"valid": "valid"} if cfg.dataset == "ssc" else {})

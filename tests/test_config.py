@@ -1,0 +1,107 @@
+"""Bad configs fail with exit != 0 and a message naming the field; good ones resolve."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ipu_snn.cli import main
+from ipu_snn.config import apply_override, load_config
+
+GOOD = {
+    "model": {"layers": [{"type": "rlif", "size": 32}]},
+    "data": {"dataset": "synthetic", "steps": 20},
+    "training": {"epochs": 1},
+}
+
+
+def write(tmp_path, raw, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw) if not isinstance(raw, str) else raw)
+    return path
+
+
+def patched(path, value):
+    raw = yaml.safe_load(yaml.safe_dump(GOOD))
+    if value is not None:
+        apply_override(raw, f"{path}={value}")
+    return raw
+
+
+BAD = [
+    # (description, raw config, text the message must contain)
+    ("typo at top level", {**GOOD, "modle": {}}, "modle: unknown field (did you mean 'model'?)"),
+    ("typo in a section", patched("training.learning_rate", "0.1"), "training.learning_rate: unknown field"),
+    ("unknown layer type", patched("model.layers.0.type", "gru"), "model.layers.0"),
+    ("non-positive size", patched("model.layers.0.size", "0"), "model.layers.0.size"),
+    ("beta above one", patched("model.layers.0.beta", "1.5"), "model.layers.0.beta"),
+    ("beta and tau together", {"model": {"layers": [{"type": "rlif", "size": 8, "beta": 0.9, "tau": 0.02}]}},
+     "model.layers.0: give either beta or tau, not both"),
+    ("unknown surrogate", patched("model.layers.0.surrogate.name", "relu"), "model.layers.0.surrogate.name"),
+    ("unknown reset", patched("model.layers.0.reset", "hard"), "model.layers.0.reset"),
+    ("validation split of 1.5", patched("data.val_split", "1.5"), "data.val_split"),
+    ("shd without a path", patched("data.dataset", "shd"), "data: Value error, dataset 'shd' needs data.path"),
+    ("steps and dt together", patched("data.dt", "0.01"), "give either steps or dt"),
+    ("unknown optimizer", patched("training.optimizer", "rmsprop"), "training.optimizer"),
+    ("unknown device", patched("device", "tpu"), "device"),
+    ("no model", {"data": {"steps": 10}}, "model: required field is missing"),
+    ("no layers", patched("model.layers", "[]"), "model.layers"),
+    ("text where a number goes", patched("training.lr", "fast"), "training.lr"),
+    ("schedule not yet available", patched("bptt.schedule", "revolve"), "bptt.schedule"),
+]
+
+
+@pytest.mark.parametrize("desc,raw,expected", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_is_rejected_naming_the_field(tmp_path, capsys, desc, raw, expected):
+    code = main(["validate", str(write(tmp_path, raw))])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "Traceback" not in err
+    assert expected.replace("Value error, ", "") in " ".join(err.split())
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("training.lr", "expected the form a.b=c"),
+    ("model.layers.3.size=4", "model.layers is a list of 1 entries"),
+    ("training.epochs.x=1", "training.epochs is a value, not a section"),
+])
+def test_bad_override(tmp_path, capsys, override, expected):
+    assert main(["validate", str(write(tmp_path, GOOD)), override]) != 0
+    assert expected in capsys.readouterr().err
+
+
+def test_missing_file_and_bad_yaml(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) != 0
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["validate", str(write(tmp_path, "model: [unclosed"))]) != 0
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_overrides_are_typed_and_applied(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD), ["training.lr=3e-3", "model.layers.0.size=64",
+                                              "model.layers.0.learn_decay=true", "data.dt=null"])
+    assert cfg.training.lr == pytest.approx(3e-3)
+    assert cfg.model.layers[0].size == 64 and cfg.model.layers[0].learn_decay is True
+
+
+def test_validate_prints_resolved_config(tmp_path, capsys):
+    assert main(["validate", str(write(tmp_path, GOOD)), "training.epochs=7"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["training"]["epochs"] == 7
+    assert resolved["model"]["layers"][0]["threshold"] == 1.0  # defaults filled in
+
+
+def test_shipped_configs_validate():
+    for name in ["configs/tiny.yaml", "configs/shd_rlif.yaml"]:
+        load_config(name)
+
+
+def test_ipu_without_poptorch_names_the_sdk(tmp_path):
+    # a real subprocess: the console script's path, exit status and stderr as a user sees them
+    path = write(tmp_path, patched("device", "ipu"))
+    proc = subprocess.run([sys.executable, "-m", "ipu_snn.cli", "train", str(path), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Poplar SDK" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -1,0 +1,116 @@
+"""The training loop end to end: outputs, resume equivalence, the NaN guard, the tiny run."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ipu_snn.checkpoint import latest_checkpoint
+from ipu_snn.cli import main
+from ipu_snn.config import load_config, validate_config
+from ipu_snn.errors import TrainingError
+from ipu_snn.train import train
+
+SMALL = {
+    "model": {"layers": [{"type": "rlif", "size": 24, "tau": 0.1}], "readout": {"reduce": "mean"}},
+    "data": {"steps": 20, "channel_pooling": 20, "batch_size": 32, "val_split": 0.2,
+             "synthetic": {"n_train": 160, "n_test": 40, "n_classes": 4}},
+    "training": {"epochs": 3, "lr": 0.01, "lr_schedule": "cosine", "seed": 1},
+}
+DETERMINISTIC = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "rate_layer0"]
+
+
+class Crash(Exception):
+    pass
+
+
+def small(**training):
+    raw = {**SMALL, "training": {**SMALL["training"], **training}}
+    return validate_config(raw)
+
+
+def quiet():
+    from rich.console import Console
+
+    return Console(quiet=True)
+
+
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
+    full = train(small(), tmp_path / "full", console=quiet())
+
+    def crash_after_first(epoch, row, model):
+        if epoch == 1:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(small(), tmp_path / "resumed", console=quiet(), on_epoch_end=crash_after_first)
+    assert latest_checkpoint(tmp_path / "resumed").name == "epoch-0001"
+    resumed = train(small(), tmp_path / "resumed", resume=True, console=quiet())
+
+    for key in ["val_accuracy", "train_loss", "test_accuracy", "test_loss", "epochs"]:
+        assert resumed[key] == full[key], key
+    rows_full = (tmp_path / "full" / "metrics.csv").read_text().splitlines()
+    rows_resumed = (tmp_path / "resumed" / "metrics.csv").read_text().splitlines()
+    assert len(rows_resumed) == len(rows_full) == 4
+    full_w = load_file(tmp_path / "full/checkpoints/epoch-0003/model.safetensors")
+    resumed_w = load_file(tmp_path / "resumed/checkpoints/epoch-0003/model.safetensors")
+    assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
+
+
+def test_outputs_and_checkpoint_rotation(tmp_path):
+    summary = train(small(keep_checkpoints=2), tmp_path, console=quiet())
+    assert {"val_accuracy", "train_loss", "samples_per_s", "wall_s", "epochs"} <= set(summary)
+    assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 3
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch-*")) == ["epoch-0002", "epoch-0003"]
+    assert load_config(tmp_path / "config.yaml").training.epochs == 3
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    def poison_weights(epoch, row, model):
+        if epoch == 1:  # after epoch 1's checkpoint: the next forward pass yields NaN
+            with torch.no_grad():
+                model.readout.fc.weight.fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2, batch 1"):
+        train(small(), tmp_path, console=quiet(), on_epoch_end=poison_weights)
+    assert latest_checkpoint(tmp_path).name == "epoch-0001"
+    weights = load_file(latest_checkpoint(tmp_path) / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 2  # header + epoch 1
+    resumed = train(small(), tmp_path, resume=True, console=quiet())  # the kept checkpoint still works
+    assert resumed["epochs"] == 3
+
+
+def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path, capsys):
+    train(small(epochs=1), tmp_path / "run", console=quiet())
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(small(epochs=1), tmp_path / "run", console=quiet())
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train(small(epochs=1), tmp_path / "empty", resume=True, console=quiet())
+    other = validate_config({**SMALL, "model": {"layers": [{"type": "rlif", "size": 8}]}})
+    with pytest.raises(TrainingError, match="differs in model"):
+        train(other, tmp_path / "run", resume=True, console=quiet())
+    # extending a finished run is allowed
+    extended = train(small(epochs=2), tmp_path / "run", resume=True, console=quiet())
+    assert extended["epochs"] == 2
+
+
+def test_eval_command(tmp_path, capsys):
+    summary = train(small(epochs=1), tmp_path, console=quiet())
+    assert main(["eval", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"accuracy {summary['test_accuracy']:.2%}" in out
+
+
+@pytest.mark.slow
+def test_tiny_config_reaches_90_percent(tmp_path):
+    """The README's main job: configs/tiny.yaml through the CLI, as a user runs it."""
+    assert main(["train", "configs/tiny.yaml", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["val_accuracy"] >= 0.90
+    assert math.isfinite(summary["samples_per_s"]) and summary["epochs"] == 20
+    for name in ["metrics.csv", "curves.png", "config.yaml", "checkpoints/LATEST"]:
+        assert (tmp_path / name).is_file()
