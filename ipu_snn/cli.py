@@ -33,6 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
 
+    p = sub.add_parser("plan", help="predict memory and time of each BPTT schedule and pick one")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--device", help="h100, h200, a100, cpu, ipu-mk2, ipu-mk1 (default: the config's device)")
+    p.add_argument("--budget-gib", type=float, help="local memory budget (default: the device's memory)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--plot", help="write a plot of memory against time per schedule to this file")
+
     p = sub.add_parser("eval", help="evaluate a run's last checkpoint on its test split")
     p.add_argument("run_dir", help="a folder written by ipu-snn train")
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
@@ -54,6 +62,28 @@ def _validate(args, console: Console) -> None:
     console.print(dump_config(load_config(args.config, args.overrides)), markup=False, highlight=False)
 
 
+def _plan(args, console: Console) -> None:
+    import json
+
+    from .config import load_config
+    from .data import input_shape
+    from .devices import GiB, device_spec
+    from .planner import plan
+    from .reporting import plot_plan, plan_table
+
+    cfg = load_config(args.config, args.overrides)
+    n_inputs, n_classes = input_shape(cfg.data)
+    budget = int(args.budget_gib * GiB) if args.budget_gib else None
+    result = plan(cfg, device_spec(args.device or cfg.device), n_inputs=n_inputs, n_classes=n_classes,
+                  budget_bytes=budget, compare_all=True)
+    if args.plot:
+        plot_plan(Path(args.plot), result)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        console.print(plan_table(result))
+
+
 def _eval(args, console: Console) -> None:
     from .evaluate import evaluate_run
 
@@ -61,11 +91,18 @@ def _eval(args, console: Console) -> None:
     console.print(f"{args.split}: loss {loss:.4f}  accuracy {accuracy:.2%}")
 
 
-COMMANDS = {"train": _train, "validate": _validate, "eval": _eval}
+COMMANDS = {"train": _train, "validate": _validate, "plan": _plan, "eval": _eval}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # overrides may come after options too (train c.yaml --out runs/x training.lr=1e-3)
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     console = Console()
     errors = Console(stderr=True)
     try:

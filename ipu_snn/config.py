@@ -188,7 +188,20 @@ class TrainingConfig(_Strict):
 
 
 class BPTTConfig(_Strict):
-    schedule: Literal["store_all"] = "store_all"
+    """How BPTT trades memory for recomputation (see ``ipu_snn.bptt.schedules``).
+
+    Unset sizes default to about sqrt(T), which keeps memory near 2 sqrt(T)
+    states for one extra forward pass.
+    """
+
+    schedule: Literal["store_all", "uniform", "revolve", "double", "two_level", "auto"] = "store_all"
+    every: PositiveInt | None = None  # uniform: checkpoint interval
+    slots: PositiveInt | None = None  # revolve: local checkpoint slots
+    offchip_every: PositiveInt | None = None  # double: interval of the off-chip checkpoints
+    local_slots: PositiveInt | None = None  # double, two_level: local slots per segment
+    offchip_slots: PositiveInt | None = None  # two_level: off-chip slots
+    inner: Literal["revolve", "uniform"] = "revolve"  # double: schedule within a segment
+    budget_gib: PositiveFloat | None = None  # local memory the plan may use; default: the device's
 
 
 class Config(_Strict):

@@ -8,6 +8,8 @@ being used.
 from __future__ import annotations
 
 import importlib.util
+import os
+from dataclasses import dataclass
 
 import torch
 
@@ -37,3 +39,67 @@ def resolve_device(name: str) -> torch.device:
         raise DeviceError(f"device: {name}: PopTorch is installed, but this version of ipu_snn has no IPU "
                           "trainer yet; train with device: cpu or cuda")
     raise DeviceError(f"device: unknown device '{name}'")
+
+
+# ----------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """What the planner needs to know about a device.
+
+    ``local``: the fast memory that holds the working set (GPU HBM, IPU tile
+    SRAM); ``offchip``: the large slow tier for coarse checkpoints (host RAM for
+    a GPU, streaming memory for an IPU). ``step_floor_s`` is the least time one
+    time step of a per-step loop takes however small the step (kernel launches
+    on a GPU, a BSP superstep on an IPU).
+    """
+
+    name: str
+    local_bytes: int
+    offchip_bytes: int
+    local_bandwidth: float  # bytes/s
+    offchip_bandwidth: float  # bytes/s between the tiers
+    fp32_flops: float  # FLOP/s
+    step_floor_s: float
+    source: str
+
+
+GiB = 2**30
+# Vendor data-sheet figures; the GPU step floor is from DESIGN.md's measured plain loop
+# (W1, H100: 745 ms for T=1000, i.e. about 0.25 ms per step forward, two per step backward).
+SPECS: dict[str, DeviceSpec] = {
+    spec.name: spec
+    for spec in [
+        DeviceSpec("h100", 80 * GiB, 512 * GiB, 3.35e12, 50e9, 67e12, 2.5e-4,
+                   "H100 SXM: 80 GB HBM3 at 3.35 TB/s, 67 TFLOP/s fp32, PCIe Gen5 x16 to host RAM"),
+        DeviceSpec("h200", 141 * 10**9, 512 * GiB, 4.8e12, 50e9, 67e12, 2.5e-4,
+                   "H200 SXM: 141 GB HBM3e at 4.8 TB/s, 67 TFLOP/s fp32, PCIe Gen5 x16 to host RAM"),
+        DeviceSpec("a100", 80 * GiB, 512 * GiB, 2.0e12, 25e9, 19.5e12, 2.5e-4,
+                   "A100 SXM 80GB: HBM2e at 2.0 TB/s, 19.5 TFLOP/s fp32, PCIe Gen4 x16 to host RAM"),
+        DeviceSpec("ipu-mk2", 1472 * 624 * 1024, 256 * GiB, 47.5e12, 20e9, 62.5e12, 5e-6,
+                   "IPU Mk2 GC200: 1472 tiles x 624 KiB SRAM, 62.5 TFLOP/s fp32, streaming memory over the host link"),
+        DeviceSpec("ipu-mk1", 1216 * 256 * 1024, 256 * GiB, 45e12, 16e9, 31.1e12, 5e-6,
+                   "IPU Mk1 GC2: 1216 tiles x 256 KiB SRAM, 31.1 TFLOP/s fp32, PCIe Gen4 to the host"),
+    ]
+}
+
+
+def cpu_spec() -> DeviceSpec:
+    """This machine's CPU: RAM is both tiers (the off-chip store is host RAM too)."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return DeviceSpec("cpu", ram, ram, 10e9, 10e9, 5e10 * (os.cpu_count() or 1), 2e-5,
+                      f"this CPU: {ram / GiB:.0f} GiB RAM, {os.cpu_count()} cores (rough fp32 rate)")
+
+
+def device_spec(name: str) -> DeviceSpec:
+    """A spec by planner name (h100, h200, a100, cpu, ipu-mk2, ipu-mk1) or by config device."""
+    name = {"ipu": "ipu-mk2", "ipu-model": "ipu-mk2"}.get(name, name)
+    if name == "cuda":
+        gpu = torch.cuda.get_device_name().lower() if torch.cuda.is_available() else "h100"
+        name = next((k for k in ("h200", "h100", "a100") if k in gpu), "h100")
+    if name == "cpu":
+        return cpu_spec()
+    if name not in SPECS:
+        raise DeviceError(f"unknown device '{name}' for planning; known: cpu, {', '.join(SPECS)}")
+    return SPECS[name]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
+import torch
 from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+from .bptt import Schedule, ScanStats, scan
 
 from .config import ModelConfig
 from .layers import ALIF, LIF, LIReadout, RecurrentLIF, SpikingLayer
@@ -24,14 +28,28 @@ class NetworkOutput(NamedTuple):
 
 
 class SpikingNetwork(nn.Module):
-    def __init__(self, layers: list[SpikingLayer], readout: LIReadout, reduce: str = "max"):
+    """Spiking layers and a readout, run in one of two ways.
+
+    Without a schedule, layer by layer: each layer's input projection is one
+    matrix product over all T steps, and autograd keeps every step (store_all).
+    With a schedule, step by step through the BPTT engine: the whole network is
+    one recurrent cell, so only checkpoints of its state and the steps the
+    schedule tapes are held, and memory no longer grows with T at full rate.
+    """
+
+    def __init__(self, layers: list[SpikingLayer], readout: LIReadout, reduce: str = "max",
+                 schedule: Callable[[int], Schedule] | None = None):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.readout = readout
         self.reduce = reduce
+        self.schedule = schedule
+        self.last_scan: ScanStats | None = None  # accounting of the latest scheduled forward
 
     def forward(self, x: Tensor) -> NetworkOutput:
         """``x``: [B, T, inputs], batch-first as loaders give it."""
+        if self.schedule is not None:
+            return self._forward_scheduled(x.transpose(0, 1))
         h = x.transpose(0, 1)
         rates = []
         for layer in self.layers:
@@ -40,9 +58,55 @@ class SpikingNetwork(nn.Module):
         membrane = self.readout(h)
         return NetworkOutput(_REDUCE[self.reduce](membrane), rates)
 
+    def initial_state(self, batch: int, like: Tensor) -> tuple:
+        return tuple(layer.initial_state(batch, like) for layer in self.layers) + (
+            self.readout.initial_state(batch, like),)
 
-def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float) -> SpikingNetwork:
-    """``dt`` (seconds per step) turns time constants given as ``tau`` into per-step decays."""
+    def step(self, state: tuple, x_t: Tensor) -> tuple[tuple, Tensor]:
+        """One time step of the whole network; the output packs the readout
+        membrane [B, classes] and each layer's per-sample spike rate [B, layers]."""
+        new_state, rates, h = [], [], x_t
+        for layer, layer_state in zip(self.layers, state):
+            layer_state, h = layer.step(layer_state, layer.project(h))
+            new_state.append(layer_state)
+            rates.append(h.detach().mean(1))
+        readout_state, v = self.readout.step(state[-1], self.readout.project(h))
+        return tuple(new_state) + (readout_state,), torch.cat([v, torch.stack(rates, 1)], 1)
+
+    def _forward_scheduled(self, xs: Tensor) -> NetworkOutput:
+        flat0, spec = pytree.tree_flatten(self.initial_state(xs.shape[1], xs))
+        names, params = zip(*self.named_parameters())
+        step = _Step(self)
+
+        def cell(params, flat_state, x_t):
+            # the engine passes the parameters explicitly so it can differentiate
+            # with respect to them when it replays a step in backward
+            state, y = torch.func.functional_call(
+                step, {f"net.{n}": p for n, p in zip(names, params)},
+                (pytree.tree_unflatten(list(flat_state), spec), x_t))
+            return tuple(pytree.tree_leaves(state)), y
+
+        self.last_scan = ScanStats()
+        ys, _ = scan(cell, params, flat0, xs, self.schedule, stats=self.last_scan)
+        n_classes = self.readout.n_out
+        rates = ys[..., n_classes:].detach().mean((0, 1))
+        return NetworkOutput(_REDUCE[self.reduce](ys[..., :n_classes]), list(rates.unbind()))
+
+
+class _Step(nn.Module):
+    # torch.func.functional_call calls forward(); this gives it the network's step
+    def __init__(self, net: SpikingNetwork):
+        super().__init__()
+        self.net = net
+
+    def forward(self, state, x_t):
+        return self.net.step(state, x_t)
+
+
+def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float,
+                  schedule: Callable[[int], Schedule] | None = None) -> SpikingNetwork:
+    """``dt`` (seconds per step) turns time constants given as ``tau`` into per-step decays;
+    ``schedule`` (T -> Schedule) runs the network through the BPTT engine."""
     layers: list[SpikingLayer] = []
     n_in = n_inputs
     for layer_cfg in cfg.layers:
@@ -65,7 +129,7 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float) ->
         n_in = layer_cfg.size
     readout = LIReadout(n_in, n_classes, beta=cfg.readout.resolve_beta(dt, default=0.95),
                         learn_decay=cfg.readout.learn_decay)
-    return SpikingNetwork(layers, readout, cfg.readout.reduce)
+    return SpikingNetwork(layers, readout, cfg.readout.reduce, schedule)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -38,12 +38,25 @@ def write_summary(path: Path, summary: dict) -> None:
     _replace_atomically(path, (json.dumps(summary, indent=2) + "\n").encode())
 
 
-def plot_curves(path: Path, rows: list[dict]) -> None:
-    """Loss and accuracy against epoch, train and validation side by side."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # runs headless on servers and in CI
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _pyplot().close(fig)
+    _replace_atomically(path, buf.getvalue())
+
+
+def plot_curves(path: Path, rows: list[dict]) -> None:
+    """Loss and accuracy against epoch, train and validation side by side."""
+    plt = _pyplot()
 
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -57,10 +70,41 @@ def plot_curves(path: Path, rows: list[dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    _replace_atomically(path, buf.getvalue())
+    _save_figure(fig, path)
+
+
+def plan_table(plan):
+    """A rich table of a BPTT plan: one row per schedule, the choice marked."""
+    from rich.table import Table
+
+    table = Table(title=f"BPTT plan on {plan.device}: T={plan.T}, batch {plan.batch}, "
+                        f"budget {plan.budget_bytes / 2**30:.2f} GiB")
+    for column in ("", "strategy", "schedule", "local MiB", "off-chip MiB", "forward steps", "predicted s", "fits"):
+        table.add_column(column, justify="left" if column in ("strategy", "schedule") else "right")
+    for s in plan.strategies:
+        table.add_row("*" if s.name == plan.choice else "", s.name, s.schedule, f"{s.local_bytes / 2**20:,.0f}",
+                      f"{s.offchip_bytes / 2**20:,.0f}", f"{s.forward_steps:,}", f"{s.predicted_s:.3g}",
+                      "yes" if s.fits else "[red]no[/]")
+    if plan.choice is None:
+        table.caption = "nothing fits: see `ipu-snn train` for what would"
+    return table
+
+
+def plot_plan(path: Path, plan) -> None:
+    """Predicted local memory against predicted time, one point per schedule."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in plan.strategies:
+        ax.scatter(s.predicted_s, s.local_bytes / 2**20, marker="o" if s.fits else "x",
+                   s=80 if s.name == plan.choice else 30)
+        ax.annotate(s.name, (s.predicted_s, s.local_bytes / 2**20), textcoords="offset points", xytext=(5, 5))
+    ax.axhline(plan.budget_bytes / 2**20, color="grey", linestyle="--", label="budget")
+    ax.set(xlabel="predicted time per iteration (s)", ylabel="predicted local memory (MiB)", yscale="log",
+           title=f"{plan.device}: T={plan.T}, batch {plan.batch}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save_figure(fig, path)
 
 
 class TensorBoardLog:

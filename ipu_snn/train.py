@@ -22,11 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .checkpoint import latest_checkpoint, load_weights, read_checkpoint, save_checkpoint
 from .config import Config, dump_config
-from .data import load_splits, make_loader
-from .devices import resolve_device
+from .data import input_shape, load_splits, make_loader
+from .devices import device_spec, resolve_device
 from .errors import ConfigError, TrainingError
 from .network import SpikingNetwork, build_network, count_parameters
 from .optim import make_optimizer, make_scheduler
+from .planner import Plan, plan, refusal
 from .reporting import TensorBoardLog, plot_curves, write_metrics_csv, write_summary
 
 # Sections that must be unchanged for a checkpoint to be continued; training.epochs
@@ -116,6 +117,16 @@ def _restore_rng(state: dict, shuffle: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def choose_schedule(cfg: Config, console: Console) -> Plan:
+    n_inputs, n_classes = input_shape(cfg.data)
+    p = plan(cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes)
+    if p.choice is None:
+        raise ConfigError(refusal(p))
+    chosen = next(s for s in p.strategies if s.name == p.choice)
+    console.print(f"bptt: {chosen.schedule}, predicted {chosen.local_bytes / 2**20:.0f} MiB on {p.device}")
+    return p
+
+
 def _check_resumable(saved: dict, cfg: Config, folder: Path) -> None:
     current = cfg.model_dump(mode="json")
     changed = [k for k in _RESUME_MUST_MATCH if saved.get(k) != current.get(k)]
@@ -142,6 +153,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
     console = console or Console()
     out_dir = Path(out_dir)
     device = resolve_device(cfg.device)
+    bptt = choose_schedule(cfg, console)  # refuses a config that cannot fit, before allocating anything
     previous = latest_checkpoint(out_dir)
     if previous is not None and not resume:
         raise TrainingError(f"{out_dir} already holds a run (checkpoint {previous.name}); pass --resume to "
@@ -153,7 +165,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
 
     seed_everything(cfg.training.seed)
     splits = load_splits(cfg.data, cfg.training.seed)
-    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt).to(device)
+    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, bptt.schedule).to(device)
     optimizer = make_optimizer(cfg.training, model.parameters())
     scheduler = make_scheduler(cfg.training, optimizer)
     shuffle = torch.Generator().manual_seed(cfg.training.seed)

@@ -48,7 +48,8 @@ BAD = [
     ("no model", {"data": {"steps": 10}}, "model: required field is missing"),
     ("no layers", patched("model.layers", "[]"), "model.layers"),
     ("text where a number goes", patched("training.lr", "fast"), "training.lr"),
-    ("schedule not yet available", patched("bptt.schedule", "revolve"), "bptt.schedule"),
+    ("unknown schedule", patched("bptt.schedule", "checkmate"), "bptt.schedule"),
+    ("zero slots", patched("bptt.slots", "0"), "bptt.slots"),
 ]
 
 

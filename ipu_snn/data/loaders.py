@@ -47,6 +47,13 @@ class DataSplits:
     dt: float
 
 
+def input_shape(cfg: DataConfig) -> tuple[int, int]:
+    """(network inputs, classes) of a data config, known without reading any file."""
+    channels, classes = (cfg.synthetic.n_channels, cfg.synthetic.n_classes) if cfg.dataset == "synthetic" \
+        else KNOWN[cfg.dataset]
+    return pooled_channels(channels, cfg.channel_pooling), classes
+
+
 def _files(cfg: DataConfig) -> dict[str, Path]:
     if cfg.dataset == "synthetic":
         folder = ensure_synthetic(cfg.synthetic, cfg.cache_dir)
@@ -65,10 +72,7 @@ def load_splits(cfg: DataConfig, seed: int) -> DataSplits:
     seeded fraction ``val_split`` of the training file is held out.
     """
     files = _files(cfg)
-    if cfg.dataset == "synthetic":
-        shape = (cfg.synthetic.n_channels, cfg.synthetic.n_classes)
-    else:
-        shape = KNOWN[cfg.dataset]
+    shape = (cfg.synthetic.n_channels, cfg.synthetic.n_classes) if cfg.dataset == "synthetic" else KNOWN[cfg.dataset]
     train = read_recordings(files["train"], *shape)
     test = read_recordings(files["test"], *shape)
 

@@ -1,0 +1,190 @@
+"""Pick a BPTT schedule that fits the device, before anything large is allocated.
+
+For a config the planner measures the network's per-step footprint once, on a
+batch of one and two samples on the CPU, with the engine's own accounting
+(state bytes per checkpoint, bytes autograd keeps per taped step), and scales it
+to the real batch: every such byte count is affine in the batch size. From
+these and a device spec it predicts, for each candidate schedule, local and
+off-chip bytes, forward steps, transfer bytes and time, and chooses the fastest
+candidate that fits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from .bptt import Costs, Schedule, ScanStats, double, predicted_local_bytes, predicted_time, revolve, scan
+from .bptt import store_all, summarize, two_level_optimal, uniform
+from .config import BPTTConfig, Config, ModelConfig
+from .devices import DeviceSpec, GiB
+from .errors import ConfigError
+
+FLOAT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes and work of the network for one batch size."""
+
+    state_bytes: int  # one checkpoint of the whole network state
+    tape_bytes_per_step: int  # what autograd keeps for one taped step
+    param_bytes: int  # parameters, gradients and two Adam moments: 4 copies
+    io_bytes_per_step: int  # the input and output slices of one step
+    flops_per_step: float  # forward multiply-adds x 2
+
+
+def _probe(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int):
+    from .network import build_network  # the network imports the engine; keep the planner importable alone
+
+    torch.manual_seed(0)
+    net = build_network(model_cfg, n_inputs, n_classes, dt=1e-3, schedule=store_all)
+    net(torch.zeros(batch, 2, n_inputs))
+    return net.last_scan, net
+
+
+def footprint(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int) -> Footprint:
+    (one, net), (two, _) = (_probe(model_cfg, n_inputs, n_classes, b) for b in (1, 2))
+
+    def at(a: int, b: int) -> int:  # affine in the batch size
+        return a + (b - a) * (batch - 1)
+
+    weights = [p for p in net.parameters() if p.requires_grad]
+    macs = sum(p.numel() for p in weights if p.dim() == 2)  # one multiply-add per weight per sample and step
+    return Footprint(
+        state_bytes=at(one.state_bytes, two.state_bytes),
+        tape_bytes_per_step=at(one.tape_bytes_per_step, two.tape_bytes_per_step),
+        param_bytes=4 * FLOAT_BYTES * sum(p.numel() for p in weights),
+        io_bytes_per_step=batch * (n_inputs + n_classes + len(model_cfg.layers)) * FLOAT_BYTES,
+        flops_per_step=2.0 * batch * macs,
+    )
+
+
+def costs_for(fp: Footprint, spec: DeviceSpec) -> Costs:
+    step = max(fp.flops_per_step / spec.fp32_flops, spec.step_floor_s)
+    return Costs(step=step, reverse=2 * step,
+                 local_write=fp.state_bytes / spec.local_bandwidth, local_read=fp.state_bytes / spec.local_bandwidth,
+                 offchip_write=fp.state_bytes / spec.offchip_bandwidth,
+                 offchip_read=fp.state_bytes / spec.offchip_bandwidth)
+
+
+# ------------------------------------------------------------------------ candidates
+
+
+def _root(T: int) -> int:
+    return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
+
+
+def schedule_factory(bptt: BPTTConfig, costs: Costs | None = None) -> Callable[[int], Schedule] | None:
+    """T -> Schedule for an explicit ``bptt.schedule``; None means the plain layered store_all path."""
+    kind = bptt.schedule
+    if kind == "store_all":
+        return None
+    if kind == "uniform":
+        return lambda T: uniform(T, bptt.every or _root(T))
+    if kind == "revolve":
+        return lambda T: revolve(T, bptt.slots or _root(T))
+    if kind == "double":
+        return lambda T: double(T, bptt.offchip_every or _root(T),
+                                bptt.local_slots or bptt.offchip_every or _root(T), bptt.inner)
+    if kind == "two_level":
+        return lambda T: two_level_optimal(T, bptt.local_slots or _root(T), bptt.offchip_slots or T,
+                                           costs or Costs())
+    raise ConfigError("bptt.schedule: 'auto' is resolved by the planner, not by schedule_factory")
+
+
+def candidates(bptt: BPTTConfig, T: int, costs: Costs, compare_all: bool = False
+               ) -> dict[str, Callable[[int], Schedule] | None]:
+    """The configured schedule first; for ``auto`` (or ``compare_all``) a spread of memory/time trade-offs."""
+    configured = {} if bptt.schedule == "auto" else {bptt.schedule: schedule_factory(bptt, costs)}
+    if configured and not compare_all:
+        return configured
+    root = _root(T)
+    log_slots = max(1, math.ceil(math.log2(max(T, 2))))
+    return {
+        "store_all": None,
+        "uniform": lambda T: uniform(T, root),
+        "revolve": lambda T: revolve(T, root),
+        "revolve_log": lambda T: revolve(T, log_slots),
+        "double": lambda T: double(T, root, root),
+        "two_level": lambda T: two_level_optimal(T, root, T, costs),
+    } | configured
+
+
+# ------------------------------------------------------------------------------ plan
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    schedule: str
+    local_bytes: int
+    offchip_bytes: int
+    forward_steps: int
+    transfer_bytes: int
+    predicted_s: float
+    fits: bool
+
+
+@dataclass
+class Plan:
+    device: str
+    budget_bytes: int
+    T: int
+    batch: int
+    strategies: list[Strategy]
+    choice: str | None
+    factories: dict[str, Callable[[int], Schedule] | None]
+
+    @property
+    def schedule(self) -> Callable[[int], Schedule] | None:
+        return self.factories[self.choice] if self.choice else None
+
+    def to_json(self) -> dict:
+        return {"device": self.device, "budget_bytes": self.budget_bytes, "T": self.T, "batch": self.batch,
+                "choice": self.choice, "strategies": [asdict(s) for s in self.strategies]}
+
+
+def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int,
+         budget_bytes: int | None = None, compare_all: bool = False) -> Plan:
+    """Cost every candidate; the choice is the configured schedule if it fits, else (auto) the fastest that fits."""
+    T, batch = cfg.data.num_steps, cfg.data.batch_size
+    if budget_bytes is None:
+        budget_bytes = int(cfg.bptt.budget_gib * GiB) if cfg.bptt.budget_gib else spec.local_bytes
+    fp = footprint(cfg.model, n_inputs, n_classes, batch)
+    costs = costs_for(fp, spec)
+    fixed = fp.param_bytes + T * fp.io_bytes_per_step
+    factories = candidates(cfg.bptt, T, costs, compare_all)
+    strategies = []
+    for name, factory in factories.items():
+        sched = store_all(T) if factory is None else factory(T)
+        summary = summarize(sched)
+        local = fixed + predicted_local_bytes(sched, fp.state_bytes, fp.tape_bytes_per_step)
+        offchip = sched.max_offchip_slots * fp.state_bytes
+        transfers = (summary.stores["offchip"] + summary.loads["offchip"]) * fp.state_bytes
+        strategies.append(Strategy(name, sched.name, local, offchip, sched.forward_steps, transfers,
+                                   predicted_time(sched, costs), local <= budget_bytes and offchip <= spec.offchip_bytes))
+    if cfg.bptt.schedule != "auto":
+        fitting = [s for s in strategies if s.fits and s.name == cfg.bptt.schedule]
+    else:
+        fitting = [s for s in strategies if s.fits]
+    choice = min(fitting, key=lambda s: s.predicted_s).name if fitting else None
+    return Plan(spec.name, budget_bytes, T, batch, strategies, choice, factories)
+
+
+def refusal(p: Plan) -> str:
+    """Why nothing fits, and what would: a shorter T, a smaller batch, or another schedule."""
+    best = min(p.strategies, key=lambda s: s.local_bytes)
+    ratio = p.budget_bytes / best.local_bytes
+    lines = [f"no BPTT schedule fits {p.device} with a budget of {p.budget_bytes / GiB:.2f} GiB: "
+             f"the leanest, {best.name}, needs {best.local_bytes / GiB:.2f} GiB "
+             f"(T={p.T}, batch {p.batch})."]
+    lines.append(f"Would fit: about data.batch_size={max(1, int(p.batch * ratio))}, "
+                 f"or about data.steps={max(1, int(p.T * ratio))} if memory grows with T, "
+                 + ("or bptt.schedule=auto to let the planner choose among all schedules, "
+                    if len(p.strategies) == 1 else "")
+                 + "or a larger bptt.budget_gib.")
+    return " ".join(lines)
