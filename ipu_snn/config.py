@@ -144,6 +144,9 @@ class DataConfig(_Strict):
     channel_pooling: PositiveInt = 1
     binary: bool = True
     batch_size: PositiveInt = 64
+    # "global": batch_size samples per optimizer step however many processes run,
+    # so results do not depend on the launch; "per_device": batch_size per process.
+    batch_scope: Literal["global", "per_device"] = "global"
     val_split: float = Field(0.1, ge=0.0, lt=1.0)
     cache_dir: str | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -182,6 +185,7 @@ class TrainingConfig(_Strict):
     lr_step_size: PositiveInt = 10
     lr_gamma: float = Field(0.5, gt=0.0, le=1.0)
     grad_clip: PositiveFloat | None = None
+    grad_accumulation: PositiveInt = 1  # micro-batches per optimizer step (per process)
     seed: int = 0
     tensorboard: bool = False
     keep_checkpoints: PositiveInt = 2
@@ -204,11 +208,21 @@ class BPTTConfig(_Strict):
     budget_gib: PositiveFloat | None = None  # local memory the plan may use; default: the device's
 
 
+class IPUConfig(_Strict):
+    """PopTorch settings; used only with device ipu / ipu-model."""
+
+    replication: PositiveInt = 1  # replicas when not launched by poprun
+    device_iterations: PositiveInt = 1  # steps run on the device per host call
+    available_memory_proportion: float | None = Field(None, gt=0.0, le=1.0)
+    executable_cache: str | None = None
+
+
 class Config(_Strict):
     model: ModelConfig
     data: DataConfig = DataConfig()
     training: TrainingConfig = TrainingConfig()
     bptt: BPTTConfig = BPTTConfig()
+    ipu: IPUConfig = IPUConfig()
     device: Literal["cpu", "cuda", "ipu", "ipu-model"] = "cpu"
     out_dir: str | None = None
 

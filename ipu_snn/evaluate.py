@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .checkpoint import latest_checkpoint, load_weights, read_checkpoint
 from .config import load_config
-from .data import load_splits, make_loader
+from .data import load_splits
 from .devices import resolve_device
 from .errors import TrainingError
 from .network import build_network
@@ -26,4 +26,4 @@ def evaluate_run(run_dir: Path, split: str = "test") -> tuple[float, float]:
     dataset = getattr(splits, split)
     if dataset is None:
         raise TrainingError(f"the run has no {split} split (data.val_split is 0)")
-    return evaluate(model.to(device), make_loader(dataset, cfg.data.batch_size), device)
+    return evaluate(model.to(device), dataset, cfg.data.batch_size, device)

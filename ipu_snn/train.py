@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -24,6 +26,7 @@ from .checkpoint import latest_checkpoint, load_weights, read_checkpoint, save_c
 from .config import Config, dump_config
 from .data import input_shape, load_splits, make_loader
 from .devices import device_spec, resolve_device
+from .distributed import DistContext, GlobalBatchSampler, all_reduce_sum, barrier, init_distributed, shutdown
 from .errors import ConfigError, TrainingError
 from .network import SpikingNetwork, build_network, count_parameters
 from .optim import make_optimizer, make_scheduler
@@ -50,76 +53,90 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _step_loss(model: SpikingNetwork, x: torch.Tensor, y: torch.Tensor):
-    out = model(x)
-    return F.cross_entropy(out.logits, y), out
-
-
-def train_epoch(model, loader, optimizer, device, cfg: Config, epoch: int, progress: Progress) -> dict:
+def train_epoch(model, loader, sampler: GlobalBatchSampler, optimizer, device, cfg: Config, ctx: DistContext,
+                epoch: int, progress: Progress) -> dict:
+    """One pass over the training data; metrics are summed over all processes."""
     model.train()
-    total_loss, correct, seen, rates = 0.0, 0, 0, None
-    task = progress.add_task(f"epoch {epoch}/{cfg.training.epochs}", total=len(loader), loss=0.0, acc=0.0, rate=0.0)
+    step_sizes = sampler.steps()
+    micro_per_step = cfg.training.grad_accumulation
+    task = progress.add_task(f"epoch {epoch}/{cfg.training.epochs}", total=len(step_sizes), loss=0.0, acc=0.0,
+                             rate=0.0)
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, samples
+    rates = None
+    batches = iter(loader)
     start = time.perf_counter()
-    for batch, (x, y) in enumerate(loader):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, out = _step_loss(model, x, y)
-        loss_value = loss.item()
-        if not np.isfinite(loss_value):
-            raise TrainingError(
-                f"the loss became {loss_value} at epoch {epoch}, batch {batch + 1}; training stopped and the last "
-                "good checkpoint is kept. Lower training.lr, set training.grad_clip, or check the inputs")
+    for step, global_n in enumerate(step_sizes):
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        step_totals = torch.zeros(3, dtype=torch.float64)
+        for micro in range(micro_per_step):
+            x, y = next(batches)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # DDP averages gradients over processes; scaling the summed loss by
+            # world/global_n makes the result the mean over the whole global batch
+            sync = micro == micro_per_step - 1 or not ctx.active
+            with model.no_sync() if not sync else nullcontext():
+                out = model(x)
+                loss_sum = F.cross_entropy(out.logits, y, reduction="sum")
+                (loss_sum * (ctx.world_size / global_n)).backward()
+            step_totals += torch.tensor([loss_sum.item(), (out.logits.argmax(1) == y).sum().item(), y.numel()],
+                                        dtype=torch.float64)
+            layer_rates = torch.stack(out.rates).detach().cpu() * y.numel()
+            rates = layer_rates if rates is None else rates + layer_rates
+        step_totals = torch.tensor(all_reduce_sum(ctx, step_totals.tolist(), device), dtype=torch.float64)
+        if not np.isfinite(step_totals[0].item()):  # every rank sees the same sum, so all stop together
+            raise TrainingError(
+                f"the loss became {step_totals[0].item() / step_totals[2].item()} at epoch {epoch}, batch {step + 1}; "
+                "training stopped and the last good checkpoint is kept. Lower training.lr, set training.grad_clip, "
+                "or check the inputs")
         if cfg.training.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
         optimizer.step()
-
-        n = y.numel()
-        total_loss += loss_value * n
-        correct += (out.logits.argmax(1) == y).sum().item()
-        seen += n
-        layer_rates = torch.stack(out.rates)
-        rates = layer_rates * n if rates is None else rates + layer_rates * n
-        progress.update(task, advance=1, loss=total_loss / seen, acc=correct / seen,
-                        rate=seen / (time.perf_counter() - start))
+        totals += step_totals
+        progress.update(task, advance=1, loss=totals[0].item() / totals[2].item(),
+                        acc=totals[1].item() / totals[2].item(), rate=totals[2].item() / (time.perf_counter() - start))
     elapsed = time.perf_counter() - start
-    row = {"train_loss": total_loss / seen, "train_accuracy": correct / seen,
-           "samples_per_s": seen / elapsed, "epoch_s": elapsed}
-    row |= {f"rate_layer{i}": r for i, r in enumerate((rates / seen).tolist())}
+    loss, correct, seen = totals.tolist()
+    rate_sums = all_reduce_sum(ctx, rates.tolist(), device)
+    row = {"train_loss": loss / seen, "train_accuracy": correct / seen, "samples_per_s": seen / elapsed,
+           "epoch_s": elapsed}
+    row |= {f"rate_layer{i}": r / seen for i, r in enumerate(rate_sums)}
     return row
 
 
 @torch.no_grad()
-def evaluate(model: SpikingNetwork, loader, device) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a loader."""
+def evaluate(model: SpikingNetwork, dataset, batch_size: int, device, ctx: DistContext = DistContext()
+             ) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a dataset, sharded over the processes."""
     model.eval()
-    total_loss, correct, seen = 0.0, 0, 0
-    for x, y in loader:
+    sampler = GlobalBatchSampler(len(dataset), batch_size, ctx, shuffle=False)
+    totals = [0.0, 0.0, 0.0]
+    for x, y in make_loader(dataset, sampler):
         x, y = x.to(device), y.to(device)
-        loss, out = _step_loss(model, x, y)
-        total_loss += loss.item() * y.numel()
-        correct += (out.logits.argmax(1) == y).sum().item()
-        seen += y.numel()
-    return total_loss / seen, correct / seen
+        logits = model(x).logits
+        totals[0] += F.cross_entropy(logits, y, reduction="sum").item()
+        totals[1] += (logits.argmax(1) == y).sum().item()
+        totals[2] += y.numel()
+    loss, correct, seen = all_reduce_sum(ctx, totals, device)
+    return loss / seen, correct / seen
 
 
-def _rng_state(shuffle: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _restore_rng(state: dict, shuffle: torch.Generator) -> None:
+def _restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    shuffle.set_state(state["shuffle"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def choose_schedule(cfg: Config, console: Console) -> Plan:
+def choose_schedule(cfg: Config, console: Console, per_process_batch: int) -> Plan:
     n_inputs, n_classes = input_shape(cfg.data)
-    p = plan(cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes)
+    p = plan(cfg.model_copy(update={"data": cfg.data.model_copy(update={"batch_size": per_process_batch})}),
+             device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes)
     if p.choice is None:
         raise ConfigError(refusal(p))
     chosen = next(s for s in p.strategies if s.name == p.choice)
@@ -149,80 +166,107 @@ def _open_tensorboard(cfg: Config, out_dir: Path) -> TensorBoardLog | None:
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Console | None = None,
           on_epoch_end: Callable[[int, dict, SpikingNetwork], None] | None = None) -> dict:
-    """Train as the config says; returns the summary also written to summary.json."""
-    console = console or Console()
-    out_dir = Path(out_dir)
+    """Train as the config says; returns the summary also written to summary.json.
+
+    Under torchrun every process runs this function; only rank 0 prints and writes.
+    """
+    ctx = init_distributed(cfg.device)
+    try:
+        summary = _train(cfg, Path(out_dir), resume, console, on_epoch_end, ctx)
+    except BaseException:
+        shutdown(ctx, clean=False)
+        raise
+    shutdown(ctx)
+    return summary
+
+
+def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on_epoch_end, ctx: DistContext) -> dict:
+    console = console if ctx.is_main and console is not None else Console(quiet=not ctx.is_main)
     device = resolve_device(cfg.device)
-    bptt = choose_schedule(cfg, console)  # refuses a config that cannot fit, before allocating anything
+    if device.type == "cuda" and ctx.active:
+        device = torch.device("cuda", ctx.local_rank)
+    global_batch = cfg.data.batch_size * (ctx.world_size if cfg.data.batch_scope == "per_device" else 1)
+    if global_batch < ctx.world_size * cfg.training.grad_accumulation:
+        raise ConfigError(f"data.batch_size: a global batch of {global_batch} cannot be split over "
+                          f"{ctx.world_size} processes x {cfg.training.grad_accumulation} accumulation steps")
+    bptt = choose_schedule(cfg, console, per_process_batch=-(-global_batch // (ctx.world_size * cfg.training.grad_accumulation)))
     previous = latest_checkpoint(out_dir)
     if previous is not None and not resume:
         raise TrainingError(f"{out_dir} already holds a run (checkpoint {previous.name}); pass --resume to "
                             "continue it, or choose another --out")
     if resume and previous is None:
         raise TrainingError(f"--resume: no checkpoint in {out_dir}/checkpoints to continue from")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tensorboard = _open_tensorboard(cfg, out_dir)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    tensorboard = _open_tensorboard(cfg, out_dir) if ctx.is_main else None
 
     seed_everything(cfg.training.seed)
     splits = load_splits(cfg.data, cfg.training.seed)
-    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, bptt.schedule).to(device)
-    optimizer = make_optimizer(cfg.training, model.parameters())
+    network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, bptt.schedule).to(device)
+    optimizer = make_optimizer(cfg.training, network.parameters())
     scheduler = make_scheduler(cfg.training, optimizer)
-    shuffle = torch.Generator().manual_seed(cfg.training.seed)
-    train_loader = make_loader(splits.train, cfg.data.batch_size, shuffle=True, generator=shuffle)
-    val_loader = make_loader(splits.val, cfg.data.batch_size) if splits.val is not None else None
-
     history: list[dict] = []
     wall_before = 0.0
     if resume:
         weights, state = read_checkpoint(previous)
         _check_resumable(state["config"], cfg, previous)
-        load_weights(model, weights, previous)
+        load_weights(network, weights, previous)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _restore_rng(state["rng"], shuffle)
+        _restore_rng(state["rng"])
         history, wall_before = state["history"], state["wall_s"]
         console.print(f"resuming {out_dir} after epoch {len(history)} ({previous.name})")
-    (out_dir / "config.yaml").write_text(dump_config(cfg))
-    console.print(f"training {count_parameters(model):,} parameters on {device} "
+    model = DDP(network, device_ids=[device.index] if device.type == "cuda" else None) if ctx.active else network
+    sampler = GlobalBatchSampler(len(splits.train), global_batch, ctx, accumulation=cfg.training.grad_accumulation,
+                                 seed=cfg.training.seed)
+    train_loader = make_loader(splits.train, sampler)
+    if ctx.is_main:
+        (out_dir / "config.yaml").write_text(dump_config(cfg))
+    console.print(f"training {count_parameters(network):,} parameters on {device}"
+                  f"{f' x {ctx.world_size} processes' if ctx.active else ''} "
                   f"({len(splits.train)} train / {len(splits.val) if splits.val else 0} val samples, "
-                  f"T={cfg.data.num_steps}, {splits.n_inputs} inputs, {splits.n_classes} classes)")
+                  f"T={cfg.data.num_steps}, {splits.n_inputs} inputs, {splits.n_classes} classes, "
+                  f"global batch {global_batch})")
 
     run_start = time.perf_counter()
     try:
         with _progress(console) as progress:
             for epoch in range(len(history) + 1, cfg.training.epochs + 1):
+                sampler.set_epoch(epoch)
                 row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-                row |= train_epoch(model, train_loader, optimizer, device, cfg, epoch, progress)
-                if val_loader is not None:
-                    row["val_loss"], row["val_accuracy"] = evaluate(model, val_loader, device)
+                row |= train_epoch(model, train_loader, sampler, optimizer, device, cfg, ctx, epoch, progress)
+                if splits.val is not None:
+                    row["val_loss"], row["val_accuracy"] = evaluate(network, splits.val, global_batch, device, ctx)
                 scheduler.step()
                 history.append(row)
                 wall = wall_before + time.perf_counter() - run_start
-                _write_reports(out_dir, history, _summary(history, wall, cfg, device, model))
-                if tensorboard:
-                    tensorboard.log(row, epoch)
-                state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "rng": _rng_state(shuffle), "history": history, "wall_s": wall,
-                         "config": cfg.model_dump(mode="json")}
-                save_checkpoint(out_dir, epoch, model, state, keep=cfg.training.keep_checkpoints)
+                if ctx.is_main:
+                    _write_reports(out_dir, history, _summary(history, wall, device, network))
+                    if tensorboard:
+                        tensorboard.log(row, epoch)
+                    state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "rng": _rng_state(), "history": history, "wall_s": wall,
+                             "config": cfg.model_dump(mode="json")}
+                    save_checkpoint(out_dir, epoch, network, state, keep=cfg.training.keep_checkpoints)
+                barrier(ctx)  # no process starts the next epoch before the checkpoint exists
                 progress.console.print(_epoch_line(row, cfg.training.epochs))
                 if on_epoch_end is not None:
-                    on_epoch_end(epoch, row, model)
+                    on_epoch_end(epoch, row, network)
     finally:
         if tensorboard:
             tensorboard.close()
 
-    test_loss, test_accuracy = evaluate(model, make_loader(splits.test, cfg.data.batch_size), device)
-    summary = _summary(history, wall_before + time.perf_counter() - run_start, cfg, device, model)
-    summary |= {"test_loss": test_loss, "test_accuracy": test_accuracy}
-    write_summary(out_dir / "summary.json", summary)
+    test_loss, test_accuracy = evaluate(network, splits.test, global_batch, device, ctx)
+    summary = _summary(history, wall_before + time.perf_counter() - run_start, device, network)
+    summary |= {"test_loss": test_loss, "test_accuracy": test_accuracy, "processes": ctx.world_size}
+    if ctx.is_main:
+        write_summary(out_dir / "summary.json", summary)
     console.print(f"done: val accuracy {summary['val_accuracy']:.1%}, test accuracy {test_accuracy:.1%}; "
                   f"results in {out_dir}")
     return summary
 
 
-def _summary(history: list[dict], wall: float, cfg: Config, device, model) -> dict:
+def _summary(history: list[dict], wall: float, device, model) -> dict:
     last = history[-1]
     train_time = sum(r["epoch_s"] for r in history)
     samples = sum(r["samples_per_s"] * r["epoch_s"] for r in history)

@@ -90,9 +90,7 @@ def load_splits(cfg: DataConfig, seed: int) -> DataSplits:
                       shape[1], cfg.step_seconds)
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False,
-                generator: torch.Generator | None = None, sampler: Sampler | None = None) -> DataLoader:
+def make_loader(dataset: Dataset, batch_sampler: Sampler[list[int]]) -> DataLoader:
     # Workers stay at 0: binning is cheap next to BPTT, and one process keeps
-    # the shuffling order a pure function of the saved generator state.
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
-                      generator=generator, sampler=sampler, drop_last=False)
+    # the batch order a pure function of the sampler.
+    return DataLoader(dataset, batch_sampler=batch_sampler)

@@ -1,0 +1,129 @@
+"""Running under torchrun: process group, data sharding and metric reduction.
+
+Launching is left to the standard engines (``torchrun`` on CPU/GPU, ``poprun``
+on IPU-PODs); this module only reads the environment they set up. A plain
+``ipu-snn train`` is the world-size-1 case of the same code path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from .errors import DeviceError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process prints and writes files."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str) -> DistContext:
+    """Join the process group torchrun describes in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if device == "cuda":
+            if torch.cuda.device_count() <= local_rank:
+                raise DeviceError(f"rank {rank} has local rank {local_rank}, but only "
+                                  f"{torch.cuda.device_count()} CUDA devices are visible")
+            torch.cuda.set_device(local_rank)
+        elif device != "cpu":
+            raise DeviceError(f"device: {device} does not run under torchrun; IPU-PODs are launched with poprun")
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return DistContext(rank, world, local_rank)
+
+
+def shutdown(ctx: DistContext, clean: bool = True) -> None:
+    if ctx.active and dist.is_initialized():
+        # gloo aborts a process that tears down its group while a peer is still
+        # sending; meeting at a barrier first lets every rank leave together.
+        # After an error a peer may never arrive, so then leave at once.
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.active:
+        dist.barrier()
+
+
+def all_reduce_sum(ctx: DistContext, values: list[float], device: torch.device) -> list[float]:
+    if not ctx.active:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_object(ctx: DistContext, obj):
+    """Rank 0's value of ``obj`` on every rank (e.g. a decision only the main process can make)."""
+    if not ctx.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Micro-batches of one rank, carved from seeded global batches.
+
+    Epoch e permutes the dataset with seed (seed, e) and cuts it into global
+    batches; each global batch is split evenly over the ranks and then over the
+    accumulation steps. One process and N processes therefore see the same
+    global batches, which is what makes their training equal, and the order
+    depends on the epoch alone, so a resumed run needs no sampler state.
+    A last global batch too small to give every rank and micro-step a sample is
+    dropped in training; evaluation (``shuffle=False``) keeps every sample.
+    """
+
+    def __init__(self, n: int, global_batch: int, ctx: DistContext, *, accumulation: int = 1,
+                 shuffle: bool = True, seed: int = 0):
+        self.n, self.global_batch, self.ctx = n, global_batch, ctx
+        self.accumulation, self.shuffle, self.seed = accumulation, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[np.ndarray]:
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle
+                 else np.arange(self.n))
+        batches = [order[i:i + self.global_batch] for i in range(0, self.n, self.global_batch)]
+        parts = self.ctx.world_size * self.accumulation
+        if self.shuffle and batches and len(batches[-1]) < parts:
+            batches.pop()
+        return batches
+
+    def __iter__(self):
+        for batch in self._global_batches():
+            mine = np.array_split(batch, self.ctx.world_size)[self.ctx.rank]
+            for micro in np.array_split(mine, self.accumulation):
+                if len(micro):
+                    yield micro.tolist()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def steps(self) -> list[int]:
+        """Global batch size of each optimizer step this epoch (for loss scaling)."""
+        return [len(b) for b in self._global_batches()]
