@@ -68,12 +68,15 @@ class SpikingLayer(nn.Module, abc.ABC):
         return torch.stack(outputs)
 
 
-class LIF(SpikingLayer):
-    """Feed-forward leaky integrate-and-fire layer."""
+class _SpikingNeurons(SpikingLayer):
+    """What LIF and ALIF layers share: input weights, optional recurrent weights, a leak.
 
-    def __init__(self, n_in: int, n_out: int, *, beta: float = 0.9, threshold: float = 1.0,
-                 reset: str = "subtract", detach_reset: bool = True, learn_decay: bool = False,
-                 spike: neurons.Surrogate = neurons.Surrogate(), recurrent: bool = False):
+    The layer state is ``(neuron state, previous spikes)``; the previous spikes
+    feed the recurrent weights and are what the next layer receives.
+    """
+
+    def __init__(self, n_in: int, n_out: int, *, beta: float, threshold: float, reset: str,
+                 detach_reset: bool, learn_decay: bool, spike: neurons.Surrogate, recurrent: bool):
         super().__init__()
         self.n_out = n_out
         self.fc = _input_weight(n_in, n_out, gain=2.0 * threshold)
@@ -81,19 +84,34 @@ class LIF(SpikingLayer):
         _decay(n_out, beta, learn_decay, self, "beta")
         self.threshold, self.reset, self.detach_reset, self.spike = threshold, reset, detach_reset, spike
 
-    def params(self) -> LIFParams:
-        return LIFParams(self.beta.clamp(0.0, 1.0), self.threshold, self.reset, self.detach_reset, self.spike)
+    @abc.abstractmethod
+    def neuron_step(self, neuron_state: tuple, current: Tensor) -> tuple[tuple, Tensor]:
+        """The pure step function of this neuron type, with this layer's parameters."""
+
+    def step(self, state, current):
+        neuron_state, z_prev = state
+        if self.rec is not None:
+            current = current + self.rec(z_prev)
+        neuron_state, z = self.neuron_step(neuron_state, current)
+        return (neuron_state, z), z
+
+
+class LIF(_SpikingNeurons):
+    """Leaky integrate-and-fire layer, feed-forward unless ``recurrent``."""
+
+    def __init__(self, n_in: int, n_out: int, *, beta: float = 0.9, threshold: float = 1.0,
+                 reset: str = "subtract", detach_reset: bool = True, learn_decay: bool = False,
+                 spike: neurons.Surrogate = neurons.Surrogate(), recurrent: bool = False):
+        super().__init__(n_in, n_out, beta=beta, threshold=threshold, reset=reset, detach_reset=detach_reset,
+                         learn_decay=learn_decay, spike=spike, recurrent=recurrent)
 
     def initial_state(self, batch: int, like: Tensor) -> tuple[LIFState, Tensor]:
         zeros = like.new_zeros(batch, self.n_out)
         return LIFState(zeros), zeros
 
-    def step(self, state, current):
-        lif, z_prev = state
-        if self.rec is not None:
-            current = current + self.rec(z_prev)
-        lif, z = neurons.lif_step(self.params(), lif, current)
-        return (lif, z), z
+    def neuron_step(self, neuron_state, current):
+        params = LIFParams(self.beta.clamp(0.0, 1.0), self.threshold, self.reset, self.detach_reset, self.spike)
+        return neurons.lif_step(params, neuron_state, current)
 
 
 class RecurrentLIF(LIF):
@@ -103,36 +121,26 @@ class RecurrentLIF(LIF):
         super().__init__(n_in, n_out, recurrent=True, **kwargs)
 
 
-class ALIF(SpikingLayer):
+class ALIF(_SpikingNeurons):
     """Adaptive-threshold LIF layer (Bellec et al. 2018), recurrent by default."""
 
     def __init__(self, n_in: int, n_out: int, *, beta: float = 0.9, rho: float = 0.98,
                  adapt_strength: float = 1.8, threshold: float = 1.0, reset: str = "subtract",
                  detach_reset: bool = True, learn_decay: bool = False,
                  spike: neurons.Surrogate = neurons.Surrogate(), recurrent: bool = True):
-        super().__init__()
-        self.n_out = n_out
-        self.fc = _input_weight(n_in, n_out, gain=2.0 * threshold)
-        self.rec = _recurrent_weight(n_out) if recurrent else None
-        _decay(n_out, beta, learn_decay, self, "beta")
+        super().__init__(n_in, n_out, beta=beta, threshold=threshold, reset=reset, detach_reset=detach_reset,
+                         learn_decay=learn_decay, spike=spike, recurrent=recurrent)
         _decay(n_out, rho, learn_decay, self, "rho")
-        self.adapt_strength, self.threshold = adapt_strength, threshold
-        self.reset, self.detach_reset, self.spike = reset, detach_reset, spike
-
-    def params(self) -> ALIFParams:
-        return ALIFParams(self.beta.clamp(0.0, 1.0), self.rho.clamp(0.0, 1.0), self.adapt_strength,
-                          self.threshold, self.reset, self.detach_reset, self.spike)
+        self.adapt_strength = adapt_strength
 
     def initial_state(self, batch: int, like: Tensor) -> tuple[ALIFState, Tensor]:
         zeros = like.new_zeros(batch, self.n_out)
         return ALIFState(zeros, zeros), zeros
 
-    def step(self, state, current):
-        alif, z_prev = state
-        if self.rec is not None:
-            current = current + self.rec(z_prev)
-        alif, z = neurons.alif_step(self.params(), alif, current)
-        return (alif, z), z
+    def neuron_step(self, neuron_state, current):
+        params = ALIFParams(self.beta.clamp(0.0, 1.0), self.rho.clamp(0.0, 1.0), self.adapt_strength,
+                            self.threshold, self.reset, self.detach_reset, self.spike)
+        return neurons.alif_step(params, neuron_state, current)
 
 
 class LIReadout(SpikingLayer):
