@@ -74,7 +74,10 @@ class SpikingNetwork(nn.Module):
         return tuple(new_state) + (readout_state,), torch.cat([v, torch.stack(rates, 1)], 1)
 
     def _forward_scheduled(self, xs: Tensor) -> NetworkOutput:
-        flat0, spec = pytree.tree_flatten(self.initial_state(xs.shape[1], xs))
+        """``xs`` may stay in host memory while the network is on a GPU: each step
+        copies its own slice over, so long inputs need not fit on the device."""
+        like = self.readout.fc.weight
+        flat0, spec = pytree.tree_flatten(self.initial_state(xs.shape[1], like))
         names, params = zip(*self.named_parameters())
         step = _Step(self)
 
@@ -83,7 +86,7 @@ class SpikingNetwork(nn.Module):
             # with respect to them when it replays a step in backward
             state, y = torch.func.functional_call(
                 step, {f"net.{n}": p for n, p in zip(names, params)},
-                (pytree.tree_unflatten(list(flat_state), spec), x_t))
+                (pytree.tree_unflatten(list(flat_state), spec), x_t.to(like, non_blocking=True)))
             return tuple(pytree.tree_leaves(state)), y
 
         self.last_scan = ScanStats()

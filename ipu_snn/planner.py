@@ -33,7 +33,8 @@ class Footprint:
     state_bytes: int  # one checkpoint of the whole network state
     tape_bytes_per_step: int  # what autograd keeps for one taped step
     param_bytes: int  # parameters, gradients and two Adam moments: 4 copies
-    io_bytes_per_step: int  # the input and output slices of one step
+    input_bytes_per_step: int  # one step's slice of the input batch
+    output_bytes_per_step: int  # one step's readout and spike-rate outputs
     flops_per_step: float  # forward multiply-adds x 2
 
 
@@ -58,7 +59,8 @@ def footprint(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int)
         state_bytes=at(one.state_bytes, two.state_bytes),
         tape_bytes_per_step=at(one.tape_bytes_per_step, two.tape_bytes_per_step),
         param_bytes=4 * FLOAT_BYTES * sum(p.numel() for p in weights),
-        io_bytes_per_step=batch * (n_inputs + n_classes + len(model_cfg.layers)) * FLOAT_BYTES,
+        input_bytes_per_step=batch * n_inputs * FLOAT_BYTES,
+        output_bytes_per_step=batch * (n_classes + len(model_cfg.layers)) * FLOAT_BYTES,
         flops_per_step=2.0 * batch * macs,
     )
 
@@ -136,7 +138,8 @@ class Plan:
     T: int
     batch: int
     strategies: list[Strategy]
-    choice: str | None
+    choice: str | None  # what training uses: the configured schedule, or for auto the fastest that fits
+    fastest: str | None  # the fastest that fits among all candidates costed
     factories: dict[str, Callable[[int], Schedule] | None]
 
     @property
@@ -145,7 +148,7 @@ class Plan:
 
     def to_json(self) -> dict:
         return {"device": self.device, "budget_bytes": self.budget_bytes, "T": self.T, "batch": self.batch,
-                "choice": self.choice, "strategies": [asdict(s) for s in self.strategies]}
+                "choice": self.choice, "fastest_fitting": self.fastest, "strategies": [asdict(s) for s in self.strategies]}
 
 
 def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int,
@@ -156,35 +159,41 @@ def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int,
         budget_bytes = int(cfg.bptt.budget_gib * GiB) if cfg.bptt.budget_gib else spec.local_bytes
     fp = footprint(cfg.model, n_inputs, n_classes, batch)
     costs = costs_for(fp, spec)
-    fixed = fp.param_bytes + T * fp.io_bytes_per_step
+    fixed = fp.param_bytes + T * fp.output_bytes_per_step
+    # On an accelerator the engine's schedules leave the input batch in host memory
+    # and copy each step's slice over; a taped step then also holds that slice.
+    has_host = spec.name != "cpu"
     factories = candidates(cfg.bptt, T, costs, compare_all)
     strategies = []
     for name, factory in factories.items():
         sched = store_all(T) if factory is None else factory(T)
         summary = summarize(sched)
-        local = fixed + predicted_local_bytes(sched, fp.state_bytes, fp.tape_bytes_per_step)
-        offchip = sched.max_offchip_slots * fp.state_bytes
+        streams = has_host and factory is not None
+        local = fixed + predicted_local_bytes(sched, fp.state_bytes,
+                                              fp.tape_bytes_per_step + streams * fp.input_bytes_per_step)
+        local += 0 if streams else T * fp.input_bytes_per_step
+        offchip = sched.max_offchip_slots * fp.state_bytes + streams * T * fp.input_bytes_per_step
         transfers = (summary.stores["offchip"] + summary.loads["offchip"]) * fp.state_bytes
         strategies.append(Strategy(name, sched.name, local, offchip, sched.forward_steps, transfers,
                                    predicted_time(sched, costs), local <= budget_bytes and offchip <= spec.offchip_bytes))
-    if cfg.bptt.schedule != "auto":
-        fitting = [s for s in strategies if s.fits and s.name == cfg.bptt.schedule]
+    fitting = [s for s in strategies if s.fits]
+    fastest = min(fitting, key=lambda s: s.predicted_s).name if fitting else None
+    if cfg.bptt.schedule == "auto":
+        choice = fastest
     else:
-        fitting = [s for s in strategies if s.fits]
-    choice = min(fitting, key=lambda s: s.predicted_s).name if fitting else None
-    return Plan(spec.name, budget_bytes, T, batch, strategies, choice, factories)
+        choice = cfg.bptt.schedule if any(s.name == cfg.bptt.schedule for s in fitting) else None
+    return Plan(spec.name, budget_bytes, T, batch, strategies, choice, fastest, factories)
 
 
 def refusal(p: Plan) -> str:
-    """Why nothing fits, and what would: a shorter T, a smaller batch, or another schedule."""
+    """Why the run cannot start, and what would fit: another schedule, a smaller batch, a shorter T."""
+    if p.fastest is not None:
+        return (f"bptt.schedule does not fit {p.device} within {p.budget_bytes / GiB:.2f} GiB (T={p.T}, batch {p.batch}); "
+                f"{p.fastest} would: set bptt.schedule={p.fastest} or bptt.schedule=auto")
     best = min(p.strategies, key=lambda s: s.local_bytes)
     ratio = p.budget_bytes / best.local_bytes
-    lines = [f"no BPTT schedule fits {p.device} with a budget of {p.budget_bytes / GiB:.2f} GiB: "
-             f"the leanest, {best.name}, needs {best.local_bytes / GiB:.2f} GiB "
-             f"(T={p.T}, batch {p.batch})."]
-    lines.append(f"Would fit: about data.batch_size={max(1, int(p.batch * ratio))}, "
-                 f"or about data.steps={max(1, int(p.T * ratio))} if memory grows with T, "
-                 + ("or bptt.schedule=auto to let the planner choose among all schedules, "
-                    if len(p.strategies) == 1 else "")
-                 + "or a larger bptt.budget_gib.")
-    return " ".join(lines)
+    return (f"no BPTT schedule fits {p.device} with a budget of {p.budget_bytes / GiB:.2f} GiB: the leanest, "
+            f"{best.name}, needs {best.local_bytes / GiB:.2f} GiB (T={p.T}, batch {p.batch}). Would fit: about "
+            f"data.batch_size={max(1, int(p.batch * ratio))}, or about data.steps={max(1, int(p.T * ratio))} if memory "
+            "grows with T, or a larger bptt.budget_gib"
+            + (", or bptt.schedule=auto to let the planner choose among all schedules." if len(p.strategies) == 1 else "."))

@@ -86,7 +86,8 @@ def plan_table(plan):
                       f"{s.offchip_bytes / 2**20:,.0f}", f"{s.forward_steps:,}", f"{s.predicted_s:.3g}",
                       "yes" if s.fits else "[red]no[/]")
     if plan.choice is None:
-        table.caption = "nothing fits: see `ipu-snn train` for what would"
+        table.caption = (f"the configured schedule does not fit; the fastest that does is {plan.fastest}"
+                         if plan.fastest else "nothing fits: a smaller batch or a shorter T would")
     return table
 
 

@@ -53,7 +53,16 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def train_epoch(model, loader, sampler: GlobalBatchSampler, optimizer, device, cfg: Config, ctx: DistContext,
+def _to_device(batch, network: SpikingNetwork, device: torch.device):
+    """Labels go to the device; inputs too, except for the engine's schedules on a GPU,
+    which copy one step at a time from pinned host memory (see SpikingNetwork)."""
+    x, y = batch
+    if network.schedule is not None and device.type == "cuda":
+        return x.pin_memory(), y.to(device)
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def train_epoch(model, network: SpikingNetwork, loader, sampler: GlobalBatchSampler, optimizer, device, cfg: Config, ctx: DistContext,
                 epoch: int, progress: Progress) -> dict:
     """One pass over the training data; metrics are summed over all processes."""
     model.train()
@@ -69,8 +78,7 @@ def train_epoch(model, loader, sampler: GlobalBatchSampler, optimizer, device, c
         optimizer.zero_grad(set_to_none=True)
         step_totals = torch.zeros(3, dtype=torch.float64)
         for micro in range(micro_per_step):
-            x, y = next(batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = _to_device(next(batches), network, device)
             # DDP averages gradients over processes; scaling the summed loss by
             # world/global_n makes the result the mean over the whole global batch
             sync = micro == micro_per_step - 1 or not ctx.active
@@ -110,8 +118,8 @@ def evaluate(model: SpikingNetwork, dataset, batch_size: int, device, ctx: DistC
     model.eval()
     sampler = GlobalBatchSampler(len(dataset), batch_size, ctx, shuffle=False)
     totals = [0.0, 0.0, 0.0]
-    for x, y in make_loader(dataset, sampler):
-        x, y = x.to(device), y.to(device)
+    for batch in make_loader(dataset, sampler):
+        x, y = _to_device(batch, model, device)
         logits = model(x).logits
         totals[0] += F.cross_entropy(logits, y, reduction="sum").item()
         totals[1] += (logits.argmax(1) == y).sum().item()
@@ -135,8 +143,10 @@ def _restore_rng(state: dict) -> None:
 
 def choose_schedule(cfg: Config, console: Console, per_process_batch: int) -> Plan:
     n_inputs, n_classes = input_shape(cfg.data)
-    p = plan(cfg.model_copy(update={"data": cfg.data.model_copy(update={"batch_size": per_process_batch})}),
-             device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes)
+    local_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"batch_size": per_process_batch})})
+    p = plan(local_cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes)
+    if p.choice is None and cfg.bptt.schedule != "auto":  # cost the alternatives only to say what would fit
+        p = plan(local_cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes, compare_all=True)
     if p.choice is None:
         raise ConfigError(refusal(p))
     chosen = next(s for s in p.strategies if s.name == p.choice)
@@ -234,7 +244,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
             for epoch in range(len(history) + 1, cfg.training.epochs + 1):
                 sampler.set_epoch(epoch)
                 row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-                row |= train_epoch(model, train_loader, sampler, optimizer, device, cfg, ctx, epoch, progress)
+                row |= train_epoch(model, network, train_loader, sampler, optimizer, device, cfg, ctx, epoch, progress)
                 if splits.val is not None:
                     row["val_loss"], row["val_accuracy"] = evaluate(network, splits.val, global_batch, device, ctx)
                 scheduler.step()
