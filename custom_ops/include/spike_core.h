@@ -1,0 +1,205 @@
+// Inner loops of the sparse spike matmul, shared by every compiled backend.
+//
+// The CPU torch extension (custom_ops/cpu/) and the Poplar vertices include this
+// header, so the arithmetic that CI tests on CPU is the arithmetic an IPU tile
+// runs. It therefore has no torch or Poplar includes, no allocation and no
+// threads: callers own the memory and the parallel decomposition (batch or
+// weight-row ranges on CPU threads, weight-row ranges on IPU tiles).
+//
+// Spike format (ipu_snn/ops/spikes.py): sample b lists counts[b] int32 neuron
+// ids in ids[b * capacity + k]. Weights are row-major [n_in, n_out].
+//
+// Every loop here walks a *neuron index*: the spike list transposed to CSR
+// form, so that for neuron i, e in [offsets[i], offsets[i + 1]) enumerates the
+// samples that listed it: samples[e] = b and, when asked for, the flat list
+// position slots[e] = b * capacity + k. Walking neurons in order streams each
+// weight row once, however many samples fired it, instead of fetching rows at
+// random once per (sample, spike). Random row fetches miss the TLB on every row
+// (a row is at least one page), which made a per-sample gather about 4x slower
+// on CPU; on an IPU the same order is the natural one, because a tile owns a
+// range of weight rows.
+//
+// T is the weight/gradient element type (float, double, half, bfloat16); Acc
+// is the type sums are carried in, so half weights accumulate in float.
+#pragma once
+
+#include <cstdint>
+
+namespace ipu_snn {
+namespace core {
+
+// Columns summed per register block. 64 floats fill eight 256-bit (or four
+// 512-bit) vector registers, so a running sum stays in registers while the
+// loop walks the samples that listed the neuron.
+constexpr int64_t kBlockLanes = 64;
+
+// Partial sums a dot product keeps apart. Without -ffast-math a compiler may
+// not reorder a floating-point reduction, so independent partial sums are what
+// lets it vectorise the loop.
+constexpr int kDotLanes = 16;
+
+inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Builds the neuron index of the first counts[b] entries of every sample.
+// offsets has n_in + 1 slots; samples (and slots, which may be null when only
+// the sample is needed) have sum(counts) slots. Entries of one neuron come out
+// in batch order, so sums over them are deterministic. The sample is stored
+// rather than derived from the slot because a division per entry and column
+// block costs as much as the block's additions. Ids must lie in [0, n_in)
+// (callers check).
+inline void build_neuron_index(const int32_t* ids, const int32_t* counts,
+                               int64_t batch, int64_t capacity, int64_t n_in,
+                               int32_t* offsets, int32_t* samples, int32_t* slots) {
+  for (int64_t i = 0; i <= n_in; ++i) offsets[i] = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int32_t k = 0; k < counts[b]; ++k) ++offsets[ids[b * capacity + k] + 1];
+  }
+  for (int64_t i = 0; i < n_in; ++i) offsets[i + 1] += offsets[i];
+  // Place entries using offsets[i] as neuron i's write cursor; afterwards each
+  // cursor sits at the start of the next neuron, so shifting by one restores
+  // the start offsets without a scratch array.
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int32_t k = 0; k < counts[b]; ++k) {
+      const int32_t e = offsets[ids[b * capacity + k]]++;
+      samples[e] = static_cast<int32_t>(b);
+      if (slots != nullptr) slots[e] = static_cast<int32_t>(b * capacity + k);
+    }
+  }
+  for (int64_t i = n_in; i > 0; --i) offsets[i] = offsets[i - 1];
+  offsets[0] = 0;
+}
+
+// Forward, spikes @ weight, for neurons [row_begin, row_end) and columns
+// [col_begin, col_end): out[b, c] += weight[i, c] for every entry (i, b).
+// Spikes are 1, so nothing is multiplied. out must be zeroed by the caller.
+// The loop adds a whole weight-row slice into one output row at a time: long
+// unit-stride runs are what the hardware prefetcher streams well, and the
+// slice stays in L1 for the next sample that fired the same neuron.
+template <typename T, typename Acc>
+void forward_rows(const T* weight, int64_t weight_stride, const int32_t* offsets,
+                  const int32_t* samples, int64_t row_begin, int64_t row_end,
+                  int64_t col_begin, int64_t col_end, Acc* out, int64_t out_stride) {
+  for (int64_t i = row_begin; i < row_end; ++i) {
+    const T* row = weight + i * weight_stride;
+    for (int32_t e = offsets[i]; e < offsets[i + 1]; ++e) {
+      Acc* o = out + static_cast<int64_t>(samples[e]) * out_stride;
+      for (int64_t c = col_begin; c < col_end; ++c) o[c] += Acc(row[c]);
+    }
+  }
+}
+
+// Weight gradient, spikes^T @ grad_out, for neurons [row_begin, row_end) and
+// columns [col_begin, col_end): grad_weight[i, c] = sum over entries (i, b) of
+// grad_out[b, c]. Overwrites, so neurons that no sample listed get an explicit
+// 0 and the caller need not clear the (large) gradient first. Sums run in
+// registers, kBlockLanes columns at a time, so each gradient element is
+// written once.
+template <typename G, typename Acc>
+void grad_weight_rows(const G* grad_out, int64_t grad_stride, const int32_t* offsets,
+                      const int32_t* samples, int64_t row_begin, int64_t row_end,
+                      int64_t col_begin, int64_t col_end, Acc* grad_weight,
+                      int64_t grad_weight_stride) {
+  for (int64_t i = row_begin; i < row_end; ++i) {
+    const int32_t first = offsets[i], last = offsets[i + 1];
+    Acc* gw = grad_weight + i * grad_weight_stride;
+    if (first == last) {
+      for (int64_t c = col_begin; c < col_end; ++c) gw[c] = Acc(0);
+      continue;
+    }
+    for (int64_t c = col_begin; c < col_end; c += kBlockLanes) {
+      const int64_t width = min_i64(kBlockLanes, col_end - c);
+      Acc acc[kBlockLanes];
+      for (int64_t j = 0; j < kBlockLanes; ++j) acc[j] = Acc(0);
+      for (int32_t e = first; e < last; ++e) {
+        const G* g = grad_out + static_cast<int64_t>(samples[e]) * grad_stride + c;
+        if (width == kBlockLanes) {
+          // A constant trip count lets the compiler keep acc in registers.
+          for (int64_t j = 0; j < kBlockLanes; ++j) acc[j] += Acc(g[j]);
+        } else {
+          for (int64_t j = 0; j < width; ++j) acc[j] += Acc(g[j]);
+        }
+      }
+      for (int64_t j = 0; j < width; ++j) gw[c + j] = acc[j];
+    }
+  }
+}
+
+// Dot product of n elements with kDotLanes independent partial sums.
+template <typename T, typename G, typename Acc>
+Acc dot(const T* a, const G* b, int64_t n) {
+  Acc partial[kDotLanes];
+  for (int l = 0; l < kDotLanes; ++l) partial[l] = Acc(0);
+  int64_t j = 0;
+  for (; j + kDotLanes <= n; j += kDotLanes) {
+    for (int l = 0; l < kDotLanes; ++l) partial[l] += Acc(a[j + l]) * Acc(b[j + l]);
+  }
+  for (; j < n; ++j) partial[0] += Acc(a[j]) * Acc(b[j]);
+  Acc sum = Acc(0);
+  for (int l = 0; l < kDotLanes; ++l) sum += partial[l];
+  return sum;
+}
+
+// Input gradient at the listed neurons only, for neurons [row_begin, row_end):
+// values[slots[e]] = <weight[i, :], grad_out[samples[e], :]> for every entry e.
+// Positions that no entry names are left untouched (the caller zeroes them):
+// neurons not listed get no gradient, which is what makes the backward sparse.
+template <typename T, typename G, typename Acc>
+void grad_input_rows(const T* weight, int64_t weight_stride, int64_t n_cols,
+                     const G* grad_out, int64_t grad_stride, const int32_t* offsets,
+                     const int32_t* samples, const int32_t* slots, int64_t row_begin,
+                     int64_t row_end, T* values) {
+  for (int64_t i = row_begin; i < row_end; ++i) {
+    const T* row = weight + i * weight_stride;
+    for (int32_t e = offsets[i]; e < offsets[i + 1]; ++e) {
+      const G* g = grad_out + static_cast<int64_t>(samples[e]) * grad_stride;
+      values[slots[e]] = T(dot<T, G, Acc>(row, g, n_cols));
+    }
+  }
+}
+
+// What compact_row found in one sample.
+struct CompactCounts {
+  int32_t spikes;        // spike ids written (at most capacity)
+  int32_t near;          // near-threshold ids written after them
+  int32_t dropped;       // spikes that did not fit: the overflow to report
+  int32_t near_dropped;  // near-threshold neurons that did not fit
+};
+
+// Writes the ids of the nonzero entries of z[0, n) in ascending order, then the
+// ids where near[j] is set and z[j] is zero, into ids[0, capacity). Spikes take
+// precedence: they make the forward exact, while near-threshold entries only
+// widen the sparse backward. Unused slots are set to id 0, a valid row, so a
+// consumer that reads past the count never indexes out of bounds.
+// `near` may be null (no second threshold).
+template <typename Z, typename M>
+CompactCounts compact_row(const Z* z, const M* near, int64_t n, int32_t capacity,
+                          int32_t* ids) {
+  CompactCounts result{0, 0, 0, 0};
+  int64_t total = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    if (z[j] != Z(0)) {
+      if (total < capacity) ids[total] = static_cast<int32_t>(j);
+      ++total;
+    }
+  }
+  result.spikes = static_cast<int32_t>(min_i64(total, capacity));
+  result.dropped = static_cast<int32_t>(total - result.spikes);
+  int32_t filled = result.spikes;
+  if (near != nullptr) {
+    for (int64_t j = 0; j < n; ++j) {
+      if (near[j] && z[j] == Z(0)) {
+        if (filled < capacity) {
+          ids[filled++] = static_cast<int32_t>(j);
+          ++result.near;
+        } else {
+          ++result.near_dropped;
+        }
+      }
+    }
+  }
+  for (int32_t k = filled; k < capacity; ++k) ids[k] = 0;
+  return result;
+}
+
+}  // namespace core
+}  // namespace ipu_snn
