@@ -116,6 +116,13 @@ class ReadoutConfig(_Decay):
 class ModelConfig(_Strict):
     layers: list[LayerConfig] = Field(min_length=1)
     readout: ReadoutConfig = ReadoutConfig()
+    # Multiply spikes by weights as gather-adds over spike lists (ipu_snn.ops) instead of dense
+    # matrix products: for the recurrent weights, the next layer, the readout, and binary inputs.
+    sparse: bool = False
+    sparse_capacity: float = Field(0.25, gt=0.0, le=1.0)  # spike-list length as a fraction of the neurons
+    sparse_overflow: Literal["error", "drop_and_count"] = "error"
+    # "dense": exact gradients for any surrogate; "spikes": only at neurons that fired (faster, approximate)
+    sparse_grad: Literal["dense", "spikes"] = "dense"
 
 
 # ------------------------------------------------------------------------------ data

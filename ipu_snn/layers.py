@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -26,20 +27,60 @@ def _decay(n: int, beta: float, learn: bool, module: nn.Module, name: str) -> No
         module.register_buffer(name, value)
 
 
-def _input_weight(n_in: int, n_out: int, gain: float) -> nn.Linear:
+class SparseMode(NamedTuple):
+    """How a SpikeLinear multiplies spikes: densely, or as a gather-add over spike lists."""
+
+    enabled: bool = False
+    capacity: float = 0.25  # list length K as a fraction of the presynaptic neurons
+    overflow: str = "error"  # or "drop_and_count"
+    dense_grad: bool = True  # exact gradient for every surrogate; False: only at spiking neurons
+
+
+class SpikeLinear(nn.Module):
+    """``z @ weight + bias`` with the weight stored [n_in, n_out], as spike ops want it.
+
+    With sparse mode on, z (0/1 spikes) is compacted to fixed-capacity spike
+    lists and multiplied by gathering weight rows (``ipu_snn.ops``); the
+    parameters are the same either way, so a checkpoint and an initialisation
+    serve both paths. ``dropped`` accumulates what overflow left out.
+    """
+
+    def __init__(self, n_in: int, n_out: int, *, std: float, bias: bool = True, sparse: SparseMode = SparseMode()):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_in, n_out) * std)
+        self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
+        self.sparse = sparse
+        self.capacity = max(1, math.ceil(sparse.capacity * n_in))
+        self.dropped: Tensor | None = None
+
+    def forward(self, z: Tensor) -> Tensor:
+        if not self.sparse.enabled:
+            return torch.nn.functional.linear(z, self.weight.t(), self.bias)
+        from .errors import UserError
+        from .ops import sparse_linear  # builds the C++ extension on first use
+
+        try:
+            out, spikes = sparse_linear(z, self.weight, self.capacity, overflow=self.sparse.overflow,
+                                        dense_grad=self.sparse.dense_grad)
+        except UserError as exc:
+            raise type(exc)(f"{exc}\nIn the config: raise model.sparse_capacity (now {self.sparse.capacity}, "
+                            f"K={self.capacity} of {self.weight.shape[0]} neurons) or set "
+                            "model.sparse_overflow=drop_and_count") from None
+        if spikes.dropped is not None:
+            dropped = spikes.total_dropped()
+            self.dropped = dropped if self.dropped is None else self.dropped + dropped
+        return out if self.bias is None else out + self.bias
+
+
+def _input_weight(n_in: int, n_out: int, gain: float, sparse: SparseMode) -> SpikeLinear:
     # Spiking inputs are sparse and non-negative: a plain fan-in init leaves the
     # first layer silent. Scaling by the expected leak integration (gain) makes
     # neurons reach threshold at the start of training.
-    linear = nn.Linear(n_in, n_out)
-    nn.init.normal_(linear.weight, 0.0, gain / math.sqrt(n_in))
-    nn.init.zeros_(linear.bias)
-    return linear
+    return SpikeLinear(n_in, n_out, std=gain / math.sqrt(n_in), sparse=sparse)
 
 
-def _recurrent_weight(n: int) -> nn.Linear:
-    linear = nn.Linear(n, n, bias=False)
-    nn.init.normal_(linear.weight, 0.0, 1.0 / math.sqrt(n))
-    return linear
+def _recurrent_weight(n: int, sparse: SparseMode) -> SpikeLinear:
+    return SpikeLinear(n, n, std=1.0 / math.sqrt(n), bias=False, sparse=sparse)
 
 
 class SpikingLayer(nn.Module, abc.ABC):
@@ -76,11 +117,12 @@ class _SpikingNeurons(SpikingLayer):
     """
 
     def __init__(self, n_in: int, n_out: int, *, beta: float, threshold: float, reset: str,
-                 detach_reset: bool, learn_decay: bool, spike: neurons.Surrogate, recurrent: bool):
+                 detach_reset: bool, learn_decay: bool, spike: neurons.Surrogate, recurrent: bool,
+                 input_sparse: SparseMode, sparse: SparseMode):
         super().__init__()
         self.n_out = n_out
-        self.fc = _input_weight(n_in, n_out, gain=2.0 * threshold)
-        self.rec = _recurrent_weight(n_out) if recurrent else None
+        self.fc = _input_weight(n_in, n_out, gain=2.0 * threshold, sparse=input_sparse)
+        self.rec = _recurrent_weight(n_out, sparse) if recurrent else None
         _decay(n_out, beta, learn_decay, self, "beta")
         self.threshold, self.reset, self.detach_reset, self.spike = threshold, reset, detach_reset, spike
 
@@ -101,9 +143,11 @@ class LIF(_SpikingNeurons):
 
     def __init__(self, n_in: int, n_out: int, *, beta: float = 0.9, threshold: float = 1.0,
                  reset: str = "subtract", detach_reset: bool = True, learn_decay: bool = False,
-                 spike: neurons.Surrogate = neurons.Surrogate(), recurrent: bool = False):
+                 spike: neurons.Surrogate = neurons.Surrogate(), recurrent: bool = False,
+                 input_sparse: SparseMode = SparseMode(), sparse: SparseMode = SparseMode()):
         super().__init__(n_in, n_out, beta=beta, threshold=threshold, reset=reset, detach_reset=detach_reset,
-                         learn_decay=learn_decay, spike=spike, recurrent=recurrent)
+                         learn_decay=learn_decay, spike=spike, recurrent=recurrent, input_sparse=input_sparse,
+                         sparse=sparse)
 
     def initial_state(self, batch: int, like: Tensor) -> tuple[LIFState, Tensor]:
         zeros = like.new_zeros(batch, self.n_out)
@@ -127,9 +171,11 @@ class ALIF(_SpikingNeurons):
     def __init__(self, n_in: int, n_out: int, *, beta: float = 0.9, rho: float = 0.98,
                  adapt_strength: float = 1.8, threshold: float = 1.0, reset: str = "subtract",
                  detach_reset: bool = True, learn_decay: bool = False,
-                 spike: neurons.Surrogate = neurons.Surrogate(), recurrent: bool = True):
+                 spike: neurons.Surrogate = neurons.Surrogate(), recurrent: bool = True,
+                 input_sparse: SparseMode = SparseMode(), sparse: SparseMode = SparseMode()):
         super().__init__(n_in, n_out, beta=beta, threshold=threshold, reset=reset, detach_reset=detach_reset,
-                         learn_decay=learn_decay, spike=spike, recurrent=recurrent)
+                         learn_decay=learn_decay, spike=spike, recurrent=recurrent, input_sparse=input_sparse,
+                         sparse=sparse)
         _decay(n_out, rho, learn_decay, self, "rho")
         self.adapt_strength = adapt_strength
 
@@ -146,10 +192,11 @@ class ALIF(_SpikingNeurons):
 class LIReadout(SpikingLayer):
     """Leaky-integrator readout; its membrane trace over time is the output."""
 
-    def __init__(self, n_in: int, n_out: int, *, beta: float = 0.95, learn_decay: bool = False):
+    def __init__(self, n_in: int, n_out: int, *, beta: float = 0.95, learn_decay: bool = False,
+                 input_sparse: SparseMode = SparseMode()):
         super().__init__()
         self.n_out = n_out
-        self.fc = nn.Linear(n_in, n_out)
+        self.fc = SpikeLinear(n_in, n_out, std=1.0 / math.sqrt(3 * n_in), sparse=input_sparse)
         _decay(n_out, beta, learn_decay, self, "beta")
 
     def initial_state(self, batch: int, like: Tensor) -> LIState:

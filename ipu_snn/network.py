@@ -11,7 +11,7 @@ from torch.utils import _pytree as pytree
 from .bptt import Schedule, ScanStats, scan
 
 from .config import ModelConfig
-from .layers import ALIF, LIF, LIReadout, RecurrentLIF, SpikingLayer
+from .layers import ALIF, LIF, LIReadout, RecurrentLIF, SparseMode, SpikeLinear, SpikingLayer
 from .neurons import surrogate
 
 _REDUCE = {
@@ -25,6 +25,7 @@ _REDUCE = {
 class NetworkOutput(NamedTuple):
     logits: Tensor  # [B, classes]
     rates: list[Tensor]  # mean spikes per neuron and step, one scalar per spiking layer
+    dropped: int = 0  # spikes left out by sparse ops over capacity (sparse_overflow: drop_and_count)
 
 
 class SpikingNetwork(nn.Module):
@@ -48,6 +49,15 @@ class SpikingNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> NetworkOutput:
         """``x``: [B, T, inputs], batch-first as loaders give it."""
+        sparse = [m for m in self.modules() if isinstance(m, SpikeLinear) and m.sparse.enabled]
+        for m in sparse:
+            m.dropped = None
+        out = self._forward(x)
+        # read before backward: the engine's recomputations must not count twice
+        dropped = sum(int(m.dropped) for m in sparse if m.dropped is not None)
+        return out._replace(dropped=dropped)
+
+    def _forward(self, x: Tensor) -> NetworkOutput:
         if self.schedule is not None:
             return self._forward_scheduled(x.transpose(0, 1))
         h = x.transpose(0, 1)
@@ -107,13 +117,18 @@ class _Step(nn.Module):
 
 
 def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float,
-                  schedule: Callable[[int], Schedule] | None = None) -> SpikingNetwork:
+                  schedule: Callable[[int], Schedule] | None = None, binary_inputs: bool = True) -> SpikingNetwork:
     """``dt`` (seconds per step) turns time constants given as ``tau`` into per-step decays;
-    ``schedule`` (T -> Schedule) runs the network through the BPTT engine."""
+    ``schedule`` (T -> Schedule) runs the network through the BPTT engine. Spike counts
+    (``binary_inputs=False``) are multiplied densely even in sparse mode."""
     layers: list[SpikingLayer] = []
     n_in = n_inputs
+    sparse = SparseMode(cfg.sparse, cfg.sparse_capacity, cfg.sparse_overflow, cfg.sparse_grad == "dense")
+    input_sparse = sparse if binary_inputs else SparseMode()
     for layer_cfg in cfg.layers:
         common = dict(
+            input_sparse=input_sparse,
+            sparse=sparse,
             beta=layer_cfg.resolve_beta(dt, default=0.9),
             threshold=layer_cfg.threshold,
             reset=layer_cfg.reset,
@@ -130,8 +145,9 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float,
                          adapt_strength=layer_cfg.adapt_strength, recurrent=layer_cfg.recurrent, **common)
         layers.append(layer)
         n_in = layer_cfg.size
+        input_sparse = sparse
     readout = LIReadout(n_in, n_classes, beta=cfg.readout.resolve_beta(dt, default=0.95),
-                        learn_decay=cfg.readout.learn_decay)
+                        learn_decay=cfg.readout.learn_decay, input_sparse=sparse)
     return SpikingNetwork(layers, readout, cfg.readout.reduce, schedule)
 
 

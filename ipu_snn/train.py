@@ -71,7 +71,7 @@ def train_epoch(model, network: SpikingNetwork, loader, sampler: GlobalBatchSamp
     task = progress.add_task(f"epoch {epoch}/{cfg.training.epochs}", total=len(step_sizes), loss=0.0, acc=0.0,
                              rate=0.0)
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, samples
-    rates = None
+    rates, dropped = None, 0
     batches = iter(loader)
     start = time.perf_counter()
     for step, global_n in enumerate(step_sizes):
@@ -88,6 +88,7 @@ def train_epoch(model, network: SpikingNetwork, loader, sampler: GlobalBatchSamp
                 (loss_sum * (ctx.world_size / global_n)).backward()
             step_totals += torch.tensor([loss_sum.item(), (out.logits.argmax(1) == y).sum().item(), y.numel()],
                                         dtype=torch.float64)
+            dropped += out.dropped
             layer_rates = torch.stack(out.rates).detach().cpu() * y.numel()
             rates = layer_rates if rates is None else rates + layer_rates
         step_totals = torch.tensor(all_reduce_sum(ctx, step_totals.tolist(), device), dtype=torch.float64)
@@ -104,10 +105,12 @@ def train_epoch(model, network: SpikingNetwork, loader, sampler: GlobalBatchSamp
                         acc=totals[1].item() / totals[2].item(), rate=totals[2].item() / (time.perf_counter() - start))
     elapsed = time.perf_counter() - start
     loss, correct, seen = totals.tolist()
-    rate_sums = all_reduce_sum(ctx, rates.tolist(), device)
+    *rate_sums, dropped = all_reduce_sum(ctx, rates.tolist() + [dropped], device)
     row = {"train_loss": loss / seen, "train_accuracy": correct / seen, "samples_per_s": seen / elapsed,
            "epoch_s": elapsed}
     row |= {f"rate_layer{i}": r / seen for i, r in enumerate(rate_sums)}
+    if cfg.model.sparse:
+        row["spikes_dropped"] = int(dropped)
     return row
 
 
@@ -212,7 +215,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
 
     seed_everything(cfg.training.seed)
     splits = load_splits(cfg.data, cfg.training.seed)
-    network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, bptt.schedule).to(device)
+    network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, bptt.schedule,
+                            binary_inputs=cfg.data.binary).to(device)
     optimizer = make_optimizer(cfg.training, network.parameters())
     scheduler = make_scheduler(cfg.training, optimizer)
     history: list[dict] = []

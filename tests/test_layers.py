@@ -27,9 +27,9 @@ def unrolled(layer, x, *, alif=False):
     beta = layer.beta.clamp(0, 1)
     out = []
     for t in range(T):
-        current = x[t] @ layer.fc.weight.T + layer.fc.bias
+        current = x[t] @ layer.fc.weight + layer.fc.bias
         if layer.rec is not None:
-            current = current + z @ layer.rec.weight.T
+            current = current + z @ layer.rec.weight
         v = beta * v + current
         theta = layer.threshold
         if alif:
