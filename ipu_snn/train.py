@@ -62,8 +62,8 @@ def _to_device(batch, network: SpikingNetwork, device: torch.device):
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def train_epoch(model, network: SpikingNetwork, loader, sampler: GlobalBatchSampler, optimizer, device, cfg: Config, ctx: DistContext,
-                epoch: int, progress: Progress) -> dict:
+def train_epoch(model, network: SpikingNetwork, loader, sampler: GlobalBatchSampler, optimizer, device,
+                cfg: Config, ctx: DistContext, epoch: int, progress: Progress) -> dict:
     """One pass over the training data; metrics are summed over all processes."""
     model.train()
     step_sizes = sampler.steps()
@@ -202,7 +202,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
     if global_batch < ctx.world_size * cfg.training.grad_accumulation:
         raise ConfigError(f"data.batch_size: a global batch of {global_batch} cannot be split over "
                           f"{ctx.world_size} processes x {cfg.training.grad_accumulation} accumulation steps")
-    bptt = choose_schedule(cfg, console, per_process_batch=-(-global_batch // (ctx.world_size * cfg.training.grad_accumulation)))
+    micro_batch = -(-global_batch // (ctx.world_size * cfg.training.grad_accumulation))
+    bptt = choose_schedule(cfg, console, per_process_batch=micro_batch)
     previous = latest_checkpoint(out_dir)
     if previous is not None and not resume:
         raise TrainingError(f"{out_dir} already holds a run (checkpoint {previous.name}); pass --resume to "
@@ -248,7 +249,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
             for epoch in range(len(history) + 1, cfg.training.epochs + 1):
                 sampler.set_epoch(epoch)
                 row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-                row |= train_epoch(model, network, train_loader, sampler, optimizer, device, cfg, ctx, epoch, progress)
+                row |= train_epoch(model, network, train_loader, sampler, optimizer, device, cfg, ctx, epoch,
+                                   progress)
                 if splits.val is not None:
                     row["val_loss"], row["val_accuracy"] = evaluate(network, splits.val, global_batch, device, ctx)
                 scheduler.step()

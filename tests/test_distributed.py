@@ -74,10 +74,13 @@ def rank_logs(tmp_path, name, rank, stream):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule", ["store_all", "revolve"])
-def test_two_processes_match_one(tmp_path, schedule):
-    one = launch(tmp_path, "one", 1, f"bptt.schedule={schedule}")
-    two = launch(tmp_path, "two", 2, f"bptt.schedule={schedule}")
+@pytest.mark.parametrize("overrides", [["bptt.schedule=store_all"], ["bptt.schedule=revolve"],
+                                       ["model.sparse=true", "model.sparse_capacity=1.0"]],
+                         ids=["store_all", "revolve-engine", "sparse-ops"])
+def test_two_processes_match_one(tmp_path, overrides):
+    """DDP's gradient hooks fire through the engine's autograd Function and the custom ops alike."""
+    one = launch(tmp_path, "one", 1, *overrides)
+    two = launch(tmp_path, "two", 2, *overrides)
     w1, w2 = weights(one, 2), weights(two, 2)
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
