@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -46,6 +45,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from benchlib import machine
 from ipu_snn.ops import SparseSpikes, sparse_linear, spike_matmul
 
 FULL_GRID = {"batch": [16, 128, 256], "n": [1024, 4096], "density": [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]}
@@ -175,17 +175,10 @@ def run_point(device: str, batch: int, n: int, density: float, repeats: int, see
 
 
 def device_description(device: str) -> str:
+    info = machine()
     if device == "cuda":
-        return torch.cuda.get_device_name()
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical cores, torch threads = {torch.get_num_threads()}"
+        return info["gpu"]
+    return f"{info['cpu']}, {info['cores']} logical cores, torch threads = {torch.get_num_threads()}"
 
 
 def lookup(results: list[Result]) -> dict[tuple, Result]:
