@@ -135,3 +135,10 @@ def test_synthetic_pairs_share_channel_histograms():
     units_gap = np.abs(mean_hist(0, "units") - mean_hist(1, "units")).sum()
     other_gap = np.abs(mean_hist(0, "units") - mean_hist(2, "units")).sum()
     assert units_gap < 0.25 * other_gap
+
+
+def test_unwritable_cache_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError, match="data.cache_dir"):
+        ensure_synthetic(SyntheticConfig(n_train=4, n_test=2), blocker / "cache")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import SyntheticConfig
+from ..errors import DataError
 from .recordings import SpikeRecordings, write_recordings
 
 # Bump when the generator changes, so cached files made by an older one are not reused.
@@ -102,8 +103,12 @@ def ensure_synthetic(cfg: SyntheticConfig, cache_dir: str | Path | None = None) 
     folder = root / f"synthetic-{digest[:16]}"
     if (folder / "synthetic_test.h5").is_file():
         return folder
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root))
+    except OSError as exc:
+        raise DataError(f"cannot write the synthetic dataset cache in {root} ({exc.strerror}); "
+                        "set data.cache_dir or $IPU_SNN_CACHE to a writable folder") from None
     try:
         train, test = generate(cfg)
         write_recordings(tmp / "synthetic_train.h5", train)
