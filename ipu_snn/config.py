@@ -118,7 +118,8 @@ class ModelConfig(_Strict):
     readout: ReadoutConfig = ReadoutConfig()
     # Multiply spikes by weights as gather-adds over spike lists (ipu_snn.ops) instead of dense
     # matrix products: for the recurrent weights, the next layer, the readout, and binary inputs.
-    sparse: bool = False
+    # true, false, or auto: sparse only where ipu_snn.ops.prefer_sparse's measured crossover says it wins
+    sparse: Union[bool, Literal["auto"]] = False
     sparse_capacity: float = Field(0.25, gt=0.0, le=1.0)  # spike-list length as a fraction of the neurons
     sparse_overflow: Literal["error", "drop_and_count"] = "error"
     # "dense": exact gradients for any surrogate; "spikes": only at neurons that fired (faster, approximate)

@@ -30,7 +30,7 @@ def _decay(n: int, beta: float, learn: bool, module: nn.Module, name: str) -> No
 class SparseMode(NamedTuple):
     """How a SpikeLinear multiplies spikes: densely, or as a gather-add over spike lists."""
 
-    enabled: bool = False
+    enabled: bool | str = False  # True, False, or "auto": sparse where ops.prefer_sparse expects it to win
     capacity: float = 0.25  # list length K as a fraction of the presynaptic neurons
     overflow: str = "error"  # or "drop_and_count"
     dense_grad: bool = True  # exact gradient for every surrogate; False: only at spiking neurons
@@ -53,8 +53,15 @@ class SpikeLinear(nn.Module):
         self.capacity = max(1, math.ceil(sparse.capacity * n_in))
         self.dropped: Tensor | None = None
 
+    def uses_sparse(self, z: Tensor) -> bool:
+        if self.sparse.enabled != "auto":
+            return bool(self.sparse.enabled)
+        from .ops import prefer_sparse
+
+        return prefer_sparse(z.device, z.numel() // z.shape[-1], self.weight.shape[0], self.capacity)
+
     def forward(self, z: Tensor) -> Tensor:
-        if not self.sparse.enabled:
+        if not self.uses_sparse(z):
             return torch.nn.functional.linear(z, self.weight.t(), self.bias)
         from .errors import UserError
         from .ops import sparse_linear  # builds the C++ extension on first use

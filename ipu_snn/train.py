@@ -109,7 +109,7 @@ def train_epoch(model, network: SpikingNetwork, loader, sampler: GlobalBatchSamp
     row = {"train_loss": loss / seen, "train_accuracy": correct / seen, "samples_per_s": seen / elapsed,
            "epoch_s": elapsed}
     row |= {f"rate_layer{i}": r / seen for i, r in enumerate(rate_sums)}
-    if cfg.model.sparse:
+    if cfg.model.sparse is not False:
         row["spikes_dropped"] = int(dropped)
     return row
 

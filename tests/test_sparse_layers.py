@@ -61,3 +61,16 @@ def test_sparse_training_follows_the_dense_loss_curve(tmp_path):
     sparse = train(validate_config(sparse_raw), tmp_path / "sparse", console=quiet)
     assert sparse["train_loss"] == pytest.approx(dense["train_loss"], rel=1e-3)
     assert "spikes_dropped" in (tmp_path / "sparse" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_auto_follows_the_measured_crossover():
+    from ipu_snn.ops import prefer_sparse
+
+    dense_enough = ModelConfig.model_validate({**MODEL, "sparse": "auto", "sparse_capacity": 1.0})
+    lean = ModelConfig.model_validate({**MODEL, "sparse": "auto", "sparse_capacity": 0.1})
+    z = torch.zeros(4, 20)
+    for cfg in (dense_enough, lean):
+        layer = build_network(cfg, 9, 3, dt=1e-3).layers[0].rec
+        assert layer.uses_sparse(z) == prefer_sparse("cpu", 4, 20, layer.capacity)
+    assert not build_network(dense_enough, 9, 3, dt=1e-3).layers[0].rec.uses_sparse(z)
+    assert build_network(lean, 9, 3, dt=1e-3).layers[0].rec.uses_sparse(z)
