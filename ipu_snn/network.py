@@ -9,7 +9,6 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from .bptt import Schedule, ScanStats, scan
-
 from .config import ModelConfig
 from .layers import ALIF, LIF, LIReadout, RecurrentLIF, SparseMode, SpikeLinear, SpikingLayer
 from .neurons import surrogate
