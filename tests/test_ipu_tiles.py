@@ -1,0 +1,153 @@
+"""The IPU tile model (ipu_snn.ipu.tiles) and its CPU tile emulator (ipu_snn.ipu.emulator)."""
+
+import pytest
+import torch
+
+from ipu_snn.config import ModelConfig
+from ipu_snn.devices import SPECS
+from ipu_snn.errors import UserError
+from ipu_snn.ipu.emulator import NOT_EMULATED, TileOverflowError, emulate_plan_matmul, emulate_spike_matmul
+from ipu_snn.ipu.tiles import plan_tiles, split_even, tiles_json
+from ipu_snn.ops import SparseSpikes
+
+MK2, MK1 = SPECS["ipu-mk2"], SPECS["ipu-mk1"]
+
+
+def model(kind, sizes):
+    return ModelConfig(layers=[{"type": kind, "size": n} for n in sizes])
+
+
+def seed_sizes(layers):
+    # The seed paper's networks: about 1471 * 2 neurons in all, so about 2 neurons per tile.
+    return [round(1471 * 2 / layers)] * layers
+
+
+@pytest.mark.parametrize("layers", [2, 3, 4, 5])
+@pytest.mark.parametrize("n_inputs, n_classes", [(700, 20), (2 * 34 * 34, 10)])
+def test_seed_networks_fit_one_mk2(layers, n_inputs, n_classes):
+    plan = plan_tiles(model("lif", seed_sizes(layers)), n_inputs, n_classes, 48, MK2, steps=100)
+    assert plan.fits, plan.refusal()
+    assert plan.refusal() == ""
+    assert plan.used == 1472
+    js = tiles_json(plan)
+    assert js["used"] == 1472 and js["max_tile_bytes"] <= js["tile_capacity_bytes"] == 624 * 1024
+    assert js["exchange_bytes_forward"] > 0 and js["exchange_bytes_backward"] > js["exchange_bytes_forward"]
+    layer_pops = [p for p in js["populations"] if p["name"].startswith("layer")]
+    assert all(p["neurons_per_tile"][1] <= 3 for p in layer_pops)  # about 2 neurons per tile
+
+
+@pytest.mark.parametrize("kind", ["rlif", "alif"])
+@pytest.mark.parametrize("layers", [2, 5])
+def test_seed_recurrent_networks_fit_at_realistic_spike_capacity(kind, layers):
+    # Recurrent tiles receive two spike lists; at 10% capacity (trained SNNs fire a few %) they fit.
+    for n_inputs, n_classes in [(700, 20), (2312, 10)]:
+        plan = plan_tiles(model(kind, seed_sizes(layers)), n_inputs, n_classes, 48, MK2, 0.1, steps=100)
+        assert plan.fits, plan.refusal()
+
+
+def test_every_neuron_is_on_exactly_one_tile():
+    plan = plan_tiles(model("rlif", [1000, 300]), 700, 20, 16, MK2)
+    tiles = [t.tile for t in plan.tiles]
+    assert len(set(tiles)) == len(tiles) == plan.used
+    for pop in plan.populations:
+        owned = sorted((t.neuron_begin, t.neuron_end) for t in plan.tiles if t.population == pop.population.name)
+        assert owned[0][0] == 0 and owned[-1][1] == pop.population.neurons
+        assert all(a[1] == b[0] for a, b in zip(owned, owned[1:]))
+
+
+@pytest.mark.parametrize("sizes, batch", [([200_000, 200_000], 48), ([1024], 4096)])
+def test_oversize_network_is_refused_with_what_would_fit(sizes, batch):
+    plan = plan_tiles(model("rlif", sizes), 700, 20, batch, MK2)
+    assert not plan.fits
+    message = plan.refusal()
+    assert "does not fit one ipu-mk2" in message and "KiB" in message
+    assert tiles_json(plan)["refusal"] == message
+    if batch == 4096:
+        assert "batch <=" in message
+        smaller = int(message.split("batch <= ")[1].split(";")[0].rstrip("."))
+        assert plan_tiles(model("rlif", sizes), 700, 20, smaller, MK2).fits
+        assert not plan_tiles(model("rlif", sizes), 700, 20, smaller + 1, MK2).fits
+
+
+def test_refusal_suggests_smaller_layers_or_more_ipus():
+    plan = plan_tiles(model("lif", [8000, 8000]), 700, 20, 8, MK2, 0.02)
+    message = plan.refusal()
+    assert "layers of" in message and "IPUs" in message
+
+
+def test_mk1_has_less_room_than_mk2():
+    cfg = model("lif", seed_sizes(2))
+    mk2 = plan_tiles(cfg, 700, 20, 48, MK2, steps=100)
+    mk1 = plan_tiles(cfg, 700, 20, 48, MK1, steps=100)
+    assert mk1.tile_capacity_bytes * mk1.tiles_total < mk2.tile_capacity_bytes * mk2.tiles_total
+    assert mk1.tile_capacity_bytes == 256 * 1024 and mk1.tiles_total == 1216
+    assert mk2.fits and not mk1.fits
+    assert mk1.max_tile_bytes > mk2.max_tile_bytes  # fewer tiles: more neurons each
+
+
+def test_non_ipu_spec_is_refused():
+    with pytest.raises(UserError, match="IPU spec"):
+        plan_tiles(model("lif", [10]), 10, 2, 1, SPECS["h100"])
+
+
+def test_split_even():
+    assert split_even(7, 3) == [(0, 3), (3, 5), (5, 7)]
+    assert split_even(2, 4) == [(0, 1), (1, 2), (2, 2), (2, 2)]
+
+
+def random_spikes(batch, n, capacity, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = (torch.rand(batch, n, generator=g) < density).float()
+    return SparseSpikes.from_dense(z, capacity, overflow="drop_and_count", backend="cpu"), g
+
+
+@pytest.mark.parametrize("batch, n_in, n_out, tiles, density", [
+    (4, 30, 17, 5, 0.2), (8, 64, 40, 40, 0.05), (3, 12, 9, 1, 0.5), (6, 50, 7, 7, 0.0),
+])
+def test_emulator_equals_dense_reference(batch, n_in, n_out, tiles, density):
+    spikes, g = random_spikes(batch, n_in, max(1, n_in // 3), density, seed=n_in)
+    weight = torch.randn(n_in, n_out, generator=g)
+    grad_out = torch.randn(batch, n_out, generator=g)
+    slices = [(t, b, e) for t, (b, e) in enumerate(split_even(n_out, tiles))]
+    report = emulate_spike_matmul(spikes, weight, grad_out, slices, 1 << 20)
+
+    z = spikes.to_dense().requires_grad_()
+    w = weight.clone().requires_grad_()
+    out = z @ w
+    out.backward(grad_out)
+    torch.testing.assert_close(report.out, out.detach())
+    torch.testing.assert_close(report.grad_weight, w.grad)
+    listed = spikes.listed_mask_dense()
+    torch.testing.assert_close(report.grad_input, torch.where(listed, z.grad, 0.0))
+    assert report.tiles_used == tiles
+
+
+def test_emulator_accounting_agrees_with_plan():
+    # Layer 1 (LIF, fed by layer 0) has one matmul per tile, so the emulator holds what the plan counts.
+    cfg = model("lif", [300, 200])
+    batch, fraction = 8, 0.25
+    plan = plan_tiles(cfg, 100, 5, batch, MK2, fraction)
+    m = plan.matmul("layer0->layer1")
+    spikes, g = random_spikes(batch, 300, m.source.k, 0.1, seed=1)
+    weight = torch.randn(300, 200, generator=g)
+    report = emulate_plan_matmul(plan, "layer0->layer1", spikes, weight, torch.randn(batch, 200, generator=g))
+    assert report.tiles_used == plan.population("layer1").tiles == m.tiles
+    planned = max(t.total_bytes for t in plan.tiles if t.population == "layer1")
+    assert report.peak_tile_bytes == pytest.approx(planned, rel=0.10)
+    emulated_matmul = sum(v for k, v in report.peak_by_kind.items() if k != "reserved")
+    layer1 = max((t for t in plan.tiles if t.population == "layer1"), key=lambda t: t.total_bytes)
+    planned_matmul = sum(v for k, v in layer1.bytes_by_kind.items() if k not in NOT_EMULATED)
+    assert emulated_matmul == pytest.approx(planned_matmul, rel=0.10)
+    assert report.exchange_bytes_forward == pytest.approx(m.exchange_bytes_forward, rel=0.10)
+    assert report.exchange_bytes_backward == pytest.approx(m.exchange_bytes_backward, rel=0.10)
+
+
+def test_tile_overflow_is_a_clear_error():
+    spikes, g = random_spikes(4, 64, 16, 0.1, seed=3)
+    weight = torch.randn(64, 32, generator=g)
+    slices = [(0, 0, 16), (1, 16, 32)]
+    with pytest.raises(TileOverflowError, match=r"tile 0 overflows its SRAM: holding weights .* of 2048 B"):
+        emulate_spike_matmul(spikes, weight, torch.randn(4, 32, generator=g), slices, 2048)
+    # Room for the weights but not the backward's buffers.
+    with pytest.raises(TileOverflowError, match="overflows its SRAM"):
+        emulate_spike_matmul(spikes, weight, torch.randn(4, 32, generator=g), slices, 9000)
