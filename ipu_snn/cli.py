@@ -78,10 +78,23 @@ def _plan(args, console: Console) -> None:
                   budget_bytes=budget, compare_all=True)
     if args.plot:
         plot_plan(Path(args.plot), result)
+    payload = result.to_json()
+    spec = device_spec(args.device or cfg.device)
+    if spec.name.startswith("ipu"):
+        from .ipu.tiles import plan_tiles, tiles_json
+
+        # per-tile account with every step's neuron state kept for BPTT (store_all on the tiles)
+        tiles = plan_tiles(cfg.model, n_inputs, n_classes, cfg.data.batch_size, spec,
+                           capacity_fraction=cfg.model.sparse_capacity, steps=cfg.data.num_steps)
+        payload["tiles"] = tiles_json(tiles)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print(json.dumps(payload, indent=2))
     else:
         console.print(plan_table(result))
+        if "tiles" in payload:
+            t = payload["tiles"]
+            console.print(f"tiles: {t['used']} of {t['tiles_total']} used, fullest {t['max_tile_bytes'] / 1024:.0f} KiB "
+                          f"of {t['tile_capacity_bytes'] / 1024:.0f} KiB" + ("" if t["fits"] else f"; {t['refusal']}"))
 
 
 def _eval(args, console: Console) -> None:

@@ -151,3 +151,20 @@ def test_tile_overflow_is_a_clear_error():
     # Room for the weights but not the backward's buffers.
     with pytest.raises(TileOverflowError, match="overflows its SRAM"):
         emulate_spike_matmul(spikes, weight, torch.randn(4, 32, generator=g), slices, 9000)
+
+
+def test_plan_cli_reports_tiles_for_an_ipu(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from ipu_snn.cli import main
+
+    seed = {"model": {"layers": [{"type": "lif", "size": 736}, {"type": "lif", "size": 736}]},
+            "data": {"dataset": "shd", "path": str(tmp_path), "steps": 100, "batch_size": 48}}
+    config = tmp_path / "seed.yaml"
+    config.write_text(yaml.safe_dump(seed))
+    assert main(["plan", str(config), "--device", "ipu-mk2", "--json"]) == 0
+    tiles = json.loads(capsys.readouterr().out)["tiles"]
+    assert {"used", "max_tile_bytes", "tile_capacity_bytes"} <= set(tiles)
+    assert tiles["fits"] and tiles["max_tile_bytes"] <= tiles["tile_capacity_bytes"] == 624 * 1024
