@@ -1,4 +1,14 @@
+import os
+
 import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when it is first imported, and importing torch's
+# custom-op machinery (any test that touches ipu_snn.ops) can import it. Setting
+# it here, before any test module is collected, makes the Triton kernels run on
+# CPU tensors through the interpreter for the whole session when there is no GPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")

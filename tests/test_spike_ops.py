@@ -1,8 +1,7 @@
 """Sparse spike matmul ops: every backend against the dense reference.
 
 The Triton backends run on CPU tensors through the Triton interpreter when no
-GPU is present; TRITON_INTERPRET must be set before the kernels are imported,
-which happens lazily on first use, so setting it here is early enough.
+GPU is present; conftest.py sets TRITON_INTERPRET before anything imports Triton.
 """
 
 from __future__ import annotations
@@ -15,9 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
