@@ -80,11 +80,32 @@ void appendTileRange(popart::OpSerialiserBase &os, const TileRange &range) {
 
 // ------------------------------------------------------------------ IR ops --
 
-class SpikeMatmulOp : public popart::Op {
+// What every op here shares: the tile range it is mapped onto, which is part
+// of its identity for outlining, and a high subgraph value (worth outlining).
+class TiledOp : public popart::Op {
+public:
+  TiledOp(const popart::OperatorIdentifier &opid, TileRange tiles,
+          const popart::Op::Settings &settings)
+      : popart::Op(opid, settings), tiles_(tiles) {}
+
+  void appendOutlineAttributes(popart::OpSerialiserBase &os) const override {
+    popart::Op::appendOutlineAttributes(os);
+    appendTileRange(os, tiles_);
+  }
+
+  float getSubgraphValue() const override { return getHighSubgraphValue(); }
+
+  const TileRange &tiles() const { return tiles_; }
+
+private:
+  TileRange tiles_;
+};
+
+class SpikeMatmulOp : public TiledOp {
 public:
   SpikeMatmulOp(const popart::OperatorIdentifier &opid, TileRange tiles,
                 const popart::Op::Settings &settings)
-      : popart::Op(opid, settings), tiles_(tiles) {}
+      : TiledOp(opid, tiles, settings) {}
 
   std::unique_ptr<popart::Op> clone() const final {
     return std::make_unique<SpikeMatmulOp>(*this);
@@ -98,26 +119,13 @@ public:
   }
 
   std::vector<std::unique_ptr<popart::Op>> getGradOps() final;
-
-  void appendOutlineAttributes(popart::OpSerialiserBase &os) const override {
-    popart::Op::appendOutlineAttributes(os);
-    appendTileRange(os, tiles_);
-  }
-
-  float getSubgraphValue() const final { return getHighSubgraphValue(); }
-
-  const TileRange &tiles() const { return tiles_; }
-
-private:
-  TileRange tiles_;
 };
 
 // Gradient w.r.t. the weight (input 2). ids and counts have no gradient.
-class SpikeMatmulGradWeightOp : public popart::Op {
+class SpikeMatmulGradWeightOp : public TiledOp {
 public:
   explicit SpikeMatmulGradWeightOp(const SpikeMatmulOp &fwd)
-      : popart::Op(kSpikeMatmulGradWeight, fwd.settings),
-        tiles_(fwd.tiles()),
+      : TiledOp(kSpikeMatmulGradWeight, fwd.tiles(), fwd.settings),
         weightInfo_(fwd.inInfo(2)) {}
 
   std::unique_ptr<popart::Op> clone() const final {
@@ -139,17 +147,7 @@ public:
     return info;
   }
 
-  void appendOutlineAttributes(popart::OpSerialiserBase &os) const override {
-    popart::Op::appendOutlineAttributes(os);
-    appendTileRange(os, tiles_);
-  }
-
-  float getSubgraphValue() const final { return getHighSubgraphValue(); }
-
-  const TileRange &tiles() const { return tiles_; }
-
 private:
-  TileRange tiles_;
   popart::TensorInfo weightInfo_;
 };
 
@@ -159,11 +157,11 @@ std::vector<std::unique_ptr<popart::Op>> SpikeMatmulOp::getGradOps() {
   return ops;
 }
 
-class SpikeMatmulGradInputOp : public popart::Op {
+class SpikeMatmulGradInputOp : public TiledOp {
 public:
   SpikeMatmulGradInputOp(const popart::OperatorIdentifier &opid, TileRange tiles,
                          const popart::Op::Settings &settings)
-      : popart::Op(opid, settings), tiles_(tiles) {}
+      : TiledOp(opid, tiles, settings) {}
 
   std::unique_ptr<popart::Op> clone() const final {
     return std::make_unique<SpikeMatmulGradInputOp>(*this);
@@ -173,30 +171,17 @@ public:
   void setup() final {
     outInfo(0) = popart::TensorInfo(inInfo(2).dataType(), inShape(0));
   }
-
-  void appendOutlineAttributes(popart::OpSerialiserBase &os) const override {
-    popart::Op::appendOutlineAttributes(os);
-    appendTileRange(os, tiles_);
-  }
-
-  float getSubgraphValue() const final { return getHighSubgraphValue(); }
-
-  const TileRange &tiles() const { return tiles_; }
-
-private:
-  TileRange tiles_;
 };
 
-class SpikeSelectOp : public popart::Op {
+class SpikeSelectOp : public TiledOp {
 public:
   SpikeSelectOp(const popart::OperatorIdentifier &opid, int64_t capacity,
                 float threshold, float nearThreshold, TileRange tiles,
                 const popart::Op::Settings &settings)
-      : popart::Op(opid, settings),
+      : TiledOp(opid, tiles, settings),
         capacity_(capacity),
         threshold_(threshold),
-        nearThreshold_(nearThreshold),
-        tiles_(tiles) {}
+        nearThreshold_(nearThreshold) {}
 
   std::unique_ptr<popart::Op> clone() const final {
     return std::make_unique<SpikeSelectOp>(*this);
@@ -210,11 +195,10 @@ public:
   }
 
   void appendOutlineAttributes(popart::OpSerialiserBase &os) const override {
-    popart::Op::appendOutlineAttributes(os);
+    TiledOp::appendOutlineAttributes(os);
     os.appendAttribute("capacity", capacity_);
     os.appendAttribute("threshold", threshold_);
     os.appendAttribute("near_threshold", nearThreshold_);
-    appendTileRange(os, tiles_);
   }
 
   float getSubgraphValue() const final { return getLowSubgraphValue(); }
@@ -222,13 +206,11 @@ public:
   int64_t capacity() const { return capacity_; }
   float threshold() const { return threshold_; }
   float nearThreshold() const { return nearThreshold_; }
-  const TileRange &tiles() const { return tiles_; }
 
 private:
   int64_t capacity_;
   float threshold_;
   float nearThreshold_;
-  TileRange tiles_;
 };
 
 // ------------------------------------------------------------ registration --
