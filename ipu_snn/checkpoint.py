@@ -10,7 +10,6 @@ checkpoint as LATEST, never a torn one.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,18 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import TrainingError
+from .files import replace_atomically
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, state: dict, keep: int = 2) -> Path:
@@ -44,7 +35,7 @@ def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, state: di
     if final.exists():  # a run that crashed after writing this epoch but before LATEST moved
         shutil.rmtree(final)
     tmp.rename(final)
-    _atomic_write_text(root / "LATEST", final.name + "\n")
+    replace_atomically(root / "LATEST", (final.name + "\n").encode())
     older = sorted(p for p in root.glob("epoch-*") if p.name != final.name)
     for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)

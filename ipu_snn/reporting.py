@@ -5,17 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    # Readers (a plotting notebook, a sweep script) never see a half-written file.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+from .files import replace_atomically
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
@@ -26,7 +18,7 @@ def write_metrics_csv(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    _replace_atomically(path, buf.getvalue().encode())
+    replace_atomically(path, buf.getvalue().encode())
 
 
 def read_metrics_csv(path: Path) -> list[dict]:
@@ -35,7 +27,7 @@ def read_metrics_csv(path: Path) -> list[dict]:
 
 
 def write_summary(path: Path, summary: dict) -> None:
-    _replace_atomically(path, (json.dumps(summary, indent=2) + "\n").encode())
+    replace_atomically(path, (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def _pyplot():
@@ -51,7 +43,7 @@ def _save_figure(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     _pyplot().close(fig)
-    _replace_atomically(path, buf.getvalue())
+    replace_atomically(path, buf.getvalue())
 
 
 def plot_curves(path: Path, rows: list[dict]) -> None:
