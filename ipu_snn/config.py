@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -352,7 +353,7 @@ def _unwrap(tp: Any) -> Any:
             tp = typing.get_args(tp)[0]
         elif origin is list:
             tp = typing.get_args(tp)[0]
-        elif origin in (Union, getattr(__import__("types"), "UnionType", None)):
+        elif origin in (Union, types.UnionType):
             args = [a for a in typing.get_args(tp) if a is not type(None)]
             tp = args[0]
         else:
