@@ -5,8 +5,17 @@ Public API:
   * ``spike_matmul``, ``sparse_linear`` (spike_matmul.py): differentiable gather-add matmul.
   * ``prefer_sparse`` (policy.py): the explicit dense-or-sparse choice for a layer.
   * ``backend_names``, ``resolve_backend``, ``register_backend`` (registry.py).
+  * ``neuron_step_fwd``, ``neuron_step_bwd``, ``neuron_step_kernels``, ``pack_spikes``,
+    ``unpack_spikes`` (neuron_ops.py): the fused LIF/ALIF step and its packed spike bits.
 """
 
+from ipu_snn.ops.neuron_ops import (
+    neuron_step_bwd,
+    neuron_step_fwd,
+    neuron_step_kernels,
+    pack_spikes,
+    unpack_spikes,
+)
 from ipu_snn.ops.policy import prefer_sparse
 from ipu_snn.ops.registry import backend_names, register_backend, resolve_backend
 from ipu_snn.ops.spike_matmul import SparseLinearResult, sparse_linear, spike_matmul
@@ -16,9 +25,14 @@ __all__ = [
     "SparseLinearResult",
     "SparseSpikes",
     "backend_names",
+    "neuron_step_bwd",
+    "neuron_step_fwd",
+    "neuron_step_kernels",
+    "pack_spikes",
     "prefer_sparse",
     "register_backend",
     "resolve_backend",
     "sparse_linear",
     "spike_matmul",
+    "unpack_spikes",
 ]

@@ -36,10 +36,14 @@ _CFLAGS = ["-O3", "-march=native", "-std=c++17", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
 
 
+#: The shared compute cores the sources include (also compiled into the Poplar codelets).
+HEADERS = ("spike_core.h", "neuron_core.h")
+
+
 def _sources() -> list[Path]:
     sources = sorted((CUSTOM_OPS_DIR / "cpu").glob("*.cpp"))
-    header = CUSTOM_OPS_DIR / "include" / "spike_core.h"
-    if not sources or not header.is_file():
+    headers = [CUSTOM_OPS_DIR / "include" / name for name in HEADERS]
+    if not sources or not all(header.is_file() for header in headers):
         raise DeviceError(
             f"The cpu spike-matmul backend builds its kernels from {CUSTOM_OPS_DIR}, "
             "which is missing or incomplete. Install ipu_snn from a source checkout "

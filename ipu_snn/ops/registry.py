@@ -37,12 +37,30 @@ class SpikeKernels:
     grad_input: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
     #: (z[B, N], near[B, N] bool | None, capacity) -> (ids, counts, near_counts, dropped, near_dropped)
     compact: Callable[[Tensor, Tensor | None, int], tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]
+    #: Fused LIF/ALIF step (optional; see ipu_snn/ops/neuron_ops.py for the contract):
+    #: (current, v, a | None, beta, rho | None, threshold, adapt_strength, reset, surrogate,
+    #:  scale, saved_dtype) -> (v_new, a_new | empty, z, d, zbits)
+    neuron_forward: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] | None = None
+    #: (grad_z, grad_v, grad_a | None, zbits, d, beta, rho | None, adapt_strength, reset)
+    #: -> (grad_current, grad_v_prev, grad_a_prev | empty)
+    neuron_backward: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
+
+    def require(self, kernel: str) -> Callable:
+        """The named optional kernel; a DeviceError if this backend does not provide it."""
+        found = getattr(self, kernel)
+        if found is None:
+            raise DeviceError(
+                f"Backend {self.name!r} has no {kernel} kernel. Pick a backend that provides it "
+                "(the built-in reference, cpu, triton and triton_sorted backends all do)."
+            )
+        return found
 
 
 _LOADERS: dict[str, Callable[[], SpikeKernels]] = {}
 
 #: Backend used when none is named, by tensor device type.
-DEFAULT_BACKEND_FOR_DEVICE: dict[str, str] = {"cpu": "cpu", "cuda": "triton"}
+# "ipu": the device of a model's tensors while PopTorch 3.x traces it for the IPU.
+DEFAULT_BACKEND_FOR_DEVICE: dict[str, str] = {"cpu": "cpu", "cuda": "triton", "ipu": "ipu"}
 
 
 def register_backend(name: str, loader: Callable[[], SpikeKernels]) -> None:
@@ -87,7 +105,7 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
 
 
 def _load_reference() -> SpikeKernels:
-    from ipu_snn.ops import reference
+    from ipu_snn.ops import neuron_reference, reference
 
     return SpikeKernels(
         name="reference",
@@ -96,6 +114,8 @@ def _load_reference() -> SpikeKernels:
         grad_weight=reference.grad_weight,
         grad_input=reference.grad_input,
         compact=reference.compact,
+        neuron_forward=neuron_reference.neuron_forward,
+        neuron_backward=neuron_reference.neuron_backward,
     )
 
 
@@ -110,6 +130,8 @@ def _load_cpu() -> SpikeKernels:
         grad_weight=ops.grad_weight,
         grad_input=ops.grad_input,
         compact=ops.compact,
+        neuron_forward=ops.neuron_fwd,
+        neuron_backward=ops.neuron_bwd,
     )
 
 
@@ -135,3 +157,21 @@ register_backend("cpu", _load_cpu)
 # each neuron's samples in one program (no atomics, deterministic).
 register_backend("triton", _triton_loader("atomic"))
 register_backend("triton_sorted", _triton_loader("sorted"))
+
+
+def _load_ipu() -> SpikeKernels:
+    from ipu_snn.ipu.custom_ops import load_ipu_kernels  # imports PopTorch, loads the PopART op library
+
+    return load_ipu_kernels()
+
+
+register_backend("ipu", _load_ipu)
+
+
+def _load_ipu_emulator() -> SpikeKernels:
+    from ipu_snn.ipu.emulator_backend import load  # every call runs tile by tile through the cpu backend
+
+    return load()
+
+
+register_backend("ipu_emulator", _load_ipu_emulator)

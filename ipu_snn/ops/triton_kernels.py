@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ipu_snn.ops import reference
+from ipu_snn.ops import reference, triton_neuron
 from ipu_snn.ops.registry import SpikeKernels
 
 #: True when this module was imported under TRITON_INTERPRET=1: the kernels were
@@ -196,4 +196,6 @@ def kernels(weight_grad: str) -> SpikeKernels:
         grad_weight=grad_weight,
         grad_input=grad_input,
         compact=reference.compact,
+        neuron_forward=triton_neuron.forward,
+        neuron_backward=triton_neuron.backward,
     )

@@ -1,0 +1,387 @@
+// Fused LIF/ALIF neuron step, shared by every compiled backend.
+//
+// The CPU torch extension (custom_ops/cpu/neuron_step.cpp) and the Poplar
+// vertices include this header, so the arithmetic CI tests on CPU is the
+// arithmetic an IPU tile runs. Like spike_core.h it has no torch or Poplar
+// includes, no allocation and no threads: callers own the memory and split the
+// work (element or byte ranges on CPU threads, on IPU tiles and workers).
+//
+// Contract: one time step of one layer, elementwise over a row-major [B, N]
+// step flattened to i = b * N + j, with per-neuron decays beta[j], rho[j]:
+//     v     = beta * v_prev + current
+//     a     = rho * a_prev                       (ALIF only; LIF: a = 0)
+//     theta = threshold + adapt_strength * a
+//     x     = v - theta
+//     z     = (x > 0)          d = sg'(x)         (surrogate derivative, below)
+//     reset subtract: v_new = v - z * theta      reset zero: v_new = v * (1 - z)
+//     a_new = a + z                               (ALIF only)
+// The reset uses z as a constant (detached), as neurons.py does by default.
+// Backward of one step, given grad_z (w.r.t. z), grad_v (w.r.t. v_new) and
+// grad_a (w.r.t. a_new, ALIF):
+//     gz    = grad_z + grad_a
+//     gx    = gz * d
+//     gv    = grad_v * (1 if subtract else (1 - z)) + gx
+//     ga    = grad_a - adapt_strength * (gx + (grad_v * z if subtract else 0))
+//     grad_current = gv ; grad_v_prev = beta * gv ; grad_a_prev = rho * ga
+// This equals autograd through ipu_snn.neurons.lif_step / alif_step with
+// detach_reset=True (tests/test_neuron_kernels.py checks it in float64). Only
+// z and d are needed backward; z is kept as packed bits:
+//     uint8 [B, ceil(N / 8)], byte = sum_k z[8 * i + k] << k within each row
+// (little-endian bit order; a row's unused high bits are 0).
+//
+// Surrogate derivatives, identical to ipu_snn/neurons.py (s = scale):
+//     fast_sigmoid  1 / (s |x| + 1)^2
+//     atan          (s / 2) / (1 + (pi / 2 * s * x)^2)
+//     triangle      s * max(1 - s |x|, 0)
+//     boxcar        s if |x| < 0.5 / s else 0
+//
+// LIF or ALIF: rho == nullptr is LIF (a_prev, a_new, grad_a and grad_a_prev
+// are then ignored and may be null). With rho set, a_prev and a_new (forward)
+// and grad_a_prev (backward) must be valid; grad_a may be null for a zero
+// gradient.
+//
+// Types: T is the state type (float, double, or a half type that converts to
+// float); arithmetic runs in float, or in double when T is double. D is the
+// type the surrogate derivative is saved in (e.g. half to save memory).
+#pragma once
+
+#include <cstdint>
+
+// Promises the compiler that a pointer is the only way to its data (GCC, Clang
+// and popc spell it __restrict__).
+#if defined(__GNUC__) || defined(__clang__)
+#define IPU_SNN_RESTRICT __restrict__
+#else
+#define IPU_SNN_RESTRICT
+#endif
+
+namespace ipu_snn {
+namespace core {
+
+enum class Reset : int32_t { kSubtract = 0, kZero = 1 };
+
+enum class SurrogateKind : int32_t {
+  kFastSigmoid = 0,
+  kAtan = 1,
+  kTriangle = 2,
+  kBoxcar = 3,
+};
+
+// The scalars of one layer's step.
+struct NeuronScalars {
+  double threshold;
+  double adapt_strength;  // ignored for LIF (a = 0)
+  Reset reset;
+  SurrogateKind surrogate;
+  double scale;
+};
+
+// Arithmetic type for a state type: float, except double for double.
+template <typename T>
+struct NeuronCompute { using type = float; };
+template <>
+struct NeuronCompute<double> { using type = double; };
+
+inline int64_t packed_row_bytes(int64_t n_neurons) { return (n_neurons + 7) / 8; }
+
+template <typename C>
+inline C abs_value(C x) { return x < C(0) ? -x : x; }
+
+// Surrogate derivatives. The constants are formed in double from the scale,
+// as Python forms them before torch casts them to the tensor dtype, so that
+// float results round the same way as ipu_snn/neurons.py.
+template <typename C>
+struct FastSigmoidGrad {
+  C scale;
+  explicit FastSigmoidGrad(double s) : scale(C(s)) {}
+  C operator()(C x) const {
+    const C denom = scale * abs_value(x) + C(1);
+    return C(1) / (denom * denom);
+  }
+};
+
+template <typename C>
+struct AtanGrad {
+  C half_scale, slope;
+  explicit AtanGrad(double s)
+      : half_scale(C(s / 2.0)), slope(C(3.14159265358979323846 / 2.0 * s)) {}
+  C operator()(C x) const {
+    const C u = slope * x;
+    return half_scale / (C(1) + u * u);
+  }
+};
+
+template <typename C>
+struct TriangleGrad {
+  C scale;
+  explicit TriangleGrad(double s) : scale(C(s)) {}
+  C operator()(C x) const {
+    const C t = C(1) - scale * abs_value(x);
+    return scale * (t > C(0) ? t : C(0));
+  }
+};
+
+template <typename C>
+struct BoxcarGrad {
+  C scale, half_width;
+  explicit BoxcarGrad(double s) : scale(C(s)), half_width(C(0.5 / s)) {}
+  C operator()(C x) const { return abs_value(x) < half_width ? scale : C(0); }
+};
+
+// Forward over neurons [j_begin, j_end) of the row that starts at flat index
+// row_start. The reset, the neuron type and the surrogate are template
+// parameters so that the loop body has no branches on them. The pointers are
+// restrict (forward outputs never alias inputs): without that the compiler
+// would need more run-time overlap checks than it is willing to emit, and the
+// loop would not vectorise. Outputs are selects on `fired` rather than
+// products with z, for the same reason: a product with a 0/1 value invites the
+// compiler to branch, and a branch stops vectorisation. The results are the
+// same numbers (v - 1 * theta is x, v - 0 * theta is v).
+template <typename T, typename D, typename Grad, bool kSubtract, bool kAdaptive>
+void neuron_forward_row(const T* IPU_SNN_RESTRICT current, const T* IPU_SNN_RESTRICT v_prev,
+                        const T* IPU_SNN_RESTRICT a_prev, const T* IPU_SNN_RESTRICT beta,
+                        const T* IPU_SNN_RESTRICT rho, int64_t row_start, int64_t j_begin,
+                        int64_t j_end, double threshold, double adapt_strength,
+                        const Grad& grad_in, T* IPU_SNN_RESTRICT v_new,
+                        T* IPU_SNN_RESTRICT a_new, T* IPU_SNN_RESTRICT z,
+                        D* IPU_SNN_RESTRICT d) {
+  using C = typename NeuronCompute<T>::type;
+  const C th = C(threshold), adapt = C(adapt_strength);
+  const Grad grad = grad_in;  // a local copy keeps its constants in registers
+  const T* cur = current + row_start;
+  const T* vp = v_prev + row_start;
+  const T* ap = kAdaptive ? a_prev + row_start : nullptr;
+  T* vn = v_new + row_start;
+  T* an = kAdaptive ? a_new + row_start : nullptr;
+  T* zr = z + row_start;
+  D* dr = d + row_start;
+  for (int64_t j = j_begin; j < j_end; ++j) {
+    const C v = C(beta[j]) * C(vp[j]) + C(cur[j]);
+    C a = C(0), theta = th;
+    if (kAdaptive) {
+      a = C(rho[j]) * C(ap[j]);
+      theta = th + adapt * a;
+    }
+    const C x = v - theta;
+    const bool fired = x > C(0);
+    dr[j] = D(grad(x));
+    zr[j] = T(fired ? C(1) : C(0));
+    vn[j] = T(fired ? (kSubtract ? x : C(0)) : v);
+    if (kAdaptive) {
+      const C zc = fired ? C(1) : C(0);
+      an[j] = T(a + zc);
+    }
+  }
+}
+
+// Splits [begin, end) into row segments so the inner loop runs over neuron
+// indices without a division per element.
+template <typename T, typename D, typename Grad, bool kSubtract, bool kAdaptive>
+void neuron_forward_range(const T* current, const T* v_prev, const T* a_prev,
+                          const T* beta, const T* rho, int64_t n_neurons,
+                          int64_t begin, int64_t end, double threshold,
+                          double adapt_strength, const Grad& grad, T* v_new,
+                          T* a_new, T* z, D* d) {
+  int64_t i = begin;
+  while (i < end) {
+    const int64_t row_start = (i / n_neurons) * n_neurons;
+    const int64_t j_begin = i - row_start;
+    const int64_t j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
+    neuron_forward_row<T, D, Grad, kSubtract, kAdaptive>(
+        current, v_prev, a_prev, beta, rho, row_start, j_begin, j_end, threshold,
+        adapt_strength, grad, v_new, a_new, z, d);
+    i = row_start + j_end;
+  }
+}
+
+template <typename T, typename D, typename Grad>
+void neuron_forward_with(const T* current, const T* v_prev, const T* a_prev,
+                         const T* beta, const T* rho, int64_t n_neurons,
+                         int64_t begin, int64_t end, const NeuronScalars& s,
+                         const Grad& grad, T* v_new, T* a_new, T* z, D* d) {
+#define IPU_SNN_NEURON_FORWARD(S, A)                                                  \
+  neuron_forward_range<T, D, Grad, S, A>(current, v_prev, a_prev, beta, rho, n_neurons, \
+                                         begin, end, s.threshold,                      \
+                                         A ? s.adapt_strength : 0.0, grad, v_new,      \
+                                         a_new, z, d)
+  const bool subtract = s.reset == Reset::kSubtract;
+  if (rho != nullptr) {
+    if (subtract) IPU_SNN_NEURON_FORWARD(true, true);
+    else IPU_SNN_NEURON_FORWARD(false, true);
+  } else {
+    if (subtract) IPU_SNN_NEURON_FORWARD(true, false);
+    else IPU_SNN_NEURON_FORWARD(false, false);
+  }
+#undef IPU_SNN_NEURON_FORWARD
+}
+
+// One step forward over flat elements [begin, end) of a [B, n_neurons] step:
+// writes v_new, a_new (ALIF), z (0/1 as T) and d (the surrogate derivative as
+// D). No output may alias an input or another output. Pack z into bits with
+// pack_bits afterwards; a caller that owns whole bytes (see pack_bits) can do
+// both on the same range while z is in cache.
+template <typename T, typename D>
+void neuron_forward(const T* current, const T* v_prev, const T* a_prev, const T* beta,
+                    const T* rho, int64_t n_neurons, int64_t begin, int64_t end,
+                    const NeuronScalars& s, T* v_new, T* a_new, T* z, D* d) {
+  using C = typename NeuronCompute<T>::type;
+  switch (s.surrogate) {
+    case SurrogateKind::kFastSigmoid:
+      neuron_forward_with(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
+                          FastSigmoidGrad<C>(s.scale), v_new, a_new, z, d);
+      break;
+    case SurrogateKind::kAtan:
+      neuron_forward_with(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
+                          AtanGrad<C>(s.scale), v_new, a_new, z, d);
+      break;
+    case SurrogateKind::kTriangle:
+      neuron_forward_with(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
+                          TriangleGrad<C>(s.scale), v_new, a_new, z, d);
+      break;
+    case SurrogateKind::kBoxcar:
+      neuron_forward_with(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
+                          BoxcarGrad<C>(s.scale), v_new, a_new, z, d);
+      break;
+  }
+}
+
+// Packs z (nonzero = spike) into bits for flat bytes [byte_begin, byte_end) of
+// the packed [B, packed_row_bytes(n_neurons)] array. Each byte is written
+// whole, so workers that own disjoint byte ranges never share a byte; the bits
+// past n_neurons in a row's last byte are 0.
+template <typename T>
+void pack_bits(const T* z, int64_t n_neurons, int64_t byte_begin, int64_t byte_end,
+               uint8_t* bits) {
+  const int64_t row_bytes = packed_row_bytes(n_neurons);
+  for (int64_t k = byte_begin; k < byte_end; ++k) {
+    const int64_t row = k / row_bytes, first = (k - row * row_bytes) * 8;
+    const int64_t count = (n_neurons - first < 8) ? n_neurons - first : 8;
+    const T* zr = z + row * n_neurons + first;
+    uint32_t byte = 0;
+    for (int64_t t = 0; t < count; ++t) byte |= uint32_t(zr[t] != T(0)) << t;
+    bits[k] = static_cast<uint8_t>(byte);
+  }
+}
+
+// Spike of neuron j in a packed row.
+inline bool unpack_bit(const uint8_t* row_bits, int64_t j) {
+  return (row_bits[j >> 3] >> (j & 7)) & 1;
+}
+
+// Unpacks flat elements [begin, end) of a [B, n_neurons] step into 0/1 values.
+template <typename T>
+void unpack_bits(const uint8_t* bits, int64_t n_neurons, int64_t begin, int64_t end,
+                 T* z) {
+  const int64_t row_bytes = packed_row_bytes(n_neurons);
+  int64_t i = begin;
+  while (i < end) {
+    const int64_t row = i / n_neurons, row_start = row * n_neurons;
+    const int64_t j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
+    const uint8_t* row_bits = bits + row * row_bytes;
+    for (int64_t j = i - row_start; j < j_end; ++j) {
+      z[row_start + j] = unpack_bit(row_bits, j) ? T(1) : T(0);
+    }
+    i = row_start + j_end;
+  }
+}
+
+// Backward of neuron j (flat index i) given its spike as 0/1 in C. All of
+// its inputs are read before its outputs are written, so grad_v_prev may be
+// grad_v and grad_a_prev may be grad_a (in-place carries).
+template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA>
+inline void neuron_backward_element(
+    const T* IPU_SNN_RESTRICT grad_z, const T* grad_v, const T* grad_a,
+    const D* IPU_SNN_RESTRICT d, const T* IPU_SNN_RESTRICT beta,
+    const T* IPU_SNN_RESTRICT rho, int64_t i, int64_t j,
+    typename NeuronCompute<T>::type zc, typename NeuronCompute<T>::type adapt,
+    T* IPU_SNN_RESTRICT grad_current, T* grad_v_prev, T* grad_a_prev) {
+  using C = typename NeuronCompute<T>::type;
+  const C gvn = C(grad_v[i]);
+  const C gan = (kAdaptive && kGradA) ? C(grad_a[i]) : C(0);
+  const C gx = (C(grad_z[i]) + gan) * static_cast<C>(d[i]);
+  const C gv = (kSubtract ? gvn : gvn * (C(1) - zc)) + gx;
+  const C ga = gan - adapt * (kSubtract ? gx + gvn * zc : gx);
+  grad_current[i] = T(gv);
+  grad_v_prev[i] = T(C(beta[j]) * gv);
+  if (kAdaptive) grad_a_prev[i] = T(C(rho[j]) * ga);
+}
+
+// Backward over neurons [j_begin, j_end) of the row at flat index row_start.
+// Whole bytes of spikes are loaded once for their 8 neurons, and a spike
+// becomes 0/1 by arithmetic, not by a branch: a branch on the spikes
+// mispredicts about as often as neurons fire, which made this loop ~5x slower.
+template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA>
+void neuron_backward_row(const T* grad_z, const T* grad_v, const T* grad_a,
+                         const uint8_t* row_bits, const D* d, const T* beta,
+                         const T* rho, int64_t row_start, int64_t j_begin,
+                         int64_t j_end, double adapt_strength, T* grad_current,
+                         T* grad_v_prev, T* grad_a_prev) {
+  using C = typename NeuronCompute<T>::type;
+  const C adapt = C(adapt_strength);
+#define IPU_SNN_BACKWARD_ELEMENT(J, BIT)                                               \
+  neuron_backward_element<T, D, kSubtract, kAdaptive, kGradA>(                          \
+      grad_z, grad_v, grad_a, d, beta, rho, row_start + (J), (J), C(int32_t(BIT)), adapt, \
+      grad_current, grad_v_prev, grad_a_prev)
+  int64_t j = j_begin;
+  for (; j < j_end && (j & 7) != 0; ++j) {
+    IPU_SNN_BACKWARD_ELEMENT(j, (row_bits[j >> 3] >> (j & 7)) & 1u);
+  }
+  for (; j + 8 <= j_end; j += 8) {
+    const uint32_t byte = row_bits[j >> 3];
+    for (int k = 0; k < 8; ++k) IPU_SNN_BACKWARD_ELEMENT(j + k, (byte >> k) & 1u);
+  }
+  for (; j < j_end; ++j) {
+    IPU_SNN_BACKWARD_ELEMENT(j, (row_bits[j >> 3] >> (j & 7)) & 1u);
+  }
+#undef IPU_SNN_BACKWARD_ELEMENT
+}
+
+template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA>
+void neuron_backward_range(const T* grad_z, const T* grad_v, const T* grad_a,
+                           const uint8_t* bits, const D* d, const T* beta,
+                           const T* rho, int64_t n_neurons, int64_t begin,
+                           int64_t end, double adapt_strength, T* grad_current,
+                           T* grad_v_prev, T* grad_a_prev) {
+  const int64_t row_bytes = packed_row_bytes(n_neurons);
+  int64_t i = begin;
+  while (i < end) {
+    const int64_t row = i / n_neurons, row_start = row * n_neurons;
+    const int64_t j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
+    neuron_backward_row<T, D, kSubtract, kAdaptive, kGradA>(
+        grad_z, grad_v, grad_a, bits + row * row_bytes, d, beta, rho, row_start,
+        i - row_start, j_end, adapt_strength, grad_current, grad_v_prev, grad_a_prev);
+    i = row_start + j_end;
+  }
+}
+
+// One step backward over flat elements [begin, end): from grad_z, grad_v,
+// grad_a (ALIF; null means 0), the packed spikes and the saved d, writes
+// grad_current, grad_v_prev and grad_a_prev (ALIF). grad_v_prev may be
+// grad_v and grad_a_prev may be grad_a (in place); no other output may alias
+// an input or another output. Only adapt_strength and the reset kind of the
+// scalars matter here: d already holds the surrogate.
+template <typename T, typename D>
+void neuron_backward(const T* grad_z, const T* grad_v, const T* grad_a,
+                     const uint8_t* bits, const D* d, const T* beta, const T* rho,
+                     int64_t n_neurons, int64_t begin, int64_t end, double adapt_strength,
+                     Reset reset, T* grad_current, T* grad_v_prev, T* grad_a_prev) {
+#define IPU_SNN_NEURON_BACKWARD(S, A, G)                                              \
+  neuron_backward_range<T, D, S, A, G>(grad_z, grad_v, grad_a, bits, d, beta, rho,    \
+                                       n_neurons, begin, end, adapt_strength,         \
+                                       grad_current, grad_v_prev, grad_a_prev)
+  const bool subtract = reset == Reset::kSubtract;
+  if (rho == nullptr) {
+    if (subtract) IPU_SNN_NEURON_BACKWARD(true, false, false);
+    else IPU_SNN_NEURON_BACKWARD(false, false, false);
+  } else if (grad_a == nullptr) {
+    if (subtract) IPU_SNN_NEURON_BACKWARD(true, true, false);
+    else IPU_SNN_NEURON_BACKWARD(false, true, false);
+  } else {
+    if (subtract) IPU_SNN_NEURON_BACKWARD(true, true, true);
+    else IPU_SNN_NEURON_BACKWARD(false, true, true);
+  }
+#undef IPU_SNN_NEURON_BACKWARD
+}
+
+}  // namespace core
+}  // namespace ipu_snn

@@ -1,0 +1,399 @@
+"""Fused LIF/ALIF step kernels: every backend against autograd through neurons.py.
+
+The Triton backends run on CPU tensors through the interpreter when no GPU is
+present (conftest.py sets TRITON_INTERPRET); those cases are kept small.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipu_snn import neurons
+from ipu_snn.errors import DeviceError, UserError
+from ipu_snn.ops import neuron_step_bwd, neuron_step_fwd, pack_spikes, unpack_spikes
+from ipu_snn.ops import registry
+from ipu_snn.ops.neuron_ops import neuron_step_kernels
+from ipu_snn.ops.cpu_ext import CUSTOM_OPS_DIR
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+HAS_CUDA = torch.cuda.is_available()
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+# Interpreted Triton costs ~10 ms a launch: fewer random cases there.
+TRITON_EXAMPLES = 30 if HAS_CUDA else 25
+
+BACKENDS = [
+    pytest.param("reference", "cpu", 40, id="reference"),
+    pytest.param("reference", "cuda", 20, id="reference-cuda", marks=needs_cuda),
+    pytest.param("cpu", "cpu", 40, id="cpu"),
+    pytest.param("triton", TRITON_DEVICE, TRITON_EXAMPLES, id="triton", marks=needs_triton),
+    pytest.param("triton_sorted", TRITON_DEVICE, 4, id="triton_sorted", marks=needs_triton),
+]
+SURROGATES = list(neurons.SURROGATE_GRADS)
+F64 = {"rtol": 1e-12, "atol": 1e-12}
+
+
+class Step:
+    """Random inputs of one step, and autograd's outputs and gradients for them."""
+
+    def __init__(self, batch, n, alif, reset, surrogate, scale, threshold, seed, dtype=torch.float64,
+                 device="cpu"):
+        g = torch.Generator().manual_seed(seed)
+
+        def rand(*shape, low=-1.0, high=1.0):
+            return (low + (high - low) * torch.rand(*shape, generator=g, dtype=torch.float64)).to(device, dtype)
+
+        self.alif, self.reset, self.surrogate, self.scale = alif, reset, surrogate, scale
+        self.threshold = threshold
+        self.adapt_strength = 0.7 if alif else 0.0
+        self.current = rand(batch, n, low=-0.5, high=1.5)
+        self.v = rand(batch, n)
+        self.a = rand(batch, n, low=0.0, high=1.0) if alif else None
+        self.beta = rand(n, low=0.0, high=1.0)
+        self.rho = rand(n, low=0.0, high=1.0) if alif else None
+        self.grads = [rand(batch, n) for _ in range(3 if alif else 2)]  # w.r.t. z, v_new, a_new
+
+    def autograd(self):
+        current = self.current.clone().requires_grad_()
+        v = self.v.clone().requires_grad_()
+        spike = neurons.surrogate(self.surrogate, self.scale)
+        if self.alif:
+            a = self.a.clone().requires_grad_()
+            params = neurons.ALIFParams(self.beta, self.rho, self.adapt_strength, self.threshold, self.reset,
+                                        True, spike)
+            state, z = neurons.alif_step(params, neurons.ALIFState(v, a), current)
+            outputs, inputs = (z, state.v, state.a), (current, v, a)
+        else:
+            params = neurons.LIFParams(self.beta, self.threshold, self.reset, True, spike)
+            state, z = neurons.lif_step(params, neurons.LIFState(v), current)
+            outputs, inputs = (z, state.v), (current, v)
+        grads = torch.autograd.grad(outputs, inputs, self.grads)
+        return [o.detach() for o in outputs], grads
+
+    def forward(self, backend, saved_dtype=None):
+        return neuron_step_fwd(self.current, self.v, self.a, self.beta, self.rho, self.threshold,
+                               self.adapt_strength, self.reset, self.surrogate, self.scale,
+                               saved_dtype or self.current.dtype, backend)
+
+    def backward(self, backend, zbits, d, grad_a=True):
+        return neuron_step_bwd(self.grads[0], self.grads[1], self.grads[2] if self.alif and grad_a else None,
+                               zbits, d, self.beta, self.rho, self.threshold, self.adapt_strength, self.reset,
+                               self.surrogate, self.scale, backend)
+
+
+def check_against_autograd(step: Step, backend: str, tol) -> None:
+    (z_ref, v_ref, *a_ref), grads_ref = step.autograd()
+    v_new, a_new, z, d, zbits = step.forward(backend)
+    torch.testing.assert_close(v_new, v_ref, **tol)
+    torch.testing.assert_close(z, z_ref, rtol=0, atol=0)
+    torch.testing.assert_close(unpack_spikes(zbits, z.shape[1], z.dtype), z, rtol=0, atol=0)
+    if step.alif:
+        torch.testing.assert_close(a_new, a_ref[0], **tol)
+    else:
+        assert a_new.numel() == 0
+    # d is sg'(x) at the step's own x = v - theta.
+    v = step.beta * step.v + step.current
+    theta = step.threshold + step.adapt_strength * (step.rho * step.a) if step.alif else step.threshold
+    torch.testing.assert_close(d, neurons.SURROGATE_GRADS[step.surrogate](v - theta, step.scale), **tol)
+
+    grad_current, grad_v_prev, grad_a_prev = step.backward(backend, zbits, d)
+    torch.testing.assert_close(grad_current, grads_ref[0], **tol)
+    torch.testing.assert_close(grad_v_prev, grads_ref[1], **tol)
+    if step.alif:
+        torch.testing.assert_close(grad_a_prev, grads_ref[2], **tol)
+    else:
+        assert grad_a_prev.numel() == 0
+
+
+step_shapes = st.tuples(st.integers(1, 5), st.integers(1, 40))  # N: mostly not a multiple of 8
+
+
+@pytest.mark.parametrize("backend, device, examples", BACKENDS)
+def test_step_matches_autograd(backend, device, examples):
+    @settings(max_examples=examples, deadline=None, derandomize=True)
+    @given(shape=step_shapes, alif=st.booleans(), reset=st.sampled_from(["subtract", "zero"]),
+           surrogate=st.sampled_from(SURROGATES), scale=st.floats(0.5, 8.0),
+           threshold=st.floats(0.2, 1.2), seed=st.integers(0, 2**16))
+    def run(shape, alif, reset, surrogate, scale, threshold, seed):
+        step = Step(*shape, alif, reset, surrogate, scale, threshold, seed, device=device)
+        check_against_autograd(step, backend, F64)
+
+    run()
+
+
+@pytest.mark.parametrize("backend, device, examples", BACKENDS)
+@pytest.mark.parametrize("alif", [False, True], ids=["lif", "alif"])
+def test_float32_state_matches_autograd(backend, device, examples, alif):
+    step = Step(3, 19, alif, "subtract", "atan", 4.0, 0.8, seed=5, dtype=torch.float32, device=device)
+    check_against_autograd(step, backend, {"rtol": 1e-5, "atol": 1e-6})
+
+
+@pytest.mark.parametrize("backend, device, examples", BACKENDS)
+def test_missing_grad_a_counts_as_zero(backend, device, examples):
+    step = Step(2, 11, True, "subtract", "triangle", 2.0, 0.5, seed=3, device=device)
+    _, _, _, d, zbits = step.forward(backend)
+    without = step.backward(backend, zbits, d, grad_a=False)
+    step.grads[2] = torch.zeros_like(step.grads[2])
+    with_zero = step.backward(backend, zbits, d)
+    for got, expected in zip(without, with_zero):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+SAVED = [(torch.float16, 2.0**-11, 2.0**-25), (torch.bfloat16, 2.0**-8, 0.0)]
+
+
+@pytest.mark.parametrize("backend, device, examples", BACKENDS)
+@pytest.mark.parametrize("saved, unit_roundoff, smallest_step", SAVED, ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("state", [torch.float32, torch.float64])
+def test_reduced_precision_d_is_the_rounded_float32_d(backend, device, examples, saved, unit_roundoff,
+                                                      smallest_step, state):
+    step = Step(4, 27, True, "zero", "fast_sigmoid", 3.0, 0.6, seed=9, dtype=state, device=device)
+    *_, d32, zbits = step.forward(backend, torch.float32)
+    *_, d_low, zbits_low = step.forward(backend, saved)
+    assert d_low.dtype == saved
+    assert torch.equal(zbits_low, zbits)
+    # Within half a unit in the last place of the reduced dtype (plus the
+    # absolute step of float16's subnormals).
+    error = (d_low.double() - d32.double()).abs()
+    bound = unit_roundoff * d32.double().abs() * (1 + 1e-6) + smallest_step / 2
+    assert bool((error <= bound).all()), f"max error {error.max().item()}"
+    # The backward reads the saved d as is: the same result as handing it the
+    # rounded values in float32.
+    low = step.backward(backend, zbits, d_low)
+    widened = step.backward(backend, zbits, d_low.float() if state == torch.float32 else d_low.double())
+    for got, expected in zip(low, widened):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_cpu_threads_split_rows_and_bytes_mid_row():
+    # B * ceil(N / 8) = 64 * 38 bytes and B * N = 19200 elements both exceed
+    # one thread's grain, so chunks start inside rows and inside bytes' rows.
+    step = Step(64, 300, True, "subtract", "boxcar", 1.5, 0.3, seed=21)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = step.forward("reference")
+        got = step.forward("cpu")
+        expected_grads = step.backward("reference", zbits=expected[4], d=expected[3])
+        got_grads = step.backward("cpu", zbits=got[4], d=got[3])
+    finally:
+        torch.set_num_threads(threads)
+    for x, y in zip(got + got_grads, expected + expected_grads):
+        torch.testing.assert_close(x, y, **F64)
+
+
+# --------------------------------------------------------------------------- bits
+
+
+def test_bit_layout_is_little_endian_within_each_row():
+    z = torch.zeros(2, 10)
+    z[0, 0] = z[0, 9] = 1  # byte 0 bit 0, byte 1 bit 1
+    z[1, 3] = z[1, 7] = z[1, 8] = 1
+    assert pack_spikes(z).tolist() == [[1, 2], [8 + 128, 1]]
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(lead=st.lists(st.integers(1, 3), min_size=1, max_size=2), n=st.integers(1, 50), seed=st.integers(0, 999))
+def test_bits_round_trip(lead, n, seed):
+    z = (torch.rand(*lead, n, generator=torch.Generator().manual_seed(seed)) < 0.4).float()
+    bits = pack_spikes(z)
+    assert bits.dtype == torch.uint8 and bits.shape == (*lead, (n + 7) // 8)
+    assert torch.equal(unpack_spikes(bits, n, torch.float32), z)
+    assert bool((bits[..., -1].int() < 2 ** (n - 8 * (bits.shape[-1] - 1))).all())  # padding bits are 0
+
+
+@pytest.mark.parametrize("backend, device, examples", BACKENDS)
+def test_kernel_bits_equal_packed_z_with_zero_padding(backend, device, examples):
+    step = Step(3, 13, False, "zero", "boxcar", 1.0, 0.1, seed=4, device=device)  # fires often
+    _, _, z, _, zbits = step.forward(backend)
+    assert z.sum() > 0
+    assert torch.equal(zbits.cpu(), pack_spikes(z.cpu()))
+    assert bool((zbits[:, -1].int() < 2 ** 5).all())
+
+
+def test_unpack_rejects_a_mismatched_width():
+    with pytest.raises(UserError, match=r"uint8 \[\.\.\., 2\] for n = 9"):
+        unpack_spikes(torch.zeros(2, 1, dtype=torch.uint8), 9, torch.float32)
+
+
+# ------------------------------------------------------------------- errors, registry
+
+
+def _fwd_args(**change):
+    args = dict(current=torch.zeros(2, 5), v=torch.zeros(2, 5), a=None, beta=torch.ones(5), rho=None,
+                threshold=1.0, adapt_strength=0.0, reset="subtract", surrogate="atan", scale=2.0,
+                saved_dtype=torch.float32, backend="reference")
+    args.update(change)
+    return args
+
+
+def _bwd_args(**change):
+    args = dict(grad_z=torch.zeros(2, 5), grad_v=torch.zeros(2, 5), grad_a=None,
+                zbits=torch.zeros(2, 1, dtype=torch.uint8), d=torch.zeros(2, 5), beta=torch.ones(5), rho=None,
+                threshold=1.0, adapt_strength=0.0, reset="subtract", surrogate="atan", scale=2.0,
+                backend="reference")
+    args.update(change)
+    return args
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"v": torch.zeros(2, 6)}, r"v must match current"),
+    ({"current": torch.zeros(2, 5, dtype=torch.float16), "v": torch.zeros(2, 5, dtype=torch.float16)},
+     r"current must be a float32 or float64 \[B, N\]"),
+    ({"current": torch.zeros(10)}, r"current must be a float32 or float64 \[B, N\]"),
+    ({"beta": torch.ones(4)}, r"beta must be a \[5\] per-neuron"),
+    ({"a": torch.zeros(2, 5)}, r"ALIF needs both a and rho"),
+    ({"a": torch.zeros(2, 5), "rho": torch.ones(5, dtype=torch.float64)}, r"rho must be a \[5\] per-neuron"),
+    ({"saved_dtype": torch.float64}, r"saved as float32, float16 or bfloat16"),
+    ({"reset": "hard"}, r"reset must be one of subtract, zero"),
+    ({"surrogate": "sigmoid"}, r"surrogate must be one of"),
+    ({"scale": 0.0}, r"scale must be a positive number"),
+])
+def test_forward_rejects_bad_input(change, message):
+    with pytest.raises(UserError, match=message):
+        neuron_step_fwd(**_fwd_args(**change))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"zbits": torch.zeros(2, 5, dtype=torch.uint8)}, r"zbits must be uint8 \[2, 1\]"),
+    ({"zbits": torch.zeros(2, 1)}, r"zbits must be uint8"),
+    ({"d": torch.zeros(2, 4)}, r"d must be \[2, 5\]"),
+    ({"d": torch.zeros(2, 5, dtype=torch.int32)}, r"saved as float32"),
+    ({"grad_a": torch.zeros(2, 5)}, r"grad_a was given but rho is None"),
+    ({"grad_z": torch.zeros(2, 5, dtype=torch.float64)}, r"grad_z must match grad_v"),
+])
+def test_backward_rejects_bad_input(change, message):
+    with pytest.raises(UserError, match=message):
+        neuron_step_bwd(**_bwd_args(**change))
+
+
+def test_cpu_kernels_check_their_inputs_too():
+    # The C++ ops are reachable without the Python checks (torch.ops.ipu_snn_cpu).
+    ops = registry.get_kernels("cpu")
+    with pytest.raises(RuntimeError, match=r"neuron_fwd: beta must be a CPU vector of N = 5"):
+        ops.neuron_forward(torch.zeros(2, 5), torch.zeros(2, 5), None, torch.ones(3), None,
+                           1.0, 0.0, "subtract", "atan", 2.0, torch.float32)
+    with pytest.raises(RuntimeError, match=r"reset must be 'subtract' or 'zero'"):
+        ops.neuron_forward(torch.zeros(2, 5), torch.zeros(2, 5), None, torch.ones(5), None,
+                           1.0, 0.0, "hard", "atan", 2.0, torch.float32)
+    with pytest.raises(RuntimeError, match=r"neuron_bwd: zbits must be a uint8 CPU matrix"):
+        ops.neuron_backward(torch.zeros(2, 5), torch.zeros(2, 5), None, torch.zeros(2, 2, dtype=torch.uint8),
+                            torch.zeros(2, 5), torch.ones(5), None, 0.0, "zero")
+
+
+def test_backend_without_neuron_kernels_is_a_clear_error(monkeypatch):
+    def load():
+        full = registry.get_kernels("reference")
+        return registry.SpikeKernels("spikes_only", full.device_types, full.forward, full.grad_weight,
+                                     full.grad_input, full.compact)
+
+    monkeypatch.setitem(registry._LOADERS, "spikes_only", load)
+    registry.get_kernels.cache_clear()
+    try:
+        with pytest.raises(DeviceError, match=r"Backend 'spikes_only' has no neuron_forward kernel"):
+            neuron_step_fwd(**_fwd_args(backend="spikes_only"))
+        with pytest.raises(DeviceError, match=r"has no neuron_backward kernel"):
+            neuron_step_bwd(**_bwd_args(backend="spikes_only"))
+        with pytest.raises(DeviceError, match=r"has no neuron_forward kernel"):
+            neuron_step_kernels("spikes_only", torch.device("cpu"))
+    finally:
+        monkeypatch.undo()
+        registry.get_kernels.cache_clear()
+
+
+def test_raw_kernels_give_what_the_ops_give():
+    step = Step(3, 12, True, "zero", "atan", 3.0, 0.5, seed=8)
+    kernels = neuron_step_kernels(None, torch.device("cpu"))  # the cpu default
+    forward = kernels.forward(step.current, step.v, step.a, step.beta, step.rho, step.threshold,
+                              step.adapt_strength, step.reset, step.surrogate, step.scale, torch.float32)
+    for got, expected in zip(forward, step.forward("cpu", torch.float32)):
+        assert torch.equal(got, expected)
+    _, _, _, d, zbits = forward
+    backward = kernels.backward(*step.grads, zbits, d, step.beta, step.rho, step.adapt_strength, step.reset)
+    for got, expected in zip(backward, step.backward("cpu", zbits, d)):
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("alif", [False, True], ids=["lif", "alif"])
+def test_opcheck(backend, alif):
+    step = Step(3, 10, alif, "subtract", "fast_sigmoid", 5.0, 0.5, seed=2)
+    fwd_args = (step.current, step.v, step.a, step.beta, step.rho, step.threshold, step.adapt_strength,
+                step.reset, step.surrogate, step.scale, torch.float16, backend)
+    torch.library.opcheck(torch.ops.ipu_snn.neuron_step_fwd.default, fwd_args)
+    _, _, _, d, zbits = neuron_step_fwd(*fwd_args)
+    bwd_args = (step.grads[0], step.grads[1], step.grads[2] if alif else None, zbits, d, step.beta, step.rho,
+                step.threshold, step.adapt_strength, step.reset, step.surrogate, step.scale, backend)
+    torch.library.opcheck(torch.ops.ipu_snn.neuron_step_bwd.default, bwd_args)
+
+
+# ------------------------------------------------------------------ the shared header
+
+
+HEADER_DRIVER = r"""
+// Compiled against neuron_core.h alone: no torch, as a Poplar vertex sees it.
+#include <cstdio>
+#include "neuron_core.h"
+namespace core = ipu_snn::core;
+int main() {
+  const int64_t B = 3, N = 11, E = B * N;
+  float cur[E], v[E], a[E], beta[N], rho[N], vn[E], an[E], z[E], d[E];
+  for (int64_t i = 0; i < E; ++i) {
+    cur[i] = 0.3f * float(i % 7) - 0.4f;
+    v[i] = 0.1f * float(i % 5);
+    a[i] = 0.05f * float(i % 3);
+  }
+  for (int64_t j = 0; j < N; ++j) { beta[j] = 0.9f - 0.01f * float(j); rho[j] = 0.8f; }
+  const core::NeuronScalars s{0.5, 0.7, core::Reset::kSubtract, core::SurrogateKind::kTriangle, 2.0};
+  // Two ranges that split a row must give what one range gives.
+  float vn2[E], an2[E], z2[E], d2[E];
+  core::neuron_forward<float, float>(cur, v, a, beta, rho, N, 0, E, s, vn, an, z, d);
+  core::neuron_forward<float, float>(cur, v, a, beta, rho, N, 0, 17, s, vn2, an2, z2, d2);
+  core::neuron_forward<float, float>(cur, v, a, beta, rho, N, 17, E, s, vn2, an2, z2, d2);
+  uint8_t bits[3 * 2];
+  core::pack_bits<float>(z, N, 0, B * core::packed_row_bytes(N), bits);
+  float gz[E], gv[E], ga[E], gc[E], gvp[E], gap[E], gc2[E], gvp2[E], gap2[E];
+  for (int64_t i = 0; i < E; ++i) {
+    gz[i] = 0.2f * float(i % 4) - 0.3f;
+    gv[i] = 0.1f * float(i % 6) - 0.2f;
+    ga[i] = 0.05f * float(i % 5);
+  }
+  const auto sub = core::Reset::kSubtract;
+  core::neuron_backward<float, float>(gz, gv, ga, bits, d, beta, rho, N, 0, E, 0.7, sub, gc, gvp, gap);
+  // Split inside a row, off a byte boundary (13 = row 1, neuron 2).
+  core::neuron_backward<float, float>(gz, gv, ga, bits, d, beta, rho, N, 0, 13, 0.7, sub, gc2, gvp2, gap2);
+  core::neuron_backward<float, float>(gz, gv, ga, bits, d, beta, rho, N, 13, E, 0.7, sub, gc2, gvp2, gap2);
+  // In place: grad_v_prev over grad_v and grad_a_prev over grad_a.
+  core::neuron_backward<float, float>(gz, gv, ga, bits, d, beta, rho, N, 0, E, 0.7, sub, gc, gv, ga);
+  int bad = 0, fired = 0;
+  for (int64_t i = 0; i < E; ++i) {
+    bad += vn[i] != vn2[i] || an[i] != an2[i] || z[i] != z2[i] || d[i] != d2[i];
+    bad += (z[i] != 0.0f) != core::unpack_bit(bits + (i / N) * 2, i % N);
+    bad += gv[i] != gvp[i] || ga[i] != gap[i];
+    bad += gc2[i] != gc[i] || gvp2[i] != gvp[i] || gap2[i] != gap[i];
+    fired += z[i] != 0.0f;
+  }
+  std::printf("%d %d\n", bad, fired);
+  return bad != 0 || fired == 0 || fired == E;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="needs a C++ compiler")
+def test_header_is_self_contained_and_in_place_safe(tmp_path: Path):
+    source = tmp_path / "driver.cpp"
+    source.write_text(HEADER_DRIVER)
+    binary = tmp_path / "driver"
+    subprocess.run(["c++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{CUSTOM_OPS_DIR / 'include'}",
+                    str(source), "-o", str(binary)], check=True, capture_output=True, text=True)
+    result = subprocess.run([str(binary)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
