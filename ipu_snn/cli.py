@@ -85,7 +85,8 @@ def _plan(args, console: Console) -> None:
 
         # per-tile account with every step's neuron state kept for BPTT (store_all on the tiles)
         tiles = plan_tiles(cfg.model, n_inputs, n_classes, cfg.data.batch_size, spec,
-                           capacity_fraction=cfg.model.sparse_capacity, steps=cfg.data.num_steps)
+                           capacity_fraction=cfg.model.sparse_capacity, steps=cfg.data.num_steps,
+                           surrogate_bytes=4 if cfg.model.fused_saved_dtype == "float32" else 2)
         payload["tiles"] = tiles_json(tiles)
     if args.json:
         print(json.dumps(payload, indent=2))
@@ -93,8 +94,10 @@ def _plan(args, console: Console) -> None:
         console.print(plan_table(result))
         if "tiles" in payload:
             t = payload["tiles"]
+            passes = ", ".join(f"{p['name']} {p['samples_per_pass']}" for p in t["populations"])
             console.print(f"tiles: {t['used']} of {t['tiles_total']} used, fullest {t['max_tile_bytes'] / 1024:.0f} KiB "
-                          f"of {t['tile_capacity_bytes'] / 1024:.0f} KiB" + ("" if t["fits"] else f"; {t['refusal']}"))
+                          f"of {t['tile_capacity_bytes'] / 1024:.0f} KiB; samples per pass: {passes}"
+                          + ("" if t["fits"] else f"; {t['refusal']}"))
 
 
 def _eval(args, console: Console) -> None:

@@ -125,6 +125,13 @@ class ModelConfig(_Strict):
     sparse_overflow: Literal["error", "drop_and_count"] = "error"
     # "dense": exact gradients for any surrogate; "spikes": only at neurons that fired (faster, approximate)
     sparse_grad: Literal["dense", "spikes"] = "dense"
+    # Run each layer's time loop as one fused autograd Function (ipu_snn.fused): fused neuron kernels,
+    # a few bytes per neuron-step kept for backward. auto: wherever supported (dense products, detached
+    # reset, bptt.schedule store_all); true: the same, and an error naming what prevents it.
+    fused: Union[bool, Literal["auto"]] = "auto"
+    # dtype of the surrogate derivatives (and, with learned decays, the pre-step state) the fused loop keeps:
+    # float32 is exact; float16 / bfloat16 halve that memory at a bounded error (docs/benchmarks/training_step.md)
+    fused_saved_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
 # ------------------------------------------------------------------------------ data
@@ -232,7 +239,8 @@ class Config(_Strict):
     training: TrainingConfig = TrainingConfig()
     bptt: BPTTConfig = BPTTConfig()
     ipu: IPUConfig = IPUConfig()
-    device: Literal["cpu", "cuda", "ipu", "ipu-model"] = "cpu"
+    # ipu-emulator: the CPU, with every spike matmul run tile by tile on the IPU tile emulator (small models)
+    device: Literal["cpu", "cuda", "ipu", "ipu-model", "ipu-emulator"] = "cpu"
     out_dir: str | None = None
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import neurons
+from .fused import FusedLoop, FusedSpec, binary_linear, leaky_integrate, spiking_scan
 from .neurons import ALIFParams, ALIFState, LIFParams, LIFState, LIParams, LIState
 
 
@@ -34,6 +35,7 @@ class SparseMode(NamedTuple):
     capacity: float = 0.25  # list length K as a fraction of the presynaptic neurons
     overflow: str = "error"  # or "drop_and_count"
     dense_grad: bool = True  # exact gradient for every surrogate; False: only at spiking neurons
+    backend: str | None = None  # spike-matmul backend (ops.registry); None: the default for the tensors' device
 
 
 class SpikeLinear(nn.Module):
@@ -63,13 +65,13 @@ class SpikeLinear(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         if not self.uses_sparse(z):
             return torch.nn.functional.linear(z, self.weight.t(), self.bias)
-        from .errors import UserError
         from .ops import sparse_linear  # builds the C++ extension on first use
+        from .ops.spikes import SpikeOverflowError
 
         try:
             out, spikes = sparse_linear(z, self.weight, self.capacity, overflow=self.sparse.overflow,
-                                        dense_grad=self.sparse.dense_grad)
-        except UserError as exc:
+                                        dense_grad=self.sparse.dense_grad, backend=self.sparse.backend)
+        except SpikeOverflowError as exc:
             raise type(exc)(f"{exc}\nIn the config: raise model.sparse_capacity (now {self.sparse.capacity}, "
                             f"K={self.capacity} of {self.weight.shape[0]} neurons) or set "
                             "model.sparse_overflow=drop_and_count") from None
@@ -144,6 +146,24 @@ class _SpikingNeurons(SpikingLayer):
         neuron_state, z = self.neuron_step(neuron_state, current)
         return (neuron_state, z), z
 
+    def fused_decays(self) -> tuple[Tensor, Tensor | None]:
+        """(beta, rho or None) as the fused kernels take them, clamped like the step functions."""
+        return self.beta.clamp(0.0, 1.0), None
+
+    def forward_fused(self, x: Tensor, loop: FusedLoop, spikes_in: bool) -> Tensor:
+        """``forward`` through the fused time loop (ipu_snn.fused): same result and gradients,
+        a few bytes per neuron-step kept for backward. ``spikes_in``: x is 0/1, keep it as bits."""
+        if spikes_in:
+            currents = binary_linear(x, self.fc.weight, self.fc.bias)
+        else:
+            # x is the [B, T, in] input batch seen time-major: projecting it batch-major lets the product
+            # keep a view of the caller's batch for backward instead of a time-major copy of it
+            currents = self.fc(x.transpose(0, 1)).transpose(0, 1).contiguous()
+        beta, rho = self.fused_decays()
+        spec = FusedSpec(rho is not None, float(self.threshold), float(getattr(self, "adapt_strength", 0.0)),
+                         self.reset, self.spike.name, self.spike.scale)
+        return spiking_scan(currents, None if self.rec is None else self.rec.weight, beta, rho, spec, loop)
+
 
 class LIF(_SpikingNeurons):
     """Leaky integrate-and-fire layer, feed-forward unless ``recurrent``."""
@@ -190,6 +210,9 @@ class ALIF(_SpikingNeurons):
         zeros = like.new_zeros(batch, self.n_out)
         return ALIFState(zeros, zeros), zeros
 
+    def fused_decays(self):
+        return self.beta.clamp(0.0, 1.0), self.rho.clamp(0.0, 1.0)
+
     def neuron_step(self, neuron_state, current):
         params = ALIFParams(self.beta.clamp(0.0, 1.0), self.rho.clamp(0.0, 1.0), self.adapt_strength,
                             self.threshold, self.reset, self.detach_reset, self.spike)
@@ -211,3 +234,7 @@ class LIReadout(SpikingLayer):
 
     def step(self, state, current):
         return neurons.li_step(LIParams(self.beta.clamp(0.0, 1.0)), state, current)
+
+    def forward_fused(self, z: Tensor) -> Tensor:
+        """``forward`` for 0/1 spikes z [T, B, n_in], keeping z as bits and the trace as a scan."""
+        return leaky_integrate(binary_linear(z, self.fc.weight, self.fc.bias), self.beta.clamp(0.0, 1.0))

@@ -10,6 +10,9 @@ from torch.utils import _pytree as pytree
 
 from .bptt import Schedule, ScanStats, scan
 from .config import ModelConfig
+from .devices import spike_backend
+from .errors import ConfigError
+from .fused import SAVED_DTYPES, FusedLoop
 from .layers import ALIF, LIF, LIReadout, RecurrentLIF, SparseMode, SpikeLinear, SpikingLayer
 from .neurons import surrogate
 
@@ -38,12 +41,13 @@ class SpikingNetwork(nn.Module):
     """
 
     def __init__(self, layers: list[SpikingLayer], readout: LIReadout, reduce: str = "max",
-                 schedule: Callable[[int], Schedule] | None = None):
+                 schedule: Callable[[int], Schedule] | None = None, fused: FusedLoop | None = None):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.readout = readout
         self.reduce = reduce
         self.schedule = schedule
+        self.fused = fused  # the fused time loop's settings, or None for the plain loop
         self.last_scan: ScanStats | None = None  # accounting of the latest scheduled forward
 
     def forward(self, x: Tensor) -> NetworkOutput:
@@ -59,6 +63,8 @@ class SpikingNetwork(nn.Module):
     def _forward(self, x: Tensor) -> NetworkOutput:
         if self.schedule is not None:
             return self._forward_scheduled(x.transpose(0, 1))
+        if self.fused is not None:
+            return self._forward_fused(x.transpose(0, 1))
         h = x.transpose(0, 1)
         rates = []
         for layer in self.layers:
@@ -66,6 +72,13 @@ class SpikingNetwork(nn.Module):
             rates.append(h.detach().mean())
         membrane = self.readout(h)
         return NetworkOutput(_REDUCE[self.reduce](membrane), rates)
+
+    def _forward_fused(self, h: Tensor) -> NetworkOutput:
+        rates = []
+        for i, layer in enumerate(self.layers):
+            h = layer.forward_fused(h, self.fused, spikes_in=i > 0)
+            rates.append(h.detach().mean())
+        return NetworkOutput(_REDUCE[self.reduce](self.readout.forward_fused(h)), rates)
 
     def initial_state(self, batch: int, like: Tensor) -> tuple:
         return tuple(layer.initial_state(batch, like) for layer in self.layers) + (
@@ -116,13 +129,20 @@ class _Step(nn.Module):
 
 
 def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float,
-                  schedule: Callable[[int], Schedule] | None = None, binary_inputs: bool = True) -> SpikingNetwork:
+                  schedule: Callable[[int], Schedule] | None = None, binary_inputs: bool = True,
+                  device: str = "cpu") -> SpikingNetwork:
     """``dt`` (seconds per step) turns time constants given as ``tau`` into per-step decays;
     ``schedule`` (T -> Schedule) runs the network through the BPTT engine. Spike counts
-    (``binary_inputs=False``) are multiplied densely even in sparse mode."""
+    (``binary_inputs=False``) are multiplied densely even in sparse mode. ``device``: the
+    config's; a device with its own spike-matmul backend (devices.spike_backend, e.g.
+    ipu-emulator) gets it in every sparse layer, and needs model.sparse: true."""
     layers: list[SpikingLayer] = []
     n_in = n_inputs
-    sparse = SparseMode(cfg.sparse, cfg.sparse_capacity, cfg.sparse_overflow, cfg.sparse_grad == "dense")
+    backend = spike_backend(device)
+    if backend is not None and cfg.sparse is not True:
+        raise ConfigError(f"model.sparse: device {device} runs every spike matmul on the {backend} backend, "
+                          f"so it needs model.sparse: true (got {cfg.sparse!r})")
+    sparse = SparseMode(cfg.sparse, cfg.sparse_capacity, cfg.sparse_overflow, cfg.sparse_grad == "dense", backend)
     input_sparse = sparse if binary_inputs else SparseMode()
     for layer_cfg in cfg.layers:
         common = dict(
@@ -147,11 +167,36 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float,
         input_sparse = sparse
     readout = LIReadout(n_in, n_classes, beta=cfg.readout.resolve_beta(dt, default=0.95),
                         learn_decay=cfg.readout.learn_decay, input_sparse=sparse)
-    return SpikingNetwork(layers, readout, cfg.readout.reduce, schedule)
+    fused = FusedLoop(SAVED_DTYPES[cfg.fused_saved_dtype]) if use_fused(cfg, schedule) else None
+    return SpikingNetwork(layers, readout, cfg.readout.reduce, schedule, fused)
+
+
+def fused_obstacles(cfg: ModelConfig, schedule) -> list[str]:
+    """Why the fused time loop cannot run this model (empty: it can)."""
+    reasons = []
+    if cfg.sparse is not False:
+        reasons.append(f"model.sparse is {cfg.sparse!r} (the fused loop multiplies densely)")
+    if schedule is not None:
+        reasons.append("bptt.schedule is not store_all (the BPTT engine runs the network step by step)")
+    for i, layer in enumerate(cfg.layers):
+        if not layer.detach_reset:
+            reasons.append(f"model.layers.{i}.detach_reset is false (the fused backward needs a detached reset)")
+    return reasons
+
+
+def use_fused(cfg: ModelConfig, schedule=None) -> bool:
+    """model.fused: auto runs fused wherever it can; true insists, naming what prevents it."""
+    if cfg.fused is False:
+        return False
+    reasons = fused_obstacles(cfg, schedule)
+    if reasons and cfg.fused is True:
+        raise ConfigError("model.fused is true, but " + "; ".join(reasons)
+                          + ". Set model.fused to auto or false, or change those settings.")
+    return not reasons
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["NetworkOutput", "SpikingNetwork", "build_network", "count_parameters"]
+__all__ = ["NetworkOutput", "SpikingNetwork", "build_network", "count_parameters", "fused_obstacles", "use_fused"]

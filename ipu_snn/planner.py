@@ -22,6 +22,7 @@ from .bptt import store_all, summarize, two_level_optimal, uniform
 from .config import BPTTConfig, Config, ModelConfig
 from .devices import DeviceSpec, GiB
 from .errors import ConfigError
+from .saved_bytes import saved_bytes
 
 FLOAT_BYTES = 4
 
@@ -36,6 +37,7 @@ class Footprint:
     input_bytes_per_step: int  # one step's slice of the input batch
     output_bytes_per_step: int  # one step's readout and spike-rate outputs
     flops_per_step: float  # forward multiply-adds x 2
+    fused_bytes_per_step: int = 0  # what the fused time loop keeps per step (0: the model cannot run fused)
 
 
 def _probe(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int):
@@ -47,11 +49,30 @@ def _probe(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int):
     return net.last_scan, net
 
 
+def _fused_saved_bytes(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int, steps: int) -> int:
+    """Bytes autograd keeps for a fused forward, less parameters and the input batch (the caller's)."""
+    from .fused import FusedLoop
+    from .network import build_network
+
+    net = build_network(model_cfg, n_inputs, n_classes, dt=1e-3)
+    net.fused = FusedLoop(net.fused.saved_dtype, "reference")  # same bytes as any backend, nothing to compile
+    x = torch.zeros(batch, steps, n_inputs)
+    return saved_bytes(lambda: net(x), [*net.parameters(), x])
+
+
 def footprint(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int) -> Footprint:
+    from .network import use_fused
+
     (one, net), (two, _) = (_probe(model_cfg, n_inputs, n_classes, b) for b in (1, 2))
 
     def at(a: int, b: int) -> int:  # affine in the batch size
         return a + (b - a) * (batch - 1)
+
+    fused = 0
+    if use_fused(model_cfg):  # per step: the difference of a 2-step and a 1-step forward, at batch 1 and 2
+        per_step = [_fused_saved_bytes(model_cfg, n_inputs, n_classes, b, 2)
+                    - _fused_saved_bytes(model_cfg, n_inputs, n_classes, b, 1) for b in (1, 2)]
+        fused = at(*per_step)
 
     weights = [p for p in net.parameters() if p.requires_grad]
     macs = sum(p.numel() for p in weights if p.dim() == 2)  # one multiply-add per weight per sample and step
@@ -62,6 +83,7 @@ def footprint(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int)
         input_bytes_per_step=batch * n_inputs * FLOAT_BYTES,
         output_bytes_per_step=batch * (n_classes + len(model_cfg.layers)) * FLOAT_BYTES,
         flops_per_step=2.0 * batch * macs,
+        fused_bytes_per_step=fused,
     )
 
 
@@ -169,8 +191,11 @@ def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int,
         sched = store_all(T) if factory is None else factory(T)
         summary = summarize(sched)
         streams = has_host and factory is not None
-        local = fixed + predicted_local_bytes(sched, fp.state_bytes,
-                                              fp.tape_bytes_per_step + streams * fp.input_bytes_per_step)
+        if factory is None and fp.fused_bytes_per_step:  # store_all runs as the fused time loop
+            local = fixed + T * fp.fused_bytes_per_step
+        else:
+            local = fixed + predicted_local_bytes(sched, fp.state_bytes,
+                                                  fp.tape_bytes_per_step + streams * fp.input_bytes_per_step)
         local += 0 if streams else T * fp.input_bytes_per_step
         offchip = sched.max_offchip_slots * fp.state_bytes + streams * T * fp.input_bytes_per_step
         transfers = (summary.stores["offchip"] + summary.loads["offchip"]) * fp.state_bytes

@@ -13,6 +13,7 @@ from ipu_snn.devices import device_spec
 from ipu_snn.errors import ConfigError, DeviceError
 from ipu_snn.network import build_network
 from ipu_snn.planner import candidates, costs_for, footprint, plan, schedule_factory
+from ipu_snn.saved_bytes import saved_bytes
 from ipu_snn.bptt import Costs, predicted_local_bytes, store_all
 from ipu_snn.train import train
 
@@ -39,6 +40,17 @@ def test_predicted_local_bytes_match_engine_peak(name):
     measured = net.last_scan.peak_local_bytes
     predicted = predicted_local_bytes(sched, fp.state_bytes, fp.tape_bytes_per_step)
     assert abs(predicted - measured) <= 0.10 * measured, (predicted, measured)
+
+
+def test_store_all_runs_fused_and_the_planner_predicts_what_it_keeps():
+    cfg = config(schedule="store_all")
+    fp = footprint(cfg.model, 10, 3, batch=8)
+    net = build_network(cfg.model, 10, 3, dt=1e-3)
+    assert net.fused is not None and fp.fused_bytes_per_step < fp.tape_bytes_per_step
+    x = (torch.rand(8, 60, 10) < 0.3).float()
+    kept = saved_bytes(lambda: net(x), [*net.parameters(), x])
+    predicted = 60 * fp.fused_bytes_per_step
+    assert abs(predicted - kept) <= 0.10 * kept, (predicted, kept)
 
 
 @settings(max_examples=10, deadline=None)

@@ -201,6 +201,10 @@ def near_threshold_mask(
     return (v >= second_threshold * threshold) & (z == 0)
 
 
+class SpikeOverflowError(UserError):
+    """A sample fired more neurons than its spike list holds (overflow policy "error")."""
+
+
 def _raise_on_overflow(counts: Tensor, dropped: Tensor, capacity: int) -> None:
     overflowing = (dropped > 0).nonzero().flatten()
     if overflowing.numel() == 0:
@@ -211,7 +215,7 @@ def _raise_on_overflow(counts: Tensor, dropped: Tensor, capacity: int) -> None:
         for b, t in zip(overflowing[:_SAMPLES_NAMED_IN_ERRORS], totals[:_SAMPLES_NAMED_IN_ERRORS])
     )
     more = overflowing.numel() - _SAMPLES_NAMED_IN_ERRORS
-    raise UserError(
+    raise SpikeOverflowError(
         f"Spike overflow: {overflowing.numel()} of {counts.numel()} samples have more spikes than "
         f"the capacity K = {capacity} (largest: {int(totals.max())}); {named}"
         + (f", and {more} more" if more > 0 else "")
