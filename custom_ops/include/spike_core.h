@@ -157,6 +157,18 @@ void grad_input_rows(const T* weight, int64_t weight_stride, int64_t n_cols,
   }
 }
 
+// One sample's input gradient as a dense row: the listed values put back at
+// their neurons, out[ids[k]] += values[k] for k < count, and 0 at every neuron
+// the sample did not list. Overwrites out[0, n). Adds rather than assigns so
+// that it equals a scatter-add however the list was built (a list from
+// compact_row names no neuron twice). Ids must lie in [0, n) (callers check).
+template <typename V, typename T>
+void scatter_listed_row(const V* values, const int32_t* ids, int32_t count, int64_t n,
+                        T* out) {
+  for (int64_t j = 0; j < n; ++j) out[j] = T(0);
+  for (int32_t k = 0; k < count; ++k) out[ids[k]] = T(out[ids[k]] + T(values[k]));
+}
+
 // What compact_row found in one sample.
 struct CompactCounts {
   int32_t spikes;        // spike ids written (at most capacity)

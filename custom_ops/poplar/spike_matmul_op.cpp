@@ -7,6 +7,8 @@
 //   poptorch.custom_op([ids, listed_counts, weight, grad_out],
 //                      "SpikeMatmulGradInput", "ipu_snn", 1, ...)
 //   poptorch.custom_op([membrane], "SpikeSelect", "ipu_snn", 1, ...)
+//   poptorch.custom_op([z, ids, counts, weight], "SpikeLinear", "ipu_snn", 1,
+//                      example_outputs=[out], attributes={"dense_grad": 1, ...})
 //
 // Ops (inputs -> outputs):
 //   SpikeMatmul:          ids int32 [B, K], counts int32 [B], weight [N_in, N_out]
@@ -19,20 +21,43 @@
 //                         cannot produce it and the caller invokes it directly)
 //   SpikeSelect:          membrane [B, N] -> ids int32 [B, K], counts int32 [B, 4]
 //                         ({spikes, near, dropped, near_dropped} per sample)
+//   SpikeLinear:          z [B, N_in] (the dense 0/1 spikes, differentiable),
+//                         ids int32 [B, K], counts int32 [B] (z's spike list),
+//                         weight [N_in, N_out] -> out [B, N_out] (weight's type).
+//                         The forward reads only the list; z is there so that
+//                         PopART's autodiff has a path to the spikes, which
+//                         SpikeMatmul lacks. Grad ops:
+//     SpikeLinearGradWeight (SpikeMatmulGradWeight's vertices):
+//                         grad_out, ids, counts -> grad_weight
+//     SpikeLinearGradSpikes: grad_out, weight (, ids, counts) -> grad_z [B, N_in]
+//                         (z's type): dense_grad = 1, the exact
+//                         grad_out @ weight^T (poplin::matMul); dense_grad = 0,
+//                         SpikeMatmulGradInput's values scattered to the listed
+//                         neurons (ScatterListed), 0 at the others.
 //
 // Attributes: capacity (K, SpikeSelect), threshold, near_threshold (SpikeSelect;
-// near_threshold >= threshold turns the second threshold off), tile_begin,
-// tile_end (the tile range the weight rows are spread over; tile_end <= 0 means
-// the last tile of the graph). Rows are split evenly, ceil(N_in / tiles) per
-// tile; tiles past the last row get no vertex.
+// near_threshold >= threshold turns the second threshold off), dense_grad
+// (SpikeLinear, default 1), tile_begin, tile_end (the tile range; tile_end <= 0
+// means the last tile of the graph).
 //
-// The codelets (spike_codelets.cpp) are loaded from the precompiled
-// spike_codelets.gp next to this library, or from IPU_SNN_CODELETS when set.
-#include <algorithm>
+// Tile mapping (tiled_ops.hpp, ipu_snn/ipu/tiles.py): the N_out postsynaptic
+// neurons are split over the tile range by tiling::splitEven, the planner's
+// split_even. A tile owns the weight columns W[:, own] (the op creates the
+// weight input that way), receives the whole spike list, and computes
+//   forward:     out[:, own]                  (stays on the tile, no reduce)
+//   grad weight: grad_W[:, own]               (local: grad_out[:, own] is there)
+//   grad input:  a partial [B, K] over its own columns, summed over the tiles
+//                by popops::reduce.
+// SpikeSelect selects sample b on tile b mod tiles of its range (the plan's
+// rule), and ScatterListed writes sample b's gradient row on that tile too.
+// The dense z gradient is poplin's matmul, which plans its own layout.
+//
+// The codelets (spike_codelets.cpp, neuron_codelets.cpp) are loaded from the
+// precompiled spike_codelets.gp next to this library, or from IPU_SNN_CODELETS.
 #include <cstdint>
-#include <cstdlib>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -43,15 +68,27 @@
 #include <popart/popx/opxmanager.hpp>
 
 #include <poplar/Graph.hpp>
+#include <poplin/MatMul.hpp>
 #include <popops/Cast.hpp>
 #include <popops/Reduce.hpp>
 
-// Where `make ipu` puts the compiled codelets; the Makefile passes the real path.
-#ifndef IPU_SNN_CODELETS_PATH
-#define IPU_SNN_CODELETS_PATH "spike_codelets.gp"
-#endif
+#include "tiled_ops.hpp"
 
 namespace {
+
+using ipu_snn::popart_ops::ColumnSplit;
+using ipu_snn::popart_ops::TiledOp;
+using ipu_snn::popart_ops::TileRange;
+using ipu_snn::popart_ops::TileSpan;
+using ipu_snn::popart_ops::addCodeletsOnce;
+using ipu_snn::popart_ops::addColumnMapped;
+using ipu_snn::popart_ops::addScratch;
+using ipu_snn::popart_ops::columnBlock;
+using ipu_snn::popart_ops::floatType;
+using ipu_snn::popart_ops::readTileRange;
+using ipu_snn::popart_ops::resolveTiles;
+using ipu_snn::popart_ops::splitColumns;
+using ipu_snn::popart_ops::vertexName;
 
 const popart::OperatorIdentifier kSpikeMatmul = {"ipu_snn", "SpikeMatmul", 1, {3, 3}, 1};
 const popart::OperatorIdentifier kSpikeMatmulGradWeight = {
@@ -59,47 +96,21 @@ const popart::OperatorIdentifier kSpikeMatmulGradWeight = {
 const popart::OperatorIdentifier kSpikeMatmulGradInput = {
     "ipu_snn", "SpikeMatmulGradInput", 1, {4, 4}, 1};
 const popart::OperatorIdentifier kSpikeSelect = {"ipu_snn", "SpikeSelect", 1, {1, 1}, 2};
+const popart::OperatorIdentifier kSpikeLinear = {"ipu_snn", "SpikeLinear", 1, {4, 4}, 1};
+const popart::OperatorIdentifier kSpikeLinearGradWeight = {
+    "ipu_snn", "SpikeLinearGradWeight", 1, {3, 3}, 1};
+const popart::OperatorIdentifier kSpikeLinearGradSpikes = {
+    "ipu_snn", "SpikeLinearGradSpikes", 1, {2, 4}, 1};
 
-// Attributes every op carries: the tile range the rows are spread over.
-struct TileRange {
-  int64_t begin = 0;
-  int64_t end = 0;  // <= 0: up to the graph's last tile
+// Where a forward op takes the spike list and the weight: the weight-gradient
+// op is the same for SpikeMatmul and SpikeLinear, only these indices differ.
+struct SpikeListInputs {
+  popart::InIndex ids;
+  popart::InIndex counts;
+  popart::InIndex weight;
 };
-
-TileRange readTileRange(const popart::OpCreatorInfo &info) {
-  TileRange range;
-  range.begin = info.attributes.getAttribute<popart::Attributes::Int>("tile_begin", 0);
-  range.end = info.attributes.getAttribute<popart::Attributes::Int>("tile_end", 0);
-  return range;
-}
-
-void appendTileRange(popart::OpSerialiserBase &os, const TileRange &range) {
-  os.appendAttribute("tile_begin", range.begin);
-  os.appendAttribute("tile_end", range.end);
-}
 
 // ------------------------------------------------------------------ IR ops --
-
-// What every op here shares: the tile range it is mapped onto, which is part
-// of its identity for outlining, and a high subgraph value (worth outlining).
-class TiledOp : public popart::Op {
-public:
-  TiledOp(const popart::OperatorIdentifier &opid, TileRange tiles,
-          const popart::Op::Settings &settings)
-      : popart::Op(opid, settings), tiles_(tiles) {}
-
-  void appendOutlineAttributes(popart::OpSerialiserBase &os) const override {
-    popart::Op::appendOutlineAttributes(os);
-    appendTileRange(os, tiles_);
-  }
-
-  float getSubgraphValue() const override { return getHighSubgraphValue(); }
-
-  const TileRange &tiles() const { return tiles_; }
-
-private:
-  TileRange tiles_;
-};
 
 class SpikeMatmulOp : public TiledOp {
 public:
@@ -121,12 +132,19 @@ public:
   std::vector<std::unique_ptr<popart::Op>> getGradOps() final;
 };
 
-// Gradient w.r.t. the weight (input 2). ids and counts have no gradient.
+// Gradient w.r.t. the weight of a forward op (SpikeMatmul or SpikeLinear)
+// whose output 0 is spikes @ weight: grad_out [B, N_out], ids, counts ->
+// grad_weight. ids and counts have no gradient.
 class SpikeMatmulGradWeightOp : public TiledOp {
 public:
-  explicit SpikeMatmulGradWeightOp(const SpikeMatmulOp &fwd)
-      : TiledOp(kSpikeMatmulGradWeight, fwd.tiles(), fwd.settings),
-        weightInfo_(fwd.inInfo(2)) {}
+  SpikeMatmulGradWeightOp(const TiledOp &fwd, const popart::OperatorIdentifier &opid,
+                          SpikeListInputs in)
+      : TiledOp(opid, fwd.tiles(), fwd.settings),
+        weightInfo_(fwd.inInfo(in.weight)),
+        gradInputInfo_{{0, 0, popart::GradOpInType::GradOut},
+                       {1, in.ids, popart::GradOpInType::In},
+                       {2, in.counts, popart::GradOpInType::In}},
+        gradOutToNonGradIn_{{0, in.weight}} {}
 
   std::unique_ptr<popart::Op> clone() const final {
     return std::make_unique<SpikeMatmulGradWeightOp>(*this);
@@ -135,25 +153,21 @@ public:
   void setup() final { outInfo(0) = weightInfo_; }
 
   const std::vector<popart::GradInOutMapper> &gradInputInfo() const final {
-    static const std::vector<popart::GradInOutMapper> info = {
-        {0, 0, popart::GradOpInType::GradOut},
-        {1, 0, popart::GradOpInType::In},
-        {2, 1, popart::GradOpInType::In}};
-    return info;
+    return gradInputInfo_;
   }
 
-  const std::map<int, int> &gradOutToNonGradIn() const final {
-    static const std::map<int, int> info = {{0, 2}};
-    return info;
-  }
+  const std::map<int, int> &gradOutToNonGradIn() const final { return gradOutToNonGradIn_; }
 
 private:
   popart::TensorInfo weightInfo_;
+  std::vector<popart::GradInOutMapper> gradInputInfo_;
+  std::map<int, int> gradOutToNonGradIn_;
 };
 
 std::vector<std::unique_ptr<popart::Op>> SpikeMatmulOp::getGradOps() {
   std::vector<std::unique_ptr<popart::Op>> ops;
-  ops.emplace_back(std::make_unique<SpikeMatmulGradWeightOp>(*this));
+  ops.emplace_back(std::make_unique<SpikeMatmulGradWeightOp>(
+      *this, kSpikeMatmulGradWeight, SpikeListInputs{0, 1, 2}));
   return ops;
 }
 
@@ -213,6 +227,104 @@ private:
   float nearThreshold_;
 };
 
+class SpikeLinearOp : public TiledOp {
+public:
+  enum In : popart::InIndex { kZ = 0, kIds, kCounts, kWeight };
+
+  SpikeLinearOp(const popart::OperatorIdentifier &opid, bool denseGrad, TileRange tiles,
+                const popart::Op::Settings &settings)
+      : TiledOp(opid, tiles, settings), denseGrad_(denseGrad) {}
+
+  std::unique_ptr<popart::Op> clone() const final {
+    return std::make_unique<SpikeLinearOp>(*this);
+  }
+
+  // out [B, N_out] in the weight's type; the shapes must agree.
+  void setup() final {
+    const popart::Shape &z = inShape(kZ), &ids = inShape(kIds), &counts = inShape(kCounts),
+                        &weight = inShape(kWeight);
+    if (z.size() != 2 || ids.size() != 2 || counts.size() != 1 || weight.size() != 2) {
+      throw popart::error("ipu_snn SpikeLinear: expected z [B, N_in], ids [B, K], counts [B], "
+                          "weight [N_in, N_out]; got ranks {}, {}, {}, {}",
+                          z.size(), ids.size(), counts.size(), weight.size());
+    }
+    if (ids[0] != z[0] || counts[0] != z[0] || weight[0] != z[1]) {
+      throw popart::error("ipu_snn SpikeLinear: z [{}, {}], ids [{}, {}], counts [{}] and "
+                          "weight [{}, {}] do not match",
+                          z[0], z[1], ids[0], ids[1], counts[0], weight[0], weight[1]);
+    }
+    outInfo(0) = popart::TensorInfo(inInfo(kWeight).dataType(), popart::Shape{z[0], weight[1]});
+  }
+
+  std::vector<std::unique_ptr<popart::Op>> getGradOps() final;
+
+  void appendOutlineAttributes(popart::OpSerialiserBase &os) const override {
+    TiledOp::appendOutlineAttributes(os);
+    os.appendAttribute("dense_grad", static_cast<int64_t>(denseGrad_ ? 1 : 0));
+  }
+
+  bool denseGrad() const { return denseGrad_; }
+
+private:
+  bool denseGrad_;
+};
+
+// Gradient w.r.t. SpikeLinear's z: grad_out [B, N_out], weight, and for the
+// sparse form also ids and counts -> grad_z [B, N_in] in z's type.
+class SpikeLinearGradSpikesOp : public TiledOp {
+public:
+  enum In : popart::InIndex { kGradOut = 0, kWeight, kIds, kCounts };
+
+  explicit SpikeLinearGradSpikesOp(const SpikeLinearOp &fwd)
+      : TiledOp(kSpikeLinearGradSpikes, fwd.tiles(), fwd.settings),
+        denseGrad_(fwd.denseGrad()),
+        zInfo_(fwd.inInfo(SpikeLinearOp::kZ)) {
+    gradInputInfo_ = {{kGradOut, 0, popart::GradOpInType::GradOut},
+                      {kWeight, SpikeLinearOp::kWeight, popart::GradOpInType::In}};
+    if (!denseGrad_) {
+      // Only the sparse form reads the list: the dense one keeps ids and counts
+      // out of the backward pass altogether.
+      gradInputInfo_.emplace_back(kIds, SpikeLinearOp::kIds, popart::GradOpInType::In);
+      gradInputInfo_.emplace_back(kCounts, SpikeLinearOp::kCounts, popart::GradOpInType::In);
+    }
+  }
+
+  std::unique_ptr<popart::Op> clone() const final {
+    return std::make_unique<SpikeLinearGradSpikesOp>(*this);
+  }
+
+  void setup() final { outInfo(0) = zInfo_; }
+
+  const std::vector<popart::GradInOutMapper> &gradInputInfo() const final {
+    return gradInputInfo_;
+  }
+
+  const std::map<int, int> &gradOutToNonGradIn() const final {
+    static const std::map<int, int> info = {{0, SpikeLinearOp::kZ}};
+    return info;
+  }
+
+  void appendOutlineAttributes(popart::OpSerialiserBase &os) const override {
+    TiledOp::appendOutlineAttributes(os);
+    os.appendAttribute("dense_grad", static_cast<int64_t>(denseGrad_ ? 1 : 0));
+  }
+
+  bool denseGrad() const { return denseGrad_; }
+
+private:
+  bool denseGrad_;
+  popart::TensorInfo zInfo_;
+  std::vector<popart::GradInOutMapper> gradInputInfo_;
+};
+
+std::vector<std::unique_ptr<popart::Op>> SpikeLinearOp::getGradOps() {
+  std::vector<std::unique_ptr<popart::Op>> ops;
+  ops.emplace_back(std::make_unique<SpikeMatmulGradWeightOp>(
+      *this, kSpikeLinearGradWeight, SpikeListInputs{kIds, kCounts, kWeight}));
+  ops.emplace_back(std::make_unique<SpikeLinearGradSpikesOp>(*this));
+  return ops;
+}
+
 // ------------------------------------------------------------ registration --
 
 const popart::OpDefinition::DataTypes kFloatTypes = {popart::DataType::FLOAT16,
@@ -240,6 +352,15 @@ const popart::OpDefinition kSpikeSelectDef(
                                        {"near_threshold", {"*"}},
                                        {"tile_begin", {"*"}},
                                        {"tile_end", {"*"}}})});
+
+const popart::OpDefinition kSpikeLinearDef(
+    {popart::OpDefinition::Inputs({{"z", kFloatTypes},
+                                   {"ids", kIntTypes},
+                                   {"counts", kIntTypes},
+                                   {"weight", kFloatTypes}}),
+     popart::OpDefinition::Outputs({{"out", kFloatTypes}}),
+     popart::OpDefinition::Attributes(
+         {{"dense_grad", {"*"}}, {"tile_begin", {"*"}}, {"tile_end", {"*"}}})});
 
 popart::OpCreator<SpikeMatmulOp> spikeMatmulCreator(
     popart::OpDefinitions({{kSpikeMatmul, kSpikeMatmulDef}}),
@@ -270,221 +391,308 @@ popart::OpCreator<SpikeSelectOp> spikeSelectCreator(
     },
     true);
 
+popart::OpCreator<SpikeLinearOp> spikeLinearCreator(
+    popart::OpDefinitions({{kSpikeLinear, kSpikeLinearDef}}),
+    [](const popart::OpCreatorInfo &info) -> std::unique_ptr<popart::Op> {
+      const bool denseGrad =
+          info.attributes.getAttribute<popart::Attributes::Int>("dense_grad", 1) != 0;
+      return std::make_unique<SpikeLinearOp>(info.opid, denseGrad, readTileRange(info),
+                                             info.settings);
+    },
+    true);
+
 // ------------------------------------------------------------ Poplar lowering --
 
-// Adds the codelets once per graph: PopART may grow several of these ops into
-// the same graph, and adding a vertex type twice is an error.
-void addSpikeCodelets(poplar::Graph &graph) {
-  static std::map<const poplar::Graph *, bool> added;
-  if (added[&graph]) return;
-  const char *env = std::getenv("IPU_SNN_CODELETS");
-  graph.addCodelets(env != nullptr ? env : IPU_SNN_CODELETS_PATH);
-  added[&graph] = true;
-}
+// Adds one matmul vertex per owning tile with the fields every matmul vertex
+// has: the broadcast spike list, the tile's index scratch, its column range.
+struct MatmulVertices {
+  poplar::Graph &graph;
+  const ColumnSplit &split;
+  poplar::ComputeSet cs;
+  std::string name;
+  poplar::Tensor ids, counts, offsets, samples;
+  std::size_t capacity;
 
-// The vertex type name for an element type, e.g. "SpikeMatmulForward<half>".
-std::string vertexName(const std::string &base, const poplar::Type &type) {
-  return base + (type == poplar::HALF ? "<half>" : "<float>");
-}
-
-// Even split of `rows` over the op's tile range: tile t of the range owns rows
-// [t * perTile, min((t + 1) * perTile, rows)).
-struct RowSplit {
-  unsigned firstTile;
-  unsigned tiles;    // tiles that own at least one row
-  unsigned perTile;
+  poplar::VertexRef add(std::size_t j) {
+    poplar::VertexRef v = graph.addVertex(cs, name);
+    graph.connect(v["ids"], ids);
+    graph.connect(v["counts"], counts);
+    graph.connect(v["offsets"], offsets[j]);
+    graph.connect(v["samples"], samples[j]);
+    graph.setInitialValue(v["capacity"], static_cast<unsigned>(capacity));
+    graph.setInitialValue(v["colBegin"], static_cast<unsigned>(split.columns[j].begin));
+    graph.setInitialValue(v["colEnd"], static_cast<unsigned>(split.columns[j].end));
+    graph.setTileMapping(v, split.tile(j));
+    return v;
+  }
 };
 
-RowSplit splitRows(const poplar::Graph &graph, const TileRange &range, std::size_t rows) {
-  const unsigned numTiles = graph.getTarget().getNumTiles();
-  const unsigned begin = static_cast<unsigned>(std::max<int64_t>(range.begin, 0));
-  const unsigned end = range.end <= 0 ? numTiles
-                                      : std::min<unsigned>(static_cast<unsigned>(range.end), numTiles);
-  if (begin >= end) {
-    throw popart::error("ipu_snn: empty tile range [{}, {}) on a graph of {} tiles",
-                        range.begin, range.end, numTiles);
-  }
-  const unsigned available = end - begin;
-  RowSplit split;
-  split.firstTile = begin;
-  split.perTile = static_cast<unsigned>((rows + available - 1) / available);
-  if (split.perTile == 0) split.perTile = 1;
-  split.tiles = static_cast<unsigned>((rows + split.perTile - 1) / split.perTile);
-  return split;
+// Cycles of one matmul vertex: the index build plus one add (or multiply-add)
+// per listed entry and own column.
+std::uint64_t matmulCycles(std::size_t nIn, std::size_t listed, std::size_t width) {
+  return 8 * (nIn + listed) + listed * width;
 }
 
-// Per-tile scratch of the neuron index: [tiles, width] int32, row t on tile t.
-poplar::Tensor addScratch(poplar::Graph &graph, const RowSplit &split, std::size_t width,
-                          const poplar::DebugContext &dc) {
-  poplar::Tensor t = graph.addVariable(poplar::INT, {split.tiles, width}, dc);
-  for (unsigned t_i = 0; t_i < split.tiles; ++t_i) {
-    graph.setTileMapping(t[t_i], split.firstTile + t_i);
-  }
-  return t;
-}
+// The compute sets of the spike-matmul ops, shared by their Opx: SpikeMatmul
+// and SpikeLinear run the same forward and weight gradient, and SpikeLinear's
+// sparse z gradient is SpikeMatmulGradInput's values scattered to rows.
+class SpikeOpx : public popart::popx::Opx {
+public:
+  SpikeOpx(popart::Op *op, popart::popx::Devicex *devicex) : popart::popx::Opx(op, devicex) {}
 
-class SpikeMatmulOpx : public popart::popx::Opx {
+protected:
+  const TileRange &tiles() const { return getOp<TiledOp>().tiles(); }
+
+  // A compute set of `vertex`s (a vertexName) over the split, with their scratch.
+  MatmulVertices matmulVertices(const std::string &vertex, const ColumnSplit &split,
+                                const poplar::Tensor &ids, const poplar::Tensor &counts,
+                                std::size_t nIn) const {
+    poplar::Graph &g = graph();
+    const std::size_t listed = ids.dim(0) * ids.dim(1);
+    return MatmulVertices{g, split, g.addComputeSet(debugContext(vertex)), vertex,
+                          ids.flatten(), counts,
+                          addScratch(g, poplar::INT, split, nIn + 1, debugContext("offsets")),
+                          addScratch(g, poplar::INT, split, listed, debugContext("samples")),
+                          ids.dim(1)};
+  }
+
+  // spikes @ weight [B, N_out] in the weight's type; out[:, own] on its tile.
+  poplar::Tensor growForward(poplar::program::Sequence &prog, const poplar::Tensor &ids,
+                             const poplar::Tensor &counts, const poplar::Tensor &weight) const {
+    poplar::Graph &g = graph();
+    addCodeletsOnce(g);
+    const std::size_t batch = counts.dim(0), listed = ids.dim(0) * ids.dim(1);
+    const std::size_t nIn = weight.dim(0), nOut = weight.dim(1);
+    const ColumnSplit split = splitColumns(g, tiles(), nOut);
+    // Float sums, laid out like the weight's columns.
+    poplar::Tensor out = addColumnMapped(g, poplar::FLOAT, {batch}, split, debugContext("out"));
+    MatmulVertices vertices =
+        matmulVertices(vertexName("SpikeMatmulForward", weight.elementType()), split, ids, counts,
+                       nIn);
+    for (std::size_t j = 0; j < split.columns.size(); ++j) {
+      poplar::VertexRef v = vertices.add(j);
+      g.connect(v["weight"], columnBlock(weight, split.columns[j]));
+      g.connect(v["out"], columnBlock(out, split.columns[j]));
+      g.setPerfEstimate(v, matmulCycles(nIn, listed, split.columns[j].size()));
+    }
+    prog.add(poplar::program::Execute(vertices.cs, debugContext("spikeMatmulForward")));
+    if (weight.elementType() == poplar::FLOAT) return out;
+    // popops::cast keeps the mapping, so the columns stay on their tiles.
+    return popops::cast(g, out, weight.elementType(), prog, debugContext("castOut"));
+  }
+
+  // spikes^T @ grad_out [N_in, N_out] in grad_out's type; grad_W[:, own] on
+  // its tile, where the weight's columns are.
+  poplar::Tensor growGradWeight(poplar::program::Sequence &prog, const poplar::Tensor &gradOut,
+                                const poplar::Tensor &ids, const poplar::Tensor &counts,
+                                std::size_t nIn) const {
+    poplar::Graph &g = graph();
+    addCodeletsOnce(g);
+    const std::size_t listed = ids.dim(0) * ids.dim(1), nOut = gradOut.dim(1);
+    const ColumnSplit split = splitColumns(g, tiles(), nOut);
+    poplar::Tensor gradWeight =
+        addColumnMapped(g, poplar::FLOAT, {nIn}, split, debugContext("gradWeight"));
+    MatmulVertices vertices =
+        matmulVertices(vertexName("SpikeMatmulGradWeight", gradOut.elementType()), split, ids,
+                       counts, nIn);
+    for (std::size_t j = 0; j < split.columns.size(); ++j) {
+      poplar::VertexRef v = vertices.add(j);
+      g.connect(v["gradOut"], columnBlock(gradOut, split.columns[j]));
+      g.connect(v["gradWeight"], columnBlock(gradWeight, split.columns[j]));
+      g.setPerfEstimate(v, matmulCycles(nIn, listed, split.columns[j].size()) +
+                               nIn * split.columns[j].size());
+    }
+    prog.add(poplar::program::Execute(vertices.cs, debugContext("spikeMatmulGradWeight")));
+    if (gradOut.elementType() == poplar::FLOAT) return gradWeight;
+    return popops::cast(g, gradWeight, gradOut.elementType(), prog, debugContext("castGradWeight"));
+  }
+
+  // values [B, K] = <weight[ids[b, k]], grad_out[b]> at the listed slots, 0
+  // elsewhere, in the weight's type: a partial per tile over its own columns,
+  // summed over the tiles.
+  poplar::Tensor growListedGradInput(poplar::program::Sequence &prog, const poplar::Tensor &ids,
+                                     const poplar::Tensor &counts, const poplar::Tensor &weight,
+                                     const poplar::Tensor &gradOut) const {
+    poplar::Graph &g = graph();
+    addCodeletsOnce(g);
+    const std::size_t batch = ids.dim(0), capacity = ids.dim(1), listed = batch * capacity;
+    const std::size_t nIn = weight.dim(0), nOut = weight.dim(1);
+    const ColumnSplit split = splitColumns(g, tiles(), nOut);
+    poplar::Tensor partials =
+        addScratch(g, weight.elementType(), split, listed, debugContext("partials"));
+    poplar::Tensor slots = addScratch(g, poplar::INT, split, listed, debugContext("slots"));
+    MatmulVertices vertices =
+        matmulVertices(vertexName("SpikeMatmulGradInput", weight.elementType()), split, ids,
+                       counts, nIn);
+    for (std::size_t j = 0; j < split.columns.size(); ++j) {
+      poplar::VertexRef v = vertices.add(j);
+      g.connect(v["weight"], columnBlock(weight, split.columns[j]));
+      g.connect(v["gradOut"], columnBlock(gradOut, split.columns[j]));
+      g.connect(v["slots"], slots[j]);
+      g.connect(v["partial"], partials[j]);
+      g.setPerfEstimate(v, matmulCycles(nIn, listed, split.columns[j].size()));
+    }
+    prog.add(poplar::program::Execute(vertices.cs, debugContext("spikeMatmulGradInput")));
+    // Sum over the tiles: popops spreads the reduction (a reduce-scatter over
+    // the range's tiles in effect, as the tile plan counts it).
+    poplar::Tensor values = popops::reduce(g, partials, {0},
+                                           popops::ReduceParams(popops::Operation::ADD), prog,
+                                           debugContext("sumPartials"));
+    return values.reshape({batch, capacity});
+  }
+
+  // Dense rows [B, n] of listed values [B, K]: sample b's on tile b mod tiles
+  // of the range (as SpikeSelect places it), 0 at the neurons it did not list.
+  poplar::Tensor growScatterListed(poplar::program::Sequence &prog, const poplar::Tensor &values,
+                                   const poplar::Tensor &ids, const poplar::Tensor &counts,
+                                   std::size_t n) const {
+    poplar::Graph &g = graph();
+    addCodeletsOnce(g);
+    const std::size_t batch = values.dim(0), capacity = values.dim(1);
+    const TileSpan span = resolveTiles(g, tiles());
+    poplar::Tensor rows = g.addVariable(values.elementType(), {batch, n}, debugContext("rows"));
+    poplar::ComputeSet cs = g.addComputeSet(debugContext("scatterListed"));
+    const std::string name = vertexName("ScatterListed", values.elementType());
+    for (std::size_t b = 0; b < batch; ++b) {
+      const unsigned tile = span.first + static_cast<unsigned>(b % span.count);
+      g.setTileMapping(rows[b], tile);
+      poplar::VertexRef v = g.addVertex(cs, name);
+      g.connect(v["values"], values[b]);
+      g.connect(v["ids"], ids[b]);
+      g.connect(v["count"], counts[b]);
+      g.connect(v["out"], rows[b]);
+      g.setTileMapping(v, tile);
+      g.setPerfEstimate(v, n + 4 * capacity);
+    }
+    prog.add(poplar::program::Execute(cs, debugContext("scatterListed")));
+    return rows;
+  }
+};
+
+// The Opx that read a weight (SpikeMatmul's and SpikeMatmulGradInput's input
+// 2, SpikeLinear's input 3) create it column-split, so every tile's W[:, own]
+// is one contiguous block on that tile and the vertices read it in place.
+class ColumnWeightOpx : public SpikeOpx {
+public:
+  ColumnWeightOpx(popart::Op *op, popart::popx::Devicex *devicex, popart::InIndex weightIn)
+      : SpikeOpx(op, devicex), weightIn_(weightIn) {}
+
+  popart::popx::InputCreatorType getInputCreatorType(popart::InIndex index) const override {
+    return index == weightIn_ ? popart::popx::InputCreatorType::CanCreate
+                              : popart::popx::Opx::getInputCreatorType(index);
+  }
+
+  poplar::Tensor createInput(popart::InIndex index,
+                             const poplar::DebugNameAndId &dnai) const override {
+    if (index != weightIn_) {
+      throw popart::error("ipu_snn: a spike matmul creates only its weight input {}, not input {}",
+                          weightIn_, index);
+    }
+    const popart::Shape &shape = inShape(weightIn_);
+    const std::size_t nIn = static_cast<std::size_t>(shape[0]);
+    const std::size_t nOut = static_cast<std::size_t>(shape[1]);
+    const ColumnSplit split = splitColumns(graph(), tiles(), nOut);
+    return addColumnMapped(graph(), floatType(inInfo(weightIn_).dataType()), {nIn}, split,
+                           poplar::DebugContext(dnai, "weight"));
+  }
+
+  // The layout needs no other tensor to exist first.
+  std::set<popart::TensorId> mustExistBeforeCreate(popart::InIndex) const override {
+    return {};
+  }
+
+  // Two ops that both create a weight lay it out the same way only if their tile
+  // ranges match; PopART then needs just one of them.
+  bool createsEquiv(int, const popart::popx::Opx *, int) const override { return false; }
+
+private:
+  popart::InIndex weightIn_;
+};
+
+class SpikeMatmulOpx : public ColumnWeightOpx {
 public:
   SpikeMatmulOpx(popart::Op *op, popart::popx::Devicex *devicex)
-      : popart::popx::Opx(op, devicex) {
+      : ColumnWeightOpx(op, devicex, 2) {
     verifyOp<SpikeMatmulOp>(op, {kSpikeMatmul});
   }
 
   void grow(poplar::program::Sequence &prog) const final {
-    const SpikeMatmulOp &op = getOp<SpikeMatmulOp>();
-    poplar::Graph &g = graph();
-    addSpikeCodelets(g);
-    const poplar::Tensor ids = getInTensor(0).flatten();
-    const poplar::Tensor counts = getInTensor(1);
-    const poplar::Tensor weight = getInTensor(2);
-    const std::size_t batch = counts.dim(0), capacity = getInTensor(0).dim(1);
-    const std::size_t nIn = weight.dim(0), nOut = weight.dim(1);
-    const RowSplit split = splitRows(g, op.tiles(), nIn);
-
-    poplar::Tensor partials = g.addVariable(poplar::FLOAT, {split.tiles, batch, nOut},
-                                            debugContext("partials"));
-    poplar::Tensor offsets = addScratch(g, split, nIn + 1, debugContext("offsets"));
-    poplar::Tensor samples = addScratch(g, split, batch * capacity, debugContext("samples"));
-    poplar::ComputeSet cs = g.addComputeSet(debugContext("spikeMatmulForward"));
-    const std::string name = vertexName("SpikeMatmulForward", weight.elementType());
-    for (unsigned t = 0; t < split.tiles; ++t) {
-      const unsigned tile = split.firstTile + t;
-      const std::size_t r0 = t * split.perTile;
-      const std::size_t r1 = std::min<std::size_t>(r0 + split.perTile, nIn);
-      g.setTileMapping(partials[t], tile);
-      poplar::VertexRef v = g.addVertex(cs, name);
-      g.connect(v["ids"], ids);
-      g.connect(v["counts"], counts);
-      g.connect(v["weight"], weight.slice(r0, r1, 0).flatten());
-      g.connect(v["offsets"], offsets[t]);
-      g.connect(v["samples"], samples[t]);
-      g.connect(v["partial"], partials[t].flatten());
-      g.setInitialValue(v["capacity"], static_cast<unsigned>(capacity));
-      g.setInitialValue(v["rowBegin"], static_cast<unsigned>(r0));
-      g.setInitialValue(v["rowEnd"], static_cast<unsigned>(r1));
-      g.setInitialValue(v["numCols"], static_cast<unsigned>(nOut));
-      g.setTileMapping(v, tile);
-      // Index build plus one add per (listed entry of the slice, column).
-      g.setPerfEstimate(v, 8 * (nIn + batch * capacity) +
-                               (r1 - r0) * nOut * batch * capacity / std::max<std::size_t>(nIn, 1));
-    }
-    prog.add(poplar::program::Execute(cs, debugContext("spikeMatmulForward")));
-    // Sum the per-tile partials (float) into the output (weight's type).
-    poplar::Tensor out = popops::reduce(g, partials, weight.elementType(), {0},
-                                        popops::ReduceParams(popops::Operation::ADD), prog,
-                                        debugContext("sumPartials"));
-    setOutTensor(0, out);
+    setOutTensor(0, growForward(prog, getInTensor(0), getInTensor(1), getInTensor(2)));
   }
 };
 
-class SpikeMatmulGradWeightOpx : public popart::popx::Opx {
+// The weight gradient of SpikeMatmul and of SpikeLinear (one grad op class).
+class SpikeMatmulGradWeightOpx : public SpikeOpx {
 public:
   SpikeMatmulGradWeightOpx(popart::Op *op, popart::popx::Devicex *devicex)
-      : popart::popx::Opx(op, devicex) {
-    verifyOp<SpikeMatmulGradWeightOp>(op, {kSpikeMatmulGradWeight});
+      : SpikeOpx(op, devicex) {
+    verifyOp<SpikeMatmulGradWeightOp>(op, {kSpikeMatmulGradWeight, kSpikeLinearGradWeight});
   }
 
   void grow(poplar::program::Sequence &prog) const final {
-    const SpikeMatmulGradWeightOp &op = getOp<SpikeMatmulGradWeightOp>();
-    poplar::Graph &g = graph();
-    addSpikeCodelets(g);
-    const poplar::Tensor gradOut = getInTensor(0);
-    const poplar::Tensor ids = getInTensor(1).flatten();
-    const poplar::Tensor counts = getInTensor(2);
-    const std::size_t batch = counts.dim(0), capacity = getInTensor(1).dim(1);
     const std::size_t nIn = static_cast<std::size_t>(outShape(0)[0]);
-    const std::size_t nOut = gradOut.dim(1);
-    const RowSplit split = splitRows(g, op.tiles(), nIn);
-
-    poplar::Tensor gradWeight = g.addVariable(poplar::FLOAT, {nIn, nOut}, debugContext("gradWeight"));
-    poplar::Tensor offsets = addScratch(g, split, nIn + 1, debugContext("offsets"));
-    poplar::Tensor samples = addScratch(g, split, batch * capacity, debugContext("samples"));
-    poplar::ComputeSet cs = g.addComputeSet(debugContext("spikeMatmulGradWeight"));
-    const std::string name = vertexName("SpikeMatmulGradWeight", gradOut.elementType());
-    for (unsigned t = 0; t < split.tiles; ++t) {
-      const unsigned tile = split.firstTile + t;
-      const std::size_t r0 = t * split.perTile;
-      const std::size_t r1 = std::min<std::size_t>(r0 + split.perTile, nIn);
-      poplar::Tensor rows = gradWeight.slice(r0, r1, 0);
-      g.setTileMapping(rows, tile);
-      poplar::VertexRef v = g.addVertex(cs, name);
-      g.connect(v["ids"], ids);
-      g.connect(v["counts"], counts);
-      g.connect(v["gradOut"], gradOut.flatten());
-      g.connect(v["offsets"], offsets[t]);
-      g.connect(v["samples"], samples[t]);
-      g.connect(v["gradWeight"], rows.flatten());
-      g.setInitialValue(v["capacity"], static_cast<unsigned>(capacity));
-      g.setInitialValue(v["rowBegin"], static_cast<unsigned>(r0));
-      g.setInitialValue(v["rowEnd"], static_cast<unsigned>(r1));
-      g.setInitialValue(v["numCols"], static_cast<unsigned>(nOut));
-      g.setTileMapping(v, tile);
-      g.setPerfEstimate(v, 8 * (nIn + batch * capacity) + (r1 - r0) * nOut);
-    }
-    prog.add(poplar::program::Execute(cs, debugContext("spikeMatmulGradWeight")));
-    const poplar::Type outType = gradOut.elementType();
-    if (outType == poplar::FLOAT) {
-      setOutTensor(0, gradWeight);
-    } else {
-      setOutTensor(0, popops::cast(g, gradWeight, outType, prog, debugContext("castGradWeight")));
-    }
+    setOutTensor(0, growGradWeight(prog, getInTensor(0), getInTensor(1), getInTensor(2), nIn));
   }
 };
 
-class SpikeMatmulGradInputOpx : public popart::popx::Opx {
+class SpikeMatmulGradInputOpx : public ColumnWeightOpx {
 public:
   SpikeMatmulGradInputOpx(popart::Op *op, popart::popx::Devicex *devicex)
-      : popart::popx::Opx(op, devicex) {
+      : ColumnWeightOpx(op, devicex, 2) {
     verifyOp<SpikeMatmulGradInputOp>(op, {kSpikeMatmulGradInput});
   }
 
   void grow(poplar::program::Sequence &prog) const final {
-    const SpikeMatmulGradInputOp &op = getOp<SpikeMatmulGradInputOp>();
-    poplar::Graph &g = graph();
-    addSpikeCodelets(g);
-    const poplar::Tensor ids = getInTensor(0).flatten();
-    const poplar::Tensor counts = getInTensor(1);
-    const poplar::Tensor weight = getInTensor(2);
-    const poplar::Tensor gradOut = getInTensor(3);
-    const std::size_t batch = counts.dim(0), capacity = getInTensor(0).dim(1);
-    const std::size_t nIn = weight.dim(0), nOut = weight.dim(1);
-    const RowSplit split = splitRows(g, op.tiles(), nIn);
+    setOutTensor(0, growListedGradInput(prog, getInTensor(0), getInTensor(1), getInTensor(2),
+                                        getInTensor(3)));
+  }
+};
 
-    poplar::Tensor partials = g.addVariable(weight.elementType(), {split.tiles, batch * capacity},
-                                            debugContext("partials"));
-    poplar::Tensor offsets = addScratch(g, split, nIn + 1, debugContext("offsets"));
-    poplar::Tensor samples = addScratch(g, split, batch * capacity, debugContext("samples"));
-    poplar::Tensor slots = addScratch(g, split, batch * capacity, debugContext("slots"));
-    poplar::ComputeSet cs = g.addComputeSet(debugContext("spikeMatmulGradInput"));
-    const std::string name = vertexName("SpikeMatmulGradInput", weight.elementType());
-    for (unsigned t = 0; t < split.tiles; ++t) {
-      const unsigned tile = split.firstTile + t;
-      const std::size_t r0 = t * split.perTile;
-      const std::size_t r1 = std::min<std::size_t>(r0 + split.perTile, nIn);
-      g.setTileMapping(partials[t], tile);
-      poplar::VertexRef v = g.addVertex(cs, name);
-      g.connect(v["ids"], ids);
-      g.connect(v["counts"], counts);
-      g.connect(v["weight"], weight.slice(r0, r1, 0).flatten());
-      g.connect(v["gradOut"], gradOut.flatten());
-      g.connect(v["offsets"], offsets[t]);
-      g.connect(v["samples"], samples[t]);
-      g.connect(v["slots"], slots[t]);
-      g.connect(v["partial"], partials[t]);
-      g.setInitialValue(v["capacity"], static_cast<unsigned>(capacity));
-      g.setInitialValue(v["rowBegin"], static_cast<unsigned>(r0));
-      g.setInitialValue(v["rowEnd"], static_cast<unsigned>(r1));
-      g.setInitialValue(v["numCols"], static_cast<unsigned>(nOut));
-      g.setTileMapping(v, tile);
-      g.setPerfEstimate(v, 8 * (nIn + batch * capacity) +
-                               (r1 - r0) * nOut * batch * capacity / std::max<std::size_t>(nIn, 1));
+// SpikeLinear's forward reads the list and the weight; z (input 0) only links
+// the output to the spikes for PopART's autodiff.
+class SpikeLinearOpx : public ColumnWeightOpx {
+public:
+  SpikeLinearOpx(popart::Op *op, popart::popx::Devicex *devicex)
+      : ColumnWeightOpx(op, devicex, SpikeLinearOp::kWeight) {
+    verifyOp<SpikeLinearOp>(op, {kSpikeLinear});
+  }
+
+  void grow(poplar::program::Sequence &prog) const final {
+    setOutTensor(0, growForward(prog, getInTensor(SpikeLinearOp::kIds),
+                                getInTensor(SpikeLinearOp::kCounts),
+                                getInTensor(SpikeLinearOp::kWeight)));
+  }
+};
+
+class SpikeLinearGradSpikesOpx : public SpikeOpx {
+public:
+  SpikeLinearGradSpikesOpx(popart::Op *op, popart::popx::Devicex *devicex)
+      : SpikeOpx(op, devicex) {
+    verifyOp<SpikeLinearGradSpikesOp>(op, {kSpikeLinearGradSpikes});
+  }
+
+  void grow(poplar::program::Sequence &prog) const final {
+    const SpikeLinearGradSpikesOp &op = getOp<SpikeLinearGradSpikesOp>();
+    const poplar::Tensor gradOut = getInTensor(SpikeLinearGradSpikesOp::kGradOut);
+    const poplar::Tensor weight = getInTensor(SpikeLinearGradSpikesOp::kWeight);
+    const poplar::Type zType = floatType(outInfo(0).dataType());
+    if (op.denseGrad()) {
+      // Exact: every neuron gets grad_out @ weight^T, so surrogates whose
+      // support is unbounded see their whole gradient.
+      setOutTensor(0, poplin::matMul(graph(), gradOut, weight.transpose(), prog, zType,
+                                     debugContext("gradSpikes")));
+      return;
     }
-    prog.add(poplar::program::Execute(cs, debugContext("spikeMatmulGradInput")));
-    // Each listed position is owned by exactly one tile, so the sum is exact.
-    poplar::Tensor values = popops::reduce(g, partials, {0},
-                                           popops::ReduceParams(popops::Operation::ADD), prog,
-                                           debugContext("sumPartials"));
-    setOutTensor(0, values.reshape({batch, capacity}));
+    // Sparse: only the listed neurons get a gradient.
+    const poplar::Tensor ids = getInTensor(SpikeLinearGradSpikesOp::kIds);
+    const poplar::Tensor counts = getInTensor(SpikeLinearGradSpikesOp::kCounts);
+    const poplar::Tensor values = growListedGradInput(prog, ids, counts, weight, gradOut);
+    const poplar::Tensor rows = growScatterListed(prog, values, ids, counts, weight.dim(0));
+    if (rows.elementType() == zType) {
+      setOutTensor(0, rows);
+    } else {
+      setOutTensor(0, popops::cast(graph(), rows, zType, prog, debugContext("castGradSpikes")));
+    }
   }
 };
 
@@ -495,15 +703,16 @@ public:
     verifyOp<SpikeSelectOp>(op, {kSpikeSelect});
   }
 
-  // One vertex per sample; samples are spread evenly over the tile range.
+  // One vertex per sample (it needs the sample's whole membrane row); sample b
+  // is selected on tile b mod tiles of the range, as the tile plan has it.
   void grow(poplar::program::Sequence &prog) const final {
     const SpikeSelectOp &op = getOp<SpikeSelectOp>();
     poplar::Graph &g = graph();
-    addSpikeCodelets(g);
+    addCodeletsOnce(g);
     const poplar::Tensor membrane = getInTensor(0);
     const std::size_t batch = membrane.dim(0), n = membrane.dim(1);
     const std::size_t capacity = static_cast<std::size_t>(op.capacity());
-    const RowSplit split = splitRows(g, op.tiles(), batch);
+    const TileSpan tiles = resolveTiles(g, op.tiles());
     const bool useNear = op.nearThreshold() < op.threshold();
 
     poplar::Tensor ids = g.addVariable(poplar::INT, {batch, capacity}, debugContext("ids"));
@@ -513,7 +722,7 @@ public:
     poplar::ComputeSet cs = g.addComputeSet(debugContext("spikeSelect"));
     const std::string name = vertexName("SpikeSelect", membrane.elementType());
     for (std::size_t b = 0; b < batch; ++b) {
-      const unsigned tile = split.firstTile + static_cast<unsigned>(b / split.perTile);
+      const unsigned tile = tiles.first + static_cast<unsigned>(b % tiles.count);
       g.setTileMapping(ids[b], tile);
       g.setTileMapping(counts[b], tile);
       g.setTileMapping(spikeMask[b], tile);
@@ -538,9 +747,12 @@ public:
 
 popart::popx::OpxCreator<SpikeMatmulOpx> spikeMatmulOpxCreator(kSpikeMatmul);
 popart::popx::OpxCreator<SpikeMatmulGradWeightOpx> spikeMatmulGradWeightOpxCreator(
-    kSpikeMatmulGradWeight);
+    std::vector<popart::OperatorIdentifier>{kSpikeMatmulGradWeight, kSpikeLinearGradWeight});
 popart::popx::OpxCreator<SpikeMatmulGradInputOpx> spikeMatmulGradInputOpxCreator(
     kSpikeMatmulGradInput);
 popart::popx::OpxCreator<SpikeSelectOpx> spikeSelectOpxCreator(kSpikeSelect);
+popart::popx::OpxCreator<SpikeLinearOpx> spikeLinearOpxCreator(kSpikeLinear);
+popart::popx::OpxCreator<SpikeLinearGradSpikesOpx> spikeLinearGradSpikesOpxCreator(
+    kSpikeLinearGradSpikes);
 
 }  // namespace

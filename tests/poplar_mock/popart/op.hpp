@@ -15,6 +15,7 @@ using OutIndex = int;
 using OpDomain = std::string;
 using OpType = std::string;
 using OpVersion = unsigned;
+using TensorId = std::string;
 enum class DataType { UINT8, INT8, UINT16, INT16, INT32, INT64, UINT32, UINT64, BOOL, FLOAT, FLOAT16, BFLOAT16, DOUBLE, UNDEFINED };
 
 class error : public std::runtime_error {

@@ -24,6 +24,8 @@ public:
 class DebugNameAndId {};
 class DebugContext {
 public:
+  // Default-constructible: poplibs 3.x headers default it as `= {}`.
+  DebugContext(SourceLocation loc = SourceLocation::Current());
   DebugContext(const char *);
   DebugContext(std::string);
   DebugContext(const DebugNameAndId &, std::string = "");
@@ -41,9 +43,11 @@ public:
   Tensor slice(std::size_t begin, std::size_t end, unsigned dimension) const;
   Tensor flatten() const;
   Tensor reshape(ArrayRef<std::size_t> shape) const;
+  Tensor transpose() const;
   std::size_t dim(unsigned i) const;
   Type elementType() const;
 };
+Tensor concat(ArrayRef<Tensor> ts, unsigned dimension = 0);
 class ComputeSet {};
 class FieldRef {};
 class VertexRef {

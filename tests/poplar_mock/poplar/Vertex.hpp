@@ -1,41 +1,83 @@
 // Mock of <poplar/Vertex.hpp> (Poplar 3.x): vertex base classes and the field
 // wrappers Input/Output/InOut over Vector, with element access and size().
+//
+// The public surface is the SDK's (operator[], size(), operator* for scalar
+// fields), as used by the vertices in graphcore/poplibs lib/*/codelets. It is
+// also minimally functional: like Poplar's vertex state, a field is a pointer
+// and a size, so the host harness (tests/poplar_harness/) can point fields at
+// buffers and run compute(). Only poplar_mock/FieldAccess.hpp, which no
+// source includes, can set them (a friend, not a public member).
 #pragma once
 #include <cstddef>
+namespace poplar_mock {
+struct FieldAccess;
+}
 namespace poplar {
 enum class VectorLayout { ONE_PTR, SPAN };
 template <typename T, VectorLayout L = VectorLayout::SPAN> class Vector {
 public:
-  T &operator[](std::size_t i);
-  const T &operator[](std::size_t i) const;
-  std::size_t size() const;
+  T &operator[](std::size_t i) { return data_[i]; }
+  const T &operator[](std::size_t i) const { return data_[i]; }
+  std::size_t size() const { return size_; }
+
+private:
+  friend struct ::poplar_mock::FieldAccess;
+  T *data_ = nullptr;
+  std::size_t size_ = 0;
 };
 template <typename T> class Input {
 public:
-  const T &operator*() const;
+  const T &operator*() const { return *data_; }
+
+private:
+  friend struct ::poplar_mock::FieldAccess;
+  const T *data_ = nullptr;
 };
 template <typename T, VectorLayout L> class Input<Vector<T, L>> {
 public:
-  const T &operator[](std::size_t i) const;
-  std::size_t size() const;
+  const T &operator[](std::size_t i) const { return data_[i]; }
+  std::size_t size() const { return size_; }
+
+private:
+  friend struct ::poplar_mock::FieldAccess;
+  const T *data_ = nullptr;
+  std::size_t size_ = 0;
 };
 template <typename T> class Output {
 public:
-  T &operator*() const;
+  T &operator*() const { return *data_; }
+
+private:
+  friend struct ::poplar_mock::FieldAccess;
+  T *data_ = nullptr;
 };
 template <typename T, VectorLayout L> class Output<Vector<T, L>> {
 public:
-  T &operator[](std::size_t i) const;
-  std::size_t size() const;
+  T &operator[](std::size_t i) const { return data_[i]; }
+  std::size_t size() const { return size_; }
+
+private:
+  friend struct ::poplar_mock::FieldAccess;
+  T *data_ = nullptr;
+  std::size_t size_ = 0;
 };
 template <typename T> class InOut {
 public:
-  T &operator*() const;
+  T &operator*() const { return *data_; }
+
+private:
+  friend struct ::poplar_mock::FieldAccess;
+  T *data_ = nullptr;
 };
 template <typename T, VectorLayout L> class InOut<Vector<T, L>> {
 public:
-  T &operator[](std::size_t i) const;
-  std::size_t size() const;
+  T &operator[](std::size_t i) const { return data_[i]; }
+  std::size_t size() const { return size_; }
+
+private:
+  friend struct ::poplar_mock::FieldAccess;
+  T *data_ = nullptr;
+  std::size_t size_ = 0;
 };
 class Vertex {};
 class MultiVertex {

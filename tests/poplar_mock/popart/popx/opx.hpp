@@ -1,9 +1,11 @@
 // Mock of <popart/popx/opx.hpp> (PopART 3.x, willow/include/popart/popx/opx.hpp).
 #pragma once
+#include <set>
 #include <string>
 #include <vector>
 #include <poplar/Graph.hpp>
 #include <popart/op.hpp>
+#include <popart/popx/inputcreatortype.hpp>
 namespace popart {
 namespace popx {
 class Devicex;
@@ -11,6 +13,10 @@ class Opx {
 public:
   Opx(Op *, Devicex *);
   virtual ~Opx();
+  virtual poplar::Tensor createInput(InIndex index, const poplar::DebugNameAndId &dnai) const;
+  virtual InputCreatorType getInputCreatorType(InIndex index) const;
+  virtual bool createsEquiv(int index0, const Opx *opx1, int index1) const;
+  virtual std::set<TensorId> mustExistBeforeCreate(int index0) const;
   virtual void grow(poplar::program::Sequence &) const;
   virtual poplar::Graph &graph() const;
   poplar::DebugContext debugContext(
