@@ -36,9 +36,21 @@ def resolve_device(name: str) -> torch.device:
     if name in ("ipu", "ipu-model"):
         if not poptorch_available():
             raise DeviceError(f"device: {name} needs PopTorch, which is not installed. {POPLAR_SDK_HINT}")
-        raise DeviceError(f"device: {name}: PopTorch is installed, but this version of ipu_snn has no IPU "
-                          "trainer yet; train with device: cpu or cuda")
+        # The model stays on the host; PopTorch compiles it for the IPUs (or the IPU Model).
+        return torch.device("ipu")
+    if name == "ipu-emulator":
+        # The model runs on the CPU; its spike matmuls go tile by tile through the emulator (spike_backend).
+        return torch.device("cpu")
     raise DeviceError(f"device: unknown device '{name}'")
+
+
+#: Config devices whose spike matmuls run on a backend other than their tensors' default.
+SPIKE_BACKENDS = {"ipu-emulator": "ipu_emulator"}
+
+
+def spike_backend(name: str) -> str | None:
+    """The spike-matmul backend a config device runs (None: the default for its tensors)."""
+    return SPIKE_BACKENDS.get(name)
 
 
 # ----------------------------------------------------------------------------- specs
@@ -94,7 +106,7 @@ def cpu_spec() -> DeviceSpec:
 
 def device_spec(name: str) -> DeviceSpec:
     """A spec by planner name (h100, h200, a100, cpu, ipu-mk2, ipu-mk1) or by config device."""
-    name = {"ipu": "ipu-mk2", "ipu-model": "ipu-mk2"}.get(name, name)
+    name = {"ipu": "ipu-mk2", "ipu-model": "ipu-mk2", "ipu-emulator": "ipu-mk2"}.get(name, name)
     if name == "cuda":
         gpu = torch.cuda.get_device_name().lower() if torch.cuda.is_available() else "h100"
         name = next((k for k in ("h200", "h100", "a100") if k in gpu), "h100")

@@ -21,7 +21,8 @@ def evaluate_run(run_dir: Path, split: str = "test") -> tuple[float, float]:
     cfg = load_config(run_dir / "config.yaml")
     device = resolve_device(cfg.device)
     splits = load_splits(cfg.data, cfg.training.seed)
-    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt)
+    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, binary_inputs=cfg.data.binary,
+                          device=cfg.device)
     load_weights(model, read_checkpoint(folder)[0], folder)
     dataset = getattr(splits, split)
     if dataset is None:

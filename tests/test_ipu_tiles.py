@@ -22,10 +22,13 @@ def seed_sizes(layers):
     return [round(1471 * 2 / layers)] * layers
 
 
+@pytest.mark.parametrize("kind", ["lif", "rlif", "alif"])
 @pytest.mark.parametrize("layers", [2, 3, 4, 5])
 @pytest.mark.parametrize("n_inputs, n_classes", [(700, 20), (2 * 34 * 34, 10)])
-def test_seed_networks_fit_one_mk2(layers, n_inputs, n_classes):
-    plan = plan_tiles(model("lif", seed_sizes(layers)), n_inputs, n_classes, 48, MK2, steps=100)
+def test_seed_networks_fit_one_mk2(kind, layers, n_inputs, n_classes):
+    # Feed-forward, recurrent and ALIF, SHD and N-MNIST inputs, at the default spike capacity 0.25.
+    plan = plan_tiles(model(kind, seed_sizes(layers)), n_inputs, n_classes, 48, MK2, steps=100)
+    assert plan.capacity_fraction == 0.25
     assert plan.fits, plan.refusal()
     assert plan.refusal() == ""
     assert plan.used == 1472
@@ -34,15 +37,41 @@ def test_seed_networks_fit_one_mk2(layers, n_inputs, n_classes):
     assert js["exchange_bytes_forward"] > 0 and js["exchange_bytes_backward"] > js["exchange_bytes_forward"]
     layer_pops = [p for p in js["populations"] if p["name"].startswith("layer")]
     assert all(p["neurons_per_tile"][1] <= 3 for p in layer_pops)  # about 2 neurons per tile
+    assert js["fullest_tile"]["bytes_by_kind"]["history"] > 0
 
 
-@pytest.mark.parametrize("kind", ["rlif", "alif"])
-@pytest.mark.parametrize("layers", [2, 5])
-def test_seed_recurrent_networks_fit_at_realistic_spike_capacity(kind, layers):
-    # Recurrent tiles receive two spike lists; at 10% capacity (trained SNNs fire a few %) they fit.
-    for n_inputs, n_classes in [(700, 20), (2312, 10)]:
-        plan = plan_tiles(model(kind, seed_sizes(layers)), n_inputs, n_classes, 48, MK2, 0.1, steps=100)
-        assert plan.fits, plan.refusal()
+def test_history_is_spike_bits_and_surrogate_derivatives():
+    # Per stored step a tile keeps z as packed bits and d, exactly the fused neuron kernel's outputs
+    # for its neurons; learned decays add the pre-step state (v, and a for ALIF).
+    from ipu_snn.ipu.tiles import Sizing, history_bytes_per_step, populations_of
+    from ipu_snn.ops.neuron_ops import neuron_step_fwd
+
+    batch, own = 48, 3
+    for kind, learn in [("lif", False), ("rlif", False), ("alif", False), ("rlif", True), ("alif", True)]:
+        cfg = ModelConfig(layers=[{"type": kind, "size": 30, "learn_decay": learn}])
+        pop = populations_of(cfg, 10, 2, 0.25)[0]
+        for d_bytes, d_dtype in [(4, torch.float32), (2, torch.float16)]:
+            s = Sizing(batch, 4, 100, 2, d_bytes)
+            alif = kind == "alif"
+            state = torch.zeros(batch, own)
+            _, _, _, d, bits = neuron_step_fwd(torch.randn(batch, own), state, state if alif else None,
+                                               torch.full((own,), 0.9), torch.full((own,), 0.9) if alif else None,
+                                               1.0, 1.8 if alif else 0.0, "subtract", "fast_sigmoid", 10.0, d_dtype, "cpu")
+            kernel_bytes = bits.numel() * bits.element_size() + d.numel() * d.element_size()
+            pre_step = (2 if alif else 1) * batch * own * 4 if learn else 0
+            assert history_bytes_per_step(pop, own, s) == kernel_bytes + pre_step
+    # The readout keeps nothing per step unless its decay is learned.
+    readout = populations_of(ModelConfig(layers=[{"type": "lif", "size": 4}]), 10, 2, 0.25)[-1]
+    assert history_bytes_per_step(readout, 2, Sizing(8, 4, 10, 2, 4)) == 0
+
+
+def test_half_precision_surrogate_leaves_more_room():
+    cfg = model("rlif", seed_sizes(2))
+    full = plan_tiles(cfg, 700, 20, 48, MK2, steps=100)
+    half = plan_tiles(cfg, 700, 20, 48, MK2, steps=100, surrogate_bytes=2)
+    assert half.fits and full.fits
+    full_tile, half_tile = full.fullest_tile(), half.fullest_tile()
+    assert half_tile.bytes_by_kind["history"] < full_tile.bytes_by_kind["history"]
 
 
 def test_every_neuron_is_on_exactly_one_tile():
@@ -57,7 +86,7 @@ def test_every_neuron_is_on_exactly_one_tile():
 
 @pytest.mark.parametrize("sizes, batch", [([200_000, 200_000], 48), ([1024], 4096)])
 def test_oversize_network_is_refused_with_what_would_fit(sizes, batch):
-    plan = plan_tiles(model("rlif", sizes), 700, 20, batch, MK2)
+    plan = plan_tiles(model("rlif", sizes), 700, 20, batch, MK2, steps=100)
     assert not plan.fits
     message = plan.refusal()
     assert "does not fit one ipu-mk2" in message and "KiB" in message
@@ -65,8 +94,24 @@ def test_oversize_network_is_refused_with_what_would_fit(sizes, batch):
     if batch == 4096:
         assert "batch <=" in message
         smaller = int(message.split("batch <= ")[1].split(";")[0].rstrip("."))
-        assert plan_tiles(model("rlif", sizes), 700, 20, smaller, MK2).fits
-        assert not plan_tiles(model("rlif", sizes), 700, 20, smaller + 1, MK2).fits
+        assert plan_tiles(model("rlif", sizes), 700, 20, smaller, MK2, steps=100).fits
+        assert not plan_tiles(model("rlif", sizes), 700, 20, smaller + 1, MK2, steps=100).fits
+
+
+def test_tight_tiles_walk_the_batch_in_passes():
+    # Where the whole batch's spike lists do not fit next to the weights, a population
+    # takes fewer samples per pass, the most that fit; the bytes moved stay the same.
+    cfg = model("rlif", seed_sizes(2))
+    plan = plan_tiles(cfg, 700, 20, 48, MK2, steps=100)
+    passes = {p.population.name: p.chunk for p in plan.populations}
+    assert passes["readout"] == 48 and 1 <= passes["layer0"] < 48
+    pop = plan.population("layer0")
+    from ipu_snn.ipu.tiles import tile_bytes, selected_samples
+
+    widest = max(plan.loads_of("layer0"), key=lambda t: t.total_bytes)
+    n = widest.neuron_end - widest.neuron_begin
+    one_more = tile_bytes(pop.population, n, pop.tiles, plan.sizing, selected_samples(48, pop.tiles, 0), pop.chunk + 1)
+    assert sum(one_more.values()) > plan.tile_capacity_bytes >= widest.total_bytes
 
 
 def test_refusal_suggests_smaller_layers_or_more_ipus():
@@ -76,13 +121,17 @@ def test_refusal_suggests_smaller_layers_or_more_ipus():
 
 
 def test_mk1_has_less_room_than_mk2():
-    cfg = model("lif", seed_sizes(2))
+    cfg = model("rlif", seed_sizes(2))
     mk2 = plan_tiles(cfg, 700, 20, 48, MK2, steps=100)
     mk1 = plan_tiles(cfg, 700, 20, 48, MK1, steps=100)
     assert mk1.tile_capacity_bytes * mk1.tiles_total < mk2.tile_capacity_bytes * mk2.tiles_total
     assert mk1.tile_capacity_bytes == 256 * 1024 and mk1.tiles_total == 1216
-    assert mk2.fits and not mk1.fits
-    assert mk1.max_tile_bytes > mk2.max_tile_bytes  # fewer tiles: more neurons each
+    # Both fit at T=100, Mk1 only in smaller passes over the batch; twice the history does not fit Mk1.
+    assert mk2.fits and mk1.fits
+    assert all(a.chunk <= b.chunk for a, b in zip(mk1.populations, mk2.populations))
+    assert mk1.population("layer1").chunk < mk2.population("layer1").chunk
+    assert plan_tiles(cfg, 700, 20, 48, MK2, steps=200).fits
+    assert not plan_tiles(cfg, 700, 20, 48, MK1, steps=200).fits
 
 
 def test_non_ipu_spec_is_refused():

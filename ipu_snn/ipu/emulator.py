@@ -12,7 +12,8 @@ backward   superstep 1  exchange: the spike list again; compute: grad-weight of 
                         at the listed slots, values [B, K];
            superstep 2  exchange + compute: reduce-scatter of the partials, tile j
                         sums chunk j (static, padded chunks as an IPU exchange needs);
-           superstep 3  exchange: the summed chunks go to the presynaptic owners.
+           superstep 3  exchange: the summed values are all-gathered to every tile of the
+                        presynaptic population (static routing: each owner picks its slots).
 
 Every buffer a tile would hold is a real tensor here, and its bytes are charged
 to that tile: the weight slice, its gradient, the spike list, the core's neuron
@@ -20,11 +21,16 @@ index scratch (offsets [n_in + 1], samples [B*K], slots [B*K] for grad-input), t
 output/gradient columns, the partials and the reduce receive buffer. A tile that
 would exceed its SRAM raises TileOverflowError, as the Poplar compiler would
 refuse the graph. Bytes that cross tiles are counted per phase.
+
+A whole layer over T steps (neuron updates, spike select, BPTT history) runs in
+ipu_snn.ipu.layer_emulator; ``device: ipu-emulator`` trains through the
+``ipu_emulator`` backend of ipu_snn.ipu.emulator_backend.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -37,11 +43,26 @@ from ipu_snn.ops.reference import listed_mask
 from ipu_snn.ops.spikes import SparseSpikes
 
 #: Kinds the plan accounts for that a single matmul does not hold (reserved from the plan).
-NOT_EMULATED = ("optimizer", "state", "code")
+NOT_EMULATED = ("optimizer", "state", "history", "code", "select", "grad_gather")
 
 
 class TileOverflowError(UserError):
     """A tile's buffers exceed its SRAM."""
+
+
+@contextmanager
+def one_thread():
+    """Run the per-tile kernel calls on one CPU thread.
+
+    A tile's share is tiny (a few columns), and waking OpenMP's thread team for
+    each call cost about 15 ms a call on a busy 2-core machine, 10x the work.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -96,20 +117,32 @@ class EmulationReport:
     supersteps: int
 
 
+def hold_list(tile: Tile, name: str, ids: Tensor, counts: Tensor, kind: str = "spike_lists") -> tuple[Tensor, Tensor]:
+    """The broadcast copy of a spike list this tile receives; its bytes are what the exchange moved."""
+    return (tile.hold_tensor(f"{name}_ids", kind, ids.clone()),
+            tile.hold_tensor(f"{name}_counts", kind, counts.clone()))
+
+
+def release_list(tile: Tile, name: str) -> None:
+    tile.release(f"{name}_ids", f"{name}_counts")
+
+
+def hold_index(tile: Tile, n_in: int, batch: int, capacity: int, with_slots: bool, name: str = "neuron_index") -> None:
+    """The scratch spike_core.h's build_neuron_index fills inside the op: offsets [n_in + 1],
+    samples [B*K] and, for grad-input, slots [B*K], at their static (capacity) sizes."""
+    entries = (n_in + 1) + batch * capacity * (2 if with_slots else 1)
+    tile.hold_tensor(name, "index", torch.empty(entries, dtype=torch.int32))
+
+
 def _list_on_tile(tile: Tile, spikes: SparseSpikes, counts: Tensor) -> tuple[Tensor, Tensor]:
-    # The broadcast copy this tile receives; its bytes are what the exchange moved.
-    ids = tile.hold_tensor("spike_ids", "spike_lists", spikes.ids.clone())
-    cnt = tile.hold_tensor("spike_counts", "spike_lists", counts.clone())
-    return ids, cnt
+    return hold_list(tile, "spike", spikes.ids, counts)
 
 
 def _hold_index(tile: Tile, n_in: int, batch: int, capacity: int, with_slots: bool) -> None:
-    # The scratch spike_core.h's build_neuron_index fills inside the op: offsets [n_in + 1],
-    # samples [B*K] and, for grad-input, slots [B*K], at their static (capacity) sizes.
-    entries = (n_in + 1) + batch * capacity * (2 if with_slots else 1)
-    tile.hold_tensor("neuron_index", "index", torch.empty(entries, dtype=torch.int32))
+    hold_index(tile, n_in, batch, capacity, with_slots)
 
 
+@one_thread()
 def emulate_spike_matmul(
     spikes: SparseSpikes,
     weight: Tensor,
@@ -119,6 +152,7 @@ def emulate_spike_matmul(
     *,
     needs_grad_input: bool = True,
     reserved_bytes: dict[int, int] | None = None,
+    source_tiles: int = 1,
     backend: str = "cpu",
 ) -> EmulationReport:
     """Run ``spikes @ weight`` (and its backward when grad_out is given) tile by tile.
@@ -128,6 +162,7 @@ def emulate_spike_matmul(
             (``PopulationPlan.slices()``).
         reserved_bytes: per tile, bytes already taken by what this matmul does not hold
             (code, neuron state, optimizer); they count towards overflow.
+        source_tiles: tiles of the presynaptic population, which receive the summed input gradient.
     """
     batch, capacity = spikes.ids.shape
     n_in, n_out = weight.shape
@@ -179,18 +214,19 @@ def emulate_spike_matmul(
     grad_input = None
     supersteps = 2
     if needs_grad_input:
-        values, moved = _reduce_scatter(tiles, [t for t, _, _ in slices], partials, batch * capacity)
+        values, moved = reduce_scatter(tiles, [t for t, _, _ in slices], partials, batch * capacity)
         exchange_bwd += moved
-        # Superstep 3: each summed chunk goes to the owners of its presynaptic neurons.
-        exchange_bwd += batch * capacity * weight.element_size()
+        # Superstep 3: the summed values are all-gathered to every tile of the presynaptic population
+        # (a static exchange cannot route them by id); each owner picks its own neurons' slots.
+        exchange_bwd += source_tiles * batch * capacity * weight.element_size()
         supersteps = 4
-        grad_input = _scatter_values(values.view(batch, capacity), spikes.ids, listed, n_in)
+        grad_input = scatter_values(values.view(batch, capacity), spikes.ids, listed, n_in)
     for tile in tiles.values():
         tile.release("spike_ids", "spike_counts", "neuron_index", "grad_out", "partial", "reduce_receive")
     return _report(tiles, out, grad_weight, grad_input, exchange_fwd, exchange_bwd, supersteps)
 
 
-def _reduce_scatter(tiles: dict[int, Tile], order: list[int], partials: dict[int, Tensor], slots: int) -> tuple[Tensor, int]:
+def reduce_scatter(tiles: dict[int, Tile], order: list[int], partials: dict[int, Tensor], slots: int) -> tuple[Tensor, int]:
     """Sum the tiles' [B, K] partials: tile j receives chunk j of every other tile's partial.
 
     Chunks are padded to one static size, as an IPU exchange needs. Returns the
@@ -212,7 +248,7 @@ def _reduce_scatter(tiles: dict[int, Tile], order: list[int], partials: dict[int
     return torch.cat(summed)[:slots], moved
 
 
-def _scatter_values(values: Tensor, ids: Tensor, listed: Tensor, n_in: int) -> Tensor:
+def scatter_values(values: Tensor, ids: Tensor, listed: Tensor, n_in: int) -> Tensor:
     """[B, K] values at the listed ids to a dense [B, n_in] gradient (0 elsewhere)."""
     live = listed_mask(listed, ids.shape[1])
     dense = torch.zeros(ids.shape[0], n_in, dtype=values.dtype)
@@ -244,7 +280,9 @@ def emulate_plan_matmul(
     reserved = {t.tile: sum(t.bytes_by_kind.get(k, 0) for k in NOT_EMULATED) for t in plan.tiles if t.population == m.population}
     return emulate_spike_matmul(spikes, weight, grad_out, plan.population(m.population).slices(),
                                 plan.tile_capacity_bytes, needs_grad_input=m.source.needs_grad_input,
-                                reserved_bytes=reserved, backend=backend)
+                                reserved_bytes=reserved, source_tiles=plan.population(m.source.name).tiles
+                                if m.source.needs_grad_input else 1, backend=backend)
 
 
-__all__ = ["EmulationReport", "Tile", "TileOverflowError", "emulate_plan_matmul", "emulate_spike_matmul"]
+__all__ = ["EmulationReport", "Tile", "TileOverflowError", "emulate_plan_matmul", "emulate_spike_matmul", "hold_index",
+           "hold_list", "one_thread", "reduce_scatter", "release_list", "scatter_values"]

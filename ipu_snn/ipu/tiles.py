@@ -9,11 +9,20 @@ per-tile account, not a total.
 Mapping (neuron-wise, by *postsynaptic* neuron). Each population (every
 spiking layer and the leaky-integrator readout) gets a contiguous range of
 tiles; a tile owns a contiguous range of that population's neurons and holds
-    * the neurons' state (v, z, and a for ALIF), with ``steps`` copies of it
-      kept for BPTT;
     * the weight *columns* of those neurons in every matrix feeding them
-      (input-to-layer and recurrent): ``W[:, own]``, plus their gradients and
-      the optimizer's slots.
+      (input-to-layer and recurrent): ``W[:, own]``, their bias and decays
+      (beta, and rho for ALIF), the gradients of what is trained and the
+      optimizer's slots;
+    * the neurons' live state once: v, and a for ALIF (in the backward pass the
+      same space holds their gradients, grad_v and grad_a);
+    * the history BPTT needs, per stored step: the spikes z as bits and the
+      surrogate derivative d (ipu_snn.neurons; ``surrogate_bytes`` each), in
+      the layout of the fused neuron kernels (uint8 [B, ceil(n/8)] bits per
+      tile, d [B, n]). With a detached reset that is all the backward of a step
+      needs (see ipu_snn.ops.neuron_ops); only learned decays add the pre-step
+      state (v_prev, and a_prev for ALIF), since d v / d beta = v_prev. The
+      readout keeps nothing per step (its trace goes to the host), unless its
+      decay is learned.
 The forward matmul is still the gather-add over weight rows of the firing
 presynaptic neurons: each tile walks the rows of the neurons in the spike list,
 restricted to its own columns (``spikes @ W[:, own]``). Its output is the input
@@ -29,17 +38,35 @@ gradients and weight gradients. For the seed paper's networks (batch 48, about
 before weights or state. With the column split the only buffers that scale
 with a whole layer are spike lists, which are sparse (K ids per sample).
 
+Sample passes. Everything sized by a spike list (the lists, the core's neuron
+index, the input-gradient partials and the reduce and gather buffers) is
+processed a pass of ``chunk`` samples at a time, so it is sized by the pass,
+not the batch; the per-neuron buffers [B, n] hold the whole batch, since the
+passes accumulate into them. A population's pass is the whole batch where its
+tiles fit, else the most samples that fit (more supersteps, same bytes moved).
+
+Spike selection. A population's spike list of a step is built per sample, as
+the SpikeSelect vertex does: sample b is selected on the population's tile
+``b mod tiles``, which receives every owner tile's z bits of that sample
+(ceil(n_own / 8) bytes from each) and compacts them into ids [K] and a count.
+
 Exchange per time step (bytes that cross tiles):
-    forward:  each source's spike list (ids [B, K] + counts [B], int32) is
-              broadcast to every tile of each population it feeds (the host's
-              input spikes too: they arrive through the exchange as well).
-    backward: the spike list of the step is broadcast again (spike lists are
-              rebuilt from the neurons' own z history rather than stored, since
-              T stored lists per tile would not fit); each tile's partial input
-              gradient at the listed slots, values [B, K], is summed over the
-              population's tiles by a reduce-scatter (tile j sums chunk j); the
-              summed chunks go to the owners of the presynaptic neurons. Weight
-              gradients need no exchange: a tile's grad_out columns are its own.
+    forward:  the select gather (z bits to the selecting tiles); each source's
+              spike list (ids [B, K] + counts [B], int32) broadcast to every
+              tile of each population it feeds (the host's input spikes too:
+              they arrive through the exchange as well).
+    backward: the spike lists of the step are rebuilt from the z bits history
+              (select gather again; T stored lists per tile would not fit) and
+              broadcast again, to the consuming tiles and to the population's
+              own tiles (which need the ids to take the gradient of their own
+              spikes); each consuming tile's partial input gradient at the
+              listed slots, values [B, K], is summed over the population's
+              tiles by a reduce-scatter (tile j sums chunk j), and the summed
+              values are all-gathered to every tile of the presynaptic
+              population: an IPU exchange is compiled statically, so values
+              cannot be routed by the (data-dependent) ids; each owner picks
+              the slots of its own neurons. Weight gradients need no exchange:
+              a tile's grad_out columns are its own.
 Host inputs need no input gradient, so their matmul skips the reduction.
 
 What is estimated rather than derived: code and vertex state per tile
@@ -93,13 +120,27 @@ class Population:
 
     name: str
     neurons: int
-    state_vars: int  # per neuron and sample: v, z (spiking), a (ALIF)
     sources: tuple[Source, ...]
     spiking: bool
+    live_vars: int  # state per neuron and sample held once: v, and a for ALIF
+    saved_vars: int  # floats per neuron-step kept besides z and d: v_prev (a_prev) for learned decays
+    decays: int  # decay parameters per neuron: beta, and rho for ALIF
+    learn_decay: bool
+    own: Source | None = None  # the population's own spike list (None for the readout)
 
     @property
     def fan_in(self) -> int:
         return sum(s.n for s in self.sources)
+
+    @property
+    def params_per_neuron(self) -> int:
+        """Weight rows, bias and decays: what a tile holds per owned neuron."""
+        return self.fan_in + 1 + self.decays
+
+    @property
+    def trained_per_neuron(self) -> int:
+        """The parameters per neuron that have a gradient and optimizer slots."""
+        return self.fan_in + 1 + (self.decays if self.learn_decay else 0)
 
     @property
     def vertices(self) -> int:
@@ -113,8 +154,9 @@ class Sizing:
 
     batch: int
     dtype_bytes: int
-    steps: int
+    steps: int  # time steps whose history stays on the tiles for BPTT
     optimizer_slots: int
+    surrogate_bytes: int  # dtype of the stored surrogate derivative d
 
 
 @dataclass(frozen=True)
@@ -155,6 +197,11 @@ class PopulationPlan:
     population: Population
     tile_begin: int
     tile_end: int
+    #: samples per pass of the list phases: the whole batch where it fits, else the most that fit
+    chunk: int
+    #: the population's own exchange per step (spike select; in backward also its own list to its tiles)
+    exchange_bytes_forward: int = 0
+    exchange_bytes_backward: int = 0
 
     @property
     def tiles(self) -> int:
@@ -163,6 +210,10 @@ class PopulationPlan:
     def slices(self) -> list[tuple[int, int, int]]:
         """(tile, neuron_begin, neuron_end) for every tile of the range."""
         return [(self.tile_begin + j, b, e) for j, (b, e) in enumerate(split_even(self.population.neurons, self.tiles))]
+
+    def selector(self, sample: int) -> int:
+        """The tile that builds ``sample``'s spike list (see the module docstring)."""
+        return self.tile_begin + sample % self.tiles
 
 
 @dataclass(frozen=True)
@@ -191,11 +242,11 @@ class TilePlan:
 
     @property
     def exchange_bytes_forward(self) -> int:
-        return sum(m.exchange_bytes_forward for m in self.matmuls)
+        return sum(m.exchange_bytes_forward for m in self.matmuls) + sum(p.exchange_bytes_forward for p in self.populations)
 
     @property
     def exchange_bytes_backward(self) -> int:
-        return sum(m.exchange_bytes_backward for m in self.matmuls)
+        return sum(m.exchange_bytes_backward for m in self.matmuls) + sum(p.exchange_bytes_backward for p in self.populations)
 
     def population(self, name: str) -> PopulationPlan:
         for p in self.populations:
@@ -208,6 +259,12 @@ class TilePlan:
             if m.name == name:
                 return m
         raise UserError(f"tile plan has no matmul {name!r}; it has {[m.name for m in self.matmuls]}")
+
+    def matmuls_into(self, population: str) -> list[MatmulPlan]:
+        return [m for m in self.matmuls if m.population == population]
+
+    def loads_of(self, population: str) -> list[TileLoad]:
+        return [t for t in self.tiles if t.population == population]
 
     def fullest_tile(self) -> TileLoad:
         return max(self.tiles, key=lambda t: t.total_bytes)
@@ -254,6 +311,11 @@ def spike_capacity(n: int, fraction: float) -> int:
     return max(1, math.ceil(fraction * n))
 
 
+def packed_bytes(n: int) -> int:
+    """Bytes of n spikes as bits (uint8, bit j % 8 of byte j // 8)."""
+    return (n + 7) // 8
+
+
 def populations_of(model_cfg: ModelConfig, n_inputs: int, n_classes: int, capacity_fraction: float) -> tuple[Population, ...]:
     """The network as populations, each with the sources feeding it."""
     pops: list[Population] = []
@@ -263,9 +325,14 @@ def populations_of(model_cfg: ModelConfig, n_inputs: int, n_classes: int, capaci
         own = Source(name, layer.size, spike_capacity(layer.size, capacity_fraction), needs_grad_input=True)
         recurrent = layer.type == "rlif" or (layer.type == "alif" and layer.recurrent)
         sources = (prev, own) if recurrent else (prev,)
-        pops.append(Population(name, layer.size, 3 if layer.type == "alif" else 2, sources, spiking=True))
+        live = 2 if layer.type == "alif" else 1
+        pops.append(Population(name, layer.size, sources, spiking=True, live_vars=live,
+                               saved_vars=live if layer.learn_decay else 0, decays=live,
+                               learn_decay=layer.learn_decay, own=own))
         prev = own
-    pops.append(Population("readout", n_classes, 1, (prev,), spiking=False))
+    readout = model_cfg.readout
+    pops.append(Population("readout", n_classes, (prev,), spiking=False, live_vars=1,
+                           saved_vars=1 if readout.learn_decay else 0, decays=1, learn_decay=readout.learn_decay))
     return tuple(pops)
 
 
@@ -293,46 +360,104 @@ def grad_input_bytes(source: Source, batch: int, tiles: int, dtype_bytes: int) -
     return partial, receive
 
 
-def tile_bytes(pop: Population, neurons: int, tiles: int, s: Sizing) -> dict[str, int]:
+def selected_samples(batch: int, tiles: int, j: int) -> int:
+    """How many samples' spike lists the population's j-th tile selects (sample b on tile b mod tiles)."""
+    return len(range(j, batch, tiles))
+
+
+def select_bytes(pop: Population, tiles: int, samples: int) -> int:
+    """A selecting tile's buffers: every owner's z bits of its samples, and their list rows."""
+    if not pop.spiking or samples == 0:
+        return 0
+    bits = sum(packed_bytes(e - b) for b, e in split_even(pop.neurons, tiles))
+    return samples * (bits + (pop.own.k + 1) * INDEX_BYTES)
+
+
+def history_bytes_per_step(pop: Population, neurons: int, s: Sizing) -> int:
+    """What one stored step keeps for the backward on a tile owning ``neurons``."""
+    b = s.batch
+    spikes = b * packed_bytes(neurons) + b * neurons * s.surrogate_bytes if pop.spiking else 0
+    return spikes + b * neurons * pop.saved_vars * s.dtype_bytes
+
+
+def chunk_sizes(batch: int, chunk: int) -> list[int]:
+    """Samples per pass when the list phases walk the batch ``chunk`` samples at a time."""
+    full, rest = divmod(batch, chunk)
+    return [chunk] * full + ([rest] if rest else [])
+
+
+def tile_bytes(pop: Population, neurons: int, tiles: int, s: Sizing, samples_selected: int = 0,
+               chunk: int | None = None) -> dict[str, int]:
     """Peak bytes of one tile owning ``neurons`` of ``pop`` (range of ``tiles``), by kind.
 
-    Persistent kinds (weights, gradients, optimizer, state, code) plus the larger
-    of the forward and backward phase's buffers: the two phases never overlap.
+    Persistent kinds (parameters, gradients, optimizer, live state, history, code)
+    plus the larger of the forward and backward phase's buffers: the two phases
+    never overlap. ``samples_selected``: samples whose spike list this tile
+    builds. ``chunk``: samples per pass of the list phases (default: the whole
+    batch); everything sized by a spike list (lists, index, partials, reduce and
+    gather buffers) is sized by it, while the per-neuron buffers [B, n] hold the
+    whole batch, since passes accumulate into them.
     """
-    weights = pop.fan_in * neurons * s.dtype_bytes
     b = s.batch
-    lists = sum(list_bytes(src, b) for src in pop.sources)
+    c = b if chunk is None else min(chunk, b)
+    lists = sum(list_bytes(src, c) for src in pop.sources)
+    select = select_bytes(pop, tiles, samples_selected)
     # Sources are processed one after another within a phase; scratch is reused.
     fwd = {"spike_lists": lists,
-           "index": max(index_bytes(src, b, False) for src in pop.sources),
-           "activations": neurons * b * ACC_BYTES}
-    bwd_per_source = [(index_bytes(src, b, True), *grad_input_bytes(src, b, tiles, s.dtype_bytes)) for src in pop.sources]
+           "index": max(index_bytes(src, c, False) for src in pop.sources),
+           "activations": neurons * b * ACC_BYTES, "select": select}
+    bwd_per_source = [(index_bytes(src, c, True), *grad_input_bytes(src, c, tiles, s.dtype_bytes)) for src in pop.sources]
     index, partial, receive = max(bwd_per_source, key=sum)
-    bwd = {"spike_lists": lists, "index": index, "activations": neurons * b * s.dtype_bytes,
-           "grad_partials": partial, "reduce_receive": receive}
+    # grad_out (the neurons' input-current gradient) and, for spiking neurons, the gradient
+    # of their spikes, gathered from their consumers' summed values at their own list's slots.
+    gathered = c * pop.own.k * s.dtype_bytes + list_bytes(pop.own, c) if pop.spiking else 0
+    bwd = {"spike_lists": lists, "index": index,
+           "activations": neurons * b * s.dtype_bytes * (2 if pop.spiking else 1),
+           "grad_partials": partial, "reduce_receive": receive, "grad_gather": gathered, "select": select}
     phase = fwd if sum(fwd.values()) >= sum(bwd.values()) else bwd
-    out = {"weights": weights, "weight_grads": weights, "optimizer": weights * s.optimizer_slots,
-           "state": neurons * b * pop.state_vars * s.dtype_bytes * max(1, s.steps),
+    trained = pop.trained_per_neuron * neurons * s.dtype_bytes
+    out = {"weights": pop.params_per_neuron * neurons * s.dtype_bytes, "weight_grads": trained,
+           "optimizer": trained * s.optimizer_slots,
+           "state": neurons * b * pop.live_vars * s.dtype_bytes,
+           "history": history_bytes_per_step(pop, neurons, s) * s.steps,
            "code": CODE_BYTES + VERTEX_STATE_BYTES * pop.vertices,
-           "spike_lists": 0, "index": 0, "activations": 0, "grad_partials": 0, "reduce_receive": 0}
+           "spike_lists": 0, "index": 0, "activations": 0, "grad_partials": 0, "reduce_receive": 0,
+           "grad_gather": 0, "select": 0}
     out.update(phase)
     return out
 
 
-def matmul_exchange(source: Source, tiles: int, batch: int, dtype_bytes: int) -> tuple[int, int]:
-    """(forward, backward) bytes crossing tiles per time step for one matmul; see the module docstring."""
+def matmul_exchange(source: Source, tiles: int, source_tiles: int, batch: int, dtype_bytes: int,
+                    chunk: int | None = None) -> tuple[int, int]:
+    """(forward, backward) bytes crossing tiles per time step for one matmul; see the module docstring.
+
+    ``tiles``: the consuming population's; ``source_tiles``: the presynaptic
+    population's; ``chunk``: samples per pass (the reduce-scatter pads each pass).
+    """
     broadcast = tiles * list_bytes(source, batch)
     backward = broadcast
     if source.needs_grad_input and tiles > 1:
-        backward += tiles * reduce_chunk(source, batch, tiles) * (tiles - 1) * dtype_bytes  # reduce-scatter
+        for c in chunk_sizes(batch, chunk or batch):  # reduce-scatter, pass by pass
+            backward += tiles * reduce_chunk(source, c, tiles) * (tiles - 1) * dtype_bytes
     if source.needs_grad_input:
-        backward += batch * source.k * dtype_bytes  # summed slots to the presynaptic owners
+        backward += source_tiles * batch * source.k * dtype_bytes  # all-gather of the summed values
     return broadcast, backward
 
 
-def persistent_weight(pop: Population, s: Sizing) -> int:
+def population_exchange(pop: Population, tiles: int, batch: int) -> tuple[int, int]:
+    """(forward, backward) bytes of the population's own exchange per step: the select gather,
+    and in backward also its rebuilt list broadcast to its own tiles."""
+    if not pop.spiking:
+        return 0, 0
+    gather = batch * sum(packed_bytes(e - b) for b, e in split_even(pop.neurons, tiles))
+    return gather, gather + tiles * list_bytes(pop.own, batch)
+
+
+def persistent_weight(pop: Population, s: Sizing) -> float:
     """Bytes per neuron that do not depend on the tile count: what tiles are shared out by."""
-    return pop.fan_in * s.dtype_bytes * (2 + s.optimizer_slots) + s.batch * pop.state_vars * s.dtype_bytes * max(1, s.steps)
+    params = (pop.params_per_neuron + pop.trained_per_neuron * (1 + s.optimizer_slots)) * s.dtype_bytes
+    per_step = s.batch * ((1 / 8 + s.surrogate_bytes if pop.spiking else 0) + pop.saved_vars * s.dtype_bytes)
+    return params + s.batch * pop.live_vars * s.dtype_bytes + per_step * s.steps
 
 
 def allocate_tiles(pops: tuple[Population, ...], n_tiles: int, s: Sizing) -> list[int] | None:
@@ -362,13 +487,20 @@ def allocate_tiles(pops: tuple[Population, ...], n_tiles: int, s: Sizing) -> lis
     return counts
 
 
-def _max_tile_bytes(pops: tuple[Population, ...], counts: list[int], s: Sizing) -> int:
-    return max(sum(tile_bytes(p, math.ceil(p.neurons / c), c, s).values()) for p, c in zip(pops, counts))
+def _population_max_bytes(p: Population, tiles: int, s: Sizing, chunk: int) -> int:
+    # The widest tile, and the first tile, which selects the most samples; both bound the range.
+    widest = math.ceil(p.neurons / tiles)
+    return sum(tile_bytes(p, widest, tiles, s, selected_samples(s.batch, tiles, 0), chunk).values())
+
+
+def choose_chunk(p: Population, tiles: int, s: Sizing, tile_capacity: int) -> int:
+    """The most samples per pass with which the population's tiles fit (1 if none fits)."""
+    return _largest(lambda c: _population_max_bytes(p, tiles, s, c) <= tile_capacity, s.batch) or 1
 
 
 def _fits(pops, n_tiles: int, tile_capacity: int, s: Sizing) -> bool:
     counts = allocate_tiles(pops, n_tiles, s)
-    return counts is not None and _max_tile_bytes(pops, counts, s) <= tile_capacity
+    return counts is not None and all(_population_max_bytes(p, c, s, 1) <= tile_capacity for p, c in zip(pops, counts))
 
 
 # ----------------------------------------------------------------------------- planning
@@ -385,28 +517,41 @@ def plan_tiles(
     *,
     steps: int = 1,
     optimizer_slots: int = 2,
+    surrogate_bytes: int = 4,
+    max_tiles: int | None = None,
 ) -> TilePlan:
     """Map a network onto one IPU's tiles and account every tile's bytes.
 
-    ``steps``: time steps whose neuron state stays on the tiles for BPTT (1: only
-    the live state); ``optimizer_slots``: per-weight optimizer buffers (Adam: 2).
+    ``steps``: time steps whose history (z bits, d) stays on the tiles for BPTT;
+    ``optimizer_slots``: per-weight optimizer buffers (Adam: 2); ``surrogate_bytes``:
+    the dtype of the stored surrogate derivative (4: float32, 2: float16/bfloat16);
+    ``max_tiles``: use at most this many of the IPU's tiles (default: all).
     """
     if batch < 1 or n_inputs < 1 or n_classes < 1:
         raise UserError(f"plan_tiles: batch, n_inputs and n_classes must be >= 1, got {batch}, {n_inputs}, {n_classes}")
+    if steps < 0 or surrogate_bytes not in (2, 4):
+        raise UserError(f"plan_tiles: steps must be >= 0 and surrogate_bytes 2 or 4, got {steps}, {surrogate_bytes}")
     n_tiles, tile_capacity = tile_geometry(spec)
-    s = Sizing(batch, dtype_bytes, steps, optimizer_slots)
+    if max_tiles is not None:
+        if not 1 <= max_tiles <= n_tiles:
+            raise UserError(f"plan_tiles: max_tiles must be in [1, {n_tiles}] for {spec.name}, got {max_tiles}")
+        n_tiles = max_tiles
+    s = Sizing(batch, dtype_bytes, steps, optimizer_slots, surrogate_bytes)
     pops = populations_of(model_cfg, n_inputs, n_classes, capacity_fraction)
     counts = allocate_tiles(pops, n_tiles, s)
     if counts is None:
         raise UserError(f"{spec.name}: {len(pops)} populations need at least as many tiles, it has {n_tiles}")
+    tiles_of = {p.name: c for p, c in zip(pops, counts)}
     pop_plans, loads, matmuls, begin = [], [], [], 0
     for pop, c in zip(pops, counts):
-        plan = PopulationPlan(pop, begin, begin + c)
+        chunk = choose_chunk(pop, c, s, tile_capacity)
+        plan = PopulationPlan(pop, begin, begin + c, chunk, *population_exchange(pop, c, batch))
         pop_plans.append(plan)
-        for tile, nb, ne in plan.slices():
-            loads.append(TileLoad(tile, pop.name, nb, ne, tile_bytes(pop, ne - nb, c, s)))
+        for j, (tile, nb, ne) in enumerate(plan.slices()):
+            loads.append(TileLoad(tile, pop.name, nb, ne,
+                                  tile_bytes(pop, ne - nb, c, s, selected_samples(batch, c, j), chunk)))
         for src in pop.sources:
-            fwd, bwd = matmul_exchange(src, c, batch, dtype_bytes)
+            fwd, bwd = matmul_exchange(src, c, tiles_of.get(src.name, 0), batch, dtype_bytes, chunk)
             matmuls.append(MatmulPlan(f"{src.name}->{pop.name}", src, pop.name, pop.neurons, begin, begin + c, fwd, bwd))
         begin += c
     plan = TilePlan(spec.name, n_tiles, tile_capacity, s, capacity_fraction, tuple(pop_plans), tuple(matmuls), tuple(loads))
@@ -466,8 +611,9 @@ def tiles_json(plan: TilePlan) -> dict:
         pops.append({
             "name": p.population.name, "neurons": p.population.neurons,
             "tile_begin": p.tile_begin, "tile_end": p.tile_end,
-            "neurons_per_tile": [min(per_tile), max(per_tile)],
+            "neurons_per_tile": [min(per_tile), max(per_tile)], "samples_per_pass": p.chunk,
             "max_tile_bytes": max(t.total_bytes for t in loads),
+            "exchange_bytes_forward": p.exchange_bytes_forward, "exchange_bytes_backward": p.exchange_bytes_backward,
         })
     return {
         "device": plan.device,
@@ -485,6 +631,8 @@ def tiles_json(plan: TilePlan) -> dict:
                      "exchange_bytes_backward": m.exchange_bytes_backward} for m in plan.matmuls],
         "assumptions": {"mapping": "postsynaptic neurons (weight columns) per tile", "batch": plan.sizing.batch,
                         "steps_stored": plan.sizing.steps, "dtype_bytes": plan.sizing.dtype_bytes,
+                        "stored_per_step": "z as bits and the surrogate derivative d; v_prev (a_prev) with learn_decay",
+                        "surrogate_bytes": plan.sizing.surrogate_bytes,
                         "optimizer_slots": plan.sizing.optimizer_slots, "capacity_fraction": plan.capacity_fraction,
                         "code_bytes_estimate": CODE_BYTES, "vertex_state_bytes_estimate": VERTEX_STATE_BYTES},
         "refusal": plan.refusal() or None,
