@@ -182,7 +182,12 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
     """Train as the config says; returns the summary also written to summary.json.
 
     Under torchrun every process runs this function; only rank 0 prints and writes.
+    IPUs have their own loop (PopTorch), launched by poprun instead of torchrun.
     """
+    if cfg.device in ("ipu", "ipu-model"):
+        from .ipu.trainer import train_ipu
+
+        return train_ipu(cfg, out_dir, resume=resume, console=console, on_epoch_end=on_epoch_end)
     ctx = init_distributed(cfg.device)
     try:
         summary = _train(cfg, Path(out_dir), resume, console, on_epoch_end, ctx)
@@ -217,7 +222,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
     seed_everything(cfg.training.seed)
     splits = load_splits(cfg.data, cfg.training.seed)
     network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, bptt.schedule,
-                            binary_inputs=cfg.data.binary).to(device)
+                            binary_inputs=cfg.data.binary, device=cfg.device).to(device)
     optimizer = make_optimizer(cfg.training, network.parameters())
     scheduler = make_scheduler(cfg.training, optimizer)
     history: list[dict] = []

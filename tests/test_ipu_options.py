@@ -2,8 +2,11 @@
 
 from types import SimpleNamespace
 
+import pytest
+
 from ipu_snn.config import validate_config
-from ipu_snn.ipu.options import poptorch_options, samples_per_step
+from ipu_snn.errors import ConfigError
+from ipu_snn.ipu.options import micro_batch_size, poptorch_options, samples_per_step
 
 
 class Recorder:
@@ -23,7 +26,8 @@ class Recorder:
 
 def fake_sdk(under_poprun: bool):
     log = []
-    poptorch = SimpleNamespace(Options=lambda: Recorder(log), ReductionType=SimpleNamespace(Mean="Mean"))
+    poptorch = SimpleNamespace(Options=lambda: Recorder(log), ReductionType=SimpleNamespace(Mean="Mean"),
+                               OutputMode=SimpleNamespace(Sum="Sum", All="All"))
     popdist = SimpleNamespace(isPopdistEnvSet=lambda: under_poprun,
                               poptorch=SimpleNamespace(Options=lambda: Recorder(log, "popdist:")))
     return poptorch, popdist, log
@@ -45,6 +49,15 @@ def test_standalone_options():
     assert calls["useIpuModel"] == (True,)
     assert calls["setAvailableMemoryProportion"] == ({"IPU0": 0.3},)
     assert calls["randomSeed"] == (7,)
+    assert calls["outputMode"] == ("Sum",)  # epoch metrics sum every micro-batch and device iteration
+
+
+def test_inference_options_leave_out_training_settings():
+    poptorch, popdist, log = fake_sdk(under_poprun=False)
+    poptorch_options(validate_config(CFG), poptorch, popdist, training=False)
+    names = [name for name, _ in log]
+    assert not any(name.startswith("Training.") for name in names)  # PopTorch refuses accumulation in inference
+    assert dict(log)["outputMode"] == ("All",) and dict(log)["deviceIterations"] == (8,)
 
 
 def test_poprun_takes_replication_from_the_launcher():
@@ -56,4 +69,14 @@ def test_poprun_takes_replication_from_the_launcher():
 
 
 def test_samples_per_step():
-    assert samples_per_step(validate_config(CFG), replicas=16) == 16 * 4 * 16 * 8
+    # batch_scope global: the 16 samples of an optimizer step are split over 2 replicas x 4 micro-batches
+    cfg = validate_config(CFG)
+    assert micro_batch_size(cfg, 2) == 2
+    assert samples_per_step(cfg, replicas=2) == 16 * 8
+    per_device = validate_config({**CFG, "data": {"batch_size": 16, "batch_scope": "per_device"}})
+    assert micro_batch_size(per_device, 2) == 4 and samples_per_step(per_device, replicas=2) == 16 * 2 * 8
+
+
+def test_batch_that_does_not_split_is_refused():
+    with pytest.raises(ConfigError, match="data.batch_size: 16 cannot be split evenly into 16 replicas x 4"):
+        micro_batch_size(validate_config(CFG), 16)

@@ -2,22 +2,34 @@
 
 Written against the PopTorch 3.x API (Poplar SDK 3.x). The modules are passed
 in rather than imported here so that the mapping is testable without the SDK.
+Every call made here is listed, with the public source it was checked against,
+in ``ipu_snn/ipu/README.md``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import ModuleType
 
 from ..config import Config
+from ..errors import ConfigError
+from .recomputation import Recomputation
+
+# popart::RecomputationType::RecomputeAll (popart/sessionoptions.hpp): recompute every
+# op in backward except the outputs of recomputation checkpoints.
+RECOMPUTE_ALL = 4
 
 
-def poptorch_options(cfg: Config, poptorch: ModuleType, popdist: ModuleType | None = None):
-    """Replication, gradient accumulation and device iterations of a run.
+def poptorch_options(cfg: Config, poptorch: ModuleType, popdist: ModuleType | None = None, *,
+                     training: bool = True, recomputation: Recomputation | None = None):
+    """Options of the training model (``training=True``) or of the evaluation model.
 
     Under ``poprun`` the replication factor and this instance's share of it come
     from the launcher (``popdist.poptorch.Options``); alone, from ``ipu.replication``.
     Gradients are averaged over accumulation steps and replicas, as DDP does on
-    CPU/GPU, so a config trains the same on either.
+    CPU/GPU, so a config trains the same on either. ``recomputation`` (from the
+    BPTT schedule, see ``recomputation.py``) turns on PopART's recomputation and,
+    for off-chip checkpoints, streaming memory for activations.
     """
     if popdist is not None and popdist.isPopdistEnvSet():
         opts = popdist.poptorch.Options()
@@ -25,8 +37,6 @@ def poptorch_options(cfg: Config, poptorch: ModuleType, popdist: ModuleType | No
         opts = poptorch.Options()
         opts.replicationFactor(cfg.ipu.replication)
     opts.deviceIterations(cfg.ipu.device_iterations)
-    opts.Training.gradientAccumulation(cfg.training.grad_accumulation)
-    opts.Training.accumulationAndReplicationReductionType(poptorch.ReductionType.Mean)
     opts.randomSeed(cfg.training.seed)
     if cfg.device == "ipu-model":
         opts.useIpuModel(True)
@@ -34,9 +44,63 @@ def poptorch_options(cfg: Config, poptorch: ModuleType, popdist: ModuleType | No
         opts.setAvailableMemoryProportion({"IPU0": cfg.ipu.available_memory_proportion})
     if cfg.ipu.executable_cache:
         opts.enableExecutableCaching(cfg.ipu.executable_cache)
+    if not training:
+        # one row of statistics per sample of every batch the call ran
+        opts.outputMode(poptorch.OutputMode.All)
+        return opts
+    opts.Training.gradientAccumulation(cfg.training.grad_accumulation)
+    opts.Training.accumulationAndReplicationReductionType(poptorch.ReductionType.Mean)
+    # the statistics a call returns are summed over its micro-batches and device
+    # iterations, so an epoch's metrics cover every sample, not the last batch
+    opts.outputMode(poptorch.OutputMode.Sum)
+    if recomputation is not None:
+        opts._Popart.set("explicitRecomputation", True)
+        opts._Popart.set("autoRecomputation", RECOMPUTE_ALL)
+        if recomputation.offchip:
+            opts.TensorLocations.setActivationLocation(poptorch.TensorLocationSettings().useOnChipStorage(False))
     return opts
 
 
+@dataclass(frozen=True)
+class Replicas:
+    """How many model replicas train, and which PopRun instance this process is."""
+
+    local: int  # replicas this process drives
+    total: int  # replicas of the whole run
+    instance: int = 0
+    instances: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the first instance prints and writes files."""
+        return self.instance == 0
+
+
+def replicas(cfg: Config, popdist: ModuleType | None = None) -> Replicas:
+    if popdist is not None and popdist.isPopdistEnvSet():
+        return Replicas(popdist.getNumLocalReplicas(), popdist.getNumTotalReplicas(),
+                        popdist.getInstanceIndex(), popdist.getNumInstances())
+    return Replicas(cfg.ipu.replication, cfg.ipu.replication)
+
+
+def micro_batch_size(cfg: Config, total_replicas: int) -> int:
+    """Samples one replica takes per micro-batch: a compiled IPU graph has one static batch size.
+
+    ``data.batch_scope: global`` splits ``data.batch_size`` over all replicas and
+    accumulation steps; ``per_device`` gives each replica ``data.batch_size`` per
+    optimizer step, split over its accumulation steps.
+    """
+    accumulation = cfg.training.grad_accumulation
+    parts = accumulation * (total_replicas if cfg.data.batch_scope == "global" else 1)
+    if cfg.data.batch_size % parts:
+        split = f"{total_replicas} replicas x {accumulation}" if cfg.data.batch_scope == "global" else f"{accumulation}"
+        raise ConfigError(f"data.batch_size: {cfg.data.batch_size} cannot be split evenly into {split} "
+                          f"accumulation steps (data.batch_scope: {cfg.data.batch_scope}); an IPU graph has one "
+                          f"fixed micro-batch size, so use a multiple of {parts}")
+    return cfg.data.batch_size // parts
+
+
 def samples_per_step(cfg: Config, replicas: int) -> int:
-    """Samples consumed by one ``poptorch.trainingModel`` call: micro-batch x accumulation x replicas x iterations."""
-    return cfg.data.batch_size * cfg.training.grad_accumulation * replicas * cfg.ipu.device_iterations
+    """Samples consumed by one ``poptorch.trainingModel`` call of the whole run:
+    micro-batch x accumulation x replicas x device iterations."""
+    return micro_batch_size(cfg, replicas) * cfg.training.grad_accumulation * replicas * cfg.ipu.device_iterations

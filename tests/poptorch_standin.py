@@ -1,0 +1,375 @@
+"""A recording stand-in for PopTorch 3.x (and PopDist) that runs models eagerly on the CPU.
+
+Tests inject it as ``sys.modules["poptorch"]`` to check the IPU trainer's wiring
+without the Poplar SDK. It implements only the calls ipu_snn makes, with the
+public 3.x signatures (see ipu_snn/ipu/README.md), records every call, and
+mimics the semantics the trainer relies on:
+
+* ``DataLoader`` yields batches of micro-batch x device iterations x replicas x
+  gradient accumulation samples;
+* a training model splits such a batch into micro-batches, averages the
+  gradients over accumulation steps and replicas (ReductionType.Mean), steps the
+  optimizer once per device iteration, and returns its outputs summed
+  (OutputMode.Sum) or concatenated (OutputMode.All);
+* executors compile on first call and must be detached before another one
+  attaches, as on real IPUs;
+* ``custom_op`` computes the ipu_snn PopART ops with the reference kernels
+  (SpikeSelect as its Poplar vertex does) and checks ``example_outputs``
+  against what it computed. SpikeLinear runs the CPU backend's kernels in an
+  autograd Function whose backward is what its PopART grad ops compute (the
+  weight gradient, and z's: dense, or at the listed neurons with dense_grad 0),
+  standing in for PopART's autodiff.
+It says nothing about what PopART or an IPU would compute.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.machinery
+import math
+import types
+
+import torch
+
+from ipu_snn.ops import reference
+from ipu_snn.ops.registry import get_kernels
+
+
+class OutputMode(enum.IntEnum):
+    Final = 0
+    EveryN = 1
+    All = 2
+    Sum = 3
+    Default = 4
+
+
+class ReductionType(enum.IntEnum):
+    Sum = 0
+    Mean = 1
+    NoReduction = 2
+
+
+class _Section:
+    """A group of options (opts.Training, opts.TensorLocations, opts._Popart) that records its calls."""
+
+    def __init__(self, owner: "Options", name: str, methods: tuple[str, ...]):
+        self._owner, self._name, self._methods = owner, name, methods
+
+    def __getattr__(self, method):
+        if method not in self._methods:
+            raise AttributeError(f"stand-in poptorch.Options.{self._name} has no {method}")
+
+        def call(*args):
+            self._owner.record(f"{self._name}.{method}", args)
+            return self
+
+        return call
+
+
+class Options:
+    def __init__(self, log: list, replication: int = 1):
+        self.log, self.own = log, []  # every Options' calls, and this one's
+        self.values = {"replication_factor": replication, "device_iterations": 1, "gradient_accumulation": 1,
+                       "output_mode": OutputMode.Default}
+        self.Training = _Section(self, "Training", ("gradientAccumulation", "accumulationAndReplicationReductionType"))
+        self.TensorLocations = _Section(self, "TensorLocations", ("setActivationLocation",))
+        self._Popart = _Section(self, "_Popart", ("set",))
+
+    def record(self, name, args):
+        self.log.append((name, args))
+        self.own.append((name, args))
+        if name == "Training.gradientAccumulation":
+            self.values["gradient_accumulation"] = args[0]
+
+    def _set(self, name, args, key=None):
+        self.record(name, args)
+        if key:
+            self.values[key] = args[0]
+        return self
+
+    def replicationFactor(self, n):
+        return self._set("replicationFactor", (n,), "replication_factor")
+
+    def deviceIterations(self, n):
+        return self._set("deviceIterations", (n,), "device_iterations")
+
+    def outputMode(self, mode):
+        return self._set("outputMode", (mode,), "output_mode")
+
+    def randomSeed(self, seed):
+        assert isinstance(seed, int)
+        return self._set("randomSeed", (seed,))
+
+    def useIpuModel(self, use):
+        return self._set("useIpuModel", (use,))
+
+    def setAvailableMemoryProportion(self, proportions):
+        return self._set("setAvailableMemoryProportion", (proportions,))
+
+    def enableExecutableCaching(self, path):
+        return self._set("enableExecutableCaching", (path,))
+
+    def calls(self) -> dict:
+        return {name: args for name, args in self.own}
+
+
+class TensorLocationSettings:
+    def __init__(self):
+        self.settings = {}
+
+    def useOnChipStorage(self, use=True):
+        self.settings["onChip"] = int(use)
+        return self
+
+    def __eq__(self, other):
+        return isinstance(other, TensorLocationSettings) and other.settings == self.settings
+
+
+def identity_loss(x, reduction):
+    return {"sum": x.sum, "mean": x.mean}.get(reduction, lambda: x)()
+
+
+class _Marks:
+    count = 0
+
+
+def recomputationCheckpoint(*tensors):
+    _Marks.count += 1
+    return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+
+# ---------------------------------------------------------------- custom ops
+
+
+def _spike_select(membrane, capacity, threshold, near_threshold):
+    # as the SpikeSelect vertex: spikes above threshold, near above near_threshold when it is lower
+    spike = membrane > threshold
+    near = membrane > near_threshold if near_threshold < threshold else None
+    ids, counts, near_counts, dropped, near_dropped = reference.compact(spike, near, capacity)
+    return [ids, torch.stack([counts, near_counts, dropped, near_dropped], 1)]
+
+
+class _SpikeLinear(torch.autograd.Function):
+    """SpikeLinear and its grad ops SpikeLinearGradWeight / SpikeLinearGradSpikes, on the cpu backend."""
+
+    @staticmethod
+    def forward(ctx, z, ids, counts, weight, dense_grad):
+        ids, counts = ids.contiguous(), counts.contiguous()  # Poplar tensors have no strides
+        ctx.save_for_backward(ids, counts, weight)
+        ctx.dense_grad, ctx.z_dtype = dense_grad, z.dtype
+        return get_kernels("cpu").forward(ids, counts, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ids, counts, weight = ctx.saved_tensors
+        kernels = get_kernels("cpu")
+        grad_out = grad_out.contiguous()
+        grad_weight = kernels.grad_weight(ids, counts, grad_out, weight.shape[0])
+        if ctx.dense_grad:
+            grad_z = grad_out @ weight.T
+        else:  # the listed values scattered to their neurons, 0 at the rest (ScatterListed)
+            values = kernels.grad_input(ids, counts, weight, grad_out)
+            live = reference.listed_mask(counts, ids.shape[1])
+            grad_z = torch.zeros(ids.shape[0], weight.shape[0], dtype=values.dtype)
+            grad_z.scatter_add_(1, torch.where(live, ids, 0).long(), torch.where(live, values, 0))
+        return grad_z.to(ctx.z_dtype), None, None, grad_weight, None
+
+
+def _spike_linear(z, ids, counts, weight, dense_grad, **attributes):
+    assert dense_grad in (0, 1), dense_grad  # an int attribute, as the op reads it
+    return [_SpikeLinear.apply(z, ids, counts, weight, bool(dense_grad))]
+
+
+CUSTOM_OPS = {
+    "SpikeMatmul": lambda ids, counts, weight, **a: [reference.forward(ids, counts, weight)],
+    "SpikeMatmulGradInput": lambda ids, counts, weight, grad_out, **a: [
+        reference.grad_input(ids, counts, weight, grad_out)],
+    "SpikeSelect": lambda membrane, capacity, threshold, near_threshold, **a: _spike_select(
+        membrane, capacity, threshold, near_threshold),
+    "SpikeLinear": _spike_linear,
+}
+custom_op_calls: list[dict] = []
+
+
+def custom_op(inputs, name, domain, domain_version, example_outputs, attributes=None):
+    assert (domain, domain_version) == ("ipu_snn", 1), (domain, domain_version)
+    attributes = attributes or {}
+    for key, value in attributes.items():
+        assert isinstance(key, str) and isinstance(value, (int, float, str, list, tuple)), (key, value)
+    outputs = CUSTOM_OPS[name](*inputs, **attributes)
+    for out, example in zip(outputs, example_outputs, strict=True):
+        assert out.shape == example.shape and out.dtype == example.dtype, (name, out.shape, example.shape)
+    custom_op_calls.append({"name": name, "attributes": dict(attributes), "inputs": len(inputs)})
+    return outputs
+
+
+# ---------------------------------------------------------------- optimizers
+
+
+def _poptorch_optimizer(base):
+    class Optimizer(base):
+        def __init__(self, params, *args, max_grad_norm=None, **kwargs):
+            super().__init__(params, *args, **kwargs)
+            self.max_grad_norm = math.inf if max_grad_norm is None else max_grad_norm
+
+    Optimizer.__name__ = base.__name__
+    return Optimizer
+
+
+optim = types.SimpleNamespace(Adam=_poptorch_optimizer(torch.optim.Adam), AdamW=_poptorch_optimizer(torch.optim.AdamW),
+                              SGD=_poptorch_optimizer(torch.optim.SGD))
+
+
+# ---------------------------------------------------------------- data and executors
+
+
+class DataLoader(torch.utils.data.DataLoader):
+    def __init__(self, options, dataset, batch_size=1, shuffle=False, num_workers=0, drop_last=True,
+                 auto_distributed_partitioning=True, **kwargs):
+        v = options.values
+        self.combined = batch_size * v["device_iterations"] * v["replication_factor"] * v["gradient_accumulation"]
+        self.auto_distributed_partitioning = auto_distributed_partitioning
+        super().__init__(dataset, batch_size=self.combined, shuffle=shuffle, num_workers=num_workers,
+                         drop_last=drop_last, **kwargs)
+
+
+class Executor:
+    attached: "Executor | None" = None  # one set of IPUs: only one executor at a time
+
+    def __init__(self, model, options, optimizer=None, training=True):
+        self.model, self.options, self.optimizer, self.training = model, options, optimizer, training
+        self.compiled = False
+        self.calls = 0
+        self.destroyed = False
+        if training:
+            assert optimizer is not None
+        else:
+            assert options.values["gradient_accumulation"] == 1, "gradient accumulation set for inference"
+
+    def _attach(self):
+        if Executor.attached is not None and Executor.attached is not self:
+            raise RuntimeError("stand-in IPUs are in use by another model: detach it first")
+        Executor.attached = self
+
+    def isCompiled(self):
+        return self.compiled
+
+    def detachFromDevice(self):
+        if not self.compiled:
+            raise RuntimeError("Model has not been compiled or has been destroyed.")
+        if Executor.attached is not self:
+            raise RuntimeError("Device is not attached")
+        Executor.attached = None
+
+    def attachToDevice(self):
+        if not self.compiled:
+            raise RuntimeError("Model has not been compiled or has been destroyed.")
+        if Executor.attached is self:
+            raise RuntimeError("Device is already attached")
+        self._attach()
+
+    def setOptimizer(self, optimizer):
+        assert self.training
+        self.optimizer = optimizer
+
+    def copyWeightsToHost(self):
+        pass
+
+    def destroy(self):
+        if Executor.attached is self:
+            Executor.attached = None
+        self.compiled = False
+        self.destroyed = True
+
+    def __call__(self, *args):
+        if not self.compiled:
+            self._attach()
+            self.compiled = True
+        elif Executor.attached is not self:
+            self.attachToDevice()
+        self.calls += 1
+        v = self.options.values
+        steps, per_step = v["device_iterations"], v["replication_factor"] * v["gradient_accumulation"]
+        n = args[0].shape[0]
+        assert n % (steps * per_step) == 0, f"batch {n} is not a multiple of {steps} x {per_step}"
+        micro = n // (steps * per_step)
+        outputs = []
+        for step in range(steps):
+            if self.training:
+                self.model.train()
+                self.optimizer.zero_grad()
+            for m in range(per_step):
+                part = slice((step * per_step + m) * micro, (step * per_step + m + 1) * micro)
+                with torch.set_grad_enabled(self.training):
+                    out = self.model(*[a[part] for a in args])
+                out = out if isinstance(out, tuple) else (out,)
+                if self.training:
+                    (out[0] / per_step).backward()
+                outputs.append(tuple(o.detach() for o in out))
+            if self.training:
+                if math.isfinite(self.optimizer.max_grad_norm):
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optimizer.max_grad_norm)
+                self.optimizer.step()
+        mode = v["output_mode"]
+        if mode == OutputMode.Sum:
+            result = tuple(torch.stack(column).sum(0) for column in zip(*outputs))
+        elif mode in (OutputMode.All, OutputMode.Default):
+            result = tuple(torch.cat([o.reshape(-1, *o.shape[1:]) if o.dim() else o.reshape(1) for o in column])
+                           for column in zip(*outputs))
+        else:
+            result = outputs[-1]
+        return result[0] if len(result) == 1 else result
+
+
+def trainingModel(model, options=None, optimizer=None):
+    return Executor(model, options, optimizer, training=True)
+
+
+def inferenceModel(model, options=None):
+    return Executor(model, options, training=False)
+
+
+# ---------------------------------------------------------------- the modules
+
+
+def make_poptorch() -> types.ModuleType:
+    """A fresh stand-in ``poptorch`` module; ``module.log`` holds every Options call of every Options."""
+    module = types.ModuleType("poptorch")
+    module.__spec__ = importlib.machinery.ModuleSpec("poptorch", None)
+    module.log = []
+    module.options_made = []
+
+    def make_options():
+        opts = Options(module.log)
+        module.options_made.append(opts)
+        return opts
+
+    module.Options = make_options
+    for name in ("OutputMode", "ReductionType", "TensorLocationSettings", "identity_loss", "recomputationCheckpoint",
+                 "custom_op", "optim", "DataLoader", "trainingModel", "inferenceModel"):
+        setattr(module, name, globals()[name])
+    module.marks = _Marks
+    Executor.attached = None
+    _Marks.count = 0
+    custom_op_calls.clear()
+    return module
+
+
+def make_popdist(poptorch: types.ModuleType, *, instance: int, instances: int, local_replicas: int) -> types.ModuleType:
+    """A stand-in ``popdist`` as PopRun sets it up for one instance."""
+    module = types.ModuleType("popdist")
+    module.__spec__ = importlib.machinery.ModuleSpec("popdist", None)
+    module.isPopdistEnvSet = lambda: True
+    module.init = lambda: None
+    module.getInstanceIndex = lambda: instance
+    module.getNumInstances = lambda: instances
+    module.getNumLocalReplicas = lambda: local_replicas
+    module.getNumTotalReplicas = lambda: local_replicas * instances
+
+    def make_options():
+        opts = Options(poptorch.log, replication=local_replicas)
+        poptorch.options_made.append(opts)
+        return opts
+
+    module.poptorch = types.SimpleNamespace(Options=make_options)
+    return module

@@ -1,0 +1,102 @@
+"""The IPU path's outer surface: every PopTorch/PopDist call is one checked against the public 3.x
+sources (the table in ipu_snn/ipu/README.md), the POD16 config is valid, and ``device: ipu`` without
+the SDK stops at start-up with a message naming it."""
+
+import importlib.util
+import io
+import re
+import tokenize
+from pathlib import Path
+
+import pytest
+
+from ipu_snn.cli import EXIT_USER_ERROR, main
+from ipu_snn.config import load_config
+from ipu_snn.ipu.options import micro_batch_size, samples_per_step
+
+ROOT = Path(__file__).resolve().parents[1]
+IPU = ROOT / "ipu_snn" / "ipu"
+
+# What a call looks like in the code: PopTorch and PopDist module attributes (PopTorch also as a
+# parameter or attribute named poptorch), methods of poptorch.Options (always named opts), of the
+# executors (training_model, inference_model) and of TensorLocationSettings.
+_CALL_PATTERNS = [
+    re.compile(r"(?<!popdist\.)(?<![A-Za-z0-9])(poptorch\.(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*)"),
+    re.compile(r"(?<![\w.])(popdist\.(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*)"),
+    re.compile(r"(?<![\w.])(opts\.(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*)"),
+    re.compile(r"(?<![A-Za-z0-9])((?:training|inference)_model\.[A-Za-z_]\w*)"),
+    re.compile(r"(TensorLocationSettings\(\)\.[A-Za-z_]\w*)"),
+]
+
+
+def _code_without_comments_and_strings(path: Path) -> str:
+    tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+    return " ".join(t.string for t in tokens if t.type not in (tokenize.COMMENT, tokenize.STRING))
+
+
+def calls_in_code() -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in sorted(IPU.glob("*.py")):
+        code = re.sub(r"\s*\.\s*", ".", _code_without_comments_and_strings(path))
+        code = re.sub(r"\s*\(\s*", "(", code)
+        code = re.sub(r"\(\s*\)", "()", code)
+        for pattern in _CALL_PATTERNS:
+            for call in pattern.findall(code):
+                found.setdefault(call, set()).add(path.name)
+    # modules (poptorch.optim, popdist.poptorch) and the Options sections are not calls of their own
+    sections = ("poptorch.optim", "popdist.poptorch", "opts.Training", "opts.TensorLocations", "opts._Popart")
+    return {c: files for c, files in found.items() if c not in sections}
+
+
+def checked_calls() -> set[str]:
+    """The first column of the API-fidelity table, argument lists dropped."""
+    table = (IPU / "README.md").read_text().split("## API fidelity", 1)[1].split("\n## ", 1)[0]
+    calls = set()
+    for line in table.splitlines():
+        match = re.match(r"\|\s*`([^`]+)`\s*\|", line)
+        if match:
+            text = match.group(1)
+            while re.search(r"\([^()]*\)", text):
+                text = re.sub(r"\([^()]*\)", "#", text)
+            calls.add(text.replace("#.", "().").rstrip("#"))
+    return calls
+
+
+def test_every_sdk_call_is_in_the_fidelity_table():
+    found = calls_in_code()
+    unchecked = {call: sorted(files) for call, files in found.items() if call not in checked_calls()}
+    assert not unchecked, f"add these to the API-fidelity table of ipu_snn/ipu/README.md once checked: {unchecked}"
+
+
+def test_the_scan_sees_the_calls():
+    # a scanner that finds nothing would pass the test above vacuously
+    found = calls_in_code()
+    for call in ("poptorch.trainingModel", "poptorch.custom_op", "poptorch.recomputationCheckpoint",
+                 "opts.Training.gradientAccumulation", "opts._Popart.set", "popdist.getNumTotalReplicas",
+                 "training_model.detachFromDevice", "TensorLocationSettings().useOnChipStorage"):
+        assert call in found, call
+    assert "poptorch.Options" in checked_calls() and "TensorLocationSettings().useOnChipStorage" in checked_calls()
+
+
+def test_pod16_config_is_valid():
+    cfg = load_config(ROOT / "configs" / "ipu_pod16.yaml")
+    assert cfg.device == "ipu"
+    # under poprun --num-replicas 16 the global batch splits into equal micro-batches
+    micro = micro_batch_size(cfg, 16)
+    assert micro * 16 * cfg.training.grad_accumulation == cfg.data.batch_size
+    assert samples_per_step(cfg, 16) == cfg.data.batch_size * cfg.ipu.device_iterations
+
+
+needs_no_sdk = pytest.mark.skipif(importlib.util.find_spec("poptorch") is not None,
+                                  reason="PopTorch is installed here")
+
+
+@needs_no_sdk
+@pytest.mark.parametrize("device", ["ipu", "ipu-model"])
+def test_ipu_without_poptorch_stops_at_start_naming_the_sdk(device, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", str(ROOT / "configs" / "tiny.yaml"), f"device={device}", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR
+    assert "Poplar SDK" in err and f"device: {device}" in err and "Traceback" not in err
+    assert not out.exists()  # nothing was started

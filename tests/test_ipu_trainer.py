@@ -1,0 +1,327 @@
+"""The IPU trainer's wiring, through a stand-in PopTorch that runs the model eagerly on the CPU.
+
+What is checked: the network PopTorch would trace computes the same logits and
+gradients as the CPU model, dense and sparse (the stand-in's SpikeLinear runs the
+CPU kernels with the backward of the op's PopART grad ops); a BPTT schedule becomes the right recomputation
+checkpoints and options; a tiny run trains through ``poptorch.trainingModel`` /
+``DataLoader`` / ``inferenceModel`` and leaves the same run folder as a CPU run,
+with metrics that a CPU evaluation of its checkpoint reproduces. What is not:
+anything PopART or an IPU computes (the ``ipu``-marked test does that where the
+SDK is installed).
+"""
+
+import _ctypes
+import json
+import math
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import poptorch_standin
+from ipu_snn.bptt.schedules import double, store_all, uniform
+from ipu_snn.checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
+from ipu_snn.config import validate_config
+from ipu_snn.data import load_splits
+from ipu_snn.errors import ConfigError, DeviceError, TrainingError
+from ipu_snn.ipu import custom_ops
+from ipu_snn.ipu.model import StraightThroughSurrogate, TracedSpikeLinear, TrainingStep, make_traceable, unroll
+from ipu_snn.ipu.options import RECOMPUTE_ALL, poptorch_options
+from ipu_snn.ipu.recomputation import Recomputation, recomputation_for
+from ipu_snn.layers import SpikeLinear
+from ipu_snn.network import build_network
+from ipu_snn.neurons import SURROGATE_GRADS, surrogate
+from ipu_snn.reporting import read_metrics_csv
+from ipu_snn.train import evaluate, train
+
+TINY = {
+    "model": {"layers": [{"type": "rlif", "size": 12}, {"type": "alif", "size": 10}], "readout": {"reduce": "mean"}},
+    "data": {"dataset": "synthetic", "steps": 6, "channel_pooling": 35, "batch_size": 16, "val_split": 0.25,
+             "synthetic": {"n_train": 64, "n_test": 20, "n_classes": 3}},
+    "training": {"epochs": 2, "lr": 0.01, "grad_accumulation": 2, "grad_clip": 1.0, "seed": 3},
+    "ipu": {"replication": 2, "device_iterations": 2},
+    "device": "ipu-model",
+}
+
+
+def tiny(**sections):
+    raw = json.loads(json.dumps(TINY))
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return validate_config(raw)
+
+
+@pytest.fixture
+def poptorch(monkeypatch):
+    module = poptorch_standin.make_poptorch()
+    monkeypatch.setitem(sys.modules, "poptorch", module)
+    return module
+
+
+@pytest.fixture
+def op_library(monkeypatch):
+    """A loadable shared library (Python's _ctypes) where the PopART op library would be."""
+    custom_ops._load.cache_clear()
+    monkeypatch.setenv(custom_ops.LIBRARY_ENV, _ctypes.__file__)
+    yield
+    custom_ops._load.cache_clear()
+
+
+# ------------------------------------------------------------------ the traced network
+
+
+@pytest.mark.parametrize("name", sorted(SURROGATE_GRADS))
+def test_straight_through_surrogate_is_the_surrogate(name):
+    x = torch.linspace(-0.4, 0.4, 161, dtype=torch.float64).requires_grad_()
+    original, traced = surrogate(name, 7.0), StraightThroughSurrogate(name, 7.0)
+    spikes = traced(x)
+    assert torch.equal(spikes, original(x.detach()))
+    (grad,) = torch.autograd.grad(spikes.sum(), x)
+    assert torch.allclose(grad, original.grad(x.detach()), atol=1e-12)
+
+
+def _batch(cfg, batch=6):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(batch, cfg.data.num_steps, 20, generator=g) < 0.3).float()
+    return x, torch.randint(0, 3, (batch,), generator=g)
+
+
+def test_traced_network_has_the_cpu_logits_and_gradients(poptorch):
+    cfg = tiny()
+    torch.manual_seed(0)
+    net = build_network(cfg.model, 20, 3, dt=0.01)
+    x, y = _batch(cfg)
+    reference = F.cross_entropy(net(x).logits, y)
+    want = torch.autograd.grad(reference, list(net.parameters()))
+
+    step = TrainingStep(make_traceable(net), poptorch, checkpoints=frozenset({2, 4}))
+    loss, stats = step(x, y)
+    got = torch.autograd.grad(loss, list(net.parameters()))
+    assert torch.allclose(loss, reference, atol=1e-6)
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert poptorch.marks.count == 2  # the states after 2 and after 4 of the 6 steps
+    assert stats.shape == (6, 4 + 2) and torch.allclose(stats[:, 0].mean(), reference)
+    assert torch.all(stats[:, 3] == 0)  # no sparse layer, nothing dropped
+    logits, rates = unroll(net, x)
+    assert torch.allclose(stats[:, 1], (logits.argmax(1) == y).float()) and torch.all((rates >= 0) & (rates <= 1))
+
+
+def test_schedules_become_recomputation_checkpoints():
+    assert recomputation_for(None) is None  # store_all: nothing recomputed
+    assert recomputation_for(uniform(10, 3)) == Recomputation(frozenset({3, 6}), offchip=False)
+    # double: the coarse checkpoints off-chip, and the last segment's fine ones
+    assert recomputation_for(double(20, 5, 2, "uniform")) == Recomputation(frozenset({5, 10, 15, 17}), offchip=True)
+    assert recomputation_for(store_all(5)) == Recomputation(frozenset(), offchip=False)
+
+
+def test_recomputation_options(poptorch):
+    cfg = tiny()
+    log = poptorch.log
+    poptorch_options(cfg, poptorch, recomputation=Recomputation(frozenset({4}), offchip=False))
+    calls = dict(log)
+    assert calls["_Popart.set"] == ("autoRecomputation", RECOMPUTE_ALL)
+    assert ("_Popart.set", ("explicitRecomputation", True)) in log
+    assert "TensorLocations.setActivationLocation" not in calls
+    log.clear()
+    poptorch_options(cfg, poptorch, recomputation=Recomputation(frozenset({4}), offchip=True))
+    (location,) = dict(log)["TensorLocations.setActivationLocation"]
+    assert location == poptorch_standin.TensorLocationSettings().useOnChipStorage(False)
+
+
+# ------------------------------------------------------------------ the trainer
+
+
+def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path):
+    cfg = tiny()
+    out = tmp_path / "run"
+    seen_epochs = []
+    summary = train(cfg, out, on_epoch_end=lambda epoch, row, net: seen_epochs.append(epoch))
+
+    assert seen_epochs == [1, 2]
+    for name in ("metrics.csv", "summary.json", "curves.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    rows = read_metrics_csv(out / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["train_loss"]) and 0 <= r["train_accuracy"] <= 1 for r in rows)
+    assert all(0 <= r["rate_layer0"] <= 1 and 0 <= r["rate_layer1"] <= 1 for r in rows)
+    assert rows[1]["lr"] == cfg.training.lr  # constant schedule
+    written = json.loads((out / "summary.json").read_text())
+    assert written["device"] == "ipu-model" and written["replicas"] == 2 and written["epochs"] == 2
+
+    # the IPU run's metrics are those of its weights: a CPU evaluation of the checkpoint agrees
+    weights, state = read_checkpoint(latest_checkpoint(out))
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    splits = load_splits(cfg.data, cfg.training.seed)
+    net = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt)
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(weights)
+    assert any(not torch.equal(initial[k], weights[k]) for k in initial)  # it trained
+    val_loss, val_accuracy = evaluate(net, splits.val, 7, torch.device("cpu"))
+    assert rows[1]["val_loss"] == pytest.approx(val_loss, rel=1e-5)
+    assert rows[1]["val_accuracy"] == pytest.approx(val_accuracy)
+    test_loss, test_accuracy = evaluate(net, splits.test, 7, torch.device("cpu"))
+    assert summary["test_loss"] == pytest.approx(test_loss, rel=1e-5)
+    assert summary["test_accuracy"] == pytest.approx(test_accuracy)
+
+    training_opts, eval_opts = poptorch.options_made
+    calls = training_opts.calls()
+    assert calls["useIpuModel"] == (True,) and calls["replicationFactor"] == (2,)
+    assert calls["deviceIterations"] == (2,) and calls["Training.gradientAccumulation"] == (2,)
+    assert calls["outputMode"] == (poptorch_standin.OutputMode.Sum,) and "_Popart.set" not in calls
+    assert eval_opts.calls()["outputMode"] == (poptorch_standin.OutputMode.All,)
+    assert not any(name.startswith("Training.") for name in eval_opts.calls())
+    assert poptorch_standin.Executor.attached is None  # both executors released their IPUs
+
+
+def test_double_schedule_marks_checkpoints_and_offloads_them(poptorch, tmp_path):
+    cfg = tiny(bptt={"schedule": "double", "offchip_every": 2, "local_slots": 1}, training={"epochs": 1})
+    train(cfg, tmp_path / "run")
+    calls = poptorch.options_made[0].calls()
+    assert "TensorLocations.setActivationLocation" in calls
+    assert ("_Popart.set", ("autoRecomputation", RECOMPUTE_ALL)) in poptorch.log
+    # one device call of 2 iterations x 2 replicas x 2 micro-batches: 8 forwards, each marking every checkpoint
+    assert poptorch.marks.count == 8 * len(recomputation_for(double(6, 2, 1)).checkpoints) > 0
+
+
+def test_poprun_instance_takes_its_share_and_writes_nothing(poptorch, monkeypatch, tmp_path):
+    popdist = poptorch_standin.make_popdist(poptorch, instance=1, instances=2, local_replicas=1)
+    monkeypatch.setitem(sys.modules, "popdist", popdist)
+    monkeypatch.setitem(sys.modules, "popdist.poptorch", popdist.poptorch)
+    out = tmp_path / "run"
+    summary = train(tiny(training={"epochs": 1}), out)
+    assert not out.exists()  # only instance 0 writes
+    assert summary["replicas"] == 2 and summary["instances"] == 2
+    assert "replicationFactor" not in poptorch.options_made[0].calls()  # PopRun sets it
+
+
+@pytest.mark.parametrize("change, error, match", [
+    ({"model": {"layers": [{"type": "rlif", "size": 8}], "fused": True}}, ConfigError, "model.fused"),
+    ({"data": {"batch_size": 10}}, ConfigError, "data.batch_size: 10 cannot be split"),
+    ({"ipu": {"device_iterations": 8}}, ConfigError, "one device call takes 128 training samples"),
+])
+def test_unsupported_configs_are_refused_before_training(poptorch, tmp_path, change, error, match):
+    with pytest.raises(error, match=match):
+        train(tiny(**change), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_and_reuse_are_refused(poptorch, tmp_path):
+    with pytest.raises(TrainingError, match="--resume is not supported"):
+        train(tiny(), tmp_path / "run", resume=True)
+    save_checkpoint(tmp_path / "run", 1, torch.nn.Linear(1, 1), {})
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(tiny(), tmp_path / "run")
+
+
+# ------------------------------------------------------------------ sparse layers (model.sparse)
+
+
+def _sparse_step(poptorch, cfg, x, y):
+    """The CPU model's loss, gradients and dropped spikes, then the same of its traced twin."""
+    torch.manual_seed(0)
+    net = build_network(cfg.model, 20, 3, dt=0.01)
+    out = net(x)
+    reference = F.cross_entropy(out.logits, y)
+    want = torch.autograd.grad(reference, list(net.parameters()))
+    loss, stats = TrainingStep(make_traceable(net), poptorch)(x, y)
+    got = torch.autograd.grad(loss, list(net.parameters()))
+    return net, (reference, want, out.dropped), (loss, got, stats)
+
+
+def test_traced_sparse_network_has_the_cpu_loss_and_gradients(poptorch, op_library):
+    x, y = _batch(tiny())
+    grads = {}
+    for grad in ("dense", "spikes"):
+        cfg = tiny(model={"sparse": True, "sparse_capacity": 1.0, "sparse_grad": grad})
+        poptorch_standin.custom_op_calls.clear()
+        net, (reference, want, _), (loss, got, stats) = _sparse_step(poptorch, cfg, x, y)
+        assert torch.allclose(loss, reference, atol=1e-6), grad
+        for a, b in zip(got, want, strict=True):
+            assert torch.allclose(a, b, atol=1e-5), grad
+        grads[grad] = got
+        # every spike product of every step went through SpikeSelect + SpikeLinear
+        linears = [m for m in net.modules() if isinstance(m, SpikeLinear)]
+        assert linears and all(isinstance(m, TracedSpikeLinear) for m in linears)
+        calls = poptorch_standin.custom_op_calls
+        spike_linear = [c for c in calls if c["name"] == "SpikeLinear"]
+        assert len(spike_linear) == cfg.data.num_steps * len(linears)
+        assert sum(c["name"] == "SpikeSelect" for c in calls) == len(spike_linear)
+        assert {c["attributes"]["dense_grad"] for c in spike_linear} == {int(grad == "dense")}
+        assert torch.all(stats[:, 3] == 0)
+    # the two z gradients differ, so each comparison above saw its own
+    assert any(not torch.allclose(a, b, atol=1e-5) for a, b in zip(grads["dense"], grads["spikes"]))
+
+
+def test_traced_sparse_network_counts_what_overflow_drops(poptorch, op_library):
+    cfg = tiny(model={"sparse": True, "sparse_capacity": 0.15, "sparse_overflow": "drop_and_count"})
+    x, y = _batch(cfg)
+    _, (reference, want, cpu_dropped), (loss, got, stats) = _sparse_step(poptorch, cfg, x, y)
+    assert cpu_dropped > 0 and stats[:, 3].sum().item() == cpu_dropped
+    assert torch.allclose(loss, reference, atol=1e-6)  # the same spikes left out on both
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_traced_auto_sparse_is_dense_on_the_ipu(poptorch):
+    cfg = tiny(model={"sparse": "auto"})
+    torch.manual_seed(0)
+    net = make_traceable(build_network(cfg.model, 20, 3, dt=0.01))  # needs no op library
+    x, y = _batch(cfg)
+    TrainingStep(net, poptorch)(x, y)
+    assert not poptorch_standin.custom_op_calls
+
+
+def test_sparse_tiny_run_trains_and_a_cpu_evaluation_agrees(poptorch, op_library, tmp_path):
+    cfg = tiny(model={"sparse": True, "sparse_capacity": 1.0}, training={"epochs": 1})
+    out = tmp_path / "run"
+    summary = train(cfg, out)
+    (row,) = read_metrics_csv(out / "metrics.csv")
+    assert math.isfinite(row["train_loss"]) and row["spikes_dropped"] == 0
+    assert any(c["name"] == "SpikeLinear" for c in poptorch_standin.custom_op_calls)
+    weights, _ = read_checkpoint(latest_checkpoint(out))
+    splits = load_splits(cfg.data, cfg.training.seed)
+    net = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt)  # sparse, on the cpu backend
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(weights)
+    assert any(not torch.equal(initial[k], weights[k]) for k in initial)  # it trained
+    test_loss, test_accuracy = evaluate(net, splits.test, 7, torch.device("cpu"))
+    assert summary["test_loss"] == pytest.approx(test_loss, rel=1e-5)
+    assert summary["test_accuracy"] == pytest.approx(test_accuracy)
+
+
+def test_sparse_overflow_is_reported_or_stops_the_run(poptorch, op_library, tmp_path):
+    small = {"sparse": True, "sparse_capacity": 0.1}
+    train(tiny(model=small | {"sparse_overflow": "drop_and_count"}, training={"epochs": 1}), tmp_path / "count")
+    (row,) = read_metrics_csv(tmp_path / "count" / "metrics.csv")
+    assert row["spikes_dropped"] > 0
+    with pytest.raises(TrainingError, match="model.sparse_capacity = 0.1.*model.sparse_overflow=drop_and_count"):
+        train(tiny(model=small, training={"epochs": 1}), tmp_path / "error")
+    assert latest_checkpoint(tmp_path / "error") is None
+
+
+def test_sparse_without_the_op_library_stops_at_start(poptorch, monkeypatch, tmp_path):
+    custom_ops._load.cache_clear()
+    monkeypatch.setenv(custom_ops.LIBRARY_ENV, str(tmp_path / "nowhere.so"))
+    with pytest.raises(DeviceError, match="make -C custom_ops ipu"):
+        train(tiny(model={"sparse": True}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    custom_ops._load.cache_clear()
+
+
+@pytest.mark.ipu
+def test_tiny_run_on_the_ipu_model(tmp_path):
+    """With the Poplar SDK: the same tiny run on the IPU Model, compiled by PopART."""
+    summary = train(tiny(training={"epochs": 1}, ipu={"replication": 1, "device_iterations": 1}), tmp_path / "run")
+    assert math.isfinite(summary["train_loss"]) and 0 <= summary["test_accuracy"] <= 1
+
+
+@pytest.mark.ipu
+def test_sparse_tiny_run_on_the_ipu_model(tmp_path):
+    """With the Poplar SDK and `make -C custom_ops ipu`: a sparse tiny run through SpikeSelect + SpikeLinear."""
+    cfg = tiny(model={"sparse": True, "sparse_capacity": 0.5, "sparse_overflow": "drop_and_count"},
+               training={"epochs": 1}, ipu={"replication": 1, "device_iterations": 1})
+    summary = train(cfg, tmp_path / "run")
+    (row,) = read_metrics_csv(tmp_path / "run" / "metrics.csv")
+    assert math.isfinite(summary["train_loss"]) and 0 <= summary["test_accuracy"] <= 1 and "spikes_dropped" in row
