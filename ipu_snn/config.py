@@ -126,8 +126,9 @@ class ModelConfig(_Strict):
     # "dense": exact gradients for any surrogate; "spikes": only at neurons that fired (faster, approximate)
     sparse_grad: Literal["dense", "spikes"] = "dense"
     # Run each layer's time loop as one fused autograd Function (ipu_snn.fused): fused neuron kernels,
-    # a few bytes per neuron-step kept for backward. auto: wherever supported (dense products, detached
-    # reset, bptt.schedule store_all); true: the same, and an error naming what prevents it.
+    # a few bytes per neuron-step kept for backward; under the BPTT engine's schedules, neuron updates that
+    # keep their derivatives (ipu_snn.bptt.fwdad_neurons). auto: wherever supported (a detached reset, and
+    # dense products for the time loop); true: the same, and an error naming what prevents it.
     fused: Union[bool, Literal["auto"]] = "auto"
     # dtype of the surrogate derivatives (and, with learned decays, the pre-step state) the fused loop keeps:
     # float32 is exact; float16 / bfloat16 halve that memory at a bounded error (docs/benchmarks/training_step.md)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import neurons
+from .bptt.fwdad_neurons import alif_step_fwdad, lif_step_fwdad
 from .fused import FusedLoop, FusedSpec, binary_linear, leaky_integrate, spiking_scan
 from .neurons import ALIFParams, ALIFState, LIFParams, LIFState, LIParams, LIState
 
@@ -134,6 +135,9 @@ class _SpikingNeurons(SpikingLayer):
         self.rec = _recurrent_weight(n_out, sparse) if recurrent else None
         _decay(n_out, beta, learn_decay, self, "beta")
         self.threshold, self.reset, self.detach_reset, self.spike = threshold, reset, detach_reset, spike
+        # step by step (the BPTT engine): keep each step's derivatives, not its inputs (bptt.fwdad_neurons);
+        # a FusedLoop names their dtype, None runs the plain step functions
+        self.forward_ad: FusedLoop | None = None
 
     @abc.abstractmethod
     def neuron_step(self, neuron_state: tuple, current: Tensor) -> tuple[tuple, Tensor]:
@@ -182,6 +186,8 @@ class LIF(_SpikingNeurons):
 
     def neuron_step(self, neuron_state, current):
         params = LIFParams(self.beta.clamp(0.0, 1.0), self.threshold, self.reset, self.detach_reset, self.spike)
+        if self.forward_ad is not None:
+            return lif_step_fwdad(params, neuron_state, current, saved_dtype=self.forward_ad.saved_dtype)
         return neurons.lif_step(params, neuron_state, current)
 
 
@@ -216,6 +222,8 @@ class ALIF(_SpikingNeurons):
     def neuron_step(self, neuron_state, current):
         params = ALIFParams(self.beta.clamp(0.0, 1.0), self.rho.clamp(0.0, 1.0), self.adapt_strength,
                             self.threshold, self.reset, self.detach_reset, self.spike)
+        if self.forward_ad is not None:
+            return alif_step_fwdad(params, neuron_state, current, saved_dtype=self.forward_ad.saved_dtype)
         return neurons.alif_step(params, neuron_state, current)
 
 

@@ -167,17 +167,23 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float,
         input_sparse = sparse
     readout = LIReadout(n_in, n_classes, beta=cfg.readout.resolve_beta(dt, default=0.95),
                         learn_decay=cfg.readout.learn_decay, input_sparse=sparse)
-    fused = FusedLoop(SAVED_DTYPES[cfg.fused_saved_dtype]) if use_fused(cfg, schedule) else None
+    fused = None
+    if use_fused(cfg, schedule):
+        loop = FusedLoop(SAVED_DTYPES[cfg.fused_saved_dtype])
+        if schedule is None:
+            fused = loop  # whole layers as fused time loops
+        else:
+            for layer in layers:  # the engine runs the network step by step: each step keeps derivatives only
+                layer.forward_ad = loop
     return SpikingNetwork(layers, readout, cfg.readout.reduce, schedule, fused)
 
 
 def fused_obstacles(cfg: ModelConfig, schedule) -> list[str]:
-    """Why the fused time loop cannot run this model (empty: it can)."""
+    """Why this model cannot run fused (empty: it can). Without a schedule that is the fused time loop;
+    under the BPTT engine's schedules, the step-by-step forward-mode AD of the neuron updates."""
     reasons = []
-    if cfg.sparse is not False:
-        reasons.append(f"model.sparse is {cfg.sparse!r} (the fused loop multiplies densely)")
-    if schedule is not None:
-        reasons.append("bptt.schedule is not store_all (the BPTT engine runs the network step by step)")
+    if cfg.sparse is not False and schedule is None:
+        reasons.append(f"model.sparse is {cfg.sparse!r} (the fused time loop multiplies densely)")
     for i, layer in enumerate(cfg.layers):
         if not layer.detach_reset:
             reasons.append(f"model.layers.{i}.detach_reset is false (the fused backward needs a detached reset)")

@@ -162,3 +162,33 @@ def test_fused_true_names_what_prevents_it():
         build_network(small_w1(fused=True, sparse=True), n_inputs=10, n_classes=3, dt=1e-3)
     auto = build_network(small_w1(sparse=True), n_inputs=10, n_classes=3, dt=1e-3)
     assert auto.fused is None
+
+
+def test_engine_steps_keep_derivatives_and_equal_the_plain_loop():
+    from ipu_snn.bptt import revolve
+
+    torch.manual_seed(1)
+    x = (torch.rand(5, 30, 70) < 0.2).float()
+    y = torch.randint(0, 5, (5,))
+    engine = build_network(small_w1(), n_inputs=70, n_classes=5, dt=1e-3, schedule=lambda t: revolve(t, 4))
+    plain = build_network(small_w1(fused=False), n_inputs=70, n_classes=5, dt=1e-3)
+    plain.load_state_dict(engine.state_dict())
+    assert all(layer.forward_ad is not None for layer in engine.layers)
+    assert all(layer.forward_ad is None for layer in plain.layers)
+    grads = []
+    for net in (engine, plain):
+        out = net(x)
+        F.cross_entropy(out.logits, y).backward()
+        grads.append((out.logits, {n: p.grad for n, p in net.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for name, g in grads[1][1].items():
+        torch.testing.assert_close(grads[0][1][name], g, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_the_w1_config_trains_through_the_fused_loop():
+    from ipu_snn.config import load_config
+
+    cfg = load_config("configs/shd_rlif.yaml")
+    assert cfg.device == "cuda" and cfg.bptt.schedule == "store_all"
+    net = build_network(cfg.model, n_inputs=700, n_classes=20, dt=1e-3)
+    assert net.fused is not None
