@@ -1,13 +1,13 @@
 """One training iteration of W1 and W1-FF, side by side: the plain loop, torch.compile, snnTorch,
 SpikingJelly and ipu_snn's fused loop and BPTT engine.
 
-    python scripts/bench_training_step.py --device cpu     # reduced sizes, about 2 minutes on 2 cores
+    python scripts/bench_training_step.py --device cpu     # reduced sizes, about a minute on 2 cores
     python scripts/bench_training_step.py --device cuda    # DESIGN.md's W1: B=128, 1024 neurons, T=1000
 
 One iteration is forward + backward + Adam step. Reported per contender: median ms per iteration,
 peak memory (CUDA: the allocator's peak above the model and batch; CPU: not measured) and the
-bytes autograd keeps for backward per neuron-step (every saved tensor, less the parameters and
-the input batch). Peers that are not installed (`pip install 'ipu_snn[peers]'`) are listed as
+bytes kept for backward per neuron-step (every tensor autograd saves, less the parameters and
+the input batch; for the BPTT engine, its peak of checkpoints and taped steps). Peers that are not installed (`pip install 'ipu_snn[peers]'`) are listed as
 skipped. Results go to docs/benchmarks/training_step_<device>.json; the markdown doc
 (docs/benchmarks/training_step.md) and its plot are rebuilt from every device's JSON present.
 """
@@ -201,8 +201,12 @@ def measure(name, build, workload, args, device) -> dict:
         torch.cuda.synchronize()
         peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
     timing = time_ms(iteration, warmup=1, repeats=args.repeats, sync=sync)
-    neurons = args.hidden * (1 if workload == "W1" else 2)
-    per_step = saved_bytes(lambda: model(x), [*model.parameters(), x]) / (args.batch * args.steps * neurons)
+    neuron_steps = args.batch * args.steps * args.hidden * (1 if workload == "W1" else 2)
+    scan = getattr(getattr(model, "net", None), "last_scan", None)
+    if scan is not None:  # the engine holds checkpoints and taped steps itself, not as autograd's saved tensors
+        per_step = scan.peak_local_bytes / neuron_steps
+    else:
+        per_step = saved_bytes(lambda: model(x), [*model.parameters(), x]) / neuron_steps
     row = {"contender": name, "workload": workload, "ms_per_iter": timing["median_ms"], "min_ms": timing["min_ms"],
            "first_call_s": first_s, "peak_mib": peak_mib, "saved_bytes_per_neuron_step": per_step}
     print(f"  {workload:6} {name:40} {timing['median_ms']:9.1f} ms  {per_step:6.2f} B/neuron-step"
@@ -213,8 +217,9 @@ def measure(name, build, workload, args, device) -> dict:
 def render(out: Path) -> str:
     """The markdown doc from every training_step_<device>.json present, and its plot."""
     lines = ["# Training step: fused time loop against the plain loop and peers", "",
-             "One iteration = forward + backward + Adam step. `B/neuron-step`: bytes autograd keeps for backward "
-             "per neuron and time step (parameters and the input batch excluded). Made by "
+             "One iteration = forward + backward + Adam step. `B/neuron-step`: bytes kept for backward per neuron "
+             "and time step (what autograd saves, parameters and the input batch excluded; for the BPTT engine its "
+             "peak of checkpoints and taped steps). Made by "
              "`scripts/bench_training_step.py`; each section says the command, device and date.", ""]
     results = sorted(out.glob("training_step_*.json"))
     for path in results:
@@ -290,8 +295,8 @@ def main() -> None:
     full = args.device == "cuda"
     args.batch = args.batch or (128 if full else 32)
     args.hidden = args.hidden or (1024 if full else 256)
-    args.steps = args.steps or (1000 if full else 100)
-    args.repeats = args.repeats or (10 if full else 3)
+    args.steps = args.steps or (1000 if full else 200)
+    args.repeats = args.repeats or (10 if full else 5)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA GPU here")
