@@ -16,7 +16,7 @@ from .fused import SAVED_DTYPES, FusedLoop
 from .layers import ALIF, LIF, LIReadout, RecurrentLIF, SparseMode, SpikeLinear, SpikingLayer
 from .neurons import surrogate
 
-_REDUCE = {
+REDUCTIONS = {
     "max": lambda v: v.amax(dim=0),
     "mean": lambda v: v.mean(dim=0),
     "sum": lambda v: v.sum(dim=0),
@@ -71,14 +71,14 @@ class SpikingNetwork(nn.Module):
             h = layer(h)
             rates.append(h.detach().mean())
         membrane = self.readout(h)
-        return NetworkOutput(_REDUCE[self.reduce](membrane), rates)
+        return NetworkOutput(REDUCTIONS[self.reduce](membrane), rates)
 
     def _forward_fused(self, h: Tensor) -> NetworkOutput:
         rates = []
         for i, layer in enumerate(self.layers):
             h = layer.forward_fused(h, self.fused, spikes_in=i > 0)
             rates.append(h.detach().mean())
-        return NetworkOutput(_REDUCE[self.reduce](self.readout.forward_fused(h)), rates)
+        return NetworkOutput(REDUCTIONS[self.reduce](self.readout.forward_fused(h)), rates)
 
     def initial_state(self, batch: int, like: Tensor) -> tuple:
         return tuple(layer.initial_state(batch, like) for layer in self.layers) + (
@@ -115,7 +115,7 @@ class SpikingNetwork(nn.Module):
         ys, _ = scan(cell, params, flat0, xs, self.schedule, stats=self.last_scan)
         n_classes = self.readout.n_out
         rates = ys[..., n_classes:].detach().mean((0, 1))
-        return NetworkOutput(_REDUCE[self.reduce](ys[..., :n_classes]), list(rates.unbind()))
+        return NetworkOutput(REDUCTIONS[self.reduce](ys[..., :n_classes]), list(rates.unbind()))
 
 
 class _Step(nn.Module):

@@ -44,7 +44,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _progress(console: Console) -> Progress:
+def progress_bar(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1%}  {task.fields[rate]:.0f} samples/s"),
@@ -167,7 +167,7 @@ def _check_resumable(saved: dict, cfg: Config, folder: Path) -> None:
                             "resume with the run's own config.yaml or start a new --out folder")
 
 
-def _open_tensorboard(cfg: Config, out_dir: Path) -> TensorBoardLog | None:
+def open_tensorboard(cfg: Config, out_dir: Path) -> TensorBoardLog | None:
     if not cfg.training.tensorboard:
         return None
     try:
@@ -217,7 +217,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
         raise TrainingError(f"--resume: no checkpoint in {out_dir}/checkpoints to continue from")
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    tensorboard = _open_tensorboard(cfg, out_dir) if ctx.is_main else None
+    tensorboard = open_tensorboard(cfg, out_dir) if ctx.is_main else None
 
     seed_everything(cfg.training.seed)
     splits = load_splits(cfg.data, cfg.training.seed)
@@ -250,7 +250,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
 
     run_start = time.perf_counter()
     try:
-        with _progress(console) as progress:
+        with progress_bar(console) as progress:
             for epoch in range(len(history) + 1, cfg.training.epochs + 1):
                 sampler.set_epoch(epoch)
                 row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
@@ -262,7 +262,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
                 history.append(row)
                 wall = wall_before + time.perf_counter() - run_start
                 if ctx.is_main:
-                    _write_reports(out_dir, history, _summary(history, wall, device, network))
+                    write_reports(out_dir, history, run_summary(history, wall, device, network))
                     if tensorboard:
                         tensorboard.log(row, epoch)
                     state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -270,7 +270,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
                              "config": cfg.model_dump(mode="json")}
                     save_checkpoint(out_dir, epoch, network, state, keep=cfg.training.keep_checkpoints)
                 barrier(ctx)  # no process starts the next epoch before the checkpoint exists
-                progress.console.print(_epoch_line(row, cfg.training.epochs))
+                progress.console.print(epoch_line(row, cfg.training.epochs))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, row, network)
     finally:
@@ -278,7 +278,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
             tensorboard.close()
 
     test_loss, test_accuracy = evaluate(network, splits.test, global_batch, device, ctx)
-    summary = _summary(history, wall_before + time.perf_counter() - run_start, device, network)
+    summary = run_summary(history, wall_before + time.perf_counter() - run_start, device, network)
     summary |= {"test_loss": test_loss, "test_accuracy": test_accuracy, "processes": ctx.world_size}
     if ctx.is_main:
         write_summary(out_dir / "summary.json", summary)
@@ -287,7 +287,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
     return summary
 
 
-def _summary(history: list[dict], wall: float, device, model) -> dict:
+def run_summary(history: list[dict], wall: float, device, model) -> dict:
     last = history[-1]
     train_time = sum(r["epoch_s"] for r in history)
     samples = sum(r["samples_per_s"] * r["epoch_s"] for r in history)
@@ -305,13 +305,13 @@ def _summary(history: list[dict], wall: float, device, model) -> dict:
     }
 
 
-def _write_reports(out_dir: Path, history: list[dict], summary: dict) -> None:
+def write_reports(out_dir: Path, history: list[dict], summary: dict) -> None:
     write_metrics_csv(out_dir / "metrics.csv", history)
     write_summary(out_dir / "summary.json", summary)
     plot_curves(out_dir / "curves.png", history)
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
+def epoch_line(row: dict, epochs: int) -> str:
     val = (f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.1%}"
            if row.get("val_accuracy") is not None else "")
     return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.1%}"

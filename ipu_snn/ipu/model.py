@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from ..layers import SpikeLinear, SpikingLayer
-from ..network import _REDUCE, SpikingNetwork
+from ..network import REDUCTIONS, SpikingNetwork
 from ..neurons import Surrogate
 from . import custom_ops
 from .sdk import import_poptorch
@@ -138,7 +138,7 @@ def unroll(network: SpikingNetwork, x: Tensor, checkpoints: frozenset[int] = fro
         outputs.append(y)
     ys = torch.stack(outputs)  # [T, B, classes + layers]
     n_classes = network.readout.n_out
-    return _REDUCE[network.reduce](ys[..., :n_classes]), ys[..., n_classes:].mean(0)
+    return REDUCTIONS[network.reduce](ys[..., :n_classes]), ys[..., n_classes:].mean(0)
 
 
 def per_sample_stats(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -30,7 +30,7 @@ from ..errors import ConfigError, TrainingError
 from ..network import SpikingNetwork, build_network, count_parameters
 from ..optim import make_scheduler
 from ..reporting import write_summary
-from ..train import _epoch_line, _open_tensorboard, _progress, _summary, _write_reports, choose_schedule, seed_everything
+from ..train import epoch_line, open_tensorboard, progress_bar, run_summary, write_reports, choose_schedule, seed_everything
 from .model import Evaluation, TrainingStep, make_traceable
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
 from .recomputation import recomputation_for
@@ -189,11 +189,11 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
     if reps.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(dump_config(cfg))
-    tensorboard = _open_tensorboard(cfg, out_dir) if reps.is_main else None
+    tensorboard = open_tensorboard(cfg, out_dir) if reps.is_main else None
     history: list[dict] = []
     run_start = time.perf_counter()
     try:
-        with _progress(console) as progress:
+        with progress_bar(console) as progress:
             for epoch in range(1, cfg.training.epochs + 1):
                 row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
                 row |= train_epoch(training_model, loader, cfg, epoch, progress, len(network.layers))
@@ -206,14 +206,14 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
                 history.append(row)
                 wall = time.perf_counter() - run_start
                 if reps.is_main:
-                    _write_reports(out_dir, history, _summary(history, wall, cfg.device, network))
+                    write_reports(out_dir, history, run_summary(history, wall, cfg.device, network))
                     if tensorboard:
                         tensorboard.log(row, epoch)
                     state = {"epoch": epoch, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                              "rng": {"torch": torch.get_rng_state()}, "history": history, "wall_s": wall,
                              "config": cfg.model_dump(mode="json")}
                     save_checkpoint(out_dir, epoch, network, state, keep=cfg.training.keep_checkpoints)
-                progress.console.print(_epoch_line(row, cfg.training.epochs))
+                progress.console.print(epoch_line(row, cfg.training.epochs))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, row, network)
         test_loss, test_accuracy = evaluator(splits.test)
@@ -223,7 +223,7 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
         training_model.destroy()
         evaluator.destroy()
 
-    summary = _summary(history, time.perf_counter() - run_start, cfg.device, network)
+    summary = run_summary(history, time.perf_counter() - run_start, cfg.device, network)
     summary |= {"test_loss": test_loss, "test_accuracy": test_accuracy, "replicas": reps.total,
                 "instances": reps.instances, "processes": reps.instances}
     if reps.is_main:
