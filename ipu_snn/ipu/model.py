@@ -88,9 +88,13 @@ def make_traceable(network: SpikingNetwork) -> SpikingNetwork:
     """Give every spiking layer the straight-through surrogate and every sparse ``SpikeLinear`` the
     PopART ops (in place; same parameters, values and gradients). With a sparse layer, the op
     library is loaded here, so that a missing build stops the run before anything is traced."""
+    # PopTorch never calls an autograd.Function's backward: no fused loop, no forward-mode AD steps
+    network.fused = None
     for layer in network.modules():
         if isinstance(layer, SpikingLayer) and isinstance(getattr(layer, "spike", None), Surrogate):
             layer.spike = StraightThroughSurrogate(layer.spike.name, layer.spike.scale)
+        if hasattr(layer, "forward_ad"):
+            layer.forward_ad = None
     sparse = [m for m in network.modules() if type(m) is SpikeLinear and m.sparse.enabled]
     for linear in sparse:
         linear.__class__ = TracedSpikeLinear  # a subclass that only overrides forward
