@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run's last checkpoint on its test split")
     p.add_argument("run_dir", help="a folder written by ipu-snn train")
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--device", choices=("cpu", "cuda", "ipu-emulator"),
+                   help="where to evaluate (default: the run's device; the host CPU for IPU runs)")
     return parser
 
 
@@ -103,7 +105,7 @@ def _plan(args, console: Console) -> None:
 def _eval(args, console: Console) -> None:
     from .evaluate import evaluate_run
 
-    loss, accuracy = evaluate_run(Path(args.run_dir), args.split)
+    loss, accuracy = evaluate_run(Path(args.run_dir), args.split, args.device)
     console.print(f"{args.split}: loss {loss:.4f}  accuracy {accuracy:.2%}")
 
 

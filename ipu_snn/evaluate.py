@@ -13,16 +13,23 @@ from .network import build_network
 from .train import evaluate
 
 
-def evaluate_run(run_dir: Path, split: str = "test") -> tuple[float, float]:
-    """Loss and accuracy of the run's latest checkpoint on ``split`` (test, val or train)."""
+#: Runs evaluated elsewhere than they trained: an IPU run's checkpoints are host copies of its weights,
+#: and evaluating them needs no compiled graph.
+EVALUATE_ON = {"ipu": "cpu", "ipu-model": "cpu"}
+
+
+def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None) -> tuple[float, float]:
+    """Loss and accuracy of the run's latest checkpoint on ``split`` (test, val or train), on ``device``
+    (default: the run's own, the host CPU for IPU runs)."""
     folder = latest_checkpoint(run_dir)
     if folder is None:
         raise TrainingError(f"{run_dir}: no checkpoint found (expected {run_dir}/checkpoints/LATEST)")
     cfg = load_config(run_dir / "config.yaml")
-    device = resolve_device(cfg.device)
+    name = device or EVALUATE_ON.get(cfg.device, cfg.device)
+    device = resolve_device(name)
     splits = load_splits(cfg.data, cfg.training.seed)
     model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, binary_inputs=cfg.data.binary,
-                          device=cfg.device)
+                          device=name)
     load_weights(model, read_checkpoint(folder)[0], folder)
     dataset = getattr(splits, split)
     if dataset is None:

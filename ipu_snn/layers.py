@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from . import neurons
-from .bptt.fwdad_neurons import alif_step_fwdad, lif_step_fwdad
-from .fused import FusedLoop, FusedSpec, binary_linear, leaky_integrate, spiking_scan
 from .neurons import ALIFParams, ALIFState, LIFParams, LIFState, LIParams, LIState
+
+if TYPE_CHECKING:
+    from .fused import FusedLoop
+
+# The fused loop and the forward-mode AD steps register torch.library custom ops (torch >= 2.4), so
+# they are imported where they run: the plain loop, which PopTorch's torch 2.0 traces, needs neither.
 
 
 def _decay(n: int, beta: float, learn: bool, module: nn.Module, name: str) -> None:
@@ -157,6 +161,8 @@ class _SpikingNeurons(SpikingLayer):
     def forward_fused(self, x: Tensor, loop: FusedLoop, spikes_in: bool) -> Tensor:
         """``forward`` through the fused time loop (ipu_snn.fused): same result and gradients,
         a few bytes per neuron-step kept for backward. ``spikes_in``: x is 0/1, keep it as bits."""
+        from .fused import FusedSpec, binary_linear, spiking_scan
+
         if spikes_in:
             currents = binary_linear(x, self.fc.weight, self.fc.bias)
         else:
@@ -187,6 +193,8 @@ class LIF(_SpikingNeurons):
     def neuron_step(self, neuron_state, current):
         params = LIFParams(self.beta.clamp(0.0, 1.0), self.threshold, self.reset, self.detach_reset, self.spike)
         if self.forward_ad is not None:
+            from .bptt.fwdad_neurons import lif_step_fwdad
+
             return lif_step_fwdad(params, neuron_state, current, saved_dtype=self.forward_ad.saved_dtype)
         return neurons.lif_step(params, neuron_state, current)
 
@@ -223,6 +231,8 @@ class ALIF(_SpikingNeurons):
         params = ALIFParams(self.beta.clamp(0.0, 1.0), self.rho.clamp(0.0, 1.0), self.adapt_strength,
                             self.threshold, self.reset, self.detach_reset, self.spike)
         if self.forward_ad is not None:
+            from .bptt.fwdad_neurons import alif_step_fwdad
+
             return alif_step_fwdad(params, neuron_state, current, saved_dtype=self.forward_ad.saved_dtype)
         return neurons.alif_step(params, neuron_state, current)
 
@@ -245,4 +255,6 @@ class LIReadout(SpikingLayer):
 
     def forward_fused(self, z: Tensor) -> Tensor:
         """``forward`` for 0/1 spikes z [T, B, n_in], keeping z as bits and the trace as a scan."""
+        from .fused import binary_linear, leaky_integrate
+
         return leaky_integrate(binary_linear(z, self.fc.weight, self.fc.bias), self.beta.clamp(0.0, 1.0))

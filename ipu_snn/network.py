@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -12,9 +12,11 @@ from .bptt import Schedule, ScanStats, scan
 from .config import ModelConfig
 from .devices import spike_backend
 from .errors import ConfigError
-from .fused import SAVED_DTYPES, FusedLoop
 from .layers import ALIF, LIF, LIReadout, RecurrentLIF, SparseMode, SpikeLinear, SpikingLayer
 from .neurons import surrogate
+
+if TYPE_CHECKING:
+    from .fused import FusedLoop
 
 REDUCTIONS = {
     "max": lambda v: v.amax(dim=0),
@@ -169,6 +171,8 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float,
                         learn_decay=cfg.readout.learn_decay, input_sparse=sparse)
     fused = None
     if use_fused(cfg, schedule):
+        from .fused import SAVED_DTYPES, FusedLoop  # custom ops: torch >= 2.4 (see layers.py)
+
         loop = FusedLoop(SAVED_DTYPES[cfg.fused_saved_dtype])
         if schedule is None:
             fused = loop  # whole layers as fused time loops

@@ -60,9 +60,13 @@ def _fused_saved_bytes(model_cfg: ModelConfig, n_inputs: int, n_classes: int, ba
     return saved_bytes(lambda: net(x), [*net.parameters(), x])
 
 
-def footprint(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int) -> Footprint:
+def footprint(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int,
+              fused: bool = True) -> Footprint:
+    """``fused``: whether the device runs model.fused (DeviceSpec.fused)."""
     from .network import use_fused
 
+    if not fused:
+        model_cfg = model_cfg.model_copy(update={"fused": False})
     (one, net), (two, _) = (_probe(model_cfg, n_inputs, n_classes, b) for b in (1, 2))
 
     def at(a: int, b: int) -> int:  # affine in the batch size
@@ -179,7 +183,7 @@ def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int,
     T, batch = cfg.data.num_steps, cfg.data.batch_size
     if budget_bytes is None:
         budget_bytes = int(cfg.bptt.budget_gib * GiB) if cfg.bptt.budget_gib else spec.local_bytes
-    fp = footprint(cfg.model, n_inputs, n_classes, batch)
+    fp = footprint(cfg.model, n_inputs, n_classes, batch, spec.fused)
     costs = costs_for(fp, spec)
     fixed = fp.param_bytes + T * fp.output_bytes_per_step
     # On an accelerator the engine's schedules leave the input batch in host memory

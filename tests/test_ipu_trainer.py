@@ -33,6 +33,7 @@ from ipu_snn.layers import SpikeLinear
 from ipu_snn.network import build_network
 from ipu_snn.neurons import SURROGATE_GRADS, surrogate
 from ipu_snn.reporting import read_metrics_csv
+from ipu_snn.evaluate import evaluate_run
 from ipu_snn.train import evaluate, train
 
 TINY = {
@@ -164,6 +165,8 @@ def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path):
     test_loss, test_accuracy = evaluate(net, splits.test, 7, torch.device("cpu"))
     assert summary["test_loss"] == pytest.approx(test_loss, rel=1e-5)
     assert summary["test_accuracy"] == pytest.approx(test_accuracy)
+    # ipu-snn eval of an IPU run evaluates its host copy on the CPU
+    assert evaluate_run(out) == pytest.approx((test_loss, test_accuracy), rel=1e-5)
 
     training_opts, eval_opts = poptorch.options_made
     calls = training_opts.calls()
