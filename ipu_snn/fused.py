@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .errors import UserError
-from .ops.neuron_ops import neuron_step_kernels, pack_spikes, unpack_spikes
+from .ops.neuron_ops import neuron_step_kernels, pack_spikes, packed_row_bytes, unpack_spikes
 
 #: model.fused_saved_dtype -> the dtype derivatives are kept in; None keeps them in the state's own dtype
 #: (exact: float32 for float32 training, float64 for the float64 gradient tests)
@@ -72,26 +72,27 @@ class _SpikingScan(torch.autograd.Function):
         v = currents.new_zeros(batch, n)
         a = currents.new_zeros(batch, n) if spec.alif else None
         z = currents.new_zeros(batch, n)
+        # everything kept is written into preallocated [T, ...] buffers: stacking per-step lists at the
+        # end would hold it all twice for a moment
         spikes = currents.new_empty(steps, batch, n)
-        derivs, bits, v_prev, a_prev = [], [], [], []
+        derivs = currents.new_empty(steps, batch, n, dtype=saved_dtype)
+        bits = currents.new_empty(steps, batch, packed_row_bytes(n), dtype=torch.uint8)
+        v_prev = currents.new_empty(steps, batch, n, dtype=saved_dtype) if keep_v else None
+        a_prev = currents.new_empty(steps, batch, n, dtype=saved_dtype) if keep_a else None
         for t in range(steps):
             current = currents[t] if w_rec is None else torch.addmm(currents[t], z, w_rec)
             if keep_v:
-                v_prev.append(v.to(saved_dtype))
+                v_prev[t] = v
             if keep_a:
-                a_prev.append(a.to(saved_dtype))
+                a_prev[t] = a
             v, a_new, z, d, zbits = kernels.forward(current, v, a, beta, rho, spec.threshold, spec.adapt_strength,
                                                     spec.reset, spec.surrogate, spec.scale, saved_dtype)
             a = a_new if spec.alif else None
-            spikes[t] = z
-            derivs.append(d)
-            bits.append(zbits)
+            spikes[t], derivs[t], bits[t] = z, d, zbits
         ctx.spec, ctx.kernels, ctx.n = spec, kernels, n
         ctx.keep_v, ctx.keep_a = keep_v, keep_a
-        stacked = [torch.stack(derivs), torch.stack(bits)]
-        stacked += [torch.stack(v_prev)] if keep_v else []
-        stacked += [torch.stack(a_prev)] if keep_a else []
-        ctx.save_for_backward(w_rec, beta, rho, *stacked)
+        kept = [t for t in (v_prev, a_prev) if t is not None]
+        ctx.save_for_backward(w_rec, beta, rho, derivs, bits, *kept)
         return spikes
 
     @staticmethod
@@ -101,14 +102,14 @@ class _SpikingScan(torch.autograd.Function):
         spec, kernels, n = ctx.spec, ctx.kernels, ctx.n
         v_prev = kept.pop(0) if ctx.keep_v else None
         a_prev = kept.pop(0) if ctx.keep_a else None
+        grad_spikes = grad_spikes.contiguous()  # a sum's gradient arrives as a stride-0 expansion
         steps, batch, _ = grad_spikes.shape
         grad_currents = torch.empty_like(grad_spikes)
         grad_v = grad_spikes.new_zeros(batch, n)
         grad_a = grad_spikes.new_zeros(batch, n) if spec.alif else None
         grad_rho = torch.zeros_like(rho) if ctx.keep_a else None
-        grad_rec = None  # d loss / d z_t through the recurrent product of step t + 1
+        grad_z = grad_spikes[steps - 1]  # d loss / d z_t: from the outputs, and from step t + 1's recurrent product
         for t in range(steps - 1, -1, -1):
-            grad_z = grad_spikes[t] if grad_rec is None else grad_spikes[t] + grad_rec
             if grad_rho is not None:
                 # d loss / d a_t before the decay (a_t = rho * a_prev): the kernel returns it already
                 # multiplied by rho, so form it here from the same terms (brief: ga).
@@ -120,8 +121,8 @@ class _SpikingScan(torch.autograd.Function):
                                                                 spec.adapt_strength, spec.reset)
             grad_a = grad_a_new if spec.alif else None
             grad_currents[t] = grad_current
-            if w_rec is not None:
-                grad_rec = grad_current @ w_rec.t()
+            if t > 0:
+                grad_z = grad_spikes[t - 1] if w_rec is None else torch.addmm(grad_spikes[t - 1], grad_current, w_rec.t())
         grad_w = None
         if w_rec is not None and ctx.needs_input_grad[1]:
             # z_{t-1} for t >= 1 feeds step t: one product over all steps instead of one per step
