@@ -83,12 +83,13 @@ def _plan(args, console: Console) -> None:
     payload = result.to_json()
     spec = device_spec(args.device or cfg.device)
     if spec.name.startswith("ipu"):
-        from .ipu.tiles import plan_tiles, tiles_json
+        from .ipu.options import micro_batch_size
+        from .ipu.tiles import plan_for_config, tiles_json
 
-        # per-tile account with every step's neuron state kept for BPTT (store_all on the tiles)
-        tiles = plan_tiles(cfg.model, n_inputs, n_classes, cfg.data.batch_size, spec,
-                           capacity_fraction=cfg.model.sparse_capacity, steps=cfg.data.num_steps,
-                           surrogate_bytes=4 if cfg.model.fused_saved_dtype == "float32" else 2)
+        # per-tile account of one replica (its micro-batch, as the IPU trainer plans it), with every
+        # step's neuron state kept for BPTT (store_all on the tiles)
+        micro = micro_batch_size(cfg, cfg.ipu.replication)
+        tiles = plan_for_config(cfg, n_inputs, n_classes, micro, spec)
         payload["tiles"] = tiles_json(tiles)
     if args.json:
         print(json.dumps(payload, indent=2))

@@ -14,8 +14,9 @@ mimics the semantics the trainer relies on:
 * executors compile on first call and must be detached before another one
   attaches, as on real IPUs;
 * ``custom_op`` computes the ipu_snn PopART ops with the reference kernels
-  (SpikeSelect as its Poplar vertex does) and checks ``example_outputs``
-  against what it computed. SpikeLinear runs the CPU backend's kernels in an
+  (SpikeSelect as its Poplar vertex does), checks ``example_outputs``
+  against what it computed, and records each call's name, attributes and
+  input shapes in ``custom_op_calls``. SpikeLinear runs the CPU backend's kernels in an
   autograd Function whose backward is what its PopART grad ops compute (the
   weight gradient, and z's: dense, or at the listed neurons with dense_grad 0),
   standing in for PopART's autodiff.
@@ -199,7 +200,8 @@ def custom_op(inputs, name, domain, domain_version, example_outputs, attributes=
     outputs = CUSTOM_OPS[name](*inputs, **attributes)
     for out, example in zip(outputs, example_outputs, strict=True):
         assert out.shape == example.shape and out.dtype == example.dtype, (name, out.shape, example.shape)
-    custom_op_calls.append({"name": name, "attributes": dict(attributes), "inputs": len(inputs)})
+    custom_op_calls.append({"name": name, "attributes": dict(attributes), "inputs": len(inputs),
+                            "shapes": [tuple(t.shape) for t in inputs]})
     return outputs
 
 

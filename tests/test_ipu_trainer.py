@@ -23,12 +23,13 @@ import poptorch_standin
 from ipu_snn.bptt.schedules import double, store_all, uniform
 from ipu_snn.checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
 from ipu_snn.config import validate_config
-from ipu_snn.data import load_splits
+from ipu_snn.data import input_shape, load_splits
 from ipu_snn.errors import ConfigError, DeviceError, TrainingError
 from ipu_snn.ipu import custom_ops
 from ipu_snn.ipu.model import StraightThroughSurrogate, TracedSpikeLinear, TrainingStep, make_traceable, unroll
-from ipu_snn.ipu.options import RECOMPUTE_ALL, poptorch_options
+from ipu_snn.ipu.options import RECOMPUTE_ALL, micro_batch_size, poptorch_options
 from ipu_snn.ipu.recomputation import Recomputation, recomputation_for
+from ipu_snn.ipu.tiles import plan_for_config
 from ipu_snn.layers import SpikeLinear
 from ipu_snn.network import build_network
 from ipu_snn.neurons import SURROGATE_GRADS, surrogate
@@ -252,6 +253,8 @@ def test_traced_sparse_network_has_the_cpu_loss_and_gradients(poptorch, op_libra
         assert len(spike_linear) == cfg.data.num_steps * len(linears)
         assert sum(c["name"] == "SpikeSelect" for c in calls) == len(spike_linear)
         assert {c["attributes"]["dense_grad"] for c in spike_linear} == {int(grad == "dense")}
+        # made traceable without a tile plan, every op spreads over the whole IPU
+        assert {(c["attributes"]["tile_begin"], c["attributes"]["tile_end"]) for c in calls} == {(0, 0)}
         assert torch.all(stats[:, 3] == 0)
     # the two z gradients differ, so each comparison above saw its own
     assert any(not torch.allclose(a, b, atol=1e-5) for a, b in zip(grads["dense"], grads["spikes"]))
@@ -292,6 +295,46 @@ def test_sparse_tiny_run_trains_and_a_cpu_evaluation_agrees(poptorch, op_library
     test_loss, test_accuracy = evaluate(net, splits.test, 7, torch.device("cpu"))
     assert summary["test_loss"] == pytest.approx(test_loss, rel=1e-5)
     assert summary["test_accuracy"] == pytest.approx(test_accuracy)
+
+
+def test_sparse_ops_run_on_their_populations_tiles(poptorch, op_library, tmp_path):
+    cfg = tiny(model={"sparse": True, "sparse_capacity": 1.0}, training={"epochs": 1},
+               data={"synthetic": {"n_train": 40, "n_test": 4, "n_classes": 3}}, ipu={"device_iterations": 1})
+    train(cfg, tmp_path / "run")
+    plan = plan_for_config(cfg, *input_shape(cfg.data), micro_batch_size(cfg, cfg.ipu.replication))
+    pops = {p.population.name: (p.tile_begin, p.tile_end) for p in plan.populations}
+    # every layer, and the readout, on tiles of its own
+    assert len(set(pops.values())) == len(pops) == 3 and all(e > b for b, e in pops.values())
+    # a matmul on the tiles of the population it feeds, by weight shape [n_in, n_out] (all distinct here);
+    # a spike selection on those of the population it lists, by its neurons (the input's: its consumer's)
+    by_weight = {(m.source.n, m.n_out): pops[m.population] for m in plan.matmuls}
+    by_source = {m.source.n: pops.get(m.source.name, pops[m.population]) for m in plan.matmuls}
+    assert len(by_weight) == 5 and len(by_source) == 3
+    calls = poptorch_standin.custom_op_calls
+    linears = [c for c in calls if c["name"] == "SpikeLinear"]
+    selects = [c for c in calls if c["name"] == "SpikeSelect"]
+    assert linears and len(selects) == len(linears) and len(calls) == 2 * len(linears)
+    ranges = lambda c: (c["attributes"]["tile_begin"], c["attributes"]["tile_end"])  # noqa: E731
+    for call in linears:
+        assert ranges(call) == by_weight[call["shapes"][3]], call
+    for call in selects:
+        assert ranges(call) == by_source[call["shapes"][0][1]], call
+    assert {call["shapes"][3] for call in linears} == set(by_weight)  # every matmul was traced
+    assert {ranges(c) for c in linears} == set(pops.values())
+    assert {ranges(c) for c in selects} == {pops["layer0"], pops["layer1"]}
+
+
+def test_a_network_too_big_for_one_ipu_is_refused_before_training(poptorch, tmp_path):
+    cfg = tiny(model={"sparse": True, "layers": [{"type": "rlif", "size": 20000}]})
+    micro = micro_batch_size(cfg, cfg.ipu.replication)
+    plan = plan_for_config(cfg, *input_shape(cfg.data), micro)
+    assert not plan.fits
+    with pytest.raises(ConfigError) as refused:
+        train(cfg, tmp_path / "run")
+    message = str(refused.value)
+    assert message.startswith("model: The network does not fit one ipu-mk2") and plan.refusal() in message
+    assert f"micro-batch of {micro} samples" in message and "ipus-per-replica 1" in message
+    assert not (tmp_path / "run").exists() and not poptorch.options_made and not poptorch_standin.custom_op_calls
 
 
 def test_sparse_overflow_is_reported_or_stops_the_run(poptorch, op_library, tmp_path):

@@ -19,6 +19,11 @@ it, so three things of the CPU/GPU model do not carry over as they are:
   unrolled into the graph and the schedule becomes PopART recomputation: the
   states it keeps are marked with ``poptorch.recomputationCheckpoint``.
 
+Where the ops run: given the tile plan (``ipu_snn.ipu.tiles``), each sparse
+layer's SpikeLinear runs on the tiles of the population it feeds (that
+population owns the weight columns) and its SpikeSelect on the tiles of the
+population whose spikes it lists; without a plan both spread over the whole IPU.
+
 The modules return sums per sample so that metrics add up over micro-batches,
 replicas and device iterations, whatever PopTorch's output mode concatenates.
 """
@@ -37,7 +42,9 @@ from ..layers import SpikeLinear, SpikingLayer
 from ..network import REDUCTIONS, SpikingNetwork
 from ..neurons import Surrogate
 from . import custom_ops
+from .custom_ops import ALL_TILES, TileRange
 from .sdk import import_poptorch
+from .tiles import TilePlan
 
 # Smooth primitives whose derivatives are the surrogate gradients of ipu_snn.neurons.
 _PRIMITIVES: dict[str, Callable[[Tensor, float], Tensor]] = {
@@ -63,8 +70,13 @@ class TracedSpikeLinear(SpikeLinear):
 
     Same parameters, buffers and settings as the layer it replaces; only the
     forward differs. ``dropped`` holds the spikes over capacity per sample [B],
-    summed over the calls since ``unroll`` started.
+    summed over the calls since ``unroll`` started. ``matmul_tiles`` and
+    ``select_tiles`` are the tile ranges of SpikeLinear and SpikeSelect
+    (``map_tiles``); the whole IPU unless a tile plan gave them.
     """
+
+    matmul_tiles: TileRange = ALL_TILES
+    select_tiles: TileRange = ALL_TILES
 
     def forward(self, z: Tensor) -> Tensor:
         if self.sparse.enabled is not True:
@@ -73,8 +85,10 @@ class TracedSpikeLinear(SpikeLinear):
         poptorch = import_poptorch()
         flat = z.reshape(-1, z.shape[-1])
         # The list is data for the matmul: no gradient flows through the selection.
-        ids, counts, _, dropped, _ = custom_ops.compact(poptorch, flat.detach(), None, self.capacity)
-        out = custom_ops.spike_linear(poptorch, flat, ids, counts, self.weight, dense_grad=self.sparse.dense_grad)
+        ids, counts, _, dropped, _ = custom_ops.compact(poptorch, flat.detach(), None, self.capacity,
+                                                        self.select_tiles)
+        out = custom_ops.spike_linear(poptorch, flat, ids, counts, self.weight, dense_grad=self.sparse.dense_grad,
+                                      tiles=self.matmul_tiles)
         # per sample: the batch is z's second-to-last axis ([B, n] in a step, [T, B, n] for a sequence)
         per_sample = dropped.to(out.dtype).reshape(z.shape[:-1])
         if per_sample.dim() > 1:
@@ -84,10 +98,12 @@ class TracedSpikeLinear(SpikeLinear):
         return out if self.bias is None else out + self.bias
 
 
-def make_traceable(network: SpikingNetwork) -> SpikingNetwork:
+def make_traceable(network: SpikingNetwork, tiles: TilePlan | None = None) -> SpikingNetwork:
     """Give every spiking layer the straight-through surrogate and every sparse ``SpikeLinear`` the
     PopART ops (in place; same parameters, values and gradients). With a sparse layer, the op
-    library is loaded here, so that a missing build stops the run before anything is traced."""
+    library is loaded here, so that a missing build stops the run before anything is traced.
+    ``tiles``: the network's tile plan, whose tile ranges the ops then run on (``map_tiles``);
+    None spreads every op over the whole IPU."""
     # PopTorch never calls an autograd.Function's backward: no fused loop, no forward-mode AD steps
     network.fused = None
     for layer in network.modules():
@@ -98,9 +114,43 @@ def make_traceable(network: SpikingNetwork) -> SpikingNetwork:
     sparse = [m for m in network.modules() if type(m) is SpikeLinear and m.sparse.enabled]
     for linear in sparse:
         linear.__class__ = TracedSpikeLinear  # a subclass that only overrides forward
+    if tiles is not None:
+        map_tiles(network, tiles)
     if any(linear.sparse.enabled is True for linear in sparse):
         custom_ops.load_op_library()
     return network
+
+
+def map_tiles(network: SpikingNetwork, plan: TilePlan) -> None:
+    """Put each traced sparse layer's ops on the tiles the plan gives them.
+
+    The plan's populations are the network's layers and then its readout, each
+    fed by its matmuls in the order of ``Population.sources``: the input weights
+    (``fc``), then the recurrent ones (``rec``). A matmul's SpikeLinear runs on
+    the tiles of the population it feeds, which own its weight columns. Its
+    SpikeSelect runs on the tiles of the population whose spikes it lists; the
+    host's input spikes have no population, so theirs runs on the consumer's tiles.
+    """
+    modules = [*network.layers, network.readout]
+    if len(plan.populations) != len(modules):
+        raise ValueError(f"the tile plan has {len(plan.populations)} populations, the network "
+                         f"{len(network.layers)} layers and a readout")
+    owners = {p.population.name: p for p in plan.populations}
+    for module, population in zip(modules, plan.populations):
+        linears = [module.fc] + ([module.rec] if getattr(module, "rec", None) is not None else [])
+        matmuls = plan.matmuls_into(population.population.name)
+        if len(linears) != len(matmuls):
+            raise ValueError(f"{population.population.name}: the tile plan has {len(matmuls)} matmuls into it, "
+                             f"the network {len(linears)}")
+        for linear, matmul in zip(linears, matmuls):
+            if tuple(linear.weight.shape) != (matmul.source.n, matmul.n_out):
+                raise ValueError(f"tile plan matmul {matmul.name} is {matmul.source.n} x {matmul.n_out}, the "
+                                 f"network's weight {tuple(linear.weight.shape)}")
+            if not isinstance(linear, TracedSpikeLinear):
+                continue  # dense (e.g. spike counts in): PopART's own matmul, mapped by Poplar
+            lister = owners.get(matmul.source.name, population)
+            linear.matmul_tiles = TileRange(matmul.tile_begin, matmul.tile_end)
+            linear.select_tiles = TileRange(lister.tile_begin, lister.tile_end)
 
 
 def _traced_sparse(network: SpikingNetwork) -> list[TracedSpikeLinear]:

@@ -80,8 +80,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from ipu_snn.config import ModelConfig
-from ipu_snn.devices import DeviceSpec
+from ipu_snn.config import Config, ModelConfig
+from ipu_snn.devices import DeviceSpec, device_spec
 from ipu_snn.errors import UserError
 
 KiB = 1024
@@ -558,6 +558,19 @@ def plan_tiles(
     if not plan.fits:
         plan = replace(plan, suggestion=_suggest(pops, model_cfg, n_inputs, n_classes, n_tiles, tile_capacity, s, capacity_fraction))
     return plan
+
+
+def plan_for_config(cfg: Config, n_inputs: int, n_classes: int, batch: int, spec: DeviceSpec | None = None) -> TilePlan:
+    """The tile plan of a run's config, as ``ipu-snn plan`` and the IPU trainer make it.
+
+    ``batch``: the samples one IPU holds at once (the trainer's micro-batch);
+    ``spec``: default, the config's device (``ipu`` and ``ipu-model`` plan for a Mk2).
+    Every step's history is kept on the tiles (store_all), at the stored
+    surrogate's dtype (``model.fused_saved_dtype``).
+    """
+    return plan_tiles(cfg.model, n_inputs, n_classes, batch, spec or device_spec(cfg.device),
+                      capacity_fraction=cfg.model.sparse_capacity, steps=cfg.data.num_steps,
+                      surrogate_bytes=4 if cfg.model.fused_saved_dtype == "float32" else 2)
 
 
 def _suggest(pops, model_cfg, n_inputs, n_classes, n_tiles, tile_capacity, s: Sizing, capacity_fraction) -> str:

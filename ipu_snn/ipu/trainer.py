@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from ..checkpoint import latest_checkpoint, save_checkpoint
 from ..config import Config, TrainingConfig, dump_config
-from ..data import load_splits
+from ..data import input_shape, load_splits
 from ..devices import resolve_device
 from ..errors import ConfigError, TrainingError
 from ..network import SpikingNetwork, build_network, count_parameters
@@ -35,6 +35,7 @@ from .model import Evaluation, TrainingStep, make_traceable
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
 from .recomputation import recomputation_for
 from .sdk import import_popdist, import_poptorch
+from .tiles import TilePlan, plan_for_config
 
 
 def ipu_optimizer(cfg: TrainingConfig, params, poptorch):
@@ -54,6 +55,27 @@ def check_ipu_config(cfg: Config) -> None:
     if cfg.model.fused is True:
         raise ConfigError("model.fused: true asks for the fused CPU/CUDA time-loop kernels, which do not run on "
                           "the IPU (PopTorch unrolls the loop into the graph); set model.fused to auto or false")
+
+
+def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> TilePlan:
+    """The per-tile plan of one replica (one IPU, ``micro_batch`` samples), or a ConfigError if it does not fit.
+
+    Its tile ranges are where the sparse layers' ops run (``model.map_tiles``).
+    A replica is one IPU: PopTorch's replication copies the model, it does not
+    split it, so a network too big for one IPU is refused before anything compiles.
+    """
+    n_inputs, n_classes = input_shape(cfg.data)
+    plan = plan_for_config(cfg, n_inputs, n_classes, micro_batch)
+    if not plan.fits:
+        accumulation = cfg.training.grad_accumulation
+        split = (f"{reps.total} replicas x {accumulation} accumulation steps" if cfg.data.batch_scope == "global"
+                 else f"{accumulation} accumulation steps")
+        raise ConfigError(
+            f"model: {plan.refusal()} The plan is one replica's: a micro-batch of {micro_batch} samples "
+            f"(data.batch_size {cfg.data.batch_size} over {split}) and the history of all "
+            f"data.steps = {cfg.data.num_steps} steps on the tiles. A replica runs on one IPU (ipus-per-replica 1: "
+            "replication copies the model, it does not split it), so more IPUs do not make it fit.")
+    return plan
 
 
 def check_overflow(cfg: Config, dropped: float, where: str) -> None:
@@ -163,13 +185,14 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
     if previous is not None:
         raise TrainingError(f"{out_dir} already holds a run (checkpoint {previous.name}); choose another --out")
     micro = micro_batch_size(cfg, reps.total)
+    tile_plan = fitting_tile_plan(cfg, micro, reps)
     bptt = choose_schedule(cfg, console, per_process_batch=micro)
     recomputation = recomputation_for(bptt.schedule(cfg.data.num_steps) if bptt.schedule else None)
 
     seed_everything(cfg.training.seed)
     splits = load_splits(cfg.data, cfg.training.seed)
     network = make_traceable(build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt,
-                                           binary_inputs=cfg.data.binary))
+                                           binary_inputs=cfg.data.binary), tile_plan)
     network.train()
     optimizer = ipu_optimizer(cfg.training, network.parameters(), poptorch)
     scheduler = make_scheduler(cfg.training, optimizer)
