@@ -117,22 +117,34 @@ class ReadoutConfig(_Decay):
 class ModelConfig(_Strict):
     layers: list[LayerConfig] = Field(min_length=1)
     readout: ReadoutConfig = ReadoutConfig()
-    # Multiply spikes by weights as gather-adds over spike lists (ipu_snn.ops) instead of dense
-    # matrix products: for the recurrent weights, the next layer, the readout, and binary inputs.
-    # true, false, or auto: sparse only where ipu_snn.ops.prefer_sparse's measured crossover says it wins
+    # Multiply spikes by weights as gather-adds over spike lists (ipu_snn.ops) instead of dense matrix
+    # products: the binary input, recurrent, layer-to-layer and readout products. true: always, with lists of
+    # sparse_capacity; auto: where the spikes fit the lists and their density is below the crossover
+    # measured on this machine (ipu_snn.ops.policy), decided per window; false: dense.
     sparse: Union[bool, Literal["auto"]] = False
     sparse_capacity: float = Field(0.25, gt=0.0, le=1.0)  # spike-list length as a fraction of the neurons
     sparse_overflow: Literal["error", "drop_and_count"] = "error"
-    # "dense": exact gradients for any surrogate; "spikes": only at neurons that fired (faster, approximate)
+    # "dense": exact gradients for any surrogate; "spikes": the gradient of a layer's spikes only at listed
+    # neurons (those that fired, and with sparse_near the near-threshold ones): faster
     sparse_grad: Literal["dense", "spikes"] = "dense"
-    # Run each layer's time loop as one fused autograd Function (ipu_snn.fused): fused neuron kernels,
-    # a few bytes per neuron-step kept for backward; under the BPTT engine's schedules, neuron updates that
-    # keep their derivatives (ipu_snn.bptt.fwdad_neurons). auto: wherever supported (a detached reset, and
-    # dense products for the time loop); true: the same, and an error naming what prevents it.
+    # with sparse_grad: spikes, also list the neurons that did not fire but whose surrogate derivative exceeds
+    # this fraction of its peak; 0 lists every neuron with a non-zero derivative, which makes the sparse
+    # gradient exact for surrogates of bounded support (triangle, boxcar). None: spikes only.
+    sparse_near: float | None = Field(None, ge=0.0, lt=1.0)
+    # Run each layer's time loop with the fused kernels (ipu_snn.neuron.window): a few bytes per
+    # neuron-step kept for backward, no Python per step on the CPU. auto: wherever supported (a detached
+    # reset); true: the same, and an error naming what prevents it; false: the plain autograd loop.
     fused: Union[bool, Literal["auto"]] = "auto"
     # dtype of the surrogate derivatives (and, with learned decays, the pre-step state) the fused loop keeps:
     # float32 is exact; float16 / bfloat16 halve that memory at a bounded error (docs/benchmarks/training_step.md)
     fused_saved_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    @model_validator(mode="after")
+    def _near_needs_spikes(self):
+        if self.sparse_near is not None and self.sparse_grad != "spikes":
+            raise ValueError("sparse_near lists near-threshold neurons for sparse_grad: spikes; set both, "
+                             "or leave sparse_near unset")
+        return self
 
 
 # ------------------------------------------------------------------------------ data
@@ -211,8 +223,9 @@ class TrainingConfig(_Strict):
 class BPTTConfig(_Strict):
     """How BPTT trades memory for recomputation (see ``ipu_snn.bptt.schedules``).
 
-    Unset sizes default to about sqrt(T), which keeps memory near 2 sqrt(T)
-    states for one extra forward pass.
+    The time loop runs in windows of ``window`` steps, and every size below
+    counts windows. Unset sizes default to about sqrt(windows), which keeps
+    memory near 2 sqrt(windows) window states for one extra forward pass.
     """
 
     schedule: Literal["store_all", "uniform", "revolve", "double", "two_level", "auto"] = "store_all"
@@ -223,6 +236,9 @@ class BPTTConfig(_Strict):
     offchip_slots: PositiveInt | None = None  # two_level: off-chip slots
     inner: Literal["revolve", "uniform"] = "revolve"  # double: schedule within a segment
     budget_gib: PositiveFloat | None = None  # local memory the plan may use; default: the device's
+    # Steps per window of the time loop (ipu_snn.executor): the schedules count windows, and window
+    # boundaries are where checkpoints go. Default: the planner's choice.
+    window: PositiveInt | None = None
 
 
 class IPUConfig(_Strict):

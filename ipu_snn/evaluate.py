@@ -9,6 +9,7 @@ from .config import load_config
 from .data import load_splits
 from .devices import resolve_device
 from .errors import TrainingError
+from .executor import TimeLoop
 from .network import build_network
 from .train import evaluate
 
@@ -28,8 +29,9 @@ def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None) 
     name = device or EVALUATE_ON.get(cfg.device, cfg.device)
     device = resolve_device(name)
     splits = load_splits(cfg.data, cfg.training.seed)
-    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, binary_inputs=cfg.data.binary,
-                          device=name)
+    # the windows the run trained with (its saved config resolves them); no schedule: nothing is differentiated
+    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=TimeLoop(cfg.bptt.window),
+                          binary_inputs=cfg.data.binary, device=name)
     load_weights(model, read_checkpoint(folder)[0], folder)
     dataset = getattr(splits, split)
     if dataset is None:

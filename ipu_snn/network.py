@@ -1,212 +1,209 @@
-"""The network a config describes: spiking layers, then a leaky-integrator readout."""
+"""The network a config describes, and the one place where how it runs is decided (`build_network`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, NamedTuple
+import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.utils import _pytree as pytree
 
-from .bptt import Schedule, ScanStats, scan
+from .bptt import ScanStats
 from .config import ModelConfig
 from .devices import spike_backend
 from .errors import ConfigError
-from .layers import ALIF, LIF, LIReadout, RecurrentLIF, SparseMode, SpikeLinear, SpikingLayer
-from .neurons import surrogate
+from .executor import TimeLoop, scan_windows, unroll_windows
+from .layers import STEP_MODES, LayerPolicies, LIReadout, Products, SpikingLayer, StepMode, torch_products
+from .neuron.bits import pack_spikes
+from .neuron.spec import NeuronSpec
+from .neuron.surrogates import surrogate
+from .neuron.window import SAVED_DTYPES, SpikeTrain
+from .ops.policy import SparsePolicy, crossover_density
 
-if TYPE_CHECKING:
-    from .fused import FusedLoop
-
-REDUCTIONS = {
-    "max": lambda v: v.amax(dim=0),
-    "mean": lambda v: v.mean(dim=0),
-    "sum": lambda v: v.sum(dim=0),
-    "last": lambda v: v[-1],
-}
+# How each window's readout trace becomes that window's output, and how the windows' outputs
+# combine into logits ([W, B, C] -> [B, C]); mean divides the summed windows by T. The max is
+# torch.max's, whose gradient goes to the first maximal step: the first window that holds it and the
+# first step within it, so ties resolve the same whatever the windows (amax would split them).
+_WINDOW_REDUCE = {"max": lambda v: v.max(0).values, "mean": lambda v: v.sum(0), "sum": lambda v: v.sum(0),
+                  "last": lambda v: v[-1]}
+_COMBINE = {"max": lambda ys, T: ys.max(0).values, "mean": lambda ys, T: ys.sum(0) / T,
+            "sum": lambda ys, T: ys.sum(0), "last": lambda ys, T: ys[-1]}
 
 
 class NetworkOutput(NamedTuple):
+    """Per sample, so that sums add up over micro-batches, processes and replicas."""
+
     logits: Tensor  # [B, classes]
-    rates: list[Tensor]  # mean spikes per neuron and step, one scalar per spiking layer
-    dropped: int = 0  # spikes left out by sparse ops over capacity (sparse_overflow: drop_and_count)
+    rates: Tensor  # [B, layers]: each layer's spikes per neuron and step
+    dropped: Tensor  # [B]: spikes left out by sparse products over capacity (sparse_overflow: drop_and_count)
 
 
 class SpikingNetwork(nn.Module):
-    """Spiking layers and a readout, run in one of two ways.
+    """Spiking layers and a leaky-integrator readout, run window by window by the executor.
 
-    Without a schedule, layer by layer: each layer's input projection is one
-    matrix product over all T steps, and autograd keeps every step (store_all).
-    With a schedule, step by step through the BPTT engine: the whole network is
-    one recurrent cell, so only checkpoints of its state and the steps the
-    schedule tapes are held, and memory no longer grows with T at full rate.
+    ``forward(x)`` takes a batch [B, T, inputs]: float frames, or, as the loaders
+    give binary inputs, their packed bits [B, T, ceil(inputs / 8)] as uint8.
     """
 
-    def __init__(self, layers: list[SpikingLayer], readout: LIReadout, reduce: str = "max",
-                 schedule: Callable[[int], Schedule] | None = None, fused: FusedLoop | None = None):
+    def __init__(self, layers: list[SpikingLayer], readout: LIReadout, reduce: str, n_inputs: int,
+                 mode: StepMode, loop: TimeLoop = TimeLoop(), input_policy: SparsePolicy = SparsePolicy()):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.readout = readout
-        self.reduce = reduce
-        self.schedule = schedule
-        self.fused = fused  # the fused time loop's settings, or None for the plain loop
-        self.last_scan: ScanStats | None = None  # accounting of the latest scheduled forward
-
-    def forward(self, x: Tensor) -> NetworkOutput:
-        """``x``: [B, T, inputs], batch-first as loaders give it."""
-        sparse = [m for m in self.modules() if isinstance(m, SpikeLinear) and m.sparse.enabled]
-        for m in sparse:
-            m.dropped = None
-        out = self._forward(x)
-        # read before backward: the engine's recomputations must not count twice
-        dropped = sum(int(m.dropped) for m in sparse if m.dropped is not None)
-        return out._replace(dropped=dropped)
-
-    def _forward(self, x: Tensor) -> NetworkOutput:
-        if self.schedule is not None:
-            return self._forward_scheduled(x.transpose(0, 1))
-        if self.fused is not None:
-            return self._forward_fused(x.transpose(0, 1))
-        h = x.transpose(0, 1)
-        rates = []
-        for layer in self.layers:
-            h = layer(h)
-            rates.append(h.detach().mean())
-        membrane = self.readout(h)
-        return NetworkOutput(REDUCTIONS[self.reduce](membrane), rates)
-
-    def _forward_fused(self, h: Tensor) -> NetworkOutput:
-        rates = []
-        for i, layer in enumerate(self.layers):
-            h = layer.forward_fused(h, self.fused, spikes_in=i > 0)
-            rates.append(h.detach().mean())
-        return NetworkOutput(REDUCTIONS[self.reduce](self.readout.forward_fused(h)), rates)
+        self.reduce, self.n_inputs, self.mode, self.loop = reduce, n_inputs, mode, loop
+        self.last_scan: ScanStats | None = None  # the executor's accounting of the latest forward
 
     def initial_state(self, batch: int, like: Tensor) -> tuple:
         return tuple(layer.initial_state(batch, like) for layer in self.layers) + (
             self.readout.initial_state(batch, like),)
 
-    def step(self, state: tuple, x_t: Tensor) -> tuple[tuple, Tensor]:
-        """One time step of the whole network; the output packs the readout
-        membrane [B, classes] and each layer's per-sample spike rate [B, layers]."""
-        new_state, rates, h = [], [], x_t
+    def inputs(self, x: Tensor, t0: int, t1: int):
+        """Steps [t0, t1) of the batch, time-major: packed bits as a SpikeTrain, floats as frames."""
+        window = x.transpose(0, 1)[t0:t1]
+        if x.dtype == torch.uint8:
+            return SpikeTrain(None, window, None)
+        return window.to(self.readout.fc.weight.dtype)
+
+    def window(self, state: tuple, x: Tensor, t0: int, t1: int) -> tuple[tuple, Tensor]:
+        """One window: the state after it, and its output per sample [B, classes + layers + 1]
+        (the readout trace reduced over the window, each layer's spike count, the spikes dropped)."""
+        h = self.inputs(x, t0, t1)
+        new_state, counts, dropped = [], [], None
         for layer, layer_state in zip(self.layers, state):
-            layer_state, h = layer.step(layer_state, layer.project(h))
+            h, layer_state, lost = layer.window(layer_state, h)
             new_state.append(layer_state)
-            rates.append(h.detach().mean(1))
-        readout_state, v = self.readout.step(state[-1], self.readout.project(h))
-        return tuple(new_state) + (readout_state,), torch.cat([v, torch.stack(rates, 1)], 1)
+            counts.append(h.z.detach().sum((0, 2)))
+            dropped = lost if dropped is None else (dropped if lost is None else dropped + lost)
+        trace, v, lost = self.readout.window(state[-1], h)
+        dropped = lost if dropped is None else (dropped if lost is None else dropped + lost)
+        batch = trace.shape[1]
+        dropped = trace.new_zeros(batch) if dropped is None else dropped.to(trace.dtype)
+        y = torch.cat([_WINDOW_REDUCE[self.reduce](trace), torch.stack(counts, 1), dropped[:, None]], 1)
+        return tuple(new_state) + (v,), y
 
-    def _forward_scheduled(self, xs: Tensor) -> NetworkOutput:
-        """``xs`` may stay in host memory while the network is on a GPU: each step
-        copies its own slice over, so long inputs need not fit on the device."""
-        like = self.readout.fc.weight
-        flat0, spec = pytree.tree_flatten(self.initial_state(xs.shape[1], like))
-        names, params = zip(*self.named_parameters())
-        step = _Step(self)
+    def forward(self, x: Tensor, mark=None) -> NetworkOutput:
+        """The whole sequence: logits, mean spike rates per layer, spikes dropped.
 
-        def cell(params, flat_state, x_t):
-            # the engine passes the parameters explicitly so it can differentiate
-            # with respect to them when it replays a step in backward
-            state, y = torch.func.functional_call(
-                step, {f"net.{n}": p for n, p in zip(names, params)},
-                (pytree.tree_unflatten(list(flat_state), spec), x_t.to(like, non_blocking=True)))
-            return tuple(pytree.tree_leaves(state)), y
-
-        self.last_scan = ScanStats()
-        ys, _ = scan(cell, params, flat0, xs, self.schedule, stats=self.last_scan)
+        In the traced mode (``straight_through``) the windows run as a plain loop for the
+        tracer, and ``mark`` (``poptorch.recomputationCheckpoint``) marks the states the
+        loop's schedule keeps; otherwise the executor runs the schedule."""
+        if x.dim() != 3:
+            raise ValueError(f"the network takes a batch [B, T, inputs], got shape {tuple(x.shape)}")
+        batch, steps = x.shape[0], x.shape[1]
+        state0 = self.initial_state(batch, self.readout.fc.weight)
+        if self.mode == "straight_through":
+            ys = unroll_windows(self.window, x, state0, steps, self.loop, mark)
+        else:
+            self.last_scan = ScanStats()
+            ys = scan_windows(_Windows(self), x, state0, steps, self.loop, self.last_scan)
         n_classes = self.readout.n_out
-        rates = ys[..., n_classes:].detach().mean((0, 1))
-        return NetworkOutput(REDUCTIONS[self.reduce](ys[..., :n_classes]), list(rates.unbind()))
+        logits = _COMBINE[self.reduce](ys[..., :n_classes], steps)
+        sizes = torch.tensor([layer.n_out for layer in self.layers], dtype=ys.dtype, device=ys.device)
+        rates = ys[..., n_classes:-1].detach().sum(0) / (steps * sizes)
+        return NetworkOutput(logits, rates, ys[..., -1].detach().sum(0))
 
 
-class _Step(nn.Module):
-    # torch.func.functional_call calls forward(); this gives it the network's step
+class _Windows(nn.Module):
+    # the executor differentiates through torch.func.functional_call, which calls forward():
+    # this gives it the network's window (made per call, so the network does not contain itself)
     def __init__(self, net: SpikingNetwork):
         super().__init__()
         self.net = net
 
-    def forward(self, state, x_t):
-        return self.net.step(state, x_t)
+    def forward(self, state, x, t0, t1):
+        return self.net.window(state, x, t0, t1)
 
 
-def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float,
-                  schedule: Callable[[int], Schedule] | None = None, binary_inputs: bool = True,
-                  device: str = "cpu") -> SpikingNetwork:
-    """``dt`` (seconds per step) turns time constants given as ``tau`` into per-step decays;
-    ``schedule`` (T -> Schedule) runs the network through the BPTT engine. Spike counts
-    (``binary_inputs=False``) are multiplied densely even in sparse mode. ``device``: the
-    config's; a device with its own spike-matmul backend (devices.spike_backend, e.g.
-    ipu-emulator) gets it in every sparse layer, and needs model.sparse: true."""
-    layers: list[SpikingLayer] = []
-    n_in = n_inputs
+def step_mode(cfg: ModelConfig) -> StepMode:
+    """model.fused: auto runs fused wherever it can; true insists, naming what prevents it; false is the
+    plain autograd loop."""
+    if cfg.fused is False:
+        return "autograd"
+    reasons = fused_obstacles(cfg)
+    if reasons and cfg.fused is True:
+        raise ConfigError("model.fused is true, but " + "; ".join(reasons)
+                          + ". Set model.fused to auto or false, or change those settings.")
+    return "autograd" if reasons else "fused"
+
+
+def fused_obstacles(cfg: ModelConfig) -> list[str]:
+    """Why this model cannot run fused (empty: it can)."""
+    return [f"model.layers.{i}.detach_reset is false (the fused backward needs a detached reset)"
+            for i, layer in enumerate(cfg.layers) if not layer.detach_reset]
+
+
+def _policy(cfg: ModelConfig, n_in: int, n_out: int, device: torch.device, backend: str | None,
+            listed: bool) -> SparsePolicy:
+    if cfg.sparse is False:
+        return SparsePolicy()
+    capacity = max(1, math.ceil(cfg.sparse_capacity * n_in))
+    if cfg.sparse is True:
+        return SparsePolicy("sparse", capacity, cfg.sparse_overflow, listed_grad=listed, backend=backend)
+    return SparsePolicy("auto", capacity, max_density=crossover_density(device, n_in, n_out, backend),
+                        listed_grad=listed, backend=backend)
+
+
+def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *, loop: TimeLoop = TimeLoop(),
+                  binary_inputs: bool = True, device: str = "cpu", mode: StepMode | None = None,
+                  products: Products = torch_products) -> SpikingNetwork:
+    """Build the network of ``cfg`` and decide, once, how it runs.
+
+    ``dt`` (seconds per step) turns time constants given as ``tau`` into per-step decays;
+    ``loop``: the windows and BPTT schedule of the executor; ``device``: the config's device
+    (a device with its own spike-matmul backend, ipu-emulator, gets it in every sparse product
+    and needs model.sparse: true); ``mode``: the step mode (None: from model.fused);
+    ``products``: how products run (a tracer supplies its own). Spike counts
+    (``binary_inputs=False``) are multiplied densely."""
+    mode = step_mode(cfg) if mode is None else mode
+    if mode not in STEP_MODES:
+        raise ValueError(f"unknown step mode {mode!r}")
     backend = spike_backend(device)
     if backend is not None and cfg.sparse is not True:
         raise ConfigError(f"model.sparse: device {device} runs every spike matmul on the {backend} backend, "
                           f"so it needs model.sparse: true (got {cfg.sparse!r})")
-    sparse = SparseMode(cfg.sparse, cfg.sparse_capacity, cfg.sparse_overflow, cfg.sparse_grad == "dense", backend)
-    input_sparse = sparse if binary_inputs else SparseMode()
-    for layer_cfg in cfg.layers:
-        common = dict(
-            input_sparse=input_sparse,
-            sparse=sparse,
-            beta=layer_cfg.resolve_beta(dt, default=0.9),
-            threshold=layer_cfg.threshold,
-            reset=layer_cfg.reset,
-            detach_reset=layer_cfg.detach_reset,
-            learn_decay=layer_cfg.learn_decay,
-            spike=surrogate(layer_cfg.surrogate.name, layer_cfg.surrogate.scale),
-        )
-        if layer_cfg.type == "lif":
-            layer = LIF(n_in, layer_cfg.size, **common)
-        elif layer_cfg.type == "rlif":
-            layer = RecurrentLIF(n_in, layer_cfg.size, **common)
-        else:
-            layer = ALIF(n_in, layer_cfg.size, rho=layer_cfg.resolve_rho(dt),
-                         adapt_strength=layer_cfg.adapt_strength, recurrent=layer_cfg.recurrent, **common)
-        layers.append(layer)
+    torch_device = torch.device("cuda" if device == "cuda" else "cpu")
+    listed = cfg.sparse_grad == "spikes"
+    if cfg.sparse_near is not None and mode != "fused":
+        raise ConfigError("model.sparse_near lists near-threshold neurons from the fused kernels' surrogate "
+                          "derivative, so it needs the fused step mode (model.fused: auto or true)")
+    saved = SAVED_DTYPES[cfg.fused_saved_dtype]
+    kernels = "cpu" if device == "ipu-emulator" else None
+    layers, n_in = [], n_inputs
+    input_policy = _policy(cfg, n_in, cfg.layers[0].size, torch_device, backend, False) if binary_inputs \
+        else SparsePolicy()
+    for i, layer_cfg in enumerate(cfg.layers):
+        adaptive = layer_cfg.type == "alif"
+        recurrent = layer_cfg.type == "rlif" or (adaptive and layer_cfg.recurrent)
+        spec = NeuronSpec(adaptive, layer_cfg.threshold, layer_cfg.adapt_strength if adaptive else 0.0,
+                          layer_cfg.reset, layer_cfg.surrogate.name, layer_cfg.surrogate.scale,
+                          layer_cfg.detach_reset)
+        near_min_d = None
+        if listed and cfg.sparse_near is not None and cfg.sparse is not False:
+            peak = float(surrogate(spec.surrogate).grad(torch.zeros((), dtype=torch.float64), spec.scale))
+            near_min_d = cfg.sparse_near * peak
+        rec_policy = _policy(cfg, layer_cfg.size, layer_cfg.size, torch_device, backend, listed) if recurrent else None
+        layers.append(SpikingLayer(
+            n_in, layer_cfg.size, spec, beta=layer_cfg.resolve_beta(dt, default=0.9),
+            rho=layer_cfg.resolve_rho(dt) if adaptive else None, learn_decay=layer_cfg.learn_decay,
+            policies=LayerPolicies(input_policy, rec_policy), mode=mode, saved_dtype=saved, near_min_d=near_min_d,
+            kernels=kernels, products=products, index=i, source="input" if i == 0 else f"layer{i - 1}"))
+        input_policy = _policy(cfg, layer_cfg.size, cfg.layers[i + 1].size if i + 1 < len(cfg.layers) else n_classes,
+                               torch_device, backend, listed)
         n_in = layer_cfg.size
-        input_sparse = sparse
     readout = LIReadout(n_in, n_classes, beta=cfg.readout.resolve_beta(dt, default=0.95),
-                        learn_decay=cfg.readout.learn_decay, input_sparse=sparse)
-    fused = None
-    if use_fused(cfg, schedule):
-        from .fused import SAVED_DTYPES, FusedLoop  # custom ops: torch >= 2.4 (see layers.py)
-
-        loop = FusedLoop(SAVED_DTYPES[cfg.fused_saved_dtype])
-        if schedule is None:
-            fused = loop  # whole layers as fused time loops
-        else:
-            for layer in layers:  # the engine runs the network step by step: each step keeps derivatives only
-                layer.forward_ad = loop
-    return SpikingNetwork(layers, readout, cfg.readout.reduce, schedule, fused)
-
-
-def fused_obstacles(cfg: ModelConfig, schedule) -> list[str]:
-    """Why this model cannot run fused (empty: it can). Without a schedule that is the fused time loop;
-    under the BPTT engine's schedules, the step-by-step forward-mode AD of the neuron updates."""
-    reasons = []
-    if cfg.sparse is not False and schedule is None:
-        reasons.append(f"model.sparse is {cfg.sparse!r} (the fused time loop multiplies densely)")
-    for i, layer in enumerate(cfg.layers):
-        if not layer.detach_reset:
-            reasons.append(f"model.layers.{i}.detach_reset is false (the fused backward needs a detached reset)")
-    return reasons
-
-
-def use_fused(cfg: ModelConfig, schedule=None) -> bool:
-    """model.fused: auto runs fused wherever it can; true insists, naming what prevents it."""
-    if cfg.fused is False:
-        return False
-    reasons = fused_obstacles(cfg, schedule)
-    if reasons and cfg.fused is True:
-        raise ConfigError("model.fused is true, but " + "; ".join(reasons)
-                          + ". Set model.fused to auto or false, or change those settings.")
-    return not reasons
+                        learn_decay=cfg.readout.learn_decay, policy=input_policy, mode=mode, products=products,
+                        source=f"layer{len(cfg.layers) - 1}")
+    return SpikingNetwork(layers, readout, cfg.readout.reduce, n_inputs, mode, loop)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["NetworkOutput", "SpikingNetwork", "build_network", "count_parameters", "fused_obstacles", "use_fused"]
+def pack_inputs(x: Tensor) -> Tensor:
+    """A float batch of binary frames [B, T, C] as the packed bits the network (and the loaders) use."""
+    return pack_spikes(x)
+
+
+__all__ = ["NetworkOutput", "SpikingNetwork", "build_network", "count_parameters", "fused_obstacles",
+           "pack_inputs", "step_mode"]

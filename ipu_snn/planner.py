@@ -1,144 +1,292 @@
-"""Pick a BPTT schedule that fits the device, before anything large is allocated.
+"""Pick the time loop's window and BPTT schedule, predicting bytes and time before anything is allocated.
 
-For a config the planner measures the network's per-step footprint once, on a
-batch of one and two samples on the CPU, with the engine's own accounting
-(state bytes per checkpoint, bytes autograd keeps per taped step), and scales it
-to the real batch: every such byte count is affine in the batch size. From
-these and a device spec it predicts, for each candidate schedule, local and
-off-chip bytes, forward steps, transfer bytes and time, and chooses the fastest
-candidate that fits.
+Bytes come from shapes alone (`NetShape`): what one taped window keeps for
+backward (spikes as bits, surrogate derivatives in ``fused_saved_dtype``, the
+pre-step state of learned decays, near-threshold bits), one window-boundary
+checkpoint (every layer's v, a, last spikes; the readout's membrane), the
+parameters with their gradients and Adam moments, the batch (packed bits), and
+the working buffers of the window that runs. The executor counts the same
+taped and checkpoint bytes as it runs (``ScanStats.peak_local_bytes``), and the
+tests hold the two within 10%. So a config that cannot fit is refused in
+seconds, naming what would.
+
+Time comes from costs per window: on the machine a run uses, measured
+(`calibrate`: one window of two lengths, untaped, taped and reversed, at the
+real shapes and batch; the per-window constant and the per-step cost are the
+line through the two); for another device, from its spec (`analytic_costs`).
+A schedule's time is then its window counts times these costs
+(``bptt.predicted_time``), plus the optimizer step.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 
-from .bptt import Costs, Schedule, ScanStats, double, predicted_local_bytes, predicted_time, revolve, scan
-from .bptt import store_all, summarize, two_level_optimal, uniform
+from .bptt import Costs, Schedule, double, predicted_local_bytes, predicted_time, revolve, store_all, summarize
+from .bptt import two_level_optimal, uniform
 from .config import BPTTConfig, Config, ModelConfig
 from .devices import DeviceSpec, GiB
 from .errors import ConfigError
-from .saved_bytes import saved_bytes
 
 FLOAT_BYTES = 4
+#: windows the planner considers (steps), besides one window of T when T is at most the largest
+WINDOWS = (16, 32, 64, 128, 256, 512)
+SAVED_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+#: what the plain autograd loop (model.fused: false, or an attached reset) keeps per LIF neuron and step:
+#: membrane, threshold distance, spikes and the reset's operands (measured, docs/benchmarks/training_step.md)
+AUTOGRAD_BYTES_PER_NEURON_STEP = 24
+
+
+def _packed(n: int) -> int:
+    return (n + 7) // 8
 
 
 @dataclass(frozen=True)
-class Footprint:
-    """Bytes and work of the network for one batch size."""
-
-    state_bytes: int  # one checkpoint of the whole network state
-    tape_bytes_per_step: int  # what autograd keeps for one taped step
-    param_bytes: int  # parameters, gradients and two Adam moments: 4 copies
-    input_bytes_per_step: int  # one step's slice of the input batch
-    output_bytes_per_step: int  # one step's readout and spike-rate outputs
-    flops_per_step: float  # forward multiply-adds x 2
-    fused_bytes_per_step: int = 0  # what the fused time loop keeps per step (0: the model cannot run fused)
+class LayerShape:
+    n_in: int
+    n: int
+    adaptive: bool
+    recurrent: bool
+    learn_decay: bool
 
 
-def _probe(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int):
-    from .network import build_network  # the network imports the engine; keep the planner importable alone
+@dataclass(frozen=True)
+class NetShape:
+    """The network, batch and sequence as the planner sees them: shapes only, nothing allocated."""
 
-    torch.manual_seed(0)
-    net = build_network(model_cfg, n_inputs, n_classes, dt=1e-3, schedule=store_all)
-    net(torch.zeros(batch, 2, n_inputs))
-    return net.last_scan, net
+    batch: int
+    steps: int
+    n_inputs: int
+    n_classes: int
+    layers: tuple[LayerShape, ...]
+    readout_learn_decay: bool
+    reduce: str
+    saved_bytes: int  # per surrogate derivative (and pre-step state of a learned decay)
+    near: bool  # near-threshold bits kept (model.sparse_near)
+    binary_inputs: bool
+    fused: bool  # the fused step mode (else the autograd loop keeps far more; see keep_factor)
+
+    @classmethod
+    def of(cls, cfg: Config, n_inputs: int, n_classes: int, batch: int | None = None) -> "NetShape":
+        from .network import fused_obstacles
+
+        layers, n_in = [], n_inputs
+        for layer in cfg.model.layers:
+            adaptive = layer.type == "alif"
+            layers.append(LayerShape(n_in, layer.size, adaptive, layer.type == "rlif" or (adaptive and layer.recurrent),
+                                     layer.learn_decay))
+            n_in = layer.size
+        fused = cfg.model.fused is not False and not fused_obstacles(cfg.model)
+        return cls(batch or cfg.data.batch_size, cfg.data.num_steps, n_inputs, n_classes, tuple(layers),
+                   cfg.model.readout.learn_decay, cfg.model.readout.reduce, SAVED_BYTES[cfg.model.fused_saved_dtype],
+                   cfg.model.sparse_near is not None and cfg.model.sparse is not False, cfg.data.binary, fused)
+
+    def windows(self, window: int) -> int:
+        return -(-self.steps // window)
+
+    def param_count(self) -> int:
+        count = 0
+        for layer in self.layers:
+            count += layer.n_in * layer.n + layer.n + (layer.n * layer.n if layer.recurrent else 0)
+            count += layer.n * (1 + layer.adaptive) if layer.learn_decay else 0
+        n_last = self.layers[-1].n
+        return count + n_last * self.n_classes + self.n_classes * (1 + self.readout_learn_decay)
+
+    def param_bytes(self) -> int:
+        """Parameters, gradients and two Adam moments."""
+        return 4 * FLOAT_BYTES * self.param_count()
+
+    def batch_bytes(self) -> int:
+        per_step = _packed(self.n_inputs) if self.binary_inputs else FLOAT_BYTES * self.n_inputs
+        return self.batch * self.steps * per_step
+
+    def state_bytes(self) -> int:
+        """One window-boundary checkpoint: every layer's v, a (ALIF), last spikes, near bits; the readout's v."""
+        b = self.batch
+        total = b * self.n_classes * FLOAT_BYTES
+        for layer in self.layers:
+            total += b * layer.n * FLOAT_BYTES * (2 + layer.adaptive) + (b * _packed(layer.n) if self.near else 0)
+        return total
+
+    def tape_bytes(self, window: int) -> int:
+        """What one taped window of ``window`` steps keeps for backward, counted as the executor counts it:
+        every storage autograd saves and the window's outputs, less parameters, the batch and its input state."""
+        b, rows = self.batch, self.batch * window
+        total = 0
+        for i, layer in enumerate(self.layers):
+            if i == 0 and self.binary_inputs:
+                total += rows * _packed(self.n_inputs)  # the window of the batch, made contiguous for the product
+            per_step = _packed(layer.n) + layer.n * self.saved_bytes  # spikes as bits, d
+            if not self.fused:  # the autograd loop keeps each op's inputs instead: an estimate
+                per_step = layer.n * AUTOGRAD_BYTES_PER_NEURON_STEP * (1 + layer.adaptive)
+            if layer.learn_decay:
+                per_step += layer.n * self.saved_bytes * (1 + layer.adaptive)  # v_prev, a_prev
+            if self.near:
+                per_step += _packed(layer.n)
+            total += rows * per_step
+            total += b * _packed(layer.n) if layer.recurrent else 0  # the initial spikes' bits
+            total += FLOAT_BYTES * layer.n * (1 + layer.adaptive)  # the clamped decays
+            total += b * layer.n * FLOAT_BYTES * (2 + layer.adaptive) + (b * _packed(layer.n) if self.near else 0)
+        c = self.n_classes
+        total += FLOAT_BYTES * c  # the clamped readout decay
+        if self.readout_learn_decay:
+            total += rows * c * FLOAT_BYTES  # the readout trace (d v / d beta = v_prev)
+        if self.reduce == "max":
+            total += b * c * 8  # where the window's maximum is (int64)
+        total += b * c * FLOAT_BYTES  # the readout's last v
+        total += b * (c + len(self.layers) + 1) * FLOAT_BYTES  # the window's output
+        return total
+
+    def working_bytes(self, window: int) -> int:
+        """Buffers alive while one window runs (not kept): currents, spikes, the gradients of both, unpacked
+        dense inputs; an estimate of the peak, for the budget."""
+        rows = self.batch * window
+        widest = max(max(layer.n, layer.n_in if not self.binary_inputs or i else 0)
+                     for i, layer in enumerate(self.layers))
+        return rows * FLOAT_BYTES * (5 * widest + _packed(self.n_inputs))
+
+    def output_bytes(self, window: int) -> int:
+        """The stacked outputs of every window [W, B, classes + layers + 1]."""
+        return self.windows(window) * self.batch * (self.n_classes + len(self.layers) + 1) * FLOAT_BYTES
+
+    def flops_per_step(self) -> float:
+        """Dense multiply-adds of one step, times 2: the analytic cost of a step on another device."""
+        macs = sum(layer.n_in * layer.n + (layer.n * layer.n if layer.recurrent else 0) for layer in self.layers)
+        return 2.0 * self.batch * (macs + self.layers[-1].n * self.n_classes)
 
 
-def _fused_saved_bytes(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int, steps: int) -> int:
-    """Bytes autograd keeps for a fused forward, less parameters and the input batch (the caller's)."""
-    from .fused import FusedLoop
-    from .network import build_network
-
-    net = build_network(model_cfg, n_inputs, n_classes, dt=1e-3)
-    net.fused = FusedLoop(net.fused.saved_dtype, "reference")  # same bytes as any backend, nothing to compile
-    x = torch.zeros(batch, steps, n_inputs)
-    return saved_bytes(lambda: net(x), [*net.parameters(), x])
+# ------------------------------------------------------------------------------ costs
 
 
-def footprint(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int,
-              fused: bool = True) -> Footprint:
-    """``fused``: whether the device runs model.fused (DeviceSpec.fused)."""
-    from .network import use_fused
+@dataclass(frozen=True)
+class WindowCosts:
+    """Seconds of one window of L steps: ``fixed + per_step * L`` for its untaped forward, taping, and
+    backward; ``optimizer``: one optimizer step; ``offchip_bandwidth``: bytes/s to and from the off-chip tier."""
 
-    if not fused:
-        model_cfg = model_cfg.model_copy(update={"fused": False})
-    (one, net), (two, _) = (_probe(model_cfg, n_inputs, n_classes, b) for b in (1, 2))
+    forward: tuple[float, float]
+    tape: tuple[float, float]
+    reverse: tuple[float, float]
+    optimizer: float
+    offchip_bandwidth: float
+    source: str
 
-    def at(a: int, b: int) -> int:  # affine in the batch size
-        return a + (b - a) * (batch - 1)
+    def at(self, window: int, state_bytes: int) -> Costs:
+        def cost(pair):
+            return pair[0] + pair[1] * window
 
-    fused = 0
-    if use_fused(model_cfg):  # per step: the difference of a 2-step and a 1-step forward, at batch 1 and 2
-        per_step = [_fused_saved_bytes(model_cfg, n_inputs, n_classes, b, 2)
-                    - _fused_saved_bytes(model_cfg, n_inputs, n_classes, b, 1) for b in (1, 2)]
-        fused = at(*per_step)
-
-    weights = [p for p in net.parameters() if p.requires_grad]
-    macs = sum(p.numel() for p in weights if p.dim() == 2)  # one multiply-add per weight per sample and step
-    return Footprint(
-        state_bytes=at(one.state_bytes, two.state_bytes),
-        tape_bytes_per_step=at(one.tape_bytes_per_step, two.tape_bytes_per_step),
-        param_bytes=4 * FLOAT_BYTES * sum(p.numel() for p in weights),
-        input_bytes_per_step=batch * n_inputs * FLOAT_BYTES,
-        output_bytes_per_step=batch * (n_classes + len(model_cfg.layers)) * FLOAT_BYTES,
-        flops_per_step=2.0 * batch * macs,
-        fused_bytes_per_step=fused,
-    )
+        move = state_bytes / self.offchip_bandwidth
+        return Costs(step=cost(self.forward), tape=cost(self.tape), reverse=cost(self.reverse),
+                     offchip_write=move, offchip_read=move)
 
 
-def costs_for(fp: Footprint, spec: DeviceSpec) -> Costs:
-    step = max(fp.flops_per_step / spec.fp32_flops, spec.step_floor_s)
-    return Costs(step=step, reverse=2 * step,
-                 local_write=fp.state_bytes / spec.local_bandwidth, local_read=fp.state_bytes / spec.local_bandwidth,
-                 offchip_write=fp.state_bytes / spec.offchip_bandwidth,
-                 offchip_read=fp.state_bytes / spec.offchip_bandwidth)
+def analytic_costs(shape: NetShape, spec: DeviceSpec) -> WindowCosts:
+    """Costs of a device this machine is not: its fp32 rate over the dense work, with a per-step floor."""
+    step = max(shape.flops_per_step() / spec.fp32_flops, spec.step_floor_s)
+    return WindowCosts((0.0, step), (0.0, 0.0), (0.0, 2 * step), 4 * shape.param_bytes() / spec.local_bandwidth,
+                       spec.offchip_bandwidth, f"{spec.name} spec sheet")
 
 
-# ------------------------------------------------------------------------ candidates
+def calibrate(cfg: Config, n_inputs: int, n_classes: int, batch: int, density: float = 0.05,
+              device: str = "cpu", lengths: tuple[int, int] = (16, 64), repeats: int = 3) -> WindowCosts:
+    """Measure the costs of one window on this machine: the real shapes and batch, Bernoulli inputs."""
+    from .executor import TimeLoop
+    from .network import build_network, pack_inputs
+
+    torch_device = torch.device("cuda" if device == "cuda" else "cpu")
+    sync = torch.cuda.synchronize if torch_device.type == "cuda" else (lambda: None)
+    gen = torch.Generator().manual_seed(0)
+    samples = {}
+    for length in lengths:
+        torch.manual_seed(0)
+        net = build_network(cfg.model, n_inputs, n_classes, dt=cfg.data.step_seconds, loop=TimeLoop(length),
+                            binary_inputs=cfg.data.binary, device=device).to(torch_device)
+        frames = (torch.rand(batch, length, n_inputs, generator=gen) < density).float()
+        x = (pack_inputs(frames) if cfg.data.binary else frames).to(torch_device)
+        forward, tape, reverse = [], [], []
+        for _ in range(repeats + 1):  # the first is a warm-up
+            sync()
+            start = time.perf_counter()
+            with torch.no_grad():
+                net(x)
+            sync()
+            mid = time.perf_counter()
+            out = net(x)
+            sync()
+            end = time.perf_counter()
+            out.logits.sum().backward()
+            sync()
+            done = time.perf_counter()
+            forward.append(mid - start)
+            tape.append(end - mid - (mid - start))
+            reverse.append(done - end)
+        samples[length] = [statistics.median(v[1:]) for v in (forward, tape, reverse)]
+    params = [p for p in net.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    optimizer = torch.optim.Adam(params)
+    times = []
+    for _ in range(repeats + 1):
+        sync()
+        start = time.perf_counter()
+        optimizer.step()
+        sync()
+        times.append(time.perf_counter() - start)
+    (l0, c0), (l1, c1) = sorted(samples.items())
+
+    def line(i):
+        per_step = max((c1[i] - c0[i]) / (l1 - l0), 0.0)
+        return max(c0[i] - per_step * l0, 0.0), per_step
+
+    bandwidth = 10e9 if torch_device.type == "cpu" else 20e9  # host copies: RAM, or pinned PCIe
+    return WindowCosts(line(0), line(1), line(2), statistics.median(times[1:]), bandwidth,
+                       f"measured here ({torch_device.type}, windows of {l0} and {l1} steps)")
 
 
-def _root(T: int) -> int:
-    return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
+# ------------------------------------------------------------------------------ candidates
+
+
+def _root(n: int) -> int:
+    return max(1, math.isqrt(n - 1) + 1) if n > 1 else 1
 
 
 def schedule_factory(bptt: BPTTConfig, costs: Costs | None = None) -> Callable[[int], Schedule] | None:
-    """T -> Schedule for an explicit ``bptt.schedule``; None means the plain layered store_all path."""
+    """windows -> Schedule for an explicit ``bptt.schedule``; None means store_all (every window taped)."""
     kind = bptt.schedule
     if kind == "store_all":
         return None
     if kind == "uniform":
-        return lambda T: uniform(T, bptt.every or _root(T))
+        return lambda W: uniform(W, bptt.every or _root(W))
     if kind == "revolve":
-        return lambda T: revolve(T, bptt.slots or _root(T))
+        return lambda W: revolve(W, bptt.slots or _root(W))
     if kind == "double":
-        return lambda T: double(T, bptt.offchip_every or _root(T),
-                                bptt.local_slots or bptt.offchip_every or _root(T), bptt.inner)
+        # within a segment loaded from off-chip, every window is taped once (inner uniform with no local
+        # checkpoint) unless local_slots says otherwise: one recomputation per window, the fastest inner
+        return lambda W: double(W, bptt.offchip_every or _root(W), bptt.local_slots or 0,
+                                bptt.inner if bptt.local_slots else "uniform")
     if kind == "two_level":
-        return lambda T: two_level_optimal(T, bptt.local_slots or _root(T), bptt.offchip_slots or T,
+        return lambda W: two_level_optimal(W, bptt.local_slots or _root(W), bptt.offchip_slots or W,
                                            costs or Costs())
     raise ConfigError("bptt.schedule: 'auto' is resolved by the planner, not by schedule_factory")
 
 
-def candidates(bptt: BPTTConfig, T: int, costs: Costs, compare_all: bool = False
+def candidates(bptt: BPTTConfig, costs: Costs, compare_all: bool = False
                ) -> dict[str, Callable[[int], Schedule] | None]:
     """The configured schedule first; for ``auto`` (or ``compare_all``) a spread of memory/time trade-offs."""
     configured = {} if bptt.schedule == "auto" else {bptt.schedule: schedule_factory(bptt, costs)}
     if configured and not compare_all:
         return configured
-    root = _root(T)
-    log_slots = max(1, math.ceil(math.log2(max(T, 2))))
     return {
         "store_all": None,
-        "uniform": lambda T: uniform(T, root),
-        "revolve": lambda T: revolve(T, root),
-        "revolve_log": lambda T: revolve(T, log_slots),
-        "double": lambda T: double(T, root, root),
-        "two_level": lambda T: two_level_optimal(T, root, T, costs),
+        "uniform": lambda W: uniform(W, _root(W)),
+        "revolve": lambda W: revolve(W, _root(W)),
+        "double": lambda W: double(W, _root(W), 0, "uniform"),
+        "two_level": lambda W: two_level_optimal(W, _root(W), W, costs),
     } | configured
 
 
@@ -149,9 +297,12 @@ def candidates(bptt: BPTTConfig, T: int, costs: Costs, compare_all: bool = False
 class Strategy:
     name: str
     schedule: str
-    local_bytes: int
+    window: int
+    windows: int
+    local_bytes: int  # taped windows and local checkpoints: what the executor counts
+    peak_bytes: int  # local_bytes plus parameters, batch, outputs and the running window's buffers: the budget's
     offchip_bytes: int
-    forward_steps: int
+    forward_windows: int
     transfer_bytes: int
     predicted_s: float
     fits: bool
@@ -163,66 +314,92 @@ class Plan:
     budget_bytes: int
     T: int
     batch: int
+    costs_source: str
     strategies: list[Strategy]
     choice: str | None  # what training uses: the configured schedule, or for auto the fastest that fits
     fastest: str | None  # the fastest that fits among all candidates costed
     factories: dict[str, Callable[[int], Schedule] | None]
 
     @property
-    def schedule(self) -> Callable[[int], Schedule] | None:
-        return self.factories[self.choice] if self.choice else None
+    def chosen(self) -> Strategy | None:
+        return next((s for s in self.strategies if s.name == self.choice), None)
+
+    def loop(self):
+        """The chosen strategy as the executor's TimeLoop."""
+        from .executor import TimeLoop
+
+        s = self.chosen
+        return TimeLoop(s.window, self.factories[s.name]) if s else None
 
     def to_json(self) -> dict:
         return {"device": self.device, "budget_bytes": self.budget_bytes, "T": self.T, "batch": self.batch,
-                "choice": self.choice, "fastest_fitting": self.fastest, "strategies": [asdict(s) for s in self.strategies]}
+                "costs": self.costs_source, "choice": self.choice, "fastest_fitting": self.fastest,
+                "strategies": [asdict(s) for s in self.strategies]}
 
 
-def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int,
-         budget_bytes: int | None = None, compare_all: bool = False) -> Plan:
-    """Cost every candidate; the choice is the configured schedule if it fits, else (auto) the fastest that fits."""
-    T, batch = cfg.data.num_steps, cfg.data.batch_size
+def _strategy(name: str, factory, shape: NetShape, window: int, costs: WindowCosts, budget: int,
+              spec: DeviceSpec) -> Strategy:
+    W = shape.windows(window)
+    sched = store_all(W) if factory is None else factory(W)
+    summary = summarize(sched)
+    state, tape = shape.state_bytes(), shape.tape_bytes(window)
+    local = predicted_local_bytes(sched, state, tape)
+    peak = (local + shape.param_bytes() + shape.batch_bytes() + shape.output_bytes(window)
+            + shape.working_bytes(window))
+    offchip = sched.max_offchip_slots * state
+    transfers = (summary.stores["offchip"] + summary.loads["offchip"]) * state
+    seconds = predicted_time(sched, costs.at(window, state)) + costs.optimizer
+    return Strategy(name, sched.name, window, W, local, peak, offchip, sched.forward_steps, transfers, seconds,
+                    peak <= budget and offchip <= spec.offchip_bytes)
+
+
+def window_choices(steps: int, configured: int | None) -> list[int]:
+    if configured:
+        return [min(configured, steps)]
+    return sorted({w for w in WINDOWS if w < steps} | ({steps} if steps <= WINDOWS[-1] else set()))
+
+
+def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int, budget_bytes: int | None = None,
+         compare_all: bool = False, costs: WindowCosts | None = None, batch: int | None = None) -> Plan:
+    """Cost every candidate over every window length (or the configured one); each candidate keeps its
+    fastest window that fits (else its leanest). ``costs``: measured ones (`calibrate`); default, the spec's."""
+    shape = NetShape.of(cfg, n_inputs, n_classes, batch)
     if budget_bytes is None:
         budget_bytes = int(cfg.bptt.budget_gib * GiB) if cfg.bptt.budget_gib else spec.local_bytes
-    fp = footprint(cfg.model, n_inputs, n_classes, batch, spec.fused)
-    costs = costs_for(fp, spec)
-    fixed = fp.param_bytes + T * fp.output_bytes_per_step
-    # On an accelerator the engine's schedules leave the input batch in host memory
-    # and copy each step's slice over; a taped step then also holds that slice.
-    has_host = spec.name != "cpu"
-    factories = candidates(cfg.bptt, T, costs, compare_all)
+    costs = costs or analytic_costs(shape, spec)
+    generic = costs.at(WINDOWS[0], shape.state_bytes())  # two_level's search only compares relative costs
+    factories = candidates(cfg.bptt, generic, compare_all)
     strategies = []
     for name, factory in factories.items():
-        sched = store_all(T) if factory is None else factory(T)
-        summary = summarize(sched)
-        streams = has_host and factory is not None
-        if factory is None and fp.fused_bytes_per_step:  # store_all runs as the fused time loop
-            local = fixed + T * fp.fused_bytes_per_step
-        else:
-            local = fixed + predicted_local_bytes(sched, fp.state_bytes,
-                                                  fp.tape_bytes_per_step + streams * fp.input_bytes_per_step)
-        local += 0 if streams else T * fp.input_bytes_per_step
-        offchip = sched.max_offchip_slots * fp.state_bytes + streams * T * fp.input_bytes_per_step
-        transfers = (summary.stores["offchip"] + summary.loads["offchip"]) * fp.state_bytes
-        strategies.append(Strategy(name, sched.name, local, offchip, sched.forward_steps, transfers,
-                                   predicted_time(sched, costs), local <= budget_bytes and offchip <= spec.offchip_bytes))
+        options = [_strategy(name, factory, shape, w, costs, budget_bytes, spec)
+                   for w in window_choices(shape.steps, cfg.bptt.window)]
+        fitting = [s for s in options if s.fits]
+        strategies.append(min(fitting, key=lambda s: s.predicted_s) if fitting
+                          else min(options, key=lambda s: s.peak_bytes))
     fitting = [s for s in strategies if s.fits]
     fastest = min(fitting, key=lambda s: s.predicted_s).name if fitting else None
     if cfg.bptt.schedule == "auto":
         choice = fastest
     else:
         choice = cfg.bptt.schedule if any(s.name == cfg.bptt.schedule for s in fitting) else None
-    return Plan(spec.name, budget_bytes, T, batch, strategies, choice, fastest, factories)
+    return Plan(spec.name, budget_bytes, shape.steps, shape.batch, costs.source, strategies, choice, fastest,
+                factories)
 
 
 def refusal(p: Plan) -> str:
     """Why the run cannot start, and what would fit: another schedule, a smaller batch, a shorter T."""
     if p.fastest is not None:
-        return (f"bptt.schedule does not fit {p.device} within {p.budget_bytes / GiB:.2f} GiB (T={p.T}, batch {p.batch}); "
-                f"{p.fastest} would: set bptt.schedule={p.fastest} or bptt.schedule=auto")
-    best = min(p.strategies, key=lambda s: s.local_bytes)
-    ratio = p.budget_bytes / best.local_bytes
+        return (f"bptt.schedule does not fit {p.device} within {p.budget_bytes / GiB:.2f} GiB (T={p.T}, batch "
+                f"{p.batch}); {p.fastest} would: set bptt.schedule={p.fastest} or bptt.schedule=auto")
+    best = min(p.strategies, key=lambda s: s.peak_bytes)
+    ratio = p.budget_bytes / best.peak_bytes
     return (f"no BPTT schedule fits {p.device} with a budget of {p.budget_bytes / GiB:.2f} GiB: the leanest, "
-            f"{best.name}, needs {best.local_bytes / GiB:.2f} GiB (T={p.T}, batch {p.batch}). Would fit: about "
-            f"data.batch_size={max(1, int(p.batch * ratio))}, or about data.steps={max(1, int(p.T * ratio))} if memory "
-            "grows with T, or a larger bptt.budget_gib"
-            + (", or bptt.schedule=auto to let the planner choose among all schedules." if len(p.strategies) == 1 else "."))
+            f"{best.name} with windows of {best.window} steps, needs {best.peak_bytes / GiB:.2f} GiB (T={p.T}, batch "
+            f"{p.batch}). Would fit: about data.batch_size={max(1, int(p.batch * ratio))}, or smaller layers, or a "
+            "larger bptt.budget_gib"
+            + (", or bptt.schedule=auto to let the planner choose among all schedules." if len(p.strategies) == 1
+               else "."))
+
+
+__all__ = ["LayerShape", "NetShape", "Plan", "Strategy", "WindowCosts", "analytic_costs", "calibrate", "candidates",
+           "plan", "refusal", "schedule_factory", "window_choices"]

@@ -26,11 +26,12 @@ from .checkpoint import latest_checkpoint, load_weights, read_checkpoint, save_c
 from .config import Config, dump_config
 from .data import input_shape, load_splits, make_loader
 from .devices import device_spec, resolve_device
-from .distributed import DistContext, GlobalBatchSampler, all_reduce_sum, barrier, init_distributed, shutdown
+from .distributed import (DistContext, GlobalBatchSampler, all_reduce_sum, barrier, broadcast_object,
+                          init_distributed, shutdown)
 from .errors import ConfigError, TrainingError
 from .network import SpikingNetwork, build_network, count_parameters
 from .optim import make_optimizer, make_scheduler
-from .planner import Plan, plan, refusal
+from .planner import Plan, calibrate, plan, refusal
 from .reporting import TensorBoardLog, plot_curves, write_metrics_csv, write_summary
 
 # Sections that must be unchanged for a checkpoint to be continued; training.epochs
@@ -53,12 +54,9 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
-def _to_device(batch, network: SpikingNetwork, device: torch.device):
-    """Labels go to the device; inputs too, except for the engine's schedules on a GPU,
-    which copy one step at a time from pinned host memory (see SpikingNetwork)."""
+def _to_device(batch, device: torch.device):
+    # inputs are packed bits (1 bit per channel and step), small enough to sit on the device whole
     x, y = batch
-    if network.schedule is not None and device.type == "cuda":
-        return x.pin_memory(), y.to(device)
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
@@ -78,7 +76,7 @@ def train_epoch(model, network: SpikingNetwork, loader, sampler: GlobalBatchSamp
         optimizer.zero_grad(set_to_none=True)
         step_totals = torch.zeros(3, dtype=torch.float64)
         for micro in range(micro_per_step):
-            x, y = _to_device(next(batches), network, device)
+            x, y = _to_device(next(batches), device)
             # DDP averages gradients over processes; scaling the summed loss by
             # world/global_n makes the result the mean over the whole global batch
             sync = micro == micro_per_step - 1 or not ctx.active
@@ -88,8 +86,8 @@ def train_epoch(model, network: SpikingNetwork, loader, sampler: GlobalBatchSamp
                 (loss_sum * (ctx.world_size / global_n)).backward()
             step_totals += torch.tensor([loss_sum.item(), (out.logits.argmax(1) == y).sum().item(), y.numel()],
                                         dtype=torch.float64)
-            dropped += out.dropped
-            layer_rates = torch.stack(out.rates).detach().cpu() * y.numel()
+            dropped += int(out.dropped.sum())
+            layer_rates = out.rates.sum(0).cpu()
             rates = layer_rates if rates is None else rates + layer_rates
         step_totals = torch.tensor(all_reduce_sum(ctx, step_totals.tolist(), device), dtype=torch.float64)
         if not np.isfinite(step_totals[0].item()):  # every rank sees the same sum, so all stop together
@@ -122,7 +120,7 @@ def evaluate(model: SpikingNetwork, dataset, batch_size: int, device, ctx: DistC
     sampler = GlobalBatchSampler(len(dataset), batch_size, ctx, shuffle=False)
     totals = [0.0, 0.0, 0.0]
     for batch in make_loader(dataset, sampler):
-        x, y = _to_device(batch, model, device)
+        x, y = _to_device(batch, device)
         logits = model(x).logits
         totals[0] += F.cross_entropy(logits, y, reduction="sum").item()
         totals[1] += (logits.argmax(1) == y).sum().item()
@@ -144,21 +142,62 @@ def _restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def choose_schedule(cfg: Config, console: Console, per_process_batch: int) -> Plan:
+#: devices whose window costs can be measured on this machine (the others are costed from their spec)
+_MEASURABLE = ("cpu", "cuda", "ipu-emulator")
+
+
+def input_density(dataset, samples: int = 16) -> float:
+    """The mean spike density of the first samples of a dataset (packed bits or frames)."""
+    from .neuron.bits import count_spikes
+
+    total = active = 0
+    for i in range(min(samples, len(dataset))):
+        x, _ = dataset[i]
+        if x.dtype == torch.uint8:
+            active += int(count_spikes(x).sum())
+            total += x.shape[0] * dataset.rec.n_channels // dataset.pooling
+        else:
+            active += int((x != 0).sum())
+            total += x.numel()
+    return active / max(total, 1)
+
+
+def plan_time_loop(cfg: Config, console: Console, per_process_batch: int, density: float | None = None
+                   ) -> tuple[Plan, Config]:
+    """The executor's window and schedule for this run, and the config with them resolved.
+
+    Bytes are predicted from shapes first, so a run that cannot fit is refused before anything is
+    allocated. Where the choice depends on time (``bptt.schedule: auto``, or no ``bptt.window``), the
+    window costs are measured here on the real shapes and batch. The resolved config records the choice,
+    so that a resumed run and an evaluation run exactly the windows this run trained with."""
     n_inputs, n_classes = input_shape(cfg.data)
-    local_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"batch_size": per_process_batch})})
-    p = plan(local_cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes)
-    if p.choice is None and cfg.bptt.schedule != "auto":  # cost the alternatives only to say what would fit
-        p = plan(local_cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes, compare_all=True)
+    spec = device_spec(cfg.device)
+    p = plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=per_process_batch, compare_all=True)
     if p.choice is None:
         raise ConfigError(refusal(p))
-    chosen = next(s for s in p.strategies if s.name == p.choice)
-    console.print(f"bptt: {chosen.schedule}, predicted {chosen.local_bytes / 2**20:.0f} MiB on {p.device}")
-    return p
+    if (cfg.bptt.schedule == "auto" or cfg.bptt.window is None) and cfg.device in _MEASURABLE:
+        start = time.perf_counter()
+        costs = calibrate(cfg, n_inputs, n_classes, per_process_batch, 0.05 if density is None else density,
+                          device=cfg.device)
+        p = plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=per_process_batch, compare_all=True,
+                 costs=costs)
+        console.print(f"planning: window costs measured in {time.perf_counter() - start:.1f} s")
+        if p.choice is None:
+            raise ConfigError(refusal(p))
+    chosen = p.chosen
+    console.print(f"bptt: {chosen.schedule} over {chosen.windows} windows of {chosen.window} steps, predicted "
+                  f"{chosen.peak_bytes / 2**20:,.0f} MiB and {chosen.predicted_s * 1e3:,.0f} ms per iteration on "
+                  f"{p.device}")
+    bptt = cfg.bptt.model_copy(update={"schedule": chosen.name, "window": chosen.window})
+    return p, cfg.model_copy(update={"bptt": bptt})
 
 
 def _check_resumable(saved: dict, cfg: Config, folder: Path) -> None:
     current = cfg.model_dump(mode="json")
+    # the planner's choices (bptt.schedule: auto, no bptt.window) are resolved in the saved config
+    for key, unset in (("schedule", "auto"), ("window", None)):
+        if current["bptt"].get(key) == unset:
+            current["bptt"][key] = saved.get("bptt", {}).get(key)
     changed = [k for k in _RESUME_MUST_MATCH if saved.get(k) != current.get(k)]
     saved_training = {k: v for k, v in saved.get("training", {}).items() if k != "epochs"}
     changed += [f"training.{k}" for k, v in saved_training.items() if current["training"].get(k) != v]
@@ -208,7 +247,12 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
         raise ConfigError(f"data.batch_size: a global batch of {global_batch} cannot be split over "
                           f"{ctx.world_size} processes x {cfg.training.grad_accumulation} accumulation steps")
     micro_batch = -(-global_batch // (ctx.world_size * cfg.training.grad_accumulation))
-    bptt = choose_schedule(cfg, console, per_process_batch=micro_batch)
+    n_inputs, n_classes = input_shape(cfg.data)
+    # bytes from shapes before anything is loaded or allocated: a run that cannot fit stops here
+    bytes_plan = plan(cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes, batch=micro_batch,
+                      compare_all=True)
+    if bytes_plan.choice is None:
+        raise ConfigError(refusal(bytes_plan))
     previous = latest_checkpoint(out_dir)
     if previous is not None and not resume:
         raise TrainingError(f"{out_dir} already holds a run (checkpoint {previous.name}); pass --resume to "
@@ -221,15 +265,25 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
 
     seed_everything(cfg.training.seed)
     splits = load_splits(cfg.data, cfg.training.seed)
-    network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, bptt.schedule,
+    if resume:
+        weights, state = read_checkpoint(previous)
+        _check_resumable(state["config"], cfg, previous)
+        # the windows and schedule the run trained with, as its saved config resolved them
+        cfg = cfg.model_copy(update={"bptt": type(cfg.bptt).model_validate(state["config"]["bptt"])})
+    else:
+        # every process runs the windows rank 0 chose, whatever its own measurements say
+        cfg = broadcast_object(ctx, plan_time_loop(cfg, console, micro_batch, input_density(splits.train))[1]
+                               if ctx.is_main else None)
+    bptt = plan(cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes, batch=micro_batch,
+                compare_all=True)
+    seed_everything(cfg.training.seed)
+    network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=bptt.loop(),
                             binary_inputs=cfg.data.binary, device=cfg.device).to(device)
     optimizer = make_optimizer(cfg.training, network.parameters())
     scheduler = make_scheduler(cfg.training, optimizer)
     history: list[dict] = []
     wall_before = 0.0
     if resume:
-        weights, state = read_checkpoint(previous)
-        _check_resumable(state["config"], cfg, previous)
         load_weights(network, weights, previous)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

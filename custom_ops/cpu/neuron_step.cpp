@@ -16,86 +16,18 @@
 #include <tuple>
 
 #include "neuron_core.h"
+#include "neuron_glue.h"
 
 namespace {
 
 namespace core = ipu_snn::core;
-
-// Elements per task: below this a thread's start-up costs more than the work.
-constexpr int64_t kGrainElements = 1 << 14;
-
-core::Reset parse_reset(c10::string_view reset) {
-  if (reset == "subtract") return core::Reset::kSubtract;
-  if (reset == "zero") return core::Reset::kZero;
-  TORCH_CHECK(false, "neuron step: reset must be 'subtract' or 'zero', got '",
-              std::string(reset), "'");
-}
-
-core::SurrogateKind parse_surrogate(c10::string_view name) {
-  if (name == "fast_sigmoid") return core::SurrogateKind::kFastSigmoid;
-  if (name == "atan") return core::SurrogateKind::kAtan;
-  if (name == "triangle") return core::SurrogateKind::kTriangle;
-  if (name == "boxcar") return core::SurrogateKind::kBoxcar;
-  TORCH_CHECK(false, "neuron step: surrogate must be one of fast_sigmoid, atan, ",
-              "triangle, boxcar; got '", std::string(name), "'");
-}
-
-void check_state(const at::Tensor& t, const char* name, const at::Tensor& like,
-                 const char* op) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ",
-              t.device());
-  TORCH_CHECK(t.sizes() == like.sizes(), op, ": ", name, " must have shape ",
-              like.sizes(), ", got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name,
-              " must have the state dtype ", like.scalar_type(), ", got ",
-              t.scalar_type());
-}
-
-void check_decay(const at::Tensor& t, const char* name, const at::Tensor& like,
-                 const char* op) {
-  const int64_t n = like.size(1);
-  TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.size(0) == n, op, ": ", name,
-              " must be a CPU vector of N = ", n, " per-neuron values, got ",
-              t.sizes(), " on ", t.device());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name,
-              " must have the state dtype ", like.scalar_type(), ", got ",
-              t.scalar_type());
-}
-
-void check_step_matrix(const at::Tensor& t, const char* name, const char* op) {
-  TORCH_CHECK(t.dim() == 2 && t.device().is_cpu(), op, ": ", name,
-              " must be a CPU matrix [B, N], got ", t.sizes(), " on ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op,
-              ": the state dtype (", name, ") must be float32 or float64, got ",
-              t.scalar_type());
-}
-
-void check_saved_dtype(at::ScalarType saved, at::ScalarType state, const char* op) {
-  const bool ok = saved == at::kFloat || saved == at::kHalf || saved == at::kBFloat16 ||
-                  (saved == at::kDouble && state == at::kDouble);
-  TORCH_CHECK(ok, op, ": the surrogate derivative is saved as float32, float16 or ",
-              "bfloat16 (or float64 with float64 state); got ", saved, " with ",
-              state, " state");
-}
-
-// Calls body(D{}) with D the C++ type of the saved-derivative dtype.
-template <typename F>
-void dispatch_saved(at::ScalarType saved, F body) {
-  switch (saved) {
-    case at::kFloat: body(float{}); break;
-    case at::kDouble: body(double{}); break;
-    case at::kHalf: body(at::Half{}); break;
-    case at::kBFloat16: body(at::BFloat16{}); break;
-    default: TORCH_CHECK(false, "neuron step: unsupported saved dtype ", saved);
-  }
-}
+using namespace ipu_snn::cpu;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_fwd(
     const at::Tensor& current_in, const at::Tensor& v_in,
     const c10::optional<at::Tensor>& a_in, const at::Tensor& beta_in,
     const c10::optional<at::Tensor>& rho_in, double threshold, double adapt_strength,
-    c10::string_view reset, c10::string_view surrogate, double scale,
-    at::ScalarType saved_dtype) {
+    int64_t reset, int64_t surrogate, double scale, at::ScalarType saved_dtype) {
   const char* op = "neuron_fwd";
   check_step_matrix(current_in, "current", op);
   check_state(v_in, "v", current_in, op);
@@ -170,20 +102,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_fw
   return {v_new, a_new, z, d, bits};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_bwd(
+// Backward of fire-and-reset: (gv, ga or empty), the gradients w.r.t. v before
+// the reset and a after the decay; the leak's backward is the caller's
+// (ipu_snn/neuron/spec.py).
+std::tuple<at::Tensor, at::Tensor> neuron_bwd(
     const at::Tensor& grad_z_in, const at::Tensor& grad_v_in,
     const c10::optional<at::Tensor>& grad_a_in, const at::Tensor& bits_in,
-    const at::Tensor& d_in, const at::Tensor& beta_in,
-    const c10::optional<at::Tensor>& rho_in, double adapt_strength,
-    c10::string_view reset) {
+    const at::Tensor& d_in, bool adaptive, double adapt_strength, int64_t reset) {
   const char* op = "neuron_bwd";
   check_step_matrix(grad_v_in, "grad_v", op);
   check_state(grad_z_in, "grad_z", grad_v_in, op);
-  check_decay(beta_in, "beta", grad_v_in, op);
-  const bool adaptive = rho_in.has_value();
   TORCH_CHECK(adaptive || !grad_a_in.has_value(), op,
-              ": grad_a was given but rho is None (LIF has no adaptation)");
-  if (adaptive) check_decay(*rho_in, "rho", grad_v_in, op);
+              ": grad_a was given for a LIF step (no adaptation)");
   if (grad_a_in.has_value()) check_state(*grad_a_in, "grad_a", grad_v_in, op);
   const int64_t batch = grad_v_in.size(0), n = grad_v_in.size(1);
   const int64_t row_bytes = core::packed_row_bytes(n);
@@ -207,35 +137,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_bwd(
   // Half is widened first, for the reason given in neuron_fwd: one vectorised
   // conversion costs less than converting inside the fused loop.
   const auto d = d_in.scalar_type() == at::kHalf ? d_in.to(at::kFloat) : d_in.contiguous();
-  const auto beta = beta_in.contiguous();
-  const auto rho = adaptive ? rho_in->contiguous() : at::Tensor();
 
-  auto grad_current = at::empty_like(grad_v);
-  auto grad_v_prev = at::empty_like(grad_v);
-  auto grad_a_prev = adaptive ? at::empty_like(grad_v) : at::empty({0}, grad_v.options());
-  if (batch == 0 || n == 0) return {grad_current, grad_v_prev, grad_a_prev};
+  auto gv = at::empty_like(grad_v);
+  auto ga = adaptive ? at::empty_like(grad_v) : at::empty({0}, grad_v.options());
+  if (batch == 0 || n == 0) return {gv, ga};
 
   AT_DISPATCH_FLOATING_TYPES(grad_v.scalar_type(), "ipu_snn_cpu_neuron_bwd", [&] {
     using T = scalar_t;
     dispatch_saved(d.scalar_type(), [&](auto tag) {
       using D = decltype(tag);
       const T* gz = grad_z.data_ptr<T>();
-      const T* gv = grad_v.data_ptr<T>();
-      const T* ga = has_grad_a ? grad_a.data_ptr<T>() : nullptr;
+      const T* gvin = grad_v.data_ptr<T>();
+      const T* gain = has_grad_a ? grad_a.data_ptr<T>() : nullptr;
       const uint8_t* zb = bits.data_ptr<uint8_t>();
       const D* dp = static_cast<const D*>(d.data_ptr());
-      const T* bp = beta.data_ptr<T>();
-      const T* rp = adaptive ? rho.data_ptr<T>() : nullptr;
-      T* gc = grad_current.data_ptr<T>();
-      T* gvp = grad_v_prev.data_ptr<T>();
-      T* gap = adaptive ? grad_a_prev.data_ptr<T>() : nullptr;
+      T* gvp = gv.data_ptr<T>();
+      T* gap = adaptive ? ga.data_ptr<T>() : nullptr;
       at::parallel_for(0, batch * n, kGrainElements, [&](int64_t i0, int64_t i1) {
-        core::neuron_backward<T, D>(gz, gv, ga, zb, dp, bp, rp, n, i0, i1,
-                                    adapt_strength, reset_kind, gc, gvp, gap);
+        core::neuron_backward<T, D>(gz, gvin, gain, zb, dp, n, i0, i1, adaptive,
+                                    adapt_strength, reset_kind, gvp, gap);
       });
     });
   });
-  return {grad_current, grad_v_prev, grad_a_prev};
+  return {gv, ga};
 }
 
 }  // namespace
@@ -244,11 +168,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> neuron_bwd(
 // one extension may declare a namespace only once.
 TORCH_LIBRARY_FRAGMENT(ipu_snn_cpu, m) {
   m.def("neuron_fwd(Tensor current, Tensor v, Tensor? a, Tensor beta, Tensor? rho, "
-        "float threshold, float adapt_strength, str reset, str surrogate, float scale, "
+        "float threshold, float adapt_strength, int reset, int surrogate, float scale, "
         "ScalarType saved_dtype) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("neuron_bwd(Tensor grad_z, Tensor grad_v, Tensor? grad_a, Tensor zbits, "
-        "Tensor d, Tensor beta, Tensor? rho, float adapt_strength, str reset) "
-        "-> (Tensor, Tensor, Tensor)");
+        "Tensor d, bool adaptive, float adapt_strength, int reset) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ipu_snn_cpu, CPU, m) {

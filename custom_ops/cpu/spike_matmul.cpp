@@ -289,6 +289,203 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact(
   return {ids, counts, near_counts, dropped, near_dropped};
 }
 
+// compact for spikes given as packed bits [R, ceil(n / 8)] (ipu_snn/neuron/bits.py),
+// with optional near-threshold bits of the same shape: the lists of compact,
+// without ever forming the dense [R, n] spikes.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_bits(
+    const at::Tensor& bits_in, const c10::optional<at::Tensor>& near_in, int64_t n,
+    int64_t capacity) {
+  TORCH_CHECK(bits_in.dim() == 2 && bits_in.device().is_cpu() &&
+                  bits_in.scalar_type() == at::kByte && bits_in.size(1) == (n + 7) / 8,
+              "compact_bits: bits must be a uint8 CPU matrix [R, ceil(n / 8)] for n = ", n,
+              ", got ", bits_in.scalar_type(), " ", bits_in.sizes());
+  TORCH_CHECK(capacity >= 0 && capacity <= std::numeric_limits<int32_t>::max() &&
+                  n <= std::numeric_limits<int32_t>::max(),
+              "compact_bits: capacity and n must fit int32, got ", capacity, ", ", n);
+  const auto bits = bits_in.contiguous();
+  at::Tensor near;
+  if (near_in.has_value()) {
+    near = near_in->contiguous();
+    TORCH_CHECK(near.sizes() == bits.sizes() && near.scalar_type() == at::kByte,
+                "compact_bits: near must be uint8 of the bits' shape ", bits.sizes());
+  }
+  const int64_t rows = bits.size(0), row_bytes = bits.size(1);
+  const auto int_opts = bits.options().dtype(at::kInt);
+  auto ids = at::empty({rows, capacity}, int_opts);
+  auto counts = at::empty({rows}, int_opts);
+  auto near_counts = at::empty({rows}, int_opts);
+  auto dropped = at::empty({rows}, int_opts);
+  auto near_dropped = at::empty({rows}, int_opts);
+  const uint8_t* bp = bits.data_ptr<uint8_t>();
+  const uint8_t* np = near.defined() ? near.data_ptr<uint8_t>() : nullptr;
+  int32_t* id = ids.data_ptr<int32_t>();
+  int32_t* c_out = counts.data_ptr<int32_t>();
+  int32_t* nc_out = near_counts.data_ptr<int32_t>();
+  int32_t* d_out = dropped.data_ptr<int32_t>();
+  int32_t* nd_out = near_dropped.data_ptr<int32_t>();
+  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const auto c = core::compact_bits_row(bp + r * row_bytes, np ? np + r * row_bytes : nullptr,
+                                            n, static_cast<int32_t>(capacity), id + r * capacity);
+      c_out[r] = c.spikes;
+      nc_out[r] = c.near;
+      d_out[r] = c.dropped;
+      nd_out[r] = c.near_dropped;
+    }
+  });
+  return {ids, counts, near_counts, dropped, near_dropped};
+}
+
+// ---- products on packed bits (ipu_snn/ops/spike_product.py): a time loop's window of rows
+
+// Spikes per row of packed bits [R, nb].
+at::Tensor count_bits(const at::Tensor& bits_in) {
+  TORCH_CHECK(bits_in.dim() == 2 && bits_in.device().is_cpu() && bits_in.scalar_type() == at::kByte,
+              "count_bits: bits must be a uint8 CPU matrix [R, nb], got ", bits_in.sizes());
+  const auto bits = bits_in.contiguous();
+  const int64_t rows = bits.size(0), row_bytes = bits.size(1);
+  auto counts = at::empty({rows}, bits.options().dtype(at::kInt));
+  const uint8_t* bp = bits.data_ptr<uint8_t>();
+  int32_t* cp = counts.data_ptr<int32_t>();
+  at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int32_t total = 0;
+      for (int64_t k = 0; k < row_bytes; ++k) total += __builtin_popcount(bp[r * row_bytes + k]);
+      cp[r] = total;
+    }
+  });
+  return counts;
+}
+
+void check_bits(const at::Tensor& bits, int64_t n_in, const char* op) {
+  TORCH_CHECK(bits.dim() == 2 && bits.device().is_cpu() && bits.scalar_type() == at::kByte &&
+                  bits.size(1) == (n_in + 7) / 8,
+              op, ": bits must be a uint8 CPU matrix [R, ceil(n_in / 8)] for n_in = ", n_in, ", got ",
+              bits.scalar_type(), " ", bits.sizes());
+}
+
+// out[r] = sum of the weight rows of row r's first `capacity` spikes; dropped[r] = the rest.
+std::tuple<at::Tensor, at::Tensor> bits_forward(const at::Tensor& bits_in, int64_t n_in,
+                                                const at::Tensor& weight_in, int64_t capacity) {
+  check_bits(bits_in, n_in, "bits_forward");
+  check_matrix(weight_in, "weight", "bits_forward");
+  TORCH_CHECK(weight_in.size(0) == n_in, "bits_forward: weight must have n_in = ", n_in, " rows");
+  const auto bits = bits_in.contiguous();
+  const auto weight = weight_in.contiguous();
+  const int64_t rows = bits.size(0), row_bytes = bits.size(1), n_out = weight.size(1);
+  auto out = at::zeros({rows, n_out}, weight.options().dtype(accumulator_dtype(weight.scalar_type())));
+  auto dropped = at::empty({rows}, bits.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "ipu_snn_cpu_bits_forward", [&] {
+    using Acc = typename Accumulator<scalar_t>::type;
+    const scalar_t* w = weight.data_ptr<scalar_t>();
+    const uint8_t* bp = bits.data_ptr<uint8_t>();
+    Acc* o = out.data_ptr<Acc>();
+    int32_t* dp = dropped.data_ptr<int32_t>();
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t total = core::gather_add_bits_row<scalar_t, Acc>(w, n_out, bp + r * row_bytes, n_in,
+                                                                      capacity, o + r * n_out);
+        dp[r] = static_cast<int32_t>(std::max<int64_t>(0, total - capacity));
+      }
+    });
+  });
+  return {out.scalar_type() == weight.scalar_type() ? out : out.to(weight.scalar_type()), dropped};
+}
+
+// Weights up to this many elements get a private gradient per thread and are walked in
+// row order (the weight stays in cache); larger ones in the neuron order of grad_weight.
+constexpr int64_t kPrivateGradElements = int64_t(1) << 20;
+
+// grad_weight = spikes^T @ grad_out over row r's first `capacity` spikes.
+at::Tensor bits_grad_weight(const at::Tensor& bits_in, int64_t n_in, const at::Tensor& grad_out_in,
+                            int64_t capacity) {
+  check_bits(bits_in, n_in, "bits_grad_weight");
+  check_matrix(grad_out_in, "grad_out", "bits_grad_weight");
+  TORCH_CHECK(grad_out_in.size(0) == bits_in.size(0), "bits_grad_weight: grad_out has ",
+              grad_out_in.size(0), " rows, the bits ", bits_in.size(0));
+  const auto bits = bits_in.contiguous();
+  const auto grad_out = grad_out_in.contiguous();
+  const int64_t rows = bits.size(0), row_bytes = bits.size(1), n_out = grad_out.size(1);
+  if (n_in * n_out > kPrivateGradElements) {
+    const int32_t cap = static_cast<int32_t>(std::min<int64_t>(capacity, n_in));
+    auto ids = at::empty({rows, cap}, bits.options().dtype(at::kInt));
+    auto counts = at::empty({rows}, bits.options().dtype(at::kInt));
+    int32_t* id = ids.data_ptr<int32_t>();
+    int32_t* cnt = counts.data_ptr<int32_t>();
+    const uint8_t* bp = bits.data_ptr<uint8_t>();
+    at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        cnt[r] = core::compact_bits_row(bp + r * row_bytes, nullptr, n_in, cap, id + r * cap).spikes;
+      }
+    });
+    return grad_weight(ids, counts, grad_out, n_in);
+  }
+  const auto acc_type = accumulator_dtype(grad_out.scalar_type());
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (rows + 255) / 256));
+  auto partial = at::zeros({threads, n_in, n_out}, grad_out.options().dtype(acc_type));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(),
+                                  "ipu_snn_cpu_bits_grad_weight", [&] {
+    using Acc = typename Accumulator<scalar_t>::type;
+    const scalar_t* g = grad_out.data_ptr<scalar_t>();
+    const uint8_t* bp = bits.data_ptr<uint8_t>();
+    Acc* acc = partial.data_ptr<Acc>();
+    // Each task owns a block of rows and its own gradient copy: no two tasks add into one row.
+    at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
+        Acc* mine = acc + t * n_in * n_out;
+        for (int64_t r = r0; r < r1; ++r) {
+          core::scatter_add_bits_row<scalar_t, Acc>(g + r * n_out, n_out, bp + r * row_bytes, n_in,
+                                                    capacity, mine);
+        }
+      }
+    });
+  });
+  auto gw = threads == 1 ? partial[0] : partial.sum(0);
+  return gw.scalar_type() == grad_out.scalar_type() ? gw : gw.to(grad_out.scalar_type());
+}
+
+// grad_in[r, j] = <weight[j], grad_out[r]> at row r's listed neurons (its first `capacity`
+// spikes, then near-threshold neurons up to `capacity` in all), 0 elsewhere.
+at::Tensor bits_grad_input(const at::Tensor& bits_in, const c10::optional<at::Tensor>& near_in,
+                           int64_t n_in, const at::Tensor& weight_in, const at::Tensor& grad_out_in,
+                           int64_t capacity) {
+  check_bits(bits_in, n_in, "bits_grad_input");
+  check_matrix(weight_in, "weight", "bits_grad_input");
+  const auto bits = bits_in.contiguous();
+  const auto weight = weight_in.contiguous();
+  const auto grad_out = grad_out_in.to(weight.scalar_type()).contiguous();
+  const int64_t rows = bits.size(0), row_bytes = bits.size(1), n_out = weight.size(1);
+  TORCH_CHECK(weight.size(0) == n_in && grad_out.size(0) == rows && grad_out.size(1) == n_out,
+              "bits_grad_input: weight must be [", n_in, ", n_out] and grad_out [", rows, ", n_out]");
+  at::Tensor near;
+  if (near_in.has_value()) {
+    near = near_in->contiguous();
+    check_bits(near, n_in, "bits_grad_input (near)");
+  }
+  const int32_t cap = static_cast<int32_t>(std::min<int64_t>(capacity, n_in));
+  auto grad_in = at::empty({rows, n_in}, weight.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(),
+                                  "ipu_snn_cpu_bits_grad_input", [&] {
+    using Acc = typename Accumulator<scalar_t>::type;
+    const scalar_t* w = weight.data_ptr<scalar_t>();
+    const scalar_t* g = grad_out.data_ptr<scalar_t>();
+    const uint8_t* bp = bits.data_ptr<uint8_t>();
+    const uint8_t* np = near.defined() ? near.data_ptr<uint8_t>() : nullptr;
+    scalar_t* gi = grad_in.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      std::vector<int32_t> ids(std::max<int32_t>(cap, 1));
+      for (int64_t r = r0; r < r1; ++r) {
+        const auto c = core::compact_bits_row(bp + r * row_bytes, np ? np + r * row_bytes : nullptr, n_in,
+                                              cap, ids.data());
+        core::listed_grad_row<scalar_t, Acc>(w, n_out, g + r * n_out, ids.data(), c.spikes + c.near, n_in,
+                                             gi + r * n_in);
+      }
+    });
+  });
+  return grad_in;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(ipu_snn_cpu, m) {
@@ -296,6 +493,13 @@ TORCH_LIBRARY(ipu_snn_cpu, m) {
   m.def("grad_weight(Tensor ids, Tensor counts, Tensor grad_out, int n_in) -> Tensor");
   m.def("grad_input(Tensor ids, Tensor counts, Tensor weight, Tensor grad_out) -> Tensor");
   m.def("compact(Tensor z, Tensor? near, int capacity) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("compact_bits(Tensor bits, Tensor? near, int n, int capacity) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("count_bits(Tensor bits) -> Tensor");
+  m.def("bits_forward(Tensor bits, int n_in, Tensor weight, int capacity) -> (Tensor, Tensor)");
+  m.def("bits_grad_weight(Tensor bits, int n_in, Tensor grad_out, int capacity) -> Tensor");
+  m.def("bits_grad_input(Tensor bits, Tensor? near, int n_in, Tensor weight, Tensor grad_out, "
+        "int capacity) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ipu_snn_cpu, CPU, m) {
@@ -303,4 +507,9 @@ TORCH_LIBRARY_IMPL(ipu_snn_cpu, CPU, m) {
   m.impl("grad_weight", &grad_weight);
   m.impl("grad_input", &grad_input);
   m.impl("compact", &compact);
+  m.impl("compact_bits", &compact_bits);
+  m.impl("count_bits", &count_bits);
+  m.impl("bits_forward", &bits_forward);
+  m.impl("bits_grad_weight", &bits_grad_weight);
+  m.impl("bits_grad_input", &bits_grad_input);
 }

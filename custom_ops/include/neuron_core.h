@@ -15,30 +15,31 @@
 //     z     = (x > 0)          d = sg'(x)         (surrogate derivative, below)
 //     reset subtract: v_new = v - z * theta      reset zero: v_new = v * (1 - z)
 //     a_new = a + z                               (ALIF only)
-// The reset uses z as a constant (detached), as neurons.py does by default.
-// Backward of one step, given grad_z (w.r.t. z), grad_v (w.r.t. v_new) and
-// grad_a (w.r.t. a_new, ALIF):
+// The reset uses z as a constant (detached), as ipu_snn/neuron/spec.py says.
+// Backward of fire-and-reset, given grad_z (w.r.t. z), grad_v (w.r.t. v_new)
+// and grad_a (w.r.t. a_new, ALIF):
 //     gz    = grad_z + grad_a
 //     gx    = gz * d
-//     gv    = grad_v * (1 if subtract else (1 - z)) + gx
-//     ga    = grad_a - adapt_strength * (gx + (grad_v * z if subtract else 0))
-//     grad_current = gv ; grad_v_prev = beta * gv ; grad_a_prev = rho * ga
-// This equals autograd through ipu_snn.neurons.lif_step / alif_step with
+//     gv    = grad_v * (1 if subtract else (1 - z)) + gx      (w.r.t. v; = grad_current)
+//     ga    = grad_a - adapt_strength * (gx + (grad_v * z if subtract else 0))   (w.r.t. a)
+// and, when asked (LeakBackward), the leak's: grad_v_prev = beta * gv,
+// grad_a_prev = rho * ga. ipu_snn/neuron/spec.py states the same contract.
+// This equals autograd through ipu_snn.neuron.reference.step with
 // detach_reset=True (tests/test_neuron_kernels.py checks it in float64). Only
 // z and d are needed backward; z is kept as packed bits:
 //     uint8 [B, ceil(N / 8)], byte = sum_k z[8 * i + k] << k within each row
 // (little-endian bit order; a row's unused high bits are 0).
 //
-// Surrogate derivatives, identical to ipu_snn/neurons.py (s = scale):
+// Surrogate derivatives, the table of ipu_snn/neuron/surrogates.py (s = scale;
+// the enum values below are that table's codes, checked by a test):
 //     fast_sigmoid  1 / (s |x| + 1)^2
 //     atan          (s / 2) / (1 + (pi / 2 * s * x)^2)
 //     triangle      s * max(1 - s |x|, 0)
 //     boxcar        s if |x| < 0.5 / s else 0
 //
-// LIF or ALIF: rho == nullptr is LIF (a_prev, a_new, grad_a and grad_a_prev
-// are then ignored and may be null). With rho set, a_prev and a_new (forward)
-// and grad_a_prev (backward) must be valid; grad_a may be null for a zero
-// gradient.
+// LIF or ALIF: in the forward, rho == nullptr is LIF (a_prev and a_new are
+// then ignored and may be null); the backward takes an explicit flag, and
+// grad_a may be null there for a zero gradient.
 //
 // Types: T is the state type (float, double, or a half type that converts to
 // float); arithmetic runs in float, or in double when T is double. D is the
@@ -89,7 +90,7 @@ inline C abs_value(C x) { return x < C(0) ? -x : x; }
 
 // Surrogate derivatives. The constants are formed in double from the scale,
 // as Python forms them before torch casts them to the tensor dtype, so that
-// float results round the same way as ipu_snn/neurons.py.
+// float results round the same way as ipu_snn/neuron/surrogates.py.
 template <typename C>
 struct FastSigmoidGrad {
   C scale;
@@ -285,43 +286,49 @@ void unpack_bits(const uint8_t* bits, int64_t n_neurons, int64_t begin, int64_t 
   }
 }
 
-// Backward of neuron j (flat index i) given its spike as 0/1 in C. All of
-// its inputs are read before its outputs are written, so grad_v_prev may be
-// grad_v and grad_a_prev may be grad_a (in-place carries).
-template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA>
+// Backward of neuron j (flat index i) given its spike as 0/1 in C: gv, the
+// gradient w.r.t. v before the reset (which is also grad_current), and ga,
+// w.r.t. a after the decay (ALIF). With kLeak the leak's backward follows in
+// the same pass: grad_v_prev = beta * gv, grad_a_prev = rho * ga. All inputs
+// of an element are read before its outputs are written, so grad_v_prev may
+// be grad_v and grad_a_prev may be grad_a (in-place carries).
+template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA, bool kLeak>
 inline void neuron_backward_element(
     const T* IPU_SNN_RESTRICT grad_z, const T* grad_v, const T* grad_a,
-    const D* IPU_SNN_RESTRICT d, const T* IPU_SNN_RESTRICT beta,
-    const T* IPU_SNN_RESTRICT rho, int64_t i, int64_t j,
+    const D* IPU_SNN_RESTRICT d, int64_t i, int64_t j,
     typename NeuronCompute<T>::type zc, typename NeuronCompute<T>::type adapt,
-    T* IPU_SNN_RESTRICT grad_current, T* grad_v_prev, T* grad_a_prev) {
+    T* IPU_SNN_RESTRICT gv_out, T* ga_out, const T* IPU_SNN_RESTRICT beta,
+    const T* IPU_SNN_RESTRICT rho, T* grad_v_prev, T* grad_a_prev) {
   using C = typename NeuronCompute<T>::type;
   const C gvn = C(grad_v[i]);
   const C gan = (kAdaptive && kGradA) ? C(grad_a[i]) : C(0);
   const C gx = (C(grad_z[i]) + gan) * static_cast<C>(d[i]);
   const C gv = (kSubtract ? gvn : gvn * (C(1) - zc)) + gx;
   const C ga = gan - adapt * (kSubtract ? gx + gvn * zc : gx);
-  grad_current[i] = T(gv);
-  grad_v_prev[i] = T(C(beta[j]) * gv);
-  if (kAdaptive) grad_a_prev[i] = T(C(rho[j]) * ga);
+  gv_out[i] = T(gv);
+  if (kAdaptive && ga_out != nullptr) ga_out[i] = T(ga);
+  if (kLeak) {
+    grad_v_prev[i] = T(C(beta[j]) * gv);
+    if (kAdaptive) grad_a_prev[i] = T(C(rho[j]) * ga);
+  }
 }
 
 // Backward over neurons [j_begin, j_end) of the row at flat index row_start.
 // Whole bytes of spikes are loaded once for their 8 neurons, and a spike
 // becomes 0/1 by arithmetic, not by a branch: a branch on the spikes
 // mispredicts about as often as neurons fire, which made this loop ~5x slower.
-template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA>
+template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA, bool kLeak>
 void neuron_backward_row(const T* grad_z, const T* grad_v, const T* grad_a,
-                         const uint8_t* row_bits, const D* d, const T* beta,
-                         const T* rho, int64_t row_start, int64_t j_begin,
-                         int64_t j_end, double adapt_strength, T* grad_current,
+                         const uint8_t* row_bits, const D* d, int64_t row_start,
+                         int64_t j_begin, int64_t j_end, double adapt_strength,
+                         T* gv_out, T* ga_out, const T* beta, const T* rho,
                          T* grad_v_prev, T* grad_a_prev) {
   using C = typename NeuronCompute<T>::type;
   const C adapt = C(adapt_strength);
-#define IPU_SNN_BACKWARD_ELEMENT(J, BIT)                                               \
-  neuron_backward_element<T, D, kSubtract, kAdaptive, kGradA>(                          \
-      grad_z, grad_v, grad_a, d, beta, rho, row_start + (J), (J), C(int32_t(BIT)), adapt, \
-      grad_current, grad_v_prev, grad_a_prev)
+#define IPU_SNN_BACKWARD_ELEMENT(J, BIT)                                                  \
+  neuron_backward_element<T, D, kSubtract, kAdaptive, kGradA, kLeak>(                      \
+      grad_z, grad_v, grad_a, d, row_start + (J), (J), C(int32_t(BIT)), adapt, gv_out,     \
+      ga_out, beta, rho, grad_v_prev, grad_a_prev)
   int64_t j = j_begin;
   for (; j < j_end && (j & 7) != 0; ++j) {
     IPU_SNN_BACKWARD_ELEMENT(j, (row_bits[j >> 3] >> (j & 7)) & 1u);
@@ -336,50 +343,67 @@ void neuron_backward_row(const T* grad_z, const T* grad_v, const T* grad_a,
 #undef IPU_SNN_BACKWARD_ELEMENT
 }
 
-template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA>
+template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA, bool kLeak>
 void neuron_backward_range(const T* grad_z, const T* grad_v, const T* grad_a,
-                           const uint8_t* bits, const D* d, const T* beta,
-                           const T* rho, int64_t n_neurons, int64_t begin,
-                           int64_t end, double adapt_strength, T* grad_current,
-                           T* grad_v_prev, T* grad_a_prev) {
+                           const uint8_t* bits, const D* d, int64_t n_neurons,
+                           int64_t begin, int64_t end, double adapt_strength, T* gv_out,
+                           T* ga_out, const T* beta, const T* rho, T* grad_v_prev,
+                           T* grad_a_prev) {
   const int64_t row_bytes = packed_row_bytes(n_neurons);
   int64_t i = begin;
   while (i < end) {
     const int64_t row = i / n_neurons, row_start = row * n_neurons;
     const int64_t j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
-    neuron_backward_row<T, D, kSubtract, kAdaptive, kGradA>(
-        grad_z, grad_v, grad_a, bits + row * row_bytes, d, beta, rho, row_start,
-        i - row_start, j_end, adapt_strength, grad_current, grad_v_prev, grad_a_prev);
+    neuron_backward_row<T, D, kSubtract, kAdaptive, kGradA, kLeak>(
+        grad_z, grad_v, grad_a, bits + row * row_bytes, d, row_start, i - row_start, j_end,
+        adapt_strength, gv_out, ga_out, beta, rho, grad_v_prev, grad_a_prev);
     i = row_start + j_end;
   }
 }
 
-// One step backward over flat elements [begin, end): from grad_z, grad_v,
-// grad_a (ALIF; null means 0), the packed spikes and the saved d, writes
-// grad_current, grad_v_prev and grad_a_prev (ALIF). grad_v_prev may be
-// grad_v and grad_a_prev may be grad_a (in place); no other output may alias
-// an input or another output. Only adapt_strength and the reset kind of the
-// scalars matter here: d already holds the surrogate.
+// The leak's backward, fused into neuron_backward when beta is given:
+// grad_v_prev = beta * gv and (ALIF) grad_a_prev = rho * ga. Either output may
+// be the corresponding gradient input (in place).
+template <typename T>
+struct LeakBackward {
+  const T* beta = nullptr;  // null: no leak epilogue
+  const T* rho = nullptr;   // ALIF
+  T* grad_v_prev = nullptr;
+  T* grad_a_prev = nullptr;
+};
+
+// One step backward of fire-and-reset over flat elements [begin, end), from
+// grad_z, grad_v (w.r.t. v_new), grad_a (w.r.t. a_new; ALIF, null means 0),
+// the packed spikes and the saved d: writes gv (w.r.t. v before the reset,
+// also the gradient of the input current) and, when ga is not null, ga
+// (w.r.t. a after the decay; ALIF). Only adapt_strength and the reset kind
+// enter the math: d already holds the surrogate. gv and ga may alias grad_v
+// and grad_a; no other output may alias an input or another output.
 template <typename T, typename D>
 void neuron_backward(const T* grad_z, const T* grad_v, const T* grad_a,
-                     const uint8_t* bits, const D* d, const T* beta, const T* rho,
-                     int64_t n_neurons, int64_t begin, int64_t end, double adapt_strength,
-                     Reset reset, T* grad_current, T* grad_v_prev, T* grad_a_prev) {
-#define IPU_SNN_NEURON_BACKWARD(S, A, G)                                              \
-  neuron_backward_range<T, D, S, A, G>(grad_z, grad_v, grad_a, bits, d, beta, rho,    \
-                                       n_neurons, begin, end, adapt_strength,         \
-                                       grad_current, grad_v_prev, grad_a_prev)
+                     const uint8_t* bits, const D* d, int64_t n_neurons, int64_t begin,
+                     int64_t end, bool adaptive, double adapt_strength, Reset reset,
+                     T* gv, T* ga, const LeakBackward<T>& leak = LeakBackward<T>()) {
+#define IPU_SNN_NEURON_BACKWARD(S, A, G, L)                                           \
+  neuron_backward_range<T, D, S, A, G, L>(grad_z, grad_v, grad_a, bits, d, n_neurons, \
+                                          begin, end, adapt_strength, gv, ga,          \
+                                          leak.beta, leak.rho, leak.grad_v_prev,       \
+                                          leak.grad_a_prev)
+#define IPU_SNN_NEURON_BACKWARD_LEAK(S, A, G)                 \
+  if (leak.beta != nullptr) IPU_SNN_NEURON_BACKWARD(S, A, G, true); \
+  else IPU_SNN_NEURON_BACKWARD(S, A, G, false)
   const bool subtract = reset == Reset::kSubtract;
-  if (rho == nullptr) {
-    if (subtract) IPU_SNN_NEURON_BACKWARD(true, false, false);
-    else IPU_SNN_NEURON_BACKWARD(false, false, false);
+  if (!adaptive) {
+    if (subtract) { IPU_SNN_NEURON_BACKWARD_LEAK(true, false, false); }
+    else { IPU_SNN_NEURON_BACKWARD_LEAK(false, false, false); }
   } else if (grad_a == nullptr) {
-    if (subtract) IPU_SNN_NEURON_BACKWARD(true, true, false);
-    else IPU_SNN_NEURON_BACKWARD(false, true, false);
+    if (subtract) { IPU_SNN_NEURON_BACKWARD_LEAK(true, true, false); }
+    else { IPU_SNN_NEURON_BACKWARD_LEAK(false, true, false); }
   } else {
-    if (subtract) IPU_SNN_NEURON_BACKWARD(true, true, true);
-    else IPU_SNN_NEURON_BACKWARD(false, true, true);
+    if (subtract) { IPU_SNN_NEURON_BACKWARD_LEAK(true, true, true); }
+    else { IPU_SNN_NEURON_BACKWARD_LEAK(false, true, true); }
   }
+#undef IPU_SNN_NEURON_BACKWARD_LEAK
 #undef IPU_SNN_NEURON_BACKWARD
 }
 

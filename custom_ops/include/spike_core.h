@@ -213,5 +213,116 @@ CompactCounts compact_row(const Z* z, const M* near, int64_t n, int32_t capacity
   return result;
 }
 
+// compact_row for spikes given as packed bits (neuron j is bit j % 8 of byte
+// j / 8, ipu_snn/neuron/bits.py): the same lists, in the same order, from
+// ceil(n / 8) bytes instead of n values. `near_bits` may be null; a neuron set
+// in both counts as a spike. Walking set bits with a count-trailing-zeros
+// keeps the cost proportional to the spikes, not to n.
+inline CompactCounts compact_bits_row(const uint8_t* bits, const uint8_t* near_bits,
+                                      int64_t n, int32_t capacity, int32_t* ids) {
+  CompactCounts result{0, 0, 0, 0};
+  const int64_t n_bytes = (n + 7) / 8;
+  int64_t total = 0;
+  for (int64_t k = 0; k < n_bytes; ++k) {
+    uint32_t byte = bits[k];
+    while (byte != 0) {
+      const int64_t j = 8 * k + __builtin_ctz(byte);
+      byte &= byte - 1;
+      if (total < capacity) ids[total] = static_cast<int32_t>(j);
+      ++total;
+    }
+  }
+  result.spikes = static_cast<int32_t>(min_i64(total, capacity));
+  result.dropped = static_cast<int32_t>(total - result.spikes);
+  int32_t filled = result.spikes;
+  if (near_bits != nullptr) {
+    for (int64_t k = 0; k < n_bytes; ++k) {
+      uint32_t byte = near_bits[k] & ~static_cast<uint32_t>(bits[k]) & 0xffu;
+      while (byte != 0) {
+        const int64_t j = 8 * k + __builtin_ctz(byte);
+        byte &= byte - 1;
+        if (filled < capacity) {
+          ids[filled++] = static_cast<int32_t>(j);
+          ++result.near;
+        } else {
+          ++result.near_dropped;
+        }
+      }
+    }
+  }
+  for (int32_t k = filled; k < capacity; ++k) ids[k] = 0;
+  return result;
+}
+
+// out[0, n_out) += the weight rows of the first `count` ids: one sample's
+// spikes @ weight, the gather-add of the time loop's recurrent product.
+template <typename T, typename Acc>
+void gather_add_row(const T* weight, int64_t n_out, const int32_t* ids, int32_t count,
+                    Acc* out) {
+  for (int32_t k = 0; k < count; ++k) {
+    const T* row = weight + static_cast<int64_t>(ids[k]) * n_out;
+    for (int64_t c = 0; c < n_out; ++c) out[c] += Acc(row[c]);
+  }
+}
+
+// One sample's input gradient at its listed neurons: out[ids[k]] =
+// <weight[ids[k], :], grad_out> for k < count, 0 at every other neuron of
+// [0, n_in). The sparse backward of the recurrent product (sparse_grad: spikes).
+template <typename T, typename Acc>
+void listed_grad_row(const T* weight, int64_t n_out, const T* grad_out, const int32_t* ids,
+                     int32_t count, int64_t n_in, T* out) {
+  for (int64_t j = 0; j < n_in; ++j) out[j] = T(0);
+  for (int32_t k = 0; k < count; ++k) {
+    const int64_t j = ids[k];
+    out[j] = T(dot<T, T, Acc>(weight + j * n_out, grad_out, n_out));
+  }
+}
+
+// Row-order kernels on packed bits. When the weight (or its gradient) fits in
+// cache, walking rows in order and touching the weight rows of each row's
+// spikes beats the neuron order above: the [R, n_out] operand streams once,
+// sequentially, and the weight stays cached. This is the shape of a time
+// loop's products (R = steps x samples rows, a few hundred neurons per side).
+// Only the first `capacity` spikes of a row count (ascending neuron order, as
+// compact_bits_row lists them); the return value is the row's total spikes.
+
+// out[0, n_out) += weight rows of the row's spikes.
+template <typename T, typename Acc>
+int64_t gather_add_bits_row(const T* weight, int64_t n_out, const uint8_t* bits, int64_t n_in,
+                            int64_t capacity, Acc* out) {
+  const int64_t n_bytes = (n_in + 7) / 8;
+  int64_t total = 0;
+  for (int64_t k = 0; k < n_bytes; ++k) {
+    uint32_t byte = bits[k];
+    while (byte != 0) {
+      const int64_t j = 8 * k + __builtin_ctz(byte);
+      byte &= byte - 1;
+      if (total++ < capacity) {
+        const T* row = weight + j * n_out;
+        for (int64_t c = 0; c < n_out; ++c) out[c] += Acc(row[c]);
+      }
+    }
+  }
+  return total;
+}
+
+// grad_weight rows of the row's spikes += grad_row[0, n_out).
+template <typename G, typename Acc>
+void scatter_add_bits_row(const G* grad_row, int64_t n_out, const uint8_t* bits, int64_t n_in,
+                          int64_t capacity, Acc* grad_weight) {
+  const int64_t n_bytes = (n_in + 7) / 8;
+  int64_t total = 0;
+  for (int64_t k = 0; k < n_bytes && total < capacity; ++k) {
+    uint32_t byte = bits[k];
+    while (byte != 0 && total < capacity) {
+      const int64_t j = 8 * k + __builtin_ctz(byte);
+      byte &= byte - 1;
+      ++total;
+      Acc* gw = grad_weight + j * n_out;
+      for (int64_t c = 0; c < n_out; ++c) gw[c] += Acc(grad_row[c]);
+    }
+  }
+}
+
 }  // namespace core
 }  // namespace ipu_snn

@@ -134,11 +134,15 @@ public:
       core::pack_bits<unsigned char>(&spikeRow[offset], width, 0, ownRowBytes,
                                      &ownBits[b * ownRowBytes]);
     }
+    core::LeakBackward<T> leak;
+    leak.beta = &beta[0];
+    leak.rho = adaptive ? &rho[0] : nullptr;
+    leak.grad_v_prev = &gradVPrev[0];
+    leak.grad_a_prev = adaptive ? &gradAPrev[0] : nullptr;
     core::neuron_backward<T, T>(&gradZ[0], &gradV[0], adaptive ? &gradA[0] : nullptr,
-                                &ownBits[0], &d[0], &beta[0], adaptive ? &rho[0] : nullptr,
-                                width, 0, elements, adaptStrength,
-                                static_cast<core::Reset>(reset), &gradCurrent[0],
-                                &gradVPrev[0], adaptive ? &gradAPrev[0] : nullptr);
+                                &ownBits[0], &d[0], width, 0, elements, adaptive != 0,
+                                adaptStrength, static_cast<core::Reset>(reset),
+                                &gradCurrent[0], nullptr, leak);
     if (!adaptive) {
       for (unsigned i = 0; i < gradAPrev.size(); ++i) gradAPrev[i] = T(0.0f);
     }

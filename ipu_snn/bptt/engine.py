@@ -80,12 +80,15 @@ def scan(
     *,
     offchip: OffchipFactory | None = None,
     stats: ScanStats | None = None,
+    owned: Sequence[torch.Tensor] = (),
 ) -> tuple[torch.Tensor, Tensors]:
     """Run ``cell`` over ``xs`` (time first) and return ``(ys, final_state)``.
 
     ``schedule`` is a `Schedule` for ``T = xs.shape[0]``, a function from T to
     one, or None for `store_all`. ``offchip(capacity)`` makes the off-chip tier
     (default: `CudaHostStore` for CUDA states, `HostStore` otherwise).
+    ``owned``: other tensors the caller owns that a step may read and keep
+    (an input batch the cell slices itself); their bytes are not counted.
     """
     params, state0 = tuple(params), tuple(state0)
     T = xs.shape[0]
@@ -98,7 +101,7 @@ def scan(
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         # nothing to differentiate: run the plain loop and keep nothing
         return _run_inference(cell, params, state0, xs, stats)
-    run = _Run(cell, sched, params, state0, xs, offchip or _default_offchip(state0), stats)
+    run = _Run(cell, sched, params, state0, xs, offchip or _default_offchip(state0), stats, tuple(owned))
     out = _ScanFunction.apply(run, *tensors)
     return out[0], tuple(out[1:])
 
@@ -199,6 +202,7 @@ class _Run:
         xs: torch.Tensor,
         offchip: OffchipFactory,
         stats: ScanStats,
+        owned: Tensors = (),
     ) -> None:
         self.cell, self.schedule, self.stats = cell, schedule, stats
         self.T = xs.shape[0]
@@ -213,7 +217,7 @@ class _Run:
         self.tapes: dict[int, _Tape] = {}
         self.tape_bytes = 0
         # storages the caller owns: a tape that saves them holds no extra memory
-        self.caller_storages = {t.untyped_storage().data_ptr() for t in params + (xs,)}
+        self.caller_storages = {t.untyped_storage().data_ptr() for t in params + (xs,) + owned}
         devices = {t.device.index or 0 for t in params + state0 + (xs,) if t.is_cuda}
         self.rng = _RngStates(sorted(devices))
         self.ys: torch.Tensor | None = None

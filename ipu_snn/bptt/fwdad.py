@@ -33,7 +33,8 @@ Derivatives come from one of two places:
   non-differentiable output a surrogate derivative: forward-mode AD sees the
   Heaviside step ``z = (x > 0)`` as flat (derivative 0), so write ``z`` as usual
   and declare ``{(z_index, i): surrogate_grad(x) * dx/dx_i}``; see
-  `ipu_snn.bptt.fwdad_neurons`.
+  the fused neuron kernels (`ipu_snn.neuron`), which apply this idea to the
+  LIF/ALIF update in compiled code.
 
 A derivative ``D`` (from ``constant`` or a closed form) is one of:
 
@@ -41,7 +42,7 @@ A derivative ``D`` (from ``constant`` or a closed form) is one of:
 * a floating tensor: kept in ``saved_dtype``. An input tensor itself may be
   given (for ``y = a * b``, ``dy/da = b``): it is referenced, not copied,
   unless ``saved_dtype`` differs from its dtype;
-* a bool tensor: a 0/1 derivative, kept as packed bits (the spike-kernel layout, `ipu_snn.ops.neuron_ops.pack_spikes`);
+* a bool tensor: a 0/1 derivative, kept as packed bits (the spike-kernel layout, `ipu_snn.neuron.bits`);
 * ``Affine(factor, scale, offset)``: ``offset + scale * factor`` with ``factor``
   a tensor as above, so ``1 - z`` or ``-k * d`` keep only ``z`` or ``d``.
 
@@ -72,7 +73,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ipu_snn.errors import UserError
-from ipu_snn.ops.neuron_ops import pack_spikes, unpack_spikes
+from ipu_snn.neuron.bits import pack_spikes, unpack_spikes
 
 Pair = tuple[int, int]  # (output index, input index)
 

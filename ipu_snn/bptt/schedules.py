@@ -119,15 +119,17 @@ class Schedule:
 class Costs:
     """Time, in any unit, of the operations a schedule performs.
 
-    ``step`` is one cell evaluation (taped or not), ``reverse`` one
-    backpropagation through a step, and ``*_write`` / ``*_read`` moving one
-    checkpoint into / out of a tier. The model is sequential: transfers do not
+    ``step`` is one cell evaluation (taped or not), ``tape`` what taping it adds
+    (keeping what its backward reads), ``reverse`` one backpropagation through
+    a step, and ``*_write`` / ``*_read`` moving one checkpoint into / out of a
+    tier. The model is sequential: transfers do not
     overlap compute, as in H-Revolve and Disk-Revolve, which makes it an upper
     bound when the store prefetches.
     """
 
     step: float = 1.0
     reverse: float = 2.0
+    tape: float = 0.0
     local_write: float = 0.0
     local_read: float = 0.0
     offchip_write: float = 0.0
@@ -150,6 +152,7 @@ class Summary:
     """
 
     evaluations: int
+    taped: int  # evaluations that were taped
     forward_steps: int
     reverses: int
     stores: dict[str, int]
@@ -216,7 +219,7 @@ def _replay(T: int, actions: tuple[Action, ...] | list[Action]) -> Summary:
     taped: set[int] = set()
     peak_taped = 0
     next_reverse = T - 1
-    evaluations = uncounted = 0
+    evaluations = uncounted = taped_evaluations = 0
     profile = []
     in_forward = True
 
@@ -236,6 +239,7 @@ def _replay(T: int, actions: tuple[Action, ...] | list[Action]) -> Summary:
                 if a.n1 - 1 > next_reverse:
                     fail(i, a, "tapes a step that was already reversed")
                 taped.update(steps)
+                taped_evaluations += a.n1 - a.n0
                 peak_taped = max(peak_taped, len(taped))
                 following = actions[i + 1] if i + 1 < len(actions) else None
                 if isinstance(following, Reverse) and following.n == a.n1 - 1:
@@ -286,6 +290,7 @@ def _replay(T: int, actions: tuple[Action, ...] | list[Action]) -> Summary:
         raise ScheduleError(f"left behind checkpoints {leftover} and tapes {sorted(taped)}")
     return Summary(
         evaluations=evaluations,
+        taped=taped_evaluations,
         forward_steps=evaluations - uncounted,
         reverses=T,
         stores=stores,
@@ -301,6 +306,7 @@ def predicted_time(schedule: Schedule, costs: Costs) -> float:
     s = summarize(schedule)
     return (
         s.evaluations * costs.step
+        + s.taped * costs.tape
         + s.reverses * costs.reverse
         + sum(s.stores[t] * costs.write(t) + s.loads[t] * costs.read(t) for t in TIERS)
     )

@@ -11,15 +11,14 @@ model is traced:
     SpikeSelect           (membrane) -> ids [B, K], counts [B, 4]
     SpikeLinear           (z, ids, counts, weight) -> out [B, N_out]
 
-``ipu_kernels`` packs the first three into the registry's ``SpikeKernels`` so
-the IPU is one more backend with the same four functions as the CPU and CUDA
-ones. PopTorch only traces the forward pass: PopART differentiates the graph,
+PopTorch only traces the forward pass: PopART differentiates the graph,
 through the ops' PopART grad ops, which cannot be called from Python.
 ``SpikeMatmul``'s grad op reaches only the weight. ``SpikeLinear`` also takes the
 dense spikes z the list was made from, and its grad ops give PopART both
 gradients: the weight's, and z's (``grad_out @ weight.T``, or with
 ``dense_grad=False`` only at the listed neurons), which is what BPTT through a
-sparse layer needs; ``spike_linear`` is what the traced network calls.
+sparse layer needs; ``spike_linear`` (after ``compact``) is what the traced
+network's products call (ipu_snn.ipu.model).
 """
 
 from __future__ import annotations
@@ -141,32 +140,3 @@ def compact(poptorch: ModuleType, z: Tensor, near: Tensor | None, capacity: int,
     ids, counts = spike_select(poptorch, membrane, capacity, _SPIKE_LEVEL,
                                _NEAR_LEVEL if near is not None else None, tiles)
     return ids, counts[:, 0], counts[:, 1], counts[:, 2], counts[:, 3]
-
-
-def _no_grad_weight(ids: Tensor, counts: Tensor, grad_out: Tensor, n_in: int) -> Tensor:
-    raise DeviceError("the ipu backend has no Python weight gradient: on the IPU, PopART differentiates "
-                      "SpikeMatmul itself (its grad op SpikeMatmulGradWeight) when poptorch.trainingModel "
-                      "builds the backward pass")
-
-
-def ipu_kernels(poptorch: ModuleType, tiles: TileRange = ALL_TILES):
-    """The IPU ops as a registry backend (``ipu_snn.ops.registry.SpikeKernels``)."""
-    from ..ops.registry import SpikeKernels
-
-    load_op_library()
-    return SpikeKernels(
-        name="ipu",
-        # PopTorch 3.x traces through the dispatcher, with the model's tensors on the "ipu" device.
-        device_types=frozenset({"ipu"}),
-        forward=functools.partial(spike_matmul, poptorch, tiles=tiles),
-        grad_weight=_no_grad_weight,
-        grad_input=functools.partial(spike_matmul_grad_input, poptorch, tiles=tiles),
-        compact=functools.partial(compact, poptorch, tiles=tiles),
-    )
-
-
-def load_ipu_kernels():
-    """The registry's loader for the ``ipu`` backend."""
-    from .sdk import import_poptorch
-
-    return ipu_kernels(import_poptorch())

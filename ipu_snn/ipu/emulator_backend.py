@@ -29,7 +29,8 @@ from torch import Tensor
 
 from ipu_snn.ipu.emulator import Tile, hold_index, hold_list, one_thread, reduce_scatter
 from ipu_snn.ipu.tiles import TILE_GEOMETRY, packed_bytes, split_even
-from ipu_snn.ops.registry import SpikeKernels
+from ipu_snn.neuron.bits import unpack_spikes
+from ipu_snn.ops.registry import SpikeKernels, register_backend
 
 NAME = "ipu_emulator"
 DEVICE = "ipu-mk2"
@@ -121,10 +122,20 @@ def compact(z: Tensor, near: Tensor | None, capacity: int) -> tuple[Tensor, Tens
     return (ids, *per_sample)
 
 
+def compact_bits(bits: Tensor, near: Tensor | None, n: int, capacity: int):
+    """`compact` of spikes given as packed bits: each selecting tile receives the owners' bits."""
+    return compact(unpack_spikes(bits, n, torch.uint8), None if near is None else unpack_spikes(near, n, torch.bool),
+                   capacity)
+
+
 def load() -> SpikeKernels:
-    """The registry's loader (ipu_snn.ops.registry registers it under ``ipu_emulator``)."""
-    return SpikeKernels(name=NAME, device_types=frozenset({"cpu"}), forward=forward, grad_weight=grad_weight,
-                        grad_input=grad_input, compact=compact)
+    """The registry's loader for ``ipu_emulator`` (registered by `register`)."""
+    return SpikeKernels.from_lists(NAME, frozenset({"cpu"}), forward, grad_weight, grad_input, compact, compact_bits)
 
 
-__all__ = ["column_slices", "compact", "forward", "grad_input", "grad_weight", "load"]
+def register() -> None:
+    """Make ``ipu_emulator`` a spike-matmul backend of the registry (which sits below this module)."""
+    register_backend(NAME, load)
+
+
+__all__ = ["column_slices", "compact", "compact_bits", "forward", "grad_input", "grad_weight", "load", "register"]

@@ -50,7 +50,8 @@ from torch import Tensor
 from ipu_snn.errors import UserError
 from ipu_snn.ipu.emulator import Tile, hold_index, hold_list, one_thread, reduce_scatter, release_list, scatter_values
 from ipu_snn.ipu.tiles import INDEX_BYTES, MatmulPlan, PopulationPlan, TilePlan, chunk_sizes
-from ipu_snn.ops.neuron_ops import neuron_step_bwd, neuron_step_fwd, unpack_spikes
+from ipu_snn.neuron.bits import unpack_spikes
+from ipu_snn.neuron.ops import neuron_step_bwd, neuron_step_fwd
 from ipu_snn.ops.reference import listed_mask
 
 #: What the plan counts on a layer's tiles that the emulator does not hold itself.
@@ -79,17 +80,16 @@ class LayerParams:
 
     @classmethod
     def of(cls, layer) -> "LayerParams":
-        """From an ipu_snn.layers LIF / RecurrentLIF / ALIF module."""
-        if not getattr(layer, "detach_reset", True):
+        """From an ipu_snn.layers.SpikingLayer."""
+        spec = layer.spec
+        if not spec.detach_reset:
             raise UserError("the tile emulator runs the fused neuron backward, which needs detach_reset: true")
-        rho = getattr(layer, "rho", None)
         return cls(
             w_in=layer.fc.weight.detach(), b_in=layer.fc.bias.detach(),
             w_rec=None if layer.rec is None else layer.rec.weight.detach(),
-            beta=layer.beta.detach(), rho=None if rho is None else rho.detach(),
-            threshold=float(layer.threshold), adapt_strength=float(getattr(layer, "adapt_strength", 0.0)),
-            reset=layer.reset, surrogate=layer.spike.name, scale=layer.spike.scale,
-            learn_decay=isinstance(layer.beta, torch.nn.Parameter),
+            beta=layer.beta.detach(), rho=layer.rho.detach() if spec.adaptive else None,
+            threshold=spec.threshold, adapt_strength=spec.adapt_strength, reset=spec.reset,
+            surrogate=spec.surrogate, scale=spec.scale, learn_decay=isinstance(layer.beta, torch.nn.Parameter),
         )
 
 
@@ -284,19 +284,17 @@ def emulate_layer(
         for o in owns:
             step = o.history[t]
             acc = grad_acc[o.tile.index]
-            rho_for_ga = torch.ones_like(o.rho) if (o.rho is not None and params.learn_decay) else o.rho
-            gc, gv_prev, ga_prev = neuron_step_bwd(acc, o.v, o.a, step["zbits"], step["d"], o.beta, rho_for_ga,
-                                                   params.threshold, params.adapt_strength, params.reset,
-                                                   params.surrogate, params.scale, backend)
+            gc, ga = neuron_step_bwd(acc, o.v, o.a, step["zbits"], step["d"], o.rho is not None,
+                                     params.adapt_strength, params.reset, backend)
             grad_current[o.tile.index] = o.tile.hold_tensor("grad_current", "activations", gc)
             if params.learn_decay:
                 o.grads["beta"] += (gc * step["v_prev"]).sum(0)
                 if o.rho is not None:
-                    o.grads["rho"] += (ga_prev * step["a_prev"]).sum(0)  # ga_prev is ga here (rho = 1)
-                    ga_prev = o.rho * ga_prev
-            o.v.copy_(gv_prev)
+                    o.grads["rho"] += (ga * step["a_prev"]).sum(0)
+            # the leak's backward: the gradients reaching the previous step's v and a
+            o.v.copy_(o.beta * gc)
             if o.a is not None:
-                o.a.copy_(ga_prev)
+                o.a.copy_(o.rho * ga)
             acc.zero_()
             o.grads["b_in"] += gc.sum(0)
             for name in list(step):

@@ -1,8 +1,9 @@
-"""A BPTT schedule as PopART recomputation: which time steps' states to keep, and where.
+"""A BPTT schedule as PopART recomputation: which window states to keep, and where.
 
 On the IPU the backward pass is PopART's, not the BPTT engine's, so a schedule
 cannot be executed action by action. What carries over is the forward pass of
-the schedule: the states it stores (``Store`` before the first ``Reverse``) are
+the schedule over the executor's windows: the window states it stores
+(``Store`` before the first ``Reverse``, ipu_snn.executor.kept_windows) are
 marked with ``poptorch.recomputationCheckpoint`` and kept; with PopART's
 explicit recomputation of everything else (``RecomputeAll``) each span between
 two kept states is recomputed in the backward pass, in tile memory, while it is
@@ -19,22 +20,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..bptt.schedules import Schedule, Store
+from ..bptt.schedules import Store
+from ..executor import TimeLoop, kept_windows
 
 
 @dataclass(frozen=True)
 class Recomputation:
-    """States kept through the forward pass; state n is the one after n steps (0 < n < T)."""
+    """Window states kept through the forward pass; state n is the one before window n (0 < n < W)."""
 
     checkpoints: frozenset[int]
     offchip: bool  # some are in the off-chip tier: put activations in streaming memory
 
 
-def recomputation_for(schedule: Schedule | None) -> Recomputation | None:
+def recomputation_for(loop: TimeLoop, steps: int) -> Recomputation | None:
     """None for store_all (no schedule): PopART keeps every step and recomputes nothing."""
-    if schedule is None:
+    if loop.schedule is None:
         return None
-    forward = schedule.actions[: schedule.forward_phase_end]
-    # state 0 is the zero initial state and state T is never needed by backward
-    stores = [a for a in forward if isinstance(a, Store) and 0 < a.n < schedule.T]
-    return Recomputation(frozenset(a.n for a in stores), any(a.tier == "offchip" for a in stores))
+    windows = len(loop.bounds(steps))
+    kept = kept_windows(loop, windows)
+    schedule = loop.schedule(windows)
+    offchip = any(isinstance(a, Store) and a.n in kept and a.tier == "offchip"
+                  for a in schedule.actions[: schedule.forward_phase_end])
+    return Recomputation(kept, offchip)

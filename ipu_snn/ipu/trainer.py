@@ -27,11 +27,11 @@ from ..config import Config, TrainingConfig, dump_config
 from ..data import input_shape, load_splits
 from ..devices import resolve_device
 from ..errors import ConfigError, TrainingError
-from ..network import SpikingNetwork, build_network, count_parameters
+from ..network import SpikingNetwork, count_parameters
 from ..optim import make_scheduler
 from ..reporting import write_summary
-from ..train import epoch_line, open_tensorboard, progress_bar, run_summary, write_reports, choose_schedule, seed_everything
-from .model import Evaluation, TrainingStep, make_traceable
+from ..train import epoch_line, open_tensorboard, plan_time_loop, progress_bar, run_summary, write_reports, seed_everything
+from .model import Evaluation, TrainingStep, build_traced
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
 from .recomputation import recomputation_for
 from .sdk import import_popdist, import_poptorch
@@ -186,24 +186,24 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
         raise TrainingError(f"{out_dir} already holds a run (checkpoint {previous.name}); choose another --out")
     micro = micro_batch_size(cfg, reps.total)
     tile_plan = fitting_tile_plan(cfg, micro, reps)
-    bptt = choose_schedule(cfg, console, per_process_batch=micro)
-    recomputation = recomputation_for(bptt.schedule(cfg.data.num_steps) if bptt.schedule else None)
+    bptt, cfg = plan_time_loop(cfg, console, per_process_batch=micro)
+    loop = bptt.loop()
+    recomputation = recomputation_for(loop, cfg.data.num_steps)
 
     seed_everything(cfg.training.seed)
     splits = load_splits(cfg.data, cfg.training.seed)
-    network = make_traceable(build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt,
-                                           binary_inputs=cfg.data.binary), tile_plan)
+    network = build_traced(cfg, splits.n_inputs, splits.n_classes, splits.dt, poptorch, loop, tile_plan)
     network.train()
     optimizer = ipu_optimizer(cfg.training, network.parameters(), poptorch)
     scheduler = make_scheduler(cfg.training, optimizer)
     options = poptorch_options(cfg, poptorch, popdist, recomputation=recomputation)
-    loader = poptorch.DataLoader(options, splits.train, batch_size=micro, shuffle=True, drop_last=True)
+    # float frames: the traced graph multiplies them (or lists them with SpikeSelect); it does not unpack bits
+    loader = poptorch.DataLoader(options, splits.train.as_dense(), batch_size=micro, shuffle=True, drop_last=True)
     if len(loader) == 0:
         per_call = micro * cfg.training.grad_accumulation * reps.local * cfg.ipu.device_iterations
         raise ConfigError(f"data: one device call takes {per_call} training samples per instance, more than "
                           f"the {len(splits.train)} there are; lower data.batch_size or ipu.device_iterations")
-    checkpoints = recomputation.checkpoints if recomputation else frozenset()
-    training_model = poptorch.trainingModel(TrainingStep(network, poptorch, checkpoints), options, optimizer)
+    training_model = poptorch.trainingModel(TrainingStep(network, poptorch), options, optimizer)
     evaluator = Evaluator(poptorch, cfg, popdist, network, micro, reps)
     console.print(f"training {count_parameters(network):,} parameters on {cfg.device} x {reps.total} replicas "
                   f"({reps.instances} instances), micro-batch {micro}, {len(splits.train)} train samples, "
@@ -223,7 +223,7 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
                 optimizer_state = optimizer.state_dict()  # read from the device while attached
                 training_model.detachFromDevice()  # also brings the weights to the host
                 if splits.val is not None:
-                    row["val_loss"], row["val_accuracy"] = evaluator(splits.val)
+                    row["val_loss"], row["val_accuracy"] = evaluator(splits.val.as_dense())
                 scheduler.step()
                 training_model.setOptimizer(optimizer)  # the new learning rate goes with the next call
                 history.append(row)
@@ -239,7 +239,7 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
                 progress.console.print(epoch_line(row, cfg.training.epochs))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, row, network)
-        test_loss, test_accuracy = evaluator(splits.test)
+        test_loss, test_accuracy = evaluator(splits.test.as_dense())
     finally:
         if tensorboard:
             tensorboard.close()

@@ -3,36 +3,27 @@
 Public API:
   * ``SparseSpikes`` (spikes.py): capacity-K spike lists, ``from_dense`` / ``to_dense``.
   * ``spike_matmul``, ``sparse_linear`` (spike_matmul.py): differentiable gather-add matmul.
-  * ``prefer_sparse`` (policy.py): the explicit dense-or-sparse choice for a layer.
+  * ``spike_product`` (spike_product.py): a window's product of packed spikes, dense or sparse.
+  * ``SparsePolicy``, ``crossover_density`` (policy.py): how a product runs, from a measured crossover.
   * ``backend_names``, ``resolve_backend``, ``register_backend`` (registry.py).
-  * ``neuron_step_fwd``, ``neuron_step_bwd``, ``neuron_step_kernels``, ``pack_spikes``,
-    ``unpack_spikes`` (neuron_ops.py): the fused LIF/ALIF step and its packed spike bits.
 """
 
-from ipu_snn.ops.neuron_ops import (
-    neuron_step_bwd,
-    neuron_step_fwd,
-    neuron_step_kernels,
-    pack_spikes,
-    unpack_spikes,
-)
-from ipu_snn.ops.policy import prefer_sparse
+from ipu_snn.ops.policy import SparsePolicy, crossover_density
 from ipu_snn.ops.registry import backend_names, register_backend, resolve_backend
 from ipu_snn.ops.spike_matmul import SparseLinearResult, sparse_linear, spike_matmul
-from ipu_snn.ops.spikes import SparseSpikes
+from ipu_snn.ops.spike_product import spike_product
+from ipu_snn.ops.spikes import SparseSpikes, SpikeOverflowError
 
 __all__ = [
     "SparseLinearResult",
+    "SparsePolicy",
     "SparseSpikes",
+    "SpikeOverflowError",
     "backend_names",
-    "neuron_step_bwd",
-    "neuron_step_fwd",
-    "neuron_step_kernels",
-    "pack_spikes",
-    "prefer_sparse",
+    "crossover_density",
     "register_backend",
     "resolve_backend",
     "sparse_linear",
     "spike_matmul",
-    "unpack_spikes",
+    "spike_product",
 ]

@@ -1,34 +1,159 @@
-"""When a layer should use the sparse spike matmul rather than a dense matmul.
+"""Dense or sparse: how each spike product runs, from a crossover measured on the machine it runs on.
 
-Kept apart from the op on purpose: ``sparse_linear`` always runs sparse, and a
-layer asks ``prefer_sparse`` once (shapes and capacity are static) and picks.
-The crossovers are measured by scripts/bench_spike_matmul.py; the numbers and
-the commands that produced them are in docs/benchmarks/spike_matmul.md.
+A spike product ``z @ W`` (z binary, [R, n_in]) costs a dense matmul the same
+at any spike density, and a gather-add over the spike list in proportion to the
+spikes. Where the two lines cross depends on the machine, the shapes and the
+kernels, so it is measured, not assumed: `crossover_density` times both for a
+product's shape (forward plus weight gradient, the two products that see the
+spikes) at two densities, fits the sparse cost as a line in the density, and
+returns the density where it meets the dense cost. The result is cached per
+machine on disk (``$IPU_SNN_CACHE`` or ``~/.cache/ipu_snn``), so a resumed run
+makes the same choices as the run it continues.
+
+`SparsePolicy` is a product's setting, fixed when the network is built
+(``model.sparse``):
+
+* ``dense``: always dense;
+* ``sparse``: always the spike list, with at most ``capacity`` spikes per row;
+  what overflows raises or is dropped and counted (``model.sparse_overflow``);
+* ``auto``: sparse where the spike density is at most the measured crossover,
+  dense elsewhere, decided anew for each window (and in the recurrent product,
+  each step) from the spikes it has. It never drops a spike: the lists are as
+  long as the spikes need (the recurrent loop, whose lists are preallocated,
+  multiplies densely a step whose spikes exceed the capacity).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 
-#: CPU (C++ backend vs fp32 torch matmul, forward + backward, W3 grid): the
-#: sparse path won at every measured density up to this one, for every batch
-#: and width measured, and lost at the next (30%) for B >= 128, N = 1024. The
-#: density is the capacity over the input width, since the capacity is what a
-#: layer fixes in advance.
-CPU_MAX_SPARSE_DENSITY = 0.2
+from ..files import replace_atomically
 
-#: CUDA: DESIGN.md's H100 measurement of a gather-sum (embedding_bag) against
-#: bf16 cuBLAS: it won only at batch 16, N = 4096, density <= 2%.
-CUDA_MAX_SPARSE_DENSITY = 0.02
-CUDA_MAX_SPARSE_BATCH = 16
+MODES = ("dense", "sparse", "auto")
+#: rows timed per measurement: both costs grow linearly in the rows, so the crossover does not depend on them
+_ROWS = 256
+_DENSITIES = (0.02, 0.2)
 
 
-def prefer_sparse(device: torch.device | str, batch: int, n_in: int, capacity: int) -> bool:
-    """True if the sparse spike matmul is expected to beat a dense matmul here."""
-    device_type = torch.device(device).type
-    density = capacity / max(n_in, 1)
-    if device_type == "cpu":
-        return density <= CPU_MAX_SPARSE_DENSITY
-    if device_type == "cuda":
-        return batch <= CUDA_MAX_SPARSE_BATCH and density <= CUDA_MAX_SPARSE_DENSITY
-    return False
+@dataclass(frozen=True)
+class SparsePolicy:
+    """How one spike product runs (see the module docstring)."""
+
+    mode: str = "dense"
+    capacity: int = 0  # spike-list length K per row (sparse and auto)
+    overflow: str = "error"  # sparse: "error" | "drop_and_count"
+    max_density: float = 0.0  # auto: sparse at or below this spike density
+    listed_grad: bool = False  # the input gradient only at listed neurons (model.sparse_grad: spikes)
+    backend: str | None = None  # spike-matmul kernels (ops.registry); None: the tensors' device default
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"SparsePolicy.mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode != "dense" and self.capacity < 1:
+            raise ValueError(f"SparsePolicy: a {self.mode} product needs a capacity >= 1, got {self.capacity}")
+
+    @property
+    def rec_mode(self) -> int:
+        """The mode's code in the CPU window loop (custom_ops/cpu/layer_window.cpp)."""
+        return MODES.index(self.mode)
+
+    def use_sparse_density(self, counts: torch.Tensor, n_in: int) -> bool:
+        """For ``auto``: whether spikes at these counts per row (int [R]) are sparse enough to beat dense."""
+        return counts.numel() > 0 and float(counts.sum()) <= self.max_density * counts.numel() * n_in
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("IPU_SNN_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "ipu_snn") / "crossover.json"
+
+
+def _machine_key(device: torch.device) -> str:
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        flags = ""
+        try:
+            flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                          if line.startswith(("flags", "Features"))), "")
+        except OSError:
+            pass
+        what = f"{platform.machine()}|{flags}|{torch.get_num_threads()} threads"
+    return hashlib.sha256(f"{torch.__version__}|{what}".encode()).hexdigest()[:16]
+
+
+def _best_ms(fn, sync, repeats: int = 5) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None) -> float:
+    from ..neuron.bits import pack_spikes
+    from .registry import get_kernels, resolve_backend
+
+    kernels = get_kernels(resolve_backend(backend, device))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    weight = torch.randn(n_in, n_out, generator=gen).to(device)
+    grad = torch.randn(_ROWS, n_out, generator=gen).to(device)
+
+    def spikes(density):
+        return (torch.rand(_ROWS, n_in, generator=gen) < density).float().to(device)
+
+    z = spikes(0.1)
+    dense = _best_ms(lambda: (z @ weight, z.t() @ grad), sync)
+    sparse = []
+    for density in _DENSITIES:
+        bits = pack_spikes(spikes(density))
+
+        def run():
+            kernels.count_bits(bits)
+            kernels.bits_forward(bits, n_in, weight, n_in)
+            kernels.bits_grad_weight(bits, n_in, grad, n_in)
+
+        sparse.append(_best_ms(run, sync))
+    (d0, d1), (s0, s1) = _DENSITIES, sparse
+    slope = max((s1 - s0) / (d1 - d0), 1e-9)
+    return float(min(1.0, max(0.0, (dense - (s0 - slope * d0)) / slope)))
+
+
+@functools.cache
+def crossover_density(device: torch.device, n_in: int, n_out: int, backend: str | None = None) -> float:
+    """The spike density at or below which the sparse product of this shape beats the dense one here.
+
+    Measured once per machine and shape (about a tenth of a second), then read from the cache."""
+    device = torch.device(device)
+    key = f"{_machine_key(device)}|{device.type}|{backend}|{n_in}x{n_out}"
+    path = _cache_file()
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if not isinstance(table, dict):
+        table = {}
+    if isinstance(table.get(key), float):
+        return table[key]
+    value = _measure(device, n_in, n_out, backend)
+    table[key] = value
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(path, (json.dumps(table, indent=1, sort_keys=True) + "\n").encode())
+    except OSError:
+        pass  # an unwritable cache only costs the measurement again next time
+    return value

@@ -73,3 +73,12 @@ def compact(
     neuron = torch.arange(n, dtype=torch.int32, device=z.device).expand(batch, n)
     ids.scatter_(1, slot.long(), neuron)
     return ids[:, :capacity].contiguous(), counts, near_counts, total - counts, near_dropped
+
+
+def compact_bits(bits: Tensor, near: Tensor | None, n: int, capacity: int
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`compact` for spikes given as packed bits (ipu_snn/neuron/bits.py)."""
+    from ipu_snn.neuron.bits import unpack_spikes
+
+    z = unpack_spikes(bits, n, torch.uint8)
+    return compact(z, None if near is None else unpack_spikes(near, n, torch.bool), capacity)

@@ -37,30 +37,32 @@ class SpikeKernels:
     grad_input: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
     #: (z[B, N], near[B, N] bool | None, capacity) -> (ids, counts, near_counts, dropped, near_dropped)
     compact: Callable[[Tensor, Tensor | None, int], tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]
-    #: Fused LIF/ALIF step (optional; see ipu_snn/ops/neuron_ops.py for the contract):
-    #: (current, v, a | None, beta, rho | None, threshold, adapt_strength, reset, surrogate,
-    #:  scale, saved_dtype) -> (v_new, a_new | empty, z, d, zbits)
-    neuron_forward: Callable[..., tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] | None = None
-    #: (grad_z, grad_v, grad_a | None, zbits, d, beta, rho | None, adapt_strength, reset)
-    #: -> (grad_current, grad_v_prev, grad_a_prev | empty)
-    neuron_backward: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None
+    #: the same from packed bits (ipu_snn/neuron/bits.py): (bits[R, ceil(n/8)], near bits | None, n, capacity)
+    compact_bits: Callable[[Tensor, Tensor | None, int, int], tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]
+    #: Products on packed bits over a window's rows (ops/spike_product.py). Each counts only a row's first
+    #: `capacity` spikes. (bits, n_in, weight, capacity) -> (out [R, n_out], dropped int32 [R])
+    bits_forward: Callable[[Tensor, int, Tensor, int], tuple[Tensor, Tensor]]
+    #: (bits, n_in, grad_out, capacity) -> grad_weight [n_in, n_out]
+    bits_grad_weight: Callable[[Tensor, int, Tensor, int], Tensor]
+    #: (bits, near bits | None, n_in, weight, grad_out, capacity) -> grad_in [R, n_in], 0 at unlisted neurons
+    bits_grad_input: Callable[[Tensor, Tensor | None, int, Tensor, Tensor, int], Tensor]
+    #: bits [R, nb] -> spikes per row, int32 [R]
+    count_bits: Callable[[Tensor], Tensor]
 
-    def require(self, kernel: str) -> Callable:
-        """The named optional kernel; a DeviceError if this backend does not provide it."""
-        found = getattr(self, kernel)
-        if found is None:
-            raise DeviceError(
-                f"Backend {self.name!r} has no {kernel} kernel. Pick a backend that provides it "
-                "(the built-in reference, cpu, triton and triton_sorted backends all do)."
-            )
-        return found
+    @classmethod
+    def from_lists(cls, name: str, device_types: frozenset[str], forward, grad_weight, grad_input, compact,
+                   compact_bits) -> "SpikeKernels":
+        """A backend of list kernels, with its products on bits composed from them."""
+        from ipu_snn.ops.list_products import bits_products, count_bits
+
+        return cls(name, device_types, forward, grad_weight, grad_input, compact, compact_bits,
+                   *bits_products(compact_bits, forward, grad_weight, grad_input), count_bits)
 
 
 _LOADERS: dict[str, Callable[[], SpikeKernels]] = {}
 
 #: Backend used when none is named, by tensor device type.
-# "ipu": the device of a model's tensors while PopTorch 3.x traces it for the IPU.
-DEFAULT_BACKEND_FOR_DEVICE: dict[str, str] = {"cpu": "cpu", "cuda": "triton", "ipu": "ipu"}
+DEFAULT_BACKEND_FOR_DEVICE: dict[str, str] = {"cpu": "cpu", "cuda": "triton"}
 
 
 def register_backend(name: str, loader: Callable[[], SpikeKernels]) -> None:
@@ -105,18 +107,10 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
 
 
 def _load_reference() -> SpikeKernels:
-    from ipu_snn.ops import neuron_reference, reference
+    from ipu_snn.ops import reference
 
-    return SpikeKernels(
-        name="reference",
-        device_types=frozenset({"cpu", "cuda"}),
-        forward=reference.forward,
-        grad_weight=reference.grad_weight,
-        grad_input=reference.grad_input,
-        compact=reference.compact,
-        neuron_forward=neuron_reference.neuron_forward,
-        neuron_backward=neuron_reference.neuron_backward,
-    )
+    return SpikeKernels.from_lists("reference", frozenset({"cpu", "cuda"}), reference.forward, reference.grad_weight,
+                                   reference.grad_input, reference.compact, reference.compact_bits)
 
 
 def _load_cpu() -> SpikeKernels:
@@ -130,8 +124,11 @@ def _load_cpu() -> SpikeKernels:
         grad_weight=ops.grad_weight,
         grad_input=ops.grad_input,
         compact=ops.compact,
-        neuron_forward=ops.neuron_fwd,
-        neuron_backward=ops.neuron_bwd,
+        compact_bits=ops.compact_bits,
+        bits_forward=ops.bits_forward,
+        bits_grad_weight=ops.bits_grad_weight,
+        bits_grad_input=ops.bits_grad_input,
+        count_bits=ops.count_bits,
     )
 
 
@@ -158,20 +155,4 @@ register_backend("cpu", _load_cpu)
 register_backend("triton", _triton_loader("atomic"))
 register_backend("triton_sorted", _triton_loader("sorted"))
 
-
-def _load_ipu() -> SpikeKernels:
-    from ipu_snn.ipu.custom_ops import load_ipu_kernels  # imports PopTorch, loads the PopART op library
-
-    return load_ipu_kernels()
-
-
-register_backend("ipu", _load_ipu)
-
-
-def _load_ipu_emulator() -> SpikeKernels:
-    from ipu_snn.ipu.emulator_backend import load  # every call runs tile by tile through the cpu backend
-
-    return load()
-
-
-register_backend("ipu_emulator", _load_ipu_emulator)
+# The IPU backends (ipu, ipu_emulator) are registered by ipu_snn.ipu, which sits above this layer.

@@ -58,12 +58,12 @@ class _SpikeMatmul(torch.autograd.Function):
                 values = torch.ops.ipu_snn.spike_matmul_grad_input(
                     ids, listed_counts, weight, grad_out, ctx.backend
                 )
-                grad_z = _scatter_listed(values, ids, listed_counts, weight.shape[0])
+                grad_z = scatter_listed(values, ids, listed_counts, weight.shape[0])
             grad_z = grad_z.to(ctx.z_dtype)
         return grad_z, grad_weight, None, None, None, None, None
 
 
-def _scatter_listed(values: Tensor, ids: Tensor, listed_counts: Tensor, n: int) -> Tensor:
+def scatter_listed(values: Tensor, ids: Tensor, listed_counts: Tensor, n: int) -> Tensor:
     """[B, K] values at listed ids to a dense [B, n] gradient, 0 at unlisted neurons."""
     live = listed_mask(listed_counts, ids.shape[1])
     dense = torch.zeros(ids.shape[0], n, dtype=values.dtype, device=values.device)

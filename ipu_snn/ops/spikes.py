@@ -166,7 +166,7 @@ class SparseSpikes:
         backend = resolve_backend(backend, z.device)
         ids, counts, near_counts, dropped, near_dropped = compact_spikes(z, near, capacity, backend)
         if overflow == "error":
-            _raise_on_overflow(counts, dropped, capacity)
+            raise_on_overflow(counts, dropped, capacity)
         return cls(ids, counts, z.shape[1], near_counts, dropped, near_dropped, check=False)
 
     def to_dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -205,21 +205,28 @@ class SpikeOverflowError(UserError):
     """A sample fired more neurons than its spike list holds (overflow policy "error")."""
 
 
-def _raise_on_overflow(counts: Tensor, dropped: Tensor, capacity: int) -> None:
+def raise_on_overflow(counts: Tensor, dropped: Tensor, capacity: int, where: str | None = None) -> None:
+    """Raise a SpikeOverflowError naming the rows (samples) whose spikes did not fit, if any.
+
+    ``where``: which product, in words a user can map to the config (e.g. "layer 0's recurrent spikes");
+    with it the message names the config fields that decide the capacity."""
     overflowing = (dropped > 0).nonzero().flatten()
     if overflowing.numel() == 0:
         return
     totals = (counts + dropped)[overflowing]
     named = ", ".join(
-        f"sample {int(b)}: {int(t)} spikes"
+        f"row {int(b)}: {int(t)} spikes"
         for b, t in zip(overflowing[:_SAMPLES_NAMED_IN_ERRORS], totals[:_SAMPLES_NAMED_IN_ERRORS])
     )
     more = overflowing.numel() - _SAMPLES_NAMED_IN_ERRORS
+    fix = ("Raise model.sparse_capacity (the list length as a fraction of the presynaptic neurons) or set "
+           "model.sparse_overflow=drop_and_count to keep the first K spikes and count the rest."
+           if where else
+           "Raise the capacity, or use overflow='drop_and_count' to keep the first K and count the rest.")
     raise SpikeOverflowError(
-        f"Spike overflow: {overflowing.numel()} of {counts.numel()} samples have more spikes than "
-        f"the capacity K = {capacity} (largest: {int(totals.max())}); {named}"
-        + (f", and {more} more" if more > 0 else "")
-        + ". Raise the capacity, or use overflow='drop_and_count' to keep the first K and count the rest."
+        f"Spike overflow{f' in {where}' if where else ''}: {overflowing.numel()} of {counts.numel()} rows have "
+        f"more spikes than the capacity K = {capacity} (largest: {int(totals.max())}); {named}"
+        + (f", and {more} more" if more > 0 else "") + f". {fix}"
     )
 
 

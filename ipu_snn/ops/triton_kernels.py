@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ipu_snn.ops import reference, triton_neuron
+from ipu_snn.ops import reference
 from ipu_snn.ops.registry import SpikeKernels
 
 #: True when this module was imported under TRITON_INTERPRET=1: the kernels were
@@ -189,13 +189,5 @@ def kernels(weight_grad: str) -> SpikeKernels:
     """The Triton backend with the given weight-gradient strategy ("atomic" or "sorted")."""
     strategies = {"atomic": ("triton", grad_weight_atomic), "sorted": ("triton_sorted", grad_weight_sorted)}
     name, grad_weight = strategies[weight_grad]
-    return SpikeKernels(
-        name=name,
-        device_types=frozenset({"cpu"} if INTERPRETED else {"cuda"}),
-        forward=forward,
-        grad_weight=grad_weight,
-        grad_input=grad_input,
-        compact=reference.compact,
-        neuron_forward=triton_neuron.forward,
-        neuron_backward=triton_neuron.backward,
-    )
+    return SpikeKernels.from_lists(name, frozenset({"cpu"} if INTERPRETED else {"cuda"}), forward, grad_weight,
+                                   grad_input, reference.compact, reference.compact_bits)

@@ -1,12 +1,13 @@
-"""Triton kernels of the fused LIF/ALIF step (the `triton` and `triton_sorted` backends).
+"""Triton kernels of the fused LIF/ALIF step (the `triton` backend of the kernel table).
 
 Forward: one pass reads current, v, a and writes v_new, a_new, z, the
 surrogate derivative d (in the saved dtype) and the packed spike bits.
-Backward: one pass reads the gradients, the bits and d, and writes the three
-input gradients. The math is the contract at the top of neuron_ops.py.
+Backward: one pass reads the gradients, the bits and d, and writes gv and ga.
+The math is ipu_snn/neuron/spec.py's; the surrogate codes are the table's in
+ipu_snn/neuron/surrogates.py (one branch per surrogate in `_surrogate_grad`).
 
-Like triton_kernels.py these run on CUDA and, under TRITON_INTERPRET=1, on CPU
-tensors. Each program owns a [BLOCK_B, BLOCK_N] tile with BLOCK_N a multiple
+Like ipu_snn/ops/triton_kernels.py these run on CUDA and, under
+TRITON_INTERPRET=1, on CPU tensors. Each program owns a [BLOCK_B, BLOCK_N] tile with BLOCK_N a multiple
 of 8, so it packs whole bytes of every row it touches and no two programs
 write the same byte.
 
@@ -20,19 +21,20 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ipu_snn.ops.neuron_reference import packed_row_bytes
+from .bits import packed_row_bytes
+
+#: True when imported under TRITON_INTERPRET=1: the kernels then take CPU tensors (and only those).
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 BLOCK_B = 4
 BLOCK_N = 256  # 32 packed bytes per row
-
-RESETS = {"subtract": 0, "zero": 1}
-SURROGATES = {"fast_sigmoid": 0, "atan": 1, "triangle": 2, "boxcar": 3}
 
 # Slots of the scalar tensor.
 _THRESHOLD, _ADAPT, _SCALE, _HALF_SCALE, _ATAN_SLOPE, _BOX_HALF_WIDTH = range(6)
@@ -57,6 +59,7 @@ def _scalars(threshold: float, adapt_strength: float, scale: float, dtype: torch
 def _surrogate_grad(x, scalars_ptr, SURROGATE: tl.constexpr):
     scale = tl.load(scalars_ptr + 2)
     ax = tl.abs(x)
+    # one branch per row of the surrogate table, by its code
     if SURROGATE == 0:  # fast_sigmoid
         denom = scale * ax + 1.0
         g = 1.0 / (denom * denom)
@@ -133,8 +136,7 @@ def _forward_kernel(current_ptr, v_ptr, a_ptr, beta_ptr, rho_ptr, scalars_ptr,
 
 
 @triton.jit
-def _backward_kernel(grad_z_ptr, grad_v_ptr, grad_a_ptr, bits_ptr, d_ptr, beta_ptr, rho_ptr,
-                     scalars_ptr, grad_current_ptr, grad_v_prev_ptr, grad_a_prev_ptr,
+def _backward_kernel(grad_z_ptr, grad_v_ptr, grad_a_ptr, bits_ptr, d_ptr, scalars_ptr, gv_ptr, ga_ptr,
                      batch, n, row_bytes,
                      ADAPTIVE: tl.constexpr, HAS_GRAD_A: tl.constexpr, SUBTRACT: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -157,9 +159,7 @@ def _backward_kernel(grad_z_ptr, grad_v_ptr, grad_a_ptr, bits_ptr, d_ptr, beta_p
         gv = grad_v + gx
     else:
         gv = grad_v * (1.0 - z) + gx
-    beta = tl.load(beta_ptr + cols, mask=col_ok, other=0.0)
-    tl.store(grad_current_ptr + offs, gv, mask=ok)
-    tl.store(grad_v_prev_ptr + offs, beta[None, :] * gv, mask=ok)
+    tl.store(gv_ptr + offs, gv, mask=ok)
     if ADAPTIVE:
         adapt = tl.load(scalars_ptr + 1)
         if SUBTRACT:
@@ -169,62 +169,54 @@ def _backward_kernel(grad_z_ptr, grad_v_ptr, grad_a_ptr, bits_ptr, d_ptr, beta_p
         ga = -adapt * through_theta
         if HAS_GRAD_A:
             ga = grad_a + ga
-        rho = tl.load(rho_ptr + cols, mask=col_ok, other=0.0)
-        tl.store(grad_a_prev_ptr + offs, rho[None, :] * ga, mask=ok)
+        tl.store(ga_ptr + offs, ga, mask=ok)
 
 
 def _grid(batch: int, n: int) -> tuple[int, int]:
     return triton.cdiv(batch, BLOCK_B), triton.cdiv(n, BLOCK_N)
 
 
-def forward(
-    current: Tensor, v: Tensor, a: Tensor | None, beta: Tensor, rho: Tensor | None,
-    threshold: float, adapt_strength: float, reset: str, surrogate: str, scale: float,
-    saved_dtype: torch.dtype,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def forward(current: Tensor, v: Tensor, a: Tensor | None, beta: Tensor, rho: Tensor | None, spec,
+            saved_dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
     current, v, beta = current.contiguous(), v.contiguous(), beta.contiguous()
-    adaptive = a is not None
+    adaptive = spec.adaptive
     batch, n = current.shape
     v_new = torch.empty_like(current)
     z = torch.empty_like(current)
     d = torch.empty(batch, n, dtype=saved_dtype, device=current.device)
     bits = torch.empty(batch, packed_row_bytes(n), dtype=torch.uint8, device=current.device)
-    a_new = torch.empty_like(current) if adaptive else current.new_empty(0)
+    a_new = torch.empty_like(current) if adaptive else None
     if batch == 0 or n == 0:
         return v_new, a_new, z, d, bits
     # LIF passes the state pointers in the unused ALIF slots; ADAPTIVE=False
     # compiles their loads and stores away.
     a = a.contiguous() if adaptive else v
     rho = rho.contiguous() if adaptive else beta
-    scalars = _scalars(float(threshold), float(adapt_strength), float(scale), current.dtype, current.device)
+    scalars = _scalars(float(spec.threshold), float(spec.adapt_strength), float(spec.scale), current.dtype,
+                       current.device)
     saved_bf16 = saved_dtype == torch.bfloat16
     _forward_kernel[_grid(batch, n)](
         current, v, a, beta, rho, scalars, v_new, a_new if adaptive else v_new, z,
         d.view(torch.int16) if saved_bf16 else d, bits, batch, n, bits.shape[1],
-        ADAPTIVE=adaptive, SUBTRACT=reset == "subtract", SURROGATE=SURROGATES[surrogate],
+        ADAPTIVE=adaptive, SUBTRACT=spec.reset == "subtract", SURROGATE=spec.surrogate_code,
         SAVED_BF16=saved_bf16, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)
     return v_new, a_new, z, d, bits
 
 
-def backward(
-    grad_z: Tensor, grad_v: Tensor, grad_a: Tensor | None, zbits: Tensor, d: Tensor,
-    beta: Tensor, rho: Tensor | None, adapt_strength: float, reset: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    grad_z, grad_v, zbits, d, beta = (t.contiguous() for t in (grad_z, grad_v, zbits, d, beta))
-    adaptive = rho is not None
+def backward(grad_z: Tensor, grad_v: Tensor, grad_a: Tensor | None, zbits: Tensor, d: Tensor,
+             spec) -> tuple[Tensor, Tensor | None]:
+    grad_z, grad_v, zbits, d = (t.contiguous() for t in (grad_z, grad_v, zbits, d))
+    adaptive = spec.adaptive
     has_grad_a = adaptive and grad_a is not None
     batch, n = grad_v.shape
-    grad_current = torch.empty_like(grad_v)
-    grad_v_prev = torch.empty_like(grad_v)
-    grad_a_prev = torch.empty_like(grad_v) if adaptive else grad_v.new_empty(0)
+    gv = torch.empty_like(grad_v)
+    ga = torch.empty_like(grad_v) if adaptive else None
     if batch == 0 or n == 0:
-        return grad_current, grad_v_prev, grad_a_prev
-    scalars = _scalars(0.0, float(adapt_strength), 1.0, grad_v.dtype, grad_v.device)
+        return gv, ga
+    scalars = _scalars(0.0, float(spec.adapt_strength), 1.0, grad_v.dtype, grad_v.device)
     _backward_kernel[_grid(batch, n)](
-        grad_z, grad_v, grad_a.contiguous() if has_grad_a else grad_v, zbits, d, beta,
-        rho.contiguous() if adaptive else beta, scalars,
-        grad_current, grad_v_prev, grad_a_prev if adaptive else grad_v_prev,
-        batch, n, zbits.shape[1],
-        ADAPTIVE=adaptive, HAS_GRAD_A=has_grad_a, SUBTRACT=reset == "subtract",
+        grad_z, grad_v, grad_a.contiguous() if has_grad_a else grad_v, zbits, d, scalars,
+        gv, ga if adaptive else gv, batch, n, zbits.shape[1],
+        ADAPTIVE=adaptive, HAS_GRAD_A=has_grad_a, SUBTRACT=spec.reset == "subtract",
         BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)
-    return grad_current, grad_v_prev, grad_a_prev
+    return gv, ga

@@ -1,0 +1,121 @@
+"""The time loop's one executor: a network run in windows of L steps, under a BPTT schedule over windows.
+
+Within a window the network goes layer by layer, each layer's window one fused
+Function (ipu_snn.neuron.window): no Python per step on the CPU, spikes kept as
+bits. Window boundaries are where checkpoints go: the state of every layer (v,
+a, the last spikes) and the readout's membrane. A schedule (ipu_snn.bptt), as
+data over the T / L windows, says which boundaries are kept, in which tier
+(local, or off-chip: pinned host memory on CUDA, host memory on the CPU, IPU
+streaming memory), and which windows are recomputed in backward; the BPTT
+engine (ipu_snn.bptt.engine) executes it, treating a window as its step:
+
+* forward runs every window, taping only the windows the schedule keeps;
+* backward walks the windows in reverse, recomputing a window's forward from
+  its checkpoint where it was not taped (fused, keeping what its backward
+  reads), then running its fused backward, with the adjoint of the window's
+  final state in and of its initial state out.
+
+``store_all`` tapes every window (nothing is recomputed): memory grows with T at
+the fused loop's few bytes per neuron-step. ``uniform``, ``revolve``,
+``double`` and ``two_level`` hold a few window states and one segment of
+windows at a time. The planner (ipu_snn.planner) picks L and the schedule.
+
+For a tracer (PopTorch) `unroll_windows` runs the same windows as a plain loop
+and marks the states the schedule keeps, so that they become recomputation
+checkpoints of the traced graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+from .bptt import Schedule, ScanStats, scan
+
+
+@dataclass(frozen=True)
+class TimeLoop:
+    """How the executor runs T steps: windows of ``window`` steps (None: one window of T) and a
+    schedule over the windows (a function of their count; None: store_all, every window taped)."""
+
+    window: int | None = None
+    schedule: Callable[[int], Schedule] | None = None
+
+    def bounds(self, steps: int) -> list[tuple[int, int]]:
+        return window_bounds(steps, self.window or steps)
+
+
+def window_bounds(steps: int, window: int) -> list[tuple[int, int]]:
+    """[t0, t1) of each window: ``window`` steps each, the last one shorter if T is not a multiple."""
+    if steps < 1 or window < 1:
+        raise ValueError(f"window_bounds: T and the window must be >= 1, got {steps}, {window}")
+    return [(t0, min(t0 + window, steps)) for t0 in range(0, steps, window)]
+
+
+def scan_windows(module: nn.Module, x: Tensor, state0, steps: int, loop: TimeLoop,
+                 stats: ScanStats | None = None) -> Tensor:
+    """Every window's output, stacked [W, B, ...], with gradients by the loop's schedule.
+
+    ``module(state, x, t0, t1) -> (state after step t1 - 1, the window's output [B, ...])``;
+    ``x`` (the batch, caller-owned) is read by each window; its bytes are not
+    counted as the schedule's."""
+    bounds = loop.bounds(steps)
+    named = list(module.named_parameters())
+    names, params = [n for n, _ in named], [p for _, p in named]
+    flat0, unflatten = _flatten(state0)
+
+    def cell(params, flat_state, n):
+        # the engine passes the parameters explicitly, so that it can differentiate a window it replays
+        t0, t1 = bounds[int(n)]
+        state, y = torch.func.functional_call(module, dict(zip(names, params)), (unflatten(flat_state), x, t0, t1))
+        return _flatten(state)[0], y
+
+    index = torch.arange(len(bounds))
+    ys, _ = scan(cell, params, flat0, index, loop.schedule, stats=stats, owned=(x,))
+    return ys
+
+
+def _flatten(state) -> tuple[tuple[Tensor, ...], Callable]:
+    """The tensors of a nested state (None leaves, such as a LIF's missing adaptation, dropped),
+    and the function that puts tensors back into that structure."""
+    leaves, spec = pytree.tree_flatten(state)
+    present = [leaf is not None for leaf in leaves]
+
+    def unflatten(tensors):
+        it = iter(tensors)
+        return pytree.tree_unflatten([next(it) if p else None for p in present], spec)
+
+    return tuple(leaf for leaf in leaves if leaf is not None), unflatten
+
+
+def unroll_windows(window: Callable, x: Tensor, state0, steps: int, loop: TimeLoop,
+                   mark: Callable | None = None) -> Tensor:
+    """The same windows as a plain loop for a tracer; the states the loop's schedule keeps at
+    window starts go through ``mark`` (``poptorch.recomputationCheckpoint``)."""
+    bounds = loop.bounds(steps)
+    kept = kept_windows(loop, len(bounds)) if mark is not None else frozenset()
+    state, ys = state0, []
+    for n, (t0, t1) in enumerate(bounds):
+        if n in kept:
+            leaves, unflatten = _flatten(state)
+            marked = mark(*leaves)
+            state = unflatten([marked] if isinstance(marked, Tensor) else list(marked))
+        state, y = window(state, x, t0, t1)
+        ys.append(y)
+    return torch.stack(ys)
+
+
+def kept_windows(loop: TimeLoop, windows: int) -> frozenset[int]:
+    """The windows whose starting state the schedule's forward sweep keeps (any tier): for a tracer, the
+    states it marks. State 0 is the zero initial state, and the last is never needed by backward."""
+    from .bptt.schedules import Store
+
+    if loop.schedule is None:
+        return frozenset()
+    schedule = loop.schedule(windows)
+    forward = schedule.actions[: schedule.forward_phase_end]
+    return frozenset(a.n for a in forward if isinstance(a, Store) and 0 < a.n < windows)

@@ -1,0 +1,108 @@
+"""The kernel table: backend name -> the fused neuron kernels that run `spec`'s update.
+
+Each backend gives a step forward and a step backward with the signatures of
+`reference.kernel_forward` / `reference.kernel_backward`; a backend may also
+give a whole-window loop (`window.py`'s contract) that runs every step of a
+window in one call, which the CPU extension does so that no Python runs per
+time step. Backends load lazily, so importing ipu_snn neither compiles the C++
+extension nor imports Triton; one that cannot run is an error, never a quiet
+fallback.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..errors import DeviceError
+from . import reference
+
+
+@dataclass(frozen=True)
+class NeuronKernels:
+    name: str
+    device_types: frozenset[str]
+    #: (current, v, a | None, beta, rho | None, spec, saved_dtype) -> (v_new, a_new | None, z, d, zbits)
+    forward: Callable
+    #: (grad_z, grad_v, grad_a | None, zbits, d, spec) -> (gv, ga | None)
+    backward: Callable
+    #: the raw whole-window ops of the CPU extension (ipu_snn_cpu::window_fwd / window_bwd), or None
+    window_forward: Callable | None = None
+    window_backward: Callable | None = None
+
+
+_LOADERS: dict[str, Callable[[], NeuronKernels]] = {}
+
+#: The backend a tensor device gets when none is named.
+DEFAULT_FOR_DEVICE = {"cpu": "cpu", "cuda": "triton"}
+
+
+def register(name: str, loader: Callable[[], NeuronKernels]) -> None:
+    """Add a backend; ``loader`` runs on first use and may raise DeviceError."""
+    _LOADERS[name] = loader
+    load.cache_clear()
+
+
+def names() -> list[str]:
+    return sorted(_LOADERS)
+
+
+@functools.cache
+def load(name: str) -> NeuronKernels:
+    if name not in _LOADERS:
+        raise DeviceError(f"unknown neuron-kernel backend {name!r}; known: {', '.join(names())}")
+    return _LOADERS[name]()
+
+
+def resolve(name: str | None, device: torch.device) -> NeuronKernels:
+    """The kernels of ``name`` (None: the default for ``device``), checked against the device."""
+    if name is None:
+        name = DEFAULT_FOR_DEVICE.get(device.type)
+        if name is None:
+            raise DeviceError(f"no fused neuron kernels run on device type {device.type!r}; "
+                              f"defaults exist for {sorted(DEFAULT_FOR_DEVICE)}")
+    kernels = load(name)
+    if device.type not in kernels.device_types:
+        raise DeviceError(f"neuron-kernel backend {name!r} runs on {sorted(kernels.device_types)} tensors, "
+                          f"not on {device.type!r}")
+    return kernels
+
+
+def _reference() -> NeuronKernels:
+    return NeuronKernels("reference", frozenset({"cpu", "cuda"}), reference.kernel_forward, reference.kernel_backward)
+
+
+def _cpu() -> NeuronKernels:
+    from ..ops.cpu_ext import load_cpu_ops
+
+    ops = load_cpu_ops()
+
+    def forward(current, v, a, beta, rho, spec, saved_dtype):
+        v_new, a_new, z, d, bits = ops.neuron_fwd(current, v, a, beta, rho, spec.threshold, spec.adapt_strength,
+                                                  spec.reset_code, spec.surrogate_code, spec.scale, saved_dtype)
+        return v_new, (a_new if spec.adaptive else None), z, d, bits
+
+    def backward(grad_z, grad_v, grad_a, zbits, d, spec):
+        gv, ga = ops.neuron_bwd(grad_z, grad_v, grad_a, zbits, d, spec.adaptive, spec.adapt_strength,
+                                spec.reset_code)
+        return gv, (ga if spec.adaptive else None)
+
+    return NeuronKernels("cpu", frozenset({"cpu"}), forward, backward, ops.window_fwd, ops.window_bwd)
+
+
+def _triton() -> NeuronKernels:
+    try:
+        from . import triton_kernels
+    except ImportError as error:
+        raise DeviceError(f"the triton neuron kernels need Triton (pip install 'ipu_snn[gpu]'): {error}") from error
+    # under TRITON_INTERPRET=1 the kernels run on CPU tensors (and only those), which is how CI tests them
+    devices = frozenset({"cpu"} if triton_kernels.INTERPRETED else {"cuda"})
+    return NeuronKernels("triton", devices, triton_kernels.forward, triton_kernels.backward)
+
+
+register("reference", _reference)
+register("cpu", _cpu)
+register("triton", _triton)

@@ -1,0 +1,305 @@
+"""One layer's time loop over a window of L steps, as autograd Functions: the fused loop.
+
+A spiking layer's window (`spiking_window`) takes the input currents of L
+steps ([L, B, N], one product over the window, done by the caller) and the
+layer state at the window's start, and runs per step the recurrent product and
+the fused neuron update of `spec`. Following Guo et al.'s nested forward-mode
+AD, the update computes its own derivative in the forward pass, so a step keeps
+for backward only
+
+* its spikes as bits (1 bit per neuron),
+* the surrogate derivative d, in ``saved_dtype`` (float32 exact; float16 or
+  bfloat16 halve it at a bounded error),
+* the pre-step state, only for a learned decay (d v / d beta = v_prev),
+* near-threshold bits, only for the listed backward (``near_min_d``).
+
+Backward walks the steps in reverse: the adjoint of the window's final state
+comes in (grad_vL, grad_aL, and the last spikes' gradient), the adjoint of its
+initial state goes out (grad_v0, grad_a0, grad_z0), so windows chain under any
+checkpoint schedule (ipu_snn/executor.py). The recurrent product is dense or a
+gather-add over the spike list of the previous step, as the recurrent
+`SparsePolicy` says, per step; its weight gradient is one product over the
+window afterwards, dense or row-sparse over the presynaptic spikes.
+
+Where the kernel backend has a whole-window loop (the CPU extension's
+``window_fwd`` / ``window_bwd``) the window runs in one call; otherwise
+`_generic_forward` / `_generic_backward` call the backend's step kernels from
+Python. Both compute the same thing, tested against each other and against
+autograd through `reference.step`.
+
+The leaky-integrator readout's window is `leaky_integrate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..ops.policy import SparsePolicy
+from ..ops.registry import get_kernels, resolve_backend
+from ..ops.spikes import raise_on_overflow
+from .bits import pack_spikes, unpack_spikes
+from .kernels import NeuronKernels, resolve
+from .spec import NeuronSpec
+
+#: model.fused_saved_dtype -> the dtype d is kept in; None keeps the state's dtype
+#: (exact: float32 for float32 training, float64 for the float64 gradient tests)
+SAVED_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class SpikeTrain(NamedTuple):
+    """A layer's spikes over a window."""
+
+    z: Tensor  # [L, B, N] float 0/1: the autograd link back to the layer
+    bits: Tensor  # [L, B, ceil(N / 8)] uint8: the same spikes, what products compact and keep
+    near: Tensor | None  # near-threshold bits of the same shape (listed backward), else None
+
+
+class LayerState(NamedTuple):
+    """A spiking layer's state between windows."""
+
+    v: Tensor  # [B, N] membrane
+    a: Tensor | None  # [B, N] adaptation (ALIF)
+    z: Tensor  # [B, N] the last step's spikes (the recurrent input of the next step)
+    near: Tensor | None  # [B, ceil(N / 8)] uint8: the last step's near-threshold bits (listed backward)
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    """A spiking layer's window, fixed when the network is built."""
+
+    spec: NeuronSpec
+    saved_dtype: torch.dtype | None = None  # None: the state's dtype
+    recurrent: SparsePolicy | None = None  # None: a feed-forward layer
+    near_min_d: float | None = None  # listed backward: also list non-firing neurons with d above this
+    kernels: str | None = None  # neuron-kernel backend; None: the tensors' device default
+    where: str = "a layer"  # for error messages: which layer, as the config numbers it
+
+    @property
+    def listed_rec_grad(self) -> bool:
+        return self.recurrent is not None and self.recurrent.listed_grad
+
+
+def _near_bits(z: Tensor, d: Tensor, near_min_d: float) -> Tensor:
+    return pack_spikes((z == 0) & (d != 0) & (d.to(torch.float64) > near_min_d))
+
+
+class _Forward(NamedTuple):
+    z: Tensor
+    bits: Tensor
+    d: Tensor
+    v_prev: Tensor | None
+    a_prev: Tensor | None
+    near: Tensor | None
+    v: Tensor
+    a: Tensor | None
+    dropped: Tensor
+
+
+def _generic_forward(k: NeuronKernels, s: WindowSettings, currents, v, a, z0, w_rec, beta, rho, saved, keep_v,
+                     keep_a) -> _Forward:
+    steps, batch, n = currents.shape
+    z = currents.new_empty(steps, batch, n)
+    bits = currents.new_empty(steps, batch, (n + 7) // 8, dtype=torch.uint8)
+    d = currents.new_empty(steps, batch, n, dtype=saved)
+    v_prev = currents.new_empty(steps, batch, n, dtype=saved) if keep_v else None
+    a_prev = currents.new_empty(steps, batch, n, dtype=saved) if keep_a else None
+    near = bits.new_empty(bits.shape) if s.near_min_d is not None else None
+    dropped = torch.zeros(batch, dtype=torch.int64, device=currents.device)
+    policy, prev = s.recurrent, z0
+    for t in range(steps):
+        current = currents[t]
+        if w_rec is not None:
+            spikes = get_kernels(resolve_backend(policy.backend, w_rec.device))
+            prev_bits = pack_spikes(prev)
+            counts = spikes.count_bits(prev_bits)
+            # the same rule as the CPU loop: auto gathers where the spikes fit the lists and are sparse enough
+            gather = policy.mode == "sparse" or (policy.mode == "auto" and int(counts.max()) <= policy.capacity
+                                                 and policy.use_sparse_density(counts, n))
+            if gather:
+                out, lost = spikes.bits_forward(prev_bits, n, w_rec, policy.capacity)
+                current = current + out
+                dropped += lost.to(torch.int64)
+            else:
+                current = torch.addmm(current, prev, w_rec)
+        if keep_v:
+            v_prev[t] = v
+        if keep_a:
+            a_prev[t] = a
+        v, a, z[t], d[t], bits[t] = k.forward(current, v, a, beta, rho, s.spec, saved)
+        if near is not None:
+            near[t] = _near_bits(z[t], d[t], s.near_min_d)
+        prev = z[t]
+    return _Forward(z, bits, d, v_prev, a_prev, near, v, a, dropped)
+
+
+def _generic_backward(k: NeuronKernels, s: WindowSettings, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0,
+                      w_rec, beta, rho, keep_ga):
+    steps, batch, n = d.shape
+    grad_currents = grad_v.new_empty(steps, batch, n)
+    ga_all = grad_v.new_empty(steps, batch, n) if keep_ga else None
+    rec = None
+    for t in range(steps - 1, -1, -1):
+        gz = grad_z[t] if grad_z is not None else torch.zeros_like(grad_v)
+        if rec is not None:
+            gz = gz + rec
+        gv, ga = k.backward(gz, grad_v, grad_a, bits[t], d[t], s.spec)
+        grad_currents[t] = gv
+        grad_v = beta * gv
+        if s.spec.adaptive:
+            grad_a = rho * ga
+            if keep_ga:
+                ga_all[t] = ga
+        if w_rec is None:
+            continue
+        if s.listed_rec_grad:
+            prev, prev_near = (z0_bits, near0) if t == 0 else (bits[t - 1], None if near is None else near[t - 1])
+            spikes = get_kernels(resolve_backend(s.recurrent.backend, w_rec.device))
+            rec = spikes.bits_grad_input(prev, prev_near, n, w_rec, gv, s.recurrent.capacity).to(gv.dtype)
+        else:
+            rec = gv @ w_rec.t()
+    return grad_currents, ga_all, grad_v, grad_a, rec
+
+
+def _rec_weight_grad(policy: SparsePolicy, prev_bits: Tensor, grad_currents: Tensor, n: int) -> Tensor:
+    """sum_t z_{t-1}^T grad_current_t over the window: dense, or row-sparse over the presynaptic spikes."""
+    flat = prev_bits.reshape(-1, prev_bits.shape[-1])
+    g = grad_currents.reshape(-1, n)
+    spikes = get_kernels(resolve_backend(policy.backend, g.device))
+    if policy.mode == "sparse":
+        return spikes.bits_grad_weight(flat, n, g, policy.capacity)
+    if policy.mode == "auto" and policy.use_sparse_density(spikes.count_bits(flat), n):
+        return spikes.bits_grad_weight(flat, n, g, n)
+    return unpack_spikes(flat, n, g.dtype).t() @ g
+
+
+class _SpikingWindow(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s: WindowSettings, currents, v0, a0, z0, near0, w_rec, beta, rho):
+        k = resolve(s.kernels, currents.device)
+        saved = s.saved_dtype or currents.dtype
+        keep = any(ctx.needs_input_grad)  # a forward that backward will not read keeps nothing
+        keep_v, keep_a = keep and beta.requires_grad, keep and rho is not None and rho.requires_grad
+        recurrent, policy = w_rec is not None, s.recurrent
+        if k.window_forward is not None:
+            (z, bits, d, v_prev, a_prev, near, v, a, dropped, _sparse_steps) = k.window_forward(
+                currents.contiguous(), v0, a0, z0 if recurrent else None, w_rec, beta, rho, s.spec.threshold,
+                s.spec.adapt_strength, s.spec.reset_code, s.spec.surrogate_code, s.spec.scale, saved, keep,
+                keep_v, keep_a, policy.rec_mode if recurrent else 0, policy.capacity if recurrent else 0,
+                policy.max_density if recurrent else 0.0, -1.0 if s.near_min_d is None else s.near_min_d)
+            f = _Forward(z, bits, d, v_prev if keep_v else None, a_prev if keep_a else None,
+                         near if s.near_min_d is not None else None, v, a if s.spec.adaptive else None, dropped)
+        else:
+            f = _generic_forward(k, s, currents, v0, a0, z0, w_rec, beta, rho, saved, keep_v, keep_a)
+        if recurrent and policy.mode == "sparse" and policy.overflow == "error" and bool(f.dropped.any()):
+            raise_on_overflow(torch.full_like(f.dropped, policy.capacity), f.dropped, policy.capacity,
+                              f"{s.where}'s recurrent spikes")
+        ctx.s, ctx.k, ctx.keep_v, ctx.keep_a = s, k, keep_v, keep_a
+        ctx.has_grad_a = a0 is not None
+        if keep:
+            z0_bits = pack_spikes(z0) if recurrent else None
+            ctx.save_for_backward(f.bits, f.d, f.v_prev, f.a_prev, f.near, z0_bits, near0, w_rec, beta, rho)
+        z_last = f.z[-1].clone()  # a state must not hold on to the whole window
+        near_last = f.near[-1].clone() if f.near is not None else None
+        ctx.mark_non_differentiable(*[t for t in (f.bits, f.near, near_last, f.dropped) if t is not None])
+        return f.z, f.bits, f.near, f.v, f.a, z_last, near_last, f.dropped
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_z, _bits, _near, grad_v, grad_a, grad_z_last, _near_last, _dropped):
+        bits, d, v_prev, a_prev, near, z0_bits, near0, w_rec, beta, rho = ctx.saved_tensors
+        s, k = ctx.s, ctx.k
+        steps, batch, n = d.shape
+        if grad_z_last is not None:
+            grad_z = torch.zeros(steps, batch, n, dtype=grad_z_last.dtype, device=grad_z_last.device) \
+                if grad_z is None else grad_z.clone()
+            grad_z[-1] += grad_z_last
+        if grad_v is None:
+            grad_v = torch.zeros(batch, n, dtype=beta.dtype, device=beta.device)
+        if grad_z is not None:
+            grad_z = grad_z.contiguous()
+        recurrent = w_rec is not None
+        listed = s.listed_rec_grad
+        if k.window_backward is not None:
+            grad_currents, ga_all, grad_v0, grad_a0, rec = k.window_backward(
+                grad_z, grad_v.contiguous(), None if grad_a is None else grad_a.contiguous(), bits, d,
+                z0_bits, near, near0, w_rec, beta, rho, s.spec.adapt_strength, s.spec.reset_code, ctx.keep_a,
+                int(listed), s.recurrent.capacity if listed else 0)
+        else:
+            if s.spec.adaptive and grad_a is None:
+                grad_a = torch.zeros_like(grad_v)
+            grad_currents, ga_all, grad_v0, grad_a0, rec = _generic_backward(
+                k, s, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0, w_rec, beta, rho, ctx.keep_a)
+        grad_w = grad_beta = grad_rho = None
+        if recurrent and ctx.needs_input_grad[6]:
+            prev_bits = torch.cat([z0_bits.unsqueeze(0), bits[:-1]])  # z_{t-1} feeds step t
+            grad_w = _rec_weight_grad(s.recurrent, prev_bits, grad_currents, n)
+        if ctx.keep_v:
+            grad_beta = (grad_currents * v_prev.to(grad_currents.dtype)).sum((0, 1))
+        if ctx.keep_a:
+            grad_rho = (ga_all * a_prev.to(ga_all.dtype)).sum((0, 1))
+        return (None, grad_currents, grad_v0, grad_a0 if s.spec.adaptive else None,
+                rec if recurrent else None, None, grad_w, grad_beta, grad_rho)
+
+
+def spiking_window(currents: Tensor, state: LayerState, w_rec: Tensor | None, beta: Tensor, rho: Tensor | None,
+                   settings: WindowSettings) -> tuple[SpikeTrain, LayerState, Tensor]:
+    """A LIF/ALIF layer over one window: (its spikes, its state after the window, spikes dropped per sample).
+
+    ``currents`` [L, B, N]: the input currents of the window's steps; ``w_rec`` [N, N]
+    (stored [from, to]) adds ``z_{t-1} @ w_rec`` to step t; ``beta`` [N] and ``rho``
+    [N] (ALIF) are the per-step decays, already clamped to [0, 1]."""
+    if (rho is None) == settings.spec.adaptive:
+        raise ValueError(f"spiking_window: an {'ALIF' if settings.spec.adaptive else 'LIF'} layer takes rho "
+                         f"{'[N]' if settings.spec.adaptive else 'None'}")
+    if (w_rec is None) != (settings.recurrent is None):
+        raise ValueError("spiking_window: w_rec and settings.recurrent go together")
+    z, bits, near, v, a, z_last, near_last, dropped = _SpikingWindow.apply(
+        settings, currents, state.v, state.a, state.z, state.near, w_rec, beta, rho)
+    return SpikeTrain(z, bits, near), LayerState(v, a, z_last, near_last), dropped
+
+
+class _LeakyIntegrate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, currents: Tensor, beta: Tensor, v0: Tensor):
+        trace = torch.empty_like(currents)
+        v = v0
+        for t in range(currents.shape[0]):
+            v = torch.addcmul(currents[t], beta, v)
+            trace[t] = v
+        if beta.requires_grad:
+            ctx.save_for_backward(beta, trace, v0)
+        else:
+            ctx.save_for_backward(beta)
+        ctx.steps = currents.shape[0]
+        return trace, trace[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_trace: Tensor | None, grad_last: Tensor | None):
+        beta, *kept = ctx.saved_tensors
+        if grad_trace is None:
+            grad_trace = grad_last.new_zeros((ctx.steps,) + tuple(grad_last.shape))
+        grad_currents = torch.empty_like(grad_trace)
+        g = grad_last if grad_last is not None else torch.zeros_like(grad_trace[0])
+        for t in range(grad_trace.shape[0] - 1, -1, -1):
+            g = grad_trace[t] + g if t == grad_trace.shape[0] - 1 else torch.addcmul(grad_trace[t], beta, g)
+            grad_currents[t] = g
+        grad_v0 = beta * g
+        grad_beta = None
+        if kept:
+            # v_t = beta * v_{t-1} + I_t: d v_t / d beta = v_{t-1}, with v_{-1} = v0
+            trace, v0 = kept
+            prev = torch.cat([v0.unsqueeze(0), trace[:-1]])
+            grad_beta = (grad_currents * prev).sum((0, 1))
+        return grad_currents, grad_beta, grad_v0
+
+
+def leaky_integrate(currents: Tensor, beta: Tensor, v0: Tensor) -> tuple[Tensor, Tensor]:
+    """The leaky-integrator trace ``v_t = beta * v_{t-1} + I_t`` over a window [L, B, C], from v0 [B, C]:
+    (the trace, the last v). Keeps nothing but the trace, and that only for a learned beta."""
+    return _LeakyIntegrate.apply(currents.contiguous(), beta, v0)
