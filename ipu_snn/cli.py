@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-gib", type=float, help="local memory budget (default: the device's memory)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--plot", help="write a plot of memory against time per schedule to this file")
+    p.add_argument("--density", type=float, default=0.05,
+                   help="input spike density of the inputs the CPU timing runs on (default 0.05)")
+    p.add_argument("--no-measure", action="store_true",
+                   help="cost the CPU from its spec instead of timing windows here (arithmetic only)")
 
     p = sub.add_parser("eval", help="evaluate a run's last checkpoint on its test split")
     p.add_argument("run_dir", help="a folder written by ipu-snn train")
@@ -70,18 +74,23 @@ def _plan(args, console: Console) -> None:
     from .config import load_config
     from .data import input_shape
     from .devices import GiB, device_spec
-    from .planner import plan
-    from .reporting import plot_plan, plan_table
+    from .planner import calibrate, plan
+    from .reporting import plan_table, plot_plan
 
     cfg = load_config(args.config, args.overrides)
     n_inputs, n_classes = input_shape(cfg.data)
     budget = int(args.budget_gib * GiB) if args.budget_gib else None
-    result = plan(cfg, device_spec(args.device or cfg.device), n_inputs=n_inputs, n_classes=n_classes,
-                  budget_bytes=budget, compare_all=True)
+    device = args.device or cfg.device
+    spec = device_spec(device)
+    # the bytes are arithmetic on shapes; the time is measured when the device is this machine's CPU
+    costs = None
+    if spec.name == "cpu" and not args.no_measure:
+        costs = calibrate(cfg, n_inputs, n_classes, cfg.data.batch_size, args.density)
+    result = plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, budget_bytes=budget, compare_all=True,
+                  costs=costs)
     if args.plot:
         plot_plan(Path(args.plot), result)
     payload = result.to_json()
-    spec = device_spec(args.device or cfg.device)
     if spec.name.startswith("ipu"):
         from .ipu.options import micro_batch_size
         from .ipu.tiles import plan_for_config, tiles_json

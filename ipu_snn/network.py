@@ -57,17 +57,18 @@ class SpikingNetwork(nn.Module):
         return tuple(layer.initial_state(batch, like) for layer in self.layers) + (
             self.readout.initial_state(batch, like),)
 
-    def inputs(self, x: Tensor, t0: int, t1: int):
-        """Steps [t0, t1) of the batch, time-major: packed bits as a SpikeTrain, floats as frames."""
-        window = x.transpose(0, 1)[t0:t1]
-        if x.dtype == torch.uint8:
+    def inputs(self, xt: Tensor, t0: int, t1: int):
+        """Steps [t0, t1) of the time-major batch: packed bits as a SpikeTrain, floats as frames."""
+        window = xt[t0:t1]
+        if xt.dtype == torch.uint8:
             return SpikeTrain(None, window, None)
         return window.to(self.readout.fc.weight.dtype)
 
-    def window(self, state: tuple, x: Tensor, t0: int, t1: int) -> tuple[tuple, Tensor]:
-        """One window: the state after it, and its output per sample [B, classes + layers + 1]
-        (the readout trace reduced over the window, each layer's spike count, the spikes dropped)."""
-        h = self.inputs(x, t0, t1)
+    def window(self, state: tuple, xt: Tensor, t0: int, t1: int) -> tuple[tuple, Tensor]:
+        """One window of the time-major batch ``xt``: the state after it, and its output per sample
+        [B, classes + layers + 1] (the readout trace reduced over the window, each layer's spike count,
+        the spikes dropped)."""
+        h = self.inputs(xt, t0, t1)
         new_state, counts, dropped = [], [], None
         for layer, layer_state in zip(self.layers, state):
             h, layer_state, lost = layer.window(layer_state, h)
@@ -90,12 +91,15 @@ class SpikingNetwork(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"the network takes a batch [B, T, inputs], got shape {tuple(x.shape)}")
         batch, steps = x.shape[0], x.shape[1]
+        # time-major: packed bits are copied once (1/32 of float frames), so that every window is a
+        # contiguous slice that products keep as a view; float frames stay a view of the caller's batch
+        xt = x.transpose(0, 1).contiguous() if x.dtype == torch.uint8 else x.transpose(0, 1)
         state0 = self.initial_state(batch, self.readout.fc.weight)
         if self.mode == "straight_through":
-            ys = unroll_windows(self.window, x, state0, steps, self.loop, mark)
+            ys = unroll_windows(self.window, xt, state0, steps, self.loop, mark)
         else:
             self.last_scan = ScanStats()
-            ys = scan_windows(_Windows(self), x, state0, steps, self.loop, self.last_scan)
+            ys = scan_windows(_Windows(self), xt, state0, steps, self.loop, self.last_scan)
         n_classes = self.readout.n_out
         logits = _COMBINE[self.reduce](ys[..., :n_classes], steps)
         sizes = torch.tensor([layer.n_out for layer in self.layers], dtype=ys.dtype, device=ys.device)

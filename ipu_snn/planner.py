@@ -103,7 +103,8 @@ class NetShape:
         return 4 * FLOAT_BYTES * self.param_count()
 
     def batch_bytes(self) -> int:
-        per_step = _packed(self.n_inputs) if self.binary_inputs else FLOAT_BYTES * self.n_inputs
+        """The batch; packed bits twice (the loader's, and the time-major copy the windows slice)."""
+        per_step = 2 * _packed(self.n_inputs) if self.binary_inputs else FLOAT_BYTES * self.n_inputs
         return self.batch * self.steps * per_step
 
     def state_bytes(self) -> int:
@@ -119,9 +120,7 @@ class NetShape:
         every storage autograd saves and the window's outputs, less parameters, the batch and its input state."""
         b, rows = self.batch, self.batch * window
         total = 0
-        for i, layer in enumerate(self.layers):
-            if i == 0 and self.binary_inputs:
-                total += rows * _packed(self.n_inputs)  # the window of the batch, made contiguous for the product
+        for layer in self.layers:
             per_step = _packed(layer.n) + layer.n * self.saved_bytes  # spikes as bits, d
             if not self.fused:  # the autograd loop keeps each op's inputs instead: an estimate
                 per_step = layer.n * AUTOGRAD_BYTES_PER_NEURON_STEP * (1 + layer.adaptive)
@@ -146,10 +145,8 @@ class NetShape:
     def working_bytes(self, window: int) -> int:
         """Buffers alive while one window runs (not kept): currents, spikes, the gradients of both, unpacked
         dense inputs; an estimate of the peak, for the budget."""
-        rows = self.batch * window
-        widest = max(max(layer.n, layer.n_in if not self.binary_inputs or i else 0)
-                     for i, layer in enumerate(self.layers))
-        return rows * FLOAT_BYTES * (5 * widest + _packed(self.n_inputs))
+        widest = max(max(layer.n, layer.n_in) for layer in self.layers)
+        return self.batch * window * FLOAT_BYTES * 5 * widest
 
     def output_bytes(self, window: int) -> int:
         """The stacked outputs of every window [W, B, classes + layers + 1]."""

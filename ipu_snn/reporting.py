@@ -73,12 +73,15 @@ def plan_table(plan):
     from rich.table import Table
 
     table = Table(title=f"BPTT plan on {plan.device}: T={plan.T}, batch {plan.batch}, "
-                        f"budget {plan.budget_bytes / 2**30:.2f} GiB")
-    for column in ("", "strategy", "schedule", "local MiB", "off-chip MiB", "forward steps", "predicted s", "fits"):
-        table.add_column(column, justify="left" if column in ("strategy", "schedule") else "right")
+                        f"budget {plan.budget_bytes / 2**30:.2f} GiB; time {plan.costs_source}")
+    columns = ("", "strategy", "schedule", "window", "kept MiB", "peak MiB", "off-chip MiB", "predicted ms", "fits")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("strategy", "schedule") else "right",
+                         overflow="fold")
     for s in plan.strategies:
-        table.add_row("*" if s.name == plan.choice else "", s.name, s.schedule, f"{s.local_bytes / 2**20:,.0f}",
-                      f"{s.offchip_bytes / 2**20:,.0f}", f"{s.forward_steps:,}", f"{s.predicted_s:.3g}",
+        table.add_row("*" if s.name == plan.choice else "", s.name, s.schedule, f"{s.windows} x {s.window}",
+                      f"{s.local_bytes / 2**20:,.1f}", f"{s.peak_bytes / 2**20:,.0f}",
+                      f"{s.offchip_bytes / 2**20:,.1f}", f"{s.predicted_s * 1e3:,.1f}",
                       "yes" if s.fits else "[red]no[/]")
     if plan.choice is None:
         table.caption = (f"the configured schedule does not fit; the fastest that does is {plan.fastest}"
@@ -91,9 +94,9 @@ def plot_plan(path: Path, plan) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in plan.strategies:
-        ax.scatter(s.predicted_s, s.local_bytes / 2**20, marker="o" if s.fits else "x",
+        ax.scatter(s.predicted_s, s.peak_bytes / 2**20, marker="o" if s.fits else "x",
                    s=80 if s.name == plan.choice else 30)
-        ax.annotate(s.name, (s.predicted_s, s.local_bytes / 2**20), textcoords="offset points", xytext=(5, 5))
+        ax.annotate(s.name, (s.predicted_s, s.peak_bytes / 2**20), textcoords="offset points", xytext=(5, 5))
     ax.axhline(plan.budget_bytes / 2**20, color="grey", linestyle="--", label="budget")
     ax.set(xlabel="predicted time per iteration (s)", ylabel="predicted local memory (MiB)", yscale="log",
            title=f"{plan.device}: T={plan.T}, batch {plan.batch}")

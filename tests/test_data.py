@@ -3,11 +3,13 @@
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from ipu_snn.config import DataConfig, SyntheticConfig
 from ipu_snn.data import (SpikeRecordings, bin_events, ensure_synthetic, generate, load_splits, read_recordings,
                           write_recordings)
 from ipu_snn.errors import DataError
+from ipu_snn.neuron.bits import pack_spikes
 
 
 def small_recordings(n=6, channels=700, classes=20, seed=0):
@@ -96,7 +98,11 @@ def test_shd_folder_splits(tmp_path):
     assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 10, 10)
     assert set(splits.train.indices).isdisjoint(splits.val.indices)
     x, y = splits.train[0]
-    assert x.shape == (100, 100) and splits.n_inputs == 100 and splits.n_classes == 20 and 0 <= y < 20
+    # binary inputs come packed: 100 channels in 13 bytes per step, the frames of bin_events bit for bit
+    assert x.shape == (100, 13) and x.dtype == torch.uint8
+    assert splits.n_inputs == 100 and splits.n_classes == 20 and 0 <= y < 20
+    dense, _ = splits.train.as_dense()[0]
+    assert dense.shape == (100, 100) and torch.equal(pack_spikes(dense), x)
 
 
 def test_ssc_uses_its_valid_file(tmp_path):

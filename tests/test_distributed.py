@@ -19,6 +19,8 @@ RAW = {
     "data": {"steps": 20, "channel_pooling": 20, "batch_size": 32, "val_split": 0.2,
              "synthetic": {"n_train": 200, "n_test": 40, "n_classes": 4}},
     "training": {"epochs": 2, "lr": 0.01, "seed": 3},
+    # one process plans for a batch of 32, two for 16 each: a fixed window keeps them on the same windows
+    "bptt": {"window": 10},
 }
 
 

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipu_snn.errors import DeviceError, UserError
-from ipu_snn.ops import SparseSpikes, prefer_sparse, resolve_backend, sparse_linear, spike_matmul
-from ipu_snn.ops import cpu_ext, policy
+from ipu_snn.ops import SparseSpikes, resolve_backend, sparse_linear, spike_matmul
+from ipu_snn.ops import cpu_ext
 from ipu_snn.ops.registry import get_kernels
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -107,7 +107,7 @@ def test_overflow_error_names_the_counts():
     z = torch.zeros(3, 10)
     z[1, :7] = 1
     z[2, :5] = 1
-    with pytest.raises(UserError, match=r"1 of 3 samples.*K = 5.*sample 1: 7 spikes"):
+    with pytest.raises(UserError, match=r"1 of 3 rows.*K = 5.*row 1: 7 spikes"):
         SparseSpikes.from_dense(z, capacity=5, overflow="error", backend="reference")
 
 
@@ -338,17 +338,6 @@ def test_cpu_kernels_reject_out_of_range_ids():
     ids = torch.tensor([[3]], dtype=torch.int32)
     with pytest.raises(RuntimeError, match="outside"):
         kernels.forward(ids, torch.tensor([1], dtype=torch.int32), torch.zeros(2, 2))
-
-
-def test_prefer_sparse_uses_the_named_crossovers():
-    n_in = 1000
-    cpu_limit = int(policy.CPU_MAX_SPARSE_DENSITY * n_in)
-    assert prefer_sparse("cpu", 128, n_in, cpu_limit)
-    assert not prefer_sparse("cpu", 128, n_in, cpu_limit + 1)
-    cuda_limit = int(policy.CUDA_MAX_SPARSE_DENSITY * n_in)
-    assert prefer_sparse("cuda", policy.CUDA_MAX_SPARSE_BATCH, n_in, cuda_limit)
-    assert not prefer_sparse("cuda", policy.CUDA_MAX_SPARSE_BATCH + 1, n_in, cuda_limit)
-    assert not prefer_sparse("meta", 1, n_in, 1)
 
 
 # ---------------------------------------------------------------- GPU only

@@ -61,6 +61,8 @@ class SparsePolicy:
             raise ValueError(f"SparsePolicy.mode must be one of {MODES}, got {self.mode!r}")
         if self.mode != "dense" and self.capacity < 1:
             raise ValueError(f"SparsePolicy: a {self.mode} product needs a capacity >= 1, got {self.capacity}")
+        if self.mode == "dense" and self.listed_grad:
+            raise ValueError("SparsePolicy: a dense product has no spike lists to restrict its gradient to")
 
     @property
     def rec_mode(self) -> int:

@@ -1,0 +1,112 @@
+"""Products on packed spikes (``ops.spike_product``): every backend and mode against dense autograd, and the
+measured dense/sparse crossover."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipu_snn.errors import UserError
+from ipu_snn.neuron.bits import pack_spikes
+from ipu_snn.ops import policy as policy_module
+from ipu_snn.ops.policy import SparsePolicy, crossover_density
+from ipu_snn.ops.registry import get_kernels
+from ipu_snn.ops.spike_product import spike_product
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+BACKENDS = ["reference", "cpu"] + (["triton"] if HAS_TRITON else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=6 if HAS_TRITON else 10, deadline=None, derandomize=True)
+@given(rows=st.integers(1, 9), lead=st.integers(1, 3), n_in=st.integers(1, 40), n_out=st.integers(1, 12),
+       density=st.floats(0.0, 0.7), mode=st.sampled_from(["dense", "sparse", "auto"]),
+       listed=st.booleans(), seed=st.integers(0, 999))
+def test_product_equals_dense_autograd(backend, rows, lead, n_in, n_out, density, mode, listed, seed):
+    listed = listed and mode != "dense"
+    g = torch.Generator().manual_seed(seed)
+    z = (torch.rand(lead, rows, n_in, generator=g, dtype=torch.float64) < density).double().requires_grad_()
+    near = torch.rand(lead, rows, n_in, generator=g) < 0.3
+    weight = torch.randn(n_in, n_out, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(n_out, generator=g, dtype=torch.float64, requires_grad=True)
+    policy = SparsePolicy(mode, n_in if mode != "dense" else 0, max_density=0.5, listed_grad=listed,
+                          backend=backend)
+    out, dropped = spike_product(pack_spikes(z.detach()), weight, bias, policy, z=z,
+                                 near=pack_spikes(near) if listed else None)
+    assert dropped.shape == (lead, rows) and int(dropped.sum()) == 0
+    grad_out = torch.randn(lead, rows, n_out, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(out, (z, weight, bias), grad_out)
+    expected_out = z @ weight + bias
+    expected = list(torch.autograd.grad(expected_out, (z, weight, bias), grad_out))
+    if listed:  # the input gradient only at the listed neurons: spikes, then near-threshold ones
+        expected[0] = expected[0] * ((z.detach() != 0) | near).double()
+    # the Triton kernels carry their sums in float32, whatever the weight dtype
+    tol = {"rtol": 1e-4, "atol": 1e-4} if backend == "triton" else {}
+    torch.testing.assert_close(out, expected_out, **tol)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_capacity_drops_the_highest_ids_and_counts_them(backend):
+    z = torch.zeros(2, 10, dtype=torch.float64)
+    z[0, [1, 4, 6, 9]] = 1
+    z[1, [0]] = 1
+    weight = torch.arange(10 * 3, dtype=torch.float64).reshape(10, 3)
+    counting = SparsePolicy("sparse", 2, "drop_and_count", backend=backend)
+    out, dropped = spike_product(pack_spikes(z), weight, None, counting)
+    assert dropped.tolist() == [2, 0]
+    torch.testing.assert_close(out[0], weight[1] + weight[4])
+    with pytest.raises(UserError, match=r"Spike overflow in layer 9's input: 1 of 2 rows.*sparse_capacity"):
+        spike_product(pack_spikes(z), weight, None, SparsePolicy("sparse", 2, backend=backend),
+                      where="layer 9's input")
+
+
+def test_bits_kernels_of_the_cpu_equal_the_list_compositions():
+    g = torch.Generator().manual_seed(1)
+    cpu, ref = get_kernels("cpu"), get_kernels("reference")
+    for n_in, n_out in ((37, 5), (1100, 1000)):  # the second takes the neuron-order weight gradient
+        bits = pack_spikes(torch.rand(50, n_in, generator=g) < 0.1)
+        near = pack_spikes(torch.rand(50, n_in, generator=g) < 0.1)
+        weight = torch.randn(n_in, n_out, generator=g)
+        grad = torch.randn(50, n_out, generator=g)
+        for capacity in (3, n_in):
+            for a, b in zip(cpu.bits_forward(bits, n_in, weight, capacity), ref.bits_forward(bits, n_in, weight, capacity)):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(cpu.bits_grad_weight(bits, n_in, grad, capacity),
+                                       ref.bits_grad_weight(bits, n_in, grad, capacity), rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(cpu.bits_grad_input(bits, near, n_in, weight, grad, capacity),
+                                       ref.bits_grad_input(bits, near, n_in, weight, grad, capacity),
+                                       rtol=1e-5, atol=1e-4)
+        assert torch.equal(cpu.count_bits(bits), ref.count_bits(bits))
+
+
+def test_crossover_is_measured_once_and_kept_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("IPU_SNN_CACHE", str(tmp_path))
+    crossover_density.cache_clear()
+    measured = crossover_density(torch.device("cpu"), 64, 32)
+    assert 0.0 <= measured <= 1.0
+    table = json.loads((tmp_path / "crossover.json").read_text())
+    assert list(table.values()) == [measured]
+    # a later process reads it back rather than measuring again: the same choices on resume
+
+    def no_measuring(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(policy_module, "_measure", no_measuring)
+    crossover_density.cache_clear()
+    assert crossover_density(torch.device("cpu"), 64, 32) == measured
+    crossover_density.cache_clear()
+
+
+def test_auto_chooses_by_the_spikes_it_has():
+    policy = SparsePolicy("auto", 10, max_density=0.1)
+    assert policy.use_sparse_density(torch.tensor([1, 0, 2]), 20)  # 3 of 60
+    assert not policy.use_sparse_density(torch.tensor([5, 5, 5]), 20)  # a quarter
+    with pytest.raises(ValueError, match="capacity >= 1"):
+        SparsePolicy("sparse", 0)
