@@ -1,0 +1,19 @@
+// Mock of <poplar/Program.hpp> (Poplar 3.x): programs. Graph.hpp does not
+// include it here, so a source that builds programs must include it itself.
+#pragma once
+#include <poplar/DebugContext.hpp>
+#include <poplar/GraphElements.hpp>
+namespace poplar {
+namespace program {
+class Program {};
+class Sequence : public Program {
+public:
+  Sequence(const DebugContext &debugContext = {});
+  void add(const Program &p);
+};
+class Execute : public Program {
+public:
+  explicit Execute(ComputeSet cs, const DebugContext &debugContext = {});
+};
+}  // namespace program
+}  // namespace poplar
