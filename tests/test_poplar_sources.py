@@ -371,14 +371,13 @@ def _reference_step(alif, reset, surrogate, threshold, adapt, scale, current, v_
     return [t.detach() for t in (v_new, a_new, z, spike.grad(x.detach()))], grads
 
 
-@pytest.mark.parametrize("surrogate", sorted(SURROGATES))
-@pytest.mark.parametrize("reset", sorted(RESETS))
-@pytest.mark.parametrize("kind", ["lif", "alif"])
-@pytest.mark.parametrize("neurons_,tiles", [(21, 3), (5, 3)])
-def test_neuron_vertices_over_a_column_split_match_autograd(harness, kind, reset, surrogate, neurons_, tiles):
-    # 21 over 3 tiles puts boundaries at neurons 7 and 14, inside packed bytes;
-    # 5 over 3 leaves tiles that own no byte start. 13 samples share out over 6
-    # workers unevenly, by elements forward and by (pairs of, for half) rows backward.
+def _check_neuron_step(harness, kind, reset, surrogate, neurons_, tiles, missing=()):
+    """Runs the neuron vertices through the harness and compares every output with autograd.
+    `missing`: gradients (z, v, a) that PopART leaves unconnected, which NeuronStepGradOpx
+    replaces by a broadcast zero: the harness gets zeros there, and the reference leaves
+    those outputs out of the loss."""
+    # 13 samples share out over 6 workers unevenly, by elements forward and by (pairs
+    # of, for half) rows backward.
     g = torch.Generator().manual_seed(len(kind) * 100 + RESETS[reset] * 10 + SURROGATES[surrogate] + neurons_)
     batch, alif = 13, kind == "alif"
     threshold, adapt, scale = 0.8, (1.5 if alif else 0.0), 4.0
@@ -387,10 +386,12 @@ def test_neuron_vertices_over_a_column_split_match_autograd(harness, kind, reset
     a_prev = torch.rand(shape, generator=g) * 0.5
     beta = torch.rand(neurons_, generator=g) * 0.5 + 0.45
     rho = torch.rand(neurons_, generator=g) * 0.5 + 0.45
-    grad_z, grad_v, grad_a = (torch.randn(shape, generator=g) for _ in range(3))
+    grads_in = {name: torch.randn(shape, generator=g) for name in ("z", "v", "a")}
     if not alif:
-        grad_a = torch.zeros(shape)  # LIF has no a to take a gradient from
-    inputs = (current, v_prev, a_prev, beta, rho, grad_z, grad_v, grad_a)
+        grads_in["a"] = torch.zeros(shape)  # LIF has no a to take a gradient from
+    for name in missing:
+        grads_in[name] = torch.zeros(shape)
+    inputs = (current, v_prev, a_prev, beta, rho, grads_in["z"], grads_in["v"], grads_in["a"])
 
     out = _run(harness, ["neuron", batch, neurons_, tiles, int(alif), RESETS[reset], SURROGATES[surrogate],
                          threshold, adapt, scale, *(x for t in inputs for x in _values(t))])
@@ -409,4 +410,37 @@ def test_neuron_vertices_over_a_column_split_match_autograd(harness, kind, reset
             exact = name in ("z", "bits")
             np.testing.assert_allclose(got.reshape(want.shape), want.double().numpy(), rtol=0 if exact else tol,
                                        atol=0 if exact else tol,
-                                       err_msg=f"{name} ({kind}, {reset}, {surrogate}, {dtype})")
+                                       err_msg=f"{name} ({kind}, {reset}, {surrogate}, {dtype}, missing {missing})")
+
+
+@pytest.mark.parametrize("surrogate", sorted(SURROGATES))
+@pytest.mark.parametrize("reset", sorted(RESETS))
+@pytest.mark.parametrize("kind", ["lif", "alif"])
+@pytest.mark.parametrize("neurons_,tiles", [(21, 3), (5, 3)])
+def test_neuron_vertices_over_a_column_split_match_autograd(harness, kind, reset, surrogate, neurons_, tiles):
+    # 21 over 3 tiles puts boundaries at neurons 7 and 14, inside packed bytes;
+    # 5 over 3 leaves tiles that own no byte start.
+    _check_neuron_step(harness, kind, reset, surrogate, neurons_, tiles)
+
+
+@pytest.mark.parametrize("kind,missing", [("alif", ("v", "a")), ("alif", ("z",)), ("lif", ("v",))])
+def test_neuron_backward_with_gradients_popart_leaves_out(harness, kind, missing):
+    # The last step (no gradient reaches v_new or a_new), or a z nothing reads.
+    _check_neuron_step(harness, kind, "subtract", "fast_sigmoid", 21, 3, missing)
+
+
+def test_neuron_step_grad_treats_an_unconnected_gradient_as_zero():
+    """PopART leaves a grad op's GradOut input unconnected when its forward output got no
+    gradient. Running setup() and grow() needs PopART itself; this pins the source contract:
+    shapes come from d (always connected) and every gradient input goes through hasInput."""
+    text = (POPLAR_SOURCES / "neuron_step_op.cpp").read_text()
+    grad_op = text.split("class NeuronStepGradOp : public TiledOp {", 1)[1].split("\n};", 1)[0]
+    setup = grad_op.split("void setup() final {", 1)[1].split("\n  }", 1)[0]
+    assert "inInfo(kD)" in setup and "hasInput(i) && inInfo(i)" in setup and "inInfo(kGrad" not in setup
+    opx = text.split("class NeuronStepGradOpx : public popart::popx::Opx {", 1)[1].split("\n};", 1)[0]
+    for grad in ("kGradZ", "kGradV", "kGradA"):
+        assert f"getInTensor(NeuronStepGradOp::{grad})" not in opx, grad
+        assert f"gradientOrZero(NeuronStepGradOp::{grad}," in opx, grad
+    or_zero = opx.split("poplar::Tensor gradientOrZero(", 1)[1]
+    assert "if (hasInput(index)) return getInTensor(index);" in or_zero
+    assert "setInitialValue(zero, 0)" in or_zero and ".broadcast(" in or_zero

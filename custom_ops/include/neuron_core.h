@@ -92,6 +92,13 @@ struct NeuronCompute<double> { using type = double; };
 template <typename I>
 inline I packed_row_bytes(I n_neurons) { return (n_neurons + 7) / 8; }
 
+// Keeps a parameter out of template deduction: a range's bounds take the index
+// type of n_neurons, so that a literal bound needs no cast.
+template <typename I>
+struct NonDeduced { using type = I; };
+template <typename I>
+using non_deduced_t = typename NonDeduced<I>::type;
+
 template <typename C>
 inline C abs_value(C x) { return x < C(0) ? -x : x; }
 
@@ -239,7 +246,7 @@ void neuron_forward_with(const T* current, const T* v_prev, const T* a_prev,
 // both on the same range while z is in cache.
 template <typename T, typename D, typename I, typename S>
 void neuron_forward(const T* current, const T* v_prev, const T* a_prev, const T* beta,
-                    const T* rho, I n_neurons, I begin, I end,
+                    const T* rho, I n_neurons, non_deduced_t<I> begin, non_deduced_t<I> end,
                     const NeuronScalarsT<S>& s, T* v_new, T* a_new, T* z, D* d) {
   using C = typename NeuronCompute<T>::type;
   switch (s.surrogate) {
@@ -267,7 +274,8 @@ void neuron_forward(const T* current, const T* v_prev, const T* a_prev, const T*
 // whole, so workers that own disjoint byte ranges never share a byte; the bits
 // past n_neurons in a row's last byte are 0.
 template <typename T, typename I>
-void pack_bits(const T* z, I n_neurons, I byte_begin, I byte_end, uint8_t* bits) {
+void pack_bits(const T* z, I n_neurons, non_deduced_t<I> byte_begin, non_deduced_t<I> byte_end,
+               uint8_t* bits) {
   if (byte_begin >= byte_end) return;
   const I row_bytes = packed_row_bytes(n_neurons);
   // One division for the first byte's row and column; then walk.
@@ -294,7 +302,8 @@ inline bool unpack_bit(const uint8_t* row_bits, I j) {
 
 // Unpacks flat elements [begin, end) of a [B, n_neurons] step into 0/1 values.
 template <typename T, typename I>
-void unpack_bits(const uint8_t* bits, I n_neurons, I begin, I end, T* z) {
+void unpack_bits(const uint8_t* bits, I n_neurons, non_deduced_t<I> begin, non_deduced_t<I> end,
+                 T* z) {
   if (begin >= end) return;
   const I row_bytes = packed_row_bytes(n_neurons);
   const I row = begin / n_neurons;
@@ -417,8 +426,9 @@ void neuron_backward_range(const T* grad_z, const T* grad_v, const T* grad_a,
 template <typename T, typename D, typename I, typename S>
 void neuron_backward(const T* grad_z, const T* grad_v, const T* grad_a,
                      const uint8_t* bits, const D* d, const T* beta, const T* rho,
-                     I n_neurons, I begin, I end, S adapt_strength,
-                     Reset reset, T* grad_current, T* grad_v_prev, T* grad_a_prev) {
+                     I n_neurons, non_deduced_t<I> begin, non_deduced_t<I> end,
+                     S adapt_strength, Reset reset, T* grad_current, T* grad_v_prev,
+                     T* grad_a_prev) {
 #define IPU_SNN_NEURON_BACKWARD(SUB, A, G)                                            \
   neuron_backward_range<T, D, SUB, A, G>(grad_z, grad_v, grad_a, bits, d, beta, rho,  \
                                        n_neurons, begin, end, adapt_strength,         \
