@@ -10,10 +10,11 @@ public:
 class DebugNameAndId {};
 class DebugContext {
 public:
-  // Default-constructible: poplibs 3.x headers default it as `= {}`.
+  // Default-constructible: poplibs 3.x headers default it as `= {}`, and
+  // from a name (poplin/Convolution.hpp defaults one as `= {"biases"}`).
   DebugContext(SourceLocation loc = SourceLocation::Current());
-  DebugContext(const char *, SourceLocation loc = SourceLocation::Current());
-  DebugContext(std::string, SourceLocation loc = SourceLocation::Current());
+  DebugContext(const char *name, SourceLocation loc = SourceLocation::Current());
+  DebugContext(std::string name, SourceLocation loc = SourceLocation::Current());
   DebugContext(const DebugNameAndId &, std::string = "",
                SourceLocation loc = SourceLocation::Current());
 };

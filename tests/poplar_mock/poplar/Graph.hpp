@@ -23,9 +23,6 @@ public:
   const Target &getTarget() const;
   Tensor addVariable(const Type &type, ArrayRef<std::size_t> shape,
                      const DebugContext &debugContext = {});
-  template <typename T>
-  Tensor addConstant(const Type &type, ArrayRef<std::size_t> shape, T val,
-                     const DebugContext &debugContext = {});
   void setTileMapping(const Tensor &t, unsigned tileNum);
   void setTileMapping(VertexRef v, unsigned tileNum);
   ComputeSet addComputeSet(const DebugContext &debugContext = {});

@@ -1,12 +1,4 @@
-// Mock of <poplar/Interval.hpp> (Poplar 3.x): a half-open element range.
+// Mock of <poplar/Interval.hpp> (Poplar 3.x). PopLibs' popops/Cast.hpp
+// includes it; nothing the op sources compile uses its Interval class, so the
+// mock declares nothing.
 #pragma once
-#include <cstddef>
-namespace poplar {
-class Interval {
-public:
-  Interval(std::size_t begin, std::size_t end);
-  std::size_t begin() const;
-  std::size_t end() const;
-  std::size_t size() const;
-};
-}  // namespace poplar

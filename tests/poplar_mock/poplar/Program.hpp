@@ -8,7 +8,6 @@ namespace program {
 class Program {};
 class Sequence : public Program {
 public:
-  Sequence(const DebugContext &debugContext = {});
   void add(const Program &p);
 };
 class Execute : public Program {

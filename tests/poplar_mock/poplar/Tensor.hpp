@@ -16,8 +16,6 @@ public:
   Tensor expand(ArrayRef<std::size_t> indices) const;
   Tensor broadcast(unsigned N, unsigned dim) const;
   std::size_t dim(unsigned i) const;
-  std::size_t numElements() const;
-  std::vector<std::size_t> shape() const;
   Type elementType() const;
 };
 Tensor concat(ArrayRef<Tensor> ts, unsigned dimension = 0);

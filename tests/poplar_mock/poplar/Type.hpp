@@ -5,7 +5,6 @@ class Type {
 public:
   bool operator==(const Type &) const;
   bool operator!=(const Type &) const;
-  bool operator<(const Type &) const;
 };
 extern Type BOOL, UNSIGNED_CHAR, INT, UNSIGNED_INT, HALF, FLOAT;
 }  // namespace poplar
