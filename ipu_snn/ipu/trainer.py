@@ -191,7 +191,10 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
 
     seed_everything(cfg.training.seed)
     splits = load_splits(cfg.data, cfg.training.seed)
-    network = make_traceable(build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt,
+    # Built without the fused loop, which PopTorch could not trace (make_traceable drops it anyway):
+    # building it would import the torch >= 2.4 custom ops, and PopTorch 3.4 runs on torch 2.0.1.
+    unfused = cfg.model.model_copy(update={"fused": False})
+    network = make_traceable(build_network(unfused, splits.n_inputs, splits.n_classes, splits.dt,
                                            binary_inputs=cfg.data.binary), tile_plan)
     network.train()
     optimizer = ipu_optimizer(cfg.training, network.parameters(), poptorch)
