@@ -1,0 +1,40 @@
+"""The IPU path on PopTorch 3.4's torch (2.0.1), which lacks the torch.library custom ops of ipu_snn.ops:
+a dense IPU training run must not import them. Run in a subprocess with ipu_snn.ops made unimportable,
+as it is on torch 2.0.1, and the PopTorch stand-in as poptorch."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+SCRIPT = r"""
+import sys, tempfile
+from pathlib import Path
+
+class NoCustomOps:
+    # ipu_snn.ops needs torch >= 2.4 (torch.library.custom_op); PopTorch 3.4 runs on torch 2.0.1
+    def find_spec(self, name, path=None, target=None):
+        if name == "ipu_snn.ops" or name.startswith("ipu_snn.ops."):
+            raise ImportError(f"{name} is not importable on torch 2.0.1")
+        return None
+
+sys.meta_path.insert(0, NoCustomOps())
+sys.path.insert(0, sys.argv[1])
+import poptorch_standin
+sys.modules["poptorch"] = poptorch_standin.make_poptorch()
+from test_ipu_trainer import tiny
+from ipu_snn.train import train
+
+with tempfile.TemporaryDirectory() as out:
+    summary = train(tiny(training={"epochs": 1}), Path(out) / "run")
+assert "ipu_snn.ops" not in sys.modules
+print("trained", summary["train_loss"])
+"""
+
+
+def test_dense_ipu_training_imports_no_torch_2_4_custom_ops(tmp_path):
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(TESTS)], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trained" in result.stdout
