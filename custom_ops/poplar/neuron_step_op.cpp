@@ -22,8 +22,9 @@
 // (grad_beta = sum over samples of grad_current * v_prev), which the caller
 // keeps and reduces itself. PopART leaves a gradient input of the grad op
 // unconnected when its forward output gets no gradient (v_new and a_new of the
-// last step, a_new of a LIF layer, z where nothing reads it): such a gradient
-// is zero.
+// last step, a_new of a LIF layer, z where nothing reads it; graphcore/popart
+// willow/src/transforms/autodiff/gradgrowerop.cpp connects an empty TensorId
+// for a GradOut whose gradient does not exist): such a gradient is zero.
 //
 // Attributes: kind ("lif" | "alif"), threshold, adapt_strength, reset
 // ("subtract" | "zero"), surrogate ("fast_sigmoid" | "atan" | "triangle" |
