@@ -46,8 +46,8 @@
 // the index type and S the type of the scalars (threshold, adapt_strength,
 // scale): the CPU extension passes int64_t and double, an IPU vertex unsigned
 // and float, because a tile's 32-bit cores run 64-bit division and double
-// arithmetic in software. Each range function divides once, to find the row
-// its range starts in, and then walks whole rows.
+// arithmetic in software. Each range function a tile runs divides once, to
+// find the row its range starts in, and then walks whole rows.
 #pragma once
 
 #include <cstdint>
@@ -295,28 +295,24 @@ void pack_bits(const T* z, I n_neurons, non_deduced_t<I> byte_begin, non_deduced
 }
 
 // Spike of neuron j in a packed row.
-template <typename I>
-inline bool unpack_bit(const uint8_t* row_bits, I j) {
+inline bool unpack_bit(const uint8_t* row_bits, int64_t j) {
   return (row_bits[j >> 3] >> (j & 7)) & 1;
 }
 
 // Unpacks flat elements [begin, end) of a [B, n_neurons] step into 0/1 values.
-template <typename T, typename I>
-void unpack_bits(const uint8_t* bits, I n_neurons, non_deduced_t<I> begin, non_deduced_t<I> end,
+template <typename T>
+void unpack_bits(const uint8_t* bits, int64_t n_neurons, int64_t begin, int64_t end,
                  T* z) {
-  if (begin >= end) return;
-  const I row_bytes = packed_row_bytes(n_neurons);
-  const I row = begin / n_neurons;
-  I row_start = row * n_neurons, j_begin = begin - row_start;
-  const uint8_t* row_bits = bits + row * row_bytes;
-  while (row_start < end) {
-    const I j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
-    for (I j = j_begin; j < j_end; ++j) {
+  const int64_t row_bytes = packed_row_bytes(n_neurons);
+  int64_t i = begin;
+  while (i < end) {
+    const int64_t row = i / n_neurons, row_start = row * n_neurons;
+    const int64_t j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
+    const uint8_t* row_bits = bits + row * row_bytes;
+    for (int64_t j = i - row_start; j < j_end; ++j) {
       z[row_start + j] = unpack_bit(row_bits, j) ? T(1) : T(0);
     }
-    row_start += n_neurons;
-    row_bits += row_bytes;
-    j_begin = 0;
+    i = row_start + j_end;
   }
 }
 
