@@ -163,7 +163,6 @@ void grad_input_rows(const T* weight, int64_t weight_stride, int64_t n_cols,
   }
 }
 
-
 // What compact_row found in one sample.
 struct CompactCounts {
   int32_t spikes;        // spike ids written (at most capacity)
