@@ -35,7 +35,6 @@ from .neuron.spec import NeuronSpec
 from .neuron.surrogates import spike, straight_through_spike
 from .neuron.window import LayerState, SpikeTrain, WindowSettings, leaky_integrate, spiking_window
 from .ops.policy import SparsePolicy
-from .ops.spike_product import spike_product
 
 StepMode = Literal["autograd", "fused", "straight_through"]
 STEP_MODES = ("autograd", "fused", "straight_through")
@@ -72,6 +71,8 @@ def torch_products(inputs: Inputs, synapses: Synapses, policy: SparsePolicy, sit
     """Products of the fused and autograd modes: dense or sparse over packed bits, as ``policy`` says."""
     if isinstance(inputs, Tensor):
         return F.linear(inputs, synapses.weight.t(), synapses.bias), None
+    from .ops.spike_product import spike_product  # custom ops (torch >= 2.4): not on the traced path
+
     out, dropped = spike_product(inputs.bits, synapses.weight, synapses.bias, policy, z=inputs.z,
                                  near=inputs.near, where=site.text)
     # per sample: the rows of a window are (step, sample) pairs

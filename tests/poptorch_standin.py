@@ -32,8 +32,19 @@ import types
 
 import torch
 
-from ipu_snn.ops import reference
-from ipu_snn.ops.registry import get_kernels
+
+# ipu_snn.ops (torch.library custom ops) needs torch >= 2.4, while PopTorch 3.4 pins torch 2.0.1:
+# the sparse ops are imported when a custom op runs, so the dense trainer also runs on 2.0.1.
+def _reference():
+    from ipu_snn.ops import reference
+
+    return reference
+
+
+def get_kernels(name):
+    from ipu_snn.ops.registry import get_kernels as kernels
+
+    return kernels(name)
 
 
 class OutputMode(enum.IntEnum):
@@ -146,7 +157,7 @@ def _spike_select(membrane, capacity, threshold, near_threshold):
     # as the SpikeSelect vertex: spikes above threshold, near above near_threshold when it is lower
     spike = membrane > threshold
     near = membrane > near_threshold if near_threshold < threshold else None
-    ids, counts, near_counts, dropped, near_dropped = reference.compact(spike, near, capacity)
+    ids, counts, near_counts, dropped, near_dropped = _reference().compact(spike, near, capacity)
     return [ids, torch.stack([counts, near_counts, dropped, near_dropped], 1)]
 
 
@@ -170,7 +181,7 @@ class _SpikeLinear(torch.autograd.Function):
             grad_z = grad_out @ weight.T
         else:  # the listed values scattered to their neurons, 0 at the rest (ScatterListed)
             values = kernels.grad_input(ids, counts, weight, grad_out)
-            live = reference.listed_mask(counts, ids.shape[1])
+            live = _reference().listed_mask(counts, ids.shape[1])
             grad_z = torch.zeros(ids.shape[0], weight.shape[0], dtype=values.dtype)
             grad_z.scatter_add_(1, torch.where(live, ids, 0).long(), torch.where(live, values, 0))
         return grad_z.to(ctx.z_dtype), None, None, grad_weight, None
@@ -182,9 +193,9 @@ def _spike_linear(z, ids, counts, weight, dense_grad, **attributes):
 
 
 CUSTOM_OPS = {
-    "SpikeMatmul": lambda ids, counts, weight, **a: [reference.forward(ids, counts, weight)],
+    "SpikeMatmul": lambda ids, counts, weight, **a: [_reference().forward(ids, counts, weight)],
     "SpikeMatmulGradInput": lambda ids, counts, weight, grad_out, **a: [
-        reference.grad_input(ids, counts, weight, grad_out)],
+        _reference().grad_input(ids, counts, weight, grad_out)],
     "SpikeSelect": lambda membrane, capacity, threshold, near_threshold, **a: _spike_select(
         membrane, capacity, threshold, near_threshold),
     "SpikeLinear": _spike_linear,

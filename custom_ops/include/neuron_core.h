@@ -43,7 +43,12 @@
 //
 // Types: T is the state type (float, double, or a half type that converts to
 // float); arithmetic runs in float, or in double when T is double. D is the
-// type the surrogate derivative is saved in (e.g. half to save memory).
+// type the surrogate derivative is saved in (e.g. half to save memory). I is
+// the index type and S the type of the scalars (threshold, adapt_strength,
+// scale): the CPU extension passes int64_t and double, an IPU vertex unsigned
+// and float, because a tile's 32-bit cores run 64-bit division and double
+// arithmetic in software. Each range function a tile runs divides once, to
+// find the row its range starts in, and then walks whole rows.
 #pragma once
 
 #include <cstdint>
@@ -68,14 +73,16 @@ enum class SurrogateKind : int32_t {
   kBoxcar = 3,
 };
 
-// The scalars of one layer's step.
-struct NeuronScalars {
-  double threshold;
-  double adapt_strength;  // ignored for LIF (a = 0)
+// The scalars of one layer's step, in S (double on the CPU, float on a tile).
+template <typename S>
+struct NeuronScalarsT {
+  S threshold;
+  S adapt_strength;  // ignored for LIF (a = 0)
   Reset reset;
   SurrogateKind surrogate;
-  double scale;
+  S scale;
 };
+using NeuronScalars = NeuronScalarsT<double>;
 
 // Arithmetic type for a state type: float, except double for double.
 template <typename T>
@@ -83,18 +90,29 @@ struct NeuronCompute { using type = float; };
 template <>
 struct NeuronCompute<double> { using type = double; };
 
-inline int64_t packed_row_bytes(int64_t n_neurons) { return (n_neurons + 7) / 8; }
+template <typename I>
+inline I packed_row_bytes(I n_neurons) { return (n_neurons + 7) / 8; }
+
+// Keeps a parameter out of template deduction: a range's bounds take the index
+// type of n_neurons, so that a literal bound needs no cast.
+template <typename I>
+struct NonDeduced { using type = I; };
+template <typename I>
+using non_deduced_t = typename NonDeduced<I>::type;
 
 template <typename C>
 inline C abs_value(C x) { return x < C(0) ? -x : x; }
 
-// Surrogate derivatives. The constants are formed in double from the scale,
-// as Python forms them before torch casts them to the tensor dtype, so that
-// float results round the same way as ipu_snn/neuron/surrogates.py.
+// Surrogate derivatives. The constants are formed in the scale's type S: in
+// double on the CPU, as Python forms them before torch casts them to the
+// tensor dtype, so that float results round the same way as
+// ipu_snn/neuron/surrogates.py; in float on a tile (atan's slope and boxcar's half width
+// may then differ from the CPU's in the last bit).
 template <typename C>
 struct FastSigmoidGrad {
   C scale;
-  explicit FastSigmoidGrad(double s) : scale(C(s)) {}
+  template <typename S>
+  explicit FastSigmoidGrad(S s) : scale(C(s)) {}
   C operator()(C x) const {
     const C denom = scale * abs_value(x) + C(1);
     return C(1) / (denom * denom);
@@ -104,8 +122,9 @@ struct FastSigmoidGrad {
 template <typename C>
 struct AtanGrad {
   C half_scale, slope;
-  explicit AtanGrad(double s)
-      : half_scale(C(s / 2.0)), slope(C(3.14159265358979323846 / 2.0 * s)) {}
+  template <typename S>
+  explicit AtanGrad(S s)
+      : half_scale(C(s / S(2))), slope(C(S(3.14159265358979323846) / S(2) * s)) {}
   C operator()(C x) const {
     const C u = slope * x;
     return half_scale / (C(1) + u * u);
@@ -115,7 +134,8 @@ struct AtanGrad {
 template <typename C>
 struct TriangleGrad {
   C scale;
-  explicit TriangleGrad(double s) : scale(C(s)) {}
+  template <typename S>
+  explicit TriangleGrad(S s) : scale(C(s)) {}
   C operator()(C x) const {
     const C t = C(1) - scale * abs_value(x);
     return scale * (t > C(0) ? t : C(0));
@@ -125,7 +145,8 @@ struct TriangleGrad {
 template <typename C>
 struct BoxcarGrad {
   C scale, half_width;
-  explicit BoxcarGrad(double s) : scale(C(s)), half_width(C(0.5 / s)) {}
+  template <typename S>
+  explicit BoxcarGrad(S s) : scale(C(s)), half_width(C(S(0.5) / s)) {}
   C operator()(C x) const { return abs_value(x) < half_width ? scale : C(0); }
 };
 
@@ -138,11 +159,12 @@ struct BoxcarGrad {
 // products with z, for the same reason: a product with a 0/1 value invites the
 // compiler to branch, and a branch stops vectorisation. The results are the
 // same numbers (v - 1 * theta is x, v - 0 * theta is v).
-template <typename T, typename D, typename Grad, bool kSubtract, bool kAdaptive>
+template <typename T, typename D, typename Grad, bool kSubtract, bool kAdaptive, typename I,
+          typename S>
 void neuron_forward_row(const T* IPU_SNN_RESTRICT current, const T* IPU_SNN_RESTRICT v_prev,
                         const T* IPU_SNN_RESTRICT a_prev, const T* IPU_SNN_RESTRICT beta,
-                        const T* IPU_SNN_RESTRICT rho, int64_t row_start, int64_t j_begin,
-                        int64_t j_end, double threshold, double adapt_strength,
+                        const T* IPU_SNN_RESTRICT rho, I row_start, I j_begin,
+                        I j_end, S threshold, S adapt_strength,
                         const Grad& grad_in, T* IPU_SNN_RESTRICT v_new,
                         T* IPU_SNN_RESTRICT a_new, T* IPU_SNN_RESTRICT z,
                         D* IPU_SNN_RESTRICT d) {
@@ -156,7 +178,7 @@ void neuron_forward_row(const T* IPU_SNN_RESTRICT current, const T* IPU_SNN_REST
   T* an = kAdaptive ? a_new + row_start : nullptr;
   T* zr = z + row_start;
   D* dr = d + row_start;
-  for (int64_t j = j_begin; j < j_end; ++j) {
+  for (I j = j_begin; j < j_end; ++j) {
     const C v = C(beta[j]) * C(vp[j]) + C(cur[j]);
     C a = C(0), theta = th;
     if (kAdaptive) {
@@ -176,35 +198,37 @@ void neuron_forward_row(const T* IPU_SNN_RESTRICT current, const T* IPU_SNN_REST
 }
 
 // Splits [begin, end) into row segments so the inner loop runs over neuron
-// indices without a division per element.
-template <typename T, typename D, typename Grad, bool kSubtract, bool kAdaptive>
+// indices: one division finds the first row, the rest are walked.
+template <typename T, typename D, typename Grad, bool kSubtract, bool kAdaptive, typename I,
+          typename S>
 void neuron_forward_range(const T* current, const T* v_prev, const T* a_prev,
-                          const T* beta, const T* rho, int64_t n_neurons,
-                          int64_t begin, int64_t end, double threshold,
-                          double adapt_strength, const Grad& grad, T* v_new,
+                          const T* beta, const T* rho, I n_neurons,
+                          I begin, I end, S threshold,
+                          S adapt_strength, const Grad& grad, T* v_new,
                           T* a_new, T* z, D* d) {
-  int64_t i = begin;
-  while (i < end) {
-    const int64_t row_start = (i / n_neurons) * n_neurons;
-    const int64_t j_begin = i - row_start;
-    const int64_t j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
+  if (begin >= end) return;
+  I row_start = (begin / n_neurons) * n_neurons;
+  I j_begin = begin - row_start;
+  while (row_start < end) {
+    const I j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
     neuron_forward_row<T, D, Grad, kSubtract, kAdaptive>(
         current, v_prev, a_prev, beta, rho, row_start, j_begin, j_end, threshold,
         adapt_strength, grad, v_new, a_new, z, d);
-    i = row_start + j_end;
+    row_start += n_neurons;
+    j_begin = 0;
   }
 }
 
-template <typename T, typename D, typename Grad>
+template <typename T, typename D, typename Grad, typename I, typename S>
 void neuron_forward_with(const T* current, const T* v_prev, const T* a_prev,
-                         const T* beta, const T* rho, int64_t n_neurons,
-                         int64_t begin, int64_t end, const NeuronScalars& s,
+                         const T* beta, const T* rho, I n_neurons,
+                         I begin, I end, const NeuronScalarsT<S>& s,
                          const Grad& grad, T* v_new, T* a_new, T* z, D* d) {
-#define IPU_SNN_NEURON_FORWARD(S, A)                                                  \
-  neuron_forward_range<T, D, Grad, S, A>(current, v_prev, a_prev, beta, rho, n_neurons, \
-                                         begin, end, s.threshold,                      \
-                                         A ? s.adapt_strength : 0.0, grad, v_new,      \
-                                         a_new, z, d)
+#define IPU_SNN_NEURON_FORWARD(SUB, A)                                                  \
+  neuron_forward_range<T, D, Grad, SUB, A>(current, v_prev, a_prev, beta, rho, n_neurons, \
+                                           begin, end, s.threshold,                      \
+                                           A ? s.adapt_strength : S(0), grad, v_new,     \
+                                           a_new, z, d)
   const bool subtract = s.reset == Reset::kSubtract;
   if (rho != nullptr) {
     if (subtract) IPU_SNN_NEURON_FORWARD(true, true);
@@ -221,10 +245,10 @@ void neuron_forward_with(const T* current, const T* v_prev, const T* a_prev,
 // D). No output may alias an input or another output. Pack z into bits with
 // pack_bits afterwards; a caller that owns whole bytes (see pack_bits) can do
 // both on the same range while z is in cache.
-template <typename T, typename D>
+template <typename T, typename D, typename I, typename S>
 void neuron_forward(const T* current, const T* v_prev, const T* a_prev, const T* beta,
-                    const T* rho, int64_t n_neurons, int64_t begin, int64_t end,
-                    const NeuronScalars& s, T* v_new, T* a_new, T* z, D* d) {
+                    const T* rho, I n_neurons, non_deduced_t<I> begin, non_deduced_t<I> end,
+                    const NeuronScalarsT<S>& s, T* v_new, T* a_new, T* z, D* d) {
   using C = typename NeuronCompute<T>::type;
   switch (s.surrogate) {
     case SurrogateKind::kFastSigmoid:
@@ -250,17 +274,24 @@ void neuron_forward(const T* current, const T* v_prev, const T* a_prev, const T*
 // the packed [B, packed_row_bytes(n_neurons)] array. Each byte is written
 // whole, so workers that own disjoint byte ranges never share a byte; the bits
 // past n_neurons in a row's last byte are 0.
-template <typename T>
-void pack_bits(const T* z, int64_t n_neurons, int64_t byte_begin, int64_t byte_end,
+template <typename T, typename I>
+void pack_bits(const T* z, I n_neurons, non_deduced_t<I> byte_begin, non_deduced_t<I> byte_end,
                uint8_t* bits) {
-  const int64_t row_bytes = packed_row_bytes(n_neurons);
-  for (int64_t k = byte_begin; k < byte_end; ++k) {
-    const int64_t row = k / row_bytes, first = (k - row * row_bytes) * 8;
-    const int64_t count = (n_neurons - first < 8) ? n_neurons - first : 8;
-    const T* zr = z + row * n_neurons + first;
+  if (byte_begin >= byte_end) return;
+  const I row_bytes = packed_row_bytes(n_neurons);
+  // One division for the first byte's row and column; then walk.
+  I row = byte_begin / row_bytes, col = byte_begin - row * row_bytes;
+  const T* zr = z + row * n_neurons;
+  for (I k = byte_begin; k < byte_end; ++k) {
+    const I first = col * 8;
+    const I count = (n_neurons - first < 8) ? n_neurons - first : 8;
     uint32_t byte = 0;
-    for (int64_t t = 0; t < count; ++t) byte |= uint32_t(zr[t] != T(0)) << t;
+    for (I t = 0; t < count; ++t) byte |= uint32_t(zr[first + t] != T(0)) << t;
     bits[k] = static_cast<uint8_t>(byte);
+    if (++col == row_bytes) {
+      col = 0;
+      zr += n_neurons;
+    }
   }
 }
 
@@ -286,16 +317,39 @@ void unpack_bits(const uint8_t* bits, int64_t n_neurons, int64_t begin, int64_t 
   }
 }
 
+// Copies `rows` rows of n packed spikes, which start bit_offset bits into each
+// row of src (src_row_bytes bytes a row), into the packed layout of a [rows, n]
+// step: dst row r is packed_row_bytes(n) bytes whose bit j is bit
+// bit_offset + j of src row r (a row's unused high bits are 0). A tile uses it
+// to take its own neurons' spikes out of bytes it shares with its neighbours.
+// Reads only the bytes of src rows that hold those spikes.
+template <typename I>
+void repack_bits(const uint8_t* src, I src_row_bytes, I bit_offset, I n, I rows,
+                 uint8_t* dst) {
+  const I dst_row_bytes = packed_row_bytes(n);
+  for (I r = 0; r < rows; ++r, src += src_row_bytes, dst += dst_row_bytes) {
+    for (I k = 0; k < dst_row_bytes; ++k) {
+      const I bit = bit_offset + 8 * k, lo = bit >> 3, shift = bit & 7;
+      const I left = n - 8 * k;  // spikes still to copy in this row
+      uint32_t byte = uint32_t(src[lo]) >> shift;
+      if (shift != 0 && left > 8 - shift) byte |= uint32_t(src[lo + 1]) << (8 - shift);
+      if (left < 8) byte &= (1u << left) - 1u;
+      dst[k] = static_cast<uint8_t>(byte);
+    }
+  }
+}
+
 // Backward of neuron j (flat index i) given its spike as 0/1 in C: gv, the
 // gradient w.r.t. v before the reset (which is also grad_current), and ga,
 // w.r.t. a after the decay (ALIF). With kLeak the leak's backward follows in
 // the same pass: grad_v_prev = beta * gv, grad_a_prev = rho * ga. All inputs
 // of an element are read before its outputs are written, so grad_v_prev may
 // be grad_v and grad_a_prev may be grad_a (in-place carries).
-template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA, bool kLeak>
+template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA, bool kLeak,
+          typename I>
 inline void neuron_backward_element(
     const T* IPU_SNN_RESTRICT grad_z, const T* grad_v, const T* grad_a,
-    const D* IPU_SNN_RESTRICT d, int64_t i, int64_t j,
+    const D* IPU_SNN_RESTRICT d, I i, I j,
     typename NeuronCompute<T>::type zc, typename NeuronCompute<T>::type adapt,
     T* IPU_SNN_RESTRICT gv_out, T* ga_out, const T* IPU_SNN_RESTRICT beta,
     const T* IPU_SNN_RESTRICT rho, T* grad_v_prev, T* grad_a_prev) {
@@ -317,19 +371,19 @@ inline void neuron_backward_element(
 // Whole bytes of spikes are loaded once for their 8 neurons, and a spike
 // becomes 0/1 by arithmetic, not by a branch: a branch on the spikes
 // mispredicts about as often as neurons fire, which made this loop ~5x slower.
-template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA, bool kLeak>
+template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA, bool kLeak,
+          typename I, typename S>
 void neuron_backward_row(const T* grad_z, const T* grad_v, const T* grad_a,
-                         const uint8_t* row_bits, const D* d, int64_t row_start,
-                         int64_t j_begin, int64_t j_end, double adapt_strength,
-                         T* gv_out, T* ga_out, const T* beta, const T* rho,
-                         T* grad_v_prev, T* grad_a_prev) {
+                         const uint8_t* row_bits, const D* d, I row_start, I j_begin,
+                         I j_end, S adapt_strength, T* gv_out, T* ga_out, const T* beta,
+                         const T* rho, T* grad_v_prev, T* grad_a_prev) {
   using C = typename NeuronCompute<T>::type;
   const C adapt = C(adapt_strength);
-#define IPU_SNN_BACKWARD_ELEMENT(J, BIT)                                                  \
-  neuron_backward_element<T, D, kSubtract, kAdaptive, kGradA, kLeak>(                      \
-      grad_z, grad_v, grad_a, d, row_start + (J), (J), C(int32_t(BIT)), adapt, gv_out,     \
+#define IPU_SNN_BACKWARD_ELEMENT(J, BIT)                                                 \
+  neuron_backward_element<T, D, kSubtract, kAdaptive, kGradA, kLeak>(                     \
+      grad_z, grad_v, grad_a, d, row_start + (J), (J), C(int32_t(BIT)), adapt, gv_out,    \
       ga_out, beta, rho, grad_v_prev, grad_a_prev)
-  int64_t j = j_begin;
+  I j = j_begin;
   for (; j < j_end && (j & 7) != 0; ++j) {
     IPU_SNN_BACKWARD_ELEMENT(j, (row_bits[j >> 3] >> (j & 7)) & 1u);
   }
@@ -343,21 +397,25 @@ void neuron_backward_row(const T* grad_z, const T* grad_v, const T* grad_a,
 #undef IPU_SNN_BACKWARD_ELEMENT
 }
 
-template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA, bool kLeak>
+template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA, bool kLeak,
+          typename I, typename S>
 void neuron_backward_range(const T* grad_z, const T* grad_v, const T* grad_a,
-                           const uint8_t* bits, const D* d, int64_t n_neurons,
-                           int64_t begin, int64_t end, double adapt_strength, T* gv_out,
-                           T* ga_out, const T* beta, const T* rho, T* grad_v_prev,
-                           T* grad_a_prev) {
-  const int64_t row_bytes = packed_row_bytes(n_neurons);
-  int64_t i = begin;
-  while (i < end) {
-    const int64_t row = i / n_neurons, row_start = row * n_neurons;
-    const int64_t j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
+                           const uint8_t* bits, const D* d, I n_neurons, I begin, I end,
+                           S adapt_strength, T* gv_out, T* ga_out, const T* beta,
+                           const T* rho, T* grad_v_prev, T* grad_a_prev) {
+  if (begin >= end) return;
+  const I row_bytes = packed_row_bytes(n_neurons);
+  const I row = begin / n_neurons;
+  I row_start = row * n_neurons, j_begin = begin - row_start;
+  const uint8_t* row_bits = bits + row * row_bytes;
+  while (row_start < end) {
+    const I j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
     neuron_backward_row<T, D, kSubtract, kAdaptive, kGradA, kLeak>(
-        grad_z, grad_v, grad_a, bits + row * row_bytes, d, row_start, i - row_start, j_end,
-        adapt_strength, gv_out, ga_out, beta, rho, grad_v_prev, grad_a_prev);
-    i = row_start + j_end;
+        grad_z, grad_v, grad_a, row_bits, d, row_start, j_begin, j_end, adapt_strength,
+        gv_out, ga_out, beta, rho, grad_v_prev, grad_a_prev);
+    row_start += n_neurons;
+    row_bits += row_bytes;
+    j_begin = 0;
   }
 }
 
@@ -379,19 +437,19 @@ struct LeakBackward {
 // (w.r.t. a after the decay; ALIF). Only adapt_strength and the reset kind
 // enter the math: d already holds the surrogate. gv and ga may alias grad_v
 // and grad_a; no other output may alias an input or another output.
-template <typename T, typename D>
+template <typename T, typename D, typename I, typename S>
 void neuron_backward(const T* grad_z, const T* grad_v, const T* grad_a,
-                     const uint8_t* bits, const D* d, int64_t n_neurons, int64_t begin,
-                     int64_t end, bool adaptive, double adapt_strength, Reset reset,
+                     const uint8_t* bits, const D* d, I n_neurons, non_deduced_t<I> begin,
+                     non_deduced_t<I> end, bool adaptive, S adapt_strength, Reset reset,
                      T* gv, T* ga, const LeakBackward<T>& leak = LeakBackward<T>()) {
-#define IPU_SNN_NEURON_BACKWARD(S, A, G, L)                                           \
-  neuron_backward_range<T, D, S, A, G, L>(grad_z, grad_v, grad_a, bits, d, n_neurons, \
-                                          begin, end, adapt_strength, gv, ga,          \
-                                          leak.beta, leak.rho, leak.grad_v_prev,       \
-                                          leak.grad_a_prev)
-#define IPU_SNN_NEURON_BACKWARD_LEAK(S, A, G)                 \
-  if (leak.beta != nullptr) IPU_SNN_NEURON_BACKWARD(S, A, G, true); \
-  else IPU_SNN_NEURON_BACKWARD(S, A, G, false)
+#define IPU_SNN_NEURON_BACKWARD(SUB, A, G, L)                                          \
+  neuron_backward_range<T, D, SUB, A, G, L>(grad_z, grad_v, grad_a, bits, d, n_neurons, \
+                                            begin, end, adapt_strength, gv, ga,          \
+                                            leak.beta, leak.rho, leak.grad_v_prev,       \
+                                            leak.grad_a_prev)
+#define IPU_SNN_NEURON_BACKWARD_LEAK(SUB, A, G)                           \
+  if (leak.beta != nullptr) IPU_SNN_NEURON_BACKWARD(SUB, A, G, true);     \
+  else IPU_SNN_NEURON_BACKWARD(SUB, A, G, false)
   const bool subtract = reset == Reset::kSubtract;
   if (!adaptive) {
     if (subtract) { IPU_SNN_NEURON_BACKWARD_LEAK(true, false, false); }

@@ -2,8 +2,9 @@
 // by popc into the same spike_codelets.gp as spike_codelets.cpp).
 //
 // Like the matmul vertices, every compute() is glue around the shared core,
-// custom_ops/include/neuron_core.h (neuron_forward, pack_bits, unpack_bits,
-// neuron_backward), which the CPU extension runs in CI.
+// custom_ops/include/neuron_core.h (neuron_forward, pack_bits, repack_bits,
+// neuron_backward), which the CPU extension runs in CI, called with a tile's
+// types: unsigned indices and float scalars.
 //
 // Decomposition (built by neuron_step_op.cpp): a tile owns the neurons
 // [colBegin, colEnd) of the layer, the same columns the spike-matmul split
@@ -13,11 +14,15 @@
 // block is itself a small [B, width] step, which is what the core's element
 // range [0, B * width) with per-neuron index element % width expects.
 //
+// Workers: every vertex here is a MultiVertex; each of the tile's worker
+// contexts takes a share of the elements (or bytes) in whole 32-bit words, so
+// no two write the same word (a half or a byte is not stored on its own).
+//
 // Packed spikes (uint8 [B, ceil(N / 8)], bit j % 8 of byte j / 8) are the one
 // place where a tile boundary need not fall on a byte boundary. Each byte is
 // written by the tile that owns its first neuron (PackSpikes, after the step);
 // the backward vertex reads the bytes that overlap its columns and re-packs its
-// own bits into a tile-local [B, ceil(width / 8)] array before calling the core.
+// own bits tile-locally, [rows, ceil(width / 8)], before calling the core.
 //
 // LIF or ALIF: `adaptive` = 0 is LIF; aPrev and rho are then not read and
 // aNew / gradAPrev are written as 0 (LIF has a = 0), so one op signature
@@ -26,30 +31,24 @@
 #include <poplar/Vertex.hpp>
 
 #include "neuron_core.h"
+#include "worker_share.hpp"
 
 namespace core = ipu_snn::core;
-
-// The scalars of a step as the core takes them, from the vertex fields.
-inline core::NeuronScalars neuronScalars(float threshold, float adaptStrength,
-                                         unsigned reset, unsigned surrogate, float scale) {
-  return core::NeuronScalars{threshold, adaptStrength, static_cast<core::Reset>(reset),
-                             static_cast<core::SurrogateKind>(surrogate), scale};
-}
 
 // One step forward over the tile's neurons: v_new, a_new (ALIF), z (0/1) and
 // the surrogate derivative d, all [B, width], d saved in T.
 template <typename T>
-class NeuronForward : public poplar::Vertex {
+class NeuronForward : public poplar::MultiVertex {
 public:
   poplar::Input<poplar::Vector<T>> current;  // [B, width]
   poplar::Input<poplar::Vector<T>> vPrev;    // [B, width]
   poplar::Input<poplar::Vector<T>> aPrev;    // [B, width] (ALIF)
   poplar::Input<poplar::Vector<T>> beta;     // [width]
   poplar::Input<poplar::Vector<T>> rho;      // [width] (ALIF)
-  poplar::Output<poplar::Vector<T>> vNew;    // [B, width]
-  poplar::Output<poplar::Vector<T>> aNew;    // [B, width]
-  poplar::Output<poplar::Vector<T>> z;       // [B, width]
-  poplar::Output<poplar::Vector<T>> d;       // [B, width]
+  poplar::Output<AlignedVector<T>> vNew;     // [B, width]
+  poplar::Output<AlignedVector<T>> aNew;     // [B, width]
+  poplar::Output<AlignedVector<T>> z;        // [B, width]
+  poplar::Output<AlignedVector<T>> d;        // [B, width]
   float threshold;
   float adaptStrength;
   float scale;
@@ -59,16 +58,18 @@ public:
   unsigned colBegin;
   unsigned colEnd;
 
-  bool compute() {
-    const int64_t width = colEnd - colBegin;
-    const int64_t elements = current.size();
-    const core::NeuronScalars s =
-        neuronScalars(threshold, adaptStrength, reset, surrogate, scale);
+  bool compute(unsigned worker) {
+    const unsigned width = colEnd - colBegin;
+    const core::Span<unsigned> mine = share<T>(current.size(), numWorkers(), worker);
+    const core::NeuronScalarsT<float> s{threshold, adaptStrength,
+                                        static_cast<core::Reset>(reset),
+                                        static_cast<core::SurrogateKind>(surrogate), scale};
     core::neuron_forward<T, T>(&current[0], &vPrev[0], adaptive ? &aPrev[0] : nullptr,
-                               &beta[0], adaptive ? &rho[0] : nullptr, width, 0, elements,
-                               s, &vNew[0], adaptive ? &aNew[0] : nullptr, &z[0], &d[0]);
+                               &beta[0], adaptive ? &rho[0] : nullptr, width, mine.begin,
+                               mine.end, s, &vNew[0], adaptive ? &aNew[0] : nullptr, &z[0],
+                               &d[0]);
     if (!adaptive) {
-      for (unsigned i = 0; i < aNew.size(); ++i) aNew[i] = T(0.0f);
+      for (unsigned i = mine.begin; i < mine.end; ++i) aNew[i] = T(0.0f);
     }
     return true;
   }
@@ -79,16 +80,18 @@ template class NeuronForward<half>;
 // Packs spikes into the bytes a tile writes: z holds the columns
 // [8 * firstByte, min(8 * endByte, N)) of every sample (numNeurons of them,
 // starting on a byte boundary), bits the bytes [firstByte, endByte) of every
-// row, so the block is itself a packed [B, numNeurons] step.
+// row, so the block is itself a packed [B, numNeurons] step. Each worker packs
+// whole words of bytes.
 template <typename T>
-class PackSpikes : public poplar::Vertex {
+class PackSpikes : public poplar::MultiVertex {
 public:
   poplar::Input<poplar::Vector<T>> z;                   // [B, numNeurons]
-  poplar::Output<poplar::Vector<unsigned char>> bits;   // [B, ceil(numNeurons / 8)]
+  poplar::Output<AlignedVector<unsigned char>> bits;    // [B, ceil(numNeurons / 8)]
   unsigned numNeurons;
 
-  bool compute() {
-    core::pack_bits<T>(&z[0], numNeurons, 0, bits.size(), &bits[0]);
+  bool compute(unsigned worker) {
+    const core::Span<unsigned> mine = share<unsigned char>(bits.size(), numWorkers(), worker);
+    core::pack_bits<T, unsigned>(&z[0], numNeurons, mine.begin, mine.end, &bits[0]);
     return true;
   }
 };
@@ -97,11 +100,12 @@ template class PackSpikes<half>;
 
 // One step backward over the tile's neurons. bits holds, for every sample, the
 // packed bytes [colBegin / 8, ceil(colEnd / 8)) (rowBytes of them), which
-// start up to 7 neurons before colBegin. Each row's own spikes are unpacked
-// (core::unpack_bits) and re-packed tile-locally (core::pack_bits), so
-// core::neuron_backward sees a plain [B, width] step.
+// start up to 7 neurons before colBegin. Each worker owns whole rows (samples),
+// in word-sized groups; it re-packs its rows' own spikes into its slice of
+// ownBits (core::repack_bits), so that core::neuron_backward sees a plain
+// [rows, width] step.
 template <typename T>
-class NeuronBackward : public poplar::Vertex {
+class NeuronBackward : public poplar::MultiVertex {
 public:
   poplar::Input<poplar::Vector<T>> gradZ;              // [B, width]
   poplar::Input<poplar::Vector<T>> gradV;              // [B, width]
@@ -110,41 +114,44 @@ public:
   poplar::Input<poplar::Vector<T>> d;                  // [B, width]
   poplar::Input<poplar::Vector<T>> beta;               // [width]
   poplar::Input<poplar::Vector<T>> rho;                // [width] (ALIF)
-  poplar::Output<poplar::Vector<T>> gradCurrent;       // [B, width]
-  poplar::Output<poplar::Vector<T>> gradVPrev;         // [B, width]
-  poplar::Output<poplar::Vector<T>> gradAPrev;         // [B, width]
-  poplar::InOut<poplar::Vector<unsigned char>> spikeRow;  // scratch [8 * rowBytes]
-  poplar::InOut<poplar::Vector<unsigned char>> ownBits;   // scratch [B, ceil(width / 8)]
+  poplar::Output<AlignedVector<T>> gradCurrent;        // [B, width]
+  poplar::Output<AlignedVector<T>> gradVPrev;          // [B, width]
+  poplar::Output<AlignedVector<T>> gradAPrev;          // [B, width]
+  // Scratch: one word-aligned slice of ownSlice bytes per worker, for its rows
+  // packed tile-locally (core::packed_slice_bytes of its most rows).
+  poplar::InOut<AlignedVector<unsigned char>> ownBits;
   float adaptStrength;
   unsigned reset;     // core::Reset
   unsigned adaptive;  // 0: LIF, 1: ALIF
   unsigned colBegin;
   unsigned colEnd;
+  unsigned ownSlice;
 
-  bool compute() {
-    const int64_t width = colEnd - colBegin;
-    const int64_t elements = gradZ.size();
-    const int64_t batch = elements / width;
-    const int64_t rowBytes = bits.size() / batch;
-    const int64_t ownRowBytes = core::packed_row_bytes(width);
-    const int64_t offset = colBegin % 8;  // first own neuron within the first byte
-    for (int64_t b = 0; b < batch; ++b) {
-      core::unpack_bits<unsigned char>(&bits[b * rowBytes], 8 * rowBytes, offset,
-                                       offset + width, &spikeRow[0]);
-      core::pack_bits<unsigned char>(&spikeRow[offset], width, 0, ownRowBytes,
-                                     &ownBits[b * ownRowBytes]);
-    }
+  bool compute(unsigned worker) {
+    const unsigned width = colEnd - colBegin;
+    const unsigned batch = gradZ.size() / width;
+    const core::Span<unsigned> rows =
+        core::worker_span<unsigned>(batch, numWorkers(), worker, core::kWordItems<T>);
+    if (rows.begin == rows.end) return true;
+    const unsigned rowBytes = bits.size() / batch;
+    unsigned char *own = &ownBits[worker * ownSlice];
+    core::repack_bits<unsigned>(&bits[rows.begin * rowBytes], rowBytes, colBegin % 8, width,
+                                rows.end - rows.begin, own);
+    // The worker's rows as a step of their own: every pointer starts at its first row.
+    const unsigned first = rows.begin * width, count = (rows.end - rows.begin) * width;
+    // the op's outputs are the gradients w.r.t. the previous step: the leak's backward is fused in
     core::LeakBackward<T> leak;
     leak.beta = &beta[0];
     leak.rho = adaptive ? &rho[0] : nullptr;
-    leak.grad_v_prev = &gradVPrev[0];
-    leak.grad_a_prev = adaptive ? &gradAPrev[0] : nullptr;
-    core::neuron_backward<T, T>(&gradZ[0], &gradV[0], adaptive ? &gradA[0] : nullptr,
-                                &ownBits[0], &d[0], width, 0, elements, adaptive != 0,
-                                adaptStrength, static_cast<core::Reset>(reset),
-                                &gradCurrent[0], nullptr, leak);
+    leak.grad_v_prev = &gradVPrev[first];
+    leak.grad_a_prev = adaptive ? &gradAPrev[first] : nullptr;
+    core::neuron_backward<T, T>(&gradZ[first], &gradV[first],
+                                adaptive ? &gradA[first] : nullptr, own, &d[first], width, 0u,
+                                count, adaptive != 0, adaptStrength,
+                                static_cast<core::Reset>(reset), &gradCurrent[first], nullptr,
+                                leak);
     if (!adaptive) {
-      for (unsigned i = 0; i < gradAPrev.size(); ++i) gradAPrev[i] = T(0.0f);
+      for (unsigned i = first; i < first + count; ++i) gradAPrev[i] = T(0.0f);
     }
     return true;
   }

@@ -20,7 +20,11 @@
 // For kind "lif", a_prev and rho are not read and a_new, grad_a_prev are 0.
 // No gradient is produced for beta or rho: a learned decay needs v_prev
 // (grad_beta = sum over samples of grad_current * v_prev), which the caller
-// keeps and reduces itself.
+// keeps and reduces itself. PopART leaves a gradient input of the grad op
+// unconnected when its forward output gets no gradient (v_new and a_new of the
+// last step, a_new of a LIF layer, z where nothing reads it; graphcore/popart
+// willow/src/transforms/autodiff/gradgrowerop.cpp connects an empty TensorId
+// for a GradOut whose gradient does not exist): such a gradient is zero.
 //
 // Attributes: kind ("lif" | "alif"), threshold, adapt_strength, reset
 // ("subtract" | "zero"), surrogate ("fast_sigmoid" | "atan" | "triangle" |
@@ -45,9 +49,11 @@
 #include <popart/popx/opxmanager.hpp>
 
 #include <poplar/Graph.hpp>
+#include <poplar/Program.hpp>
 
 #include "neuron_core.h"
 #include "tiled_ops.hpp"
+#include "work_split.h"
 
 namespace {
 
@@ -56,13 +62,16 @@ namespace tiling = ipu_snn::tiling;
 using ipu_snn::popart_ops::ColumnSplit;
 using ipu_snn::popart_ops::TiledOp;
 using ipu_snn::popart_ops::TileRange;
-using ipu_snn::popart_ops::addCodeletsOnce;
+using ipu_snn::popart_ops::addCodelets;
 using ipu_snn::popart_ops::addColumnMapped;
 using ipu_snn::popart_ops::columnBlock;
 using ipu_snn::popart_ops::floatType;
+using ipu_snn::popart_ops::perWorkerCycles;
 using ipu_snn::popart_ops::readTileRange;
 using ipu_snn::popart_ops::splitColumns;
 using ipu_snn::popart_ops::vertexName;
+using ipu_snn::popart_ops::wordItems;
+using ipu_snn::popart_ops::workersPerTile;
 
 const popart::OperatorIdentifier kNeuronStep = {"ipu_snn", "NeuronStep", 1, {5, 5}, 5};
 const popart::OperatorIdentifier kNeuronStepGrad = {"ipu_snn", "NeuronStepGrad", 1, {7, 7}, 3};
@@ -155,6 +164,13 @@ public:
                             i, shape[1]);
       }
     }
+    // One vertex type per step: every float input in the current's type.
+    for (popart::InIndex i : {kVPrev, kAPrev, kBeta, kRho}) {
+      if (inInfo(i).dataType() != current.dataType()) {
+        throw popart::error("ipu_snn NeuronStep: input {} is {}, the current {}; cast them to one type",
+                            i, inInfo(i).data_type(), current.data_type());
+      }
+    }
     for (popart::OutIndex o : {kVNew, kANew, kZ, kD}) outInfo(o) = current;
     outInfo(kBits) = popart::TensorInfo(
         popart::DataType::UINT8, popart::Shape{shape[0], core::packed_row_bytes(shape[1])});
@@ -192,8 +208,16 @@ public:
     return std::make_unique<NeuronStepGradOp>(*this);
   }
 
+  // Shaped like d, the one [B, N] input that is always there: grad_z, grad_v
+  // and grad_a may be missing (no gradient reached that output).
   void setup() final {
-    const popart::TensorInfo &state = inInfo(kGradV);
+    const popart::TensorInfo &state = inInfo(kD);
+    for (popart::InIndex i : {kGradZ, kGradV, kGradA}) {
+      if (hasInput(i) && inInfo(i) != state) {
+        throw popart::error("ipu_snn NeuronStepGrad: gradient input {} must match d, {}; got {}",
+                            i, state, inInfo(i));
+      }
+    }
     for (popart::OutIndex o : {kGradCurrent, kGradVPrev, kGradAPrev}) outInfo(o) = state;
   }
 
@@ -312,6 +336,7 @@ public:
   NeuronStepOpx(popart::Op *op, popart::popx::Devicex *devicex)
       : popart::popx::Opx(op, devicex) {
     verifyOp<NeuronStepOp>(op, {kNeuronStep});
+    addCodelets(graph());
   }
 
   // Every input is laid out column-split, so state, current and decays of a
@@ -341,7 +366,6 @@ public:
     const NeuronStepOp &op = getOp<NeuronStepOp>();
     const NeuronParams &p = op.params();
     poplar::Graph &g = graph();
-    addCodeletsOnce(g);
     const poplar::Tensor current = getInTensor(NeuronStepOp::kCurrent);
     const poplar::Type type = current.elementType();
     const std::size_t batch = current.dim(0), neurons = current.dim(1);
@@ -373,7 +397,7 @@ public:
       g.setInitialValue(v["surrogate"], static_cast<unsigned>(p.surrogate));
       setNeuronFields(g, v, p, cols);
       g.setTileMapping(v, split.tile(j));
-      g.setPerfEstimate(v, 12 * batch * cols.size());
+      g.setPerfEstimate(v, perWorkerCycles(g, 12 * batch * cols.size()));
     }
     prog.add(poplar::program::Execute(step, debugContext("neuronForward")));
 
@@ -401,7 +425,7 @@ public:
       g.connect(v["bits"], columnBlock(bits, bytes));
       g.setInitialValue(v["numNeurons"], static_cast<unsigned>(cols.size()));
       g.setTileMapping(v, split.tile(j));
-      g.setPerfEstimate(v, 4 * batch * cols.size());
+      g.setPerfEstimate(v, perWorkerCycles(g, 4 * batch * cols.size()));
     }
     prog.add(poplar::program::Execute(pack, debugContext("packSpikes")));
 
@@ -418,61 +442,83 @@ public:
   NeuronStepGradOpx(popart::Op *op, popart::popx::Devicex *devicex)
       : popart::popx::Opx(op, devicex) {
     verifyOp<NeuronStepGradOp>(op, {kNeuronStepGrad});
+    addCodelets(graph());
   }
 
   void grow(poplar::program::Sequence &prog) const final {
     const NeuronStepGradOp &op = getOp<NeuronStepGradOp>();
     const NeuronParams &p = op.params();
     poplar::Graph &g = graph();
-    addCodeletsOnce(g);
-    const poplar::Tensor gradV = getInTensor(NeuronStepGradOp::kGradV);
+    const poplar::Tensor d = getInTensor(NeuronStepGradOp::kD);
     const poplar::Tensor bits = getInTensor(NeuronStepGradOp::kBits);
-    const poplar::Type type = gradV.elementType();
-    const std::size_t batch = gradV.dim(0), neurons = gradV.dim(1);
+    const poplar::Type type = d.elementType();
+    const std::size_t batch = d.dim(0), neurons = d.dim(1);
     const ColumnSplit split = splitColumns(g, op.tiles(), neurons);
+    const poplar::Tensor gradZ = gradientOrZero(NeuronStepGradOp::kGradZ, type, batch, neurons, split);
+    const poplar::Tensor gradV = gradientOrZero(NeuronStepGradOp::kGradV, type, batch, neurons, split);
+    const poplar::Tensor gradA = gradientOrZero(NeuronStepGradOp::kGradA, type, batch, neurons, split);
 
     poplar::Tensor gradCurrent =
         addColumnMapped(g, type, {batch}, split, debugContext("gradCurrent"));
     poplar::Tensor gradVPrev = addColumnMapped(g, type, {batch}, split, debugContext("gradVPrev"));
     poplar::Tensor gradAPrev = addColumnMapped(g, type, {batch}, split, debugContext("gradAPrev"));
 
+    // Each worker re-packs the spikes of its rows into its own slice of ownBits.
+    const unsigned workers = workersPerTile(g);
+    const unsigned rowsPerWorker = core::worker_span_bound<unsigned>(
+        static_cast<unsigned>(batch), workers, wordItems(type));
     poplar::ComputeSet cs = g.addComputeSet(debugContext("neuronBackward"));
     const std::string name = vertexName("NeuronBackward", type);
     for (std::size_t j = 0; j < split.columns.size(); ++j) {
       const tiling::Range &cols = split.columns[j];
       const unsigned tile = split.tile(j);
+      const unsigned ownSlice =
+          core::packed_slice_bytes<unsigned>(rowsPerWorker, static_cast<unsigned>(cols.size()));
       // The packed bytes that overlap the tile's neurons, from the byte of its
       // first neuron (perhaps written by the previous tile) on.
       const tiling::Range bytes{cols.begin / 8, (cols.end + 7) / 8};
-      poplar::Tensor spikeRow = g.addVariable(poplar::UNSIGNED_CHAR, {8 * bytes.size()},
-                                              debugContext("spikeRow"));
-      poplar::Tensor ownBits = g.addVariable(
-          poplar::UNSIGNED_CHAR,
-          {batch * static_cast<std::size_t>(core::packed_row_bytes(cols.size()))},
-          debugContext("ownBits"));
-      g.setTileMapping(spikeRow, tile);
+      poplar::Tensor ownBits = g.addVariable(poplar::UNSIGNED_CHAR,
+                                             {std::size_t(workers) * ownSlice},
+                                             debugContext("ownBits"));
       g.setTileMapping(ownBits, tile);
       poplar::VertexRef v = g.addVertex(cs, name);
-      g.connect(v["gradZ"], columnBlock(getInTensor(NeuronStepGradOp::kGradZ), cols));
+      g.connect(v["gradZ"], columnBlock(gradZ, cols));
       g.connect(v["gradV"], columnBlock(gradV, cols));
-      g.connect(v["gradA"], columnBlock(getInTensor(NeuronStepGradOp::kGradA), cols));
+      g.connect(v["gradA"], columnBlock(gradA, cols));
       g.connect(v["bits"], columnBlock(bits, bytes));
-      g.connect(v["d"], columnBlock(getInTensor(NeuronStepGradOp::kD), cols));
+      g.connect(v["d"], columnBlock(d, cols));
       g.connect(v["beta"], decayBlock(getInTensor(NeuronStepGradOp::kBeta), cols));
       g.connect(v["rho"], decayBlock(getInTensor(NeuronStepGradOp::kRho), cols));
       g.connect(v["gradCurrent"], columnBlock(gradCurrent, cols));
       g.connect(v["gradVPrev"], columnBlock(gradVPrev, cols));
       g.connect(v["gradAPrev"], columnBlock(gradAPrev, cols));
-      g.connect(v["spikeRow"], spikeRow);
       g.connect(v["ownBits"], ownBits);
       setNeuronFields(g, v, p, cols);
+      g.setInitialValue(v["ownSlice"], ownSlice);
       g.setTileMapping(v, tile);
-      g.setPerfEstimate(v, 16 * batch * cols.size());
+      g.setPerfEstimate(v, perWorkerCycles(g, 16 * batch * cols.size()));
     }
     prog.add(poplar::program::Execute(cs, debugContext("neuronBackward")));
     setOutTensor(NeuronStepGradOp::kGradCurrent, gradCurrent);
     setOutTensor(NeuronStepGradOp::kGradVPrev, gradVPrev);
     setOutTensor(NeuronStepGradOp::kGradAPrev, gradAPrev);
+  }
+
+private:
+  // The gradient input `index`, or zeros [batch, neurons] where PopART left it
+  // unconnected: one scalar variable set to 0 and broadcast, as PopART's own
+  // LSTMGradOpx does for a missing output gradient (graphcore/popart
+  // willow/src/popx/op/lstmx.cpp, getCellStateGrad).
+  poplar::Tensor gradientOrZero(popart::InIndex index, const poplar::Type &type,
+                                std::size_t batch, std::size_t neurons,
+                                const ColumnSplit &split) const {
+    if (hasInput(index)) return getInTensor(index);
+    poplar::Tensor zero = getScalarVariable(type, "ipu_snn/zeroGradient");
+    graph().setTileMapping(zero, split.tile(0));
+    graph().setInitialValue(zero, 0);
+    return zero.expand({0, 0})
+        .broadcast(static_cast<unsigned>(batch), 0)
+        .broadcast(static_cast<unsigned>(neurons), 1);
   }
 };
 

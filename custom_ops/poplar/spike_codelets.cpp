@@ -1,67 +1,61 @@
 // Poplar vertices of the sparse spike matmul (Poplar SDK 3.x, compiled by popc).
 //
-// Every compute() is glue: it turns vertex fields into pointers and calls the
-// shared core in custom_ops/include/spike_core.h, the same functions the CPU
-// extension runs in CI. No arithmetic of its own lives here, so a bug fixed in
-// the header is fixed on the IPU too.
+// Every compute() is glue: it turns vertex fields into pointers, takes its
+// worker's share (work_split.h) and calls the shared core in
+// custom_ops/include/spike_core.h ("On a tile"), which the host harness runs
+// against torch references in CI. No arithmetic of its own lives here, so a
+// bug fixed in the header is fixed on the IPU too.
 //
 // Decomposition (built by spike_matmul_op.cpp, the column split of
 // ipu_snn/ipu/tiles.py): a tile owns a contiguous range of postsynaptic
 // neurons, the weight columns [colBegin, colEnd). Each tile receives the whole
-// spike list (ids, counts; a few KiB, broadcast), builds the neuron index of it
-// in its own scratch, and walks the listed rows restricted to its own columns.
-// Forward output columns and weight-gradient columns are the tile's own, so
-// they need no reduction; the sparse input gradient at the listed slots is a
-// per-tile partial [B * capacity] that the op sums over the tiles, and that
-// ScatterListed turns into dense rows [B, n_in] (one vertex per sample, on
-// tile b mod tiles, as SpikeSelect).
+// spike list (ids, counts; a few KiB, broadcast) and walks it sample by sample
+// over its own columns. Forward output columns and weight-gradient columns are
+// the tile's own, so they need no reduction; the sparse input gradient at the
+// listed slots is a per-tile partial [B * capacity] that the op sums over the
+// tiles, and that ScatterListed turns into dense rows [B, n_in] (one vertex
+// per sample, on tile b mod tiles, as SpikeSelect).
+//
+// Workers: the matmul vertices and ScatterListed are MultiVertex, run by all
+// of the tile's worker contexts at once; each worker owns whole output rows
+// (samples or neurons) or a word-aligned range of elements, so no two write
+// the same 32-bit word. SpikeSelect lists one sample's spikes in order, which
+// one worker does.
 //
 // Field conventions: every [.., columns] field holds only the tile's columns,
 // flattened row-major with row stride colEnd - colBegin (`weight` is
-// [n_in, colEnd - colBegin], `gradOut` and `out` are [B, colEnd - colBegin]);
-// `offsets` has n_in + 1 slots, so n_in is offsets.size() - 1; scratch fields
-// are InOut so the vertex can write them before reading them.
+// [n_in, colEnd - colBegin], `gradOut` and `out` are [B, colEnd - colBegin]).
+// A field the vertex reads back after writing it (an accumulator) is InOut:
+// Poplar leaves reading an Output field undefined.
 #include <poplar/HalfFloat.hpp>
 #include <poplar/Vertex.hpp>
 
 #include "spike_core.h"
+#include "worker_share.hpp"
 
 namespace core = ipu_snn::core;
 
-// Builds the neuron index of the spike list into the vertex's scratch. Shared
-// by all three matmul vertices; n_in is implied by the offsets field size.
-template <typename Ids, typename Counts, typename Offsets, typename Samples>
-inline void buildIndex(const Ids &ids, const Counts &counts, unsigned capacity,
-                       Offsets &offsets, Samples &samples, int32_t *slots) {
-  core::build_neuron_index(&ids[0], &counts[0], counts.size(), capacity,
-                           static_cast<int64_t>(offsets.size()) - 1,
-                           &offsets[0], &samples[0], slots);
-}
-
 // Forward, spikes @ weight for the tile's columns:
 // out[b, c] = sum of weight[i, colBegin + c] over the ids i sample b lists.
-// Sums are carried and written in float (core::forward_rows<T, float>), also
-// for half weights; the op casts.
+// Each worker owns whole samples (output rows). Sums are carried and written
+// in float (core::forward_samples<T, float>), also for half weights; the op
+// casts.
 template <typename T>
-class SpikeMatmulForward : public poplar::Vertex {
+class SpikeMatmulForward : public poplar::MultiVertex {
 public:
   poplar::Input<poplar::Vector<int>> ids;     // [B * capacity]
   poplar::Input<poplar::Vector<int>> counts;  // [B]
   poplar::Input<poplar::Vector<T>> weight;    // [n_in, width], this tile's columns
-  poplar::InOut<poplar::Vector<int>> offsets; // scratch [n_in + 1]
-  poplar::InOut<poplar::Vector<int>> samples; // scratch [B * capacity]
-  poplar::Output<poplar::Vector<float>> out;  // [B, width]
+  poplar::InOut<poplar::Vector<float>> out;   // [B, width], zeroed, then summed into
   unsigned capacity;
   unsigned colBegin;
   unsigned colEnd;
 
-  bool compute() {
-    const int64_t width = colEnd - colBegin;
-    const int64_t nIn = static_cast<int64_t>(offsets.size()) - 1;
-    for (unsigned j = 0; j < out.size(); ++j) out[j] = 0.0f;
-    buildIndex(ids, counts, capacity, offsets, samples, nullptr);
-    core::forward_rows<T, float>(&weight[0], width, &offsets[0], &samples[0], 0, nIn,
-                                 0, width, &out[0], width);
+  bool compute(unsigned worker) {
+    const unsigned width = colEnd - colBegin;
+    const core::Span<unsigned> samples = share<float>(counts.size(), numWorkers(), worker);
+    core::forward_samples<T, float, unsigned>(&weight[0], width, &ids[0], &counts[0], capacity,
+                                              samples.begin, samples.end, width, &out[0], width);
     return true;
   }
 };
@@ -70,27 +64,26 @@ template class SpikeMatmulForward<half>;
 
 // Weight gradient of the tile's columns, spikes^T @ grad_out:
 // gradWeight[i, c] = sum of gradOut[b, c] over the samples b that list i.
-// Overwrites every element (rows nobody listed get 0). Written in float; the
-// op casts to the weight type when that is half.
+// Each worker owns whole weight rows (neurons) and overwrites them (rows
+// nobody listed get 0). Written in float; the op casts to the weight's type.
 template <typename T>
-class SpikeMatmulGradWeight : public poplar::Vertex {
+class SpikeMatmulGradWeight : public poplar::MultiVertex {
 public:
   poplar::Input<poplar::Vector<int>> ids;
   poplar::Input<poplar::Vector<int>> counts;
-  poplar::Input<poplar::Vector<T>> gradOut;   // [B, width], this tile's columns
-  poplar::InOut<poplar::Vector<int>> offsets;
-  poplar::InOut<poplar::Vector<int>> samples;
-  poplar::Output<poplar::Vector<float>> gradWeight; // [n_in, width]
+  poplar::Input<poplar::Vector<T>> gradOut;          // [B, width], this tile's columns
+  poplar::InOut<poplar::Vector<float>> gradWeight;   // [n_in, width], zeroed, then summed into
   unsigned capacity;
   unsigned colBegin;
   unsigned colEnd;
 
-  bool compute() {
-    const int64_t width = colEnd - colBegin;
-    const int64_t nIn = static_cast<int64_t>(offsets.size()) - 1;
-    buildIndex(ids, counts, capacity, offsets, samples, nullptr);
-    core::grad_weight_rows<T, float>(&gradOut[0], width, &offsets[0], &samples[0], 0,
-                                     nIn, 0, width, &gradWeight[0], width);
+  bool compute(unsigned worker) {
+    const unsigned width = colEnd - colBegin;
+    const unsigned nIn = gradWeight.size() / width;
+    const core::Span<unsigned> rows = share<float>(nIn, numWorkers(), worker);
+    core::grad_weight_samples<T, float, unsigned>(&gradOut[0], width, &ids[0], &counts[0],
+                                                  counts.size(), capacity, rows.begin,
+                                                  rows.end, width, &gradWeight[0], width);
     return true;
   }
 };
@@ -100,30 +93,26 @@ template class SpikeMatmulGradWeight<half>;
 // The tile's share of the sparse input gradient at the listed positions:
 // partial[b * capacity + k] = <weight[ids[b, k], own], gradOut[b, own]>, the
 // dot product over the tile's columns only; 0 at unlisted positions. Summed
-// over the tiles it is the op's values [B, capacity].
+// over the tiles it is the op's values [B, capacity]. Each worker owns a
+// word-aligned range of positions.
 template <typename T>
-class SpikeMatmulGradInput : public poplar::Vertex {
+class SpikeMatmulGradInput : public poplar::MultiVertex {
 public:
   poplar::Input<poplar::Vector<int>> ids;
   poplar::Input<poplar::Vector<int>> counts;  // listed counts (spikes + near)
   poplar::Input<poplar::Vector<T>> weight;    // [n_in, width], this tile's columns
   poplar::Input<poplar::Vector<T>> gradOut;   // [B, width], this tile's columns
-  poplar::InOut<poplar::Vector<int>> offsets;
-  poplar::InOut<poplar::Vector<int>> samples;
-  poplar::InOut<poplar::Vector<int>> slots;   // scratch [B * capacity]
-  poplar::Output<poplar::Vector<T>> partial;  // [B * capacity]
+  poplar::Output<AlignedVector<T>> partial;   // [B * capacity]
   unsigned capacity;
   unsigned colBegin;
   unsigned colEnd;
 
-  bool compute() {
-    const int64_t width = colEnd - colBegin;
-    const int64_t nIn = static_cast<int64_t>(offsets.size()) - 1;
-    for (unsigned j = 0; j < partial.size(); ++j) partial[j] = T(0.0f);
-    buildIndex(ids, counts, capacity, offsets, samples, &slots[0]);
-    core::grad_input_rows<T, T, float>(&weight[0], width, width, &gradOut[0], width,
-                                       &offsets[0], &samples[0], &slots[0], 0, nIn,
-                                       &partial[0]);
+  bool compute(unsigned worker) {
+    const unsigned width = colEnd - colBegin;
+    const core::Span<unsigned> positions = share<T>(partial.size(), numWorkers(), worker);
+    core::grad_input_positions<T, T, float, unsigned>(
+        &weight[0], width, width, &gradOut[0], width, &ids[0], &counts[0], capacity,
+        positions.begin, positions.end, &partial[0]);
     return true;
   }
 };
@@ -133,17 +122,19 @@ template class SpikeMatmulGradInput<half>;
 // One sample's sparse input gradient as a dense row (SpikeLinear's z
 // gradient with dense_grad = 0): the summed SpikeMatmulGradInput values of the
 // sample's listed neurons put back at those neurons, 0 at every other one.
+// Each worker owns a word-aligned range of the row's neurons.
 template <typename T>
-class ScatterListed : public poplar::Vertex {
+class ScatterListed : public poplar::MultiVertex {
 public:
   poplar::Input<poplar::Vector<T>> values;  // [capacity], this sample's values
   poplar::Input<poplar::Vector<int>> ids;   // [capacity], this sample's list
   poplar::Input<int> count;                 // listed entries of the sample
-  poplar::Output<poplar::Vector<T>> out;    // [n_in], the sample's gradient row
+  poplar::InOut<AlignedVector<T>> out;      // [n_in], zeroed, then added into
 
-  bool compute() {
-    core::scatter_listed_row<T, T>(&values[0], &ids[0], *count,
-                                   static_cast<int64_t>(out.size()), &out[0]);
+  bool compute(unsigned worker) {
+    const core::Span<unsigned> neurons = share<T>(out.size(), numWorkers(), worker);
+    core::scatter_listed_range<T, T, unsigned>(&values[0], &ids[0], *count, neurons.begin,
+                                               neurons.end, &out[0]);
     return true;
   }
 };
@@ -155,7 +146,7 @@ template class ScatterListed<half>;
 // with membrane > nearThreshold that did not spike are near-threshold. Ids go
 // to `ids` spikes first, then near-threshold ones (core::compact_row), and
 // `counts` receives {spikes, near, dropped, near_dropped}. useNear = 0 turns
-// the second threshold off.
+// the second threshold off. One worker: the list is written in order.
 template <typename T>
 class SpikeSelect : public poplar::Vertex {
 public:
@@ -175,7 +166,7 @@ public:
       spikeMask[j] = v > threshold ? 1 : 0;
       nearMask[j] = v > nearThreshold ? 1 : 0;
     }
-    const core::CompactCounts found = core::compact_row<unsigned char, unsigned char>(
+    const core::CompactCounts found = core::compact_row<unsigned char, unsigned char, unsigned>(
         &spikeMask[0], useNear ? &nearMask[0] : nullptr, n,
         static_cast<int32_t>(ids.size()), &ids[0]);
     counts[0] = found.spikes;

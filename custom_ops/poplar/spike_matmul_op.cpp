@@ -68,6 +68,7 @@
 #include <popart/popx/opxmanager.hpp>
 
 #include <poplar/Graph.hpp>
+#include <poplar/Program.hpp>
 #include <poplin/MatMul.hpp>
 #include <popops/Cast.hpp>
 #include <popops/Reduce.hpp>
@@ -80,11 +81,13 @@ using ipu_snn::popart_ops::ColumnSplit;
 using ipu_snn::popart_ops::TiledOp;
 using ipu_snn::popart_ops::TileRange;
 using ipu_snn::popart_ops::TileSpan;
-using ipu_snn::popart_ops::addCodeletsOnce;
+using ipu_snn::popart_ops::addCodelets;
 using ipu_snn::popart_ops::addColumnMapped;
 using ipu_snn::popart_ops::addScratch;
+using ipu_snn::popart_ops::castTo;
 using ipu_snn::popart_ops::columnBlock;
 using ipu_snn::popart_ops::floatType;
+using ipu_snn::popart_ops::perWorkerCycles;
 using ipu_snn::popart_ops::readTileRange;
 using ipu_snn::popart_ops::resolveTiles;
 using ipu_snn::popart_ops::splitColumns;
@@ -404,21 +407,19 @@ popart::OpCreator<SpikeLinearOp> spikeLinearCreator(
 // ------------------------------------------------------------ Poplar lowering --
 
 // Adds one matmul vertex per owning tile with the fields every matmul vertex
-// has: the broadcast spike list, the tile's index scratch, its column range.
+// has: the broadcast spike list and its column range.
 struct MatmulVertices {
   poplar::Graph &graph;
   const ColumnSplit &split;
   poplar::ComputeSet cs;
   std::string name;
-  poplar::Tensor ids, counts, offsets, samples;
+  poplar::Tensor ids, counts;
   std::size_t capacity;
 
   poplar::VertexRef add(std::size_t j) {
     poplar::VertexRef v = graph.addVertex(cs, name);
     graph.connect(v["ids"], ids);
     graph.connect(v["counts"], counts);
-    graph.connect(v["offsets"], offsets[j]);
-    graph.connect(v["samples"], samples[j]);
     graph.setInitialValue(v["capacity"], static_cast<unsigned>(capacity));
     graph.setInitialValue(v["colBegin"], static_cast<unsigned>(split.columns[j].begin));
     graph.setInitialValue(v["colEnd"], static_cast<unsigned>(split.columns[j].end));
@@ -427,10 +428,10 @@ struct MatmulVertices {
   }
 };
 
-// Cycles of one matmul vertex: the index build plus one add (or multiply-add)
-// per listed entry and own column.
-std::uint64_t matmulCycles(std::size_t nIn, std::size_t listed, std::size_t width) {
-  return 8 * (nIn + listed) + listed * width;
+// Cycles of one matmul vertex, over its workers: one add (or multiply-add) per
+// listed entry and own column, plus a walk of the list.
+std::uint64_t matmulCycles(const poplar::Graph &graph, std::size_t listed, std::size_t width) {
+  return perWorkerCycles(graph, listed * (width + 4));
 }
 
 // The compute sets of the spike-matmul ops, shared by their Opx: SpikeMatmul
@@ -438,99 +439,89 @@ std::uint64_t matmulCycles(std::size_t nIn, std::size_t listed, std::size_t widt
 // sparse z gradient is SpikeMatmulGradInput's values scattered to rows.
 class SpikeOpx : public popart::popx::Opx {
 public:
-  SpikeOpx(popart::Op *op, popart::popx::Devicex *devicex) : popart::popx::Opx(op, devicex) {}
+  SpikeOpx(popart::Op *op, popart::popx::Devicex *devicex) : popart::popx::Opx(op, devicex) {
+    addCodelets(graph());
+  }
 
 protected:
   const TileRange &tiles() const { return getOp<TiledOp>().tiles(); }
 
-  // A compute set of `vertex`s (a vertexName) over the split, with their scratch.
+  // A compute set of `vertex`s (a vertexName) over the split.
   MatmulVertices matmulVertices(const std::string &vertex, const ColumnSplit &split,
-                                const poplar::Tensor &ids, const poplar::Tensor &counts,
-                                std::size_t nIn) const {
+                                const poplar::Tensor &ids, const poplar::Tensor &counts) const {
     poplar::Graph &g = graph();
-    const std::size_t listed = ids.dim(0) * ids.dim(1);
     return MatmulVertices{g, split, g.addComputeSet(debugContext(vertex)), vertex,
-                          ids.flatten(), counts,
-                          addScratch(g, poplar::INT, split, nIn + 1, debugContext("offsets")),
-                          addScratch(g, poplar::INT, split, listed, debugContext("samples")),
-                          ids.dim(1)};
+                          ids.flatten(), counts, ids.dim(1)};
   }
 
   // spikes @ weight [B, N_out] in the weight's type; out[:, own] on its tile.
   poplar::Tensor growForward(poplar::program::Sequence &prog, const poplar::Tensor &ids,
                              const poplar::Tensor &counts, const poplar::Tensor &weight) const {
     poplar::Graph &g = graph();
-    addCodeletsOnce(g);
     const std::size_t batch = counts.dim(0), listed = ids.dim(0) * ids.dim(1);
-    const std::size_t nIn = weight.dim(0), nOut = weight.dim(1);
+    const std::size_t nOut = weight.dim(1);
     const ColumnSplit split = splitColumns(g, tiles(), nOut);
     // Float sums, laid out like the weight's columns.
     poplar::Tensor out = addColumnMapped(g, poplar::FLOAT, {batch}, split, debugContext("out"));
     MatmulVertices vertices =
-        matmulVertices(vertexName("SpikeMatmulForward", weight.elementType()), split, ids, counts,
-                       nIn);
+        matmulVertices(vertexName("SpikeMatmulForward", weight.elementType()), split, ids, counts);
     for (std::size_t j = 0; j < split.columns.size(); ++j) {
       poplar::VertexRef v = vertices.add(j);
       g.connect(v["weight"], columnBlock(weight, split.columns[j]));
       g.connect(v["out"], columnBlock(out, split.columns[j]));
-      g.setPerfEstimate(v, matmulCycles(nIn, listed, split.columns[j].size()));
+      g.setPerfEstimate(v, matmulCycles(g, listed, split.columns[j].size()));
     }
     prog.add(poplar::program::Execute(vertices.cs, debugContext("spikeMatmulForward")));
-    if (weight.elementType() == poplar::FLOAT) return out;
-    // popops::cast keeps the mapping, so the columns stay on their tiles.
-    return popops::cast(g, out, weight.elementType(), prog, debugContext("castOut"));
+    return castTo(g, out, weight.elementType(), prog, debugContext("castOut"));
   }
 
-  // spikes^T @ grad_out [N_in, N_out] in grad_out's type; grad_W[:, own] on
-  // its tile, where the weight's columns are.
+  // spikes^T @ grad_out [N_in, N_out] in `weightType`, the type the IR gives
+  // the weight's gradient; grad_W[:, own] on its tile, where the weight's
+  // columns are.
   poplar::Tensor growGradWeight(poplar::program::Sequence &prog, const poplar::Tensor &gradOut,
                                 const poplar::Tensor &ids, const poplar::Tensor &counts,
-                                std::size_t nIn) const {
+                                std::size_t nIn, const poplar::Type &weightType) const {
     poplar::Graph &g = graph();
-    addCodeletsOnce(g);
     const std::size_t listed = ids.dim(0) * ids.dim(1), nOut = gradOut.dim(1);
     const ColumnSplit split = splitColumns(g, tiles(), nOut);
     poplar::Tensor gradWeight =
         addColumnMapped(g, poplar::FLOAT, {nIn}, split, debugContext("gradWeight"));
     MatmulVertices vertices =
         matmulVertices(vertexName("SpikeMatmulGradWeight", gradOut.elementType()), split, ids,
-                       counts, nIn);
+                       counts);
     for (std::size_t j = 0; j < split.columns.size(); ++j) {
       poplar::VertexRef v = vertices.add(j);
       g.connect(v["gradOut"], columnBlock(gradOut, split.columns[j]));
       g.connect(v["gradWeight"], columnBlock(gradWeight, split.columns[j]));
-      g.setPerfEstimate(v, matmulCycles(nIn, listed, split.columns[j].size()) +
+      g.setPerfEstimate(v, matmulCycles(g, listed, split.columns[j].size()) +
                                nIn * split.columns[j].size());
     }
     prog.add(poplar::program::Execute(vertices.cs, debugContext("spikeMatmulGradWeight")));
-    if (gradOut.elementType() == poplar::FLOAT) return gradWeight;
-    return popops::cast(g, gradWeight, gradOut.elementType(), prog, debugContext("castGradWeight"));
+    return castTo(g, gradWeight, weightType, prog, debugContext("castGradWeight"));
   }
 
   // values [B, K] = <weight[ids[b, k]], grad_out[b]> at the listed slots, 0
   // elsewhere, in the weight's type: a partial per tile over its own columns,
-  // summed over the tiles.
+  // summed over the tiles. A grad_out of another type is cast to the weight's
+  // first (the vertex takes one type).
   poplar::Tensor growListedGradInput(poplar::program::Sequence &prog, const poplar::Tensor &ids,
                                      const poplar::Tensor &counts, const poplar::Tensor &weight,
-                                     const poplar::Tensor &gradOut) const {
+                                     const poplar::Tensor &gradOutIn) const {
     poplar::Graph &g = graph();
-    addCodeletsOnce(g);
+    const poplar::Type type = weight.elementType();
+    const poplar::Tensor gradOut = castTo(g, gradOutIn, type, prog, debugContext("castGradOut"));
     const std::size_t batch = ids.dim(0), capacity = ids.dim(1), listed = batch * capacity;
-    const std::size_t nIn = weight.dim(0), nOut = weight.dim(1);
+    const std::size_t nOut = weight.dim(1);
     const ColumnSplit split = splitColumns(g, tiles(), nOut);
-    poplar::Tensor partials =
-        addScratch(g, weight.elementType(), split, listed, debugContext("partials"));
-    poplar::Tensor slots = addScratch(g, poplar::INT, split, listed, debugContext("slots"));
+    poplar::Tensor partials = addScratch(g, type, split, listed, debugContext("partials"));
     MatmulVertices vertices =
-        matmulVertices(vertexName("SpikeMatmulGradInput", weight.elementType()), split, ids,
-                       counts, nIn);
+        matmulVertices(vertexName("SpikeMatmulGradInput", type), split, ids, counts);
     for (std::size_t j = 0; j < split.columns.size(); ++j) {
       poplar::VertexRef v = vertices.add(j);
       g.connect(v["weight"], columnBlock(weight, split.columns[j]));
       g.connect(v["gradOut"], columnBlock(gradOut, split.columns[j]));
-      g.connect(v["slots"], slots[j]);
       g.connect(v["partial"], partials[j]);
-      g.setPerfEstimate(v, matmulCycles(nIn, listed, split.columns[j].size()));
+      g.setPerfEstimate(v, matmulCycles(g, listed, split.columns[j].size()));
     }
     prog.add(poplar::program::Execute(vertices.cs, debugContext("spikeMatmulGradInput")));
     // Sum over the tiles: popops spreads the reduction (a reduce-scatter over
@@ -547,7 +538,6 @@ protected:
                                    const poplar::Tensor &ids, const poplar::Tensor &counts,
                                    std::size_t n) const {
     poplar::Graph &g = graph();
-    addCodeletsOnce(g);
     const std::size_t batch = values.dim(0), capacity = values.dim(1);
     const TileSpan span = resolveTiles(g, tiles());
     poplar::Tensor rows = g.addVariable(values.elementType(), {batch, n}, debugContext("rows"));
@@ -562,7 +552,7 @@ protected:
       g.connect(v["count"], counts[b]);
       g.connect(v["out"], rows[b]);
       g.setTileMapping(v, tile);
-      g.setPerfEstimate(v, n + 4 * capacity);
+      g.setPerfEstimate(v, perWorkerCycles(g, n + 4 * capacity));
     }
     prog.add(poplar::program::Execute(cs, debugContext("scatterListed")));
     return rows;
@@ -631,7 +621,8 @@ public:
 
   void grow(poplar::program::Sequence &prog) const final {
     const std::size_t nIn = static_cast<std::size_t>(outShape(0)[0]);
-    setOutTensor(0, growGradWeight(prog, getInTensor(0), getInTensor(1), getInTensor(2), nIn));
+    setOutTensor(0, growGradWeight(prog, getInTensor(0), getInTensor(1), getInTensor(2), nIn,
+                                   floatType(outInfo(0).dataType())));
   }
 };
 
@@ -678,8 +669,11 @@ public:
     const poplar::Type zType = floatType(outInfo(0).dataType());
     if (op.denseGrad()) {
       // Exact: every neuron gets grad_out @ weight^T, so surrogates whose
-      // support is unbounded see their whole gradient.
-      setOutTensor(0, poplin::matMul(graph(), gradOut, weight.transpose(), prog, zType,
+      // support is unbounded see their whole gradient. Both operands in the
+      // weight's type, the product in z's.
+      const poplar::Tensor g = castTo(graph(), gradOut, weight.elementType(), prog,
+                                      debugContext("castGradOut"));
+      setOutTensor(0, poplin::matMul(graph(), g, weight.transpose(), prog, zType,
                                      debugContext("gradSpikes")));
       return;
     }
@@ -688,11 +682,7 @@ public:
     const poplar::Tensor counts = getInTensor(SpikeLinearGradSpikesOp::kCounts);
     const poplar::Tensor values = growListedGradInput(prog, ids, counts, weight, gradOut);
     const poplar::Tensor rows = growScatterListed(prog, values, ids, counts, weight.dim(0));
-    if (rows.elementType() == zType) {
-      setOutTensor(0, rows);
-    } else {
-      setOutTensor(0, popops::cast(graph(), rows, zType, prog, debugContext("castGradSpikes")));
-    }
+    setOutTensor(0, castTo(graph(), rows, zType, prog, debugContext("castGradSpikes")));
   }
 };
 
@@ -701,6 +691,7 @@ public:
   SpikeSelectOpx(popart::Op *op, popart::popx::Devicex *devicex)
       : popart::popx::Opx(op, devicex) {
     verifyOp<SpikeSelectOp>(op, {kSpikeSelect});
+    addCodelets(graph());
   }
 
   // One vertex per sample (it needs the sample's whole membrane row); sample b
@@ -708,7 +699,6 @@ public:
   void grow(poplar::program::Sequence &prog) const final {
     const SpikeSelectOp &op = getOp<SpikeSelectOp>();
     poplar::Graph &g = graph();
-    addCodeletsOnce(g);
     const poplar::Tensor membrane = getInTensor(0);
     const std::size_t batch = membrane.dim(0), n = membrane.dim(1);
     const std::size_t capacity = static_cast<std::size_t>(op.capacity());

@@ -13,15 +13,17 @@
 
 #include <cstdint>
 #include <cstdlib>
-#include <map>
 #include <string>
 #include <vector>
 
+#include <popart/error.hpp>
 #include <popart/op.hpp>
 #include <popart/opmanager.hpp>
 #include <popart/opserialiser.hpp>
 
 #include <poplar/Graph.hpp>
+#include <poplar/Program.hpp>
+#include <popops/Cast.hpp>
 
 #include "tile_split.hpp"
 
@@ -73,15 +75,14 @@ private:
 
 // ------------------------------------------------------------ Poplar side --
 
-// Adds the codelets once per graph: PopART may grow several of these ops into
-// the same graph, and adding a vertex type twice is an error. Inline, so the
-// op files of the library share one registry.
-inline void addCodeletsOnce(poplar::Graph &graph) {
-  static std::map<const poplar::Graph *, bool> added;
-  if (added[&graph]) return;
+// Adds the codelets to the graph an Opx grows into. Every Opx calls it in its
+// constructor, as PopTorch's own custom ops do (graphcore/poptorch
+// popart_compiler/source/custom_operations/FastGatherLastDim.cpp: each Opx
+// constructor calls graph().addCodelets), so nothing is remembered between
+// graphs or compiles.
+inline void addCodelets(poplar::Graph &graph) {
   const char *env = std::getenv("IPU_SNN_CODELETS");
   graph.addCodelets(env != nullptr ? env : IPU_SNN_CODELETS_PATH);
-  added[&graph] = true;
 }
 
 // The vertex type name for an element type, e.g. "NeuronForward<half>".
@@ -94,6 +95,31 @@ inline poplar::Type floatType(popart::DataType type) {
   if (type == popart::DataType::FLOAT16) return poplar::HALF;
   if (type == popart::DataType::FLOAT) return poplar::FLOAT;
   throw popart::error("ipu_snn: expected a float32 or float16 tensor");
+}
+
+// t in `type`: itself when it already is, else cast (popops::cast keeps the
+// tile mapping). Mixed precision meets the vertices, which take one type.
+inline poplar::Tensor castTo(poplar::Graph &graph, const poplar::Tensor &t,
+                             const poplar::Type &type, poplar::program::Sequence &prog,
+                             const poplar::DebugContext &dc) {
+  if (t.elementType() == type) return t;
+  return popops::cast(graph, t, type, prog, dc);
+}
+
+// Elements of a float type in one 32-bit word: the grain in which the
+// vertices share work out over workers (work_split.h's kWordItems).
+inline unsigned wordItems(const poplar::Type &type) { return type == poplar::HALF ? 2 : 1; }
+
+// The worker contexts each tile runs a MultiVertex on.
+inline unsigned workersPerTile(const poplar::Graph &graph) {
+  return graph.getTarget().getNumWorkerContexts();
+}
+
+// A MultiVertex's cycle estimate (IPU Model only): `cycles` of work shared by
+// the tile's workers, plus a fixed start-up.
+inline std::uint64_t perWorkerCycles(const poplar::Graph &graph, std::uint64_t cycles) {
+  const unsigned workers = workersPerTile(graph);
+  return (cycles + workers - 1) / workers + 20;
 }
 
 // A layer's neurons (weight columns) over an op's tile range. Only tiles that

@@ -41,7 +41,6 @@ from torch.autograd.function import once_differentiable
 
 from ..ops.policy import SparsePolicy
 from ..ops.registry import get_kernels, resolve_backend
-from ..ops.spikes import raise_on_overflow
 from .bits import pack_spikes, unpack_spikes
 from .kernels import NeuronKernels, resolve
 from .spec import NeuronSpec
@@ -196,6 +195,8 @@ class _SpikingWindow(torch.autograd.Function):
         else:
             f = _generic_forward(k, s, currents, v0, a0, z0, w_rec, beta, rho, saved, keep_v, keep_a)
         if recurrent and policy.mode == "sparse" and policy.overflow == "error" and bool(f.dropped.any()):
+            from ..ops.spikes import raise_on_overflow  # the custom ops (torch >= 2.4): only where lists are
+
             raise_on_overflow(torch.full_like(f.dropped, policy.capacity), f.dropped, policy.capacity,
                               f"{s.where}'s recurrent spikes")
         ctx.s, ctx.k, ctx.keep_v, ctx.keep_a = s, k, keep_v, keep_a

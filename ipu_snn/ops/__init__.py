@@ -8,22 +8,22 @@ Public API:
   * ``backend_names``, ``resolve_backend``, ``register_backend`` (registry.py).
 """
 
-from ipu_snn.ops.policy import SparsePolicy, crossover_density
-from ipu_snn.ops.registry import backend_names, register_backend, resolve_backend
-from ipu_snn.ops.spike_matmul import SparseLinearResult, sparse_linear, spike_matmul
-from ipu_snn.ops.spike_product import spike_product
-from ipu_snn.ops.spikes import SparseSpikes, SpikeOverflowError
+import importlib
 
-__all__ = [
-    "SparseLinearResult",
-    "SparsePolicy",
-    "SparseSpikes",
-    "SpikeOverflowError",
-    "backend_names",
-    "crossover_density",
-    "register_backend",
-    "resolve_backend",
-    "sparse_linear",
-    "spike_matmul",
-    "spike_product",
-]
+# Exported lazily: the spike ops register torch.library custom ops (torch >= 2.4), and a module that
+# only needs, say, SparsePolicy (the IPU path, whose PopTorch 3.4 runs on torch 2.0.1) must not pay that.
+_EXPORTS = {
+    "SparsePolicy": "policy", "crossover_density": "policy",
+    "backend_names": "registry", "register_backend": "registry", "resolve_backend": "registry",
+    "SparseLinearResult": "spike_matmul", "sparse_linear": "spike_matmul", "spike_matmul": "spike_matmul",
+    "spike_product": "spike_product",
+    "SparseSpikes": "spikes", "SpikeOverflowError": "spikes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ipu_snn.ops' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ipu_snn.ops.{_EXPORTS[name]}"), name)

@@ -86,8 +86,12 @@ def get_kernels(name: str) -> SpikeKernels:
 
 
 # torch.compile evaluates this once while tracing and keeps the name: it loads
-# backends (file system, compiler), which is no part of a graph.
-@torch.compiler.assume_constant_result
+# backends (file system, compiler), which is no part of a graph. (torch 2.0, which
+# PopTorch 3.4 runs on, has no torch.compiler: there is nothing to tell it.)
+_constant = getattr(getattr(torch, "compiler", None), "assume_constant_result", lambda fn: fn)
+
+
+@_constant
 def resolve_backend(backend: str | None, device: torch.device) -> str:
     """The backend to use for tensors on ``device``: the named one, checked, or the default."""
     if backend is None:

@@ -6,10 +6,19 @@
 // Poplar's vertex state). For every tile of the column split it copies the
 // tile's blocks out of the global tensors (what connecting
 // `columnBlock(tensor, columns)` to a field gives the vertex), runs the
-// vertex's compute(), and puts the outputs back where the Opx maps them; the
+// vertex, and puts the outputs back where the Opx maps them; the
 // input-gradient partials are summed over the tiles as popops::reduce does.
 // The split is tile_split.hpp's, the one the Opx use. The test compares the
 // output with torch references computed independently in Python.
+//
+// A MultiVertex runs as on a tile: compute(w) for every worker w of
+// MultiVertex::numWorkers(). runWorkers checks what a tile needs of it: no two
+// workers write the same 32-bit word of any field the vertex writes (each
+// worker is run alone on outputs filled with two patterns; a byte it changes
+// in either run is one it writes), every byte of an output is written (scratch
+// may keep unused bytes), and what was written does not depend on the order
+// the workers run in (all in order from one filling, all in reverse from the
+// other, compared byte for byte). A failure exits with code 4.
 //
 // Protocol (whitespace-separated tokens on stdin, results on stdout):
 //   split   <count> then <n> <parts> pairs  -> one line per pair: begin end ...
@@ -22,8 +31,15 @@
 //           <adapt_strength> <scale> current vPrev aPrev [B*N] beta rho [N]
 //           gradZ gradV gradA [B*N]         -> per type (float, half):
 //           vNew aNew z d bits gradCurrent gradVPrev gradAPrev, one line each
+//   workers <count> then <n> <workers> <grain> triples -> one line per triple:
+//           begin end of each worker's work_split.h span
+//   selfcheck shared|ordered  -> runs a deliberately wrong MultiVertex (two
+//           workers writing halves of one word; a worker reading another's
+//           output), which runWorkers must reject with exit code 4
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -94,6 +110,149 @@ std::vector<T> convert(const std::vector<float> &v) {
   return std::vector<T>(v.begin(), v.end());
 }
 
+// The bytes of a buffer a vertex writes (an Output or InOut field's); every
+// byte of it must be written unless it is scratch.
+struct Written {
+  unsigned char *data;
+  std::size_t bytes;
+  bool scratch;
+};
+
+template <typename T>
+Written written(std::vector<T> &buffer, bool scratch = false) {
+  return Written{reinterpret_cast<unsigned char *>(buffer.data()), buffer.size() * sizeof(T),
+                 scratch};
+}
+
+[[noreturn]] void fail(const std::string &what) {
+  std::fprintf(stderr, "%s\n", what.c_str());
+  std::exit(4);
+}
+
+void fill(const std::vector<Written> &outputs, unsigned char pattern) {
+  for (const Written &o : outputs) std::memset(o.data, pattern, o.bytes);
+}
+
+std::vector<std::vector<unsigned char>> snapshot(const std::vector<Written> &outputs) {
+  std::vector<std::vector<unsigned char>> copy;
+  for (const Written &o : outputs) copy.emplace_back(o.data, o.data + o.bytes);
+  return copy;
+}
+
+// Runs a MultiVertex as a tile does, with the checks in the header comment;
+// leaves the outputs as all workers, in order, wrote them.
+template <typename V>
+void runWorkers(V &vertex, const std::vector<Written> &outputs, const char *name) {
+  const unsigned workers = poplar::MultiVertex::numWorkers();
+  constexpr unsigned char kFillA = 0xA5, kFillB = 0x5A;
+  std::vector<std::vector<int>> word(outputs.size());   // writing worker per word, -1 none
+  std::vector<std::vector<bool>> byte(outputs.size());  // whether any worker writes the byte
+  for (std::size_t o = 0; o < outputs.size(); ++o) {
+    word[o].assign((outputs[o].bytes + 3) / 4, -1);
+    byte[o].assign(outputs[o].bytes, false);
+  }
+  for (unsigned w = 0; w < workers; ++w) {
+    fill(outputs, kFillA);
+    vertex.compute(w);
+    const auto a = snapshot(outputs);
+    fill(outputs, kFillB);
+    vertex.compute(w);
+    const auto b = snapshot(outputs);
+    for (std::size_t o = 0; o < outputs.size(); ++o) {
+      for (std::size_t i = 0; i < outputs[o].bytes; ++i) {
+        if (a[o][i] == kFillA && b[o][i] == kFillB) continue;
+        byte[o][i] = true;
+        int &who = word[o][i / 4];
+        if (who >= 0 && who != int(w)) {
+          fail(std::string(name) + ": workers " + std::to_string(who) + " and " +
+               std::to_string(w) + " write word " + std::to_string(i / 4) + " of output " +
+               std::to_string(o));
+        }
+        who = int(w);
+      }
+    }
+  }
+  for (std::size_t o = 0; o < outputs.size(); ++o) {
+    for (std::size_t i = 0; i < outputs[o].bytes && !outputs[o].scratch; ++i) {
+      if (!byte[o][i]) {
+        fail(std::string(name) + ": no worker writes byte " + std::to_string(i) + " of output " +
+             std::to_string(o));
+      }
+    }
+  }
+  // Compares what the workers wrote after running them in reverse from one
+  // filling and in order from the other.
+  auto writtenBytes = [&]() {
+    std::vector<unsigned char> kept;
+    for (std::size_t o = 0; o < outputs.size(); ++o) {
+      for (std::size_t i = 0; i < outputs[o].bytes; ++i) {
+        if (byte[o][i]) kept.push_back(outputs[o].data[i]);
+      }
+    }
+    return kept;
+  };
+  fill(outputs, kFillB);
+  for (unsigned w = workers; w-- > 0;) vertex.compute(w);
+  const auto reversed = writtenBytes();
+  fill(outputs, kFillA);
+  for (unsigned w = 0; w < workers; ++w) vertex.compute(w);
+  if (writtenBytes() != reversed) fail(std::string(name) + ": result depends on worker order");
+}
+
+// Wrong on purpose, to show runWorkers' checks catch it: worker w writes the
+// halves w, w + workers, ..., so neighbouring halves of a word have two writers.
+class SharesWords : public poplar::MultiVertex {
+public:
+  poplar::Output<poplar::Vector<half>> out;
+  bool compute(unsigned worker) {
+    for (unsigned i = worker; i < out.size(); i += numWorkers()) out[i] = half(float(i));
+    return true;
+  }
+};
+
+// Wrong on purpose: each worker writes its own word, from its neighbour's.
+class ReadsOthers : public poplar::MultiVertex {
+public:
+  poplar::InOut<poplar::Vector<float>> out;
+  bool compute(unsigned worker) {
+    const unsigned next = (worker + 1) % numWorkers();
+    out[worker] = out[next] + 1.0f;
+    return true;
+  }
+};
+
+void runSelfCheck() {
+  std::string which;
+  std::cin >> which;
+  if (which == "shared") {
+    std::vector<half> buffer(12);
+    SharesWords v;
+    bind(v.out, buffer);
+    runWorkers(v, {written(buffer)}, "SharesWords");
+  } else if (which == "ordered") {
+    std::vector<float> buffer(poplar::MultiVertex::numWorkers());
+    ReadsOthers v;
+    bind(v.out, buffer);
+    runWorkers(v, {written(buffer)}, "ReadsOthers");
+  }
+  std::printf("not caught\n");
+}
+
+void runWorkerSpans() {
+  std::size_t count;
+  std::cin >> count;
+  for (std::size_t i = 0; i < count; ++i) {
+    unsigned n, workers, grain;
+    std::cin >> n >> workers >> grain;
+    for (unsigned w = 0; w < workers; ++w) {
+      const ipu_snn::core::Span<unsigned> s =
+          ipu_snn::core::worker_span<unsigned>(n, workers, w, grain);
+      std::printf("%u %u ", s.begin, s.end);
+    }
+    std::printf("\n");
+  }
+}
+
 void runSplit() {
   std::size_t count;
   std::cin >> count;
@@ -119,34 +278,31 @@ void runMatmul(MatmulCase &m) {
   std::vector<float> out(m.batch * m.nOut), gradWeight(m.nIn * m.nOut);
   std::vector<float> values(m.batch * m.capacity, 0.0f);  // the reduce over tiles
   for (const Range &cols : ownedColumns(m.nOut, m.tiles)) {
-    // Scratch and blocks of this tile, as SpikeMatmul*Opx::grow allocate them.
-    std::vector<int> offsets(m.nIn + 1), samples(m.batch * m.capacity),
-        slots(m.batch * m.capacity);
+    // This tile's blocks, as SpikeMatmul*Opx::grow connect them.
     std::vector<T> wBlock = block(weight, m.nOut, cols), gBlock = block(gradOut, m.nOut, cols);
 
     SpikeMatmulForward<T> fwd;
-    std::vector<float> outBlock(m.batch * cols.size(), -1.0f);  // vertex must overwrite
+    std::vector<float> outBlock(m.batch * cols.size());
     bind(fwd.ids, m.ids); bind(fwd.counts, m.counts); bind(fwd.weight, wBlock);
-    bind(fwd.offsets, offsets); bind(fwd.samples, samples); bind(fwd.out, outBlock);
+    bind(fwd.out, outBlock);
     fwd.capacity = m.capacity; fwd.colBegin = cols.begin; fwd.colEnd = cols.end;
-    fwd.compute();
+    runWorkers(fwd, {written(outBlock)}, "SpikeMatmulForward");
     unblock(out, m.nOut, cols, outBlock);
 
     SpikeMatmulGradWeight<T> gw;
-    std::vector<float> gwBlock(m.nIn * cols.size(), -1.0f);
+    std::vector<float> gwBlock(m.nIn * cols.size());
     bind(gw.ids, m.ids); bind(gw.counts, m.counts); bind(gw.gradOut, gBlock);
-    bind(gw.offsets, offsets); bind(gw.samples, samples); bind(gw.gradWeight, gwBlock);
+    bind(gw.gradWeight, gwBlock);
     gw.capacity = m.capacity; gw.colBegin = cols.begin; gw.colEnd = cols.end;
-    gw.compute();
+    runWorkers(gw, {written(gwBlock)}, "SpikeMatmulGradWeight");
     unblock(gradWeight, m.nOut, cols, gwBlock);
 
     SpikeMatmulGradInput<T> gi;
-    std::vector<T> partial(m.batch * m.capacity, T(-1.0f));
+    std::vector<T> partial(m.batch * m.capacity);
     bind(gi.ids, m.ids); bind(gi.counts, m.counts); bind(gi.weight, wBlock);
-    bind(gi.gradOut, gBlock); bind(gi.offsets, offsets); bind(gi.samples, samples);
-    bind(gi.slots, slots); bind(gi.partial, partial);
+    bind(gi.gradOut, gBlock); bind(gi.partial, partial);
     gi.capacity = m.capacity; gi.colBegin = cols.begin; gi.colEnd = cols.end;
-    gi.compute();
+    runWorkers(gi, {written(partial)}, "SpikeMatmulGradInput");
     for (std::size_t i = 0; i < values.size(); ++i) values[i] += float(partial[i]);
   }
   // ScatterListed, one vertex per sample, on the reduced values (in T, as the
@@ -156,10 +312,10 @@ void runMatmul(MatmulCase &m) {
     std::vector<T> row(values.begin() + b * m.capacity, values.begin() + (b + 1) * m.capacity);
     std::vector<int> ids(m.ids.begin() + b * m.capacity, m.ids.begin() + (b + 1) * m.capacity);
     int count = m.counts[b];
-    std::vector<T> rowOut(m.nIn, T(-1.0f));
+    std::vector<T> rowOut(m.nIn);
     ScatterListed<T> sc;
     bind(sc.values, row); bind(sc.ids, ids); bindScalar(sc.count, count); bind(sc.out, rowOut);
-    sc.compute();
+    runWorkers(sc, {written(rowOut)}, "ScatterListed");
     std::copy(rowOut.begin(), rowOut.end(), gradZ.begin() + b * m.nIn);
   }
   printLine(out);
@@ -190,7 +346,7 @@ void runNeuron(const NeuronCase &c) {
                    beta = block(convert<T>(c.beta), n, cols),
                    rho = block(convert<T>(c.rho), n, cols);
     const std::size_t size = c.batch * cols.size();
-    std::vector<T> v(size, T(-7.0f)), a(size, T(-7.0f)), zb(size, T(-7.0f)), db(size, T(-7.0f));
+    std::vector<T> v(size), a(size), zb(size), db(size);
     NeuronForward<T> f;
     bind(f.current, current); bind(f.vPrev, vPrev); bind(f.aPrev, aPrev);
     bind(f.beta, beta); bind(f.rho, rho);
@@ -198,7 +354,7 @@ void runNeuron(const NeuronCase &c) {
     f.threshold = c.threshold; f.adaptStrength = c.adaptStrength; f.scale = c.scale;
     f.reset = c.reset; f.surrogate = c.surrogate; f.adaptive = c.adaptive;
     f.colBegin = cols.begin; f.colEnd = cols.end;
-    f.compute();
+    runWorkers(f, {written(v), written(a), written(zb), written(db)}, "NeuronForward");
     unblock(vNew, n, cols, v); unblock(aNew, n, cols, a);
     unblock(z, n, cols, zb); unblock(d, n, cols, db);
   }
@@ -208,14 +364,18 @@ void runNeuron(const NeuronCase &c) {
     if (bytes.empty()) continue;
     const Range zCols{8 * bytes.begin, std::min(8 * bytes.end, n)};
     std::vector<T> zBlock = block(z, n, zCols);
-    std::vector<unsigned char> bitBlock(c.batch * bytes.size(), 0x55);
+    std::vector<unsigned char> bitBlock(c.batch * bytes.size());
     PackSpikes<T> p;
     bind(p.z, zBlock); bind(p.bits, bitBlock);
     p.numNeurons = zCols.size();
-    p.compute();
+    runWorkers(p, {written(bitBlock)}, "PackSpikes");
     unblock(bits, rowBytes, bytes, bitBlock);
   }
-  // NeuronBackward, reading the stitched bits.
+  // NeuronBackward, reading the stitched bits; each worker has its own slice
+  // of re-packed spikes, sized as NeuronStepGradOpx::grow sizes it.
+  const unsigned workers = poplar::MultiVertex::numWorkers();
+  const unsigned rowsPerWorker = ipu_snn::core::worker_span_bound<unsigned>(
+      c.batch, workers, ipu_snn::core::kWordItems<T>);
   std::vector<T> gradCurrent(c.batch * n), gradVPrev(c.batch * n), gradAPrev(c.batch * n);
   for (const Range &cols : split) {
     const Range bytes{cols.begin / 8, (cols.end + 7) / 8};
@@ -226,18 +386,20 @@ void runNeuron(const NeuronCase &c) {
                    beta = block(convert<T>(c.beta), n, cols),
                    rho = block(convert<T>(c.rho), n, cols);
     std::vector<unsigned char> bitBlock = block(bits, rowBytes, bytes);
-    std::vector<unsigned char> spikeRow(8 * bytes.size()),
-        ownBits(c.batch * ((cols.size() + 7) / 8));
+    const unsigned ownSlice =
+        ipu_snn::core::packed_slice_bytes<unsigned>(rowsPerWorker, cols.size());
+    std::vector<unsigned char> ownBits(workers * ownSlice);
     const std::size_t size = c.batch * cols.size();
-    std::vector<T> gc(size, T(-7.0f)), gvp(size, T(-7.0f)), gap(size, T(-7.0f));
+    std::vector<T> gc(size), gvp(size), gap(size);
     NeuronBackward<T> b;
     bind(b.gradZ, gz); bind(b.gradV, gv); bind(b.gradA, ga); bind(b.bits, bitBlock);
     bind(b.d, dBlock); bind(b.beta, beta); bind(b.rho, rho);
     bind(b.gradCurrent, gc); bind(b.gradVPrev, gvp); bind(b.gradAPrev, gap);
-    bind(b.spikeRow, spikeRow); bind(b.ownBits, ownBits);
+    bind(b.ownBits, ownBits);
     b.adaptStrength = c.adaptStrength; b.reset = c.reset; b.adaptive = c.adaptive;
-    b.colBegin = cols.begin; b.colEnd = cols.end;
-    b.compute();
+    b.colBegin = cols.begin; b.colEnd = cols.end; b.ownSlice = ownSlice;
+    runWorkers(b, {written(gc), written(gvp), written(gap), written(ownBits, true)},
+               "NeuronBackward");
     unblock(gradCurrent, n, cols, gc); unblock(gradVPrev, n, cols, gvp);
     unblock(gradAPrev, n, cols, gap);
   }
@@ -253,6 +415,10 @@ int main() {
   std::cin >> mode;
   if (mode == "split") {
     runSplit();
+  } else if (mode == "workers") {
+    runWorkerSpans();
+  } else if (mode == "selfcheck") {
+    runSelfCheck();
   } else if (mode == "matmul") {
     MatmulCase m;
     std::cin >> m.batch >> m.capacity >> m.nIn >> m.nOut >> m.tiles;

@@ -3,12 +3,22 @@
 // of any SDK header; custom_ops/poplar/ must never include it (the test checks).
 #pragma once
 #include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <vector>
 #include <poplar/Vertex.hpp>
 namespace poplar_mock {
 struct FieldAccess {
+  // Points a vector field at size elements from data, which must meet the
+  // field's MinAlign, as Poplar lays a connected tensor out to.
   template <typename Field, typename T>
   static void bind(Field &field, T *data, std::size_t size) {
+    if (reinterpret_cast<std::uintptr_t>(data) % Field::kMinAlign != 0) {
+      std::fprintf(stderr, "poplar_mock: buffer not aligned to the field's %u bytes\n",
+                   Field::kMinAlign);
+      std::abort();
+    }
     field.data_ = data;
     field.size_ = size;
   }

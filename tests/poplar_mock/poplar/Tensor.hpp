@@ -1,0 +1,22 @@
+// Mock of <poplar/Tensor.hpp> (Poplar 3.x): Tensor views and concat.
+#pragma once
+#include <cstddef>
+#include <vector>
+#include <poplar/ArrayRef.hpp>
+#include <poplar/Type.hpp>
+namespace poplar {
+class Tensor {
+public:
+  Tensor();
+  Tensor operator[](std::size_t i) const;
+  Tensor slice(std::size_t begin, std::size_t end, unsigned dimension) const;
+  Tensor flatten() const;
+  Tensor reshape(ArrayRef<std::size_t> shape) const;
+  Tensor transpose() const;
+  Tensor expand(ArrayRef<std::size_t> indices) const;
+  Tensor broadcast(unsigned N, unsigned dim) const;
+  std::size_t dim(unsigned i) const;
+  Type elementType() const;
+};
+Tensor concat(ArrayRef<Tensor> ts, unsigned dimension = 0);
+}  // namespace poplar
