@@ -28,6 +28,8 @@ def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None) 
     cfg = load_config(run_dir / "config.yaml")
     name = device or EVALUATE_ON.get(cfg.device, cfg.device)
     device = resolve_device(name)
+    if name == "ipu-emulator":
+        import ipu_snn.ipu  # noqa: F401  (registers the emulator's spike backend)
     splits = load_splits(cfg.data, cfg.training.seed)
     # the windows the run trained with (its saved config resolves them); no schedule: nothing is differentiated
     model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=TimeLoop(cfg.bptt.window),

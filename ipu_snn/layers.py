@@ -16,7 +16,7 @@ the network's *step mode*, fixed when the network is built (`build_network`):
 
 Products between populations (input to layer, recurrent, layer to readout) go
 through a `Products` function, which picks dense or sparse per product as its
-`SparsePolicy` says (`ipu_snn.ops.spike_product`).
+`SparsePolicy` says (`ipu_snn.ops.product`).
 """
 
 from __future__ import annotations
@@ -70,8 +70,10 @@ Products = Callable[[Inputs, Synapses, SparsePolicy, Site], tuple[Tensor, Union[
 def torch_products(inputs: Inputs, synapses: Synapses, policy: SparsePolicy, site: Site):
     """Products of the fused and autograd modes: dense or sparse over packed bits, as ``policy`` says."""
     if isinstance(inputs, Tensor):
-        return F.linear(inputs, synapses.weight.t(), synapses.bias), None
-    from .ops.spike_product import spike_product  # custom ops (torch >= 2.4): not on the traced path
+        if policy.mode == "dense":
+            return F.linear(inputs, synapses.weight.t(), synapses.bias), None
+        inputs = SpikeTrain(inputs, pack_spikes(inputs.detach()), None)  # binary frames given as floats
+    from .ops.product import spike_product  # custom ops (torch >= 2.4): not on the traced path
 
     out, dropped = spike_product(inputs.bits, synapses.weight, synapses.bias, policy, z=inputs.z,
                                  near=inputs.near, where=site.text)

@@ -19,6 +19,7 @@ from .neuron.spec import NeuronSpec
 from .neuron.surrogates import surrogate
 from .neuron.window import SAVED_DTYPES, SpikeTrain
 from .ops.policy import SparsePolicy, crossover_density
+from .ops.registry import backend_names
 
 # How each window's readout trace becomes that window's output, and how the windows' outputs
 # combine into logits ([W, B, C] -> [B, C]); mean divides the summed windows by T. The max is
@@ -165,6 +166,9 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     if backend is not None and cfg.sparse is not True:
         raise ConfigError(f"model.sparse: device {device} runs every spike matmul on the {backend} backend, "
                           f"so it needs model.sparse: true (got {cfg.sparse!r})")
+    if backend is not None and backend not in backend_names():
+        raise ValueError(f"device {device} needs the {backend} spike backend, which ipu_snn.ipu registers: "
+                         "import ipu_snn.ipu before building the network")
     torch_device = torch.device("cuda" if device == "cuda" else "cpu")
     listed = cfg.sparse_grad == "spikes"
     if cfg.sparse_near is not None and mode != "fused":

@@ -30,7 +30,7 @@ import torch
 
 from .bptt import Costs, Schedule, double, predicted_local_bytes, predicted_time, revolve, store_all, summarize
 from .bptt import two_level_optimal, uniform
-from .config import BPTTConfig, Config, ModelConfig
+from .config import BPTTConfig, Config
 from .devices import DeviceSpec, GiB
 from .errors import ConfigError
 

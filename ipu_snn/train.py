@@ -227,6 +227,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
         from .ipu.trainer import train_ipu
 
         return train_ipu(cfg, out_dir, resume=resume, console=console, on_epoch_end=on_epoch_end)
+    if cfg.device == "ipu-emulator":
+        import ipu_snn.ipu  # noqa: F401  (registers the emulator's spike backend)
     ctx = init_distributed(cfg.device)
     try:
         summary = _train(cfg, Path(out_dir), resume, console, on_epoch_end, ctx)

@@ -1,7 +1,6 @@
 """Nested forward-mode AD: the element-wise op and the LIF/ALIF updates built on it,
 against plain autograd, with the bytes they keep for backward."""
 
-import math
 
 import pytest
 import torch

@@ -13,16 +13,13 @@ import poptorch_standin
 from ipu_snn.errors import DeviceError
 from ipu_snn.ipu import custom_ops
 from ipu_snn.ops import reference
-from ipu_snn.ops.registry import get_kernels, resolve_backend
 
 
 @pytest.fixture
 def fresh_library(monkeypatch):
     custom_ops._load.cache_clear()
-    get_kernels.cache_clear()
     yield monkeypatch
     custom_ops._load.cache_clear()
-    get_kernels.cache_clear()
 
 
 @pytest.fixture
@@ -67,23 +64,24 @@ def _spikes(generator, batch, n, density=0.3):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ipu_kernels_match_the_reference(poptorch, seed):
+def test_ipu_ops_match_the_reference(poptorch, seed):
     g = torch.Generator().manual_seed(seed)
     batch, n_in, n_out, capacity = 5, 19, 7, 6
-    kernels = custom_ops.ipu_kernels(poptorch, tiles=custom_ops.TileRange(3, 40))
+    tiles = custom_ops.TileRange(3, 40)
     z, near = _spikes(g, batch, n_in)
     weight = torch.randn(n_in, n_out, generator=g)
     grad_out = torch.randn(batch, n_out, generator=g)
 
     for flags in (None, near):
-        got = kernels.compact(z, flags, capacity)
+        got = custom_ops.compact(poptorch, z, flags, capacity, tiles)
         want = reference.compact(z, flags, capacity)
         for a, b in zip(got, want, strict=True):
             assert torch.equal(a, b)
-    ids, counts, near_counts, _, _ = kernels.compact(z, near, capacity)
-    assert torch.allclose(kernels.forward(ids, counts, weight), reference.forward(ids, counts, weight), atol=1e-6)
+    ids, counts, near_counts, _, _ = custom_ops.compact(poptorch, z, near, capacity, tiles)
+    assert torch.allclose(custom_ops.matmul(poptorch, ids, counts, weight, tiles=tiles),
+                          reference.forward(ids, counts, weight), atol=1e-6)
     listed = counts + near_counts
-    assert torch.allclose(kernels.grad_input(ids, listed, weight, grad_out),
+    assert torch.allclose(custom_ops.spike_matmul_grad_input(poptorch, ids, listed, weight, grad_out, tiles=tiles),
                           reference.grad_input(ids, listed, weight, grad_out), atol=1e-6)
 
     calls = {c["name"]: c for c in poptorch_standin.custom_op_calls}
@@ -101,26 +99,6 @@ def test_spike_select_thresholds(poptorch):
     ids, counts = custom_ops.spike_select(poptorch, membrane, capacity=1, threshold=1.0)
     assert ids.tolist() == [[1]] and counts.tolist() == [[1, 0, 1, 0]]  # one spike over capacity, no near list
     assert poptorch_standin.custom_op_calls[-1]["attributes"]["near_threshold"] == 1.0
-
-
-def test_weight_gradient_is_poparts(poptorch):
-    kernels = custom_ops.ipu_kernels(poptorch)
-    ids = torch.zeros(2, 3, dtype=torch.int32)
-    with pytest.raises(DeviceError, match="PopART differentiates"):
-        kernels.grad_weight(ids, torch.zeros(2, dtype=torch.int32), torch.zeros(2, 4), 5)
-
-
-def test_registry_picks_ipu_for_ipu_tensors(poptorch):
-    assert resolve_backend(None, torch.device("ipu")) == "ipu"
-    assert get_kernels("ipu").name == "ipu"
-    with pytest.raises(DeviceError, match="runs on \\['ipu'\\] tensors"):
-        resolve_backend("ipu", torch.device("cpu"))
-
-
-def test_ipu_backend_without_poptorch_names_the_sdk(fresh_library):
-    fresh_library.setitem(sys.modules, "poptorch", None)  # import poptorch -> ImportError
-    with pytest.raises(DeviceError, match="Poplar SDK"):
-        get_kernels("ipu")
 
 
 @pytest.mark.parametrize("dense_grad", [True, False])

@@ -11,6 +11,7 @@ from rich.console import Console
 from ipu_snn.config import ModelConfig, validate_config
 from ipu_snn.devices import SPECS, device_spec, resolve_device, spike_backend
 from ipu_snn.errors import ConfigError
+import ipu_snn.ipu  # noqa: F401  (registers the emulator's spike backend)
 from ipu_snn.ipu.emulator import TileOverflowError
 from ipu_snn.ipu.layer_emulator import LayerParams, emulate_layer
 from ipu_snn.ipu.tiles import plan_tiles
@@ -31,7 +32,8 @@ def reference_layer(cfg, n_in, layer, x, grad_z, dtype, seed=0):
     net = build_network(cfg, n_in, 3, dt=1e-3).to(dtype)
     module = net.layers[layer]
     x = x.clone().requires_grad_(layer > 0)
-    out = module(x)
+    train, _, _ = module.window(module.initial_state(x.shape[1], x), x)
+    out = train.z
     # Consumers' sparse input gradient reaches only the spikes: the emulator uses grad_z there.
     (out * grad_z * out.detach()).sum().backward()
     grads = {"w_in": module.fc.weight.grad, "b_in": module.fc.bias.grad}
@@ -162,8 +164,8 @@ def test_ipu_emulator_device_is_the_cpu_with_the_emulator_backend():
     assert spike_backend("ipu-emulator") == "ipu_emulator" and spike_backend("cpu") is None
     cfg = validate_config({"model": {"layers": [{"type": "lif", "size": 4}], "sparse": True}, "device": "ipu-emulator"})
     net = build_network(cfg.model, 6, 2, dt=1e-3, device=cfg.device)
-    layers = [m for m in net.modules() if hasattr(m, "sparse") and hasattr(m, "capacity")]
-    assert layers and all(m.sparse.backend == "ipu_emulator" for m in layers)
+    policies = [net.layers[0].policies.input, net.readout.policy]
+    assert all(p.mode == "sparse" and p.backend == "ipu_emulator" for p in policies)
     for sparse in (False, "auto"):
         dense = cfg.model.model_copy(update={"sparse": sparse})
         with pytest.raises(ConfigError, match="model.sparse"):

@@ -44,7 +44,7 @@ def test_history_is_spike_bits_and_surrogate_derivatives():
     # Per stored step a tile keeps z as packed bits and d, exactly the fused neuron kernel's outputs
     # for its neurons; learned decays add the pre-step state (v, and a for ALIF).
     from ipu_snn.ipu.tiles import Sizing, history_bytes_per_step, populations_of
-    from ipu_snn.ops.neuron_ops import neuron_step_fwd
+    from ipu_snn.neuron.ops import neuron_step_fwd
 
     batch, own = 48, 3
     for kind, learn in [("lif", False), ("rlif", False), ("alif", False), ("rlif", True), ("alif", True)]:

@@ -18,7 +18,7 @@ for a column split over 2-3 tiles with boundaries inside a packed spike byte,
 stitching the tiles' outputs as grow() maps them. A MultiVertex runs with every
 worker id, and the harness fails if two workers write the same 32-bit word or
 the result depends on their order. Its results are compared with references
-computed here in torch (dense matmuls, and autograd through ipu_snn.neurons),
+computed here in torch (dense matmuls, and autograd through ipu_snn.neuron.reference),
 so a wrong field convention, stride, split, worker share or bit offset in the
 glue fails. The mock's half is a float, so half rounding is not emulated: the
 half instantiations are checked for the same glue, not precision.
@@ -36,7 +36,10 @@ import numpy as np
 import pytest
 import torch
 
-from ipu_snn import neurons
+from ipu_snn.neuron.reference import step as reference_step
+from ipu_snn.neuron.spec import RESET_CODES, NeuronSpec
+from ipu_snn.neuron.surrogates import SURROGATES as SURROGATE_TABLE
+from ipu_snn.neuron.surrogates import surrogate as surrogate_row
 from ipu_snn.ipu.tiles import split_even
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +55,9 @@ OPS = ["spike_matmul_op.cpp", "neuron_step_op.cpp"]
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
-# Codes of neuron_core.h's enums (Reset, SurrogateKind), as the Opx pass them.
-RESETS = {"subtract": 0, "zero": 1}
-SURROGATES = {"fast_sigmoid": 0, "atan": 1, "triangle": 2, "boxcar": 3}
+# Codes of neuron_core.h's enums (Reset, SurrogateKind), as the Opx pass them: the spec's and the table's.
+RESETS = RESET_CODES
+SURROGATES = {name: row.code for name, row in SURROGATE_TABLE.items()}
 
 
 def _path_without_popc() -> str:
@@ -353,22 +356,20 @@ def test_spike_matmul_vertices_over_a_column_split_match_dense(harness, n_out, t
 
 def _reference_step(alif, reset, surrogate, threshold, adapt, scale, current, v_prev, a_prev, beta, rho,
                     grad_z, grad_v, grad_a):
-    """Forward outputs, d and input gradients by autograd through ipu_snn.neurons, in float64."""
+    """Forward outputs, d and input gradients by autograd through ipu_snn.neuron.reference, in float64."""
     cur, vp, ap = (t.double().requires_grad_(True) for t in (current, v_prev, a_prev))
-    spike = neurons.Surrogate(surrogate, scale)
+    spec = NeuronSpec(bool(alif), threshold, adapt if alif else 0.0, reset, surrogate, scale)
+    v_new, a_new, z = reference_step(spec, beta.double(), rho.double() if alif else None, vp, ap if alif else None,
+                                     cur)
     if alif:
-        p = neurons.ALIFParams(beta.double(), rho.double(), adapt, threshold, reset, True, spike)
-        (v_new, a_new), z = neurons.alif_step(p, neurons.ALIFState(vp, ap), cur)
         x = beta.double() * vp + cur - (threshold + adapt * rho.double() * ap)
     else:
-        p = neurons.LIFParams(beta.double(), threshold, reset, True, spike)
-        (v_new,), z = neurons.lif_step(p, neurons.LIFState(vp), cur)
         a_new = torch.zeros_like(v_new)
         x = beta.double() * vp + cur - threshold
     loss = (grad_z.double() * z).sum() + (grad_v.double() * v_new).sum() + (grad_a.double() * a_new).sum()
     grads = torch.autograd.grad(loss, (cur, vp, ap), allow_unused=True)
     grads = [torch.zeros_like(cur) if gr is None else gr for gr in grads]
-    return [t.detach() for t in (v_new, a_new, z, spike.grad(x.detach()))], grads
+    return [t.detach() for t in (v_new, a_new, z, surrogate_row(surrogate).grad(x.detach(), scale))], grads
 
 
 def _check_neuron_step(harness, kind, reset, surrogate, neurons_, tiles, missing=()):

@@ -1,4 +1,4 @@
-"""Products on packed spikes (``ops.spike_product``): every backend and mode against dense autograd, and the
+"""Products on packed spikes (``ops.product``): every backend and mode against dense autograd, and the
 measured dense/sparse crossover."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ipu_snn.neuron.bits import pack_spikes
 from ipu_snn.ops import policy as policy_module
 from ipu_snn.ops.policy import SparsePolicy, crossover_density
 from ipu_snn.ops.registry import get_kernels
-from ipu_snn.ops.spike_product import spike_product
+from ipu_snn.ops.product import spike_product
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 BACKENDS = ["reference", "cpu"] + (["triton"] if HAS_TRITON else [])

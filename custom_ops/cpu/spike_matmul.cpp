@@ -336,7 +336,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_b
   return {ids, counts, near_counts, dropped, near_dropped};
 }
 
-// ---- products on packed bits (ipu_snn/ops/spike_product.py): a time loop's window of rows
+// ---- products on packed bits (ipu_snn/ops/product.py): a time loop's window of rows
 
 // Spikes per row of packed bits [R, nb].
 at::Tensor count_bits(const at::Tensor& bits_in) {

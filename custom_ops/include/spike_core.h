@@ -315,6 +315,9 @@ void scatter_add_bits_row(const G* grad_row, int64_t n_out, const uint8_t* bits,
       Acc* gw = grad_weight + j * n_out;
       for (int64_t c = 0; c < n_out; ++c) gw[c] += Acc(grad_row[c]);
     }
+  }
+}
+
 // ----------------------------------------------------------------- On a tile --
 // A tile owns a block of columns [0, n_cols) of the weight (rows strided by
 // weight_stride) and of the output; ids [B * capacity] and counts [B] are the

@@ -4,11 +4,15 @@ PopTorch and PopDist ship with the Graphcore Poplar SDK and are imported lazily,
 only when an IPU run starts.
 """
 
+from ..ops.registry import register_backend
 
-def register_backends(device: str) -> None:
-    """Register the spike-matmul backend a config device needs from this package (the registry in
-    ipu_snn.ops sits below it and does not import it): ``ipu-emulator`` runs every product on the emulator."""
-    if device == "ipu-emulator":
-        from .emulator_backend import register
 
-        register()
+def _load_emulator():
+    from .emulator_backend import load  # every product runs tile by tile on the emulator
+
+    return load()
+
+
+# The spike-matmul registry (ipu_snn.ops) sits below this package and does not import it: the IPU
+# backends register themselves when the IPU path is imported (ipu_snn.train does for device: ipu-emulator).
+register_backend("ipu_emulator", _load_emulator)

@@ -30,7 +30,7 @@ from torch import Tensor
 from ipu_snn.ipu.emulator import Tile, hold_index, hold_list, one_thread, reduce_scatter
 from ipu_snn.ipu.tiles import TILE_GEOMETRY, packed_bytes, split_even
 from ipu_snn.neuron.bits import unpack_spikes
-from ipu_snn.ops.registry import SpikeKernels, register_backend
+from ipu_snn.ops.registry import SpikeKernels
 
 NAME = "ipu_emulator"
 DEVICE = "ipu-mk2"
@@ -129,13 +129,8 @@ def compact_bits(bits: Tensor, near: Tensor | None, n: int, capacity: int):
 
 
 def load() -> SpikeKernels:
-    """The registry's loader for ``ipu_emulator`` (registered by `register`)."""
+    """The registry's loader for ``ipu_emulator`` (registered by ipu_snn.ipu)."""
     return SpikeKernels.from_lists(NAME, frozenset({"cpu"}), forward, grad_weight, grad_input, compact, compact_bits)
 
 
-def register() -> None:
-    """Make ``ipu_emulator`` a spike-matmul backend of the registry (which sits below this module)."""
-    register_backend(NAME, load)
-
-
-__all__ = ["column_slices", "compact", "compact_bits", "forward", "grad_input", "grad_weight", "load", "register"]
+__all__ = ["column_slices", "compact", "compact_bits", "forward", "grad_input", "grad_weight", "load"]

@@ -2,8 +2,8 @@
 
 Public API:
   * ``SparseSpikes`` (spikes.py): capacity-K spike lists, ``from_dense`` / ``to_dense``.
-  * ``spike_matmul``, ``sparse_linear`` (spike_matmul.py): differentiable gather-add matmul.
-  * ``spike_product`` (spike_product.py): a window's product of packed spikes, dense or sparse.
+  * ``spike_matmul``, ``sparse_linear`` (matmul.py): differentiable gather-add matmul.
+  * ``spike_product`` (product.py): a window's product of packed spikes, dense or sparse.
   * ``SparsePolicy``, ``crossover_density`` (policy.py): how a product runs, from a measured crossover.
   * ``backend_names``, ``resolve_backend``, ``register_backend`` (registry.py).
 """
@@ -15,8 +15,8 @@ import importlib
 _EXPORTS = {
     "SparsePolicy": "policy", "crossover_density": "policy",
     "backend_names": "registry", "register_backend": "registry", "resolve_backend": "registry",
-    "SparseLinearResult": "spike_matmul", "sparse_linear": "spike_matmul", "spike_matmul": "spike_matmul",
-    "spike_product": "spike_product",
+    "SparseLinearResult": "matmul", "sparse_linear": "matmul", "spike_matmul": "matmul",
+    "spike_product": "product",
     "SparseSpikes": "spikes", "SpikeOverflowError": "spikes",
 }
 

@@ -4,7 +4,7 @@ The ops take the backend name as an argument and find the kernel in the
 registry, so one op serves every device (and tests can run the Triton kernels
 on CPU tensors under TRITON_INTERPRET=1). The fake kernels give shapes only;
 they let torch.compile and FakeTensor shape inference trace through the ops.
-Autograd lives one level up (spike_matmul.py), because the gradient flows to
+Autograd lives one level up (matmul.py), because the gradient flows to
 the dense spike tensor, which is not an input of these ops.
 """
 

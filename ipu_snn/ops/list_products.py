@@ -24,7 +24,7 @@ def count_bits(bits: Tensor) -> Tensor:
 
 def bits_products(compact_bits: Callable, forward: Callable, grad_weight: Callable, grad_input: Callable):
     """(bits_forward, bits_grad_weight, bits_grad_input) from a backend's list kernels."""
-    from .spike_matmul import scatter_listed
+    from .matmul import scatter_listed
 
     def bits_forward(bits: Tensor, n_in: int, weight: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
         ids, counts, _, dropped, _ = compact_bits(bits, None, n_in, capacity)
