@@ -115,8 +115,14 @@ class ReadoutConfig(_Decay):
 
 
 class ModelConfig(_Strict):
-    layers: list[LayerConfig] = Field(min_length=1)
+    # empty only with from_nir, whose graph gives the layers (ipu_snn.interop.nir.resolve_from_nir)
+    layers: list[LayerConfig] = Field(default_factory=list)
     readout: ReadoutConfig = ReadoutConfig()
+    # a NIR graph (.nir) that gives the layers, the readout and their initial weights
+    from_nir: str | None = None
+    # seconds per step with which the graph's continuous-time constants are discretised; default: the data's
+    # step. snnTorch writes and reads its graphs for a step of 1e-4 s whatever the data's (docs/nir.md)
+    nir_dt: PositiveFloat | None = None
     # Multiply spikes by weights as gather-adds over spike lists (ipu_snn.ops) instead of dense
     # matrix products: for the recurrent weights, the next layer, the readout, and binary inputs.
     # true, false, or auto: sparse only where ipu_snn.ops.prefer_sparse's measured crossover says it wins
@@ -133,6 +139,16 @@ class ModelConfig(_Strict):
     # dtype of the surrogate derivatives (and, with learned decays, the pre-step state) the fused loop keeps:
     # float32 is exact; float16 / bfloat16 halve that memory at a bounded error (docs/benchmarks/training_step.md)
     fused_saved_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    @model_validator(mode="after")
+    def _layers_or_nir(self):
+        if not self.layers and self.from_nir is None:
+            raise ValueError("model.layers needs at least one layer (or model.from_nir: a NIR graph that gives them)")
+        if self.layers and self.from_nir is not None:
+            raise ValueError("give model.layers or model.from_nir, not both: the NIR graph gives the layers")
+        if self.nir_dt is not None and self.from_nir is None:
+            raise ValueError("model.nir_dt applies only with model.from_nir")
+        return self
 
 
 # ------------------------------------------------------------------------------ data
@@ -152,9 +168,29 @@ class SyntheticConfig(_Strict):
     seed: int = 0
 
 
+class EventFiles(_Strict):
+    """The files of ``dataset: events`` (SHD layout), relative to ``data.path`` when that is set."""
+
+    train: str
+    test: str
+    valid: str | None = None  # without it, data.val_split of train is held out
+
+
+DATASETS_WITH_PATH = ("shd", "ssc", "nmnist")
+
+
 class DataConfig(_Strict):
-    dataset: Literal["synthetic", "shd", "ssc"] = "synthetic"
+    # synthetic: built in; shd / ssc: the public files in data.path; events: any SHD-layout files (data.files);
+    # nmnist: the N-MNIST binary files (data.path holds Train/ and Test/); tonic: a Tonic dataset on disk
+    dataset: Literal["synthetic", "shd", "ssc", "events", "nmnist", "tonic"] = "synthetic"
     path: str | None = None
+    files: EventFiles | None = None  # events only
+    # events: channels and classes, checked against the files; default: what the files say
+    n_channels: PositiveInt | None = None
+    n_classes: int | None = Field(None, ge=2)
+    spatial_pooling: PositiveInt = 1  # nmnist, tonic: sum k x k pixel blocks into one channel per polarity
+    name: str | None = None  # tonic: the dataset class, as in tonic.datasets (NMNIST, SHD, DVSGesture, ...)
+    root: str | None = None  # tonic: the save_to folder the dataset was downloaded into by Tonic
     steps: PositiveInt | None = None
     dt: PositiveFloat | None = None
     max_time: PositiveFloat = 1.0
@@ -172,8 +208,20 @@ class DataConfig(_Strict):
     def _check(self):
         if self.steps is not None and self.dt is not None:
             raise ValueError("give either steps or dt, not both")
-        if self.dataset in ("shd", "ssc") and not self.path:
-            raise ValueError(f"dataset '{self.dataset}' needs data.path: the folder holding its .h5 files")
+        if self.dataset in DATASETS_WITH_PATH and not self.path:
+            held = "its Train/ and Test/ folders" if self.dataset == "nmnist" else "its .h5 files"
+            raise ValueError(f"dataset '{self.dataset}' needs data.path: the folder holding {held}")
+        if (self.dataset == "events") != (self.files is not None):
+            raise ValueError("dataset 'events' needs data.files: {train: FILE, test: FILE}" if self.files is None
+                             else f"data.files applies to dataset 'events', not '{self.dataset}'")
+        if self.dataset != "events" and (self.n_channels is not None or self.n_classes is not None):
+            raise ValueError(f"data.n_channels and data.n_classes apply to dataset 'events', not '{self.dataset}'")
+        if self.dataset == "tonic" and (self.name is None or self.root is None):
+            raise ValueError("dataset 'tonic' needs data.name (a tonic.datasets class) and data.root (its save_to)")
+        if self.dataset != "tonic" and (self.name is not None or self.root is not None):
+            raise ValueError(f"data.name and data.root apply to dataset 'tonic', not '{self.dataset}'")
+        if self.spatial_pooling > 1 and self.dataset not in ("nmnist", "tonic"):
+            raise ValueError(f"data.spatial_pooling applies to datasets nmnist and tonic, not '{self.dataset}'")
         return self
 
     @property

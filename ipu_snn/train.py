@@ -215,12 +215,12 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
                             "continue it, or choose another --out")
     if resume and previous is None:
         raise TrainingError(f"--resume: no checkpoint in {out_dir}/checkpoints to continue from")
+    splits = load_splits(cfg.data, cfg.training.seed)  # before writing anything: bad data leaves no run folder
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     tensorboard = open_tensorboard(cfg, out_dir) if ctx.is_main else None
 
     seed_everything(cfg.training.seed)
-    splits = load_splits(cfg.data, cfg.training.seed)
     network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, bptt.schedule,
                             binary_inputs=cfg.data.binary, device=cfg.device).to(device)
     optimizer = make_optimizer(cfg.training, network.parameters())
