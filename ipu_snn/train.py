@@ -184,13 +184,19 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
     Under torchrun every process runs this function; only rank 0 prints and writes.
     IPUs have their own loop (PopTorch), launched by poprun instead of torchrun.
     """
+    initial_weights = None
+    if cfg.model.from_nir is not None:  # the graph gives the layers, the readout and their first weights
+        from .interop.nir import resolve_from_nir
+
+        cfg, initial_weights = resolve_from_nir(cfg)
     if cfg.device in ("ipu", "ipu-model"):
         from .ipu.trainer import train_ipu
 
-        return train_ipu(cfg, out_dir, resume=resume, console=console, on_epoch_end=on_epoch_end)
+        return train_ipu(cfg, out_dir, resume=resume, console=console, on_epoch_end=on_epoch_end,
+                         initial_weights=initial_weights)
     ctx = init_distributed(cfg.device)
     try:
-        summary = _train(cfg, Path(out_dir), resume, console, on_epoch_end, ctx)
+        summary = _train(cfg, Path(out_dir), resume, console, on_epoch_end, ctx, initial_weights)
     except BaseException:
         shutdown(ctx, clean=False)
         raise
@@ -198,7 +204,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
     return summary
 
 
-def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on_epoch_end, ctx: DistContext) -> dict:
+def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on_epoch_end, ctx: DistContext,
+           initial_weights: dict | None = None) -> dict:
     console = console if ctx.is_main and console is not None else Console(quiet=not ctx.is_main)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and ctx.active:
@@ -223,6 +230,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
     seed_everything(cfg.training.seed)
     network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, bptt.schedule,
                             binary_inputs=cfg.data.binary, device=cfg.device).to(device)
+    if initial_weights is not None:
+        network.load_state_dict(initial_weights, strict=True)
     optimizer = make_optimizer(cfg.training, network.parameters())
     scheduler = make_scheduler(cfg.training, optimizer)
     history: list[dict] = []
