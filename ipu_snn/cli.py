@@ -123,8 +123,12 @@ def _plan(args, console: Console) -> None:
 def _eval(args, console: Console) -> None:
     from .evaluate import evaluate_run
 
-    loss, accuracy = evaluate_run(Path(args.run_dir), args.split, args.device)
+    from .reporting import metrics_lines
+
+    loss, accuracy, metrics = evaluate_run(Path(args.run_dir), args.split, args.device, with_metrics=True)
     console.print(f"{args.split}: loss {loss:.4f}  accuracy {accuracy:.2%}")
+    for line in metrics_lines(metrics):
+        console.print(line, highlight=False)
 
 
 COMMANDS = {"train": _train, "validate": _validate, "plan": _plan, "eval": _eval, "export": _export}

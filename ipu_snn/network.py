@@ -30,6 +30,14 @@ class NetworkOutput(NamedTuple):
     logits: Tensor  # [B, classes]
     rates: list[Tensor]  # mean spikes per neuron and step, one scalar per spiking layer
     dropped: int = 0  # spikes left out by sparse ops over capacity (sparse_overflow: drop_and_count)
+    # per spiking layer [2, n]: spikes per neuron over batch and steps, and at the last step (ipu_snn.metrics);
+    # None from the BPTT engine's step-by-step forward, which keeps no per-neuron history
+    counts: list[Tensor] | None = None
+
+
+def spike_counts(h: Tensor) -> Tensor:
+    h = h.detach()
+    return torch.stack([h.sum((0, 1)), h[-1].sum(0)])
 
 
 class SpikingNetwork(nn.Module):
@@ -68,19 +76,21 @@ class SpikingNetwork(nn.Module):
         if self.fused is not None:
             return self._forward_fused(x.transpose(0, 1))
         h = x.transpose(0, 1)
-        rates = []
+        rates, counts = [], []
         for layer in self.layers:
             h = layer(h)
             rates.append(h.detach().mean())
+            counts.append(spike_counts(h))
         membrane = self.readout(h)
-        return NetworkOutput(REDUCTIONS[self.reduce](membrane), rates)
+        return NetworkOutput(REDUCTIONS[self.reduce](membrane), rates, counts=counts)
 
     def _forward_fused(self, h: Tensor) -> NetworkOutput:
-        rates = []
+        rates, counts = [], []
         for i, layer in enumerate(self.layers):
             h = layer.forward_fused(h, self.fused, spikes_in=i > 0)
             rates.append(h.detach().mean())
-        return NetworkOutput(REDUCTIONS[self.reduce](self.readout.forward_fused(h)), rates)
+            counts.append(spike_counts(h))
+        return NetworkOutput(REDUCTIONS[self.reduce](self.readout.forward_fused(h)), rates, counts=counts)
 
     def initial_state(self, batch: int, like: Tensor) -> tuple:
         return tuple(layer.initial_state(batch, like) for layer in self.layers) + (

@@ -28,6 +28,7 @@ from .data import input_shape, load_splits, make_loader
 from .devices import device_spec, resolve_device
 from .distributed import DistContext, GlobalBatchSampler, all_reduce_sum, barrier, init_distributed, shutdown
 from .errors import ConfigError, TrainingError
+from .metrics import WorkloadTally, footprint_bytes
 from .network import SpikingNetwork, build_network, count_parameters
 from .optim import make_optimizer, make_scheduler
 from .planner import Plan, plan, refusal
@@ -115,19 +116,25 @@ def train_epoch(model, network: SpikingNetwork, loader, sampler: GlobalBatchSamp
 
 
 @torch.no_grad()
-def evaluate(model: SpikingNetwork, dataset, batch_size: int, device, ctx: DistContext = DistContext()
-             ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a dataset, sharded over the processes."""
+def evaluate(model: SpikingNetwork, dataset, batch_size: int, device, ctx: DistContext = DistContext(),
+             tally: WorkloadTally | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a dataset, sharded over the processes; ``tally`` also
+    gathers the counts of the workload metrics (ipu_snn.metrics), summed over the processes."""
     model.eval()
     sampler = GlobalBatchSampler(len(dataset), batch_size, ctx, shuffle=False)
     totals = [0.0, 0.0, 0.0]
     for batch in make_loader(dataset, sampler):
         x, y = _to_device(batch, model, device)
-        logits = model(x).logits
+        out = model(x)
+        logits = out.logits
         totals[0] += F.cross_entropy(logits, y, reduction="sum").item()
         totals[1] += (logits.argmax(1) == y).sum().item()
         totals[2] += y.numel()
+        if tally is not None:
+            tally.add(x, out)
     loss, correct, seen = all_reduce_sum(ctx, totals, device)
+    if tally is not None and ctx.active and tally.input_ac is not None:
+        tally.load_flat(all_reduce_sum(ctx, tally.flat(), device), ctx.world_size)
     return loss / seen, correct / seen
 
 
@@ -266,7 +273,10 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
                 row |= train_epoch(model, network, train_loader, sampler, optimizer, device, cfg, ctx, epoch,
                                    progress)
                 if splits.val is not None:
-                    row["val_loss"], row["val_accuracy"] = evaluate(network, splits.val, global_batch, device, ctx)
+                    tally = WorkloadTally()
+                    row["val_loss"], row["val_accuracy"] = evaluate(network, splits.val, global_batch, device, ctx,
+                                                                    tally)
+                    row |= tally.metrics(network.state_dict(), prefix="val_")
                 scheduler.step()
                 history.append(row)
                 wall = wall_before + time.perf_counter() - run_start
@@ -286,9 +296,11 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
         if tensorboard:
             tensorboard.close()
 
-    test_loss, test_accuracy = evaluate(network, splits.test, global_batch, device, ctx)
+    tally = WorkloadTally()
+    test_loss, test_accuracy = evaluate(network, splits.test, global_batch, device, ctx, tally)
     summary = run_summary(history, wall_before + time.perf_counter() - run_start, device, network)
     summary |= {"test_loss": test_loss, "test_accuracy": test_accuracy, "processes": ctx.world_size}
+    summary |= tally.metrics(network.state_dict(), prefix="test_")
     if ctx.is_main:
         write_summary(out_dir / "summary.json", summary)
     console.print(f"done: val accuracy {summary['val_accuracy']:.1%}, test accuracy {test_accuracy:.1%}; "
@@ -311,6 +323,7 @@ def run_summary(history: list[dict], wall: float, device, model) -> dict:
         "epochs": last["epoch"],
         "device": str(device),
         "parameters": count_parameters(model),
+        "footprint_bytes": footprint_bytes(model),  # NeuroBench's: parameters and buffers
     }
 
 
