@@ -361,3 +361,14 @@ def test_our_export_loaded_by_snntorch_gives_the_same_spikes():
         fc.weight.copy_(torch.from_numpy(graph.nodes["layer0.fc"].weight))
         fc.bias.copy_(torch.from_numpy(graph.nodes["layer0.fc"].bias))
     assert torch.equal(_run_snntorch([fc, rleaky], x), h1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(beta=st.floats(0.01, 0.999))
+def test_exact_integration_differs_within_the_documented_bounds(beta):
+    # docs/nir.md: integrating the exported node exactly over a step gives decay exp(-(1 - beta)) and gain g
+    tau, r = decay_to_nir(np.array([beta]), 1.0)
+    exact_decay = np.exp(-1.0 / tau[0])
+    gain = (1.0 - exact_decay) * r[0]
+    assert 0 < exact_decay - beta <= (1 - beta) ** 2 / 2 + 1e-15
+    assert 0 < 1 - gain <= (1 - beta) / 2 + 1e-15
