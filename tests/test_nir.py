@@ -55,7 +55,7 @@ def random_network(cfg, seed=0):
 
 
 @settings(max_examples=200, deadline=None)
-@given(beta=st.floats(2.0**-20, 1.0, exclude_max=True, width=32), dt=st.floats(1e-6, 1.0))
+@given(beta=st.floats(2.0**-20, 1.0, width=32), dt=st.floats(1e-6, 1.0))
 def test_forward_euler_mapping_is_its_own_inverse(beta, dt):
     tau, r = decay_to_nir(np.array([beta]), dt)
     back, scale = nir_to_decay(tau, r, dt)
@@ -69,6 +69,8 @@ def test_forward_euler_mapping_is_its_own_inverse(beta, dt):
 def test_round_trip_gives_the_same_weights_config_and_logits(tmp_path):
     cfg = config()
     net = random_network(cfg)
+    with torch.no_grad():
+        net.layers[0].beta[:3] = 1.0  # learned decays that reached 1: no leak, next to leaky neurons
     write_graph(export_graph(cfg, net.state_dict(), keep_subtract_reset=True), tmp_path / "m.nir")
     resolved, state = resolve_from_nir(validate_config(
         {"model": {"from_nir": str(tmp_path / "m.nir")}, "data": DATA}))

@@ -7,7 +7,7 @@ per-step, ``v_t = beta v_{t-1} + I_t``. The two meet under forward Euler at the 
 ``r = tau / dt``, ``v_leak = 0`` (exact at dt), and import reads ``beta = 1 - dt/tau`` and folds the
 input scale ``r dt / tau`` and the leak current ``v_leak dt / tau`` into the incoming weights and bias.
 That is snnTorch's convention, and Norse's with its own ``dt``; docs/nir.md has the derivation and
-what a simulator that integrates exactly sees instead. ``beta = 1`` (no leak) is NIR's IF / I.
+what a simulator that integrates exactly sees instead. Import also reads NIR's IF and I (no leak).
 
 What NIR cannot hold is refused, naming the layer or node: ALIF layers (no NIR neuron has a threshold
 that moves with its spikes, and no composition of NIR nodes reproduces the reset by that moving
@@ -33,6 +33,9 @@ from ..files import replace_atomically
 
 EXTRA = "pip install 'ipu_snn[nir]'"
 META = "ipu_snn."  # prefix of this package's metadata keys
+# the smallest leak written: a neuron that does not leak (beta = 1) gets tau = dt * 2^40, whose forward-Euler
+# decay 1 - 2^-40 is 1 in float32, so it round-trips exactly and needs no per-neuron infinite time constant
+NO_LEAK = 2.0 ** -40
 SYNAPSES = ("Affine", "Linear")
 SPIKING = ("LIF", "IF", "CubaLIF")
 INTEGRATORS = ("LI", "I")
@@ -50,8 +53,8 @@ def import_nir():
 
 
 def decay_to_nir(beta: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
-    """(tau, r) of an LIF / LI node whose forward-Euler step at ``dt`` is ``v = beta v + I``; beta < 1."""
-    leak = 1.0 - np.asarray(beta, np.float64)
+    """(tau, r) of an LIF / LI node whose forward-Euler step at ``dt`` is ``v = beta v + I``."""
+    leak = np.maximum(1.0 - np.asarray(beta, np.float64), NO_LEAK)
     return dt / leak, 1.0 / leak
 
 
@@ -68,26 +71,17 @@ def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def _decays(weights: dict, key: str, where: str) -> np.ndarray:
-    beta = np.clip(_array(weights[key]).astype(np.float64), 0.0, 1.0)  # as the layers apply it
-    if (beta == 1.0).any() and not (beta == 1.0).all():
-        raise ConfigError(f"{where}: some neurons have decay 1 (no leak) next to leaky ones; NIR's LIF/LI cannot "
-                          "hold an infinite time constant per neuron")
-    return beta
+def _decays(weights: dict, key: str) -> np.ndarray:
+    return np.clip(_array(weights[key]).astype(np.float64), 0.0, 1.0)  # as the layers apply them
 
 
 def _neuron_node(nir, beta: np.ndarray, dt: float, threshold: float | None, metadata: dict):
     n = beta.shape[0]
-    if threshold is None:  # the readout
-        if (beta == 1.0).all():
-            return nir.I(r=np.full(n, 1.0 / dt), metadata=metadata)
-        tau, r = decay_to_nir(beta, dt)
-        return nir.LI(tau=tau, r=r, v_leak=np.zeros(n), metadata=metadata)
-    v_threshold = np.full(n, float(threshold))
-    if (beta == 1.0).all():
-        return nir.IF(r=np.full(n, 1.0 / dt), v_threshold=v_threshold, v_reset=np.zeros(n), metadata=metadata)
     tau, r = decay_to_nir(beta, dt)
-    return nir.LIF(tau=tau, r=r, v_leak=np.zeros(n), v_threshold=v_threshold, v_reset=np.zeros(n), metadata=metadata)
+    if threshold is None:  # the readout
+        return nir.LI(tau=tau, r=r, v_leak=np.zeros(n), metadata=metadata)
+    return nir.LIF(tau=tau, r=r, v_leak=np.zeros(n), v_threshold=np.full(n, float(threshold)), v_reset=np.zeros(n),
+                   metadata=metadata)
 
 
 def export_graph(cfg: Config, weights: dict[str, torch.Tensor], dt: float | None = None,
@@ -115,14 +109,14 @@ def export_graph(cfg: Config, weights: dict[str, torch.Tensor], dt: float | None
         meta = {f"{META}reset": layer.reset, f"{META}detach_reset": layer.detach_reset,
                 f"{META}surrogate": layer.surrogate.name, f"{META}surrogate_scale": layer.surrogate.scale,
                 f"{META}learn_decay": layer.learn_decay}
-        nodes[neuron] = _neuron_node(nir, _decays(weights, f"{p}.beta", where), dt, layer.threshold, meta)
+        nodes[neuron] = _neuron_node(nir, _decays(weights, f"{p}.beta"), dt, layer.threshold, meta)
         edges += [(previous, fc), (fc, neuron)]
         if f"{p}.rec.weight" in weights:
             rec = f"layer{i}.rec"
             nodes[rec] = nir.Linear(weight=_array(weights[f"{p}.rec.weight"]).T.copy())  # ours [from, to]
             edges += [(neuron, rec), (rec, neuron)]
         previous = neuron
-    beta = _decays(weights, "readout.beta", "model.readout")
+    beta = _decays(weights, "readout.beta")
     nodes["readout.fc"] = nir.Affine(weight=_array(weights["readout.fc.weight"]).T.copy(),
                                      bias=_array(weights["readout.fc.bias"]))
     nodes["readout.li"] = _neuron_node(nir, beta, dt, None, {f"{META}learn_decay": cfg.model.readout.learn_decay})
