@@ -1,4 +1,4 @@
-"""``ipu-snn``: train, validate and evaluate from YAML configs.
+"""``ipu-snn``: train, validate, evaluate and export from YAML configs.
 
 User errors (a bad field, a missing file, an absent device) print one clear
 message and exit with status 2; only real bugs show a traceback.
@@ -50,7 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
     p.add_argument("--device", choices=("cpu", "cuda", "ipu-emulator"),
                    help="where to evaluate (default: the run's device; the host CPU for IPU runs)")
+
+    p = sub.add_parser("export", help="write a run's trained network in an exchange format (NIR)")
+    p.add_argument("run_dir", help="a folder written by ipu-snn train")
+    p.add_argument("--format", choices=("nir",), default="nir", help="nir: the Neuromorphic Intermediate "
+                   "Representation (pip install 'ipu_snn[nir]'; docs/nir.md)")
+    p.add_argument("--out", help="file to write (default: RUN_DIR/model.nir)")
+    p.add_argument("--dt", type=float, help="seconds per step the graph's time constants are written for "
+                   "(default: the run's data step; snnTorch reads graphs with 1e-4)")
+    p.add_argument("--keep-subtract-reset", action="store_true", help="write reset-by-subtraction layers as NIR LIF "
+                   "(which resets to zero elsewhere), keeping the subtraction in metadata that ipu_snn reads back")
     return parser
+
+
+def _export(args, console: Console) -> None:
+    from .interop.nir import export_run
+
+    out = export_run(Path(args.run_dir), Path(args.out) if args.out else None, args.dt, args.keep_subtract_reset)
+    console.print(f"wrote {out}")
 
 
 def _train(args, console: Console) -> None:
@@ -115,11 +132,15 @@ def _plan(args, console: Console) -> None:
 def _eval(args, console: Console) -> None:
     from .evaluate import evaluate_run
 
-    loss, accuracy = evaluate_run(Path(args.run_dir), args.split, args.device)
+    from .reporting import metrics_lines
+
+    loss, accuracy, metrics = evaluate_run(Path(args.run_dir), args.split, args.device, with_metrics=True)
     console.print(f"{args.split}: loss {loss:.4f}  accuracy {accuracy:.2%}")
+    for line in metrics_lines(metrics):
+        console.print(line, highlight=False)
 
 
-COMMANDS = {"train": _train, "validate": _validate, "plan": _plan, "eval": _eval}
+COMMANDS = {"train": _train, "validate": _validate, "plan": _plan, "eval": _eval, "export": _export}
 
 
 def main(argv: list[str] | None = None) -> int:

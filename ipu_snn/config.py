@@ -115,12 +115,18 @@ class ReadoutConfig(_Decay):
 
 
 class ModelConfig(_Strict):
-    layers: list[LayerConfig] = Field(min_length=1)
+    # empty only with from_nir, whose graph gives the layers (ipu_snn.interop.nir.resolve_from_nir)
+    layers: list[LayerConfig] = Field(default_factory=list)
     readout: ReadoutConfig = ReadoutConfig()
+    # a NIR graph (.nir) that gives the layers, the readout and their initial weights
+    from_nir: str | None = None
+    # seconds per step with which the graph's continuous-time constants are discretised; default: the data's
+    # step. snnTorch writes and reads its graphs for a step of 1e-4 s whatever the data's (docs/nir.md)
+    nir_dt: PositiveFloat | None = None
     # Multiply spikes by weights as gather-adds over spike lists (ipu_snn.ops) instead of dense matrix
     # products: the binary input, recurrent, layer-to-layer and readout products. true: always, with lists of
-    # sparse_capacity; auto: where the spikes fit the lists and their density is below the crossover
-    # measured on this machine (ipu_snn.ops.policy), decided per window; false: dense.
+    # sparse_capacity; auto: where the spike density is below the crossover measured on this machine
+    # (ipu_snn.ops.policy), decided per window; false: dense.
     sparse: Union[bool, Literal["auto"]] = False
     sparse_capacity: float = Field(0.25, gt=0.0, le=1.0)  # spike-list length as a fraction of the neurons
     sparse_overflow: Literal["error", "drop_and_count"] = "error"
@@ -140,7 +146,13 @@ class ModelConfig(_Strict):
     fused_saved_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
     @model_validator(mode="after")
-    def _near_needs_spikes(self):
+    def _check(self):
+        if not self.layers and self.from_nir is None:
+            raise ValueError("model.layers needs at least one layer (or model.from_nir: a NIR graph that gives them)")
+        if self.layers and self.from_nir is not None:
+            raise ValueError("give model.layers or model.from_nir, not both: the NIR graph gives the layers")
+        if self.nir_dt is not None and self.from_nir is None:
+            raise ValueError("model.nir_dt applies only with model.from_nir")
         if self.sparse_near is not None and self.sparse_grad != "spikes":
             raise ValueError("sparse_near lists near-threshold neurons for sparse_grad: spikes; set both, "
                              "or leave sparse_near unset")
@@ -164,9 +176,29 @@ class SyntheticConfig(_Strict):
     seed: int = 0
 
 
+class EventFiles(_Strict):
+    """The files of ``dataset: events`` (SHD layout), relative to ``data.path`` when that is set."""
+
+    train: str
+    test: str
+    valid: str | None = None  # without it, data.val_split of train is held out
+
+
+DATASETS_WITH_PATH = ("shd", "ssc", "nmnist")
+
+
 class DataConfig(_Strict):
-    dataset: Literal["synthetic", "shd", "ssc"] = "synthetic"
+    # synthetic: built in; shd / ssc: the public files in data.path; events: any SHD-layout files (data.files);
+    # nmnist: the N-MNIST binary files (data.path holds Train/ and Test/); tonic: a Tonic dataset on disk
+    dataset: Literal["synthetic", "shd", "ssc", "events", "nmnist", "tonic"] = "synthetic"
     path: str | None = None
+    files: EventFiles | None = None  # events only
+    # events: channels and classes, checked against the files; default: what the files say
+    n_channels: PositiveInt | None = None
+    n_classes: int | None = Field(None, ge=2)
+    spatial_pooling: PositiveInt = 1  # nmnist, tonic: sum k x k pixel blocks into one channel per polarity
+    name: str | None = None  # tonic: the dataset class, as in tonic.datasets (NMNIST, SHD, DVSGesture, ...)
+    root: str | None = None  # tonic: the save_to folder the dataset was downloaded into by Tonic
     steps: PositiveInt | None = None
     dt: PositiveFloat | None = None
     max_time: PositiveFloat = 1.0
@@ -184,8 +216,20 @@ class DataConfig(_Strict):
     def _check(self):
         if self.steps is not None and self.dt is not None:
             raise ValueError("give either steps or dt, not both")
-        if self.dataset in ("shd", "ssc") and not self.path:
-            raise ValueError(f"dataset '{self.dataset}' needs data.path: the folder holding its .h5 files")
+        if self.dataset in DATASETS_WITH_PATH and not self.path:
+            held = "its Train/ and Test/ folders" if self.dataset == "nmnist" else "its .h5 files"
+            raise ValueError(f"dataset '{self.dataset}' needs data.path: the folder holding {held}")
+        if (self.dataset == "events") != (self.files is not None):
+            raise ValueError("dataset 'events' needs data.files: {train: FILE, test: FILE}" if self.files is None
+                             else f"data.files applies to dataset 'events', not '{self.dataset}'")
+        if self.dataset != "events" and (self.n_channels is not None or self.n_classes is not None):
+            raise ValueError(f"data.n_channels and data.n_classes apply to dataset 'events', not '{self.dataset}'")
+        if self.dataset == "tonic" and (self.name is None or self.root is None):
+            raise ValueError("dataset 'tonic' needs data.name (a tonic.datasets class) and data.root (its save_to)")
+        if self.dataset != "tonic" and (self.name is not None or self.root is not None):
+            raise ValueError(f"data.name and data.root apply to dataset 'tonic', not '{self.dataset}'")
+        if self.spatial_pooling > 1 and self.dataset not in ("nmnist", "tonic"):
+            raise ValueError(f"data.spatial_pooling applies to datasets nmnist and tonic, not '{self.dataset}'")
         return self
 
     @property

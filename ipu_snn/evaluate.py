@@ -10,6 +10,7 @@ from .data import load_splits
 from .devices import resolve_device
 from .errors import TrainingError
 from .executor import TimeLoop
+from .metrics import WorkloadTally, static_metrics
 from .network import build_network
 from .train import evaluate
 
@@ -19,9 +20,10 @@ from .train import evaluate
 EVALUATE_ON = {"ipu": "cpu", "ipu-model": "cpu"}
 
 
-def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None) -> tuple[float, float]:
+def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, with_metrics: bool = False):
     """Loss and accuracy of the run's latest checkpoint on ``split`` (test, val or train), on ``device``
-    (default: the run's own, the host CPU for IPU runs)."""
+    (default: the run's own, the host CPU for IPU runs); ``with_metrics`` adds a third item, the
+    NeuroBench-style metrics (ipu_snn.metrics) of that split."""
     folder = latest_checkpoint(run_dir)
     if folder is None:
         raise TrainingError(f"{run_dir}: no checkpoint found (expected {run_dir}/checkpoints/LATEST)")
@@ -38,4 +40,8 @@ def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None) 
     dataset = getattr(splits, split)
     if dataset is None:
         raise TrainingError(f"the run has no {split} split (data.val_split is 0)")
-    return evaluate(model.to(device), dataset, cfg.data.batch_size, device)
+    tally = WorkloadTally() if with_metrics else None
+    loss, accuracy = evaluate(model.to(device), dataset, cfg.data.batch_size, device, tally=tally)
+    if not with_metrics:
+        return loss, accuracy
+    return loss, accuracy, static_metrics(model) | tally.metrics(model.state_dict())

@@ -57,8 +57,8 @@ def window_bounds(steps: int, window: int) -> list[tuple[int, int]]:
 
 
 def scan_windows(module: nn.Module, x: Tensor, state0, steps: int, loop: TimeLoop,
-                 stats: ScanStats | None = None) -> Tensor:
-    """Every window's output, stacked [W, B, ...], with gradients by the loop's schedule.
+                 stats: ScanStats | None = None) -> tuple[Tensor, object]:
+    """Every window's output, stacked [W, B, ...], with gradients by the loop's schedule, and the final state.
 
     ``module(state, x, t0, t1) -> (state after step t1 - 1, the window's output [B, ...])``;
     ``x`` (the batch, caller-owned) is read by each window; its bytes are not
@@ -75,8 +75,8 @@ def scan_windows(module: nn.Module, x: Tensor, state0, steps: int, loop: TimeLoo
         return _flatten(state)[0], y
 
     index = torch.arange(len(bounds))
-    ys, _ = scan(cell, params, flat0, index, loop.schedule, stats=stats, owned=(x,))
-    return ys
+    ys, final = scan(cell, params, flat0, index, loop.schedule, stats=stats, owned=(x,))
+    return ys, unflatten(final)
 
 
 def _flatten(state) -> tuple[tuple[Tensor, ...], Callable]:
@@ -93,7 +93,7 @@ def _flatten(state) -> tuple[tuple[Tensor, ...], Callable]:
 
 
 def unroll_windows(window: Callable, x: Tensor, state0, steps: int, loop: TimeLoop,
-                   mark: Callable | None = None) -> Tensor:
+                   mark: Callable | None = None) -> tuple[Tensor, object]:
     """The same windows as a plain loop for a tracer; the states the loop's schedule keeps at
     window starts go through ``mark`` (``poptorch.recomputationCheckpoint``)."""
     bounds = loop.bounds(steps)
@@ -106,7 +106,7 @@ def unroll_windows(window: Callable, x: Tensor, state0, steps: int, loop: TimeLo
             state = unflatten([marked] if isinstance(marked, Tensor) else list(marked))
         state, y = window(state, x, t0, t1)
         ys.append(y)
-    return torch.stack(ys)
+    return torch.stack(ys), state
 
 
 def kept_windows(loop: TimeLoop, windows: int) -> frozenset[int]:

@@ -149,6 +149,11 @@ class SpikingLayer(nn.Module):
             if self.settings.near_min_d is not None else None
         return LayerState(zeros, zeros if self.spec.adaptive else None, zeros, near)
 
+    def forward(self, x: Inputs) -> Tensor:
+        """The spikes [T, B, n_out] of a whole sequence [T, B, n_in] from the zero state, as one window."""
+        like = x if isinstance(x, Tensor) else x.z if x.z is not None else self.fc.weight
+        return self.window(self.initial_state(x.shape[1] if isinstance(x, Tensor) else x.bits.shape[1], like), x)[0].z
+
     def window(self, state: LayerState, inputs: Inputs) -> tuple[SpikeTrain, LayerState, Tensor | None]:
         """Spikes of the window, the state after it, and the spikes dropped per sample (sparse overflow)."""
         currents, dropped = self.products(inputs, self.fc, self.policies.input, self.input_site)
@@ -186,6 +191,11 @@ class LIReadout(nn.Module):
 
     def initial_state(self, batch: int, like: Tensor) -> Tensor:
         return like.new_zeros(batch, self.n_out)
+
+    def forward(self, x: Inputs) -> Tensor:
+        """The membrane trace [T, B, n_out] of a whole sequence from v = 0, as one window."""
+        batch = x.shape[1] if isinstance(x, Tensor) else x.bits.shape[1]
+        return self.window(self.initial_state(batch, self.fc.weight), x)[0]
 
     def window(self, v: Tensor, inputs: Inputs) -> tuple[Tensor, Tensor, Tensor | None]:
         """(the membrane trace [L, B, n_out], the last membrane, spikes dropped per sample)."""

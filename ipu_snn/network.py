@@ -37,6 +37,9 @@ class NetworkOutput(NamedTuple):
     logits: Tensor  # [B, classes]
     rates: Tensor  # [B, layers]: each layer's spikes per neuron and step
     dropped: Tensor  # [B]: spikes left out by sparse products over capacity (sparse_overflow: drop_and_count)
+    # with_counts (ipu_snn.metrics): per spiking layer [2, n], the spikes of each neuron summed over the
+    # batch and all steps, and at the last step alone
+    counts: list[Tensor] | None = None
 
 
 class SpikingNetwork(nn.Module):
@@ -65,26 +68,29 @@ class SpikingNetwork(nn.Module):
             return SpikeTrain(None, window, None)
         return window.to(self.readout.fc.weight.dtype)
 
-    def window(self, state: tuple, xt: Tensor, t0: int, t1: int) -> tuple[tuple, Tensor]:
+    def window(self, state: tuple, xt: Tensor, t0: int, t1: int, with_counts: bool = False) -> tuple[tuple, Tensor]:
         """One window of the time-major batch ``xt``: the state after it, and its output per sample
         [B, classes + layers + 1] (the readout trace reduced over the window, each layer's spike count,
-        the spikes dropped)."""
+        the spikes dropped), and with ``with_counts`` each neuron's spikes after that."""
         h = self.inputs(xt, t0, t1)
-        new_state, counts, dropped = [], [], None
+        new_state, counts, per_neuron, dropped = [], [], [], None
         for layer, layer_state in zip(self.layers, state):
             h, layer_state, lost = layer.window(layer_state, h)
             new_state.append(layer_state)
-            counts.append(h.z.detach().sum((0, 2)))
+            spikes = h.z.detach().sum(0)
+            counts.append(spikes.sum(1))
+            per_neuron.append(spikes)
             dropped = lost if dropped is None else (dropped if lost is None else dropped + lost)
         trace, v, lost = self.readout.window(state[-1], h)
         dropped = lost if dropped is None else (dropped if lost is None else dropped + lost)
         batch = trace.shape[1]
         dropped = trace.new_zeros(batch) if dropped is None else dropped.to(trace.dtype)
-        y = torch.cat([_WINDOW_REDUCE[self.reduce](trace), torch.stack(counts, 1), dropped[:, None]], 1)
-        return tuple(new_state) + (v,), y
+        y = [_WINDOW_REDUCE[self.reduce](trace), torch.stack(counts, 1), dropped[:, None]]
+        return tuple(new_state) + (v,), torch.cat(y + (per_neuron if with_counts else []), 1)
 
-    def forward(self, x: Tensor, mark=None) -> NetworkOutput:
-        """The whole sequence: logits, mean spike rates per layer, spikes dropped.
+    def forward(self, x: Tensor, mark=None, with_counts: bool = False) -> NetworkOutput:
+        """The whole sequence: logits, mean spike rates per layer, spikes dropped (and, ``with_counts``,
+        each neuron's spikes).
 
         In the traced mode (``straight_through``) the windows run as a plain loop for the
         tracer, and ``mark`` (``poptorch.recomputationCheckpoint``) marks the states the
@@ -97,26 +103,31 @@ class SpikingNetwork(nn.Module):
         xt = x.transpose(0, 1).contiguous() if x.dtype == torch.uint8 else x.transpose(0, 1)
         state0 = self.initial_state(batch, self.readout.fc.weight)
         if self.mode == "straight_through":
-            ys = unroll_windows(self.window, xt, state0, steps, self.loop, mark)
+            ys, final = unroll_windows(self.window, xt, state0, steps, self.loop, mark)
         else:
             self.last_scan = ScanStats()
-            ys = scan_windows(_Windows(self), xt, state0, steps, self.loop, self.last_scan)
-        n_classes = self.readout.n_out
+            ys, final = scan_windows(_Windows(self, with_counts), xt, state0, steps, self.loop, self.last_scan)
+        n_classes, n_layers = self.readout.n_out, len(self.layers)
         logits = _COMBINE[self.reduce](ys[..., :n_classes], steps)
-        sizes = torch.tensor([layer.n_out for layer in self.layers], dtype=ys.dtype, device=ys.device)
-        rates = ys[..., n_classes:-1].detach().sum(0) / (steps * sizes)
-        return NetworkOutput(logits, rates, ys[..., -1].detach().sum(0))
+        sizes = [layer.n_out for layer in self.layers]
+        stats = ys[..., n_classes:].detach().sum(0)
+        rates = stats[:, :n_layers] / (steps * torch.tensor(sizes, dtype=ys.dtype, device=ys.device))
+        counts = None
+        if with_counts:
+            totals = stats[:, n_layers + 1:].sum(0).split(sizes)
+            counts = [torch.stack([total, state.z.detach().sum(0)]) for total, state in zip(totals, final)]
+        return NetworkOutput(logits, rates, stats[:, n_layers], counts)
 
 
 class _Windows(nn.Module):
     # the executor differentiates through torch.func.functional_call, which calls forward():
     # this gives it the network's window (made per call, so the network does not contain itself)
-    def __init__(self, net: SpikingNetwork):
+    def __init__(self, net: SpikingNetwork, with_counts: bool = False):
         super().__init__()
-        self.net = net
+        self.net, self.with_counts = net, with_counts
 
     def forward(self, state, x, t0, t1):
-        return self.net.window(state, x, t0, t1)
+        return self.net.window(state, x, t0, t1, self.with_counts)
 
 
 def step_mode(cfg: ModelConfig) -> StepMode:

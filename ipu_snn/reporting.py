@@ -30,6 +30,18 @@ def write_summary(path: Path, summary: dict) -> None:
     replace_atomically(path, (json.dumps(summary, indent=2) + "\n").encode())
 
 
+def metrics_lines(metrics: dict) -> list[str]:
+    """The NeuroBench-style metrics (ipu_snn.metrics) as lines for a terminal."""
+    lines = [f"{metrics['parameter_count']:,} parameters, footprint {metrics['footprint_bytes']:,} bytes"]
+    if "activation_sparsity" in metrics:
+        layers = sorted(k for k in metrics if k.startswith("activation_sparsity_layer"))
+        per_layer = ", ".join(f"layer {k.removeprefix('activation_sparsity_layer')} {metrics[k]:.3f}" for k in layers)
+        lines.append(f"activation sparsity {metrics['activation_sparsity']:.3f} ({per_layer})")
+        lines.append(f"synaptic operations per sample: dense {metrics['synops_dense']:,.0f}, effective ACs "
+                     f"{metrics['synops_effective_acs']:,.0f}, effective MACs {metrics['synops_effective_macs']:,.0f}")
+    return lines
+
+
 def _pyplot():
     import matplotlib
 

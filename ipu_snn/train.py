@@ -29,6 +29,7 @@ from .devices import device_spec, resolve_device
 from .distributed import (DistContext, GlobalBatchSampler, all_reduce_sum, barrier, broadcast_object,
                           init_distributed, shutdown)
 from .errors import ConfigError, TrainingError
+from .metrics import WorkloadTally, footprint_bytes
 from .network import SpikingNetwork, build_network, count_parameters
 from .optim import make_optimizer, make_scheduler
 from .planner import Plan, calibrate, plan, refusal
@@ -113,19 +114,25 @@ def train_epoch(model, network: SpikingNetwork, loader, sampler: GlobalBatchSamp
 
 
 @torch.no_grad()
-def evaluate(model: SpikingNetwork, dataset, batch_size: int, device, ctx: DistContext = DistContext()
-             ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a dataset, sharded over the processes."""
+def evaluate(model: SpikingNetwork, dataset, batch_size: int, device, ctx: DistContext = DistContext(),
+             tally: WorkloadTally | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a dataset, sharded over the processes; ``tally`` also
+    gathers the counts of the workload metrics (ipu_snn.metrics), summed over the processes."""
     model.eval()
     sampler = GlobalBatchSampler(len(dataset), batch_size, ctx, shuffle=False)
     totals = [0.0, 0.0, 0.0]
     for batch in make_loader(dataset, sampler):
         x, y = _to_device(batch, device)
-        logits = model(x).logits
+        out = model(x, with_counts=tally is not None)
+        logits = out.logits
         totals[0] += F.cross_entropy(logits, y, reduction="sum").item()
         totals[1] += (logits.argmax(1) == y).sum().item()
         totals[2] += y.numel()
+        if tally is not None:
+            tally.add(x, out, model.n_inputs)
     loss, correct, seen = all_reduce_sum(ctx, totals, device)
+    if tally is not None and ctx.active and tally.input_ac is not None:
+        tally.load_flat(all_reduce_sum(ctx, tally.flat(), device), ctx.world_size)
     return loss / seen, correct / seen
 
 
@@ -223,15 +230,21 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
     Under torchrun every process runs this function; only rank 0 prints and writes.
     IPUs have their own loop (PopTorch), launched by poprun instead of torchrun.
     """
+    initial_weights = None
+    if cfg.model.from_nir is not None:  # the graph gives the layers, the readout and their first weights
+        from .interop.nir import resolve_from_nir
+
+        cfg, initial_weights = resolve_from_nir(cfg)
     if cfg.device in ("ipu", "ipu-model"):
         from .ipu.trainer import train_ipu
 
-        return train_ipu(cfg, out_dir, resume=resume, console=console, on_epoch_end=on_epoch_end)
+        return train_ipu(cfg, out_dir, resume=resume, console=console, on_epoch_end=on_epoch_end,
+                         initial_weights=initial_weights)
     if cfg.device == "ipu-emulator":
         import ipu_snn.ipu  # noqa: F401  (registers the emulator's spike backend)
     ctx = init_distributed(cfg.device)
     try:
-        summary = _train(cfg, Path(out_dir), resume, console, on_epoch_end, ctx)
+        summary = _train(cfg, Path(out_dir), resume, console, on_epoch_end, ctx, initial_weights)
     except BaseException:
         shutdown(ctx, clean=False)
         raise
@@ -239,7 +252,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
     return summary
 
 
-def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on_epoch_end, ctx: DistContext) -> dict:
+def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on_epoch_end, ctx: DistContext,
+           initial_weights: dict | None = None) -> dict:
     console = console if ctx.is_main and console is not None else Console(quiet=not ctx.is_main)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and ctx.active:
@@ -261,12 +275,12 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
                             "continue it, or choose another --out")
     if resume and previous is None:
         raise TrainingError(f"--resume: no checkpoint in {out_dir}/checkpoints to continue from")
+    splits = load_splits(cfg.data, cfg.training.seed)  # before writing anything: bad data leaves no run folder
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     tensorboard = open_tensorboard(cfg, out_dir) if ctx.is_main else None
 
     seed_everything(cfg.training.seed)
-    splits = load_splits(cfg.data, cfg.training.seed)
     if resume:
         weights, state = read_checkpoint(previous)
         _check_resumable(state["config"], cfg, previous)
@@ -281,6 +295,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
     seed_everything(cfg.training.seed)
     network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=bptt.loop(),
                             binary_inputs=cfg.data.binary, device=cfg.device).to(device)
+    if initial_weights is not None:
+        network.load_state_dict(initial_weights, strict=True)
     optimizer = make_optimizer(cfg.training, network.parameters())
     scheduler = make_scheduler(cfg.training, optimizer)
     history: list[dict] = []
@@ -313,7 +329,10 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
                 row |= train_epoch(model, network, train_loader, sampler, optimizer, device, cfg, ctx, epoch,
                                    progress)
                 if splits.val is not None:
-                    row["val_loss"], row["val_accuracy"] = evaluate(network, splits.val, global_batch, device, ctx)
+                    tally = WorkloadTally()
+                    row["val_loss"], row["val_accuracy"] = evaluate(network, splits.val, global_batch, device, ctx,
+                                                                    tally)
+                    row |= tally.metrics(network.state_dict(), prefix="val_")
                 scheduler.step()
                 history.append(row)
                 wall = wall_before + time.perf_counter() - run_start
@@ -333,9 +352,11 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
         if tensorboard:
             tensorboard.close()
 
-    test_loss, test_accuracy = evaluate(network, splits.test, global_batch, device, ctx)
+    tally = WorkloadTally()
+    test_loss, test_accuracy = evaluate(network, splits.test, global_batch, device, ctx, tally)
     summary = run_summary(history, wall_before + time.perf_counter() - run_start, device, network)
     summary |= {"test_loss": test_loss, "test_accuracy": test_accuracy, "processes": ctx.world_size}
+    summary |= tally.metrics(network.state_dict(), prefix="test_")
     if ctx.is_main:
         write_summary(out_dir / "summary.json", summary)
     console.print(f"done: val accuracy {summary['val_accuracy']:.1%}, test accuracy {test_accuracy:.1%}; "
@@ -358,6 +379,7 @@ def run_summary(history: list[dict], wall: float, device, model) -> dict:
         "epochs": last["epoch"],
         "device": str(device),
         "parameters": count_parameters(model),
+        "footprint_bytes": footprint_bytes(model),  # NeuroBench's: parameters and buffers
     }
 
 

@@ -78,7 +78,7 @@ def test_ipu_ops_match_the_reference(poptorch, seed):
         for a, b in zip(got, want, strict=True):
             assert torch.equal(a, b)
     ids, counts, near_counts, _, _ = custom_ops.compact(poptorch, z, near, capacity, tiles)
-    assert torch.allclose(custom_ops.matmul(poptorch, ids, counts, weight, tiles=tiles),
+    assert torch.allclose(custom_ops.spike_matmul(poptorch, ids, counts, weight, tiles=tiles),
                           reference.forward(ids, counts, weight), atol=1e-6)
     listed = counts + near_counts
     assert torch.allclose(custom_ops.spike_matmul_grad_input(poptorch, ids, listed, weight, grad_out, tiles=tiles),

@@ -64,10 +64,30 @@ class DataSplits:
     dt: float
 
 
+def _reader(cfg: DataConfig):
+    """The module that reads this dataset (shape, read_splits), for the sources beyond SHD/SSC/synthetic."""
+    if cfg.dataset == "events":
+        from . import events as reader
+    elif cfg.dataset == "nmnist":
+        from . import nmnist as reader
+    else:
+        from . import tonic_source as reader  # imports Tonic only when asked to read
+    return reader
+
+
+def _shape(cfg: DataConfig) -> tuple[int, int]:
+    """(channels before channel pooling, classes)."""
+    if cfg.dataset == "synthetic":
+        return cfg.synthetic.n_channels, cfg.synthetic.n_classes
+    if cfg.dataset in KNOWN:
+        return KNOWN[cfg.dataset]
+    return _reader(cfg).shape(cfg)
+
+
 def input_shape(cfg: DataConfig) -> tuple[int, int]:
-    """(network inputs, classes) of a data config, known without reading any file."""
-    channels, classes = (cfg.synthetic.n_channels, cfg.synthetic.n_classes) if cfg.dataset == "synthetic" \
-        else KNOWN[cfg.dataset]
+    """(network inputs, classes) of a data config: from the config alone for the built-in and public
+    datasets, from the files' headers or labels for events and tonic (errors name the file)."""
+    channels, classes = _shape(cfg)
     return pooled_channels(channels, cfg.channel_pooling), classes
 
 
@@ -82,20 +102,26 @@ def _files(cfg: DataConfig) -> dict[str, Path]:
     return {split: folder / f"{cfg.dataset}_{name}.h5" for split, name in names.items()}
 
 
+def read_splits(cfg: DataConfig) -> dict[str, SpikeRecordings]:
+    """The recordings of each split the dataset has: train, test, and valid where it ships one."""
+    if cfg.dataset not in KNOWN and cfg.dataset != "synthetic":
+        return _reader(cfg).read_splits(cfg)
+    shape = _shape(cfg)
+    return {split: read_recordings(path, *shape) for split, path in _files(cfg).items()}
+
+
 def load_splits(cfg: DataConfig, seed: int) -> DataSplits:
     """Read the files and split off validation data.
 
-    SSC ships its own validation file; SHD and the synthetic set do not, so a
-    seeded fraction ``val_split`` of the training file is held out.
+    Datasets that ship a validation split (SSC, events with data.files.valid) use it; the others
+    hold out a seeded fraction ``val_split`` of the training data.
     """
-    files = _files(cfg)
-    shape = (cfg.synthetic.n_channels, cfg.synthetic.n_classes) if cfg.dataset == "synthetic" else KNOWN[cfg.dataset]
-    train = read_recordings(files["train"], *shape)
-    test = read_recordings(files["test"], *shape)
+    recordings = read_splits(cfg)
+    train, test = recordings["train"], recordings["test"]
 
     order = np.random.default_rng(seed).permutation(len(train))
-    if "valid" in files:
-        valid = read_recordings(files["valid"], *shape)
+    if "valid" in recordings:
+        valid = recordings["valid"]
         val_set = SpikeFrames(valid, np.arange(len(valid)), cfg)
         train_set = SpikeFrames(train, np.arange(len(train)), cfg)
     else:
@@ -103,8 +129,8 @@ def load_splits(cfg: DataConfig, seed: int) -> DataSplits:
         val_set = SpikeFrames(train, np.sort(order[:n_val]), cfg) if n_val else None
         train_set = SpikeFrames(train, np.sort(order[n_val:]), cfg)
     test_set = SpikeFrames(test, np.arange(len(test)), cfg)
-    return DataSplits(train_set, val_set, test_set, pooled_channels(shape[0], cfg.channel_pooling),
-                      shape[1], cfg.step_seconds)
+    return DataSplits(train_set, val_set, test_set, pooled_channels(train.n_channels, cfg.channel_pooling),
+                      train.n_classes, cfg.step_seconds)
 
 
 def make_loader(dataset: Dataset, batch_sampler: Sampler[list[int]]) -> DataLoader:

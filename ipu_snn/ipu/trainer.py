@@ -168,7 +168,8 @@ def train_epoch(training_model, loader, cfg: Config, epoch: int, progress, n_lay
 
 
 def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Console | None = None,
-              on_epoch_end: Callable[[int, dict, SpikingNetwork], None] | None = None) -> dict:
+              on_epoch_end: Callable[[int, dict, SpikingNetwork], None] | None = None,
+              initial_weights: dict | None = None) -> dict:
     """Train as the config says on IPUs (or the IPU Model); returns the summary also written to summary.json."""
     out_dir = Path(out_dir)
     resolve_device(cfg.device)  # without PopTorch: a DeviceError that names the Poplar SDK
@@ -193,6 +194,8 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
     seed_everything(cfg.training.seed)
     splits = load_splits(cfg.data, cfg.training.seed)
     network = build_traced(cfg, splits.n_inputs, splits.n_classes, splits.dt, poptorch, loop, tile_plan)
+    if initial_weights is not None:  # model.from_nir
+        network.load_state_dict(initial_weights, strict=True)
     network.train()
     optimizer = ipu_optimizer(cfg.training, network.parameters(), poptorch)
     scheduler = make_scheduler(cfg.training, optimizer)
