@@ -54,7 +54,7 @@ def _train(args, console: Console) -> None:
     from .train import train
 
     cfg = load_config(args.config, args.overrides)
-    out = args.out or cfg.out_dir or str(Path("runs") / Path(args.config).stem)
+    out = args.out if args.out is not None else cfg.out_dir or str(Path("runs") / Path(args.config).stem)
     train(cfg, out, resume=args.resume, console=console)
 
 
@@ -106,11 +106,22 @@ def _plan(args, console: Console) -> None:
 def _eval(args, console: Console) -> None:
     from .evaluate import evaluate_run
 
-    loss, accuracy = evaluate_run(Path(args.run_dir), args.split, args.device)
+    loss, accuracy = evaluate_run(Path(args.run_dir).expanduser(), args.split, args.device, say=console.out)
     console.print(f"{args.split}: loss {loss:.4f}  accuracy {accuracy:.2%}")
 
 
 COMMANDS = {"train": _train, "validate": _validate, "plan": _plan, "eval": _eval}
+
+
+#: Line width when the output is not a terminal: logs are read in files and CI consoles, where a line
+#: broken at 80 columns (rich's default there) only gets in the way.
+LOG_WIDTH = 1000
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A terminal's width on a terminal; elsewhere, whole lines (up to LOG_WIDTH)."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=LOG_WIDTH)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    console = Console()
-    errors = Console(stderr=True)
+    console, errors = make_console(), make_console(stderr=True)
     try:
         COMMANDS[args.command](args, console)
     except UserError as exc:
