@@ -37,14 +37,10 @@ STATE_FIELDS = {"epoch": int, "optimizer": dict, "scheduler": dict, "rng": dict,
                 "wall_s": (int, float), "config": dict}
 
 
-def checkpoint_name(epoch: int) -> str:
-    return f"epoch-{epoch:04d}"
-
-
 def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, state: dict, keep: int = 2) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / checkpoint_name(epoch)
+    final = root / f"epoch-{epoch:04d}"
     tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))
     honour_umask(tmp, directory=True)
     weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})

@@ -93,14 +93,6 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def acquire_lock(path: Path) -> int:
-    """Take the exclusive lock at ``path`` now or raise ``LockBusy``; release it with ``os.close``."""
-    fd = _try_lock(path)
-    if fd is None:
-        raise LockBusy(Path(path), lock_holder(path))
-    return fd
-
-
 def lock_is_held(path: Path) -> bool:
     """Whether a live process holds the lock at ``path`` (a lock file alone means nothing)."""
     try:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from .checkpoint import FOLDER, LATEST, checkpoint_folders, read_checkpoint
 from .errors import TrainingError
-from .files import TEMP_PREFIX, LockBusy, acquire_lock, lock_holder, lock_is_held
+from .files import TEMP_PREFIX, LockBusy, held_lock, lock_holder, lock_is_held
 
 LOCK = ".lock"
 #: Files a run writes besides its checkpoints; any of them means the folder holds a run.
@@ -43,33 +43,19 @@ def out_dir_path(out: str | Path) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class Contents:
-    """What a run folder holds, seen without reading any checkpoint."""
-
-    results: list[str]  # result files present (RESULTS)
-    checkpoints: list[Path]  # epoch folders, newest first, intact or not
-
-    @property
-    def holds_run(self) -> bool:
-        return bool(self.results or self.checkpoints)
-
-
-def contents(run_dir: Path) -> Contents:
-    return Contents([name for name in RESULTS if (run_dir / name).exists()], checkpoint_folders(run_dir)[::-1])
-
-
-def check_can_start(run_dir: Path, resume: bool, owner: bool = False) -> None:
-    """Refuse a run that would overwrite another or that has nothing to resume, and, unless this
-    process is the ``owner``, one into a folder another run is using."""
-    if not owner and lock_is_held(run_dir / LOCK):
+def check_can_start(run_dir: Path, resume: bool, check_lock: bool = True) -> None:
+    """Refuse a run that would overwrite another or that has nothing to resume, and (``check_lock``)
+    one into a folder another run is using. Only the process that will own the folder checks the
+    lock: under torchrun or poprun, the others would see their own run's owner holding it."""
+    if check_lock and lock_is_held(run_dir / LOCK):
         raise _in_use(run_dir, lock_holder(run_dir / LOCK))
-    found = contents(run_dir)
-    if not resume and found.holds_run:
-        what = f"checkpoint {found.checkpoints[0].name}" if found.checkpoints else ", ".join(found.results)
+    checkpoints = checkpoint_folders(run_dir)  # intact or not: a new run must not delete them either
+    results = [name for name in RESULTS if (run_dir / name).exists()]
+    if not resume and (checkpoints or results):
+        what = f"checkpoint {checkpoints[-1].name}" if checkpoints else ", ".join(results)
         raise TrainingError(f"{run_dir} already holds a run ({what}); pass --resume to continue it, or choose "
                             "another --out")
-    if resume and not found.checkpoints:
+    if resume and not checkpoints:
         raise TrainingError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} to continue from")
 
 
@@ -86,26 +72,25 @@ def claim_run_folder(run_dir: Path, resume: bool, say: Callable[[str], None]) ->
     A run that fails before writing anything leaves no folder it created behind.
     """
     created = not run_dir.exists()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = acquire_lock(run_dir / LOCK)
-    except LockBusy as busy:
-        raise _in_use(run_dir, busy.holder) from None
-    except OSError as exc:
-        raise TrainingError(f"cannot write the run folder {run_dir} ({exc.strerror}); choose a writable "
-                            "--out") from None
-    try:
-        removed = remove_leftovers(run_dir)
-        if removed:
-            say(f"removed what an interrupted run left in {run_dir}: {', '.join(removed)}")
-        check_can_start(run_dir, resume, owner=True)
-        yield
-    except BaseException:
-        if created and [p.name for p in run_dir.iterdir()] == [LOCK]:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    finally:
-        os.close(fd)
+    with ExitStack() as lock:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.enter_context(held_lock(run_dir / LOCK))
+        except LockBusy as busy:
+            raise _in_use(run_dir, busy.holder) from None
+        except OSError as exc:
+            raise TrainingError(f"cannot write the run folder {run_dir} ({exc.strerror}); choose a writable "
+                                "--out") from None
+        try:
+            removed = remove_leftovers(run_dir)
+            if removed:
+                say(f"removed what an interrupted run left in {run_dir}: {', '.join(removed)}")
+            check_can_start(run_dir, resume, check_lock=False)  # the lock is this process's now
+            yield
+        except BaseException:
+            if created and [p.name for p in run_dir.iterdir()] == [LOCK]:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
 
 def remove_leftovers(run_dir: Path) -> list[str]:
@@ -131,7 +116,7 @@ class Found:
     folder: Path
     weights: dict
     state: dict
-    notes: list[str] = field(default_factory=list)
+    notes: list[str]
 
 
 def newest_intact_checkpoint(run_dir: Path) -> Found:

@@ -222,7 +222,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
                           f"{ctx.world_size} processes x {cfg.training.grad_accumulation} accumulation steps")
     micro_batch = -(-global_batch // (ctx.world_size * cfg.training.grad_accumulation))
     bptt = choose_schedule(cfg, console, per_process_batch=micro_batch)
-    check_can_start(out_dir, resume)
+    check_can_start(out_dir, resume, check_lock=ctx.is_main)
     if ctx.is_main:
         owned.enter_context(claim_run_folder(out_dir, resume, say=console.out))
     tensorboard = open_tensorboard(cfg, out_dir) if ctx.is_main else None

@@ -28,6 +28,7 @@ from ..config import Config, TrainingConfig, dump_config
 from ..data import input_shape, load_splits
 from ..devices import resolve_device
 from ..errors import ConfigError, TrainingError
+from ..files import replace_atomically
 from ..network import SpikingNetwork, build_network, count_parameters
 from ..optim import make_scheduler
 from ..reporting import percent, write_summary
@@ -188,7 +189,7 @@ def _train_ipu(cfg: Config, out_dir: Path, resume: bool, console: Console | None
     if resume:
         raise TrainingError("--resume is not supported on device ipu / ipu-model yet (PopTorch keeps the "
                             "optimizer state on the device); start a new --out")
-    check_can_start(out_dir, resume=False)
+    check_can_start(out_dir, resume=False, check_lock=reps.is_main)
     micro = micro_batch_size(cfg, reps.total)
     tile_plan = fitting_tile_plan(cfg, micro, reps)
     bptt = choose_schedule(cfg, console, per_process_batch=micro)
@@ -216,7 +217,7 @@ def _train_ipu(cfg: Config, out_dir: Path, resume: bool, console: Console | None
 
     if reps.is_main:
         owned.enter_context(claim_run_folder(out_dir, False, say=console.out))
-        (out_dir / "config.yaml").write_text(dump_config(cfg))
+        replace_atomically(out_dir / "config.yaml", dump_config(cfg).encode())
     tensorboard = open_tensorboard(cfg, out_dir) if reps.is_main else None
     history: list[dict] = []
     run_start = time.perf_counter()
