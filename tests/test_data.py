@@ -183,6 +183,8 @@ def _empty(f):
 BAD_LAYOUTS = {
     "scalar labels": (_replace("labels", data=3), "labels is a scalar; the SHD/SSC layout has one entry per sample"),
     "scalar times": (_replace("spikes/times", data=0.5), "spikes/times is a scalar"),
+    "one time per sample": (_replace("spikes/times", data=np.array([0.1, 0.2])),
+                            "sample 0: times must be a list of numbers, got shape ()"),
     "group for labels": (_replace("labels", group=True), "labels is a group; the SHD/SSC layout has a dataset there"),
     "group for units": (_replace("spikes/units", group=True), "spikes/units is a group"),
     "2-D labels": (_replace("labels", data=np.zeros((2, 2), int)), "labels is of shape (2, 2)"),

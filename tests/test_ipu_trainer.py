@@ -22,7 +22,6 @@ import torch.nn.functional as F
 import poptorch_standin
 from ipu_snn.bptt.schedules import double, store_all, uniform
 from ipu_snn.checkpoint import checkpoint_folders, save_checkpoint
-from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.config import validate_config
 from ipu_snn.data import input_shape, load_splits
 from ipu_snn.errors import ConfigError, DeviceError, TrainingError
@@ -35,6 +34,7 @@ from ipu_snn.layers import SpikeLinear
 from ipu_snn.network import build_network
 from ipu_snn.neurons import SURROGATE_GRADS, surrogate
 from ipu_snn.reporting import read_metrics_csv
+from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.evaluate import evaluate_run
 from ipu_snn.train import evaluate, train
 

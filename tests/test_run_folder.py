@@ -2,8 +2,10 @@
 leftovers, file modes. Nothing is lost and nothing happens silently."""
 
 import hashlib
+import io
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -104,8 +106,6 @@ def finished_run(tmp_path_factory):
 
 @pytest.fixture
 def run_copy(finished_run, tmp_path):
-    import shutil
-
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     return out
@@ -113,8 +113,6 @@ def run_copy(finished_run, tmp_path):
 
 def another_run(root):
     """A copy of this run's first checkpoint in another run's folder; its absolute path."""
-    import shutil
-
     other = root.parent.parent / "other" / "checkpoints" / "epoch-0001"
     shutil.copytree(root / "epoch-0001", other)
     return other
@@ -143,8 +141,6 @@ def test_latest_is_only_a_hint(run_copy, capsys, damage):
 
 
 def test_results_without_checkpoints_are_not_overwritten(run_copy):
-    import shutil
-
     shutil.rmtree(run_copy / "checkpoints")
     metrics = (run_copy / "metrics.csv").read_bytes()
     with pytest.raises(TrainingError, match="already holds a run .*metrics.csv"):
@@ -193,8 +189,6 @@ def rewrite_state(folder, data: bytes, manifest: bool):
 
 
 def torch_bytes(obj) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()

@@ -8,10 +8,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.cli import main
 from ipu_snn.config import load_config, validate_config
 from ipu_snn.errors import TrainingError
+from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.train import epoch_line, train
 
 SMALL = {

@@ -96,8 +96,8 @@ def check_recordings(rec: SpikeRecordings, source: str) -> None:
     for i, (t, u) in enumerate(zip(rec.times, rec.units)):
         for field, values in (("times", t), ("units", u)):
             if values.ndim != 1 or values.dtype.kind not in "iuf":
-                raise DataError(f"{source}: sample {i}: {field} must be a list of numbers, got "
-                                f"{'dtype ' + str(values.dtype) if values.ndim == 1 else 'shape ' + str(values.shape)}")
+                got = f"dtype {values.dtype}" if values.ndim == 1 else f"shape {values.shape}"
+                raise DataError(f"{source}: sample {i}: {field} must be a list of numbers, got {got}")
         if t.shape != u.shape:
             raise DataError(f"{source}: sample {i} has {t.size} spike times but {u.size} units")
         if not t.size:

@@ -160,7 +160,7 @@ def _build(sources: list[Path], final: Path, library: Path) -> bool:
     except LockBusy as busy:
         raise DeviceError(
             f"waited {BUILD_WAIT_S:g} s for {busy.holder} to finish building the C++ kernels ({lock}); "
-            "stop that process if it is stuck, or point $IPU_SNN_EXT_DIR at another folder"
+            f"stop that process if it is stuck, or point ${BUILD_DIR_ENV} at another folder"
         ) from None
     except OSError as exc:
         raise DeviceError(
