@@ -148,13 +148,14 @@ def _latest_notes(run_dir: Path, newest: str) -> list[str]:
     pointer = run_dir / "checkpoints" / LATEST
     try:
         name = pointer.read_bytes().decode("ascii").strip()
+        if not FOLDER.fullmatch(name):
+            problem = f"names {name[:80]!r}, which is not a checkpoint folder of this run"
+        elif name != newest:
+            problem = f"names {name}, but {newest} is newer"
+        else:
+            return []
     except FileNotFoundError:
-        return [f"{pointer} is missing; using {newest}, the newest checkpoint folder"]
+        problem = "is missing"
     except (OSError, UnicodeDecodeError):
-        return [f"{pointer} is not readable text; using {newest}, the newest checkpoint folder"]
-    if not FOLDER.fullmatch(name):
-        return [f"{pointer} names {name[:80]!r}, which is not a checkpoint folder of this run; "
-                f"using {newest}, the newest checkpoint folder"]
-    if name != newest:
-        return [f"{pointer} names {name}, but {newest} is the newest checkpoint folder; using {newest}"]
-    return []
+        problem = "is not readable text"
+    return [f"{pointer} {problem}; the epoch folders were searched instead"]

@@ -136,7 +136,7 @@ def test_latest_is_only_a_hint(run_copy, capsys, damage):
     # --resume takes the newest intact epoch folder, and says what was wrong with LATEST
     assert main(["train", str(config_file(run_copy.parent, epochs=3)), "--out", str(run_copy), "--resume"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "checkpoints/LATEST" in out and "using epoch-0002" in out
+    assert "checkpoints/LATEST" in out and "the epoch folders were searched instead" in out
     assert "resuming" in out and "after epoch 2 (epoch-0002)" in out
 
 
