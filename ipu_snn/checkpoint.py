@@ -1,63 +1,133 @@
-"""Run checkpoints that survive a crash at any moment.
+"""Run checkpoints that survive a crash at any moment and prove they are intact.
 
 Each checkpoint is a folder ``checkpoints/epoch-NNNN`` with the weights
-(safetensors) and the rest of the run state (optimizer, scheduler, RNG, epoch,
-metric history) in a torch file. The folder is written under a temporary name
-and renamed into place, and a one-line ``LATEST`` file, replaced atomically,
-names the newest complete folder. A crash leaves either the old or the new
-checkpoint as LATEST, never a torn one.
+(safetensors), the rest of the run state (optimizer, scheduler, RNG, epoch,
+metric history) in a torch file, and ``manifest.json`` with the SHA-256 of
+both. The folder is written under a temporary name, flushed to disk and renamed
+into place, and a one-line ``LATEST`` file, replaced atomically, names the
+newest one. A crash leaves either the old or the new checkpoint, never a torn
+one; a file damaged later fails its checksum when read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from .errors import TrainingError
-from .files import replace_atomically
+from .files import TEMP_PREFIX, honour_umask, replace_atomically, write_synced
 
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+FOLDER = re.compile(r"epoch-(\d{4,})")
+
+#: What a run state holds, and the type of each entry (both trainers write it).
+STATE_FIELDS = {"epoch": int, "optimizer": dict, "scheduler": dict, "rng": dict, "history": list,
+                "wall_s": (int, float), "config": dict}
 
 
 def save_checkpoint(run_dir: Path, epoch: int, model: torch.nn.Module, state: dict, keep: int = 2) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"epoch-{epoch:04d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / WEIGHTS))
-    torch.save(state, tmp / STATE)
+    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))
+    honour_umask(tmp, directory=True)
+    weights = save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    files = {WEIGHTS: weights, STATE: buffer.getvalue()}
+    manifest = {"sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+    for name, data in files.items():
+        write_synced(tmp / name, data)
+    write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     if final.exists():  # a run that crashed after writing this epoch but before LATEST moved
         shutil.rmtree(final)
     tmp.rename(final)
-    replace_atomically(root / "LATEST", (final.name + "\n").encode())
-    older = sorted(p for p in root.glob("epoch-*") if p.name != final.name)
+    replace_atomically(root / LATEST, (final.name + "\n").encode())
+    older = sorted(p for p in checkpoint_folders(run_dir) if p.name != final.name)
     for old in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = Path(run_dir) / "checkpoints" / "LATEST"
-    if not pointer.is_file():
-        return None
-    folder = pointer.parent / pointer.read_text().strip()
-    return folder if (folder / STATE).is_file() and (folder / WEIGHTS).is_file() else None
+def checkpoint_folders(run_dir: Path) -> list[Path]:
+    """The run's ``epoch-NNNN`` folders, oldest first (intact or not)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if FOLDER.fullmatch(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(FOLDER.fullmatch(p.name).group(1)))
 
 
 def read_checkpoint(folder: Path) -> tuple[dict, dict]:
-    """The weights and the run state of a checkpoint folder."""
+    """The weights and the run state of a checkpoint folder, verified against its manifest.
+
+    Any damage (a missing file, a checksum that does not match, a state that is
+    not a run state) is a TrainingError that names the folder and the file.
+    """
+    folder = Path(folder)
+    blobs = {}
+    for name in (WEIGHTS, STATE):
+        try:
+            blobs[name] = (folder / name).read_bytes()
+        except OSError as exc:
+            raise TrainingError(f"checkpoint {folder}: cannot read {name} ({exc.strerror})") from None
+    expected = _manifest(folder)
+    for name, data in blobs.items():
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected.get(name):
+            raise TrainingError(f"checkpoint {folder}: {name} does not match its checksum in {MANIFEST} "
+                                "(the file was damaged after it was written)")
     try:
-        weights = load_file(str(folder / WEIGHTS))
-        state = torch.load(folder / STATE, weights_only=True, map_location="cpu")
-    except Exception as exc:  # any corruption is reported the same way
-        raise TrainingError(f"checkpoint {folder} cannot be read: {exc}") from None
+        weights = load_safetensors(blobs[WEIGHTS])
+    except Exception:  # safetensors raises its own error types for every kind of damage
+        raise TrainingError(f"checkpoint {folder}: {WEIGHTS} is not a readable safetensors file") from None
+    try:
+        state = torch.load(io.BytesIO(blobs[STATE]), weights_only=True, map_location="cpu")
+    except Exception:  # torch's own message would suggest unsafe loading, which a user must never do
+        raise TrainingError(f"checkpoint {folder}: {STATE} is not a readable run state (damaged, or not "
+                            "written by ipu_snn)") from None
+    check_state(state, folder)
     return weights, state
+
+
+def _manifest(folder: Path) -> dict | None:
+    """The checksums of a checkpoint; None for one written before checksums were stored."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        sums = json.loads(path.read_bytes())["sha256"]
+        if not isinstance(sums, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TrainingError(f"checkpoint {folder}: {MANIFEST} is damaged") from None
+    return sums
+
+
+def check_state(state, folder: Path) -> None:
+    """A TrainingError unless ``state`` has every entry a run state has, each of its type."""
+    if not isinstance(state, dict):
+        raise TrainingError(f"checkpoint {folder}: {STATE} holds a {type(state).__name__}, not a run state")
+    missing = [k for k in STATE_FIELDS if k not in state]
+    if missing:
+        raise TrainingError(f"checkpoint {folder}: {STATE} lacks {', '.join(missing)}; it is not a run state")
+    wrong = [k for k, kind in STATE_FIELDS.items() if not isinstance(state[k], kind) or isinstance(state[k], bool)]
+    if wrong:
+        raise TrainingError(f"checkpoint {folder}: {STATE} has entries of the wrong type: {', '.join(wrong)}")
+    if len(state["history"]) != state["epoch"] or not all(isinstance(r, dict) for r in state["history"]):
+        raise TrainingError(f"checkpoint {folder}: {STATE} holds {len(state['history'])} metric rows for "
+                            f"epoch {state['epoch']}")
 
 
 def load_weights(model: torch.nn.Module, weights: dict, folder: Path) -> None:

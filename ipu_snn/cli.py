@@ -75,7 +75,7 @@ def _train(args, console: Console) -> None:
     from .train import train
 
     cfg = load_config(args.config, args.overrides)
-    out = args.out or cfg.out_dir or str(Path("runs") / Path(args.config).stem)
+    out = args.out if args.out is not None else cfg.out_dir or str(Path("runs") / Path(args.config).stem)
     train(cfg, out, resume=args.resume, console=console)
 
 
@@ -134,13 +134,25 @@ def _eval(args, console: Console) -> None:
 
     from .reporting import metrics_lines
 
-    loss, accuracy, metrics = evaluate_run(Path(args.run_dir), args.split, args.device, with_metrics=True)
+    loss, accuracy, metrics = evaluate_run(Path(args.run_dir).expanduser(), args.split, args.device,
+                                           with_metrics=True, say=console.out)
     console.print(f"{args.split}: loss {loss:.4f}  accuracy {accuracy:.2%}")
     for line in metrics_lines(metrics):
         console.print(line, highlight=False)
 
 
 COMMANDS = {"train": _train, "validate": _validate, "plan": _plan, "eval": _eval, "export": _export}
+
+
+#: Line width when the output is not a terminal: logs are read in files and CI consoles, where a line
+#: broken at 80 columns (rich's default there) only gets in the way.
+LOG_WIDTH = 1000
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A terminal's width on a terminal; elsewhere, whole lines (up to LOG_WIDTH)."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=LOG_WIDTH)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    console = Console()
-    errors = Console(stderr=True)
+    console, errors = make_console(), make_console(stderr=True)
     try:
         COMMANDS[args.command](args, console)
     except UserError as exc:

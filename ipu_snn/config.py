@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,6 +24,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -30,8 +33,14 @@ from .errors import ConfigError
 
 class _Strict(BaseModel):
     # Unknown keys are almost always typos; silently ignoring them would train
-    # a different model than the one the researcher wrote down.
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # a different model than the one the researcher wrote down. Strict types for
+    # the same reason: `epochs: true` is not 1, nor `size: 2.5` 2 (a float field
+    # still takes an int).
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True)
+
+
+#: Seeds reach numpy's legacy seeding, which takes 32 bits; checked here so `validate` catches them.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 # ----------------------------------------------------------------------------- model
@@ -173,7 +182,7 @@ class SyntheticConfig(_Strict):
     jitter: NonNegativeFloat = 0.01
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     noise_rate: NonNegativeFloat = 2.0
-    seed: int = 0
+    seed: Seed = 0
 
 
 class EventFiles(_Strict):
@@ -259,7 +268,7 @@ class TrainingConfig(_Strict):
     lr_gamma: float = Field(0.5, gt=0.0, le=1.0)
     grad_clip: PositiveFloat | None = None
     grad_accumulation: PositiveInt = 1  # micro-batches per optimizer step (per process)
-    seed: int = 0
+    seed: Seed = 0
     tensorboard: bool = False
     keep_checkpoints: PositiveInt = 2
 
@@ -304,6 +313,13 @@ class Config(_Strict):
     device: Literal["cpu", "cuda", "ipu", "ipu-model", "ipu-emulator"] = "cpu"
     out_dir: str | None = None
 
+    @field_validator("out_dir")
+    @classmethod
+    def _expand_home(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("an empty name is no folder; leave out_dir out to use runs/<config name>")
+        return None if value is None else os.path.expanduser(value)
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -321,9 +337,15 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
+                          "save the config as UTF-8") from None
+    raw = parse_yaml(text, str(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -331,13 +353,57 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as users write it: ``1e-3`` is a number (YAML 1.1 read it as a string, YAML 1.2 does not)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def parse_yaml(text: str, source: str, at: tuple = ()) -> Any:
+    """The value of a YAML document (placed at the field path ``at``); a ConfigError naming ``source`` if
+    it is not valid YAML or sets a key twice (plain YAML keeps the last one silently)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(node, at, source, set())
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_unique_keys(node: yaml.Node, path: tuple, source: str, seen_nodes: set) -> None:
+    if id(node) in seen_nodes:  # an alias: checked where its anchor is
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key_node.tag != "tag:yaml.org,2002:merge":
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise ConfigError(f"{source}: {'.'.join(path + (key,))} is given twice (lines {lines[key]} "
+                                      f"and {line}); YAML would keep only the last, so remove one")
+                lines[key] = line
+            _check_unique_keys(value_node, path + (str(key),), source, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, path + (str(i),), source, seen_nodes)
+
+
 def apply_override(raw: dict, item: str) -> None:
     """Set ``a.b.0.c=value`` in a nested dict; the value is parsed as YAML."""
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override '{item}': expected the form a.b=c")
-    value = yaml.safe_load(text) if text.strip() else None
     parts = key.split(".")
+    value = parse_yaml(text, f"override '{item}'", tuple(parts)) if text.strip() else None
     node: Any = raw
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
-from .checkpoint import latest_checkpoint, load_weights, read_checkpoint
+from .checkpoint import load_weights
 from .config import load_config
 from .data import load_splits
 from .devices import resolve_device
@@ -12,6 +13,7 @@ from .errors import TrainingError
 from .executor import TimeLoop
 from .metrics import WorkloadTally, static_metrics
 from .network import build_network
+from .run_folder import newest_intact_checkpoint
 from .train import evaluate
 
 
@@ -20,13 +22,15 @@ from .train import evaluate
 EVALUATE_ON = {"ipu": "cpu", "ipu-model": "cpu"}
 
 
-def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, with_metrics: bool = False):
-    """Loss and accuracy of the run's latest checkpoint on ``split`` (test, val or train), on ``device``
-    (default: the run's own, the host CPU for IPU runs); ``with_metrics`` adds a third item, the
-    NeuroBench-style metrics (ipu_snn.metrics) of that split."""
-    folder = latest_checkpoint(run_dir)
-    if folder is None:
-        raise TrainingError(f"{run_dir}: no checkpoint found (expected {run_dir}/checkpoints/LATEST)")
+def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, with_metrics: bool = False,
+                 say: Callable[[str], None] = print):
+    """Loss and accuracy of the run's newest intact checkpoint on ``split`` (test, val or train), on
+    ``device`` (default: the run's own, the host CPU for IPU runs); ``with_metrics`` adds a third item,
+    the NeuroBench-style metrics (ipu_snn.metrics) of that split; ``say`` hears which checkpoints were
+    passed over, and why."""
+    found = newest_intact_checkpoint(run_dir)
+    for note in found.notes:
+        say(f"note: {note}")
     cfg = load_config(run_dir / "config.yaml")
     name = device or EVALUATE_ON.get(cfg.device, cfg.device)
     device = resolve_device(name)
@@ -36,7 +40,7 @@ def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, 
     # the windows the run trained with (its saved config resolves them); no schedule: nothing is differentiated
     model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=TimeLoop(cfg.bptt.window),
                           binary_inputs=cfg.data.binary, device=name)
-    load_weights(model, read_checkpoint(folder)[0], folder)
+    load_weights(model, found.weights, found.folder)
     dataset = getattr(splits, split)
     if dataset is None:
         raise TrainingError(f"the run has no {split} split (data.val_split is 0)")

@@ -7,7 +7,27 @@ import io
 import json
 from pathlib import Path
 
+from rich.progress import ProgressColumn
+from rich.text import Text
+
 from .files import replace_atomically
+
+
+def rate_text(rate: float) -> str:
+    """A throughput with three significant digits below 100 (0.456, 12.3), whole numbers above."""
+    return f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
+def percent(value: float | None) -> str:
+    """An accuracy as a percentage; "n/a" where there is none (no validation split)."""
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+class RateColumn(ProgressColumn):
+    """samples/s of a progress task (its ``rate`` field), as ``rate_text`` writes it."""
+
+    def render(self, task) -> Text:
+        return Text(f"{rate_text(task.fields.get('rate', 0.0))} samples/s")
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
@@ -88,6 +108,7 @@ def plan_table(plan):
                         f"budget {plan.budget_bytes / 2**30:.2f} GiB; time {plan.costs_source}")
     columns = ("", "strategy", "schedule", "window", "kept MiB", "peak MiB", "off-chip MiB", "predicted ms", "fits")
     for column in columns:
+        # names fold onto a second line in a narrow terminal rather than lose their ends
         table.add_column(column, justify="left" if column in ("strategy", "schedule") else "right",
                          overflow="fold")
     for s in plan.strategies:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -22,18 +22,21 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .checkpoint import latest_checkpoint, load_weights, read_checkpoint, save_checkpoint
+from .checkpoint import load_weights, save_checkpoint
 from .config import Config, dump_config
 from .data import input_shape, load_splits, make_loader
-from .devices import device_spec, resolve_device
+from .devices import device_spec, resolve_device, spike_backend
 from .distributed import (DistContext, GlobalBatchSampler, all_reduce_sum, barrier, broadcast_object,
                           init_distributed, shutdown)
 from .errors import ConfigError, TrainingError
+from .files import replace_atomically
 from .metrics import WorkloadTally, footprint_bytes
-from .network import SpikingNetwork, build_network, count_parameters
+from .network import SpikingNetwork, build_network, count_parameters, step_mode
+from .ops.registry import resolve_backend
 from .optim import make_optimizer, make_scheduler
 from .planner import Plan, calibrate, plan, refusal
-from .reporting import TensorBoardLog, plot_curves, write_metrics_csv, write_summary
+from .reporting import RateColumn, TensorBoardLog, percent, plot_curves, rate_text, write_metrics_csv, write_summary
+from .run_folder import check_can_start, claim_run_folder, newest_intact_checkpoint, out_dir_path
 
 # Sections that must be unchanged for a checkpoint to be continued; training.epochs
 # may grow, so a finished run can be extended with --resume training.epochs=N.
@@ -49,7 +52,7 @@ def seed_everything(seed: int) -> None:
 def progress_bar(console: Console) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1%}  {task.fields[rate]:.0f} samples/s"),
+        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.1%}"), RateColumn(),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
         console=console, transient=False, disable=not console.is_terminal,
     )
@@ -213,6 +216,17 @@ def _check_resumable(saved: dict, cfg: Config, folder: Path) -> None:
                             "resume with the run's own config.yaml or start a new --out folder")
 
 
+def prepare_kernels(cfg: Config, device: torch.device) -> None:
+    """Build or load the compiled kernels the network calls before any epoch clock starts, so a first-use
+    build (the C++ kernels take about 30 s, and say so) is not counted in the first epoch's samples/s."""
+    from .neuron.kernels import resolve
+
+    if step_mode(cfg.model) == "fused":
+        resolve(None, device)
+    if cfg.model.sparse is not False:
+        resolve_backend(spike_backend(cfg.device), device)
+
+
 def open_tensorboard(cfg: Config, out_dir: Path) -> TensorBoardLog | None:
     if not cfg.training.tensorboard:
         return None
@@ -230,6 +244,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
     Under torchrun every process runs this function; only rank 0 prints and writes.
     IPUs have their own loop (PopTorch), launched by poprun instead of torchrun.
     """
+    out_dir = out_dir_path(out_dir)
     initial_weights = None
     if cfg.model.from_nir is not None:  # the graph gives the layers, the readout and their first weights
         from .interop.nir import resolve_from_nir
@@ -244,7 +259,8 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
         import ipu_snn.ipu  # noqa: F401  (registers the emulator's spike backend)
     ctx = init_distributed(cfg.device)
     try:
-        summary = _train(cfg, Path(out_dir), resume, console, on_epoch_end, ctx, initial_weights)
+        with ExitStack() as owned:  # the run folder's lock, held until the run ends
+            summary = _train(cfg, out_dir, resume, console, on_epoch_end, ctx, owned, initial_weights)
     except BaseException:
         shutdown(ctx, clean=False)
         raise
@@ -253,7 +269,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
 
 
 def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on_epoch_end, ctx: DistContext,
-           initial_weights: dict | None = None) -> dict:
+           owned: ExitStack, initial_weights: dict | None = None) -> dict:
     console = console if ctx.is_main and console is not None else Console(quiet=not ctx.is_main)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and ctx.active:
@@ -269,21 +285,19 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
                       compare_all=True)
     if bytes_plan.choice is None:
         raise ConfigError(refusal(bytes_plan))
-    previous = latest_checkpoint(out_dir)
-    if previous is not None and not resume:
-        raise TrainingError(f"{out_dir} already holds a run (checkpoint {previous.name}); pass --resume to "
-                            "continue it, or choose another --out")
-    if resume and previous is None:
-        raise TrainingError(f"--resume: no checkpoint in {out_dir}/checkpoints to continue from")
+    check_can_start(out_dir, resume, check_lock=ctx.is_main)
     splits = load_splits(cfg.data, cfg.training.seed)  # before writing anything: bad data leaves no run folder
     if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        owned.enter_context(claim_run_folder(out_dir, resume, say=console.out))
     tensorboard = open_tensorboard(cfg, out_dir) if ctx.is_main else None
 
     seed_everything(cfg.training.seed)
     if resume:
-        weights, state = read_checkpoint(previous)
-        _check_resumable(state["config"], cfg, previous)
+        previous = newest_intact_checkpoint(out_dir)
+        for note in previous.notes:
+            console.out(f"note: {note}", style="yellow")
+        state = previous.state
+        _check_resumable(state["config"], cfg, previous.folder)
         # the windows and schedule the run trained with, as its saved config resolved them
         cfg = cfg.model_copy(update={"bptt": type(cfg.bptt).model_validate(state["config"]["bptt"])})
     else:
@@ -302,23 +316,24 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
     history: list[dict] = []
     wall_before = 0.0
     if resume:
-        load_weights(network, weights, previous)
+        load_weights(network, previous.weights, previous.folder)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _restore_rng(state["rng"])
         history, wall_before = state["history"], state["wall_s"]
-        console.print(f"resuming {out_dir} after epoch {len(history)} ({previous.name})")
+        console.print(f"resuming {out_dir} after epoch {len(history)} ({previous.folder.name})")
     model = DDP(network, device_ids=[device.index] if device.type == "cuda" else None) if ctx.active else network
     sampler = GlobalBatchSampler(len(splits.train), global_batch, ctx, accumulation=cfg.training.grad_accumulation,
                                  seed=cfg.training.seed)
     train_loader = make_loader(splits.train, sampler)
     if ctx.is_main:
-        (out_dir / "config.yaml").write_text(dump_config(cfg))
+        replace_atomically(out_dir / "config.yaml", dump_config(cfg).encode())
     console.print(f"training {count_parameters(network):,} parameters on {device}"
                   f"{f' x {ctx.world_size} processes' if ctx.active else ''} "
                   f"({len(splits.train)} train / {len(splits.val) if splits.val else 0} val samples, "
                   f"T={cfg.data.num_steps}, {splits.n_inputs} inputs, {splits.n_classes} classes, "
                   f"global batch {global_batch})")
+    prepare_kernels(cfg, device)
 
     run_start = time.perf_counter()
     try:
@@ -359,7 +374,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on
     summary |= tally.metrics(network.state_dict(), prefix="test_")
     if ctx.is_main:
         write_summary(out_dir / "summary.json", summary)
-    console.print(f"done: val accuracy {summary['val_accuracy']:.1%}, test accuracy {test_accuracy:.1%}; "
+    console.print(f"done: val accuracy {percent(summary['val_accuracy'])}, test accuracy {test_accuracy:.1%}; "
                   f"results in {out_dir}")
     return summary
 
@@ -393,4 +408,4 @@ def epoch_line(row: dict, epochs: int) -> str:
     val = (f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.1%}"
            if row.get("val_accuracy") is not None else "")
     return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.1%}"
-            f"{val}  {row['samples_per_s']:.0f} samples/s  lr {row['lr']:.2e}")
+            f"{val}  {rate_text(row['samples_per_s'])} samples/s  lr {row['lr']:.2e}")

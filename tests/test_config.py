@@ -50,6 +50,17 @@ BAD = [
     ("text where a number goes", patched("training.lr", "fast"), "training.lr"),
     ("unknown schedule", patched("bptt.schedule", "checkmate"), "bptt.schedule"),
     ("zero slots", patched("bptt.slots", "0"), "bptt.slots"),
+    ("negative seed", patched("training.seed", "-1"), "training.seed: Input should be greater than or equal to 0"),
+    ("seed past 32 bits", patched("training.seed", "99999999999"), "training.seed: Input should be less than"),
+    ("negative data seed", patched("data.synthetic.seed", "-3"), "data.synthetic.seed"),
+    ("a bool for an int", patched("training.epochs", "true"), "training.epochs: Input should be a valid integer"),
+    ("a float for an int", patched("model.layers.0.size", "2.5"), "model.layers.0.size: Input should be a valid integer"),
+    ("an int for a bool", patched("training.tensorboard", "1"), "training.tensorboard: Input should be a valid boolean"),
+    ("an empty out_dir", patched("out_dir", "''"), "out_dir: an empty name is no folder"),
+    ("a section given twice", "model: {layers: [{type: rlif, size: 8}]}\ntraining: {epochs: 1}\ntraining: {lr: 0.1}\n",
+     "training is given twice (lines 2 and 3)"),
+    ("a nested key given twice", "model:\n  layers:\n    - type: rlif\n      size: 8\n      size: 9\n",
+     "model.layers.0.size is given twice (lines 4 and 5)"),
 ]
 
 
@@ -66,10 +77,14 @@ def test_bad_config_is_rejected_naming_the_field(tmp_path, capsys, desc, raw, ex
     ("training.lr", "expected the form a.b=c"),
     ("model.layers.3.size=4", "model.layers is a list of 1 entries"),
     ("training.epochs.x=1", "training.epochs is a value, not a section"),
+    ("training.lr=[1,", "override 'training.lr=[1,': not valid YAML"),
+    ("training.lr={", "override 'training.lr={': not valid YAML"),
+    ("training={lr: 1, lr: 2}", "training.lr is given twice"),
 ])
 def test_bad_override(tmp_path, capsys, override, expected):
-    assert main(["validate", str(write(tmp_path, GOOD)), override]) != 0
-    assert expected in capsys.readouterr().err
+    assert main(["validate", str(write(tmp_path, GOOD)), override]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
 
 
 def test_missing_file_and_bad_yaml(tmp_path, capsys):
@@ -77,6 +92,21 @@ def test_missing_file_and_bad_yaml(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
     assert main(["validate", str(write(tmp_path, "model: [unclosed"))]) != 0
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_a_config_that_is_not_utf8(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# réseau\nmodel: {layers: [{type: rlif, size: 8}]}\n".encode("latin-1"))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8 text (byte 0xe9 at offset 3)" in err and "Traceback" not in err
+
+
+def test_numbers_in_exponent_form_and_home_folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config(write(tmp_path, GOOD), ["training.lr=3e-3", "training.weight_decay=1E-4", "out_dir=~/runs/x"])
+    assert cfg.training.lr == 3e-3 and cfg.training.weight_decay == 1e-4  # YAML 1.1 would read strings
+    assert cfg.out_dir == str(tmp_path / "runs" / "x")
 
 
 def test_overrides_are_typed_and_applied(tmp_path):

@@ -1,5 +1,7 @@
 """HDF5 round trip, binning, the synthetic generator, and every corrupt-file error."""
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -148,3 +150,117 @@ def test_unwritable_cache_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(DataError, match="data.cache_dir"):
         ensure_synthetic(SyntheticConfig(n_train=4, n_test=2), blocker / "cache")
+
+
+def _write_layout(path, build):
+    """An HDF5 file laid out by ``build(f)``, starting from a valid two-sample file."""
+    _write_raw(path, times=[[0.1], [0.2]], units=[[1], [2]], labels=[0, 1])
+    with h5py.File(path, "a") as f:
+        build(f)
+
+
+def _replace(name, **kwargs):
+    def build(f):
+        del f[name]
+        if kwargs.pop("group", False):
+            f.create_group(name)
+        else:
+            f.create_dataset(name, **kwargs)
+    return build
+
+
+def _vlen(values, dtype):
+    def build(f):
+        del f["spikes/" + values[0]]
+        d = f.create_dataset("spikes/" + values[0], (len(values[1]),), dtype=h5py.vlen_dtype(dtype))
+        for i, v in enumerate(values[1]):
+            d[i] = np.asarray(v, dtype)
+    return build
+
+
+def _empty(f):
+    for name in ("spikes/times", "spikes/units", "labels"):
+        del f[name]
+    f.create_dataset("spikes/times", (0,), dtype=h5py.vlen_dtype(np.float32))
+    f.create_dataset("spikes/units", (0,), dtype=h5py.vlen_dtype(np.uint16))
+    f.create_dataset("labels", data=np.zeros(0, np.uint16))
+
+
+BAD_LAYOUTS = {
+    "scalar labels": (_replace("labels", data=3), "labels is a scalar; the SHD/SSC layout has one entry per sample"),
+    "scalar times": (_replace("spikes/times", data=0.5), "spikes/times is a scalar"),
+    "one time per sample": (_replace("spikes/times", data=np.array([0.1, 0.2])),
+                            "sample 0: times must be a list of numbers, got shape ()"),
+    "group for labels": (_replace("labels", group=True), "labels is a group; the SHD/SSC layout has a dataset there"),
+    "group for units": (_replace("spikes/units", group=True), "spikes/units is a group"),
+    "2-D labels": (_replace("labels", data=np.zeros((2, 2), int)), "labels is of shape (2, 2)"),
+    "string labels": (_replace("labels", data=np.array([b"yes", b"no"])), "labels are |S3 values; they must be whole"),
+    "float labels": (_replace("labels", data=np.array([0.0, 1.7])),
+                     "labels must be whole numbers (class indices); found 1.7, first at sample 1"),
+    "float units": (_vlen(("units", [[1.0], [2.5]]), np.float32),
+                    "sample 1: units must be whole numbers (channel indices); found 2.5 (entry 0)"),
+    "huge spike time": (_vlen(("times", [[0.1], [1e30]]), np.float64),
+                        "sample 1: times[0] = 1e+30 s, beyond 1e+06 s; spike times are seconds"),
+    "no samples": (_empty, "holds no samples"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LAYOUTS))
+def test_bad_layouts_name_the_file_sample_and_field(tmp_path, case):
+    build, message = BAD_LAYOUTS[case]
+    _write_layout(tmp_path / "bad.h5", build)
+    with pytest.raises(DataError) as info:
+        read_recordings(tmp_path / "bad.h5", 700, 20)
+    assert str(info.value).startswith(str(tmp_path / "bad.h5")) and message in str(info.value), str(info.value)
+
+
+def test_whole_float_labels_are_read_as_classes(tmp_path):
+    _write_layout(tmp_path / "ok.h5", _replace("labels", data=np.array([3.0, 1.0])))
+    rec = read_recordings(tmp_path / "ok.h5", 700, 20)
+    assert rec.labels.tolist() == [3, 1] and rec.labels.dtype == np.int64
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_empty_split_file_stops_the_run_before_training(tmp_path, split):
+    for name, n in (("train", 8), ("test", 4)):
+        write_recordings(tmp_path / f"shd_{name}.h5", small_recordings(n=0 if name == split else n))
+    with pytest.raises(DataError, match=f"shd_{split}.h5: holds no samples"):
+        load_splits(DataConfig(dataset="shd", path=str(tmp_path), steps=10), seed=0)
+
+
+def test_a_validation_split_that_leaves_nothing_to_train_on(tmp_path):
+    write_recordings(tmp_path / "shd_train.h5", small_recordings(n=2))
+    write_recordings(tmp_path / "shd_test.h5", small_recordings(n=2))
+    with pytest.raises(DataError, match="data.val_split: holding out 0.9 of the 2 training samples leaves none"):
+        load_splits(DataConfig(dataset="shd", path=str(tmp_path), steps=10, val_split=0.9), seed=0)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders without read permission")
+def test_a_data_folder_without_read_permission(tmp_path):
+    write_recordings(tmp_path / "shd_train.h5", small_recordings())
+    write_recordings(tmp_path / "shd_test.h5", small_recordings())
+    tmp_path.chmod(0o300)
+    try:
+        with pytest.raises(DataError, match="data.path: no permission to read the folder"):
+            load_splits(DataConfig(dataset="shd", path=str(tmp_path), steps=10), seed=0)
+    finally:
+        tmp_path.chmod(0o700)
+
+
+@pytest.mark.parametrize("pooling", [1, 4])
+def test_times_far_past_the_window_are_cropped_not_wrapped(pooling):
+    times = np.array([0.0, 1e30, 2.0**63 * 0.01])
+    units = np.array([5, 6, 7])
+    frame = bin_events(times, units, steps=10, dt=0.01, n_channels=8, pooling=pooling, binary=False)
+    expected = np.zeros_like(frame)
+    expected[0, 5 // pooling] = 1
+    np.testing.assert_array_equal(frame, expected)
+
+
+def test_a_killed_generator_leaves_nothing_for_long(tmp_path):
+    leftover = tmp_path / ".synthetic-abc123"
+    leftover.mkdir()
+    (leftover / "synthetic_train.h5").write_bytes(b"half")
+    folder = ensure_synthetic(SyntheticConfig(n_train=4, n_test=2), tmp_path)
+    assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".synthetic.lock", folder.name]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import poptorch_standin
 from ipu_snn.bptt.schedules import double, uniform
-from ipu_snn.checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
+from ipu_snn.checkpoint import checkpoint_folders, save_checkpoint
 from ipu_snn.config import validate_config
 from ipu_snn.data import input_shape, load_splits
 from ipu_snn.errors import ConfigError, DeviceError, TrainingError
@@ -33,6 +33,7 @@ from ipu_snn.ipu.recomputation import Recomputation, recomputation_for
 from ipu_snn.ipu.tiles import plan_for_config
 from ipu_snn.network import build_network
 from ipu_snn.reporting import read_metrics_csv
+from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.evaluate import evaluate_run
 from ipu_snn.train import evaluate, train
 
@@ -154,7 +155,8 @@ def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path):
     assert written["device"] == "ipu-model" and written["replicas"] == 2 and written["epochs"] == 2
 
     # the IPU run's metrics are those of its weights: a CPU evaluation of the checkpoint agrees
-    weights, state = read_checkpoint(latest_checkpoint(out))
+    found = newest_intact_checkpoint(out)
+    weights, state = found.weights, found.state
     assert state["epoch"] == 2 and len(state["history"]) == 2
     splits = load_splits(cfg.data, cfg.training.seed)
     net = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt)
@@ -287,7 +289,7 @@ def test_sparse_tiny_run_trains_and_a_cpu_evaluation_agrees(poptorch, op_library
     (row,) = read_metrics_csv(out / "metrics.csv")
     assert math.isfinite(row["train_loss"]) and row["spikes_dropped"] == 0
     assert any(c["name"] == "SpikeLinear" for c in poptorch_standin.custom_op_calls)
-    weights, _ = read_checkpoint(latest_checkpoint(out))
+    weights = newest_intact_checkpoint(out).weights
     splits = load_splits(cfg.data, cfg.training.seed)
     net = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt)  # sparse, on the cpu backend
     initial = {k: v.clone() for k, v in net.state_dict().items()}
@@ -345,7 +347,7 @@ def test_sparse_overflow_is_reported_or_stops_the_run(poptorch, op_library, tmp_
     assert row["spikes_dropped"] > 0
     with pytest.raises(TrainingError, match="model.sparse_capacity = 0.1.*model.sparse_overflow=drop_and_count"):
         train(tiny(model=small, training={"epochs": 1}), tmp_path / "error")
-    assert latest_checkpoint(tmp_path / "error") is None
+    assert checkpoint_folders(tmp_path / "error") == []
 
 
 def test_sparse_without_the_op_library_stops_at_start(poptorch, monkeypatch, tmp_path):

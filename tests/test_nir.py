@@ -9,9 +9,8 @@ import torch
 import yaml
 from hypothesis import given, settings, strategies as st
 from rich.console import Console
-from safetensors.torch import load_file
 
-from ipu_snn.checkpoint import latest_checkpoint
+from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.cli import main
 from ipu_snn.config import validate_config
 from ipu_snn.errors import ConfigError
@@ -93,13 +92,13 @@ def test_export_cli_then_train_from_the_graph(tmp_path, capsys):
     train(cfg, tmp_path / "run", console=Console(quiet=True))
     assert main(["export", str(tmp_path / "run"), "--format", "nir"]) == 0
     assert f"wrote {tmp_path / 'run' / 'model.nir'}" in " ".join(capsys.readouterr().out.split())
-    trained = load_file(latest_checkpoint(tmp_path / "run") / "model.safetensors")
+    trained = newest_intact_checkpoint(tmp_path / "run").weights
 
     raw = {"model": {"from_nir": str(tmp_path / "run" / "model.nir")}, "data": DATA,
            "training": {"epochs": 1, "lr": 1e-12}}  # an lr that leaves the weights where the graph put them
     (tmp_path / "nir.yaml").write_text(yaml.safe_dump(raw))
     assert main(["train", str(tmp_path / "nir.yaml"), "--out", str(tmp_path / "again")]) == 0
-    started = load_file(latest_checkpoint(tmp_path / "again") / "model.safetensors")
+    started = newest_intact_checkpoint(tmp_path / "again").weights
     for key, value in trained.items():
         torch.testing.assert_close(started[key], value, rtol=0, atol=1e-9)
     written = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())["model"]

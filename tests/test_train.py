@@ -5,13 +5,14 @@ import math
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
-from ipu_snn.checkpoint import latest_checkpoint
 from ipu_snn.cli import main
 from ipu_snn.config import load_config, validate_config
 from ipu_snn.errors import TrainingError
-from ipu_snn.train import train
+from ipu_snn.run_folder import newest_intact_checkpoint
+from ipu_snn.train import epoch_line, train
 
 SMALL = {
     "model": {"layers": [{"type": "rlif", "size": 24, "tau": 0.1}], "readout": {"reduce": "mean"}},
@@ -46,7 +47,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
 
     with pytest.raises(Crash):
         train(small(), tmp_path / "resumed", console=quiet(), on_epoch_end=crash_after_first)
-    assert latest_checkpoint(tmp_path / "resumed").name == "epoch-0001"
+    assert newest_intact_checkpoint(tmp_path / "resumed").folder.name == "epoch-0001"
     resumed = train(small(), tmp_path / "resumed", resume=True, console=quiet())
 
     for key in ["val_accuracy", "train_loss", "test_accuracy", "test_loss", "epochs"]:
@@ -76,8 +77,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     with pytest.raises(TrainingError, match="loss became nan at epoch 2, batch 1"):
         train(small(), tmp_path, console=quiet(), on_epoch_end=poison_weights)
-    assert latest_checkpoint(tmp_path).name == "epoch-0001"
-    weights = load_file(latest_checkpoint(tmp_path) / "model.safetensors")
+    kept = newest_intact_checkpoint(tmp_path)
+    assert kept.folder.name == "epoch-0001"
+    weights = kept.weights
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 2  # header + epoch 1
     resumed = train(small(), tmp_path, resume=True, console=quiet())  # the kept checkpoint still works
@@ -114,3 +116,44 @@ def test_tiny_config_reaches_90_percent(tmp_path):
     assert math.isfinite(summary["samples_per_s"]) and summary["epochs"] == 20
     for name in ["metrics.csv", "curves.png", "config.yaml", "checkpoints/LATEST"]:
         assert (tmp_path / name).is_file()
+
+
+def test_no_validation_split_trains_evaluates_and_resumes(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, "data": {**SMALL["data"], "val_split": 0}}))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "training.epochs=1", "--out", str(out)]) == 0
+    assert "done: val accuracy n/a, test accuracy" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["val_accuracy"] is None
+    assert main(["train", str(path), "training.epochs=2", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+    assert main(["eval", str(out)]) == 0
+    assert main(["eval", str(out), "--split", "val"]) == 2
+    assert "the run has no val split" in capsys.readouterr().err
+
+
+def test_epoch_lines_are_whole_in_logs(tmp_path, capsys):
+    # capsys is no terminal, as a log file or a CI console is not
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(SMALL))
+    assert main(["train", str(path), "training.epochs=2", "--out", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 2 and all("samples/s" in line and " lr " in line for line in epochs), lines
+    assert max(map(len, lines)) > 80  # the lines rich would have broken at 80 columns
+
+
+@pytest.mark.parametrize("rate,text", [(0.456, "0.456"), (12.34, "12.3"), (99.94, "99.9"), (1234.4, "1234")])
+def test_rates_keep_three_significant_digits(rate, text):
+    row = {"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "samples_per_s": rate, "lr": 1e-3}
+    assert f" {text} samples/s " in epoch_line(row, 3)
+
+
+def test_plan_table_names_every_schedule_in_full(capsys):
+    args = ["plan", "configs/shd_rlif.yaml", "--device", "h100", "--budget-gib", "4"]
+    assert main(args + ["--json"]) == 0
+    names = [s["name"] for s in json.loads(capsys.readouterr().out)["strategies"]]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert names and all(name in table for name in names), table
+    assert "…" not in table

@@ -16,9 +16,10 @@ def bin_events(times: np.ndarray, units: np.ndarray, *, steps: int, dt: float, n
     ``binary`` clips counts to 1, which keeps inputs spike-like after pooling.
     """
     width = pooled_channels(n_channels, pooling)
-    step = np.floor(np.asarray(times) / dt).astype(np.int64)
-    keep = step < steps
-    flat = step[keep] * width + np.asarray(units)[keep] // pooling
+    # cropped while still float: a time far past the window would overflow the integer step index
+    scaled = np.floor(np.asarray(times, dtype=np.float64) / dt)
+    keep = scaled < steps
+    flat = scaled[keep].astype(np.int64) * width + np.asarray(units)[keep].astype(np.int64) // pooling
     frame = np.bincount(flat, minlength=steps * width).astype(np.float32).reshape(steps, width)
     if binary:
         np.minimum(frame, 1.0, out=frame)

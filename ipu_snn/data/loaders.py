@@ -9,6 +9,7 @@ Spike counts (``data.binary: false``) stay float frames.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def _files(cfg: DataConfig) -> dict[str, Path]:
     folder = Path(cfg.path).expanduser()
     if not folder.is_dir():
         raise DataError(f"data.path: folder not found: {folder}")
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise DataError(f"data.path: no permission to read the folder {folder}")
     names = {"train": "train", "test": "test"} | ({"valid": "valid"} if cfg.dataset == "ssc" else {})
     return {split: folder / f"{cfg.dataset}_{name}.h5" for split, name in names.items()}
 
@@ -128,6 +131,9 @@ def load_splits(cfg: DataConfig, seed: int) -> DataSplits:
         n_val = int(round(cfg.val_split * len(train)))
         val_set = SpikeFrames(train, np.sort(order[:n_val]), cfg) if n_val else None
         train_set = SpikeFrames(train, np.sort(order[n_val:]), cfg)
+        if not len(train_set):
+            raise DataError(f"data.val_split: holding out {cfg.val_split} of the {len(train)} training samples "
+                            "leaves none to train on")
     test_set = SpikeFrames(test, np.arange(len(test)), cfg)
     return DataSplits(train_set, val_set, test_set, pooled_channels(train.n_channels, cfg.channel_pooling),
                       train.n_classes, cfg.step_seconds)

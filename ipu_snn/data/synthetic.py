@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..config import SyntheticConfig
 from ..errors import DataError
+from ..files import LockBusy, held_lock, honour_umask
 from .recordings import SpikeRecordings, write_recordings
 
 # Bump when the generator changes, so cached files made by an older one are not reused.
@@ -92,32 +94,50 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("IPU_SNN_CACHE", Path.home() / ".cache" / "ipu_snn"))
 
 
+#: Generating a large set takes minutes at most; a lock held longer belongs to a stuck process.
+GENERATE_WAIT_S = 600.0
+LOCK = ".synthetic.lock"
+TEMP_PREFIX = ".synthetic-"
+
+
 def ensure_synthetic(cfg: SyntheticConfig, cache_dir: str | Path | None = None) -> Path:
     """Generate the dataset once into the cache and return its folder.
 
     The folder name hashes the parameters, and it appears in one rename, so a
-    crash or a concurrent process never leaves a half-written dataset behind.
+    crash never leaves a half-written dataset behind. One process generates at a
+    time (a lock in the cache that dies with its holder); it first removes what a
+    generator killed midway left, which no live process can be using then.
     """
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     digest = hashlib.sha256(json.dumps([GENERATOR_VERSION, cfg.model_dump()], sort_keys=True).encode()).hexdigest()
     folder = root / f"synthetic-{digest[:16]}"
     if (folder / "synthetic_test.h5").is_file():
         return folder
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root))
+        with held_lock(root / LOCK, wait_s=GENERATE_WAIT_S, on_wait=lambda holder: print(
+                f"waiting for {holder}, which is generating the synthetic dataset in {root}", file=sys.stderr)):
+            if not (folder / "synthetic_test.h5").is_file():  # else another process made it while we waited
+                _generate_into(cfg, root, folder)
+    except LockBusy as busy:
+        raise DataError(f"waited {GENERATE_WAIT_S:g} s for {busy.holder} to finish generating the synthetic "
+                        f"dataset in {root}; stop that process or set data.cache_dir elsewhere") from None
     except OSError as exc:
         raise DataError(f"cannot write the synthetic dataset cache in {root} ({exc.strerror}); "
                         "set data.cache_dir or $IPU_SNN_CACHE to a writable folder") from None
+    return folder
+
+
+def _generate_into(cfg: SyntheticConfig, root: Path, folder: Path) -> None:
+    for leftover in root.glob(f"{TEMP_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)  # incomplete: written by a version without the rename
+    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))
     try:
+        honour_umask(tmp, directory=True)
         train, test = generate(cfg)
         write_recordings(tmp / "synthetic_train.h5", train)
         write_recordings(tmp / "synthetic_test.h5", test)
-        try:
-            tmp.rename(folder)
-        except OSError:
-            if not (folder / "synthetic_test.h5").is_file():  # lost a race only if the winner finished
-                raise
+        tmp.rename(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder

@@ -136,16 +136,13 @@ def write_graph(graph, path: Path) -> None:
 
 def export_run(run_dir: Path, out: Path | None = None, dt: float | None = None,
                keep_subtract_reset: bool = False) -> Path:
-    """Write the latest checkpoint of a run folder as a NIR file (default ``RUN/model.nir``)."""
-    from ..checkpoint import latest_checkpoint, read_checkpoint
+    """Write the newest intact checkpoint of a run folder as a NIR file (default ``RUN/model.nir``)."""
     from ..config import load_config
-    from ..errors import TrainingError
+    from ..run_folder import newest_intact_checkpoint
 
-    folder = latest_checkpoint(run_dir)
-    if folder is None:
-        raise TrainingError(f"{run_dir}: no checkpoint found (expected {run_dir}/checkpoints/LATEST)")
+    found = newest_intact_checkpoint(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    graph = export_graph(cfg, read_checkpoint(folder)[0], dt, keep_subtract_reset)
+    graph = export_graph(cfg, found.weights, dt, keep_subtract_reset)
     out = Path(out) if out is not None else run_dir / "model.nir"
     write_graph(graph, out)
     return out

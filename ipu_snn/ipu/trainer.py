@@ -14,6 +14,7 @@ Checkpoints hold host copies of the weights, readable on any device
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -22,14 +23,16 @@ import torch
 from rich.console import Console
 from torch.utils.data import Dataset
 
-from ..checkpoint import latest_checkpoint, save_checkpoint
+from ..checkpoint import save_checkpoint
 from ..config import Config, TrainingConfig, dump_config
 from ..data import input_shape, load_splits
 from ..devices import resolve_device
 from ..errors import ConfigError, TrainingError
+from ..files import replace_atomically
 from ..network import SpikingNetwork, count_parameters
 from ..optim import make_scheduler
-from ..reporting import write_summary
+from ..reporting import percent, write_summary
+from ..run_folder import check_can_start, claim_run_folder
 from ..train import epoch_line, open_tensorboard, plan_time_loop, progress_bar, run_summary, write_reports, seed_everything
 from .model import Evaluation, TrainingStep, build_traced
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
@@ -171,7 +174,12 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
               on_epoch_end: Callable[[int, dict, SpikingNetwork], None] | None = None,
               initial_weights: dict | None = None) -> dict:
     """Train as the config says on IPUs (or the IPU Model); returns the summary also written to summary.json."""
-    out_dir = Path(out_dir)
+    with ExitStack() as owned:  # the run folder's lock, held until the run ends
+        return _train_ipu(cfg, Path(out_dir), resume, console, on_epoch_end, owned, initial_weights)
+
+
+def _train_ipu(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on_epoch_end,
+               owned: ExitStack, initial_weights: dict | None = None) -> dict:
     resolve_device(cfg.device)  # without PopTorch: a DeviceError that names the Poplar SDK
     check_ipu_config(cfg)
     poptorch, popdist = import_poptorch(), import_popdist()
@@ -182,9 +190,7 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
     if resume:
         raise TrainingError("--resume is not supported on device ipu / ipu-model yet (PopTorch keeps the "
                             "optimizer state on the device); start a new --out")
-    previous = latest_checkpoint(out_dir)
-    if previous is not None:
-        raise TrainingError(f"{out_dir} already holds a run (checkpoint {previous.name}); choose another --out")
+    check_can_start(out_dir, resume=False, check_lock=reps.is_main)
     micro = micro_batch_size(cfg, reps.total)
     tile_plan = fitting_tile_plan(cfg, micro, reps)
     bptt, cfg = plan_time_loop(cfg, console, per_process_batch=micro)
@@ -213,8 +219,8 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
                   f"T={cfg.data.num_steps}, {splits.n_inputs} inputs, {splits.n_classes} classes")
 
     if reps.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(dump_config(cfg))
+        owned.enter_context(claim_run_folder(out_dir, False, say=console.out))
+        replace_atomically(out_dir / "config.yaml", dump_config(cfg).encode())
     tensorboard = open_tensorboard(cfg, out_dir) if reps.is_main else None
     history: list[dict] = []
     run_start = time.perf_counter()
@@ -254,10 +260,6 @@ def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console
                 "instances": reps.instances, "processes": reps.instances}
     if reps.is_main:
         write_summary(out_dir / "summary.json", summary)
-    console.print(f"done: val accuracy {_percent(summary['val_accuracy'])}, test accuracy {test_accuracy:.1%}; "
+    console.print(f"done: val accuracy {percent(summary['val_accuracy'])}, test accuracy {test_accuracy:.1%}; "
                   f"results in {out_dir}")
     return summary
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"

@@ -13,11 +13,15 @@ import hashlib
 import os
 import platform
 import shutil
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from ipu_snn.errors import DeviceError
+from ipu_snn.files import LockBusy, held_lock, honour_umask
 
 EXTENSION_NAME = "ipu_snn_cpu_ops"
 
@@ -72,16 +76,26 @@ def _check_toolchain() -> None:
 def build_directory() -> Path:
     """Where the compiled extension is cached.
 
-    The directory is keyed by torch version, architecture and the host's CPU
-    flags, because the build is ABI-bound to torch and uses -march=native: a
-    home directory shared by different machines must not share one binary.
+    The directory is keyed by torch version, architecture, the host's CPU flags
+    and the sources with their compile flags: the build is ABI-bound to torch and
+    uses -march=native, so a home directory shared by different machines must not
+    share one binary, and a folder, once in place, never changes.
     """
     root = os.environ.get(BUILD_DIR_ENV)
-    base = Path(root) if root else Path.home() / ".cache" / "ipu_snn" / "ext"
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "ipu_snn" / "ext"
     key = hashlib.sha256(
-        f"{torch.__version__}|{platform.machine()}|{_cpu_flags()}".encode()
+        f"{torch.__version__}|{platform.machine()}|{_cpu_flags()}|{_CFLAGS}|{_LDFLAGS}".encode()
+        + _sources_digest()
     ).hexdigest()[:12]
     return base / f"{EXTENSION_NAME}-{key}"
+
+
+def _sources_digest() -> bytes:
+    files = sorted((CUSTOM_OPS_DIR / "cpu").glob("*.cpp")) + sorted((CUSTOM_OPS_DIR / "include").glob("*.h"))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.digest()
 
 
 def _cpu_flags() -> str:
@@ -94,23 +108,66 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+#: How long a run waits for another process's build before giving up (a build takes about 30 s).
+BUILD_WAIT_S = 600.0
+
+
 @functools.cache
 def load_cpu_ops():
-    """Compile (once) and load the extension; returns ``torch.ops.ipu_snn_cpu``."""
+    """Compile (once per machine) and load the extension; returns ``torch.ops.ipu_snn_cpu``."""
     sources = _sources()
-    _check_toolchain()
-    from torch.utils.cpp_extension import load
-
-    build_dir = build_directory()
-    build_dir.mkdir(parents=True, exist_ok=True)
-    load(
-        name=EXTENSION_NAME,
-        sources=[str(s) for s in sources],
-        extra_include_paths=[str(CUSTOM_OPS_DIR / "include")],
-        extra_cflags=_CFLAGS,
-        extra_ldflags=_LDFLAGS,
-        build_directory=str(build_dir),
-        is_python_module=False,
-        verbose=False,
-    )
+    final = build_directory()
+    library = final / f"{EXTENSION_NAME}.so"
+    if library.is_file() or not _build(sources, final, library):
+        torch.ops.load_library(str(library))
     return torch.ops.ipu_snn_cpu
+
+
+def _build(sources: list[Path], final: Path, library: Path) -> bool:
+    """Build into a temporary folder and rename it to ``final``, holding a lock that dies with this
+    process, so a build killed at any moment leaves neither a stale lock nor a half-built folder in
+    place. Returns whether this process built (and so already loaded) the library."""
+    _check_toolchain()
+    lock = final.with_name(final.name + ".lock")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with held_lock(lock, wait_s=BUILD_WAIT_S, on_wait=lambda holder: _say(
+                f"waiting for {holder}, which is building the C++ kernels in {final.parent}")):
+            if library.is_file():  # another process built it while this one waited
+                return False
+            for leftover in final.parent.glob(f".{final.name}.build-*"):  # a killed build's: no live one now
+                shutil.rmtree(leftover, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.build-", dir=final.parent))
+            _say("building the C++ kernels (first use, about 30 s)")
+            start = time.perf_counter()
+            from torch.utils.cpp_extension import load
+
+            load(
+                name=EXTENSION_NAME,
+                sources=[str(s) for s in sources],
+                extra_include_paths=[str(CUSTOM_OPS_DIR / "include")],
+                extra_cflags=_CFLAGS,
+                extra_ldflags=_LDFLAGS,
+                build_directory=str(tmp),
+                is_python_module=False,
+                verbose=False,
+            )
+            honour_umask(tmp, directory=True)
+            tmp.rename(final)
+            _say(f"built the C++ kernels in {time.perf_counter() - start:.0f} s, cached in {final}")
+            return True
+    except LockBusy as busy:
+        raise DeviceError(
+            f"waited {BUILD_WAIT_S:g} s for {busy.holder} to finish building the C++ kernels ({lock}); "
+            f"stop that process if it is stuck, or point ${BUILD_DIR_ENV} at another folder"
+        ) from None
+    except OSError as exc:
+        raise DeviceError(
+            f"cannot write the C++ kernel cache in {final.parent} ({exc.strerror}); point "
+            f"${BUILD_DIR_ENV} at a writable folder"
+        ) from None
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
