@@ -382,9 +382,10 @@ std::tuple<at::Tensor, at::Tensor> bits_forward(const at::Tensor& bits_in, int64
     Acc* o = out.data_ptr<Acc>();
     int32_t* dp = dropped.data_ptr<int32_t>();
     at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      std::vector<int32_t> ids(std::max<int64_t>(1, std::min(capacity, n_in)));
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t total = core::gather_add_bits_row<scalar_t, Acc>(w, n_out, bp + r * row_bytes, n_in,
-                                                                      capacity, o + r * n_out);
+                                                                      capacity, ids.data(), o + r * n_out);
         dp[r] = static_cast<int32_t>(std::max<int64_t>(0, total - capacity));
       }
     });
@@ -434,9 +435,10 @@ at::Tensor bits_grad_weight(const at::Tensor& bits_in, int64_t n_in, const at::T
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r0 = rows * t / threads, r1 = rows * (t + 1) / threads;
         Acc* mine = acc + t * n_in * n_out;
+        std::vector<int32_t> ids(std::max<int64_t>(1, std::min(capacity, n_in)));
         for (int64_t r = r0; r < r1; ++r) {
           core::scatter_add_bits_row<scalar_t, Acc>(g + r * n_out, n_out, bp + r * row_bytes, n_in,
-                                                    capacity, mine);
+                                                    capacity, ids.data(), mine);
         }
       }
     });

@@ -31,6 +31,13 @@
 
 #include <cstdint>
 
+// The compiler may assume the pointer is the only way to its data (GCC, Clang and popc).
+#if defined(__GNUC__) || defined(__clang__)
+#define IPU_SNN_SPIKE_RESTRICT __restrict__
+#else
+#define IPU_SNN_SPIKE_RESTRICT
+#endif
+
 namespace ipu_snn {
 namespace core {
 
@@ -207,6 +214,33 @@ CompactCounts compact_row(const Z* z, const M* near, I n, int32_t capacity,
   return result;
 }
 
+// The ids of a row's spikes, ascending, at most `capacity` of them; returns
+// how many spikes the row has in all (more than written when it overflows).
+inline int64_t spike_ids(const uint8_t* bits, int64_t n, int64_t capacity, int32_t* ids) {
+  const int64_t n_bytes = (n + 7) / 8;
+  int64_t total = 0, k = 0;
+  // Eight bytes at a time: at a few percent most words are empty or hold one
+  // spike, and a word test costs what a byte test does (3x faster measured).
+  for (; k + 8 <= n_bytes; k += 8) {
+    uint64_t word = 0;
+    for (int64_t b = 0; b < 8; ++b) word |= static_cast<uint64_t>(bits[k + b]) << (8 * b);
+    while (word != 0) {
+      if (total < capacity) ids[total] = static_cast<int32_t>(8 * k + __builtin_ctzll(word));
+      ++total;
+      word &= word - 1;
+    }
+  }
+  for (; k < n_bytes; ++k) {
+    uint32_t byte = bits[k];
+    while (byte != 0) {
+      if (total < capacity) ids[total] = static_cast<int32_t>(8 * k + __builtin_ctz(byte));
+      ++total;
+      byte &= byte - 1;
+    }
+  }
+  return total;
+}
+
 // compact_row for spikes given as packed bits (neuron j is bit j % 8 of byte
 // j / 8, ipu_snn/neuron/bits.py): the same lists, in the same order, from
 // ceil(n / 8) bytes instead of n values. `near_bits` may be null; a neuron set
@@ -216,16 +250,7 @@ inline CompactCounts compact_bits_row(const uint8_t* bits, const uint8_t* near_b
                                       int64_t n, int32_t capacity, int32_t* ids) {
   CompactCounts result{0, 0, 0, 0};
   const int64_t n_bytes = (n + 7) / 8;
-  int64_t total = 0;
-  for (int64_t k = 0; k < n_bytes; ++k) {
-    uint32_t byte = bits[k];
-    while (byte != 0) {
-      const int64_t j = 8 * k + __builtin_ctz(byte);
-      byte &= byte - 1;
-      if (total < capacity) ids[total] = static_cast<int32_t>(j);
-      ++total;
-    }
-  }
+  const int64_t total = spike_ids(bits, n, capacity, ids);
   result.spikes = static_cast<int32_t>(min_i64(total, capacity));
   result.dropped = static_cast<int32_t>(total - result.spikes);
   int32_t filled = result.spikes;
@@ -248,14 +273,70 @@ inline CompactCounts compact_bits_row(const uint8_t* bits, const uint8_t* near_b
   return result;
 }
 
-// out[0, n_out) += the weight rows of the first `count` ids: one sample's
-// spikes @ weight, the gather-add of the time loop's recurrent product.
+// The host build sums float rows with GCC/Clang vector types: 4 accumulators
+// of 8 lanes hold 32 output columns in registers over all the ids, which the
+// compiler does not find on its own through the id indirection (measured 33 ms
+// against 93 ms for the scalar loop, 51200 rows of 700 -> 256 at 5%, one
+// thread). popc (__IPU__) takes the portable loop below.
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__IPU__)
+namespace detail {
+typedef float f32x8 __attribute__((vector_size(32), aligned(4)));
+constexpr int64_t kVectors = 4;
+constexpr int64_t kVectorLanes = 8 * kVectors;
+
+// Columns [0, returned) of out += the rows; the caller does the rest.
+inline int64_t gather_add_vectors(const float* IPU_SNN_SPIKE_RESTRICT weight, int64_t n_out,
+                                  const int32_t* IPU_SNN_SPIKE_RESTRICT ids, int32_t count,
+                                  float* IPU_SNN_SPIKE_RESTRICT out) {
+  int64_t c = 0;
+  for (; c + kVectorLanes <= n_out; c += kVectorLanes) {
+    f32x8 acc[kVectors];
+    for (int64_t j = 0; j < kVectors; ++j) acc[j] = *reinterpret_cast<const f32x8*>(out + c + 8 * j);
+    for (int32_t k = 0; k < count; ++k) {
+      const float* row = weight + static_cast<int64_t>(ids[k]) * n_out + c;
+      for (int64_t j = 0; j < kVectors; ++j) acc[j] += *reinterpret_cast<const f32x8*>(row + 8 * j);
+    }
+    for (int64_t j = 0; j < kVectors; ++j) *reinterpret_cast<f32x8*>(out + c + 8 * j) = acc[j];
+  }
+  return c;
+}
+}  // namespace detail
+#define IPU_SNN_HOST_VECTORS 1
+#endif
+
+namespace detail {
+// Other types (double, half) take the portable loop from column 0.
 template <typename T, typename Acc>
-void gather_add_row(const T* weight, int64_t n_out, const int32_t* ids, int32_t count,
-                    Acc* out) {
-  for (int32_t k = 0; k < count; ++k) {
-    const T* row = weight + static_cast<int64_t>(ids[k]) * n_out;
-    for (int64_t c = 0; c < n_out; ++c) out[c] += Acc(row[c]);
+inline int64_t vector_columns(const T*, int64_t, const int32_t*, int32_t, Acc*) {
+  return 0;
+}
+#ifdef IPU_SNN_HOST_VECTORS
+inline int64_t vector_columns(const float* weight, int64_t n_out, const int32_t* ids,
+                              int32_t count, float* out) {
+  return gather_add_vectors(weight, n_out, ids, count, out);
+}
+#endif
+}  // namespace detail
+
+// out[0, n_out) += the weight rows of the first `count` ids: one sample's
+// spikes @ weight, the gather-add of the time loop's products. The sums of a
+// block of columns stay in registers over all the ids, and the output block
+// is read and written once: a plain `out[c] += row[c]` per id would load and
+// store the output once per id, which made this loop bandwidth-bound.
+template <typename T, typename Acc>
+void gather_add_row(const T* IPU_SNN_SPIKE_RESTRICT weight, int64_t n_out,
+                    const int32_t* IPU_SNN_SPIKE_RESTRICT ids, int32_t count,
+                    Acc* IPU_SNN_SPIKE_RESTRICT out) {
+  for (int64_t c = detail::vector_columns(weight, n_out, ids, count, out); c < n_out;
+       c += kBlockLanes) {
+    const int64_t width = min_i64(kBlockLanes, n_out - c);
+    Acc acc[kBlockLanes];
+    for (int64_t j = 0; j < width; ++j) acc[j] = out[c + j];
+    for (int32_t k = 0; k < count; ++k) {
+      const T* row = weight + static_cast<int64_t>(ids[k]) * n_out + c;
+      for (int64_t j = 0; j < width; ++j) acc[j] += Acc(row[j]);
+    }
+    for (int64_t j = 0; j < width; ++j) out[c + j] = acc[j];
   }
 }
 
@@ -272,49 +353,34 @@ void listed_grad_row(const T* weight, int64_t n_out, const T* grad_out, const in
   }
 }
 
+
 // Row-order kernels on packed bits. When the weight (or its gradient) fits in
 // cache, walking rows in order and touching the weight rows of each row's
 // spikes beats the neuron order above: the [R, n_out] operand streams once,
 // sequentially, and the weight stays cached. This is the shape of a time
 // loop's products (R = steps x samples rows, a few hundred neurons per side).
 // Only the first `capacity` spikes of a row count (ascending neuron order, as
-// compact_bits_row lists them); the return value is the row's total spikes.
+// compact_bits_row lists them); `ids` is scratch for min(capacity, n_in) ids.
+// The return value is the row's total spikes.
 
 // out[0, n_out) += weight rows of the row's spikes.
 template <typename T, typename Acc>
 int64_t gather_add_bits_row(const T* weight, int64_t n_out, const uint8_t* bits, int64_t n_in,
-                            int64_t capacity, Acc* out) {
-  const int64_t n_bytes = (n_in + 7) / 8;
-  int64_t total = 0;
-  for (int64_t k = 0; k < n_bytes; ++k) {
-    uint32_t byte = bits[k];
-    while (byte != 0) {
-      const int64_t j = 8 * k + __builtin_ctz(byte);
-      byte &= byte - 1;
-      if (total++ < capacity) {
-        const T* row = weight + j * n_out;
-        for (int64_t c = 0; c < n_out; ++c) out[c] += Acc(row[c]);
-      }
-    }
-  }
+                            int64_t capacity, int32_t* ids, Acc* out) {
+  const int64_t total = spike_ids(bits, n_in, capacity, ids);
+  gather_add_row<T, Acc>(weight, n_out, ids, static_cast<int32_t>(min_i64(total, capacity)), out);
   return total;
 }
 
 // grad_weight rows of the row's spikes += grad_row[0, n_out).
 template <typename G, typename Acc>
-void scatter_add_bits_row(const G* grad_row, int64_t n_out, const uint8_t* bits, int64_t n_in,
-                          int64_t capacity, Acc* grad_weight) {
-  const int64_t n_bytes = (n_in + 7) / 8;
-  int64_t total = 0;
-  for (int64_t k = 0; k < n_bytes && total < capacity; ++k) {
-    uint32_t byte = bits[k];
-    while (byte != 0 && total < capacity) {
-      const int64_t j = 8 * k + __builtin_ctz(byte);
-      byte &= byte - 1;
-      ++total;
-      Acc* gw = grad_weight + j * n_out;
-      for (int64_t c = 0; c < n_out; ++c) gw[c] += Acc(grad_row[c]);
-    }
+void scatter_add_bits_row(const G* IPU_SNN_SPIKE_RESTRICT grad_row, int64_t n_out,
+                          const uint8_t* bits, int64_t n_in, int64_t capacity, int32_t* ids,
+                          Acc* IPU_SNN_SPIKE_RESTRICT grad_weight) {
+  const int64_t count = min_i64(spike_ids(bits, n_in, capacity, ids), capacity);
+  for (int64_t k = 0; k < count; ++k) {
+    Acc* gw = grad_weight + static_cast<int64_t>(ids[k]) * n_out;
+    for (int64_t c = 0; c < n_out; ++c) gw[c] += Acc(grad_row[c]);
   }
 }
 
