@@ -21,6 +21,10 @@ POPLAR_SDK_HINT = (
 )
 
 
+#: Config devices that PopTorch compiles for (ipu_snn.ipu.trainer trains on them); the model stays on the host.
+POPTORCH_DEVICES = ("ipu", "ipu-model")
+
+
 def poptorch_available() -> bool:
     return importlib.util.find_spec("poptorch") is not None
 
@@ -33,7 +37,7 @@ def resolve_device(name: str) -> torch.device:
             raise DeviceError("device: cuda was requested, but torch sees no CUDA GPU on this machine "
                               f"(torch {torch.__version__}); use device: cpu or run where a GPU is visible")
         return torch.device("cuda")
-    if name in ("ipu", "ipu-model"):
+    if name in POPTORCH_DEVICES:
         if not poptorch_available():
             raise DeviceError(f"device: {name} needs PopTorch, which is not installed. {POPLAR_SDK_HINT}")
         # The model stays on the host; PopTorch compiles it for the IPUs (or the IPU Model).

@@ -8,18 +8,13 @@ from typing import Callable
 from .checkpoint import load_weights
 from .config import load_config
 from .data import load_splits
-from .devices import resolve_device
+from .devices import POPTORCH_DEVICES, resolve_device
 from .errors import TrainingError
 from .executor import TimeLoop
 from .metrics import WorkloadTally, static_metrics
 from .network import build_network
 from .run_folder import newest_intact_checkpoint
-from .train import evaluate
-
-
-#: Runs evaluated elsewhere than they trained: an IPU run's checkpoints are host copies of its weights,
-#: and evaluating them needs no compiled graph.
-EVALUATE_ON = {"ipu": "cpu", "ipu-model": "cpu"}
+from .torch_driver import evaluate, load_backends
 
 
 def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, with_metrics: bool = False,
@@ -32,10 +27,10 @@ def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, 
     for note in found.notes:
         say(f"note: {note}")
     cfg = load_config(run_dir / "config.yaml")
-    name = device or EVALUATE_ON.get(cfg.device, cfg.device)
+    # an IPU run's checkpoints are host copies of its weights: evaluating them needs no compiled graph
+    name = device or ("cpu" if cfg.device in POPTORCH_DEVICES else cfg.device)
     device = resolve_device(name)
-    if name == "ipu-emulator":
-        import ipu_snn.ipu  # noqa: F401  (registers the emulator's spike backend)
+    load_backends(name)
     splits = load_splits(cfg.data, cfg.training.seed)
     # the windows the run trained with (its saved config resolves them); no schedule: nothing is differentiated
     model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=TimeLoop(cfg.bptt.window),

@@ -6,7 +6,7 @@ Two steps, in two environments (neurobench pulls numba, tonic and more, so it st
     /tmp/venv_nb/bin/python scripts/check_neurobench.py neurobench /tmp/nb_case.pt
 
 ``ours`` builds a small recurrent network (some weights pruned to zero), evaluates it with
-``ipu_snn.train.evaluate`` and a WorkloadTally, and saves weights, inputs and our metrics.
+``ipu_snn.torch_driver.evaluate`` and a WorkloadTally, and saves weights, inputs and our metrics.
 ``neurobench`` rebuilds the same network in plain torch (one ``nn.Linear`` call per connection and step,
 the spike nonlinearity registered as NeuroBench's activation module), runs NeuroBench's Benchmark with
 its own metrics, and prints both side by side; it exits 1 if any differs. Its result is recorded in
@@ -26,7 +26,7 @@ def ours(path: str) -> None:
     from ipu_snn.config import validate_config
     from ipu_snn.metrics import WorkloadTally, static_metrics
     from ipu_snn.network import build_network
-    from ipu_snn.train import evaluate
+    from ipu_snn.torch_driver import evaluate
 
     layers = [{"type": "rlif", "size": HIDDEN[0], "beta": 0.9, "reset": "zero"},
               {"type": "lif", "size": HIDDEN[1], "beta": 0.85, "reset": "zero"}]

@@ -13,6 +13,12 @@ mimics the semantics the trainer relies on:
   (OutputMode.Sum) or concatenated (OutputMode.All);
 * executors compile on first call and must be detached before another one
   attaches, as on real IPUs;
+* an optimizer's hyperparameters (its learning rates) are the IPU's copies: they
+  are uploaded when the model compiles, by ``setOptimizer`` while attached (else
+  when it next attaches), and by the state a ``load_state_dict`` gave it, which
+  is written after them whenever the model attaches; ``state_dict`` reads them
+  back (with ``ipu_state``/``ipu_param``, as PopTorch 3.x's
+  ``_poplar_executor.py`` and ``optim.py`` do), and a training step runs with them;
 * ``custom_op`` computes the ipu_snn PopART ops with the reference kernels
   (SpikeSelect as its Poplar vertex does), checks ``example_outputs``
   against what it computed, and records each call's name, attributes and
@@ -224,6 +230,46 @@ def _poptorch_optimizer(base):
         def __init__(self, params, *args, max_grad_norm=None, **kwargs):
             super().__init__(params, *args, **kwargs)
             self.max_grad_norm = math.inf if max_grad_norm is None else max_grad_norm
+            self.ipu_lr = None  # the learning rates the IPU holds (None: not compiled)
+            self.ipu_copy = None  # the last IPU state read back or loaded; written when the model attaches
+            self.host_stale = False  # the IPU has stepped since the last read
+            self.used_lr = []  # the IPU's learning rates at each step
+
+        def read_ipu(self):
+            # the steps run on the host here, so the optimizer's tensors are torch's own state
+            self.ipu_copy = {"ipu_state": {f"{i}.{k}": v.clone() for i, s in super().state_dict()["state"].items()
+                                           for k, v in s.items()},
+                             "ipu_param": {f"learningRate___group{g}": torch.tensor(lr)
+                                           for g, lr in enumerate(self.ipu_lr)}}
+            self.host_stale = False
+
+        def write_ipu(self):
+            for key, lr in (self.ipu_copy or {"ipu_param": {}})["ipu_param"].items():
+                self.ipu_lr[int(key.rsplit("group", 1)[1])] = float(lr)
+
+        def upload(self):
+            self.ipu_lr = [group["lr"] for group in self.param_groups]
+
+        def state_dict(self):
+            if self.host_stale:
+                self.read_ipu()
+            return {**(self.ipu_copy or {"ipu_state": None, "ipu_param": None}), **super().state_dict()}
+
+        def load_state_dict(self, state):
+            if not ("ipu_state" in state and "ipu_param" in state):
+                raise RuntimeError("Only IPU optimizer states can be loaded onto the IPU.")
+            super().load_state_dict(state)
+            self.ipu_copy = {"ipu_state": state["ipu_state"], "ipu_param": state["ipu_param"]}
+
+        def step(self, closure=None):
+            host = [group["lr"] for group in self.param_groups]
+            for group, lr in zip(self.param_groups, self.ipu_lr):
+                group["lr"] = lr
+            self.used_lr.append(tuple(self.ipu_lr))
+            super().step(closure)
+            for group, lr in zip(self.param_groups, host):
+                group["lr"] = lr
+            self.host_stale = True
 
     Optimizer.__name__ = base.__name__
     return Optimizer
@@ -254,15 +300,21 @@ class Executor:
         self.compiled = False
         self.calls = 0
         self.destroyed = False
+        self.optimizer_dirty = False  # set while detached: the new hyperparameters go up on the next attach
         if training:
             assert optimizer is not None
         else:
             assert options.values["gradient_accumulation"] == 1, "gradient accumulation set for inference"
 
-    def _attach(self):
+    def _attach(self, compiling=False):
         if Executor.attached is not None and Executor.attached is not self:
             raise RuntimeError("stand-in IPUs are in use by another model: detach it first")
         Executor.attached = self
+        if self.training:
+            if compiling or self.optimizer_dirty:
+                self.optimizer.upload()
+                self.optimizer_dirty = False
+            self.optimizer.write_ipu()
 
     def isCompiled(self):
         return self.compiled
@@ -272,6 +324,8 @@ class Executor:
             raise RuntimeError("Model has not been compiled or has been destroyed.")
         if Executor.attached is not self:
             raise RuntimeError("Device is not attached")
+        if self.training and self.optimizer.host_stale:
+            self.optimizer.read_ipu()
         Executor.attached = None
 
     def attachToDevice(self):
@@ -282,8 +336,11 @@ class Executor:
         self._attach()
 
     def setOptimizer(self, optimizer):
-        assert self.training
-        self.optimizer = optimizer
+        assert self.training and optimizer is self.optimizer, "the stand-in takes back its own optimizer only"
+        if Executor.attached is self:
+            optimizer.upload()
+        else:
+            self.optimizer_dirty = True
 
     def copyWeightsToHost(self):
         pass
@@ -296,7 +353,7 @@ class Executor:
 
     def __call__(self, *args):
         if not self.compiled:
-            self._attach()
+            self._attach(compiling=True)
             self.compiled = True
         elif Executor.attached is not self:
             self.attachToDevice()
@@ -358,9 +415,17 @@ def make_poptorch() -> types.ModuleType:
         return opts
 
     module.Options = make_options
+    module.training_models = []
+
+    def training_model(model, options=None, optimizer=None):
+        executor = trainingModel(model, options, optimizer)
+        module.training_models.append(executor)
+        return executor
+
     for name in ("OutputMode", "ReductionType", "TensorLocationSettings", "identity_loss", "recomputationCheckpoint",
-                 "custom_op", "optim", "DataLoader", "trainingModel", "inferenceModel"):
+                 "custom_op", "optim", "DataLoader", "inferenceModel"):
         setattr(module, name, globals()[name])
+    module.trainingModel = training_model
     module.marks = _Marks
     Executor.attached = None
     _Marks.count = 0

@@ -18,10 +18,12 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 import poptorch_standin
 from ipu_snn.bptt.schedules import double, uniform
 from ipu_snn.checkpoint import checkpoint_folders, save_checkpoint
+from ipu_snn.cli import main
 from ipu_snn.config import validate_config
 from ipu_snn.data import input_shape, load_splits
 from ipu_snn.errors import ConfigError, DeviceError, TrainingError
@@ -35,7 +37,8 @@ from ipu_snn.network import build_network
 from ipu_snn.reporting import read_metrics_csv
 from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.evaluate import evaluate_run
-from ipu_snn.train import evaluate, train
+from ipu_snn.torch_driver import evaluate
+from ipu_snn.train import train
 
 TINY = {
     "model": {"layers": [{"type": "rlif", "size": 12}, {"type": "alif", "size": 10}], "readout": {"reduce": "mean"}},
@@ -214,12 +217,78 @@ def test_unsupported_configs_are_refused_before_training(poptorch, tmp_path, cha
     assert not (tmp_path / "run").exists()
 
 
-def test_resume_and_reuse_are_refused(poptorch, tmp_path):
-    with pytest.raises(TrainingError, match="--resume is not supported"):
+class Crash(Exception):
+    pass
+
+
+def crash_after_first(epoch, row, network):
+    if epoch == 1:
+        raise Crash
+
+
+def test_resume_after_crash_equals_uninterrupted_run(poptorch, tmp_path):
+    cfg = tiny(training={"epochs": 3, "lr_schedule": "cosine"})
+    full = train(cfg, tmp_path / "full")
+    # the learning rate of every step is the one its epoch's row reports: each epoch's schedule step reached the IPU
+    (model,) = poptorch.training_models
+    rows = read_metrics_csv(tmp_path / "full" / "metrics.csv")
+    per_epoch = len(model.optimizer.used_lr) // 3
+    assert len({row["lr"] for row in rows}) == 3
+    for i, row in enumerate(rows):  # as the IPU holds it, in float32
+        assert model.optimizer.used_lr[i * per_epoch:(i + 1) * per_epoch] == [(pytest.approx(row["lr"]),)] * per_epoch
+
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "resumed", on_epoch_end=crash_after_first)
+    assert newest_intact_checkpoint(tmp_path / "resumed").folder.name == "epoch-0001"
+    resumed = train(cfg, tmp_path / "resumed", resume=True)
+    for key in ("val_accuracy", "train_loss", "test_accuracy", "test_loss", "epochs"):
+        assert resumed[key] == full[key], key
+    deterministic = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "rate_layer0", "rate_layer1")
+    resumed_rows = read_metrics_csv(tmp_path / "resumed" / "metrics.csv")
+    assert [[r[k] for k in deterministic] for r in resumed_rows] == [[r[k] for k in deterministic] for r in rows]
+    full_w = newest_intact_checkpoint(tmp_path / "full").weights
+    resumed_w = newest_intact_checkpoint(tmp_path / "resumed").weights
+    assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
+
+
+def test_no_validation_split_trains_evaluates_and_resumes(poptorch, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "data": {**TINY["data"], "val_split": 0}}))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "training.epochs=1", "--out", str(out)]) == 0
+    assert "done: val accuracy n/a, test accuracy" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["val_accuracy"] is None
+    assert "val_loss" not in read_metrics_csv(out / "metrics.csv")[0]
+    assert main(["train", str(path), "training.epochs=2", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+    assert main(["eval", str(out)]) == 0
+    assert main(["eval", str(out), "--split", "val"]) == 2
+    assert "the run has no val split" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(poptorch, tmp_path):
+    def poison_weights(epoch, row, network):
+        if epoch == 1:  # the host's weights go to the IPU when the training model next attaches
+            with torch.no_grad():
+                network.readout.fc.weight.fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2, device call 1"):
+        train(tiny(), tmp_path, on_epoch_end=poison_weights)
+    assert newest_intact_checkpoint(tmp_path).folder.name == "epoch-0001"
+    assert poptorch_standin.Executor.attached is None  # the executors were released
+    assert train(tiny(), tmp_path, resume=True)["epochs"] == 2
+
+
+def test_refuses_to_resume_nothing_to_overwrite_or_across_drivers(poptorch, tmp_path):
+    with pytest.raises(TrainingError, match="no checkpoint"):
         train(tiny(), tmp_path / "run", resume=True)
     save_checkpoint(tmp_path / "run", 1, torch.nn.Linear(1, 1), {})
     with pytest.raises(TrainingError, match="already holds a run"):
         train(tiny(), tmp_path / "run")
+    # a CPU run's optimizer state is torch's; PopTorch takes only its own, and the other way round
+    train(tiny(device="cpu", training={"epochs": 1}), tmp_path / "cpu")
+    with pytest.raises(TrainingError, match="differs in device"):
+        train(tiny(), tmp_path / "cpu", resume=True)
 
 
 # ------------------------------------------------------------------ sparse layers (model.sparse)

@@ -12,7 +12,8 @@ from ipu_snn.cli import main
 from ipu_snn.config import load_config, validate_config
 from ipu_snn.errors import TrainingError
 from ipu_snn.run_folder import newest_intact_checkpoint
-from ipu_snn.train import epoch_line, train
+from ipu_snn.loop import epoch_line
+from ipu_snn.train import train
 
 SMALL = {
     "model": {"layers": [{"type": "rlif", "size": 24, "tau": 0.1}], "readout": {"reduce": "mean"}},
@@ -157,3 +158,4 @@ def test_plan_table_names_every_schedule_in_full(capsys):
     table = capsys.readouterr().out
     assert names and all(name in table for name in names), table
     assert "…" not in table
+

@@ -14,5 +14,5 @@ def _load_emulator():
 
 
 # The spike-matmul registry (ipu_snn.ops) sits below this package and does not import it: the IPU
-# backends register themselves when the IPU path is imported (ipu_snn.train does for device: ipu-emulator).
+# backends register themselves when the IPU path is imported (ipu_snn.torch_driver does for device: ipu-emulator).
 register_backend("ipu_emulator", _load_emulator)

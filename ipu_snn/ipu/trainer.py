@@ -1,44 +1,38 @@
-"""The training loop for ``device: ipu`` and ``ipu-model``, through PopTorch 3.x.
+"""The training loop's driver for ``device: ipu`` and ``ipu-model``, through PopTorch 3.x.
 
-The same recipe as ``ipu_snn.train`` and the same run folder (metrics.csv,
-summary.json, curves.png, config.yaml, checkpoints/), with PopTorch doing the
+The loop (ipu_snn.loop) is the same as on CPU/GPU and so is the run folder; PopTorch does the
 device work: ``poptorch.trainingModel`` runs forward, PopART's backward and the
 optimizer step on the IPU, ``poptorch.DataLoader`` feeds it batches of
 micro-batch x accumulation x replicas x device iterations samples, and
-``poptorch.inferenceModel`` evaluates. Under ``poprun`` each instance runs this
-function; PopDist tells it its replicas, and only instance 0 prints and writes.
+``poptorch.inferenceModel`` evaluates. Under ``poprun`` each instance runs the
+loop; PopDist tells it its replicas, and only instance 0 prints and writes.
 Checkpoints hold host copies of the weights, readable on any device
-(``ipu-snn eval`` on a CPU).
+(``ipu-snn eval`` on a CPU), and PopTorch's optimizer state, which a resumed
+run writes back to the IPU when it compiles.
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import ExitStack
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
 
-import numpy as np
 import torch
-from rich.console import Console
+from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..checkpoint import save_checkpoint
-from ..config import Config, TrainingConfig, dump_config
-from ..data import input_shape, load_splits
+from ..config import Config, TrainingConfig
+from ..data import DataSplits, input_shape
 from ..devices import resolve_device
-from ..errors import ConfigError, TrainingError
-from ..files import replace_atomically
+from ..errors import ConfigError
+from ..executor import TimeLoop
+from ..loop import STEP_STATS, check_overflow
 from ..network import SpikingNetwork, count_parameters
-from ..optim import make_scheduler
-from ..reporting import percent, write_summary
-from ..run_folder import check_can_start, claim_run_folder
-from ..train import epoch_line, open_tensorboard, plan_time_loop, progress_bar, run_summary, write_reports, seed_everything
 from .model import Evaluation, TrainingStep, build_traced
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
 from .recomputation import recomputation_for
 from .sdk import import_popdist, import_poptorch
 from .tiles import TilePlan, plan_for_config
+
+T = TypeVar("T")
 
 
 def ipu_optimizer(cfg: TrainingConfig, params, poptorch):
@@ -79,17 +73,6 @@ def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> TilePlan
             f"data.steps = {cfg.data.num_steps} steps on the tiles. A replica runs on one IPU (ipus-per-replica 1: "
             "replication copies the model, it does not split it), so more IPUs do not make it fit.")
     return plan
-
-
-def check_overflow(cfg: Config, dropped: float, where: str) -> None:
-    """``model.sparse_overflow: error`` on the IPU: a compiled graph cannot stop at a full spike list, so the
-    spikes left out are counted on the device and the run stops here, after the device call that dropped them."""
-    if dropped > 0 and cfg.model.sparse_overflow == "error":
-        raise TrainingError(
-            f"{int(dropped)} spikes did not fit the sparse spike lists {where} (model.sparse_capacity = "
-            f"{cfg.model.sparse_capacity} of each layer's inputs). Training stopped and the last checkpoint is "
-            "kept (the IPU had already applied that call's updates). Raise model.sparse_capacity or set "
-            "model.sparse_overflow=drop_and_count")
 
 
 class PaddedDataset(Dataset):
@@ -142,124 +125,91 @@ class Evaluator:
         self.inference_model.destroy()
 
 
-def train_epoch(training_model, loader, cfg: Config, epoch: int, progress, n_layers: int) -> dict:
-    """One pass over the training data; the statistics are those of this instance's replicas."""
-    task = progress.add_task(f"epoch {epoch}/{cfg.training.epochs}", total=len(loader), loss=0.0, acc=0.0, rate=0.0)
-    totals = torch.zeros(4 + n_layers, dtype=torch.float64)
-    start = time.perf_counter()
-    for call, (x, y) in enumerate(loader):
-        _, stats = training_model(x, y)
-        step = stats.reshape(-1, totals.numel()).sum(0).double()
-        check_overflow(cfg, step[3].item(), f"at epoch {epoch}, device call {call + 1}")
-        if not np.isfinite(step[0].item()):
-            raise TrainingError(
-                f"the loss became {step[0].item() / step[2].item()} at epoch {epoch}, device call {call + 1}; "
-                "training stopped and the last good checkpoint is kept. Lower training.lr, set "
-                "training.grad_clip, or check the inputs")
-        totals += step
-        seen = totals[2].item()
-        progress.update(task, advance=1, loss=totals[0].item() / seen, acc=totals[1].item() / seen,
-                        rate=seen / (time.perf_counter() - start))
-    elapsed = time.perf_counter() - start
-    loss, correct, seen, dropped, *rates = totals.tolist()
-    row = {"train_loss": loss / seen, "train_accuracy": correct / seen, "samples_per_s": seen / elapsed,
-           "epoch_s": elapsed}
-    row |= {f"rate_layer{i}": r / seen for i, r in enumerate(rates)}
-    if cfg.model.sparse is not False:
-        row["spikes_dropped"] = int(dropped)  # as ipu_snn.train reports it
-    return row
 
+class PopTorchDriver:
+    """IPUs (or the IPU Model) through PopTorch: one compiled training graph and one inference graph,
+    taking turns on the same IPUs."""
 
-def train_ipu(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Console | None = None,
-              on_epoch_end: Callable[[int, dict, SpikingNetwork], None] | None = None,
-              initial_weights: dict | None = None) -> dict:
-    """Train as the config says on IPUs (or the IPU Model); returns the summary also written to summary.json."""
-    with ExitStack() as owned:  # the run folder's lock, held until the run ends
-        return _train_ipu(cfg, Path(out_dir), resume, console, on_epoch_end, owned, initial_weights)
+    step_name = "device call"
 
+    def __init__(self, cfg: Config):
+        resolve_device(cfg.device)  # without PopTorch: a DeviceError that names the Poplar SDK
+        check_ipu_config(cfg)
+        self.poptorch, self.popdist = import_poptorch(), import_popdist()
+        if self.popdist is not None and self.popdist.isPopdistEnvSet():
+            self.popdist.init()
+        self.cfg = cfg
+        self.reps = replicas(cfg, self.popdist)
+        self.is_main = self.reps.is_main
+        self.micro_batch = micro_batch_size(cfg, self.reps.total)
+        self.tile_plan = fitting_tile_plan(cfg, self.micro_batch, self.reps)
+        self.training_model = self.evaluator = None
 
-def _train_ipu(cfg: Config, out_dir: Path, resume: bool, console: Console | None, on_epoch_end,
-               owned: ExitStack, initial_weights: dict | None = None) -> dict:
-    resolve_device(cfg.device)  # without PopTorch: a DeviceError that names the Poplar SDK
-    check_ipu_config(cfg)
-    poptorch, popdist = import_poptorch(), import_popdist()
-    if popdist is not None and popdist.isPopdistEnvSet():
-        popdist.init()
-    reps = replicas(cfg, popdist)
-    console = console if reps.is_main and console is not None else Console(quiet=not reps.is_main)
-    if resume:
-        raise TrainingError("--resume is not supported on device ipu / ipu-model yet (PopTorch keeps the "
-                            "optimizer state on the device); start a new --out")
-    check_can_start(out_dir, resume=False, check_lock=reps.is_main)
-    micro = micro_batch_size(cfg, reps.total)
-    tile_plan = fitting_tile_plan(cfg, micro, reps)
-    bptt, cfg = plan_time_loop(cfg, console, per_process_batch=micro)
-    loop = bptt.loop()
-    recomputation = recomputation_for(loop, cfg.data.num_steps)
+    def decide(self, choose: Callable[[], T]) -> T:
+        # the instances have no channel of their own here, and need none: nothing is measured for an IPU
+        # (the planner costs it from its spec), so every instance makes the same choice
+        return choose()
 
-    seed_everything(cfg.training.seed)
-    splits = load_splits(cfg.data, cfg.training.seed)
-    network = build_traced(cfg, splits.n_inputs, splits.n_classes, splits.dt, poptorch, loop, tile_plan)
-    if initial_weights is not None:  # model.from_nir
-        network.load_state_dict(initial_weights, strict=True)
-    network.train()
-    optimizer = ipu_optimizer(cfg.training, network.parameters(), poptorch)
-    scheduler = make_scheduler(cfg.training, optimizer)
-    options = poptorch_options(cfg, poptorch, popdist, recomputation=recomputation)
-    # float frames: the traced graph multiplies them (or lists them with SpikeSelect); it does not unpack bits
-    loader = poptorch.DataLoader(options, splits.train.as_dense(), batch_size=micro, shuffle=True, drop_last=True)
-    if len(loader) == 0:
-        per_call = micro * cfg.training.grad_accumulation * reps.local * cfg.ipu.device_iterations
-        raise ConfigError(f"data: one device call takes {per_call} training samples per instance, more than "
-                          f"the {len(splits.train)} there are; lower data.batch_size or ipu.device_iterations")
-    training_model = poptorch.trainingModel(TrainingStep(network, poptorch), options, optimizer)
-    evaluator = Evaluator(poptorch, cfg, popdist, network, micro, reps)
-    console.print(f"training {count_parameters(network):,} parameters on {cfg.device} x {reps.total} replicas "
-                  f"({reps.instances} instances), micro-batch {micro}, {len(splits.train)} train samples, "
-                  f"T={cfg.data.num_steps}, {splits.n_inputs} inputs, {splits.n_classes} classes")
+    def build(self, cfg: Config, splits: DataSplits, loop: TimeLoop, initial_weights: dict | None) -> None:
+        self.cfg = cfg
+        per_call = self.micro_batch * cfg.training.grad_accumulation * self.reps.local * cfg.ipu.device_iterations
+        if per_call > len(splits.train):
+            raise ConfigError(f"data: one device call takes {per_call} training samples per instance, more than "
+                              f"the {len(splits.train)} there are; lower data.batch_size or ipu.device_iterations")
+        self.network = build_traced(cfg, splits.n_inputs, splits.n_classes, splits.dt, self.poptorch, loop,
+                                    self.tile_plan)
+        if initial_weights is not None:  # model.from_nir
+            self.network.load_state_dict(initial_weights, strict=True)
+        self.network.train()
+        self.optimizer = ipu_optimizer(cfg.training, self.network.parameters(), self.poptorch)
+        self.recomputation = recomputation_for(loop, cfg.data.num_steps)
 
-    if reps.is_main:
-        owned.enter_context(claim_run_folder(out_dir, False, say=console.out))
-        replace_atomically(out_dir / "config.yaml", dump_config(cfg).encode())
-    tensorboard = open_tensorboard(cfg, out_dir) if reps.is_main else None
-    history: list[dict] = []
-    run_start = time.perf_counter()
-    try:
-        with progress_bar(console) as progress:
-            for epoch in range(1, cfg.training.epochs + 1):
-                row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-                row |= train_epoch(training_model, loader, cfg, epoch, progress, len(network.layers))
-                optimizer_state = optimizer.state_dict()  # read from the device while attached
-                training_model.detachFromDevice()  # also brings the weights to the host
-                if splits.val is not None:
-                    row["val_loss"], row["val_accuracy"] = evaluator(splits.val.as_dense())
-                scheduler.step()
-                training_model.setOptimizer(optimizer)  # the new learning rate goes with the next call
-                history.append(row)
-                wall = time.perf_counter() - run_start
-                if reps.is_main:
-                    write_reports(out_dir, history, run_summary(history, wall, cfg.device, network))
-                    if tensorboard:
-                        tensorboard.log(row, epoch)
-                    state = {"epoch": epoch, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                             "rng": {"torch": torch.get_rng_state()}, "history": history, "wall_s": wall,
-                             "config": cfg.model_dump(mode="json")}
-                    save_checkpoint(out_dir, epoch, network, state, keep=cfg.training.keep_checkpoints)
-                progress.console.print(epoch_line(row, cfg.training.epochs))
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, row, network)
-        test_loss, test_accuracy = evaluator(splits.test.as_dense())
-    finally:
-        if tensorboard:
-            tensorboard.close()
-        training_model.destroy()
-        evaluator.destroy()
+    def describe(self, splits: DataSplits) -> str:
+        return (f"training {count_parameters(self.network):,} parameters on {self.cfg.device} x {self.reps.total} "
+                f"replicas ({self.reps.instances} instances), micro-batch {self.micro_batch}, {len(splits.train)} "
+                f"train samples, T={self.cfg.data.num_steps}, {splits.n_inputs} inputs, {splits.n_classes} classes")
 
-    summary = run_summary(history, time.perf_counter() - run_start, cfg.device, network)
-    summary |= {"test_loss": test_loss, "test_accuracy": test_accuracy, "replicas": reps.total,
-                "instances": reps.instances, "processes": reps.instances}
-    if reps.is_main:
-        write_summary(out_dir / "summary.json", summary)
-    console.print(f"done: val accuracy {percent(summary['val_accuracy'])}, test accuracy {test_accuracy:.1%}; "
-                  f"results in {out_dir}")
-    return summary
+    def start(self, splits: DataSplits) -> None:
+        poptorch, cfg = self.poptorch, self.cfg
+        options = poptorch_options(cfg, poptorch, self.popdist, recomputation=self.recomputation)
+        # float frames: the traced graph multiplies them (or lists them with SpikeSelect); it does not unpack bits
+        self.loader = poptorch.DataLoader(options, splits.train.as_dense(), batch_size=self.micro_batch,
+                                          shuffle=True, drop_last=True)
+        # compiled on its first call, with the optimizer state a resumed run loaded into the optimizer
+        self.training_model = poptorch.trainingModel(TrainingStep(self.network, poptorch), options, self.optimizer)
+        self.evaluator = Evaluator(poptorch, cfg, self.popdist, self.network, self.micro_batch, self.reps)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def train_steps(self, epoch: int) -> Iterator[Tensor]:
+        # the statistics are those of this instance's replicas, summed over the call's micro-batches
+        width = len(STEP_STATS) + len(self.network.layers)
+        for x, y in self.loader:
+            _, stats = self.training_model(x, y)
+            yield stats.reshape(-1, width).sum(0)
+
+    def lr_changed(self) -> None:
+        # while still attached, so that the state end_training reads holds the IPU's new learning rate
+        self.training_model.setOptimizer(self.optimizer)
+
+    def end_training(self) -> dict:
+        state = self.optimizer.state_dict()  # PopTorch reads it from the IPU while attached
+        self.training_model.detachFromDevice()  # also brings the weights to the host, for evaluation
+        return state
+
+    def evaluate(self, dataset) -> dict:
+        loss, accuracy = self.evaluator(dataset.as_dense())
+        return {"loss": loss, "accuracy": accuracy}
+
+    def barrier(self) -> None:
+        pass  # each instance writes nothing another reads
+
+    def summary(self) -> dict:
+        return {"device": self.cfg.device, "replicas": self.reps.total, "instances": self.reps.instances,
+                "processes": self.reps.instances}
+
+    def close(self, clean: bool) -> None:
+        for executor in (self.training_model, self.evaluator):
+            if executor is not None:
+                executor.destroy()
