@@ -1,13 +1,15 @@
 """``ipu-snn``: train, validate, evaluate and export from YAML configs.
 
-User errors (a bad field, a missing file, an absent device) print one clear
-message and exit with status 2; only real bugs show a traceback.
+User errors (a bad field, a missing file, an absent device: ipu_snn.errors.UserError)
+print one clear message and exit with status 2; anything else is a bug in ipu_snn,
+which prints its traceback and exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 from rich.console import Console
@@ -15,6 +17,7 @@ from rich.markup import escape
 
 from .errors import UserError
 
+EXIT_BUG = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -173,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         errors.print("[yellow]interrupted[/]: the last complete checkpoint is kept; continue with --resume")
         return EXIT_INTERRUPTED
+    except Exception:  # noqa: BLE001 (a broken internal contract: its traceback is the bug report)
+        traceback.print_exc(file=sys.stderr)
+        errors.print("[bold red]internal error[/]: the traceback above is a bug in ipu_snn, not a problem with the "
+                     "config or the data; please report it with the traceback", highlight=False, soft_wrap=True)
+        return EXIT_BUG
     return 0
 
 

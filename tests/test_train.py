@@ -159,3 +159,23 @@ def test_plan_table_names_every_schedule_in_full(capsys):
     assert names and all(name in table for name in names), table
     assert "…" not in table
 
+
+def test_cli_shows_user_errors_plainly_and_bugs_with_their_traceback(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, "data": {**SMALL["data"], "val_split": 1.0}}))
+    # the user's to fix: one message naming the field, exit status 2
+    assert main(["train", str(path), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "error: data.val_split" in err and "Traceback" not in err
+    assert not (tmp_path / "a").exists()
+
+    def broken_contract(*args, **kwargs):
+        raise AssertionError("a broken internal contract")
+
+    # a bug: its traceback, and exit status 1
+    monkeypatch.setattr("ipu_snn.loop.train_epoch", broken_contract)
+    path.write_text(yaml.safe_dump(SMALL))
+    assert main(["train", str(path), "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "AssertionError: a broken internal contract" in err
+    assert "bug in ipu_snn" in err
