@@ -32,7 +32,6 @@ from .bptt import Costs, Schedule, double, predicted_local_bytes, predicted_time
 from .bptt import two_level_optimal, uniform
 from .config import BPTTConfig, Config
 from .devices import DeviceSpec, GiB
-from .errors import ConfigError
 
 FLOAT_BYTES = 4
 #: windows the planner considers (steps), besides one window of T when T is at most the largest
@@ -269,7 +268,7 @@ def schedule_factory(bptt: BPTTConfig, costs: Costs | None = None) -> Callable[[
     if kind == "two_level":
         return lambda W: two_level_optimal(W, bptt.local_slots or _root(W), bptt.offchip_slots or W,
                                            costs or Costs())
-    raise ConfigError("bptt.schedule: 'auto' is resolved by the planner, not by schedule_factory")
+    raise ValueError("bptt.schedule: 'auto' is resolved by the planner, not by schedule_factory")
 
 
 def candidates(bptt: BPTTConfig, costs: Costs, compare_all: bool = False

@@ -28,7 +28,6 @@ from ipu_snn.bptt.schedules import (
     two_level_optimal,
     uniform,
 )
-from ipu_snn.errors import ConfigError
 
 FEW = settings(max_examples=40, deadline=None)
 
@@ -260,8 +259,8 @@ def test_check_schedule_rejects_wrong_declarations():
         lambda: two_level_optimal(10, 1, -1, Costs()),
     ],
 )
-def test_bad_arguments_are_config_errors(call):
-    with pytest.raises(ConfigError):
+def test_bad_arguments_are_value_errors(call):
+    with pytest.raises(ValueError):
         call()
 
 

@@ -17,7 +17,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipu_snn.errors import UserError
 from ipu_snn.neuron import kernels as kernel_table
 from ipu_snn.neuron.bits import pack_spikes, unpack_spikes
 from ipu_snn.neuron.ops import neuron_step_bwd, neuron_step_fwd
@@ -270,7 +269,7 @@ def _bwd_args(**change):
     ({"scale": 0.0}, r"scale must be a positive number"),
 ])
 def test_forward_rejects_bad_input(change, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):
         neuron_step_fwd(**_fwd_args(**change))
 
 
@@ -284,7 +283,7 @@ def test_forward_rejects_bad_input(change, message):
     ({"grad_z": torch.zeros(2, 5, dtype=torch.float64)}, r"grad_z must match grad_v"),
 ])
 def test_backward_rejects_bad_input(change, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(ValueError, match=message):
         neuron_step_bwd(**_bwd_args(**change))
 
 

@@ -102,7 +102,7 @@ def test_every_configured_schedule_has_a_factory():
         assert (factory is None) == (name == "store_all")
         if factory:
             assert factory(9).T == 9
-    with pytest.raises(ConfigError, match="auto"):
+    with pytest.raises(ValueError, match="auto"):
         schedule_factory(config(schedule="auto").bptt)
 
 

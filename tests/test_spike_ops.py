@@ -123,7 +123,7 @@ def test_overflow_drop_and_count_keeps_first_k(backend, device):
 
 
 def test_overflow_policy_is_checked():
-    with pytest.raises(UserError, match="overflow must be one of"):
+    with pytest.raises(ValueError, match="overflow must be one of"):
         SparseSpikes.from_dense(torch.zeros(1, 3), 2, overflow="ignore", backend="reference")
 
 
@@ -144,23 +144,23 @@ def test_second_threshold_lists_near_neurons_after_spikes():
 
 
 def test_second_threshold_needs_all_arguments():
-    with pytest.raises(UserError, match="missing: threshold"):
+    with pytest.raises(ValueError, match="missing: threshold"):
         SparseSpikes.from_dense(torch.zeros(1, 3), 2, v=torch.zeros(1, 3), second_threshold=0.5,
                                 backend="reference")
-    with pytest.raises(UserError, match=r"\(0, 1\]"):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
         SparseSpikes.from_dense(torch.zeros(1, 3), 2, v=torch.zeros(1, 3), threshold=1.0,
                                 second_threshold=1.5, backend="reference")
 
 
 def test_constructor_validates_lists():
     ids = torch.tensor([[0, 0]], dtype=torch.int32)
-    with pytest.raises(UserError, match="same neuron twice"):
+    with pytest.raises(ValueError, match="same neuron twice"):
         SparseSpikes(ids, torch.tensor([2], dtype=torch.int32), n=4)
-    with pytest.raises(UserError, match=r"\[0, n = 4\)"):
+    with pytest.raises(ValueError, match=r"\[0, n = 4\)"):
         SparseSpikes(torch.tensor([[5, 0]], dtype=torch.int32), torch.tensor([1], dtype=torch.int32), n=4)
-    with pytest.raises(UserError, match="exceed the capacity"):
+    with pytest.raises(ValueError, match="exceed the capacity"):
         SparseSpikes(ids, torch.tensor([3], dtype=torch.int32), n=4)
-    with pytest.raises(UserError, match="int32"):
+    with pytest.raises(ValueError, match="int32"):
         SparseSpikes(ids.long(), torch.tensor([1], dtype=torch.int32), n=4)
     # Padding past the count may hold anything.
     spikes = SparseSpikes(torch.tensor([[2, 2]], dtype=torch.int32), torch.tensor([1], dtype=torch.int32), n=4)
@@ -258,7 +258,7 @@ def test_weight_grad_is_deterministic_on_cpu():
 
 def test_weight_shape_mismatch_is_a_user_error():
     spikes = SparseSpikes.from_dense(torch.zeros(2, 5), 3, backend="reference")
-    with pytest.raises(UserError, match="n_in = 5"):
+    with pytest.raises(ValueError, match="n_in = 5"):
         spike_matmul(spikes, torch.zeros(4, 3), backend="reference")
 
 
@@ -308,7 +308,7 @@ def test_default_backend_follows_the_device():
 
 
 def test_unknown_backend_is_a_clear_error():
-    with pytest.raises(UserError, match="Unknown spike-matmul backend 'fpga'.*known backends"):
+    with pytest.raises(ValueError, match="Unknown spike-matmul backend 'fpga'.*known backends"):
         resolve_backend("fpga", torch.device("cpu"))
 
 

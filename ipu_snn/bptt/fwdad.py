@@ -72,7 +72,6 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ipu_snn.errors import UserError
 from ipu_snn.neuron.bits import pack_spikes, unpack_spikes
 
 Pair = tuple[int, int]  # (output index, input index)
@@ -148,13 +147,13 @@ def _forward_mode(spec: _Spec, inputs: tuple, wants: list[int]) -> Evaluated:
 def _closed_form(spec: _Spec, inputs: tuple, wants: list[int]) -> Evaluated:
     result = spec.fn(*inputs)
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
-        raise UserError(f"elementwise({spec.name}, closed_form=True): the function must return "
+        raise TypeError(f"elementwise({spec.name}, closed_form=True): the function must return "
                         f"(outputs, {{(output, input): derivative}}), got {type(result).__name__}")
     outputs, derivatives = _as_tuple(result[0]), result[1]
     missing = [(j, i) for i in wants for j, y in enumerate(outputs)
                if y.is_floating_point() and (j, i) not in derivatives]
     if missing:
-        raise UserError(f"elementwise({spec.name}, closed_form=True): no derivative for (output, input) "
+        raise ValueError(f"elementwise({spec.name}, closed_form=True): no derivative for (output, input) "
                         f"pairs {missing}; give 0.0 where an output does not depend on an input")
     return outputs, derivatives, isinstance(result[0], (tuple, list))
 
@@ -298,10 +297,10 @@ def elementwise(fn: Callable | None = None, *, closed_form: bool = False,
                                  saved_dtype=saved_dtype)
     name = getattr(fn, "__name__", repr(fn))
     if saved_dtype is not None and not (isinstance(saved_dtype, torch.dtype) and saved_dtype.is_floating_point):
-        raise UserError(f"elementwise({name}): saved_dtype must be a floating torch dtype "
+        raise ValueError(f"elementwise({name}): saved_dtype must be a floating torch dtype "
                         f"(torch.float32, torch.float16, torch.bfloat16), got {saved_dtype!r}")
     if constant and closed_form:
-        raise UserError(f"elementwise({name}): give constant derivatives in the closed form, not in constant=")
+        raise ValueError(f"elementwise({name}): give constant derivatives in the closed form, not in constant=")
     spec = _Spec(fn, closed_form, dict(constant or {}), saved_dtype, name)
 
     @functools.wraps(fn)
@@ -311,7 +310,7 @@ def elementwise(fn: Callable | None = None, *, closed_form: bool = False,
             try:
                 torch.broadcast_shapes(*(x.shape for x in tensors))
             except RuntimeError:
-                raise UserError(f"elementwise({name}): input shapes {[tuple(x.shape) for x in tensors]} "
+                raise ValueError(f"elementwise({name}): input shapes {[tuple(x.shape) for x in tensors]} "
                                 f"do not broadcast to one shape") from None
         if not (torch.is_grad_enabled() and any(x.requires_grad for x in tensors)):
             outputs = fn(*inputs)

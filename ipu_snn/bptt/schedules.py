@@ -52,7 +52,6 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Literal, Union
 
-from ipu_snn.errors import ConfigError
 
 TierName = Literal["local", "offchip"]
 TIERS: tuple[str, ...] = ("local", "offchip")
@@ -327,7 +326,7 @@ def predicted_local_bytes(schedule: Schedule, state_bytes: int, tape_bytes_per_s
 
 def _require(ok: bool, name: str, value: object, what: str) -> None:
     if not ok:
-        raise ConfigError(f"checkpoint schedule: `{name}` must be {what}, got {value!r}")
+        raise ValueError(f"checkpoint schedule: `{name}` must be {what}, got {value!r}")
 
 
 def _build(name: str, T: int, actions: list[Action]) -> Schedule:

@@ -53,7 +53,7 @@ def names() -> list[str]:
 @functools.cache
 def load(name: str) -> NeuronKernels:
     if name not in _LOADERS:
-        raise DeviceError(f"unknown neuron-kernel backend {name!r}; known: {', '.join(names())}")
+        raise ValueError(f"unknown neuron-kernel backend {name!r}; known: {', '.join(names())}")
     return _LOADERS[name]()
 
 

@@ -26,7 +26,6 @@ import math
 import torch
 from torch import Tensor
 
-from ..errors import UserError
 from .bits import packed_row_bytes
 from .kernels import resolve
 from .spec import RESETS, NeuronSpec
@@ -41,42 +40,42 @@ _BWD = "ipu_snn::neuron_step_bwd"
 
 def _check_step(op: str, name: str, t: Tensor) -> None:
     if t.dim() != 2 or t.dtype not in STATE_DTYPES:
-        raise UserError(f"{op}: {name} must be a float32 or float64 [B, N] tensor, got {t.dtype} {tuple(t.shape)}")
+        raise ValueError(f"{op}: {name} must be a float32 or float64 [B, N] tensor, got {t.dtype} {tuple(t.shape)}")
 
 
 def _check_like(op: str, name: str, t: Tensor, like: Tensor, like_name: str) -> None:
     if t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
-        raise UserError(f"{op}: {name} must match {like_name} ({like.dtype} {tuple(like.shape)} on {like.device}), "
+        raise ValueError(f"{op}: {name} must match {like_name} ({like.dtype} {tuple(like.shape)} on {like.device}), "
                         f"got {t.dtype} {tuple(t.shape)} on {t.device}")
 
 
 def _check_decay(op: str, name: str, t: Tensor, like: Tensor) -> None:
     n = like.shape[1]
     if t.shape != (n,) or t.dtype != like.dtype or t.device != like.device:
-        raise UserError(f"{op}: {name} must be a [{n}] per-neuron {like.dtype} tensor on {like.device}, "
+        raise ValueError(f"{op}: {name} must be a [{n}] per-neuron {like.dtype} tensor on {like.device}, "
                         f"got {t.dtype} {tuple(t.shape)} on {t.device}")
 
 
 def _check_saved_dtype(op: str, saved: torch.dtype, state: torch.dtype) -> None:
     if saved not in SAVED_DTYPES and not (saved == torch.float64 == state):
-        raise UserError(f"{op}: the surrogate derivative is saved as float32, float16 or bfloat16 "
+        raise ValueError(f"{op}: the surrogate derivative is saved as float32, float16 or bfloat16 "
                         f"(or float64 with float64 state), got {saved} with {state} state")
 
 
 def _check_reset(op: str, reset: str) -> None:
     if reset not in RESETS:
-        raise UserError(f"{op}: reset must be one of {', '.join(RESETS)}, got {reset!r}")
+        raise ValueError(f"{op}: reset must be one of {', '.join(RESETS)}, got {reset!r}")
 
 
 def _spec(op: str, adaptive: bool, threshold: float, adapt_strength: float, reset: str, surrogate: str,
           scale: float) -> NeuronSpec:
     _check_reset(op, reset)
     if surrogate not in SURROGATES:
-        raise UserError(f"{op}: surrogate must be one of {', '.join(SURROGATES)}, got {surrogate!r}")
+        raise ValueError(f"{op}: surrogate must be one of {', '.join(SURROGATES)}, got {surrogate!r}")
     if not (math.isfinite(scale) and scale > 0):
-        raise UserError(f"{op}: the surrogate scale must be a positive number, got {scale}")
+        raise ValueError(f"{op}: the surrogate scale must be a positive number, got {scale}")
     if not (math.isfinite(threshold) and math.isfinite(adapt_strength)):
-        raise UserError(f"{op}: threshold and adapt_strength must be finite, got {threshold}, {adapt_strength}")
+        raise ValueError(f"{op}: threshold and adapt_strength must be finite, got {threshold}, {adapt_strength}")
     return NeuronSpec(adaptive, threshold, adapt_strength, reset, surrogate, scale)
 
 
@@ -85,7 +84,7 @@ def _check_forward(current, v, a, beta, rho, threshold, adapt_strength, reset, s
     _check_step(_FWD, "current", current)
     _check_like(_FWD, "v", v, current, "current")
     if (a is None) != (rho is None):
-        raise UserError(f"{_FWD}: ALIF needs both a and rho, LIF neither; got a = "
+        raise ValueError(f"{_FWD}: ALIF needs both a and rho, LIF neither; got a = "
                         f"{'None' if a is None else 'a tensor'} and rho = {'None' if rho is None else 'a tensor'}")
     if a is not None:
         _check_like(_FWD, "a", a, current, "current")
@@ -100,14 +99,14 @@ def _check_backward(grad_z, grad_v, grad_a, zbits, d, adaptive, reset) -> None:
     _check_like(_BWD, "grad_z", grad_z, grad_v, "grad_v")
     if grad_a is not None:
         if not adaptive:
-            raise UserError(f"{_BWD}: grad_a was given for a LIF step (no adaptation)")
+            raise ValueError(f"{_BWD}: grad_a was given for a LIF step (no adaptation)")
         _check_like(_BWD, "grad_a", grad_a, grad_v, "grad_v")
     batch, n = grad_v.shape
     if zbits.dtype != torch.uint8 or zbits.shape != (batch, packed_row_bytes(n)) or zbits.device != grad_v.device:
-        raise UserError(f"{_BWD}: zbits must be uint8 [{batch}, {packed_row_bytes(n)}] on {grad_v.device}, "
+        raise ValueError(f"{_BWD}: zbits must be uint8 [{batch}, {packed_row_bytes(n)}] on {grad_v.device}, "
                         f"got {zbits.dtype} {tuple(zbits.shape)} on {zbits.device}")
     if d.shape != grad_v.shape or d.device != grad_v.device:
-        raise UserError(f"{_BWD}: d must be [{batch}, {n}] on {grad_v.device}, got {tuple(d.shape)} on {d.device}")
+        raise ValueError(f"{_BWD}: d must be [{batch}, {n}] on {grad_v.device}, got {tuple(d.shape)} on {d.device}")
     _check_saved_dtype(_BWD, d.dtype, grad_v.dtype)
     _check_reset(_BWD, reset)
 

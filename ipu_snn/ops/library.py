@@ -13,15 +13,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ipu_snn.errors import UserError
 from ipu_snn.ops.registry import get_kernels, resolve_backend
 
 
 def _check_spike_list(op: str, ids: Tensor, counts: Tensor) -> None:
     if ids.dim() != 2 or ids.dtype != torch.int32:
-        raise UserError(f"{op}: ids must be an int32 [B, K] tensor, got {ids.dtype} {tuple(ids.shape)}")
+        raise ValueError(f"{op}: ids must be an int32 [B, K] tensor, got {ids.dtype} {tuple(ids.shape)}")
     if counts.dim() != 1 or counts.dtype != torch.int32 or counts.shape[0] != ids.shape[0]:
-        raise UserError(
+        raise ValueError(
             f"{op}: counts must be an int32 [B] tensor with B = {ids.shape[0]}, "
             f"got {counts.dtype} {tuple(counts.shape)}"
         )
@@ -29,13 +28,13 @@ def _check_spike_list(op: str, ids: Tensor, counts: Tensor) -> None:
 
 def _check_matrix(op: str, name: str, t: Tensor) -> None:
     if t.dim() != 2 or not t.is_floating_point():
-        raise UserError(f"{op}: {name} must be a floating-point matrix, got {t.dtype} {tuple(t.shape)}")
+        raise ValueError(f"{op}: {name} must be a floating-point matrix, got {t.dtype} {tuple(t.shape)}")
 
 
 def _check_same_device(op: str, *tensors: Tensor) -> None:
     devices = {t.device for t in tensors}
     if len(devices) > 1:
-        raise UserError(f"{op}: all tensors must be on one device, got {sorted(map(str, devices))}")
+        raise ValueError(f"{op}: all tensors must be on one device, got {sorted(map(str, devices))}")
 
 
 def _check_forward(ids: Tensor, counts: Tensor, weight: Tensor) -> None:
@@ -51,7 +50,7 @@ def _check_grad_weight(ids: Tensor, counts: Tensor, grad_out: Tensor, n_in: int)
     _check_matrix(op, "grad_out", grad_out)
     _check_same_device(op, ids, counts, grad_out)
     if grad_out.shape[0] != ids.shape[0] or n_in < 0:
-        raise UserError(
+        raise ValueError(
             f"{op}: grad_out must have B = {ids.shape[0]} rows and n_in must be >= 0, "
             f"got grad_out {tuple(grad_out.shape)}, n_in = {n_in}"
         )
@@ -64,7 +63,7 @@ def _check_grad_input(ids: Tensor, counts: Tensor, weight: Tensor, grad_out: Ten
     _check_matrix(op, "grad_out", grad_out)
     _check_same_device(op, ids, counts, weight, grad_out)
     if tuple(grad_out.shape) != (ids.shape[0], weight.shape[1]):
-        raise UserError(
+        raise ValueError(
             f"{op}: grad_out must be [{ids.shape[0]}, {weight.shape[1]}], got {tuple(grad_out.shape)}"
         )
 
@@ -72,11 +71,11 @@ def _check_grad_input(ids: Tensor, counts: Tensor, weight: Tensor, grad_out: Ten
 def _check_compact(z: Tensor, near: Tensor | None, capacity: int) -> None:
     op = "ipu_snn::compact_spikes"
     if z.dim() != 2:
-        raise UserError(f"{op}: z must be a [B, N] tensor, got {tuple(z.shape)}")
+        raise ValueError(f"{op}: z must be a [B, N] tensor, got {tuple(z.shape)}")
     if near is not None and (near.shape != z.shape or near.device != z.device):
-        raise UserError(f"{op}: near must match z's shape and device, got {tuple(near.shape)}")
+        raise ValueError(f"{op}: near must match z's shape and device, got {tuple(near.shape)}")
     if capacity < 0:
-        raise UserError(f"{op}: capacity must be >= 0, got {capacity}")
+        raise ValueError(f"{op}: capacity must be >= 0, got {capacity}")
 
 
 @torch.library.custom_op("ipu_snn::spike_matmul_fwd", mutates_args=())

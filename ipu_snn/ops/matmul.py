@@ -20,7 +20,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ipu_snn.errors import UserError
 from ipu_snn.ops import library  # noqa: F401  (registers the ipu_snn:: ops)
 from ipu_snn.ops.reference import listed_mask
 from ipu_snn.ops.registry import resolve_backend
@@ -88,11 +87,11 @@ def spike_matmul(
     which entries of z receive a gradient.
     """
     if weight.dim() != 2 or weight.shape[0] != spikes.n:
-        raise UserError(
+        raise ValueError(
             f"spike_matmul: weight must be [n_in = {spikes.n}, n_out], got {tuple(weight.shape)}"
         )
     if z is not None and tuple(z.shape) != (spikes.batch_size, spikes.n):
-        raise UserError(
+        raise ValueError(
             f"spike_matmul: z must be the dense spikes [{spikes.batch_size}, {spikes.n}], "
             f"got {tuple(z.shape)}"
         )
@@ -132,7 +131,7 @@ def sparse_linear(
     the spikes, whose ``dropped`` counts what overflow left out.
     """
     if z.dim() < 1 or weight.dim() != 2 or z.shape[-1] != weight.shape[0]:
-        raise UserError(
+        raise ValueError(
             f"sparse_linear: z [..., n_in] and weight [n_in, n_out] do not match: "
             f"{tuple(z.shape)} and {tuple(weight.shape)}"
         )

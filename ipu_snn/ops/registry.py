@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ipu_snn.errors import DeviceError, UserError
+from ipu_snn.errors import DeviceError
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def backend_names() -> list[str]:
 def get_kernels(name: str) -> SpikeKernels:
     """Load a backend by name; raises if it is unknown or cannot run here."""
     if name not in _LOADERS:
-        raise UserError(
+        raise ValueError(
             f"Unknown spike-matmul backend {name!r}; known backends: {', '.join(backend_names())}"
         )
     return _LOADERS[name]()

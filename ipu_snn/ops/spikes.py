@@ -94,30 +94,30 @@ class SparseSpikes:
         """Check shapes, dtypes and values (synchronises with the device)."""
         ids, counts = self.ids, self.counts
         if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.dtype != torch.int32:
-            raise UserError(f"SparseSpikes.ids must be an int32 [B, K] tensor, got {_describe(ids)}")
+            raise ValueError(f"SparseSpikes.ids must be an int32 [B, K] tensor, got {_describe(ids)}")
         per_sample = {"counts": counts, "near_counts": self.near_counts, "dropped": self.dropped,
                       "near_dropped": self.near_dropped}
         for name, t in per_sample.items():
             if not isinstance(t, Tensor) or t.dtype != torch.int32 or tuple(t.shape) != (ids.shape[0],):
-                raise UserError(
+                raise ValueError(
                     f"SparseSpikes.{name} must be an int32 [{ids.shape[0]}] tensor, got {_describe(t)}"
                 )
             if t.device != ids.device:
-                raise UserError(f"SparseSpikes.{name} is on {t.device} but ids are on {ids.device}")
+                raise ValueError(f"SparseSpikes.{name} is on {t.device} but ids are on {ids.device}")
             if bool((t < 0).any()):
-                raise UserError(f"SparseSpikes.{name} must be >= 0, got {t.tolist()}")
+                raise ValueError(f"SparseSpikes.{name} must be >= 0, got {t.tolist()}")
         if not isinstance(self.n, int) or self.n < 0:
-            raise UserError(f"SparseSpikes.n must be a non-negative int, got {self.n!r}")
+            raise ValueError(f"SparseSpikes.n must be a non-negative int, got {self.n!r}")
         listed = self.listed_counts
         if bool((listed > self.capacity).any()):
-            raise UserError(
+            raise ValueError(
                 f"SparseSpikes: counts + near_counts exceed the capacity K = {self.capacity}: "
                 f"{listed.tolist()}"
             )
         live = reference.listed_mask(listed, self.capacity)
         live_ids = ids[live]
         if live_ids.numel() and (int(live_ids.min()) < 0 or int(live_ids.max()) >= self.n):
-            raise UserError(
+            raise ValueError(
                 f"SparseSpikes: listed ids must lie in [0, n = {self.n}), "
                 f"got range [{int(live_ids.min())}, {int(live_ids.max())}]"
             )
@@ -126,7 +126,7 @@ class SparseSpikes:
         masked = torch.where(live, ids.long(), self.n + torch.arange(self.capacity, device=ids.device))
         sorted_ids = masked.sort(dim=1).values
         if bool((sorted_ids[:, 1:] == sorted_ids[:, :-1]).any()):
-            raise UserError("SparseSpikes: a sample lists the same neuron twice")
+            raise ValueError("SparseSpikes: a sample lists the same neuron twice")
 
     @classmethod
     def from_dense(
@@ -155,11 +155,11 @@ class SparseSpikes:
             backend: compaction kernel (default: from z's device).
         """
         if z.dim() != 2:
-            raise UserError(f"SparseSpikes.from_dense: z must be [B, n], got shape {tuple(z.shape)}")
+            raise ValueError(f"SparseSpikes.from_dense: z must be [B, n], got shape {tuple(z.shape)}")
         if not isinstance(capacity, int) or capacity < 0:
-            raise UserError(f"SparseSpikes.from_dense: capacity must be an int >= 0, got {capacity!r}")
+            raise ValueError(f"SparseSpikes.from_dense: capacity must be an int >= 0, got {capacity!r}")
         if overflow not in OVERFLOW_POLICIES:
-            raise UserError(
+            raise ValueError(
                 f"SparseSpikes.from_dense: overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}"
             )
         near = near_threshold_mask(z, v, threshold, second_threshold)
@@ -188,14 +188,14 @@ def near_threshold_mask(
         return None
     if not all(given.values()):
         missing = [name for name, present in given.items() if not present]
-        raise UserError(
+        raise ValueError(
             "A second threshold needs v, threshold and second_threshold together; "
             f"missing: {', '.join(missing)}"
         )
     if v.shape != z.shape:
-        raise UserError(f"v must have the spikes' shape {tuple(z.shape)}, got {tuple(v.shape)}")
+        raise ValueError(f"v must have the spikes' shape {tuple(z.shape)}, got {tuple(v.shape)}")
     if not 0.0 < float(second_threshold) <= 1.0:
-        raise UserError(
+        raise ValueError(
             f"second_threshold is a fraction of the threshold in (0, 1], got {second_threshold}"
         )
     return (v >= second_threshold * threshold) & (z == 0)
