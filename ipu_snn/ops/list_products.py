@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .reference import scatter_listed
+
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
 
 
@@ -24,8 +26,6 @@ def count_bits(bits: Tensor) -> Tensor:
 
 def bits_products(compact_bits: Callable, forward: Callable, grad_weight: Callable, grad_input: Callable):
     """(bits_forward, bits_grad_weight, bits_grad_input) from a backend's list kernels."""
-    from .matmul import scatter_listed
-
     def bits_forward(bits: Tensor, n_in: int, weight: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
         ids, counts, _, dropped, _ = compact_bits(bits, None, n_in, capacity)
         return forward(ids, counts, weight), dropped

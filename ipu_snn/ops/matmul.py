@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ipu_snn.ops import library  # noqa: F401  (registers the ipu_snn:: ops)
-from ipu_snn.ops.reference import listed_mask
+from ipu_snn.ops.reference import scatter_listed
 from ipu_snn.ops.registry import resolve_backend
 from ipu_snn.ops.spikes import OverflowPolicy, SparseSpikes
 
@@ -60,15 +60,6 @@ class _SpikeMatmul(torch.autograd.Function):
                 grad_z = scatter_listed(values, ids, listed_counts, weight.shape[0])
             grad_z = grad_z.to(ctx.z_dtype)
         return grad_z, grad_weight, None, None, None, None, None
-
-
-def scatter_listed(values: Tensor, ids: Tensor, listed_counts: Tensor, n: int) -> Tensor:
-    """[B, K] values at listed ids to a dense [B, n] gradient, 0 at unlisted neurons."""
-    live = listed_mask(listed_counts, ids.shape[1])
-    dense = torch.zeros(ids.shape[0], n, dtype=values.dtype, device=values.device)
-    # Kernels return 0 in unlisted slots (the op's contract), and those slots
-    # add it to column 0, so padding ids never need to be valid.
-    return dense.scatter_add_(1, torch.where(live, ids, 0).long(), values)
 
 
 def spike_matmul(

@@ -82,3 +82,12 @@ def compact_bits(bits: Tensor, near: Tensor | None, n: int, capacity: int
 
     z = unpack_spikes(bits, n, torch.uint8)
     return compact(z, None if near is None else unpack_spikes(near, n, torch.bool), capacity)
+
+
+def scatter_listed(values: Tensor, ids: Tensor, listed_counts: Tensor, n: int) -> Tensor:
+    """[B, K] values at listed ids to a dense [B, n] gradient, 0 at unlisted neurons."""
+    live = listed_mask(listed_counts, ids.shape[1])
+    dense = torch.zeros(ids.shape[0], n, dtype=values.dtype, device=values.device)
+    # Kernels return 0 in unlisted slots (the op's contract), and those slots
+    # add it to column 0, so padding ids never need to be valid.
+    return dense.scatter_add_(1, torch.where(live, ids, 0).long(), values)

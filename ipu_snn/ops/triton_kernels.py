@@ -20,7 +20,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ipu_snn.ops import reference
-from ipu_snn.ops.registry import SpikeKernels
+from ipu_snn.ops.backend import SpikeKernels
 
 #: True when this module was imported under TRITON_INTERPRET=1: the kernels were
 #: built for the interpreter and accept CPU tensors (and only those).
