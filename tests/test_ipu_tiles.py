@@ -5,7 +5,6 @@ import torch
 
 from ipu_snn.config import ModelConfig
 from ipu_snn.devices import SPECS
-from ipu_snn.errors import UserError
 from ipu_snn.ipu.emulator import NOT_EMULATED, TileOverflowError, emulate_plan_matmul, emulate_spike_matmul
 from ipu_snn.ipu.tiles import plan_tiles, split_even, tiles_json
 from ipu_snn.ops import SparseSpikes
@@ -135,7 +134,7 @@ def test_mk1_has_less_room_than_mk2():
 
 
 def test_non_ipu_spec_is_refused():
-    with pytest.raises(UserError, match="IPU spec"):
+    with pytest.raises(ValueError, match="IPU spec"):
         plan_tiles(model("lif", [10]), 10, 2, 1, SPECS["h100"])
 
 

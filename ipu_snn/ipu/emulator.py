@@ -167,10 +167,10 @@ def emulate_spike_matmul(
     batch, capacity = spikes.ids.shape
     n_in, n_out = weight.shape
     if n_in != spikes.n:
-        raise UserError(f"emulate_spike_matmul: weight must have n_in = {spikes.n} rows, got {tuple(weight.shape)}")
+        raise ValueError(f"emulate_spike_matmul: weight must have n_in = {spikes.n} rows, got {tuple(weight.shape)}")
     covered = sorted((b, e) for _, b, e in slices)
     if covered[0][0] != 0 or covered[-1][1] != n_out or any(a[1] != b[0] for a, b in zip(covered, covered[1:])):
-        raise UserError(f"emulate_spike_matmul: tile slices must cover columns 0..{n_out} once, got {covered}")
+        raise ValueError(f"emulate_spike_matmul: tile slices must cover columns 0..{n_out} once, got {covered}")
     reserved = reserved_bytes or {}
     tiles = {t: Tile(t, tile_capacity_bytes) for t, _, _ in slices}
     for t, tile in tiles.items():
@@ -275,7 +275,7 @@ def emulate_plan_matmul(
     """
     m = plan.matmul(matmul)
     if spikes.capacity != m.source.k or spikes.n != m.source.n:
-        raise UserError(f"{matmul}: the plan expects spike lists of n = {m.source.n}, K = {m.source.k}; "
+        raise ValueError(f"{matmul}: the plan expects spike lists of n = {m.source.n}, K = {m.source.k}; "
                         f"got n = {spikes.n}, K = {spikes.capacity}")
     reserved = {t.tile: sum(t.bytes_by_kind.get(k, 0) for k in NOT_EMULATED) for t in plan.tiles if t.population == m.population}
     return emulate_spike_matmul(spikes, weight, grad_out, plan.population(m.population).slices(),

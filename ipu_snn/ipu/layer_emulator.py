@@ -83,7 +83,7 @@ class LayerParams:
         """From an ipu_snn.layers.SpikingLayer."""
         spec = layer.spec
         if not spec.detach_reset:
-            raise UserError("the tile emulator runs the fused neuron backward, which needs detach_reset: true")
+            raise ValueError("the tile emulator runs the fused neuron backward, which needs detach_reset: true")
         return cls(
             w_in=layer.fc.weight.detach(), b_in=layer.fc.bias.detach(),
             w_rec=None if layer.rec is None else layer.rec.weight.detach(),
@@ -167,25 +167,25 @@ def emulate_layer(
     """
     pop = plan.population(population)
     if not pop.population.spiking:
-        raise UserError(f"emulate_layer: {population} is the readout; the layer emulator runs spiking layers")
+        raise ValueError(f"emulate_layer: {population} is the readout; the layer emulator runs spiking layers")
     steps, batch, n_in = x.shape
     n = pop.population.neurons
     inputs = [m for m in plan.matmuls_into(population) if m.source.name != population]
     recurrent = [m for m in plan.matmuls_into(population) if m.source.name == population]
     m_in = inputs[0]
     if params.w_in.shape != (m_in.source.n, n) or n_in != m_in.source.n:
-        raise UserError(f"emulate_layer: {population} takes {m_in.source.n} inputs to {n} neurons; got weights "
+        raise ValueError(f"emulate_layer: {population} takes {m_in.source.n} inputs to {n} neurons; got weights "
                         f"{tuple(params.w_in.shape)} and x {tuple(x.shape)}")
     if bool(recurrent) != (params.w_rec is not None):
-        raise UserError(f"emulate_layer: the plan's {population} is {'' if recurrent else 'not '}recurrent, "
+        raise ValueError(f"emulate_layer: the plan's {population} is {'' if recurrent else 'not '}recurrent, "
                         f"the parameters {'have' if params.w_rec is not None else 'lack'} recurrent weights")
     if (params.rho is not None) != (pop.population.live_vars == 2):
-        raise UserError(f"emulate_layer: the plan's {population} and the parameters disagree on ALIF adaptation")
+        raise ValueError(f"emulate_layer: the plan's {population} and the parameters disagree on ALIF adaptation")
     if batch != plan.sizing.batch or steps > max(plan.sizing.steps, 1):
-        raise UserError(f"emulate_layer: the plan is for batch {plan.sizing.batch} and at most "
+        raise ValueError(f"emulate_layer: the plan is for batch {plan.sizing.batch} and at most "
                         f"{plan.sizing.steps} steps; got batch {batch}, {steps} steps")
     if grad_z is not None and grad_z.shape != (steps, batch, n):
-        raise UserError(f"emulate_layer: grad_z must be [T, B, n] = {(steps, batch, n)}, got {tuple(grad_z.shape)}")
+        raise ValueError(f"emulate_layer: grad_z must be [T, B, n] = {(steps, batch, n)}, got {tuple(grad_z.shape)}")
     dtype = params.w_in.dtype
     acc_dtype = torch.promote_types(dtype, torch.float32)
     saved_dtype = saved_dtype or dtype

@@ -252,13 +252,13 @@ class TilePlan:
         for p in self.populations:
             if p.population.name == name:
                 return p
-        raise UserError(f"tile plan has no population {name!r}; it has {[p.population.name for p in self.populations]}")
+        raise ValueError(f"tile plan has no population {name!r}; it has {[p.population.name for p in self.populations]}")
 
     def matmul(self, name: str) -> MatmulPlan:
         for m in self.matmuls:
             if m.name == name:
                 return m
-        raise UserError(f"tile plan has no matmul {name!r}; it has {[m.name for m in self.matmuls]}")
+        raise ValueError(f"tile plan has no matmul {name!r}; it has {[m.name for m in self.matmuls]}")
 
     def matmuls_into(self, population: str) -> list[MatmulPlan]:
         return [m for m in self.matmuls if m.population == population]
@@ -288,10 +288,10 @@ class TilePlan:
 def tile_geometry(spec: DeviceSpec) -> tuple[int, int]:
     """(tiles, bytes per tile) of an IPU spec; other devices have no tiles."""
     if spec.name not in TILE_GEOMETRY:
-        raise UserError(f"tile planning needs an IPU spec ({', '.join(TILE_GEOMETRY)}), got {spec.name!r}")
+        raise ValueError(f"tile planning needs an IPU spec ({', '.join(TILE_GEOMETRY)}), got {spec.name!r}")
     tiles, tile_bytes = TILE_GEOMETRY[spec.name]
     if tiles * tile_bytes != spec.local_bytes:
-        raise UserError(f"{spec.name}: spec local_bytes {spec.local_bytes} is not {tiles} tiles x {tile_bytes} B")
+        raise ValueError(f"{spec.name}: spec local_bytes {spec.local_bytes} is not {tiles} tiles x {tile_bytes} B")
     return tiles, tile_bytes
 
 
@@ -528,13 +528,13 @@ def plan_tiles(
     ``max_tiles``: use at most this many of the IPU's tiles (default: all).
     """
     if batch < 1 or n_inputs < 1 or n_classes < 1:
-        raise UserError(f"plan_tiles: batch, n_inputs and n_classes must be >= 1, got {batch}, {n_inputs}, {n_classes}")
+        raise ValueError(f"plan_tiles: batch, n_inputs and n_classes must be >= 1, got {batch}, {n_inputs}, {n_classes}")
     if steps < 0 or surrogate_bytes not in (2, 4):
-        raise UserError(f"plan_tiles: steps must be >= 0 and surrogate_bytes 2 or 4, got {steps}, {surrogate_bytes}")
+        raise ValueError(f"plan_tiles: steps must be >= 0 and surrogate_bytes 2 or 4, got {steps}, {surrogate_bytes}")
     n_tiles, tile_capacity = tile_geometry(spec)
     if max_tiles is not None:
         if not 1 <= max_tiles <= n_tiles:
-            raise UserError(f"plan_tiles: max_tiles must be in [1, {n_tiles}] for {spec.name}, got {max_tiles}")
+            raise ValueError(f"plan_tiles: max_tiles must be in [1, {n_tiles}] for {spec.name}, got {max_tiles}")
         n_tiles = max_tiles
     s = Sizing(batch, dtype_bytes, steps, optimizer_slots, surrogate_bytes)
     pops = populations_of(model_cfg, n_inputs, n_classes, capacity_fraction)
