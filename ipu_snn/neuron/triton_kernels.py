@@ -92,16 +92,23 @@ def _saved(d, d_ptr, SAVED_BF16: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(current_ptr, v_ptr, a_ptr, beta_ptr, rho_ptr, scalars_ptr,
-                    v_new_ptr, a_new_ptr, z_ptr, d_ptr, bits_ptr, batch, n, row_bytes,
-                    ADAPTIVE: tl.constexpr, SUBTRACT: tl.constexpr, SURROGATE: tl.constexpr,
-                    SAVED_BF16: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+def _tile(batch, n, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's [BLOCK_B, BLOCK_N] tile of a [batch, n] tensor: its rows and columns, their masks,
+    and the elements' offsets."""
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < batch
     col_ok = cols < n
     ok = row_ok[:, None] & col_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * n + cols[None, :]
+    return rows, cols, row_ok, col_ok, ok, rows.to(tl.int64)[:, None] * n + cols[None, :]
+
+
+@triton.jit
+def _forward_kernel(current_ptr, v_ptr, a_ptr, beta_ptr, rho_ptr, scalars_ptr,
+                    v_new_ptr, a_new_ptr, z_ptr, d_ptr, bits_ptr, batch, n, row_bytes,
+                    ADAPTIVE: tl.constexpr, SUBTRACT: tl.constexpr, SURROGATE: tl.constexpr,
+                    SAVED_BF16: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows, cols, row_ok, col_ok, ok, offs = _tile(batch, n, BLOCK_B, BLOCK_N)
 
     beta = tl.load(beta_ptr + cols, mask=col_ok, other=0.0)
     v = beta[None, :] * tl.load(v_ptr + offs, mask=ok, other=0.0) + tl.load(current_ptr + offs, mask=ok, other=0.0)
@@ -140,12 +147,7 @@ def _backward_kernel(grad_z_ptr, grad_v_ptr, grad_a_ptr, bits_ptr, d_ptr, scalar
                      batch, n, row_bytes,
                      ADAPTIVE: tl.constexpr, HAS_GRAD_A: tl.constexpr, SUBTRACT: tl.constexpr,
                      BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < batch
-    col_ok = cols < n
-    ok = row_ok[:, None] & col_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * n + cols[None, :]
+    rows, cols, row_ok, col_ok, ok, offs = _tile(batch, n, BLOCK_B, BLOCK_N)
 
     byte = tl.load(bits_ptr + rows.to(tl.int64)[:, None] * row_bytes + (cols // 8)[None, :], mask=ok, other=0)
     grad_v = tl.load(grad_v_ptr + offs, mask=ok, other=0.0)

@@ -13,7 +13,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ipu_snn.ops.backend import SpikeKernels
 from ipu_snn.ops.registry import get_kernels, resolve_backend
+
+
+def _kernels(backend: str, like: Tensor) -> SpikeKernels:
+    """The kernels of ``backend``, checked against the device of ``like``."""
+    return get_kernels(resolve_backend(backend, like.device))
 
 
 def _check_spike_list(op: str, ids: Tensor, counts: Tensor) -> None:
@@ -82,7 +88,7 @@ def _check_compact(z: Tensor, near: Tensor | None, capacity: int) -> None:
 def spike_matmul_fwd(ids: Tensor, counts: Tensor, weight: Tensor, backend: str) -> Tensor:
     """out[b] = sum of weight rows ids[b, :counts[b]]: the dense ``spikes @ weight``."""
     _check_forward(ids, counts, weight)
-    return get_kernels(resolve_backend(backend, weight.device)).forward(ids, counts, weight)
+    return _kernels(backend, weight).forward(ids, counts, weight)
 
 
 @spike_matmul_fwd.register_fake
@@ -95,8 +101,7 @@ def _(ids: Tensor, counts: Tensor, weight: Tensor, backend: str) -> Tensor:
 def spike_matmul_grad_weight(ids: Tensor, counts: Tensor, grad_out: Tensor, n_in: int, backend: str) -> Tensor:
     """grad_weight[i] = sum of grad_out[b] over samples b that list i: ``spikes.T @ grad_out``."""
     _check_grad_weight(ids, counts, grad_out, n_in)
-    kernels = get_kernels(resolve_backend(backend, grad_out.device))
-    return kernels.grad_weight(ids, counts, grad_out, n_in)
+    return _kernels(backend, grad_out).grad_weight(ids, counts, grad_out, n_in)
 
 
 @spike_matmul_grad_weight.register_fake
@@ -109,8 +114,7 @@ def _(ids: Tensor, counts: Tensor, grad_out: Tensor, n_in: int, backend: str) ->
 def spike_matmul_grad_input(ids: Tensor, counts: Tensor, weight: Tensor, grad_out: Tensor, backend: str) -> Tensor:
     """values[b, k] = <weight[ids[b, k]], grad_out[b]> for k < counts[b], else 0 ([B, K])."""
     _check_grad_input(ids, counts, weight, grad_out)
-    kernels = get_kernels(resolve_backend(backend, weight.device))
-    return kernels.grad_input(ids, counts, weight, grad_out)
+    return _kernels(backend, weight).grad_input(ids, counts, weight, grad_out)
 
 
 @spike_matmul_grad_input.register_fake
@@ -125,8 +129,7 @@ def compact_spikes(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Dense spikes to a capacity-K list: (ids, counts, near_counts, dropped, near_dropped)."""
     _check_compact(z, near, capacity)
-    kernels = get_kernels(resolve_backend(backend, z.device))
-    return tuple(kernels.compact(z, near, capacity))
+    return tuple(_kernels(backend, z).compact(z, near, capacity))
 
 
 @compact_spikes.register_fake
