@@ -85,7 +85,7 @@ class DeviceSpec:
 
 
 GiB = 2**30
-# Vendor data-sheet figures; the GPU step floor is from DESIGN.md's measured plain loop
+# Vendor data-sheet figures; the GPU step floor is from a measured plain loop (docs/workloads.md)
 # (W1, H100: 745 ms for T=1000, i.e. about 0.25 ms per step forward, two per step backward).
 SPECS: dict[str, DeviceSpec] = {
     spec.name: spec

@@ -108,7 +108,7 @@ def main() -> None:
     args.spec = args.spec or args.device
     device = torch.device(args.device)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32, as the DESIGN.md baselines
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32, as the baselines of docs/workloads.md
 
     rows = [measure(args, T, name, device) for T in args.steps for name in args.schedules]
     largest = ({name: largest_t(args, name, device, min(args.steps), args.max_t_limit) for name in args.schedules}

@@ -1,6 +1,6 @@
 """CPU baseline: ms per training iteration of a small W1 network.
 
-Small W1 (DESIGN.md): 700 Bernoulli inputs at 5% density, one recurrent LIF layer,
+Small W1 (docs/workloads.md): 700 Bernoulli inputs at 5% density, one recurrent LIF layer,
 LI readout of 20 classes, Adam; one iteration is forward + backward + optimizer step.
 
     python scripts/bench_cpu_baseline.py            # B=32, hidden 256, T=200

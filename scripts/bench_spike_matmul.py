@@ -1,6 +1,6 @@
 """Benchmark W3: the sparse spike matmul against dense matmul and embedding_bag.
 
-Workload W3 (docs/../DESIGN.md): batch B in {16, 128, 256}, N_in = N_out = N in
+Workload W3 (docs/workloads.md): batch B in {16, 128, 256}, N_in = N_out = N in
 {1024, 4096}, spike density 1-50%, Bernoulli spikes, fp32 weights. For each
 point it times the forward alone and forward + backward of
 

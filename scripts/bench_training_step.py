@@ -2,7 +2,7 @@
 SpikingJelly and ipu_snn's fused loop and BPTT engine.
 
     python scripts/bench_training_step.py --device cpu     # reduced sizes, about a minute on 2 cores
-    python scripts/bench_training_step.py --device cuda    # DESIGN.md's W1: B=128, 1024 neurons, T=1000
+    python scripts/bench_training_step.py --device cuda    # W1 (docs/workloads.md): B=128, 1024 neurons, T=1000
 
 One iteration is forward + backward + Adam step. Reported per contender: median ms per iteration,
 peak memory (CUDA: the allocator's peak above the model and batch; CPU: not measured) and the
@@ -301,7 +301,7 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA GPU here")
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32, as DESIGN.md's baselines
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32, as the baselines of docs/workloads.md
         torch.backends.cudnn.allow_tf32 = False
 
     print(f"B={args.batch}, hidden {args.hidden}, T={args.steps}, {args.device}")

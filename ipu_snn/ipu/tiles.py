@@ -86,7 +86,7 @@ from ipu_snn.errors import UserError
 
 KiB = 1024
 
-#: (tiles, SRAM bytes per tile) of each IPU spec in ipu_snn.devices.SPECS (DESIGN.md, Facts).
+#: (tiles, SRAM bytes per tile) of each IPU spec in ipu_snn.devices.SPECS (Graphcore data sheets; docs/workloads.md).
 TILE_GEOMETRY: dict[str, tuple[int, int]] = {
     "ipu-mk2": (1472, 624 * KiB),
     "ipu-mk1": (1216, 256 * KiB),
