@@ -18,12 +18,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 import poptorch_standin
+from test_train import check_no_validation_split
 from ipu_snn.bptt.schedules import double, uniform
 from ipu_snn.checkpoint import checkpoint_folders, save_checkpoint
-from ipu_snn.cli import main
 from ipu_snn.config import validate_config
 from ipu_snn.data import input_shape, load_splits
 from ipu_snn.errors import ConfigError, DeviceError, TrainingError
@@ -252,18 +251,7 @@ def test_resume_after_crash_equals_uninterrupted_run(poptorch, tmp_path):
 
 
 def test_no_validation_split_trains_evaluates_and_resumes(poptorch, tmp_path, capsys):
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "data": {**TINY["data"], "val_split": 0}}))
-    out = tmp_path / "run"
-    assert main(["train", str(path), "training.epochs=1", "--out", str(out)]) == 0
-    assert "done: val accuracy n/a, test accuracy" in capsys.readouterr().out
-    assert json.loads((out / "summary.json").read_text())["val_accuracy"] is None
-    assert "val_loss" not in read_metrics_csv(out / "metrics.csv")[0]
-    assert main(["train", str(path), "training.epochs=2", "--out", str(out), "--resume"]) == 0
-    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
-    assert main(["eval", str(out)]) == 0
-    assert main(["eval", str(out), "--split", "val"]) == 2
-    assert "the run has no val split" in capsys.readouterr().err
+    check_no_validation_split(TINY, tmp_path, capsys)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(poptorch, tmp_path):

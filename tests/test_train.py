@@ -13,6 +13,7 @@ from ipu_snn.config import load_config, validate_config
 from ipu_snn.errors import TrainingError
 from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.loop import epoch_line
+from ipu_snn.reporting import read_metrics_csv
 from ipu_snn.train import train
 
 SMALL = {
@@ -119,18 +120,25 @@ def test_tiny_config_reaches_90_percent(tmp_path):
         assert (tmp_path / name).is_file()
 
 
-def test_no_validation_split_trains_evaluates_and_resumes(tmp_path, capsys):
+def check_no_validation_split(raw: dict, tmp_path, capsys):
+    """``data.val_split=0`` through the CLI: trains, reports no validation, resumes, evaluates; asking to
+    evaluate the missing split is a user error."""
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({**SMALL, "data": {**SMALL["data"], "val_split": 0}}))
+    path.write_text(yaml.safe_dump({**raw, "data": {**raw["data"], "val_split": 0}}))
     out = tmp_path / "run"
     assert main(["train", str(path), "training.epochs=1", "--out", str(out)]) == 0
     assert "done: val accuracy n/a, test accuracy" in capsys.readouterr().out
     assert json.loads((out / "summary.json").read_text())["val_accuracy"] is None
+    assert "val_loss" not in read_metrics_csv(out / "metrics.csv")[0]
     assert main(["train", str(path), "training.epochs=2", "--out", str(out), "--resume"]) == 0
     assert json.loads((out / "summary.json").read_text())["epochs"] == 2
     assert main(["eval", str(out)]) == 0
     assert main(["eval", str(out), "--split", "val"]) == 2
     assert "the run has no val split" in capsys.readouterr().err
+
+
+def test_no_validation_split_trains_evaluates_and_resumes(tmp_path, capsys):
+    check_no_validation_split(SMALL, tmp_path, capsys)
 
 
 def test_epoch_lines_are_whole_in_logs(tmp_path, capsys):
