@@ -37,7 +37,7 @@ from .files import replace_atomically
 from .metrics import footprint_bytes
 from .network import SpikingNetwork, count_parameters
 from .optim import make_scheduler
-from .planner import Plan, calibrate, plan, refusal
+from .planner import calibrate, plan, refusal
 from .reporting import RateColumn, TensorBoardLog, percent, plot_curves, rate_text, write_metrics_csv, write_summary
 from .run_folder import check_can_start, claim_run_folder, newest_intact_checkpoint, out_dir_path
 
@@ -144,7 +144,7 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
         cfg = cfg.model_copy(update={"bptt": type(cfg.bptt).model_validate(state["config"]["bptt"])})
     else:
         density = input_density(splits.train)
-        cfg = driver.decide(lambda: plan_time_loop(cfg, console, driver.micro_batch, density)[1])
+        cfg = driver.decide(lambda: plan_time_loop(cfg, console, driver.micro_batch, density))
     loop = plan(cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes, batch=driver.micro_batch,
                 compare_all=True).loop()
     seed_everything(cfg.training.seed)
@@ -294,9 +294,8 @@ def input_density(dataset, samples: int = 16) -> float:
     return active / max(total, 1)
 
 
-def plan_time_loop(cfg: Config, console: Console, per_process_batch: int, density: float | None = None
-                   ) -> tuple[Plan, Config]:
-    """The executor's window and schedule for this run, and the config with them resolved.
+def plan_time_loop(cfg: Config, console: Console, per_process_batch: int, density: float | None = None) -> Config:
+    """The config with the executor's window and schedule for this run resolved.
 
     Bytes are predicted from shapes first, so a run that cannot fit is refused before anything is
     allocated. Where the choice depends on time (``bptt.schedule: auto``, or no ``bptt.window``), the
@@ -321,7 +320,7 @@ def plan_time_loop(cfg: Config, console: Console, per_process_batch: int, densit
                   f"{chosen.peak_bytes / 2**20:,.0f} MiB and {chosen.predicted_s * 1e3:,.0f} ms per iteration on "
                   f"{p.device}")
     bptt = cfg.bptt.model_copy(update={"schedule": chosen.name, "window": chosen.window})
-    return p, cfg.model_copy(update={"bptt": bptt})
+    return cfg.model_copy(update={"bptt": bptt})
 
 
 def check_resumable(saved: dict, cfg: Config, folder: Path) -> None:

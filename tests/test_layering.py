@@ -186,8 +186,10 @@ def test_the_checks_name_the_offending_imports(tmp_path):
     })
     graph = import_graph(root)
     assert sorted(cycles(graph)) == [
-        "ipu_snn.cli imports ipu_snn.config (ipu_snn/cli.py:1); ipu_snn.config imports ipu_snn.cli (ipu_snn/config.py:4)",
-        "ipu_snn.ops.a imports ipu_snn.ops.b (ipu_snn/ops/a.py:1); ipu_snn.ops.b imports ipu_snn.ops.a (ipu_snn/ops/b.py:1)",
+        "ipu_snn.cli imports ipu_snn.config (ipu_snn/cli.py:1); "
+        "ipu_snn.config imports ipu_snn.cli (ipu_snn/config.py:4)",
+        "ipu_snn.ops.a imports ipu_snn.ops.b (ipu_snn/ops/a.py:1); "
+        "ipu_snn.ops.b imports ipu_snn.ops.a (ipu_snn/ops/b.py:1)",
     ]
     assert upward_imports(graph) == [
         "ipu_snn.config imports ipu_snn.cli (ipu_snn/config.py:4): the foundation layer imports the cli layer above it",

@@ -170,7 +170,8 @@ def test_plan_table_names_every_schedule_in_full(capsys):
 
 def test_cli_shows_user_errors_plainly_and_bugs_with_their_traceback(tmp_path, capsys, monkeypatch):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({**SMALL, "data": {**SMALL["data"], "dataset": "shd", "path": str(tmp_path / "no")}}))
+    missing = {"dataset": "shd", "path": str(tmp_path / "no")}
+    path.write_text(yaml.safe_dump({**SMALL, "data": {**SMALL["data"], **missing}}))
     # the user's to fix: one message naming the field, exit status 2
     assert main(["train", str(path), "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
