@@ -1,7 +1,11 @@
 """Errors that reach the user as one clear message instead of a traceback.
 
-Anything raised as a ``UserError`` is the user's to fix (a config field, a file,
-a device); the CLI prints its message and exits non-zero.
+A ``UserError`` is what the user can fix: a config field, a file, the data, a
+device, a run folder. Its message names the thing to fix; the CLI prints it and
+exits with status 2. A broken internal contract (a function called with
+arguments it does not take, a state that cannot happen) is a bug, not a
+``UserError``: it raises an ordinary exception (ValueError, TypeError,
+RuntimeError, ...), and the CLI prints its traceback and exits with status 1.
 """
 
 
