@@ -83,15 +83,16 @@ class TorchDriver:
 
     def __init__(self, cfg: Config):
         load_backends(cfg.device)
+        device = resolve_device(cfg.device)
         self.cfg = cfg
         self.ctx = ctx = init_distributed(cfg.device)
         self.is_main = ctx.is_main
-        device = resolve_device(cfg.device)
         self.device = torch.device("cuda", ctx.local_rank) if device.type == "cuda" and ctx.active else device
         scale = ctx.world_size if cfg.data.batch_scope == "per_device" else 1
         self.global_batch = cfg.data.batch_size * scale
         parts = ctx.world_size * cfg.training.grad_accumulation
         if self.global_batch < parts:
+            shutdown(ctx, clean=False)
             raise ConfigError(f"data.batch_size: a global batch of {self.global_batch} cannot be split over "
                               f"{ctx.world_size} processes x {cfg.training.grad_accumulation} accumulation steps")
         self.micro_batch = -(-self.global_batch // parts)
