@@ -235,7 +235,7 @@ def test_seed_configs_plan_as_fitting_one_mk2(config, capsys):
     assert {"used", "max_tile_bytes", "tile_capacity_bytes"} <= set(tiles)
     assert tiles["fits"] and tiles["refusal"] is None
     assert tiles["used"] == 1472 and tiles["max_tile_bytes"] <= tiles["tile_capacity_bytes"] == 624 * 1024
-    assert tiles["assumptions"]["steps_stored"] == 100 and tiles["assumptions"]["batch"] == 48
+    assert tiles["time_loop"]["T"] == 100 and tiles["assumptions"]["batch"] == 48
 
 
 def test_plan_cli_refuses_a_network_too_large_for_one_mk2(tmp_path, capsys):

@@ -43,7 +43,7 @@ def test_seed_networks_fit_one_mk2(kind, layers, n_inputs, n_classes):
 def test_history_is_spike_bits_and_surrogate_derivatives():
     # Per stored step a tile keeps z as packed bits and d, exactly the fused neuron kernel's outputs
     # for its neurons; learned decays add the pre-step state (v, and a for ALIF).
-    from ipu_snn.ipu.tiles import Sizing, history_bytes_per_step, populations_of
+    from ipu_snn.ipu.tiles import Sizing, TimeOnTiles, history_bytes_per_step, populations_of
     from ipu_snn.neuron.ops import neuron_step_fwd
 
     batch, own = 48, 3
@@ -51,7 +51,7 @@ def test_history_is_spike_bits_and_surrogate_derivatives():
         cfg = ModelConfig(layers=[{"type": kind, "size": 30, "learn_decay": learn}])
         pop = populations_of(cfg, 10, 2, 0.25)[0]
         for d_bytes, d_dtype in [(4, torch.float32), (2, torch.float16)]:
-            s = Sizing(batch, 4, 100, 2, d_bytes)
+            s = Sizing(batch, 4, TimeOnTiles.store_all(100), 2, d_bytes)
             alif = kind == "alif"
             state = torch.zeros(batch, own)
             _, _, _, d, bits = neuron_step_fwd(torch.randn(batch, own), state, state if alif else None,
@@ -62,7 +62,7 @@ def test_history_is_spike_bits_and_surrogate_derivatives():
             assert history_bytes_per_step(pop, own, s) == kernel_bytes + pre_step
     # The readout keeps nothing per step unless its decay is learned.
     readout = populations_of(ModelConfig(layers=[{"type": "lif", "size": 4}]), 10, 2, 0.25)[-1]
-    assert history_bytes_per_step(readout, 2, Sizing(8, 4, 10, 2, 4)) == 0
+    assert history_bytes_per_step(readout, 2, Sizing(8, 4, TimeOnTiles.store_all(10), 2, 4)) == 0
 
 
 def test_half_precision_surrogate_leaves_more_room():
@@ -102,7 +102,7 @@ def test_tight_tiles_walk_the_batch_in_passes():
     # Where the whole batch's spike lists do not fit next to the weights, a population
     # takes fewer samples per pass, the most that fit; the bytes moved stay the same.
     cfg = model("rlif", seed_sizes(2))
-    plan = plan_tiles(cfg, 700, 20, 48, MK2, steps=100)
+    plan = plan_tiles(cfg, 700, 20, 48, MK2, steps=250)
     passes = {p.population.name: p.chunk for p in plan.populations}
     assert passes["readout"] == 48 and 1 <= passes["layer0"] < 48
     pop = plan.population("layer0")
