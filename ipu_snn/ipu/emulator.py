@@ -47,6 +47,10 @@ from ipu_snn.ops.spikes import SparseSpikes
 NOT_EMULATED = ("optimizer", "state", "history", "checkpoints", "code", "select", "grad_gather")
 
 
+#: What the BPTT schedule keeps on a tile: taped windows and local checkpoints.
+KEPT_KINDS = ("history", "checkpoints")
+
+
 class TileOverflowError(UserError):
     """A tile's buffers exceed its SRAM."""
 
@@ -75,6 +79,7 @@ class Tile:
     held: dict[str, tuple[str, int]] = field(default_factory=dict)
     peak: int = 0
     peak_by_kind: dict[str, int] = field(default_factory=dict)
+    kept_peak: int = 0  # the most bytes of KEPT_KINDS held at once (not necessarily at the tile's peak)
 
     @property
     def used(self) -> int:
@@ -89,6 +94,8 @@ class Tile:
                 + ", ".join(f"{n} {b} B" for n, (_, b) in self.held.items())
             )
         self.held[name] = (kind, nbytes)
+        if kind in KEPT_KINDS:
+            self.kept_peak = max(self.kept_peak, sum(b for k, b in self.held.values() if k in KEPT_KINDS))
         if total > self.peak:
             self.peak = total
             self.peak_by_kind = {}
@@ -272,4 +279,4 @@ def emulate_plan_matmul(
                                 if m.source.needs_grad_input else 1, backend=backend)
 
 
-__all__ = ["EmulationReport", "Tile", "TileOverflowError", "emulate_plan_matmul", "emulate_spike_matmul", "hold_list", "one_thread", "reduce_scatter", "release_list", "scatter_values"]
+__all__ = ["KEPT_KINDS", "EmulationReport", "Tile", "TileOverflowError", "emulate_plan_matmul", "emulate_spike_matmul", "hold_list", "one_thread", "reduce_scatter", "release_list", "scatter_values"]

@@ -149,6 +149,7 @@ class LayerEmulation:
     peak_tile_bytes: int
     peak_by_kind: dict[str, int]  # of the fullest tile
     tile_peaks: dict[int, int]
+    kept_peaks: dict[int, int]  # per tile, the most bytes of taped windows and local checkpoints at once
     exchange_bytes_forward: int  # per time step run forward (recomputation included), averaged
     exchange_bytes_backward: int  # per time step reversed, averaged
     supersteps: int
@@ -535,6 +536,7 @@ class _LayerRun:
         return LayerEmulation(
             z=self.z, grads=grads or {}, grad_input=grad_x, tiles_used=len(owns), peak_tile_bytes=fullest.peak,
             peak_by_kind=dict(fullest.peak_by_kind), tile_peaks={o.tile.index: o.tile.peak for o in owns},
+            kept_peaks={o.tile.index: o.tile.kept_peak for o in owns},
             exchange_bytes_forward=math.ceil(counter.forward / max(counter.steps_forward, 1)),
             exchange_bytes_backward=math.ceil(counter.backward / self.steps), supersteps=counter.supersteps,
             streaming_peak_bytes=self.streaming.peak_bytes, streaming_moved_bytes=self.streaming.moved_bytes,
