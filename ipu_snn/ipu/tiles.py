@@ -346,7 +346,7 @@ class TilePlan:
     populations: tuple[PopulationPlan, ...]
     matmuls: tuple[MatmulPlan, ...]
     tiles: tuple[TileLoad, ...] = field(repr=False)
-    spec: DeviceSpec | None = field(default=None, repr=False)  # rates and streaming memory of the device
+    spec: DeviceSpec = field(repr=False)  # rates and streaming memory of the device
     suggestion: str = ""  # filled in for plans that do not fit
 
     @property
