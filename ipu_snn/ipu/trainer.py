@@ -31,6 +31,7 @@ from ..errors import ConfigError, TrainingError
 from ..files import replace_atomically
 from ..network import SpikingNetwork, count_parameters
 from ..optim import make_scheduler
+from ..planner import plan_for_config
 from ..reporting import percent, write_summary
 from ..run_folder import check_can_start, claim_run_folder
 from ..train import epoch_line, open_tensorboard, plan_time_loop, progress_bar, run_summary, write_reports, seed_everything
@@ -38,7 +39,7 @@ from .model import Evaluation, TrainingStep, build_traced
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
 from .recomputation import recomputation_for
 from .sdk import import_popdist, import_poptorch
-from .tiles import TilePlan, plan_for_config
+from .tiles import TilePlan
 
 
 def ipu_optimizer(cfg: TrainingConfig, params, poptorch):
@@ -75,8 +76,8 @@ def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> TilePlan
                  else f"{accumulation} accumulation steps")
         raise ConfigError(
             f"model: {plan.refusal()} The plan is one replica's: a micro-batch of {micro_batch} samples "
-            f"(data.batch_size {cfg.data.batch_size} over {split}) and the history of all "
-            f"data.steps = {cfg.data.num_steps} steps on the tiles. A replica runs on one IPU (ipus-per-replica 1: "
+            f"(data.batch_size {cfg.data.batch_size} over {split}) and {plan.time.name} over {plan.time.windows} "
+            f"windows of {plan.time.window} steps on the tiles. A replica runs on one IPU (ipus-per-replica 1: "
             "replication copies the model, it does not split it), so more IPUs do not make it fit.")
     return plan
 
