@@ -113,23 +113,42 @@ def _plan(args, console: Console) -> None:
     payload = result.to_json()
     if spec.name.startswith("ipu"):
         from .ipu.options import micro_batch_size
-        from .ipu.tiles import plan_for_config, tiles_json
+        from .ipu.tiles import tiles_json
+        from .planner import largest_steps_table, plan_for_config
 
-        # per-tile account of one replica (its micro-batch, as the IPU trainer plans it), with every
-        # step's neuron state kept for BPTT (store_all on the tiles)
+        # per-tile account of one replica (its micro-batch, as the IPU trainer plans it) under the chosen
+        # schedule and window (the configured schedule's leanest where nothing fits), and how long a
+        # sequence each schedule fits on one IPU
         micro = micro_batch_size(cfg, cfg.ipu.replication)
-        tiles = plan_for_config(cfg, n_inputs, n_classes, micro, spec)
-        payload["tiles"] = tiles_json(tiles)
+        micro_plan = result if micro == result.batch else None
+        payload["tiles"] = tiles_json(plan_for_config(cfg, n_inputs, n_classes, micro, spec, micro_plan))
+        payload["tiles"]["largest_T"] = largest_steps_table(cfg, spec, n_inputs, n_classes, micro)
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
         console.print(plan_table(result))
         if "tiles" in payload:
-            t = payload["tiles"]
-            passes = ", ".join(f"{p['name']} {p['samples_per_pass']}" for p in t["populations"])
-            console.print(f"tiles: {t['used']} of {t['tiles_total']} used, fullest {t['max_tile_bytes'] / 1024:.0f} KiB "
-                          f"of {t['tile_capacity_bytes'] / 1024:.0f} KiB; samples per pass: {passes}"
-                          + ("" if t["fits"] else f"; {t['refusal']}"))
+            console.print(tiles_lines(payload["tiles"]), highlight=False)
+
+
+def tiles_lines(t: dict) -> str:
+    """The tile plan of ``ipu-snn plan --device ipu-*`` in a few lines."""
+    loop, memory, predicted = t["time_loop"], t["streaming_memory"], t["predicted"]
+    passes = ", ".join(f"{p['name']} {p['samples_per_pass']}" for p in t["populations"])
+    lines = [f"tiles: {loop['schedule']} over {loop['windows']} windows of {loop['window']} steps; {t['used']} of "
+             f"{t['tiles_total']} tiles used, fullest {t['max_tile_bytes'] / 1024:.0f} KiB of "
+             f"{t['tile_capacity_bytes'] / 1024:.0f} KiB; samples per pass: {passes}",
+             f"streaming memory: {memory['bytes'] / 2**20:,.1f} MiB of checkpoints, {memory['transfer_bytes'] / 2**20:,.1f}"
+             f" MiB moved per iteration at {memory['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s",
+             f"predicted {predicted['total_s'] * 1e3:,.1f} ms per iteration, {t['time_model']}"]
+    if not t["fits"]:
+        lines.append(t["refusal"])
+    largest = t["largest_T"]
+    lines.append(f"largest T on one {t['device']} (batch {largest['batch']}): " + ", ".join(
+        f"{name} {row['T']:,}{'+' if row['at_cap'] else ''}" + (f" ({row['vs_store_all']}x)" if row['vs_store_all']
+                                                                 and name != "store_all" else "")
+        for name, row in largest["schedules"].items()))
+    return "\n".join(lines)
 
 
 def _eval(args, console: Console) -> None:

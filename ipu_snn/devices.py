@@ -96,8 +96,10 @@ SPECS: dict[str, DeviceSpec] = {
                    "H200 SXM: 141 GB HBM3e at 4.8 TB/s, 67 TFLOP/s fp32, PCIe Gen5 x16 to host RAM"),
         DeviceSpec("a100", 80 * GiB, 512 * GiB, 2.0e12, 25e9, 19.5e12, 2.5e-4,
                    "A100 SXM 80GB: HBM2e at 2.0 TB/s, 19.5 TFLOP/s fp32, PCIe Gen4 x16 to host RAM"),
-        DeviceSpec("ipu-mk2", 1472 * 624 * 1024, 256 * GiB, 47.5e12, 20e9, 62.5e12, 5e-6,
-                   "IPU Mk2 GC200: 1472 tiles x 624 KiB SRAM, 62.5 TFLOP/s fp32, streaming memory over the host link",
+        # streaming memory: the IPU-M2000's DRAM, reached over the IPU's PCIe Gen4 x16 link at 32 GB/s each
+        # way (a peak; the sources are in ipu_snn/ipu/README.md, "Streaming memory")
+        DeviceSpec("ipu-mk2", 1472 * 624 * 1024, 256 * GiB, 47.5e12, 32e9, 62.5e12, 5e-6,
+                   "IPU Mk2 GC200: 1472 tiles x 624 KiB SRAM, 62.5 TFLOP/s fp32, streaming memory over PCIe Gen4 x16",
                    fused=False),
         DeviceSpec("ipu-mk1", 1216 * 256 * 1024, 256 * GiB, 45e12, 16e9, 31.1e12, 5e-6,
                    "IPU Mk1 GC2: 1216 tiles x 256 KiB SRAM, 31.1 TFLOP/s fp32, PCIe Gen4 to the host", fused=False),

@@ -181,10 +181,11 @@ class LIReadout(nn.Module):
     """Leaky-integrator readout; its membrane trace over time is the output."""
 
     def __init__(self, n_in: int, n_out: int, *, beta: float = 0.95, learn_decay: bool = False,
-                 policy: SparsePolicy = SparsePolicy(), mode: StepMode = "fused",
+                 policy: SparsePolicy = SparsePolicy(), mode: StepMode = "fused", kernels: str | None = None,
                  products: Products = torch_products, source: str = "layer0"):
         super().__init__()
         self.n_out, self.mode, self.policy, self.products = n_out, mode, policy, products
+        self.kernels = kernels
         self.site = Site(source, "readout", "the readout's input")
         self.fc = Synapses(n_in, n_out, std=1.0 / math.sqrt(3 * n_in))
         _decay(self, "beta", n_out, beta, learn_decay)
@@ -202,7 +203,7 @@ class LIReadout(nn.Module):
         currents, dropped = self.products(inputs, self.fc, self.policy, self.site)
         beta = self.beta.clamp(0.0, 1.0)
         if self.mode == "fused":
-            trace, v = leaky_integrate(currents, beta, v)
+            trace, v = leaky_integrate(currents, beta, v, self.kernels)
             return trace, v, dropped
         outputs = []
         for current in currents.unbind(0):

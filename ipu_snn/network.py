@@ -149,13 +149,13 @@ def fused_obstacles(cfg: ModelConfig) -> list[str]:
 
 
 def _policy(cfg: ModelConfig, n_in: int, n_out: int, device: torch.device, backend: str | None,
-            listed: bool) -> SparsePolicy:
+            listed: bool, per_step: bool = False) -> SparsePolicy:
     if cfg.sparse is False:
         return SparsePolicy()
     capacity = max(1, math.ceil(cfg.sparse_capacity * n_in))
     if cfg.sparse is True:
         return SparsePolicy("sparse", capacity, cfg.sparse_overflow, listed_grad=listed, backend=backend)
-    return SparsePolicy("auto", capacity, max_density=crossover_density(device, n_in, n_out, backend),
+    return SparsePolicy("auto", capacity, max_density=crossover_density(device, n_in, n_out, backend, per_step),
                         listed_grad=listed, backend=backend)
 
 
@@ -200,7 +200,8 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
         if listed and cfg.sparse_near is not None and cfg.sparse is not False:
             peak = float(surrogate(spec.surrogate).grad(torch.zeros((), dtype=torch.float64), spec.scale))
             near_min_d = cfg.sparse_near * peak
-        rec_policy = _policy(cfg, layer_cfg.size, layer_cfg.size, torch_device, backend, listed) if recurrent else None
+        rec_policy = _policy(cfg, layer_cfg.size, layer_cfg.size, torch_device, backend, listed,
+                             per_step=True) if recurrent else None
         layers.append(SpikingLayer(
             n_in, layer_cfg.size, spec, beta=layer_cfg.resolve_beta(dt, default=0.9),
             rho=layer_cfg.resolve_rho(dt) if adaptive else None, learn_decay=layer_cfg.learn_decay,
@@ -210,7 +211,8 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
                                torch_device, backend, listed)
         n_in = layer_cfg.size
     readout = LIReadout(n_in, n_classes, beta=cfg.readout.resolve_beta(dt, default=0.95),
-                        learn_decay=cfg.readout.learn_decay, policy=input_policy, mode=mode, products=products,
+                        learn_decay=cfg.readout.learn_decay, policy=input_policy, mode=mode, kernels=kernels,
+                        products=products,
                         source=f"layer{len(cfg.layers) - 1}")
     return SpikingNetwork(layers, readout, cfg.readout.reduce, n_inputs, mode, loop)
 

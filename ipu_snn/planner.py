@@ -16,14 +16,19 @@ real shapes and batch; the per-window constant and the per-step cost are the
 line through the two); for another device, from its spec (`analytic_costs`).
 A schedule's time is then its window counts times these costs
 (``bptt.predicted_time``), plus the optimizer step.
+
+On an IPU the tiles decide (ipu_snn.ipu.tiles): every candidate schedule and
+window is laid out on the tiles, it fits when every tile fits its SRAM (and
+the off-chip checkpoints the streaming memory), and its time is the tile
+plan's model. `plan_for_config` gives the tile plan of the window chosen, and
+`largest_steps` the longest sequence each schedule fits on one IPU.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -221,7 +226,8 @@ def calibrate(cfg: Config, n_inputs: int, n_classes: int, batch: int, density: f
             forward.append(mid - start)
             tape.append(end - mid - (mid - start))
             reverse.append(done - end)
-        samples[length] = [statistics.median(v[1:]) for v in (forward, tape, reverse)]
+        # the fastest repeat: other jobs on the machine only ever add time
+        samples[length] = [min(v[1:]) for v in (forward, tape, reverse)]
     params = [p for p in net.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.zeros_like(p)
@@ -240,7 +246,7 @@ def calibrate(cfg: Config, n_inputs: int, n_classes: int, batch: int, density: f
         return max(c0[i] - per_step * l0, 0.0), per_step
 
     bandwidth = 10e9 if torch_device.type == "cpu" else 20e9  # host copies: RAM, or pinned PCIe
-    return WindowCosts(line(0), line(1), line(2), statistics.median(times[1:]), bandwidth,
+    return WindowCosts(line(0), line(1), line(2), min(times[1:]), bandwidth,
                        f"measured here ({torch_device.type}, windows of {l0} and {l1} steps)")
 
 
@@ -295,13 +301,16 @@ class Strategy:
     schedule: str
     window: int
     windows: int
-    local_bytes: int  # taped windows and local checkpoints: what the executor counts
-    peak_bytes: int  # local_bytes plus parameters, batch, outputs and the running window's buffers: the budget's
+    local_bytes: int  # taped windows and local checkpoints: what the executor counts (IPU: summed over tiles)
+    # local_bytes plus parameters, batch, outputs and the running window's buffers: the budget's
+    # (IPU: the fullest tile's bytes times the tiles of the IPU, so that it fits the budget when every tile fits)
+    peak_bytes: int
     offchip_bytes: int
     forward_windows: int
     transfer_bytes: int
     predicted_s: float
     fits: bool
+    max_tile_bytes: int | None = None  # IPU: the fullest tile
 
 
 @dataclass
@@ -334,9 +343,11 @@ class Plan:
 
 
 def _strategy(name: str, factory, shape: NetShape, window: int, costs: WindowCosts, budget: int,
-              spec: DeviceSpec) -> Strategy:
+              spec: DeviceSpec, tiles: Callable | None = None) -> Strategy:
     W = shape.windows(window)
     sched = store_all(W) if factory is None else factory(W)
+    if tiles is not None:
+        return _on_tiles(name, sched, tiles(shape.steps, window, sched))
     summary = summarize(sched)
     state, tape = shape.state_bytes(), shape.tape_bytes(window)
     local = predicted_local_bytes(sched, state, tape)
@@ -365,9 +376,12 @@ def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int, budget
     costs = costs or analytic_costs(shape, spec)
     generic = costs.at(WINDOWS[0], shape.state_bytes())  # two_level's search only compares relative costs
     factories = candidates(cfg.bptt, generic, compare_all)
+    tiles = _tile_planner(cfg, spec, n_inputs, n_classes, shape.batch) if _is_ipu(spec) else None
+    if tiles is not None:
+        budget_bytes = spec.local_bytes  # the tiles' SRAM: a tile plan fits it or not
     strategies = []
     for name, factory in factories.items():
-        options = [_strategy(name, factory, shape, w, costs, budget_bytes, spec)
+        options = [_strategy(name, factory, shape, w, costs, budget_bytes, spec, tiles)
                    for w in window_choices(shape.steps, cfg.bptt.window)]
         fitting = [s for s in options if s.fits]
         strategies.append(min(fitting, key=lambda s: s.predicted_s) if fitting
@@ -378,8 +392,8 @@ def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int, budget
         choice = fastest
     else:
         choice = cfg.bptt.schedule if any(s.name == cfg.bptt.schedule for s in fitting) else None
-    return Plan(spec.name, budget_bytes, shape.steps, shape.batch, costs.source, strategies, choice, fastest,
-                factories)
+    source = "the tile plan's model (ipu_snn.ipu.tiles)" if tiles is not None else costs.source
+    return Plan(spec.name, budget_bytes, shape.steps, shape.batch, source, strategies, choice, fastest, factories)
 
 
 def refusal(p: Plan) -> str:
@@ -397,5 +411,115 @@ def refusal(p: Plan) -> str:
                else "."))
 
 
+# ------------------------------------------------------------------------------ IPU: the tiles decide
+
+
+def _is_ipu(spec: DeviceSpec) -> bool:
+    from .ipu.tiles import TILE_GEOMETRY
+
+    return spec.name in TILE_GEOMETRY
+
+
+def _tile_planner(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int, suggest: bool = False):
+    """(T, window, schedule over the windows) -> the TilePlan of the config's network on one IPU."""
+    from .ipu.tiles import TimeOnTiles, plan_tiles
+
+    def tiles(steps: int, window: int, schedule: Schedule):
+        return plan_tiles(cfg.model, n_inputs, n_classes, batch, spec, cfg.model.sparse_capacity,
+                          time=TimeOnTiles(steps, min(window, steps), schedule),
+                          surrogate_bytes=SAVED_BYTES[cfg.model.fused_saved_dtype], suggest=suggest)
+
+    return tiles
+
+
+def _on_tiles(name: str, sched: Schedule, tiles) -> Strategy:
+    residency = sum(t.bytes_by_kind["history"] + t.bytes_by_kind["checkpoints"] for t in tiles.tiles)
+    return Strategy(name, sched.name, tiles.time.window, tiles.time.windows, residency,
+                    tiles.max_tile_bytes * tiles.tiles_total, tiles.streaming_bytes, sched.forward_steps,
+                    tiles.streaming_transfer_bytes, tiles.predicted_seconds()["total_s"], tiles.fits,
+                    tiles.max_tile_bytes)
+
+
+def plan_for_config(cfg: Config, n_inputs: int, n_classes: int, batch: int, spec: DeviceSpec | None = None,
+                    result: Plan | None = None):
+    """The tile plan of a run's config on one IPU, as ``ipu-snn plan`` and the IPU trainer make it.
+
+    ``batch``: the samples one IPU holds at once (the trainer's micro-batch); ``spec``: default, the
+    config's device (``ipu``, ``ipu-model`` and ``ipu-emulator`` plan for a Mk2); ``result``: the plan
+    already made for them. The time loop is the planner's choice for the config: its schedule (for
+    ``auto`` the fastest that fits) with the fastest window that fits the tiles, and the stored
+    surrogate at ``model.fused_saved_dtype``. When nothing fits, the configured schedule's leanest
+    window, refused with what would fit (another schedule, a smaller batch, smaller layers).
+    """
+    from .devices import device_spec
+
+    spec = spec or device_spec(cfg.device)
+    p = result or plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=batch)
+    chosen = p.chosen or min((s for s in p.strategies if s.name == cfg.bptt.schedule or cfg.bptt.schedule == "auto"),
+                             key=lambda s: s.peak_bytes)
+    windows = -(-p.T // chosen.window)
+    factory = p.factories[chosen.name]
+    sched = store_all(windows) if factory is None else factory(windows)
+    tiles = _tile_planner(cfg, spec, n_inputs, n_classes, batch, suggest=True)(p.T, chosen.window, sched)
+    if not tiles.fits:
+        others = p if len(p.strategies) > 1 else plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes,
+                                                      batch=batch, compare_all=True)
+        if others.fastest and others.fastest != chosen.name:
+            tiles = replace(tiles, suggestion=f"{tiles.suggestion} Or bptt.schedule={others.fastest}, which fits "
+                                              "(ipu-snn plan compares every schedule).".strip())
+    return tiles
+
+
+def largest_steps(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int,
+                  factory: Callable[[int], Schedule] | None, cap: int) -> tuple[int, int | None]:
+    """The largest T <= ``cap`` whose time loop fits one IPU's tiles under ``factory`` (None: store_all),
+    with some window of `window_choices`; and that window (None when not even T = 1 fits)."""
+    from .ipu.tiles import TimeOnTiles, fits_on_tiles
+
+    def window_that_fits(steps: int) -> int | None:
+        for window in window_choices(steps, cfg.bptt.window):
+            time = TimeOnTiles.of(steps, window, factory)
+            if fits_on_tiles(cfg.model, n_inputs, n_classes, batch, spec, time, cfg.model.sparse_capacity,
+                             surrogate_bytes=SAVED_BYTES[cfg.model.fused_saved_dtype]):
+                return window
+        return None
+
+    if window_that_fits(1) is None:
+        return 0, None
+    low = 1  # doubling first keeps the schedules it builds small
+    while low * 2 <= cap and window_that_fits(low * 2) is not None:
+        low *= 2
+    if low * 2 > cap:
+        window = window_that_fits(cap)
+        if window is not None:
+            return cap, window
+    high = min(cap, low * 2)  # fits at low, not at high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if window_that_fits(mid) is not None else (low, mid)
+    return low, window_that_fits(low)
+
+
+#: how much longer than store_all's the largest-T search looks (the seed paper's bar is 10x)
+LARGEST_T_FACTOR = 100
+
+
+def largest_steps_table(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int) -> dict:
+    """For every candidate schedule, the largest T that fits one IPU's tiles, next to store_all's; the
+    search stops at LARGEST_T_FACTOR times store_all's (reported as ``at_cap``)."""
+    generic = Costs()  # two_level's interval search compares relative costs only
+    factories = candidates(cfg.bptt, generic, compare_all=True)
+    base, base_window = largest_steps(cfg, spec, n_inputs, n_classes, batch, None, cap=1 << 30)
+    cap = max(1, base) * LARGEST_T_FACTOR
+    table = {}
+    for name, factory in factories.items():
+        steps, window = (base, base_window) if factory is None else largest_steps(
+            cfg, spec, n_inputs, n_classes, batch, factory, cap)
+        table[name] = {"T": steps, "window": window, "at_cap": factory is not None and steps >= cap,
+                       "vs_store_all": round(steps / base, 2) if base else None}
+    return {"cap": cap, "batch": batch, "schedules": table}
+
+
 __all__ = ["LayerShape", "NetShape", "Plan", "Strategy", "WindowCosts", "analytic_costs", "calibrate", "candidates",
-           "plan", "refusal", "schedule_factory", "window_choices"]
+           "largest_steps", "largest_steps_table", "plan", "plan_for_config", "refusal", "schedule_factory",
+           "window_choices"]

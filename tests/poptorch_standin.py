@@ -19,6 +19,10 @@ mimics the semantics the trainer relies on:
   is written after them whenever the model attaches; ``state_dict`` reads them
   back (with ``ipu_state``/``ipu_param``, as PopTorch 3.x's
   ``_poplar_executor.py`` and ``optim.py`` do), and a training step runs with them;
+* ``Block``, ``Phase``, ``SerialPhasedExecution`` and ``setExecutionStrategy``
+  follow PopTorch's checks (a phase's stages need an IPU, a Block id must
+  belong to one phase of the strategy), and record which Block each
+  ``recomputationCheckpoint`` was traced in (``module.marks.blocks``);
 * ``custom_op`` computes the ipu_snn PopART ops with the reference kernels
   (SpikeSelect as its Poplar vertex does), checks ``example_outputs``
   against what it computed, and records each call's name, attributes and
@@ -67,6 +71,13 @@ class ReductionType(enum.IntEnum):
     NoReduction = 2
 
 
+class Liveness(enum.IntEnum):
+    AlwaysLive = 0
+    OffChipAfterFwd = 1
+    OffChipAfterFwdNoOverlap = 2
+    OffChipAfterEachPhase = 3
+
+
 class _Section:
     """A group of options (opts.Training, opts.TensorLocations, opts._Popart) that records its calls."""
 
@@ -90,7 +101,8 @@ class Options:
         self.values = {"replication_factor": replication, "device_iterations": 1, "gradient_accumulation": 1,
                        "output_mode": OutputMode.Default}
         self.Training = _Section(self, "Training", ("gradientAccumulation", "accumulationAndReplicationReductionType"))
-        self.TensorLocations = _Section(self, "TensorLocations", ("setActivationLocation",))
+        self.TensorLocations = _Section(self, "TensorLocations", ("setActivationLocation", "setWeightLocation",
+                                                                   "setOptimizerLocation", "setAccumulatorLocation"))
         self._Popart = _Section(self, "_Popart", ("set",))
 
     def record(self, name, args):
@@ -127,6 +139,10 @@ class Options:
     def enableExecutableCaching(self, path):
         return self._set("enableExecutableCaching", (path,))
 
+    def setExecutionStrategy(self, strategy):
+        assert isinstance(strategy, SerialPhasedExecution), strategy
+        return self._set("setExecutionStrategy", (strategy,), "strategy")
+
     def calls(self) -> dict:
         return {name: args for name, args in self.own}
 
@@ -149,11 +165,97 @@ def identity_loss(x, reduction):
 
 class _Marks:
     count = 0
+    blocks: list = []  # the Block each checkpoint was traced in (None: outside any)
+
+
+class _Blocks:
+    current = None
+    started: list = []  # every Block started, in order
 
 
 def recomputationCheckpoint(*tensors):
     _Marks.count += 1
+    _Marks.blocks.append(_Blocks.current)
     return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+
+# ---------------------------------------------------------------- blocks and phases (python/ops.py, python/options.py)
+
+
+class Block:
+    """A context manager, or ``Block.start``: every op after it is the block's until the next one starts."""
+
+    @staticmethod
+    def start(user_id=None, ipu_id=None):
+        assert user_id is None or isinstance(user_id, str), user_id
+        _Blocks.current = user_id
+        _Blocks.started.append(user_id)
+
+    def __init__(self, user_id=None, ipu_id=None):
+        self._user_id, self._ipu_id = user_id, ipu_id
+
+    def __enter__(self):
+        Block.start(self._user_id, self._ipu_id)
+
+    def __exit__(self, *exc):
+        _Blocks.current = None
+
+
+class Stage:
+    def __init__(self, *block_ids):
+        assert all(isinstance(b, str) for b in block_ids), block_ids
+        self.blocks, self.ipu_id = block_ids, None
+
+    def ipu(self, ipu):
+        assert isinstance(ipu, int)
+        self.ipu_id = ipu
+        return self
+
+
+class Phase:
+    def __init__(self, *arg):
+        if all(isinstance(a, Stage) for a in arg):
+            self.stages = list(arg)
+        else:
+            assert all(isinstance(a, str) for a in arg), arg
+            self.stages = [Stage(*arg)]
+
+    def stage(self, idx):
+        return self.stages[idx]
+
+    def ipus(self, *ipus):
+        assert len(ipus) == len(self.stages), (ipus, len(self.stages))
+        for stage, ipu in zip(self.stages, ipus):
+            stage.ipu(ipu)
+
+
+class SerialPhasedExecution:
+    def __init__(self, *phases):
+        assert phases, "There is currently no AutoStage for PhasedExecution, please explicitly specify the phases"
+        self.phases, self.block_map = [], {}
+        for args in phases:
+            phase = args if isinstance(args, Phase) else Phase(*(args if isinstance(args, list) else [args]))
+            self.phases.append(phase)
+            for stage in phase.stages:
+                for block in stage.blocks:
+                    assert block not in self.block_map, f"{block} associated with more than one stage"
+                    self.block_map[block] = stage
+        self.liveness = Liveness.AlwaysLive
+
+    def phase(self, phase):
+        assert isinstance(phase, int) and phase >= 0
+        return self.phases[phase]
+
+    def setTensorsLiveness(self, liveness):
+        assert isinstance(liveness, Liveness)
+        self.liveness = liveness
+        return self
+
+    def check(self, started):
+        """PopTorch's PhaseManager: a traced Block must be one of the strategy's, on a set IPU."""
+        for block in started:
+            assert block in self.block_map, f"Unknown Block '{block}' list of expected Blocks: {list(self.block_map)}"
+            assert self.block_map[block].ipu_id is not None, f"no IPU for block {block}"
 
 
 # ---------------------------------------------------------------- custom ops
@@ -364,6 +466,7 @@ class Executor:
         assert n % (steps * per_step) == 0, f"batch {n} is not a multiple of {steps} x {per_step}"
         micro = n // (steps * per_step)
         outputs = []
+        _Blocks.current, _Blocks.started = None, []
         for step in range(steps):
             if self.training:
                 self.model.train()
@@ -380,6 +483,11 @@ class Executor:
                 if math.isfinite(self.optimizer.max_grad_norm):
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optimizer.max_grad_norm)
                 self.optimizer.step()
+        strategy = v.get("strategy")
+        if strategy is not None:
+            strategy.check(_Blocks.started)
+        else:
+            assert not _Blocks.started, f"Blocks {_Blocks.started} traced without an execution strategy"
         mode = v["output_mode"]
         if mode == OutputMode.Sum:
             result = tuple(torch.stack(column).sum(0) for column in zip(*outputs))
@@ -423,12 +531,15 @@ def make_poptorch() -> types.ModuleType:
         return executor
 
     for name in ("OutputMode", "ReductionType", "TensorLocationSettings", "identity_loss", "recomputationCheckpoint",
-                 "custom_op", "optim", "DataLoader", "inferenceModel"):
+                 "custom_op", "optim", "DataLoader", "inferenceModel", "Block", "Stage", "Phase",
+                 "SerialPhasedExecution", "Liveness"):
         setattr(module, name, globals()[name])
     module.trainingModel = training_model
     module.marks = _Marks
     Executor.attached = None
     _Marks.count = 0
+    _Marks.blocks = []
+    _Blocks.current, _Blocks.started = None, []
     custom_op_calls.clear()
     return module
 

@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 from ipu_snn.config import ModelConfig, validate_config
@@ -235,7 +237,7 @@ def test_seed_configs_plan_as_fitting_one_mk2(config, capsys):
     assert {"used", "max_tile_bytes", "tile_capacity_bytes"} <= set(tiles)
     assert tiles["fits"] and tiles["refusal"] is None
     assert tiles["used"] == 1472 and tiles["max_tile_bytes"] <= tiles["tile_capacity_bytes"] == 624 * 1024
-    assert tiles["assumptions"]["steps_stored"] == 100 and tiles["assumptions"]["batch"] == 48
+    assert tiles["time_loop"]["T"] == 100 and tiles["assumptions"]["batch"] == 48
 
 
 def test_plan_cli_refuses_a_network_too_large_for_one_mk2(tmp_path, capsys):
@@ -249,3 +251,93 @@ def test_plan_cli_refuses_a_network_too_large_for_one_mk2(tmp_path, capsys):
     tiles = json.loads(capsys.readouterr().out)["tiles"]
     assert not tiles["fits"] and tiles["max_tile_bytes"] > tiles["tile_capacity_bytes"]
     assert "does not fit one ipu-mk2" in tiles["refusal"] and "Would fit with any one of" in tiles["refusal"]
+
+
+# ------------------------------------------------------------------------------ the BPTT schedule, tile by tile
+
+
+def windowed(name, every):
+    from ipu_snn.bptt import Costs, double, revolve, two_level_optimal, uniform
+
+    return {"uniform": lambda W: uniform(W, every), "revolve": lambda W: revolve(W, every),
+            "double": lambda W: double(W, every, 0, "uniform"),
+            "double_revolve": lambda W: double(W, every, 1, "revolve"),
+            "two_level": lambda W: two_level_optimal(W, every, W, Costs(offchip_write=0.3, offchip_read=0.3))}[name]
+
+
+@settings(max_examples=30, deadline=None)
+@given(steps=st.integers(2, 14), window=st.integers(1, 5), every=st.integers(1, 3),
+       name=st.sampled_from(["uniform", "revolve", "double", "double_revolve", "two_level"]),
+       case=st.sampled_from([("rlif", True, 0), ("alif", True, 1), ("lif", False, 0), ("rlif", False, 1)]),
+       seed=st.integers(0, 2**16))
+def test_windowed_schedules_on_the_tiles_give_the_cpu_backends_gradients(steps, window, every, name, case, seed):
+    # float64: the layer emulated window by window under the schedule (recomputing windows from local or
+    # streaming-memory checkpoints) equals autograd through the layer on the CPU backend.
+    from ipu_snn.ipu.tiles import TimeOnTiles
+
+    kind, learn, layer = case
+    B, n_in, sizes = 3, 20, (16, 12)
+    cfg = sparse_model(kind, sizes, learn, capacity=1.0)
+    x, grad_z = inputs(steps, B, ((n_in,) + sizes)[layer], sizes[layer], torch.float64, seed)
+    module, z, grads, grad_x = reference_layer(cfg, n_in, layer, x, grad_z, torch.float64, seed)
+    time = TimeOnTiles.of(steps, window, windowed(name, every))
+    plan = plan_tiles(cfg, n_in, 3, B, MK2, 1.0, dtype_bytes=8, time=time, max_tiles=6)
+    report = emulate_layer(plan, f"layer{layer}", LayerParams.of(module), x, grad_z)
+    torch.testing.assert_close(report.z, z)
+    assert set(report.grads) == set(grads)
+    for key, g in grads.items():
+        torch.testing.assert_close(report.grads[key], g, msg=key)
+    if layer:
+        torch.testing.assert_close(report.grad_input, grad_x)
+    assert report.steps_evaluated == time.evaluated_steps
+    assert report.streaming_peak_bytes == plan.streaming_bytes_of(f"layer{layer}")
+
+
+@pytest.mark.parametrize("name, window, every", [("double", 4, 2), ("uniform", 3, 2), ("revolve", 2, 3)])
+def test_windowed_emulation_agrees_with_the_plan(name, window, every):
+    # float32, the plan's dtype: every tile's peak within 10% below the plan's account, the streaming memory's
+    # peak exactly the plan's, and what moves to and from it once per store and per load.
+    from ipu_snn.ipu.tiles import TimeOnTiles
+
+    T, B, n_in, n = 16, 8, 100, 200
+    cfg = sparse_model("rlif", [n], learn=True, capacity=0.25)
+    x, grad_z = inputs(T, B, n_in, n, torch.float32, seed=5)
+    x = x * (torch.rand(x.shape, generator=torch.Generator().manual_seed(6)) < 0.3)  # ~9% input density
+    module, z, grads, _ = reference_layer(cfg, n_in, 0, x, grad_z, torch.float32)
+    time = TimeOnTiles.of(T, window, windowed(name, every))
+    plan = plan_tiles(cfg, n_in, 3, B, MK2, 0.25, time=time, max_tiles=40)
+    report = emulate_layer(plan, "layer0", LayerParams.of(module), x, grad_z)
+    torch.testing.assert_close(report.z, z)
+    for key, g in grads.items():  # float32 sums in another order (float64 is exact, above)
+        torch.testing.assert_close(report.grads[key], g, msg=key, rtol=1e-4, atol=2e-4)
+    planned = {t.tile: t.total_bytes for t in plan.loads_of("layer0")}
+    assert set(report.tile_peaks) == set(planned)
+    for tile, peak in report.tile_peaks.items():
+        assert 0.9 * planned[tile] <= peak <= planned[tile], tile
+    assert report.streaming_peak_bytes == plan.streaming_bytes_of("layer0")
+    assert report.streaming_moved_bytes == time.offchip_transfers * plan.checkpoint_bytes("layer0")
+    if name == "double":
+        assert report.streaming_peak_bytes > 0
+    for load in plan.loads_of("layer0"):  # what the schedule keeps on each tile, exactly as planned
+        assert report.kept_peaks[load.tile] == load.bytes_by_kind["history"] + load.bytes_by_kind["checkpoints"]
+
+
+def test_train_on_the_ipu_emulator_with_double_checkpointing(tmp_path):
+    # Through the train entry point: device ipu-emulator with bptt.schedule double (off-chip checkpoints in the
+    # host's store for the CPU run) trains as the CPU does with the same schedule and windows.
+    from ipu_snn.train import train
+
+    raw = {"model": {"layers": [{"type": "rlif", "size": 12, "tau": 0.1}], "readout": {"reduce": "mean"},
+                     "sparse": True, "sparse_capacity": 0.5, "sparse_overflow": "drop_and_count",
+                     "sparse_grad": "spikes"},
+           "data": {"steps": 12, "channel_pooling": 35, "batch_size": 8,
+                    "synthetic": {"n_train": 32, "n_test": 8, "n_classes": 3}},
+           "training": {"epochs": 1, "lr": 0.01, "seed": 2},
+           "bptt": {"schedule": "double", "window": 3, "offchip_every": 2}, "device": "ipu-emulator"}
+    quiet = Console(quiet=True)
+    emulated = train(validate_config(raw), tmp_path / "emu", console=quiet)
+    saved = yaml.safe_load((tmp_path / "emu" / "config.yaml").read_text())
+    assert saved["bptt"]["schedule"] == "double" and saved["bptt"]["window"] == 3
+    on_cpu = train(validate_config(raw | {"device": "cpu"}), tmp_path / "cpu", console=quiet)
+    for key in ("train_loss", "test_loss", "val_accuracy", "test_accuracy"):
+        assert emulated[key] == pytest.approx(on_cpu[key], rel=1e-4), key

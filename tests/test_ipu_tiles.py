@@ -1,7 +1,11 @@
 """The IPU tile model (ipu_snn.ipu.tiles) and its CPU tile emulator (ipu_snn.ipu.emulator)."""
 
+import json
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipu_snn.config import ModelConfig
 from ipu_snn.devices import SPECS
@@ -42,7 +46,7 @@ def test_seed_networks_fit_one_mk2(kind, layers, n_inputs, n_classes):
 def test_history_is_spike_bits_and_surrogate_derivatives():
     # Per stored step a tile keeps z as packed bits and d, exactly the fused neuron kernel's outputs
     # for its neurons; learned decays add the pre-step state (v, and a for ALIF).
-    from ipu_snn.ipu.tiles import Sizing, history_bytes_per_step, populations_of
+    from ipu_snn.ipu.tiles import Sizing, TimeOnTiles, history_bytes_per_step, populations_of
     from ipu_snn.neuron.ops import neuron_step_fwd
 
     batch, own = 48, 3
@@ -50,7 +54,7 @@ def test_history_is_spike_bits_and_surrogate_derivatives():
         cfg = ModelConfig(layers=[{"type": kind, "size": 30, "learn_decay": learn}])
         pop = populations_of(cfg, 10, 2, 0.25)[0]
         for d_bytes, d_dtype in [(4, torch.float32), (2, torch.float16)]:
-            s = Sizing(batch, 4, 100, 2, d_bytes)
+            s = Sizing(batch, 4, TimeOnTiles.store_all(100), 2, d_bytes)
             alif = kind == "alif"
             state = torch.zeros(batch, own)
             _, _, _, d, bits = neuron_step_fwd(torch.randn(batch, own), state, state if alif else None,
@@ -61,7 +65,7 @@ def test_history_is_spike_bits_and_surrogate_derivatives():
             assert history_bytes_per_step(pop, own, s) == kernel_bytes + pre_step
     # The readout keeps nothing per step unless its decay is learned.
     readout = populations_of(ModelConfig(layers=[{"type": "lif", "size": 4}]), 10, 2, 0.25)[-1]
-    assert history_bytes_per_step(readout, 2, Sizing(8, 4, 10, 2, 4)) == 0
+    assert history_bytes_per_step(readout, 2, Sizing(8, 4, TimeOnTiles.store_all(10), 2, 4)) == 0
 
 
 def test_half_precision_surrogate_leaves_more_room():
@@ -101,7 +105,7 @@ def test_tight_tiles_walk_the_batch_in_passes():
     # Where the whole batch's spike lists do not fit next to the weights, a population
     # takes fewer samples per pass, the most that fit; the bytes moved stay the same.
     cfg = model("rlif", seed_sizes(2))
-    plan = plan_tiles(cfg, 700, 20, 48, MK2, steps=100)
+    plan = plan_tiles(cfg, 700, 20, 48, MK2, steps=250)
     passes = {p.population.name: p.chunk for p in plan.populations}
     assert passes["readout"] == 48 and 1 <= passes["layer0"] < 48
     pop = plan.population("layer0")
@@ -202,8 +206,6 @@ def test_tile_overflow_is_a_clear_error():
 
 
 def test_plan_cli_reports_tiles_for_an_ipu(tmp_path, capsys):
-    import json
-
     import yaml
 
     from ipu_snn.cli import main
@@ -216,3 +218,132 @@ def test_plan_cli_reports_tiles_for_an_ipu(tmp_path, capsys):
     tiles = json.loads(capsys.readouterr().out)["tiles"]
     assert {"used", "max_tile_bytes", "tile_capacity_bytes"} <= set(tiles)
     assert tiles["fits"] and tiles["max_tile_bytes"] <= tiles["tile_capacity_bytes"] == 624 * 1024
+
+
+# ------------------------------------------------------------------------------ the BPTT schedule on the tiles
+
+
+def schedules(name, every):
+    from ipu_snn.bptt import Costs, double, revolve, two_level_optimal, uniform
+
+    return {"uniform": lambda W: uniform(W, every), "revolve": lambda W: revolve(W, every),
+            "double": lambda W: double(W, every, 0, "uniform"),
+            "double_revolve": lambda W: double(W, every, 1, "revolve"),
+            "two_level": lambda W: two_level_optimal(W, every, W, Costs(offchip_write=0.3, offchip_read=0.3))}[name]
+
+
+@settings(max_examples=25, deadline=None)
+@given(steps=st.integers(1, 60), window=st.integers(1, 12), every=st.integers(1, 4),
+       name=st.sampled_from(["uniform", "revolve", "double", "double_revolve", "two_level"]))
+def test_tiles_hold_the_schedules_peak_of_taped_windows_and_local_checkpoints(steps, window, every, name):
+    # Every tile's history and checkpoints are, at its peak, the largest over the schedule's actions of its
+    # local checkpoints and taped windows (bptt.summarize's profile); off-chip checkpoints take no tile bytes.
+    from ipu_snn.bptt import summarize
+    from ipu_snn.ipu.tiles import TimeOnTiles, checkpoint_bytes, window_bytes
+
+    time = TimeOnTiles.of(steps, window, schedules(name, every))
+    cfg = ModelConfig(layers=[{"type": "rlif", "size": 40, "learn_decay": True}, {"type": "lif", "size": 30}])
+    plan = plan_tiles(cfg, 20, 3, 4, MK2, time=time, max_tiles=9)
+    profile = summarize(time.schedule).profile
+    for pop in plan.populations:
+        for load, (_, b, e) in zip(plan.loads_of(pop.population.name), pop.slices()):
+            ckpt, win = checkpoint_bytes(pop.population, e - b, plan.sizing), window_bytes(pop.population, e - b,
+                                                                                        plan.sizing)
+            kept = load.bytes_by_kind["history"] + load.bytes_by_kind["checkpoints"]
+            assert kept == max(c * ckpt + k * win for c, k in profile)
+    assert plan.streaming_bytes == time.schedule.max_offchip_slots * plan.checkpoint_bytes()
+    assert plan.time.evaluated_steps >= steps
+    assert time.recomputes == (time.evaluated_steps > steps)
+
+
+def test_store_all_keeps_every_step_and_a_window_less_of_history_with_double():
+    from ipu_snn.bptt import double
+    from ipu_snn.ipu.tiles import TimeOnTiles, history_bytes_per_step, start_bits
+
+    cfg = model("rlif", [300])
+    full = plan_tiles(cfg, 100, 5, 8, MK2, steps=120, max_tiles=40)
+    pop = full.population("layer0").population
+    tile = full.loads_of("layer0")[0]
+    n = tile.neuron_end - tile.neuron_begin
+    assert tile.bytes_by_kind["history"] == 120 * history_bytes_per_step(pop, n, full.sizing) + start_bits(pop, n,
+                                                                                                           full.sizing)
+    assert tile.bytes_by_kind["checkpoints"] == 0 and not full.time.recomputes and full.streaming_bytes == 0
+    # 12 windows of 10 under double with an off-chip checkpoint every 3 windows: 3 windows taped at most
+    windowed = plan_tiles(cfg, 100, 5, 8, MK2, time=TimeOnTiles.of(120, 10, lambda W: double(W, 3, 0, "uniform")),
+                          max_tiles=40)
+    kept = windowed.loads_of("layer0")[0].bytes_by_kind
+    assert kept["history"] == 3 * (10 * history_bytes_per_step(pop, n, full.sizing) + start_bits(pop, n, full.sizing))
+    assert kept["checkpoints"] == 0  # they are in streaming memory
+    assert windowed.streaming_bytes == 3 * windowed.checkpoint_bytes() > 0  # states 3, 6, 9 (window 0 starts at 0)
+    assert windowed.streaming_transfer_bytes == 6 * windowed.checkpoint_bytes()  # each stored once, loaded once
+    assert kept["state"] == 2 * tile.bytes_by_kind["state"]  # the live state and its adjoint, while recomputing
+
+
+def test_time_model_counts_recomputation_and_streaming():
+    from ipu_snn.bptt import double
+    from ipu_snn.ipu.tiles import TimeOnTiles
+
+    cfg = model("rlif", [300])
+    full = plan_tiles(cfg, 100, 5, 8, MK2, steps=120).predicted_seconds()
+    time = TimeOnTiles.of(120, 10, lambda W: double(W, 3, 0, "uniform"))
+    plan = plan_tiles(cfg, 100, 5, 8, MK2, time=time)
+    windowed = plan.predicted_seconds()
+    assert windowed["total_s"] == pytest.approx(sum(v for k, v in windowed.items() if k != "total_s"))
+    # the same steps reversed; every segment but the last run forward twice
+    assert windowed["backward_s"] == pytest.approx(full["backward_s"])
+    assert time.evaluated_steps == 120 + 90
+    assert windowed["forward_s"] == pytest.approx(full["forward_s"] * 210 / 120)
+    assert windowed["streaming_s"] == pytest.approx(plan.streaming_transfer_bytes / MK2.offchip_bandwidth)
+    assert windowed["streaming_s"] > 0
+    assert full["streaming_s"] == 0
+
+
+def test_streaming_memory_too_small_is_refused_naming_it():
+    import dataclasses
+
+    from ipu_snn.bptt import double
+    from ipu_snn.ipu.tiles import TimeOnTiles
+
+    tiny = dataclasses.replace(MK2, offchip_bytes=1000)
+    plan = plan_tiles(model("rlif", [300]), 100, 5, 8, tiny, time=TimeOnTiles.of(120, 10, lambda W: double(W, 1, 0, "uniform")))
+    assert plan.max_tile_bytes <= plan.tile_capacity_bytes and not plan.fits
+    assert "streaming memory" in plan.refusal() and "bptt.offchip_every" in plan.refusal()
+
+
+def test_largest_steps_is_where_the_tiles_stop_fitting():
+    from ipu_snn.config import load_config
+    from ipu_snn.ipu.tiles import TimeOnTiles, fits_on_tiles
+    from ipu_snn.planner import largest_steps, schedule_factory, window_choices
+
+    cfg = load_config("configs/ipu_w1_rlif.yaml", [])
+    for schedule in ("store_all", "double"):
+        factory = schedule_factory(cfg.bptt.model_copy(update={"schedule": schedule}))
+        steps, window = largest_steps(cfg, MK2, 700, 20, 128, factory, cap=100_000)
+        assert 0 < steps < 100_000
+        assert fits_on_tiles(cfg.model, 700, 20, 128, MK2, TimeOnTiles.of(steps, window, factory), 0.25)
+        assert not any(fits_on_tiles(cfg.model, 700, 20, 128, MK2, TimeOnTiles.of(steps + 1, w, factory), 0.25)
+                       for w in window_choices(steps + 1, None))
+        assert plan_tiles(cfg.model, 700, 20, 128, MK2, time=TimeOnTiles.of(steps, window, factory)).fits
+
+
+def test_w1_fits_one_mk2_under_double_with_a_predicted_time(capsys):
+    # The issue's acceptance: W1 (T = 1000, batch 128) does not fit one Mk2 storing every step, and does under
+    # double, with a predicted time per iteration; double fits sequences over 10x longer than store_all's.
+    from ipu_snn.cli import main
+
+    assert main(["plan", "configs/shd_rlif.yaml", "--device", "ipu-mk2", "bptt.schedule=double", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    tiles = out["tiles"]
+    assert tiles["fits"] and tiles["max_tile_bytes"] <= tiles["tile_capacity_bytes"] == 624 * 1024
+    assert tiles["time_loop"]["T"] == 1000 and tiles["time_loop"]["schedule"].startswith("double")
+    assert tiles["streaming_memory"]["bytes"] > 0 and tiles["fullest_tile"]["bytes_by_kind"]["checkpoints"] == 0
+    assert tiles["predicted"]["total_s"] > 0 and "not a measurement" in tiles["time_model"]
+    chosen = next(s for s in out["strategies"] if s["name"] == out["choice"])
+    assert chosen["predicted_s"] == pytest.approx(tiles["predicted"]["total_s"])
+    assert chosen["offchip_bytes"] == tiles["streaming_memory"]["bytes"]
+    largest = tiles["largest_T"]["schedules"]
+    assert 0 < largest["store_all"]["T"] < 1000 <= largest["double"]["T"]
+    assert largest["double"]["T"] > 10 * largest["store_all"]["T"]
+    assert main(["plan", "configs/shd_rlif.yaml", "--device", "ipu-mk2", "--json"]) == 0
+    stored = json.loads(capsys.readouterr().out)["tiles"]
+    assert not stored["fits"] and "bptt.schedule=" in stored["refusal"]

@@ -30,8 +30,8 @@ from ipu_snn.executor import TimeLoop
 from ipu_snn.ipu import custom_ops
 from ipu_snn.ipu.model import TrainingStep, build_traced
 from ipu_snn.ipu.options import RECOMPUTE_ALL, micro_batch_size, poptorch_options
-from ipu_snn.ipu.recomputation import Recomputation, recomputation_for
-from ipu_snn.ipu.tiles import plan_for_config
+from ipu_snn.ipu.recomputation import Recomputation, phase_block, recomputation_for
+from ipu_snn.planner import plan_for_config
 from ipu_snn.network import build_network
 from ipu_snn.reporting import read_metrics_csv
 from ipu_snn.run_folder import newest_intact_checkpoint
@@ -114,26 +114,62 @@ def test_traced_network_has_the_cpu_logits_and_gradients(poptorch):
 
 def test_schedules_become_recomputation_checkpoints():
     assert recomputation_for(TimeLoop(1), 5) is None  # store_all: nothing recomputed
-    assert recomputation_for(TimeLoop(1, lambda W: uniform(W, 3)), 10) == Recomputation(frozenset({3, 6}), False)
-    # double: the coarse checkpoints off-chip, and the last segment's fine ones
-    assert (recomputation_for(TimeLoop(1, lambda W: double(W, 5, 2, "uniform")), 20)
-            == Recomputation(frozenset({5, 10, 15, 17}), offchip=True))
+    local = recomputation_for(TimeLoop(1, lambda W: uniform(W, 3)), 10)
+    assert local == Recomputation(frozenset({3, 6})) and local.phase_starts == ()  # no phases: all on chip
+    # double: the coarse checkpoints off-chip, and the last segment's fine ones (15, 17: that segment runs its
+    # inner schedule straight from the forward pass); a phase from each off-chip checkpoint to the next
+    coarse = recomputation_for(TimeLoop(1, lambda W: double(W, 5, 2, "uniform")), 20)
+    assert coarse == Recomputation(frozenset({5, 10, 15, 17}), frozenset({5, 10}))
+    assert coarse.phase_starts == (0, 5, 10) and coarse.blocks == tuple(map(phase_block, (0, 5, 10)))
     # the schedule counts windows: with windows of 2 steps, 20 steps are 10 windows
-    assert recomputation_for(TimeLoop(2, lambda W: uniform(W, 3)), 20) == Recomputation(frozenset({3, 6}), False)
+    assert recomputation_for(TimeLoop(2, lambda W: uniform(W, 3)), 20) == Recomputation(frozenset({3, 6}))
 
 
 def test_recomputation_options(poptorch):
     cfg = tiny()
     log = poptorch.log
-    poptorch_options(cfg, poptorch, recomputation=Recomputation(frozenset({4}), offchip=False))
+    poptorch_options(cfg, poptorch, recomputation=Recomputation(frozenset({4})))
     calls = dict(log)
     assert calls["_Popart.set"] == ("autoRecomputation", RECOMPUTE_ALL)
     assert ("_Popart.set", ("explicitRecomputation", True)) in log
-    assert "TensorLocations.setActivationLocation" not in calls
+    assert "TensorLocations.setActivationLocation" not in calls and "setExecutionStrategy" not in calls
     log.clear()
-    poptorch_options(cfg, poptorch, recomputation=Recomputation(frozenset({4}), offchip=True))
-    (location,) = dict(log)["TensorLocations.setActivationLocation"]
-    assert location == poptorch_standin.TensorLocationSettings().useOnChipStorage(False)
+    poptorch_options(cfg, poptorch, recomputation=Recomputation(frozenset({4, 8, 9}), frozenset({4, 8})))
+    calls = dict(log)
+    (strategy,) = calls["setExecutionStrategy"]
+    # one phase per segment, each on the replica's IPU, sent off chip at the end of each phase
+    assert isinstance(strategy, poptorch_standin.SerialPhasedExecution)
+    assert [phase.stages[0].blocks for phase in strategy.phases] == [(phase_block(0),), (phase_block(4),),
+                                                                     (phase_block(8),)]
+    assert all(phase.stages[0].ipu_id == 0 for phase in strategy.phases)
+    assert strategy.liveness == poptorch_standin.Liveness.OffChipAfterEachPhase
+    off, on = (poptorch_standin.TensorLocationSettings().useOnChipStorage(use) for use in (False, True))
+    assert calls["TensorLocations.setActivationLocation"] == (off,)
+    for where in ("Weight", "Optimizer", "Accumulator"):  # every phase uses all the weights: they stay
+        assert calls[f"TensorLocations.set{where}Location"] == (on,)
+
+
+def test_phases_cover_the_windows_between_offchip_checkpoints(poptorch):
+    # The traced network under double: each off-chip checkpoint starts its phase's Block, the local ones are
+    # checkpoints inside their segment's phase, and the loss and gradients are the CPU model's.
+    cfg = tiny(data={"steps": 16})
+    loop = TimeLoop(1, lambda W: double(W, 4, 1, "uniform"))
+    net, traced = traced_twin(cfg, poptorch, loop)
+    x, y = _batch(cfg)
+    reference = F.cross_entropy(net(x).logits, y)
+    want = torch.autograd.grad(reference, list(net.parameters()))
+    loss, _ = TrainingStep(traced, poptorch)(x, y)
+    got = torch.autograd.grad(loss, list(traced.parameters()))
+    assert torch.allclose(loss, reference, atol=1e-6)
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    # 16 windows in segments of 4: off-chip checkpoints before windows 4 and 8 (the last segment runs its inner
+    # schedule straight from the forward pass, keeping its first state locally): phases from windows 0, 4 and 8
+    recomputation = recomputation_for(loop, 16)
+    assert recomputation.phase_starts == (0, 4, 8)
+    assert poptorch_standin._Blocks.started == [phase_block(0), phase_block(4), phase_block(8)]
+    assert sorted(recomputation.checkpoints) == [4, 8, 12] and poptorch.marks.count == 3
+    assert poptorch.marks.blocks == [phase_block(4), phase_block(8), phase_block(8)]
 
 
 # ------------------------------------------------------------------ the trainer
@@ -188,6 +224,9 @@ def test_double_schedule_marks_checkpoints_and_offloads_them(poptorch, tmp_path)
     cfg = tiny(bptt={"schedule": "double", "offchip_every": 2, "local_slots": 1, "window": 1}, training={"epochs": 1})
     train(cfg, tmp_path / "run")
     calls = poptorch.options_made[0].calls()
+    # 6 windows in segments of 2: an off-chip checkpoint before window 2 (the last segment starts from a local one)
+    (strategy,) = calls["setExecutionStrategy"]
+    assert [phase.stages[0].blocks for phase in strategy.phases] == [(phase_block(n),) for n in (0, 2)]
     assert "TensorLocations.setActivationLocation" in calls
     assert ("_Popart.set", ("autoRecomputation", RECOMPUTE_ALL)) in poptorch.log
     # one device call of 2 iterations x 2 replicas x 2 micro-batches: 8 forwards, each marking every checkpoint

@@ -76,8 +76,10 @@ def test_bits_kernels_of_the_cpu_equal_the_list_compositions():
         weight = torch.randn(n_in, n_out, generator=g)
         grad = torch.randn(50, n_out, generator=g)
         for capacity in (3, n_in):
-            for a, b in zip(cpu.bits_forward(bits, n_in, weight, capacity), ref.bits_forward(bits, n_in, weight, capacity)):
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+            for bias in (None, torch.randn(n_out, generator=g)):
+                for a, b in zip(cpu.bits_forward(bits, n_in, weight, bias, capacity),
+                                ref.bits_forward(bits, n_in, weight, bias, capacity)):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
             torch.testing.assert_close(cpu.bits_grad_weight(bits, n_in, grad, capacity),
                                        ref.bits_grad_weight(bits, n_in, grad, capacity), rtol=1e-5, atol=1e-4)
             torch.testing.assert_close(cpu.bits_grad_input(bits, near, n_in, weight, grad, capacity),

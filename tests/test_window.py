@@ -51,6 +51,7 @@ def run(cfg, x, y, loop=TimeLoop(), mode=None, kernels=None, seed=0):
     if kernels:
         for layer in net.layers:
             layer.settings = replace(layer.settings, kernels=kernels)
+        net.readout.kernels = kernels
     out = net(x)
     F.cross_entropy(out.logits, y).backward()
     return out, {n: p.grad.clone() for n, p in net.named_parameters()}

@@ -158,9 +158,18 @@ window_fwd(
     const T* w = recurrent ? w_rec.data_ptr<T>() : nullptr;
     const T* bp = beta.data_ptr<T>();
     const T* rp = adaptive ? rho.data_ptr<T>() : nullptr;
+    // Raw pointers per step: a Tensor select and an ATen copy per step cost
+    // more than the step's own arithmetic at a few hundred neurons.
+    const int64_t plane = batch * n, bits_plane = batch * row_bytes;
+    const T* currents_p = currents.data_ptr<T>();
+    T* z_p = z.data_ptr<T>();
+    uint8_t* bits_p = bits.data_ptr<uint8_t>();
+    uint8_t* near_p = near ? near_bits.data_ptr<uint8_t>() : nullptr;
+    // v_prev / a_prev are written in the row loop when they share d's dtype
+    // (every case but half, whose d goes through float)
+    const bool keep_state_inline = !via_float;
     for (int64_t t = 0; t < steps; ++t) {
-      const Tensor cur_t = step(currents, t);
-      const T* input = cur_t.data_ptr<T>();
+      const T* input = currents_p + t * plane;
       bool gather = false;
       if (recurrent) {
         if (rec_mode == kRecSparse) {
@@ -179,26 +188,34 @@ window_fwd(
           }
           ++sparse_steps;
         } else {
-          at::addmm_out(cur, cur_t, t == 0 ? z0 : step(z, t - 1), w_rec);
+          at::addmm_out(cur, step(currents, t), t == 0 ? z0 : step(z, t - 1), w_rec);
           input = cur.data_ptr<T>();
         }
       }
-      if (keep_v) step(v_prev, t).copy_(v);
-      if (keep_a) step(a_prev, t).copy_(a);
+      if (!keep_state_inline) {
+        if (keep_v) step(v_prev, t).copy_(v);
+        if (keep_a) step(a_prev, t).copy_(a);
+      }
       T* cp = cur.data_ptr<T>();
       const T* vp = v.data_ptr<T>();
       const T* ap = adaptive ? a.data_ptr<T>() : nullptr;
       T* vn = v_next.data_ptr<T>();
       T* an = adaptive ? a_next.data_ptr<T>() : nullptr;
-      T* zt = step(z, t).data_ptr<T>();
-      uint8_t* bt = step(bits, t).data_ptr<uint8_t>();
-      uint8_t* nt = near ? step(near_bits, t).data_ptr<uint8_t>() : nullptr;
+      T* zt = z_p + t * plane;
+      uint8_t* bt = bits_p + t * bits_plane;
+      uint8_t* nt = near ? near_p + t * bits_plane : nullptr;
       dispatch_saved(via_float ? at::kFloat : saved_dtype, [&](auto tag) {
         using D = decltype(tag);
-        D* dt = static_cast<D*>(via_float ? d_step.data_ptr() : step(d, keep_d ? t : 0).data_ptr());
+        // d_step holds one step (converted below); d one slot per step under keep_d
+        D* dt = via_float ? static_cast<D*>(d_step.data_ptr())
+                          : static_cast<D*>(d.data_ptr()) + (keep_d ? t * plane : 0);
+        D* vk = keep_state_inline && keep_v ? static_cast<D*>(v_prev.data_ptr()) + t * plane : nullptr;
+        D* ak = keep_state_inline && keep_a ? static_cast<D*>(a_prev.data_ptr()) + t * plane : nullptr;
         at::parallel_for(0, batch, grain_rows(n), [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t row = b * n;
+            if (vk != nullptr) for (int64_t j = row; j < row + n; ++j) vk[j] = D(vp[j]);
+            if (ak != nullptr) for (int64_t j = row; j < row + n; ++j) ak[j] = D(ap[j]);
             const T* in = input;
             if (gather) {  // current row = input row + the gathered weight rows of z_{t-1}
               std::copy(input + row, input + row + n, cp + row);
@@ -229,7 +246,8 @@ window_fwd(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
-    const c10::optional<Tensor>& grad_z_in, const Tensor& grad_v_in,
+    const c10::optional<Tensor>& grad_z_in, const c10::optional<Tensor>& grad_z_last_in,
+    const Tensor& grad_v_in,
     const c10::optional<Tensor>& grad_a_in, const Tensor& bits_in, const Tensor& d_in,
     const c10::optional<Tensor>& z0_bits_in, const c10::optional<Tensor>& near_in,
     const c10::optional<Tensor>& near0_in, const c10::optional<Tensor>& w_rec_in,
@@ -264,6 +282,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
   keep_ga = keep_ga && adaptive;
 
   const auto grad_z = grad_z_in.has_value() ? grad_z_in->contiguous() : Tensor();
+  // d loss / d z at the window's last step through the state it hands on (the
+  // next window's recurrent product); added here, not into a copy of grad_z
+  const auto grad_z_last = grad_z_last_in.has_value() ? grad_z_last_in->contiguous() : Tensor();
+  if (grad_z_last.defined()) check_state(grad_z_last, "grad_z_last", like, op);
   const auto bits = bits_in.contiguous();
   const auto d = d_in.contiguous();
   const auto beta = beta_in.contiguous();
@@ -290,20 +312,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "ipu_snn_cpu_window_bwd", [&] {
     using T = scalar_t;
     const T* w = recurrent ? w_rec.data_ptr<T>() : nullptr;
+    // grad_currents_t @ w_rec^T per step reads w_rec^T row-major: transposed
+    // once here, the per-step product is a plain GEMM (a quarter faster).
+    const Tensor w_rec_t = recurrent && !listed ? w_rec.t().contiguous() : Tensor();
     std::vector<int32_t> ids(listed ? batch * capacity : 0);
+    const int64_t plane = batch * n, bits_plane = batch * row_bytes;
+    const T* grad_z_p = grad_z.defined() ? grad_z.data_ptr<T>() : nullptr;
+    const T* grad_z_last_p = grad_z_last.defined() ? grad_z_last.data_ptr<T>() : nullptr;
+    const uint8_t* bits_p = bits.data_ptr<uint8_t>();
+    T* grad_currents_p = grad_currents.data_ptr<T>();
+    T* rec_p = recurrent ? rec.data_ptr<T>() : nullptr;
+    T* gzp = gz.data_ptr<T>();
     for (int64_t t = steps - 1; t >= 0; --t) {
-      // d loss / d z_t: from the consumers (grad_z) and from step t + 1's recurrent product
-      if (grad_z.defined() && recurrent) {
-        at::add_out(gz, step(grad_z, t), rec);
-      } else if (grad_z.defined()) {
-        gz.copy_(step(grad_z, t));
-      } else if (recurrent) {
-        gz.copy_(rec);
-      } else {
-        gz.zero_();
-      }
       const Tensor d_t = d.scalar_type() == at::kHalf ? step(d, t).to(at::kFloat) : step(d, t);
-      T* gc = step(grad_currents, t).data_ptr<T>();
+      T* gc = grad_currents_p + t * plane;
       // ga is kept only for a learned rho (grad_rho = sum ga * a_prev); the leak's
       // epilogue below carries rho * ga to the previous step either way
       T* ga = keep_ga ? step(ga_all, t).data_ptr<T>() : nullptr;
@@ -312,14 +334,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
       leak.rho = adaptive ? rho.data_ptr<T>() : nullptr;
       leak.grad_v_prev = grad_v.data_ptr<T>();
       leak.grad_a_prev = adaptive ? grad_a.data_ptr<T>() : nullptr;
-      const T* gzp = gz.data_ptr<T>();
       const T* gvp = grad_v.data_ptr<T>();
       const T* gap = adaptive ? grad_a.data_ptr<T>() : nullptr;
-      const uint8_t* bt = step(bits, t).data_ptr<uint8_t>();
+      const uint8_t* bt = bits_p + t * bits_plane;
+      const T* gz_t = grad_z_p != nullptr ? grad_z_p + t * plane : nullptr;
+      const T* gz_last = t == steps - 1 ? grad_z_last_p : nullptr;
       dispatch_saved(d_t.scalar_type(), [&](auto tag) {
         using D = decltype(tag);
         const D* dp = static_cast<const D*>(d_t.data_ptr());
         at::parallel_for(0, batch, grain_rows(n), [&](int64_t b0, int64_t b1) {
+          // d loss / d z_t: from the consumers (grad_z) and from step t + 1's recurrent product
+          for (int64_t i = b0 * n; i < b1 * n; ++i) {
+            gzp[i] = (gz_t != nullptr ? gz_t[i] : T(0)) + (rec_p != nullptr ? rec_p[i] : T(0)) +
+                     (gz_last != nullptr ? gz_last[i] : T(0));
+          }
           core::neuron_backward<T, D>(gzp, gvp, gap, bt, dp, n, b0 * n, b1 * n, adaptive,
                                       adapt_strength, reset_kind, gc, ga, leak);
         });
@@ -327,26 +355,105 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
       if (!recurrent) continue;
       // the gradient reaching z_{t-1} through this step's recurrent product
       if (!listed) {
-        at::mm_out(rec, step(grad_currents, t), w_rec.t());
+        at::mm_out(rec, step(grad_currents, t), w_rec_t);
         continue;
       }
       const uint8_t* prev = t == 0 ? z0_bits.data_ptr<uint8_t>() : step(bits, t - 1).data_ptr<uint8_t>();
       const uint8_t* prev_near =
           !near ? nullptr : (t == 0 ? near0.data_ptr<uint8_t>() : step(near_bits, t - 1).data_ptr<uint8_t>());
-      T* rp = rec.data_ptr<T>();
       at::parallel_for(0, batch, grain_rows(n), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           int32_t* row_ids = &ids[b * capacity];
           const auto c = core::compact_bits_row(prev + b * row_bytes,
                                                 prev_near ? prev_near + b * row_bytes : nullptr, n,
                                                 static_cast<int32_t>(capacity), row_ids);
-          core::listed_grad_row<T, T>(w, n, gc + b * n, row_ids, c.spikes + c.near, n, rp + b * n);
+          core::listed_grad_row<T, T>(w, n, gc + b * n, row_ids, c.spikes + c.near, n, rec_p + b * n);
         }
       });
     }
   });
   return {grad_currents, ga_all, grad_v, adaptive ? grad_a : at::empty({0}, opts),
           recurrent ? rec : at::empty({0}, opts)};
+}
+
+// The leaky-integrator readout over a window, v_t = beta * v_{t-1} + I_t
+// (ipu_snn/neuron/window.py leaky_integrate): its trace [L, B, C]. A few
+// dozen classes per step make the per-step cost all overhead in Python.
+Tensor leaky_fwd(const Tensor& currents_in, const Tensor& beta_in, const Tensor& v0_in) {
+  const char* op = "leaky_fwd";
+  TORCH_CHECK(currents_in.dim() == 3 && currents_in.device().is_cpu(), op,
+              ": currents must be a CPU tensor [L, B, C], got ", currents_in.sizes());
+  const auto like = currents_in.select(0, 0);
+  check_state(v0_in, "v0", like, op);
+  check_decay(beta_in, "beta", like, op);
+  const auto currents = currents_in.contiguous();
+  const auto beta = beta_in.contiguous();
+  const auto v0 = v0_in.contiguous();
+  auto trace = at::empty_like(currents);
+  const int64_t steps = currents.size(0), batch = currents.size(1), c = currents.size(2);
+  AT_DISPATCH_FLOATING_TYPES(currents.scalar_type(), "ipu_snn_cpu_leaky_fwd", [&] {
+    const scalar_t* in = currents.data_ptr<scalar_t>();
+    const scalar_t* b = beta.data_ptr<scalar_t>();
+    scalar_t* out = trace.data_ptr<scalar_t>();
+    const scalar_t* prev = v0.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < steps; ++t) {
+      scalar_t* now = out + t * batch * c;
+      const scalar_t* cur = in + t * batch * c;
+      for (int64_t r = 0; r < batch * c; r += c) {
+        for (int64_t j = 0; j < c; ++j) now[r + j] = b[j] * prev[r + j] + cur[r + j];
+      }
+      prev = now;
+    }
+  });
+  return trace;
+}
+
+// Its backward: (d loss / d currents [L, B, C], d loss / d v0 [B, C]) from the
+// trace's gradient and the last v's (either may be absent).
+std::tuple<Tensor, Tensor> leaky_bwd(const c10::optional<Tensor>& grad_trace_in,
+                                     const c10::optional<Tensor>& grad_last_in, const Tensor& beta_in,
+                                     int64_t steps) {
+  const char* op = "leaky_bwd";
+  TORCH_CHECK(grad_trace_in.has_value() || grad_last_in.has_value(), op, ": needs a gradient");
+  const Tensor like = grad_trace_in.has_value() ? grad_trace_in->select(0, 0) : *grad_last_in;
+  check_step_matrix(like, "grad", op);
+  check_decay(beta_in, "beta", like, op);
+  if (grad_last_in.has_value()) check_state(*grad_last_in, "grad_last", like, op);
+  TORCH_CHECK(!grad_trace_in.has_value() || grad_trace_in->size(0) == steps, op, ": grad_trace must have ",
+              steps, " steps");
+  const int64_t batch = like.size(0), c = like.size(1);
+  const auto grad_trace = grad_trace_in.has_value() ? grad_trace_in->contiguous() : Tensor();
+  const auto grad_last = grad_last_in.has_value() ? grad_last_in->contiguous() : Tensor();
+  const auto beta = beta_in.contiguous();
+  auto grad_currents = at::empty({steps, batch, c}, like.options());
+  auto grad_v0 = at::empty({batch, c}, like.options());
+  AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "ipu_snn_cpu_leaky_bwd", [&] {
+    const scalar_t* gt = grad_trace.defined() ? grad_trace.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gl = grad_last.defined() ? grad_last.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* b = beta.data_ptr<scalar_t>();
+    scalar_t* out = grad_currents.data_ptr<scalar_t>();
+    const int64_t plane = batch * c;
+    // g_t = d loss / d v_t = grad_trace_t + beta * g_{t+1}; the last v is v_{L-1}
+    const scalar_t* next = nullptr;
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      scalar_t* now = out + t * plane;
+      const scalar_t* g_t = gt != nullptr ? gt + t * plane : nullptr;
+      const scalar_t* g_last = t == steps - 1 ? gl : nullptr;
+      for (int64_t r = 0; r < plane; r += c) {
+        for (int64_t j = 0; j < c; ++j) {
+          const int64_t i = r + j;
+          now[i] = (g_t != nullptr ? g_t[i] : scalar_t(0)) + (next != nullptr ? b[j] * next[i] : scalar_t(0)) +
+                   (g_last != nullptr ? g_last[i] : scalar_t(0));
+        }
+      }
+      next = now;
+    }
+    scalar_t* g0 = grad_v0.data_ptr<scalar_t>();
+    for (int64_t r = 0; r < plane; r += c) {
+      for (int64_t j = 0; j < c; ++j) g0[r + j] = next != nullptr ? b[j] * next[r + j] : scalar_t(0);
+    }
+  });
+  return {grad_currents, grad_v0};
 }
 
 }  // namespace
@@ -357,13 +464,17 @@ TORCH_LIBRARY_FRAGMENT(ipu_snn_cpu, m) {
         "int surrogate, float scale, ScalarType saved_dtype, bool keep_d, bool keep_v, "
         "bool keep_a, int rec_mode, int capacity, float max_density, float near_min_d) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("window_bwd(Tensor? grad_z, Tensor grad_v, Tensor? grad_a, Tensor bits, Tensor d, "
+  m.def("window_bwd(Tensor? grad_z, Tensor? grad_z_last, Tensor grad_v, Tensor? grad_a, Tensor bits, Tensor d, "
         "Tensor? z0_bits, Tensor? near, Tensor? near0, Tensor? w_rec, Tensor beta, Tensor? rho, "
         "float adapt_strength, int reset, bool keep_ga, int rec_grad, int capacity) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("leaky_fwd(Tensor currents, Tensor beta, Tensor v0) -> Tensor");
+  m.def("leaky_bwd(Tensor? grad_trace, Tensor? grad_last, Tensor beta, int steps) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ipu_snn_cpu, CPU, m) {
+  m.impl("leaky_fwd", &leaky_fwd);
+  m.impl("leaky_bwd", &leaky_bwd);
   m.impl("window_fwd", &window_fwd);
   m.impl("window_bwd", &window_bwd);
 }

@@ -364,26 +364,43 @@ void check_bits(const at::Tensor& bits, int64_t n_in, const char* op) {
               bits.scalar_type(), " ", bits.sizes());
 }
 
-// out[r] = sum of the weight rows of row r's first `capacity` spikes; dropped[r] = the rest.
+// out[r] = bias + the sum of the weight rows of row r's first `capacity` spikes;
+// dropped[r] = the rest. The bias starts each row's sums: a separate add would
+// pass over the whole [R, n_out] output again (as long as the gather at 5%).
 std::tuple<at::Tensor, at::Tensor> bits_forward(const at::Tensor& bits_in, int64_t n_in,
-                                                const at::Tensor& weight_in, int64_t capacity) {
+                                                const at::Tensor& weight_in,
+                                                const c10::optional<at::Tensor>& bias_in,
+                                                int64_t capacity) {
   check_bits(bits_in, n_in, "bits_forward");
   check_matrix(weight_in, "weight", "bits_forward");
   TORCH_CHECK(weight_in.size(0) == n_in, "bits_forward: weight must have n_in = ", n_in, " rows");
   const auto bits = bits_in.contiguous();
   const auto weight = weight_in.contiguous();
   const int64_t rows = bits.size(0), row_bytes = bits.size(1), n_out = weight.size(1);
-  auto out = at::zeros({rows, n_out}, weight.options().dtype(accumulator_dtype(weight.scalar_type())));
+  const auto acc_options = weight.options().dtype(accumulator_dtype(weight.scalar_type()));
+  at::Tensor bias;
+  if (bias_in.has_value()) {
+    TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == n_out, "bits_forward: bias must be [", n_out, "]");
+    bias = bias_in->to(acc_options).contiguous();
+  }
+  auto out = at::empty({rows, n_out}, acc_options);
   auto dropped = at::empty({rows}, bits.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "ipu_snn_cpu_bits_forward", [&] {
     using Acc = typename Accumulator<scalar_t>::type;
     const scalar_t* w = weight.data_ptr<scalar_t>();
     const uint8_t* bp = bits.data_ptr<uint8_t>();
+    const Acc* bias_p = bias.defined() ? bias.data_ptr<Acc>() : nullptr;
     Acc* o = out.data_ptr<Acc>();
     int32_t* dp = dropped.data_ptr<int32_t>();
     at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
       std::vector<int32_t> ids(std::max<int64_t>(1, std::min(capacity, n_in)));
       for (int64_t r = r0; r < r1; ++r) {
+        Acc* row = o + r * n_out;
+        if (bias_p != nullptr) {
+          std::copy(bias_p, bias_p + n_out, row);
+        } else {
+          std::fill(row, row + n_out, Acc(0));
+        }
         const int64_t total = core::gather_add_bits_row<scalar_t, Acc>(w, n_out, bp + r * row_bytes, n_in,
                                                                       capacity, ids.data(), o + r * n_out);
         dp[r] = static_cast<int32_t>(std::max<int64_t>(0, total - capacity));
@@ -498,7 +515,7 @@ TORCH_LIBRARY(ipu_snn_cpu, m) {
   m.def("compact_bits(Tensor bits, Tensor? near, int n, int capacity) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("count_bits(Tensor bits) -> Tensor");
-  m.def("bits_forward(Tensor bits, int n_in, Tensor weight, int capacity) -> (Tensor, Tensor)");
+  m.def("bits_forward(Tensor bits, int n_in, Tensor weight, Tensor? bias, int capacity) -> (Tensor, Tensor)");
   m.def("bits_grad_weight(Tensor bits, int n_in, Tensor grad_out, int capacity) -> Tensor");
   m.def("bits_grad_input(Tensor bits, Tensor? near, int n_in, Tensor weight, Tensor grad_out, "
         "int capacity) -> Tensor");

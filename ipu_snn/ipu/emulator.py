@@ -16,14 +16,15 @@ backward   superstep 1  exchange: the spike list again; compute: grad-weight of 
                         presynaptic population (static routing: each owner picks its slots).
 
 Every buffer a tile would hold is a real tensor here, and its bytes are charged
-to that tile: the weight slice, its gradient, the spike list, the core's neuron
-index scratch (offsets [n_in + 1], samples [B*K], slots [B*K] for grad-input), the
-output/gradient columns, the partials and the reduce receive buffer. A tile that
+to that tile: the weight slice, its gradient, the spike list, the
+output/gradient columns, the partials and the reduce receive buffer. (The CPU
+kernels that do each tile's sums build a neuron index as scratch; the Poplar
+vertices walk the lists sample by sample and build none, so none is charged.) A tile that
 would exceed its SRAM raises TileOverflowError, as the Poplar compiler would
 refuse the graph. Bytes that cross tiles are counted per phase.
 
-A whole layer over T steps (neuron updates, spike select, BPTT history) runs in
-ipu_snn.ipu.layer_emulator; ``device: ipu-emulator`` trains through the
+A whole layer over T steps (neuron updates, spike select, the BPTT schedule's
+windows and checkpoints) runs in ipu_snn.ipu.layer_emulator; ``device: ipu-emulator`` trains through the
 ``ipu_emulator`` backend of ipu_snn.ipu.emulator_backend.
 """
 
@@ -43,7 +44,11 @@ from ipu_snn.ops.reference import listed_mask
 from ipu_snn.ops.spikes import SparseSpikes
 
 #: Kinds the plan accounts for that a single matmul does not hold (reserved from the plan).
-NOT_EMULATED = ("optimizer", "state", "history", "code", "select", "grad_gather")
+NOT_EMULATED = ("optimizer", "state", "history", "checkpoints", "code", "select", "grad_gather")
+
+
+#: What the BPTT schedule keeps on a tile: taped windows and local checkpoints.
+KEPT_KINDS = ("history", "checkpoints")
 
 
 class TileOverflowError(UserError):
@@ -74,6 +79,7 @@ class Tile:
     held: dict[str, tuple[str, int]] = field(default_factory=dict)
     peak: int = 0
     peak_by_kind: dict[str, int] = field(default_factory=dict)
+    kept_peak: int = 0  # the most bytes of KEPT_KINDS held at once (not necessarily at the tile's peak)
 
     @property
     def used(self) -> int:
@@ -88,6 +94,8 @@ class Tile:
                 + ", ".join(f"{n} {b} B" for n, (_, b) in self.held.items())
             )
         self.held[name] = (kind, nbytes)
+        if kind in KEPT_KINDS:
+            self.kept_peak = max(self.kept_peak, sum(b for k, b in self.held.values() if k in KEPT_KINDS))
         if total > self.peak:
             self.peak = total
             self.peak_by_kind = {}
@@ -127,19 +135,8 @@ def release_list(tile: Tile, name: str) -> None:
     tile.release(f"{name}_ids", f"{name}_counts")
 
 
-def hold_index(tile: Tile, n_in: int, batch: int, capacity: int, with_slots: bool, name: str = "neuron_index") -> None:
-    """The scratch spike_core.h's build_neuron_index fills inside the op: offsets [n_in + 1],
-    samples [B*K] and, for grad-input, slots [B*K], at their static (capacity) sizes."""
-    entries = (n_in + 1) + batch * capacity * (2 if with_slots else 1)
-    tile.hold_tensor(name, "index", torch.empty(entries, dtype=torch.int32))
-
-
 def _list_on_tile(tile: Tile, spikes: SparseSpikes, counts: Tensor) -> tuple[Tensor, Tensor]:
     return hold_list(tile, "spike", spikes.ids, counts)
-
-
-def _hold_index(tile: Tile, n_in: int, batch: int, capacity: int, with_slots: bool) -> None:
-    hold_index(tile, n_in, batch, capacity, with_slots)
 
 
 @one_thread()
@@ -190,9 +187,8 @@ def emulate_spike_matmul(
     for t, b, e in slices:
         tile = tiles[t]
         ids, cnt = _list_on_tile(tile, spikes, spikes.counts)
-        _hold_index(tile, n_in, batch, capacity, with_slots=False)
         outs.append(tile.hold_tensor("activations", "activations", ops.spike_matmul_fwd(ids, cnt, w_tile[t], backend)))
-        tile.release("spike_ids", "spike_counts", "neuron_index", "activations")
+        tile.release("spike_ids", "spike_counts", "activations")
     out = torch.cat(outs, dim=1)
     if grad_out is None:
         return _report(tiles, out, None, None, exchange_fwd, 0, supersteps=1)
@@ -204,7 +200,6 @@ def emulate_spike_matmul(
     for t, b, e in slices:
         tile = tiles[t]
         ids, cnt = _list_on_tile(tile, spikes, listed)
-        _hold_index(tile, n_in, batch, capacity, with_slots=True)
         g = tile.hold_tensor("grad_out", "activations", grad_out[:, b:e].contiguous())
         gw_tile[t] += ops.spike_matmul_grad_weight(ids, spikes.counts, g, n_in, backend)
         if needs_grad_input:
@@ -222,7 +217,7 @@ def emulate_spike_matmul(
         supersteps = 4
         grad_input = scatter_values(values.view(batch, capacity), spikes.ids, listed, n_in)
     for tile in tiles.values():
-        tile.release("spike_ids", "spike_counts", "neuron_index", "grad_out", "partial", "reduce_receive")
+        tile.release("spike_ids", "spike_counts", "grad_out", "partial", "reduce_receive")
     return _report(tiles, out, grad_weight, grad_input, exchange_fwd, exchange_bwd, supersteps)
 
 
@@ -284,5 +279,4 @@ def emulate_plan_matmul(
                                 if m.source.needs_grad_input else 1, backend=backend)
 
 
-__all__ = ["EmulationReport", "Tile", "TileOverflowError", "emulate_plan_matmul", "emulate_spike_matmul", "hold_index",
-           "hold_list", "one_thread", "reduce_scatter", "release_list", "scatter_values"]
+__all__ = ["KEPT_KINDS", "EmulationReport", "Tile", "TileOverflowError", "emulate_plan_matmul", "emulate_spike_matmul", "hold_list", "one_thread", "reduce_scatter", "release_list", "scatter_values"]

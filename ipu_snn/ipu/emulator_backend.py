@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ipu_snn.ipu.emulator import Tile, hold_index, hold_list, one_thread, reduce_scatter
+from ipu_snn.ipu.emulator import Tile, hold_list, one_thread, reduce_scatter
 from ipu_snn.ipu.tiles import TILE_GEOMETRY, packed_bytes, split_even
 from ipu_snn.neuron.bits import unpack_spikes
 from ipu_snn.ops.backend import SpikeKernels
@@ -50,8 +50,8 @@ def _tiles(slices) -> dict[int, Tile]:
 
 @one_thread()
 def forward(ids: Tensor, counts: Tensor, weight: Tensor) -> Tensor:
-    n_in, n_out = weight.shape
-    batch, capacity = ids.shape
+    n_out = weight.shape[1]
+    batch = ids.shape[0]
     slices = column_slices(n_out)
     tiles = _tiles(slices)
     out = weight.new_empty(batch, n_out)
@@ -59,7 +59,6 @@ def forward(ids: Tensor, counts: Tensor, weight: Tensor) -> Tensor:
         tile = tiles[t]
         w = tile.hold_tensor("weights", "weights", weight[:, b:e].contiguous())
         ids_t, counts_t = hold_list(tile, "spike", ids, counts)
-        hold_index(tile, n_in, batch, capacity, with_slots=False)
         out[:, b:e] = tile.hold_tensor("activations", "activations",
                                        torch.ops.ipu_snn.spike_matmul_fwd(ids_t, counts_t, w, CORE))
     return out
@@ -67,7 +66,6 @@ def forward(ids: Tensor, counts: Tensor, weight: Tensor) -> Tensor:
 
 @one_thread()
 def grad_weight(ids: Tensor, counts: Tensor, grad_out: Tensor, n_in: int) -> Tensor:
-    batch, capacity = ids.shape
     n_out = grad_out.shape[1]
     slices = column_slices(n_out)
     tiles = _tiles(slices)
@@ -75,7 +73,6 @@ def grad_weight(ids: Tensor, counts: Tensor, grad_out: Tensor, n_in: int) -> Ten
     for t, b, e in slices:
         tile = tiles[t]
         ids_t, counts_t = hold_list(tile, "spike", ids, counts)
-        hold_index(tile, n_in, batch, capacity, with_slots=False)
         g = tile.hold_tensor("grad_out", "activations", grad_out[:, b:e].contiguous())
         grad[:, b:e] = tile.hold_tensor("weight_grads", "weight_grads",
                                         torch.ops.ipu_snn.spike_matmul_grad_weight(ids_t, counts_t, g, n_in, CORE))
@@ -84,7 +81,7 @@ def grad_weight(ids: Tensor, counts: Tensor, grad_out: Tensor, n_in: int) -> Ten
 
 @one_thread()
 def grad_input(ids: Tensor, counts: Tensor, weight: Tensor, grad_out: Tensor) -> Tensor:
-    n_in, n_out = weight.shape
+    n_out = weight.shape[1]
     batch, capacity = ids.shape
     slices = column_slices(n_out)
     tiles = _tiles(slices)
@@ -93,7 +90,6 @@ def grad_input(ids: Tensor, counts: Tensor, weight: Tensor, grad_out: Tensor) ->
         tile = tiles[t]
         w = tile.hold_tensor("weights", "weights", weight[:, b:e].contiguous())
         ids_t, counts_t = hold_list(tile, "spike", ids, counts)
-        hold_index(tile, n_in, batch, capacity, with_slots=True)
         g = tile.hold_tensor("grad_out", "activations", grad_out[:, b:e].contiguous())
         partials[t] = tile.hold_tensor("partial", "grad_partials",
                                        torch.ops.ipu_snn.spike_matmul_grad_input(ids_t, counts_t, w, g, CORE))

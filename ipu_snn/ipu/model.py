@@ -18,7 +18,10 @@ it, so the network is built in the ``straight_through`` step mode
   dense: no sparse/dense crossover has been measured on an IPU;
 * the BPTT schedule runs as the executor's windows unrolled into the graph
   (ipu_snn.executor.unroll_windows): the window states the schedule keeps
-  become ``poptorch.recomputationCheckpoint``s, and PopART recomputes the rest.
+  become ``poptorch.recomputationCheckpoint``s, and PopART recomputes the rest;
+  where the schedule keeps states off chip, each segment of windows from one
+  off-chip checkpoint to the next is a ``poptorch.Block``, one execution phase
+  (`PhaseMarks`, ipu_snn.ipu.recomputation).
 
 Where the ops run: given the tile plan (``ipu_snn.ipu.tiles``), each product's
 SpikeLinear runs on the tiles of the population it feeds (which owns the weight
@@ -44,6 +47,7 @@ from ..network import SpikingNetwork, build_network
 from ..ops.policy import SparsePolicy
 from . import custom_ops
 from .custom_ops import ALL_TILES, TileRange
+from .recomputation import Recomputation, phase_block, recomputation_for
 from .tiles import TilePlan
 
 
@@ -98,13 +102,40 @@ def per_sample_stats(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return F.cross_entropy(logits, y, reduction="none"), (logits.argmax(1) == y).to(logits.dtype)
 
 
+class PhaseMarks:
+    """``mark`` for the unrolled windows (ipu_snn.executor.unroll_windows), which calls it with the state
+    each kept window starts from, in window order: the state becomes a recomputation checkpoint, and where
+    the window starts an execution phase (an off-chip checkpoint) a new Block starts first, so that the
+    checkpoint and every op up to the next phase's are that phase's.
+
+    ``poptorch.Block.start`` begins a block until the next one starts, as ``poptorch.BeginBlock`` does for
+    a module (the unrolled loop has no module per window to wrap); `begin` starts the first phase's."""
+
+    def __init__(self, poptorch: ModuleType, recomputation: Recomputation):
+        self._poptorch = poptorch
+        self._kept = iter(sorted(recomputation.checkpoints))
+        self._phases = frozenset(recomputation.phase_starts)
+
+    def begin(self) -> None:
+        if self._phases:
+            self._poptorch.Block.start(phase_block(0))
+
+    def __call__(self, *tensors: Tensor):
+        window = next(self._kept)
+        if window in self._phases:
+            self._poptorch.Block.start(phase_block(window))
+        return self._poptorch.recomputationCheckpoint(*tensors)
+
+
 class TrainingStep(nn.Module):
     """Forward of one micro-batch for ``poptorch.trainingModel``.
 
     Returns the loss PopART differentiates (the micro-batch mean, so that mean
     reduction over accumulation and replicas gives the global-batch mean) and
     per-sample statistics [B, 4 + layers]: loss, correct, 1, spikes dropped over
-    a sparse list's capacity, each layer's rate.
+    a sparse list's capacity, each layer's rate. The network's time loop marks
+    its checkpoints and phases (`PhaseMarks`) as ``options.poptorch_options``
+    sets them up from the same loop and T (``recomputation_for``).
     """
 
     def __init__(self, network: SpikingNetwork, poptorch: ModuleType):
@@ -113,7 +144,12 @@ class TrainingStep(nn.Module):
         self._poptorch = poptorch
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.network(x, mark=self._poptorch.recomputationCheckpoint)
+        recomputation = recomputation_for(self.network.loop, x.shape[1])
+        marks = None
+        if recomputation is not None:
+            marks = PhaseMarks(self._poptorch, recomputation)
+            marks.begin()
+        out = self.network(x, mark=marks)
         losses, correct = per_sample_stats(out.logits, y)
         loss = self._poptorch.identity_loss(losses, reduction="mean")
         stats = torch.cat([torch.stack([losses, correct, torch.ones_like(correct), out.dropped], 1), out.rates], 1)

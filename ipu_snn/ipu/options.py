@@ -29,7 +29,7 @@ def poptorch_options(cfg: Config, poptorch: ModuleType, popdist: ModuleType | No
     Gradients are averaged over accumulation steps and replicas, as DDP does on
     CPU/GPU, so a config trains the same on either. ``recomputation`` (from the
     BPTT schedule, see ``recomputation.py``) turns on PopART's recomputation and,
-    for off-chip checkpoints, streaming memory for activations.
+    for off-chip checkpoints, phased execution with activations in streaming memory.
     """
     if popdist is not None and popdist.isPopdistEnvSet():
         opts = popdist.poptorch.Options()
@@ -56,9 +56,25 @@ def poptorch_options(cfg: Config, poptorch: ModuleType, popdist: ModuleType | No
     if recomputation is not None:
         opts._Popart.set("explicitRecomputation", True)
         opts._Popart.set("autoRecomputation", RECOMPUTE_ALL)
-        if recomputation.offchip:
-            opts.TensorLocations.setActivationLocation(poptorch.TensorLocationSettings().useOnChipStorage(False))
+        if recomputation.phase_starts:
+            set_phases(opts, poptorch, recomputation)
     return opts
+
+
+def set_phases(opts, poptorch: ModuleType, recomputation: Recomputation) -> None:
+    """One execution phase per segment of windows between off-chip checkpoints, all on the replica's IPU,
+    run one after another: what crosses phases (the checkpoints, as activations) goes to streaming memory at
+    the end of each phase, while weights, optimizer state and accumulators stay on the tiles (every phase
+    uses all of them)."""
+    strategy = poptorch.SerialPhasedExecution(*(poptorch.Phase(block) for block in recomputation.blocks))
+    for k in range(len(recomputation.blocks)):
+        strategy.phase(k).ipus(0)
+    strategy.setTensorsLiveness(poptorch.Liveness.OffChipAfterEachPhase)
+    opts.setExecutionStrategy(strategy)
+    opts.TensorLocations.setActivationLocation(poptorch.TensorLocationSettings().useOnChipStorage(False))
+    opts.TensorLocations.setWeightLocation(poptorch.TensorLocationSettings().useOnChipStorage(True))
+    opts.TensorLocations.setOptimizerLocation(poptorch.TensorLocationSettings().useOnChipStorage(True))
+    opts.TensorLocations.setAccumulatorLocation(poptorch.TensorLocationSettings().useOnChipStorage(True))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""A BPTT schedule as PopART recomputation: which window states to keep, and where.
+"""A BPTT schedule as PopART recomputation and, for off-chip checkpoints, execution phases.
 
 On the IPU the backward pass is PopART's, not the BPTT engine's, so a schedule
 cannot be executed action by action. What carries over is the forward pass of
@@ -7,13 +7,19 @@ the schedule over the executor's windows: the window states it stores
 marked with ``poptorch.recomputationCheckpoint`` and kept; with PopART's
 explicit recomputation of everything else (``RecomputeAll``) each span between
 two kept states is recomputed in the backward pass, in tile memory, while it is
-reversed. That is the fine level. If the schedule keeps any state in the
-off-chip tier (``double``: the coarse checkpoints), activations are placed in
-streaming memory, the IPU's off-chip tier.
+reversed. That is the fine level.
+
+The off-chip tier (``double``'s coarse checkpoints, ``two_level``'s) becomes
+phased execution: each segment of windows between two off-chip checkpoints is
+one execution phase (a ``poptorch.Block`` of ``SerialPhasedExecution``), so the
+checkpoint a segment starts from crosses phases and goes to streaming memory,
+and the segment's backward phase recomputes it from there (ipu_snn/ipu/README.md,
+"Streaming memory and phases", for the evidence).
 
 This is a single recomputation level per span: the nested inner schedule of
-``double`` within a segment (its local slots) has no PopART counterpart, so a
-segment is recomputed once, whole.
+``double`` within a segment (its local slots) is kept as further checkpoints
+inside the phase, not as its own schedule, so a span between two checkpoints is
+recomputed once, whole.
 """
 
 from __future__ import annotations
@@ -29,7 +35,27 @@ class Recomputation:
     """Window states kept through the forward pass; state n is the one before window n (0 < n < W)."""
 
     checkpoints: frozenset[int]
-    offchip: bool  # some are in the off-chip tier: put activations in streaming memory
+    offchip_windows: frozenset[int] = frozenset()  # those the schedule keeps in the off-chip tier
+
+    @property
+    def offchip(self) -> bool:
+        return bool(self.offchip_windows)
+
+    @property
+    def phase_starts(self) -> tuple[int, ...]:
+        """The first window of each execution phase: 0 and each window an off-chip checkpoint starts;
+        empty (no phases) when nothing is off-chip."""
+        return (0, *sorted(self.offchip_windows)) if self.offchip_windows else ()
+
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """The ``poptorch.Block`` ids of the phases, in order."""
+        return tuple(phase_block(n) for n in self.phase_starts)
+
+
+def phase_block(window: int) -> str:
+    """The Block id of the phase that starts at ``window``."""
+    return f"windows_from_{window}"
 
 
 def recomputation_for(loop: TimeLoop, steps: int) -> Recomputation | None:
@@ -39,6 +65,6 @@ def recomputation_for(loop: TimeLoop, steps: int) -> Recomputation | None:
     windows = len(loop.bounds(steps))
     kept = kept_windows(loop, windows)
     schedule = loop.schedule(windows)
-    offchip = any(isinstance(a, Store) and a.n in kept and a.tier == "offchip"
-                  for a in schedule.actions[: schedule.forward_phase_end])
+    offchip = frozenset(a.n for a in schedule.actions[: schedule.forward_phase_end]
+                        if isinstance(a, Store) and a.n in kept and a.tier == "offchip")
     return Recomputation(kept, offchip)

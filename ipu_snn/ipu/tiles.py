@@ -13,20 +13,18 @@ tiles; a tile owns a contiguous range of that population's neurons and holds
       (input-to-layer and recurrent): ``W[:, own]``, their bias and decays
       (beta, and rho for ALIF), the gradients of what is trained and the
       optimizer's slots;
-    * the neurons' live state once: v, and a for ALIF (in the backward pass the
-      same space holds their gradients, grad_v and grad_a);
-    * the history BPTT needs, per stored step: the spikes z as bits and the
-      surrogate derivative d (ipu_snn.neurons; ``surrogate_bytes`` each), in
-      the layout of the fused neuron kernels (uint8 [B, ceil(n/8)] bits per
-      tile, d [B, n]). With a detached reset that is all the backward of a step
-      needs (see ipu_snn.ops.neuron_ops); only learned decays add the pre-step
-      state (v_prev, and a_prev for ALIF), since d v / d beta = v_prev. The
-      readout keeps nothing per step (its trace goes to the host), unless its
-      decay is learned.
+    * the neurons' live state: v, and a for ALIF (in the backward pass their
+      gradients, grad_v and grad_a, take the same space; a schedule that
+      recomputes needs both at once: the adjoint is carried while a window is
+      recomputed);
+    * what the BPTT schedule keeps on the tiles (below, "Time on the tiles").
 The forward matmul is still the gather-add over weight rows of the firing
 presynaptic neurons: each tile walks the rows of the neurons in the spike list,
 restricted to its own columns (``spikes @ W[:, own]``). Its output is the input
 current of exactly the neurons the tile owns, so no partial sums cross tiles.
+The vertices walk the lists sample by sample (custom_ops/poplar/spike_codelets.cpp
+calls spike_core.h's ``forward_samples``, ``grad_weight_samples``,
+``grad_input_positions``): they build no neuron index, so none is counted.
 
 Why not the other split (a tile owns presynaptic rows, as the first Poplar op
 in custom_ops/poplar does)? Then every tile produces a partial of the whole
@@ -38,12 +36,51 @@ gradients and weight gradients. For the seed paper's networks (batch 48, about
 before weights or state. With the column split the only buffers that scale
 with a whole layer are spike lists, which are sparse (K ids per sample).
 
-Sample passes. Everything sized by a spike list (the lists, the core's neuron
-index, the input-gradient partials and the reduce and gather buffers) is
-processed a pass of ``chunk`` samples at a time, so it is sized by the pass,
-not the batch; the per-neuron buffers [B, n] hold the whole batch, since the
-passes accumulate into them. A population's pass is the whole batch where its
-tiles fit, else the most samples that fit (more supersteps, same bytes moved).
+Time on the tiles. The time loop is the executor's (ipu_snn.executor): T steps
+in windows of L, under a BPTT schedule over the windows (ipu_snn.bptt), as data
+(`TimeOnTiles`). What the schedule keeps in the local tier lives on the tiles:
+    * a taped window keeps, per step, the spikes z as bits and the surrogate
+      derivative d (``surrogate_bytes`` each), in the layout of the fused
+      neuron kernels (uint8 [B, ceil(n/8)] bits per tile, d [B, n]); with a
+      detached reset that is all the backward of a step needs (see
+      ipu_snn.neuron.ops); learned decays add the pre-step state (v_prev, and
+      a_prev for ALIF), since d v / d beta = v_prev. A recurrent population's
+      window also keeps the bits of the spikes it started from (its first
+      step's recurrent input). The readout keeps nothing per step (its trace
+      goes to the host), unless its decay is learned;
+    * a local checkpoint (a window boundary) keeps v (and a), and the last
+      spikes as bits where the population feeds itself.
+A tile's peak is the largest, over the schedule's actions, of its local
+checkpoints plus its taped windows (`TimeOnTiles.residency`, from
+``bptt.summarize``'s profile). Checkpoints in the off-chip tier go to the
+IPU's streaming memory: they take no tile memory, are counted in bytes
+(``TilePlan.streaming_bytes``) and cost their transfers at the streaming
+bandwidth. ``store_all`` is one window of T, every step taped.
+
+Streaming memory. In an IPU-M2000 the streaming memory is DRAM beside the IPUs,
+reached over the IPU's PCIe Gen4 x16 link (64 GB/s both ways, 32 GB/s each way)
+and the IPU-Gateway; the transfer time uses the device spec's
+``offchip_bandwidth`` (ipu_snn.devices; the public sources are listed in
+ipu_snn/ipu/README.md, "Streaming memory"). It is the link's peak, so the
+streaming time is a lower bound.
+
+Time model (`TilePlan.predicted_seconds`): a model, not a measurement. A time
+step is a BSP superstep sequence that lasts as long as its busiest tile: the
+dense-equivalent fp32 work of the tile's columns (2 B fan_in flops per owned
+neuron; sparsity would only shorten it) at 1/tiles of the IPU's fp32 rate,
+and at least the spec's ``step_floor_s``; a reversed step costs two forward
+steps. The schedule's window counts (recomputation included) multiply these;
+checkpoint transfers add their bytes at the streaming bandwidth, sequentially
+(no overlap); the optimizer adds 4 passes over the fullest tile's parameters
+at its share of the SRAM bandwidth. Exchange time and sync beyond the floor are
+not modelled.
+
+Sample passes. Everything sized by a spike list (the lists, the input-gradient
+partials and the reduce and gather buffers) is processed a pass of ``chunk``
+samples at a time, so it is sized by the pass, not the batch; the per-neuron
+buffers [B, n] hold the whole batch, since the passes accumulate into them. A
+population's pass is the whole batch where its tiles fit, else the most samples
+that fit (more supersteps, same bytes moved).
 
 Spike selection. A population's spike list of a step is built per sample, as
 the SpikeSelect vertex does: sample b is selected on the population's tile
@@ -79,9 +116,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property, lru_cache
+from typing import Callable
 
-from ipu_snn.config import Config, ModelConfig
-from ipu_snn.devices import DeviceSpec, device_spec
+from ipu_snn.bptt import Advance, Schedule, Summary, store_all, summarize
+from ipu_snn.config import ModelConfig
+from ipu_snn.devices import DeviceSpec
 from ipu_snn.errors import UserError
 
 KiB = 1024
@@ -100,7 +140,7 @@ CODE_BYTES = 24 * KiB
 #: Estimated state of one vertex (its field pointers and sizes; Poplar vertex
 #: state is tens of bytes, rounded up for the edge lists of the exchange).
 VERTEX_STATE_BYTES = 128
-INDEX_BYTES = 4  # int32 ids, counts and neuron-index entries
+INDEX_BYTES = 4  # int32 ids and counts
 ACC_BYTES = 4  # sums are carried in float (spike_core.h's Acc), whatever the weight type
 
 
@@ -133,6 +173,11 @@ class Population:
         return sum(s.n for s in self.sources)
 
     @property
+    def recurrent(self) -> bool:
+        """Feeds itself: its checkpoints and taped windows keep the spikes a window starts from."""
+        return self.own is not None and self.own in self.sources
+
+    @property
     def params_per_neuron(self) -> int:
         """Weight rows, bias and decays: what a tile holds per owned neuron."""
         return self.fan_in + 1 + self.decays
@@ -149,12 +194,87 @@ class Population:
 
 
 @dataclass(frozen=True)
+class TimeOnTiles:
+    """The executor's time loop as the tiles see it: ``steps`` (T) in windows of ``window`` (L) steps,
+    under ``schedule`` over the windows (see the module docstring, "Time on the tiles")."""
+
+    steps: int
+    window: int
+    schedule: Schedule
+
+    @classmethod
+    def of(cls, steps: int, window: int, factory: Callable[[int], Schedule] | None = None) -> "TimeOnTiles":
+        """Windows of ``window`` steps (the last one shorter if T is not a multiple) under
+        ``factory(windows)``; None: store_all over the windows, every window taped."""
+        if steps < 1 or window < 1:
+            raise ValueError(f"the time loop needs T >= 1 and a window >= 1, got T={steps}, window {window}")
+        window = min(window, steps)
+        windows = -(-steps // window)
+        schedule = store_all(windows) if factory is None else factory(windows)
+        if schedule.T != windows:
+            raise ValueError(f"schedule {schedule.name} is for {schedule.T} windows, the time loop has {windows}")
+        return cls(steps, window, schedule)
+
+    @classmethod
+    def store_all(cls, steps: int) -> "TimeOnTiles":
+        """Every step taped in one window of T: the whole history on the tiles."""
+        return cls.of(steps, steps)
+
+    @property
+    def windows(self) -> int:
+        return self.schedule.T
+
+    @property
+    def name(self) -> str:
+        return self.schedule.name
+
+    @cached_property
+    def summary(self) -> Summary:
+        return summarize(self.schedule)
+
+    @cached_property
+    def residency(self) -> tuple[tuple[int, int], ...]:
+        """(local checkpoints, taped windows) at every action where a tile's peak can be: the Pareto
+        front of the schedule's profile (a point another one matches or exceeds in both is dropped)."""
+        points = sorted(set(self.summary.profile), reverse=True)
+        front, most_taped = [], -1
+        for checkpoints, taped in points:
+            if taped > most_taped:
+                front.append((checkpoints, taped))
+                most_taped = taped
+        return tuple(front)
+
+    @property
+    def recomputes(self) -> bool:
+        """Some window is run again in backward: the live state and its adjoint are held together."""
+        return self.summary.evaluations > self.summary.taped
+
+    @property
+    def offchip_slots(self) -> int:
+        return self.schedule.max_offchip_slots
+
+    @property
+    def offchip_transfers(self) -> int:
+        """Checkpoints written to and read from the off-chip tier."""
+        return self.summary.stores["offchip"] + self.summary.loads["offchip"]
+
+    @cached_property
+    def evaluated_steps(self) -> int:
+        """Time steps run forward, recomputation included (taped or not)."""
+        total = 0
+        for a in self.schedule.actions:
+            if isinstance(a, Advance):
+                total += min(a.n1 * self.window, self.steps) - a.n0 * self.window
+        return total
+
+
+@dataclass(frozen=True)
 class Sizing:
     """The knobs every per-tile formula needs."""
 
     batch: int
     dtype_bytes: int
-    steps: int  # time steps whose history stays on the tiles for BPTT
+    time: TimeOnTiles  # what BPTT keeps on the tiles, and what it sends to streaming memory
     optimizer_slots: int
     surrogate_bytes: int  # dtype of the stored surrogate derivative d
 
@@ -226,6 +346,7 @@ class TilePlan:
     populations: tuple[PopulationPlan, ...]
     matmuls: tuple[MatmulPlan, ...]
     tiles: tuple[TileLoad, ...] = field(repr=False)
+    spec: DeviceSpec = field(repr=False)  # rates and streaming memory of the device
     suggestion: str = ""  # filled in for plans that do not fit
 
     @property
@@ -233,12 +354,39 @@ class TilePlan:
         return len(self.tiles)
 
     @property
+    def time(self) -> TimeOnTiles:
+        return self.sizing.time
+
+    @property
     def max_tile_bytes(self) -> int:
         return max((t.total_bytes for t in self.tiles), default=0)
 
     @property
     def fits(self) -> bool:
-        return self.max_tile_bytes <= self.tile_capacity_bytes and self.used <= self.tiles_total
+        return (self.max_tile_bytes <= self.tile_capacity_bytes and self.used <= self.tiles_total
+                and self.streaming_bytes <= self.spec.offchip_bytes)
+
+    def checkpoint_bytes(self, population: str | None = None) -> int:
+        """One window-boundary checkpoint of every tile (of ``population``'s tiles only, if given)."""
+        pops = self.populations if population is None else (self.population(population),)
+        return sum(checkpoint_bytes(p.population, e - b, self.sizing) for p in pops for _, b, e in p.slices())
+
+    def streaming_bytes_of(self, population: str | None = None) -> int:
+        """Peak bytes of off-chip checkpoints in streaming memory (of ``population``'s tiles, if given)."""
+        return self.time.offchip_slots * self.checkpoint_bytes(population)
+
+    @property
+    def streaming_bytes(self) -> int:
+        return self.streaming_bytes_of()
+
+    @property
+    def streaming_transfer_bytes(self) -> int:
+        """Bytes moved between the tiles and streaming memory in one iteration (stores and loads)."""
+        return self.time.offchip_transfers * self.checkpoint_bytes()
+
+    def predicted_seconds(self) -> dict[str, float]:
+        """One training iteration under the module docstring's time model, by part, and the total."""
+        return iteration_seconds(self)
 
     @property
     def exchange_bytes_forward(self) -> int:
@@ -273,6 +421,10 @@ class TilePlan:
         """Empty when the plan fits; otherwise what overflows and what would fit."""
         if self.fits:
             return ""
+        if self.max_tile_bytes <= self.tile_capacity_bytes and self.used <= self.tiles_total:
+            return (f"The off-chip checkpoints need {self.streaming_bytes / 2**30:.1f} GiB of streaming memory, "
+                    f"more than the {self.spec.offchip_bytes / 2**30:.0f} GiB of one {self.device}: use fewer "
+                    "off-chip checkpoints (bptt.offchip_every larger) or a shorter T.")
         full = self.fullest_tile()
         kinds = ", ".join(f"{k} {v / KiB:.0f}" for k, v in sorted(full.bytes_by_kind.items(), key=lambda kv: -kv[1]) if v)
         return (
@@ -341,11 +493,6 @@ def list_bytes(source: Source, batch: int) -> int:
     return batch * (source.k + 1) * INDEX_BYTES
 
 
-def index_bytes(source: Source, batch: int, with_slots: bool) -> int:
-    """spike_core.h's neuron index: offsets [n + 1], samples [B*K] and, for grad-input, slots [B*K]."""
-    return ((source.n + 1) + batch * source.k * (2 if with_slots else 1)) * INDEX_BYTES
-
-
 def reduce_chunk(source: Source, batch: int, tiles: int) -> int:
     """Slots of the [B, K] input-gradient partial one tile sums in the reduce-scatter."""
     return math.ceil(batch * source.k / tiles)
@@ -365,12 +512,17 @@ def selected_samples(batch: int, tiles: int, j: int) -> int:
     return len(range(j, batch, tiles))
 
 
+@lru_cache(maxsize=4096)
+def owners_bits(neurons: int, tiles: int) -> int:
+    """Bytes of one sample's spikes as bits, packed tile by tile over the owners of ``neurons``."""
+    return sum(packed_bytes(e - b) for b, e in split_even(neurons, tiles))
+
+
 def select_bytes(pop: Population, tiles: int, samples: int) -> int:
     """A selecting tile's buffers: every owner's z bits of its samples, and their list rows."""
     if not pop.spiking or samples == 0:
         return 0
-    bits = sum(packed_bytes(e - b) for b, e in split_even(pop.neurons, tiles))
-    return samples * (bits + (pop.own.k + 1) * INDEX_BYTES)
+    return samples * (owners_bits(pop.neurons, tiles) + (pop.own.k + 1) * INDEX_BYTES)
 
 
 def history_bytes_per_step(pop: Population, neurons: int, s: Sizing) -> int:
@@ -378,6 +530,29 @@ def history_bytes_per_step(pop: Population, neurons: int, s: Sizing) -> int:
     b = s.batch
     spikes = b * packed_bytes(neurons) + b * neurons * s.surrogate_bytes if pop.spiking else 0
     return spikes + b * neurons * pop.saved_vars * s.dtype_bytes
+
+
+def start_bits(pop: Population, neurons: int, s: Sizing) -> int:
+    """The spikes a window starts from, as bits: the recurrent input of its first step."""
+    return s.batch * packed_bytes(neurons) if pop.recurrent else 0
+
+
+def window_bytes(pop: Population, neurons: int, s: Sizing) -> int:
+    """What one taped window keeps on a tile: L steps of history and the spikes it started from."""
+    return history_bytes_per_step(pop, neurons, s) * s.time.window + start_bits(pop, neurons, s)
+
+
+def checkpoint_bytes(pop: Population, neurons: int, s: Sizing) -> int:
+    """One window-boundary checkpoint of a tile's neurons: v (and a), and the last spikes as bits where
+    the population feeds itself."""
+    return s.batch * neurons * pop.live_vars * s.dtype_bytes + start_bits(pop, neurons, s)
+
+
+def residency_bytes(pop: Population, neurons: int, s: Sizing) -> tuple[int, int]:
+    """(local checkpoints, taped windows) in bytes at the tile's peak over the schedule."""
+    ckpt, win = checkpoint_bytes(pop, neurons, s), window_bytes(pop, neurons, s)
+    checkpoints, taped = max(s.time.residency, key=lambda p: p[0] * ckpt + p[1] * win)
+    return checkpoints * ckpt, taped * win
 
 
 def chunk_sizes(batch: int, chunk: int) -> list[int]:
@@ -390,11 +565,14 @@ def tile_bytes(pop: Population, neurons: int, tiles: int, s: Sizing, samples_sel
                chunk: int | None = None) -> dict[str, int]:
     """Peak bytes of one tile owning ``neurons`` of ``pop`` (range of ``tiles``), by kind.
 
-    Persistent kinds (parameters, gradients, optimizer, live state, history, code)
-    plus the larger of the forward and backward phase's buffers: the two phases
-    never overlap. ``samples_selected``: samples whose spike list this tile
-    builds. ``chunk``: samples per pass of the list phases (default: the whole
-    batch); everything sized by a spike list (lists, index, partials, reduce and
+    Persistent kinds (parameters, gradients, optimizer, live state, code), what
+    the schedule keeps on the tile at its peak (taped windows as "history",
+    local checkpoints as "checkpoints"), plus the largest phase's buffers: the
+    forward, the backward and, where the schedule recomputes, the forward run
+    again in backward, which also holds the carried gradient of the spikes the
+    window started from. ``samples_selected``: samples whose spike list this
+    tile builds. ``chunk``: samples per pass of the list phases (default: the
+    whole batch); everything sized by a spike list (lists, partials, reduce and
     gather buffers) is sized by it, while the per-neuron buffers [B, n] hold the
     whole batch, since passes accumulate into them.
     """
@@ -403,25 +581,26 @@ def tile_bytes(pop: Population, neurons: int, tiles: int, s: Sizing, samples_sel
     lists = sum(list_bytes(src, c) for src in pop.sources)
     select = select_bytes(pop, tiles, samples_selected)
     # Sources are processed one after another within a phase; scratch is reused.
-    fwd = {"spike_lists": lists,
-           "index": max(index_bytes(src, c, False) for src in pop.sources),
-           "activations": neurons * b * ACC_BYTES, "select": select}
-    bwd_per_source = [(index_bytes(src, c, True), *grad_input_bytes(src, c, tiles, s.dtype_bytes)) for src in pop.sources]
-    index, partial, receive = max(bwd_per_source, key=sum)
+    fwd = {"spike_lists": lists, "activations": neurons * b * ACC_BYTES, "select": select}
+    partial, receive = max((grad_input_bytes(src, c, tiles, s.dtype_bytes) for src in pop.sources), key=sum)
     # grad_out (the neurons' input-current gradient) and, for spiking neurons, the gradient
     # of their spikes, gathered from their consumers' summed values at their own list's slots.
     gathered = c * pop.own.k * s.dtype_bytes + list_bytes(pop.own, c) if pop.spiking else 0
-    bwd = {"spike_lists": lists, "index": index,
-           "activations": neurons * b * s.dtype_bytes * (2 if pop.spiking else 1),
+    spike_grad = neurons * b * s.dtype_bytes if pop.spiking else 0
+    bwd = {"spike_lists": lists, "activations": neurons * b * s.dtype_bytes + spike_grad,
            "grad_partials": partial, "reduce_receive": receive, "grad_gather": gathered, "select": select}
-    phase = fwd if sum(fwd.values()) >= sum(bwd.values()) else bwd
+    phases = [fwd, bwd]
+    if s.time.recomputes:
+        phases.append(fwd | {"activations": fwd["activations"] + spike_grad})
+    phase = max(phases, key=lambda p: sum(p.values()))
     trained = pop.trained_per_neuron * neurons * s.dtype_bytes
+    checkpoints, history = residency_bytes(pop, neurons, s)
     out = {"weights": pop.params_per_neuron * neurons * s.dtype_bytes, "weight_grads": trained,
            "optimizer": trained * s.optimizer_slots,
-           "state": neurons * b * pop.live_vars * s.dtype_bytes,
-           "history": history_bytes_per_step(pop, neurons, s) * s.steps,
+           "state": neurons * b * pop.live_vars * s.dtype_bytes * (2 if s.time.recomputes else 1),
+           "history": history, "checkpoints": checkpoints,
            "code": CODE_BYTES + VERTEX_STATE_BYTES * pop.vertices,
-           "spike_lists": 0, "index": 0, "activations": 0, "grad_partials": 0, "reduce_receive": 0,
+           "spike_lists": 0, "activations": 0, "grad_partials": 0, "reduce_receive": 0,
            "grad_gather": 0, "select": 0}
     out.update(phase)
     return out
@@ -449,7 +628,7 @@ def population_exchange(pop: Population, tiles: int, batch: int) -> tuple[int, i
     and in backward also its rebuilt list broadcast to its own tiles."""
     if not pop.spiking:
         return 0, 0
-    gather = batch * sum(packed_bytes(e - b) for b, e in split_even(pop.neurons, tiles))
+    gather = batch * owners_bits(pop.neurons, tiles)
     return gather, gather + tiles * list_bytes(pop.own, batch)
 
 
@@ -457,7 +636,10 @@ def persistent_weight(pop: Population, s: Sizing) -> float:
     """Bytes per neuron that do not depend on the tile count: what tiles are shared out by."""
     params = (pop.params_per_neuron + pop.trained_per_neuron * (1 + s.optimizer_slots)) * s.dtype_bytes
     per_step = s.batch * ((1 / 8 + s.surrogate_bytes if pop.spiking else 0) + pop.saved_vars * s.dtype_bytes)
-    return params + s.batch * pop.live_vars * s.dtype_bytes + per_step * s.steps
+    bits = s.batch / 8 if pop.recurrent else 0
+    ckpt, win = s.batch * pop.live_vars * s.dtype_bytes + bits, per_step * s.time.window + bits
+    kept = max(c * ckpt + k * win for c, k in s.time.residency)
+    return params + s.batch * pop.live_vars * s.dtype_bytes * (2 if s.time.recomputes else 1) + kept
 
 
 def allocate_tiles(pops: tuple[Population, ...], n_tiles: int, s: Sizing) -> list[int] | None:
@@ -503,6 +685,37 @@ def _fits(pops, n_tiles: int, tile_capacity: int, s: Sizing) -> bool:
     return counts is not None and all(_population_max_bytes(p, c, s, 1) <= tile_capacity for p, c in zip(pops, counts))
 
 
+def fits_on_tiles(model_cfg: ModelConfig, n_inputs: int, n_classes: int, batch: int, spec: DeviceSpec,
+                  time: TimeOnTiles, capacity_fraction: float = 0.25, dtype_bytes: int = 4,
+                  optimizer_slots: int = 2, surrogate_bytes: int = 4) -> bool:
+    """Whether ``plan_tiles(...).fits``, without laying out every tile: the first tile of each population
+    is its widest and selects the most samples, and one sample per pass is the least a tile can hold."""
+    n_tiles, tile_capacity = tile_geometry(spec)
+    s = Sizing(batch, dtype_bytes, time, optimizer_slots, surrogate_bytes)
+    pops = populations_of(model_cfg, n_inputs, n_classes, capacity_fraction)
+    if not _fits(pops, n_tiles, tile_capacity, s):
+        return False
+    counts = allocate_tiles(pops, n_tiles, s)
+    ckpt = sum(checkpoint_bytes(p, e - b, s) for p, c in zip(pops, counts) for b, e in split_even(p.neurons, c))
+    return time.offchip_slots * ckpt <= spec.offchip_bytes
+
+
+def iteration_seconds(plan: TilePlan) -> dict[str, float]:
+    """One training iteration under the time model of the module docstring (a model, not a
+    measurement), by part: forward steps (recomputation included), reversed steps, checkpoint
+    transfers to and from streaming memory, the optimizer; and the total."""
+    spec, s = plan.spec, plan.sizing
+    tiles = TILE_GEOMETRY[spec.name][0]
+    # the busiest tile of a superstep sets its length: dense-equivalent fp32 work of its widest column block
+    work = max(2 * s.batch * p.population.fan_in * max(e - b for _, b, e in p.slices()) for p in plan.populations)
+    step = max(work / (spec.fp32_flops / tiles), spec.step_floor_s)
+    parameters = max(sum(t.bytes_by_kind[k] for k in ("weights", "weight_grads", "optimizer")) for t in plan.tiles)
+    parts = {"forward_s": s.time.evaluated_steps * step, "backward_s": s.time.steps * 2 * step,
+             "streaming_s": plan.streaming_transfer_bytes / spec.offchip_bandwidth,
+             "optimizer_s": 4 * parameters / (spec.local_bandwidth / tiles)}
+    return parts | {"total_s": sum(parts.values())}
+
+
 # ----------------------------------------------------------------------------- planning
 
 
@@ -516,27 +729,32 @@ def plan_tiles(
     dtype_bytes: int = 4,
     *,
     steps: int = 1,
+    time: TimeOnTiles | None = None,
     optimizer_slots: int = 2,
     surrogate_bytes: int = 4,
     max_tiles: int | None = None,
+    suggest: bool = True,
 ) -> TilePlan:
     """Map a network onto one IPU's tiles and account every tile's bytes.
 
-    ``steps``: time steps whose history (z bits, d) stays on the tiles for BPTT;
-    ``optimizer_slots``: per-weight optimizer buffers (Adam: 2); ``surrogate_bytes``:
-    the dtype of the stored surrogate derivative (4: float32, 2: float16/bfloat16);
-    ``max_tiles``: use at most this many of the IPU's tiles (default: all).
+    ``time``: the time loop and BPTT schedule whose local tier lives on the tiles
+    (default: ``steps`` steps, all of them taped: store_all); ``optimizer_slots``:
+    per-weight optimizer buffers (Adam: 2); ``surrogate_bytes``: the dtype of the
+    stored surrogate derivative (4: float32, 2: float16/bfloat16); ``max_tiles``:
+    use at most this many of the IPU's tiles (default: all); ``suggest``: search
+    what would fit when the plan does not (the refusal's message).
     """
     if batch < 1 or n_inputs < 1 or n_classes < 1:
         raise ValueError(f"plan_tiles: batch, n_inputs and n_classes must be >= 1, got {batch}, {n_inputs}, {n_classes}")
-    if steps < 0 or surrogate_bytes not in (2, 4):
-        raise ValueError(f"plan_tiles: steps must be >= 0 and surrogate_bytes 2 or 4, got {steps}, {surrogate_bytes}")
+    if surrogate_bytes not in (2, 4):
+        raise ValueError(f"plan_tiles: surrogate_bytes must be 2 or 4, got {surrogate_bytes}")
+    time = time or TimeOnTiles.store_all(steps)
     n_tiles, tile_capacity = tile_geometry(spec)
     if max_tiles is not None:
         if not 1 <= max_tiles <= n_tiles:
             raise ValueError(f"plan_tiles: max_tiles must be in [1, {n_tiles}] for {spec.name}, got {max_tiles}")
         n_tiles = max_tiles
-    s = Sizing(batch, dtype_bytes, steps, optimizer_slots, surrogate_bytes)
+    s = Sizing(batch, dtype_bytes, time, optimizer_slots, surrogate_bytes)
     pops = populations_of(model_cfg, n_inputs, n_classes, capacity_fraction)
     counts = allocate_tiles(pops, n_tiles, s)
     if counts is None:
@@ -554,23 +772,12 @@ def plan_tiles(
             fwd, bwd = matmul_exchange(src, c, tiles_of.get(src.name, 0), batch, dtype_bytes, chunk)
             matmuls.append(MatmulPlan(f"{src.name}->{pop.name}", src, pop.name, pop.neurons, begin, begin + c, fwd, bwd))
         begin += c
-    plan = TilePlan(spec.name, n_tiles, tile_capacity, s, capacity_fraction, tuple(pop_plans), tuple(matmuls), tuple(loads))
-    if not plan.fits:
-        plan = replace(plan, suggestion=_suggest(pops, model_cfg, n_inputs, n_classes, n_tiles, tile_capacity, s, capacity_fraction))
+    plan = TilePlan(spec.name, n_tiles, tile_capacity, s, capacity_fraction, tuple(pop_plans), tuple(matmuls),
+                    tuple(loads), spec)
+    if not plan.fits and suggest and plan.max_tile_bytes > tile_capacity:
+        plan = replace(plan, suggestion=_suggest(pops, model_cfg, n_inputs, n_classes, n_tiles, tile_capacity, s,
+                                                 capacity_fraction))
     return plan
-
-
-def plan_for_config(cfg: Config, n_inputs: int, n_classes: int, batch: int, spec: DeviceSpec | None = None) -> TilePlan:
-    """The tile plan of a run's config, as ``ipu-snn plan`` and the IPU trainer make it.
-
-    ``batch``: the samples one IPU holds at once (the trainer's micro-batch);
-    ``spec``: default, the config's device (``ipu`` and ``ipu-model`` plan for a Mk2).
-    Every step's history is kept on the tiles (store_all), at the stored
-    surrogate's dtype (``model.fused_saved_dtype``).
-    """
-    return plan_tiles(cfg.model, n_inputs, n_classes, batch, spec or device_spec(cfg.device),
-                      capacity_fraction=cfg.model.sparse_capacity, steps=cfg.data.num_steps,
-                      surrogate_bytes=4 if cfg.model.fused_saved_dtype == "float32" else 2)
 
 
 def _suggest(pops, model_cfg, n_inputs, n_classes, n_tiles, tile_capacity, s: Sizing, capacity_fraction) -> str:
@@ -626,8 +833,10 @@ def tiles_json(plan: TilePlan) -> dict:
             "tile_begin": p.tile_begin, "tile_end": p.tile_end,
             "neurons_per_tile": [min(per_tile), max(per_tile)], "samples_per_pass": p.chunk,
             "max_tile_bytes": max(t.total_bytes for t in loads),
+            "streaming_bytes": plan.streaming_bytes_of(p.population.name),
             "exchange_bytes_forward": p.exchange_bytes_forward, "exchange_bytes_backward": p.exchange_bytes_backward,
         })
+    time = plan.time
     return {
         "device": plan.device,
         "tiles_total": plan.tiles_total,
@@ -636,6 +845,19 @@ def tiles_json(plan: TilePlan) -> dict:
         "tile_capacity_bytes": plan.tile_capacity_bytes,
         "fits": plan.fits,
         "fullest_tile": {"tile": full.tile, "population": full.population, "bytes_by_kind": dict(full.bytes_by_kind)},
+        "time_loop": {"T": time.steps, "window": time.window, "windows": time.windows, "schedule": time.name,
+                      "peak_on_tiles": "the most local checkpoints plus taped windows at any action of the schedule",
+                      "local_checkpoints_and_taped_windows": [list(p) for p in time.residency],
+                      "steps_evaluated": time.evaluated_steps},
+        "streaming_memory": {"checkpoint_bytes": plan.checkpoint_bytes(), "slots": time.offchip_slots,
+                             "bytes": plan.streaming_bytes, "capacity_bytes": plan.spec.offchip_bytes,
+                             "transfers": time.offchip_transfers, "transfer_bytes": plan.streaming_transfer_bytes,
+                             "bandwidth_bytes_per_s": plan.spec.offchip_bandwidth},
+        "predicted": plan.predicted_seconds(),
+        "time_model": ("a model, not a measurement: per step the busiest tile's dense-equivalent fp32 work at "
+                       "1/tiles of the IPU's fp32 rate (at least the spec's superstep floor), reversed steps at twice "
+                       "that, recomputed steps counted by the schedule, checkpoint transfers at the streaming "
+                       "bandwidth without overlap, the optimizer at the tile's SRAM bandwidth; exchange not modelled"),
         "exchange_bytes_forward": plan.exchange_bytes_forward,
         "exchange_bytes_backward": plan.exchange_bytes_backward,
         "populations": pops,
@@ -643,8 +865,9 @@ def tiles_json(plan: TilePlan) -> dict:
                      "exchange_bytes_forward": m.exchange_bytes_forward,
                      "exchange_bytes_backward": m.exchange_bytes_backward} for m in plan.matmuls],
         "assumptions": {"mapping": "postsynaptic neurons (weight columns) per tile", "batch": plan.sizing.batch,
-                        "steps_stored": plan.sizing.steps, "dtype_bytes": plan.sizing.dtype_bytes,
+                        "dtype_bytes": plan.sizing.dtype_bytes,
                         "stored_per_step": "z as bits and the surrogate derivative d; v_prev (a_prev) with learn_decay",
+                        "checkpoint_per_neuron": "v (a for ALIF), and the last spike as a bit where recurrent",
                         "surrogate_bytes": plan.sizing.surrogate_bytes,
                         "optimizer_slots": plan.sizing.optimizer_slots, "capacity_fraction": plan.capacity_fraction,
                         "code_bytes_estimate": CODE_BYTES, "vertex_state_bytes_estimate": VERTEX_STATE_BYTES},

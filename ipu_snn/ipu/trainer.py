@@ -26,11 +26,12 @@ from ..errors import ConfigError
 from ..executor import TimeLoop
 from ..loop import STEP_STATS, check_overflow
 from ..network import SpikingNetwork, count_parameters
+from ..planner import plan_for_config
 from .model import Evaluation, TrainingStep, build_traced
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
 from .recomputation import recomputation_for
 from .sdk import import_popdist, import_poptorch
-from .tiles import TilePlan, plan_for_config
+from .tiles import TilePlan
 
 T = TypeVar("T")
 
@@ -69,8 +70,8 @@ def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> TilePlan
                  else f"{accumulation} accumulation steps")
         raise ConfigError(
             f"model: {plan.refusal()} The plan is one replica's: a micro-batch of {micro_batch} samples "
-            f"(data.batch_size {cfg.data.batch_size} over {split}) and the history of all "
-            f"data.steps = {cfg.data.num_steps} steps on the tiles. A replica runs on one IPU (ipus-per-replica 1: "
+            f"(data.batch_size {cfg.data.batch_size} over {split}) and {plan.time.name} over {plan.time.windows} "
+            f"windows of {plan.time.window} steps on the tiles. A replica runs on one IPU (ipus-per-replica 1: "
             "replication copies the model, it does not split it), so more IPUs do not make it fit.")
     return plan
 

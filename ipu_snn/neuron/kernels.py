@@ -32,6 +32,9 @@ class NeuronKernels:
     #: the raw whole-window ops of the CPU extension (ipu_snn_cpu::window_fwd / window_bwd), or None
     window_forward: Callable | None = None
     window_backward: Callable | None = None
+    #: the leaky-integrator readout's window (ipu_snn_cpu::leaky_fwd / leaky_bwd), or None
+    leaky_forward: Callable | None = None
+    leaky_backward: Callable | None = None
 
 
 _LOADERS: dict[str, Callable[[], NeuronKernels]] = {}
@@ -90,7 +93,8 @@ def _cpu() -> NeuronKernels:
                                 spec.reset_code)
         return gv, (ga if spec.adaptive else None)
 
-    return NeuronKernels("cpu", frozenset({"cpu"}), forward, backward, ops.window_fwd, ops.window_bwd)
+    return NeuronKernels("cpu", frozenset({"cpu"}), forward, backward, ops.window_fwd, ops.window_bwd,
+                         ops.leaky_fwd, ops.leaky_bwd)
 
 
 def _triton() -> NeuronKernels:

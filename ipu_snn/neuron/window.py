@@ -120,7 +120,7 @@ def _generic_forward(k: NeuronKernels, s: WindowSettings, currents, v, a, z0, w_
             gather = policy.mode == "sparse" or (policy.mode == "auto" and int(counts.max()) <= policy.capacity
                                                  and policy.use_sparse_density(counts, n))
             if gather:
-                out, lost = spikes.bits_forward(prev_bits, n, w_rec, policy.capacity)
+                out, lost = spikes.bits_forward(prev_bits, n, w_rec, None, policy.capacity)
                 current = current + out
                 dropped += lost.to(torch.int64)
             else:
@@ -215,22 +215,20 @@ class _SpikingWindow(torch.autograd.Function):
         bits, d, v_prev, a_prev, near, z0_bits, near0, w_rec, beta, rho = ctx.saved_tensors
         s, k = ctx.s, ctx.k
         steps, batch, n = d.shape
-        if grad_z_last is not None:
-            grad_z = torch.zeros(steps, batch, n, dtype=grad_z_last.dtype, device=grad_z_last.device) \
-                if grad_z is None else grad_z.clone()
-            grad_z[-1] += grad_z_last
         if grad_v is None:
             grad_v = torch.zeros(batch, n, dtype=beta.dtype, device=beta.device)
-        if grad_z is not None:
-            grad_z = grad_z.contiguous()
         recurrent = w_rec is not None
         listed = s.listed_rec_grad
         if k.window_backward is not None:
             grad_currents, ga_all, grad_v0, grad_a0, rec = k.window_backward(
-                grad_z, grad_v.contiguous(), None if grad_a is None else grad_a.contiguous(), bits, d,
+                None if grad_z is None else grad_z.contiguous(), grad_z_last, grad_v.contiguous(), None if grad_a is None else grad_a.contiguous(), bits, d,
                 z0_bits, near, near0, w_rec, beta, rho, s.spec.adapt_strength, s.spec.reset_code, ctx.keep_a,
                 int(listed), s.recurrent.capacity if listed else 0)
         else:
+            if grad_z_last is not None:
+                grad_z = torch.zeros(steps, batch, n, dtype=grad_z_last.dtype, device=grad_z_last.device) \
+                    if grad_z is None else grad_z.clone()
+                grad_z[-1] += grad_z_last
             if s.spec.adaptive and grad_a is None:
                 grad_a = torch.zeros_like(grad_v)
             grad_currents, ga_all, grad_v0, grad_a0, rec = _generic_backward(
@@ -266,41 +264,48 @@ def spiking_window(currents: Tensor, state: LayerState, w_rec: Tensor | None, be
 
 class _LeakyIntegrate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, currents: Tensor, beta: Tensor, v0: Tensor):
-        trace = torch.empty_like(currents)
-        v = v0
-        for t in range(currents.shape[0]):
-            v = torch.addcmul(currents[t], beta, v)
-            trace[t] = v
+    def forward(ctx, k: NeuronKernels, currents: Tensor, beta: Tensor, v0: Tensor):
+        if k.leaky_forward is not None:
+            trace = k.leaky_forward(currents, beta, v0)
+        else:
+            trace = torch.empty_like(currents)
+            v = v0
+            for t in range(currents.shape[0]):
+                v = torch.addcmul(currents[t], beta, v)
+                trace[t] = v
         if beta.requires_grad:
             ctx.save_for_backward(beta, trace, v0)
         else:
             ctx.save_for_backward(beta)
-        ctx.steps = currents.shape[0]
+        ctx.k, ctx.steps = k, currents.shape[0]
         return trace, trace[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_trace: Tensor | None, grad_last: Tensor | None):
         beta, *kept = ctx.saved_tensors
-        if grad_trace is None:
-            grad_trace = grad_last.new_zeros((ctx.steps,) + tuple(grad_last.shape))
-        grad_currents = torch.empty_like(grad_trace)
-        g = grad_last if grad_last is not None else torch.zeros_like(grad_trace[0])
-        for t in range(grad_trace.shape[0] - 1, -1, -1):
-            g = grad_trace[t] + g if t == grad_trace.shape[0] - 1 else torch.addcmul(grad_trace[t], beta, g)
-            grad_currents[t] = g
-        grad_v0 = beta * g
+        if ctx.k.leaky_backward is not None:
+            grad_currents, grad_v0 = ctx.k.leaky_backward(grad_trace, grad_last, beta, ctx.steps)
+        else:
+            if grad_trace is None:
+                grad_trace = grad_last.new_zeros((ctx.steps,) + tuple(grad_last.shape))
+            grad_currents = torch.empty_like(grad_trace)
+            g = grad_last if grad_last is not None else torch.zeros_like(grad_trace[0])
+            for t in range(grad_trace.shape[0] - 1, -1, -1):
+                g = grad_trace[t] + g if t == grad_trace.shape[0] - 1 else torch.addcmul(grad_trace[t], beta, g)
+                grad_currents[t] = g
+            grad_v0 = beta * g
         grad_beta = None
         if kept:
             # v_t = beta * v_{t-1} + I_t: d v_t / d beta = v_{t-1}, with v_{-1} = v0
             trace, v0 = kept
             prev = torch.cat([v0.unsqueeze(0), trace[:-1]])
             grad_beta = (grad_currents * prev).sum((0, 1))
-        return grad_currents, grad_beta, grad_v0
+        return None, grad_currents, grad_beta, grad_v0
 
 
-def leaky_integrate(currents: Tensor, beta: Tensor, v0: Tensor) -> tuple[Tensor, Tensor]:
+def leaky_integrate(currents: Tensor, beta: Tensor, v0: Tensor, kernels: str | None = None) -> tuple[Tensor, Tensor]:
     """The leaky-integrator trace ``v_t = beta * v_{t-1} + I_t`` over a window [L, B, C], from v0 [B, C]:
-    (the trace, the last v). Keeps nothing but the trace, and that only for a learned beta."""
-    return _LeakyIntegrate.apply(currents.contiguous(), beta, v0)
+    (the trace, the last v). Keeps nothing but the trace, and that only for a learned beta. ``kernels``:
+    the neuron-kernel backend (None: the device's default), whose window loop runs it where it has one."""
+    return _LeakyIntegrate.apply(resolve(kernels, currents.device), currents.contiguous(), beta, v0)

@@ -31,8 +31,8 @@ class SpikeKernels:
     #: the same from packed bits (ipu_snn/neuron/bits.py): (bits[R, ceil(n/8)], near bits | None, n, capacity)
     compact_bits: Callable[[Tensor, Tensor | None, int, int], tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]
     #: Products on packed bits over a window's rows (ops/product.py). Each counts only a row's first
-    #: `capacity` spikes. (bits, n_in, weight, capacity) -> (out [R, n_out], dropped int32 [R])
-    bits_forward: Callable[[Tensor, int, Tensor, int], tuple[Tensor, Tensor]]
+    #: `capacity` spikes. (bits, n_in, weight, bias | None, capacity) -> (out [R, n_out], dropped int32 [R])
+    bits_forward: Callable[[Tensor, int, Tensor, Tensor | None, int], tuple[Tensor, Tensor]]
     #: (bits, n_in, grad_out, capacity) -> grad_weight [n_in, n_out]
     bits_grad_weight: Callable[[Tensor, int, Tensor, int], Tensor]
     #: (bits, near bits | None, n_in, weight, grad_out, capacity) -> grad_in [R, n_in], 0 at unlisted neurons

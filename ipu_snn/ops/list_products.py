@@ -26,9 +26,11 @@ def count_bits(bits: Tensor) -> Tensor:
 
 def bits_products(compact_bits: Callable, forward: Callable, grad_weight: Callable, grad_input: Callable):
     """(bits_forward, bits_grad_weight, bits_grad_input) from a backend's list kernels."""
-    def bits_forward(bits: Tensor, n_in: int, weight: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
+    def bits_forward(bits: Tensor, n_in: int, weight: Tensor, bias: Tensor | None,
+                     capacity: int) -> tuple[Tensor, Tensor]:
         ids, counts, _, dropped, _ = compact_bits(bits, None, n_in, capacity)
-        return forward(ids, counts, weight), dropped
+        out = forward(ids, counts, weight)
+        return (out if bias is None else out + bias), dropped
 
     def bits_grad_weight(bits: Tensor, n_in: int, grad_out: Tensor, capacity: int) -> Tensor:
         ids, counts, *_ = compact_bits(bits, None, n_in, capacity)

@@ -6,8 +6,11 @@ spikes. Where the two lines cross depends on the machine, the shapes and the
 kernels, so it is measured, not assumed: `crossover_density` times both for a
 product's shape (forward plus weight gradient, the two products that see the
 spikes) at two densities, fits the sparse cost as a line in the density, and
-returns the density where it meets the dense cost. The result is cached per
-machine on disk (``$IPU_SNN_CACHE`` or ``~/.cache/ipu_snn``), so a resumed run
+returns the density where it meets the dense cost. A window's products (rows =
+its steps x samples) are timed at `WINDOW_ROWS` rows, forward plus weight
+gradient; the recurrent product, which runs one step of `STEP_ROWS` samples at
+a time inside the window loop, is timed per step, forward only (its weight
+gradient is a window product). The result is cached per machine on disk (``$IPU_SNN_CACHE`` or ``~/.cache/ipu_snn``), so a resumed run
 makes the same choices as the run it continues.
 
 `SparsePolicy` is a product's setting, fixed when the network is built
@@ -40,8 +43,10 @@ import torch
 from ..files import replace_atomically
 
 MODES = ("dense", "sparse", "auto")
-#: rows timed per measurement: both costs grow linearly in the rows, so the crossover does not depend on them
-_ROWS = 256
+#: rows timed for a window's products: enough that neither side is all call overhead, as in a real window
+WINDOW_ROWS = 2048
+#: samples of a recurrent step as timed: a step's dense product is small, and its overhead moves the crossover
+STEP_ROWS = 32
 _DENSITIES = (0.02, 0.2)
 
 
@@ -93,55 +98,69 @@ def _machine_key(device: torch.device) -> str:
     return hashlib.sha256(f"{torch.__version__}|{what}".encode()).hexdigest()[:16]
 
 
-def _best_ms(fn, sync, repeats: int = 5) -> float:
+def _best_ms(fn, sync, calls: int = 1, repeats: int = 7) -> float:
+    """The fastest of ``repeats`` timings of ``calls`` calls, per call: the least disturbed by other jobs."""
     fn()
     sync()
-    times = []
+    best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        for _ in range(calls):
+            fn()
         sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best * 1e3
 
 
-def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None) -> float:
+def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, per_step: bool) -> float:
     from ..neuron.bits import pack_spikes
     from .registry import get_kernels, resolve_backend
 
     kernels = get_kernels(resolve_backend(backend, device))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     gen = torch.Generator(device="cpu").manual_seed(0)
+    rows = STEP_ROWS if per_step else WINDOW_ROWS
+    calls = 50 if per_step else 1
     weight = torch.randn(n_in, n_out, generator=gen).to(device)
-    grad = torch.randn(_ROWS, n_out, generator=gen).to(device)
+    grad = torch.randn(rows, n_out, generator=gen).to(device)
+    out = torch.empty(rows, n_out, device=device)
 
     def spikes(density):
-        return (torch.rand(_ROWS, n_in, generator=gen) < density).float().to(device)
+        return (torch.rand(rows, n_in, generator=gen) < density).float().to(device)
 
     z = spikes(0.1)
-    dense = _best_ms(lambda: (z @ weight, z.t() @ grad), sync)
+    if per_step:
+        dense = _best_ms(lambda: torch.addmm(grad, z, weight, out=out), sync, calls)
+    else:
+        dense = _best_ms(lambda: (z @ weight, z.t() @ grad), sync, calls)
     sparse = []
     for density in _DENSITIES:
         bits = pack_spikes(spikes(density))
 
         def run():
-            kernels.count_bits(bits)
-            kernels.bits_forward(bits, n_in, weight, n_in)
-            kernels.bits_grad_weight(bits, n_in, grad, n_in)
+            if per_step:
+                kernels.bits_forward(bits, n_in, weight, None, n_in)
+            else:
+                kernels.count_bits(bits)
+                kernels.bits_forward(bits, n_in, weight, None, n_in)
+                kernels.bits_grad_weight(bits, n_in, grad, n_in)
 
-        sparse.append(_best_ms(run, sync))
+        sparse.append(_best_ms(run, sync, calls))
     (d0, d1), (s0, s1) = _DENSITIES, sparse
     slope = max((s1 - s0) / (d1 - d0), 1e-9)
     return float(min(1.0, max(0.0, (dense - (s0 - slope * d0)) / slope)))
 
 
 @functools.cache
-def crossover_density(device: torch.device, n_in: int, n_out: int, backend: str | None = None) -> float:
-    """The spike density at or below which the sparse product of this shape beats the dense one here.
+def crossover_density(device: torch.device, n_in: int, n_out: int, backend: str | None = None,
+                      per_step: bool = False) -> float:
+    """The spike density at or below which the sparse product of this shape beats the dense one here:
+    a window's product, or with ``per_step`` the recurrent product of one step.
 
-    Measured once per machine and shape (about a tenth of a second), then read from the cache."""
+    Measured once per machine and shape (a fraction of a second), then read from the cache."""
     device = torch.device(device)
-    key = f"{_machine_key(device)}|{device.type}|{backend}|{n_in}x{n_out}"
+    kind = "step" if per_step else "window"
+    key = f"{_machine_key(device)}|{device.type}|{backend}|{n_in}x{n_out}|{kind}"
     path = _cache_file()
     try:
         table = json.loads(path.read_text())
@@ -151,7 +170,7 @@ def crossover_density(device: torch.device, n_in: int, n_out: int, backend: str 
         table = {}
     if isinstance(table.get(key), float):
         return table[key]
-    value = _measure(device, n_in, n_out, backend)
+    value = _measure(device, n_in, n_out, backend, per_step)
     table[key] = value
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -48,11 +48,9 @@ class _SpikeProduct(torch.autograd.Function):
         elif policy.mode == "auto" and policy.use_sparse_density(kernels.count_bits(flat), n_in):
             capacity = n_in
         if capacity is not None:
-            out, dropped = kernels.bits_forward(flat, n_in, weight, capacity)
+            out, dropped = kernels.bits_forward(flat, n_in, weight, bias, capacity)
             if policy.overflow == "error" and bool(dropped.any()):
                 raise_on_overflow(torch.full_like(dropped, capacity), dropped, capacity, where)
-            if bias is not None:
-                out = out + bias
         else:
             dropped = torch.zeros(flat.shape[0], dtype=torch.int32, device=bits.device)
             x = z.reshape(-1, n_in) if z is not None else _unpack(flat, n_in, weight.dtype)
