@@ -48,35 +48,33 @@ def _tiles(slices) -> dict[int, Tile]:
     return {t: Tile(t, TILE_BYTES) for t, _, _ in slices}
 
 
-@one_thread()
-def forward(ids: Tensor, counts: Tensor, weight: Tensor) -> Tensor:
-    n_out = weight.shape[1]
-    batch = ids.shape[0]
-    slices = column_slices(n_out)
-    tiles = _tiles(slices)
-    out = weight.new_empty(batch, n_out)
-    for t, b, e in slices:
-        tile = tiles[t]
-        w = tile.hold_tensor("weights", "weights", weight[:, b:e].contiguous())
-        ids_t, counts_t = hold_list(tile, "spike", ids, counts)
-        out[:, b:e] = tile.hold_tensor("activations", "activations",
-                                       torch.ops.ipu_snn.spike_matmul_fwd(ids_t, counts_t, w, CORE))
+def _on_column_tiles(out: Tensor, ids: Tensor, counts: Tensor, work) -> Tensor:
+    """``out`` with each column slice computed on its own tile, the spike list broadcast to it:
+    ``work(tile, col_begin, col_end, ids, counts)`` gives the slice."""
+    for t, b, e in column_slices(out.shape[1]):
+        tile = Tile(t, TILE_BYTES)
+        out[:, b:e] = work(tile, b, e, *hold_list(tile, "spike", ids, counts))
     return out
 
 
 @one_thread()
+def forward(ids: Tensor, counts: Tensor, weight: Tensor) -> Tensor:
+    def on_tile(tile, b, e, ids_t, counts_t):
+        w = tile.hold_tensor("weights", "weights", weight[:, b:e].contiguous())
+        return tile.hold_tensor("activations", "activations",
+                                torch.ops.ipu_snn.spike_matmul_fwd(ids_t, counts_t, w, CORE))
+
+    return _on_column_tiles(weight.new_empty(ids.shape[0], weight.shape[1]), ids, counts, on_tile)
+
+
+@one_thread()
 def grad_weight(ids: Tensor, counts: Tensor, grad_out: Tensor, n_in: int) -> Tensor:
-    n_out = grad_out.shape[1]
-    slices = column_slices(n_out)
-    tiles = _tiles(slices)
-    grad = grad_out.new_empty(n_in, n_out)
-    for t, b, e in slices:
-        tile = tiles[t]
-        ids_t, counts_t = hold_list(tile, "spike", ids, counts)
+    def on_tile(tile, b, e, ids_t, counts_t):
         g = tile.hold_tensor("grad_out", "activations", grad_out[:, b:e].contiguous())
-        grad[:, b:e] = tile.hold_tensor("weight_grads", "weight_grads",
-                                        torch.ops.ipu_snn.spike_matmul_grad_weight(ids_t, counts_t, g, n_in, CORE))
-    return grad
+        return tile.hold_tensor("weight_grads", "weight_grads",
+                                torch.ops.ipu_snn.spike_matmul_grad_weight(ids_t, counts_t, g, n_in, CORE))
+
+    return _on_column_tiles(grad_out.new_empty(n_in, grad_out.shape[1]), ids, counts, on_tile)
 
 
 @one_thread()

@@ -386,10 +386,7 @@ class _LayerRun:
         for rows in _passes(batch, self.pop.chunk):
             counter.supersteps += 1
             for o in self.owns:
-                for m in matmuls:
-                    ids, cnt = lists[m.source.name]
-                    hold_list(o.tile, m.source.name, ids[rows], cnt[rows])
-                    counter.forward += _list_bytes(ids[rows])
+                counter.forward += _hold_lists(o, matmuls, lists, rows)
                 for m in matmuls:
                     ids, cnt = lists[m.source.name]
                     out = torch.ops.ipu_snn.spike_matmul_fwd(ids[rows], cnt[rows], o.weights[m.source.name],
@@ -488,10 +485,7 @@ class _LayerRun:
         for rows in _passes(batch, self.pop.chunk):
             counter.supersteps += 1
             for o in self.owns:
-                for m in matmuls:
-                    ids, cnt = lists[m.source.name]
-                    hold_list(o.tile, m.source.name, ids[rows], cnt[rows])
-                    counter.backward += _list_bytes(ids[rows])
+                counter.backward += _hold_lists(o, matmuls, lists, rows)
             for m in matmuls:
                 ids, cnt = (v[rows] for v in lists[m.source.name])
                 partials = {}
@@ -591,6 +585,16 @@ def _rows(rows: slice) -> int:
 
 def _list_bytes(ids: Tensor) -> int:
     return (ids.numel() + ids.shape[0]) * INDEX_BYTES  # ids [B, K] and counts [B]
+
+
+def _hold_lists(owner, matmuls, lists: dict, rows: slice) -> int:
+    """Put this pass's rows of each matmul's spike list on the owner's tile; returns the bytes that moved."""
+    moved = 0
+    for m in matmuls:
+        ids, cnt = lists[m.source.name]
+        hold_list(owner.tile, m.source.name, ids[rows], cnt[rows])
+        moved += _list_bytes(ids[rows])
+    return moved
 
 
 def _compact(z: Tensor, capacity: int, backend: str) -> tuple[Tensor, Tensor]:
