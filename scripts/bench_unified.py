@@ -306,65 +306,64 @@ def loss64(job: dict) -> dict:
     return out
 
 
-def largest_steps(fits, start: int, limit: int, seconds_left) -> tuple[int, str]:
-    """Double T from ``start`` while ``fits(T)``; the largest that did and why the search stopped
-    (``fits`` returns False when T does not fit; ``seconds_left()`` <= 0 ends the search early)."""
+def largest_steps(attempt, start: int, limit: int) -> tuple[int, str]:
+    """Double T from ``start`` up to ``limit`` while ``attempt(T)`` fits (returns None; else it returns why
+    not): the largest T that did, and why the search stopped."""
     best, steps = 0, start
     while steps <= limit:
-        if seconds_left() <= 0:
-            return best, f"time budget (next T={steps} not tried)"
-        if not fits(steps):
-            return best, f"T={steps} does not fit"
+        why = attempt(steps)
+        if why:
+            return best, why
         best, steps = steps, steps * 2
     return best, f"limit T={limit} reached"
 
 
 def max_t(job: dict) -> dict:
-    """CUDA: the largest T whose training iteration fits ``budget_gib`` of device memory, doubling T."""
+    """CUDA: the largest T whose training iteration fits ``budget_gib`` of device memory, doubling T, within
+    ``seconds`` of searching (a T whose predicted iteration would not finish in time is not tried)."""
     from ipu_snn.devices import GiB, device_spec
     from ipu_snn.executor import TimeLoop
     from ipu_snn.network import build_network
     from ipu_snn.planner import calibrate, plan
 
     device = torch.device("cuda")
-    budget = job["budget_gib"] * GiB
     cfg0 = model_config(job, schedule=job["schedule"], budget_gib=job["budget_gib"])
     costs = calibrate(cfg0, N_INPUTS, N_CLASSES, job["batch"], job["density"], device="cuda")
-    torch.cuda.set_per_process_memory_fraction(budget / torch.cuda.get_device_properties(device).total_memory,
-                                               device)
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(job["budget_gib"] * GiB / total, device)
     deadline = time.perf_counter() + job["seconds"]
     tries = []
 
-    def fits(steps: int) -> bool:
+    def attempt(steps: int) -> str | None:
         cfg = model_config({**job, "steps": steps}, schedule=job["schedule"], budget_gib=job["budget_gib"])
         p = plan(cfg, device_spec("cuda"), n_inputs=N_INPUTS, n_classes=N_CLASSES, batch=job["batch"], costs=costs)
-        s = p.chosen or min(p.strategies, key=lambda s: s.peak_bytes)
-        if 2 * s.predicted_s > deadline - time.perf_counter():
-            tries.append({"T": steps, "skipped": f"predicted {s.predicted_s:.1f} s per iteration"})
-            return False
+        s = p.chosen or min(p.strategies, key=lambda s: s.peak_bytes)  # refused by the planner: try its leanest
+        left = deadline - time.perf_counter()
+        if 2 * s.predicted_s > left:
+            return f"time budget: T={steps} not tried (predicted {s.predicted_s:.1f} s an iteration, {left:.0f} s left)"
+        net = x = optimizer = None
         try:
             torch.manual_seed(0)
             net = build_network(cfg.model, N_INPUTS, N_CLASSES, dt=cfg.data.step_seconds,
                                 loop=TimeLoop(s.window, p.factories[s.name]), device="cuda").to(device)
             x = packed_batch(job["batch"], steps, job["density"], device)
-            y = torch.zeros(job["batch"], dtype=torch.long, device=device)
             optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
             torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-            F.cross_entropy(net(x).logits, y).backward()
+            F.cross_entropy(net(x).logits, torch.zeros(job["batch"], dtype=torch.long, device=device)).backward()
             optimizer.step()
             torch.cuda.synchronize()
             tries.append({"T": steps, "ms": (time.perf_counter() - start) * 1e3, "window": s.window,
                           "schedule": s.schedule, "peak_bytes": torch.cuda.max_memory_allocated()})
-            return True
+            return None
         except torch.OutOfMemoryError:
             tries.append({"T": steps, "out_of_memory": True})
-            return False
+            return f"T={steps} ran out of memory"
         finally:
-            net = x = optimizer = None
+            del net, x, optimizer
             torch.cuda.empty_cache()
 
-    best, why = largest_steps(fits, job["steps"], job["limit"], lambda: deadline - time.perf_counter())
+    best, why = largest_steps(attempt, job["steps"], job["limit"])
     return {"largest_t": best, "stopped": why, "tries": tries, "load_before": load_average()[:1]}
 
 

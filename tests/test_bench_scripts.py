@@ -118,12 +118,13 @@ def test_target_without_a_measurement_is_not_a_pass():
     assert Target.from_json(Target("y", 2.0, 1.0, True, "d").to_json()).status == "MISS"
 
 
-def test_largest_steps_doubles_until_it_does_not_fit_or_time_runs_out():
-    assert bench_unified.largest_steps(lambda t: t <= 4000, 1000, 10**6, lambda: 1.0) == (4000, "T=8000 does not fit")
-    assert bench_unified.largest_steps(lambda t: True, 1000, 3000, lambda: 1.0) == (2000, "limit T=3000 reached")
-    budget = iter([1.0, 1.0, 0.0])
-    assert bench_unified.largest_steps(lambda t: True, 10, 10**6, lambda: next(budget)) == \
-        (20, "time budget (next T=40 not tried)")
+def test_largest_steps_doubles_until_an_attempt_says_why_not():
+    def fits_up_to(largest):
+        return lambda steps: None if steps <= largest else f"T={steps} ran out of memory"
+
+    assert bench_unified.largest_steps(fits_up_to(4000), 1000, 10**6) == (4000, "T=8000 ran out of memory")
+    assert bench_unified.largest_steps(fits_up_to(10**9), 1000, 3000) == (2000, "limit T=3000 reached")
+    assert bench_unified.largest_steps(fits_up_to(0), 1000, 10**6) == (0, "T=1000 ran out of memory")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no GPU")
