@@ -44,8 +44,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchlib import (Target, fresh_cache, load_average, machine, machine_lines, notes_block, peak_growth_bytes,
-                      run_child, tail, targets_table, time_ms, write_json)
+from benchlib import (Target, die_with_parent, fresh_cache, load_average, machine, machine_lines, notes_block,
+                      peak_growth_bytes, run_child, tail, targets_table, time_ms, write_json)
 from peer_models import BETA, Skip, snntorch_model, spikingjelly_model
 
 N_INPUTS, N_CLASSES = 700, 20
@@ -377,6 +377,7 @@ def fp32_only() -> None:
 
 
 def worker_main(spec: str) -> None:
+    die_with_parent()
     job = json.loads(spec)
     if job.get("threads"):
         torch.set_num_threads(job["threads"])

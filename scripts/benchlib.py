@@ -148,6 +148,15 @@ def run_child(argv: list[str], *, log: Path, timeout_s: float, env: dict | None 
                     log.read_text(errors="replace"))
 
 
+def die_with_parent() -> None:
+    """Let the kernel end this process when the one that started it dies (Linux; elsewhere a no-op), so
+    that a benchmark killed at its time limit leaves no worker of its own running."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def fresh_cache(folder: Path) -> str:
     """An empty ipu_snn cache folder (for $IPU_SNN_CACHE) for the processes a benchmark starts, so that
     sparse=auto measures its dense/sparse crossovers during the run instead of reading an earlier one's."""
