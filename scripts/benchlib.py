@@ -125,15 +125,14 @@ class ChildRun:
     output: str  # stdout and stderr, interleaved
 
 
-def run_child(argv: list[str], *, log: Path, timeout_s: float, env: dict | None = None,
-              cwd: Path | None = None) -> ChildRun:
+def run_child(argv: list[str], *, log: Path, timeout_s: float) -> ChildRun:
     """Run a command in its own process (and session), its output into ``log``; its peak RSS comes from
     wait4, so it is that process's alone. Past ``timeout_s`` its process group is killed."""
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
         timed_out = False
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
