@@ -63,6 +63,15 @@ def test_unified_quick_run_measures_every_contender_and_writes_the_doc(tmp_path)
     assert (tmp_path / "unified_loop.md").read_text() == doc
 
 
+def test_unified_runs_a_contender_in_its_own_process(tmp_path):
+    done = run(sys.executable, str(SCRIPTS / "bench_unified.py"), "--quick", *TINY, "--sections", "w1",
+               "--only", "fused_sparse", "--out", str(tmp_path), "--logs", str(tmp_path / "logs"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "unified_loop_cpu.json").read_text())["rows"]
+    assert row["median_ms"] > 0 and row["process_peak_rss_bytes"] > row["growth_bytes"] >= 0
+    assert row["products"] and (tmp_path / "logs" / "cache" / "crossover.json").is_file()  # measured in this run
+
+
 def test_cli_quick_run_trains_through_the_cli_and_writes_the_doc(tmp_path):
     done = run(sys.executable, str(SCRIPTS / "bench_cli.py"), "--quick", "--steps", "16", "--samples", "4",
                "--test-samples", "2", "--batch", "2", "--hidden", "8", "--settings", "default",
