@@ -735,7 +735,6 @@ def section_lines(data: dict) -> list[str]:
         if mine:
             lines += [f"### {title}, {z['hidden']} neurons per layer, batch {z['batch']}, T={z['w1_steps']}", "",
                       *measured_table(mine, lambda j: find(rows, "fused", j["steps"], net=j["net"])), ""]
-    errors = planner_errors(rows)
     planned = [r for r in rows if r["job"]["contender"] == "planned"]
     if planned:
         lines += [f"### Planner: `ipu-snn plan` against measurement, T={z['planner_steps']}", "",
@@ -749,10 +748,11 @@ def section_lines(data: dict) -> list[str]:
             if bad:
                 lines.append(f"| {r['job']['schedule']} | {bad} | | | | | | |")
                 continue
-            e = next(e for e in errors if e["schedule"] == r["job"]["schedule"])
+            local = r.get("local_bytes")
+            bytes_error = f"{100 * (r['predicted_local_bytes'] / local - 1):+.1f}%" if local else "n/a"
             lines.append(f"| {r['schedule']} | {r['window']} | {r['predicted_ms']:.0f} | {r['median_ms']:.0f} | "
-                         f"{100 * e['time']:+.0f}% | {r['predicted_local_bytes'] / MIB:.2f} | "
-                         f"{r['local_bytes'] / MIB:.2f} | {100 * e['bytes']:+.1f}% |")
+                         f"{100 * (r['predicted_ms'] / r['median_ms'] - 1):+.0f}% | "
+                         f"{r['predicted_local_bytes'] / MIB:.2f} | {(local or 0) / MIB:.2f} | {bytes_error} |")
         lines.append("")
     largest = [r for r in rows if r["job"]["kind"] == "max_t"]
     if largest:
