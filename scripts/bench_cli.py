@@ -171,7 +171,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse-crossovers", action="store_true",
                         help="sparse=auto reads this machine's cached dense/sparse crossovers (default: measured "
                              "anew in this run, in a cache of its own)")
+    parser.add_argument("--render", action="store_true",
+                        help="only rebuild cli.md from the JSON files in --out (e.g. after writing the notes)")
     args = parser.parse_args(argv)
+    notes = args.notes or args.out / "cli_notes.md"
+    if args.render:
+        (args.out / "cli.md").write_text(render(args.out, notes) + "\n")
+        return
     args.steps = args.steps or (400 if args.quick else 1600)
     args.samples = args.samples or (64 if args.quick else 256)
     args.work = args.work.resolve()
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
                "crossovers": "this machine's cache" if args.reuse_crossovers else "measured in this run",
                "targets": [t.to_json() for t in measured]}
     write_json(args.out / f"cli_{args.device}.json", payload)
-    (args.out / "cli.md").write_text(render(args.out, args.notes or args.out / "cli_notes.md") + "\n")
+    (args.out / "cli.md").write_text(render(args.out, notes) + "\n")
     print("\n".join(targets_table(measured)))
 
 
