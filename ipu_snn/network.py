@@ -65,7 +65,9 @@ class SpikingNetwork(nn.Module):
         """Steps [t0, t1) of the time-major batch: packed bits as a SpikeTrain, floats as frames."""
         window = xt[t0:t1]
         if xt.dtype == torch.uint8:
-            return SpikeTrain(None, window, None)
+            # the window's bits made contiguous: the products read and keep whole rows, and only the
+            # windows a schedule tapes keep a copy, so the batch is never copied whole for a schedule
+            return SpikeTrain(None, window.contiguous(), None)
         return window.to(self.readout.fc.weight.dtype)
 
     def window(self, state: tuple, xt: Tensor, t0: int, t1: int, with_counts: bool = False) -> tuple[tuple, Tensor]:
@@ -98,9 +100,8 @@ class SpikingNetwork(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"the network takes a batch [B, T, inputs], got shape {tuple(x.shape)}")
         batch, steps = x.shape[0], x.shape[1]
-        # time-major: packed bits are copied once (1/32 of float frames), so that every window is a
-        # contiguous slice that products keep as a view; float frames stay a view of the caller's batch
-        xt = x.transpose(0, 1).contiguous() if x.dtype == torch.uint8 else x.transpose(0, 1)
+        # time-major view of the caller's batch; each window copies its own bits (inputs())
+        xt = x.transpose(0, 1)
         state0 = self.initial_state(batch, self.readout.fc.weight)
         if self.mode == "straight_through":
             ys, final = unroll_windows(self.window, xt, state0, steps, self.loop, mark)

@@ -107,8 +107,8 @@ class NetShape:
         return 4 * FLOAT_BYTES * self.param_count()
 
     def batch_bytes(self) -> int:
-        """The batch; packed bits twice (the loader's, and the time-major copy the windows slice)."""
-        per_step = 2 * _packed(self.n_inputs) if self.binary_inputs else FLOAT_BYTES * self.n_inputs
+        """The batch, as the loader gives it: packed bits, or float frames."""
+        per_step = _packed(self.n_inputs) if self.binary_inputs else FLOAT_BYTES * self.n_inputs
         return self.batch * self.steps * per_step
 
     def state_bytes(self) -> int:
@@ -123,7 +123,8 @@ class NetShape:
         """What one taped window of ``window`` steps keeps for backward, counted as the executor counts it:
         every storage autograd saves and the window's outputs, less parameters, the batch and its input state."""
         b, rows = self.batch, self.batch * window
-        total = 0
+        # the window's copy of its input bits, which the input product keeps (float frames stay views)
+        total = rows * _packed(self.n_inputs) if self.binary_inputs else 0
         for layer in self.layers:
             per_step = _packed(layer.n) + layer.n * self.saved_bytes  # spikes as bits, d
             if not self.fused:  # the autograd loop keeps each op's inputs instead: an estimate

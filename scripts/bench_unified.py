@@ -216,7 +216,7 @@ def checkpointed_forward(net, steps: int):
     segment = math.ceil(math.sqrt(steps))
 
     def forward(x):
-        xt = x.transpose(0, 1).contiguous()
+        xt = x.transpose(0, 1)  # as the network's forward: each window copies its own bits
         state = net.initial_state(x.shape[0], net.readout.fc.weight)
         ys = []
         for t0 in range(0, steps, segment):
