@@ -87,14 +87,20 @@ class WorkloadTally:
             self.available = False
             return
         if x.dtype == torch.uint8:
+            # packed bits are binary, so every step is an accumulate step; unpacked a few steps at a time,
+            # since a whole long batch unpacked would outweigh the training step it follows
             from .neuron.bits import unpack_spikes
 
-            x = unpack_spikes(x, n_inputs)
-        x = x.detach().to(torch.float64)
-        nonzero = x != 0
-        spiking = ((x == 0) | (x == 1) | (x == -1)).flatten(2).all(dim=2).all(dim=0)  # per step, as NeuroBench's calls
-        ac = nonzero[:, spiking].sum(dim=(0, 1)).cpu().to(torch.float64)
-        mac = nonzero[:, ~spiking].sum(dim=(0, 1)).cpu().to(torch.float64)
+            ac = sum(unpack_spikes(chunk, n_inputs, torch.uint8).sum(dim=(0, 1), dtype=torch.float64).cpu()
+                     for chunk in x.detach().split(64, dim=1))
+            mac = torch.zeros_like(ac)
+        else:
+            x = x.detach().to(torch.float64)
+            nonzero = x != 0
+            # per step, as NeuroBench's calls
+            spiking = ((x == 0) | (x == 1) | (x == -1)).flatten(2).all(dim=2).all(dim=0)
+            ac = nonzero[:, spiking].sum(dim=(0, 1)).cpu().to(torch.float64)
+            mac = nonzero[:, ~spiking].sum(dim=(0, 1)).cpu().to(torch.float64)
         layer_counts = [c.detach().cpu().to(torch.float64) for c in counts]
         if self.input_ac is None:
             self.input_ac, self.input_mac = ac, mac

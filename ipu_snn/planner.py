@@ -367,10 +367,29 @@ def window_choices(steps: int, configured: int | None) -> list[int]:
     return sorted({w for w in WINDOWS if w < steps} | ({steps} if steps <= WINDOWS[-1] else set()))
 
 
+#: a schedule that recomputes is there to save memory: its window is the leanest predicted within this
+#: factor of its fastest (the fastest alone would take long windows, whose buffers undo the saving)
+RECOMPUTE_TIME_SLACK = 1.2
+
+
+def _window_of(name: str, options: list[Strategy], on_tiles: bool) -> Strategy:
+    """One schedule's window: store_all's fastest that fits; a recomputing schedule's leanest within
+    RECOMPUTE_TIME_SLACK of its fastest that fits; the leanest when none fits. On an IPU's tiles the
+    fastest that fits: SRAM left over is not memory saved for anything else."""
+    fitting = [s for s in options if s.fits]
+    if not fitting:
+        return min(options, key=lambda s: s.peak_bytes)
+    fastest = min(fitting, key=lambda s: s.predicted_s)
+    if name == "store_all" or on_tiles:
+        return fastest
+    near = [s for s in fitting if s.predicted_s <= RECOMPUTE_TIME_SLACK * fastest.predicted_s]
+    return min(near, key=lambda s: (s.peak_bytes, s.predicted_s))
+
+
 def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int, budget_bytes: int | None = None,
          compare_all: bool = False, costs: WindowCosts | None = None, batch: int | None = None) -> Plan:
-    """Cost every candidate over every window length (or the configured one); each candidate keeps its
-    fastest window that fits (else its leanest). ``costs``: measured ones (`calibrate`); default, the spec's."""
+    """Cost every candidate over every window length (or the configured one); each candidate keeps the
+    window `_window_of` picks. ``costs``: measured ones (`calibrate`); default, the spec's."""
     shape = NetShape.of(cfg, n_inputs, n_classes, batch)
     if budget_bytes is None:
         budget_bytes = int(cfg.bptt.budget_gib * GiB) if cfg.bptt.budget_gib else spec.local_bytes
@@ -384,9 +403,7 @@ def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int, budget
     for name, factory in factories.items():
         options = [_strategy(name, factory, shape, w, costs, budget_bytes, spec, tiles)
                    for w in window_choices(shape.steps, cfg.bptt.window)]
-        fitting = [s for s in options if s.fits]
-        strategies.append(min(fitting, key=lambda s: s.predicted_s) if fitting
-                          else min(options, key=lambda s: s.peak_bytes))
+        strategies.append(_window_of(name, options, tiles is not None))
     fitting = [s for s in strategies if s.fits]
     fastest = min(fitting, key=lambda s: s.predicted_s).name if fitting else None
     if cfg.bptt.schedule == "auto":

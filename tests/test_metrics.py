@@ -132,3 +132,20 @@ def test_run_outputs_and_eval_report_the_metrics(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert f"activation sparsity {written['test_activation_sparsity']:.3f}" in out
     assert f"dense {written['test_synops_dense']:,.0f}" in out and "footprint" in out
+
+
+@pytest.mark.parametrize("steps", [1, 63, 64, 150])
+def test_the_tally_counts_packed_bits_as_the_frames_they_pack(steps):
+    # the bits path counts a long batch a few steps at a time; it must agree with the float frames' path
+    from types import SimpleNamespace
+
+    from ipu_snn.network import pack_inputs
+
+    torch.manual_seed(steps)
+    frames = (torch.rand(3, steps, 37) < 0.2).float()
+    out = SimpleNamespace(counts=[torch.zeros(2, 5)])
+    dense, packed = WorkloadTally(), WorkloadTally()
+    dense.add(frames, out)
+    packed.add(pack_inputs(frames), out, 37)
+    assert torch.equal(dense.input_ac, packed.input_ac) and torch.equal(dense.input_mac, packed.input_mac)
+    assert (packed.samples, packed.steps) == (3, steps) and float(packed.input_ac.sum()) == float(frames.sum())

@@ -142,3 +142,29 @@ def test_plan_cli_measures_the_cpu(capsys):
     assert main(["plan", "configs/tiny.yaml", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["device"] == "cpu" and result["costs"].startswith("measured here")
+
+
+@pytest.mark.parametrize("schedule", ["store_all", "revolve", "double"])
+def test_each_schedule_takes_the_window_its_purpose_wants(schedule):
+    # store_all: its fastest window; a recomputing schedule, chosen to save memory: the leanest window
+    # predicted within RECOMPUTE_TIME_SLACK of its fastest (never a long window that undoes the saving)
+    from ipu_snn.planner import RECOMPUTE_TIME_SLACK, window_choices
+
+    model = {"layers": [{"type": "rlif", "size": 256}]}
+    cfg = config(schedule, model=model, steps=1600, batch_size=32)
+    spec = device_spec("h100")
+    costs = analytic_costs(NetShape.of(cfg, 700, 20), spec)
+
+    def at(window=None):
+        c = cfg.model_copy(update={"bptt": cfg.bptt.model_copy(update={"window": window})})
+        return plan(c, spec, n_inputs=700, n_classes=20, costs=costs).chosen
+
+    options = [at(w) for w in window_choices(1600, None)]
+    fastest = min(options, key=lambda s: s.predicted_s)
+    chosen = at()
+    if schedule == "store_all":
+        assert chosen.window == fastest.window
+    else:
+        near = [s for s in options if s.predicted_s <= RECOMPUTE_TIME_SLACK * fastest.predicted_s]
+        assert chosen.peak_bytes == min(s.peak_bytes for s in near)
+        assert chosen.peak_bytes <= fastest.peak_bytes and chosen.predicted_s <= 1.2 * fastest.predicted_s

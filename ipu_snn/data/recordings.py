@@ -62,8 +62,12 @@ def read_recordings(path: str | Path, n_channels: int, n_classes: int) -> SpikeR
     recordings = SpikeRecordings([np.asarray(t) for t in times], [np.asarray(u) for u in units], np.asarray(labels),
                                  n_channels, n_classes, keys)
     check_recordings(recordings, str(path))
-    return SpikeRecordings([t.astype(np.float64) for t in recordings.times],
-                           [u.astype(np.int64) for u in recordings.units],
+    # kept as compact as the file stores them (SHD: 6 bytes an event, not 16): a dense recording is
+    # mostly events, and binning reads them in float64 / int64 anyway
+    unit_type = np.uint16 if n_channels <= np.iinfo(np.uint16).max else np.int64
+    return SpikeRecordings([t if t.dtype in (np.float32, np.float64) else t.astype(np.float64)
+                            for t in recordings.times],
+                           [u.astype(unit_type, copy=False) for u in recordings.units],
                            recordings.labels.astype(np.int64), n_channels, n_classes, keys)
 
 
