@@ -95,7 +95,8 @@ def _flatten(state) -> tuple[tuple[Tensor, ...], Callable]:
 def unroll_windows(window: Callable, x: Tensor, state0, steps: int, loop: TimeLoop,
                    mark: Callable | None = None) -> tuple[Tensor, object]:
     """The same windows as a plain loop for a tracer; the states the loop's schedule keeps at
-    window starts go through ``mark`` (``poptorch.recomputationCheckpoint``)."""
+    window starts go through ``mark`` (the IPU model's PhaseMarks: ``poptorch.recomputationCheckpoint``,
+    and a new ``poptorch.Block`` where an off-chip checkpoint starts a phase)."""
     bounds = loop.bounds(steps)
     kept = kept_windows(loop, len(bounds)) if mark is not None else frozenset()
     state, ys = state0, []

@@ -9,7 +9,7 @@ Sections (``--sections``; all by default):
   ``model.sparse: auto``), torch.utils.checkpoint every ceil(sqrt(T)) steps over the plain loop, snnTorch;
 * ``sparse``: ``model.sparse: auto`` store_all against dense at 5% and 1% input density, and a float64
   check that the losses and gradients are the same;
-* ``w1`` and ``w1ff``: small W1 and W1-FF (CPU: batch 32, 256 neurons, T=200; CUDA: DESIGN's W1 at
+* ``w1`` and ``w1ff``: small W1 and W1-FF (CPU: batch 32, 256 neurons, T=200; CUDA: W1 of docs/workloads.md at
   batch 128, 1024 neurons, T=1000) against the plain loop, snnTorch and SpikingJelly (W1-FF);
 * ``planner``: what ``ipu-snn plan`` predicts for every schedule (its calibrated time and the executor's
   local bytes) against what the same window and schedule measure (CPU);
@@ -19,7 +19,7 @@ One iteration is forward + backward + Adam step. Per contender: the median ms pe
 warm-up, and the peak memory growth of one more iteration (CPU: the process's peak RSS above its RSS
 before that iteration; CUDA: torch.cuda.max_memory_allocated above what was allocated before). The
 unified loop's window and schedule come from the planner, as ``ipu-snn train`` gets them
-(ipu_snn.train.plan_time_loop: window costs measured here, then ipu_snn.planner.plan); for
+(ipu_snn.loop.plan_time_loop: window costs measured here, then ipu_snn.planner.plan); for
 ``double`` and ``revolve`` the window is the fastest the planner predicts within the memory target
 (1/10 of fused store_all's predicted growth, 1/30 at the longest T), else its leanest.
 
@@ -371,7 +371,7 @@ WORKERS = {"measure": measure, "loss64": loss64, "max_t": max_t}
 
 
 def fp32_only() -> None:
-    """CUDA products in full fp32 (TF32 off), as DESIGN's baselines were measured."""
+    """CUDA products in full fp32 (TF32 off), as the baselines of docs/workloads.md were measured."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
@@ -390,7 +390,7 @@ def worker_main(spec: str) -> None:
 
 
 def sizes(args) -> dict:
-    """Workload sizes per section; the CUDA defaults are DESIGN's W1 (batch 128, 1024 neurons)."""
+    """Workload sizes per section; the CUDA defaults are W1 of docs/workloads.md (batch 128, 1024 neurons)."""
     cuda = args.device == "cuda"
     batch = args.batch or (128 if cuda else 32)
     hidden = args.hidden or (1024 if cuda else 256)

@@ -38,10 +38,6 @@ class Recomputation:
     offchip_windows: frozenset[int] = frozenset()  # those the schedule keeps in the off-chip tier
 
     @property
-    def offchip(self) -> bool:
-        return bool(self.offchip_windows)
-
-    @property
     def phase_starts(self) -> tuple[int, ...]:
         """The first window of each execution phase: 0 and each window an off-chip checkpoint starts;
         empty (no phases) when nothing is off-chip."""
