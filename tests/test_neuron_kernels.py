@@ -213,6 +213,19 @@ def test_bit_layout_is_little_endian_within_each_row():
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
+@given(lead=st.lists(st.integers(0, 4), max_size=2), n=st.integers(0, 40), density=st.floats(0.0, 1.0))
+def test_the_cpu_and_device_packings_agree(lead, n, density):
+    # the CPU packs with numpy, a GPU with torch ops: one layout, checked here on the CPU
+    from ipu_snn.neuron.bits import _pack_on_device
+
+    z = (torch.rand(*lead, n, generator=torch.Generator().manual_seed(n)) < density).to(torch.float32) * 2.5
+    packed = pack_spikes(z)
+    assert packed.dtype == torch.uint8 and packed.shape == (*lead, (n + 7) // 8)
+    assert torch.equal(packed, _pack_on_device(z))
+    assert torch.equal(unpack_spikes(packed, n), (z != 0).float())
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(lead=st.lists(st.integers(1, 3), min_size=1, max_size=2), n=st.integers(1, 50), seed=st.integers(0, 999))
 def test_bits_round_trip(lead, n, seed):
     z = (torch.rand(*lead, n, generator=torch.Generator().manual_seed(seed)) < 0.4).float()
