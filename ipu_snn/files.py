@@ -69,13 +69,20 @@ class LockBusy(Exception):
         self.path, self.holder = path, holder
 
 
-def lock_holder(path: Path) -> str:
-    """Who holds (or last held) the lock at ``path``: "pid N on HOST", as its holder wrote it."""
-    try:
-        text = Path(path).read_text(errors="replace").strip()
-    except OSError:
-        text = ""
-    return text or "another process (it has not written its pid yet)"
+def lock_holder(path: Path, settle_s: float = 0.5) -> str:
+    """Who holds (or last held) the lock at ``path``: "pid N on HOST", as its holder wrote it.
+
+    A holder writes its pid just after taking the lock, so an empty file is read again for up to
+    ``settle_s``: a run refused in that instant still names its owner."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        try:
+            text = Path(path).read_text(errors="replace").strip()
+        except OSError:
+            text = ""
+        if text or time.monotonic() >= deadline:
+            return text or "another process (it has not written its pid yet)"
+        time.sleep(0.01)
 
 
 def _try_lock(path: Path) -> int | None:

@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -19,6 +20,7 @@ import yaml
 from ipu_snn.checkpoint import MANIFEST, STATE, WEIGHTS, checkpoint_folders, read_checkpoint
 from ipu_snn.cli import main
 from ipu_snn.errors import TrainingError
+from ipu_snn.files import lock_holder
 from ipu_snn.run_folder import LOCK, newest_intact_checkpoint
 from ipu_snn.train import train
 
@@ -270,3 +272,17 @@ def test_out_is_checked_before_training(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "home" / "run" / "summary.json").is_file() and not (tmp_path / "~").exists()
     assert main(["train", str(config), "out_dir=~/run2"]) == 0
     assert (tmp_path / "home" / "run2" / "summary.json").is_file()
+
+
+def test_a_holder_caught_before_it_wrote_its_pid_is_still_named(tmp_path):
+    # a second run can find the lock taken in the instant before its holder writes "pid N on HOST"
+    lock = tmp_path / ".lock"
+    lock.write_text("")
+    writer = threading.Timer(0.1, lambda: lock.write_text("pid 4242 on somehost\n"))
+    writer.start()
+    try:
+        assert lock_holder(lock) == "pid 4242 on somehost"
+    finally:
+        writer.join()
+    lock.write_text("")
+    assert lock_holder(lock, settle_s=0.05) == "another process (it has not written its pid yet)"
