@@ -95,8 +95,9 @@ class SpikingNetwork(nn.Module):
         each neuron's spikes).
 
         In the traced mode (``straight_through``) the windows run as a plain loop for the
-        tracer, and ``mark`` (the IPU model's PhaseMarks: recomputation checkpoints and phase starts) marks the states the
-        loop's schedule keeps; otherwise the executor runs the schedule."""
+        tracer, and ``mark`` (the IPU model's PhaseMarks: recomputation checkpoints and phase
+        starts) marks the states the loop's schedule keeps; otherwise the executor runs the
+        schedule."""
         if x.dim() != 3:
             raise ValueError(f"the network takes a batch [B, T, inputs], got shape {tuple(x.shape)}")
         batch, steps = x.shape[0], x.shape[1]
