@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchlib import (Target, fresh_cache, load_average, machine, machine_lines, notes_block, run_child, tail,
-                      targets_table, write_json)
+from benchlib import (Target, failed_cell, fresh_cache, load_average, machine, machine_lines, notes_block,
+                      ratio_target, run_child, tail, targets_table, write_json)
 
 N_CHANNELS, N_CLASSES = 700, 20
 DT = 1e-3  # seconds per step: spike k of a sample sits in the middle of its step
@@ -102,21 +102,16 @@ def targets(rows: list[dict], where: str) -> list[Target]:
     def rss(r):
         return f"{r['setting']} {r['peak_rss_bytes'] / MIB:.0f} MiB"
 
-    out = []
-    if base and double:
-        out.append(Target(f"double samples/s over the default's ({where})", double["samples_per_s"] /
-                          base["samples_per_s"], 1 / 1.4, False, f"{rate(double)} / {rate(base)}"))
-        out.append(Target(f"double peak RSS over the default's ({where})", double["peak_rss_bytes"] /
-                          base["peak_rss_bytes"], 0.6, True, f"{rss(double)} / {rss(base)}"))
-    else:
-        out += [Target("double samples/s over the default's", None, 1 / 1.4, False, "not measured"),
-                Target("double peak RSS over the default's", None, 0.6, True, "not measured")]
-    if base and sparse:
-        out.append(Target(f"sparse=auto samples/s over the default's ({where})", sparse["samples_per_s"] /
-                          base["samples_per_s"], 3.0, False, f"{rate(sparse)} / {rate(base)}"))
-    else:
-        out.append(Target("sparse=auto samples/s over the default's", None, 3.0, False, "not measured"))
-    return out
+    def speed(r):
+        return r["samples_per_s"]
+
+    def peak(r):
+        return r["peak_rss_bytes"]
+
+    return [ratio_target(f"double samples/s over the default's ({where})", double, base, 1 / 1.4, False, speed, rate),
+            ratio_target(f"double peak RSS over the default's ({where})", double, base, 0.6, True, peak, rss),
+            ratio_target(f"sparse=auto samples/s over the default's ({where})", sparse, base, 3.0, False, speed,
+                         rate)]
 
 
 def render(out: Path, notes: Path) -> str:
@@ -140,8 +135,7 @@ def render(out: Path, notes: Path) -> str:
         base = next((r for r in data["rows"] if r["setting"] == "default" and "samples_per_s" in r), None)
         for r in data["rows"]:
             if "failed" in r:
-                cell = "FAILED: " + r["failed"].replace("\n", " ").replace("|", "/")[-300:]
-                lines.append(f"| {r['setting']} | {cell} | | | | | | |")
+                lines.append(f"| {r['setting']} | {failed_cell(r['failed'])} | | | | | | |")
                 continue
             speed = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else ""
             mem = f"{r['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}x" if base else ""

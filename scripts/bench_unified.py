@@ -44,8 +44,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchlib import (Target, die_with_parent, fresh_cache, load_average, machine, machine_lines, notes_block,
-                      peak_growth_bytes, run_child, tail, targets_table, time_ms, write_json)
+from benchlib import (Target, die_with_parent, failed_cell, fresh_cache, load_average, machine, machine_lines,
+                      notes_block, peak_growth_bytes, ratio_target, run_child, tail, targets_table, time_ms,
+                      write_json)
 from peer_models import BETA, Skip, snntorch_model, spikingjelly_model
 
 N_INPUTS, N_CLASSES = 700, 20
@@ -524,11 +525,8 @@ def cpu_targets(rows: list[dict], z: dict) -> list[Target]:
     targets = []
 
     def ratio(text, num, den, limit, at_most, what):
-        if num is None or den is None:
-            targets.append(Target(text, None, limit, at_most, "not measured in this run"))
-        else:
-            targets.append(Target(text, num[what] / max(den[what], 1), limit, at_most,
-                                  f"{describe(num, what)} / {describe(den, what)}"))
+        targets.append(ratio_target(text, num, den, limit, at_most, lambda r: r[what], lambda r: describe(r, what),
+                                    "not measured in this run"))
 
     for steps, issue, mem in ((z["short_t"], ISSUE_SHORT_T, 10), (z["long_t"], ISSUE_LONG_T, 30)):
         if steps is None:
@@ -609,19 +607,11 @@ def cuda_targets(rows: list[dict], z: dict) -> list[Target]:
                best_time_target(rows, f"W1-FF ms/iter ({size_note(z['w1_steps'], 1000)})", z["w1_steps"], "ff",
                                 14.0)]
     ours, jelly = find(rows, "fused", z["w1_steps"], net="ff"), find(rows, "spikingjelly", z["w1_steps"], net="ff")
-    if ours and jelly:
-        targets.append(Target("W1-FF memory: SpikingJelly's growth / ours", jelly["growth_bytes"] /
-                              max(ours["growth_bytes"], 1), 4.0, False,
-                              f"{describe(jelly, 'growth_bytes')} / {describe(ours, 'growth_bytes')}"))
-    else:
-        targets.append(Target("W1-FF memory: SpikingJelly's growth / ours", None, 4.0, False, "not measured"))
+    targets.append(ratio_target("W1-FF memory: SpikingJelly's growth / ours", jelly, ours, 4.0, False,
+                                lambda r: r["growth_bytes"], lambda r: describe(r, "growth_bytes")))
     ref, double = fused_reference(rows, z["short_t"]), find(rows, "double", z["short_t"])
-    if ref and double:
-        targets.append(Target(f"double time vs fused store_all (T={z['short_t']})", double["median_ms"] /
-                              ref["median_ms"], 1.3, True,
-                              f"{describe(double, 'median_ms')} / {describe(ref, 'median_ms')}"))
-    else:
-        targets.append(Target("double time vs fused store_all", None, 1.3, True, "not measured"))
+    targets.append(ratio_target(f"double time vs fused store_all (T={z['short_t']})", double, ref, 1.3, True,
+                                lambda r: r["median_ms"], lambda r: describe(r, "median_ms")))
     largest = {r["job"]["schedule"]: r for r in rows if "largest_t" in r}
     if "store_all" in largest and "double" in largest and largest["store_all"]["largest_t"]:
         a, b = largest["double"], largest["store_all"]
@@ -654,7 +644,7 @@ def status_cell(r: dict) -> str | None:
     if "skipped" in r:
         return f"skipped: {r['skipped']}"
     if "failed" in r:
-        return "FAILED: " + r["failed"].replace("\n", " ").replace("|", "/")[-300:]
+        return failed_cell(r["failed"])
     return None
 
 

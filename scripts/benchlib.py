@@ -213,6 +213,20 @@ class Target:
         return cls(d["target"], d["value"], d["limit"], d["at_most"], d["detail"], d["unit"])
 
 
+def ratio_target(text: str, num: dict | None, den: dict | None, limit: float, at_most: bool, value,
+                 label, missing: str = "not measured") -> Target:
+    """The Target of ``value(num) / value(den)`` between two measured rows (the detail names both with
+    ``label``), or not measured when either row is missing. A zero denominator (no growth) counts as 1."""
+    if num is None or den is None:
+        return Target(text, None, limit, at_most, missing)
+    return Target(text, value(num) / (value(den) or 1), limit, at_most, f"{label(num)} / {label(den)}")
+
+
+def failed_cell(message: str) -> str:
+    """A table cell for a contender that failed: the end of its error, on one line."""
+    return "FAILED: " + message.replace("\n", " ").replace("|", "/")[-300:]
+
+
 def targets_table(targets: list[Target]) -> list[str]:
     return ["| target | measured | required | status | miss by | from |", "|---|---|---|---|---|---|",
             *[t.row() for t in targets]]

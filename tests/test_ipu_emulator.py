@@ -18,6 +18,7 @@ from ipu_snn.ipu.emulator import TileOverflowError
 from ipu_snn.ipu.layer_emulator import LayerParams, emulate_layer
 from ipu_snn.ipu.tiles import plan_tiles
 from ipu_snn.network import build_network
+from test_ipu_tiles import schedules
 
 MK2 = SPECS["ipu-mk2"]
 
@@ -256,15 +257,6 @@ def test_plan_cli_refuses_a_network_too_large_for_one_mk2(tmp_path, capsys):
 # ------------------------------------------------------------------------------ the BPTT schedule, tile by tile
 
 
-def windowed(name, every):
-    from ipu_snn.bptt import Costs, double, revolve, two_level_optimal, uniform
-
-    return {"uniform": lambda W: uniform(W, every), "revolve": lambda W: revolve(W, every),
-            "double": lambda W: double(W, every, 0, "uniform"),
-            "double_revolve": lambda W: double(W, every, 1, "revolve"),
-            "two_level": lambda W: two_level_optimal(W, every, W, Costs(offchip_write=0.3, offchip_read=0.3))}[name]
-
-
 @settings(max_examples=30, deadline=None)
 @given(steps=st.integers(2, 14), window=st.integers(1, 5), every=st.integers(1, 3),
        name=st.sampled_from(["uniform", "revolve", "double", "double_revolve", "two_level"]),
@@ -280,7 +272,7 @@ def test_windowed_schedules_on_the_tiles_give_the_cpu_backends_gradients(steps, 
     cfg = sparse_model(kind, sizes, learn, capacity=1.0)
     x, grad_z = inputs(steps, B, ((n_in,) + sizes)[layer], sizes[layer], torch.float64, seed)
     module, z, grads, grad_x = reference_layer(cfg, n_in, layer, x, grad_z, torch.float64, seed)
-    time = TimeOnTiles.of(steps, window, windowed(name, every))
+    time = TimeOnTiles.of(steps, window, schedules(name, every))
     plan = plan_tiles(cfg, n_in, 3, B, MK2, 1.0, dtype_bytes=8, time=time, max_tiles=6)
     report = emulate_layer(plan, f"layer{layer}", LayerParams.of(module), x, grad_z)
     torch.testing.assert_close(report.z, z)
@@ -304,7 +296,7 @@ def test_windowed_emulation_agrees_with_the_plan(name, window, every):
     x, grad_z = inputs(T, B, n_in, n, torch.float32, seed=5)
     x = x * (torch.rand(x.shape, generator=torch.Generator().manual_seed(6)) < 0.3)  # ~9% input density
     module, z, grads, _ = reference_layer(cfg, n_in, 0, x, grad_z, torch.float32)
-    time = TimeOnTiles.of(T, window, windowed(name, every))
+    time = TimeOnTiles.of(T, window, schedules(name, every))
     plan = plan_tiles(cfg, n_in, 3, B, MK2, 0.25, time=time, max_tiles=40)
     report = emulate_layer(plan, "layer0", LayerParams.of(module), x, grad_z)
     torch.testing.assert_close(report.z, z)
