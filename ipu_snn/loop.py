@@ -37,7 +37,7 @@ from .files import replace_atomically
 from .metrics import footprint_bytes
 from .network import SpikingNetwork, count_parameters
 from .optim import make_scheduler
-from .planner import calibrate, plan, refusal
+from .planner import Plan, calibrate, plan, refusal
 from .reporting import RateColumn, TensorBoardLog, percent, plot_curves, rate_text, write_metrics_csv, write_summary
 from .run_folder import check_can_start, claim_run_folder, newest_intact_checkpoint, out_dir_path
 
@@ -144,7 +144,7 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
         cfg = cfg.model_copy(update={"bptt": type(cfg.bptt).model_validate(state["config"]["bptt"])})
     else:
         density = input_density(splits.train)
-        cfg = driver.decide(lambda: plan_time_loop(cfg, console, driver.micro_batch, density))
+        cfg = driver.decide(lambda: plan_time_loop(cfg, console, driver.micro_batch, density, bytes_plan))
     loop = plan(cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes, batch=driver.micro_batch,
                 compare_all=True).loop()
     seed_everything(cfg.training.seed)
@@ -294,16 +294,19 @@ def input_density(dataset, samples: int = 16) -> float:
     return active / max(total, 1)
 
 
-def plan_time_loop(cfg: Config, console: Console, per_process_batch: int, density: float | None = None) -> Config:
+def plan_time_loop(cfg: Config, console: Console, per_process_batch: int, density: float | None = None,
+                   bytes_plan: Plan | None = None) -> Config:
     """The config with the executor's window and schedule for this run resolved.
 
     Bytes are predicted from shapes first, so a run that cannot fit is refused before anything is
     allocated. Where the choice depends on time (``bptt.schedule: auto``, or no ``bptt.window``), the
     window costs are measured here on the real shapes and batch. The resolved config records the choice,
-    so that a resumed run and an evaluation run exactly the windows this run trained with."""
+    so that a resumed run and an evaluation run exactly the windows this run trained with. ``bytes_plan``:
+    that first plan, when the caller has made it already."""
     n_inputs, n_classes = input_shape(cfg.data)
     spec = device_spec(cfg.device)
-    p = plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=per_process_batch, compare_all=True)
+    p = bytes_plan or plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=per_process_batch,
+                           compare_all=True)
     if p.choice is None:
         raise ConfigError(refusal(p))
     if (cfg.bptt.schedule == "auto" or cfg.bptt.window is None) and cfg.device in _MEASURABLE:
