@@ -132,6 +132,9 @@ class ModelConfig(_Strict):
     # seconds per step with which the graph's continuous-time constants are discretised; default: the data's
     # step. snnTorch writes and reads its graphs for a step of 1e-4 s whatever the data's (docs/nir.md)
     nir_dt: PositiveFloat | None = None
+    # a graph that ends in a spiking layer (snnTorch's, Norse's): spike_count keeps it spiking and takes its spike
+    # counts as the logits; membrane reads its membrane as the leaky-integrator readout (docs/nir.md)
+    nir_output: Literal["spike_count", "membrane"] = "spike_count"
     # Multiply spikes by weights as gather-adds over spike lists (ipu_snn.ops) instead of dense matrix
     # products: the binary input, recurrent, layer-to-layer and readout products. true: always, with lists of
     # sparse_capacity; auto: where the spike density is below the crossover measured on this machine

@@ -19,6 +19,7 @@ gives back the same network; other tools ignore them.
 from __future__ import annotations
 
 import io
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,21 +76,70 @@ def _decays(weights: dict, key: str) -> np.ndarray:
     return np.clip(_array(weights[key]).astype(np.float64), 0.0, 1.0)  # as the layers apply them
 
 
-def _neuron_node(nir, beta: np.ndarray, dt: float, threshold: float | None, metadata: dict):
+@dataclass(frozen=True)
+class Peer:
+    """How one NIR reader runs a graph: the choices ``export --for`` makes for it, as data."""
+
+    name: str
+    dt: float | None  # the step the reader discretises with (None: the run's data step)
+    dt_fixed: bool  # the reader hard-codes dt: another --dt would be read wrongly
+    fold_r: bool  # the reader ignores r (takes r = 1): write r = 1 and fold r into the incoming weights
+    readout: str  # "LI", or "LIF": a LIF that never spikes (threshold +inf) whose membrane is the LI readout
+    integrators: bool  # write a layer that does not leak (beta = 1 everywhere) as NIR's IF / I
+    delayed_recurrence: bool  # route the recurrent edge lif -> rec -> identity -> lif (see PEERS)
+
+
+# generic: NIR as specified. snnTorch 1.0's import_from_nir: dt = 1e-4 whatever the graph, no LI node (it
+# stops with "Unknown node type LI"), IF read as a Leaky with beta 0.9, and a two-node cycle lif <-> rec
+# grouped into a subgraph that nirtorch runs as W_rec (x + z_prev); a three-node cycle through an identity
+# Linear is left to nirtorch, which feeds the previous step's output back: x + W_rec z_prev, as here.
+# Norse 1.1's from_nir: its own dt (default 1e-3), r ignored with a warning, no LI node (dropped), IF run as
+# IAFCell (v + I, exact). docs/nir.md lists what was checked with which version.
+PEERS = {
+    "generic": Peer("generic", None, False, False, "LI", True, False),
+    "snntorch": Peer("snntorch", 1e-4, True, False, "LIF", False, True),
+    "norse": Peer("norse", 1e-3, False, True, "LIF", True, False),
+}
+
+
+def _neuron_node(nir, beta: np.ndarray, dt: float, threshold: float | None, metadata: dict, peer: Peer):
+    """The NIR neuron node of a layer (``threshold`` None: the readout) and the gain to fold into the weights
+    that feed it (1 unless the peer ignores r)."""
     n = beta.shape[0]
+    spiking = threshold is not None or peer.readout == "LIF"
+    v_th = np.full(n, float(threshold) if threshold is not None else np.inf)
+    gain = np.ones(n)
+    if peer.integrators and np.all(beta == 1.0):  # a plain integrator: NIR's IF / I (forward Euler: v += r dt I)
+        r = np.full(n, 1.0 if peer.fold_r else 1.0 / dt)  # a peer that ignores r adds the input as is
+        node = (nir.IF(r=r, v_threshold=v_th, metadata=metadata) if spiking
+                else nir.I(r=r, metadata=metadata))
+        return node, gain
     tau, r = decay_to_nir(beta, dt)
-    if threshold is None:  # the readout
-        return nir.LI(tau=tau, r=r, v_leak=np.zeros(n), metadata=metadata)
-    return nir.LIF(tau=tau, r=r, v_leak=np.zeros(n), v_threshold=np.full(n, float(threshold)), v_reset=np.zeros(n),
-                   metadata=metadata)
+    if peer.fold_r:
+        gain, r = r, np.ones(n)
+    if not spiking:
+        return nir.LI(tau=tau, r=r, v_leak=np.zeros(n), metadata=metadata), gain
+    return nir.LIF(tau=tau, r=r, v_leak=np.zeros(n), v_threshold=v_th, v_reset=np.zeros(n),
+                   metadata=metadata), gain
+
+
+def _affine(nir, weight: torch.Tensor, bias: torch.Tensor, gain: np.ndarray):
+    """Ours stored [in, out]; NIR's [out, in], scaled per output neuron."""
+    w = _array(weight).T.astype(np.float64) * gain[:, None]
+    return nir.Affine(weight=w.astype(np.float32), bias=(_array(bias) * gain).astype(np.float32))
 
 
 def export_graph(cfg: Config, weights: dict[str, torch.Tensor], dt: float | None = None,
-                 keep_subtract_reset: bool = False):
+                 keep_subtract_reset: bool = False, peer: str = "generic"):
     """The NIR graph of a network with this config and these weights (state_dict keys), its time
-    constants for steps of ``dt`` seconds (default: the data's step)."""
+    constants for steps of ``dt`` seconds (default: the peer's step, else the data's), written as
+    ``peer`` (a key of ``PEERS``) runs it."""
     nir = import_nir()
-    dt = float(dt or cfg.data.step_seconds)
+    how = PEERS[peer]
+    if how.dt_fixed and dt is not None and not np.isclose(dt, how.dt, rtol=1e-9, atol=0.0):
+        raise ConfigError(f"--for {peer}: {peer} reads every graph with dt = {how.dt:g} s, so --dt {dt:g} would be "
+                          "read wrongly; leave --dt out")
+    dt = float(dt or how.dt or cfg.data.step_seconds)
     n_inputs = weights["layers.0.fc.weight"].shape[0]
     nodes = {"input": nir.Input(input_type={"input": np.array([n_inputs])})}
     edges, previous = [], "input"
@@ -105,24 +155,31 @@ def export_graph(cfg: Config, weights: dict[str, torch.Tensor], dt: float | None
                               "it as LIF with the subtraction in the node's metadata (read back by ipu_snn only)")
         p = f"layers.{i}"
         fc, neuron = f"layer{i}.fc", f"layer{i}.lif"
-        nodes[fc] = nir.Affine(weight=_array(weights[f"{p}.fc.weight"]).T.copy(), bias=_array(weights[f"{p}.fc.bias"]))
         meta = {f"{META}reset": layer.reset, f"{META}detach_reset": layer.detach_reset,
                 f"{META}surrogate": layer.surrogate.name, f"{META}surrogate_scale": layer.surrogate.scale,
                 f"{META}learn_decay": layer.learn_decay}
-        nodes[neuron] = _neuron_node(nir, _decays(weights, f"{p}.beta"), dt, layer.threshold, meta)
+        nodes[neuron], gain = _neuron_node(nir, _decays(weights, f"{p}.beta"), dt, layer.threshold, meta, how)
+        nodes[fc] = _affine(nir, weights[f"{p}.fc.weight"], weights[f"{p}.fc.bias"], gain)
         edges += [(previous, fc), (fc, neuron)]
         if f"{p}.rec.weight" in weights:
             rec = f"layer{i}.rec"
-            nodes[rec] = nir.Linear(weight=_array(weights[f"{p}.rec.weight"]).T.copy())  # ours [from, to]
-            edges += [(neuron, rec), (rec, neuron)]
+            w_rec = _array(weights[f"{p}.rec.weight"]).T.astype(np.float64) * gain[:, None]  # ours [from, to]
+            nodes[rec] = nir.Linear(weight=w_rec.astype(np.float32))
+            if how.delayed_recurrence:
+                delay = f"layer{i}.rec_delay"
+                nodes[delay] = nir.Linear(weight=np.eye(w_rec.shape[0], dtype=np.float32))
+                edges += [(neuron, rec), (rec, delay), (delay, neuron)]
+            else:
+                edges += [(neuron, rec), (rec, neuron)]
         previous = neuron
     beta = _decays(weights, "readout.beta")
-    nodes["readout.fc"] = nir.Affine(weight=_array(weights["readout.fc.weight"]).T.copy(),
-                                     bias=_array(weights["readout.fc.bias"]))
-    nodes["readout.li"] = _neuron_node(nir, beta, dt, None, {f"{META}learn_decay": cfg.model.readout.learn_decay})
+    nodes["readout.li"], gain = _neuron_node(nir, beta, dt, None, {f"{META}learn_decay": cfg.model.readout.learn_decay},
+                                             how)
+    nodes["readout.fc"] = _affine(nir, weights["readout.fc.weight"], weights["readout.fc.bias"], gain)
     nodes["output"] = nir.Output(output_type={"output": np.array([beta.shape[0]])})
     edges += [(previous, "readout.fc"), ("readout.fc", "readout.li"), ("readout.li", "output")]
-    metadata = {f"{META}dt": dt, f"{META}reduce": cfg.model.readout.reduce, f"{META}discretisation": "forward-euler"}
+    metadata = {f"{META}dt": dt, f"{META}reduce": cfg.model.readout.reduce, f"{META}discretisation": "forward-euler",
+                f"{META}for": peer}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)
 
 
@@ -135,14 +192,14 @@ def write_graph(graph, path: Path) -> None:
 
 
 def export_run(run_dir: Path, out: Path | None = None, dt: float | None = None,
-               keep_subtract_reset: bool = False) -> Path:
+               keep_subtract_reset: bool = False, peer: str = "generic") -> Path:
     """Write the newest intact checkpoint of a run folder as a NIR file (default ``RUN/model.nir``)."""
     from ..config import load_config
     from ..run_folder import newest_intact_checkpoint
 
     found = newest_intact_checkpoint(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    graph = export_graph(cfg, found.weights, dt, keep_subtract_reset)
+    graph = export_graph(cfg, found.weights, dt, keep_subtract_reset, peer)
     out = Path(out) if out is not None else run_dir / "model.nir"
     write_graph(graph, out)
     return out
@@ -326,13 +383,61 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
-def graph_to_model(graph, dt: float, source: str = "graph") -> ImportedModel:
-    """The layers, readout and weights of a NIR graph, its time constants read at steps of ``dt`` seconds."""
+class NIRWarning(UserWarning):
+    """A graph read with a guess or a change the user should know about (named in the message)."""
+
+
+SPIKING_OUTPUTS = ("spike_count", "membrane")
+
+
+def _recurrent_path(chain: _Chain, neuron: str, synapse: str) -> list[str]:
+    """The synapses of the loop from ``neuron`` back to itself (``rec``, or ``rec -> identity`` as written for
+    snnTorch), first to last; [] for a feed-forward layer."""
+    others = [p for p in chain.pred[neuron] if p != synapse]
+    if chain.pred[neuron].count(synapse) != 1 or len(others) > 1:
+        raise chain.error(f"{_describe(neuron, chain.nodes[neuron])} receives from {', '.join(chain.pred[neuron])}; "
+                          "ipu_snn layers take one input synapse and at most one recurrent one")
+    if not others:
+        return []
+    path = others[:]
+    while chain.pred[path[0]] != [neuron]:
+        preds = chain.pred[path[0]]
+        if len(path) == 3 or len(preds) != 1 or chain.kind(preds[0]) not in SYNAPSES:
+            raise chain.error(f"{_describe(path[0], chain.nodes[path[0]])} is not on a recurrent loop of "
+                              f"'{neuron}' alone")
+        path.insert(0, preds[0])
+    for a, b in zip(path, path[1:] + [neuron]):
+        if chain.succ[a] != [b]:
+            raise chain.error(f"{_describe(a, chain.nodes[a])} is not a recurrent synapse of '{neuron}' alone")
+    return path
+
+
+def _recurrent_weights(chain: _Chain, path: list[str], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The loop's synapses composed: (weight [to, from], bias)."""
+    weight, bias = np.eye(n), np.zeros(n)
+    for name in path:
+        w, b = _synapse(chain, name)
+        if w.shape != (n, n):
+            raise chain.error(f"{_describe(name, chain.nodes[name])} has weight shape {w.shape}, not ({n}, {n})")
+        weight, bias = w @ weight, w @ bias + b
+    return weight, bias
+
+
+def graph_to_model(graph, dt: float, source: str = "graph", spiking_output: str = "spike_count") -> ImportedModel:
+    """The layers, readout and weights of a NIR graph, its time constants read at steps of ``dt`` seconds.
+
+    A graph that ends in a spiking layer (as snnTorch's and Norse's networks often do) is read, with a
+    ``NIRWarning``, as ``spiking_output`` says: ``spike_count`` keeps the layer spiking and counts its spikes
+    (an identity readout that integrates without leak, reduced by ``last``: the logits are spike counts);
+    ``membrane`` reads the layer's membrane as the leaky-integrator readout (its threshold and reset dropped).
+    A spiking layer with an infinite threshold (``export --for snntorch / norse``) is the readout itself.
+    """
     chain = _Chain(graph, source)
     start, end = chain.terminal("Input"), chain.terminal("Output")
     layers, state = [], {}
     current, n_inputs = start, None
     synapse = chain.only(chain.succ[start], start, "feeds")
+    metadata = dict(getattr(graph, "metadata", {}) or {})
     while True:
         if synapse == end:
             raise chain.error(f"{_describe(current, chain.nodes[current])} feeds the output directly; ipu_snn "
@@ -343,52 +448,110 @@ def graph_to_model(graph, dt: float, source: str = "graph") -> ImportedModel:
         kind, node, n = chain.kind(neuron), chain.nodes[neuron], w_in.shape[0]
         if kind not in SPIKING + INTEGRATORS:
             raise chain.error(f"{_describe(neuron, node)} follows synapse '{synapse}'; ipu_snn expects a neuron there")
-        recurrent = [p for p in chain.pred[neuron] if p != synapse]
-        if chain.pred[neuron].count(synapse) != 1 or len(recurrent) > 1:
-            raise chain.error(f"{_describe(neuron, node)} receives from {', '.join(chain.pred[neuron])}; ipu_snn "
-                              "layers take one input synapse and at most one recurrent one")
+        loop = _recurrent_path(chain, neuron, synapse)
         beta, scale, leak = _dynamics(chain, neuron, n, dt)
-        if kind in INTEGRATORS:
-            if recurrent or chain.succ[neuron] != [end]:
+        last = chain.succ[neuron] == [end] or (loop and sorted(chain.succ[neuron]) == sorted([end, loop[0]]))
+        as_readout = kind in INTEGRATORS
+        if kind in SPIKING and last:
+            if np.all(np.isinf(_per_neuron(node.v_threshold, n))):
+                as_readout = True  # never spikes: the readout as written for snnTorch / Norse
+            else:
+                if spiking_output not in SPIKING_OUTPUTS:
+                    raise ValueError(f"spiking_output must be one of {SPIKING_OUTPUTS}, not {spiking_output!r}")
+                other = "membrane" if spiking_output == "spike_count" else "spike_count"
+                read = ("kept spiking, and its spike counts are the logits (an identity readout without leak, "
+                        "reduce: last)" if spiking_output == "spike_count" else
+                        "read as the leaky-integrator readout: its membrane gives the logits, its threshold "
+                        "and reset are dropped")
+                warnings.warn(f"{source}: the graph ends in spiking layer {_describe(neuron, node)}, not in a "
+                              f"leaky integrator; it is {read}. Set model.nir_output: {other} for the other "
+                              "reading", NIRWarning, stacklevel=2)
+                as_readout = spiking_output == "membrane"
+        if as_readout:
+            if loop or not last:
                 raise chain.error(f"{_describe(neuron, node)}: the leaky-integrator readout must feed the output alone")
             state["readout.fc.weight"] = _tensor((w_in * scale[:, None]).T)
             state["readout.fc.bias"] = _tensor(bias * scale + leak)
             state["readout.beta"] = _tensor(beta)
             readout = {"beta": float(beta.mean()), "learn_decay": bool(_meta(node, "learn_decay", False))}
-            return ImportedModel(layers, readout, dict(getattr(graph, "metadata", {}) or {}), state, int(n_inputs), n)
+            return ImportedModel(layers, readout, metadata, state, int(n_inputs), n)
         if not np.allclose(_per_neuron(node.v_reset, n), 0.0):
             raise chain.error(f"{_describe(neuron, node)} resets to v_reset = {_per_neuron(node.v_reset, n).max():g}; "
                               "ipu_snn's neurons reset to 0 (or subtract the threshold)")
         threshold = _per_neuron(node.v_threshold, n)
-        if (threshold <= 0).any():
-            raise chain.error(f"{_describe(neuron, node)} has a threshold <= 0; ipu_snn's thresholds are positive")
+        if (threshold <= 0).any() or not np.all(np.isfinite(threshold)):
+            raise chain.error(f"{_describe(neuron, node)} has a threshold <= 0 or infinite in a hidden layer; "
+                              "ipu_snn's thresholds are positive and finite")
         # per-neuron thresholds: measure each neuron's voltage in units of its threshold (exact for both resets)
         shared = _uniform(threshold)
         unit = np.ones(n) if shared is not None else threshold
         gain = scale / unit
         i = len(layers)
         state[f"layers.{i}.fc.weight"] = _tensor((w_in * gain[:, None]).T)
-        if recurrent:
-            (rec,) = recurrent
-            if chain.pred[rec] != [neuron] or chain.succ[rec] != [neuron]:
-                raise chain.error(f"{_describe(rec, chain.nodes[rec])} is not a recurrent synapse of '{neuron}' alone")
-            w_rec, rec_bias = _synapse(chain, rec)
-            if w_rec.shape != (n, n):
-                raise chain.error(f"{_describe(rec, chain.nodes[rec])} has weight shape {w_rec.shape}, not ({n}, {n})")
+        if loop:
+            w_rec, rec_bias = _recurrent_weights(chain, loop, n)
             state[f"layers.{i}.rec.weight"] = _tensor((w_rec * gain[:, None]).T)
             bias = bias + rec_bias  # a recurrent bias is a constant current like the input's
         state[f"layers.{i}.fc.bias"] = _tensor(bias * gain + leak / unit)
         state[f"layers.{i}.beta"] = _tensor(beta)
         layers.append({
-            "type": "rlif" if recurrent else "lif", "size": n, "beta": float(beta.mean()),
+            "type": "rlif" if loop else "lif", "size": n, "beta": float(beta.mean()),
             "threshold": shared if shared is not None else 1.0, "reset": _meta(node, "reset", "zero"),
             "detach_reset": bool(_meta(node, "detach_reset", True)),
             "learn_decay": bool(_meta(node, "learn_decay", False)),
             "surrogate": {"name": _meta(node, "surrogate", "fast_sigmoid"),
                           "scale": float(_meta(node, "surrogate_scale", 10.0))},
         })
+        if last:  # spike_count: an identity readout that integrates without leak; the last value is the count
+            state["readout.fc.weight"] = _tensor(np.eye(n))
+            state["readout.fc.bias"] = _tensor(np.zeros(n))
+            state["readout.beta"] = _tensor(np.ones(n))
+            readout = {"beta": 1.0, "learn_decay": False, "reduce": "last"}
+            return ImportedModel(layers, readout, metadata, state, int(n_inputs), n)
         current = neuron
-        synapse = chain.only([s for s in chain.succ[neuron] if s not in recurrent], neuron, "feeds")
+        synapse = chain.only([s for s in chain.succ[neuron] if s not in loop], neuron, "feeds")
+
+
+SNNTORCH_DT = PEERS["snntorch"].dt
+
+
+def _neuron_nodes(graph) -> list:
+    nodes, _, _ = _flatten(graph)
+    return [node for node in nodes.values() if type(node).__name__ in ("LIF", "LI", "CubaLIF")]
+
+
+def infer_dt(graph, data_dt: float, source: str = "graph") -> float:
+    """The step to read a graph's time constants at when ``model.nir_dt`` is not given: the graph's own
+    ``ipu_snn.dt``, else a guess from who wrote it, stated in a ``NIRWarning``."""
+    metadata = dict(getattr(graph, "metadata", {}) or {})
+    if META + "dt" in metadata:
+        return float(np.asarray(metadata[META + "dt"]))
+    neurons = _neuron_nodes(graph)
+
+    def tau(node):
+        return np.asarray(node.tau_mem if type(node).__name__ == "CubaLIF" else node.tau, np.float64)
+
+    if neurons and all(np.allclose(np.asarray(n.r, np.float64) * SNNTORCH_DT, tau(n), rtol=1e-4, atol=0.0)
+                       for n in neurons):
+        warnings.warn(f"{source}: r = tau / 1e-4 in every neuron, as snnTorch writes its graphs: reading the time "
+                      f"constants at nir_dt = {SNNTORCH_DT:g} s, snnTorch's fixed step (set model.nir_dt to choose "
+                      "another). snnTorch's Leaky / RLeaky reset one step after a spike by default (reset_delay=True); "
+                      "these neurons, like NIR's LIF, reset in the step of the spike, as snnTorch does with "
+                      "reset_delay=False: a network trained with snnTorch's default gives slightly different spikes "
+                      "here (about 1% on a trained SHD network)", NIRWarning, stacklevel=2)
+        return SNNTORCH_DT
+    if neurons and all(np.allclose(np.asarray(n.r, np.float64), 1.0) for n in neurons):
+        norse_dt = PEERS["norse"].dt
+        guess = norse_dt ** 2
+        warnings.warn(f"{source}: r = 1 in every neuron, as Norse 1.1 writes its graphs; Norse's to_nir writes "
+                      f"tau = dt * tau_mem, so with its default dt = {norse_dt:g} s the graph is read at nir_dt = "
+                      f"dt^2 = {guess:g} s, which gives the decays Norse ran (set model.nir_dt to your Norse dt "
+                      "squared if it was another)", NIRWarning, stacklevel=2)
+        return guess
+    if neurons:
+        warnings.warn(f"{source}: the graph does not say which step its time constants are for: reading them at "
+                      f"the data's step, {data_dt:g} s (set model.nir_dt to choose another)", NIRWarning, stacklevel=2)
+    return data_dt
 
 
 def resolve_from_nir(cfg: Config) -> tuple[Config, dict[str, torch.Tensor]]:
@@ -398,8 +561,9 @@ def resolve_from_nir(cfg: Config) -> tuple[Config, dict[str, torch.Tensor]]:
     from ..data import input_shape
 
     path = Path(cfg.model.from_nir).expanduser()
-    dt = cfg.model.nir_dt or cfg.data.step_seconds
-    imported = graph_to_model(read_graph(path), dt, str(path))
+    graph = read_graph(path)
+    dt = cfg.model.nir_dt or infer_dt(graph, cfg.data.step_seconds, str(path))
+    imported = graph_to_model(graph, dt, str(path), cfg.model.nir_output)
     n_inputs, n_classes = input_shape(cfg.data)
     if (imported.n_inputs, imported.n_classes) != (n_inputs, n_classes):
         raise ConfigError(f"model.from_nir: {path} maps {imported.n_inputs} inputs to {imported.n_classes} classes, "
@@ -410,14 +574,15 @@ def resolve_from_nir(cfg: Config) -> tuple[Config, dict[str, torch.Tensor]]:
                           "drop model.readout.beta / tau")
     readout = dict(imported.readout)
     readout["reduce"] = (cfg.model.readout.reduce if "reduce" in given
-                         else _meta(imported, "reduce", cfg.model.readout.reduce))
+                         else readout.get("reduce", _meta(imported, "reduce", cfg.model.readout.reduce)))
     if "learn_decay" in given:
         readout["learn_decay"] = cfg.model.readout.learn_decay
     model = cfg.model.model_dump(mode="json") | {"layers": imported.layers, "readout": readout,
-                                                 "from_nir": None, "nir_dt": None}
+                                                 "from_nir": None, "nir_dt": None,
+                                                 "nir_output": "spike_count"}
     resolved = validate_config(cfg.model_dump(mode="json") | {"model": model}, source=f"model.from_nir ({path})")
     return resolved, imported.state
 
 
-__all__ = ["ImportedModel", "decay_to_nir", "export_graph", "export_run", "graph_to_model", "nir_to_decay",
+__all__ = ["NIRWarning", "PEERS", "ImportedModel", "Peer", "decay_to_nir", "infer_dt", "export_graph", "export_run", "graph_to_model", "nir_to_decay",
            "read_graph", "resolve_from_nir", "write_graph"]
