@@ -59,8 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("nir",), default="nir", help="nir: the Neuromorphic Intermediate "
                    "Representation (pip install 'ipu_snn[nir]'; docs/nir.md)")
     p.add_argument("--out", help="file to write (default: RUN_DIR/model.nir)")
+    p.add_argument("--for", dest="peer", choices=("generic", "snntorch", "norse"), default="generic",
+                   help="who reads the graph: generic (NIR as specified), snntorch (snnTorch 1.0's import_from_nir: "
+                   "dt 1e-4, the readout a LIF that never spikes) or norse (Norse 1.1's from_nir: r folded into "
+                   "the weights, dt 1e-3 unless --dt); docs/nir.md")
     p.add_argument("--dt", type=float, help="seconds per step the graph's time constants are written for "
-                   "(default: the run's data step; snnTorch reads graphs with 1e-4)")
+                   "(default: the peer's step, else the run's data step)")
     p.add_argument("--keep-subtract-reset", action="store_true", help="write reset-by-subtraction layers as NIR LIF "
                    "(which resets to zero elsewhere), keeping the subtraction in metadata that ipu_snn reads back")
     return parser
@@ -69,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
 def _export(args, console: Console) -> None:
     from .interop.nir import export_run
 
-    out = export_run(Path(args.run_dir), Path(args.out) if args.out else None, args.dt, args.keep_subtract_reset)
+    out = export_run(Path(args.run_dir), Path(args.out) if args.out else None, args.dt, args.keep_subtract_reset,
+                     args.peer)
     console.print(f"wrote {out}")
 
 

@@ -110,7 +110,30 @@ def read_splits(cfg: DataConfig) -> dict[str, SpikeRecordings]:
     if cfg.dataset not in KNOWN and cfg.dataset != "synthetic":
         return _reader(cfg).read_splits(cfg)
     shape = _shape(cfg)
-    return {split: read_recordings(path, *shape) for split, path in _files(cfg).items()}
+    files = _files(cfg)
+    recordings = {split: read_recordings(path, *shape) for split, path in files.items()}
+    if cfg.dataset in KNOWN:
+        check_layout(cfg.dataset, recordings, files["train"].parent)
+    return recordings
+
+
+def check_layout(dataset: str, recordings: dict[str, SpikeRecordings], folder: Path) -> None:
+    """Refuse files whose channels or classes are not the public dataset's, naming both, rather than
+    build a network of the public counts: the class names the files store (``extra/keys``) must number
+    the dataset's classes, and the units must reach past half its channels (the public recordings use
+    nearly all of them; a subset of its samples still does)."""
+    channels, classes = KNOWN[dataset]
+    seen_channels = max((int(u.max()) + 1 for rec in recordings.values() for u in rec.units if len(u)), default=0)
+    stored = {len(rec.keys) for rec in recordings.values() if rec.keys}
+    wrong_classes = stored and stored != {classes}
+    if seen_channels and (2 * seen_channels <= channels or wrong_classes):
+        said = (f"{'/'.join(str(n) for n in sorted(stored))} classes (extra/keys)" if stored
+                else f"labels up to {max(int(r.labels.max()) for r in recordings.values())}")
+        raise DataError(f"data.dataset: {dataset} expects the public {dataset.upper()} layout, {channels} channels and "
+                        f"{classes} classes, but the files in {folder} have units up to {seen_channels - 1} "
+                        f"({seen_channels} channels) and {said}. For your own files in this layout use "
+                        "data.dataset: events with data.files: {train: FILE, test: FILE}, which takes the "
+                        "channel and class counts from the files (or data.n_channels / data.n_classes)")
 
 
 def load_splits(cfg: DataConfig, seed: int) -> DataSplits:

@@ -11,6 +11,7 @@ import torch
 from rich.console import Console
 
 nir = pytest.importorskip("nir", reason="needs the nir extra (pip install 'ipu_snn[nir]')")
+from ipu_snn.cli import main  # noqa: E402
 from ipu_snn.config import validate_config  # noqa: E402
 from ipu_snn.interop.nir import NIRWarning, export_graph, graph_to_model, infer_dt, write_graph  # noqa: E402
 from ipu_snn.network import build_network  # noqa: E402
@@ -43,7 +44,7 @@ def trained(tmp_path_factory):
     net = build_network(cfg.model, 35, 4, cfg.data.step_seconds)
     net.load_state_dict(weights)
     x = (torch.rand(DATA["steps"], 8, 35, generator=torch.Generator().manual_seed(3)) < 0.3).float()
-    return cfg, net, x
+    return cfg, net, x, out
 
 
 def ours(net, x):
@@ -82,10 +83,11 @@ def test_export_for_snntorch_runs_in_its_public_importer_with_the_same_spikes(tr
     from snntorch import utils
     from snntorch.import_nir import import_from_nir
 
-    cfg, net, x = trained
+    cfg, net, x, run = trained
     spikes, trace = ours(net, x)
     assert all(s.mean() > 0.02 for s in spikes), [float(s.mean()) for s in spikes]
-    graph = _file(export_graph(cfg, net.state_dict(), peer="snntorch"), tmp_path, "snn.nir")
+    assert main(["export", str(run), "--for", "snntorch", "--out", str(tmp_path / "snn.nir")]) == 0
+    graph = nir.read(tmp_path / "snn.nir")
     module = import_from_nir(graph)
     utils.reset(module)
 
@@ -110,9 +112,10 @@ def _norse_step(m, xt, state):
 def test_export_for_norse_runs_in_its_public_importer_with_the_same_spikes(trained, tmp_path):
     from norse.torch import from_nir
 
-    cfg, net, x = trained
+    cfg, net, x, run = trained
     spikes, trace = ours(net, x)
-    graph = _file(export_graph(cfg, net.state_dict(), peer="norse"), tmp_path, "norse.nir")
+    assert main(["export", str(run), "--for", "norse", "--out", str(tmp_path / "norse.nir")]) == 0
+    graph = nir.read(tmp_path / "norse.nir")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # Norse 1.1 calls nirtorch.load
         module = from_nir(graph, dt=1e-3)
@@ -124,7 +127,7 @@ def test_export_for_norse_runs_in_its_public_importer_with_the_same_spikes(train
 
 
 def _integrating_readout(trained):
-    cfg, net, x = trained
+    cfg, net, x, _ = trained
     net = build_network(cfg.model, 35, 4, cfg.data.step_seconds)
     net.load_state_dict(trained[1].state_dict())
     with torch.no_grad():
@@ -249,3 +252,26 @@ def test_norses_own_export_reads_back_with_the_same_spikes(tmp_path):
     assert hidden.mean() > 0.05
     assert torch.equal(spikes[0], hidden)
     torch.testing.assert_close(membrane, trace, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("peer", ["snntorch", "norse"])
+def test_a_peer_export_reads_back_here(trained, tmp_path, peer):
+    cfg, net, x, _ = trained
+    graph = _file(export_graph(cfg, net.state_dict(), peer=peer), tmp_path, f"{peer}.nir")
+    back = graph_to_model(graph, infer_dt(graph, 1.0))  # the graph's own ipu_snn.dt, not the 1.0 offered
+    assert [layer["type"] for layer in back.layers] == ["rlif", "lif"]
+    again = build_network(validate_config({"model": {"layers": back.layers, "readout": back.readout}}).model, 35, 4,
+                          cfg.data.step_seconds)
+    again.load_state_dict(back.state, strict=True)
+    spikes, trace = ours(net, x)
+    spikes2, trace2 = ours(again, x)
+    for a, b in zip(spikes, spikes2):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(trace2, trace, rtol=1e-5, atol=1e-5)
+
+
+def test_snntorch_export_refuses_another_dt(trained, tmp_path, capsys):
+    run = trained[3]
+    assert main(["export", str(run), "--for", "snntorch", "--dt", "0.01", "--out", str(tmp_path / "x.nir")]) == 2
+    assert "snntorch reads every graph with dt = 0.0001 s" in capsys.readouterr().err
+    assert not (tmp_path / "x.nir").exists()
