@@ -261,3 +261,14 @@ def test_tonic_shd_on_disk_loads_and_never_downloads(tmp_path):
         load_splits(data_cfg(dataset="tonic", name="NMNIST", root=str(tmp_path), steps=5), seed=0)
     with pytest.raises(ConfigError, match="tonic.datasets has no dataset 'NoSuch'"):
         input_shape(data_cfg(dataset="tonic", name="NoSuch", root=str(tmp_path)))
+
+
+@pytest.mark.skipif(not HAS_TONIC, reason="needs the tonic extra (pip install 'ipu_snn[tonic]')")
+def test_tonic_without_its_archives_names_the_files_it_expected(tmp_path):
+    (tmp_path / "NMNIST").mkdir()
+    (tmp_path / "NMNIST" / "train.zip").write_bytes(b"")  # the archive, but not its extracted folder
+    with pytest.raises(DataError) as err:
+        load_splits(data_cfg(dataset="tonic", name="NMNIST", root=str(tmp_path), steps=5), seed=0)
+    message = " ".join(str(err.value).split())
+    assert f"{tmp_path / 'NMNIST' / 'train.zip'} (present)" in message
+    assert f"{tmp_path / 'NMNIST' / 'Train'} (missing)" in message and "runs never download" in message

@@ -61,10 +61,24 @@ def events_to_sample(events: np.ndarray, sensor: tuple[int, int, int], pooling: 
     return times.astype(np.float32), pixel_units(x, y, p, sensor, pooling)
 
 
+def expected_files(dataset) -> list[tuple[Path, bool]]:
+    """The archive and the extracted folder a Tonic dataset looks for (its ``filename`` and ``folder_name``
+    under ``location_on_system``), each with whether it is there."""
+    location = Path(getattr(dataset, "location_on_system", "."))
+    names = [getattr(dataset, attr, None) for attr in ("filename", "folder_name")]
+    paths = [location / name for name in dict.fromkeys(n for n in names if isinstance(n, str) and n)]
+    return [(path, path.exists()) for path in paths]
+
+
 def _no_download(self):
-    raise DataError(f"data.root: Tonic does not find {type(self).__name__} complete under "
-                    f"{getattr(self, 'location_on_system', '?')}; runs never download. Download it once with Tonic "
-                    f"itself (tonic.datasets.{type(self).__name__}(save_to=...)) and point data.root at that save_to")
+    name = type(self).__name__
+    expected = expected_files(self)
+    listed = "; ".join(f"{path} ({'present' if there else 'missing'})" for path, there in expected)
+    what = (f"it expects {listed}" + (" (the folder holding the archive's extracted files)"
+                                       if any(p.suffix == "" for p, _ in expected) else "")
+            if expected else f"nothing under {getattr(self, 'location_on_system', '?')} is what it expects")
+    raise DataError(f"data.root: Tonic does not find {name} complete: {what}; runs never download. Download it "
+                    f"once with Tonic itself (tonic.datasets.{name}(save_to=...)) and point data.root at that save_to")
 
 
 def dataset_class(name: str):
