@@ -13,16 +13,18 @@ from .errors import TrainingError
 from .executor import TimeLoop
 from .metrics import WorkloadTally, static_metrics
 from .network import build_network
+from .reporting import write_activity_plots
 from .run_folder import newest_intact_checkpoint
 from .torch_driver import evaluate, load_backends
 
 
 def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, with_metrics: bool = False,
-                 say: Callable[[str], None] = print):
+                 say: Callable[[str], None] = print, plots: bool = False):
     """Loss and accuracy of the run's newest intact checkpoint on ``split`` (test, val or train), on
     ``device`` (default: the run's own, the host CPU for IPU runs); ``with_metrics`` adds a third item,
     the NeuroBench-style metrics (ipu_snn.metrics) of that split; ``say`` hears which checkpoints were
-    passed over, and why."""
+    passed over, and why; ``plots`` (re)writes the run's spikes.png and rates.png from that checkpoint, on
+    the test split."""
     found = newest_intact_checkpoint(run_dir)
     for note in found.notes:
         say(f"note: {note}")
@@ -39,6 +41,9 @@ def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, 
     dataset = getattr(splits, split)
     if dataset is None:
         raise TrainingError(f"the run has no {split} split (data.val_split is 0)")
+    if plots:
+        for path in write_activity_plots(run_dir, model.to(device), splits.test, splits.dt):
+            say(f"wrote {path}")
     tally = WorkloadTally() if with_metrics else None
     loss, accuracy = evaluate(model.to(device), dataset, cfg.data.batch_size, device, tally=tally)
     if not with_metrics:

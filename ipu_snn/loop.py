@@ -38,7 +38,8 @@ from .metrics import footprint_bytes
 from .network import SpikingNetwork, count_parameters
 from .optim import make_scheduler
 from .planner import Plan, calibrate, plan, refusal
-from .reporting import RateColumn, TensorBoardLog, percent, plot_curves, rate_text, write_metrics_csv, write_summary
+from .reporting import (RateColumn, TensorBoardLog, percent, plot_curves, rate_text, write_activity_plots,
+                        write_metrics_csv, write_summary)
 from .run_folder import check_can_start, claim_run_folder, newest_intact_checkpoint, out_dir_path
 
 T = TypeVar("T")
@@ -198,6 +199,7 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
     summary |= driver.summary() | prefixed("test_", test)
     if driver.is_main:
         write_summary(out_dir / "summary.json", summary)
+        write_activity_plots(out_dir, driver.network, splits.test, splits.dt)  # the last checkpoint's weights
     console.print(f"done: val accuracy {percent(summary['val_accuracy'])}, test accuracy "
                   f"{percent(summary['test_accuracy'])}; results in {out_dir}")
     return summary

@@ -1,4 +1,4 @@
-"""What a run leaves behind for the researcher: metrics.csv, summary.json, curves.png."""
+"""What a run leaves behind for the researcher: metrics.csv, summary.json, curves.png, spikes.png, rates.png."""
 
 from __future__ import annotations
 
@@ -98,6 +98,99 @@ def plot_curves(path: Path, rows: list[dict]) -> None:
         ax.legend()
     fig.tight_layout()
     _save_figure(fig, path)
+
+
+#: Test samples drawn in spikes.png, and the most whose spikes make the rates of rates.png.
+RASTER_SAMPLES = 3
+RATE_SAMPLES = 64
+
+
+def record_activity(model, dataset, samples: int = RASTER_SAMPLES, rate_samples: int = RATE_SAMPLES,
+                    batch: int = 16) -> tuple[list, list, list]:
+    """Run ``model`` (a SpikingNetwork) on the first samples of ``dataset`` without gradients: the spikes
+    of each layer on the first ``samples`` ([samples, T, n] bool arrays), their labels, and each layer's
+    per-neuron spikes per step over the first ``rate_samples`` ([n] arrays)."""
+    import numpy as np
+    import torch
+
+    frames = dataset.as_dense() if hasattr(dataset, "as_dense") else dataset
+    device = next(model.parameters()).device
+    n = min(len(frames), rate_samples)
+    rasters, labels, totals, steps = None, [], None, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            items = [frames[i] for i in range(start, min(n, start + batch))]
+            x = torch.stack([item[0] for item in items]).to(device, torch.float32).transpose(0, 1)
+            h, spikes = x, []
+            for layer in model.layers:
+                h = layer(h)
+                spikes.append(h)
+            sums = [z.sum((0, 1)).double().cpu().numpy() for z in spikes]
+            totals = sums if totals is None else [a + b for a, b in zip(totals, sums)]
+            steps += x.shape[0] * x.shape[1]
+            if rasters is None:
+                keep = min(samples, x.shape[1])
+                rasters = [z[:, :keep].transpose(0, 1).cpu().numpy() > 0 for z in spikes]
+                labels = [int(item[1]) for item in items[:keep]]
+    model.train(was_training)
+    return rasters, labels, [t / max(steps, 1) for t in totals]
+
+
+def plot_spikes(path: Path, rasters: list, labels: list, dt: float) -> None:
+    """A raster per layer (rows) and test sample (columns): a dot per spike, time against neuron."""
+    plt = _pyplot()
+    n_layers, n_samples = len(rasters), rasters[0].shape[0]
+    fig, axes = plt.subplots(n_layers, n_samples, figsize=(3.6 * n_samples, 2.4 * n_layers + 0.6), squeeze=False,
+                             sharex=True)
+    for i, layer in enumerate(rasters):
+        for j in range(n_samples):
+            ax = axes[i][j]
+            t, neuron = layer[j].nonzero()
+            ax.scatter(t * dt * 1e3, neuron, s=1.5, marker="|" if len(t) < 5000 else ".", color="k", linewidths=0.6)
+            ax.set(ylim=(-0.5, layer.shape[2] - 0.5), xlim=(0, layer.shape[1] * dt * 1e3))
+            if i == 0:
+                ax.set_title(f"test sample {j} (class {labels[j]})", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"layer {i}\nneuron", fontsize=9)
+            if i == n_layers - 1:
+                ax.set_xlabel("time (ms)", fontsize=9)
+            ax.text(0.99, 0.98, f"{layer[j].mean():.3f} spikes/step", transform=ax.transAxes, ha="right", va="top",
+                    fontsize=7, color="tab:blue", bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+            ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_rates(path: Path, rates: list, dt: float, samples: int) -> None:
+    """A histogram per layer of its neurons' firing rates (Hz) over ``samples`` test samples."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(rates), figsize=(max(4.5, 3.8 * len(rates)), 3.4), squeeze=False)
+    for i, layer in enumerate(rates):
+        ax = axes[0][i]
+        hz = np.asarray(layer) / dt
+        silent = int((hz == 0).sum())
+        ax.hist(hz, bins=min(40, max(5, len(hz) // 4)), color="tab:blue", alpha=0.8)
+        ax.axvline(hz.mean(), color="k", linestyle="--", linewidth=1, label=f"mean {hz.mean():.1f} Hz")
+        ax.set(xlabel="firing rate (Hz)", ylabel="neurons" if i == 0 else None,
+               title=f"layer {i}: {len(hz)} neurons, {silent} silent")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"firing rates over {samples} test samples", fontsize=10)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def write_activity_plots(out_dir: Path, model, dataset, dt: float) -> list[Path]:
+    """spikes.png and rates.png of ``model`` on the first test samples of ``dataset``, into ``out_dir``."""
+    rasters, labels, rates = record_activity(model, dataset)
+    written = [out_dir / "spikes.png", out_dir / "rates.png"]
+    plot_spikes(written[0], rasters, labels, dt)
+    plot_rates(written[1], rates, dt, min(len(dataset), RATE_SAMPLES))
+    return written
 
 
 def plan_table(plan):

@@ -25,7 +25,7 @@ from .files import TEMP_PREFIX, LockBusy, held_lock, lock_holder, lock_is_held
 
 LOCK = ".lock"
 #: Files a run writes besides its checkpoints; any of them means the folder holds a run.
-RESULTS = ("metrics.csv", "summary.json", "curves.png")
+RESULTS = ("metrics.csv", "summary.json", "curves.png", "spikes.png", "rates.png")
 
 
 def out_dir_path(out: str | Path) -> Path:
