@@ -215,20 +215,57 @@ def plan_table(plan):
     return table
 
 
+def place_labels(ax, points: list[tuple[float, float, str]], fontsize: int = 8) -> list:
+    """Label points without overlap: points at the same place share one label (names joined by " = "),
+    and a label that would cover an earlier one moves up until it does not, with a line to its point."""
+    groups: dict[tuple[str, str], list] = {}
+    for x, y, name in points:
+        groups.setdefault((f"{x:.4g}", f"{y:.4g}"), []).append((x, y, name))
+    from matplotlib.text import Text
+
+    fig = ax.figure
+    fig.canvas.draw()  # the axes' limits and scales as they will be drawn
+    renderer = fig.canvas.get_renderer()
+    placed, labels = [], []
+    inside = ax.get_window_extent(renderer)
+    for members in sorted(groups.values(), key=lambda m: (m[0][0], m[0][1])):
+        x, y = members[0][0], members[0][1]
+        text = " = ".join(name for _, _, name in members)
+        for step in range(60):
+            side = (1, -1, 0)[step % 3]  # right of the point, left of it, or centred above it
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(6 * side, 5 + 11 * (step // 3)),
+                                ha=("center", "left", "right")[side], fontsize=fontsize,
+                                arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.6} if step > 2 else None)
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)  # the text alone, not its line to the point
+            if box.x0 >= inside.x0 and box.x1 <= inside.x1 and not any(box.overlaps(other) for other in placed):
+                break
+            label.remove()
+        else:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=fontsize)
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)
+        placed.append(box)
+        labels.append(label)
+    return labels
+
+
 def plot_plan(path: Path, plan) -> None:
-    """Predicted local memory against predicted time, one point per schedule."""
+    """Predicted local memory against predicted time, one point per schedule; schedules predicted alike
+    share a label."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for s in plan.strategies:
         ax.scatter(s.predicted_s, s.peak_bytes / 2**20, marker="o" if s.fits else "x",
                    s=80 if s.name == plan.choice else 30)
-        ax.annotate(s.name, (s.predicted_s, s.peak_bytes / 2**20), textcoords="offset points", xytext=(5, 5))
     ax.axhline(plan.budget_bytes / 2**20, color="grey", linestyle="--", label="budget")
     ax.set(xlabel="predicted time per iteration (s)", ylabel="predicted local memory (MiB)", yscale="log",
            title=f"{plan.device}: T={plan.T}, batch {plan.batch}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    place_labels(ax, [(s.predicted_s, s.peak_bytes / 2**20, s.name + (" *" if s.name == plan.choice else ""))
+                      for s in plan.strategies])
     _save_figure(fig, path)
 
 
