@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -199,6 +200,14 @@ class EventFiles(_Strict):
 DATASETS_WITH_PATH = ("shd", "ssc", "nmnist")
 
 
+class AugmentConfig(_Strict):
+    """Event augmentations of the training split (ipu_snn.data.augment), seeded by training.seed, new each epoch."""
+
+    time_jitter: NonNegativeFloat = 0.0  # seconds: each event's time moves by a normal draw of this std
+    channel_shift: NonNegativeInt = 0  # each sample's channels move together by a whole draw in [-k, k]
+    event_drop: float = Field(0.0, ge=0.0, lt=1.0)  # each event is dropped with this probability
+
+
 class DataConfig(_Strict):
     # synthetic: built in; shd / ssc: the public files in data.path; events: any SHD-layout files (data.files);
     # nmnist: the N-MNIST binary files (data.path holds Train/ and Test/); tonic: a Tonic dataset on disk
@@ -223,6 +232,7 @@ class DataConfig(_Strict):
     val_split: float = Field(0.1, ge=0.0, lt=1.0)
     cache_dir: str | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
+    augment: AugmentConfig = AugmentConfig()  # training split only; every event dataset
 
     @model_validator(mode="after")
     def _check(self):

@@ -170,6 +170,7 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
         with progress_bar(console) as progress:
             for epoch in range(len(history) + 1, cfg.training.epochs + 1):
                 row = {"epoch": epoch, "lr": driver.optimizer.param_groups[0]["lr"]}
+                splits.train.set_epoch(epoch)  # data.augment: new augmentations each epoch, the same on resume
                 row |= train_epoch(driver, cfg, epoch, progress)
                 scheduler.step()
                 driver.lr_changed()

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import DataConfig
 from ..errors import DataError
 from ..neuron.bits import pack_spikes
+from . import augment
 from .binning import bin_events, pooled_channels
 from .recordings import SpikeRecordings, read_recordings
 from .synthetic import ensure_synthetic
@@ -32,11 +33,19 @@ class SpikeFrames(Dataset):
     """Samples of a recording split, binned on access into ``[T, channels]`` frames: packed bits
     (uint8 [T, ceil(channels / 8)]) for binary inputs, unless ``dense``; float32 otherwise."""
 
-    def __init__(self, rec: SpikeRecordings, indices: np.ndarray, cfg: DataConfig, dense: bool = False):
+    def __init__(self, rec: SpikeRecordings, indices: np.ndarray, cfg: DataConfig, dense: bool = False,
+                 augment_seed: int | None = None):
         self.rec, self.indices = rec, indices
         self.steps, self.dt = cfg.num_steps, cfg.step_seconds
         self.pooling, self.binary = cfg.channel_pooling, cfg.binary
         self.dense = dense
+        # data.augment, for the training split only (augment_seed given); the epoch is shared with as_dense views
+        self.augment = cfg.augment if augment_seed is not None and augment.active(cfg.augment) else None
+        self.augment_seed, self._epoch = augment_seed, [0]
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentations the samples get (as a DistributedSampler's set_epoch)."""
+        self._epoch[0] = epoch
 
     def as_dense(self) -> "SpikeFrames":
         """The same samples as float frames (for tracers that cannot unpack bits)."""
@@ -49,7 +58,11 @@ class SpikeFrames(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         j = int(self.indices[i])
-        frame = bin_events(self.rec.times[j], self.rec.units[j], steps=self.steps, dt=self.dt,
+        times, units = self.rec.times[j], self.rec.units[j]
+        if self.augment is not None:
+            rng = augment.generator(self.augment_seed, self._epoch[0], j)
+            times, units = augment.augment_events(times, units, self.rec.n_channels, self.augment, rng)
+        frame = bin_events(times, units, steps=self.steps, dt=self.dt,
                            n_channels=self.rec.n_channels, pooling=self.pooling, binary=self.binary)
         frame = torch.from_numpy(frame)
         return (frame if self.dense or not self.binary else pack_spikes(frame)), int(self.rec.labels[j])
@@ -149,11 +162,11 @@ def load_splits(cfg: DataConfig, seed: int) -> DataSplits:
     if "valid" in recordings:
         valid = recordings["valid"]
         val_set = SpikeFrames(valid, np.arange(len(valid)), cfg)
-        train_set = SpikeFrames(train, np.arange(len(train)), cfg)
+        train_set = SpikeFrames(train, np.arange(len(train)), cfg, augment_seed=seed)
     else:
         n_val = int(round(cfg.val_split * len(train)))
         val_set = SpikeFrames(train, np.sort(order[:n_val]), cfg) if n_val else None
-        train_set = SpikeFrames(train, np.sort(order[n_val:]), cfg)
+        train_set = SpikeFrames(train, np.sort(order[n_val:]), cfg, augment_seed=seed)
         if not len(train_set):
             raise DataError(f"data.val_split: holding out {cfg.val_split} of the {len(train)} training samples "
                             "leaves none to train on")
