@@ -36,7 +36,7 @@ from .executor import TimeLoop
 from .files import replace_atomically
 from .metrics import footprint_bytes
 from .network import SpikingNetwork, count_parameters
-from .optim import make_scheduler
+from .optim import make_scheduler, resumed_scheduler
 from .planner import Plan, calibrate, plan, refusal
 from .reporting import (RateColumn, TensorBoardLog, percent, plot_curves, rate_text, write_activity_plots,
                         write_metrics_csv, write_summary)
@@ -156,7 +156,7 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
     if resume:
         load_weights(driver.network, previous.weights, previous.folder)
         driver.optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        scheduler = resumed_scheduler(cfg.training, driver.optimizer, state["scheduler"], len(state["history"]))
         restore_rng(state["rng"])
         history, wall_before = state["history"], state["wall_s"]
         console.print(f"resuming {out_dir} after epoch {len(history)} ({previous.folder.name})")
