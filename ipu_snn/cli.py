@@ -92,7 +92,15 @@ def _train(args, console: Console) -> None:
 def _validate(args, console: Console) -> None:
     from .config import dump_config, load_config
 
-    console.print(dump_config(load_config(args.config, args.overrides)), markup=False, highlight=False)
+    cfg = load_config(args.config, args.overrides)
+    header = ""
+    if cfg.model.from_nir is not None:  # the layers and readout are the graph's: show them
+        from .interop.nir import resolve_from_nir
+
+        header = (f"# model.layers and model.readout read from {cfg.model.from_nir} (model.from_nir); this is the "
+                  "config the run writes to config.yaml\n")
+        cfg, _ = resolve_from_nir(cfg)
+    console.print(header + dump_config(cfg), markup=False, highlight=False)
 
 
 def _plan(args, console: Console) -> None:

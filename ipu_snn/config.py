@@ -340,6 +340,11 @@ class Config(_Strict):
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML file, apply ``a.b=c`` overrides, and validate."""
     raw = read_yaml(path)
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("from_nir"), str):
+        # a graph named in the file is found next to the file (one named by an override, from the working folder)
+        graph = Path(model["from_nir"]).expanduser()
+        model["from_nir"] = str(graph if graph.is_absolute() else Path(path).parent / graph)
     for item in overrides:
         apply_override(raw, item)
     return validate_config(raw, source=str(path))
