@@ -35,7 +35,7 @@ from .errors import ConfigError, TrainingError
 from .executor import TimeLoop
 from .files import replace_atomically
 from .metrics import footprint_bytes
-from .network import SpikingNetwork, count_parameters
+from .network import SpikingNetwork, build_network, count_parameters
 from .optim import make_scheduler, resumed_scheduler
 from .planner import Plan, calibrate, plan, refusal
 from .reporting import (RateColumn, TensorBoardLog, percent, plot_curves, rate_text, write_activity_plots,
@@ -200,7 +200,7 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
     summary |= driver.summary() | prefixed("test_", test)
     if driver.is_main:
         write_summary(out_dir / "summary.json", summary)
-        write_activity_plots(out_dir, driver.network, splits.test, splits.dt)  # the last checkpoint's weights
+        write_activity_plots(out_dir, last_checkpoint_network(cfg, splits, out_dir), splits.test, splits.dt)
     console.print(f"done: val accuracy {percent(summary['val_accuracy'])}, test accuracy "
                   f"{percent(summary['test_accuracy'])}; results in {out_dir}")
     return summary
@@ -374,6 +374,15 @@ def run_summary(history: list[dict], wall: float, model) -> dict:
         "parameters": count_parameters(model),
         "footprint_bytes": footprint_bytes(model),  # NeuroBench's: parameters and buffers
     }
+
+
+def last_checkpoint_network(cfg: Config, splits: DataSplits, out_dir: Path) -> SpikingNetwork:
+    """The run's newest intact checkpoint as a network on the host CPU, whatever device trained it."""
+    found = newest_intact_checkpoint(out_dir)
+    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=TimeLoop(cfg.bptt.window),
+                          binary_inputs=cfg.data.binary, device="cpu")
+    load_weights(model, found.weights, found.folder)
+    return model
 
 
 def write_reports(out_dir: Path, history: list[dict], summary: dict) -> None:
