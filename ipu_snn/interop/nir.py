@@ -6,8 +6,10 @@ per-step, ``v_t = beta v_{t-1} + I_t``. The two meet under forward Euler at the 
 ``v_t = (1 - dt/tau) v_{t-1} + (dt/tau) (v_leak + r I_t)``, so export writes ``tau = dt / (1 - beta)``,
 ``r = tau / dt``, ``v_leak = 0`` (exact at dt), and import reads ``beta = 1 - dt/tau`` and folds the
 input scale ``r dt / tau`` and the leak current ``v_leak dt / tau`` into the incoming weights and bias.
-That is snnTorch's convention, and Norse's with its own ``dt``; docs/nir.md has the derivation and
-what a simulator that integrates exactly sees instead. Import also reads NIR's IF and I (no leak).
+That is snnTorch 1.0's convention; Norse 1.1 ignores ``r``, so ``export --for`` writes each peer's own
+(``PEERS``), and import guesses a peer's step when the graph does not say it. docs/nir.md has the
+derivation, the peers' conventions and what a simulator that integrates exactly sees instead.
+Import also reads NIR's IF and I (no leak), and a graph that ends in a spiking layer.
 
 What NIR cannot hold is refused, naming the layer or node: ALIF layers (no NIR neuron has a threshold
 that moves with its spikes, and no composition of NIR nodes reproduces the reset by that moving
