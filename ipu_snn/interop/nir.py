@@ -137,6 +137,8 @@ def export_graph(cfg: Config, weights: dict[str, torch.Tensor], dt: float | None
     constants for steps of ``dt`` seconds (default: the peer's step, else the data's), written as
     ``peer`` (a key of ``PEERS``) runs it."""
     nir = import_nir()
+    if peer not in PEERS:
+        raise ConfigError(f"export for '{peer}': the known readers are {', '.join(PEERS)}")
     how = PEERS[peer]
     if how.dt_fixed and dt is not None and not np.isclose(dt, how.dt, rtol=1e-9, atol=0.0):
         raise ConfigError(f"--for {peer}: {peer} reads every graph with dt = {how.dt:g} s, so --dt {dt:g} would be "
