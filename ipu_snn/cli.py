@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -202,7 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     console, errors = make_console(), make_console(stderr=True)
+    default_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        # this package's warnings (a NIR graph read with a guess, ...) are for the user: one line, no source
+        if category.__module__.startswith("ipu_snn"):
+            errors.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
     try:
+        warnings.showwarning = show
         COMMANDS[args.command](args, console)
     except UserError as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -215,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         errors.print("[bold red]internal error[/]: the traceback above is a bug in ipu_snn, not a problem with the "
                      "config or the data; please report it with the traceback", highlight=False, soft_wrap=True)
         return EXIT_BUG
+    finally:
+        warnings.showwarning = default_show
     return 0
 
 

@@ -6,6 +6,7 @@ import logging
 import warnings
 
 import numpy as np
+import yaml
 import pytest
 import torch
 from rich.console import Console
@@ -275,3 +276,23 @@ def test_snntorch_export_refuses_another_dt(trained, tmp_path, capsys):
     assert main(["export", str(run), "--for", "snntorch", "--dt", "0.01", "--out", str(tmp_path / "x.nir")]) == 2
     assert "snntorch reads every graph with dt = 0.0001 s" in capsys.readouterr().err
     assert not (tmp_path / "x.nir").exists()
+
+
+@needs_snntorch
+def test_the_cli_states_its_guesses_about_a_snntorch_graph(tmp_path, capsys):
+    import snntorch as snn
+    from snntorch.export_nir import export_to_nir
+
+    net = torch.nn.Sequential(torch.nn.Linear(35, 8), snn.Leaky(beta=torch.full((8,), 0.9), threshold=torch.ones(8),
+                                                                init_hidden=True, reset_mechanism="zero"),
+                              torch.nn.Linear(8, 4), snn.Leaky(beta=torch.full((4,), 0.8), threshold=torch.ones(4),
+                                                               init_hidden=True, reset_mechanism="zero"))
+    nir.write(tmp_path / "s.nir", export_to_nir(net, torch.zeros(1, 35), ignore_dims=[0]))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"model": {"from_nir": "s.nir"}, "data": DATA}))
+    assert main(["validate", str(tmp_path / "c.yaml")]) == 0
+    captured = capsys.readouterr()
+    err = " ".join(captured.err.split())
+    assert "warning: " in err and "nir_dt = 0.0001 s" in err and "reset_delay" in err
+    assert "ends in spiking layer" in err and "Traceback" not in err and "NIRWarning" not in err
+    shown = yaml.safe_load(captured.out)
+    assert shown["model"]["readout"]["reduce"] == "last" and shown["model"]["readout"]["beta"] == 1.0
