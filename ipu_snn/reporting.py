@@ -110,7 +110,6 @@ def record_activity(model, dataset, samples: int = RASTER_SAMPLES, rate_samples:
     """Run ``model`` (a SpikingNetwork) on the first samples of ``dataset`` without gradients: the spikes
     of each layer on the first ``samples`` ([samples, T, n] bool arrays), their labels, and each layer's
     per-neuron spikes per step over the first ``rate_samples`` ([n] arrays)."""
-    import numpy as np
     import torch
 
     frames = dataset.as_dense() if hasattr(dataset, "as_dense") else dataset

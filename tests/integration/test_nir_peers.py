@@ -2,10 +2,8 @@
 importer, and each peer's own export read here, spike for spike (docs/nir.md)."""
 
 import importlib.util
-import logging
 import warnings
 
-import numpy as np
 import yaml
 import pytest
 import torch
