@@ -542,7 +542,7 @@ def infer_dt(graph, data_dt: float, source: str = "graph") -> float:
                       "another). snnTorch's Leaky / RLeaky reset one step after a spike by default (reset_delay=True); "
                       "these neurons, like NIR's LIF, reset in the step of the spike, as snnTorch does with "
                       "reset_delay=False: a network trained with snnTorch's default gives slightly different spikes "
-                      "here (about 1% on a trained SHD network)", NIRWarning, stacklevel=2)
+                      "here (about 1% of them on a trained network)", NIRWarning, stacklevel=2)
         return SNNTORCH_DT
     if neurons and all(np.allclose(np.asarray(n.r, np.float64), 1.0) for n in neurons):
         norse_dt = PEERS["norse"].dt
