@@ -24,7 +24,7 @@ struct Part {
   std::size_t width() const { return c1 - c0; }
   Tensor wIn, bias, beta, wRec;                // parameters
   Tensor gwIn, gBias, gwRec, gwInTmp, gwRecTmp;  // gradients
-  Tensor v, z, vNew, zNew, d, current, currentRec, scratch;  // state and one step
+  Tensor v, z, vNew, zNew, d, current, currentRec, scratch, spikeCount;  // state and one step
   Tensor tapeZ, tapeD, tapeZPrev;              // [S, B, w]
   Tensor ckptV, ckptZ;                         // [localSlots, B, w]
   poplar::RemoteBuffer remoteV, remoteZ;       // offchip slots
@@ -130,7 +130,7 @@ void Builder::allocate() {
                                   {&Part::zNew, "zNew"}, {&Part::d, "d"}, {&Part::current, "current"},
                                   {&Part::scratch, "scratch"}, {&Part::zStep, "zStep"}, {&Part::dStep, "dStep"},
                                   {&Part::gz, "gradZ"}, {&Part::gv, "gradV"}, {&Part::gvNew, "gradVNew"},
-                                  {&Part::gc, "gradCurrent"}})
+                                  {&Part::gc, "gradCurrent"}, {&Part::spikeCount, "spikeCount"}})
         p.*member = var(poplar::FLOAT, {B, w}, t, pn + name);
       if (l + 1 < s_.layers.size()) p.fromAbove = var(poplar::FLOAT, {B, w}, t, pn + "gradZFromAbove");
       if (l > 0) p.partialIn = var(poplar::FLOAT, {B, nIn(l)}, t, pn + "partialIn");
@@ -168,6 +168,8 @@ void Builder::allocate() {
       lt.weightRec = whole(parts_[l], &Part::wRec, 1);
       lt.gradWeightRec = whole(parts_[l], &Part::gwRec, 1);
     }
+    lt.spikeCount = whole(parts_[l], &Part::spikeCount, 1);
+    lt.state = whole(parts_[l], &Part::z, 1);
     for (const Part &p : parts_[l]) lt.tiles.push_back(p.tile);
     net_.layers.push_back(lt);
   }
@@ -349,6 +351,10 @@ program::Sequence Builder::forwardStep(bool tape) {
         if (s_.layers[l].recurrent) stepStore(p.z, p.tapeZPrev, p.tile, s_.tapeSlots);
       }
       if (l + 1 == s_.layers.size()) stepStore(p.zNew, p.out, p.tile, s_.steps);
+      poplar::VertexRef a = vertex(store, "AccumulateRows<float>", p.tile);
+      g_.connect(a["x"], p.zNew.flatten());
+      g_.connect(a["acc"], p.spikeCount.flatten());
+      g_.setInitialValue(a["rows"], 1);
     }
   seq.add(program::Execute(store));
   for (auto &ps : parts_)
@@ -565,7 +571,7 @@ NetworkGraph Builder::build() {
   std::vector<std::pair<Tensor, unsigned>> state, grads;
   for (std::size_t l = 0; l < parts_.size(); ++l)
     for (Part &p : parts_[l]) {
-      for (const Tensor *t : {&p.v, &p.z}) state.emplace_back(*t, p.tile);
+      for (const Tensor *t : {&p.v, &p.z, &p.spikeCount}) state.emplace_back(*t, p.tile);
       for (const Tensor *t : {&p.gv, &p.gwIn, &p.gBias}) grads.emplace_back(*t, p.tile);
       if (s_.layers[l].recurrent)
         for (const Tensor *t : {&p.gwRec, &p.carried}) grads.emplace_back(*t, p.tile);

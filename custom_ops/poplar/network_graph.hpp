@@ -67,6 +67,8 @@ struct LayerTensors {
   poplar::Tensor gradWeightIn;   // float [n_in, n], accumulated over the steps
   poplar::Tensor gradBias;       // float [n]
   poplar::Tensor gradWeightRec;  // float [n, n]
+  poplar::Tensor spikeCount;     // float [B, n]: spikes of each neuron over the forward pass
+  poplar::Tensor state;          // float [B, n]: z after the last step run
   std::vector<unsigned> tiles;   // the layer's tiles, one per column range
 };
 

@@ -83,6 +83,8 @@ void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned til
       h->named["beta" + i] = lt.beta;
       h->named["grad_weight_in" + i] = lt.gradWeightIn;
       h->named["grad_bias" + i] = lt.gradBias;
+      h->named["spike_count" + i] = lt.spikeCount;
+      h->named["state_z" + i] = lt.state;
       if (s.layers[l].recurrent) {
         h->named["weight_rec" + i] = lt.weightRec;
         h->named["grad_weight_rec" + i] = lt.gradWeightRec;
