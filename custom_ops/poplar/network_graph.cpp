@@ -261,15 +261,16 @@ Lists Builder::spikeLists(program::Sequence &seq, const std::vector<Part> &sourc
 // (dense, exact) through SpikeMatmulGradInput.
 Lists Builder::fullLists(std::size_t n, std::size_t consumer, const std::string &name) {
   const std::size_t B = s_.batch;
-  Lists lists{g_.addVariable(poplar::INT, {B, n}, {name + ".ids"}),
-              g_.addConstant<int>(poplar::INT, {B}, int(n), {name + ".counts"})};
-  std::vector<int> iota(B * n);
-  for (std::size_t i = 0; i < iota.size(); ++i) iota[i] = int(i % n);
-  g_.setInitialValue<int>(lists.ids, iota);
+  // one [n] list of every neuron, viewed once per sample (no copy in the graph)
+  Tensor iota = g_.addVariable(poplar::INT, {n}, {name + ".ids"});
+  std::vector<int> values(n);
+  for (std::size_t i = 0; i < n; ++i) values[i] = int(i);
+  g_.setInitialValue<int>(iota, values);
+  Tensor counts = g_.addConstant<int>(poplar::INT, {B}, int(n), {name + ".counts"});
   const auto &cp = parts_[consumer];
-  g_.setTileMapping(lists.ids, cp[0].tile);
-  g_.setTileMapping(lists.counts, cp[0].tile);
-  return lists;
+  g_.setTileMapping(iota, cp[0].tile);
+  g_.setTileMapping(counts, cp[0].tile);
+  return Lists{poplar::concat(std::vector<Tensor>(B, iota)).reshape({B, n}), counts};
 }
 
 void Builder::product(poplar::ComputeSet cs, const Lists &lists, std::size_t capacity, Tensor Part::*weight,

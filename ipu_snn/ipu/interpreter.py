@@ -74,6 +74,8 @@ def library() -> ctypes.CDLL:
     so.ipu_snn_net_counts.argtypes = [p, p]
     so.ipu_snn_net_free.argtypes = [p]
     so.ipu_snn_mock_selfcheck.argtypes = [ctypes.c_int, c, u]
+    so.ipu_snn_net_cost.argtypes = [p, ctypes.c_int, p]
+    so.ipu_snn_net_tile_vars.argtypes = [p, u, c, u]
     return so
 
 
@@ -200,6 +202,19 @@ class HostNetwork:
         out = np.zeros(self.tiles, dtype=np.uint64)
         self.lib.ipu_snn_net_tile_bytes(self.handle, out.ctypes.data)
         return out
+
+    def cost(self, backward: bool) -> dict[str, float]:
+        """One run of the forward or backward program, from the graph alone (see NetworkRunner.cpp)."""
+        out = np.zeros(5, dtype=np.float64)
+        self.lib.ipu_snn_net_cost(self.handle, int(backward), out.ctypes.data)
+        keys = ("compute_sets", "work_elements", "received_bytes", "exchange_phases", "remote_bytes")
+        return dict(zip(keys, map(float, out)))
+
+    def tile_variables(self, tile: int) -> list[tuple[str, int]]:
+        """(name, bytes) of the variables on ``tile``, largest first."""
+        buf = ctypes.create_string_buffer(1 << 16)
+        self.lib.ipu_snn_net_tile_vars(self.handle, tile, buf, len(buf))
+        return [(line.rsplit(" ", 1)[0], int(line.rsplit(" ", 1)[1])) for line in buf.value.decode().splitlines()]
 
     def counts(self) -> dict[str, int]:
         out = np.zeros(7, dtype=np.uint64)

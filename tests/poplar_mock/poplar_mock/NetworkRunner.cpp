@@ -2,7 +2,9 @@
 // (custom_ops/poplar/network_graph.cpp) built on the mock Poplar graph, and to
 // the host interpreter that runs it. ipu_snn/ipu/interpreter.py builds and loads it.
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -140,6 +142,109 @@ void ipu_snn_net_counts(void *handle, std::uint64_t *out) {
   std::memcpy(out, values, sizeof(values));
 }
 void ipu_snn_net_free(void *handle) { delete static_cast<Handle *>(handle); }
+
+// What one run of a program costs, for the plan's time model, from the graph
+// alone (a counting graph will do): out = {compute set executions, the sum
+// over them of the busiest tile's vertex work (field elements, a single-worker
+// vertex's counted 6 times: one issue slot in 6), the sum of the busiest
+// tile's bytes received from other tiles (vertex fields and Copy programs),
+// exchange phases (compute sets, and each run of consecutive Copy programs),
+// bytes copied to or from remote buffers}.
+void ipu_snn_net_cost(void *handle, int backward, double *out) {
+  Handle *h = static_cast<Handle *>(handle);
+  const auto &g = poplar_mock::GraphData::of(h->graph);
+  const unsigned tiles = g.target.getNumTiles();
+  auto tileOf = [&](unsigned var, std::size_t i) -> int {
+    for (const auto &m : g.vars[var].mapping)
+      if (m.begin <= i && i < m.end) return int(m.tile);
+    return -1;
+  };
+  // per compute set: busiest tile's work and received bytes
+  std::vector<std::pair<double, double>> perCs(g.computeSets.size(), {0.0, 0.0});
+  for (std::size_t cs = 0; cs < g.computeSets.size(); ++cs) {
+    std::map<unsigned, double> work, received;
+    for (unsigned id : g.computeSets[cs]) {
+      const auto &v = g.vertices[id];
+      const bool single = v.type.rfind("SpikeSelect", 0) == 0 || v.type.rfind("Step", 0) == 0 ||
+                          v.type == "BitsToList";
+      double elements = 0;
+      // a step load or store touches one step of its buffer: the step's side, twice
+      const char *step = v.type.rfind("StepLoad", 0) == 0 ? "dst" : v.type.rfind("StepStore", 0) == 0 ? "src" : nullptr;
+      for (const auto &[name, t] : v.fields) {
+        const auto &d = poplar_mock::TensorAccess::data(t);
+        if (step == nullptr)
+          elements += double(d.numElements());
+        else if (name == step)
+          elements += 2.0 * double(d.numElements());
+        for (const auto &r : d.regions) {
+          const int at = tileOf(r.var, r.begin);
+          if (at != v.tile) received[unsigned(v.tile)] += double((r.end - r.begin) * poplar_mock::typeBytes(g.vars[r.var].type));
+        }
+      }
+      work[unsigned(v.tile)] += single ? 6 * elements : elements;
+    }
+    for (const auto &[t, w] : work) perCs[cs].first = std::max(perCs[cs].first, w);
+    for (const auto &[t, b] : received) perCs[cs].second = std::max(perCs[cs].second, b);
+  }
+  (void)tiles;
+  double totals[5] = {0, 0, 0, 0, 0};
+  std::function<void(const poplar_mock::ProgramNode &, double)> walk = [&](const poplar_mock::ProgramNode &n,
+                                                                             double times) {
+    switch (n.kind) {
+      case poplar_mock::ProgramNode::SEQUENCE: {
+        bool inCopies = false;
+        for (const auto &c : n.children) {
+          const bool copy = c->kind == poplar_mock::ProgramNode::COPY;
+          if (copy && !inCopies) totals[3] += times;
+          inCopies = copy;
+          walk(*c, times);
+        }
+        break;
+      }
+      case poplar_mock::ProgramNode::REPEAT:
+        walk(*n.children.at(0), times * n.count);
+        break;
+      case poplar_mock::ProgramNode::EXECUTE:
+        totals[0] += times;
+        totals[1] += times * perCs[n.cs].first;
+        totals[2] += times * perCs[n.cs].second;
+        totals[3] += times;
+        break;
+      case poplar_mock::ProgramNode::COPY: {
+        const auto &src = poplar_mock::TensorAccess::data(n.src);
+        const auto &dst = poplar_mock::TensorAccess::data(n.dst);
+        const int from = tileOf(src.regions.at(0).var, src.regions.at(0).begin);
+        const int to = tileOf(dst.regions.at(0).var, dst.regions.at(0).begin);
+        if (from != to) totals[2] += times * double(dst.numElements() * poplar_mock::typeBytes(g.vars[dst.regions[0].var].type));
+        break;
+      }
+      case poplar_mock::ProgramNode::TO_REMOTE: case poplar_mock::ProgramNode::FROM_REMOTE: {
+        const auto &r = g.remotes.at(n.remote);
+        totals[4] += times * double(r.numElements * poplar_mock::typeBytes(r.type));
+        break;
+      }
+    }
+  };
+  walk(poplar_mock::ProgramAccess::node(backward ? h->net.backward : h->net.forward), 1.0);
+  std::memcpy(out, totals, sizeof(totals));
+}
+
+// The variables on one tile, largest first: "name bytes" lines into buf.
+void ipu_snn_net_tile_vars(void *handle, unsigned tile, char *buf, unsigned len) {
+  Handle *h = static_cast<Handle *>(handle);
+  const auto &g = poplar_mock::GraphData::of(h->graph);
+  std::vector<std::pair<std::uint64_t, std::string>> held;
+  for (const auto &v : g.vars) {
+    std::uint64_t bytes = 0;
+    for (const auto &m : v.mapping)
+      if (m.tile == tile) bytes += (m.end - m.begin) * poplar_mock::typeBytes(v.type);
+    if (bytes) held.emplace_back(bytes, v.name);
+  }
+  std::sort(held.rbegin(), held.rend());
+  std::string text;
+  for (const auto &[bytes, name] : held) text += name + " " + std::to_string(bytes) + "\n";
+  std::snprintf(buf, len, "%s", text.c_str());
+}
 
 // The interpreter's self-check: a graph with one fault (0: a vertex that reads
 // its Output field, 1: a vertex field left unconnected, 2: a variable mapped to
