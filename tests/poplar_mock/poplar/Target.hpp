@@ -8,8 +8,6 @@ class Target {
 public:
   unsigned getNumTiles() const;
   unsigned getNumWorkerContexts() const;
-  // Bytes of memory on each tile.
-  unsigned getBytesPerTile() const;
 
 private:
   friend struct ::poplar_mock::GraphData;

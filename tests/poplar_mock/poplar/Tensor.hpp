@@ -21,9 +21,7 @@ public:
   Tensor expand(ArrayRef<std::size_t> indices) const;
   Tensor broadcast(unsigned N, unsigned dim) const;
   std::size_t dim(unsigned i) const;
-  unsigned rank() const;
   std::size_t numElements() const;
-  const std::vector<std::size_t> &shape() const;
   Type elementType() const;
 
 private:

@@ -26,7 +26,6 @@ OptionFlags::OptionFlags() {}
 
 unsigned Target::getNumTiles() const { return tiles_; }
 unsigned Target::getNumWorkerContexts() const { return 6; }
-unsigned Target::getBytesPerTile() const { return bytesPerTile_; }
 }  // namespace poplar
 
 namespace poplar_mock {
@@ -149,9 +148,7 @@ using poplar_mock::TypeAccess;
 
 Tensor::Tensor() {}
 std::size_t Tensor::dim(unsigned i) const { return TensorAccess::data(*this).shape.at(i); }
-unsigned Tensor::rank() const { return unsigned(TensorAccess::data(*this).shape.size()); }
 std::size_t Tensor::numElements() const { return poplar_mock::product(TensorAccess::data(*this).shape); }
-const std::vector<std::size_t> &Tensor::shape() const { return TensorAccess::data(*this).shape; }
 Type Tensor::elementType() const { return TensorAccess::data(*this).type; }
 Tensor Tensor::slice(std::size_t begin, std::size_t end, unsigned dimension) const {
   const TensorData &d = TensorAccess::data(*this);
