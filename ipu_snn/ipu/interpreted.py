@@ -26,6 +26,16 @@ def _refuse(net: SpikingNetwork) -> None:
             raise ConfigError(f"{where}.detach_reset: the network op's neuron vertices detach the reset")
         if layer.settings.near_min_d is not None:
             raise ConfigError("model.sparse_near: the network op lists spikes only")
+        for policy, n_in in ((layer.policies.input, layer.fc.weight.shape[0]),
+                             (layer.policies.recurrent, layer.n_out)):
+            if policy is None or policy.mode == "dense":
+                continue
+            if policy.listed_grad:
+                raise ConfigError("model.sparse_grad: spikes; the network op computes the exact input gradient "
+                                  "(set sparse_grad: dense on device ipu-emulator)")
+            if policy.capacity < n_in:
+                raise ConfigError(f"model.sparse_capacity: the network op lists every spike of {where}'s "
+                                  f"{n_in} inputs (capacity {policy.capacity}); set sparse_capacity: 1.0")
 
 
 class InterpretedNetwork(SpikingNetwork):
