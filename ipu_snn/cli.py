@@ -125,10 +125,15 @@ def _plan(args, console: Console) -> None:
         payload["tiles"] = tiles_json(tile_plan)
         payload["tiles"]["largest_T"] = largest_steps_table(cfg, spec, n_inputs, n_classes, micro)
         if spec.name == "ipu-mk2":  # what the network op's graph allocates, and its time model
+            from .errors import ConfigError
             from .ipu.graph_plan import graph_plan
 
             time = tile_plan.time
-            payload["tiles"].update(graph_plan(cfg.model, n_inputs, micro, time.steps, time.window, time.schedule))
+            try:
+                payload["tiles"].update(graph_plan(cfg.model, n_inputs, micro, time.steps, time.window,
+                                                   time.schedule))
+            except ConfigError as err:  # a model the network op cannot build yet (ALIF): the tile model's count
+                payload["tiles"]["source"] = f"tile model (ipu_snn/ipu/tiles.py): {err}"
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
