@@ -60,4 +60,6 @@ def test_plan_json_reports_the_graph(tmp_path):
     tiles = json.loads(result.stdout)["tiles"]
     assert tiles["source"] == "graph"
     assert set(tiles["time"]) == {"compute_s", "exchange_s", "sync_s", "host_io_s", "streaming_s", "total_s"}
-    assert tiles["fits"] and tiles["max_tile_bytes"] <= tiles["tile_capacity_bytes"]
+    graph = tiles["graph"]
+    assert graph["fits"] and graph["max_tile_bytes"] <= graph["tile_capacity_bytes"]
+    assert graph["tiles_used"] == 64  # one neuron per tile

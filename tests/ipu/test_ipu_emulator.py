@@ -227,13 +227,9 @@ def test_train_cli_on_the_ipu_emulator_matches_cpu(tmp_path):
         assert emulated[key] == pytest.approx(on_cpu[key], rel=1e-4), key
 
 
-@pytest.mark.parametrize("config", [
-    pytest.param("configs/ipu_seed_rlif.yaml", marks=pytest.mark.xfail(
-        strict=True, reason="by the network op's graph (tiles.source: graph) the seed RLIF network does not fit one "
-                            "Mk2 yet: the dense recurrent input-gradient partial, the [T, B, n] output and float tapes "
-                            "(ipu_snn/ipu/README.md, 'The plan from the graph')")),
-    # planning reads no N-MNIST file: its shape is fixed (2312 channels, 10 classes); ALIF: the tile model's count
-    "configs/ipu_seed_alif_nmnist.yaml data.path=/nowhere/nmnist"])
+@pytest.mark.parametrize("config", ["configs/ipu_seed_rlif.yaml",
+                                    # planning reads no N-MNIST file: its shape is fixed (2312 channels, 10 classes)
+                                    "configs/ipu_seed_alif_nmnist.yaml data.path=/nowhere/nmnist"])
 def test_seed_configs_plan_as_fitting_one_mk2(config, capsys):
     from ipu_snn.cli import main
 
