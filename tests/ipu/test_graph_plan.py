@@ -52,6 +52,7 @@ def test_a_longer_sequence_costs_proportionally_more_time():
     assert 1.8 < long["compute_s"] / short["compute_s"] <= 2.0
 
 
+@pytest.mark.slow
 def test_plan_json_reports_the_graph(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-m", "ipu_snn.cli", "plan", str(CONFIG), "--device", "ipu-mk2",
