@@ -257,6 +257,55 @@ class DataConfig(_Strict):
 # -------------------------------------------------------------------------- training
 
 
+#: training.loss names (ipu_snn.losses): cross-entropy of the readout; of the last spiking layer's spike counts;
+#: squared error of those counts to target rates; cross-entropy of its first-spike times
+LOSS_NAMES = ("readout_ce", "count_ce", "count_mse", "first_spike_ce")
+
+
+class LossConfig(_Strict):
+    """``training.loss``: a name, or a mapping with the name and its settings (docs/python_api.md)."""
+
+    name: Literal["readout_ce", "count_ce", "count_mse", "first_spike_ce"] = "readout_ce"
+    # count_mse: the target spikes per step of the correct class's neurons and of the others'
+    correct_rate: float = Field(0.8, ge=0.0, le=1.0)
+    incorrect_rate: float = Field(0.2, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _rates_for_mse(self):
+        if self.name != "count_mse" and {"correct_rate", "incorrect_rate"} & self.model_fields_set:
+            raise ValueError(f"correct_rate and incorrect_rate apply to loss count_mse, not {self.name}")
+        return self
+
+
+class RateBound(_Strict):
+    """One entry of ``training.rate_regularization``: bounds on a spiking layer's firing rates (spikes per
+    step), each a squared hinge with its weight (Zenke & Vogels 2021): below ``lower`` per neuron, above
+    ``upper`` for the layer's mean."""
+
+    layer: int = Field(ge=0)
+    lower: float | None = Field(None, ge=0.0, le=1.0)
+    lower_weight: NonNegativeFloat = 1.0
+    upper: float | None = Field(None, ge=0.0, le=1.0)
+    upper_weight: NonNegativeFloat = 1.0
+
+    @model_validator(mode="after")
+    def _a_bound(self):
+        if self.lower is None and self.upper is None:
+            raise ValueError("give lower, upper or both (spikes per step)")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"lower ({self.lower}) is above upper ({self.upper})")
+        return self
+
+
+class EarlyStopping(_Strict):
+    """``training.early_stopping``: stop when the validation metric has not improved by ``min_delta``
+    for ``patience`` epochs."""
+
+    patience: PositiveInt = 5
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    min_delta: NonNegativeFloat = 0.0
+
+
 class TrainingConfig(_Strict):
     epochs: PositiveInt = 10
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -271,6 +320,16 @@ class TrainingConfig(_Strict):
     seed: Seed = 0
     tensorboard: bool = False
     keep_checkpoints: PositiveInt = 2
+    loss: LossConfig = LossConfig()
+    rate_regularization: list[RateBound] = Field(default_factory=list)
+    # keep the checkpoint of the best validation epoch (by early_stopping.metric, else val_loss) in best/
+    keep_best: bool = False
+    early_stopping: EarlyStopping | None = None
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_by_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
 
 
 class BPTTConfig(_Strict):
@@ -319,6 +378,19 @@ class Config(_Strict):
         if value is not None and not value.strip():
             raise ValueError("an empty name is no folder; leave out_dir out to use runs/<config name>")
         return None if value is None else os.path.expanduser(value)
+
+    @model_validator(mode="after")
+    def _training_fits_model(self):
+        n = len(self.model.layers)
+        for i, bound in enumerate(self.training.rate_regularization):
+            if n and bound.layer >= n:  # (a from_nir model's layers are checked when the graph is read)
+                raise ValueError(f"training.rate_regularization.{i}.layer: the model has spiking layers "
+                                 f"0..{n - 1}, not {bound.layer}")
+        if self.device in ("ipu", "ipu-model") and (self.training.loss.name != "readout_ce"
+                                                   or self.training.rate_regularization):
+            raise ValueError("training.loss other than readout_ce and training.rate_regularization run on the "
+                             "torch devices (cpu, cuda, ipu-emulator), not yet through PopTorch")
+        return self
 
 
 # --------------------------------------------------------------------------- loading

@@ -20,6 +20,7 @@ from .neuron.surrogates import surrogate
 from .neuron.window import SAVED_DTYPES, SpikeTrain
 from .ops.policy import SparsePolicy, crossover_density
 from .ops.registry import backend_names
+from .taps import Recording, Taps, collect, widths, window_taps
 
 # How each window's readout trace becomes that window's output, and how the windows' outputs
 # combine into logits ([W, B, C] -> [B, C]); mean divides the summed windows by T. The max is
@@ -40,6 +41,11 @@ class NetworkOutput(NamedTuple):
     # with_counts (ipu_snn.metrics): per spiking layer [2, n], the spikes of each neuron summed over the
     # batch and all steps, and at the last step alone
     counts: list[Tensor] | None = None
+    # with ``taps`` (ipu_snn.taps): per requested layer its neurons' rates [B, N]; the first-spike times
+    # [B, groups]; the recorded layers' per-step spikes and membranes, by name ("layer0", ...)
+    neuron_rates: dict[int, Tensor] | None = None
+    first_spike: Tensor | None = None
+    record: dict[str, Recording] | None = None
 
 
 class SpikingNetwork(nn.Module):
@@ -70,29 +76,40 @@ class SpikingNetwork(nn.Module):
             return SpikeTrain(None, window.contiguous(), None)
         return window.to(self.readout.fc.weight.dtype)
 
-    def window(self, state: tuple, xt: Tensor, t0: int, t1: int, with_counts: bool = False) -> tuple[tuple, Tensor]:
+    def window(self, state: tuple, xt: Tensor, t0: int, t1: int, with_counts: bool = False,
+               taps: Taps = Taps(), steps: int = 0) -> tuple[tuple, Tensor]:
         """One window of the time-major batch ``xt``: the state after it, and its output per sample
         [B, classes + layers + 1] (the readout trace reduced over the window, each layer's spike count,
-        the spikes dropped), and with ``with_counts`` each neuron's spikes after that."""
+        the spikes dropped), and with ``with_counts`` each neuron's spikes after that, then the columns of
+        ``taps`` (records padded to ``steps`` per window)."""
         h = self.inputs(xt, t0, t1)
         new_state, counts, per_neuron, dropped = [], [], [], None
+        seen, trains = [], []
         for layer, layer_state in zip(self.layers, state):
+            seen.append(h)
             h, layer_state, lost = layer.window(layer_state, h)
+            trains.append(h)
             new_state.append(layer_state)
-            spikes = h.z.detach().sum(0)
+            spikes = (h.z if taps.grad else h.z.detach()).sum(0)
             counts.append(spikes.sum(1))
-            per_neuron.append(spikes)
+            per_neuron.append(spikes.detach())
             dropped = lost if dropped is None else (dropped if lost is None else dropped + lost)
         trace, v, lost = self.readout.window(state[-1], h)
         dropped = lost if dropped is None else (dropped if lost is None else dropped + lost)
         batch = trace.shape[1]
         dropped = trace.new_zeros(batch) if dropped is None else dropped.to(trace.dtype)
         y = [_WINDOW_REDUCE[self.reduce](trace), torch.stack(counts, 1), dropped[:, None]]
-        return tuple(new_state) + (v,), torch.cat(y + (per_neuron if with_counts else []), 1)
+        extra = window_taps(taps, self.layers, seen, trains, state, steps or t1 - t0)
+        return tuple(new_state) + (v,), torch.cat(y + (per_neuron if with_counts else []) + extra, 1)
 
-    def forward(self, x: Tensor, mark=None, with_counts: bool = False) -> NetworkOutput:
+    def forward(self, x: Tensor, mark=None, with_counts: bool = False, record=(), taps: Taps = Taps()
+                ) -> NetworkOutput:
         """The whole sequence: logits, mean spike rates per layer, spikes dropped (and, ``with_counts``,
-        each neuron's spikes).
+        each neuron's spikes; with ``taps``, what they ask for, `ipu_snn.taps`).
+
+        ``record``: spiking layers (indices or names "layer0", ...) whose per-step spikes and membranes
+        ``out.record`` holds; recording keeps a float per neuron-step of each, under any schedule
+        (docs/python_api.md).
 
         In the traced mode (``straight_through``) the windows run as a plain loop for the
         tracer, and ``mark`` (the IPU model's PhaseMarks: recomputation checkpoints and phase
@@ -104,32 +121,52 @@ class SpikingNetwork(nn.Module):
         # time-major view of the caller's batch; each window copies its own bits (inputs())
         xt = x.transpose(0, 1)
         state0 = self.initial_state(batch, self.readout.fc.weight)
+        sizes = [layer.n_out for layer in self.layers]
+        taps = taps.merge(Taps(record=_layer_indices(record, sizes)))
+        taps.check(sizes)
+        window = _Windows(self, with_counts, taps, min(self.loop.window or steps, steps))
         if self.mode == "straight_through":
-            ys, final = unroll_windows(self.window, xt, state0, steps, self.loop, mark)
+            ys, final = unroll_windows(window, xt, state0, steps, self.loop, mark)
         else:
             self.last_scan = ScanStats()
-            ys, final = scan_windows(_Windows(self, with_counts), xt, state0, steps, self.loop, self.last_scan)
+            ys, final = scan_windows(window, xt, state0, steps, self.loop, self.last_scan)
         n_classes, n_layers = self.readout.n_out, len(self.layers)
         logits = _COMBINE[self.reduce](ys[..., :n_classes], steps)
-        sizes = [layer.n_out for layer in self.layers]
-        stats = ys[..., n_classes:].detach().sum(0)
-        rates = stats[:, :n_layers] / (steps * torch.tensor(sizes, dtype=ys.dtype, device=ys.device))
+        stats = ys[..., n_classes:n_classes + n_layers + 1 + (sum(sizes) if with_counts else 0)].detach().sum(0)
+        layer_sums = ys[..., n_classes:n_classes + n_layers].sum(0)
+        rates = layer_sums / (steps * torch.tensor(sizes, dtype=ys.dtype, device=ys.device))
         counts = None
         if with_counts:
             totals = stats[:, n_layers + 1:].sum(0).split(sizes)
             counts = [torch.stack([total, state.z.detach().sum(0)]) for total, state in zip(totals, final)]
-        return NetworkOutput(logits, rates, stats[:, n_layers], counts)
+        start = n_classes + n_layers + 1 + (sum(sizes) if with_counts else 0)
+        found = collect(taps, list(ys[..., start:].split(widths(taps, sizes, window.steps), -1)), sizes,
+                        window.steps, steps)
+        return NetworkOutput(logits, rates, stats[:, n_layers], counts, found["neuron_rates"] or None,
+                             found.get("first_spike"), found["record"] or None)
 
 
 class _Windows(nn.Module):
     # the executor differentiates through torch.func.functional_call, which calls forward():
     # this gives it the network's window (made per call, so the network does not contain itself)
-    def __init__(self, net: SpikingNetwork, with_counts: bool = False):
+    def __init__(self, net: SpikingNetwork, with_counts: bool = False, taps: Taps = Taps(), steps: int = 0):
         super().__init__()
-        self.net, self.with_counts = net, with_counts
+        self.net, self.with_counts, self.taps, self.steps = net, with_counts, taps, steps
 
     def forward(self, state, x, t0, t1):
-        return self.net.window(state, x, t0, t1, self.with_counts)
+        return self.net.window(state, x, t0, t1, self.with_counts, self.taps, self.steps)
+
+
+def _layer_indices(record, sizes: list[int]) -> tuple[int, ...]:
+    """``record`` (a layer, or several: indices or names "layer0", ...) as indices."""
+    items = [record] if isinstance(record, (int, str)) else list(record or ())
+    names = {f"layer{i}": i for i in range(len(sizes))}
+    found = []
+    for item in items:
+        if isinstance(item, str) and item not in names:
+            raise ValueError(f"record: no spiking layer {item!r}; the network has {', '.join(names)}")
+        found.append(names[item] if isinstance(item, str) else int(item))
+    return tuple(found)
 
 
 def step_mode(cfg: ModelConfig) -> StepMode:
