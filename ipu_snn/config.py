@@ -266,14 +266,17 @@ class LossConfig(_Strict):
     """``training.loss``: a name, or a mapping with the name and its settings (docs/python_api.md)."""
 
     name: Literal["readout_ce", "count_ce", "count_mse", "first_spike_ce"] = "readout_ce"
-    # count_mse: the target spikes per step of the correct class's neurons and of the others'
-    correct_rate: float = Field(0.8, ge=0.0, le=1.0)
-    incorrect_rate: float = Field(0.2, ge=0.0, le=1.0)
+    # count_mse: the target spikes per step of the correct class's neurons and of the others' (default 0.8, 0.2)
+    correct_rate: float | None = Field(None, ge=0.0, le=1.0)
+    incorrect_rate: float | None = Field(None, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _rates_for_mse(self):
-        if self.name != "count_mse" and {"correct_rate", "incorrect_rate"} & self.model_fields_set:
+        if self.name != "count_mse" and (self.correct_rate is not None or self.incorrect_rate is not None):
             raise ValueError(f"correct_rate and incorrect_rate apply to loss count_mse, not {self.name}")
+        if self.name == "count_mse":
+            self.correct_rate = 0.8 if self.correct_rate is None else self.correct_rate
+            self.incorrect_rate = 0.2 if self.incorrect_rate is None else self.incorrect_rate
         return self
 
 
