@@ -317,7 +317,6 @@ def plan_time_loop(cfg: Config, console: Console, per_process_batch: int, densit
     so that a resumed run and an evaluation run exactly the windows this run trained with. ``bytes_plan``:
     that first plan, when the caller has made it already."""
     n_inputs, n_classes = input_shape(cfg.data)
-    check_objective(cfg.training, [layer.size for layer in cfg.model.layers], n_classes)
     spec = device_spec(cfg.device)
     p = bytes_plan or plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=per_process_batch,
                            compare_all=True)

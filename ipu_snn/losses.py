@@ -17,7 +17,7 @@ from torch import Tensor
 from .config import LossConfig, RateBound, TrainingConfig
 from .errors import ConfigError
 from .network import NetworkOutput, SpikingNetwork
-from .taps import Taps
+from .taps import Taps, widths
 
 #: Losses that read the last spiking layer, its neurons split into one equal group per class
 SPIKE_LOSSES = ("count_ce", "count_mse", "first_spike_ce")
@@ -94,6 +94,17 @@ def make_objective(training: TrainingConfig, sizes: list[int], n_classes: int) -
     return Objective(training.loss, tuple(training.rate_regularization), n_classes, len(sizes) - 1)
 
 
+def output_columns(training: TrainingConfig, sizes: list[int], n_classes: int) -> tuple[int, int]:
+    """For the planner's bytes, per sample: the columns the objective's taps add to each window's output, and
+    the floats per step a taped window keeps for their backward (first-spike times: each neuron's
+    ``1 - z``, and per group its silence and survival)."""
+    if not sizes:
+        return 0, 0
+    taps = Objective(training.loss, tuple(training.rate_regularization), n_classes, len(sizes) - 1).taps
+    kept = 0 if taps.first_spike is None else sizes[taps.first_spike[0]] + 2 * taps.first_spike[1]
+    return sum(widths(taps, sizes, 0)), kept
+
+
 def check_objective(training: TrainingConfig, sizes: list[int], n_classes: int) -> None:
     """Refuse, naming the field, a loss or bound the network of ``sizes`` cannot take."""
     name = training.loss.name
@@ -107,4 +118,4 @@ def check_objective(training: TrainingConfig, sizes: list[int], n_classes: int) 
                               f"0..{len(sizes) - 1}, not {bound.layer}")
 
 
-__all__ = ["Objective", "SPIKE_LOSSES", "check_objective", "class_scores", "make_objective", "rate_penalty"]
+__all__ = ["Objective", "SPIKE_LOSSES", "check_objective", "class_scores", "make_objective", "output_columns", "rate_penalty"]

@@ -75,9 +75,14 @@ class NetShape:
     near: bool  # near-threshold bits kept (model.sparse_near)
     binary_inputs: bool
     fused: bool  # the fused step mode (else the autograd loop keeps far more; see keep_factor)
+    # per sample, what the training objective adds to each window's output, and keeps per step for its
+    # backward (ipu_snn.losses.output_columns)
+    tap_columns: int = 0
+    tap_kept: int = 0
 
     @classmethod
     def of(cls, cfg: Config, n_inputs: int, n_classes: int, batch: int | None = None) -> "NetShape":
+        from .losses import output_columns
         from .network import fused_obstacles
 
         layers, n_in = [], n_inputs
@@ -89,7 +94,8 @@ class NetShape:
         fused = cfg.model.fused is not False and not fused_obstacles(cfg.model)
         return cls(batch or cfg.data.batch_size, cfg.data.num_steps, n_inputs, n_classes, tuple(layers),
                    cfg.model.readout.learn_decay, cfg.model.readout.reduce, SAVED_BYTES[cfg.model.fused_saved_dtype],
-                   cfg.model.sparse_near is not None and cfg.model.sparse is not False, cfg.data.binary, fused)
+                   cfg.model.sparse_near is not None and cfg.model.sparse is not False, cfg.data.binary, fused,
+                   *output_columns(cfg.training, [layer.size for layer in cfg.model.layers], n_classes))
 
     def windows(self, window: int) -> int:
         return -(-self.steps // window)
@@ -144,7 +150,8 @@ class NetShape:
         if self.reduce == "max":
             total += b * c * 8  # where the window's maximum is (int64)
         total += b * c * FLOAT_BYTES  # the readout's last v
-        total += b * (c + len(self.layers) + 1) * FLOAT_BYTES  # the window's output
+        total += b * (c + len(self.layers) + 1 + self.tap_columns) * FLOAT_BYTES  # the window's output
+        total += rows * self.tap_kept * FLOAT_BYTES
         return total
 
     def working_bytes(self, window: int) -> int:
@@ -154,8 +161,9 @@ class NetShape:
         return self.batch * window * FLOAT_BYTES * 5 * widest
 
     def output_bytes(self, window: int) -> int:
-        """The stacked outputs of every window [W, B, classes + layers + 1]."""
-        return self.windows(window) * self.batch * (self.n_classes + len(self.layers) + 1) * FLOAT_BYTES
+        """The stacked outputs of every window [W, B, classes + layers + 1 + the objective's columns]."""
+        columns = self.n_classes + len(self.layers) + 1 + self.tap_columns
+        return self.windows(window) * self.batch * columns * FLOAT_BYTES
 
     def flops_per_step(self) -> float:
         """Dense multiply-adds of one step, times 2: the analytic cost of a step on another device."""

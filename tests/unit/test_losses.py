@@ -125,3 +125,25 @@ def test_loss_settings_are_checked():
         TrainingConfig.model_validate({"rate_regularization": [{"layer": 0, "lower": 0.5, "upper": 0.1}]})
     with pytest.raises(ValueError, match="give lower, upper or both"):
         TrainingConfig.model_validate({"rate_regularization": [{"layer": 0}]})
+
+
+@pytest.mark.parametrize("loss", ["count_ce", "first_spike_ce"])
+def test_the_planner_counts_what_the_objective_keeps(loss):
+    from ipu_snn.bptt import store_all
+    from ipu_snn.bptt.schedules import predicted_local_bytes
+    from ipu_snn.config import validate_config
+    from ipu_snn.planner import NetShape
+
+    cfg = validate_config({"model": {"layers": [{"type": "rlif", "size": 24}, {"type": "lif", "size": 12}]},
+                           "data": {"steps": 60, "batch_size": 8},
+                           "training": {"loss": loss, "rate_regularization": [{"layer": 0, "lower": 0.1}]}})
+    shape = NetShape.of(cfg, 10, 3)
+    assert shape.tap_columns > 0
+    torch.manual_seed(0)
+    net = build_network(cfg.model, 10, 3, dt=1e-3, loop=TimeLoop(15))
+    objective = make_objective(cfg.training, [24, 12], 3)
+    out = net(pack_inputs((torch.rand(8, 60, 10) < 0.3).float()), taps=objective.taps)
+    objective(out, torch.zeros(8, dtype=torch.int64), 60)[0].backward()
+    measured = net.last_scan.peak_local_bytes
+    predicted = predicted_local_bytes(store_all(4), shape.state_bytes(), shape.tape_bytes(15))
+    assert abs(predicted - measured) <= 0.01 * measured, (predicted, measured)
