@@ -88,7 +88,7 @@ class Recording:
 
     @property
     def membranes(self) -> Tensor | None:
-        return None if self._membranes is None else self._time_major(self._membranes)
+        return None if self._membranes is None else self._time_major(self._membranes.detach())
 
 
 def window_taps(taps: Taps, layers, inputs: list, trains: list[SpikeTrain], states: list, steps: int) -> list[Tensor]:
