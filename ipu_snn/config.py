@@ -123,6 +123,36 @@ class ReadoutConfig(_Decay):
     reduce: Literal["max", "mean", "last", "sum"] = "max"
 
 
+class InitConfig(_Strict):
+    """``model.init``: how the spiking layers' weights are drawn (ipu_snn/init.py; biases start at 0, the
+    readout keeps its own). default: N(0, (2 threshold)^2 / fan-in) into a layer, N(0, 1 / n) recurrent;
+    uniform: U(-gain / sqrt(fan-in), gain / sqrt(fan-in)), torch.nn.Linear's; normal: N(0, gain^2 / fan-in);
+    fluctuation: Rossbroich et al. 2022's, centred normal weights that give each neuron's membrane a
+    standard deviation of threshold / xi for presynaptic spikes at ``rate`` per step, ``recurrent_share``
+    of its variance from the recurrent weights."""
+
+    name: Literal["default", "uniform", "normal", "fluctuation"] = "default"
+    gain: PositiveFloat | None = None  # uniform, normal (default 1)
+    # fluctuation: the threshold's distance from the mean membrane in standard deviations (default 2),
+    # presynaptic spikes per step of the inputs and the layers (default 0.05), and the recurrent weights'
+    # share of a recurrent layer's membrane variance (default 0.1)
+    xi: PositiveFloat | None = None
+    rate: float | None = Field(None, gt=0.0, le=1.0)
+    recurrent_share: float | None = Field(None, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _settings_of_the_name(self):
+        defaults = {"uniform": {"gain": 1.0}, "normal": {"gain": 1.0}, "default": {},
+                    "fluctuation": {"xi": 2.0, "rate": 0.05, "recurrent_share": 0.1}}[self.name]
+        given = {k for k in ("gain", "xi", "rate", "recurrent_share") if getattr(self, k) is not None}
+        if given - set(defaults):
+            raise ValueError(f"{', '.join(sorted(given - set(defaults)))} do not apply to init {self.name}")
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        return self
+
+
 class ModelConfig(_Strict):
     # empty only with from_nir, whose graph gives the layers (ipu_snn.interop.nir.resolve_from_nir)
     layers: list[LayerConfig] = Field(default_factory=list)
@@ -153,6 +183,12 @@ class ModelConfig(_Strict):
     # dtype of the surrogate derivatives (and, with learned decays, the pre-step state) the fused loop keeps:
     # float32 is exact; float16 / bfloat16 halve that memory at a bounded error (docs/benchmarks/training_step.md)
     fused_saved_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    init: InitConfig = InitConfig()
+
+    @field_validator("init", mode="before")
+    @classmethod
+    def _init_by_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check(self):

@@ -13,6 +13,7 @@ from .config import ModelConfig
 from .devices import spike_backend
 from .errors import ConfigError
 from .executor import TimeLoop, scan_windows, unroll_windows
+from .init import initialize
 from .layers import STEP_MODES, LayerPolicies, LIReadout, Products, SpikingLayer, StepMode, torch_products
 from .neuron.bits import pack_spikes
 from .neuron.spec import NeuronSpec
@@ -249,6 +250,7 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
         input_policy = _policy(cfg, layer_cfg.size, cfg.layers[i + 1].size if i + 1 < len(cfg.layers) else n_classes,
                                torch_device, backend, listed)
         n_in = layer_cfg.size
+    initialize(layers, cfg.init)
     readout = LIReadout(n_in, n_classes, beta=cfg.readout.resolve_beta(dt, default=0.95),
                         learn_decay=cfg.readout.learn_decay, policy=input_policy, mode=mode, kernels=kernels,
                         products=products,
