@@ -80,6 +80,8 @@ class _SpikingLayer(_Decay):
     # training (Zenke & Vogels 2021): it keeps gradients from cancelling themselves.
     detach_reset: bool = True
     surrogate: SurrogateConfig = SurrogateConfig()
+    # dropout on this layer's output spikes to the next layer and the readout, in training (ipu_snn/dropout.py)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class LIFLayerConfig(_SpikingLayer):
@@ -429,6 +431,9 @@ class Config(_Strict):
                                                    or self.training.rate_regularization):
             raise ValueError("training.loss other than readout_ce and training.rate_regularization run on the "
                              "torch devices (cpu, cuda, ipu-emulator), not yet through PopTorch")
+        if self.device in ("ipu", "ipu-model") and any(layer.dropout for layer in self.model.layers):
+            raise ValueError("model.layers.*.dropout runs on the torch devices (cpu, cuda, ipu-emulator), "
+                             "not yet through PopTorch")
         return self
 
 

@@ -13,6 +13,7 @@ from .config import ModelConfig
 from .devices import spike_backend
 from .errors import ConfigError
 from .executor import TimeLoop, scan_windows, unroll_windows
+from .dropout import drop, keep_mask
 from .init import initialize
 from .layers import STEP_MODES, LayerPolicies, LIReadout, Products, SpikingLayer, StepMode, torch_products
 from .neuron.bits import pack_spikes
@@ -78,18 +79,20 @@ class SpikingNetwork(nn.Module):
         return window.to(self.readout.fc.weight.dtype)
 
     def window(self, state: tuple, xt: Tensor, t0: int, t1: int, with_counts: bool = False,
-               taps: Taps = Taps(), steps: int = 0) -> tuple[tuple, Tensor]:
+               taps: Taps = Taps(), steps: int = 0, seed: int | None = None) -> tuple[tuple, Tensor]:
         """One window of the time-major batch ``xt``: the state after it, and its output per sample
         [B, classes + layers + 1] (the readout trace reduced over the window, each layer's spike count,
         the spikes dropped), and with ``with_counts`` each neuron's spikes after that, then the columns of
-        ``taps`` (records padded to ``steps`` per window)."""
+        ``taps`` (records padded to ``steps`` per window); ``seed``: dropout's, in training."""
         h = self.inputs(xt, t0, t1)
         new_state, counts, per_neuron, dropped = [], [], [], None
         seen, trains = [], []
-        for layer, layer_state in zip(self.layers, state):
+        for i, (layer, layer_state) in enumerate(zip(self.layers, state)):
             seen.append(h)
             h, layer_state, lost = layer.window(layer_state, h)
             trains.append(h)
+            if seed is not None and layer.dropout > 0:
+                h = drop(h, keep_mask(seed, i, t0, tuple(h.z.shape), layer.dropout, h.z.device))
             new_state.append(layer_state)
             spikes = (h.z if taps.grad else h.z.detach()).sum(0)
             counts.append(spikes.sum(1))
@@ -125,7 +128,8 @@ class SpikingNetwork(nn.Module):
         sizes = [layer.n_out for layer in self.layers]
         taps = taps.merge(Taps(record=_layer_indices(record, sizes)))
         taps.check(sizes)
-        window = _Windows(self, with_counts, taps, min(self.loop.window or steps, steps))
+        seed = int(torch.randint(2**31, ())) if self.training and any(layer.dropout for layer in self.layers) else None
+        window = _Windows(self, with_counts, taps, min(self.loop.window or steps, steps), seed)
         if self.mode == "straight_through":
             ys, final = unroll_windows(window, xt, state0, steps, self.loop, mark)
         else:
@@ -150,12 +154,13 @@ class SpikingNetwork(nn.Module):
 class _Windows(nn.Module):
     # the executor differentiates through torch.func.functional_call, which calls forward():
     # this gives it the network's window (made per call, so the network does not contain itself)
-    def __init__(self, net: SpikingNetwork, with_counts: bool = False, taps: Taps = Taps(), steps: int = 0):
+    def __init__(self, net: SpikingNetwork, with_counts: bool = False, taps: Taps = Taps(), steps: int = 0,
+                 seed: int | None = None):
         super().__init__()
-        self.net, self.with_counts, self.taps, self.steps = net, with_counts, taps, steps
+        self.net, self.with_counts, self.taps, self.steps, self.seed = net, with_counts, taps, steps, seed
 
     def forward(self, state, x, t0, t1):
-        return self.net.window(state, x, t0, t1, self.with_counts, self.taps, self.steps)
+        return self.net.window(state, x, t0, t1, self.with_counts, self.taps, self.steps, self.seed)
 
 
 def _layer_indices(record, sizes: list[int]) -> tuple[int, ...]:
@@ -251,10 +256,15 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
                                torch_device, backend, listed)
         n_in = layer_cfg.size
     initialize(layers, cfg.init)
+    for layer, consumer, layer_cfg in zip(layers, layers[1:] + [None], cfg.layers):
+        layer.dropout = layer_cfg.dropout
+        if consumer is not None:
+            consumer.input_scale = 1.0 / (1.0 - layer_cfg.dropout)
     readout = LIReadout(n_in, n_classes, beta=cfg.readout.resolve_beta(dt, default=0.95),
                         learn_decay=cfg.readout.learn_decay, policy=input_policy, mode=mode, kernels=kernels,
                         products=products,
                         source=f"layer{len(cfg.layers) - 1}")
+    readout.input_scale = 1.0 / (1.0 - cfg.layers[-1].dropout)
     return SpikingNetwork(layers, readout, cfg.readout.reduce, n_inputs, mode, loop)
 
 

@@ -58,6 +58,7 @@ class LayerShape:
     adaptive: bool
     recurrent: bool
     learn_decay: bool
+    dropout: bool = False  # its output spikes masked in training (ipu_snn.dropout)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class NetShape:
         for layer in cfg.model.layers:
             adaptive = layer.type == "alif"
             layers.append(LayerShape(n_in, layer.size, adaptive, layer.type == "rlif" or (adaptive and layer.recurrent),
-                                     layer.learn_decay))
+                                     layer.learn_decay, layer.dropout > 0))
             n_in = layer.size
         fused = cfg.model.fused is not False and not fused_obstacles(cfg.model)
         return cls(batch or cfg.data.batch_size, cfg.data.num_steps, n_inputs, n_classes, tuple(layers),
@@ -139,6 +140,8 @@ class NetShape:
                 per_step += layer.n * self.saved_bytes * (1 + layer.adaptive)  # v_prev, a_prev
             if self.near:
                 per_step += _packed(layer.n)
+            if layer.dropout:  # the mask (a bool per spike) and the bits of the spikes that pass
+                per_step += layer.n + _packed(layer.n)
             total += rows * per_step
             total += b * _packed(layer.n) if layer.recurrent else 0  # the initial spikes' bits
             total += FLOAT_BYTES * layer.n * (1 + layer.adaptive)  # the clamped decays

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .neuron.bits import pack_spikes
+from .dropout import rescale
 from .neuron.reference import step
-from .neuron.window import SpikeTrain
 
 
 @dataclass(frozen=True)
@@ -129,6 +128,8 @@ def replay_membranes(layer, inputs, z: Tensor, state) -> Tensor:
     """The membrane after each step's reset [L, B, N], through the autograd ground truth
     (`neuron.reference.step`) with the window's own spikes: the same currents, resets and recurrent input."""
     currents, _ = layer.products(inputs, layer.fc, layer.policies.input, layer.input_site)
+    if layer.training and layer.input_scale != 1.0:
+        currents = rescale(currents, layer.fc.bias, layer.input_scale)
     beta, rho = layer.decays()
     v, a, prev = state.v, state.a, state.z
     membranes = []
@@ -168,8 +169,3 @@ def collect(taps: Taps, parts: list[Tensor], sizes: list[int], steps: int, total
         membranes = next(parts) if taps.membranes else None
         found["record"][f"layer{i}"] = Recording(spikes, membranes, total_steps, sizes[i])
     return found
-
-
-def binary(z: Tensor) -> SpikeTrain:
-    """Spikes [L, B, N] as a train of their own bits (dropout's output, say)."""
-    return SpikeTrain(z, pack_spikes(z.detach()), None)

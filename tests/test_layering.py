@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent / "ipu_snn"
 #: ``pkg.__init__`` is the package's own module alone.
 LAYERS = [
     ("foundation", ["errors", "config", "files", "devices", "neuron", "ops", "bptt", "data",
-                    "checkpoint", "run_folder", "reporting", "optim", "distributed", "saved_bytes", "selection", "init"]),
+                    "checkpoint", "run_folder", "reporting", "optim", "distributed", "saved_bytes", "selection", "init", "dropout"]),
     # the IPU's tile model and emulator sit with the planner, which costs IPU runs with the tile plan
     ("model", ["layers", "executor", "network", "planner", "metrics", "interop", "taps", "losses",
                "ipu.__init__", "ipu.tiles", "ipu.emulator", "ipu.emulator_backend", "ipu.layer_emulator"]),
