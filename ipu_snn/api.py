@@ -7,6 +7,7 @@ sparse products, in a loop of one's own as in the project's.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -14,8 +15,7 @@ import torch
 from torch import Tensor
 
 from .config import Config, apply_override, load_config as _load_yaml, validate_config
-from .data import DataSplits, load_splits, make_loader
-from .data import input_shape
+from .data import DataSplits, input_shape, load_splits, make_loader
 from .devices import device_spec, resolve_device
 from .distributed import DistContext, GlobalBatchSampler
 from .errors import ConfigError
@@ -47,7 +47,7 @@ def load_config(source: str | Path | Mapping | Config, overrides: list[str] | tu
     if isinstance(source, Config):
         source = source.model_dump(mode="json")
     if isinstance(source, Mapping):
-        raw = {k: v for k, v in source.items()}
+        raw = copy.deepcopy(dict(source))  # overrides must not change the caller's dict
         for item in overrides:
             apply_override(raw, item)
         return validate_config(raw, "the config dict")

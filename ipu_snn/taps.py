@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .dropout import rescale
 from .neuron.reference import step
+from .neuron.window import SpikeTrain
 
 
 @dataclass(frozen=True)
