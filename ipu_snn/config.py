@@ -427,13 +427,12 @@ class Config(_Strict):
             if n and bound.layer >= n:  # (a from_nir model's layers are checked when the graph is read)
                 raise ValueError(f"training.rate_regularization.{i}.layer: the model has spiking layers "
                                  f"0..{n - 1}, not {bound.layer}")
-        if self.device in ("ipu", "ipu-model") and (self.training.loss.name != "readout_ce"
-                                                   or self.training.rate_regularization):
-            raise ValueError("training.loss other than readout_ce and training.rate_regularization run on the "
-                             "torch devices (cpu, cuda, ipu-emulator), not yet through PopTorch")
-        if self.device in ("ipu", "ipu-model") and any(layer.dropout for layer in self.model.layers):
-            raise ValueError("model.layers.*.dropout runs on the torch devices (cpu, cuda, ipu-emulator), "
-                             "not yet through PopTorch")
+        ipu = ("ipu", "ipu-model", "ipu-emulator")
+        if self.device in ipu and (self.training.loss.name != "readout_ce" or self.training.rate_regularization):
+            raise ValueError("training.loss other than readout_ce and training.rate_regularization run on cpu "
+                             f"and cuda, not yet on {self.device}")
+        if self.device in ipu and any(layer.dropout for layer in self.model.layers):
+            raise ValueError(f"model.layers.*.dropout runs on cpu and cuda, not yet on {self.device}")
         return self
 
 

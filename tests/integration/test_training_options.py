@@ -72,3 +72,12 @@ def _train_with_size(out, size):
     raw = {**SMALL, "model": {**SMALL["model"], "layers": [{"type": "rlif", "size": size}]},
            "training": {**SMALL["training"], "loss": "first_spike_ce"}}
     train(validate_config(raw), out, console=Console(quiet=True))
+
+
+@pytest.mark.parametrize("device", ["ipu", "ipu-model", "ipu-emulator"])
+def test_devices_without_the_torch_network_refuse_spike_losses_and_dropout(device):
+    with pytest.raises(ConfigError, match=f"not yet on {device}"):
+        validate_config({**SMALL, "device": device, "training": {"loss": "count_ce"}})
+    layers = [{"type": "rlif", "size": 24, "dropout": 0.2}]
+    with pytest.raises(ConfigError, match="dropout runs on cpu and cuda"):
+        validate_config({**SMALL, "device": device, "model": {"layers": layers}})
