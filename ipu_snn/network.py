@@ -171,12 +171,14 @@ class ListedGrad(NamedTuple):
     min_derivative: float | None  # near-threshold neurons listed above this fraction of the surrogate's peak
 
 
-def listed_backward(cfg: ModelConfig, fused: bool) -> list[ListedGrad]:
+def listed_backward(cfg: ModelConfig, fused: bool, device: str = "cpu") -> list[ListedGrad]:
     """Per spiking layer, how the gradient of its spikes runs: the one place model.sparse_grad is decided.
 
     ``auto`` lists a layer's spikes where that is exact and can be fast: its surrogate has bounded support,
     its products are sparse (model.sparse) and it runs fused (whose kernels find the near-threshold
-    neurons). ``spikes`` lists them wherever the products are sparse, exact or not."""
+    neurons) on a device without a spike backend of its own (ipu-emulator's network op lists spikes only).
+    ``spikes`` lists them wherever the products are sparse, exact or not."""
+    fused = fused and spike_backend(device) is None
     plans = []
     for layer in cfg.layers:
         if cfg.sparse is False or cfg.sparse_grad == "dense":
@@ -228,7 +230,7 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     if cfg.sparse_grad_min_derivative is not None and mode != "fused":
         raise ConfigError("model.sparse_grad_min_derivative lists near-threshold neurons from the fused kernels' "
                           "surrogate derivative, so it needs the fused step mode (model.fused: auto or true)")
-    grads = listed_backward(cfg, mode == "fused")
+    grads = listed_backward(cfg, mode == "fused", device)
     no_lists = ListedGrad(False, False, None)
     saved = SAVED_DTYPES[cfg.fused_saved_dtype]
     kernels = "cpu" if device == "ipu-emulator" else None

@@ -89,7 +89,7 @@ class NetShape:
         fused = cfg.model.fused is not False and not fused_obstacles(cfg.model)
         return cls(batch or cfg.data.batch_size, cfg.data.num_steps, n_inputs, n_classes, tuple(layers),
                    cfg.model.readout.learn_decay, cfg.model.readout.reduce, SAVED_BYTES[cfg.model.fused_saved_dtype],
-                   any(g.listed and g.min_derivative is not None for g in listed_backward(cfg.model, fused)),
+                   any(g.listed and g.min_derivative is not None for g in listed_backward(cfg.model, fused, cfg.device)),
                    cfg.data.binary, fused)
 
     def windows(self, window: int) -> int:

@@ -84,6 +84,9 @@ def test_auto_keeps_the_dense_adjoint_where_listing_is_not_exact():
                        (config(["rlif"], "triangle", 3.0, False, sparse=False), True),  # no spike lists
                        (config(["rlif"], "triangle", 3.0, False, sparse=True), False)):  # autograd: no near bits
         assert not listed_backward(cfg, fused)[0].listed
+    # the ipu-emulator's network op lists spikes only: auto keeps the dense adjoint there
+    bounded = config(["rlif"], "triangle", 3.0, False, sparse=True)
+    assert listed_backward(bounded, True)[0].listed and not listed_backward(bounded, True, "ipu-emulator")[0].listed
     approximate = config(["rlif"], "fast_sigmoid", 10.0, False, sparse=True, sparse_grad="spikes")
     assert listed_backward(approximate, True)[0] == (True, False, None)
 
