@@ -171,13 +171,16 @@ class ModelConfig(_Strict):
     sparse: Union[bool, Literal["auto"]] = False
     sparse_capacity: float = Field(0.25, gt=0.0, le=1.0)  # spike-list length as a fraction of the neurons
     sparse_overflow: Literal["error", "drop_and_count"] = "error"
-    # "dense": exact gradients for any surrogate; "spikes": the gradient of a layer's spikes only at listed
-    # neurons (those that fired, and with sparse_near the near-threshold ones): faster
-    sparse_grad: Literal["dense", "spikes"] = "dense"
+    # The gradient of a layer's spikes (docs/architecture.md, "The listed backward"). auto: exact; where a
+    # layer's surrogate has bounded support (triangle, boxcar) and its products are sparse, formed only at the
+    # neurons that fired or have a non-zero surrogate derivative (the only ones it can reach), wherever their
+    # density is below the measured crossover; else the dense adjoint. dense: the dense adjoint always.
+    # spikes: APPROXIMATE for any surrogate of unbounded support: only at the neurons that fired (and with
+    # sparse_grad_min_derivative the near-threshold ones), in lists of sparse_capacity
+    sparse_grad: Literal["auto", "dense", "spikes"] = "auto"
     # with sparse_grad: spikes, also list the neurons that did not fire but whose surrogate derivative exceeds
-    # this fraction of its peak; 0 lists every neuron with a non-zero derivative, which makes the sparse
-    # gradient exact for surrogates of bounded support (triangle, boxcar). None: spikes only.
-    sparse_near: float | None = Field(None, ge=0.0, lt=1.0)
+    # this fraction of its peak (0: every neuron of non-zero derivative). None: spikes only.
+    sparse_grad_min_derivative: float | None = Field(None, ge=0.0, lt=1.0)
     # Run each layer's time loop with the fused kernels (ipu_snn.neuron.window): a few bytes per
     # neuron-step kept for backward, no Python per step on the CPU. auto: wherever supported (a detached
     # reset); true: the same, and an error naming what prevents it; false: the plain autograd loop.
@@ -192,6 +195,15 @@ class ModelConfig(_Strict):
     def _init_by_name(cls, value):
         return {"name": value} if isinstance(value, str) else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "sparse_near" in data:
+            raise ValueError("model.sparse_near was renamed model.sparse_grad_min_derivative (with sparse_grad: "
+                             "spikes: also list neurons whose surrogate derivative exceeds this fraction of its "
+                             "peak); sparse_grad: auto, the default, is the exact listed backward")
+        return data
+
     @model_validator(mode="after")
     def _check(self):
         if not self.layers and self.from_nir is None:
@@ -200,9 +212,10 @@ class ModelConfig(_Strict):
             raise ValueError("give model.layers or model.from_nir, not both: the NIR graph gives the layers")
         if self.nir_dt is not None and self.from_nir is None:
             raise ValueError("model.nir_dt applies only with model.from_nir")
-        if self.sparse_near is not None and self.sparse_grad != "spikes":
-            raise ValueError("sparse_near lists near-threshold neurons for sparse_grad: spikes; set both, "
-                             "or leave sparse_near unset")
+        if self.sparse_grad_min_derivative is not None and self.sparse_grad != "spikes":
+            raise ValueError("sparse_grad_min_derivative lists near-threshold neurons for sparse_grad: spikes; "
+                             "set both, or leave sparse_grad_min_derivative unset (sparse_grad: auto lists every "
+                             "neuron of non-zero surrogate derivative by itself)")
         return self
 
 

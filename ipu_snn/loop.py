@@ -221,6 +221,8 @@ def train_epoch(driver: Driver, cfg: Config, epoch: int, progress: Progress) -> 
     task = progress.add_task(f"epoch {epoch}/{cfg.training.epochs}", total=driver.steps_per_epoch(), loss=0.0,
                              acc=0.0, rate=0.0)
     totals = None
+    backward_visits = getattr(driver.network, "backward_visits", dict)  # the listed backward's, per layer
+    backward_visits()  # counts start with the epoch
     start = time.perf_counter()
     for number, step in enumerate(driver.train_steps(epoch), 1):
         step = step.detach().to("cpu", torch.float64)
@@ -239,6 +241,7 @@ def train_epoch(driver: Driver, cfg: Config, epoch: int, progress: Progress) -> 
     row = {"train_loss": loss / seen, "train_accuracy": correct / seen, "samples_per_s": seen / elapsed,
            "epoch_s": elapsed}
     row |= {f"rate_layer{i}": r / seen for i, r in enumerate(rates)}
+    row |= backward_visits()
     if cfg.model.sparse is not False:
         row["spikes_dropped"] = int(dropped)
     return row
@@ -383,7 +386,7 @@ def run_summary(history: list[dict], wall: float, model) -> dict:
         "epochs": last["epoch"],
         "parameters": count_parameters(model),
         "footprint_bytes": footprint_bytes(model),  # NeuroBench's: parameters and buffers
-    }
+    } | {k: v for k, v in last.items() if k.startswith("backward_visited_layer")}  # the last epoch's
 
 
 def write_reports(out_dir: Path, history: list[dict], summary: dict) -> None:

@@ -21,6 +21,7 @@ from .neuron.spec import NeuronSpec
 from .neuron.surrogates import surrogate
 from .neuron.window import SAVED_DTYPES, SpikeTrain
 from .ops.policy import SparsePolicy, crossover_density
+from .ops.visits import ListedVisits
 from .ops.registry import backend_names
 from .taps import Recording, Taps, collect, widths, window_taps
 
@@ -64,6 +65,18 @@ class SpikingNetwork(nn.Module):
         self.readout = readout
         self.reduce, self.n_inputs, self.mode, self.loop = reduce, n_inputs, mode, loop
         self.last_scan: ScanStats | None = None  # the executor's accounting of the latest forward
+
+    def backward_visits(self) -> dict[str, float]:
+        """Per spiking layer whose spikes the listed backward may list (model.sparse_grad), the fraction of
+        its neuron-steps the backward of the products over its spikes visited since the last call
+        (1: all, the dense adjoint; the backward's sparsity, beside the spikes'); then counts anew."""
+        fractions = {}
+        for i, layer in enumerate(self.layers):
+            visits = getattr(layer, "visits", None)
+            if visits is not None and visits.fraction() is not None:
+                fractions[f"backward_visited_layer{i}"] = visits.fraction()
+                visits.reset()
+        return fractions
 
     def initial_state(self, batch: int, like: Tensor) -> tuple:
         return tuple(layer.initial_state(batch, like) for layer in self.layers) + (
@@ -193,15 +206,46 @@ def fused_obstacles(cfg: ModelConfig) -> list[str]:
             for i, layer in enumerate(cfg.layers) if not layer.detach_reset]
 
 
+class ListedGrad(NamedTuple):
+    """How the gradient of one layer's spikes runs (model.sparse_grad), decided once per layer."""
+
+    listed: bool  # the listed backward over this layer's spikes (else the dense adjoint)
+    exact: bool  # every neuron of non-zero surrogate derivative listed, in lists that never drop (auto)
+    min_derivative: float | None  # near-threshold neurons listed above this fraction of the surrogate's peak
+
+
+def listed_backward(cfg: ModelConfig, fused: bool, device: str = "cpu") -> list[ListedGrad]:
+    """Per spiking layer, how the gradient of its spikes runs: the one place model.sparse_grad is decided.
+
+    ``auto`` lists a layer's spikes where that is exact and can be fast: its surrogate has bounded support,
+    its products are sparse (model.sparse) and it runs fused (whose kernels find the near-threshold
+    neurons) on a device without a spike backend of its own (ipu-emulator's network op lists spikes only).
+    ``spikes`` lists them wherever the products are sparse, exact or not."""
+    fused = fused and spike_backend(device) is None
+    plans = []
+    for layer in cfg.layers:
+        if cfg.sparse is False or cfg.sparse_grad == "dense":
+            plans.append(ListedGrad(False, False, None))
+        elif cfg.sparse_grad == "spikes":
+            plans.append(ListedGrad(True, False, cfg.sparse_grad_min_derivative))
+        elif fused and surrogate(layer.surrogate.name).bounded:
+            plans.append(ListedGrad(True, True, 0.0))
+        else:
+            plans.append(ListedGrad(False, False, None))
+    return plans
+
+
 def _policy(cfg: ModelConfig, n_in: int, n_out: int, device: torch.device, backend: str | None,
-            listed: bool, per_step: bool = False) -> SparsePolicy:
+            grad: ListedGrad, per_step: bool = False, visits: ListedVisits | None = None) -> SparsePolicy:
     if cfg.sparse is False:
         return SparsePolicy()
     capacity = max(1, math.ceil(cfg.sparse_capacity * n_in))
+    lists = {"listed_grad": grad.listed, "exact_lists": grad.exact, "backend": backend,
+             "visits": visits if grad.listed else None}
     if cfg.sparse is True:
-        return SparsePolicy("sparse", capacity, cfg.sparse_overflow, listed_grad=listed, backend=backend)
+        return SparsePolicy("sparse", capacity, cfg.sparse_overflow, **lists)
     return SparsePolicy("auto", capacity, max_density=crossover_density(device, n_in, n_out, backend, per_step),
-                        listed_grad=listed, backend=backend)
+                        **lists)
 
 
 def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *, loop: TimeLoop = TimeLoop(),
@@ -226,14 +270,15 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
         raise ValueError(f"device {device} needs the {backend} spike backend, which ipu_snn.ipu registers: "
                          "import ipu_snn.ipu before building the network")
     torch_device = torch.device("cuda" if device == "cuda" else "cpu")
-    listed = cfg.sparse_grad == "spikes"
-    if cfg.sparse_near is not None and mode != "fused":
-        raise ConfigError("model.sparse_near lists near-threshold neurons from the fused kernels' surrogate "
-                          "derivative, so it needs the fused step mode (model.fused: auto or true)")
+    if cfg.sparse_grad_min_derivative is not None and mode != "fused":
+        raise ConfigError("model.sparse_grad_min_derivative lists near-threshold neurons from the fused kernels' "
+                          "surrogate derivative, so it needs the fused step mode (model.fused: auto or true)")
+    grads = listed_backward(cfg, mode == "fused", device)
+    no_lists = ListedGrad(False, False, None)
     saved = SAVED_DTYPES[cfg.fused_saved_dtype]
     kernels = "cpu" if device == "ipu-emulator" else None
     layers, n_in = [], n_inputs
-    input_policy = _policy(cfg, n_in, cfg.layers[0].size, torch_device, backend, False) if binary_inputs \
+    input_policy = _policy(cfg, n_in, cfg.layers[0].size, torch_device, backend, no_lists) if binary_inputs \
         else SparsePolicy()
     for i, layer_cfg in enumerate(cfg.layers):
         adaptive = layer_cfg.type == "alif"
@@ -241,19 +286,21 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
         spec = NeuronSpec(adaptive, layer_cfg.threshold, layer_cfg.adapt_strength if adaptive else 0.0,
                           layer_cfg.reset, layer_cfg.surrogate.name, layer_cfg.surrogate.scale,
                           layer_cfg.detach_reset)
+        grad, visits = grads[i], ListedVisits()
         near_min_d = None
-        if listed and cfg.sparse_near is not None and cfg.sparse is not False:
+        if grad.listed and grad.min_derivative is not None and cfg.sparse is not False:
             peak = float(surrogate(spec.surrogate).grad(torch.zeros((), dtype=torch.float64), spec.scale))
-            near_min_d = cfg.sparse_near * peak
-        rec_policy = _policy(cfg, layer_cfg.size, layer_cfg.size, torch_device, backend, listed,
-                             per_step=True) if recurrent else None
+            near_min_d = grad.min_derivative * peak
+        rec_policy = _policy(cfg, layer_cfg.size, layer_cfg.size, torch_device, backend, grad,
+                             per_step=True, visits=visits) if recurrent else None
         layers.append(SpikingLayer(
             n_in, layer_cfg.size, spec, beta=layer_cfg.resolve_beta(dt, default=0.9),
             rho=layer_cfg.resolve_rho(dt) if adaptive else None, learn_decay=layer_cfg.learn_decay,
             policies=LayerPolicies(input_policy, rec_policy), mode=mode, saved_dtype=saved, near_min_d=near_min_d,
             kernels=kernels, products=products, index=i, source="input" if i == 0 else f"layer{i - 1}"))
         input_policy = _policy(cfg, layer_cfg.size, cfg.layers[i + 1].size if i + 1 < len(cfg.layers) else n_classes,
-                               torch_device, backend, listed)
+                               torch_device, backend, grad, visits=visits)
+        layers[-1].visits = visits if grad.listed else None
         n_in = layer_cfg.size
     initialize(layers, cfg.init)
     for layer, consumer, layer_cfg in zip(layers, layers[1:] + [None], cfg.layers):
@@ -277,5 +324,5 @@ def pack_inputs(x: Tensor) -> Tensor:
     return pack_spikes(x)
 
 
-__all__ = ["NetworkOutput", "SpikingNetwork", "build_network", "count_parameters", "fused_obstacles",
-           "pack_inputs", "step_mode"]
+__all__ = ["ListedGrad", "NetworkOutput", "SpikingNetwork", "build_network", "count_parameters", "fused_obstacles",
+           "listed_backward", "pack_inputs", "step_mode"]

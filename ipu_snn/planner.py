@@ -73,7 +73,7 @@ class NetShape:
     readout_learn_decay: bool
     reduce: str
     saved_bytes: int  # per surrogate derivative (and pre-step state of a learned decay)
-    near: bool  # near-threshold bits kept (model.sparse_near)
+    near: bool  # near-threshold bits kept for the listed backward (network.listed_backward)
     binary_inputs: bool
     fused: bool  # the fused step mode (else the autograd loop keeps far more; see keep_factor)
     # per sample, what the training objective adds to each window's output, and keeps per step for its
@@ -84,7 +84,7 @@ class NetShape:
     @classmethod
     def of(cls, cfg: Config, n_inputs: int, n_classes: int, batch: int | None = None) -> "NetShape":
         from .losses import output_columns
-        from .network import fused_obstacles
+        from .network import fused_obstacles, listed_backward
 
         layers, n_in = [], n_inputs
         for layer in cfg.model.layers:
@@ -95,7 +95,8 @@ class NetShape:
         fused = cfg.model.fused is not False and not fused_obstacles(cfg.model)
         return cls(batch or cfg.data.batch_size, cfg.data.num_steps, n_inputs, n_classes, tuple(layers),
                    cfg.model.readout.learn_decay, cfg.model.readout.reduce, SAVED_BYTES[cfg.model.fused_saved_dtype],
-                   cfg.model.sparse_near is not None and cfg.model.sparse is not False, cfg.data.binary, fused,
+                   any(g.listed and g.min_derivative is not None for g in listed_backward(cfg.model, fused, cfg.device)),
+                   cfg.data.binary, fused,
                    *output_columns(cfg.training, [layer.size for layer in cfg.model.layers], n_classes))
 
     def windows(self, window: int) -> int:

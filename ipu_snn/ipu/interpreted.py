@@ -26,7 +26,7 @@ def _refuse(net: SpikingNetwork) -> None:
         if not layer.spec.detach_reset:
             raise ConfigError(f"{where}.detach_reset: the network op's neuron vertices detach the reset")
         if layer.settings.near_min_d is not None:
-            raise ConfigError("model.sparse_near: the network op lists spikes only")
+            raise ConfigError("model.sparse_grad_min_derivative: the network op lists spikes only")
         for policy, n_in in ((layer.policies.input, layer.fc.weight.shape[0]),
                              (layer.policies.recurrent, layer.n_out)):
             if policy is None or policy.mode == "dense":
