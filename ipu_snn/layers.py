@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .neuron.bits import pack_spikes
+from .core.bits import pack_spikes
 from .neuron.reference import li_step, step
 from .neuron.spec import NeuronSpec
 from .neuron.surrogates import spike, straight_through_spike

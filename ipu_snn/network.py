@@ -10,11 +10,11 @@ from torch import Tensor, nn
 
 from .bptt import ScanStats
 from .config import ModelConfig
-from .devices import spike_backend
+from .devices import device as device_row
 from .errors import ConfigError
 from .executor import TimeLoop, scan_windows, unroll_windows
 from .layers import STEP_MODES, LayerPolicies, LIReadout, Products, SpikingLayer, StepMode, torch_products
-from .neuron.bits import pack_spikes
+from .core.bits import pack_spikes
 from .neuron.spec import NeuronSpec
 from .neuron.surrogates import surrogate
 from .neuron.window import SAVED_DTYPES, SpikeTrain
@@ -175,20 +175,21 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     mode = step_mode(cfg) if mode is None else mode
     if mode not in STEP_MODES:
         raise ValueError(f"unknown step mode {mode!r}")
-    backend = spike_backend(device)
+    row = device_row(device)
+    backend = row.spikes
     if backend is not None and cfg.sparse is not True:
         raise ConfigError(f"model.sparse: device {device} runs every spike matmul on the {backend} backend, "
                           f"so it needs model.sparse: true (got {cfg.sparse!r})")
     if backend is not None and backend not in backend_names():
         raise ValueError(f"device {device} needs the {backend} spike backend, which ipu_snn.ipu registers: "
                          "import ipu_snn.ipu before building the network")
-    torch_device = torch.device("cuda" if device == "cuda" else "cpu")
+    torch_device = torch.device(row.tensors)
     listed = cfg.sparse_grad == "spikes"
     if cfg.sparse_near is not None and mode != "fused":
         raise ConfigError("model.sparse_near lists near-threshold neurons from the fused kernels' surrogate "
                           "derivative, so it needs the fused step mode (model.fused: auto or true)")
     saved = SAVED_DTYPES[cfg.fused_saved_dtype]
-    kernels = "cpu" if device == "ipu-emulator" else None
+    kernels = row.neurons
     layers, n_in = [], n_inputs
     input_policy = _policy(cfg, n_in, cfg.layers[0].size, torch_device, backend, False) if binary_inputs \
         else SparsePolicy()

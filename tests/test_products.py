@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipu_snn.errors import UserError
-from ipu_snn.neuron.bits import pack_spikes
+from ipu_snn.core.bits import pack_spikes
 from ipu_snn.ops import policy as policy_module
 from ipu_snn.ops.policy import SparsePolicy, crossover_density
 from ipu_snn.ops.registry import get_kernels

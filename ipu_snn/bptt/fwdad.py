@@ -42,7 +42,7 @@ A derivative ``D`` (from ``constant`` or a closed form) is one of:
 * a floating tensor: kept in ``saved_dtype``. An input tensor itself may be
   given (for ``y = a * b``, ``dy/da = b``): it is referenced, not copied,
   unless ``saved_dtype`` differs from its dtype;
-* a bool tensor: a 0/1 derivative, kept as packed bits (the spike-kernel layout, `ipu_snn.neuron.bits`);
+* a bool tensor: a 0/1 derivative, kept as packed bits (the spike-kernel layout, `ipu_snn.core.bits`);
 * ``Affine(factor, scale, offset)``: ``offset + scale * factor`` with ``factor``
   a tensor as above, so ``1 - z`` or ``-k * d`` keep only ``z`` or ``d``.
 
@@ -72,7 +72,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ipu_snn.neuron.bits import pack_spikes, unpack_spikes
+from ipu_snn.core.bits import pack_spikes, unpack_spikes
 
 Pair = tuple[int, int]  # (output index, input index)
 

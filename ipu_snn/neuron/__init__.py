@@ -10,7 +10,7 @@ and the fused window loop.
 * `window`: one layer's fused time loop over a window of steps, and the readout's.
 """
 
-from .bits import count_spikes, pack_spikes, packed_row_bytes, unpack_spikes
+from ..core.bits import count_spikes, pack_spikes, packed_row_bytes, unpack_spikes
 from .spec import NeuronSpec
 from .surrogates import SURROGATES, spike, straight_through_spike, surrogate
 

@@ -41,7 +41,7 @@ from torch.autograd.function import once_differentiable
 
 from ..ops.policy import SparsePolicy
 from ..ops.registry import get_kernels, resolve_backend
-from .bits import pack_spikes, unpack_spikes
+from ..core.bits import pack_spikes, unpack_spikes
 from .kernels import NeuronKernels, resolve
 from .spec import NeuronSpec
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.bits import pack_spikes
 from ..files import replace_atomically
 
 MODES = ("dense", "sparse", "auto")
@@ -112,7 +113,6 @@ def _best_ms(fn, sync, calls: int = 1, repeats: int = 7) -> float:
 
 
 def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, per_step: bool) -> float:
-    from ..neuron.bits import pack_spikes
     from .registry import get_kernels, resolve_backend
 
     kernels = get_kernels(resolve_backend(backend, device))

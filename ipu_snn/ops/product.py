@@ -3,7 +3,7 @@
 This is the product of the time loop between populations (the binary input,
 layer to layer, layer to readout), over a whole window of steps at once: rows
 are the window's (step, sample) pairs. Spikes arrive as bits
-(ipu_snn/neuron/bits.py) and, when a gradient must reach them, as the dense 0/1
+(ipu_snn/core/bits.py) and, when a gradient must reach them, as the dense 0/1
 tensor they came from, which is the autograd link to the layer that fired them.
 
 What backward keeps is the bits (usually the producer's own tensor, so nothing
@@ -21,15 +21,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..core.bits import unpack_spikes
 from .policy import SparsePolicy
 from .registry import get_kernels, resolve_backend
 from .spikes import SpikeOverflowError, raise_on_overflow
-
-
-def _unpack(bits: Tensor, n: int, dtype: torch.dtype) -> Tensor:
-    from ..neuron.bits import unpack_spikes
-
-    return unpack_spikes(bits, n, dtype)
 
 
 class _SpikeProduct(torch.autograd.Function):
@@ -53,7 +48,7 @@ class _SpikeProduct(torch.autograd.Function):
                 raise_on_overflow(torch.full_like(dropped, capacity), dropped, capacity, where)
         else:
             dropped = torch.zeros(flat.shape[0], dtype=torch.int32, device=bits.device)
-            x = z.reshape(-1, n_in) if z is not None else _unpack(flat, n_in, weight.dtype)
+            x = z.reshape(-1, n_in) if z is not None else unpack_spikes(flat, n_in, weight.dtype)
             out = x @ weight if bias is None else torch.addmm(bias, x, weight)
         ctx.policy, ctx.capacity, ctx.n_in = policy, capacity, n_in
         ctx.has_bias, ctx.z_dtype = bias is not None, None if z is None else z.dtype
@@ -74,7 +69,7 @@ class _SpikeProduct(torch.autograd.Function):
             if capacity is not None:
                 grad_w = kernels.bits_grad_weight(flat, n_in, g, capacity)
             else:
-                grad_w = _unpack(flat, n_in, g.dtype).t() @ g
+                grad_w = unpack_spikes(flat, n_in, g.dtype).t() @ g
         if ctx.needs_input_grad[2]:
             if policy.listed_grad:
                 near_flat = None if near is None else near.reshape(flat.shape)
