@@ -37,7 +37,8 @@ class Device:
     poptorch : bool
         PopTorch compiles the model for it (ipu_snn.ipu.trainer trains it).
     registered_by : str or None
-        The package above the registries whose import registers its backends.
+        The package above the registries whose import registers its backends (and its tile model
+        with the planner).
     """
 
     tensors: str
@@ -56,8 +57,8 @@ DEVICES: dict[str, Device] = {
     # registers that backend), its neurons through the CPU kernels the tiles share
     "ipu-emulator": Device("cpu", spikes="ipu_emulator", neurons="cpu", spec="ipu-mk2",
                            registered_by="ipu_snn.ipu"),
-    "ipu": Device("cpu", spec="ipu-mk2", poptorch=True),
-    "ipu-model": Device("cpu", spec="ipu-mk2", poptorch=True),
+    "ipu": Device("cpu", spec="ipu-mk2", poptorch=True, registered_by="ipu_snn.ipu"),
+    "ipu-model": Device("cpu", spec="ipu-mk2", poptorch=True, registered_by="ipu_snn.ipu"),
 }
 #: torch device type -> (spike-product backend, neuron-kernel backend) its tensors get when none is named
 TENSOR_DEFAULTS: dict[str, dict[str, str]] = {"cpu": {"spikes": "cpu", "neurons": "cpu"},
@@ -124,6 +125,8 @@ class DeviceSpec:
     # model.fused runs here (the fused time loop, forward-AD steps); not on an IPU, where PopART
     # differentiates the traced loop, so its plan counts what the plain step keeps
     fused: bool = True
+    # a run here is planned on the device's tiles, by the tile model its package registers with the planner
+    tiles: bool = False
 
 
 GiB = 2**30
@@ -142,9 +145,10 @@ SPECS: dict[str, DeviceSpec] = {
         # way (a peak; the sources are in ipu_snn/ipu/README.md, "Streaming memory")
         DeviceSpec("ipu-mk2", 1472 * 624 * 1024, 256 * GiB, 47.5e12, 32e9, 62.5e12, 5e-6,
                    "IPU Mk2 GC200: 1472 tiles x 624 KiB SRAM, 62.5 TFLOP/s fp32, streaming memory over PCIe Gen4 x16",
-                   fused=False),
+                   fused=False, tiles=True),
         DeviceSpec("ipu-mk1", 1216 * 256 * 1024, 256 * GiB, 45e12, 16e9, 31.1e12, 5e-6,
-                   "IPU Mk1 GC2: 1216 tiles x 256 KiB SRAM, 31.1 TFLOP/s fp32, PCIe Gen4 to the host", fused=False),
+                   "IPU Mk1 GC2: 1216 tiles x 256 KiB SRAM, 31.1 TFLOP/s fp32, PCIe Gen4 to the host", fused=False,
+                   tiles=True),
     ]
 }
 
