@@ -69,14 +69,42 @@ class SparsePolicy:
         if self.mode == "dense" and self.listed_grad:
             raise ValueError("SparsePolicy: a dense product has no spike lists to restrict its gradient to")
 
-    @property
-    def rec_mode(self) -> int:
-        """The mode's code in the CPU window loop (custom_ops/cpu/layer_window.cpp)."""
-        return MODES.index(self.mode)
+    def list_length(self, counts: torch.Tensor, n_in: int, fixed_lists: bool = False) -> int | None:
+        """The one dense/sparse decision of a product: its spike-list length, or None to run it dense.
 
-    def use_sparse_density(self, counts: torch.Tensor, n_in: int) -> bool:
-        """For ``auto``: whether spikes at these counts per row (int [R]) are sparse enough to beat dense."""
-        return counts.numel() > 0 and float(counts.sum()) <= self.max_density * counts.numel() * n_in
+        Parameters
+        ----------
+        counts : Tensor
+            Spikes per row of the product (int [R]).
+        n_in : int
+            Neurons per row.
+        fixed_lists : bool
+            The lists are preallocated at ``capacity`` (the recurrent product inside the window loop):
+            ``auto`` then runs dense a product whose rows do not all fit. Otherwise ``auto``'s lists are
+            as long as a row can be (``n_in``), so it never drops a spike.
+
+        Returns
+        -------
+        int or None
+            ``dense``: None. ``sparse``: ``capacity`` (what overflows is the policy's ``overflow``'s).
+            ``auto``: the list length where the spike density is at most ``max_density``, else None.
+
+        custom_ops/cpu/layer_window.cpp applies the same rule per step, with ``fixed_lists``, to the mode
+        it is given by name (`PRODUCT_MODE_CODES`); tests/test_products.py holds the two together.
+        """
+        if self.mode == "dense":
+            return None
+        if self.mode == "sparse":
+            return self.capacity
+        sparse_enough = counts.numel() > 0 and float(counts.sum()) <= self.max_density * counts.numel() * n_in
+        if not sparse_enough or (fixed_lists and int(counts.max()) > self.capacity):
+            return None
+        return self.capacity if fixed_lists else n_in
+
+
+#: Each mode by name -> its value of the CPU window loop's ``RecMode`` (custom_ops/cpu/layer_window.cpp),
+#: which runs the recurrent product per step by `SparsePolicy.list_length`'s rule; a test reads the enum.
+PRODUCT_MODE_CODES = {"dense": 0, "sparse": 1, "auto": 2}
 
 
 def _cache_file() -> Path:

@@ -35,13 +35,8 @@ class _SpikeProduct(torch.autograd.Function):
         lead = bits.shape[:-1]
         flat = bits.reshape(-1, bits.shape[-1])
         kernels = get_kernels(resolve_backend(policy.backend, weight.device))
-        # the list length: the policy's when sparse; when auto every spike (auto never drops), or None
-        # for dense where the spikes are too many to win
-        capacity = None
-        if policy.mode == "sparse":
-            capacity = policy.capacity
-        elif policy.mode == "auto" and policy.use_sparse_density(kernels.count_bits(flat), n_in):
-            capacity = n_in
+        counts = kernels.count_bits(flat) if policy.mode == "auto" else None
+        capacity = policy.list_length(counts, n_in)
         if capacity is not None:
             out, dropped = kernels.bits_forward(flat, n_in, weight, bias, capacity)
             if policy.overflow == "error" and bool(dropped.any()):
