@@ -74,12 +74,10 @@ def device(name: str) -> Device:
     return DEVICES[name]
 
 
-def default_backend(column: str, device_type: str) -> str:
-    """The backend of ``column`` (``spikes`` or ``neurons``) that tensors of ``device_type`` get by default."""
-    if device_type not in TENSOR_DEFAULTS:
-        raise DeviceError(f"no {column} backend runs on device type {device_type!r} by default; "
-                          f"defaults exist for {sorted(TENSOR_DEFAULTS)}")
-    return TENSOR_DEFAULTS[device_type][column]
+def default_backend(column: str, device_type: str) -> str | None:
+    """The backend of ``column`` (``spikes`` or ``neurons``) that tensors of ``device_type`` get by default
+    (None: there is none)."""
+    return TENSOR_DEFAULTS.get(device_type, {}).get(column)
 
 
 def poptorch_available() -> bool:

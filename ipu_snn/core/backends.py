@@ -13,7 +13,7 @@ from typing import Callable, Generic, TypeVar
 
 import torch
 
-from ..devices import default_backend
+from ..devices import TENSOR_DEFAULTS, default_backend
 from ..errors import DeviceError
 
 K = TypeVar("K")
@@ -52,6 +52,9 @@ class BackendTable(Generic[K]):
         """The backend for tensors on ``device``: ``name``, checked, or the device type's default."""
         if name is None:
             name = default_backend(self.column, device.type)
+            if name is None:
+                raise DeviceError(f"no {self.what} backend runs on device type {device.type!r} by default; "
+                                  f"defaults exist for {sorted(TENSOR_DEFAULTS)}")
         kernels = self.load(name)
         if device.type not in kernels.device_types:
             raise DeviceError(f"{self.what} backend {name!r} runs on {sorted(kernels.device_types)} tensors, "
