@@ -81,12 +81,6 @@ def torch_products(inputs: Inputs, synapses: Synapses, policy: SparsePolicy, sit
     return out, dropped.reshape(-1, dropped.shape[-1]).sum(0, dtype=torch.int64)
 
 
-def traced_dense_products(inputs: Inputs, synapses: Synapses, policy: SparsePolicy, site: Site):
-    """Products made of plain ops only, which a tracer differentiates itself (dense, whatever the policy)."""
-    x = inputs if isinstance(inputs, Tensor) else inputs.z
-    return F.linear(x, synapses.weight.t(), synapses.bias), None
-
-
 def _decay(module: nn.Module, name: str, n: int, value: float, learn: bool) -> None:
     tensor = torch.full((n,), float(value))
     if learn:

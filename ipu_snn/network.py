@@ -50,7 +50,7 @@ class SpikingNetwork(nn.Module):
     """
 
     def __init__(self, layers: list[SpikingLayer], readout: LIReadout, reduce: str, n_inputs: int,
-                 mode: StepMode, loop: TimeLoop = TimeLoop(), input_policy: SparsePolicy = SparsePolicy()):
+                 mode: StepMode, loop: TimeLoop = TimeLoop()):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.readout = readout

@@ -41,9 +41,10 @@ FLOAT_BYTES = 4
 #: windows the planner considers (steps), besides one window of T when T is at most the largest
 WINDOWS = (16, 32, 64, 128, 256, 512)
 SAVED_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-#: what the plain autograd loop (model.fused: false, or an attached reset) keeps per LIF neuron and step:
-#: membrane, threshold distance, spikes and the reset's operands (measured, docs/benchmarks/training_step.md)
-AUTOGRAD_BYTES_PER_NEURON_STEP = 24
+#: float32 values the plain autograd loop (model.fused: false, or an attached reset) keeps per neuron and step
+#: for each state variable (the membrane; ALIF's adaptation too), besides the spikes as bits: counted by the
+#: executor, and held to it by tests/test_planner.py's autograd models
+AUTOGRAD_FLOATS_PER_STATE = 1
 
 
 def _packed(n: int) -> int:
@@ -127,7 +128,7 @@ class NetShape:
         for layer in self.layers:
             per_step = _packed(layer.n) + layer.n * self.saved_bytes  # spikes as bits, d
             if not self.fused:  # the autograd loop keeps each op's inputs instead: an estimate
-                per_step = layer.n * AUTOGRAD_BYTES_PER_NEURON_STEP * (1 + layer.adaptive)
+                per_step = _packed(layer.n) + layer.n * FLOAT_BYTES * AUTOGRAD_FLOATS_PER_STATE * (1 + layer.adaptive)
             if layer.learn_decay:
                 per_step += layer.n * self.saved_bytes * (1 + layer.adaptive)  # v_prev, a_prev
             if self.near:
