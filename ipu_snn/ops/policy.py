@@ -47,6 +47,8 @@ MODES = ("dense", "sparse", "auto")
 WINDOW_ROWS = 2048
 #: samples of a recurrent step as timed: a step's dense product is small, and its overhead moves the crossover
 STEP_ROWS = 32
+#: the two densities the sparse cost's line is fit through: spanning where crossovers were measured
+#: (docs/benchmarks/unified_loop.md: sparse wins below a few percent on the CPU), so the line interpolates
 _DENSITIES = (0.02, 0.2)
 
 
