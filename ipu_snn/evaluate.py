@@ -19,10 +19,25 @@ from .torch_driver import evaluate, load_backends
 
 def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, with_metrics: bool = False,
                  say: Callable[[str], None] = print):
-    """Loss and accuracy of the run's newest intact checkpoint on ``split`` (test, val or train), on
-    ``device`` (default: the run's own, the host CPU for IPU runs); ``with_metrics`` adds a third item,
-    the NeuroBench-style metrics (ipu_snn.metrics) of that split; ``say`` hears which checkpoints were
-    passed over, and why."""
+    """Evaluate the newest intact checkpoint of a run folder.
+
+    Parameters
+    ----------
+    run_dir : Path
+        A folder written by `ipu_snn.train.train`.
+    split : {"test", "val", "train"}
+    device : str or None
+        Where to evaluate (default: the run's own device; the host CPU for IPU runs).
+    with_metrics : bool
+        Also return the NeuroBench-style metrics (`ipu_snn.metrics`) of that split.
+    say : callable
+        Hears which checkpoints were passed over, and why.
+
+    Returns
+    -------
+    tuple
+        (loss, accuracy), and with ``with_metrics`` the metrics as a third item.
+    """
     found = newest_intact_checkpoint(run_dir)
     for note in found.notes:
         say(f"note: {note}")

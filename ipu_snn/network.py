@@ -166,12 +166,32 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
                   products: Products = torch_products) -> SpikingNetwork:
     """Build the network of ``cfg`` and decide, once, how it runs.
 
-    ``dt`` (seconds per step) turns time constants given as ``tau`` into per-step decays;
-    ``loop``: the windows and BPTT schedule of the executor; ``device``: the config's device
-    (a device with its own spike-matmul backend, ipu-emulator, gets it in every sparse product
-    and needs model.sparse: true); ``mode``: the step mode (None: from model.fused);
-    ``products``: how products run (a tracer supplies its own). Spike counts
-    (``binary_inputs=False``) are multiplied densely."""
+    Parameters
+    ----------
+    cfg : ModelConfig
+        The config's ``model`` section.
+    n_inputs, n_classes : int
+        Input channels and output classes (``ipu_snn.data.input_shape(cfg.data)`` gives both).
+    dt : float
+        Seconds per step: turns time constants given as ``tau`` into per-step decays.
+    loop : TimeLoop
+        The executor's windows and BPTT schedule (default: one window, every step kept).
+    binary_inputs : bool
+        The inputs are spikes (multiplied as the policy says); False: spike counts, multiplied densely.
+    device : str
+        The config's device; its row of the device table (``ipu_snn.devices.DEVICES``) gives the
+        backends (ipu-emulator runs every product on its own backend and needs ``model.sparse: true``).
+    mode : {"fused", "autograd", "straight_through"} or None
+        The step mode (None: from ``model.fused``).
+    products : callable
+        How products run (a tracer supplies its own).
+
+    Returns
+    -------
+    SpikingNetwork
+        Its ``forward(x)`` takes a batch [B, T, inputs] (float frames, or packed bits as uint8) and
+        returns a `NetworkOutput` (logits, spike rates, spikes dropped).
+    """
     mode = step_mode(cfg) if mode is None else mode
     if mode not in STEP_MODES:
         raise ValueError(f"unknown step mode {mode!r}")

@@ -30,9 +30,27 @@ def make_driver(cfg: Config) -> Driver:
 
 def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Console | None = None,
           on_epoch_end: OnEpochEnd | None = None) -> dict:
-    """Train as the config says; returns the summary also written to summary.json.
+    """Train as the config says, on its device, writing a run folder.
 
     Every process of a multi-process run (torchrun, poprun) calls this; only the main one prints and writes.
+
+    Parameters
+    ----------
+    cfg : Config
+        The run's config (`ipu_snn.config.load_config`).
+    out_dir : str or Path
+        The run folder: ``metrics.csv``, ``summary.json``, ``curves.png``, ``config.yaml``, ``checkpoints/``.
+    resume : bool
+        Continue from the folder's newest intact checkpoint.
+    console : rich.console.Console or None
+        Where progress goes (default: the terminal).
+    on_epoch_end : callable or None
+        Called after each epoch with (epoch, its row of metrics, the network).
+
+    Returns
+    -------
+    dict
+        The summary, also written to ``summary.json``.
     """
     out_dir = out_dir_path(out_dir)
     initial_weights = None

@@ -1,29 +1,5 @@
-"""Dense or sparse: how each spike product runs, from a crossover measured on the machine it runs on.
-
-A spike product ``z @ W`` (z binary, [R, n_in]) costs a dense matmul the same
-at any spike density, and a gather-add over the spike list in proportion to the
-spikes. Where the two lines cross depends on the machine, the shapes and the
-kernels, so it is measured, not assumed: `crossover_density` times both for a
-product's shape (forward plus weight gradient, the two products that see the
-spikes) at two densities, fits the sparse cost as a line in the density, and
-returns the density where it meets the dense cost. A window's products (rows =
-its steps x samples) are timed at `WINDOW_ROWS` rows, forward plus weight
-gradient; the recurrent product, which runs one step of `STEP_ROWS` samples at
-a time inside the window loop, is timed per step, forward only (its weight
-gradient is a window product). The result is cached per machine on disk (``$IPU_SNN_CACHE`` or ``~/.cache/ipu_snn``), so a resumed run
-makes the same choices as the run it continues.
-
-`SparsePolicy` is a product's setting, fixed when the network is built
-(``model.sparse``):
-
-* ``dense``: always dense;
-* ``sparse``: always the spike list, with at most ``capacity`` spikes per row;
-  what overflows raises or is dropped and counted (``model.sparse_overflow``);
-* ``auto``: sparse where the spike density is at most the measured crossover,
-  dense elsewhere, decided anew for each window (and in the recurrent product,
-  each step) from the spikes it has. It never drops a spike: the lists are as
-  long as the spikes need (the recurrent loop, whose lists are preallocated,
-  multiplies densely a step whose spikes exceed the capacity).
+"""Dense or sparse: how each spike product runs (`SparsePolicy`), and the crossover density measured on
+the machine it runs on (`crossover_density`). docs/spike_products.md gives the design.
 """
 
 from __future__ import annotations

@@ -1,18 +1,5 @@
-"""``z @ W + b`` for binary spikes z given as packed bits, dense or sparse as a `SparsePolicy` says.
-
-This is the product of the time loop between populations (the binary input,
-layer to layer, layer to readout), over a whole window of steps at once: rows
-are the window's (step, sample) pairs. Spikes arrive as bits
-(ipu_snn/core/bits.py) and, when a gradient must reach them, as the dense 0/1
-tensor they came from, which is the autograd link to the layer that fired them.
-
-What backward keeps is the bits (usually the producer's own tensor, so nothing
-is copied) and the weight: never the dense spikes. Sparse, the forward is a
-gather-add of the weight rows of each row's spike list, the weight gradient a
-scatter-add of each row's output gradient into the rows of its spikes
-(row-sparse), and with ``listed_grad`` the input gradient is formed only at the
-listed neurons (spikes, then near-threshold ones), which is Finkbeiner et al.'s
-sparse backward; dense, all three are matmuls.
+"""``z @ W + b`` for binary spikes z given as packed bits, dense or sparse as a `SparsePolicy` says: the
+product of the time loop between populations, over a window's rows. docs/spike_products.md gives the design.
 """
 
 from __future__ import annotations
