@@ -43,7 +43,7 @@ WINDOWS = (16, 32, 64, 128, 256, 512)
 SAVED_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 #: float32 values the plain autograd loop (model.fused: false, or an attached reset) keeps per neuron and step
 #: for each state variable (the membrane; ALIF's adaptation too), besides the spikes as bits: counted by the
-#: executor, and held to it by tests/test_planner.py's autograd models
+#: executor, and held to it by tests/unit/test_planner.py's autograd models
 AUTOGRAD_FLOATS_PER_STATE = 1
 
 

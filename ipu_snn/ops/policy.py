@@ -68,7 +68,7 @@ class SparsePolicy:
             ``auto``: the list length where the spike density is at most ``max_density``, else None.
 
         custom_ops/cpu/layer_window.cpp applies the same rule per step, with ``fixed_lists``, to the mode
-        it is given by name (`PRODUCT_MODE_CODES`); tests/test_products.py holds the two together.
+        it is given by name (`PRODUCT_MODE_CODES`); tests/unit/test_products.py holds the two together.
         """
         if self.mode == "dense":
             return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent / "ipu_snn"
+ROOT = Path(__file__).resolve().parents[2] / "ipu_snn"
 
 #: Low to high: a package or top-level module (a *unit*, named relative to ipu_snn) may import units of its
 #: own layer and the layers below it, never one above, not even inside a function. docs/architecture.md
@@ -149,7 +149,7 @@ def upward_imports(graph: Graph) -> list[str]:
     for unit, edges in sorted(unit_graph(graph).items()):
         level = layer_of(unit)
         if level is None:
-            problems.append(f"{unit} has no layer: add it to LAYERS in tests/test_layering.py")
+            problems.append(f"{unit} has no layer: add it to LAYERS in tests/unit/test_layering.py")
             continue
         for target, at in edges:
             other = layer_of(target)
@@ -236,7 +236,7 @@ def test_the_checks_name_the_offending_imports(tmp_path):
         "ops imports neuron (ipu_snn/ops/product.py:2): the spike products layer imports the neuron models layer "
         "above it",
         "planner imports ipu (ipu_snn/planner.py:2): the planner layer imports the drivers layer above it",
-        "stray has no layer: add it to LAYERS in tests/test_layering.py",
+        "stray has no layer: add it to LAYERS in tests/unit/test_layering.py",
     ]
     assert sdk_imports(graph) == [
         "ipu_snn.neuron.spec imports poptorch (ipu_snn/neuron/spec.py:2): only ipu_snn.ipu imports the Poplar SDK"]
