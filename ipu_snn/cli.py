@@ -104,6 +104,8 @@ def _plan(args, console: Console) -> None:
     budget = int(args.budget_gib * GiB) if args.budget_gib else None
     device = args.device or cfg.device
     spec = device_spec(device)
+    if spec.tiles:
+        import ipu_snn.ipu  # noqa: F401  (registers the tile model the planner plans an IPU with)
     # the bytes are arithmetic on shapes; the time is measured when the device is this machine's CPU
     costs = None
     if spec.name == "cpu" and not args.no_measure:
@@ -113,10 +115,10 @@ def _plan(args, console: Console) -> None:
     if args.plot:
         plot_plan(Path(args.plot), result)
     payload = result.to_json()
-    if spec.name.startswith("ipu"):
+    if spec.tiles:
         from .ipu.options import micro_batch_size
+        from .ipu.plan import largest_steps_table, plan_for_config
         from .ipu.tiles import tiles_json
-        from .planner import largest_steps_table, plan_for_config
 
         # per-tile account of one replica (its micro-batch, as the IPU trainer plans it) under the chosen
         # schedule and window (the configured schedule's leanest where nothing fits), and how long a

@@ -453,7 +453,26 @@ class Config(_Strict):
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML file, apply ``a.b=c`` overrides, and validate."""
+    """Read a config from a YAML file, apply overrides, and validate it.
+
+    Parameters
+    ----------
+    path : str or Path
+        The YAML file.
+    overrides : sequence of str
+        ``a.b=c`` items, applied in order (``model.layers.0.size=256``; values are read as YAML).
+
+    Returns
+    -------
+    Config
+        The validated config, every default filled in.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or unreadable, an override names no field, or a value is invalid; the
+        message names the field.
+    """
     raw = read_yaml(path)
     for item in overrides:
         apply_override(raw, item)
@@ -554,6 +573,24 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def validate_config(raw: dict, source: str = "config") -> Config:
+    """Validate a config given as a dict (what a YAML file holds).
+
+    Parameters
+    ----------
+    raw : dict
+        The config's sections (``model``, ``data``, ``training``, ``bptt``, ``device``, ...).
+    source : str
+        What the errors say the config came from.
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ConfigError
+        Naming each invalid field.
+    """
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

@@ -296,7 +296,7 @@ _MEASURABLE = ("cpu", "cuda")  # ipu-emulator: planned on the tiles of a Mk2
 
 def input_density(dataset, samples: int = 16) -> float:
     """The mean spike density of the first samples of a dataset (packed bits or frames)."""
-    from .neuron.bits import count_spikes
+    from .core.bits import count_spikes
 
     total = active = 0
     for i in range(min(samples, len(dataset))):

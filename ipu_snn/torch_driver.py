@@ -7,6 +7,7 @@ prints and writes. A plain ``ipu-snn train`` is the world-size-1 case.
 
 from __future__ import annotations
 
+import importlib
 from contextlib import nullcontext
 from typing import Callable, Iterator, TypeVar
 
@@ -17,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .config import Config
 from .data import DataSplits, make_loader
-from .devices import resolve_device, spike_backend
+from .devices import device as device_row, resolve_device
 from .distributed import (DistContext, GlobalBatchSampler, all_reduce_sum, barrier, broadcast_object,
                           init_distributed, shutdown)
 from .errors import ConfigError
@@ -33,9 +34,10 @@ T = TypeVar("T")
 
 
 def load_backends(device: str) -> None:
-    """Register the spike backend a config device needs from above the registry: ipu-emulator's lives in ipu/."""
-    if device == "ipu-emulator":
-        import ipu_snn.ipu  # noqa: F401  (registers the emulator's spike backend)
+    """Import the package that registers the backends a config device needs from above the registries
+    (ipu-emulator's live in ipu/), as the device table names it."""
+    if device_row(device).registered_by is not None:
+        importlib.import_module(device_row(device).registered_by)
 
 
 def prepare_kernels(cfg: Config, device: torch.device) -> None:
@@ -44,9 +46,9 @@ def prepare_kernels(cfg: Config, device: torch.device) -> None:
     from .neuron.kernels import resolve
 
     if step_mode(cfg.model) == "fused":
-        resolve(None, device)
+        resolve(device_row(cfg.device).neurons, device)
     if cfg.model.sparse is not False:
-        resolve_backend(spike_backend(cfg.device), device)
+        resolve_backend(device_row(cfg.device).spikes, device)
 
 
 def _to_device(batch, device: torch.device):
