@@ -316,6 +316,14 @@ class BPTTConfig(_Strict):
     window: PositiveInt | None = None
 
 
+class DistributedConfig(_Strict):
+    """Runs of several processes (torchrun)."""
+
+    # seconds any process waits for the others (joining, each collective) before the run ends with exit 2
+    # naming the rank: a peer that died or was stopped ends every rank instead of hanging them
+    timeout_s: PositiveFloat = 300.0
+
+
 class IPUConfig(_Strict):
     """PopTorch settings; used only with device ipu / ipu-model."""
 
@@ -331,6 +339,7 @@ class Config(_Strict):
     training: TrainingConfig = TrainingConfig()
     bptt: BPTTConfig = BPTTConfig()
     ipu: IPUConfig = IPUConfig()
+    distributed: DistributedConfig = DistributedConfig()
     # ipu-emulator: the CPU, with every spike matmul run tile by tile on the IPU tile emulator (small models)
     device: Literal["cpu", "cuda", "ipu", "ipu-model", "ipu-emulator"] = "cpu"
     out_dir: str | None = None
