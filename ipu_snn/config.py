@@ -395,6 +395,7 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9
 def parse_yaml(text: str, source: str, at: tuple = ()) -> Any:
     """The value of a YAML document (placed at the field path ``at``); a ConfigError naming ``source`` if
     it is not valid YAML or sets a key twice (plain YAML keeps the last one silently)."""
+    _check_flow_depth(text, source)
     loader = None
     try:
         loader = _Loader(text)  # reads the first characters already: a control character fails here
@@ -415,6 +416,22 @@ def parse_yaml(text: str, source: str, at: tuple = ()) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+#: Brackets open at once beyond which a document is refused before it is parsed (the parser recurses per level).
+MAX_FLOW_DEPTH = 100
+
+
+def _check_flow_depth(text: str, source: str) -> None:
+    depth = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            if depth > MAX_FLOW_DEPTH:
+                raise ConfigError(f"{source}: nested too deeply to read (over {MAX_FLOW_DEPTH} open brackets; a "
+                                  "config is a few levels deep)")
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
 
 
 def _check_unique_keys(node: yaml.Node, path: tuple, source: str, seen_nodes: set) -> None:
