@@ -245,3 +245,16 @@ def test_a_resume_with_no_epochs_left_refreshes_latest_and_trims(tmp_path):
     assert train(tiny(epochs=3), run, resume=True, console=quiet())["epochs"] == 3
     assert (run / "checkpoints" / "LATEST").read_text() == "epoch-0003\n"
     assert [p.name for p in checkpoint_folders(run)] == ["epoch-0002", "epoch-0003"]
+
+
+def test_results_of_an_unfinished_run_without_a_checkpoint_restart(tmp_path, capsys):
+    """The issue's repro: a run killed after writing its results but before its first checkpoint (the
+    order of older versions) left a folder that neither a fresh run nor --resume accepted."""
+    for resume in (False, True):
+        run = tmp_path / f"run-{resume}"
+        run.mkdir()
+        (run / "metrics.csv").write_text("epoch,train_loss\n1,0.7\n")
+        (run / "summary.json").write_text('{"epochs": 1, "train_loss": 0.7}')  # no test results: unfinished
+        (run / "curves.png").write_bytes(b"\x89PNG")
+        assert train(tiny(), run, resume=resume, console=Console(record=True)) is not None
+        assert [p.name for p in checkpoint_folders(run)] == ["epoch-0001"]
