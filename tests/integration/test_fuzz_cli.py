@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from ipu_snn.cli import main
 
 SCALE = int(os.environ.get("IPU_SNN_FUZZ_SCALE", "1"))
-EXAMPLES = {"validate": 150 * SCALE, "plan": 80 * SCALE, "train": 10 * SCALE}
+EXAMPLES = {"validate": 150 * SCALE, "plan": 80 * SCALE, "train": 6 * SCALE}
 BOUND_S = {"validate": 10, "plan": 30, "train": 60}  # per example; well beyond what a tiny one takes
 COUNTS: Counter = Counter()
 
