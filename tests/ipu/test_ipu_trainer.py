@@ -290,6 +290,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(poptorch, tmp_path, tiny)
 def test_refuses_to_resume_nothing_to_overwrite_or_across_drivers(poptorch, tmp_path, tiny):
     with pytest.raises(TrainingError, match="no checkpoint"):
         train(tiny(), tmp_path / "run", resume=True)
+    (tmp_path / "run").mkdir()
     save_checkpoint(tmp_path / "run", 1, torch.nn.Linear(1, 1), {})
     with pytest.raises(TrainingError, match="already holds a run"):
         train(tiny(), tmp_path / "run")
