@@ -133,9 +133,33 @@ def _affine(nir, weight: torch.Tensor, bias: torch.Tensor, gain: np.ndarray):
 
 def export_graph(cfg: Config, weights: dict[str, torch.Tensor], dt: float | None = None,
                  keep_subtract_reset: bool = False, peer: str = "generic"):
-    """The NIR graph of a network with this config and these weights (state_dict keys), its time
-    constants for steps of ``dt`` seconds (default: the peer's step, else the data's), written as
-    ``peer`` (a key of ``PEERS``) runs it."""
+    """The NIR graph of a network.
+
+    Parameters
+    ----------
+    cfg : Config
+        The network's config.
+    weights : dict of str to Tensor
+        Its weights, under the network's ``state_dict`` keys.
+    dt : float or None
+        Seconds per step the graph's time constants are written for (default: the peer's step, else the
+        data's).
+    keep_subtract_reset : bool
+        Write reset-by-subtraction layers as NIR LIF, keeping the subtraction in the node's metadata
+        (which ipu_snn reads back); otherwise such a layer is refused.
+    peer : {"generic", "snntorch", "norse"}
+        Who reads the graph: written as that reader runs it (``PEERS``, docs/nir.md).
+
+    Returns
+    -------
+    nir.NIRGraph
+
+    Raises
+    ------
+    ConfigError
+        Naming the layer NIR cannot express (ALIF; a subtracting reset without ``keep_subtract_reset``),
+        an unknown peer, or a ``dt`` the peer would read wrongly.
+    """
     nir = import_nir()
     if peer not in PEERS:
         raise ConfigError(f"export for '{peer}': the known readers are {', '.join(PEERS)}")
@@ -197,7 +221,22 @@ def write_graph(graph, path: Path) -> None:
 
 def export_run(run_dir: Path, out: Path | None = None, dt: float | None = None,
                keep_subtract_reset: bool = False, peer: str = "generic") -> Path:
-    """Write the newest intact checkpoint of a run folder as a NIR file (default ``RUN/model.nir``)."""
+    """Write the newest intact checkpoint of a run folder as a NIR file.
+
+    Parameters
+    ----------
+    run_dir : Path
+        A folder written by `ipu_snn.train.train`.
+    out : Path or None
+        The file to write (default ``RUN/model.nir``), atomically.
+    dt, keep_subtract_reset, peer
+        As for `export_graph`.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
     from ..config import load_config
     from ..run_folder import newest_intact_checkpoint
 
@@ -559,9 +598,27 @@ def infer_dt(graph, data_dt: float, source: str = "graph") -> float:
 
 
 def resolve_from_nir(cfg: Config) -> tuple[Config, dict[str, torch.Tensor]]:
-    """``model.from_nir`` made concrete: the config with the graph's layers and readout (and no
-    from_nir), and the graph's weights under the network's state_dict keys, for
-    ``load_state_dict(strict=True)``. Refuses, naming the node, what the network cannot hold."""
+    """``model.from_nir`` made concrete.
+
+    Parameters
+    ----------
+    cfg : Config
+        A config whose ``model.from_nir`` names a NIR file (its time constants read at ``model.nir_dt``,
+        default the data's step).
+
+    Returns
+    -------
+    cfg : Config
+        The config with the graph's layers and readout, and no ``from_nir``.
+    weights : dict of str to Tensor
+        The graph's weights under the network's ``state_dict`` keys, for ``load_state_dict(strict=True)``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the node, for what the network cannot hold, or a graph whose inputs or classes differ
+        from the data's.
+    """
     from ..data import input_shape
 
     path = Path(cfg.model.from_nir).expanduser()

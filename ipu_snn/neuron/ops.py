@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from .bits import packed_row_bytes
+from ..core.bits import packed_row_bytes
 from .kernels import resolve
 from .spec import RESETS, NeuronSpec
 from .surrogates import SURROGATES

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .bits import pack_spikes, unpack_spikes
+from ..core.bits import pack_spikes, unpack_spikes
 from .spec import NeuronSpec
 from .surrogates import SpikeFn, spike, surrogate
 

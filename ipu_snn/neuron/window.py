@@ -39,9 +39,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..ops.policy import SparsePolicy
+from ..ops.policy import PRODUCT_MODE_CODES, SparsePolicy
 from ..ops.registry import get_kernels, resolve_backend
-from .bits import pack_spikes, unpack_spikes
+from ..core.bits import pack_spikes, unpack_spikes
 from .kernels import NeuronKernels, resolve
 from .spec import NeuronSpec
 
@@ -116,10 +116,7 @@ def _generic_forward(k: NeuronKernels, s: WindowSettings, currents, v, a, z0, w_
             spikes = get_kernels(resolve_backend(policy.backend, w_rec.device))
             prev_bits = pack_spikes(prev)
             counts = spikes.count_bits(prev_bits)
-            # the same rule as the CPU loop: auto gathers where the spikes fit the lists and are sparse enough
-            gather = policy.mode == "sparse" or (policy.mode == "auto" and int(counts.max()) <= policy.capacity
-                                                 and policy.use_sparse_density(counts, n))
-            if gather:
+            if policy.list_length(counts, n, fixed_lists=True) is not None:
                 out, lost = spikes.bits_forward(prev_bits, n, w_rec, None, policy.capacity)
                 current = current + out
                 dropped += lost.to(torch.int64)
@@ -186,10 +183,9 @@ def _rec_weight_grad(policy: SparsePolicy, prev_bits: Tensor, grad_currents: Ten
     flat = prev_bits.reshape(-1, prev_bits.shape[-1])
     g = grad_currents.reshape(-1, n)
     spikes = get_kernels(resolve_backend(policy.backend, g.device))
-    if policy.mode == "sparse":
-        return spikes.bits_grad_weight(flat, n, g, policy.capacity)
-    if policy.mode == "auto" and policy.use_sparse_density(spikes.count_bits(flat), n):
-        return spikes.bits_grad_weight(flat, n, g, n)
+    length = policy.list_length(spikes.count_bits(flat) if policy.mode == "auto" else None, n)
+    if length is not None:
+        return spikes.bits_grad_weight(flat, n, g, length)
     return unpack_spikes(flat, n, g.dtype).t() @ g
 
 
@@ -205,7 +201,7 @@ class _SpikingWindow(torch.autograd.Function):
             (z, bits, d, v_prev, a_prev, near, v, a, dropped, _sparse_steps) = k.window_forward(
                 currents.contiguous(), v0, a0, z0 if recurrent else None, w_rec, beta, rho, s.spec.threshold,
                 s.spec.adapt_strength, s.spec.reset_code, s.spec.surrogate_code, s.spec.scale, saved, keep,
-                keep_v, keep_a, policy.rec_mode if recurrent else 0, policy.capacity if recurrent else 0,
+                keep_v, keep_a, PRODUCT_MODE_CODES[policy.mode] if recurrent else 0, policy.capacity if recurrent else 0,
                 policy.max_density if recurrent else 0.0, -1.0 if s.near_min_d is None else s.near_min_d)
             f = _Forward(z, bits, d, v_prev if keep_v else None, a_prev if keep_a else None,
                          near if s.near_min_d is not None else None, v, a if s.spec.adaptive else None, dropped)
