@@ -18,7 +18,7 @@ from .neuron.bits import pack_spikes
 from .neuron.spec import NeuronSpec
 from .neuron.surrogates import surrogate
 from .neuron.window import SAVED_DTYPES, SpikeTrain
-from .ops.policy import SparsePolicy, crossover_density
+from .ops.policy import SparsePolicy, crossover_key
 from .ops.registry import backend_names
 
 # How each window's readout trace becomes that window's output, and how the windows' outputs
@@ -150,28 +150,50 @@ def fused_obstacles(cfg: ModelConfig) -> list[str]:
             for i, layer in enumerate(cfg.layers) if not layer.detach_reset]
 
 
-def _policy(cfg: ModelConfig, n_in: int, n_out: int, device: torch.device, backend: str | None,
-            listed: bool, per_step: bool = False) -> SparsePolicy:
+def _policy(cfg: ModelConfig, n_in: int, n_out: int, backend: str | None, listed: bool, crossovers,
+            per_step: bool = False) -> SparsePolicy:
     if cfg.sparse is False:
         return SparsePolicy()
     capacity = max(1, math.ceil(cfg.sparse_capacity * n_in))
     if cfg.sparse is True:
         return SparsePolicy("sparse", capacity, cfg.sparse_overflow, listed_grad=listed, backend=backend)
-    return SparsePolicy("auto", capacity, max_density=crossover_density(device, n_in, n_out, backend, per_step),
-                        listed_grad=listed, backend=backend)
+    key = crossover_key(n_in, n_out, per_step)
+    if key not in (crossovers or {}):
+        raise ValueError(f"model.sparse: auto needs the measured dense/sparse crossover of each product (here "
+                         f"{key}): pass build_network's crossovers, from ipu_snn.calibration.crossovers or a "
+                         "RunPlan")
+    return SparsePolicy("auto", capacity, max_density=crossovers[key], listed_grad=listed, backend=backend)
+
+
+def auto_products(cfg: ModelConfig, n_inputs: int, n_classes: int, binary_inputs: bool = True
+                  ) -> list[tuple[int, int, bool]]:
+    """(n_in, n_out, per_step) of every product ``model.sparse: auto`` decides by a crossover: the input
+    product (binary inputs only), each recurrent product (per step), each layer-to-layer product and the
+    readout's. Empty unless ``model.sparse`` is auto."""
+    if cfg.sparse != "auto":
+        return []
+    sizes = [layer.size for layer in cfg.layers]
+    out = [(n_inputs, sizes[0], False)] if binary_inputs else []
+    for i, layer in enumerate(cfg.layers):
+        if layer.type == "rlif" or (layer.type == "alif" and layer.recurrent):
+            out.append((layer.size, layer.size, True))
+        out.append((layer.size, sizes[i + 1] if i + 1 < len(sizes) else n_classes, False))
+    return list(dict.fromkeys(out))
 
 
 def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *, loop: TimeLoop = TimeLoop(),
                   binary_inputs: bool = True, device: str = "cpu", mode: StepMode | None = None,
-                  products: Products = torch_products) -> SpikingNetwork:
+                  products: Products = torch_products, crossovers: dict | None = None) -> SpikingNetwork:
     """Build the network of ``cfg`` and decide, once, how it runs.
 
     ``dt`` (seconds per step) turns time constants given as ``tau`` into per-step decays;
     ``loop``: the windows and BPTT schedule of the executor; ``device``: the config's device
     (a device with its own spike-matmul backend, ipu-emulator, gets it in every sparse product
     and needs model.sparse: true); ``mode``: the step mode (None: from model.fused);
-    ``products``: how products run (a tracer supplies its own). Spike counts
-    (``binary_inputs=False``) are multiplied densely."""
+    ``products``: how products run (a tracer supplies its own); ``crossovers``: for
+    ``model.sparse: auto``, the measured dense/sparse crossover of each product (`auto_products`, by
+    ``ipu_snn.ops.policy.crossover_key``; a RunPlan's, or ``ipu_snn.calibration.crossovers``): building a
+    network never measures anything. Spike counts (``binary_inputs=False``) are multiplied densely."""
     mode = step_mode(cfg) if mode is None else mode
     if mode not in STEP_MODES:
         raise ValueError(f"unknown step mode {mode!r}")
@@ -182,7 +204,6 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     if backend is not None and backend not in backend_names():
         raise ValueError(f"device {device} needs the {backend} spike backend, which ipu_snn.ipu registers: "
                          "import ipu_snn.ipu before building the network")
-    torch_device = torch.device("cuda" if device == "cuda" else "cpu")
     listed = cfg.sparse_grad == "spikes"
     if cfg.sparse_near is not None and mode != "fused":
         raise ConfigError("model.sparse_near lists near-threshold neurons from the fused kernels' surrogate "
@@ -190,7 +211,7 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     saved = SAVED_DTYPES[cfg.fused_saved_dtype]
     kernels = "cpu" if device == "ipu-emulator" else None
     layers, n_in = [], n_inputs
-    input_policy = _policy(cfg, n_in, cfg.layers[0].size, torch_device, backend, False) if binary_inputs \
+    input_policy = _policy(cfg, n_in, cfg.layers[0].size, backend, False, crossovers) if binary_inputs \
         else SparsePolicy()
     for i, layer_cfg in enumerate(cfg.layers):
         adaptive = layer_cfg.type == "alif"
@@ -202,7 +223,7 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
         if listed and cfg.sparse_near is not None and cfg.sparse is not False:
             peak = float(surrogate(spec.surrogate).grad(torch.zeros((), dtype=torch.float64), spec.scale))
             near_min_d = cfg.sparse_near * peak
-        rec_policy = _policy(cfg, layer_cfg.size, layer_cfg.size, torch_device, backend, listed,
+        rec_policy = _policy(cfg, layer_cfg.size, layer_cfg.size, backend, listed, crossovers,
                              per_step=True) if recurrent else None
         layers.append(SpikingLayer(
             n_in, layer_cfg.size, spec, beta=layer_cfg.resolve_beta(dt, default=0.9),
@@ -210,7 +231,7 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
             policies=LayerPolicies(input_policy, rec_policy), mode=mode, saved_dtype=saved, near_min_d=near_min_d,
             kernels=kernels, products=products, index=i, source="input" if i == 0 else f"layer{i - 1}"))
         input_policy = _policy(cfg, layer_cfg.size, cfg.layers[i + 1].size if i + 1 < len(cfg.layers) else n_classes,
-                               torch_device, backend, listed)
+                               backend, listed, crossovers)
         n_in = layer_cfg.size
     readout = LIReadout(n_in, n_classes, beta=cfg.readout.resolve_beta(dt, default=0.95),
                         learn_decay=cfg.readout.learn_decay, policy=input_policy, mode=mode, kernels=kernels,
@@ -228,5 +249,5 @@ def pack_inputs(x: Tensor) -> Tensor:
     return pack_spikes(x)
 
 
-__all__ = ["NetworkOutput", "SpikingNetwork", "build_network", "count_parameters", "fused_obstacles",
+__all__ = ["NetworkOutput", "SpikingNetwork", "auto_products", "build_network", "count_parameters", "fused_obstacles",
            "pack_inputs", "step_mode"]

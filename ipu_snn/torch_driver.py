@@ -21,11 +21,11 @@ from .devices import resolve_device, spike_backend
 from .distributed import (DistContext, GlobalBatchSampler, all_reduce_sum, barrier, broadcast_object,
                           init_distributed, shutdown)
 from .errors import ConfigError
-from .executor import TimeLoop
 from .metrics import WorkloadTally
 from .network import SpikingNetwork, build_network, count_parameters, step_mode
 from .ops.registry import resolve_backend
 from .optim import make_optimizer
+from .planner import RunPlan
 
 T = TypeVar("T")
 
@@ -101,10 +101,11 @@ class TorchDriver:
         # every process runs what rank 0 chose, whatever its own measurements say
         return broadcast_object(self.ctx, choose() if self.is_main else None)
 
-    def build(self, cfg: Config, splits: DataSplits, loop: TimeLoop, initial_weights: dict | None) -> None:
+    def build(self, cfg: Config, splits: DataSplits, run_plan: RunPlan, initial_weights: dict | None) -> None:
         self.cfg = cfg
-        self.network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=loop,
-                                     binary_inputs=cfg.data.binary, device=cfg.device).to(self.device)
+        self.network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=run_plan.loop(),
+                                     binary_inputs=cfg.data.binary, device=cfg.device,
+                                     crossovers=run_plan.crossovers).to(self.device)
         if initial_weights is not None:
             self.network.load_state_dict(initial_weights, strict=True)
         self.optimizer = make_optimizer(cfg.training, self.network.parameters())

@@ -21,7 +21,7 @@ LAYERS = [
                     "checkpoint", "run_folder", "reporting", "optim", "distributed", "saved_bytes"]),
     # the IPU's tile model and emulator sit with the planner, which costs IPU runs with the tile plan
     ("model", ["layers", "executor", "network", "planner", "metrics", "interop",
-               "ipu.__init__", "ipu.tiles", "ipu.emulator", "ipu.emulator_backend", "ipu.layer_emulator"]),
+               "ipu.__init__", "ipu.tiles", "ipu.tile_planning", "ipu.emulator", "ipu.emulator_backend", "ipu.layer_emulator"]),
     ("training loop", ["loop"]),
     ("drivers", ["torch_driver", "ipu"]),
     ("entry points", ["train", "evaluate"]),

@@ -15,7 +15,9 @@ from ipu_snn.devices import device_spec
 from ipu_snn.errors import ConfigError, DeviceError
 from ipu_snn.executor import TimeLoop
 from ipu_snn.network import build_network, pack_inputs
-from ipu_snn.planner import NetShape, analytic_costs, calibrate, candidates, plan, schedule_factory
+from ipu_snn.bptt.registry import SCHEDULES as REGISTRY
+from ipu_snn.calibration import measure_window_costs
+from ipu_snn.planner import NetShape, analytic_costs, candidates, plan
 from ipu_snn.train import train
 
 MODEL = {"layers": [{"type": "rlif", "size": 24, "learn_decay": True}, {"type": "alif", "size": 12}],
@@ -43,8 +45,9 @@ MODELS = {
 def test_predicted_bytes_equal_what_the_executor_counts(model, window, name):
     cfg = config(model=MODELS[model])
     shape = NetShape.of(cfg, 10, 3)
-    factory = candidates(cfg.bptt, Costs(), compare_all=True)[name]
-    sched = (factory or store_all)(shape.windows(window))
+    kind = candidates(cfg.bptt, compare_all=True)[name]
+    factory = None if name == "store_all" else kind.build
+    sched = kind.build(shape.windows(window))
     torch.manual_seed(0)
     net = build_network(cfg.model, 10, 3, dt=1e-3, loop=TimeLoop(window, factory))
     out = net(pack_inputs((torch.rand(8, 60, 10) < 0.3).float()))
@@ -97,20 +100,38 @@ def test_a_huge_layer_is_refused_in_seconds_without_allocating(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_every_configured_schedule_has_a_factory():
+def test_every_configured_schedule_is_a_registry_class_with_its_own_fields():
+    assert list(REGISTRY) == SCHEDULES
     for name in SCHEDULES:
-        factory = schedule_factory(config(schedule=name).bptt)
-        assert (factory is None) == (name == "store_all")
-        if factory:
-            assert factory(9).T == 9
-    with pytest.raises(ValueError, match="auto"):
-        schedule_factory(config(schedule="auto").bptt)
+        section = config(schedule=name).bptt
+        assert isinstance(section, REGISTRY[name]) and section.build(9).T == 9
+        # the defaults are the class's: every unset size filled in for the windows
+        resolved = section.resolved(9)
+        # (double without local_slots tapes every window of a segment: inner uniform, no local checkpoint)
+        assert all(v is not None for k, v in resolved.parameters().items() if k != "local_slots"), resolved
+        assert resolved.build(9).actions == section.build(9).actions
+    with pytest.raises(ConfigError, match=r"bptt.slots: schedule 'uniform' has no such field"):
+        validate_config({"model": MODEL, "bptt": {"schedule": "uniform", "slots": 3}})
+    with pytest.raises(ConfigError, match=r"bptt.offchip_slots: schedule 'double' has no such field"):
+        validate_config({"model": MODEL, "bptt": {"schedule": "double", "offchip_slots": 3}})
+    with pytest.raises(ConfigError, match=r"bptt.schedule: unknown schedule 'checkmate'"):
+        validate_config({"model": MODEL, "bptt": {"schedule": "checkmate"}})
+    # the shared fields belong to every schedule, and a section without a schedule is store_all's
+    for name in [*SCHEDULES, "auto"]:
+        assert validate_config({"model": MODEL, "bptt": {"schedule": name, "window": 8, "budget_gib": 1}}).bptt.window == 8
+    assert validate_config({"model": MODEL, "bptt": {"window": 8}}).bptt.schedule == "store_all"
+
+
+def test_validate_names_the_field_another_schedule_has():
+    result = subprocess.run([sys.executable, "-m", "ipu_snn.cli", "validate", "configs/tiny.yaml",
+                             "bptt.schedule=uniform", "bptt.slots=3"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "bptt.slots" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_calibrated_costs_are_per_window_lines():
     # big enough that 240 more steps outweigh timing noise (32 neurons over 48 steps did not, now and then)
     cfg = config(model={"layers": [{"type": "rlif", "size": 256}]})
-    costs = calibrate(cfg, 100, 3, batch=32, lengths=(16, 256), repeats=3)
+    costs = measure_window_costs(cfg, 100, 3, batch=32, lengths=(16, 256), repeats=3)
     for fixed, per_step in (costs.forward, costs.tape, costs.reverse):
         assert fixed >= 0 and per_step >= 0
     assert costs.forward[1] + costs.reverse[1] > 0

@@ -16,3 +16,7 @@ def _load_emulator():
 # The spike-matmul registry (ipu_snn.ops) sits below this package and does not import it: the IPU
 # backends register themselves when the IPU path is imported (ipu_snn.torch_driver does for device: ipu-emulator).
 register_backend("ipu_emulator", _load_emulator)
+
+# The planner (below this package) does not import the tile model either: importing the IPU path
+# registers its tile planner (ipu_snn.planner.TILE_PLANNERS), so a CPU or GPU plan never loads it.
+from . import tile_planning  # noqa: E402,F401

@@ -4,7 +4,7 @@ Public API:
   * ``SparseSpikes`` (spikes.py): capacity-K spike lists, ``from_dense`` / ``to_dense``.
   * ``spike_matmul``, ``sparse_linear`` (matmul.py): differentiable gather-add matmul.
   * ``spike_product`` (product.py): a window's product of packed spikes, dense or sparse.
-  * ``SparsePolicy``, ``crossover_density`` (policy.py): how a product runs, from a measured crossover.
+  * ``SparsePolicy``, ``measure_crossover`` (policy.py): how a product runs, from a measured crossover.
   * ``backend_names``, ``resolve_backend``, ``register_backend`` (registry.py).
 """
 
@@ -13,7 +13,7 @@ import importlib
 # Exported lazily: the spike ops register torch.library custom ops (torch >= 2.4), and a module that
 # only needs, say, SparsePolicy (the IPU path, whose PopTorch 3.4 runs on torch 2.0.1) must not pay that.
 _EXPORTS = {
-    "SparsePolicy": "policy", "crossover_density": "policy",
+    "SparsePolicy": "policy", "measure_crossover": "policy",
     "backend_names": "registry", "register_backend": "registry", "resolve_backend": "registry",
     "SparseLinearResult": "matmul", "sparse_linear": "matmul", "spike_matmul": "matmul",
     "spike_product": "product",

@@ -3,15 +3,16 @@
 A spike product ``z @ W`` (z binary, [R, n_in]) costs a dense matmul the same
 at any spike density, and a gather-add over the spike list in proportion to the
 spikes. Where the two lines cross depends on the machine, the shapes and the
-kernels, so it is measured, not assumed: `crossover_density` times both for a
+kernels, so it is measured, not assumed: `measure_crossover` times both for a
 product's shape (forward plus weight gradient, the two products that see the
 spikes) at two densities, fits the sparse cost as a line in the density, and
 returns the density where it meets the dense cost. A window's products (rows =
 its steps x samples) are timed at `WINDOW_ROWS` rows, forward plus weight
 gradient; the recurrent product, which runs one step of `STEP_ROWS` samples at
 a time inside the window loop, is timed per step, forward only (its weight
-gradient is a window product). The result is cached per machine on disk (``$IPU_SNN_CACHE`` or ``~/.cache/ipu_snn``), so a resumed run
-makes the same choices as the run it continues.
+gradient is a window product). `ipu_snn.calibration` measures each product of a
+network once per machine and shape, caches the result, and the RunPlan hands it to
+the network, so a resumed run makes the same choices as the run it continues.
 
 `SparsePolicy` is a product's setting, fixed when the network is built
 (``model.sparse``):
@@ -28,10 +29,7 @@ makes the same choices as the run it continues.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -39,7 +37,6 @@ from pathlib import Path
 
 import torch
 
-from ..files import replace_atomically
 
 MODES = ("dense", "sparse", "auto")
 #: rows timed for a window's products: enough that neither side is all call overhead, as in a real window
@@ -78,12 +75,8 @@ class SparsePolicy:
         return counts.numel() > 0 and float(counts.sum()) <= self.max_density * counts.numel() * n_in
 
 
-def _cache_file() -> Path:
-    root = os.environ.get("IPU_SNN_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "ipu_snn") / "crossover.json"
-
-
-def _machine_key(device: torch.device) -> str:
+def machine_key(device: torch.device) -> str:
+    """This machine as measurements depend on it: torch, the CPU's flags and threads, or the GPU."""
     if device.type == "cuda":
         what = torch.cuda.get_device_name(device)
     else:
@@ -150,30 +143,14 @@ def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, p
     return float(min(1.0, max(0.0, (dense - (s0 - slope * d0)) / slope)))
 
 
-@functools.cache
-def crossover_density(device: torch.device, n_in: int, n_out: int, backend: str | None = None,
+def crossover_key(n_in: int, n_out: int, per_step: bool = False) -> str:
+    """How a product's crossover is named in a RunPlan: its shape, and whether it runs per step."""
+    return f"{n_in}x{n_out}|{'step' if per_step else 'window'}"
+
+
+def measure_crossover(device: torch.device, n_in: int, n_out: int, backend: str | None = None,
                       per_step: bool = False) -> float:
     """The spike density at or below which the sparse product of this shape beats the dense one here:
-    a window's product, or with ``per_step`` the recurrent product of one step.
-
-    Measured once per machine and shape (a fraction of a second), then read from the cache."""
-    device = torch.device(device)
-    kind = "step" if per_step else "window"
-    key = f"{_machine_key(device)}|{device.type}|{backend}|{n_in}x{n_out}|{kind}"
-    path = _cache_file()
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError):
-        table = {}
-    if not isinstance(table, dict):
-        table = {}
-    if isinstance(table.get(key), float):
-        return table[key]
-    value = _measure(device, n_in, n_out, backend, per_step)
-    table[key] = value
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        replace_atomically(path, (json.dumps(table, indent=1, sort_keys=True) + "\n").encode())
-    except OSError:
-        pass  # an unwritable cache only costs the measurement again next time
-    return value
+    a window's product, or with ``per_step`` the recurrent product of one step. Measured now (a fraction
+    of a second); `ipu_snn.calibration` caches it per machine and shape."""
+    return _measure(torch.device(device), n_in, n_out, backend, per_step)
