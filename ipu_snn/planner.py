@@ -302,9 +302,10 @@ class Plan:
     def chosen(self) -> Strategy | None:
         return next((s for s in self.strategies if s.name == self.choice), None)
 
-    def run_plan(self) -> RunPlan:
-        """The chosen strategy as the run's RunPlan (a ConfigError saying what would fit if none is)."""
-        s = self.chosen
+    def run_plan(self, name: str | None = None) -> RunPlan:
+        """The chosen strategy as the run's RunPlan (a ConfigError saying what would fit if none is);
+        ``name``: another costed strategy's, fitting or not (to compare them)."""
+        s = self.chosen if name is None else next(s for s in self.strategies if s.name == name)
         if s is None:
             raise ConfigError(refusal(self))
         kind = self.kinds[s.name].resolved(s.windows, self.generic)

@@ -190,3 +190,37 @@ def test_each_schedule_takes_the_window_its_purpose_wants(schedule):
         near = [s for s in options if s.predicted_s <= RECOMPUTE_TIME_SLACK * fastest.predicted_s]
         assert chosen.peak_bytes == min(s.peak_bytes for s in near)
         assert chosen.peak_bytes <= fastest.peak_bytes and chosen.predicted_s <= 1.2 * fastest.predicted_s
+
+
+def test_refusals_come_from_arithmetic_before_any_schedule_or_measurement(monkeypatch, capsys):
+    import ipu_snn.calibration
+    from ipu_snn.bptt import registry
+    from ipu_snn.planner import MAX_WINDOWS, window_choices
+
+    def never(*args, **kwargs):
+        raise AssertionError("generated or measured before refusing")
+
+    monkeypatch.setattr(ipu_snn.calibration, "calibrate", never)
+    for cls in registry.SCHEDULES.values():
+        monkeypatch.setattr(cls, "build", never)
+    assert main(["plan", "configs/tiny.yaml", "model.layers.0.size=100000", "--budget-gib", "16"]) == 2
+    assert "100000 neurons" in capsys.readouterr().err
+    assert main(["plan", "configs/tiny.yaml", "data.steps=10000000"]) == 2
+    assert f"at most {MAX_WINDOWS} windows" in capsys.readouterr().err
+    # the limit is on windows, so a long enough window plans the same T
+    assert window_choices(10_000_000, 5000) == [5000] and window_choices(10_000_000, None) == []
+    assert max(-(-100_000 // w) for w in window_choices(100_000, None)) <= MAX_WINDOWS
+
+
+def test_the_run_plan_is_data_that_round_trips():
+    from ipu_snn.planner import RunPlan
+
+    cfg = validate_config({"model": MODEL, "data": {"steps": 60, "batch_size": 8},
+                           "bptt": {"schedule": "two_level", "window": 4}})
+    p = plan(cfg, device_spec("h100"), n_inputs=10, n_classes=3).run_plan()
+    assert p.schedule.name == "two_level" and p.window == 4 and p.windows == 15
+    assert p.schedule.local_slots == 4 and p.schedule.offchip_slots == 15  # the defaults, written in
+    again = RunPlan.from_json(json.loads(json.dumps(p.to_json())))
+    assert again == p
+    assert again.loop().schedule(15).actions == p.loop().schedule(15).actions
+    assert plan(config("store_all"), device_spec("h100"), n_inputs=10, n_classes=3).run_plan().loop().schedule is None
