@@ -1,27 +1,14 @@
-"""Pick the time loop's window and BPTT schedule, predicting bytes and time before anything is allocated.
+"""Plan a run once: its window, BPTT schedule and product policies (`RunPlan`), bytes predicted before
+anything is allocated.
 
-Bytes come from shapes alone (`NetShape`): what one taped window keeps for
-backward (spikes as bits, surrogate derivatives in ``fused_saved_dtype``, the
-pre-step state of learned decays, near-threshold bits), one window-boundary
-checkpoint (every layer's v, a, last spikes; the readout's membrane), the
-parameters with their gradients and Adam moments, the batch (packed bits), and
-the working buffers of the window that runs. The executor counts the same
-taped and checkpoint bytes as it runs (``ScanStats.peak_local_bytes``), and the
-tests hold the two within 10%. So a config that cannot fit is refused in
-seconds, naming what would.
-
-Time comes from costs per window: on the machine a run uses, measured
-(`calibrate`: one window of two lengths, untaped, taped and reversed, at the
-real shapes and batch; the per-window constant and the per-step cost are the
-line through the two); for another device, from its spec (`analytic_costs`).
-A schedule's time is then its window counts times these costs
-(``bptt.predicted_time``), plus the optimizer step.
-
-On an IPU the tiles decide (ipu_snn.ipu.tiles): every candidate schedule and
-window is laid out on the tiles, it fits when every tile fits its SRAM (and
-the off-chip checkpoints the streaming memory), and its time is the tile
-plan's model. `plan_for_config` gives the tile plan of the window chosen, and
-`largest_steps` the longest sequence each schedule fits on one IPU.
+Bytes come from shapes alone (`NetShape`), counted as the executor counts them
+(``ScanStats.peak_local_bytes``; the tests hold the two within 10%), and `check_fits`
+refuses a run that cannot fit from arithmetic before any schedule is generated. Time
+comes from window costs: measured on this machine (`ipu_snn.calibration`), or for
+another device from its spec (`analytic_costs`). `plan` costs every schedule of the
+registry (`ipu_snn.bptt.registry`) over the window lengths; on an IPU the tile model
+that ``ipu_snn.ipu`` registers (`TILE_PLANNERS`) judges each instead, so this module
+never imports it. Design notes: docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ LAYERS = [
     ("foundation", ["__init__", "errors", "config", "files", "devices", "neuron", "ops", "bptt", "data",
                     "checkpoint", "run_folder", "reporting", "optim", "distributed", "saved_bytes"]),
     # the IPU's tile model and emulator sit with the planner, which costs IPU runs with the tile plan
-    ("model", ["layers", "executor", "network", "planner", "metrics", "interop",
+    ("model", ["layers", "executor", "network", "planner", "calibration", "metrics", "interop",
                "ipu.__init__", "ipu.tiles", "ipu.tile_planning", "ipu.emulator", "ipu.emulator_backend", "ipu.layer_emulator"]),
     ("training loop", ["loop"]),
     ("drivers", ["torch_driver", "ipu"]),
