@@ -293,7 +293,7 @@ class AutoBPTT(_BPTTShared):
 
 def _bptt_section(kind: type[ScheduleKind]) -> type:
     # one config class per schedule of the registry: its own parameters and the shared fields
-    return types.new_class(f"{kind.__name__}BPTT", (kind, _BPTTShared), {},
+    return types.new_class(f"{kind.__name__}BPTT", (_BPTTShared, kind), {},
                            lambda ns: ns.update({"__module__": __name__, "__doc__": kind.__doc__}))
 
 

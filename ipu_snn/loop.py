@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from .checkpoint import load_weights, save_checkpoint
-from .config import BPTT_SECTIONS, Config, dump_config, validate_config
+from .config import BPTT_SECTIONS, Config, dump_config
 from .data import DataSplits, input_shape, load_splits
 from .devices import POPTORCH_DEVICES, device_spec
 from .errors import ConfigError, TrainingError
@@ -328,8 +328,8 @@ def stored_plan(state: dict, cfg: Config, per_process_batch: int) -> RunPlan:
         return RunPlan.from_json(state["plan"])
     bptt = _set_fields(state["config"]["bptt"])
     fields = BPTT_SECTIONS[bptt.get("schedule", "store_all")].model_fields
-    section = validate_config({"model": cfg.model.model_dump(mode="json"),
-                               "bptt": {k: v for k, v in bptt.items() if k in fields}}).bptt
+    section = BPTT_SECTIONS[bptt.get("schedule", "store_all")].model_validate(
+        {k: v for k, v in bptt.items() if k in fields})
     n_inputs, n_classes = input_shape(cfg.data)
     return plan(cfg.model_copy(update={"bptt": section}), device_spec(cfg.device), n_inputs=n_inputs,
                 n_classes=n_classes, batch=per_process_batch).run_plan()

@@ -208,6 +208,9 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     if cfg.sparse_near is not None and mode != "fused":
         raise ConfigError("model.sparse_near lists near-threshold neurons from the fused kernels' surrogate "
                           "derivative, so it needs the fused step mode (model.fused: auto or true)")
+    if mode == "straight_through" and crossovers is None:
+        # a tracer's products multiply sparse: auto densely (ipu_snn.ipu.model): no crossover applies
+        crossovers = {crossover_key(*p): 0.0 for p in auto_products(cfg, n_inputs, n_classes, binary_inputs)}
     saved = SAVED_DTYPES[cfg.fused_saved_dtype]
     kernels = "cpu" if device == "ipu-emulator" else None
     layers, n_in = [], n_inputs

@@ -299,10 +299,6 @@ class Plan:
         return RunPlan(self.device, self.T, self.batch, s.window, kind, self.generic, dict(self.crossovers),
                        s.peak_bytes, s.predicted_s, self.costs_source)
 
-    def loop(self):
-        """The chosen strategy as the executor's TimeLoop."""
-        return self.run_plan().loop() if self.chosen else None
-
     def to_json(self) -> dict:
         return {"device": self.device, "budget_bytes": self.budget_bytes, "T": self.T, "batch": self.batch,
                 "costs": self.costs_source, "choice": self.choice, "fastest_fitting": self.fastest,

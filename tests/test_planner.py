@@ -224,3 +224,25 @@ def test_the_run_plan_is_data_that_round_trips():
     assert again == p
     assert again.loop().schedule(15).actions == p.loop().schedule(15).actions
     assert plan(config("store_all"), device_spec("h100"), n_inputs=10, n_classes=3).run_plan().loop().schedule is None
+
+
+def test_a_cpu_plan_does_not_load_the_ipu_tile_model():
+    code = ("import sys; from ipu_snn.config import load_config; from ipu_snn.devices import device_spec; "
+            "from ipu_snn.planner import plan; "
+            "p = plan(load_config('configs/tiny.yaml'), device_spec('cpu'), n_inputs=70, n_classes=20); "
+            "assert p.choice == 'store_all'; assert 'ipu_snn.ipu.tiles' not in sys.modules, 'loaded'; "
+            "assert not any(m.startswith('ipu_snn.ipu') for m in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_checkpoint_without_a_stored_plan_replans_its_resolved_config():
+    # checkpoints written before plans were stored resolved the choice in a flat bptt section
+    from ipu_snn.loop import stored_plan
+
+    cfg = validate_config({"model": MODEL, "data": {"steps": 60, "batch_size": 8}, "bptt": {"schedule": "auto"}})
+    flat = {"schedule": "revolve", "every": None, "slots": 3, "offchip_every": None, "local_slots": None,
+            "offchip_slots": None, "inner": "revolve", "budget_gib": None, "window": 6}
+    got = stored_plan({"config": {**cfg.model_dump(mode="json"), "bptt": flat}}, cfg, 8)
+    assert (got.schedule.name, got.schedule.slots, got.window) == ("revolve", 3, 6)
+    assert stored_plan({"plan": got.to_json()}, cfg, 8) == got

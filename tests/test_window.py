@@ -50,7 +50,7 @@ def run(cfg, x, y, loop=TimeLoop(), mode=None, kernels=None, seed=0):
     torch.manual_seed(seed)
     n_in = x.shape[-1] if x.dtype != torch.uint8 else 7
     # sparse: auto goes sparse at or below a crossover the calibration step would measure; fixed here
-    crossovers = {crossover_key(*p): 0.3 for p in auto_products(cfg, n_in, 4, x.dtype == torch.uint8)}
+    crossovers = {crossover_key(*p): 0.3 for p in auto_products(cfg, n_in, 4)}
     net = build_network(cfg, n_in, 4, dt=1e-3, loop=loop, mode=mode, crossovers=crossovers).double()
     if kernels:
         for layer in net.layers:
