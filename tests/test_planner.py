@@ -246,3 +246,14 @@ def test_a_checkpoint_without_a_stored_plan_replans_its_resolved_config():
     got = stored_plan({"config": {**cfg.model_dump(mode="json"), "bptt": flat}}, cfg, 8)
     assert (got.schedule.name, got.schedule.slots, got.window) == ("revolve", 3, 6)
     assert stored_plan({"plan": got.to_json()}, cfg, 8) == got
+
+
+def test_an_evaluation_that_cannot_fit_is_refused_from_shapes():
+    from ipu_snn.planner import check_evaluation_fits
+
+    small = validate_config({"model": MODEL, "data": {"steps": 60, "batch_size": 8}})
+    check_evaluation_fits(small, device_spec("h100"), 16)
+    huge = validate_config({"model": {"layers": [{"type": "rlif", "size": 100_000}]},
+                            "data": {"steps": 2000, "batch_size": 4096}})
+    with pytest.raises(ConfigError, match="evaluating does not fit h100"):
+        check_evaluation_fits(huge, device_spec("h100"), 16)
