@@ -110,7 +110,13 @@ def model_config(job: dict, sparse=False, schedule: str = "store_all", model: di
 
 
 def with_bptt(cfg, **fields):
-    return cfg.model_copy(update={"bptt": cfg.bptt.model_copy(update=fields)})
+    """``cfg`` with bptt fields changed; a new schedule keeps only the fields it has (window, budget_gib)."""
+    from ipu_snn.config import BPTT_SECTIONS
+
+    merged = {**cfg.bptt.model_dump(), **fields}
+    section = BPTT_SECTIONS[merged["schedule"]]
+    return cfg.model_copy(update={"bptt": section.model_validate(
+        {k: v for k, v in merged.items() if k in section.model_fields})})
 
 
 def strategy_info(s, p) -> dict:
