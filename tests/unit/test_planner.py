@@ -164,6 +164,12 @@ def test_plan_cli_measures_the_cpu(capsys):
     assert main(["plan", "configs/tiny.yaml", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["device"] == "cpu" and result["costs"].startswith("measured here")
+    # the calibration step is shown, and cached per machine and shape: a second plan measures nothing
+    assert result["calibration"].startswith("window costs measured here")
+    assert result["run_plan"]["schedule"]["schedule"] == result["choice"]
+    assert main(["plan", "configs/tiny.yaml", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["calibration"].endswith("(cached)") and again["run_plan"] == result["run_plan"]
 
 
 @pytest.mark.parametrize("schedule", ["store_all", "revolve", "double"])
