@@ -106,6 +106,10 @@ class TorchDriver:
         self.network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=run_plan.loop(),
                                      binary_inputs=cfg.data.binary, device=cfg.device,
                                      crossovers=run_plan.crossovers).to(self.device)
+        if cfg.device == "ipu-emulator":  # the spiking layers as the IPU network op, on the host interpreter
+            from .ipu.interpreted import adopt
+
+            adopt(self.network)
         if initial_weights is not None:
             self.network.load_state_dict(initial_weights, strict=True)
         self.optimizer = make_optimizer(cfg.training, self.network.parameters())
