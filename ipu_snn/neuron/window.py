@@ -137,7 +137,7 @@ def _generic_forward(k: NeuronKernels, s: WindowSettings, currents, v, a, z0, w_
 
 
 def _generic_backward(k: NeuronKernels, s: WindowSettings, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0,
-                      w_rec, beta, rho, keep_ga):
+                      w_rec, beta, rho, keep_ga, list_capacity):
     steps, batch, n = d.shape
     grad_currents = grad_v.new_empty(steps, batch, n)
     ga_all = grad_v.new_empty(steps, batch, n) if keep_ga else None
@@ -155,13 +155,30 @@ def _generic_backward(k: NeuronKernels, s: WindowSettings, grad_z, grad_v, grad_
                 ga_all[t] = ga
         if w_rec is None:
             continue
-        if s.listed_rec_grad:
+        if list_capacity is not None:
             prev, prev_near = (z0_bits, near0) if t == 0 else (bits[t - 1], None if near is None else near[t - 1])
             spikes = get_kernels(resolve_backend(s.recurrent.backend, w_rec.device))
-            rec = spikes.bits_grad_input(prev, prev_near, n, w_rec, gv, s.recurrent.capacity).to(gv.dtype)
+            rec = spikes.bits_grad_input(prev, prev_near, n, w_rec, gv, list_capacity).to(gv.dtype)
         else:
             rec = gv @ w_rec.t()
     return grad_currents, ga_all, grad_v, grad_a, rec
+
+
+def _rec_list_capacity(policy: SparsePolicy, bits: Tensor, z0_bits: Tensor, near: Tensor | None,
+                       near0: Tensor | None, n: int) -> int | None:
+    """The list length of the window's listed recurrent adjoint, or None for the dense one; counted in the
+    policy's visits. Step t's adjoint lists step t-1's spikes (and near-threshold neurons)."""
+    steps, batch, row_bytes = bits.shape
+    listed = 0
+    if policy.listed_grad and (policy.exact_lists or policy.visits is not None):
+        spikes = get_kernels(resolve_backend(policy.backend, bits.device))
+        planes = [z0_bits.unsqueeze(0), bits[:-1]]
+        if near is not None:
+            planes += [near0.unsqueeze(0), near[:-1]]
+        listed = sum(int(spikes.count_bits(p.reshape(-1, row_bytes)).sum()) for p in planes if p.numel())
+    capacity = policy.grad_capacity(listed, steps * batch, n)
+    policy.count_visits(capacity, listed, steps * batch * n)
+    return capacity
 
 
 def _rec_weight_grad(policy: SparsePolicy, prev_bits: Tensor, grad_currents: Tensor, n: int) -> Tensor:
@@ -218,12 +235,13 @@ class _SpikingWindow(torch.autograd.Function):
         if grad_v is None:
             grad_v = torch.zeros(batch, n, dtype=beta.dtype, device=beta.device)
         recurrent = w_rec is not None
-        listed = s.listed_rec_grad
+        list_capacity = _rec_list_capacity(s.recurrent, bits, z0_bits, near, near0, n) if recurrent else None
+        listed = list_capacity is not None
         if k.window_backward is not None:
             grad_currents, ga_all, grad_v0, grad_a0, rec = k.window_backward(
                 None if grad_z is None else grad_z.contiguous(), grad_z_last, grad_v.contiguous(), None if grad_a is None else grad_a.contiguous(), bits, d,
                 z0_bits, near, near0, w_rec, beta, rho, s.spec.adapt_strength, s.spec.reset_code, ctx.keep_a,
-                int(listed), s.recurrent.capacity if listed else 0)
+                int(listed), list_capacity if listed else 0)
         else:
             if grad_z_last is not None:
                 grad_z = torch.zeros(steps, batch, n, dtype=grad_z_last.dtype, device=grad_z_last.device) \
@@ -232,7 +250,8 @@ class _SpikingWindow(torch.autograd.Function):
             if s.spec.adaptive and grad_a is None:
                 grad_a = torch.zeros_like(grad_v)
             grad_currents, ga_all, grad_v0, grad_a0, rec = _generic_backward(
-                k, s, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0, w_rec, beta, rho, ctx.keep_a)
+                k, s, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0, w_rec, beta, rho, ctx.keep_a,
+                list_capacity)
         grad_w = grad_beta = grad_rho = None
         if recurrent and ctx.needs_input_grad[6]:
             prev_bits = torch.cat([z0_bits.unsqueeze(0), bits[:-1]])  # z_{t-1} feeds step t
