@@ -14,16 +14,16 @@ from typing import Iterator, Mapping
 import torch
 from torch import Tensor
 
+from .calibration import crossovers
 from .config import Config, apply_override, load_config as _load_yaml, validate_config
 from .data import DataSplits, input_shape, load_splits, make_loader
 from .devices import device_spec, resolve_device
 from .distributed import DistContext, GlobalBatchSampler
-from .errors import ConfigError
 from .evaluate import evaluate_run
 from .losses import Objective
 from .losses import make_objective as _make_objective
 from .network import NetworkOutput, SpikingNetwork, build_network
-from .planner import plan, refusal
+from .planner import plan
 from .taps import Recording, Taps
 from .torch_driver import load_backends
 from .train import train
@@ -78,11 +78,12 @@ def build(cfg: Config, *, batch: int | None = None) -> SpikingNetwork:
     n_inputs, n_classes = input_shape(cfg.data)
     p = plan(cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes,
              batch=batch or cfg.data.batch_size, compare_all=True)
-    if p.choice is None:
-        raise ConfigError(refusal(p))
+    run_plan = p.run_plan()  # refuses, saying what would fit, when nothing does
     load_backends(cfg.device)
-    net = build_network(cfg.model, n_inputs, n_classes, cfg.data.step_seconds, loop=p.loop(),
-                        binary_inputs=cfg.data.binary, device=cfg.device)
+    # model.sparse: auto decides by the crossovers the calibration step measures here (cached)
+    measured = crossovers(cfg, n_inputs, n_classes, cfg.device)[0] if cfg.device in ("cpu", "cuda") else None
+    net = build_network(cfg.model, n_inputs, n_classes, cfg.data.step_seconds, loop=run_plan.loop(),
+                        binary_inputs=cfg.data.binary, device=cfg.device, crossovers=measured)
     if weights is not None:
         net.load_state_dict(weights, strict=True)
     return net.to(resolve_device(cfg.device))

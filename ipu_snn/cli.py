@@ -140,7 +140,7 @@ def _plan(args, console: Console) -> None:
     from .config import load_config
     from .data import input_shape
     from .devices import GiB, device_spec
-    from .planner import calibrate, plan
+    from .planner import check_fits, plan
     from .reporting import plan_table, plot_plan
 
     cfg = load_config(args.config, args.overrides)
@@ -150,19 +150,29 @@ def _plan(args, console: Console) -> None:
     device = args.device or cfg.device
     spec = device_spec(device)
     if spec.tiles:
-        import ipu_snn.ipu  # noqa: F401  (registers the tile model the planner plans an IPU with)
-    # the bytes are arithmetic on shapes; the time is measured when the device is this machine's CPU
-    costs = None
+        import ipu_snn.ipu  # noqa: F401  registers the IPU's tile planner with the planner
+    # the bytes are arithmetic on shapes, checked before anything is measured or allocated
+    check_fits(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, budget_bytes=budget)
+    # the time is measured when the device is this machine's CPU (the calibration step, cached)
+    calibration = None
     if spec.name == "cpu" and not args.no_measure:
-        costs = calibrate(cfg, n_inputs, n_classes, cfg.data.batch_size, args.density)
+        from .calibration import calibrate
+
+        first = plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, budget_bytes=budget, compare_all=True)
+        if first.fastest is not None:  # nothing is measured for a network that fits no schedule
+            calibration = calibrate(cfg, n_inputs, n_classes, cfg.data.batch_size, args.density)
     result = plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, budget_bytes=budget, compare_all=True,
-                  costs=costs)
+                  costs=calibration.costs if calibration else None,
+                  crossovers=calibration.crossovers if calibration else None)
     if plot is not None:
         plot_plan(plot, result)
     payload = result.to_json()
+    payload["calibration"] = calibration.describe() if calibration else "none: costs from the device's spec"
+    if result.chosen is not None:
+        payload["run_plan"] = result.run_plan().to_json()
     if spec.tiles:
         from .ipu.options import micro_batch_size
-        from .ipu.plan import largest_steps_table, plan_for_config
+        from .ipu.tile_planning import largest_steps_table, plan_for_config
         from .ipu.tiles import tiles_json
 
         # per-tile account of one replica (its micro-batch, as the IPU trainer plans it) under the chosen
@@ -189,6 +199,9 @@ def _plan(args, console: Console) -> None:
         print(json.dumps(payload, indent=2))
     else:
         console.print(plan_table(result))
+        console.print(f"calibration: {payload['calibration']}", highlight=False)
+        if result.chosen is not None:
+            console.print(f"run plan: {result.run_plan().describe()}", highlight=False)
         if "tiles" in payload:
             console.print(tiles_lines(payload["tiles"]), highlight=False)
 

@@ -20,16 +20,19 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from .bptt.registry import SCHEDULES, ScheduleKind
 from .errors import ConfigError
 
 
@@ -421,25 +424,43 @@ class TrainingConfig(_Strict):
         return value
 
 
-class BPTTConfig(_Strict):
-    """How BPTT trades memory for recomputation (see ``ipu_snn.bptt.schedules``).
+class _BPTTShared(_Strict):
+    """The ``bptt`` fields every schedule has."""
 
-    The time loop runs in windows of ``window`` steps, and every size below
-    counts windows. Unset sizes default to about sqrt(windows), which keeps
-    memory near 2 sqrt(windows) window states for one extra forward pass.
-    """
-
-    schedule: Literal["store_all", "uniform", "revolve", "double", "two_level", "auto"] = "store_all"
-    every: PositiveInt | None = None  # uniform: checkpoint interval
-    slots: PositiveInt | None = None  # revolve: local checkpoint slots
-    offchip_every: PositiveInt | None = None  # double: interval of the off-chip checkpoints
-    local_slots: PositiveInt | None = None  # double, two_level: local slots per segment
-    offchip_slots: PositiveInt | None = None  # two_level: off-chip slots
-    inner: Literal["revolve", "uniform"] = "revolve"  # double: schedule within a segment
     budget_gib: PositiveFloat | None = None  # local memory the plan may use; default: the device's
     # Steps per window of the time loop (ipu_snn.executor): the schedules count windows, and window
     # boundaries are where checkpoints go. Default: the planner's choice.
     window: PositiveInt | None = None
+
+
+class AutoBPTT(_BPTTShared):
+    """``bptt.schedule: auto``: the planner picks the fastest schedule of the registry that fits."""
+
+    schedule: Literal["auto"] = "auto"
+
+
+def _bptt_section(kind: type[ScheduleKind]) -> type:
+    # one config class per schedule of the registry: its own parameters and the shared fields
+    return types.new_class(f"{kind.__name__}BPTT", (_BPTTShared, kind), {},
+                           lambda ns: ns.update({"__module__": __name__, "__doc__": kind.__doc__}))
+
+
+BPTT_SECTIONS: dict[str, type] = {name: _bptt_section(kind) for name, kind in SCHEDULES.items()} | {"auto": AutoBPTT}
+
+
+def _bptt_tag(value: Any) -> Any:
+    # a section that names no schedule is store_all's, as before schedules had parameters of their own
+    if isinstance(value, dict):
+        return value.get("schedule", "store_all")
+    return getattr(value, "schedule", None)
+
+
+#: How BPTT trades memory for recomputation (ipu_snn.bptt.registry): ``bptt: {schedule: revolve, slots: 4}``.
+#: A field the named schedule does not have is an error; ``budget_gib`` and ``window`` belong to every one.
+BPTTConfig = Annotated[Union[tuple(Annotated[cls, Tag(name)] for name, cls in BPTT_SECTIONS.items())],
+                       Discriminator(_bptt_tag, custom_error_type="bptt_schedule",
+                                     custom_error_message="unknown schedule; known: " + ", ".join(BPTT_SECTIONS))]
+BPTT_SCHEDULE_NAMES = tuple(BPTT_SECTIONS)
 
 
 class DistributedConfig(_Strict):
@@ -463,7 +484,7 @@ class Config(_Strict):
     model: ModelConfig
     data: DataConfig = DataConfig()
     training: TrainingConfig = TrainingConfig()
-    bptt: BPTTConfig = BPTTConfig()
+    bptt: BPTTConfig = Field(default_factory=lambda: BPTT_SECTIONS["store_all"]())
     ipu: IPUConfig = IPUConfig()
     distributed: DistributedConfig = DistributedConfig()
     # ipu-emulator: the CPU, with every spike matmul run tile by tile on the IPU tile emulator (small models)
@@ -679,12 +700,18 @@ def format_error(err: dict) -> str:
     loc = _strip_union_tags(err["loc"])
     field = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
-        allowed = allowed_fields(loc[:-1])
+        allowed = allowed_fields(err["loc"][:-1])
         hint = ""
         if allowed:
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known fields: {', '.join(allowed)})"
+        schedule = _schedule_tag(err["loc"])
+        if schedule is not None:  # a field of another schedule, or of none
+            return f"{field}: schedule '{schedule}' has no such field{hint}"
         return f"{field}: unknown field{hint}"
+    if err["type"] == "bptt_schedule":
+        given = err["input"].get("schedule") if isinstance(err.get("input"), dict) else err.get("input")
+        return f"{field}.schedule: unknown schedule {given!r}; known: {', '.join(BPTT_SCHEDULE_NAMES)}"
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         return f"{field}: required field is missing"
@@ -694,31 +721,58 @@ def format_error(err: dict) -> str:
     return f"{field}: {message}"
 
 
+def _schedule_tag(loc: tuple) -> str | None:
+    """The schedule whose section ``loc`` is in (pydantic puts the union's tag after ``bptt``)."""
+    return loc[1] if len(loc) > 2 and loc[0] == "bptt" and loc[1] in BPTT_SECTIONS else None
+
+
 def _strip_union_tags(loc: tuple) -> tuple:
     # pydantic puts the discriminator value into the path of a tagged union
-    # member (model.layers.0.rlif.size); users wrote model.layers.0.size.
+    # member (model.layers.0.rlif.size, bptt.revolve.slots); users wrote model.layers.0.size, bptt.slots.
     out: list = []
     for part in loc:
         if part in LAYER_TYPES and out and isinstance(out[-1], int):
+            continue
+        if part in BPTT_SECTIONS and out == ["bptt"]:
             continue
         out.append(part)
     return tuple(out)
 
 
 def allowed_fields(loc: tuple) -> list[str]:
-    """Field names of the section at ``loc``, best effort (for hints)."""
+    """Field names of the section at ``loc`` (as pydantic gives it, union tags included), best effort (for
+    hints)."""
     cls: Any = Config
-    for part in loc:
-        cls = _unwrap(cls)
-        if isinstance(part, int):
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
-            return []
-        cls = cls.model_fields[part].annotation
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        if not isinstance(part, int):
+            cls = _unwrap(cls)
+            if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+                return []
+            cls = cls.model_fields[part].annotation
+        if parts and isinstance(parts[0], str) and _tagged_member(cls, parts[0]) is not None:
+            cls = _tagged_member(cls, parts.pop(0))
     cls = _unwrap(cls)
     if isinstance(cls, type) and issubclass(cls, BaseModel):
         return sorted(cls.model_fields)
     return []
+
+
+def _tagged_member(tp: Any, tag: str) -> Any:
+    """The member of a tagged union (possibly in a list) whose tag is ``tag``, else None."""
+    while typing.get_origin(tp) in (Annotated, list):
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return None
+    for member in typing.get_args(tp):
+        member = _unwrap(member)
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            for name in ("type", "schedule"):
+                info = member.model_fields.get(name)
+                if info is not None and typing.get_args(info.annotation) == (tag,):
+                    return member
+    return None
 
 
 def _unwrap(tp: Any) -> Any:

@@ -8,13 +8,15 @@ from typing import Callable
 from .checkpoint import load_weights
 from .config import load_config
 from .data import load_splits
-from .devices import POPTORCH_DEVICES, resolve_device
+from .devices import POPTORCH_DEVICES, device_spec, resolve_device
 from .errors import TrainingError
 from .executor import TimeLoop
 from .losses import make_objective
 from .metrics import WorkloadTally, static_metrics
 from .network import build_network
 from .reporting import write_activity_plots
+from .loop import stored_plan
+from .planner import check_evaluation_fits
 from .run_folder import newest_intact_checkpoint
 from .selection import BEST
 from .torch_driver import evaluate, load_backends
@@ -56,10 +58,13 @@ def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, 
     name = device or ("cpu" if cfg.device in POPTORCH_DEVICES else cfg.device)
     device = resolve_device(name)
     load_backends(name)
+    # the windows and product policies the run trained with (its checkpoint stores its plan); no schedule:
+    # nothing is differentiated. Refused from shapes alone before any data is loaded or anything built.
+    run_plan = stored_plan(found.state, cfg, cfg.data.batch_size)
+    check_evaluation_fits(cfg, device_spec(name), run_plan.window)
     splits = load_splits(cfg.data, cfg.training.seed)
-    # the windows the run trained with (its saved config resolves them); no schedule: nothing is differentiated
-    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=TimeLoop(cfg.bptt.window),
-                          binary_inputs=cfg.data.binary, device=name)
+    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=TimeLoop(run_plan.window),
+                          binary_inputs=cfg.data.binary, device=name, crossovers=run_plan.crossovers)
     load_weights(model, found.weights, found.folder)
     dataset = getattr(splits, split)
     if dataset is None:

@@ -29,16 +29,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from .checkpoint import load_weights, point_latest, save_checkpoint
-from .config import Config, dump_config
+from .config import BPTT_SECTIONS, Config, dump_config
 from .data import DataSplits, input_shape, load_splits
 from .devices import POPTORCH_DEVICES, device_spec
 from .errors import ConfigError, TrainingError
-from .executor import TimeLoop
 from .files import replace_atomically
 from .metrics import footprint_bytes
+from .executor import TimeLoop
 from .network import SpikingNetwork, build_network, count_parameters
 from .optim import make_scheduler, resumed_scheduler
-from .planner import Plan, calibrate, plan, refusal
+from .planner import Plan, RunPlan, check_fits, plan
 from .reporting import (RateColumn, TensorBoardLog, percent, plot_curves, rate_text, write_activity_plots,
                         write_metrics_csv, write_summary)
 from .run_folder import check_can_start, claim_run_folder, newest_intact_checkpoint, out_dir_path, storage_faults
@@ -71,8 +71,9 @@ class Driver(Protocol):
     def decide(self, choose: Callable[[], T]) -> T:
         """``choose()`` as the main process makes it, the same on every process."""
 
-    def build(self, cfg: Config, splits: DataSplits, loop: TimeLoop, initial_weights: dict | None) -> None:
-        """Build the network on the device and its optimizer (the loop then restores them to resume)."""
+    def build(self, cfg: Config, splits: DataSplits, run_plan: RunPlan, initial_weights: dict | None) -> None:
+        """Build the network on the device as ``run_plan`` says (its windows, schedule and product policies)
+        and its optimizer (the loop then restores them to resume)."""
 
     def describe(self, splits: DataSplits) -> str:
         """One line for the log: what trains where."""
@@ -126,12 +127,12 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
          on_epoch_end: OnEpochEnd | None, owned: ExitStack, initial_weights: dict | None) -> dict:
     console = console if driver.is_main and console is not None else Console(quiet=not driver.is_main)
     n_inputs, n_classes = input_shape(cfg.data)
+    spec = device_spec(cfg.device)
     check_objective(cfg.training, [layer.size for layer in cfg.model.layers], n_classes)
     # bytes from shapes before anything is loaded or allocated: a run that cannot fit stops here
-    bytes_plan = plan(cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes, batch=driver.micro_batch,
-                      compare_all=True)
-    if bytes_plan.choice is None:
-        raise ConfigError(refusal(bytes_plan))
+    check_fits(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=driver.micro_batch)
+    bytes_plan = plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=driver.micro_batch, compare_all=True)
+    bytes_plan.run_plan()  # refuses, saying what would fit, when nothing does
     if check_can_start(out_dir, resume, check_lock=driver.is_main):
         console.out(f"note: {out_dir} holds no checkpoint (its run stopped in the first epoch); starting from "
                     "epoch 1", style="yellow")
@@ -152,15 +153,12 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
             console.out(f"note: {note}", style="yellow")
         state = previous.state
         check_resumable(state["config"], cfg, previous.folder)
-        # the windows and schedule the run trained with, as its saved config resolved them
-        cfg = cfg.model_copy(update={"bptt": type(cfg.bptt).model_validate(state["config"]["bptt"])})
+        run_plan = stored_plan(state, cfg, driver.micro_batch)  # the windows and schedule the run trained with
     else:
         density = input_density(splits.train)
-        cfg = driver.decide(lambda: plan_time_loop(cfg, console, driver.micro_batch, density, bytes_plan))
-    loop = plan(cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes, batch=driver.micro_batch,
-                compare_all=True).loop()
+        run_plan = driver.decide(lambda: plan_time_loop(cfg, console, driver.micro_batch, density, bytes_plan))
     seed_everything(cfg.training.seed)
-    driver.build(cfg, splits, loop, initial_weights)
+    driver.build(cfg, splits, run_plan, initial_weights)
     scheduler = make_scheduler(cfg.training, driver.optimizer)
     history: list[dict] = []
     wall_before = 0.0
@@ -200,7 +198,7 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
                 if driver.is_main:  # the checkpoint first: results never describe an epoch that has none
                     state = {"epoch": epoch, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                              "rng": rng_state(), "history": history, "wall_s": wall,
-                             "config": cfg.model_dump(mode="json")}
+                             "config": cfg.model_dump(mode="json"), "plan": run_plan.to_json()}
                     save_checkpoint(out_dir, epoch, driver.network, state, keep=cfg.training.keep_checkpoints)
                     if cfg.training.keep_best and is_best_epoch(history, selection_metric(cfg.training)):
                         save_checkpoint(out_dir / BEST, epoch, driver.network, state, keep=1)
@@ -324,45 +322,64 @@ def input_density(dataset, samples: int = 16) -> float:
 
 
 def plan_time_loop(cfg: Config, console: Console, per_process_batch: int, density: float | None = None,
-                   bytes_plan: Plan | None = None) -> Config:
-    """The config with the executor's window and schedule for this run resolved.
+                   bytes_plan: Plan | None = None) -> RunPlan:
+    """The run's plan, made once: windows, schedule and product policies (`RunPlan`).
 
     Bytes are predicted from shapes first, so a run that cannot fit is refused before anything is
-    allocated. Where the choice depends on time (``bptt.schedule: auto``, or no ``bptt.window``), the
-    window costs are measured here on the real shapes and batch. The resolved config records the choice,
-    so that a resumed run and an evaluation run exactly the windows this run trained with. ``bytes_plan``:
-    that first plan, when the caller has made it already."""
+    allocated. Then the calibration step (ipu_snn.calibration): where the choice depends on time
+    (``bptt.schedule: auto``, or no ``bptt.window``) the window costs, and for ``model.sparse: auto`` the
+    products' crossovers, measured on the real shapes and batch (or read from the cache of this machine).
+    The checkpoints store the plan, so that a resumed run and an evaluation run exactly what this run
+    planned. ``bytes_plan``: that first plan, when the caller has made it already."""
+    from .calibration import calibrate
+
     n_inputs, n_classes = input_shape(cfg.data)
     spec = device_spec(cfg.device)
     p = bytes_plan or plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=per_process_batch,
                            compare_all=True)
-    if p.choice is None:
-        raise ConfigError(refusal(p))
-    if (cfg.bptt.schedule == "auto" or cfg.bptt.window is None) and cfg.device in _MEASURABLE:
+    p.run_plan()  # refuses, saying what would fit, when nothing does
+    timed = cfg.bptt.schedule == "auto" or cfg.bptt.window is None
+    if cfg.device in _MEASURABLE and (timed or cfg.model.sparse == "auto"):
         start = time.perf_counter()
-        costs = calibrate(cfg, n_inputs, n_classes, per_process_batch, 0.05 if density is None else density,
-                          device=cfg.device)
+        measured = calibrate(cfg, n_inputs, n_classes, per_process_batch, 0.05 if density is None else density,
+                             device=cfg.device, window_costs=timed)
         p = plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=per_process_batch, compare_all=True,
-                 costs=costs)
-        console.print(f"planning: window costs measured in {time.perf_counter() - start:.1f} s")
-        if p.choice is None:
-            raise ConfigError(refusal(p))
-    chosen = p.chosen
-    console.print(f"bptt: {chosen.schedule} over {chosen.windows} windows of {chosen.window} steps, predicted "
-                  f"{chosen.peak_bytes / 2**20:,.0f} MiB and {chosen.predicted_s * 1e3:,.0f} ms per iteration on "
-                  f"{p.device}")
-    bptt = cfg.bptt.model_copy(update={"schedule": chosen.name, "window": chosen.window})
-    return cfg.model_copy(update={"bptt": bptt})
+                 costs=measured.costs, crossovers=measured.crossovers)
+        console.print(f"calibration: {measured.describe()} ({time.perf_counter() - start:.1f} s)")
+    run_plan = p.run_plan()
+    console.print(f"bptt: {run_plan.describe()}")
+    return run_plan
+
+
+def stored_plan(state: dict, cfg: Config, per_process_batch: int) -> RunPlan:
+    """The RunPlan a checkpoint's run trained with (one written before plans were stored: its saved
+    config's resolved window and schedule, planned again)."""
+    if "plan" in state:
+        return RunPlan.from_json(state["plan"])
+    bptt = _set_fields(state["config"]["bptt"])
+    fields = BPTT_SECTIONS[bptt.get("schedule", "store_all")].model_fields
+    section = BPTT_SECTIONS[bptt.get("schedule", "store_all")].model_validate(
+        {k: v for k, v in bptt.items() if k in fields})
+    n_inputs, n_classes = input_shape(cfg.data)
+    return plan(cfg.model_copy(update={"bptt": section}), device_spec(cfg.device), n_inputs=n_inputs,
+                n_classes=n_classes, batch=per_process_batch).run_plan()
+
+
+def _set_fields(section: dict) -> dict:
+    return {k: v for k, v in section.items() if v is not None}
 
 
 def check_resumable(saved: dict, cfg: Config, folder: Path) -> None:
     """A TrainingError naming what differs if a checkpoint written with config ``saved`` cannot continue as
     ``cfg`` says."""
     current = cfg.model_dump(mode="json")
-    # the planner's choices (bptt.schedule: auto, no bptt.window) are resolved in the saved config
+    saved = {**saved, "bptt": _set_fields(saved.get("bptt", {}))}
+    current["bptt"] = _set_fields(current["bptt"])
+    # a checkpoint written before plans were stored resolved the planner's choices (bptt.schedule: auto,
+    # no bptt.window) in its config
     for key, unset in (("schedule", "auto"), ("window", None)):
-        if current["bptt"].get(key) == unset:
-            current["bptt"][key] = saved.get("bptt", {}).get(key)
+        if current["bptt"].get(key) == unset and key in saved["bptt"]:
+            current["bptt"][key] = saved["bptt"][key]
     changed = [k for k in _RESUME_MUST_MATCH if saved.get(k) != current.get(k)]
     saved_training = {k: v for k, v in saved.get("training", {}).items() if k != "epochs"}
     changed += [f"training.{k}" for k, v in saved_training.items() if current["training"].get(k) != v]
@@ -405,8 +422,9 @@ def run_summary(history: list[dict], wall: float, model) -> dict:
 def last_checkpoint_network(cfg: Config, splits: DataSplits, out_dir: Path) -> SpikingNetwork:
     """The run's newest intact checkpoint as a network on the host CPU, whatever device trained it."""
     found = newest_intact_checkpoint(out_dir)
-    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=TimeLoop(cfg.bptt.window),
-                          binary_inputs=cfg.data.binary, device="cpu")
+    run_plan = stored_plan(found.state, cfg, cfg.data.batch_size)
+    model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=TimeLoop(run_plan.window),
+                          binary_inputs=cfg.data.binary, device="cpu", crossovers=run_plan.crossovers)
     load_weights(model, found.weights, found.folder)
     return model
 

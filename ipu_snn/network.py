@@ -20,7 +20,7 @@ from .core.bits import pack_spikes
 from .neuron.spec import NeuronSpec
 from .neuron.surrogates import surrogate
 from .neuron.window import SAVED_DTYPES, SpikeTrain
-from .ops.policy import SparsePolicy, crossover_density
+from .ops.policy import SparsePolicy, crossover_key
 from .ops.visits import ListedVisits
 from .ops.registry import backend_names
 from .taps import Recording, Taps, collect, widths, window_taps
@@ -235,7 +235,7 @@ def listed_backward(cfg: ModelConfig, fused: bool, device: str = "cpu") -> list[
     return plans
 
 
-def _policy(cfg: ModelConfig, n_in: int, n_out: int, device: torch.device, backend: str | None,
+def _policy(cfg: ModelConfig, n_in: int, n_out: int, crossovers: dict | None, backend: str | None,
             grad: ListedGrad, per_step: bool = False, visits: ListedVisits | None = None) -> SparsePolicy:
     if cfg.sparse is False:
         return SparsePolicy()
@@ -244,13 +244,33 @@ def _policy(cfg: ModelConfig, n_in: int, n_out: int, device: torch.device, backe
              "visits": visits if grad.listed else None}
     if cfg.sparse is True:
         return SparsePolicy("sparse", capacity, cfg.sparse_overflow, **lists)
-    return SparsePolicy("auto", capacity, max_density=crossover_density(device, n_in, n_out, backend, per_step),
-                        **lists)
+    key = crossover_key(n_in, n_out, per_step)
+    if key not in (crossovers or {}):
+        raise ValueError(f"model.sparse: auto needs the measured dense/sparse crossover of each product (here "
+                         f"{key}): pass build_network's crossovers, from ipu_snn.calibration.crossovers or a "
+                         "RunPlan")
+    return SparsePolicy("auto", capacity, max_density=crossovers[key], **lists)
+
+
+def auto_products(cfg: ModelConfig, n_inputs: int, n_classes: int, binary_inputs: bool = True
+                  ) -> list[tuple[int, int, bool]]:
+    """(n_in, n_out, per_step) of every product ``model.sparse: auto`` decides by a crossover: the input
+    product (binary inputs only), each recurrent product (per step), each layer-to-layer product and the
+    readout's. Empty unless ``model.sparse`` is auto."""
+    if cfg.sparse != "auto":
+        return []
+    sizes = [layer.size for layer in cfg.layers]
+    out = [(n_inputs, sizes[0], False)] if binary_inputs else []
+    for i, layer in enumerate(cfg.layers):
+        if layer.type == "rlif" or (layer.type == "alif" and layer.recurrent):
+            out.append((layer.size, layer.size, True))
+        out.append((layer.size, sizes[i + 1] if i + 1 < len(sizes) else n_classes, False))
+    return list(dict.fromkeys(out))
 
 
 def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *, loop: TimeLoop = TimeLoop(),
                   binary_inputs: bool = True, device: str = "cpu", mode: StepMode | None = None,
-                  products: Products = torch_products) -> SpikingNetwork:
+                  products: Products = torch_products, crossovers: dict | None = None) -> SpikingNetwork:
     """Build the network of ``cfg`` and decide, once, how it runs.
 
     Parameters
@@ -272,6 +292,10 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
         The step mode (None: from ``model.fused``).
     products : callable
         How products run (a tracer supplies its own).
+    crossovers : dict or None
+        For ``model.sparse: auto``, the measured dense/sparse crossover of each product (`auto_products`,
+        keyed by ``ipu_snn.ops.policy.crossover_key``): a RunPlan's, or ``ipu_snn.calibration.crossovers``.
+        Building a network never measures anything.
 
     Returns
     -------
@@ -290,7 +314,9 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     if backend is not None and backend not in backend_names():
         raise ValueError(f"device {device} needs the {backend} spike backend, which ipu_snn.ipu registers: "
                          "import ipu_snn.ipu before building the network")
-    torch_device = torch.device(row.tensors)
+    if mode == "straight_through" and crossovers is None:
+        # a tracer's products multiply sparse: auto densely (ipu_snn.ipu.model): no crossover applies
+        crossovers = {crossover_key(*p): 0.0 for p in auto_products(cfg, n_inputs, n_classes, binary_inputs)}
     if cfg.sparse_grad_min_derivative is not None and mode != "fused":
         raise ConfigError("model.sparse_grad_min_derivative lists near-threshold neurons from the fused kernels' "
                           "surrogate derivative, so it needs the fused step mode (model.fused: auto or true)")
@@ -299,7 +325,7 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     saved = SAVED_DTYPES[cfg.fused_saved_dtype]
     kernels = row.neurons
     layers, n_in = [], n_inputs
-    input_policy = _policy(cfg, n_in, cfg.layers[0].size, torch_device, backend, no_lists) if binary_inputs \
+    input_policy = _policy(cfg, n_in, cfg.layers[0].size, crossovers, backend, no_lists) if binary_inputs \
         else SparsePolicy()
     for i, layer_cfg in enumerate(cfg.layers):
         adaptive = layer_cfg.type == "alif"
@@ -312,7 +338,7 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
         if grad.listed and grad.min_derivative is not None and cfg.sparse is not False:
             peak = float(surrogate(spec.surrogate).grad(torch.zeros((), dtype=torch.float64), spec.scale))
             near_min_d = grad.min_derivative * peak
-        rec_policy = _policy(cfg, layer_cfg.size, layer_cfg.size, torch_device, backend, grad,
+        rec_policy = _policy(cfg, layer_cfg.size, layer_cfg.size, crossovers, backend, grad,
                              per_step=True, visits=visits) if recurrent else None
         layers.append(SpikingLayer(
             n_in, layer_cfg.size, spec, beta=layer_cfg.resolve_beta(dt, default=0.9),
@@ -320,7 +346,7 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
             policies=LayerPolicies(input_policy, rec_policy), mode=mode, saved_dtype=saved, near_min_d=near_min_d,
             kernels=kernels, products=products, index=i, source="input" if i == 0 else f"layer{i - 1}"))
         input_policy = _policy(cfg, layer_cfg.size, cfg.layers[i + 1].size if i + 1 < len(cfg.layers) else n_classes,
-                               torch_device, backend, grad, visits=visits)
+                               crossovers, backend, grad, visits=visits)
         layers[-1].visits = visits if grad.listed else None
         n_in = layer_cfg.size
     initialize(layers, cfg.init)
@@ -345,5 +371,5 @@ def pack_inputs(x: Tensor) -> Tensor:
     return pack_spikes(x)
 
 
-__all__ = ["ListedGrad", "NetworkOutput", "SpikingNetwork", "build_network", "count_parameters", "fused_obstacles",
+__all__ = ["ListedGrad", "NetworkOutput", "SpikingNetwork", "auto_products", "build_network", "count_parameters", "fused_obstacles",
            "listed_backward", "pack_inputs", "step_mode"]

@@ -1,41 +1,27 @@
-"""Pick the time loop's window and BPTT schedule, predicting bytes and time before anything is allocated.
+"""Plan a run once: its window, BPTT schedule and product policies (`RunPlan`), bytes predicted before
+anything is allocated.
 
-Bytes come from shapes alone (`NetShape`): what one taped window keeps for
-backward (spikes as bits, surrogate derivatives in ``fused_saved_dtype``, the
-pre-step state of learned decays, near-threshold bits), one window-boundary
-checkpoint (every layer's v, a, last spikes; the readout's membrane), the
-parameters with their gradients and Adam moments, the batch (packed bits), and
-the working buffers of the window that runs. The executor counts the same
-taped and checkpoint bytes as it runs (``ScanStats.peak_local_bytes``), and the
-tests hold the two within 10%. So a config that cannot fit is refused in
-seconds, naming what would.
-
-Time comes from costs per window: on the machine a run uses, measured
-(`calibrate`: one window of two lengths, untaped, taped and reversed, at the
-real shapes and batch; the per-window constant and the per-step cost are the
-line through the two); for another device, from its spec (`analytic_costs`).
-A schedule's time is then its window counts times these costs
-(``bptt.predicted_time``), plus the optimizer step.
-
-On an IPU the tiles decide: every candidate schedule and window is laid out on
-the tiles by the tile model ipu_snn.ipu registers (`register_tile_planner`), it
-fits when every tile fits its SRAM (and the off-chip checkpoints the streaming
-memory), and its time is the tile plan's model.
+Bytes come from shapes alone (`NetShape`), counted as the executor counts them
+(``ScanStats.peak_local_bytes``; the tests hold the two within 10%), and `check_fits`
+refuses a run that cannot fit from arithmetic before any schedule is generated. Time
+comes from window costs: measured on this machine (`ipu_snn.calibration`), or for
+another device from its spec (`analytic_costs`). `plan` costs every schedule of the
+registry (`ipu_snn.bptt.registry`) over the window lengths; on an IPU the tile model
+that ``ipu_snn.ipu`` registers (`TILE_PLANNERS`) judges each instead, so this module
+never imports it. Design notes: docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import asdict, dataclass
+import functools
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-import torch
-
-from .bptt import Costs, Schedule, double, predicted_local_bytes, predicted_time, revolve, store_all, summarize
-from .bptt import two_level_optimal, uniform
-from .config import BPTTConfig, Config
+from .bptt import Costs, predicted_local_bytes, predicted_time, summarize
+from .bptt.registry import SCHEDULES, ScheduleKind, schedule_kind
+from .config import Config
 from .devices import DeviceSpec, GiB
+from .errors import ConfigError
 
 FLOAT_BYTES = 4
 #: windows the planner considers (steps), besides one window of T when T is at most the largest
@@ -206,103 +192,21 @@ def analytic_costs(shape: NetShape, spec: DeviceSpec) -> WindowCosts:
                        spec.offchip_bandwidth, f"{spec.name} spec sheet")
 
 
-def calibrate(cfg: Config, n_inputs: int, n_classes: int, batch: int, density: float = 0.05,
-              device: str = "cpu", lengths: tuple[int, int] = (16, 64), repeats: int = 3) -> WindowCosts:
-    """Measure the costs of one window on this machine: the real shapes and batch, Bernoulli inputs."""
-    from .executor import TimeLoop
-    from .network import build_network, pack_inputs
-
-    torch_device = torch.device("cuda" if device == "cuda" else "cpu")
-    sync = torch.cuda.synchronize if torch_device.type == "cuda" else (lambda: None)
-    gen = torch.Generator().manual_seed(0)
-    samples = {}
-    for length in lengths:
-        torch.manual_seed(0)
-        net = build_network(cfg.model, n_inputs, n_classes, dt=cfg.data.step_seconds, loop=TimeLoop(length),
-                            binary_inputs=cfg.data.binary, device=device).to(torch_device)
-        frames = (torch.rand(batch, length, n_inputs, generator=gen) < density).float()
-        x = (pack_inputs(frames) if cfg.data.binary else frames).to(torch_device)
-        forward, tape, reverse = [], [], []
-        for _ in range(repeats + 1):  # the first is a warm-up
-            sync()
-            start = time.perf_counter()
-            with torch.no_grad():
-                net(x)
-            sync()
-            mid = time.perf_counter()
-            out = net(x)
-            sync()
-            end = time.perf_counter()
-            out.logits.sum().backward()
-            sync()
-            done = time.perf_counter()
-            forward.append(mid - start)
-            tape.append(end - mid - (mid - start))
-            reverse.append(done - end)
-        # the fastest repeat: other jobs on the machine only ever add time
-        samples[length] = [min(v[1:]) for v in (forward, tape, reverse)]
-    params = [p for p in net.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    optimizer = torch.optim.Adam(params)
-    times = []
-    for _ in range(repeats + 1):
-        sync()
-        start = time.perf_counter()
-        optimizer.step()
-        sync()
-        times.append(time.perf_counter() - start)
-    (l0, c0), (l1, c1) = sorted(samples.items())
-
-    def line(i):
-        per_step = max((c1[i] - c0[i]) / (l1 - l0), 0.0)
-        return max(c0[i] - per_step * l0, 0.0), per_step
-
-    bandwidth = 10e9 if torch_device.type == "cpu" else 20e9  # host copies: RAM, or pinned PCIe
-    return WindowCosts(line(0), line(1), line(2), min(times[1:]), bandwidth,
-                       f"measured here ({torch_device.type}, windows of {l0} and {l1} steps)")
-
-
 # ------------------------------------------------------------------------------ candidates
 
 
-def _root(n: int) -> int:
-    return max(1, math.isqrt(n - 1) + 1) if n > 1 else 1
-
-
-def schedule_factory(bptt: BPTTConfig, costs: Costs | None = None) -> Callable[[int], Schedule] | None:
-    """windows -> Schedule for an explicit ``bptt.schedule``; None means store_all (every window taped)."""
-    kind = bptt.schedule
-    if kind == "store_all":
-        return None
-    if kind == "uniform":
-        return lambda W: uniform(W, bptt.every or _root(W))
-    if kind == "revolve":
-        return lambda W: revolve(W, bptt.slots or _root(W))
-    if kind == "double":
-        # within a segment loaded from off-chip, every window is taped once (inner uniform with no local
-        # checkpoint) unless local_slots says otherwise: one recomputation per window, the fastest inner
-        return lambda W: double(W, bptt.offchip_every or _root(W), bptt.local_slots or 0,
-                                bptt.inner if bptt.local_slots else "uniform")
-    if kind == "two_level":
-        return lambda W: two_level_optimal(W, bptt.local_slots or _root(W), bptt.offchip_slots or W,
-                                           costs or Costs())
-    raise ValueError("bptt.schedule: 'auto' is resolved by the planner, not by schedule_factory")
-
-
-def candidates(bptt: BPTTConfig, costs: Costs, compare_all: bool = False
-               ) -> dict[str, Callable[[int], Schedule] | None]:
-    """The configured schedule first; for ``auto`` (or ``compare_all``) a spread of memory/time trade-offs."""
-    configured = {} if bptt.schedule == "auto" else {bptt.schedule: schedule_factory(bptt, costs)}
+def candidates(bptt, compare_all: bool = False) -> dict[str, ScheduleKind]:
+    """The configured schedule (``bptt``: the config's section, with its parameters) first; for ``auto``
+    (or ``compare_all``) every schedule of the registry at its defaults besides."""
+    configured = {} if bptt.schedule == "auto" else {bptt.schedule: _registered(bptt)}
     if configured and not compare_all:
         return configured
-    return {
-        "store_all": None,
-        "uniform": lambda W: uniform(W, _root(W)),
-        "revolve": lambda W: revolve(W, _root(W)),
-        "double": lambda W: double(W, _root(W), 0, "uniform"),
-        "two_level": lambda W: two_level_optimal(W, _root(W), W, costs),
-    } | configured
+    return {name: cls() for name, cls in SCHEDULES.items()} | configured
+
+
+def _registered(kind: ScheduleKind) -> ScheduleKind:
+    """The registry's own class with ``kind``'s parameters (the config's section adds shared fields)."""
+    return SCHEDULES[kind.schedule](**kind.parameters())
 
 
 # ------------------------------------------------------------------------------ plan
@@ -324,6 +228,60 @@ class Strategy:
     predicted_s: float
     fits: bool
     max_tile_bytes: int | None = None  # IPU: the fullest tile
+    parameters: dict = field(default_factory=dict)  # the schedule's parameters, defaults filled in
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run executes, decided once: the window, the schedule over the windows (every parameter
+    filled in), and how each spike product runs (``crossovers``: the measured density below which a
+    ``model.sparse: auto`` product goes sparse, per product shape; `ipu_snn.network.build_network`).
+
+    The executor runs ``loop()``; a checkpoint stores ``to_json()`` and a resumed run or an evaluation
+    rebuilds it with ``from_json``, so they run exactly what the first run planned."""
+
+    device: str
+    T: int
+    batch: int
+    window: int
+    schedule: ScheduleKind
+    costs: Costs = Costs()  # the relative costs a searching schedule (two_level) chose with
+    crossovers: dict = field(default_factory=dict)
+    peak_bytes: int = 0
+    predicted_s: float = 0.0
+    costs_source: str = ""
+
+    @property
+    def windows(self) -> int:
+        return -(-self.T // self.window)
+
+    def loop(self):
+        """The executor's TimeLoop: the window, and the schedule as a function of the windows."""
+        from .executor import TimeLoop
+
+        if self.schedule.name == "store_all":
+            return TimeLoop(self.window, None)
+        return TimeLoop(self.window, functools.partial(self.schedule.build, costs=self.costs))
+
+    def describe(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.schedule.parameters().items())
+        return (f"{self.schedule.name}{f'({params})' if params else ''} over {self.windows} windows of "
+                f"{self.window} steps, predicted {self.peak_bytes / 2**20:,.0f} MiB and "
+                f"{self.predicted_s * 1e3:,.0f} ms per iteration on {self.device}")
+
+    def to_json(self) -> dict:
+        return {"device": self.device, "T": self.T, "batch": self.batch, "window": self.window,
+                "schedule": {"schedule": self.schedule.name, **self.schedule.parameters()},
+                "costs": asdict(self.costs), "crossovers": dict(self.crossovers), "peak_bytes": self.peak_bytes,
+                "predicted_s": self.predicted_s, "costs_source": self.costs_source}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RunPlan":
+        params = dict(data["schedule"])
+        kind = schedule_kind(params.pop("schedule"), **params)
+        return cls(data["device"], data["T"], data["batch"], data["window"], kind, Costs(**data["costs"]),
+                   dict(data.get("crossovers", {})), data.get("peak_bytes", 0), data.get("predicted_s", 0.0),
+                   data.get("costs_source", ""))
 
 
 @dataclass
@@ -336,47 +294,123 @@ class Plan:
     strategies: list[Strategy]
     choice: str | None  # what training uses: the configured schedule, or for auto the fastest that fits
     fastest: str | None  # the fastest that fits among all candidates costed
-    factories: dict[str, Callable[[int], Schedule] | None]
+    kinds: dict[str, ScheduleKind]
+    generic: Costs = Costs()  # relative costs, for a searching schedule
+    crossovers: dict = field(default_factory=dict)
 
     @property
     def chosen(self) -> Strategy | None:
         return next((s for s in self.strategies if s.name == self.choice), None)
 
-    def loop(self):
-        """The chosen strategy as the executor's TimeLoop."""
-        from .executor import TimeLoop
-
-        s = self.chosen
-        return TimeLoop(s.window, self.factories[s.name]) if s else None
+    def run_plan(self, name: str | None = None) -> RunPlan:
+        """The chosen strategy as the run's RunPlan (a ConfigError saying what would fit if none is);
+        ``name``: another costed strategy's, fitting or not (to compare them)."""
+        s = self.chosen if name is None else next(s for s in self.strategies if s.name == name)
+        if s is None:
+            raise ConfigError(refusal(self))
+        kind = self.kinds[s.name].resolved(s.windows, self.generic)
+        return RunPlan(self.device, self.T, self.batch, s.window, kind, self.generic, dict(self.crossovers),
+                       s.peak_bytes, s.predicted_s, self.costs_source)
 
     def to_json(self) -> dict:
         return {"device": self.device, "budget_bytes": self.budget_bytes, "T": self.T, "batch": self.batch,
                 "costs": self.costs_source, "choice": self.choice, "fastest_fitting": self.fastest,
-                "strategies": [asdict(s) for s in self.strategies]}
+                "crossovers": dict(self.crossovers), "strategies": [asdict(s) for s in self.strategies]}
 
 
-def _strategy(name: str, factory, shape: NetShape, window: int, costs: WindowCosts, budget: int,
-              spec: DeviceSpec, tiles: Callable | None = None) -> Strategy:
+def _strategy(name: str, kind: ScheduleKind, shape: NetShape, window: int, costs: WindowCosts, generic: Costs,
+              budget: int, spec: DeviceSpec, tiles: Callable | None = None) -> Strategy:
     W = shape.windows(window)
-    sched = store_all(W) if factory is None else factory(W)
+    sched = kind.build(W, generic)
+    parameters = kind.resolved(W, generic).parameters()
     if tiles is not None:
-        return _on_tiles(name, sched, tiles(shape.steps, window, sched))
+        return replace(tiles(name, sched, shape.steps, window), parameters=parameters)
     summary = summarize(sched)
     state, tape = shape.state_bytes(), shape.tape_bytes(window)
-    local = predicted_local_bytes(sched, state, tape)
+    local = predicted_local_bytes(sched, state, tape, summary)
     peak = (local + shape.param_bytes() + shape.batch_bytes() + shape.output_bytes(window)
             + shape.working_bytes(window))
     offchip = sched.max_offchip_slots * state
     transfers = (summary.stores["offchip"] + summary.loads["offchip"]) * state
-    seconds = predicted_time(sched, costs.at(window, state)) + costs.optimizer
+    seconds = predicted_time(sched, costs.at(window, state), summary) + costs.optimizer
     return Strategy(name, sched.name, window, W, local, peak, offchip, sched.forward_steps, transfers, seconds,
-                    peak <= budget and offchip <= spec.offchip_bytes)
+                    peak <= budget and offchip <= spec.offchip_bytes, parameters=parameters)
+
+
+#: the most windows the planner builds a schedule over: building and costing one is Python work linear in
+#: the windows (two_level's interval search about 2.7 s at 5000 windows on one core), so a longer
+#: sequence needs longer windows (bptt.window) rather than an unbounded wait
+MAX_WINDOWS = 4096
 
 
 def window_choices(steps: int, configured: int | None) -> list[int]:
+    """The window lengths the planner tries: the configured one, or `WINDOWS` (and T itself when T is at
+    most the largest), less those that would make more than MAX_WINDOWS windows."""
     if configured:
-        return [min(configured, steps)]
-    return sorted({w for w in WINDOWS if w < steps} | ({steps} if steps <= WINDOWS[-1] else set()))
+        options = [min(configured, steps)]
+    else:
+        options = sorted({w for w in WINDOWS if w < steps} | ({steps} if steps <= WINDOWS[-1] else set()))
+    return [w for w in options if -(-steps // w) <= MAX_WINDOWS]
+
+
+def check_sequence(steps: int, configured: int | None) -> None:
+    """A ConfigError, in constant time, if no window the planner would try keeps T within MAX_WINDOWS."""
+    if window_choices(steps, configured):
+        return
+    longest = min(configured, steps) if configured else WINDOWS[-1]
+    raise ConfigError(f"T={steps} steps make {-(-steps // longest)} windows of {longest} steps; the planner builds "
+                      f"BPTT schedules over at most {MAX_WINDOWS} windows. Set bptt.window to at least "
+                      f"{-(-steps // MAX_WINDOWS)} steps, or a shorter T (data.steps, or a larger data.dt)")
+
+
+def memory_floor(shape: NetShape, windows: list[int]) -> tuple[int, int]:
+    """(bytes, window): the least any schedule could need, from shapes alone: parameters, the batch, the
+    outputs, one taped window and its working buffers, at the leanest window; nothing is generated."""
+    return min((shape.param_bytes() + shape.batch_bytes() + shape.output_bytes(w) + shape.working_bytes(w)
+                + shape.tape_bytes(w), w) for w in windows)
+
+
+def check_fits(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int, batch: int | None = None,
+               budget_bytes: int | None = None) -> None:
+    """Refuse, from arithmetic alone and before any schedule is generated or anything allocated, a run whose
+    T makes too many windows or whose leanest conceivable plan exceeds the budget (a ConfigError naming
+    the bytes and what would fit)."""
+    shape = NetShape.of(cfg, n_inputs, n_classes, batch)
+    check_sequence(shape.steps, cfg.bptt.window)
+    if spec.name in TILE_PLANNERS:
+        return  # the tiles decide, per tile
+    budget = _budget(cfg, spec, budget_bytes)
+    floor, window = memory_floor(shape, window_choices(shape.steps, cfg.bptt.window))
+    if floor > budget:
+        ratio = budget / floor
+        raise ConfigError(
+            f"no BPTT schedule fits {spec.name} with a budget of {budget / GiB:.2f} GiB: parameters, the batch "
+            f"and one taped window of {window} steps alone need {floor / GiB:.2f} GiB (T={shape.steps}, batch "
+            f"{shape.batch}, {sum(layer.n for layer in shape.layers)} neurons). Would fit: about "
+            f"data.batch_size={max(1, int(shape.batch * ratio))}, or smaller layers, or a shorter T, or a larger "
+            "bptt.budget_gib")
+
+
+def check_evaluation_fits(cfg: Config, spec: DeviceSpec, window: int, batch: int | None = None) -> None:
+    """Refuse, from arithmetic alone, an evaluation (nothing taped) that cannot fit ``spec``: parameters,
+    the batch, the outputs and one window's working buffers (a ConfigError naming the bytes)."""
+    from .data import input_shape
+
+    n_inputs, n_classes = input_shape(cfg.data)
+    shape = NetShape.of(cfg, n_inputs, n_classes, batch)
+    window = min(window or shape.steps, shape.steps)
+    need = shape.param_bytes() + shape.batch_bytes() + shape.output_bytes(window) + shape.working_bytes(window)
+    budget = spec.local_bytes
+    if need > budget:
+        raise ConfigError(f"evaluating does not fit {spec.name} ({budget / GiB:.2f} GiB): parameters, a batch of "
+                          f"{shape.batch} and windows of {window} steps need {need / GiB:.2f} GiB (T={shape.steps}); "
+                          "evaluate with a smaller data.batch_size")
+
+
+def _budget(cfg: Config, spec: DeviceSpec, budget_bytes: int | None) -> int:
+    if budget_bytes is not None:
+        return budget_bytes
+    return int(cfg.bptt.budget_gib * GiB) if cfg.bptt.budget_gib else spec.local_bytes
 
 
 #: a schedule that recomputes is there to save memory: its window is the leanest predicted within this
@@ -399,21 +433,52 @@ def _window_of(name: str, options: list[Strategy], on_tiles: bool) -> Strategy:
 
 
 def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int, budget_bytes: int | None = None,
-         compare_all: bool = False, costs: WindowCosts | None = None, batch: int | None = None) -> Plan:
-    """Cost every candidate over every window length (or the configured one); each candidate keeps the
-    window `_window_of` picks. ``costs``: measured ones (`calibrate`); default, the spec's."""
+         compare_all: bool = False, costs: WindowCosts | None = None, batch: int | None = None,
+         crossovers: dict | None = None) -> Plan:
+    """Cost every candidate of the schedule registry over every window length (or the configured one);
+    each candidate keeps the window `_window_of` picks.
+
+    Parameters
+    ----------
+    cfg : Config
+        The run's config: its network, data shape and ``bptt`` section.
+    spec : DeviceSpec
+        The device planned for; an IPU's is costed by the tile model its package registers
+        (`TILE_PLANNERS`).
+    n_inputs, n_classes : int
+        The data's shape.
+    budget_bytes : int, optional
+        Local memory the plan may use; default ``bptt.budget_gib``, else the device's.
+    compare_all : bool
+        Cost every schedule, not only the configured one.
+    costs : WindowCosts, optional
+        Measured window costs (`ipu_snn.calibration`); default, the spec's (`analytic_costs`).
+    batch : int, optional
+        Samples per forward pass; default ``data.batch_size``.
+    crossovers : dict, optional
+        Measured dense/sparse crossovers (`ipu_snn.calibration`), passed on to the RunPlan.
+
+    Returns
+    -------
+    Plan
+        Every strategy costed and the choice; ``run_plan()`` gives what the run executes.
+    """
+    check_fits(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=batch, budget_bytes=budget_bytes)
     shape = NetShape.of(cfg, n_inputs, n_classes, batch)
-    if budget_bytes is None:
-        budget_bytes = int(cfg.bptt.budget_gib * GiB) if cfg.bptt.budget_gib else spec.local_bytes
+    budget_bytes = _budget(cfg, spec, budget_bytes)
     costs = costs or analytic_costs(shape, spec)
     generic = costs.at(WINDOWS[0], shape.state_bytes())  # two_level's search only compares relative costs
-    factories = candidates(cfg.bptt, generic, compare_all)
-    tiles = _tile_planner(cfg, spec, n_inputs, n_classes, shape.batch)
+    kinds = candidates(cfg.bptt, compare_all)
+    make_tiles = TILE_PLANNERS.get(spec.name)
+    if make_tiles is None and spec.tiles:
+        raise ValueError(f"device {spec.name} is planned on its tiles: import ipu_snn.ipu, which registers "
+                         "its tile planner (planner.TILE_PLANNERS)")
+    tiles = make_tiles(cfg, spec, n_inputs, n_classes, shape.batch) if make_tiles is not None else None
     if tiles is not None:
         budget_bytes = spec.local_bytes  # the tiles' SRAM: a tile plan fits it or not
     strategies = []
-    for name, factory in factories.items():
-        options = [_strategy(name, factory, shape, w, costs, budget_bytes, spec, tiles)
+    for name, kind in kinds.items():
+        options = [_strategy(name, kind, shape, w, costs, generic, budget_bytes, spec, tiles)
                    for w in window_choices(shape.steps, cfg.bptt.window)]
         strategies.append(_window_of(name, options, tiles is not None))
     fitting = [s for s in strategies if s.fits]
@@ -423,7 +488,8 @@ def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int, budget
     else:
         choice = cfg.bptt.schedule if any(s.name == cfg.bptt.schedule for s in fitting) else None
     source = "the tile plan's model (ipu_snn.ipu.tiles)" if tiles is not None else costs.source
-    return Plan(spec.name, budget_bytes, shape.steps, shape.batch, source, strategies, choice, fastest, factories)
+    return Plan(spec.name, budget_bytes, shape.steps, shape.batch, source, strategies, choice, fastest, kinds,
+                generic, dict(crossovers or {}))
 
 
 def refusal(p: Plan) -> str:
@@ -443,34 +509,19 @@ def refusal(p: Plan) -> str:
 
 # ------------------------------------------------------------------------------ IPU: the tiles decide
 
-#: DeviceSpec name -> its tile model: ``(cfg, spec, n_inputs, n_classes, batch, suggest)`` -> a function of
-#: ``(T, window, schedule over the windows)`` giving the run's TilePlan. The package that models a device's
-#: tiles sits above this layer and registers it when imported (ipu_snn.ipu for the IPUs).
+#: device (spec) name -> ``make(cfg, spec, n_inputs, n_classes, batch)``, which returns
+#: ``cost(name, schedule, T, window) -> Strategy`` from the device's tile model. The IPU package registers
+#: its own (ipu_snn.ipu.tile_planning) when imported, so that the planner never imports it and a CPU or GPU
+#: plan never loads the tile model.
 TILE_PLANNERS: dict[str, Callable] = {}
 
 
-def register_tile_planner(spec_name: str, planner: Callable) -> None:
-    """Plan runs on devices of ``spec_name`` on their tiles with ``planner`` (see `TILE_PLANNERS`)."""
-    TILE_PLANNERS[spec_name] = planner
+def register_tile_planner(names, make: Callable) -> None:
+    """Plan the devices ``names`` on their tiles with ``make`` (see `TILE_PLANNERS`)."""
+    for name in names:
+        TILE_PLANNERS[name] = make
 
 
-def _tile_planner(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int, suggest: bool = False):
-    """The tile model's planner of ``spec`` bound to the config's network, or None for a device without tiles."""
-    if not spec.tiles:
-        return None
-    if spec.name not in TILE_PLANNERS:
-        raise RuntimeError(f"{spec.name} is planned on its tiles, and no tile model is registered for it: "
-                           "import ipu_snn.ipu (which registers the IPUs') before planning")
-    return TILE_PLANNERS[spec.name](cfg, spec, n_inputs, n_classes, batch, suggest)
-
-
-def _on_tiles(name: str, sched: Schedule, tiles) -> Strategy:
-    residency = sum(t.bytes_by_kind["history"] + t.bytes_by_kind["checkpoints"] for t in tiles.tiles)
-    return Strategy(name, sched.name, tiles.time.window, tiles.time.windows, residency,
-                    tiles.max_tile_bytes * tiles.tiles_total, tiles.streaming_bytes, sched.forward_steps,
-                    tiles.streaming_transfer_bytes, tiles.predicted_seconds()["total_s"], tiles.fits,
-                    tiles.max_tile_bytes)
-
-
-__all__ = ["LayerShape", "NetShape", "Plan", "Strategy", "WindowCosts", "analytic_costs", "calibrate", "candidates",
-           "plan", "refusal", "register_tile_planner", "schedule_factory", "window_choices"]
+__all__ = ["LayerShape", "MAX_WINDOWS", "NetShape", "Plan", "RunPlan", "Strategy", "TILE_PLANNERS", "WindowCosts",
+           "analytic_costs", "candidates", "check_evaluation_fits", "check_fits", "check_sequence", "memory_floor", "plan", "refusal",
+           "register_tile_planner", "window_choices"]

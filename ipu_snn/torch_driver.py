@@ -22,12 +22,12 @@ from .devices import device as device_row, resolve_device
 from .distributed import (DistContext, GlobalBatchSampler, all_reduce_sum, barrier, broadcast_object,
                           init_distributed, peers, shutdown)
 from .errors import ConfigError
-from .executor import TimeLoop
 from .losses import Objective, make_objective
 from .metrics import WorkloadTally
 from .network import SpikingNetwork, build_network, count_parameters, step_mode
 from .ops.registry import resolve_backend
 from .optim import make_optimizer
+from .planner import RunPlan
 from .taps import Taps
 
 T = TypeVar("T")
@@ -114,10 +114,11 @@ class TorchDriver:
         """Where this process waits on the others: a lost peer is a LostPeer error naming this rank."""
         return peers(self.ctx, self.timeout_s)
 
-    def build(self, cfg: Config, splits: DataSplits, loop: TimeLoop, initial_weights: dict | None) -> None:
+    def build(self, cfg: Config, splits: DataSplits, run_plan: RunPlan, initial_weights: dict | None) -> None:
         self.cfg = cfg
-        self.network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=loop,
-                                     binary_inputs=cfg.data.binary, device=cfg.device).to(self.device)
+        self.network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=run_plan.loop(),
+                                     binary_inputs=cfg.data.binary, device=cfg.device,
+                                     crossovers=run_plan.crossovers).to(self.device)
         if cfg.device == "ipu-emulator":  # the spiking layers as the IPU network op, on the host interpreter
             from .ipu.interpreted import adopt
 

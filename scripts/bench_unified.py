@@ -116,7 +116,13 @@ def model_config(job: dict, sparse=False, schedule: str = "store_all", model: di
 
 
 def with_bptt(cfg, **fields):
-    return cfg.model_copy(update={"bptt": cfg.bptt.model_copy(update=fields)})
+    """``cfg`` with bptt fields changed; a new schedule keeps only the fields it has (window, budget_gib)."""
+    from ipu_snn.config import BPTT_SECTIONS
+
+    merged = {**cfg.bptt.model_dump(), **fields}
+    section = BPTT_SECTIONS[merged["schedule"]]
+    return cfg.model_copy(update={"bptt": section.model_validate(
+        {k: v for k, v in merged.items() if k in section.model_fields})})
 
 
 def strategy_info(s, p) -> dict:
@@ -129,14 +135,16 @@ def planned_loop(cfg, job: dict, memory_ratio: float | None = None):
     planner), or with ``memory_ratio`` the fastest window whose predicted growth (peak less parameters and
     batch) is within 1/ratio of store_all's; and what the planner predicted for it."""
     from ipu_snn.devices import device_spec
-    from ipu_snn.executor import TimeLoop
-    from ipu_snn.planner import NetShape, calibrate, plan, refusal, window_choices
+    from ipu_snn.calibration import calibrate
+    from ipu_snn.planner import NetShape, plan, refusal, window_choices
 
     spec = device_spec(job["device"])
-    costs = calibrate(cfg, N_INPUTS, N_CLASSES, job["batch"], job["density"], device=job["device"])
+    measured = calibrate(cfg, N_INPUTS, N_CLASSES, job["batch"], job["density"], device=job["device"])
+    costs = measured.costs
 
     def plan_of(c):
-        p = plan(c, spec, n_inputs=N_INPUTS, n_classes=N_CLASSES, batch=job["batch"], costs=costs)
+        p = plan(c, spec, n_inputs=N_INPUTS, n_classes=N_CLASSES, batch=job["batch"], costs=costs,
+                 crossovers=measured.crossovers)
         if p.chosen is None:
             raise RuntimeError(refusal(p))
         return p
@@ -154,7 +162,14 @@ def planned_loop(cfg, job: dict, memory_ratio: float | None = None):
         chosen = p.chosen
         info["memory_goal"] = (f"fastest window predicted within 1/{memory_ratio:g} of store_all's growth"
                                if fitting else f"leanest window (none predicted within 1/{memory_ratio:g})")
-    return TimeLoop(chosen.window, p.factories[chosen.name]), info | strategy_info(chosen, p)
+    return p.run_plan(chosen.name).loop(), info | strategy_info(chosen, p)
+
+
+def measured_crossovers(cfg, job: dict) -> dict:
+    """The crossovers of ``model.sparse: auto`` products, as the calibration step measures them here."""
+    from ipu_snn.calibration import crossovers
+
+    return crossovers(cfg, N_INPUTS, N_CLASSES, job["device"])[0]
 
 
 def product_policies(net) -> dict:
@@ -208,7 +223,7 @@ def build(job: dict, device: torch.device):
         raise ValueError(f"unknown contender {key!r}")
     torch.manual_seed(0)
     net = build_network(cfg.model, N_INPUTS, N_CLASSES, dt=cfg.data.step_seconds, loop=loop, mode=mode,
-                        device=job["device"]).to(device)
+                        device=job["device"], crossovers=measured_crossovers(cfg, job)).to(device)
     if cfg.model.sparse is not False:
         info["products"] = product_policies(net)
     x = packed_batch(job["batch"], job["steps"], job["density"], device)
@@ -240,15 +255,17 @@ def planner_strategy(job: dict):
     """What ``ipu-snn plan`` shows for one schedule (ipu_snn.cli's plan: calibrate, then plan every
     schedule), as a TimeLoop to measure."""
     from ipu_snn.devices import device_spec
-    from ipu_snn.executor import TimeLoop
-    from ipu_snn.planner import calibrate, plan
+    from ipu_snn.calibration import calibrate
+    from ipu_snn.planner import plan
 
     cfg = model_config(job, schedule=job["schedule"])
-    costs = calibrate(cfg, N_INPUTS, N_CLASSES, job["batch"], job["density"], device=job["device"])
+    measured = calibrate(cfg, N_INPUTS, N_CLASSES, job["batch"], job["density"], device=job["device"])
+    costs = measured.costs
     p = plan(cfg, device_spec(job["device"]), n_inputs=N_INPUTS, n_classes=N_CLASSES, batch=job["batch"],
-             compare_all=True, costs=costs)
+             compare_all=True, costs=costs,
+                 crossovers=measured.crossovers)
     s = next(s for s in p.strategies if s.name == job["schedule"])
-    return TimeLoop(s.window, p.factories[s.name]), strategy_info(s, p), cfg
+    return p.run_plan(s.name).loop(), strategy_info(s, p), cfg
 
 
 def measure(job: dict) -> dict:
@@ -297,7 +314,7 @@ def loss64(job: dict) -> dict:
         cfg = model_config(job, sparse=sparse, model={"sparse_capacity": 1.0} if sparse is True else None)
         torch.manual_seed(0)
         net = build_network(cfg.model, N_INPUTS, N_CLASSES, dt=cfg.data.step_seconds, loop=TimeLoop(64),
-                            device=job["device"]).to(device).double()
+                            device=job["device"], crossovers=measured_crossovers(cfg, job)).to(device).double()
         loss = F.cross_entropy(net(x).logits, y)
         loss.backward()
         results[str(sparse)] = (loss.item(), [p.grad.detach().clone() for p in net.parameters() if p.grad is not None],
@@ -331,13 +348,14 @@ def max_t(job: dict) -> dict:
     """CUDA: the largest T whose training iteration fits ``budget_gib`` of device memory, doubling T, within
     ``seconds`` of searching (a T whose predicted iteration would not finish in time is not tried)."""
     from ipu_snn.devices import GiB, device_spec
-    from ipu_snn.executor import TimeLoop
     from ipu_snn.network import build_network
-    from ipu_snn.planner import calibrate, plan
+    from ipu_snn.calibration import calibrate
+    from ipu_snn.planner import plan
 
     device = torch.device("cuda")
     cfg0 = model_config(job, schedule=job["schedule"], budget_gib=job["budget_gib"])
-    costs = calibrate(cfg0, N_INPUTS, N_CLASSES, job["batch"], job["density"], device="cuda")
+    measured = calibrate(cfg0, N_INPUTS, N_CLASSES, job["batch"], job["density"], device="cuda")
+    costs = measured.costs
     total = torch.cuda.get_device_properties(device).total_memory
     torch.cuda.set_per_process_memory_fraction(job["budget_gib"] * GiB / total, device)
     deadline = time.perf_counter() + job["seconds"]
@@ -345,7 +363,8 @@ def max_t(job: dict) -> dict:
 
     def attempt(steps: int) -> str | None:
         cfg = model_config({**job, "steps": steps}, schedule=job["schedule"], budget_gib=job["budget_gib"])
-        p = plan(cfg, device_spec("cuda"), n_inputs=N_INPUTS, n_classes=N_CLASSES, batch=job["batch"], costs=costs)
+        p = plan(cfg, device_spec("cuda"), n_inputs=N_INPUTS, n_classes=N_CLASSES, batch=job["batch"], costs=costs,
+                 crossovers=measured.crossovers)
         s = p.chosen or min(p.strategies, key=lambda s: s.peak_bytes)  # refused by the planner: try its leanest
         left = deadline - time.perf_counter()
         if 2 * s.predicted_s > left:
@@ -354,7 +373,8 @@ def max_t(job: dict) -> dict:
         try:
             torch.manual_seed(0)
             net = build_network(cfg.model, N_INPUTS, N_CLASSES, dt=cfg.data.step_seconds,
-                                loop=TimeLoop(s.window, p.factories[s.name]), device="cuda").to(device)
+                                loop=p.run_plan(s.name).loop(), device="cuda",
+                                crossovers=measured.crossovers).to(device)
             x = packed_batch(job["batch"], steps, job["density"], device)
             optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
             torch.cuda.reset_peak_memory_stats()

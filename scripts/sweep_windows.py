@@ -39,20 +39,22 @@ def main() -> None:
     args = parser.parse_args()
 
     from ipu_snn.devices import device_spec
-    from ipu_snn.executor import TimeLoop
     from ipu_snn.network import build_network
-    from ipu_snn.planner import calibrate, plan
+    from ipu_snn.calibration import calibrate
+    from ipu_snn.planner import plan
 
     extra = {k: yaml.safe_load(v) for k, v in (field.split("=", 1) for field in args.bptt)}
     job = {"device": "cpu", "batch": 32, "hidden": 256, "net": "rlif", "density": args.density, "steps": args.steps}
     sparse = "auto" if args.sparse == "auto" else False
     cfg = bu.model_config(job, sparse=sparse, schedule=args.schedule, window=args.window, **extra)
-    costs = calibrate(cfg, bu.N_INPUTS, bu.N_CLASSES, job["batch"], args.density)
-    p = plan(cfg, device_spec("cpu"), n_inputs=bu.N_INPUTS, n_classes=bu.N_CLASSES, batch=job["batch"], costs=costs)
+    measured = calibrate(cfg, bu.N_INPUTS, bu.N_CLASSES, job["batch"], args.density)
+    costs = measured.costs
+    p = plan(cfg, device_spec("cpu"), n_inputs=bu.N_INPUTS, n_classes=bu.N_CLASSES, batch=job["batch"], costs=costs,
+             crossovers=measured.crossovers)
     chosen = p.chosen or min(p.strategies, key=lambda s: s.peak_bytes)
     torch.manual_seed(0)
     net = build_network(cfg.model, bu.N_INPUTS, bu.N_CLASSES, dt=cfg.data.step_seconds,
-                        loop=TimeLoop(chosen.window, p.factories[chosen.name]), device="cpu")
+                        loop=p.run_plan(chosen.name).loop(), device="cpu", crossovers=measured.crossovers)
     x = bu.packed_batch(job["batch"], args.steps, args.density, torch.device("cpu"))
     y = torch.randint(0, bu.N_CLASSES, (job["batch"],), generator=torch.Generator().manual_seed(2))
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import Literal, Union
 
 
@@ -300,9 +299,10 @@ def _replay(T: int, actions: tuple[Action, ...] | list[Action]) -> Summary:
     )
 
 
-def predicted_time(schedule: Schedule, costs: Costs) -> float:
-    """Run time of ``schedule`` under the sequential model of `Costs`."""
-    s = summarize(schedule)
+def predicted_time(schedule: Schedule, costs: Costs, summary: Summary | None = None) -> float:
+    """Run time of ``schedule`` under the sequential model of `Costs` (``summary``: its `summarize`, if
+    made already)."""
+    s = summary or summarize(schedule)
     return (
         s.evaluations * costs.step
         + s.taped * costs.tape
@@ -311,13 +311,14 @@ def predicted_time(schedule: Schedule, costs: Costs) -> float:
     )
 
 
-def predicted_local_bytes(schedule: Schedule, state_bytes: int, tape_bytes_per_step: int) -> int:
+def predicted_local_bytes(schedule: Schedule, state_bytes: int, tape_bytes_per_step: int,
+                          summary: Summary | None = None) -> int:
     """Peak bytes held in local memory: local checkpoints plus taped steps.
 
     The engine measures the same quantity (`ScanStats.peak_local_bytes`); the
     current state it is working on is not counted, as it is one state at most.
     """
-    return max(c * state_bytes + k * tape_bytes_per_step for c, k in summarize(schedule).profile)
+    return max(c * state_bytes + k * tape_bytes_per_step for c, k in (summary or summarize(schedule)).profile)
 
 
 # ---------------------------------------------------------------------------
@@ -479,20 +480,26 @@ def _revolve_segment(a: int, b: int, slots: int, out: list[Action]) -> None:
 def _revolve(a: int, b: int, slots: int, out: list[Action]) -> None:
     """Reverse steps b-1..a; checkpoint a is held locally and counts as one of ``slots``.
 
-    The left part reuses this frame (a loop) and only the right part recurses,
-    with one slot less, so the depth is at most ``slots``.
+    Binomial checkpointing as Griewank's recursion, run on an explicit stack (no Python recursion,
+    so any number of slots works): advance to the split, store it, reverse the right part with one
+    slot less, then free the split, reload ``a`` and go on with the left part.
     """
-    while b - a > 1:
-        if slots == 1:
+    stack: list = [(a, b, slots)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):  # actions that follow a finished right part
+            out += item
+            continue
+        a, b, slots = item
+        while b - a > 1 and slots == 1:
             out += [Advance(a, b - 1), Advance(b - 1, b, True), Reverse(b - 1), Load(a, "local")]
             b -= 1
+        if b - a > 1:
+            m = _revolve_split(b - a, slots)
+            out += [Advance(a, a + m), Store(a + m, "local")]
+            stack += [(a, a + m, slots), [Free(a + m, "local"), Load(a, "local")], (a + m, b, slots - 1)]
             continue
-        m = _revolve_split(b - a, slots)
-        out += [Advance(a, a + m), Store(a + m, "local")]
-        _revolve(a + m, b, slots - 1, out)
-        out += [Free(a + m, "local"), Load(a, "local")]
-        b = a + m
-    out += [Advance(a, b, True), Reverse(a)]
+        out += [Advance(a, b, True), Reverse(a)]
 
 
 def _revolve_split(l: int, s: int) -> int:
@@ -517,14 +524,37 @@ def _revolve_split(l: int, s: int) -> int:
     return b(s, t - 1)
 
 
-@lru_cache(maxsize=1 << 16)
 def _revolve_counts(l: int, s: int) -> tuple[int, int, int]:
-    """(evaluations, local stores, local loads) of `_revolve` on ``l`` steps."""
-    if l == 1:
-        return 1, 0, 0
-    if s == 1:
-        return l * (l + 1) // 2, 0, l - 1
-    m = _revolve_split(l, s)
-    re, rs, rl = _revolve_counts(l - m, s - 1)
-    le, ls, ll = _revolve_counts(m, s)
-    return m + re + le, 1 + rs + ls, 1 + rl + ll
+    """(evaluations, local stores, local loads) of `_revolve` on ``l`` steps (without Python recursion)."""
+    pending = [(l, s)]
+    while pending:
+        l1, s1 = pending[-1]
+        if l1 == 1 or s1 == 1:
+            pending.pop()
+            _revolve_counts_base(l1, s1)
+            continue
+        m = _revolve_split(l1, s1)
+        missing = [key for key in ((l1 - m, s1 - 1), (m, s1)) if not _cached(key)]
+        if missing:
+            pending += missing
+            continue
+        pending.pop()
+        _COUNTS[(l1, s1)] = _combine(m, _COUNTS[(l1 - m, s1 - 1)], _COUNTS[(m, s1)])
+    return _COUNTS[(l, s)]
+
+
+_COUNTS: dict[tuple[int, int], tuple[int, int, int]] = {}
+
+
+def _cached(key: tuple[int, int]) -> bool:
+    return key in _COUNTS or (key[0] == 1 or key[1] == 1) and _revolve_counts_base(*key) is not None
+
+
+def _revolve_counts_base(l: int, s: int) -> tuple[int, int, int]:
+    value = (1, 0, 0) if l == 1 else (l * (l + 1) // 2, 0, l - 1)
+    _COUNTS[(l, s)] = value
+    return value
+
+
+def _combine(m: int, right: tuple[int, int, int], left: tuple[int, int, int]) -> tuple[int, int, int]:
+    return m + right[0] + left[0], 1 + right[1] + left[1], 1 + right[2] + left[2]

@@ -23,11 +23,11 @@ from ..config import Config, TrainingConfig
 from ..data import DataSplits, input_shape
 from ..devices import resolve_device
 from ..errors import ConfigError
-from ..executor import TimeLoop
 from ..loop import STEP_STATS, check_overflow
 from ..network import SpikingNetwork, count_parameters
+from ..planner import RunPlan
+from .tile_planning import plan_for_config
 from .model import Evaluation, TrainingStep, build_traced
-from .plan import plan_for_config
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
 from .recomputation import recomputation_for
 from .sdk import import_popdist, import_poptorch
@@ -151,8 +151,9 @@ class PopTorchDriver:
         # (the planner costs it from its spec), so every instance makes the same choice
         return choose()
 
-    def build(self, cfg: Config, splits: DataSplits, loop: TimeLoop, initial_weights: dict | None) -> None:
+    def build(self, cfg: Config, splits: DataSplits, run_plan: RunPlan, initial_weights: dict | None) -> None:
         self.cfg = cfg
+        loop = run_plan.loop()
         per_call = self.micro_batch * cfg.training.grad_accumulation * self.reps.local * cfg.ipu.device_iterations
         if per_call > len(splits.train):
             raise ConfigError(f"data: one device call takes {per_call} training samples per instance, more than "

@@ -1,13 +1,11 @@
-"""Dense or sparse: how each spike product runs (`SparsePolicy`), and the crossover density measured on
-the machine it runs on (`crossover_density`). docs/spike_products.md gives the design.
+"""Dense or sparse: how each spike product runs (`SparsePolicy`), from a crossover measured on the machine
+it runs on (`measure_crossover`, cached per machine and shape by ``ipu_snn.calibration``).
+docs/spike_products.md gives the design.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -16,7 +14,6 @@ from pathlib import Path
 import torch
 
 from ..core.bits import pack_spikes
-from ..files import replace_atomically
 from .visits import ListedVisits
 
 MODES = ("dense", "sparse", "auto")
@@ -114,12 +111,8 @@ class SparsePolicy:
 PRODUCT_MODE_CODES = {"dense": 0, "sparse": 1, "auto": 2}
 
 
-def _cache_file() -> Path:
-    root = os.environ.get("IPU_SNN_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "ipu_snn") / "crossover.json"
-
-
-def _machine_key(device: torch.device) -> str:
+def machine_key(device: torch.device) -> str:
+    """This machine as measurements depend on it: torch, the CPU's flags and threads, or the GPU."""
     if device.type == "cuda":
         what = torch.cuda.get_device_name(device)
     else:
@@ -185,30 +178,14 @@ def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, p
     return float(min(1.0, max(0.0, (dense - (s0 - slope * d0)) / slope)))
 
 
-@functools.cache
-def crossover_density(device: torch.device, n_in: int, n_out: int, backend: str | None = None,
+def crossover_key(n_in: int, n_out: int, per_step: bool = False) -> str:
+    """How a product's crossover is named in a RunPlan: its shape, and whether it runs per step."""
+    return f"{n_in}x{n_out}|{'step' if per_step else 'window'}"
+
+
+def measure_crossover(device: torch.device, n_in: int, n_out: int, backend: str | None = None,
                       per_step: bool = False) -> float:
     """The spike density at or below which the sparse product of this shape beats the dense one here:
-    a window's product, or with ``per_step`` the recurrent product of one step.
-
-    Measured once per machine and shape (a fraction of a second), then read from the cache."""
-    device = torch.device(device)
-    kind = "step" if per_step else "window"
-    key = f"{_machine_key(device)}|{device.type}|{backend}|{n_in}x{n_out}|{kind}"
-    path = _cache_file()
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError):
-        table = {}
-    if not isinstance(table, dict):
-        table = {}
-    if isinstance(table.get(key), float):
-        return table[key]
-    value = _measure(device, n_in, n_out, backend, per_step)
-    table[key] = value
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        replace_atomically(path, (json.dumps(table, indent=1, sort_keys=True) + "\n").encode())
-    except OSError:
-        pass  # an unwritable cache only costs the measurement again next time
-    return value
+    a window's product, or with ``per_step`` the recurrent product of one step. Measured now (a fraction
+    of a second); `ipu_snn.calibration` caches it per machine and shape."""
+    return _measure(torch.device(device), n_in, n_out, backend, per_step)

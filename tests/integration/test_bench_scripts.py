@@ -74,7 +74,7 @@ def test_unified_runs_a_contender_in_its_own_process(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = json.loads((tmp_path / "unified_loop_cpu.json").read_text())["rows"]
     assert row["median_ms"] > 0 and row["process_peak_rss_bytes"] > row["growth_bytes"] >= 0
-    assert row["products"] and (tmp_path / "logs" / "cache" / "crossover.json").is_file()  # measured in this run
+    assert row["products"] and (tmp_path / "logs" / "cache" / "calibration.json").is_file()  # measured in this run
 
 
 def test_cli_quick_run_trains_through_the_cli_and_writes_the_doc(tmp_path):

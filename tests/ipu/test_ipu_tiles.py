@@ -304,13 +304,15 @@ def test_streaming_memory_too_small_is_refused_naming_it():
 def test_largest_steps_is_where_the_tiles_stop_fitting():
     from ipu_snn.config import load_config
     from ipu_snn.ipu.tiles import TimeOnTiles, fits_on_tiles
-    from ipu_snn.ipu.plan import largest_steps
-    from ipu_snn.planner import schedule_factory, window_choices
+    from ipu_snn.bptt.registry import SCHEDULES
+    from ipu_snn.ipu.tile_planning import largest_steps
+    from ipu_snn.planner import window_choices
 
     cfg = load_config("configs/ipu_w1_rlif.yaml", [])
     for schedule in ("store_all", "double"):
-        factory = schedule_factory(cfg.bptt.model_copy(update={"schedule": schedule}))
-        steps, window = largest_steps(cfg, MK2, 700, 20, 128, factory, cap=100_000)
+        kind = SCHEDULES[schedule]()
+        factory = None if schedule == "store_all" else kind.build
+        steps, window = largest_steps(cfg, MK2, 700, 20, 128, kind, cap=100_000)
         assert 0 < steps < 100_000
         assert fits_on_tiles(cfg.model, 700, 20, 128, MK2, TimeOnTiles.of(steps, window, factory), 0.25)
         assert not any(fits_on_tiles(cfg.model, 700, 20, 128, MK2, TimeOnTiles.of(steps + 1, w, factory), 0.25)

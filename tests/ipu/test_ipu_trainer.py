@@ -29,7 +29,7 @@ from ipu_snn.ipu import custom_ops
 from ipu_snn.ipu.model import TrainingStep, build_traced
 from ipu_snn.ipu.options import RECOMPUTE_ALL, micro_batch_size, poptorch_options
 from ipu_snn.ipu.recomputation import Recomputation, phase_block, recomputation_for
-from ipu_snn.ipu.plan import plan_for_config
+from ipu_snn.ipu.tile_planning import plan_for_config
 from ipu_snn.network import build_network
 from ipu_snn.reporting import read_metrics_csv
 from ipu_snn.run_folder import newest_intact_checkpoint

@@ -271,3 +271,24 @@ def test_forward_phase_end_is_the_first_reverse():
     assert not any(isinstance(a, (Reverse, Load)) for a in sched.actions[:end])
     assert sum(a.n1 - a.n0 for a in sched.actions[:end] if isinstance(a, Advance)) == 10
     assert Free(0) in sched.actions and Store(0) in sched.actions
+
+
+def test_long_sequences_and_many_slots_need_no_python_recursion():
+    # issue 22: revolve recursed once per slot, so a few thousand windows with sqrt(windows) slots and up
+    # ended in a RecursionError; the generator and its cost count now run on explicit stacks
+    import sys
+
+    from ipu_snn.bptt.schedules import _revolve_counts, _revolve_segment_time
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(120)  # far fewer frames than the slots below
+    try:
+        s = revolve(3000, 1500)
+        time = _revolve_segment_time(2500, 2000, Costs())
+        counts = _revolve_counts(3000, 1500)
+    finally:
+        sys.setrecursionlimit(limit)
+    summary = check_schedule(s)
+    assert s.forward_steps == revolve_forward_steps(3000, 1500)
+    assert counts[0] == summary.evaluations and counts[1] == summary.stores["local"] - 1
+    assert counts[2] == summary.loads["local"] and time > 0

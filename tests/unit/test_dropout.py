@@ -10,7 +10,8 @@ from ipu_snn.bptt import double, revolve, uniform
 from ipu_snn.config import ModelConfig
 from ipu_snn.dropout import keep_mask
 from ipu_snn.executor import TimeLoop
-from ipu_snn.network import build_network, pack_inputs
+from ipu_snn.network import auto_products, build_network, pack_inputs
+from ipu_snn.ops.policy import crossover_key  # sparse: auto at a fixed crossover (calibration measures it)
 from ipu_snn.taps import Taps
 
 SCHEDULES = {"store_all": None, "uniform": lambda n: uniform(n, 2), "revolve": lambda n: revolve(n, 2),
@@ -25,7 +26,8 @@ def model(p, **extra):
 
 def run(cfg, x, y, loop=TimeLoop(), seed=0):
     torch.manual_seed(seed)
-    net = build_network(cfg, 7, 3, dt=1e-3, loop=loop).double()
+    net = build_network(cfg, 7, 3, dt=1e-3, loop=loop,
+                        crossovers={crossover_key(*p): 0.3 for p in auto_products(cfg, 7, 3)}).double()
     torch.manual_seed(seed + 1)  # the forward draws dropout's seed
     out = net(x, taps=Taps(grad=True, neuron_layers=(0, 1)))
     loss = F.cross_entropy(out.logits, y) + (out.neuron_rates[1] ** 2).sum()

@@ -27,6 +27,7 @@ LAYERS = [
     ("data and run files", ["data", "checkpoint", "run_folder", "reporting", "optim", "distributed", "interop"]),
     ("model", ["init", "selection", "dropout", "taps", "layers", "executor", "network", "metrics", "losses"]),
     ("planner", ["planner"]),
+    ("calibration", ["calibration"]),
     ("training loop", ["loop"]),
     ("drivers", ["torch_driver", "ipu"]),
     ("entry points", ["train", "evaluate"]),

@@ -15,7 +15,8 @@ from ipu_snn.bptt.schedules import Costs
 from ipu_snn.config import ModelConfig
 from ipu_snn.errors import ConfigError
 from ipu_snn.executor import TimeLoop
-from ipu_snn.network import build_network, listed_backward, pack_inputs
+from ipu_snn.network import auto_products, build_network, listed_backward, pack_inputs
+from ipu_snn.ops.policy import crossover_key  # sparse: auto at a fixed crossover (calibration measures it)
 
 SCHEDULES = {
     "store_all": lambda: None,
@@ -37,7 +38,8 @@ def config(kinds, surrogate, scale, learn, **extra) -> ModelConfig:
 
 def run(cfg, x, y, loop=TimeLoop(), seed=0):
     torch.manual_seed(seed)
-    net = build_network(cfg, 7, 4, dt=1e-3, loop=loop).double()
+    net = build_network(cfg, 7, 4, dt=1e-3, loop=loop,
+                        crossovers={crossover_key(*p): 0.3 for p in auto_products(cfg, 7, 4)}).double()
     out = net(x)
     loss = F.cross_entropy(out.logits, y)
     loss.backward()

@@ -14,7 +14,8 @@ from ipu_snn.config import ModelConfig, TrainingConfig
 from ipu_snn.errors import ConfigError
 from ipu_snn.executor import TimeLoop
 from ipu_snn.losses import make_objective
-from ipu_snn.network import build_network, pack_inputs
+from ipu_snn.network import auto_products, build_network, pack_inputs
+from ipu_snn.ops.policy import crossover_key  # sparse: auto at a fixed crossover (calibration measures it)
 
 SCHEDULES = {
     "store_all": None,
@@ -37,7 +38,8 @@ def model(kinds, **extra) -> ModelConfig:
 
 def build(cfg, loop=TimeLoop(), seed=0):
     torch.manual_seed(seed)
-    return build_network(cfg, 7, CLASSES, dt=1e-3, loop=loop).double()
+    return build_network(cfg, 7, CLASSES, dt=1e-3, loop=loop,
+                         crossovers={crossover_key(*p): 0.3 for p in auto_products(cfg, 7, CLASSES)}).double()
 
 
 def plain_loss(net, frames, y, training: TrainingConfig):

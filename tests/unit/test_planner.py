@@ -15,7 +15,9 @@ from ipu_snn.devices import device_spec
 from ipu_snn.errors import ConfigError, DeviceError
 from ipu_snn.executor import TimeLoop
 from ipu_snn.network import build_network, pack_inputs
-from ipu_snn.planner import NetShape, analytic_costs, calibrate, candidates, plan, schedule_factory
+from ipu_snn.bptt.registry import SCHEDULES as REGISTRY
+from ipu_snn.calibration import measure_window_costs
+from ipu_snn.planner import NetShape, analytic_costs, candidates, plan
 from ipu_snn.train import train
 
 MODEL = {"layers": [{"type": "rlif", "size": 24, "learn_decay": True}, {"type": "alif", "size": 12}],
@@ -46,8 +48,9 @@ MODELS = {
 def test_predicted_bytes_equal_what_the_executor_counts(model, window, name):
     cfg = config(model=MODELS[model])
     shape = NetShape.of(cfg, 10, 3)
-    factory = candidates(cfg.bptt, Costs(), compare_all=True)[name]
-    sched = (factory or store_all)(shape.windows(window))
+    kind = candidates(cfg.bptt, compare_all=True)[name]
+    factory = None if name == "store_all" else kind.build
+    sched = kind.build(shape.windows(window))
     torch.manual_seed(0)
     net = build_network(cfg.model, 10, 3, dt=1e-3, loop=TimeLoop(window, factory))
     out = net(pack_inputs((torch.rand(8, 60, 10) < 0.3).float()))
@@ -100,20 +103,38 @@ def test_a_huge_layer_is_refused_in_seconds_without_allocating(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_every_configured_schedule_has_a_factory():
+def test_every_configured_schedule_is_a_registry_class_with_its_own_fields():
+    assert list(REGISTRY) == SCHEDULES
     for name in SCHEDULES:
-        factory = schedule_factory(config(schedule=name).bptt)
-        assert (factory is None) == (name == "store_all")
-        if factory:
-            assert factory(9).T == 9
-    with pytest.raises(ValueError, match="auto"):
-        schedule_factory(config(schedule="auto").bptt)
+        section = config(schedule=name).bptt
+        assert isinstance(section, REGISTRY[name]) and section.build(9).T == 9
+        # the defaults are the class's: every unset size filled in for the windows
+        resolved = section.resolved(9)
+        # (double without local_slots tapes every window of a segment: inner uniform, no local checkpoint)
+        assert all(v is not None for k, v in resolved.parameters().items() if k != "local_slots"), resolved
+        assert resolved.build(9).actions == section.build(9).actions
+    with pytest.raises(ConfigError, match=r"bptt.slots: schedule 'uniform' has no such field"):
+        validate_config({"model": MODEL, "bptt": {"schedule": "uniform", "slots": 3}})
+    with pytest.raises(ConfigError, match=r"bptt.offchip_slots: schedule 'double' has no such field"):
+        validate_config({"model": MODEL, "bptt": {"schedule": "double", "offchip_slots": 3}})
+    with pytest.raises(ConfigError, match=r"bptt.schedule: unknown schedule 'checkmate'"):
+        validate_config({"model": MODEL, "bptt": {"schedule": "checkmate"}})
+    # the shared fields belong to every schedule, and a section without a schedule is store_all's
+    for name in [*SCHEDULES, "auto"]:
+        assert validate_config({"model": MODEL, "bptt": {"schedule": name, "window": 8, "budget_gib": 1}}).bptt.window == 8
+    assert validate_config({"model": MODEL, "bptt": {"window": 8}}).bptt.schedule == "store_all"
+
+
+def test_validate_names_the_field_another_schedule_has():
+    result = subprocess.run([sys.executable, "-m", "ipu_snn.cli", "validate", "configs/tiny.yaml",
+                             "bptt.schedule=uniform", "bptt.slots=3"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "bptt.slots" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_calibrated_costs_are_per_window_lines():
     # big enough that 240 more steps outweigh timing noise (32 neurons over 48 steps did not, now and then)
     cfg = config(model={"layers": [{"type": "rlif", "size": 256}]})
-    costs = calibrate(cfg, 100, 3, batch=32, lengths=(16, 256), repeats=3)
+    costs = measure_window_costs(cfg, 100, 3, batch=32, lengths=(16, 256), repeats=3)
     for fixed, per_step in (costs.forward, costs.tape, costs.reverse):
         assert fixed >= 0 and per_step >= 0
     assert costs.forward[1] + costs.reverse[1] > 0
@@ -146,6 +167,12 @@ def test_plan_cli_measures_the_cpu(capsys):
     assert main(["plan", "configs/tiny.yaml", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["device"] == "cpu" and result["costs"].startswith("measured here")
+    # the calibration step is shown, and cached per machine and shape: a second plan measures nothing
+    assert result["calibration"].startswith("window costs measured here")
+    assert result["run_plan"]["schedule"]["schedule"] == result["choice"]
+    assert main(["plan", "configs/tiny.yaml", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["calibration"].endswith("(cached)") and again["run_plan"] == result["run_plan"]
 
 
 @pytest.mark.parametrize("schedule", ["store_all", "revolve", "double"])
@@ -172,3 +199,70 @@ def test_each_schedule_takes_the_window_its_purpose_wants(schedule):
         near = [s for s in options if s.predicted_s <= RECOMPUTE_TIME_SLACK * fastest.predicted_s]
         assert chosen.peak_bytes == min(s.peak_bytes for s in near)
         assert chosen.peak_bytes <= fastest.peak_bytes and chosen.predicted_s <= 1.2 * fastest.predicted_s
+
+
+def test_refusals_come_from_arithmetic_before_any_schedule_or_measurement(monkeypatch, capsys):
+    import ipu_snn.calibration
+    from ipu_snn.bptt import registry
+    from ipu_snn.planner import MAX_WINDOWS, window_choices
+
+    def never(*args, **kwargs):
+        raise AssertionError("generated or measured before refusing")
+
+    monkeypatch.setattr(ipu_snn.calibration, "calibrate", never)
+    for cls in registry.SCHEDULES.values():
+        monkeypatch.setattr(cls, "build", never)
+    assert main(["plan", "configs/tiny.yaml", "model.layers.0.size=100000", "--budget-gib", "16"]) == 2
+    assert "100000 neurons" in capsys.readouterr().err
+    assert main(["plan", "configs/tiny.yaml", "data.steps=10000000"]) == 2
+    assert f"at most {MAX_WINDOWS} windows" in capsys.readouterr().err
+    # the limit is on windows, so a long enough window plans the same T
+    assert window_choices(10_000_000, 5000) == [5000] and window_choices(10_000_000, None) == []
+    assert max(-(-100_000 // w) for w in window_choices(100_000, None)) <= MAX_WINDOWS
+
+
+def test_the_run_plan_is_data_that_round_trips():
+    from ipu_snn.planner import RunPlan
+
+    cfg = validate_config({"model": MODEL, "data": {"steps": 60, "batch_size": 8},
+                           "bptt": {"schedule": "two_level", "window": 4}})
+    p = plan(cfg, device_spec("h100"), n_inputs=10, n_classes=3).run_plan()
+    assert p.schedule.name == "two_level" and p.window == 4 and p.windows == 15
+    assert p.schedule.local_slots == 4 and p.schedule.offchip_slots == 15  # the defaults, written in
+    again = RunPlan.from_json(json.loads(json.dumps(p.to_json())))
+    assert again == p
+    assert again.loop().schedule(15).actions == p.loop().schedule(15).actions
+    assert plan(config("store_all"), device_spec("h100"), n_inputs=10, n_classes=3).run_plan().loop().schedule is None
+
+
+def test_a_cpu_plan_does_not_load_the_ipu_tile_model():
+    code = ("import sys; from ipu_snn.config import load_config; from ipu_snn.devices import device_spec; "
+            "from ipu_snn.planner import plan; "
+            "p = plan(load_config('configs/tiny.yaml'), device_spec('cpu'), n_inputs=70, n_classes=20); "
+            "assert p.choice == 'store_all'; assert 'ipu_snn.ipu.tiles' not in sys.modules, 'loaded'; "
+            "assert not any(m.startswith('ipu_snn.ipu') for m in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_checkpoint_without_a_stored_plan_replans_its_resolved_config():
+    # checkpoints written before plans were stored resolved the choice in a flat bptt section
+    from ipu_snn.loop import stored_plan
+
+    cfg = validate_config({"model": MODEL, "data": {"steps": 60, "batch_size": 8}, "bptt": {"schedule": "auto"}})
+    flat = {"schedule": "revolve", "every": None, "slots": 3, "offchip_every": None, "local_slots": None,
+            "offchip_slots": None, "inner": "revolve", "budget_gib": None, "window": 6}
+    got = stored_plan({"config": {**cfg.model_dump(mode="json"), "bptt": flat}}, cfg, 8)
+    assert (got.schedule.name, got.schedule.slots, got.window) == ("revolve", 3, 6)
+    assert stored_plan({"plan": got.to_json()}, cfg, 8) == got
+
+
+def test_an_evaluation_that_cannot_fit_is_refused_from_shapes():
+    from ipu_snn.planner import check_evaluation_fits
+
+    small = validate_config({"model": MODEL, "data": {"steps": 60, "batch_size": 8}})
+    check_evaluation_fits(small, device_spec("h100"), 16)
+    huge = validate_config({"model": {"layers": [{"type": "rlif", "size": 100_000}]},
+                            "data": {"steps": 2000, "batch_size": 4096}})
+    with pytest.raises(ConfigError, match="evaluating does not fit h100"):
+        check_evaluation_fits(huge, device_spec("h100"), 16)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ipu_snn.core.bits import pack_spikes
 from ipu_snn.errors import UserError
 from ipu_snn.ops import policy as policy_module
-from ipu_snn.ops.policy import MODES, PRODUCT_MODE_CODES, SparsePolicy, crossover_density
+from ipu_snn.ops.policy import MODES, PRODUCT_MODE_CODES, SparsePolicy
 from ipu_snn.ops.registry import get_kernels
 from ipu_snn.ops.product import spike_product
 
@@ -90,22 +90,31 @@ def test_bits_kernels_of_the_cpu_equal_the_list_compositions():
         assert torch.equal(cpu.count_bits(bits), ref.count_bits(bits))
 
 
-def test_crossover_is_measured_once_and_kept_on_disk(tmp_path, monkeypatch):
-    monkeypatch.setenv("IPU_SNN_CACHE", str(tmp_path))
-    crossover_density.cache_clear()
-    measured = crossover_density(torch.device("cpu"), 64, 32)
-    assert 0.0 <= measured <= 1.0
-    table = json.loads((tmp_path / "crossover.json").read_text())
-    assert list(table.values()) == [measured]
-    # a later process reads it back rather than measuring again: the same choices on resume
+def test_crossovers_are_calibrated_once_and_building_measures_nothing(tmp_path, monkeypatch):
+    from ipu_snn.calibration import crossovers
+    from ipu_snn.config import validate_config
+    from ipu_snn.network import build_network
 
+    monkeypatch.setenv("IPU_SNN_CACHE", str(tmp_path))
+    cfg = validate_config({"model": {"layers": [{"type": "rlif", "size": 32}], "sparse": "auto"},
+                           "data": {"steps": 10}})
+    measured, cached = crossovers(cfg, 64, 4)
+    assert not cached and set(measured) == {"64x32|window", "32x32|step", "32x4|window"}
+    assert all(0.0 <= v <= 1.0 for v in measured.values())
+    table = json.loads((tmp_path / "calibration.json").read_text())
+    assert sorted(table.values()) == sorted(measured.values())
+
+    # a later process reads them back rather than measuring again: the same choices on resume; and
+    # building a network never measures (its crossovers are an input)
     def no_measuring(*args):
         raise AssertionError("measured again")
 
     monkeypatch.setattr(policy_module, "_measure", no_measuring)
-    crossover_density.cache_clear()
-    assert crossover_density(torch.device("cpu"), 64, 32) == measured
-    crossover_density.cache_clear()
+    assert crossovers(cfg, 64, 4) == (measured, True)
+    net = build_network(cfg.model, 64, 4, dt=1e-3, crossovers=measured)
+    assert net.layers[0].policies.input.max_density == measured["64x32|window"]
+    with pytest.raises(ValueError, match="crossover"):
+        build_network(cfg.model, 64, 4, dt=1e-3)
 
 
 def test_auto_chooses_by_the_spikes_it_has():

@@ -19,7 +19,8 @@ from ipu_snn.bptt.schedules import Costs
 from ipu_snn.config import ModelConfig
 from ipu_snn.errors import UserError
 from ipu_snn.executor import TimeLoop, window_bounds
-from ipu_snn.network import build_network, pack_inputs
+from ipu_snn.network import auto_products, build_network, pack_inputs
+from ipu_snn.ops.policy import crossover_key
 from ipu_snn.neuron.window import LayerState, WindowSettings, spiking_window
 from ipu_snn.neuron.spec import NeuronSpec
 from ipu_snn.ops.policy import SparsePolicy
@@ -48,7 +49,10 @@ def model(kinds, learn, **extra) -> ModelConfig:
 
 def run(cfg, x, y, loop=TimeLoop(), mode=None, kernels=None, seed=0):
     torch.manual_seed(seed)
-    net = build_network(cfg, x.shape[-1] if x.dtype != torch.uint8 else 7, 4, dt=1e-3, loop=loop, mode=mode).double()
+    n_in = x.shape[-1] if x.dtype != torch.uint8 else 7
+    # sparse: auto goes sparse at or below a crossover the calibration step would measure; fixed here
+    crossovers = {crossover_key(*p): 0.3 for p in auto_products(cfg, n_in, 4)}
+    net = build_network(cfg, n_in, 4, dt=1e-3, loop=loop, mode=mode, crossovers=crossovers).double()
     if kernels:
         for layer in net.layers:
             layer.settings = replace(layer.settings, kernels=kernels)

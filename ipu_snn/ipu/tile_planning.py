@@ -1,20 +1,24 @@
-"""A run's plan on one IPU's tiles: the tile planner the planner calls (`tile_planner`, registered by
-ipu_snn.ipu), the tile plan of a config's chosen window (`plan_for_config`), and the longest sequence each
-schedule fits (`largest_steps`)."""
+"""The planner's view of an IPU: every candidate schedule and window laid out on the tiles (`plan_tiles`).
+
+Registered with the planner (`ipu_snn.planner.register_tile_planner`) when ``ipu_snn.ipu`` is
+imported, so that the planner itself never imports the tile model. `plan_for_config` gives the tile
+plan of the window chosen, and `largest_steps` the longest sequence each schedule fits on one IPU.
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Callable
 
-from ..bptt import Costs, Schedule, store_all
+from ..bptt import Costs, Schedule
+from ..bptt.registry import ScheduleKind
 from ..config import Config
-from ..devices import DeviceSpec, device_spec
-from ..planner import SAVED_BYTES, Plan, candidates, plan, window_choices
-from .tiles import TimeOnTiles, fits_on_tiles, plan_tiles
+from ..devices import DeviceSpec
+from ..planner import SAVED_BYTES, Plan, Strategy, candidates, plan, register_tile_planner, window_choices
+from .tiles import TILE_GEOMETRY, TimeOnTiles, fits_on_tiles, plan_tiles
 
 
-def tile_planner(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int, suggest: bool = False):
+def _tile_plans(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int, suggest: bool = False):
     """(T, window, schedule over the windows) -> the TilePlan of the config's network on one IPU."""
 
     def tiles(steps: int, window: int, schedule: Schedule):
@@ -23,6 +27,24 @@ def tile_planner(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, b
                           surrogate_bytes=SAVED_BYTES[cfg.model.fused_saved_dtype], suggest=suggest)
 
     return tiles
+
+
+def tile_strategies(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int) -> Callable:
+    """The planner's hook: ``cost(name, schedule, T, window) -> Strategy`` from the tile plan."""
+    tiles_of = _tile_plans(cfg, spec, n_inputs, n_classes, batch)
+
+    def cost(name: str, sched: Schedule, steps: int, window: int) -> Strategy:
+        tiles = tiles_of(steps, window, sched)
+        residency = sum(t.bytes_by_kind["history"] + t.bytes_by_kind["checkpoints"] for t in tiles.tiles)
+        return Strategy(name, sched.name, tiles.time.window, tiles.time.windows, residency,
+                        tiles.max_tile_bytes * tiles.tiles_total, tiles.streaming_bytes, sched.forward_steps,
+                        tiles.streaming_transfer_bytes, tiles.predicted_seconds()["total_s"], tiles.fits,
+                        tiles.max_tile_bytes)
+
+    return cost
+
+
+register_tile_planner(TILE_GEOMETRY, tile_strategies)
 
 
 def plan_for_config(cfg: Config, n_inputs: int, n_classes: int, batch: int, spec: DeviceSpec | None = None,
@@ -36,14 +58,15 @@ def plan_for_config(cfg: Config, n_inputs: int, n_classes: int, batch: int, spec
     surrogate at ``model.fused_saved_dtype``. When nothing fits, the configured schedule's leanest
     window, refused with what would fit (another schedule, a smaller batch, smaller layers).
     """
+    from ..devices import device_spec
+
     spec = spec or device_spec(cfg.device)
     p = result or plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=batch)
     chosen = p.chosen or min((s for s in p.strategies if s.name == cfg.bptt.schedule or cfg.bptt.schedule == "auto"),
                              key=lambda s: s.peak_bytes)
     windows = -(-p.T // chosen.window)
-    factory = p.factories[chosen.name]
-    sched = store_all(windows) if factory is None else factory(windows)
-    tiles = tile_planner(cfg, spec, n_inputs, n_classes, batch, suggest=True)(p.T, chosen.window, sched)
+    sched = p.kinds[chosen.name].build(windows, p.generic)
+    tiles = _tile_plans(cfg, spec, n_inputs, n_classes, batch, suggest=True)(p.T, chosen.window, sched)
     if not tiles.fits:
         others = p if len(p.strategies) > 1 else plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes,
                                                       batch=batch, compare_all=True)
@@ -54,9 +77,11 @@ def plan_for_config(cfg: Config, n_inputs: int, n_classes: int, batch: int, spec
 
 
 def largest_steps(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int,
-                  factory: Callable[[int], Schedule] | None, cap: int) -> tuple[int, int | None]:
-    """The largest T <= ``cap`` whose time loop fits one IPU's tiles under ``factory`` (None: store_all),
-    with some window of `window_choices`; and that window (None when not even T = 1 fits)."""
+                  kind: ScheduleKind | None, cap: int) -> tuple[int, int | None]:
+    """The largest T <= ``cap`` whose time loop fits one IPU's tiles under the schedule ``kind`` (None:
+    store_all), with some window of `window_choices`; and that window (None when not even T = 1 fits)."""
+    factory = None if kind is None or kind.name == "store_all" else (lambda W: kind.build(W, Costs()))
+
     def window_that_fits(steps: int) -> int | None:
         for window in window_choices(steps, cfg.bptt.window):
             time = TimeOnTiles.of(steps, window, factory)
@@ -88,14 +113,17 @@ LARGEST_T_FACTOR = 100
 def largest_steps_table(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int) -> dict:
     """For every candidate schedule, the largest T that fits one IPU's tiles, next to store_all's; the
     search stops at LARGEST_T_FACTOR times store_all's (reported as ``at_cap``)."""
-    generic = Costs()  # two_level's interval search compares relative costs only
-    factories = candidates(cfg.bptt, generic, compare_all=True)
+    kinds = candidates(cfg.bptt, compare_all=True)
     base, base_window = largest_steps(cfg, spec, n_inputs, n_classes, batch, None, cap=1 << 30)
     cap = max(1, base) * LARGEST_T_FACTOR
     table = {}
-    for name, factory in factories.items():
-        steps, window = (base, base_window) if factory is None else largest_steps(
-            cfg, spec, n_inputs, n_classes, batch, factory, cap)
-        table[name] = {"T": steps, "window": window, "at_cap": factory is not None and steps >= cap,
+    for name, kind in kinds.items():
+        recomputes = name != "store_all"
+        steps, window = largest_steps(cfg, spec, n_inputs, n_classes, batch, kind, cap) if recomputes \
+            else (base, base_window)
+        table[name] = {"T": steps, "window": window, "at_cap": recomputes and steps >= cap,
                        "vs_store_all": round(steps / base, 2) if base else None}
     return {"cap": cap, "batch": batch, "schedules": table}
+
+
+__all__ = ["LARGEST_T_FACTOR", "largest_steps", "largest_steps_table", "plan_for_config", "tile_strategies"]
