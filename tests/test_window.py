@@ -129,7 +129,7 @@ def test_windows_split_where_asked():
 def test_state_adjoints_chain_across_two_calls():
     # a window's initial-state gradient is what the previous window's final state receives
     torch.manual_seed(0)
-    spec = NeuronSpec(adaptive=True, threshold=0.5, adapt_strength=0.4)
+    spec = NeuronSpec("alif", threshold=0.5, adapt_strength=0.4)
     policy = SparsePolicy()
     settings_ = WindowSettings(spec, recurrent=policy)
     n, b = 6, 2

@@ -66,12 +66,22 @@ namespace core {
 
 enum class Reset : int32_t { kSubtract = 0, kZero = 1 };
 
+// The surrogate table's codes (ipu_snn/neuron/surrogates.py); kSurrogateKinds is one past the last.
 enum class SurrogateKind : int32_t {
   kFastSigmoid = 0,
   kAtan = 1,
   kTriangle = 2,
   kBoxcar = 3,
 };
+constexpr int32_t kSurrogateKinds = 4;
+
+// The neuron-model registry's kernel codes (ipu_snn/neuron/models: NeuronModel.kernel_code); models
+// that differ in connectivity only share one (lif and rlif run kLif). kNeuronKinds is one past the last.
+enum class NeuronKind : int32_t {
+  kLif = 0,
+  kAlif = 1,
+};
+constexpr int32_t kNeuronKinds = 2;
 
 // The scalars of one layer's step, in S (double on the CPU, float on a tile).
 template <typename S>
@@ -81,6 +91,7 @@ struct NeuronScalarsT {
   Reset reset;
   SurrogateKind surrogate;
   S scale;
+  NeuronKind kind = NeuronKind::kLif;  // kAlif: a_prev, rho and a_new are read and written
 };
 using NeuronScalars = NeuronScalarsT<double>;
 

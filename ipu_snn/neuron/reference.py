@@ -20,20 +20,11 @@ from .surrogates import SpikeFn, spike, surrogate
 
 def step(spec: NeuronSpec, beta: Tensor, rho: Tensor | None, v_prev: Tensor, a_prev: Tensor | None,
          current: Tensor, spike_fn: SpikeFn = spike) -> tuple[Tensor, Tensor | None, Tensor]:
-    """One LIF/ALIF step through autograd: ``(v_new, a_new or None, z)``.
+    """One step of ``spec``'s model through autograd (the model's own pure step): ``(v_new, a_new or None, z)``.
 
     ``spike_fn(x, name, scale)`` makes the spikes: `surrogates.spike` (an autograd
     Function) or `surrogates.straight_through_spike` (for tracers)."""
-    v = beta * v_prev + current
-    if spec.adaptive:
-        a = rho * a_prev
-        theta = spec.threshold + spec.adapt_strength * a
-    else:
-        a, theta = None, spec.threshold
-    z = spike_fn(v - theta, spec.surrogate, spec.scale)
-    zr = z.detach() if spec.detach_reset else z
-    v_new = v - zr * theta if spec.reset == "subtract" else v * (1.0 - zr)
-    return v_new, (a + z if spec.adaptive else None), z
+    return spec.neuron.step(spec, beta, rho, v_prev, a_prev, current, spike_fn)
 
 
 def li_step(beta: Tensor, v_prev: Tensor, current: Tensor) -> Tensor:
@@ -45,9 +36,10 @@ def li_step(beta: Tensor, v_prev: Tensor, current: Tensor) -> Tensor:
 def kernel_forward(current: Tensor, v: Tensor, a: Tensor | None, beta: Tensor, rho: Tensor | None,
                    spec: NeuronSpec, saved_dtype: torch.dtype):
     """The fused forward: ``(v_new, a_new or None, z, d, zbits)`` with d = sg'(v - theta) in ``saved_dtype``."""
+    adaptive = spec.neuron.kernel == "alif"
     v_lin = beta * v + current
-    a_dec = rho * a if spec.adaptive else None
-    theta = spec.threshold + spec.adapt_strength * a_dec if spec.adaptive else spec.threshold
+    a_dec = rho * a if adaptive else None
+    theta = spec.threshold + spec.adapt_strength * a_dec if adaptive else spec.threshold
     x = v_lin - theta
     d = surrogate(spec.surrogate).grad(x, spec.scale).to(saved_dtype)
     v_new, a_new, z = step(spec, beta, rho, v, a, current, lambda x, name, scale: (x > 0).to(x.dtype))
@@ -58,11 +50,11 @@ def kernel_backward(grad_z: Tensor, grad_v: Tensor, grad_a: Tensor | None, zbits
                     spec: NeuronSpec) -> tuple[Tensor, Tensor | None]:
     """The fused backward of fire-and-reset: ``(gv, ga or None)`` (see `spec`)."""
     z = unpack_spikes(zbits, grad_v.shape[-1], grad_v.dtype)
-    subtract = spec.reset == "subtract"
-    gz = grad_z + grad_a if spec.adaptive and grad_a is not None else grad_z
+    subtract, adaptive = spec.reset == "subtract", spec.neuron.kernel == "alif"
+    gz = grad_z + grad_a if adaptive and grad_a is not None else grad_z
     gx = gz * d.to(grad_v.dtype)
     gv = (grad_v if subtract else grad_v * (1.0 - z)) + gx
-    if not spec.adaptive:
+    if not adaptive:
         return gv, None
     ga = -spec.adapt_strength * (gx + grad_v * z if subtract else gx)
     return gv, (ga + grad_a if grad_a is not None else ga)

@@ -1,5 +1,8 @@
 """The neuron update's one specification: what a LIF or ALIF step computes, and its backward.
 
+Each model's own step is its file in `ipu_snn.neuron.models`; this is the contract they and the
+kernels share.
+
 Every implementation (the reference steps in `reference`, the C++ core in
 custom_ops/include/neuron_core.h shared by the CPU extension and the Poplar
 vertices, the Triton kernels, the tile emulator) computes exactly this; the
@@ -42,6 +45,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .models import MODELS, NeuronModel
 from .surrogates import SURROGATES
 
 RESETS = ("subtract", "zero")
@@ -52,7 +56,7 @@ RESET_CODES = {"subtract": 0, "zero": 1}  # neuron_core.h's Reset enum
 class NeuronSpec:
     """The scalars of one layer's neuron update (the tensors beta and rho are parameters)."""
 
-    adaptive: bool = False  # ALIF
+    model: str = "lif"  # a name in the neuron-model registry (`ipu_snn.neuron.models`)
     threshold: float = 1.0
     adapt_strength: float = 0.0  # ALIF: how far one spike raises the threshold
     reset: str = "subtract"
@@ -62,6 +66,8 @@ class NeuronSpec:
 
     def __post_init__(self):
         # a spec comes from a validated config: anything else here is a caller's bug
+        if self.model not in MODELS:
+            raise ValueError(f"NeuronSpec.model must be one of {tuple(MODELS)}, got {self.model!r}")
         if self.reset not in RESETS:
             raise ValueError(f"NeuronSpec.reset must be one of {RESETS}, got {self.reset!r}")
         if self.surrogate not in SURROGATES:
@@ -71,6 +77,15 @@ class NeuronSpec:
         if not (math.isfinite(self.threshold) and math.isfinite(self.adapt_strength)):
             raise ValueError(f"NeuronSpec: threshold and adapt_strength must be finite, got "
                              f"{self.threshold}, {self.adapt_strength}")
+
+    @property
+    def neuron(self) -> NeuronModel:
+        """The model's registry entry."""
+        return MODELS[self.model]
+
+    @property
+    def kernel_code(self) -> int:
+        return MODELS[self.model].kernel_code
 
     @property
     def surrogate_code(self) -> int:

@@ -43,6 +43,7 @@ from ..ops.policy import SparsePolicy
 from ..ops.registry import get_kernels, resolve_backend
 from .bits import pack_spikes, unpack_spikes
 from .kernels import NeuronKernels, resolve
+from .params import neuron_params, product_mode
 from .spec import NeuronSpec
 
 #: model.fused_saved_dtype -> the dtype d is kept in; None keeps the state's dtype
@@ -149,7 +150,7 @@ def _generic_backward(k: NeuronKernels, s: WindowSettings, grad_z, grad_v, grad_
         gv, ga = k.backward(gz, grad_v, grad_a, bits[t], d[t], s.spec)
         grad_currents[t] = gv
         grad_v = beta * gv
-        if s.spec.adaptive:
+        if ga is not None:
             grad_a = rho * ga
             if keep_ga:
                 ga_all[t] = ga
@@ -184,14 +185,17 @@ class _SpikingWindow(torch.autograd.Function):
         keep = any(ctx.needs_input_grad)  # a forward that backward will not read keeps nothing
         keep_v, keep_a = keep and beta.requires_grad, keep and rho is not None and rho.requires_grad
         recurrent, policy = w_rec is not None, s.recurrent
+        two_states = s.spec.neuron.n_state > 1
         if k.window_forward is not None:
+            params = {**neuron_params(s.spec), "keep_d": float(keep), "keep_v": float(keep_v),
+                      "keep_a": float(keep_a), "recurrent_product": product_mode(policy.mode if recurrent else "dense"),
+                      "capacity": float(policy.capacity if recurrent else 0),
+                      "max_density": float(policy.max_density if recurrent else 0.0),
+                      "near_min_d": -1.0 if s.near_min_d is None else float(s.near_min_d)}
             (z, bits, d, v_prev, a_prev, near, v, a, dropped, _sparse_steps) = k.window_forward(
-                currents.contiguous(), v0, a0, z0 if recurrent else None, w_rec, beta, rho, s.spec.threshold,
-                s.spec.adapt_strength, s.spec.reset_code, s.spec.surrogate_code, s.spec.scale, saved, keep,
-                keep_v, keep_a, policy.rec_mode if recurrent else 0, policy.capacity if recurrent else 0,
-                policy.max_density if recurrent else 0.0, -1.0 if s.near_min_d is None else s.near_min_d)
+                currents.contiguous(), v0, a0, z0 if recurrent else None, w_rec, beta, rho, params, saved)
             f = _Forward(z, bits, d, v_prev if keep_v else None, a_prev if keep_a else None,
-                         near if s.near_min_d is not None else None, v, a if s.spec.adaptive else None, dropped)
+                         near if s.near_min_d is not None else None, v, a if two_states else None, dropped)
         else:
             f = _generic_forward(k, s, currents, v0, a0, z0, w_rec, beta, rho, saved, keep_v, keep_a)
         if recurrent and policy.mode == "sparse" and policy.overflow == "error" and bool(f.dropped.any()):
@@ -214,22 +218,25 @@ class _SpikingWindow(torch.autograd.Function):
     def backward(ctx, grad_z, _bits, _near, grad_v, grad_a, grad_z_last, _near_last, _dropped):
         bits, d, v_prev, a_prev, near, z0_bits, near0, w_rec, beta, rho = ctx.saved_tensors
         s, k = ctx.s, ctx.k
+        two_states = s.spec.neuron.n_state > 1
         steps, batch, n = d.shape
         if grad_v is None:
             grad_v = torch.zeros(batch, n, dtype=beta.dtype, device=beta.device)
         recurrent = w_rec is not None
         listed = s.listed_rec_grad
         if k.window_backward is not None:
+            params = {**neuron_params(s.spec), "keep_ga": float(ctx.keep_a), "listed_grad": float(listed),
+                      "capacity": float(s.recurrent.capacity if listed else 0)}
             grad_currents, ga_all, grad_v0, grad_a0, rec = k.window_backward(
-                None if grad_z is None else grad_z.contiguous(), grad_z_last, grad_v.contiguous(), None if grad_a is None else grad_a.contiguous(), bits, d,
-                z0_bits, near, near0, w_rec, beta, rho, s.spec.adapt_strength, s.spec.reset_code, ctx.keep_a,
-                int(listed), s.recurrent.capacity if listed else 0)
+                None if grad_z is None else grad_z.contiguous(), grad_z_last, grad_v.contiguous(),
+                None if grad_a is None else grad_a.contiguous(), bits, d, z0_bits, near, near0, w_rec, beta, rho,
+                params)
         else:
             if grad_z_last is not None:
                 grad_z = torch.zeros(steps, batch, n, dtype=grad_z_last.dtype, device=grad_z_last.device) \
                     if grad_z is None else grad_z.clone()
                 grad_z[-1] += grad_z_last
-            if s.spec.adaptive and grad_a is None:
+            if two_states and grad_a is None:
                 grad_a = torch.zeros_like(grad_v)
             grad_currents, ga_all, grad_v0, grad_a0, rec = _generic_backward(
                 k, s, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0, w_rec, beta, rho, ctx.keep_a)
@@ -241,20 +248,21 @@ class _SpikingWindow(torch.autograd.Function):
             grad_beta = (grad_currents * v_prev.to(grad_currents.dtype)).sum((0, 1))
         if ctx.keep_a:
             grad_rho = (ga_all * a_prev.to(ga_all.dtype)).sum((0, 1))
-        return (None, grad_currents, grad_v0, grad_a0 if s.spec.adaptive else None,
+        return (None, grad_currents, grad_v0, grad_a0 if two_states else None,
                 rec if recurrent else None, None, grad_w, grad_beta, grad_rho)
 
 
 def spiking_window(currents: Tensor, state: LayerState, w_rec: Tensor | None, beta: Tensor, rho: Tensor | None,
                    settings: WindowSettings) -> tuple[SpikeTrain, LayerState, Tensor]:
-    """A LIF/ALIF layer over one window: (its spikes, its state after the window, spikes dropped per sample).
+    """A spiking layer of any registered model over one window: (its spikes, its state after the window, spikes dropped per sample).
 
     ``currents`` [L, B, N]: the input currents of the window's steps; ``w_rec`` [N, N]
     (stored [from, to]) adds ``z_{t-1} @ w_rec`` to step t; ``beta`` [N] and ``rho``
     [N] (ALIF) are the per-step decays, already clamped to [0, 1]."""
-    if (rho is None) == settings.spec.adaptive:
-        raise ValueError(f"spiking_window: an {'ALIF' if settings.spec.adaptive else 'LIF'} layer takes rho "
-                         f"{'[N]' if settings.spec.adaptive else 'None'}")
+    model = settings.spec.neuron
+    if (rho is None) == (len(model.decays) > 0):
+        raise ValueError(f"spiking_window: a {model.name} layer takes "
+                         f"{', '.join(d.name + ' [N]' for d in model.decays) or 'no rho'}")
     if (w_rec is None) != (settings.recurrent is None):
         raise ValueError("spiking_window: w_rec and settings.recurrent go together")
     z, bits, near, v, a, z_last, near_last, dropped = _SpikingWindow.apply(
