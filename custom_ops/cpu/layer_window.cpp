@@ -353,8 +353,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
                            : Tensor();
   Tensor rec = recurrent ? at::zeros({batch, n}, opts) : Tensor();  // d loss / d z_{t-1} via w_rec
   Tensor gz = at::empty({batch, n}, opts);
-  const core::Reset reset_kind = p.neuron.reset;
-  const double adapt_strength = p.neuron.adapt_strength;
   if (steps == 0 || batch == 0 || n == 0) {
     return {grad_currents, ga_all, grad_v, adaptive ? grad_a : at::empty({0}, opts),
             recurrent ? rec : at::empty({0}, opts)};
@@ -399,8 +397,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
             gzp[i] = (gz_t != nullptr ? gz_t[i] : T(0)) + (rec_p != nullptr ? rec_p[i] : T(0)) +
                      (gz_last != nullptr ? gz_last[i] : T(0));
           }
-          core::neuron_backward<T, D>(gzp, gvp, gap, bt, dp, n, b0 * n, b1 * n, adaptive,
-                                      adapt_strength, reset_kind, gc, ga, leak);
+          core::neuron_backward<T, D>(gzp, gvp, gap, bt, dp, n, b0 * n, b1 * n, p.neuron, gc, ga, leak);
         });
       });
       if (!recurrent) continue;

@@ -78,7 +78,7 @@ inline core::NeuronScalars read_neuron(ParamReader& r) {
   return s;
 }
 
-inline bool adaptive(const core::NeuronScalars& s) { return s.kind == core::NeuronKind::kAlif; }
+inline bool adaptive(const core::NeuronScalars& s) { return core::has_second_state(s.kind); }
 
 inline void check_state(const at::Tensor& t, const char* name, const at::Tensor& like,
                  const char* op) {

@@ -157,8 +157,7 @@ std::tuple<at::Tensor, at::Tensor> neuron_bwd(
       T* gvp = gv.data_ptr<T>();
       T* gap = adaptive ? ga.data_ptr<T>() : nullptr;
       at::parallel_for(0, batch * n, kGrainElements, [&](int64_t i0, int64_t i1) {
-        core::neuron_backward<T, D>(gz, gvin, gain, zb, dp, n, i0, i1, adaptive,
-                                    scalars.adapt_strength, scalars.reset, gvp, gap);
+        core::neuron_backward<T, D>(gz, gvin, gain, zb, dp, n, i0, i1, scalars, gvp, gap);
       });
     });
   });

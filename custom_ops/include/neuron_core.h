@@ -83,6 +83,10 @@ enum class NeuronKind : int32_t {
 };
 constexpr int32_t kNeuronKinds = 2;
 
+// Whether a kernel carries a second state (a, with its decay rho) besides v: the registry's
+// NeuronModel.state has two entries.
+inline bool has_second_state(NeuronKind kind) { return kind != NeuronKind::kLif; }
+
 // The scalars of one layer's step, in S (double on the CPU, float on a tile).
 template <typename S>
 struct NeuronScalarsT {
@@ -474,6 +478,17 @@ void neuron_backward(const T* grad_z, const T* grad_v, const T* grad_a,
   }
 #undef IPU_SNN_NEURON_BACKWARD_LEAK
 #undef IPU_SNN_NEURON_BACKWARD
+}
+
+// The same backward for the kernel the parameter struct names (s.kind): what the CPU ops call, so
+// that a new kernel's backward is added here alone.
+template <typename T, typename D, typename I, typename S>
+void neuron_backward(const T* grad_z, const T* grad_v, const T* grad_a,
+                     const uint8_t* bits, const D* d, I n_neurons, non_deduced_t<I> begin,
+                     non_deduced_t<I> end, const NeuronScalarsT<S>& s, T* gv, T* ga,
+                     const LeakBackward<T>& leak = LeakBackward<T>()) {
+  neuron_backward<T, D, I, S>(grad_z, grad_v, grad_a, bits, d, n_neurons, begin, end,
+                              has_second_state(s.kind), s.adapt_strength, s.reset, gv, ga, leak);
 }
 
 }  // namespace core
