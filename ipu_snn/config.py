@@ -122,7 +122,7 @@ def _layer_config(model: NeuronModel) -> type[_SpikingLayer]:
     """A model's layer section: the common fields, its ``type``, its decays and parameters."""
     fields: dict[str, Any] = {"type": (Literal[model.name], ...)}
     if model.recurrent is None:
-        fields["recurrent"] = (bool, True)
+        fields["recurrent"] = (bool, model.recurrent_default)
     for decay in model.decays:
         fields[decay.name] = (float | None, Field(None, gt=0.0, le=1.0))
         fields[decay.tau] = (PositiveFloat | None, None)

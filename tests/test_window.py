@@ -1,7 +1,7 @@
 """The unified time loop (fused, sparse and checkpointed at once) against the plain autograd loop, in float64.
 
 Every combination of schedule x window length x sparse/dense products x
-lif/rlif/alif x learned decays is drawn at random; the gradients of every
+lif/rlif/alif/cuba x learned decays is drawn at random; the gradients of every
 parameter must equal plain autograd through ``neuron.reference.step``.
 """
 
@@ -36,6 +36,8 @@ LAYERS = {
     "rlif": {"type": "rlif"},
     "alif": {"type": "alif", "adapt_strength": 0.6},
     "alif_ff": {"type": "alif", "recurrent": False},
+    "cuba": {"type": "cuba", "recurrent": True},
+    "cuba_ff": {"type": "cuba"},
 }
 
 

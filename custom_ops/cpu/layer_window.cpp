@@ -66,6 +66,7 @@ WindowForwardParams read_window_fwd(const ParamDict& params, const char* op) {
 struct WindowBackwardParams {
   core::NeuronScalars neuron;
   bool keep_ga;      // keep ga per step (a learned rho)
+  bool keep_gv;      // keep gv per step (a learned beta of a model whose current enters its second state)
   bool listed_grad;  // the recurrent input gradient over the spike (and near) lists
   int64_t capacity;  // list length of the listed backward
 };
@@ -75,6 +76,7 @@ WindowBackwardParams read_window_bwd(const ParamDict& params, const char* op) {
   WindowBackwardParams p;
   p.neuron = read_neuron(r);
   p.keep_ga = r.flag("keep_ga");
+  p.keep_gv = r.flag("keep_gv");
   p.listed_grad = r.flag("listed_grad");
   p.capacity = r.count("capacity");
   r.done();
@@ -292,7 +294,7 @@ window_fwd(
           dropped, at::full({1}, sparse_steps, opts.dtype(at::kLong))};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
     const c10::optional<Tensor>& grad_z_in, const c10::optional<Tensor>& grad_z_last_in,
     const Tensor& grad_v_in,
     const c10::optional<Tensor>& grad_a_in, const Tensor& bits_in, const Tensor& d_in,
@@ -347,6 +349,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
   const auto opts = like.options();
   auto grad_currents = at::empty({steps, batch, n}, opts);
   auto ga_all = keep_ga ? at::empty({steps, batch, n}, opts) : at::empty({0}, opts);
+  // CUBA: the input current enters the synaptic current a, so the kernel's ga is the current's
+  // gradient (written to grad_currents) and its gv, w.r.t. v, goes to gv_all (a learned beta) or scratch
+  const bool into_a = p.neuron.kind == core::NeuronKind::kCuba;
+  const bool keep_gv = p.keep_gv && into_a;
+  auto gv_all = keep_gv ? at::empty({steps, batch, n}, opts) : at::empty({0}, opts);
+  Tensor gv_scratch = into_a && !keep_gv ? at::empty({batch, n}, opts) : Tensor();
   Tensor grad_v = grad_v_in.contiguous().clone();
   Tensor grad_a = adaptive ? (grad_a_in.has_value() ? grad_a_in->contiguous().clone()
                                                     : at::zeros({batch, n}, opts))
@@ -354,7 +362,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
   Tensor rec = recurrent ? at::zeros({batch, n}, opts) : Tensor();  // d loss / d z_{t-1} via w_rec
   Tensor gz = at::empty({batch, n}, opts);
   if (steps == 0 || batch == 0 || n == 0) {
-    return {grad_currents, ga_all, grad_v, adaptive ? grad_a : at::empty({0}, opts),
+    return {grad_currents, ga_all, gv_all, grad_v, adaptive ? grad_a : at::empty({0}, opts),
             recurrent ? rec : at::empty({0}, opts)};
   }
 
@@ -378,6 +386,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
       // ga is kept only for a learned rho (grad_rho = sum ga * a_prev); the leak's
       // epilogue below carries rho * ga to the previous step either way
       T* ga = keep_ga ? step(ga_all, t).data_ptr<T>() : nullptr;
+      T* gv_out = gc;
+      if (into_a) {  // the kernel's (gv, ga) are (w.r.t. v, the current's)
+        gv_out = keep_gv ? step(gv_all, t).data_ptr<T>() : gv_scratch.data_ptr<T>();
+        ga = gc;
+      }
       core::LeakBackward<T> leak;
       leak.beta = beta.data_ptr<T>();
       leak.rho = adaptive ? rho.data_ptr<T>() : nullptr;
@@ -397,7 +410,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
             gzp[i] = (gz_t != nullptr ? gz_t[i] : T(0)) + (rec_p != nullptr ? rec_p[i] : T(0)) +
                      (gz_last != nullptr ? gz_last[i] : T(0));
           }
-          core::neuron_backward<T, D>(gzp, gvp, gap, bt, dp, n, b0 * n, b1 * n, p.neuron, gc, ga, leak);
+          core::neuron_backward<T, D>(gzp, gvp, gap, bt, dp, n, b0 * n, b1 * n, p.neuron, gv_out, ga, leak);
         });
       });
       if (!recurrent) continue;
@@ -420,7 +433,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
       });
     }
   });
-  return {grad_currents, ga_all, grad_v, adaptive ? grad_a : at::empty({0}, opts),
+  return {grad_currents, ga_all, gv_all, grad_v, adaptive ? grad_a : at::empty({0}, opts),
           recurrent ? rec : at::empty({0}, opts)};
 }
 
@@ -513,7 +526,7 @@ TORCH_LIBRARY_FRAGMENT(ipu_snn_cpu, m) {
   m.def("window_bwd(Tensor? grad_z, Tensor? grad_z_last, Tensor grad_v, Tensor? grad_a, Tensor bits, Tensor d, "
         "Tensor? z0_bits, Tensor? near, Tensor? near0, Tensor? w_rec, Tensor beta, Tensor? rho, "
         "Dict(str, float) params) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("leaky_fwd(Tensor currents, Tensor beta, Tensor v0) -> Tensor");
   m.def("leaky_bwd(Tensor? grad_trace, Tensor? grad_last, Tensor beta, int steps) -> (Tensor, Tensor)");
 }

@@ -50,7 +50,10 @@ class NeuronModel:
     * ``state``: the state per neuron a step carries to the next, besides the last spikes (``v`` first);
     * ``decays``: the per-neuron decays after ``beta`` (which every model has), one per extra state;
     * ``params``: the scalar parameters after ``threshold`` (which every model has);
-    * ``recurrent``: True or False for every layer of the model, None for a config choice (default True);
+    * ``recurrent``: True or False for every layer of the model, None for a config choice
+      (``recurrent``, default ``recurrent_default``);
+    * ``current_into``: the state the input current enters: 0 for ``v`` (lif, alif), 1 for the second
+      state (cuba's synaptic current), whose gradient is then the current's;
     * ``step``: the reference step, a pure function (`ipu_snn.neuron.reference.step`'s signature);
     * ``nir``: its NIR mapping.
     """
@@ -65,6 +68,8 @@ class NeuronModel:
     step: Callable
     nir: NirMapping
     doc: str = ""
+    recurrent_default: bool = True
+    current_into: int = 0
 
     @property
     def n_state(self) -> int:

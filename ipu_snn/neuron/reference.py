@@ -36,8 +36,8 @@ def li_step(beta: Tensor, v_prev: Tensor, current: Tensor) -> Tensor:
 def kernel_forward(current: Tensor, v: Tensor, a: Tensor | None, beta: Tensor, rho: Tensor | None,
                    spec: NeuronSpec, saved_dtype: torch.dtype):
     """The fused forward: ``(v_new, a_new or None, z, d, zbits)`` with d = sg'(v - theta) in ``saved_dtype``."""
-    adaptive = spec.neuron.kernel == "alif"
-    v_lin = beta * v + current
+    adaptive, cuba = spec.neuron.kernel == "alif", spec.neuron.kernel == "cuba"
+    v_lin = beta * v + (rho * a + current if cuba else current)
     a_dec = rho * a if adaptive else None
     theta = spec.threshold + spec.adapt_strength * a_dec if adaptive else spec.threshold
     x = v_lin - theta
@@ -48,9 +48,13 @@ def kernel_forward(current: Tensor, v: Tensor, a: Tensor | None, beta: Tensor, r
 
 def kernel_backward(grad_z: Tensor, grad_v: Tensor, grad_a: Tensor | None, zbits: Tensor, d: Tensor,
                     spec: NeuronSpec) -> tuple[Tensor, Tensor | None]:
-    """The fused backward of fire-and-reset: ``(gv, ga or None)`` (see `spec`)."""
+    """The fused backward of fire-and-reset: ``(gv, ga or None)`` (see `spec`); for cuba ga is w.r.t. the
+    synaptic current i, the input current's gradient."""
     z = unpack_spikes(zbits, grad_v.shape[-1], grad_v.dtype)
     subtract, adaptive = spec.reset == "subtract", spec.neuron.kernel == "alif"
+    if spec.neuron.kernel == "cuba":
+        gv = (grad_v if subtract else grad_v * (1.0 - z)) + grad_z * d.to(grad_v.dtype)
+        return gv, (gv + grad_a if grad_a is not None else gv)
     gz = grad_z + grad_a if adaptive and grad_a is not None else grad_z
     gx = gz * d.to(grad_v.dtype)
     gv = (grad_v if subtract else grad_v * (1.0 - z)) + gx

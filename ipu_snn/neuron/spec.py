@@ -34,6 +34,11 @@ and of leak-and-integrate, which the time loop applies itself (it is linear)::
     grad_current = gv ;  grad_v_prev = beta * gv ;  grad_a_prev = rho * ga
     grad_beta   += sum over the batch of gv * v_prev ;  grad_rho += sum of ga * a_prev
 
+CUBA (`models.cuba`) puts its synaptic current i in the slot of a and its decay alpha in that of
+rho, and the input current enters i: ``i = alpha * i_prev + current``, ``v = beta * v_prev + i``,
+``theta = threshold``, ``i_new = i``. Its backward is ``gv`` as above with ``gx = grad_z * d``, and
+``ga = grad_a + gv`` w.r.t. i, which is then also the input current's gradient (``grad_current = ga``).
+
 So backward reads only z (kept as bits), d (kept in ``saved_dtype``) and, for a
 learned decay, the pre-step state: this is Guo et al.'s nested forward-mode AD
 applied to the element-wise update, which the fused kernels compute in the

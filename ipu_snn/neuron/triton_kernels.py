@@ -40,9 +40,10 @@ BLOCK_N = 256  # 32 packed bytes per row
 
 #: The tables' integer codes as the kernels branch on them: the model registry's kernel codes
 #: (`ipu_snn.neuron.models`) and the surrogate table's (a test checks both against the tables).
-KERNELS = {"lif": 0, "alif": 1}
+KERNELS = {"lif": 0, "alif": 1, "cuba": 2}
 SURROGATE_CODES = {"fast_sigmoid": 0, "atan": 1, "triangle": 2, "boxcar": 3}
 _ALIF: tl.constexpr = tl.constexpr(KERNELS["alif"])
+_CUBA: tl.constexpr = tl.constexpr(KERNELS["cuba"])
 _FAST_SIGMOID: tl.constexpr = tl.constexpr(SURROGATE_CODES["fast_sigmoid"])
 _ATAN: tl.constexpr = tl.constexpr(SURROGATE_CODES["atan"])
 _TRIANGLE: tl.constexpr = tl.constexpr(SURROGATE_CODES["triangle"])
@@ -128,7 +129,12 @@ def _forward_kernel(inputs, params_ptr, outputs, batch, n, row_bytes, KERNEL: tl
     rows, cols, row_ok, col_ok, ok, offs = _tile(batch, n, BLOCK_B, BLOCK_N)
 
     beta = tl.load(beta_ptr + cols, mask=col_ok, other=0.0)
-    v = beta[None, :] * tl.load(v_ptr + offs, mask=ok, other=0.0) + tl.load(current_ptr + offs, mask=ok, other=0.0)
+    current = tl.load(current_ptr + offs, mask=ok, other=0.0)
+    if KERNEL == _CUBA:  # the current charges the synaptic current a (i), which charges v
+        alpha = tl.load(rho_ptr + cols, mask=col_ok, other=0.0)
+        a = alpha[None, :] * tl.load(a_ptr + offs, mask=ok, other=0.0) + current
+        current = a
+    v = beta[None, :] * tl.load(v_ptr + offs, mask=ok, other=0.0) + current
     theta = tl.load(params_ptr + _THRESHOLD)
     if KERNEL == _ALIF:
         rho = tl.load(rho_ptr + cols, mask=col_ok, other=0.0)
@@ -147,6 +153,8 @@ def _forward_kernel(inputs, params_ptr, outputs, batch, n, row_bytes, KERNEL: tl
     tl.store(d_ptr + offs, _saved(d, d_ptr, SAVED_BF16), mask=ok)
     if KERNEL == _ALIF:
         tl.store(a_new_ptr + offs, a + z, mask=ok)
+    elif KERNEL == _CUBA:
+        tl.store(a_new_ptr + offs, a, mask=ok)
 
     # Bit k of byte c holds neuron 8c + k; masked-out neurons are 0 (fired is
     # false there), so a row's padding bits come out 0.
@@ -174,7 +182,8 @@ def _backward_kernel(inputs, params_ptr, outputs, batch, n, row_bytes, KERNEL: t
     gz = tl.load(grad_z_ptr + offs, mask=ok, other=0.0)
     if HAS_GRAD_A:
         grad_a = tl.load(grad_a_ptr + offs, mask=ok, other=0.0)
-        gz = gz + grad_a
+        if KERNEL == _ALIF:
+            gz = gz + grad_a
     gx = gz * tl.load(d_ptr + offs, mask=ok, other=0.0).to(grad_v.dtype)
     if SUBTRACT:
         gv = grad_v + gx
@@ -188,6 +197,11 @@ def _backward_kernel(inputs, params_ptr, outputs, batch, n, row_bytes, KERNEL: t
         else:
             through_theta = gx
         ga = -adapt * through_theta
+        if HAS_GRAD_A:
+            ga = grad_a + ga
+        tl.store(ga_ptr + offs, ga, mask=ok)
+    elif KERNEL == _CUBA:  # w.r.t. the synaptic current: the input current's gradient
+        ga = gv
         if HAS_GRAD_A:
             ga = grad_a + ga
         tl.store(ga_ptr + offs, ga, mask=ok)

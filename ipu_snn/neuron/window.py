@@ -138,31 +138,36 @@ def _generic_forward(k: NeuronKernels, s: WindowSettings, currents, v, a, z0, w_
 
 
 def _generic_backward(k: NeuronKernels, s: WindowSettings, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0,
-                      w_rec, beta, rho, keep_ga):
+                      w_rec, beta, rho, keep_ga, keep_gv):
     steps, batch, n = d.shape
+    into_a = s.spec.neuron.current_into == 1  # cuba: the current's gradient is the kernel's ga
     grad_currents = grad_v.new_empty(steps, batch, n)
-    ga_all = grad_v.new_empty(steps, batch, n) if keep_ga else None
+    ga_all = grad_v.new_empty(steps, batch, n) if keep_ga and not into_a else None
+    gv_all = grad_v.new_empty(steps, batch, n) if keep_gv and into_a else None
     rec = None
     for t in range(steps - 1, -1, -1):
         gz = grad_z[t] if grad_z is not None else torch.zeros_like(grad_v)
         if rec is not None:
             gz = gz + rec
         gv, ga = k.backward(gz, grad_v, grad_a, bits[t], d[t], s.spec)
-        grad_currents[t] = gv
+        grad_currents[t] = ga if into_a else gv
+        if gv_all is not None:
+            gv_all[t] = gv
         grad_v = beta * gv
         if ga is not None:
             grad_a = rho * ga
-            if keep_ga:
+            if ga_all is not None:
                 ga_all[t] = ga
+        gc = grad_currents[t]
         if w_rec is None:
             continue
         if s.listed_rec_grad:
             prev, prev_near = (z0_bits, near0) if t == 0 else (bits[t - 1], None if near is None else near[t - 1])
             spikes = get_kernels(resolve_backend(s.recurrent.backend, w_rec.device))
-            rec = spikes.bits_grad_input(prev, prev_near, n, w_rec, gv, s.recurrent.capacity).to(gv.dtype)
+            rec = spikes.bits_grad_input(prev, prev_near, n, w_rec, gc, s.recurrent.capacity).to(gc.dtype)
         else:
-            rec = gv @ w_rec.t()
-    return grad_currents, ga_all, grad_v, grad_a, rec
+            rec = gc @ w_rec.t()
+    return grad_currents, ga_all, gv_all, grad_v, grad_a, rec
 
 
 def _rec_weight_grad(policy: SparsePolicy, prev_bits: Tensor, grad_currents: Tensor, n: int) -> Tensor:
@@ -224,10 +229,14 @@ class _SpikingWindow(torch.autograd.Function):
             grad_v = torch.zeros(batch, n, dtype=beta.dtype, device=beta.device)
         recurrent = w_rec is not None
         listed = s.listed_rec_grad
+        # where the current enters the second state (cuba), the current's gradient is the state's, and
+        # a learned beta needs the one w.r.t. v apart
+        into_a = s.spec.neuron.current_into == 1
+        keep_ga, keep_gv = ctx.keep_a and not into_a, ctx.keep_v and into_a
         if k.window_backward is not None:
-            params = {**neuron_params(s.spec), "keep_ga": float(ctx.keep_a), "listed_grad": float(listed),
-                      "capacity": float(s.recurrent.capacity if listed else 0)}
-            grad_currents, ga_all, grad_v0, grad_a0, rec = k.window_backward(
+            params = {**neuron_params(s.spec), "keep_ga": float(keep_ga), "keep_gv": float(keep_gv),
+                      "listed_grad": float(listed), "capacity": float(s.recurrent.capacity if listed else 0)}
+            grad_currents, ga_all, gv_all, grad_v0, grad_a0, rec = k.window_backward(
                 None if grad_z is None else grad_z.contiguous(), grad_z_last, grad_v.contiguous(),
                 None if grad_a is None else grad_a.contiguous(), bits, d, z0_bits, near, near0, w_rec, beta, rho,
                 params)
@@ -238,16 +247,18 @@ class _SpikingWindow(torch.autograd.Function):
                 grad_z[-1] += grad_z_last
             if two_states and grad_a is None:
                 grad_a = torch.zeros_like(grad_v)
-            grad_currents, ga_all, grad_v0, grad_a0, rec = _generic_backward(
-                k, s, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0, w_rec, beta, rho, ctx.keep_a)
+            grad_currents, ga_all, gv_all, grad_v0, grad_a0, rec = _generic_backward(
+                k, s, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0, w_rec, beta, rho, keep_ga, keep_gv)
         grad_w = grad_beta = grad_rho = None
         if recurrent and ctx.needs_input_grad[6]:
             prev_bits = torch.cat([z0_bits.unsqueeze(0), bits[:-1]])  # z_{t-1} feeds step t
             grad_w = _rec_weight_grad(s.recurrent, prev_bits, grad_currents, n)
         if ctx.keep_v:
-            grad_beta = (grad_currents * v_prev.to(grad_currents.dtype)).sum((0, 1))
+            gv = gv_all if into_a else grad_currents
+            grad_beta = (gv * v_prev.to(gv.dtype)).sum((0, 1))
         if ctx.keep_a:
-            grad_rho = (ga_all * a_prev.to(ga_all.dtype)).sum((0, 1))
+            ga = grad_currents if into_a else ga_all
+            grad_rho = (ga * a_prev.to(ga.dtype)).sum((0, 1))
         return (None, grad_currents, grad_v0, grad_a0 if two_states else None,
                 rec if recurrent else None, None, grad_w, grad_beta, grad_rho)
 

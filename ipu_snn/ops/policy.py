@@ -68,11 +68,6 @@ class SparsePolicy:
         if self.mode == "dense" and self.listed_grad:
             raise ValueError("SparsePolicy: a dense product has no spike lists to restrict its gradient to")
 
-    @property
-    def rec_mode(self) -> int:
-        """The mode's code in the CPU window loop (custom_ops/cpu/layer_window.cpp)."""
-        return MODES.index(self.mode)
-
     def use_sparse_density(self, counts: torch.Tensor, n_in: int) -> bool:
         """For ``auto``: whether spikes at these counts per row (int [R]) are sparse enough to beat dense."""
         return counts.numel() > 0 and float(counts.sum()) <= self.max_density * counts.numel() * n_in

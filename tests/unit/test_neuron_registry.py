@@ -44,6 +44,8 @@ def cpp_constant(path: Path, name: str) -> int:
     return int(re.search(rf"constexpr int32_t {name} = (\d+);", path.read_text()).group(1))
 
 
+#: kernels the Poplar vertices (custom_ops/poplar/) do not run yet; every other kernel must be in their tables
+NOT_ON_POPLAR = {"cuba"}
 CORE = CUSTOM_OPS / "include" / "neuron_core.h"
 GLUE = CUSTOM_OPS / "cpu" / "neuron_glue.h"
 
@@ -89,7 +91,7 @@ def test_the_poplar_ops_string_tables_name_every_entry():
     for table in surrogates:
         assert table == set(SURROGATES)
     for table in kinds:
-        assert table == set(KERNEL_CODES)
+        assert table == set(KERNEL_CODES) - NOT_ON_POPLAR
 
 
 def test_the_product_modes_are_the_cpp_enum_by_name():
@@ -143,10 +145,12 @@ def test_every_model_on_every_backend_matches_autograd_through_its_step(name, ba
     g = torch.Generator().manual_seed(11)
     frames = (torch.rand(3, 9, 7, generator=g) < 0.4).double()
     y = torch.randint(0, 4, (3,), generator=g)
-    layer = {"type": name, **{p.name: p.default / 3 for p in model.params}}
-    logits_ref, grads_ref = _net(layer, "autograd", None, frames, y)  # autograd through model.step
-    logits, grads = _net(layer, "fused", backend, pack_inputs(frames), y)
-    torch.testing.assert_close(logits, logits_ref, rtol=1e-10, atol=1e-10)
-    assert set(grads) == set(grads_ref)
-    for key, expected in grads_ref.items():
-        torch.testing.assert_close(grads[key], expected, rtol=1e-9, atol=1e-11, msg=key)
+    for recurrent in ((False, True) if model.recurrent is None else (model.recurrent,)):
+        layer = {"type": name, **{p.name: p.default / 3 for p in model.params},
+                 **({"recurrent": recurrent} if model.recurrent is None else {})}
+        logits_ref, grads_ref = _net(layer, "autograd", None, frames, y)  # autograd through model.step
+        logits, grads = _net(layer, "fused", backend, pack_inputs(frames), y)
+        torch.testing.assert_close(logits, logits_ref, rtol=1e-10, atol=1e-10)
+        assert set(grads) == set(grads_ref) and ("layers.0.rec.weight" in grads) == recurrent
+        for key, expected in grads_ref.items():
+            torch.testing.assert_close(grads[key], expected, rtol=1e-9, atol=1e-11, msg=f"{key} {recurrent=}")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from ..model import Decay, NeuronModel, NirMapping, Param
 from .alif import ALIF
+from .cuba import CUBA
 from .lif import LIF
 from .rlif import RLIF
 
-MODELS: dict[str, NeuronModel] = {m.name: m for m in (LIF, RLIF, ALIF)}
+MODELS: dict[str, NeuronModel] = {m.name: m for m in (LIF, RLIF, ALIF, CUBA)}
 
 #: kernel name -> the integer every compiled kernel uses (neuron_core.h's NeuronKind)
 KERNEL_CODES: dict[str, int] = {m.kernel: m.kernel_code for m in MODELS.values()}
