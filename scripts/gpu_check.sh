@@ -58,8 +58,8 @@ step() {
 }
 
 # the files that hold the kernels' CUDA and Triton cases (each against a reference); -k keeps those cases
-step triton_tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_neuron_kernels.py tests/test_spike_ops.py \
-    tests/test_products.py tests/test_window.py tests/test_bptt_engine.py -k "cuda or triton or gpu"
+step triton_tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/unit/test_neuron_kernels.py tests/unit/test_spike_ops.py \
+    tests/unit/test_products.py tests/unit/test_window.py tests/unit/test_bptt_engine.py -k "cuda or triton or gpu"
 step spike_matmul 90 "$PY" scripts/bench_spike_matmul.py --device cuda --out "$LOGS/spike_matmul" \
     --doc "$DOCS/spike_matmul.md"
 step unified 220 "$PY" scripts/bench_unified.py --device cuda --budget-s 170 --job-timeout 100 \

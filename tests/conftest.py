@@ -1,8 +1,11 @@
+import copy
 import importlib.util
+import json
 import os
 
 import pytest
 import torch
+import yaml
 
 # Triton reads TRITON_INTERPRET when it is first imported, and importing torch's
 # custom-op machinery (any test that touches ipu_snn.ops) can import it. Setting
@@ -38,3 +41,65 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs the Graphcore Poplar SDK (PopTorch)")
         for item in marked:
             item.add_marker(skip)
+
+
+#: A run small enough to train in seconds: one recurrent layer on the synthetic data, cosine schedule.
+SMALL_RUN = {
+    "model": {"layers": [{"type": "rlif", "size": 24, "tau": 0.1}], "readout": {"reduce": "mean"}},
+    "data": {"steps": 20, "channel_pooling": 20, "batch_size": 32, "val_split": 0.2,
+             "synthetic": {"n_train": 160, "n_test": 40, "n_classes": 4}},
+    "training": {"epochs": 3, "lr": 0.01, "lr_schedule": "cosine", "seed": 1},
+}
+
+
+@pytest.fixture
+def small_run() -> dict:
+    """The raw config (a dict) of a run that trains in seconds; each test gets its own copy."""
+    return copy.deepcopy(SMALL_RUN)
+
+
+@pytest.fixture(scope="session")
+def small():
+    """``small(**training)``: the small run's validated config with training fields changed."""
+    from ipu_snn.config import validate_config
+
+    def make(**training):
+        raw = copy.deepcopy(SMALL_RUN)
+        return validate_config({**raw, "training": {**raw["training"], **training}})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def quiet():
+    """``quiet()``: a console that prints nothing, for runs whose output the test does not read."""
+    from rich.console import Console
+
+    return lambda: Console(quiet=True)
+
+
+def _check_no_validation_split(raw: dict, tmp_path, capsys):
+    """``data.val_split=0`` through the CLI: trains, reports no validation, resumes, evaluates; asking to
+    evaluate the missing split is a user error."""
+    from ipu_snn.cli import main
+    from ipu_snn.reporting import read_metrics_csv
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**raw, "data": {**raw["data"], "val_split": 0}}))
+    out = tmp_path / "run"
+    assert main(["train", str(path), "training.epochs=1", "--out", str(out)]) == 0
+    assert "done: val accuracy n/a, test accuracy" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["val_accuracy"] is None
+    assert "val_loss" not in read_metrics_csv(out / "metrics.csv")[0]
+    assert main(["train", str(path), "training.epochs=2", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+    assert main(["eval", str(out)]) == 0
+    assert main(["eval", str(out), "--split", "val"]) == 2
+    assert "the run has no val split" in capsys.readouterr().err
+
+
+@pytest.fixture
+def check_no_validation_split():
+    """A check any driver's tests run: ``data.val_split=0`` through the CLI trains, reports no
+    validation, resumes and evaluates."""
+    return _check_no_validation_split

@@ -25,7 +25,7 @@
 // and, when asked (LeakBackward), the leak's: grad_v_prev = beta * gv,
 // grad_a_prev = rho * ga. ipu_snn/neuron/spec.py states the same contract.
 // This equals autograd through ipu_snn.neuron.reference.step with
-// detach_reset=True (tests/test_neuron_kernels.py checks it in float64). Only
+// detach_reset=True (tests/unit/test_neuron_kernels.py checks it in float64). Only
 // z and d are needed backward; z is kept as packed bits:
 //     uint8 [B, ceil(N / 8)], byte = sum_k z[8 * i + k] << k within each row
 // (little-endian bit order; a row's unused high bits are 0).

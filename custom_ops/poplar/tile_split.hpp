@@ -1,6 +1,6 @@
 // How the PopART ops share a layer's neurons out over a tile range.
 //
-// Pure C++ (no Poplar), so the test harness (tests/test_poplar_sources.py)
+// Pure C++ (no Poplar), so the test harness (tests/ipu/test_poplar_sources.py)
 // runs the very split the Opx uses and checks it against the Python planner.
 //
 // The rule is ipu_snn.ipu.tiles.split_even: n items over `parts` tiles in

@@ -1,7 +1,7 @@
 // Runs the Poplar vertices of custom_ops/poplar/ on the host, tile by tile, the
 // way the Opx lay them out, and prints the stitched results.
 //
-// Built by tests/test_poplar_sources.py with g++ against the mock SDK headers
+// Built by tests/ipu/test_poplar_sources.py with g++ against the mock SDK headers
 // (tests/poplar_mock/: a vertex field there is a pointer and a size, as in
 // Poplar's vertex state). For every tile of the column split it copies the
 // tile's blocks out of the global tensors (what connecting

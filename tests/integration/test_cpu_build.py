@@ -15,13 +15,12 @@ from ipu_snn.errors import DeviceError
 from ipu_snn.files import held_lock
 from ipu_snn.ops import cpu_ext
 
-from test_train import SMALL
 
 BUILD_TIMEOUT_S = 400  # a build takes about 30 s alone; a hang (the defect) fails here instead of forever
 
 
 @pytest.mark.slow
-def test_a_build_killed_midway_does_not_stop_the_next_run(tmp_path):
+def test_a_build_killed_midway_does_not_stop_the_next_run(tmp_path, small_run):
     env = os.environ | {cpu_ext.BUILD_DIR_ENV: str(tmp_path / "ext")}
     build = subprocess.Popen([sys.executable, "-c", "from ipu_snn.ops.cpu_ext import load_cpu_ops; load_cpu_ops()"],
                              env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -37,7 +36,7 @@ def test_a_build_killed_midway_does_not_stop_the_next_run(tmp_path):
     assert build.returncode == -signal.SIGKILL, "the build finished before it could be killed"
 
     config = tmp_path / "small.yaml"
-    config.write_text(yaml.safe_dump({**SMALL, "training": {**SMALL["training"], "epochs": 1}}))
+    config.write_text(yaml.safe_dump({**small_run, "training": {**small_run["training"], "epochs": 1}}))
     run = subprocess.run([sys.executable, "-m", "ipu_snn.cli", "train", str(config), "--out", str(tmp_path / "run")],
                          env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     assert run.returncode == 0, run.stderr

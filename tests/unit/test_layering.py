@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent / "ipu_snn"
+ROOT = Path(__file__).resolve().parents[2] / "ipu_snn"
 
 #: Low to high; a module may import its own layer and the layers below it. A name (relative to ipu_snn)
 #: covers the module or package of that name and everything below it, and the most specific name decides;
@@ -137,7 +137,7 @@ def upward_imports(graph: Graph) -> list[str]:
     for module, edges in sorted(graph.items()):
         level = layer_of(module)
         if level is None:
-            problems.append(f"{module} has no layer: add it to LAYERS in tests/test_layering.py")
+            problems.append(f"{module} has no layer: add it to LAYERS in tests/unit/test_layering.py")
             continue
         for target, at in edges:
             other = layer_of(target) if target in graph else None
@@ -208,7 +208,7 @@ def test_the_checks_name_the_offending_imports(tmp_path):
         "ipu_snn.config imports ipu_snn.cli (ipu_snn/config.py:4): the foundation layer imports the cli layer above it",
         "ipu_snn.planner imports ipu_snn.ipu.trainer (ipu_snn/planner.py:3): the model layer imports the drivers "
         "layer above it",
-        "ipu_snn.stray has no layer: add it to LAYERS in tests/test_layering.py",
+        "ipu_snn.stray has no layer: add it to LAYERS in tests/unit/test_layering.py",
     ]
     assert sdk_imports(graph) == [
         "ipu_snn.neuron.spec imports poptorch (ipu_snn/neuron/spec.py:2): only ipu_snn.ipu imports the Poplar SDK"]

@@ -2,6 +2,7 @@
 run must not import the modules that define custom ops. Run in a subprocess with those modules made
 unimportable, as they are on torch 2.0.1, and the PopTorch stand-in as poptorch."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -26,18 +27,20 @@ sys.meta_path.insert(0, NoCustomOps())
 sys.path.insert(0, sys.argv[1])
 import poptorch_standin
 sys.modules["poptorch"] = poptorch_standin.make_poptorch()
-from test_ipu_trainer import tiny
+import json
+from ipu_snn.config import validate_config
 from ipu_snn.train import train
 
 with tempfile.TemporaryDirectory() as out:
-    summary = train(tiny(training={"epochs": 1}), Path(out) / "run")
+    summary = train(validate_config(json.loads(sys.argv[2])), Path(out) / "run")
 assert not CUSTOM_OPS & set(sys.modules)
 print("trained", summary["train_loss"])
 """
 
 
-def test_dense_ipu_training_imports_no_torch_2_4_custom_ops(tmp_path):
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(TESTS)], capture_output=True, text=True,
+def test_dense_ipu_training_imports_no_torch_2_4_custom_ops(tmp_path, tiny_raw):
+    raw = {**tiny_raw, "training": {**tiny_raw["training"], "epochs": 1}}
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(TESTS), json.dumps(raw)], capture_output=True, text=True,
                             timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trained" in result.stdout

@@ -223,19 +223,10 @@ def test_plan_cli_reports_tiles_for_an_ipu(tmp_path, capsys):
 # ------------------------------------------------------------------------------ the BPTT schedule on the tiles
 
 
-def schedules(name, every):
-    from ipu_snn.bptt import Costs, double, revolve, two_level_optimal, uniform
-
-    return {"uniform": lambda W: uniform(W, every), "revolve": lambda W: revolve(W, every),
-            "double": lambda W: double(W, every, 0, "uniform"),
-            "double_revolve": lambda W: double(W, every, 1, "revolve"),
-            "two_level": lambda W: two_level_optimal(W, every, W, Costs(offchip_write=0.3, offchip_read=0.3))}[name]
-
-
 @settings(max_examples=25, deadline=None)
 @given(steps=st.integers(1, 60), window=st.integers(1, 12), every=st.integers(1, 4),
        name=st.sampled_from(["uniform", "revolve", "double", "double_revolve", "two_level"]))
-def test_tiles_hold_the_schedules_peak_of_taped_windows_and_local_checkpoints(steps, window, every, name):
+def test_tiles_hold_the_schedules_peak_of_taped_windows_and_local_checkpoints(steps, window, every, name, schedules):
     # Every tile's history and checkpoints are, at its peak, the largest over the schedule's actions of its
     # local checkpoints and taped windows (bptt.summarize's profile); off-chip checkpoints take no tile bytes.
     from ipu_snn.bptt import summarize

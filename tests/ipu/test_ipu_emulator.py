@@ -18,7 +18,6 @@ from ipu_snn.ipu.emulator import TileOverflowError
 from ipu_snn.ipu.layer_emulator import LayerParams, emulate_layer
 from ipu_snn.ipu.tiles import plan_tiles
 from ipu_snn.network import build_network
-from test_ipu_tiles import schedules
 
 MK2 = SPECS["ipu-mk2"]
 
@@ -262,7 +261,7 @@ def test_plan_cli_refuses_a_network_too_large_for_one_mk2(tmp_path, capsys):
        name=st.sampled_from(["uniform", "revolve", "double", "double_revolve", "two_level"]),
        case=st.sampled_from([("rlif", True, 0), ("alif", True, 1), ("lif", False, 0), ("rlif", False, 1)]),
        seed=st.integers(0, 2**16))
-def test_windowed_schedules_on_the_tiles_give_the_cpu_backends_gradients(steps, window, every, name, case, seed):
+def test_windowed_schedules_on_the_tiles_give_the_cpu_backends_gradients(steps, window, every, name, case, seed, schedules):
     # float64: the layer emulated window by window under the schedule (recomputing windows from local or
     # streaming-memory checkpoints) equals autograd through the layer on the CPU backend.
     from ipu_snn.ipu.tiles import TimeOnTiles
@@ -286,7 +285,7 @@ def test_windowed_schedules_on_the_tiles_give_the_cpu_backends_gradients(steps, 
 
 
 @pytest.mark.parametrize("name, window, every", [("double", 4, 2), ("uniform", 3, 2), ("revolve", 2, 3)])
-def test_windowed_emulation_agrees_with_the_plan(name, window, every):
+def test_windowed_emulation_agrees_with_the_plan(name, window, every, schedules):
     # float32, the plan's dtype: every tile's peak within 10% below the plan's account, the streaming memory's
     # peak exactly the plan's, and what moves to and from it once per store and per load.
     from ipu_snn.ipu.tiles import TimeOnTiles

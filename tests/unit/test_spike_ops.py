@@ -362,7 +362,7 @@ def test_cuda_large_shape(backend):
 
 
 def test_benchmark_quick_run_writes_outputs_and_keeps_doc_text(tmp_path):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     doc = tmp_path / "doc.md"
     doc.write_text("# Title\n\nHand-written analysis.\n")
     subprocess.run(

@@ -20,10 +20,8 @@ import torch
 import torch.nn.functional as F
 
 import poptorch_standin
-from test_train import check_no_validation_split
 from ipu_snn.bptt.schedules import double, uniform
 from ipu_snn.checkpoint import checkpoint_folders, save_checkpoint
-from ipu_snn.config import validate_config
 from ipu_snn.data import input_shape, load_splits
 from ipu_snn.errors import ConfigError, DeviceError, TrainingError
 from ipu_snn.executor import TimeLoop
@@ -38,23 +36,6 @@ from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.evaluate import evaluate_run
 from ipu_snn.torch_driver import evaluate
 from ipu_snn.train import train
-
-TINY = {
-    "model": {"layers": [{"type": "rlif", "size": 12}, {"type": "alif", "size": 10}], "readout": {"reduce": "mean"}},
-    "data": {"dataset": "synthetic", "steps": 6, "channel_pooling": 35, "batch_size": 16, "val_split": 0.25,
-             "synthetic": {"n_train": 64, "n_test": 20, "n_classes": 3}},
-    "training": {"epochs": 2, "lr": 0.01, "grad_accumulation": 2, "grad_clip": 1.0, "seed": 3},
-    "ipu": {"replication": 2, "device_iterations": 2},
-    "device": "ipu-model",
-}
-
-
-def tiny(**sections):
-    raw = json.loads(json.dumps(TINY))
-    for key, value in sections.items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
-    return validate_config(raw)
-
 
 @pytest.fixture
 def poptorch(monkeypatch):
@@ -91,7 +72,7 @@ def traced_twin(cfg, poptorch, loop=TimeLoop(), plan=None):
     return net, traced
 
 
-def test_traced_network_has_the_cpu_logits_and_gradients(poptorch):
+def test_traced_network_has_the_cpu_logits_and_gradients(poptorch, tiny):
     cfg = tiny()
     net, traced = traced_twin(cfg, poptorch, TimeLoop(2, lambda windows: uniform(windows, 1)))
     x, y = _batch(cfg)
@@ -125,7 +106,7 @@ def test_schedules_become_recomputation_checkpoints():
     assert recomputation_for(TimeLoop(2, lambda W: uniform(W, 3)), 20) == Recomputation(frozenset({3, 6}))
 
 
-def test_recomputation_options(poptorch):
+def test_recomputation_options(poptorch, tiny):
     cfg = tiny()
     log = poptorch.log
     poptorch_options(cfg, poptorch, recomputation=Recomputation(frozenset({4})))
@@ -149,7 +130,7 @@ def test_recomputation_options(poptorch):
         assert calls[f"TensorLocations.set{where}Location"] == (on,)
 
 
-def test_phases_cover_the_windows_between_offchip_checkpoints(poptorch):
+def test_phases_cover_the_windows_between_offchip_checkpoints(poptorch, tiny):
     # The traced network under double: each off-chip checkpoint starts its phase's Block, the local ones are
     # checkpoints inside their segment's phase, and the loss and gradients are the CPU model's.
     cfg = tiny(data={"steps": 16})
@@ -175,7 +156,7 @@ def test_phases_cover_the_windows_between_offchip_checkpoints(poptorch):
 # ------------------------------------------------------------------ the trainer
 
 
-def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path):
+def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path, tiny):
     cfg = tiny()
     out = tmp_path / "run"
     seen_epochs = []
@@ -220,7 +201,7 @@ def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path):
     assert poptorch_standin.Executor.attached is None  # both executors released their IPUs
 
 
-def test_double_schedule_marks_checkpoints_and_offloads_them(poptorch, tmp_path):
+def test_double_schedule_marks_checkpoints_and_offloads_them(poptorch, tmp_path, tiny):
     cfg = tiny(bptt={"schedule": "double", "offchip_every": 2, "local_slots": 1, "window": 1}, training={"epochs": 1})
     train(cfg, tmp_path / "run")
     calls = poptorch.options_made[0].calls()
@@ -233,7 +214,7 @@ def test_double_schedule_marks_checkpoints_and_offloads_them(poptorch, tmp_path)
     assert poptorch.marks.count > 0 and poptorch.marks.count % 8 == 0
 
 
-def test_poprun_instance_takes_its_share_and_writes_nothing(poptorch, monkeypatch, tmp_path):
+def test_poprun_instance_takes_its_share_and_writes_nothing(poptorch, monkeypatch, tmp_path, tiny):
     popdist = poptorch_standin.make_popdist(poptorch, instance=1, instances=2, local_replicas=1)
     monkeypatch.setitem(sys.modules, "popdist", popdist)
     monkeypatch.setitem(sys.modules, "popdist.poptorch", popdist.poptorch)
@@ -249,7 +230,7 @@ def test_poprun_instance_takes_its_share_and_writes_nothing(poptorch, monkeypatc
     ({"data": {"batch_size": 10}}, ConfigError, "data.batch_size: 10 cannot be split"),
     ({"ipu": {"device_iterations": 8}}, ConfigError, "one device call takes 128 training samples"),
 ])
-def test_unsupported_configs_are_refused_before_training(poptorch, tmp_path, change, error, match):
+def test_unsupported_configs_are_refused_before_training(poptorch, tmp_path, change, error, match, tiny):
     with pytest.raises(error, match=match):
         train(tiny(**change), tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -264,7 +245,7 @@ def crash_after_first(epoch, row, network):
         raise Crash
 
 
-def test_resume_after_crash_equals_uninterrupted_run(poptorch, tmp_path):
+def test_resume_after_crash_equals_uninterrupted_run(poptorch, tmp_path, tiny):
     cfg = tiny(training={"epochs": 3, "lr_schedule": "cosine"})
     full = train(cfg, tmp_path / "full")
     # the learning rate of every step is the one its epoch's row reports: each epoch's schedule step reached the IPU
@@ -289,11 +270,11 @@ def test_resume_after_crash_equals_uninterrupted_run(poptorch, tmp_path):
     assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
 
 
-def test_no_validation_split_trains_evaluates_and_resumes(poptorch, tmp_path, capsys):
-    check_no_validation_split(TINY, tmp_path, capsys)
+def test_no_validation_split_trains_evaluates_and_resumes(poptorch, tmp_path, capsys, tiny_raw, check_no_validation_split):
+    check_no_validation_split(tiny_raw, tmp_path, capsys)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(poptorch, tmp_path):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(poptorch, tmp_path, tiny):
     def poison_weights(epoch, row, network):
         if epoch == 1:  # the host's weights go to the IPU when the training model next attaches
             with torch.no_grad():
@@ -306,7 +287,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(poptorch, tmp_path):
     assert train(tiny(), tmp_path, resume=True)["epochs"] == 2
 
 
-def test_refuses_to_resume_nothing_to_overwrite_or_across_drivers(poptorch, tmp_path):
+def test_refuses_to_resume_nothing_to_overwrite_or_across_drivers(poptorch, tmp_path, tiny):
     with pytest.raises(TrainingError, match="no checkpoint"):
         train(tiny(), tmp_path / "run", resume=True)
     save_checkpoint(tmp_path / "run", 1, torch.nn.Linear(1, 1), {})
@@ -332,7 +313,7 @@ def _sparse_step(poptorch, cfg, x, y):
     return traced, (reference, want, out.dropped.sum().item()), (loss, got, stats)
 
 
-def test_traced_sparse_network_has_the_cpu_loss_and_gradients(poptorch, op_library):
+def test_traced_sparse_network_has_the_cpu_loss_and_gradients(poptorch, op_library, tiny):
     x, y = _batch(tiny())
     grads = {}
     for grad in ("dense", "spikes"):
@@ -359,7 +340,7 @@ def test_traced_sparse_network_has_the_cpu_loss_and_gradients(poptorch, op_libra
     assert any(not torch.allclose(a, b, atol=1e-5) for a, b in zip(grads["dense"], grads["spikes"]))
 
 
-def test_traced_sparse_network_counts_what_overflow_drops(poptorch, op_library):
+def test_traced_sparse_network_counts_what_overflow_drops(poptorch, op_library, tiny):
     cfg = tiny(model={"sparse": True, "sparse_capacity": 0.15, "sparse_overflow": "drop_and_count"})
     x, y = _batch(cfg)
     _, (reference, want, cpu_dropped), (loss, got, stats) = _sparse_step(poptorch, cfg, x, y)
@@ -369,7 +350,7 @@ def test_traced_sparse_network_counts_what_overflow_drops(poptorch, op_library):
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_traced_auto_sparse_is_dense_on_the_ipu(poptorch):
+def test_traced_auto_sparse_is_dense_on_the_ipu(poptorch, tiny):
     cfg = tiny(model={"sparse": "auto"})
     torch.manual_seed(0)
     net = build_traced(cfg, 20, 3, 0.01, poptorch)  # needs no op library
@@ -378,7 +359,7 @@ def test_traced_auto_sparse_is_dense_on_the_ipu(poptorch):
     assert not poptorch_standin.custom_op_calls
 
 
-def test_sparse_tiny_run_trains_and_a_cpu_evaluation_agrees(poptorch, op_library, tmp_path):
+def test_sparse_tiny_run_trains_and_a_cpu_evaluation_agrees(poptorch, op_library, tmp_path, tiny):
     cfg = tiny(model={"sparse": True, "sparse_capacity": 1.0}, training={"epochs": 1})
     out = tmp_path / "run"
     summary = train(cfg, out)
@@ -396,7 +377,7 @@ def test_sparse_tiny_run_trains_and_a_cpu_evaluation_agrees(poptorch, op_library
     assert summary["test_accuracy"] == pytest.approx(test_accuracy)
 
 
-def test_sparse_ops_run_on_their_populations_tiles(poptorch, op_library, tmp_path):
+def test_sparse_ops_run_on_their_populations_tiles(poptorch, op_library, tmp_path, tiny):
     cfg = tiny(model={"sparse": True, "sparse_capacity": 1.0}, training={"epochs": 1},
                data={"synthetic": {"n_train": 40, "n_test": 4, "n_classes": 3}}, ipu={"device_iterations": 1})
     train(cfg, tmp_path / "run")
@@ -423,7 +404,7 @@ def test_sparse_ops_run_on_their_populations_tiles(poptorch, op_library, tmp_pat
     assert {ranges(c) for c in selects} == {pops["layer0"], pops["layer1"]}
 
 
-def test_a_network_too_big_for_one_ipu_is_refused_before_training(poptorch, tmp_path):
+def test_a_network_too_big_for_one_ipu_is_refused_before_training(poptorch, tmp_path, tiny):
     cfg = tiny(model={"sparse": True, "layers": [{"type": "rlif", "size": 20000}]})
     micro = micro_batch_size(cfg, cfg.ipu.replication)
     plan = plan_for_config(cfg, *input_shape(cfg.data), micro)
@@ -436,7 +417,7 @@ def test_a_network_too_big_for_one_ipu_is_refused_before_training(poptorch, tmp_
     assert not (tmp_path / "run").exists() and not poptorch.options_made and not poptorch_standin.custom_op_calls
 
 
-def test_sparse_overflow_is_reported_or_stops_the_run(poptorch, op_library, tmp_path):
+def test_sparse_overflow_is_reported_or_stops_the_run(poptorch, op_library, tmp_path, tiny):
     small = {"sparse": True, "sparse_capacity": 0.1}
     train(tiny(model=small | {"sparse_overflow": "drop_and_count"}, training={"epochs": 1}), tmp_path / "count")
     (row,) = read_metrics_csv(tmp_path / "count" / "metrics.csv")
@@ -446,7 +427,7 @@ def test_sparse_overflow_is_reported_or_stops_the_run(poptorch, op_library, tmp_
     assert checkpoint_folders(tmp_path / "error") == []
 
 
-def test_sparse_without_the_op_library_stops_at_start(poptorch, monkeypatch, tmp_path):
+def test_sparse_without_the_op_library_stops_at_start(poptorch, monkeypatch, tmp_path, tiny):
     custom_ops._load.cache_clear()
     monkeypatch.setenv(custom_ops.LIBRARY_ENV, str(tmp_path / "nowhere.so"))
     with pytest.raises(DeviceError, match="make -C custom_ops ipu"):
@@ -456,14 +437,14 @@ def test_sparse_without_the_op_library_stops_at_start(poptorch, monkeypatch, tmp
 
 
 @pytest.mark.ipu
-def test_tiny_run_on_the_ipu_model(tmp_path):
+def test_tiny_run_on_the_ipu_model(tmp_path, tiny):
     """With the Poplar SDK: the same tiny run on the IPU Model, compiled by PopART."""
     summary = train(tiny(training={"epochs": 1}, ipu={"replication": 1, "device_iterations": 1}), tmp_path / "run")
     assert math.isfinite(summary["train_loss"]) and 0 <= summary["test_accuracy"] <= 1
 
 
 @pytest.mark.ipu
-def test_sparse_tiny_run_on_the_ipu_model(tmp_path):
+def test_sparse_tiny_run_on_the_ipu_model(tmp_path, tiny):
     """With the Poplar SDK and `make -C custom_ops ipu`: a sparse tiny run through SpikeSelect + SpikeLinear."""
     cfg = tiny(model={"sparse": True, "sparse_capacity": 0.5, "sparse_overflow": "drop_and_count"},
                training={"epochs": 1}, ipu={"replication": 1, "device_iterations": 1})

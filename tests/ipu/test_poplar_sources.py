@@ -42,13 +42,13 @@ from ipu_snn.neuron.surrogates import SURROGATES as SURROGATE_TABLE
 from ipu_snn.neuron.surrogates import surrogate as surrogate_row
 from ipu_snn.ipu.tiles import split_even
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CUSTOM_OPS = ROOT / "custom_ops"
 POPLAR_SOURCES = CUSTOM_OPS / "poplar"
-MOCK = Path(__file__).resolve().parent / "poplar_mock"
-SDK_HEADERS = Path(__file__).resolve().parent / "ipu_sdk_headers"
+MOCK = Path(__file__).resolve().parents[1] / "poplar_mock"
+SDK_HEADERS = Path(__file__).resolve().parents[1] / "ipu_sdk_headers"
 SDK_INCLUDE_DIRS = [SDK_HEADERS / "popart", SDK_HEADERS / "poplibs", SDK_HEADERS / "poprithms"]
-HARNESS = Path(__file__).resolve().parent / "poplar_harness" / "codelet_harness.cpp"
+HARNESS = Path(__file__).resolve().parents[1] / "poplar_harness" / "codelet_harness.cpp"
 CODELETS = ["spike_codelets.cpp", "neuron_codelets.cpp"]
 OPS = ["spike_matmul_op.cpp", "neuron_step_op.cpp"]
 

@@ -24,16 +24,19 @@ from ipu_snn.files import lock_holder
 from ipu_snn.run_folder import LOCK, newest_intact_checkpoint
 from ipu_snn.train import train
 
-from test_train import SMALL, quiet, small
 
 RUN_TIMEOUT_S = 180  # bounds every subprocess: a hang fails the test instead of the suite
 
 
-def config_file(tmp_path, **training):
-    raw = {**SMALL, "training": {**SMALL["training"], **training}}
-    path = tmp_path / "small.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+@pytest.fixture
+def config_file(small_run):
+    """``config_file(folder, **training)``: the small run's config written to folder/small.yaml."""
+    def make(folder, **training):
+        path = folder / "small.yaml"
+        path.write_text(yaml.safe_dump({**small_run, "training": {**small_run["training"], **training}}))
+        return path
+
+    return make
 
 
 def cli(*args):
@@ -55,7 +58,7 @@ def wait_for(predicate, timeout_s=RUN_TIMEOUT_S, what="a condition"):
 # --------------------------------------------------------------------------------- one owner per folder
 
 
-def test_two_runs_into_one_folder_one_is_refused_naming_the_owner(tmp_path):
+def test_two_runs_into_one_folder_one_is_refused_naming_the_owner(tmp_path, config_file):
     path, out = config_file(tmp_path, epochs=4), tmp_path / "run"
     runs = [subprocess.Popen(cli("train", path, *extra, "--out", out), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
@@ -74,7 +77,7 @@ def test_two_runs_into_one_folder_one_is_refused_naming_the_owner(tmp_path):
     assert json.loads((out / "summary.json").read_text())["epochs"] == 4
 
 
-def test_a_killed_run_leaves_no_stale_lock(tmp_path):
+def test_a_killed_run_leaves_no_stale_lock(tmp_path, config_file):
     path, out = config_file(tmp_path, epochs=5), tmp_path / "run"
     run = subprocess.Popen(cli("train", path, "--out", out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -89,7 +92,7 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     assert json.loads((out / "summary.json").read_text())["epochs"] == 5
 
 
-def test_a_refused_run_leaves_no_folder_behind(tmp_path):
+def test_a_refused_run_leaves_no_folder_behind(tmp_path, quiet, small):
     with pytest.raises(TrainingError, match="no checkpoint"):
         train(small(epochs=1), tmp_path / "new", resume=True, console=quiet())
     assert not (tmp_path / "new").exists()
@@ -99,7 +102,7 @@ def test_a_refused_run_leaves_no_folder_behind(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, small, quiet):
     """A 2-epoch run with both checkpoints kept; tests copy it before changing it."""
     out = tmp_path_factory.mktemp("finished") / "run"
     train(small(epochs=2), out, console=quiet())
@@ -129,7 +132,7 @@ LATEST_DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", sorted(LATEST_DAMAGE))
-def test_latest_is_only_a_hint(run_copy, capsys, damage):
+def test_latest_is_only_a_hint(run_copy, capsys, damage, quiet, small, config_file):
     LATEST_DAMAGE[damage](run_copy / "checkpoints")
     before = sorted(p.name for p in checkpoint_folders(run_copy))
     with pytest.raises(TrainingError, match="already holds a run"):
@@ -142,7 +145,7 @@ def test_latest_is_only_a_hint(run_copy, capsys, damage):
     assert "resuming" in out and "after epoch 2 (epoch-0002)" in out
 
 
-def test_results_without_checkpoints_are_not_overwritten(run_copy):
+def test_results_without_checkpoints_are_not_overwritten(run_copy, quiet, small):
     shutil.rmtree(run_copy / "checkpoints")
     metrics = (run_copy / "metrics.csv").read_bytes()
     with pytest.raises(TrainingError, match="already holds a run .*metrics.csv"):
@@ -165,7 +168,7 @@ def flip_tensor_bytes(folder, n=64):
     path.write_bytes(bytes(data))
 
 
-def test_flipped_bytes_fail_the_checksum_and_the_previous_checkpoint_stands_in(run_copy, capsys):
+def test_flipped_bytes_fail_the_checksum_and_the_previous_checkpoint_stands_in(run_copy, capsys, config_file):
     newest = run_copy / "checkpoints" / "epoch-0002"
     flip_tensor_bytes(newest)
     with pytest.raises(TrainingError, match=f"{WEIGHTS} does not match its checksum"):
@@ -207,7 +210,7 @@ STATES = {
 
 @pytest.mark.parametrize("manifest", [True, False], ids=["checksummed", "no manifest"])
 @pytest.mark.parametrize("case", sorted(STATES))
-def test_a_state_that_is_no_run_state_is_a_clear_error(run_copy, capsys, case, manifest):
+def test_a_state_that_is_no_run_state_is_a_clear_error(run_copy, capsys, case, manifest, config_file):
     make, message = STATES[case]
     for folder in checkpoint_folders(run_copy):
         rewrite_state(folder, make(), manifest)
@@ -221,7 +224,7 @@ def test_a_state_that_is_no_run_state_is_a_clear_error(run_copy, capsys, case, m
 # ------------------------------------------------------------------------- leftovers and file modes
 
 
-def test_leftovers_of_a_killed_write_are_removed_on_the_next_start(run_copy, capsys):
+def test_leftovers_of_a_killed_write_are_removed_on_the_next_start(run_copy, capsys, config_file):
     # what a kill inside save_checkpoint and replace_atomically leaves behind
     torn = run_copy / "checkpoints" / ".tmp-abc123"
     torn.mkdir()
@@ -234,7 +237,7 @@ def test_leftovers_of_a_killed_write_are_removed_on_the_next_start(run_copy, cap
     assert not list(run_copy.rglob(".tmp-*"))
 
 
-def test_results_and_checkpoints_honour_the_umask(tmp_path):
+def test_results_and_checkpoints_honour_the_umask(tmp_path, quiet, small):
     old = os.umask(0o022)
     try:
         train(small(epochs=1), tmp_path / "run", console=quiet())
@@ -251,7 +254,7 @@ def test_results_and_checkpoints_honour_the_umask(tmp_path):
 # --------------------------------------------------------------------------------------- --out
 
 
-def test_out_is_checked_before_training(tmp_path, capsys, monkeypatch):
+def test_out_is_checked_before_training(tmp_path, capsys, monkeypatch, config_file):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     config = config_file(tmp_path, epochs=1)

@@ -14,7 +14,7 @@ from ipu_snn.cli import EXIT_USER_ERROR, main
 from ipu_snn.config import load_config
 from ipu_snn.ipu.options import micro_batch_size, samples_per_step
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IPU = ROOT / "ipu_snn" / "ipu"
 
 # What a call looks like in the code: PopTorch and PopDist module attributes (PopTorch also as a

@@ -13,15 +13,8 @@ from ipu_snn.config import load_config, validate_config
 from ipu_snn.errors import TrainingError
 from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.loop import epoch_line
-from ipu_snn.reporting import read_metrics_csv
 from ipu_snn.train import train
 
-SMALL = {
-    "model": {"layers": [{"type": "rlif", "size": 24, "tau": 0.1}], "readout": {"reduce": "mean"}},
-    "data": {"steps": 20, "channel_pooling": 20, "batch_size": 32, "val_split": 0.2,
-             "synthetic": {"n_train": 160, "n_test": 40, "n_classes": 4}},
-    "training": {"epochs": 3, "lr": 0.01, "lr_schedule": "cosine", "seed": 1},
-}
 DETERMINISTIC = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "rate_layer0"]
 
 
@@ -29,18 +22,7 @@ class Crash(Exception):
     pass
 
 
-def small(**training):
-    raw = {**SMALL, "training": {**SMALL["training"], **training}}
-    return validate_config(raw)
-
-
-def quiet():
-    from rich.console import Console
-
-    return Console(quiet=True)
-
-
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, small, quiet):
     full = train(small(), tmp_path / "full", console=quiet())
 
     def crash_after_first(epoch, row, model):
@@ -62,7 +44,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
 
 
-def test_outputs_and_checkpoint_rotation(tmp_path):
+def test_outputs_and_checkpoint_rotation(tmp_path, small, quiet):
     summary = train(small(keep_checkpoints=2), tmp_path, console=quiet())
     assert {"val_accuracy", "train_loss", "samples_per_s", "wall_s", "epochs"} <= set(summary)
     assert json.loads((tmp_path / "summary.json").read_text())["epochs"] == 3
@@ -71,7 +53,7 @@ def test_outputs_and_checkpoint_rotation(tmp_path):
     assert load_config(tmp_path / "config.yaml").training.epochs == 3
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, small, quiet):
     def poison_weights(epoch, row, model):
         if epoch == 1:  # after epoch 1's checkpoint: the next forward pass yields NaN
             with torch.no_grad():
@@ -88,13 +70,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert resumed["epochs"] == 3
 
 
-def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path, capsys):
+def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path, capsys, small, small_run, quiet):
     train(small(epochs=1), tmp_path / "run", console=quiet())
     with pytest.raises(TrainingError, match="already holds a run"):
         train(small(epochs=1), tmp_path / "run", console=quiet())
     with pytest.raises(TrainingError, match="no checkpoint"):
         train(small(epochs=1), tmp_path / "empty", resume=True, console=quiet())
-    other = validate_config({**SMALL, "model": {"layers": [{"type": "rlif", "size": 8}]}})
+    other = validate_config({**small_run, "model": {"layers": [{"type": "rlif", "size": 8}]}})
     with pytest.raises(TrainingError, match="differs in model"):
         train(other, tmp_path / "run", resume=True, console=quiet())
     # extending a finished run is allowed
@@ -102,7 +84,7 @@ def test_refuses_to_overwrite_and_to_resume_nothing(tmp_path, capsys):
     assert extended["epochs"] == 2
 
 
-def test_eval_command(tmp_path, capsys):
+def test_eval_command(tmp_path, capsys, small, quiet):
     summary = train(small(epochs=1), tmp_path, console=quiet())
     assert main(["eval", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -120,31 +102,14 @@ def test_tiny_config_reaches_90_percent(tmp_path):
         assert (tmp_path / name).is_file()
 
 
-def check_no_validation_split(raw: dict, tmp_path, capsys):
-    """``data.val_split=0`` through the CLI: trains, reports no validation, resumes, evaluates; asking to
-    evaluate the missing split is a user error."""
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({**raw, "data": {**raw["data"], "val_split": 0}}))
-    out = tmp_path / "run"
-    assert main(["train", str(path), "training.epochs=1", "--out", str(out)]) == 0
-    assert "done: val accuracy n/a, test accuracy" in capsys.readouterr().out
-    assert json.loads((out / "summary.json").read_text())["val_accuracy"] is None
-    assert "val_loss" not in read_metrics_csv(out / "metrics.csv")[0]
-    assert main(["train", str(path), "training.epochs=2", "--out", str(out), "--resume"]) == 0
-    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
-    assert main(["eval", str(out)]) == 0
-    assert main(["eval", str(out), "--split", "val"]) == 2
-    assert "the run has no val split" in capsys.readouterr().err
+def test_no_validation_split_trains_evaluates_and_resumes(tmp_path, capsys, small_run, check_no_validation_split):
+    check_no_validation_split(small_run, tmp_path, capsys)
 
 
-def test_no_validation_split_trains_evaluates_and_resumes(tmp_path, capsys):
-    check_no_validation_split(SMALL, tmp_path, capsys)
-
-
-def test_epoch_lines_are_whole_in_logs(tmp_path, capsys):
+def test_epoch_lines_are_whole_in_logs(tmp_path, capsys, small_run):
     # capsys is no terminal, as a log file or a CI console is not
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(SMALL))
+    path.write_text(yaml.safe_dump(small_run))
     assert main(["train", str(path), "training.epochs=2", "--out", str(tmp_path / "run")]) == 0
     lines = capsys.readouterr().out.splitlines()
     epochs = [line for line in lines if line.startswith("epoch ")]
@@ -168,10 +133,10 @@ def test_plan_table_names_every_schedule_in_full(capsys):
     assert "…" not in table
 
 
-def test_cli_shows_user_errors_plainly_and_bugs_with_their_traceback(tmp_path, capsys, monkeypatch):
+def test_cli_shows_user_errors_plainly_and_bugs_with_their_traceback(tmp_path, capsys, monkeypatch, small_run):
     path = tmp_path / "c.yaml"
     missing = {"dataset": "shd", "path": str(tmp_path / "no")}
-    path.write_text(yaml.safe_dump({**SMALL, "data": {**SMALL["data"], **missing}}))
+    path.write_text(yaml.safe_dump({**small_run, "data": {**small_run["data"], **missing}}))
     # the user's to fix: one message naming the field, exit status 2
     assert main(["train", str(path), "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
@@ -183,7 +148,7 @@ def test_cli_shows_user_errors_plainly_and_bugs_with_their_traceback(tmp_path, c
 
     # a bug: its traceback, and exit status 1
     monkeypatch.setattr("ipu_snn.loop.train_epoch", broken_contract)
-    path.write_text(yaml.safe_dump(SMALL))
+    path.write_text(yaml.safe_dump(small_run))
     assert main(["train", str(path), "--out", str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "AssertionError: a broken internal contract" in err

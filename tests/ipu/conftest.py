@@ -1,0 +1,49 @@
+"""Fixtures shared by the IPU tests: a tiny IPU-Model run and the schedules the tile tests use."""
+
+import copy
+
+import pytest
+
+from ipu_snn.config import validate_config
+
+#: A run PopTorch's stand-in trains in seconds: two layers, two replicas, two device iterations.
+TINY = {
+    "model": {"layers": [{"type": "rlif", "size": 12}, {"type": "alif", "size": 10}], "readout": {"reduce": "mean"}},
+    "data": {"dataset": "synthetic", "steps": 6, "channel_pooling": 35, "batch_size": 16, "val_split": 0.25,
+             "synthetic": {"n_train": 64, "n_test": 20, "n_classes": 3}},
+    "training": {"epochs": 2, "lr": 0.01, "grad_accumulation": 2, "grad_clip": 1.0, "seed": 3},
+    "ipu": {"replication": 2, "device_iterations": 2},
+    "device": "ipu-model",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_raw() -> dict:
+    """The tiny IPU run's raw config (a copy)."""
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """``tiny(section={...})``: the tiny IPU run's config with sections changed."""
+    def make(**sections):
+        raw = copy.deepcopy(TINY)
+        for key, value in sections.items():
+            raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+        return validate_config(raw)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def schedules():
+    """``schedules(name, every)(W)``: the schedule of W windows that the tile tests plan and emulate."""
+    def make(name, every):
+        from ipu_snn.bptt import Costs, double, revolve, two_level_optimal, uniform
+    
+        return {"uniform": lambda W: uniform(W, every), "revolve": lambda W: revolve(W, every),
+                "double": lambda W: double(W, every, 0, "uniform"),
+                "double_revolve": lambda W: double(W, every, 1, "revolve"),
+                "two_level": lambda W: two_level_optimal(W, every, W, Costs(offchip_write=0.3, offchip_read=0.3))}[name]
+
+    return make
