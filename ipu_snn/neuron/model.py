@@ -55,6 +55,9 @@ class NeuronModel:
     * ``current_into``: the state the input current enters: 0 for ``v`` (lif, alif), 1 for the second
       state (cuba's synaptic current), whose gradient is then the current's;
     * ``step``: the reference step, a pure function (`ipu_snn.neuron.reference.step`'s signature);
+    * ``kernel_forward``, ``kernel_backward``: its kernel in Python, the fused update with its derivative
+      (`ipu_snn.neuron.reference.kernel_forward` / ``kernel_backward``'s signatures), the `reference`
+      backend of the kernel table and the contract the compiled kernels are held to;
     * ``nir``: its NIR mapping.
     """
 
@@ -66,6 +69,8 @@ class NeuronModel:
     params: tuple[Param, ...]
     recurrent: bool | None
     step: Callable
+    kernel_forward: Callable
+    kernel_backward: Callable
     nir: NirMapping
     doc: str = ""
     recurrent_default: bool = True
