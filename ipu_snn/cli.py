@@ -121,8 +121,21 @@ def _plan(args, console: Console) -> None:
         # sequence each schedule fits on one IPU
         micro = micro_batch_size(cfg, cfg.ipu.replication)
         micro_plan = result if micro == result.batch else None
-        payload["tiles"] = tiles_json(plan_for_config(cfg, n_inputs, n_classes, micro, spec, micro_plan))
+        tile_plan = plan_for_config(cfg, n_inputs, n_classes, micro, spec, micro_plan)
+        payload["tiles"] = tiles_json(tile_plan)
         payload["tiles"]["largest_T"] = largest_steps_table(cfg, spec, n_inputs, n_classes, micro)
+        if spec.name == "ipu-mk2":  # what the network op's graph allocates, and its time model
+            from .errors import ConfigError
+            from .ipu.graph_plan import graph_plan
+
+            time = tile_plan.time
+            try:
+                # the graph's account under "graph" and its time model under "time"; the other fields are
+                # still the tile model's (ipu_snn/ipu/tiles.py) until it is retired
+                graph = graph_plan(cfg.model, n_inputs, micro, time.steps, time.window, time.schedule)
+                payload["tiles"].update(source=graph.pop("source"), time=graph.pop("time"), graph=graph)
+            except ConfigError as err:  # a model the network op cannot build yet (ALIF): the tile model's count
+                payload["tiles"]["source"] = f"tile model (ipu_snn/ipu/tiles.py): {err}"
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
@@ -141,6 +154,13 @@ def tiles_lines(t: dict) -> str:
              f"streaming memory: {memory['bytes'] / 2**20:,.1f} MiB of checkpoints, {memory['transfer_bytes'] / 2**20:,.1f}"
              f" MiB moved per iteration at {memory['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s",
              f"predicted {predicted['total_s'] * 1e3:,.1f} ms per iteration, {t['time_model']}"]
+    if t.get("source") == "graph":
+        g = t["graph"]
+        terms = ", ".join(f"{k[:-2]} {v * 1e3:,.2f}" for k, v in t["time"].items() if k != "total_s")
+        lines.append(f"the network op's graph: fullest tile {g['max_tile_bytes'] / 1024:,.0f} KiB "
+                     f"({', '.join(x['name'] for x in g['fullest_tile']['largest'][:3])}), "
+                     f"{'fits' if g['fits'] else 'does not fit'}; predicted "
+                     f"{t['time']['total_s'] * 1e3:,.1f} ms per iteration ({terms} ms)")
     if not t["fits"]:
         lines.append(t["refusal"])
     largest = t["largest_T"]

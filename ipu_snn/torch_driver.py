@@ -105,6 +105,10 @@ class TorchDriver:
         self.cfg = cfg
         self.network = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=loop,
                                      binary_inputs=cfg.data.binary, device=cfg.device).to(self.device)
+        if cfg.device == "ipu-emulator":  # the spiking layers as the IPU network op, on the host interpreter
+            from .ipu.interpreted import adopt
+
+            adopt(self.network)
         if initial_weights is not None:
             self.network.load_state_dict(initial_weights, strict=True)
         self.optimizer = make_optimizer(cfg.training, self.network.parameters())

@@ -122,3 +122,17 @@ def test_ipu_without_poptorch_stops_at_start_naming_the_sdk(device, tmp_path, ca
     assert code == EXIT_USER_ERROR
     assert "Poplar SDK" in err and f"device: {device}" in err and "Traceback" not in err
     assert not out.exists()  # nothing was started
+
+
+def test_every_poplar_call_of_the_network_graph_has_a_checked_source():
+    # The network op's graph functions call Poplar only; each call is in the mock table of
+    # custom_ops/poplar/README.md with the public code it was checked against.
+    poplar_sources = Path(__file__).resolve().parents[2] / "custom_ops" / "poplar"
+    source = (poplar_sources / "network_graph.cpp").read_text()
+    table = (poplar_sources / "README.md").read_text().split("## Poplar mock declarations", 1)[1]
+    calls = {f"{name}" for name in re.findall(r"\bg_\.(\w+)(?:<\w+>)?\(", source)}
+    calls |= {f"program::{name}" for name in re.findall(r"program::(\w+)\(", source)}
+    calls |= {f"poplar::{name}" for name in re.findall(r"poplar::(concat)\(", source)}
+    assert {"addRemoteBuffer", "program::Repeat", "program::Copy", "addConstant"} <= calls
+    missing = sorted(c for c in calls if c.split("::")[-1] not in table)
+    assert not missing, f"add these Poplar calls to custom_ops/poplar/README.md's mock table with a source: {missing}"

@@ -1,4 +1,5 @@
-"""The layer tile emulator, the ipu_emulator backend, and ``device: ipu-emulator`` end to end."""
+"""The layer tile emulator, the ipu_emulator backend, and ``device: ipu-emulator`` end to end (its spiking layers
+run as the network op on the host interpreter: every spike listed, the exact input gradient)."""
 
 import dataclasses
 import json
@@ -208,8 +209,8 @@ def test_train_cli_on_the_ipu_emulator_matches_cpu(tmp_path):
     from ipu_snn.train import train
 
     raw = {"model": {"layers": [{"type": "rlif", "size": 12, "tau": 0.1}, {"type": "lif", "size": 8, "tau": 0.1}],
-                     "readout": {"reduce": "mean"}, "sparse": True, "sparse_capacity": 0.5,
-                     "sparse_overflow": "drop_and_count", "sparse_grad": "spikes"},
+                     "readout": {"reduce": "mean"}, "sparse": True, "sparse_capacity": 1.0,
+                     "sparse_overflow": "drop_and_count", "sparse_grad": "dense"},
            "data": {"steps": 10, "channel_pooling": 35, "batch_size": 16,
                     "synthetic": {"n_train": 200, "n_test": 16, "n_classes": 3}},
            "training": {"epochs": 2, "lr": 0.01, "seed": 2}, "device": "ipu-emulator"}
@@ -319,8 +320,8 @@ def test_train_on_the_ipu_emulator_with_double_checkpointing(tmp_path):
     from ipu_snn.train import train
 
     raw = {"model": {"layers": [{"type": "rlif", "size": 12, "tau": 0.1}], "readout": {"reduce": "mean"},
-                     "sparse": True, "sparse_capacity": 0.5, "sparse_overflow": "drop_and_count",
-                     "sparse_grad": "spikes"},
+                     "sparse": True, "sparse_capacity": 1.0, "sparse_overflow": "drop_and_count",
+                     "sparse_grad": "dense"},
            "data": {"steps": 12, "channel_pooling": 35, "batch_size": 8,
                     "synthetic": {"n_train": 32, "n_test": 8, "n_classes": 3}},
            "training": {"epochs": 1, "lr": 0.01, "seed": 2},

@@ -49,7 +49,7 @@ MOCK = Path(__file__).resolve().parents[1] / "poplar_mock"
 SDK_HEADERS = Path(__file__).resolve().parents[1] / "ipu_sdk_headers"
 SDK_INCLUDE_DIRS = [SDK_HEADERS / "popart", SDK_HEADERS / "poplibs", SDK_HEADERS / "poprithms"]
 HARNESS = Path(__file__).resolve().parents[1] / "poplar_harness" / "codelet_harness.cpp"
-CODELETS = ["spike_codelets.cpp", "neuron_codelets.cpp"]
+CODELETS = ["spike_codelets.cpp", "neuron_codelets.cpp", "network_codelets.cpp"]
 OPS = ["spike_matmul_op.cpp", "neuron_step_op.cpp"]
 
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
@@ -89,8 +89,8 @@ def test_make_ipu_builds_every_source_into_one_codelet_file_and_one_library():
     popc = [line for line in commands if line.startswith("true ")]
     cxx = [line for line in commands if "-shared" in line]
     assert len(popc) == 1 and len(cxx) == 1, result.stdout
-    assert "spike_codelets.cpp" in popc[0] and "neuron_codelets.cpp" in popc[0]
-    assert "spike_matmul_op.cpp" in cxx[0] and "neuron_step_op.cpp" in cxx[0]
+    assert all(name in popc[0] for name in CODELETS)
+    assert "spike_matmul_op.cpp" in cxx[0] and "neuron_step_op.cpp" in cxx[0] and "network_graph.cpp" in cxx[0]
     assert "-lpoplin" in cxx[0]  # SpikeLinear's dense spike gradient is poplin::matMul
 
 
@@ -100,6 +100,18 @@ def test_make_cpu_explains_runtime_build():
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 0
     assert "cpu_ext.py" in result.stdout
+
+
+@needs_gxx
+def test_network_graph_functions_compile_against_poplar_alone():
+    # Plain functions over a poplar::Graph: Poplar's headers (the mock's) and the shared cores, no PopART.
+    result = subprocess.run(
+        ["g++", "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", f"-I{MOCK}",
+         f"-I{CUSTOM_OPS / 'include'}", str(POPLAR_SOURCES / "network_graph.cpp")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "popart" not in (POPLAR_SOURCES / "network_graph.cpp").read_text()
 
 
 @needs_gxx

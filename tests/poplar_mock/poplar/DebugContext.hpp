@@ -2,6 +2,9 @@
 // DebugNameAndId and DebugContext.
 #pragma once
 #include <string>
+namespace poplar_mock {
+struct GraphData;
+}
 namespace poplar {
 class SourceLocation {
 public:
@@ -17,5 +20,9 @@ public:
   DebugContext(std::string name, SourceLocation loc = SourceLocation::Current());
   DebugContext(const DebugNameAndId &, std::string = "",
                SourceLocation loc = SourceLocation::Current());
+
+private:
+  friend struct ::poplar_mock::GraphData;
+  std::string name_;
 };
 }  // namespace poplar

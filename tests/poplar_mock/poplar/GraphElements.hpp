@@ -1,12 +1,29 @@
 // Mock of <poplar/GraphElements.hpp> (Poplar 3.x): handles of compute sets,
 // vertices and vertex fields.
 #pragma once
+#include <string>
 #include <poplar/StringRef.hpp>
+namespace poplar_mock {
+struct GraphData;
+}
 namespace poplar {
-class ComputeSet {};
-class FieldRef {};
+class ComputeSet {
+private:
+  friend struct ::poplar_mock::GraphData;
+  unsigned id_ = ~0u;
+};
+class FieldRef {
+private:
+  friend struct ::poplar_mock::GraphData;
+  unsigned vertex_ = ~0u;
+  std::string name_;
+};
 class VertexRef {
 public:
   FieldRef operator[](StringRef name) const;
+
+private:
+  friend struct ::poplar_mock::GraphData;
+  unsigned id_ = ~0u;
 };
 }  // namespace poplar

@@ -1,9 +1,14 @@
 // Mock of <poplar/Tensor.hpp> (Poplar 3.x): Tensor views and concat.
 #pragma once
 #include <cstddef>
+#include <memory>
 #include <vector>
 #include <poplar/ArrayRef.hpp>
 #include <poplar/Type.hpp>
+namespace poplar_mock {
+struct TensorData;
+struct TensorAccess;
+}  // namespace poplar_mock
 namespace poplar {
 class Tensor {
 public:
@@ -16,7 +21,12 @@ public:
   Tensor expand(ArrayRef<std::size_t> indices) const;
   Tensor broadcast(unsigned N, unsigned dim) const;
   std::size_t dim(unsigned i) const;
+  std::size_t numElements() const;
   Type elementType() const;
+
+private:
+  friend struct ::poplar_mock::TensorAccess;
+  std::shared_ptr<const ::poplar_mock::TensorData> data_;
 };
 Tensor concat(ArrayRef<Tensor> ts, unsigned dimension = 0);
 }  // namespace poplar

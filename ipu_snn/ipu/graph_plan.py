@@ -1,0 +1,86 @@
+"""The IPU plan counted from the network op's graph: what custom_ops/poplar/network_graph.cpp allocates
+on each tile, built on a counting graph that holds no data, and a time model over its programs.
+
+Time per iteration (forward program + backward program), each term from the graph:
+
+* compute: the busiest tile's vertex work per compute set (field elements; a single-worker vertex
+  counted six times), at one element per cycle, at the clock;
+* exchange: the busiest tile's bytes received from other tiles per compute set and per Copy, at one
+  tile's share of the exchange bandwidth;
+* sync: one BSP synchronisation per exchange phase;
+* host I/O: the packed input bits over the host link;
+* streaming: remote-buffer copies (off-chip checkpoints) over the same link.
+
+Constants and their sources: ipu_snn/ipu/README.md, "The plan from the graph".
+"""
+
+from __future__ import annotations
+
+from ipu_snn.errors import ConfigError
+from ipu_snn.executor import window_bounds
+from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, MK2_TILES, HostNetwork, LayerSpec
+from ipu_snn.neuron.spec import RESET_CODES
+from ipu_snn.neuron.surrogates import SURROGATES
+
+#: GC200 clock, derived: 62.5 TFLOP/s fp32 / (1472 tiles x 32 fp32 flops per tile and cycle).
+CLOCK_HZ = 62.5e12 / (MK2_TILES * 32)
+#: Field elements a tile processes per cycle: six barrel-scheduled workers, one instruction each per
+#: six cycles, at least one instruction per element (a lower bound on the work).
+ELEMENTS_PER_CYCLE = 1.0
+#: One tile's share of the GC200's 8 TB/s all-to-all IPU-Exchange.
+TILE_EXCHANGE_BYTES_PER_S = 8e12 / MK2_TILES
+#: Cycles per BSP synchronisation of one IPU: an assumption (no public figure found), see the README.
+SYNC_CYCLES = 150
+#: The IPU's PCIe Gen4 x16 link, each way: host input and streaming memory both cross it.
+LINK_BYTES_PER_S = 32e9
+#: Streaming memory per IPU: the IPU-M2000 holds up to about 260 GB for its four IPUs.
+STREAMING_BYTES_PER_IPU = 260e9 / 4
+
+
+def layer_specs(model_cfg) -> list[LayerSpec]:
+    """The network op's layers of a model config (LIF and RLIF)."""
+    out = []
+    for i, layer in enumerate(model_cfg.layers):
+        if layer.type not in ("lif", "rlif"):
+            raise ConfigError(f"model.layers.{i}: the IPU network op runs LIF and RLIF layers, not {layer.type}")
+        out.append(LayerSpec(layer.size, layer.type == "rlif", layer.threshold, RESET_CODES[layer.reset],
+                             SURROGATES[layer.surrogate.name].code, layer.surrogate.scale))
+    return out
+
+
+def graph_plan(model_cfg, n_inputs: int, batch: int, steps: int, window: int, schedule) -> dict:
+    """The tile account and predicted time of one micro-batch's network op under ``schedule`` over the
+    windows of ``window`` steps, as ``ipu-snn plan --json`` reports it under ``tiles``."""
+    bounds = window_bounds(steps, window)
+    host = HostNetwork(batch, steps, n_inputs, layer_specs(model_cfg), schedule, bounds, holds_data=False)
+    per_tile = host.tile_bytes()
+    fullest = int(per_tile.argmax())
+    fwd, bwd = host.cost(False), host.cost(True)
+    both = {k: fwd[k] + bwd[k] for k in fwd}
+    counts = host.counts()
+    input_bytes = batch * steps * ((n_inputs + 7) // 8)
+    time = {"compute_s": both["work_elements"] / ELEMENTS_PER_CYCLE / CLOCK_HZ,
+            "exchange_s": both["received_bytes"] / TILE_EXCHANGE_BYTES_PER_S,
+            "sync_s": both["exchange_phases"] * SYNC_CYCLES / CLOCK_HZ,
+            "host_io_s": input_bytes / LINK_BYTES_PER_S,
+            "streaming_s": both["remote_bytes"] / LINK_BYTES_PER_S}
+    time["total_s"] = sum(time.values())
+    fits_tiles = int(per_tile.max()) <= MK2_TILE_BYTES
+    fits_streaming = counts["remote_bytes"] <= STREAMING_BYTES_PER_IPU
+    return {"source": "graph",
+            "fits": fits_tiles and fits_streaming,
+            "max_tile_bytes": int(per_tile.max()),
+            "tile_capacity_bytes": MK2_TILE_BYTES,
+            "tiles_used": int((per_tile > 0).sum()),
+            "fullest_tile": {"tile": fullest, "bytes": int(per_tile[fullest]),
+                             "largest": [{"name": n, "bytes": b} for n, b in host.tile_variables(fullest)[:6]]},
+            "streaming_bytes": counts["remote_bytes"],
+            "streaming_capacity_bytes": int(STREAMING_BYTES_PER_IPU),
+            "graph": {"vertices": counts["vertices"], "compute_sets": counts["compute_sets"],
+                      "variables": counts["variables"], "tape_slots": host.tape_slots,
+                      "compute_set_runs": both["compute_sets"], "exchange_phases": both["exchange_phases"],
+                      "remote_bytes_moved": both["remote_bytes"], "input_bytes": input_bytes},
+            "time": time}
+
+
+__all__ = ["graph_plan", "layer_specs"]

@@ -1,0 +1,92 @@
+"""``device: ipu-emulator``: the spiking layers run as the IPU network op's Poplar graph on the host
+interpreter (`ipu_snn.ipu.interpreter`); the readout, the loss and the optimizer stay in torch, as they
+stay in PopTorch around the op on an IPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ipu_snn.errors import ConfigError
+from ipu_snn.executor import window_bounds
+from ipu_snn.ipu.interpreter import HostNetwork, LayerSpec, network_spikes
+from ipu_snn.network import NetworkOutput, SpikingNetwork, _COMBINE, _WINDOW_REDUCE
+
+
+def _refuse(net: SpikingNetwork) -> None:
+    for i, layer in enumerate(net.layers):
+        where = f"model.layers.{i}"
+        if layer.spec.adaptive:
+            raise ConfigError(f"{where}: device ipu-emulator runs LIF and RLIF layers (the network op has no ALIF yet)")
+        if isinstance(layer.beta, torch.nn.Parameter):
+            raise ConfigError(f"{where}.learn_decay: device ipu-emulator does not learn decays yet (the network "
+                              "op returns no decay gradient); set learn_decay: false")
+        if not layer.spec.detach_reset:
+            raise ConfigError(f"{where}.detach_reset: the network op's neuron vertices detach the reset")
+        if layer.settings.near_min_d is not None:
+            raise ConfigError("model.sparse_near: the network op lists spikes only")
+        for policy, n_in in ((layer.policies.input, layer.fc.weight.shape[0]),
+                             (layer.policies.recurrent, layer.n_out)):
+            if policy is None or policy.mode == "dense":
+                continue
+            if policy.listed_grad:
+                raise ConfigError("model.sparse_grad: spikes; the network op computes the exact input gradient "
+                                  "(set sparse_grad: dense on device ipu-emulator)")
+            if policy.capacity < n_in:
+                raise ConfigError(f"model.sparse_capacity: the network op lists every spike of {where}'s "
+                                  f"{n_in} inputs (capacity {policy.capacity}); set sparse_capacity: 1.0")
+
+
+class InterpretedNetwork(SpikingNetwork):
+    """A `SpikingNetwork` whose spiking layers run in the network op's graph on the host interpreter.
+
+    Same parameters and state dict; `adopt` turns a built network into one."""
+
+    def _host(self, batch: int, steps: int) -> HostNetwork:
+        key = (batch, steps)
+        cache = self.__dict__.setdefault("_hosts", {})
+        if key not in cache:
+            bounds = window_bounds(steps, self.loop.window or steps)
+            schedule = self.loop.schedule(len(bounds)) if self.loop.schedule is not None else None
+            if schedule is None:
+                from ipu_snn.bptt.schedules import store_all
+                schedule = store_all(len(bounds))
+            layers = [LayerSpec(l.n_out, l.rec is not None, l.spec.threshold, l.spec.reset_code,
+                                l.spec.surrogate_code, l.spec.scale) for l in self.layers]
+            cache.clear()  # one shape at a time: the graph holds the micro-batch's tapes
+            cache[key] = HostNetwork(batch, steps, self.n_inputs, layers, schedule, bounds)
+        return cache[key]
+
+    def forward(self, x: Tensor, mark=None, with_counts: bool = False) -> NetworkOutput:
+        if x.dim() != 3 or x.dtype != torch.uint8:
+            raise ConfigError("device ipu-emulator takes binary inputs as packed bits (data.binary: true)")
+        batch, steps = x.shape[0], x.shape[1]
+        host = self._host(batch, steps)
+        params = []
+        for layer in self.layers:
+            params += [layer.fc.weight, layer.fc.bias, layer.decays()[0]]
+            if layer.rec is not None:
+                params.append(layer.rec.weight)
+        z = network_spikes(host, x.cpu(), params)
+        trace, _, dropped = self.readout.window(self.readout.initial_state(batch, self.readout.fc.weight), z)
+        logits = _COMBINE[self.reduce](_WINDOW_REDUCE[self.reduce](trace)[None], steps)
+        sizes = [layer.n_out for layer in self.layers]
+        spikes = [torch.from_numpy(host.read(f"spike_count.{i}", (batch, n))) for i, n in enumerate(sizes)]
+        rates = torch.stack([s.sum(1) / (steps * n) for s, n in zip(spikes, sizes)], 1).to(logits.dtype)
+        lost = logits.new_zeros(batch) if dropped is None else dropped.to(logits.dtype)
+        counts = None
+        if with_counts:
+            last = [torch.from_numpy(host.read(f"state_z.{i}", (batch, n))) for i, n in enumerate(sizes)]
+            counts = [torch.stack([s.sum(0), l.sum(0)]).to(logits.dtype) for s, l in zip(spikes, last)]
+        return NetworkOutput(logits, rates, lost, counts)
+
+
+def adopt(net: SpikingNetwork) -> InterpretedNetwork:
+    """Run ``net``'s spiking layers on the host interpreter from now on (the same module, its class changed)."""
+    _refuse(net)
+    net.__class__ = InterpretedNetwork
+    return net
+
+
+__all__ = ["InterpretedNetwork", "adopt"]

@@ -1,0 +1,278 @@
+"""The network op's Poplar graph on the host: built by custom_ops/poplar/network_graph.cpp over the
+mock Poplar graph and run by its interpreter (tests/poplar_mock/poplar_mock), through ctypes.
+
+`HostNetwork` builds the graph that the PopART network op would build for one micro-batch (every
+spiking layer over T steps, the BPTT schedule's actions as Poplar programs) and either runs it
+(``holds_data=True``; `device: ipu-emulator`) or only counts what it allocates on each tile (the plan).
+`network_spikes` is the op as a torch autograd Function: forward runs the graph's forward program,
+backward its backward program, whose weight gradients accumulate on the tiles.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ipu_snn.bptt.schedules import Advance, Free, Load, Reverse, Schedule, Store
+from ipu_snn.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+_POPLAR = ROOT / "custom_ops" / "poplar"
+_MOCK = ROOT / "tests" / "poplar_mock"
+_SOURCES = [_MOCK / "poplar_mock" / "HostPoplar.cpp", _MOCK / "poplar_mock" / "Interpreter.cpp",
+            _MOCK / "poplar_mock" / "NetworkRunner.cpp", _POPLAR / "network_graph.cpp"]
+_HEADERS = [*sorted((_MOCK / "poplar").glob("*.hpp")), *sorted((_MOCK / "poplar_mock").glob("*.hpp")),
+            *sorted(_POPLAR.glob("*.hpp")), *sorted(_POPLAR.glob("*_codelets.cpp")),
+            *sorted((ROOT / "custom_ops" / "include").glob("*.h"))]
+ACTION_CODES = {Advance: 0, Reverse: 1, Store: 2, Load: 3, Free: 4}
+#: Mk2 (GC200) tiles and SRAM per tile: ipu_snn.devices' table.
+MK2_TILES, MK2_TILE_BYTES = 1472, 624 * 1024
+
+
+class InterpreterError(UserError):
+    """The interpreter refused the graph or a program (the message names the vertex or tensor)."""
+
+
+@lru_cache(maxsize=None)
+def library() -> ctypes.CDLL:
+    """The interpreter's shared library, built with g++ on first use and cached by source hash."""
+    digest = hashlib.sha256()
+    for path in _SOURCES + _HEADERS:
+        digest.update(path.name.encode() + path.read_bytes())
+    cache = Path(os.environ.get("IPU_SNN_CACHE", Path.home() / ".cache" / "ipu_snn")) / "interpreter"
+    lib = cache / f"libipu_snn_net_{digest.hexdigest()[:16]}.so"
+    if not lib.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            out = Path(tmp) / lib.name
+            cmd = ["g++", "-std=c++17", "-O2", "-shared", "-fPIC", f"-I{ROOT / 'custom_ops' / 'include'}",
+                   f"-I{_POPLAR}", f"-I{_MOCK}", f"-I{_MOCK / 'poplar_mock'}", *map(str, _SOURCES), "-o", str(out)]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"building the host interpreter failed:\n{result.stderr[-4000:]}")
+            out.replace(lib)
+    so = ctypes.CDLL(str(lib))
+    p, u, c = ctypes.c_void_p, ctypes.c_uint, ctypes.c_char_p
+    so.ipu_snn_net_build.restype = p
+    so.ipu_snn_net_build.argtypes = [p, p, u, u, ctypes.c_int, c, u]
+    for name in ("ipu_snn_net_write", "ipu_snn_net_read"):
+        getattr(so, name).argtypes = [p, c, p, c, u]
+    so.ipu_snn_net_run.argtypes = [p, ctypes.c_int, c, u]
+    so.ipu_snn_net_tile_bytes.argtypes = [p, p]
+    so.ipu_snn_net_tile_bytes.restype = u
+    so.ipu_snn_net_counts.argtypes = [p, p]
+    so.ipu_snn_net_free.argtypes = [p]
+    so.ipu_snn_mock_selfcheck.argtypes = [ctypes.c_int, c, u]
+    so.ipu_snn_net_cost.argtypes = [p, ctypes.c_int, p]
+    so.ipu_snn_net_tile_vars.argtypes = [p, u, c, u]
+    return so
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One spiking layer as the network op takes it (LIF; recurrent or not)."""
+
+    size: int
+    recurrent: bool
+    threshold: float
+    reset: int  # NeuronSpec.reset_code
+    surrogate: int  # NeuronSpec.surrogate_code
+    scale: float
+
+
+def step_actions(schedule: Schedule, bounds: Sequence[tuple[int, int]]) -> list[tuple[int, ...]]:
+    """A schedule over windows as the op's actions over steps, each ``(kind, n0, n1, tape, offchip, slot)``:
+    a window is its steps, a checkpoint of window w the state at its first step, and each checkpoint gets
+    a slot of its tier (the lowest free one)."""
+    starts = [t0 for t0, _ in bounds] + [bounds[-1][1]]
+    slots: dict[str, dict[int, int]] = {"local": {}, "offchip": {}}
+    out = []
+    for action in schedule.actions:
+        match action:
+            case Advance(n0, n1, tape):
+                out.append((0, starts[n0], starts[n1], int(tape), 0, 0))
+            case Reverse(n):
+                out += [(1, t, 0, 0, 0, 0) for t in range(bounds[n][1] - 1, bounds[n][0] - 1, -1)]
+            case Store(n, tier):
+                used = set(slots[tier].values())
+                slot = next(s for s in range(len(used) + 1) if s not in used)
+                slots[tier][n] = slot
+                out.append((2, starts[n], 0, 0, int(tier == "offchip"), slot))
+            case Load(n, tier):
+                out.append((3, starts[n], 0, 0, int(tier == "offchip"), slots[tier][n]))
+            case Free(n, tier):
+                out.append((4, starts[n], 0, 0, int(tier == "offchip"), slots[tier].pop(n)))
+    return out
+
+
+def tape_slots(actions: list[tuple[int, ...]]) -> int:
+    """The taped steps alive at once; the op keeps step n in slot n % this, so they must be contiguous."""
+    live: set[int] = set()
+    peak = 1
+    for kind, n0, n1, tape, _, _ in actions:
+        if kind == 0 and tape:
+            live |= set(range(n0, n1))
+        elif kind == 1:
+            live.discard(n0)
+        if live:
+            if max(live) - min(live) + 1 != len(live):
+                raise ValueError("the schedule keeps taped steps that are not contiguous")
+            peak = max(peak, len(live))
+    return peak
+
+
+class HostNetwork:
+    """The network op's graph for one micro-batch, on the mock Poplar graph.
+
+    Parameters
+    ----------
+    batch, steps, n_inputs : int
+        Micro-batch, time steps T, input channels (the op takes them as packed bits).
+    layers : list of LayerSpec
+        The spiking layers.
+    schedule : Schedule
+        The BPTT schedule over ``bounds``' windows.
+    bounds : list of (t0, t1)
+        The windows' steps.
+    holds_data : bool
+        False: a counting graph (no element storage; it can only be counted, not run).
+    """
+
+    def __init__(self, batch: int, steps: int, n_inputs: int, layers: Sequence[LayerSpec], schedule: Schedule,
+                 bounds: Sequence[tuple[int, int]], *, tiles: int = MK2_TILES, tile_bytes: int = MK2_TILE_BYTES,
+                 holds_data: bool = True):
+        self.lib = library()
+        self.batch, self.steps, self.n_inputs, self.layers = batch, steps, n_inputs, list(layers)
+        actions = step_actions(schedule, bounds)
+        self.tape_slots = tape_slots(actions)
+        spec = [batch, steps, n_inputs, len(layers), self.tape_slots, max(schedule.max_local_slots, 0),
+                max(schedule.max_offchip_slots, 0), len(actions)]
+        for layer in layers:
+            spec += [layer.size, int(layer.recurrent), layer.reset, layer.surrogate]
+        for action in actions:
+            spec += list(action)
+        self._spec = np.asarray(spec, dtype=np.uint32)
+        self._scalars = np.asarray([x for l in layers for x in (l.threshold, l.scale)] or [0.0], dtype=np.float32)
+        err = ctypes.create_string_buffer(4096)
+        self.handle = self.lib.ipu_snn_net_build(self._spec.ctypes.data, self._scalars.ctypes.data, tiles,
+                                                 tile_bytes, int(holds_data), err, len(err))
+        if not self.handle:
+            raise InterpreterError(f"the network op's graph could not be built: {err.value.decode()}")
+        self.tiles = tiles
+
+    def __del__(self):
+        if getattr(self, "handle", None):
+            self.lib.ipu_snn_net_free(self.handle)
+            self.handle = None
+
+    def _check(self, rc: int, err) -> None:
+        if rc != 0:
+            raise InterpreterError(err.value.decode())
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        """Set a named tensor (``input_bits``, ``weight_in.0``, ...) from a C-contiguous array of its type."""
+        array = np.ascontiguousarray(array)
+        err = ctypes.create_string_buffer(4096)
+        self._check(self.lib.ipu_snn_net_write(self.handle, name.encode(), array.ctypes.data, err, len(err)), err)
+
+    def read(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        out = np.empty(shape, dtype=dtype)
+        err = ctypes.create_string_buffer(4096)
+        self._check(self.lib.ipu_snn_net_read(self.handle, name.encode(), out.ctypes.data, err, len(err)), err)
+        return out
+
+    def run(self, backward: bool) -> None:
+        """Run the forward program (the schedule's forward phase) or the backward one (the rest)."""
+        err = ctypes.create_string_buffer(4096)
+        self._check(self.lib.ipu_snn_net_run(self.handle, int(backward), err, len(err)), err)
+
+    def tile_bytes(self) -> np.ndarray:
+        """Bytes of the graph's variables on each tile (code, vertex state and exchange buffers aside)."""
+        out = np.zeros(self.tiles, dtype=np.uint64)
+        self.lib.ipu_snn_net_tile_bytes(self.handle, out.ctypes.data)
+        return out
+
+    def cost(self, backward: bool) -> dict[str, float]:
+        """One run of the forward or backward program, from the graph alone (see NetworkRunner.cpp)."""
+        out = np.zeros(5, dtype=np.float64)
+        self.lib.ipu_snn_net_cost(self.handle, int(backward), out.ctypes.data)
+        keys = ("compute_sets", "work_elements", "received_bytes", "exchange_phases", "remote_bytes")
+        return dict(zip(keys, map(float, out)))
+
+    def tile_variables(self, tile: int) -> list[tuple[str, int]]:
+        """(name, bytes) of the variables on ``tile``, largest first."""
+        buf = ctypes.create_string_buffer(1 << 16)
+        self.lib.ipu_snn_net_tile_vars(self.handle, tile, buf, len(buf))
+        return [(line.rsplit(" ", 1)[0], int(line.rsplit(" ", 1)[1])) for line in buf.value.decode().splitlines()]
+
+    def counts(self) -> dict[str, int]:
+        out = np.zeros(7, dtype=np.uint64)
+        self.lib.ipu_snn_net_counts(self.handle, out.ctypes.data)
+        keys = ("remote_bytes", "vertices", "compute_sets", "variables", "vertex_runs", "exchanged_bytes",
+                "remote_bytes_moved")
+        return dict(zip(keys, map(int, out)))
+
+
+def selfcheck(fault: int) -> str | None:
+    """Run the interpreter's self-check graph with one fault (0: a vertex reads its Output field, 1: a
+    field left unconnected, 2: a variable on no tile, 3: none): its refusal, or None when it ran."""
+    err = ctypes.create_string_buffer(4096)
+    return err.value.decode() if library().ipu_snn_mock_selfcheck(fault, err, len(err)) else None
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+class _NetworkFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, host: HostNetwork, bits: Tensor, *params: Tensor):
+        # params per layer: weight_in, bias, beta (clamped), [weight_rec]
+        i = 0
+        for l, layer in enumerate(host.layers):
+            for name in ("weight_in", "bias", "beta") + (("weight_rec",) if layer.recurrent else ()):
+                host.write(f"{name}.{l}", _np(params[i]))
+                i += 1
+        host.write("input_bits", bits.detach().contiguous().numpy())
+        host.run(backward=False)
+        ctx.host = host
+        ctx.dtypes = [p.dtype for p in params]
+        out = host.read("output", (host.steps, host.batch, host.layers[-1].size))
+        return torch.from_numpy(out).to(params[0].dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        host: HostNetwork = ctx.host
+        host.write("grad_output", _np(grad_out))
+        host.run(backward=True)
+        grads = []
+        for l, layer in enumerate(host.layers):
+            n_in = host.n_inputs if l == 0 else host.layers[l - 1].size
+            grads.append(host.read(f"grad_weight_in.{l}", (n_in, layer.size)))
+            grads.append(host.read(f"grad_bias.{l}", (layer.size,)))
+            grads.append(None)  # beta: the op does not learn decays
+            if layer.recurrent:
+                grads.append(host.read(f"grad_weight_rec.{l}", (layer.size, layer.size)))
+        out = [None if g is None else torch.from_numpy(g).to(dt) for g, dt in zip(grads, ctx.dtypes)]
+        return (None, None, *out)
+
+
+def network_spikes(host: HostNetwork, bits: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """The last spiking layer's spikes [T, B, n] of packed input bits uint8 [B, T, ceil(n_in / 8)], run by
+    the network op's graph on the host interpreter; differentiable w.r.t. the weights and biases."""
+    return _NetworkFunction.apply(host, bits, *params)
+
+
+__all__ = ["HostNetwork", "InterpreterError", "LayerSpec", "library", "network_spikes", "selfcheck", "step_actions",
+           "tape_slots"]

@@ -1,0 +1,66 @@
+"""The IPU plan counted from the network op's graph (ipu_snn.ipu.graph_plan): its per-tile bytes are
+the interpreter's record, its time terms come from the graph's programs, and `ipu-snn plan --json`
+reports them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ipu_snn.bptt.schedules import double, store_all, uniform
+from ipu_snn.config import load_config
+from ipu_snn.executor import window_bounds
+from ipu_snn.ipu.graph_plan import graph_plan, layer_specs
+from ipu_snn.ipu.interpreter import HostNetwork
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "ipu_emulator_tiny.yaml"
+
+
+@pytest.mark.parametrize("sizes, name", [(("7", "5"), "store_all"), (("9", "4"), "uniform"), (("6", "6"), "double")])
+def test_the_plans_tile_bytes_are_the_interpreters_record(sizes, name):
+    cfg = load_config(CONFIG, [f"model.layers.0.size={sizes[0]}", f"model.layers.1.size={sizes[1]}"]).model
+    steps, window, batch, n_in = 12, 3, 4, 11
+    windows = len(window_bounds(steps, window))
+    schedule = {"store_all": store_all, "uniform": lambda w: uniform(w, 2), "double": lambda w: double(w, 2, 1)}[name](windows)
+    planned = graph_plan(cfg, n_in, batch, steps, window, schedule)
+    run = HostNetwork(batch, steps, n_in, layer_specs(cfg), schedule, window_bounds(steps, window))
+    recorded = run.tile_bytes()
+    assert planned["max_tile_bytes"] == int(recorded.max())  # within 5%: here the same graph, so exact
+    assert planned["tiles_used"] == int((recorded > 0).sum()) == int(sizes[0]) + int(sizes[1])
+    assert planned["source"] == "graph" and planned["fits"]
+    time = planned["time"]
+    for term in ("compute_s", "exchange_s", "sync_s", "host_io_s"):
+        assert time[term] > 0, term
+    assert (time["streaming_s"] > 0) == (name == "double")
+    assert time["total_s"] == pytest.approx(sum(v for k, v in time.items() if k != "total_s"))
+
+
+def test_a_longer_sequence_costs_proportionally_more_time():
+    cfg = load_config(CONFIG).model
+    short = graph_plan(cfg, 11, 4, 8, 8, store_all(1))["time"]
+    long = graph_plan(cfg, 11, 4, 16, 16, store_all(1))["time"]
+    # twice the steps, twice the step programs' work (the zeroing at the start of each program aside)
+    assert 1.8 < long["compute_s"] / short["compute_s"] <= 2.0
+
+
+@pytest.mark.slow
+def test_plan_json_reports_the_graph(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-m", "ipu_snn.cli", "plan", str(CONFIG), "--device", "ipu-mk2",
+                             "bptt.schedule=double", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tiles = json.loads(result.stdout)["tiles"]
+    assert tiles["source"] == "graph"
+    assert set(tiles["time"]) == {"compute_s", "exchange_s", "sync_s", "host_io_s", "streaming_s", "total_s"}
+    graph = tiles["graph"]
+    assert graph["fits"] and graph["max_tile_bytes"] <= graph["tile_capacity_bytes"]
+    assert graph["tiles_used"] == 64  # one neuron per tile

@@ -1,0 +1,131 @@
+"""The network op's Poplar graph (custom_ops/poplar/network_graph.cpp) run by the host interpreter
+(tests/poplar_mock/poplar_mock): spikes and gradients against plain autograd in float64, under every
+schedule; the interpreter's refusals; each tile's recorded bytes."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from ipu_snn.bptt.schedules import double, revolve, store_all, uniform
+from ipu_snn.executor import window_bounds
+from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, HostNetwork, LayerSpec, network_spikes, selfcheck
+from ipu_snn.neuron.bits import pack_spikes
+from ipu_snn.neuron.reference import step
+from ipu_snn.neuron.spec import NeuronSpec
+from ipu_snn.neuron.surrogates import spike
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+B, T, N_IN = 3, 9, 13
+SIZES = [(6, True), (5, False)]  # an RLIF layer, then a LIF layer
+# The codelets compute in float32; the reference runs in float64. Gradients agree to this fraction
+# of their largest magnitude (float32 sums over B * T terms).
+RTOL = 2e-5
+
+
+def _schedules(windows: int):
+    return {"store_all": store_all(windows), "uniform": uniform(windows, 2), "revolve": revolve(windows, 2),
+            "double": double(windows, 2, 1)}
+
+
+def _problem(seed: int, spec: NeuronSpec):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(B, T, N_IN, generator=g) < 0.4).float()
+    params, n_prev = [], N_IN
+    for n, rec in SIZES:
+        params += [torch.randn(n_prev, n, generator=g) * 0.8, torch.randn(n, generator=g) * 0.1,
+                   torch.rand(n, generator=g) * 0.5 + 0.4]
+        if rec:
+            params.append(torch.randn(n, n, generator=g) * 0.5)
+        n_prev = n
+    return x, params
+
+
+def _reference(x, params, spec):
+    p = [t.detach().double().requires_grad_() for t in params]
+    h, i = x.double().transpose(0, 1), 0
+    for n, rec in SIZES:
+        w, b, beta = p[i:i + 3]
+        i += 3
+        w_rec = p[i] if rec else None
+        i += int(rec)
+        v = torch.zeros(B, n, dtype=torch.float64)
+        z = torch.zeros(B, n, dtype=torch.float64)
+        out = []
+        for t in range(T):
+            current = h[t] @ w + b + (z @ w_rec if rec else 0.0)
+            v, _, z = step(spec, beta, None, v, None, current, spike)
+            out.append(z)
+        h = torch.stack(out)
+    return h, p
+
+
+def _layers(spec):
+    return [LayerSpec(n, rec, spec.threshold, spec.reset_code, spec.surrogate_code, spec.scale) for n, rec in SIZES]
+
+
+@pytest.mark.parametrize("window", [1, 2])
+@pytest.mark.parametrize("name", ["store_all", "uniform", "revolve", "double"])
+def test_spikes_and_gradients_equal_autograd_under_every_schedule(name, window):
+    spec = NeuronSpec(reset="subtract" if window == 1 else "zero", surrogate="fast_sigmoid")
+    x, params = _problem(window, spec)
+    bounds = window_bounds(T, window)
+    host = HostNetwork(B, T, N_IN, _layers(spec), _schedules(len(bounds))[name], bounds)
+    leaves = [t.clone().requires_grad_() for t in params]
+    z = network_spikes(host, pack_spikes(x), leaves)
+    want, ref = _reference(x, params, spec)
+    assert torch.equal(z.detach().double(), want.detach())
+    assert want.sum() > 0  # the network spikes
+    grad = torch.randn(z.shape, generator=torch.Generator().manual_seed(7))
+    (z * grad).sum().backward()
+    (want * grad.double()).sum().backward()
+    for got, exp in zip(leaves, ref):
+        if got.grad is None:  # beta: the op does not learn decays
+            continue
+        scale = float(exp.grad.abs().max())
+        assert scale > 0
+        assert float((got.grad.double() - exp.grad).abs().max()) <= RTOL * scale
+    counts = host.counts()
+    assert (counts["remote_bytes_moved"] > 0) == (name == "double")
+
+
+def test_the_tape_and_checkpoints_follow_the_schedule():
+    spec = NeuronSpec()
+    bounds = window_bounds(T, 1)
+    full = HostNetwork(B, T, N_IN, _layers(spec), store_all(T), bounds, holds_data=False)
+    dbl = HostNetwork(B, T, N_IN, _layers(spec), double(T, 3, 1), bounds, holds_data=False)
+    assert full.tape_slots == T and dbl.tape_slots < T
+    assert dbl.counts()["remote_bytes"] > 0 and full.counts()["remote_bytes"] == 0
+    assert dbl.tile_bytes().max() < full.tile_bytes().max()
+
+
+def test_each_tile_fits_and_the_counting_graph_records_the_same_bytes():
+    spec = NeuronSpec()
+    bounds = window_bounds(T, 3)
+    for schedule in _schedules(len(bounds)).values():
+        run = HostNetwork(B, T, N_IN, _layers(spec), schedule, bounds)
+        count = HostNetwork(B, T, N_IN, _layers(spec), schedule, bounds, holds_data=False)
+        recorded = run.tile_bytes()
+        assert recorded.max() <= MK2_TILE_BYTES
+        assert (recorded > 0).sum() == sum(n for n, _ in SIZES)  # one neuron per tile
+        np.testing.assert_array_equal(recorded, count.tile_bytes())
+
+
+def test_a_counting_graph_cannot_run():
+    host = HostNetwork(B, T, N_IN, _layers(NeuronSpec()), store_all(T), window_bounds(T, 1), holds_data=False)
+    with pytest.raises(Exception, match="counting graph"):
+        host.run(backward=False)
+
+
+@pytest.mark.parametrize("fault, message", [(0, "reads its Output field 'out'"),
+                                            (1, "field 'acc' \\(InOut\\) is left unconnected"),
+                                            (2, "variable 'b' has elements mapped to no tile")])
+def test_the_interpreter_refuses_a_wrong_graph(fault, message):
+    import re
+    refusal = selfcheck(fault)
+    assert refusal is not None and re.search(message, refusal), refusal
+    assert selfcheck(3) is None

@@ -1,0 +1,142 @@
+// Test-only: what the mock's Graph and programs record (poplar/Graph.hpp,
+// poplar/Program.hpp), for the host interpreter (Interpreter.hpp) and the
+// byte count of the plan. Not part of any SDK header; custom_ops/poplar/ must
+// never include it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+#include <poplar/Graph.hpp>
+#include <poplar/Program.hpp>
+namespace poplar_mock {
+// Element types, in the order of poplar/Type.hpp's extern declarations.
+enum TypeId { T_BOOL = 0, T_UCHAR, T_INT, T_UINT, T_HALF, T_FLOAT };
+std::size_t typeBytes(int id);
+const char *typeName(int id);
+struct TypeAccess {
+  static int id(const poplar::Type &t) { return t.id_; }
+  static poplar::Type make(int id) {
+    poplar::Type t;
+    t.id_ = id;
+    return t;
+  }
+};
+// A contiguous run of a variable's elements.
+struct Region {
+  unsigned var;
+  std::size_t begin, end;
+};
+struct TensorData {
+  poplar::Type type;
+  std::vector<std::size_t> shape;
+  std::vector<Region> regions;  // in the tensor's row-major element order
+  std::size_t numElements() const;
+};
+struct TensorAccess {
+  static const TensorData &data(const poplar::Tensor &t);
+  static poplar::Tensor make(TensorData d);
+  static bool valid(const poplar::Tensor &t) { return t.data_ != nullptr; }
+};
+struct Mapping {
+  std::size_t begin, end;
+  unsigned tile;
+};
+struct Variable {
+  std::string name;
+  int type;
+  std::vector<std::size_t> shape;
+  std::size_t n;
+  std::vector<Mapping> mapping;
+  bool constant = false;
+  bool hasInit = false;
+  double init = 0;
+  std::vector<double> initValues;  // one per element, when set so
+  std::vector<unsigned char> data;  // empty in a counting graph
+};
+struct VertexRecord {
+  std::string type;
+  unsigned cs;
+  int tile = -1;
+  std::map<std::string, poplar::Tensor> fields;
+  std::map<std::string, double> values;
+  std::uint64_t perf = 0;
+};
+struct RemoteRecord {
+  std::string handle;
+  int type;
+  std::size_t numElements, repeats;
+  std::vector<unsigned char> data;
+};
+// What the interpreter ran: vertices executed, bytes copied between tiles
+// (program Copy, and fields read from a tile other than the vertex's), and
+// bytes moved to or from remote buffers.
+struct RunStats {
+  std::size_t vertexRuns = 0;
+  std::size_t exchangedBytes = 0;
+  std::size_t remoteBytes = 0;
+};
+class Error : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+struct GraphData {
+  poplar::Target target;
+  bool holdsData = true;
+  std::vector<Variable> vars;
+  std::vector<std::vector<unsigned>> computeSets;
+  std::vector<std::string> computeSetNames;
+  std::vector<VertexRecord> vertices;
+  std::vector<RemoteRecord> remotes;
+  std::vector<std::string> codelets;
+  bool initialised = false;  // by the interpreter, before its first run
+  RunStats stats;
+
+  // A graph of `tiles` tiles of `bytesPerTile` bytes; a counting graph
+  // (holdsData false) records everything but allocates no element storage.
+  static poplar::Graph makeGraph(unsigned tiles, unsigned bytesPerTile, bool holdsData);
+  static GraphData &of(const poplar::Graph &g);
+  static unsigned id(const poplar::ComputeSet &cs) { return cs.id_; }
+  static unsigned id(const poplar::VertexRef &v) { return v.id_; }
+  static unsigned id(const poplar::RemoteBuffer &b) { return b.id_; }
+  static const GraphData &graphOf(const poplar::RemoteBuffer &b) { return *b.graph_; }
+  static poplar::ComputeSet computeSet(unsigned id);
+  static poplar::VertexRef vertex(unsigned id);
+  static poplar::FieldRef field(unsigned vertex, const std::string &name);
+  static poplar::RemoteBuffer remote(const GraphData *g, unsigned id);
+  static std::pair<unsigned, std::string> fieldOf(const poplar::FieldRef &f) {
+    return {f.vertex_, f.name_};
+  }
+  static std::string name(const poplar::DebugContext &d) { return d.name_; }
+  static void setName(poplar::DebugContext &d, std::string n) { d.name_ = std::move(n); }
+  static void setTarget(poplar::Target &t, unsigned tiles, unsigned bytes) {
+    t.tiles_ = tiles;
+    t.bytesPerTile_ = bytes;
+  }
+  static std::shared_ptr<GraphData> &dataOf(poplar::Graph &g) { return g.data_; }
+
+  // Bytes of variables and constants mapped to each tile (the vertices' state,
+  // code and exchange buffers are not counted).
+  std::vector<std::uint64_t> tileBytes() const;
+  // Remote-buffer bytes (streaming memory).
+  std::uint64_t remoteBytes() const;
+  // Throws Error naming the first variable with an unmapped element.
+  void checkMapped() const;
+};
+struct ProgramNode {
+  enum Kind { SEQUENCE, EXECUTE, REPEAT, COPY, TO_REMOTE, FROM_REMOTE } kind = SEQUENCE;
+  std::vector<std::shared_ptr<ProgramNode>> children;  // SEQUENCE; REPEAT's body
+  unsigned cs = 0;                                     // EXECUTE
+  unsigned count = 0;                                  // REPEAT
+  poplar::Tensor src, dst, offset;                     // COPY, *_REMOTE
+  const GraphData *remoteGraph = nullptr;
+  unsigned remote = 0;
+  std::string name;
+};
+struct ProgramAccess {
+  static const ProgramNode &node(const poplar::program::Program &p) { return *p.node_; }
+};
+}  // namespace poplar_mock

@@ -1,0 +1,278 @@
+// Test-only: a C interface (for ctypes) to the network op's graph
+// (custom_ops/poplar/network_graph.cpp) built on the mock Poplar graph, and to
+// the host interpreter that runs it. ipu_snn/ipu/interpreter.py builds and loads it.
+#include <cstdint>
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "HostGraph.hpp"
+#include "Interpreter.hpp"
+#include "network_graph.hpp"
+
+namespace {
+using ipu_snn::network::Action;
+using ipu_snn::network::ActionKind;
+using ipu_snn::network::LayerSpec;
+using ipu_snn::network::NetworkGraph;
+using ipu_snn::network::NetworkSpec;
+
+struct Handle {
+  poplar::Graph graph;
+  NetworkGraph net;
+  std::map<std::string, poplar::Tensor> named;
+};
+int fail(const std::exception &e, char *err, unsigned errLen) {
+  std::snprintf(err, errLen, "%s", e.what());
+  return 1;
+}
+const poplar::Tensor &tensor(Handle *h, const char *name) {
+  auto found = h->named.find(name);
+  if (found != h->named.end()) return found->second;
+  // any variable, by its debug name
+  const auto &g = poplar_mock::GraphData::of(h->graph);
+  for (unsigned i = 0; i < g.vars.size(); ++i)
+    if (g.vars[i].name == name) {
+      poplar_mock::TensorData d{poplar_mock::TypeAccess::make(g.vars[i].type), g.vars[i].shape,
+                                {poplar_mock::Region{i, 0, g.vars[i].n}}};
+      return h->named.emplace(name, poplar_mock::TensorAccess::make(d)).first->second;
+    }
+  throw poplar_mock::Error(std::string("no tensor named ") + name);
+}
+}  // namespace
+
+extern "C" {
+// spec: batch, steps, inputs, layers, tapeSlots, localSlots, offchipSlots, actions,
+// then per layer (size, recurrent, reset, surrogate), then per action
+// (kind, n0, n1, tape, offchip, slot); scalars: per layer (threshold, scale).
+void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned tiles, unsigned bytesPerTile,
+                        int holdsData, char *err, unsigned errLen) {
+  try {
+    NetworkSpec s;
+    s.batch = spec[0];
+    s.steps = spec[1];
+    s.inputs = spec[2];
+    const unsigned layers = spec[3];
+    s.tapeSlots = spec[4];
+    s.localSlots = spec[5];
+    s.offchipSlots = spec[6];
+    const unsigned actions = spec[7];
+    const unsigned *p = spec + 8;
+    for (unsigned l = 0; l < layers; ++l, p += 4) {
+      LayerSpec ls;
+      ls.size = p[0];
+      ls.recurrent = p[1] != 0;
+      ls.reset = p[2];
+      ls.surrogate = p[3];
+      ls.threshold = scalars[2 * l];
+      ls.scale = scalars[2 * l + 1];
+      s.layers.push_back(ls);
+    }
+    for (unsigned a = 0; a < actions; ++a, p += 6)
+      s.actions.push_back(Action{ActionKind(p[0]), p[1], p[2], p[3] != 0, p[4] != 0, p[5]});
+    auto *h = new Handle{poplar_mock::GraphData::makeGraph(tiles, bytesPerTile, holdsData != 0), {}, {}};
+    h->net = ipu_snn::network::buildNetwork(h->graph, s);
+    h->named["input_bits"] = h->net.inputBits;
+    h->named["output"] = h->net.output;
+    h->named["grad_output"] = h->net.gradOutput;
+    for (unsigned l = 0; l < layers; ++l) {
+      const auto &lt = h->net.layers[l];
+      const std::string i = "." + std::to_string(l);
+      h->named["weight_in" + i] = lt.weightIn;
+      h->named["bias" + i] = lt.bias;
+      h->named["beta" + i] = lt.beta;
+      h->named["grad_weight_in" + i] = lt.gradWeightIn;
+      h->named["grad_bias" + i] = lt.gradBias;
+      h->named["spike_count" + i] = lt.spikeCount;
+      h->named["state_z" + i] = lt.state;
+      if (s.layers[l].recurrent) {
+        h->named["weight_rec" + i] = lt.weightRec;
+        h->named["grad_weight_rec" + i] = lt.gradWeightRec;
+      }
+    }
+    return h;
+  } catch (const std::exception &e) {
+    fail(e, err, errLen);
+    return nullptr;
+  }
+}
+int ipu_snn_net_write(void *handle, const char *name, const void *data, char *err, unsigned errLen) {
+  try {
+    Handle *h = static_cast<Handle *>(handle);
+    poplar_mock::write(poplar_mock::GraphData::of(h->graph), tensor(h, name), data);
+    return 0;
+  } catch (const std::exception &e) {
+    return fail(e, err, errLen);
+  }
+}
+int ipu_snn_net_read(void *handle, const char *name, void *data, char *err, unsigned errLen) {
+  try {
+    Handle *h = static_cast<Handle *>(handle);
+    poplar_mock::read(poplar_mock::GraphData::of(h->graph), tensor(h, name), data);
+    return 0;
+  } catch (const std::exception &e) {
+    return fail(e, err, errLen);
+  }
+}
+int ipu_snn_net_run(void *handle, int backward, char *err, unsigned errLen) {
+  try {
+    Handle *h = static_cast<Handle *>(handle);
+    poplar_mock::run(poplar_mock::GraphData::of(h->graph), backward ? h->net.backward : h->net.forward);
+    return 0;
+  } catch (const std::exception &e) {
+    return fail(e, err, errLen);
+  }
+}
+// Bytes of variables on each tile (out[numTiles]); returns the tile count.
+unsigned ipu_snn_net_tile_bytes(void *handle, std::uint64_t *out) {
+  Handle *h = static_cast<Handle *>(handle);
+  const auto bytes = poplar_mock::GraphData::of(h->graph).tileBytes();
+  std::memcpy(out, bytes.data(), bytes.size() * sizeof(std::uint64_t));
+  return unsigned(bytes.size());
+}
+// remote bytes, vertices, compute sets, variables, vertex runs, exchanged bytes, remote bytes moved
+void ipu_snn_net_counts(void *handle, std::uint64_t *out) {
+  Handle *h = static_cast<Handle *>(handle);
+  auto &g = poplar_mock::GraphData::of(h->graph);
+  const auto &s = poplar_mock::stats(g);
+  const std::uint64_t values[] = {g.remoteBytes(), g.vertices.size(), g.computeSets.size(), g.vars.size(),
+                                  s.vertexRuns,    s.exchangedBytes,  s.remoteBytes};
+  std::memcpy(out, values, sizeof(values));
+}
+void ipu_snn_net_free(void *handle) { delete static_cast<Handle *>(handle); }
+
+// What one run of a program costs, for the plan's time model, from the graph
+// alone (a counting graph will do): out = {compute set executions, the sum
+// over them of the busiest tile's vertex work (field elements, a single-worker
+// vertex's counted 6 times: one issue slot in 6), the sum of the busiest
+// tile's bytes received from other tiles (vertex fields and Copy programs),
+// exchange phases (compute sets, and each run of consecutive Copy programs),
+// bytes copied to or from remote buffers}.
+void ipu_snn_net_cost(void *handle, int backward, double *out) {
+  Handle *h = static_cast<Handle *>(handle);
+  const auto &g = poplar_mock::GraphData::of(h->graph);
+  const unsigned tiles = g.target.getNumTiles();
+  auto tileOf = [&](unsigned var, std::size_t i) -> int {
+    for (const auto &m : g.vars[var].mapping)
+      if (m.begin <= i && i < m.end) return int(m.tile);
+    return -1;
+  };
+  // per compute set: busiest tile's work and received bytes
+  std::vector<std::pair<double, double>> perCs(g.computeSets.size(), {0.0, 0.0});
+  for (std::size_t cs = 0; cs < g.computeSets.size(); ++cs) {
+    std::map<unsigned, double> work, received;
+    for (unsigned id : g.computeSets[cs]) {
+      const auto &v = g.vertices[id];
+      const bool single = v.type.rfind("SpikeSelect", 0) == 0 || v.type.rfind("Step", 0) == 0 ||
+                          v.type == "BitsToList";
+      double elements = 0;
+      // a step load or store touches one step of its buffer: the step's side, twice
+      const char *step = v.type.rfind("StepLoad", 0) == 0 ? "dst" : v.type.rfind("StepStore", 0) == 0 ? "src" : nullptr;
+      for (const auto &[name, t] : v.fields) {
+        const auto &d = poplar_mock::TensorAccess::data(t);
+        if (step == nullptr)
+          elements += double(d.numElements());
+        else if (name == step)
+          elements += 2.0 * double(d.numElements());
+        for (const auto &r : d.regions) {
+          const int at = tileOf(r.var, r.begin);
+          if (at != v.tile) received[unsigned(v.tile)] += double((r.end - r.begin) * poplar_mock::typeBytes(g.vars[r.var].type));
+        }
+      }
+      work[unsigned(v.tile)] += single ? 6 * elements : elements;
+    }
+    for (const auto &[t, w] : work) perCs[cs].first = std::max(perCs[cs].first, w);
+    for (const auto &[t, b] : received) perCs[cs].second = std::max(perCs[cs].second, b);
+  }
+  (void)tiles;
+  double totals[5] = {0, 0, 0, 0, 0};
+  std::function<void(const poplar_mock::ProgramNode &, double)> walk = [&](const poplar_mock::ProgramNode &n,
+                                                                             double times) {
+    switch (n.kind) {
+      case poplar_mock::ProgramNode::SEQUENCE: {
+        bool inCopies = false;
+        for (const auto &c : n.children) {
+          const bool copy = c->kind == poplar_mock::ProgramNode::COPY;
+          if (copy && !inCopies) totals[3] += times;
+          inCopies = copy;
+          walk(*c, times);
+        }
+        break;
+      }
+      case poplar_mock::ProgramNode::REPEAT:
+        walk(*n.children.at(0), times * n.count);
+        break;
+      case poplar_mock::ProgramNode::EXECUTE:
+        totals[0] += times;
+        totals[1] += times * perCs[n.cs].first;
+        totals[2] += times * perCs[n.cs].second;
+        totals[3] += times;
+        break;
+      case poplar_mock::ProgramNode::COPY: {
+        const auto &src = poplar_mock::TensorAccess::data(n.src);
+        const auto &dst = poplar_mock::TensorAccess::data(n.dst);
+        const int from = tileOf(src.regions.at(0).var, src.regions.at(0).begin);
+        const int to = tileOf(dst.regions.at(0).var, dst.regions.at(0).begin);
+        if (from != to) totals[2] += times * double(dst.numElements() * poplar_mock::typeBytes(g.vars[dst.regions[0].var].type));
+        break;
+      }
+      case poplar_mock::ProgramNode::TO_REMOTE: case poplar_mock::ProgramNode::FROM_REMOTE: {
+        const auto &r = g.remotes.at(n.remote);
+        totals[4] += times * double(r.numElements * poplar_mock::typeBytes(r.type));
+        break;
+      }
+    }
+  };
+  walk(poplar_mock::ProgramAccess::node(backward ? h->net.backward : h->net.forward), 1.0);
+  std::memcpy(out, totals, sizeof(totals));
+}
+
+// The variables on one tile, largest first: "name bytes" lines into buf.
+void ipu_snn_net_tile_vars(void *handle, unsigned tile, char *buf, unsigned len) {
+  Handle *h = static_cast<Handle *>(handle);
+  const auto &g = poplar_mock::GraphData::of(h->graph);
+  std::vector<std::pair<std::uint64_t, std::string>> held;
+  for (const auto &v : g.vars) {
+    std::uint64_t bytes = 0;
+    for (const auto &m : v.mapping)
+      if (m.tile == tile) bytes += (m.end - m.begin) * poplar_mock::typeBytes(v.type);
+    if (bytes) held.emplace_back(bytes, v.name);
+  }
+  std::sort(held.rbegin(), held.rend());
+  std::string text;
+  for (const auto &[bytes, name] : held) text += name + " " + std::to_string(bytes) + "\n";
+  std::snprintf(buf, len, "%s", text.c_str());
+}
+
+// The interpreter's self-check: a graph with one fault (0: a vertex that reads
+// its Output field, 1: a vertex field left unconnected, 2: a variable mapped to
+// no tile, 3: none); returns 0 when it ran, 1 with the refusal in err.
+int ipu_snn_mock_selfcheck(int fault, char *err, unsigned errLen) {
+  try {
+    poplar::Graph g = poplar_mock::GraphData::makeGraph(4, 624 * 1024, true);
+    poplar::Tensor a = g.addVariable(poplar::FLOAT, {8}, {"a"});
+    poplar::Tensor b = g.addVariable(poplar::FLOAT, {8}, {"b"});
+    g.setTileMapping(a, 0);
+    if (fault != 2) g.setTileMapping(b, 1);
+    poplar::ComputeSet cs = g.addComputeSet({"check"});
+    poplar::VertexRef v;
+    if (fault == 0) {
+      v = g.addVertex(cs, "poplar_mock::ReadsOutput");
+      g.connect(v["in"], a);
+      g.connect(v["out"], b);
+    } else {
+      v = g.addVertex(cs, "AccumulateRows<float>");
+      g.connect(v["x"], a);
+      if (fault != 1) g.connect(v["acc"], b);
+      g.setInitialValue(v["rows"], 1);
+    }
+    g.setTileMapping(v, 1);
+    poplar_mock::run(poplar_mock::GraphData::of(g), poplar::program::Execute(cs));
+    return 0;
+  } catch (const std::exception &e) {
+    return fail(e, err, errLen);
+  }
+}
+}
