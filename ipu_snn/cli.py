@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
     p.add_argument("--device", choices=("cpu", "cuda", "ipu-emulator"),
                    help="where to evaluate (default: the run's device; the host CPU for IPU runs)")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                   help="best: the best validation epoch's checkpoint, kept with training.keep_best")
 
     p = sub.add_parser("export", help="write a run's trained network in an exchange format (NIR)")
     p.add_argument("run_dir", help="a folder written by ipu-snn train")
@@ -177,7 +179,7 @@ def _eval(args, console: Console) -> None:
     from .reporting import metrics_lines
 
     loss, accuracy, metrics = evaluate_run(Path(args.run_dir).expanduser(), args.split, args.device,
-                                           with_metrics=True, say=console.out)
+                                           with_metrics=True, say=console.out, checkpoint=args.checkpoint)
     console.print(f"{args.split}: loss {loss:.4f}  accuracy {accuracy:.2%}")
     for line in metrics_lines(metrics):
         console.print(line, highlight=False)

@@ -89,6 +89,8 @@ class _SpikingLayer(_Decay):
     # training (Zenke & Vogels 2021): it keeps gradients from cancelling themselves.
     detach_reset: bool = True
     surrogate: SurrogateConfig = SurrogateConfig()
+    # dropout on this layer's output spikes to the next layer and the readout, in training (ipu_snn/dropout.py)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _decay_xor_tau(self):
@@ -143,6 +145,36 @@ class ReadoutConfig(_Decay):
     reduce: Literal["max", "mean", "last", "sum"] = "max"
 
 
+class InitConfig(_Strict):
+    """``model.init``: how the spiking layers' weights are drawn (ipu_snn/init.py; biases start at 0, the
+    readout keeps its own). default: N(0, (2 threshold)^2 / fan-in) into a layer, N(0, 1 / n) recurrent;
+    uniform: U(-gain / sqrt(fan-in), gain / sqrt(fan-in)), torch.nn.Linear's; normal: N(0, gain^2 / fan-in);
+    fluctuation: Rossbroich et al. 2022's, centred normal weights that give each neuron's membrane a
+    standard deviation of threshold / xi for presynaptic spikes at ``rate`` per step, ``recurrent_share``
+    of its variance from the recurrent weights."""
+
+    name: Literal["default", "uniform", "normal", "fluctuation"] = "default"
+    gain: PositiveFloat | None = None  # uniform, normal (default 1)
+    # fluctuation: the threshold's distance from the mean membrane in standard deviations (default 2),
+    # presynaptic spikes per step of the inputs and the layers (default 0.05), and the recurrent weights'
+    # share of a recurrent layer's membrane variance (default 0.1)
+    xi: PositiveFloat | None = None
+    rate: float | None = Field(None, gt=0.0, le=1.0)
+    recurrent_share: float | None = Field(None, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _settings_of_the_name(self):
+        defaults = {"uniform": {"gain": 1.0}, "normal": {"gain": 1.0}, "default": {},
+                    "fluctuation": {"xi": 2.0, "rate": 0.05, "recurrent_share": 0.1}}[self.name]
+        given = {k for k in ("gain", "xi", "rate", "recurrent_share") if getattr(self, k) is not None}
+        if given - set(defaults):
+            raise ValueError(f"{', '.join(sorted(given - set(defaults)))} do not apply to init {self.name}")
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        return self
+
+
 class ModelConfig(_Strict):
     # empty only with from_nir, whose graph gives the layers (ipu_snn.interop.nir.resolve_from_nir)
     layers: list[LayerConfig] = Field(default_factory=list)
@@ -159,13 +191,16 @@ class ModelConfig(_Strict):
     sparse: Union[bool, Literal["auto"]] = False
     sparse_capacity: float = Field(0.25, gt=0.0, le=1.0)  # spike-list length as a fraction of the neurons
     sparse_overflow: Literal["error", "drop_and_count"] = "error"
-    # "dense": exact gradients for any surrogate; "spikes": the gradient of a layer's spikes only at listed
-    # neurons (those that fired, and with sparse_near the near-threshold ones): faster
-    sparse_grad: Literal["dense", "spikes"] = "dense"
+    # The gradient of a layer's spikes (docs/architecture.md, "The listed backward"). auto: exact; where a
+    # layer's surrogate has bounded support (triangle, boxcar) and its products are sparse, formed only at the
+    # neurons that fired or have a non-zero surrogate derivative (the only ones it can reach), wherever their
+    # density is below the measured crossover; else the dense adjoint. dense: the dense adjoint always.
+    # spikes: APPROXIMATE for any surrogate of unbounded support: only at the neurons that fired (and with
+    # sparse_grad_min_derivative the near-threshold ones), in lists of sparse_capacity
+    sparse_grad: Literal["auto", "dense", "spikes"] = "auto"
     # with sparse_grad: spikes, also list the neurons that did not fire but whose surrogate derivative exceeds
-    # this fraction of its peak; 0 lists every neuron with a non-zero derivative, which makes the sparse
-    # gradient exact for surrogates of bounded support (triangle, boxcar). None: spikes only.
-    sparse_near: float | None = Field(None, ge=0.0, lt=1.0)
+    # this fraction of its peak (0: every neuron of non-zero derivative). None: spikes only.
+    sparse_grad_min_derivative: float | None = Field(None, ge=0.0, lt=1.0)
     # Run each layer's time loop with the fused kernels (ipu_snn.neuron.window): a few bytes per
     # neuron-step kept for backward, no Python per step on the CPU. auto: wherever supported (a detached
     # reset); true: the same, and an error naming what prevents it; false: the plain autograd loop.
@@ -173,6 +208,21 @@ class ModelConfig(_Strict):
     # dtype of the surrogate derivatives (and, with learned decays, the pre-step state) the fused loop keeps:
     # float32 is exact; float16 / bfloat16 halve that memory at a bounded error (docs/benchmarks/training_step.md)
     fused_saved_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    init: InitConfig = InitConfig()
+
+    @field_validator("init", mode="before")
+    @classmethod
+    def _init_by_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "sparse_near" in data:
+            raise ValueError("model.sparse_near was renamed model.sparse_grad_min_derivative (with sparse_grad: "
+                             "spikes: also list neurons whose surrogate derivative exceeds this fraction of its "
+                             "peak); sparse_grad: auto, the default, is the exact listed backward")
+        return data
 
     @model_validator(mode="after")
     def _check(self):
@@ -182,9 +232,10 @@ class ModelConfig(_Strict):
             raise ValueError("give model.layers or model.from_nir, not both: the NIR graph gives the layers")
         if self.nir_dt is not None and self.from_nir is None:
             raise ValueError("model.nir_dt applies only with model.from_nir")
-        if self.sparse_near is not None and self.sparse_grad != "spikes":
-            raise ValueError("sparse_near lists near-threshold neurons for sparse_grad: spikes; set both, "
-                             "or leave sparse_near unset")
+        if self.sparse_grad_min_derivative is not None and self.sparse_grad != "spikes":
+            raise ValueError("sparse_grad_min_derivative lists near-threshold neurons for sparse_grad: spikes; "
+                             "set both, or leave sparse_grad_min_derivative unset (sparse_grad: auto lists every "
+                             "neuron of non-zero surrogate derivative by itself)")
         return self
 
 
@@ -277,6 +328,58 @@ class DataConfig(_Strict):
 # -------------------------------------------------------------------------- training
 
 
+#: training.loss names (ipu_snn.losses): cross-entropy of the readout; of the last spiking layer's spike counts;
+#: squared error of those counts to target rates; cross-entropy of its first-spike times
+LOSS_NAMES = ("readout_ce", "count_ce", "count_mse", "first_spike_ce")
+
+
+class LossConfig(_Strict):
+    """``training.loss``: a name, or a mapping with the name and its settings (docs/python_api.md)."""
+
+    name: Literal["readout_ce", "count_ce", "count_mse", "first_spike_ce"] = "readout_ce"
+    # count_mse: the target spikes per step of the correct class's neurons and of the others' (default 0.8, 0.2)
+    correct_rate: float | None = Field(None, ge=0.0, le=1.0)
+    incorrect_rate: float | None = Field(None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _rates_for_mse(self):
+        if self.name != "count_mse" and (self.correct_rate is not None or self.incorrect_rate is not None):
+            raise ValueError(f"correct_rate and incorrect_rate apply to loss count_mse, not {self.name}")
+        if self.name == "count_mse":
+            self.correct_rate = 0.8 if self.correct_rate is None else self.correct_rate
+            self.incorrect_rate = 0.2 if self.incorrect_rate is None else self.incorrect_rate
+        return self
+
+
+class RateBound(_Strict):
+    """One entry of ``training.rate_regularization``: bounds on a spiking layer's firing rates (spikes per
+    step), each a squared hinge with its weight (Zenke & Vogels 2021): below ``lower`` per neuron, above
+    ``upper`` for the layer's mean."""
+
+    layer: int = Field(ge=0)
+    lower: float | None = Field(None, ge=0.0, le=1.0)
+    lower_weight: NonNegativeFloat = 1.0
+    upper: float | None = Field(None, ge=0.0, le=1.0)
+    upper_weight: NonNegativeFloat = 1.0
+
+    @model_validator(mode="after")
+    def _a_bound(self):
+        if self.lower is None and self.upper is None:
+            raise ValueError("give lower, upper or both (spikes per step)")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"lower ({self.lower}) is above upper ({self.upper})")
+        return self
+
+
+class EarlyStopping(_Strict):
+    """``training.early_stopping``: stop when the validation metric has not improved by ``min_delta``
+    for ``patience`` epochs."""
+
+    patience: PositiveInt = 5
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    min_delta: NonNegativeFloat = 0.0
+
+
 class TrainingConfig(_Strict):
     epochs: PositiveInt = 10
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -291,6 +394,16 @@ class TrainingConfig(_Strict):
     seed: Seed = 0
     tensorboard: bool = False
     keep_checkpoints: PositiveInt = 2
+    loss: LossConfig = LossConfig()
+    rate_regularization: list[RateBound] = Field(default_factory=list)
+    # keep the checkpoint of the best validation epoch (by early_stopping.metric, else val_loss) in best/
+    keep_best: bool = False
+    early_stopping: EarlyStopping | None = None
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_by_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
 
 
 class BPTTConfig(_Strict):
@@ -339,6 +452,21 @@ class Config(_Strict):
         if value is not None and not value.strip():
             raise ValueError("an empty name is no folder; leave out_dir out to use runs/<config name>")
         return None if value is None else os.path.expanduser(value)
+
+    @model_validator(mode="after")
+    def _training_fits_model(self):
+        n = len(self.model.layers)
+        for i, bound in enumerate(self.training.rate_regularization):
+            if n and bound.layer >= n:  # (a from_nir model's layers are checked when the graph is read)
+                raise ValueError(f"training.rate_regularization.{i}.layer: the model has spiking layers "
+                                 f"0..{n - 1}, not {bound.layer}")
+        ipu = ("ipu", "ipu-model", "ipu-emulator")
+        if self.device in ipu and (self.training.loss.name != "readout_ce" or self.training.rate_regularization):
+            raise ValueError("training.loss other than readout_ce and training.rate_regularization run on cpu "
+                             f"and cuda, not yet on {self.device}")
+        if self.device in ipu and any(layer.dropout for layer in self.model.layers):
+            raise ValueError(f"model.layers.*.dropout runs on cpu and cuda, not yet on {self.device}")
+        return self
 
 
 # --------------------------------------------------------------------------- loading

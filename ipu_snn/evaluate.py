@@ -11,19 +11,24 @@ from .data import load_splits
 from .devices import POPTORCH_DEVICES, resolve_device
 from .errors import TrainingError
 from .executor import TimeLoop
+from .losses import make_objective
 from .metrics import WorkloadTally, static_metrics
 from .network import build_network
 from .run_folder import newest_intact_checkpoint
+from .selection import BEST
 from .torch_driver import evaluate, load_backends
 
 
 def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, with_metrics: bool = False,
-                 say: Callable[[str], None] = print):
+                 say: Callable[[str], None] = print, checkpoint: str = "latest"):
     """Loss and accuracy of the run's newest intact checkpoint on ``split`` (test, val or train), on
     ``device`` (default: the run's own, the host CPU for IPU runs); ``with_metrics`` adds a third item,
     the NeuroBench-style metrics (ipu_snn.metrics) of that split; ``say`` hears which checkpoints were
-    passed over, and why."""
-    found = newest_intact_checkpoint(run_dir)
+    passed over, and why; ``checkpoint``: latest, or best (the best validation epoch's, training.keep_best)."""
+    if checkpoint == "best" and not (run_dir / BEST).is_dir():
+        raise TrainingError(f"{run_dir}: no best checkpoint ({run_dir / BEST} is missing): the run was trained "
+                            "without training.keep_best: true")
+    found = newest_intact_checkpoint(run_dir / BEST if checkpoint == "best" else run_dir)
     for note in found.notes:
         say(f"note: {note}")
     cfg = load_config(run_dir / "config.yaml")
@@ -40,7 +45,9 @@ def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, 
     if dataset is None:
         raise TrainingError(f"the run has no {split} split (data.val_split is 0)")
     tally = WorkloadTally() if with_metrics else None
-    loss, accuracy = evaluate(model.to(device), dataset, cfg.data.batch_size, device, tally=tally)
+    objective = make_objective(cfg.training, [layer.n_out for layer in model.layers], splits.n_classes)
+    loss, accuracy = evaluate(model.to(device), dataset, cfg.data.batch_size, device, tally=tally,
+                              objective=objective)
     if not with_metrics:
         return loss, accuracy
     return loss, accuracy, static_metrics(model) | tally.metrics(model.state_dict())

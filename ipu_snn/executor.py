@@ -27,6 +27,7 @@ checkpoints of the traced graph.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -67,16 +68,49 @@ def scan_windows(module: nn.Module, x: Tensor, state0, steps: int, loop: TimeLoo
     named = list(module.named_parameters())
     names, params = [n for n, _ in named], [p for _, p in named]
     flat0, unflatten = _flatten(state0)
+    slots = _parameter_slots(module, names)
 
     def cell(params, flat_state, n):
         # the engine passes the parameters explicitly, so that it can differentiate a window it replays
         t0, t1 = bounds[int(n)]
-        state, y = torch.func.functional_call(module, dict(zip(names, params)), (unflatten(flat_state), x, t0, t1))
+        if slots is None:
+            state, y = torch.func.functional_call(module, dict(zip(names, params)),
+                                                  (unflatten(flat_state), x, t0, t1))
+        else:
+            with _swapped(slots, params):
+                state, y = module(unflatten(flat_state), x, t0, t1)
         return _flatten(state)[0], y
 
     index = torch.arange(len(bounds))
     ys, final = scan(cell, params, flat0, index, loop.schedule, stats=stats, owned=(x,))
     return ys, unflatten(final)
+
+
+def _parameter_slots(module: nn.Module, names: list[str]) -> list[tuple[nn.Module, str]] | None:
+    """(owning module, attribute) of each named parameter, resolved once per scan, so that a window swaps
+    the engine's tensors in with a few dict writes instead of torch.func.functional_call's per-call
+    reparametrisation (most of a window's fixed Python cost: docs/benchmarks/window_cost.md).
+    None where a parameter is shared under two names (tied weights), which functional_call handles."""
+    if len(list(module.named_parameters(remove_duplicate=False))) != len(names):
+        return None
+    slots = []
+    for name in names:
+        owner, _, leaf = name.rpartition(".")
+        slots.append((module.get_submodule(owner) if owner else module, leaf))
+    return slots
+
+
+@contextmanager
+def _swapped(slots: list[tuple[nn.Module, str]], tensors):
+    """The module's parameters replaced by ``tensors`` (in ``slots``' order) inside the block."""
+    saved = [owner._parameters[leaf] for owner, leaf in slots]
+    try:
+        for (owner, leaf), tensor in zip(slots, tensors):
+            owner._parameters[leaf] = tensor
+        yield
+    finally:
+        for (owner, leaf), tensor in zip(slots, saved):
+            owner._parameters[leaf] = tensor
 
 
 def _flatten(state) -> tuple[tuple[Tensor, ...], Callable]:

@@ -34,6 +34,7 @@ from .neuron.reference import li_step, step
 from .neuron.spec import NeuronSpec
 from .neuron.surrogates import spike, straight_through_spike
 from .neuron.window import LayerState, SpikeTrain, WindowSettings, leaky_integrate, spiking_window
+from .dropout import rescale
 from .ops.policy import SparsePolicy
 
 StepMode = Literal["autograd", "fused", "straight_through"]
@@ -114,6 +115,9 @@ class SpikingLayer(nn.Module):
     all-to-all recurrent weights. ``decays``: the model's per-step decays after beta, by name
     (``{"rho": ...}`` for alif)."""
 
+    dropout = 0.0  # on its output spikes, in training (`ipu_snn.dropout`; set by build_network)
+    input_scale = 1.0  # its input currents' scale in training, where its inputs had dropout
+
     def __init__(self, n_in: int, n_out: int, spec: NeuronSpec, *, beta: float, decays: dict[str, float] | None = None,
                  learn_decay: bool = False, policies: LayerPolicies = LayerPolicies(), mode: StepMode = "fused",
                  saved_dtype: torch.dtype | None = None, near_min_d: float | None = None,
@@ -161,6 +165,8 @@ class SpikingLayer(nn.Module):
     def window(self, state: LayerState, inputs: Inputs) -> tuple[SpikeTrain, LayerState, Tensor | None]:
         """Spikes of the window, the state after it, and the spikes dropped per sample (sparse overflow)."""
         currents, dropped = self.products(inputs, self.fc, self.policies.input, self.input_site)
+        if self.training and self.input_scale != 1.0:
+            currents = rescale(currents, self.fc.bias, self.input_scale)
         beta, rho = self.decays()
         if self.mode == "fused":
             w_rec = self.rec.weight if self.rec is not None else None
@@ -184,6 +190,8 @@ class SpikingLayer(nn.Module):
 class LIReadout(nn.Module):
     """Leaky-integrator readout; its membrane trace over time is the output."""
 
+    input_scale = 1.0  # its input currents' scale in training, where its inputs had dropout
+
     def __init__(self, n_in: int, n_out: int, *, beta: float = 0.95, learn_decay: bool = False,
                  policy: SparsePolicy = SparsePolicy(), mode: StepMode = "fused", kernels: str | None = None,
                  products: Products = torch_products, source: str = "layer0"):
@@ -205,6 +213,8 @@ class LIReadout(nn.Module):
     def window(self, v: Tensor, inputs: Inputs) -> tuple[Tensor, Tensor, Tensor | None]:
         """(the membrane trace [L, B, n_out], the last membrane, spikes dropped per sample)."""
         currents, dropped = self.products(inputs, self.fc, self.policy, self.site)
+        if self.training and self.input_scale != 1.0:
+            currents = rescale(currents, self.fc.bias, self.input_scale)
         beta = self.beta.clamp(0.0, 1.0)
         if self.mode == "fused":
             trace, v = leaky_integrate(currents, beta, v, self.kernels)

@@ -40,6 +40,8 @@ from .optim import make_scheduler
 from .planner import Plan, calibrate, plan, refusal
 from .reporting import RateColumn, TensorBoardLog, percent, plot_curves, rate_text, write_metrics_csv, write_summary
 from .run_folder import check_can_start, claim_run_folder, newest_intact_checkpoint, out_dir_path
+from .losses import check_objective
+from .selection import BEST, is_best_epoch, selection_metric, should_stop
 
 T = TypeVar("T")
 
@@ -122,6 +124,7 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
          on_epoch_end: OnEpochEnd | None, owned: ExitStack, initial_weights: dict | None) -> dict:
     console = console if driver.is_main and console is not None else Console(quiet=not driver.is_main)
     n_inputs, n_classes = input_shape(cfg.data)
+    check_objective(cfg.training, [layer.size for layer in cfg.model.layers], n_classes)
     # bytes from shapes before anything is loaded or allocated: a run that cannot fit stops here
     bytes_plan = plan(cfg, device_spec(cfg.device), n_inputs=n_inputs, n_classes=n_classes, batch=driver.micro_batch,
                       compare_all=True)
@@ -129,6 +132,9 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
         raise ConfigError(refusal(bytes_plan))
     check_can_start(out_dir, resume, check_lock=driver.is_main)
     splits = load_splits(cfg.data, cfg.training.seed)  # before writing anything: bad data leaves no run folder
+    if splits.val is None and (cfg.training.keep_best or cfg.training.early_stopping is not None):
+        raise ConfigError("training.keep_best and training.early_stopping rank epochs by their validation "
+                          "metrics, but the run has no validation split: set data.val_split above 0")
     if driver.is_main:
         owned.enter_context(claim_run_folder(out_dir, resume, say=console.out))
     tensorboard = open_tensorboard(cfg, out_dir) if driver.is_main else None
@@ -168,6 +174,11 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
     try:
         with progress_bar(console) as progress:
             for epoch in range(len(history) + 1, cfg.training.epochs + 1):
+                if should_stop(history, cfg.training):
+                    progress.console.print(f"early stopping after epoch {epoch - 1}: "
+                                           f"{cfg.training.early_stopping.metric} has not improved for "
+                                           f"{cfg.training.early_stopping.patience} epochs")
+                    break
                 row = {"epoch": epoch, "lr": driver.optimizer.param_groups[0]["lr"]}
                 row |= train_epoch(driver, cfg, epoch, progress)
                 scheduler.step()
@@ -185,6 +196,8 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
                              "rng": rng_state(), "history": history, "wall_s": wall,
                              "config": cfg.model_dump(mode="json")}
                     save_checkpoint(out_dir, epoch, driver.network, state, keep=cfg.training.keep_checkpoints)
+                    if cfg.training.keep_best and is_best_epoch(history, selection_metric(cfg.training)):
+                        save_checkpoint(out_dir / BEST, epoch, driver.network, state, keep=1)
                 driver.barrier()
                 progress.console.print(epoch_line(row, cfg.training.epochs))
                 if on_epoch_end is not None:
@@ -208,6 +221,8 @@ def train_epoch(driver: Driver, cfg: Config, epoch: int, progress: Progress) -> 
     task = progress.add_task(f"epoch {epoch}/{cfg.training.epochs}", total=driver.steps_per_epoch(), loss=0.0,
                              acc=0.0, rate=0.0)
     totals = None
+    backward_visits = getattr(driver.network, "backward_visits", dict)  # the listed backward's, per layer
+    backward_visits()  # counts start with the epoch
     start = time.perf_counter()
     for number, step in enumerate(driver.train_steps(epoch), 1):
         step = step.detach().to("cpu", torch.float64)
@@ -226,6 +241,7 @@ def train_epoch(driver: Driver, cfg: Config, epoch: int, progress: Progress) -> 
     row = {"train_loss": loss / seen, "train_accuracy": correct / seen, "samples_per_s": seen / elapsed,
            "epoch_s": elapsed}
     row |= {f"rate_layer{i}": r / seen for i, r in enumerate(rates)}
+    row |= backward_visits()
     if cfg.model.sparse is not False:
         row["spikes_dropped"] = int(dropped)
     return row
@@ -370,7 +386,7 @@ def run_summary(history: list[dict], wall: float, model) -> dict:
         "epochs": last["epoch"],
         "parameters": count_parameters(model),
         "footprint_bytes": footprint_bytes(model),  # NeuroBench's: parameters and buffers
-    }
+    } | {k: v for k, v in last.items() if k.startswith("backward_visited_layer")}  # the last epoch's
 
 
 def write_reports(out_dir: Path, history: list[dict], summary: dict) -> None:

@@ -59,6 +59,7 @@ class LayerShape:
     neuron: NeuronModel
     recurrent: bool
     learn_decay: bool
+    dropout: bool = False  # its output spikes masked in training (ipu_snn.dropout)
 
     @property
     def states(self) -> int:
@@ -78,22 +79,30 @@ class NetShape:
     readout_learn_decay: bool
     reduce: str
     saved_bytes: int  # per surrogate derivative (and pre-step state of a learned decay)
-    near: bool  # near-threshold bits kept (model.sparse_near)
+    near: bool  # near-threshold bits kept for the listed backward (network.listed_backward)
     binary_inputs: bool
     fused: bool  # the fused step mode (else the autograd loop keeps far more; see keep_factor)
+    # per sample, what the training objective adds to each window's output, and keeps per step for its
+    # backward (ipu_snn.losses.output_columns)
+    tap_columns: int = 0
+    tap_kept: int = 0
 
     @classmethod
     def of(cls, cfg: Config, n_inputs: int, n_classes: int, batch: int | None = None) -> "NetShape":
-        from .network import fused_obstacles
+        from .losses import output_columns
+        from .network import fused_obstacles, listed_backward
 
         layers, n_in = [], n_inputs
         for layer in cfg.model.layers:
-            layers.append(LayerShape(n_in, layer.size, layer.neuron, layer.is_recurrent, layer.learn_decay))
+            layers.append(LayerShape(n_in, layer.size, layer.neuron, layer.is_recurrent, layer.learn_decay,
+                                     layer.dropout > 0))
             n_in = layer.size
         fused = cfg.model.fused is not False and not fused_obstacles(cfg.model)
         return cls(batch or cfg.data.batch_size, cfg.data.num_steps, n_inputs, n_classes, tuple(layers),
                    cfg.model.readout.learn_decay, cfg.model.readout.reduce, SAVED_BYTES[cfg.model.fused_saved_dtype],
-                   cfg.model.sparse_near is not None and cfg.model.sparse is not False, cfg.data.binary, fused)
+                   any(g.listed and g.min_derivative is not None for g in listed_backward(cfg.model, fused, cfg.device)),
+                   cfg.data.binary, fused,
+                   *output_columns(cfg.training, [layer.size for layer in cfg.model.layers], n_classes))
 
     def windows(self, window: int) -> int:
         return -(-self.steps // window)
@@ -140,6 +149,8 @@ class NetShape:
                     per_step += layer.n * self.saved_bytes * layer.states
             if self.near:
                 per_step += _packed(layer.n)
+            if layer.dropout:  # the mask (a bool per spike) and the bits of the spikes that pass
+                per_step += layer.n + _packed(layer.n)
             total += rows * per_step
             total += b * _packed(layer.n) if layer.recurrent else 0  # the initial spikes' bits
             total += FLOAT_BYTES * layer.n * layer.states  # the clamped decays
@@ -151,7 +162,8 @@ class NetShape:
         if self.reduce == "max":
             total += b * c * 8  # where the window's maximum is (int64)
         total += b * c * FLOAT_BYTES  # the readout's last v
-        total += b * (c + len(self.layers) + 1) * FLOAT_BYTES  # the window's output
+        total += b * (c + len(self.layers) + 1 + self.tap_columns) * FLOAT_BYTES  # the window's output
+        total += rows * self.tap_kept * FLOAT_BYTES
         return total
 
     def working_bytes(self, window: int) -> int:
@@ -161,8 +173,9 @@ class NetShape:
         return self.batch * window * FLOAT_BYTES * 5 * widest
 
     def output_bytes(self, window: int) -> int:
-        """The stacked outputs of every window [W, B, classes + layers + 1]."""
-        return self.windows(window) * self.batch * (self.n_classes + len(self.layers) + 1) * FLOAT_BYTES
+        """The stacked outputs of every window [W, B, classes + layers + 1 + the objective's columns]."""
+        columns = self.n_classes + len(self.layers) + 1 + self.tap_columns
+        return self.windows(window) * self.batch * columns * FLOAT_BYTES
 
     def flops_per_step(self) -> float:
         """Dense multiply-adds of one step, times 2: the analytic cost of a step on another device."""

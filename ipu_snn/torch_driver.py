@@ -22,10 +22,12 @@ from .distributed import (DistContext, GlobalBatchSampler, all_reduce_sum, barri
                           init_distributed, shutdown)
 from .errors import ConfigError
 from .executor import TimeLoop
+from .losses import Objective, make_objective
 from .metrics import WorkloadTally
 from .network import SpikingNetwork, build_network, count_parameters, step_mode
 from .ops.registry import resolve_backend
 from .optim import make_optimizer
+from .taps import Taps
 
 T = TypeVar("T")
 
@@ -55,18 +57,20 @@ def _to_device(batch, device: torch.device):
 
 @torch.no_grad()
 def evaluate(model: SpikingNetwork, dataset, batch_size: int, device, ctx: DistContext = DistContext(),
-             tally: WorkloadTally | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a dataset, sharded over the processes; ``tally`` also
-    gathers the counts of the workload metrics (ipu_snn.metrics), summed over the processes."""
+             tally: WorkloadTally | None = None, objective: Objective | None = None) -> tuple[float, float]:
+    """Mean loss (``objective``'s; default the readout's cross-entropy) and accuracy over a dataset, sharded
+    over the processes; ``tally`` also gathers the counts of the workload metrics (ipu_snn.metrics), summed
+    over the processes."""
     model.eval()
     sampler = GlobalBatchSampler(len(dataset), batch_size, ctx, shuffle=False)
     totals = [0.0, 0.0, 0.0]
     for batch in make_loader(dataset, sampler):
         x, y = _to_device(batch, device)
-        out = model(x, with_counts=tally is not None)
-        logits = out.logits
-        totals[0] += F.cross_entropy(logits, y, reduction="sum").item()
-        totals[1] += (logits.argmax(1) == y).sum().item()
+        out = model(x, with_counts=tally is not None, taps=objective.taps if objective else Taps())
+        loss, scores = objective(out, y, x.shape[1]) if objective else \
+            (F.cross_entropy(out.logits, y, reduction="sum"), out.logits)
+        totals[0] += loss.item()
+        totals[1] += (scores.argmax(1) == y).sum().item()
         totals[2] += y.numel()
         if tally is not None:
             tally.add(x, out, model.n_inputs)
@@ -111,6 +115,9 @@ class TorchDriver:
             adopt(self.network)
         if initial_weights is not None:
             self.network.load_state_dict(initial_weights, strict=True)
+        self.objective = make_objective(cfg.training, [layer.n_out for layer in self.network.layers],
+                                        splits.n_classes)
+        self.objective.prepare(self.network)
         self.optimizer = make_optimizer(cfg.training, self.network.parameters())
 
     def describe(self, splits: DataSplits) -> str:
@@ -147,10 +154,10 @@ class TorchDriver:
                 # world/global_n makes the result the mean over the whole global batch
                 sync = micro == accumulation - 1 or not ctx.active
                 with model.no_sync() if not sync else nullcontext():
-                    out = model(x)
-                    loss_sum = F.cross_entropy(out.logits, y, reduction="sum")
+                    out = model(x, taps=self.objective.taps)
+                    loss_sum, scores = self.objective(out, y, x.shape[1])
                     (loss_sum * (ctx.world_size / global_n)).backward()
-                micro_stats = torch.tensor([loss_sum.item(), (out.logits.argmax(1) == y).sum().item(), y.numel(),
+                micro_stats = torch.tensor([loss_sum.item(), (scores.argmax(1) == y).sum().item(), y.numel(),
                                             out.dropped.sum().item(), *out.rates.detach().sum(0).tolist()],
                                            dtype=torch.float64)
                 stats = micro_stats if stats is None else stats + micro_stats
@@ -168,7 +175,8 @@ class TorchDriver:
 
     def evaluate(self, dataset) -> dict:
         tally = WorkloadTally()
-        loss, accuracy = evaluate(self.network, dataset, self.global_batch, self.device, self.ctx, tally)
+        loss, accuracy = evaluate(self.network, dataset, self.global_batch, self.device, self.ctx, tally,
+                                  self.objective)
         return {"loss": loss, "accuracy": accuracy} | tally.metrics(self.network.state_dict())
 
     def barrier(self) -> None:

@@ -8,11 +8,14 @@ Model; launched by poprun to scale).
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
+from typing import Mapping
 
 from rich.console import Console
 
-from .config import Config
+from .config import Config, load_config, validate_config
 from .devices import POPTORCH_DEVICES
 from .loop import Driver, OnEpochEnd, run
 from .run_folder import out_dir_path
@@ -28,13 +31,28 @@ def make_driver(cfg: Config) -> Driver:
     return TorchDriver(cfg)
 
 
-def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Console | None = None,
-          on_epoch_end: OnEpochEnd | None = None) -> dict:
-    """Train as the config says; returns the summary also written to summary.json.
+def train(cfg: Config | Mapping | str | Path, out: str | Path, *, resume: bool = False,
+          console: Console | None = None, on_epoch_end: OnEpochEnd | None = None) -> dict:
+    """Train as the config says into the run folder ``out``; returns the summary also written to summary.json.
+
+    Parameters
+    ----------
+    cfg : Config, dict or path
+        The config, or a dict or YAML file validated into one.
+    out : str or Path
+        The run folder (created; an existing run is continued only with ``resume``).
+    resume : bool
+        Continue the run in ``out`` from its newest intact checkpoint.
+    console : rich.console.Console, optional
+        Where progress goes (default: the terminal).
+    on_epoch_end : callable, optional
+        ``on_epoch_end(epoch, row, network)`` after each epoch's checkpoint.
 
     Every process of a multi-process run (torchrun, poprun) calls this; only the main one prints and writes.
     """
-    out_dir = out_dir_path(out_dir)
+    if not isinstance(cfg, Config):
+        cfg = validate_config(dict(cfg)) if isinstance(cfg, Mapping) else load_config(cfg)
+    out_dir = out_dir_path(out)
     initial_weights = None
     if cfg.model.from_nir is not None:  # the graph gives the layers, the readout and their first weights
         from .interop.nir import resolve_from_nir
@@ -42,3 +60,14 @@ def train(cfg: Config, out_dir: str | Path, *, resume: bool = False, console: Co
         cfg, initial_weights = resolve_from_nir(cfg)
     return run(make_driver(cfg), cfg, out_dir, resume=resume, console=console, on_epoch_end=on_epoch_end,
                initial_weights=initial_weights)
+
+
+class _Callable(types.ModuleType):
+    # importing ipu_snn.train makes this module the package's attribute `train`, in place of the API's
+    # function of that name: calling the module calls the function, so `ipu_snn.train(cfg, out=...)` works
+    # whatever was imported first
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Callable

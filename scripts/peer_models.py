@@ -15,7 +15,8 @@ class Skip(Exception):
     """A contender that cannot run here, with the reason."""
 
 
-def snntorch_model(recurrent: bool, n_inputs: int, hidden: int, n_classes: int) -> nn.Module:
+def snntorch_model(recurrent: bool, n_inputs: int, hidden: int, n_classes: int, depth: int | None = None) -> nn.Module:
+    """``depth`` hidden layers (default: 1 recurrent, as W1 and W2-small; 2 feed-forward, as W1-FF)."""
     try:
         import snntorch as snn
         from snntorch import surrogate
@@ -26,10 +27,11 @@ def snntorch_model(recurrent: bool, n_inputs: int, hidden: int, n_classes: int) 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            sizes = [n_inputs] + [hidden] * (1 if recurrent else 2)
+            sizes = [n_inputs] + [hidden] * (depth or (1 if recurrent else 2))
             self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
             if recurrent:
-                self.lifs = nn.ModuleList([snn.RLeaky(beta=BETA, linear_features=hidden, spike_grad=grad)])
+                self.lifs = nn.ModuleList(snn.RLeaky(beta=BETA, linear_features=hidden, spike_grad=grad)
+                                          for _ in sizes[1:])
             else:
                 self.lifs = nn.ModuleList(snn.Leaky(beta=BETA, spike_grad=grad) for _ in sizes[1:])
             self.readout = nn.Linear(hidden, n_classes)

@@ -12,6 +12,7 @@ from ipu_snn.errors import ConfigError
 from ipu_snn.executor import window_bounds
 from ipu_snn.ipu.interpreter import HostNetwork, LayerSpec, network_spikes
 from ipu_snn.network import NetworkOutput, SpikingNetwork, _COMBINE, _WINDOW_REDUCE
+from ipu_snn.taps import Taps
 
 
 def _refuse(net: SpikingNetwork) -> None:
@@ -26,7 +27,7 @@ def _refuse(net: SpikingNetwork) -> None:
         if not layer.spec.detach_reset:
             raise ConfigError(f"{where}.detach_reset: the network op's neuron vertices detach the reset")
         if layer.settings.near_min_d is not None:
-            raise ConfigError("model.sparse_near: the network op lists spikes only")
+            raise ConfigError("model.sparse_grad_min_derivative: the network op lists spikes only")
         for policy, n_in in ((layer.policies.input, layer.fc.weight.shape[0]),
                              (layer.policies.recurrent, layer.n_out)):
             if policy is None or policy.mode == "dense":
@@ -59,7 +60,11 @@ class InterpretedNetwork(SpikingNetwork):
             cache[key] = HostNetwork(batch, steps, self.n_inputs, layers, schedule, bounds)
         return cache[key]
 
-    def forward(self, x: Tensor, mark=None, with_counts: bool = False) -> NetworkOutput:
+    def forward(self, x: Tensor, mark=None, with_counts: bool = False, record=(), taps: Taps = Taps()
+                ) -> NetworkOutput:
+        if record or taps != Taps():
+            raise ConfigError("device ipu-emulator: the network op returns no per-step spikes, so it runs "
+                              "training.loss readout_ce without rate_regularization, and no record= or taps")
         if x.dim() != 3 or x.dtype != torch.uint8:
             raise ConfigError("device ipu-emulator takes binary inputs as packed bits (data.binary: true)")
         batch, steps = x.shape[0], x.shape[1]

@@ -138,7 +138,7 @@ def _generic_forward(k: NeuronKernels, s: WindowSettings, currents, v, a, z0, w_
 
 
 def _generic_backward(k: NeuronKernels, s: WindowSettings, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0,
-                      w_rec, beta, rho, keep_ga, keep_gv):
+                      w_rec, beta, rho, keep_ga, keep_gv, list_capacity):
     steps, batch, n = d.shape
     into_a = s.spec.neuron.current_into == 1  # cuba: the current's gradient is the kernel's ga
     grad_currents = grad_v.new_empty(steps, batch, n)
@@ -161,13 +161,30 @@ def _generic_backward(k: NeuronKernels, s: WindowSettings, grad_z, grad_v, grad_
         gc = grad_currents[t]
         if w_rec is None:
             continue
-        if s.listed_rec_grad:
+        if list_capacity is not None:
             prev, prev_near = (z0_bits, near0) if t == 0 else (bits[t - 1], None if near is None else near[t - 1])
             spikes = get_kernels(resolve_backend(s.recurrent.backend, w_rec.device))
-            rec = spikes.bits_grad_input(prev, prev_near, n, w_rec, gc, s.recurrent.capacity).to(gc.dtype)
+            rec = spikes.bits_grad_input(prev, prev_near, n, w_rec, gc, list_capacity).to(gc.dtype)
         else:
             rec = gc @ w_rec.t()
     return grad_currents, ga_all, gv_all, grad_v, grad_a, rec
+
+
+def _rec_list_capacity(policy: SparsePolicy, bits: Tensor, z0_bits: Tensor, near: Tensor | None,
+                       near0: Tensor | None, n: int) -> int | None:
+    """The list length of the window's listed recurrent adjoint, or None for the dense one; counted in the
+    policy's visits. Step t's adjoint lists step t-1's spikes (and near-threshold neurons)."""
+    steps, batch, row_bytes = bits.shape
+    listed = 0
+    if policy.listed_grad and (policy.exact_lists or policy.visits is not None):
+        spikes = get_kernels(resolve_backend(policy.backend, bits.device))
+        planes = [z0_bits.unsqueeze(0), bits[:-1]]
+        if near is not None:
+            planes += [near0.unsqueeze(0), near[:-1]]
+        listed = sum(int(spikes.count_bits(p.reshape(-1, row_bytes)).sum()) for p in planes if p.numel())
+    capacity = policy.grad_capacity(listed, steps * batch, n)
+    policy.count_visits(capacity, listed, steps * batch * n)
+    return capacity
 
 
 def _rec_weight_grad(policy: SparsePolicy, prev_bits: Tensor, grad_currents: Tensor, n: int) -> Tensor:
@@ -228,14 +245,15 @@ class _SpikingWindow(torch.autograd.Function):
         if grad_v is None:
             grad_v = torch.zeros(batch, n, dtype=beta.dtype, device=beta.device)
         recurrent = w_rec is not None
-        listed = s.listed_rec_grad
+        list_capacity = _rec_list_capacity(s.recurrent, bits, z0_bits, near, near0, n) if recurrent else None
+        listed = list_capacity is not None
         # where the current enters the second state (cuba), the current's gradient is the state's, and
         # a learned beta needs the one w.r.t. v apart
         into_a = s.spec.neuron.current_into == 1
         keep_ga, keep_gv = ctx.keep_a and not into_a, ctx.keep_v and into_a
         if k.window_backward is not None:
             params = {**neuron_params(s.spec), "keep_ga": float(keep_ga), "keep_gv": float(keep_gv),
-                      "listed_grad": float(listed), "capacity": float(s.recurrent.capacity if listed else 0)}
+                      "listed_grad": float(listed), "capacity": float(list_capacity if listed else 0)}
             grad_currents, ga_all, gv_all, grad_v0, grad_a0, rec = k.window_backward(
                 None if grad_z is None else grad_z.contiguous(), grad_z_last, grad_v.contiguous(),
                 None if grad_a is None else grad_a.contiguous(), bits, d, z0_bits, near, near0, w_rec, beta, rho,
@@ -248,7 +266,8 @@ class _SpikingWindow(torch.autograd.Function):
             if two_states and grad_a is None:
                 grad_a = torch.zeros_like(grad_v)
             grad_currents, ga_all, gv_all, grad_v0, grad_a0, rec = _generic_backward(
-                k, s, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0, w_rec, beta, rho, keep_ga, keep_gv)
+                k, s, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0, w_rec, beta, rho, keep_ga, keep_gv,
+                list_capacity)
         grad_w = grad_beta = grad_rho = None
         if recurrent and ctx.needs_input_grad[6]:
             prev_bits = torch.cat([z0_bits.unsqueeze(0), bits[:-1]])  # z_{t-1} feeds step t

@@ -34,12 +34,13 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..files import replace_atomically
+from .visits import ListedVisits
 
 MODES = ("dense", "sparse", "auto")
 #: rows timed for a window's products: enough that neither side is all call overhead, as in a real window
@@ -57,8 +58,13 @@ class SparsePolicy:
     capacity: int = 0  # spike-list length K per row (sparse and auto)
     overflow: str = "error"  # sparse: "error" | "drop_and_count"
     max_density: float = 0.0  # auto: sparse at or below this spike density
-    listed_grad: bool = False  # the input gradient only at listed neurons (model.sparse_grad: spikes)
+    listed_grad: bool = False  # the input gradient only at listed neurons (model.sparse_grad: spikes or auto)
+    # the exact listed backward (model.sparse_grad: auto): lists as long as the listed neurons need, and
+    # under auto only where their density is at most max_density (else the dense adjoint)
+    exact_lists: bool = False
     backend: str | None = None  # spike-matmul kernels (ops.registry); None: the tensors' device default
+    # where the listed backward counts what it visited (the metrics' backward sparsity); None: nowhere
+    visits: ListedVisits | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -67,6 +73,25 @@ class SparsePolicy:
             raise ValueError(f"SparsePolicy: a {self.mode} product needs a capacity >= 1, got {self.capacity}")
         if self.mode == "dense" and self.listed_grad:
             raise ValueError("SparsePolicy: a dense product has no spike lists to restrict its gradient to")
+        if self.exact_lists and not self.listed_grad:
+            raise ValueError("SparsePolicy: exact_lists applies to the listed backward (listed_grad)")
+
+    def grad_capacity(self, listed: int, rows: int, n_in: int) -> int | None:
+        """The list length with which the input gradient of ``rows`` rows of ``n_in`` neurons, ``listed`` of
+        them listed, runs the listed backward; None: the dense adjoint."""
+        if not self.listed_grad:
+            return None
+        if not self.exact_lists:
+            return self.capacity
+        if self.mode == "auto" and listed > self.max_density * rows * n_in:
+            return None
+        return n_in
+
+    def count_visits(self, capacity: int | None, listed: int, total: int) -> None:
+        """Record in `visits` what an input gradient visited: the listed neurons, or with the dense adjoint
+        (``capacity`` None) all ``total``."""
+        if self.visits is not None:
+            self.visits.add(total if capacity is None else min(listed, total), total)
 
     def use_sparse_density(self, counts: torch.Tensor, n_in: int) -> bool:
         """For ``auto``: whether spikes at these counts per row (int [R]) are sparse enough to beat dense."""

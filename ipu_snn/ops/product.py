@@ -76,9 +76,16 @@ class _SpikeProduct(torch.autograd.Function):
             else:
                 grad_w = _unpack(flat, n_in, g.dtype).t() @ g
         if ctx.needs_input_grad[2]:
-            if policy.listed_grad:
-                near_flat = None if near is None else near.reshape(flat.shape)
-                grad_z = kernels.bits_grad_input(flat, near_flat, n_in, weight, g, policy.capacity)
+            near_flat = None if near is None else near.reshape(flat.shape)
+            listed = 0
+            if policy.listed_grad and (policy.exact_lists or policy.visits is not None):
+                listed = int(kernels.count_bits(flat).sum())
+                if near_flat is not None:
+                    listed += int(kernels.count_bits(near_flat).sum())
+            list_capacity = policy.grad_capacity(listed, flat.shape[0], n_in)
+            policy.count_visits(list_capacity, listed, flat.shape[0] * n_in)
+            if list_capacity is not None:
+                grad_z = kernels.bits_grad_input(flat, near_flat, n_in, weight, g, list_capacity)
             else:
                 grad_z = g @ weight.t()
             grad_z = grad_z.reshape(*lead, n_in).to(ctx.z_dtype)

@@ -47,10 +47,14 @@ def get_kernels(name: str) -> SpikeKernels:
     return _LOADERS[name]()
 
 
-# torch.compile evaluates this once while tracing and keeps the name: it loads
-# backends (file system, compiler), which is no part of a graph. (torch 2.0, which
-# PopTorch 3.4 runs on, has no torch.compiler: there is nothing to tell it.)
-_constant = getattr(getattr(torch, "compiler", None), "assume_constant_result", lambda fn: fn)
+def _constant(fn):
+    """torch.compile evaluates ``fn`` once while tracing and keeps the result: it loads backends (file
+    system, compiler), which is no part of a graph. This is what torch.compiler.assume_constant_result
+    does (torch/_dynamo/decorators.py), without importing torch._dynamo (and Triton with it, about 150 MiB)
+    into every run that never compiles; tests/test_spike_ops.py traces through the ops to keep it true.
+    (torch 2.0, which PopTorch 3.4 runs on, has no torch.compiler: the mark is ignored there.)"""
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 @_constant

@@ -22,7 +22,7 @@ import bench_unified  # noqa: E402
 from benchlib import Target  # noqa: E402
 
 TINY = ["--batch", "2", "--hidden", "8", "--steps", "16", "32", "--w1-steps", "16", "--sparse-steps", "32",
-        "--planner-steps", "32", "--repeats", "1", "--threads", "1"]
+        "--planner-steps", "32", "--wide-hidden", "8", "--wide-steps", "16", "--repeats", "1", "--threads", "1"]
 
 
 def run(*args, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -46,15 +46,20 @@ def test_unified_quick_run_measures_every_contender_and_writes_the_doc(tmp_path)
                     "checkpoint", "snntorch"):
             assert ("w2", key, steps) in measured
     assert {("w1", k, 16) for k in ("fused", "fused_sparse", "plain")} <= measured
+    assert {("sparse", k, 32) for k in ("fused_sparse", "fused_sparse_exact")} <= measured
+    wide = {(r["job"]["contender"], r["job"]["density"]) for r in data["rows"] if r["job"]["section"] == "wide"
+            and "median_ms" in r and r["job"]["net"] == "rlif2"}
+    assert wide == {(k, d) for k in ("fused", "fused_sparse", "fused_sparse_exact", "snntorch") for d in (0.05, 0.01)}
     planned = {r["job"]["schedule"]: r for r in data["rows"] if r["job"]["contender"] == "planned"}
     assert set(planned) == set(bench_unified.SCHEDULES)
     assert all(r["local_bytes"] > 0 and r["predicted_local_bytes"] > 0 for r in planned.values())
     checks = [r for r in data["rows"] if r["job"]["kind"] == "loss64"]
     assert len(checks) == 2 and all(c["sparse=true"]["loss_rel_diff"] < 1e-9 for c in checks)
+    assert all(c["sparse=auto"]["loss_rel_diff"] <= 1e-12 and c["sparse=auto"]["grad_rel_diff"] <= 1e-12 for c in checks)
     assert all(t["status"] in ("PASS", "MISS") for t in data["targets"]), data["targets"]
 
     doc = (tmp_path / "unified_loop.md").read_text()
-    assert "QUICK SMOKE RUN" in doc and "Hand-written why of each miss." in doc
+    assert "QUICK SMOKE RUN" in doc and "Hand-written why of each miss." in doc and "### W2-wide" in doc
     assert data["command"] in doc and "Load average" in doc
     assert all(t["target"] in doc for t in data["targets"])
     # the doc is rebuilt from the JSON alone

@@ -17,15 +17,17 @@ ROOT = Path(__file__).resolve().parents[2] / "ipu_snn"
 #: covers the module or package of that name and everything below it, and the most specific name decides;
 #: ``pkg.__init__`` is the package's own module alone.
 LAYERS = [
-    ("foundation", ["__init__", "errors", "config", "files", "devices", "neuron", "ops", "bptt", "data",
-                    "checkpoint", "run_folder", "reporting", "optim", "distributed", "saved_bytes"]),
+    ("foundation", ["errors", "config", "files", "devices", "neuron", "ops", "bptt", "data",
+                    "checkpoint", "run_folder", "reporting", "optim", "distributed", "saved_bytes", "selection", "init", "dropout"]),
     # the IPU's tile model and emulator sit with the planner, which costs IPU runs with the tile plan
-    ("model", ["layers", "executor", "network", "planner", "metrics", "interop",
+    ("model", ["layers", "executor", "network", "planner", "metrics", "interop", "taps", "losses",
                "ipu.__init__", "ipu.tiles", "ipu.emulator", "ipu.emulator_backend", "ipu.layer_emulator"]),
     ("training loop", ["loop"]),
     ("drivers", ["torch_driver", "ipu"]),
     ("entry points", ["train", "evaluate"]),
     ("cli", ["cli"]),
+    # the package's own module serves the Python API (ipu_snn.api) lazily: the top of the stack
+    ("api", ["api", "__init__"]),
 ]
 #: Packages of the Poplar SDK: only the PopTorch driver (ipu/) imports them.
 SDK = ("poptorch", "popdist", "popart")

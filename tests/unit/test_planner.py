@@ -31,7 +31,7 @@ def config(schedule="auto", model=None, **data):
 MODELS = {
     "dense": MODEL,
     "sparse": {**MODEL, "sparse": True, "sparse_capacity": 1.0},
-    "near": {**MODEL, "sparse": True, "sparse_capacity": 1.0, "sparse_grad": "spikes", "sparse_near": 0.0},
+    "near": {**MODEL, "sparse": True, "sparse_capacity": 1.0, "sparse_grad": "spikes", "sparse_grad_min_derivative": 0.0},
     "learned": {"layers": [{"type": "alif", "size": 20, "learn_decay": True}],
                 "readout": {"learn_decay": True, "reduce": "mean"}, "fused_saved_dtype": "float16"},
 }

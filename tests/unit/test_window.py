@@ -100,7 +100,7 @@ def test_the_generic_window_loop_equals_the_cpu_one(kernels):
 @pytest.mark.parametrize("surrogate, near, exact", [("triangle", 0.0, True), ("boxcar", 0.0, True),
                                                     ("fast_sigmoid", 0.0, True), ("fast_sigmoid", 0.5, False)])
 def test_listed_backward_is_exact_for_bounded_surrogates(surrogate, near, exact):
-    # sparse_grad: spikes with sparse_near: 0 lists every neuron whose surrogate derivative is not zero:
+    # sparse_grad: spikes with sparse_grad_min_derivative: 0 lists every neuron whose surrogate derivative is not zero:
     # the only ones a gradient of the spikes can reach, so nothing is lost (fast_sigmoid lists every
     # neuron: exact and dense; triangle and boxcar, of bounded support, list few)
     g = torch.Generator().manual_seed(7)
@@ -111,7 +111,7 @@ def test_listed_backward_is_exact_for_bounded_surrogates(surrogate, near, exact)
     base = {"layers": layers, "readout": {"reduce": "mean"}}
     dense = ModelConfig.model_validate(base)
     listed = ModelConfig.model_validate({**base, "sparse": True, "sparse_capacity": 1.0, "sparse_grad": "spikes",
-                                         "sparse_near": near})
+                                         "sparse_grad_min_derivative": near})
     expected = run(dense, frames, y)
     for loop in (TimeLoop(), TimeLoop(4, lambda n: revolve(n, 2))):
         got = run(listed, pack_inputs(frames), y, loop)
@@ -180,7 +180,7 @@ def test_overflow_is_an_error_naming_the_field_or_is_counted():
     assert out.dropped.sum().item() == 0
 
 
-def test_sparse_near_needs_the_fused_mode():
-    cfg = model(["rlif"], False, sparse=True, sparse_grad="spikes", sparse_near=0.0, fused=False)
-    with pytest.raises(UserError, match="sparse_near"):
+def test_sparse_grad_min_derivative_needs_the_fused_mode():
+    cfg = model(["rlif"], False, sparse=True, sparse_grad="spikes", sparse_grad_min_derivative=0.0, fused=False)
+    with pytest.raises(UserError, match="sparse_grad_min_derivative"):
         build_network(cfg, 7, 4, dt=1e-3)
