@@ -8,6 +8,7 @@ which prints its traceback and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -15,11 +16,37 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import UserError
+from .errors import STORAGE_ERRNOS, UserError
 
 EXIT_BUG = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+BUG_MESSAGE = ("[bold red]internal error[/]: the traceback above is a bug in ipu_snn, not a problem with the "
+               "config or the data; please report it with the traceback")
+
+
+def _number(low: float, high: float = math.inf, *, low_open: bool = False, what: str = "a number"):
+    """An argparse type: a finite float in [low, high] (``low_open``: above low); argparse exits 2 naming the
+    option otherwise."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+    return parse
+
+
+def output_file(path: str, option: str) -> Path:
+    """The file an option names for writing: a UserError unless its folder exists and it is not a folder."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise UserError(f"{option} {out} is a folder; name the file to write")
+    if not out.parent.is_dir():
+        raise UserError(f"{option} {out}: the folder {out.parent} does not exist; create it or choose another path")
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,10 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--device", help="h100, h200, a100, cpu, ipu-mk2, ipu-mk1 (default: the config's device)")
-    p.add_argument("--budget-gib", type=float, help="local memory budget (default: the device's memory)")
+    p.add_argument("--budget-gib", type=_number(0, low_open=True, what="a positive number of GiB"), help="local memory budget (default: the device's memory)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--plot", help="write a plot of memory against time per schedule to this file")
-    p.add_argument("--density", type=float, default=0.05,
+    p.add_argument("--density", type=_number(0, 1, what="a density between 0 and 1"), default=0.05,
                    help="input spike density of the inputs the CPU timing runs on (default 0.05)")
     p.add_argument("--no-measure", action="store_true",
                    help="cost the CPU from its spec instead of timing windows here (arithmetic only)")
@@ -61,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("nir",), default="nir", help="nir: the Neuromorphic Intermediate "
                    "Representation (pip install 'ipu_snn[nir]'; docs/nir.md)")
     p.add_argument("--out", help="file to write (default: RUN_DIR/model.nir)")
-    p.add_argument("--dt", type=float, help="seconds per step the graph's time constants are written for "
+    p.add_argument("--dt", type=_number(0, low_open=True, what="a positive number of seconds"), help="seconds per step the graph's time constants are written for "
                    "(default: the run's data step; snnTorch reads graphs with 1e-4)")
     p.add_argument("--keep-subtract-reset", action="store_true", help="write reset-by-subtraction layers as NIR LIF "
                    "(which resets to zero elsewhere), keeping the subtraction in metadata that ipu_snn reads back")
@@ -71,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
 def _export(args, console: Console) -> None:
     from .interop.nir import export_run
 
-    out = export_run(Path(args.run_dir), Path(args.out) if args.out else None, args.dt, args.keep_subtract_reset)
+    out = export_run(Path(args.run_dir), output_file(args.out, "--out") if args.out else None, args.dt,
+                     args.keep_subtract_reset)
     console.print(f"wrote {out}")
 
 
@@ -100,23 +128,26 @@ def _plan(args, console: Console) -> None:
     from .reporting import plan_table, plot_plan
 
     cfg = load_config(args.config, args.overrides)
+    plot = output_file(args.plot, "--plot") if args.plot else None
     n_inputs, n_classes = input_shape(cfg.data)
     budget = int(args.budget_gib * GiB) if args.budget_gib else None
     device = args.device or cfg.device
     spec = device_spec(device)
+    if spec.tiles:
+        import ipu_snn.ipu  # noqa: F401  (registers the tile model the planner plans an IPU with)
     # the bytes are arithmetic on shapes; the time is measured when the device is this machine's CPU
     costs = None
     if spec.name == "cpu" and not args.no_measure:
         costs = calibrate(cfg, n_inputs, n_classes, cfg.data.batch_size, args.density)
     result = plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, budget_bytes=budget, compare_all=True,
                   costs=costs)
-    if args.plot:
-        plot_plan(Path(args.plot), result)
+    if plot is not None:
+        plot_plan(plot, result)
     payload = result.to_json()
-    if spec.name.startswith("ipu"):
+    if spec.tiles:
         from .ipu.options import micro_batch_size
+        from .ipu.plan import largest_steps_table, plan_for_config
         from .ipu.tiles import tiles_json
-        from .planner import largest_steps_table, plan_for_config
 
         # per-tile account of one replica (its micro-batch, as the IPU trainer plans it) under the chosen
         # schedule and window (the configured schedule's leanest where nothing fits), and how long a
@@ -214,13 +245,21 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            traceback.print_exc(file=sys.stderr)
+            errors.print(BUG_MESSAGE, highlight=False, soft_wrap=True)
+            return EXIT_BUG
+        where = f"{exc.filename}: " if exc.filename else ""
+        errors.print(f"[bold red]error:[/] {escape(where)}{escape(exc.strerror or str(exc))} (a storage fault, not "
+                     "a bug: free space, raise the limit, or write elsewhere)", highlight=False, soft_wrap=True)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         errors.print("[yellow]interrupted[/]: the last complete checkpoint is kept; continue with --resume")
         return EXIT_INTERRUPTED
     except Exception:  # noqa: BLE001 (a broken internal contract: its traceback is the bug report)
         traceback.print_exc(file=sys.stderr)
-        errors.print("[bold red]internal error[/]: the traceback above is a bug in ipu_snn, not a problem with the "
-                     "config or the data; please report it with the traceback", highlight=False, soft_wrap=True)
+        errors.print(BUG_MESSAGE, highlight=False, soft_wrap=True)
         return EXIT_BUG
     return 0
 

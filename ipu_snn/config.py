@@ -10,6 +10,7 @@ import difflib
 import math
 import os
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -39,7 +40,18 @@ class _Strict(BaseModel):
     # a different model than the one the researcher wrote down. Strict types for
     # the same reason: `epochs: true` is not 1, nor `size: 2.5` 2 (a float field
     # still takes an int).
-    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True)
+    # No NaN or infinity anywhere: no field means "unbounded" by it, and one would only crash later.
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True, allow_inf_nan=False)
+
+
+#: The float32 range (the training dtype): the largest finite value and the smallest positive one.
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.401298464324817e-45
+
+
+def fits_float32(value: float) -> bool:
+    """Whether ``value`` is finite in float32 and not rounded to zero there (zero itself fits)."""
+    return value == 0 or FLOAT32_TINY <= abs(value) <= FLOAT32_MAX
 
 
 #: Seeds reach numpy's legacy seeding, which takes 32 bits; checked here so `validate` catches them.
@@ -405,6 +417,16 @@ class TrainingConfig(_Strict):
     def _loss_by_name(cls, value):
         return {"name": value} if isinstance(value, str) else value
 
+    @field_validator("lr", "weight_decay", "grad_clip")
+    @classmethod
+    def _fits_float32(cls, value: float | None) -> float | None:
+        # the optimizer works in the parameters' float32: a value that overflows or rounds to 0 there
+        # would crash optimizer.step or silently do nothing
+        if value is not None and not fits_float32(value):
+            raise ValueError(f"does not fit the float32 the optimizer works in (magnitudes from "
+                             f"{FLOAT32_TINY:.1e} to {FLOAT32_MAX:.1e})")
+        return value
+
 
 class BPTTConfig(_Strict):
     """How BPTT trades memory for recomputation (see ``ipu_snn.bptt.schedules``).
@@ -427,6 +449,14 @@ class BPTTConfig(_Strict):
     window: PositiveInt | None = None
 
 
+class DistributedConfig(_Strict):
+    """Runs of several processes (torchrun)."""
+
+    # seconds any process waits for the others (joining, each collective) before the run ends with exit 2
+    # naming the rank: a peer that died or was stopped ends every rank instead of hanging them
+    timeout_s: PositiveFloat = 300.0
+
+
 class IPUConfig(_Strict):
     """PopTorch settings; used only with device ipu / ipu-model."""
 
@@ -442,6 +472,7 @@ class Config(_Strict):
     training: TrainingConfig = TrainingConfig()
     bptt: BPTTConfig = BPTTConfig()
     ipu: IPUConfig = IPUConfig()
+    distributed: DistributedConfig = DistributedConfig()
     # ipu-emulator: the CPU, with every spike matmul run tile by tile on the IPU tile emulator (small models)
     device: Literal["cpu", "cuda", "ipu", "ipu-model", "ipu-emulator"] = "cpu"
     out_dir: str | None = None
@@ -473,7 +504,26 @@ class Config(_Strict):
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML file, apply ``a.b=c`` overrides, and validate."""
+    """Read a config from a YAML file, apply overrides, and validate it.
+
+    Parameters
+    ----------
+    path : str or Path
+        The YAML file.
+    overrides : sequence of str
+        ``a.b=c`` items, applied in order (``model.layers.0.size=256``; values are read as YAML).
+
+    Returns
+    -------
+    Config
+        The validated config, every default filled in.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or unreadable, an override names no field, or a value is invalid; the
+        message names the field.
+    """
     raw = read_yaml(path)
     for item in overrides:
         apply_override(raw, item)
@@ -512,8 +562,10 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9
 def parse_yaml(text: str, source: str, at: tuple = ()) -> Any:
     """The value of a YAML document (placed at the field path ``at``); a ConfigError naming ``source`` if
     it is not valid YAML or sets a key twice (plain YAML keeps the last one silently)."""
-    loader = _Loader(text)
+    _check_flow_depth(text, source)
+    loader = None
     try:
+        loader = _Loader(text)  # reads the first characters already: a control character fails here
         node = loader.get_single_node()
         if node is None:
             return None
@@ -521,8 +573,32 @@ def parse_yaml(text: str, source: str, at: tuple = ()) -> Any:
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to read (a config is a few levels deep)") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        if "digits" not in str(exc):
+            raise
+        raise ConfigError(f"{source}: an integer of more than {sys.get_int_max_str_digits()} digits; no field "
+                          "takes one") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+#: Brackets open at once beyond which a document is refused before it is parsed (the parser recurses per level).
+MAX_FLOW_DEPTH = 100
+
+
+def _check_flow_depth(text: str, source: str) -> None:
+    depth = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            if depth > MAX_FLOW_DEPTH:
+                raise ConfigError(f"{source}: nested too deeply to read (over {MAX_FLOW_DEPTH} open brackets; a "
+                                  "config is a few levels deep)")
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
 
 
 def _check_unique_keys(node: yaml.Node, path: tuple, source: str, seen_nodes: set) -> None:
@@ -574,8 +650,28 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def validate_config(raw: dict, source: str = "config") -> Config:
+    """Validate a config given as a dict (what a YAML file holds).
+
+    Parameters
+    ----------
+    raw : dict
+        The config's sections (``model``, ``data``, ``training``, ``bptt``, ``device``, ...).
+    source : str
+        What the errors say the config came from.
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ConfigError
+        Naming each invalid field.
+    """
     try:
         return Config.model_validate(raw)
+    except RecursionError:  # a structure built in Python, nested deeper than any config
+        raise ConfigError(f"{source}: invalid config: nested too deeply to read") from None
     except ValidationError as exc:
         lines = [format_error(err) for err in exc.errors()]
         raise ConfigError(f"{source}: invalid config\n" + "\n".join(f"  {line}" for line in lines)) from None

@@ -21,8 +21,63 @@ POPLAR_SDK_HINT = (
 )
 
 
-#: Config devices that PopTorch compiles for (ipu_snn.ipu.trainer trains on them); the model stays on the host.
-POPTORCH_DEVICES = ("ipu", "ipu-model")
+@dataclass(frozen=True)
+class Device:
+    """A config device: where its tensors live, what runs its kernels, what the planner plans for.
+
+    Parameters
+    ----------
+    tensors : str
+        The torch device type of the model's tensors (an IPU's model stays on the host).
+    spikes, neurons : str or None
+        The spike-product backend (ipu_snn.ops.registry) and the neuron-kernel backend
+        (ipu_snn.neuron.kernels) it runs; None: the default for its tensors (`TENSOR_DEFAULTS`).
+    spec : str
+        Its `DeviceSpec` for the planner (``cuda``: the GPU torch sees).
+    poptorch : bool
+        PopTorch compiles the model for it (ipu_snn.ipu.trainer trains it).
+    registered_by : str or None
+        The package above the registries whose import registers its backends (and its tile model
+        with the planner).
+    """
+
+    tensors: str
+    spikes: str | None = None
+    neurons: str | None = None
+    spec: str = "cpu"
+    poptorch: bool = False
+    registered_by: str | None = None
+
+
+#: The one device table: config device -> what runs it.
+DEVICES: dict[str, Device] = {
+    "cpu": Device("cpu"),
+    "cuda": Device("cuda", spec="cuda"),
+    # the model runs on the CPU; its spike products go tile by tile through the emulator (ipu_snn.ipu
+    # registers that backend), its neurons through the CPU kernels the tiles share
+    "ipu-emulator": Device("cpu", spikes="ipu_emulator", neurons="cpu", spec="ipu-mk2",
+                           registered_by="ipu_snn.ipu"),
+    "ipu": Device("cpu", spec="ipu-mk2", poptorch=True, registered_by="ipu_snn.ipu"),
+    "ipu-model": Device("cpu", spec="ipu-mk2", poptorch=True, registered_by="ipu_snn.ipu"),
+}
+#: torch device type -> (spike-product backend, neuron-kernel backend) its tensors get when none is named
+TENSOR_DEFAULTS: dict[str, dict[str, str]] = {"cpu": {"spikes": "cpu", "neurons": "cpu"},
+                                              "cuda": {"spikes": "triton", "neurons": "triton"}}
+#: Config devices that PopTorch compiles for; the model stays on the host.
+POPTORCH_DEVICES = tuple(name for name, device in DEVICES.items() if device.poptorch)
+
+
+def device(name: str) -> Device:
+    """The table's row of a config device."""
+    if name not in DEVICES:
+        raise DeviceError(f"device: unknown device '{name}'; known: {', '.join(DEVICES)}")
+    return DEVICES[name]
+
+
+def default_backend(column: str, device_type: str) -> str | None:
+    """The backend of ``column`` (``spikes`` or ``neurons``) that tensors of ``device_type`` get by default
+    (None: there is none)."""
+    return TENSOR_DEFAULTS.get(device_type, {}).get(column)
 
 
 def poptorch_available() -> bool:
@@ -30,31 +85,17 @@ def poptorch_available() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError("device: cuda was requested, but torch sees no CUDA GPU on this machine "
-                              f"(torch {torch.__version__}); use device: cpu or run where a GPU is visible")
-        return torch.device("cuda")
-    if name in POPTORCH_DEVICES:
+    """The torch device of a config device, checked: one asked for but missing is a DeviceError."""
+    row = device(name)
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("device: cuda was requested, but torch sees no CUDA GPU on this machine "
+                          f"(torch {torch.__version__}); use device: cpu or run where a GPU is visible")
+    if row.poptorch:
         if not poptorch_available():
             raise DeviceError(f"device: {name} needs PopTorch, which is not installed. {POPLAR_SDK_HINT}")
         # The model stays on the host; PopTorch compiles it for the IPUs (or the IPU Model).
         return torch.device("ipu")
-    if name == "ipu-emulator":
-        # The model runs on the CPU; its spike matmuls go tile by tile through the emulator (spike_backend).
-        return torch.device("cpu")
-    raise DeviceError(f"device: unknown device '{name}'")
-
-
-#: Config devices whose spike matmuls run on a backend other than their tensors' default.
-SPIKE_BACKENDS = {"ipu-emulator": "ipu_emulator"}
-
-
-def spike_backend(name: str) -> str | None:
-    """The spike-matmul backend a config device runs (None: the default for its tensors)."""
-    return SPIKE_BACKENDS.get(name)
+    return torch.device(row.tensors)
 
 
 # ----------------------------------------------------------------------------- specs
@@ -82,6 +123,8 @@ class DeviceSpec:
     # model.fused runs here (the fused time loop, forward-AD steps); not on an IPU, where PopART
     # differentiates the traced loop, so its plan counts what the plain step keeps
     fused: bool = True
+    # a run here is planned on the device's tiles, by the tile model its package registers with the planner
+    tiles: bool = False
 
 
 GiB = 2**30
@@ -100,9 +143,10 @@ SPECS: dict[str, DeviceSpec] = {
         # way (a peak; the sources are in ipu_snn/ipu/README.md, "Streaming memory")
         DeviceSpec("ipu-mk2", 1472 * 624 * 1024, 256 * GiB, 47.5e12, 32e9, 62.5e12, 5e-6,
                    "IPU Mk2 GC200: 1472 tiles x 624 KiB SRAM, 62.5 TFLOP/s fp32, streaming memory over PCIe Gen4 x16",
-                   fused=False),
+                   fused=False, tiles=True),
         DeviceSpec("ipu-mk1", 1216 * 256 * 1024, 256 * GiB, 45e12, 16e9, 31.1e12, 5e-6,
-                   "IPU Mk1 GC2: 1216 tiles x 256 KiB SRAM, 31.1 TFLOP/s fp32, PCIe Gen4 to the host", fused=False),
+                   "IPU Mk1 GC2: 1216 tiles x 256 KiB SRAM, 31.1 TFLOP/s fp32, PCIe Gen4 to the host", fused=False,
+                   tiles=True),
     ]
 }
 
@@ -116,7 +160,7 @@ def cpu_spec() -> DeviceSpec:
 
 def device_spec(name: str) -> DeviceSpec:
     """A spec by planner name (h100, h200, a100, cpu, ipu-mk2, ipu-mk1) or by config device."""
-    name = {"ipu": "ipu-mk2", "ipu-model": "ipu-mk2", "ipu-emulator": "ipu-mk2"}.get(name, name)
+    name = DEVICES[name].spec if name in DEVICES else name
     if name == "cuda":
         gpu = torch.cuda.get_device_name().lower() if torch.cuda.is_available() else "h100"
         name = next((k for k in ("h200", "h100", "a100") if k in gpu), "h100")

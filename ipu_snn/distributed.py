@@ -7,15 +7,20 @@ on IPU-PODs); this module only reads the environment they set up. A plain
 
 from __future__ import annotations
 
+import gc
 import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from .errors import DeviceError
+from .errors import DeviceError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -34,8 +39,11 @@ class DistContext:
         return self.world_size > 1
 
 
-def init_distributed(device: str) -> DistContext:
-    """Join the process group torchrun describes in the environment, if any."""
+def init_distributed(device: str, timeout_s: float = 300.0) -> DistContext:
+    """Join the process group torchrun describes in the environment, if any.
+
+    ``timeout_s`` bounds every wait on the other processes (joining, each collective): a peer that died or
+    was stopped ends this process with a ``LostPeer`` error instead of a hang."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
@@ -48,18 +56,55 @@ def init_distributed(device: str) -> DistContext:
             torch.cuda.set_device(local_rank)
         elif device != "cpu":
             raise DeviceError(f"device: {device} does not run under torchrun; IPU-PODs are launched with poprun")
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        with peers(DistContext(rank, world, local_rank), timeout_s):
+            dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
     return DistContext(rank, world, local_rank)
 
 
-def shutdown(ctx: DistContext, clean: bool = True) -> None:
+class LostPeer(TrainingError):
+    """Another process of the run died, or stopped answering for longer than the timeout."""
+
+
+@contextmanager
+def peers(ctx: DistContext, timeout_s: float) -> Iterator[None]:
+    """Turn the backend's error for a peer that died or stopped answering into one ``LostPeer`` message
+    naming this process's rank (torch raises a ``DistError``, or a plain RuntimeError from DDP's hooks)."""
+    try:
+        yield
+    except (dist.DistError, RuntimeError) as exc:
+        text = str(exc)
+        if not isinstance(exc, dist.DistError) and not any(
+                word in text for word in ("Gloo", "gloo", "Connection", "NCCL", "Timed out", "timed out")):
+            raise
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+        raise LostPeer(f"rank {ctx.rank} of {ctx.world_size}: lost contact with the other processes of the run (one "
+                       f"died, or stopped answering for {timeout_s:g} s, distributed.timeout_s): {first[:300]}") from None
+
+
+def shutdown(ctx: DistContext, clean: bool = True, release: Callable[[], None] | None = None) -> None:
+    """Leave the process group, in one fixed order on every rank.
+
+    1. ``release()`` drops what holds the group (DDP's module and its Reducer), and the garbage collector
+       frees it now: freed later, in whatever frame drops it last, the group's destructor joins gloo's
+       worker thread while holding the GIL, and that thread may be waiting for the GIL itself (a hang
+       after a run that succeeded).
+    2. After a clean run every rank meets at a barrier, so that none tears down while a peer still sends
+       (gloo aborts such a process); after an error a peer may never arrive, so then no barrier.
+    3. A pause without the GIL lets gloo's worker thread finish with the barrier's work.
+    4. ``destroy_process_group``, before the interpreter exits.
+    """
+    if release is not None:
+        release()
+    gc.collect()
     if ctx.active and dist.is_initialized():
-        # gloo aborts a process that tears down its group while a peer is still
-        # sending; meeting at a barrier first lets every rank leave together.
-        # After an error a peer may never arrive, so then leave at once.
         if clean:
             dist.barrier()
-        dist.destroy_process_group()
+        time.sleep(0.05)
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 (after an error: the error on its way out is the one to report)
+            if clean:
+                raise
 
 
 def barrier(ctx: DistContext) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .neuron.bits import pack_spikes
+from .core.bits import pack_spikes
 from .neuron.window import SpikeTrain
 
 _M = 0xFFFFFFFF

@@ -8,6 +8,12 @@ arguments it does not take, a state that cannot happen) is a bug, not a
 RuntimeError, ...), and the CLI prints its traceback and exits with status 1.
 """
 
+import errno
+
+#: OS errors of the machine's storage, never of ipu_snn: a full disk or quota, a file over ``ulimit -f``, a
+#: read-only filesystem, no permission. Whatever command meets one exits 2 naming the path.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
 
 class UserError(Exception):
     """A problem in the user's input or environment, explained in the message."""
@@ -27,3 +33,7 @@ class DeviceError(UserError):
 
 class TrainingError(UserError):
     """Training cannot continue (diverged loss, unusable checkpoint, ...)."""
+
+
+class StorageError(TrainingError):
+    """The run folder cannot be written or has gone (a full disk, a read-only filesystem, a deleted folder)."""

@@ -21,10 +21,27 @@ from .torch_driver import evaluate, load_backends
 
 def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, with_metrics: bool = False,
                  say: Callable[[str], None] = print, checkpoint: str = "latest"):
-    """Loss and accuracy of the run's newest intact checkpoint on ``split`` (test, val or train), on
-    ``device`` (default: the run's own, the host CPU for IPU runs); ``with_metrics`` adds a third item,
-    the NeuroBench-style metrics (ipu_snn.metrics) of that split; ``say`` hears which checkpoints were
-    passed over, and why; ``checkpoint``: latest, or best (the best validation epoch's, training.keep_best)."""
+    """Evaluate the newest intact checkpoint of a run folder.
+
+    Parameters
+    ----------
+    run_dir : Path
+        A folder written by `ipu_snn.train.train`.
+    split : {"test", "val", "train"}
+    device : str or None
+        Where to evaluate (default: the run's own device; the host CPU for IPU runs).
+    with_metrics : bool
+        Also return the NeuroBench-style metrics (`ipu_snn.metrics`) of that split.
+    say : callable
+        Hears which checkpoints were passed over, and why.
+    checkpoint : {"latest", "best"}
+        The newest intact checkpoint, or the best validation epoch's (``training.keep_best``).
+
+    Returns
+    -------
+    tuple
+        (loss, accuracy), and with ``with_metrics`` the metrics as a third item.
+    """
     if checkpoint == "best" and not (run_dir / BEST).is_dir():
         raise TrainingError(f"{run_dir}: no best checkpoint ({run_dir / BEST} is missing): the run was trained "
                             "without training.keep_best: true")

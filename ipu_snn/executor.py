@@ -40,8 +40,16 @@ from .bptt import Schedule, ScanStats, scan
 
 @dataclass(frozen=True)
 class TimeLoop:
-    """How the executor runs T steps: windows of ``window`` steps (None: one window of T) and a
-    schedule over the windows (a function of their count; None: store_all, every window taped)."""
+    """How the executor runs T steps.
+
+    Parameters
+    ----------
+    window : int or None
+        Steps per window (None: one window of T).
+    schedule : callable or None
+        The number of windows -> the BPTT `Schedule` over them (``lambda n: revolve(n, 4)``);
+        None: store_all, every window taped.
+    """
 
     window: int | None = None
     schedule: Callable[[int], Schedule] | None = None
@@ -59,11 +67,31 @@ def window_bounds(steps: int, window: int) -> list[tuple[int, int]]:
 
 def scan_windows(module: nn.Module, x: Tensor, state0, steps: int, loop: TimeLoop,
                  stats: ScanStats | None = None) -> tuple[Tensor, object]:
-    """Every window's output, stacked [W, B, ...], with gradients by the loop's schedule, and the final state.
+    """Run T steps window by window, differentiable under the loop's schedule.
 
-    ``module(state, x, t0, t1) -> (state after step t1 - 1, the window's output [B, ...])``;
-    ``x`` (the batch, caller-owned) is read by each window; its bytes are not
-    counted as the schedule's."""
+    Parameters
+    ----------
+    module : nn.Module
+        ``module(state, x, t0, t1) -> (state after step t1 - 1, the window's output [B, ...])``; its
+        parameters are what backward differentiates.
+    x : Tensor
+        The batch (caller-owned), read by each window; its bytes are not counted as the schedule's.
+    state0 : nested tuple of Tensor or None
+        The state before step 0.
+    steps : int
+        T.
+    loop : TimeLoop
+        Windows and schedule.
+    stats : ScanStats or None
+        Filled with the executor's accounting (windows run, bytes kept) when given.
+
+    Returns
+    -------
+    ys : Tensor
+        Every window's output, stacked [W, B, ...].
+    state : nested tuple
+        The state after the last step.
+    """
     bounds = loop.bounds(steps)
     named = list(module.named_parameters())
     names, params = [n for n, _ in named], [p for _, p in named]

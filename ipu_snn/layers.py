@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .neuron.bits import pack_spikes
+from .core.bits import pack_spikes
 from .neuron.reference import li_step, step
 from .neuron.spec import NeuronSpec
 from .neuron.surrogates import spike, straight_through_spike
@@ -80,12 +80,6 @@ def torch_products(inputs: Inputs, synapses: Synapses, policy: SparsePolicy, sit
                                  near=inputs.near, where=site.text)
     # per sample: the rows of a window are (step, sample) pairs
     return out, dropped.reshape(-1, dropped.shape[-1]).sum(0, dtype=torch.int64)
-
-
-def traced_dense_products(inputs: Inputs, synapses: Synapses, policy: SparsePolicy, site: Site):
-    """Products made of plain ops only, which a tracer differentiates itself (dense, whatever the policy)."""
-    x = inputs if isinstance(inputs, Tensor) else inputs.z
-    return F.linear(x, synapses.weight.t(), synapses.bias), None
 
 
 def _decay(module: nn.Module, name: str, n: int, value: float, learn: bool) -> None:

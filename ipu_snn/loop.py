@@ -1,8 +1,9 @@
 """The training loop, one for every device: epochs, validation, metrics, checkpoints, summary, NaN guard, resume.
 
 Per epoch: run the driver's optimizer steps with a progress bar, step the LR
-schedule, validate, append a row to metrics.csv, redraw curves.png, write
-summary.json, save a checkpoint. Everything needed to continue (weights,
+schedule, validate, save a checkpoint, then append a row to metrics.csv, redraw
+curves.png and write summary.json (results never describe an epoch without a
+checkpoint, so a folder is always resumable or restartable). Everything needed to continue (weights,
 optimizer, scheduler, RNG streams, metric history) is in the checkpoint, so
 ``--resume`` ends where an uninterrupted run would.
 
@@ -27,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
-from .checkpoint import load_weights, save_checkpoint
+from .checkpoint import load_weights, point_latest, save_checkpoint
 from .config import Config, dump_config
 from .data import DataSplits, input_shape, load_splits
 from .devices import POPTORCH_DEVICES, device_spec
@@ -39,7 +40,7 @@ from .network import SpikingNetwork, count_parameters
 from .optim import make_scheduler
 from .planner import Plan, calibrate, plan, refusal
 from .reporting import RateColumn, TensorBoardLog, percent, plot_curves, rate_text, write_metrics_csv, write_summary
-from .run_folder import check_can_start, claim_run_folder, newest_intact_checkpoint, out_dir_path
+from .run_folder import check_can_start, claim_run_folder, newest_intact_checkpoint, out_dir_path, storage_faults
 from .losses import check_objective
 from .selection import BEST, is_best_epoch, selection_metric, should_stop
 
@@ -130,13 +131,17 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
                       compare_all=True)
     if bytes_plan.choice is None:
         raise ConfigError(refusal(bytes_plan))
-    check_can_start(out_dir, resume, check_lock=driver.is_main)
+    if check_can_start(out_dir, resume, check_lock=driver.is_main):
+        console.out(f"note: {out_dir} holds no checkpoint (its run stopped in the first epoch); starting from "
+                    "epoch 1", style="yellow")
+        resume = False
     splits = load_splits(cfg.data, cfg.training.seed)  # before writing anything: bad data leaves no run folder
     if splits.val is None and (cfg.training.keep_best or cfg.training.early_stopping is not None):
         raise ConfigError("training.keep_best and training.early_stopping rank epochs by their validation "
                           "metrics, but the run has no validation split: set data.val_split above 0")
     if driver.is_main:
         owned.enter_context(claim_run_folder(out_dir, resume, say=console.out))
+        owned.enter_context(storage_faults(out_dir))
     tensorboard = open_tensorboard(cfg, out_dir) if driver.is_main else None
 
     seed_everything(cfg.training.seed)
@@ -173,12 +178,14 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
     run_start = time.perf_counter()
     try:
         with progress_bar(console) as progress:
+            epochs_run = 0
             for epoch in range(len(history) + 1, cfg.training.epochs + 1):
                 if should_stop(history, cfg.training):
                     progress.console.print(f"early stopping after epoch {epoch - 1}: "
                                            f"{cfg.training.early_stopping.metric} has not improved for "
                                            f"{cfg.training.early_stopping.patience} epochs")
                     break
+                epochs_run += 1
                 row = {"epoch": epoch, "lr": driver.optimizer.param_groups[0]["lr"]}
                 row |= train_epoch(driver, cfg, epoch, progress)
                 scheduler.step()
@@ -188,20 +195,23 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
                     row |= prefixed("val_", driver.evaluate(splits.val))
                 history.append(row)
                 wall = wall_before + time.perf_counter() - run_start
-                if driver.is_main:
-                    write_reports(out_dir, history, run_summary(history, wall, driver.network) | driver.summary())
-                    if tensorboard:
-                        tensorboard.log(row, epoch)
+                if driver.is_main:  # the checkpoint first: results never describe an epoch that has none
                     state = {"epoch": epoch, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                              "rng": rng_state(), "history": history, "wall_s": wall,
                              "config": cfg.model_dump(mode="json")}
                     save_checkpoint(out_dir, epoch, driver.network, state, keep=cfg.training.keep_checkpoints)
                     if cfg.training.keep_best and is_best_epoch(history, selection_metric(cfg.training)):
                         save_checkpoint(out_dir / BEST, epoch, driver.network, state, keep=1)
+                    write_reports(out_dir, history, run_summary(history, wall, driver.network) | driver.summary())
+                    if tensorboard:
+                        tensorboard.log(row, epoch)
                 driver.barrier()
                 progress.console.print(epoch_line(row, cfg.training.epochs))
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, row, driver.network)
+        if resume and driver.is_main and epochs_run == 0:
+            # nothing left to train: LATEST and the kept checkpoints still become what a run leaves
+            point_latest(out_dir, previous.folder, cfg.training.keep_checkpoints)
         test = driver.evaluate(splits.test)
     finally:
         if tensorboard:
@@ -296,7 +306,7 @@ _MEASURABLE = ("cpu", "cuda")  # ipu-emulator: planned on the tiles of a Mk2
 
 def input_density(dataset, samples: int = 16) -> float:
     """The mean spike density of the first samples of a dataset (packed bits or frames)."""
-    from .neuron.bits import count_spikes
+    from .core.bits import count_spikes
 
     total = active = 0
     for i in range(min(samples, len(dataset))):

@@ -89,7 +89,7 @@ class WorkloadTally:
         if x.dtype == torch.uint8:
             # packed bits are binary, so every step is an accumulate step; unpacked a few steps at a time,
             # since a whole long batch unpacked would outweigh the training step it follows
-            from .neuron.bits import unpack_spikes
+            from .core.bits import unpack_spikes
 
             ac = sum(unpack_spikes(chunk, n_inputs, torch.uint8).sum(dim=(0, 1), dtype=torch.float64).cpu()
                      for chunk in x.detach().split(64, dim=1))

@@ -10,13 +10,13 @@ from torch import Tensor, nn
 
 from .bptt import ScanStats
 from .config import ModelConfig
-from .devices import spike_backend
+from .devices import device as device_row
 from .errors import ConfigError
 from .executor import TimeLoop, scan_windows, unroll_windows
 from .dropout import drop, keep_mask
 from .init import initialize
 from .layers import STEP_MODES, LayerPolicies, LIReadout, Products, SpikingLayer, StepMode, torch_products
-from .neuron.bits import pack_spikes
+from .core.bits import pack_spikes
 from .neuron.spec import NeuronSpec
 from .neuron.surrogates import surrogate
 from .neuron.window import SAVED_DTYPES, SpikeTrain
@@ -59,7 +59,7 @@ class SpikingNetwork(nn.Module):
     """
 
     def __init__(self, layers: list[SpikingLayer], readout: LIReadout, reduce: str, n_inputs: int,
-                 mode: StepMode, loop: TimeLoop = TimeLoop(), input_policy: SparsePolicy = SparsePolicy()):
+                 mode: StepMode, loop: TimeLoop = TimeLoop()):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.readout = readout
@@ -221,7 +221,7 @@ def listed_backward(cfg: ModelConfig, fused: bool, device: str = "cpu") -> list[
     its products are sparse (model.sparse) and it runs fused (whose kernels find the near-threshold
     neurons) on a device without a spike backend of its own (ipu-emulator's network op lists spikes only).
     ``spikes`` lists them wherever the products are sparse, exact or not."""
-    fused = fused and spike_backend(device) is None
+    fused = fused and device_row(device).spikes is None
     plans = []
     for layer in cfg.layers:
         if cfg.sparse is False or cfg.sparse_grad == "dense":
@@ -253,30 +253,51 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
                   products: Products = torch_products) -> SpikingNetwork:
     """Build the network of ``cfg`` and decide, once, how it runs.
 
-    ``dt`` (seconds per step) turns time constants given as ``tau`` into per-step decays;
-    ``loop``: the windows and BPTT schedule of the executor; ``device``: the config's device
-    (a device with its own spike-matmul backend, ipu-emulator, gets it in every sparse product
-    and needs model.sparse: true); ``mode``: the step mode (None: from model.fused);
-    ``products``: how products run (a tracer supplies its own). Spike counts
-    (``binary_inputs=False``) are multiplied densely."""
+    Parameters
+    ----------
+    cfg : ModelConfig
+        The config's ``model`` section.
+    n_inputs, n_classes : int
+        Input channels and output classes (``ipu_snn.data.input_shape(cfg.data)`` gives both).
+    dt : float
+        Seconds per step: turns time constants given as ``tau`` into per-step decays.
+    loop : TimeLoop
+        The executor's windows and BPTT schedule (default: one window, every step kept).
+    binary_inputs : bool
+        The inputs are spikes (multiplied as the policy says); False: spike counts, multiplied densely.
+    device : str
+        The config's device; its row of the device table (``ipu_snn.devices.DEVICES``) gives the
+        backends (ipu-emulator runs every product on its own backend and needs ``model.sparse: true``).
+    mode : {"fused", "autograd", "straight_through"} or None
+        The step mode (None: from ``model.fused``).
+    products : callable
+        How products run (a tracer supplies its own).
+
+    Returns
+    -------
+    SpikingNetwork
+        Its ``forward(x)`` takes a batch [B, T, inputs] (float frames, or packed bits as uint8) and
+        returns a `NetworkOutput` (logits, spike rates, spikes dropped).
+    """
     mode = step_mode(cfg) if mode is None else mode
     if mode not in STEP_MODES:
         raise ValueError(f"unknown step mode {mode!r}")
-    backend = spike_backend(device)
+    row = device_row(device)
+    backend = row.spikes
     if backend is not None and cfg.sparse is not True:
         raise ConfigError(f"model.sparse: device {device} runs every spike matmul on the {backend} backend, "
                           f"so it needs model.sparse: true (got {cfg.sparse!r})")
     if backend is not None and backend not in backend_names():
         raise ValueError(f"device {device} needs the {backend} spike backend, which ipu_snn.ipu registers: "
                          "import ipu_snn.ipu before building the network")
-    torch_device = torch.device("cuda" if device == "cuda" else "cpu")
+    torch_device = torch.device(row.tensors)
     if cfg.sparse_grad_min_derivative is not None and mode != "fused":
         raise ConfigError("model.sparse_grad_min_derivative lists near-threshold neurons from the fused kernels' "
                           "surrogate derivative, so it needs the fused step mode (model.fused: auto or true)")
     grads = listed_backward(cfg, mode == "fused", device)
     no_lists = ListedGrad(False, False, None)
     saved = SAVED_DTYPES[cfg.fused_saved_dtype]
-    kernels = "cpu" if device == "ipu-emulator" else None
+    kernels = row.neurons
     layers, n_in = [], n_inputs
     input_policy = _policy(cfg, n_in, cfg.layers[0].size, torch_device, backend, no_lists) if binary_inputs \
         else SparsePolicy()

@@ -17,18 +17,17 @@ line through the two); for another device, from its spec (`analytic_costs`).
 A schedule's time is then its window counts times these costs
 (``bptt.predicted_time``), plus the optimizer step.
 
-On an IPU the tiles decide (ipu_snn.ipu.tiles): every candidate schedule and
-window is laid out on the tiles, it fits when every tile fits its SRAM (and
-the off-chip checkpoints the streaming memory), and its time is the tile
-plan's model. `plan_for_config` gives the tile plan of the window chosen, and
-`largest_steps` the longest sequence each schedule fits on one IPU.
+On an IPU the tiles decide: every candidate schedule and window is laid out on
+the tiles by the tile model ipu_snn.ipu registers (`register_tile_planner`), it
+fits when every tile fits its SRAM (and the off-chip checkpoints the streaming
+memory), and its time is the tile plan's model.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -43,9 +42,10 @@ FLOAT_BYTES = 4
 #: windows the planner considers (steps), besides one window of T when T is at most the largest
 WINDOWS = (16, 32, 64, 128, 256, 512)
 SAVED_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-#: what the plain autograd loop (model.fused: false, or an attached reset) keeps per LIF neuron and step:
-#: membrane, threshold distance, spikes and the reset's operands (measured, docs/benchmarks/training_step.md)
-AUTOGRAD_BYTES_PER_NEURON_STEP = 24
+#: float32 values the plain autograd loop (model.fused: false, or an attached reset) keeps per neuron and step
+#: for each state variable (the membrane; ALIF's adaptation too), besides the spikes as bits: counted by the
+#: executor, and held to it by tests/unit/test_planner.py's autograd models
+AUTOGRAD_FLOATS_PER_STATE = 1
 
 
 def _packed(n: int) -> int:
@@ -144,9 +144,9 @@ class NetShape:
             per_step = _packed(layer.n) + layer.n * layer.neuron.saved_bytes_per_neuron_step(self.saved_bytes,
                                                                                             layer.learn_decay)
             if not self.fused:  # the autograd loop keeps each op's inputs instead: an estimate
-                per_step = layer.n * AUTOGRAD_BYTES_PER_NEURON_STEP * layer.states
+                per_step = _packed(layer.n) + layer.n * FLOAT_BYTES * AUTOGRAD_FLOATS_PER_STATE * layer.states
                 if layer.learn_decay:
-                    per_step += layer.n * self.saved_bytes * layer.states
+                    per_step += layer.n * self.saved_bytes * layer.states  # the pre-step state: v_prev, a_prev
             if self.near:
                 per_step += _packed(layer.n)
             if layer.dropout:  # the mask (a bool per spike) and the bits of the spikes that pass
@@ -416,7 +416,7 @@ def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int, budget
     costs = costs or analytic_costs(shape, spec)
     generic = costs.at(WINDOWS[0], shape.state_bytes())  # two_level's search only compares relative costs
     factories = candidates(cfg.bptt, generic, compare_all)
-    tiles = _tile_planner(cfg, spec, n_inputs, n_classes, shape.batch) if _is_ipu(spec) else None
+    tiles = _tile_planner(cfg, spec, n_inputs, n_classes, shape.batch)
     if tiles is not None:
         budget_bytes = spec.local_bytes  # the tiles' SRAM: a tile plan fits it or not
     strategies = []
@@ -451,23 +451,25 @@ def refusal(p: Plan) -> str:
 
 # ------------------------------------------------------------------------------ IPU: the tiles decide
 
+#: DeviceSpec name -> its tile model: ``(cfg, spec, n_inputs, n_classes, batch, suggest)`` -> a function of
+#: ``(T, window, schedule over the windows)`` giving the run's TilePlan. The package that models a device's
+#: tiles sits above this layer and registers it when imported (ipu_snn.ipu for the IPUs).
+TILE_PLANNERS: dict[str, Callable] = {}
 
-def _is_ipu(spec: DeviceSpec) -> bool:
-    from .ipu.tiles import TILE_GEOMETRY
 
-    return spec.name in TILE_GEOMETRY
+def register_tile_planner(spec_name: str, planner: Callable) -> None:
+    """Plan runs on devices of ``spec_name`` on their tiles with ``planner`` (see `TILE_PLANNERS`)."""
+    TILE_PLANNERS[spec_name] = planner
 
 
 def _tile_planner(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int, suggest: bool = False):
-    """(T, window, schedule over the windows) -> the TilePlan of the config's network on one IPU."""
-    from .ipu.tiles import TimeOnTiles, plan_tiles
-
-    def tiles(steps: int, window: int, schedule: Schedule):
-        return plan_tiles(cfg.model, n_inputs, n_classes, batch, spec, cfg.model.sparse_capacity,
-                          time=TimeOnTiles(steps, min(window, steps), schedule),
-                          surrogate_bytes=SAVED_BYTES[cfg.model.fused_saved_dtype], suggest=suggest)
-
-    return tiles
+    """The tile model's planner of ``spec`` bound to the config's network, or None for a device without tiles."""
+    if not spec.tiles:
+        return None
+    if spec.name not in TILE_PLANNERS:
+        raise RuntimeError(f"{spec.name} is planned on its tiles, and no tile model is registered for it: "
+                           "import ipu_snn.ipu (which registers the IPUs') before planning")
+    return TILE_PLANNERS[spec.name](cfg, spec, n_inputs, n_classes, batch, suggest)
 
 
 def _on_tiles(name: str, sched: Schedule, tiles) -> Strategy:
@@ -478,86 +480,5 @@ def _on_tiles(name: str, sched: Schedule, tiles) -> Strategy:
                     tiles.max_tile_bytes)
 
 
-def plan_for_config(cfg: Config, n_inputs: int, n_classes: int, batch: int, spec: DeviceSpec | None = None,
-                    result: Plan | None = None):
-    """The tile plan of a run's config on one IPU, as ``ipu-snn plan`` and the IPU trainer make it.
-
-    ``batch``: the samples one IPU holds at once (the trainer's micro-batch); ``spec``: default, the
-    config's device (``ipu``, ``ipu-model`` and ``ipu-emulator`` plan for a Mk2); ``result``: the plan
-    already made for them. The time loop is the planner's choice for the config: its schedule (for
-    ``auto`` the fastest that fits) with the fastest window that fits the tiles, and the stored
-    surrogate at ``model.fused_saved_dtype``. When nothing fits, the configured schedule's leanest
-    window, refused with what would fit (another schedule, a smaller batch, smaller layers).
-    """
-    from .devices import device_spec
-
-    spec = spec or device_spec(cfg.device)
-    p = result or plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes, batch=batch)
-    chosen = p.chosen or min((s for s in p.strategies if s.name == cfg.bptt.schedule or cfg.bptt.schedule == "auto"),
-                             key=lambda s: s.peak_bytes)
-    windows = -(-p.T // chosen.window)
-    factory = p.factories[chosen.name]
-    sched = store_all(windows) if factory is None else factory(windows)
-    tiles = _tile_planner(cfg, spec, n_inputs, n_classes, batch, suggest=True)(p.T, chosen.window, sched)
-    if not tiles.fits:
-        others = p if len(p.strategies) > 1 else plan(cfg, spec, n_inputs=n_inputs, n_classes=n_classes,
-                                                      batch=batch, compare_all=True)
-        if others.fastest and others.fastest != chosen.name:
-            tiles = replace(tiles, suggestion=f"{tiles.suggestion} Or bptt.schedule={others.fastest}, which fits "
-                                              "(ipu-snn plan compares every schedule).".strip())
-    return tiles
-
-
-def largest_steps(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int,
-                  factory: Callable[[int], Schedule] | None, cap: int) -> tuple[int, int | None]:
-    """The largest T <= ``cap`` whose time loop fits one IPU's tiles under ``factory`` (None: store_all),
-    with some window of `window_choices`; and that window (None when not even T = 1 fits)."""
-    from .ipu.tiles import TimeOnTiles, fits_on_tiles
-
-    def window_that_fits(steps: int) -> int | None:
-        for window in window_choices(steps, cfg.bptt.window):
-            time = TimeOnTiles.of(steps, window, factory)
-            if fits_on_tiles(cfg.model, n_inputs, n_classes, batch, spec, time, cfg.model.sparse_capacity,
-                             surrogate_bytes=SAVED_BYTES[cfg.model.fused_saved_dtype]):
-                return window
-        return None
-
-    if window_that_fits(1) is None:
-        return 0, None
-    low = 1  # doubling first keeps the schedules it builds small
-    while low * 2 <= cap and window_that_fits(low * 2) is not None:
-        low *= 2
-    if low * 2 > cap:
-        window = window_that_fits(cap)
-        if window is not None:
-            return cap, window
-    high = min(cap, low * 2)  # fits at low, not at high
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (mid, high) if window_that_fits(mid) is not None else (low, mid)
-    return low, window_that_fits(low)
-
-
-#: how much longer than store_all's the largest-T search looks (the seed paper's bar is 10x)
-LARGEST_T_FACTOR = 100
-
-
-def largest_steps_table(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int) -> dict:
-    """For every candidate schedule, the largest T that fits one IPU's tiles, next to store_all's; the
-    search stops at LARGEST_T_FACTOR times store_all's (reported as ``at_cap``)."""
-    generic = Costs()  # two_level's interval search compares relative costs only
-    factories = candidates(cfg.bptt, generic, compare_all=True)
-    base, base_window = largest_steps(cfg, spec, n_inputs, n_classes, batch, None, cap=1 << 30)
-    cap = max(1, base) * LARGEST_T_FACTOR
-    table = {}
-    for name, factory in factories.items():
-        steps, window = (base, base_window) if factory is None else largest_steps(
-            cfg, spec, n_inputs, n_classes, batch, factory, cap)
-        table[name] = {"T": steps, "window": window, "at_cap": factory is not None and steps >= cap,
-                       "vs_store_all": round(steps / base, 2) if base else None}
-    return {"cap": cap, "batch": batch, "schedules": table}
-
-
 __all__ = ["LayerShape", "NetShape", "Plan", "Strategy", "WindowCosts", "analytic_costs", "calibrate", "candidates",
-           "largest_steps", "largest_steps_table", "plan", "plan_for_config", "refusal", "schedule_factory",
-           "window_choices"]
+           "plan", "refusal", "register_tile_planner", "schedule_factory", "window_choices"]

@@ -12,6 +12,8 @@ only a hint, checked before it is believed.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 from contextlib import ExitStack, contextmanager
@@ -19,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .checkpoint import FOLDER, LATEST, checkpoint_folders, read_checkpoint
-from .errors import TrainingError
+from .checkpoint import FOLDER, LATEST, checkpoint_folders, odd_entries, odd_entry_message, read_checkpoint
+from .errors import STORAGE_ERRNOS, StorageError, TrainingError
 from .files import TEMP_PREFIX, LockBusy, held_lock, lock_holder, lock_is_held
 
 LOCK = ".lock"
-#: Files a run writes besides its checkpoints; any of them means the folder holds a run.
+#: Files a run writes besides its checkpoints, each after the checkpoint of the epoch it describes.
 RESULTS = ("metrics.csv", "summary.json", "curves.png")
 
 
@@ -43,20 +45,46 @@ def out_dir_path(out: str | Path) -> Path:
     return path
 
 
-def check_can_start(run_dir: Path, resume: bool, check_lock: bool = True) -> None:
+def check_can_start(run_dir: Path, resume: bool, check_lock: bool = True) -> bool:
     """Refuse a run that would overwrite another or that has nothing to resume, and (``check_lock``)
     one into a folder another run is using. Only the process that will own the folder checks the
-    lock: under torchrun or poprun, the others would see their own run's owner holding it."""
+    lock: under torchrun or poprun, the others would see their own run's owner holding it.
+
+    Every folder a run left is resumable or restartable: one with a checkpoint continues with
+    ``--resume``; one without a checkpoint and without a finished summary (a run stopped in its first
+    epoch) starts again, with or without ``--resume``. Returns whether ``--resume`` starts from epoch 0.
+    """
     if check_lock and lock_is_held(run_dir / LOCK):
         raise _in_use(run_dir, lock_holder(run_dir / LOCK))
+    odd = odd_entries(run_dir)
+    if odd:
+        raise TrainingError(odd_entry_message(odd[0]))
     checkpoints = checkpoint_folders(run_dir)  # intact or not: a new run must not delete them either
     results = [name for name in RESULTS if (run_dir / name).exists()]
-    if not resume and (checkpoints or results):
-        what = f"checkpoint {checkpoints[-1].name}" if checkpoints else ", ".join(results)
+    finished = finished_summary(run_dir)
+    if not resume and (checkpoints or finished):
+        what = f"checkpoint {checkpoints[-1].name}" if checkpoints else "a finished run: " + ", ".join(results)
         raise TrainingError(f"{run_dir} already holds a run ({what}); pass --resume to continue it, or choose "
                             "another --out")
     if resume and not checkpoints:
-        raise TrainingError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} to continue from")
+        started = results or (run_dir / "config.yaml").exists()
+        if finished or not started:
+            why = " (a finished run whose checkpoints were removed)" if finished else ""
+            raise TrainingError(f"--resume: no checkpoint in {run_dir / 'checkpoints'} to continue from{why}")
+        return True
+    return False
+
+
+def finished_summary(run_dir: Path) -> bool:
+    """Whether ``summary.json`` is a finished run's (it has the test results); an unreadable one counts as
+    finished, so that nothing overwrites what cannot be checked."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return False
+    try:
+        return "test_accuracy" in json.loads(path.read_bytes())
+    except (OSError, ValueError, TypeError):
+        return True
 
 
 def _in_use(run_dir: Path, holder: str) -> TrainingError:
@@ -88,9 +116,39 @@ def claim_run_folder(run_dir: Path, resume: bool, say: Callable[[str], None]) ->
             check_can_start(run_dir, resume, check_lock=False)  # the lock is this process's now
             yield
         except BaseException:
-            if created and [p.name for p in run_dir.iterdir()] == [LOCK]:
+            if created and _holds_only_the_lock(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
+
+
+def _holds_only_the_lock(run_dir: Path) -> bool:
+    try:  # never raises: it runs while another error is on its way out (the folder may be gone)
+        return [p.name for p in run_dir.iterdir()] == [LOCK]
+    except OSError:
+        return False
+
+
+@contextmanager
+def storage_faults(run_dir: Path) -> Iterator[None]:
+    """Turn a storage fault writing the run folder into a StorageError naming the path: a full disk, a file
+    over ``ulimit -f``, a read-only filesystem, or the folder deleted or renamed under the run. What was
+    written before stays: the newest complete checkpoint is the one ``--resume`` continues from."""
+    try:
+        yield
+    except OSError as exc:
+        gone = not (run_dir / LOCK).exists()
+        inside = exc.filename is not None and Path(os.path.abspath(exc.filename)).is_relative_to(
+            os.path.abspath(run_dir))
+        if exc.errno not in STORAGE_ERRNOS and not (exc.errno == errno.ENOENT and (gone or inside)):
+            raise
+        if gone:
+            raise StorageError(f"the run folder {run_dir} has gone (deleted or renamed while the run wrote to it); "
+                               "the run stopped") from None
+        path = exc.filename or run_dir
+        kept = checkpoint_folders(run_dir)
+        keep = (f"the last checkpoint ({kept[-1].name}) is kept; free space or fix the folder, then continue with "
+                "--resume") if kept else "no checkpoint was written yet"
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}; the run stopped and {keep}") from None
 
 
 def remove_leftovers(run_dir: Path) -> list[str]:

@@ -7,6 +7,7 @@ prints and writes. A plain ``ipu-snn train`` is the world-size-1 case.
 
 from __future__ import annotations
 
+import importlib
 from contextlib import nullcontext
 from typing import Callable, Iterator, TypeVar
 
@@ -17,9 +18,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .config import Config
 from .data import DataSplits, make_loader
-from .devices import resolve_device, spike_backend
+from .devices import device as device_row, resolve_device
 from .distributed import (DistContext, GlobalBatchSampler, all_reduce_sum, barrier, broadcast_object,
-                          init_distributed, shutdown)
+                          init_distributed, peers, shutdown)
 from .errors import ConfigError
 from .executor import TimeLoop
 from .losses import Objective, make_objective
@@ -33,9 +34,10 @@ T = TypeVar("T")
 
 
 def load_backends(device: str) -> None:
-    """Register the spike backend a config device needs from above the registry: ipu-emulator's lives in ipu/."""
-    if device == "ipu-emulator":
-        import ipu_snn.ipu  # noqa: F401  (registers the emulator's spike backend)
+    """Import the package that registers the backends a config device needs from above the registries
+    (ipu-emulator's live in ipu/), as the device table names it."""
+    if device_row(device).registered_by is not None:
+        importlib.import_module(device_row(device).registered_by)
 
 
 def prepare_kernels(cfg: Config, device: torch.device) -> None:
@@ -44,9 +46,9 @@ def prepare_kernels(cfg: Config, device: torch.device) -> None:
     from .neuron.kernels import resolve
 
     if step_mode(cfg.model) == "fused":
-        resolve(None, device)
+        resolve(device_row(cfg.device).neurons, device)
     if cfg.model.sparse is not False:
-        resolve_backend(spike_backend(cfg.device), device)
+        resolve_backend(device_row(cfg.device).spikes, device)
 
 
 def _to_device(batch, device: torch.device):
@@ -89,7 +91,8 @@ class TorchDriver:
         load_backends(cfg.device)
         device = resolve_device(cfg.device)
         self.cfg = cfg
-        self.ctx = ctx = init_distributed(cfg.device)
+        self.timeout_s = cfg.distributed.timeout_s
+        self.ctx = ctx = init_distributed(cfg.device, self.timeout_s)
         self.is_main = ctx.is_main
         self.device = torch.device("cuda", ctx.local_rank) if device.type == "cuda" and ctx.active else device
         scale = ctx.world_size if cfg.data.batch_scope == "per_device" else 1
@@ -103,7 +106,13 @@ class TorchDriver:
 
     def decide(self, choose: Callable[[], T]) -> T:
         # every process runs what rank 0 chose, whatever its own measurements say
-        return broadcast_object(self.ctx, choose() if self.is_main else None)
+        choice = choose() if self.is_main else None
+        with self.peers():
+            return broadcast_object(self.ctx, choice)
+
+    def peers(self):
+        """Where this process waits on the others: a lost peer is a LostPeer error naming this rank."""
+        return peers(self.ctx, self.timeout_s)
 
     def build(self, cfg: Config, splits: DataSplits, loop: TimeLoop, initial_weights: dict | None) -> None:
         self.cfg = cfg
@@ -129,8 +138,9 @@ class TorchDriver:
 
     def start(self, splits: DataSplits) -> None:
         device, ctx = self.device, self.ctx
-        self.model = DDP(self.network, device_ids=[device.index] if device.type == "cuda" else None) \
-            if ctx.active else self.network
+        with self.peers():  # DDP's constructor broadcasts the weights
+            self.model = DDP(self.network, device_ids=[device.index] if device.type == "cuda" else None) \
+                if ctx.active else self.network
         self.sampler = GlobalBatchSampler(len(splits.train), self.global_batch, ctx,
                                           accumulation=self.cfg.training.grad_accumulation, seed=self.cfg.training.seed)
         self.loader = make_loader(splits.train, self.sampler)
@@ -140,32 +150,39 @@ class TorchDriver:
         return len(self.sampler.steps())
 
     def train_steps(self, epoch: int) -> Iterator[Tensor]:
-        model, ctx, optimizer = self.model, self.ctx, self.optimizer
+        model = self.model
         model.train()
         self.sampler.set_epoch(epoch)
         accumulation = self.cfg.training.grad_accumulation
         batches = iter(self.loader)
         for global_n in self.sampler.steps():
-            optimizer.zero_grad(set_to_none=True)
-            stats = None
-            for micro in range(accumulation):
-                x, y = _to_device(next(batches), self.device)
-                # DDP averages gradients over processes; scaling the summed loss by
-                # world/global_n makes the result the mean over the whole global batch
-                sync = micro == accumulation - 1 or not ctx.active
-                with model.no_sync() if not sync else nullcontext():
-                    out = model(x, taps=self.objective.taps)
-                    loss_sum, scores = self.objective(out, y, x.shape[1])
-                    (loss_sum * (ctx.world_size / global_n)).backward()
-                micro_stats = torch.tensor([loss_sum.item(), (scores.argmax(1) == y).sum().item(), y.numel(),
-                                            out.dropped.sum().item(), *out.rates.detach().sum(0).tolist()],
-                                           dtype=torch.float64)
-                stats = micro_stats if stats is None else stats + micro_stats
-            stats = torch.tensor(all_reduce_sum(ctx, stats.tolist(), self.device), dtype=torch.float64)
-            if self.cfg.training.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.training.grad_clip)
-            optimizer.step()
+            with self.peers():  # DDP's gradient hooks and the statistics' sum wait on the other processes
+                stats = self._step(model, batches, global_n, accumulation)
             yield stats
+
+    def _step(self, model, batches, global_n: int, accumulation: int) -> Tensor:
+        """One optimizer step over ``accumulation`` micro-batches; its statistics summed over the processes."""
+        ctx, optimizer = self.ctx, self.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        stats = None
+        for micro in range(accumulation):
+            x, y = _to_device(next(batches), self.device)
+            # DDP averages gradients over processes; scaling the summed loss by
+            # world/global_n makes the result the mean over the whole global batch
+            sync = micro == accumulation - 1 or not ctx.active
+            with model.no_sync() if not sync else nullcontext():
+                out = model(x, taps=self.objective.taps)
+                loss_sum, scores = self.objective(out, y, x.shape[1])
+                (loss_sum * (ctx.world_size / global_n)).backward()
+            micro_stats = torch.tensor([loss_sum.item(), (scores.argmax(1) == y).sum().item(), y.numel(),
+                                        out.dropped.sum().item(), *out.rates.detach().sum(0).tolist()],
+                                       dtype=torch.float64)
+            stats = micro_stats if stats is None else stats + micro_stats
+        stats = torch.tensor(all_reduce_sum(ctx, stats.tolist(), self.device), dtype=torch.float64)
+        if self.cfg.training.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.training.grad_clip)
+        optimizer.step()
+        return stats
 
     def lr_changed(self) -> None:
         pass  # the optimizer's steps read its learning rate
@@ -175,15 +192,22 @@ class TorchDriver:
 
     def evaluate(self, dataset) -> dict:
         tally = WorkloadTally()
-        loss, accuracy = evaluate(self.network, dataset, self.global_batch, self.device, self.ctx, tally,
-                                  self.objective)
+        with self.peers():
+            loss, accuracy = evaluate(self.network, dataset, self.global_batch, self.device, self.ctx, tally,
+                                      self.objective)
         return {"loss": loss, "accuracy": accuracy} | tally.metrics(self.network.state_dict())
 
     def barrier(self) -> None:
-        barrier(self.ctx)
+        with self.peers():
+            barrier(self.ctx)
 
     def summary(self) -> dict:
         return {"device": str(self.device), "processes": self.ctx.world_size}
 
     def close(self, clean: bool) -> None:
-        shutdown(self.ctx, clean=clean)
+        with self.peers():
+            shutdown(self.ctx, clean=clean, release=self._release)
+
+    def _release(self) -> None:
+        """Drop DDP's module (its Reducer holds the process group) and the loader before the group goes."""
+        self.model = self.loader = None

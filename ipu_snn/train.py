@@ -33,22 +33,28 @@ def make_driver(cfg: Config) -> Driver:
 
 def train(cfg: Config | Mapping | str | Path, out: str | Path, *, resume: bool = False,
           console: Console | None = None, on_epoch_end: OnEpochEnd | None = None) -> dict:
-    """Train as the config says into the run folder ``out``; returns the summary also written to summary.json.
+    """Train as the config says, on its device, writing a run folder.
+
+    Every process of a multi-process run (torchrun, poprun) calls this; only the main one prints and writes.
 
     Parameters
     ----------
     cfg : Config, dict or path
-        The config, or a dict or YAML file validated into one.
+        The run's config (`ipu_snn.config.load_config`), or a dict or YAML file validated into one.
     out : str or Path
-        The run folder (created; an existing run is continued only with ``resume``).
+        The run folder: ``metrics.csv``, ``summary.json``, ``curves.png``, ``config.yaml``, ``checkpoints/``
+        (created; an existing run is continued only with ``resume``).
     resume : bool
-        Continue the run in ``out`` from its newest intact checkpoint.
-    console : rich.console.Console, optional
+        Continue from the folder's newest intact checkpoint.
+    console : rich.console.Console or None
         Where progress goes (default: the terminal).
-    on_epoch_end : callable, optional
-        ``on_epoch_end(epoch, row, network)`` after each epoch's checkpoint.
+    on_epoch_end : callable or None
+        Called after each epoch's checkpoint with (epoch, its row of metrics, the network).
 
-    Every process of a multi-process run (torchrun, poprun) calls this; only the main one prints and writes.
+    Returns
+    -------
+    dict
+        The summary, also written to ``summary.json``.
     """
     if not isinstance(cfg, Config):
         cfg = validate_config(dict(cfg)) if isinstance(cfg, Mapping) else load_config(cfg)

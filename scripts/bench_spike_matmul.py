@@ -7,10 +7,11 @@ point it times the forward alone and forward + backward of
   * dense:         z @ W with torch (cpu: fp32; cuda: fp32 with TF32 off, TF32, bf16)
   * embedding_bag: torch's gather-sum over the same id lists (its backward only
                    gives the weight gradient: it has no notion of z)
-  * ours:          ipu_snn.ops (cpu: the C++ backend; cuda: Triton). "matmul" is
-                   spike_matmul on ready-made SparseSpikes; "layer" is
-                   sparse_linear on the dense 0/1 z, so it includes compaction,
-                   and its backward gives both gradients (z: sparse, at spikes).
+  * ours:          ipu_snn.ops.spike_product, the product training runs, over the
+                   spikes as packed bits (cpu: the C++ backend; cuda: Triton), sparse.
+                   "matmul" differentiates the weight alone; "layer" is given the
+                   dense 0/1 z too, and its backward gives both gradients (z:
+                   sparse, at spikes).
 
 Capacity K is each batch's largest spike count, so nothing overflows. Methods
 are timed interleaved (one run of each in turn) so that load drifting on a
@@ -46,7 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from benchlib import machine
-from ipu_snn.ops import SparseSpikes, sparse_linear, spike_matmul
+from ipu_snn.core.bits import pack_spikes
+from ipu_snn.ops import SparsePolicy, SparseSpikes, spike_product
 
 FULL_GRID = {"batch": [16, 128, 256], "n": [1024, 4096], "density": [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]}
 QUICK_GRID = {"batch": [16, 128], "n": [1024], "density": [0.01, 0.05, 0.2]}
@@ -135,20 +137,25 @@ def methods(device: str, z: torch.Tensor, weight: torch.Tensor, capacity: int
         "forward+backward": lambda: torch.autograd.grad(
             F.embedding_bag(flat_ids, wg, offsets, mode="sum"), wg, grad_out),
     }
+    bits = pack_spikes(z)
+
+    def ours(name: str, listed: bool) -> SparsePolicy:
+        return SparsePolicy("sparse", capacity, listed_grad=listed, backend=name)
+
     table["ours_matmul"] = {
-        "forward": lambda: spike_matmul(spikes, weight, backend=backend),
+        "forward": lambda: spike_product(bits, weight, None, ours(backend, False))[0],
         "forward+backward": lambda: torch.autograd.grad(
-            spike_matmul(spikes, wg, backend=backend), wg, grad_out),
+            spike_product(bits, wg, None, ours(backend, False))[0], wg, grad_out),
     }
     table["ours_layer"] = {
-        "forward": lambda: sparse_linear(z, weight, capacity, backend=backend).output,
+        "forward": lambda: spike_product(bits, weight, None, ours(backend, True), z=z)[0],
         "forward+backward": lambda: torch.autograd.grad(
-            sparse_linear(zg, wg, capacity, backend=backend).output, (zg, wg), grad_out),
+            spike_product(bits, wg, None, ours(backend, True), z=zg)[0], (zg, wg), grad_out),
     }
     if device == "cuda":
         table["ours_layer_sorted"] = {
             "forward+backward": lambda: torch.autograd.grad(
-                sparse_linear(zg, wg, capacity, backend="triton_sorted").output, (zg, wg), grad_out),
+                spike_product(bits, wg, None, ours("triton_sorted", True), z=zg)[0], (zg, wg), grad_out),
         }
     return table
 

@@ -96,7 +96,7 @@ def packed_batch(batch: int, steps: int, density: float, device: torch.device) -
 
 
 def float_batch(batch: int, steps: int, density: float, device: torch.device) -> torch.Tensor:
-    from ipu_snn.neuron.bits import unpack_spikes
+    from ipu_snn.core.bits import unpack_spikes
 
     return unpack_spikes(packed_batch(batch, steps, density, torch.device("cpu")), N_INPUTS).to(device)
 

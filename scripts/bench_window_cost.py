@@ -105,7 +105,7 @@ def measure(args) -> dict:
             with torch.no_grad():
                 outs = layer_forward()
             z = torch.cat(outs).detach()
-            from ipu_snn.neuron.bits import pack_spikes
+            from ipu_snn.core.bits import pack_spikes
             from ipu_snn.neuron.window import SpikeTrain
 
             h = SpikeTrain(z.requires_grad_(), pack_spikes(z.detach()), None)

@@ -289,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact(
   return {ids, counts, near_counts, dropped, near_dropped};
 }
 
-// compact for spikes given as packed bits [R, ceil(n / 8)] (ipu_snn/neuron/bits.py),
+// compact for spikes given as packed bits [R, ceil(n / 8)] (ipu_snn/core/bits.py),
 // with optional near-threshold bits of the same shape: the lists of compact,
 // without ever forming the dense [R, n] spikes.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_bits(

@@ -242,7 +242,7 @@ inline int64_t spike_ids(const uint8_t* bits, int64_t n, int64_t capacity, int32
 }
 
 // compact_row for spikes given as packed bits (neuron j is bit j % 8 of byte
-// j / 8, ipu_snn/neuron/bits.py): the same lists, in the same order, from
+// j / 8, ipu_snn/core/bits.py): the same lists, in the same order, from
 // ceil(n / 8) bytes instead of n values. `near_bits` may be null; a neuron set
 // in both counts as a spike. Walking set bits with a count-trailing-zeros
 // keeps the cost proportional to the spikes, not to n.

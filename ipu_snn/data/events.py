@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
-from .recordings import SpikeRecordings, read_recordings
+from .recordings import SpikeRecordings, per_sample, node, read_recordings
 
 
 @dataclass(frozen=True)
@@ -45,23 +45,50 @@ def scan(path: Path) -> FileShape:
 @lru_cache(maxsize=16)
 def _scan(path: Path, stamp: int | None) -> FileShape:
     # the stamp keys the cache to the file's version: input_shape and load_splits both ask, once each per run
+    if stamp is None:
+        read_recordings(path, 1, 2)  # raises the reader's DataError: missing, or not a file
     try:
-        with h5py.File(path, "r") as f:
-            units = f["spikes/units"][()]
-            labels = np.asarray(f["labels"][()], np.int64)
-            attrs = dict(f.attrs)
-            n_keys = len(f["extra/keys"]) if "extra/keys" in f else 0
-    except (OSError, KeyError):
-        read_recordings(path, 1, 2)  # raises the reader's DataError: missing, not HDF5, or missing datasets
+        handle = h5py.File(path, "r")
+    except OSError:
+        read_recordings(path, 1, 2)  # raises the reader's DataError: not HDF5, unreadable
         raise
-    max_unit = max((int(u.max()) for u in units if len(u)), default=-1)
-    stored_classes = attrs.get("n_classes", n_keys or None)
-    return FileShape(max_unit, int(labels.max(initial=-1)), _int_or_none(attrs.get("n_channels")),
-                     _int_or_none(stored_classes))
+    with handle as f:
+        units = per_sample(f, "spikes/units", path)
+        labels = per_sample(f, "labels", path)
+        attrs = dict(f.attrs)
+        keys = node(f, "extra/keys", path)
+        n_keys = len(keys) if isinstance(keys, h5py.Dataset) and keys.ndim == 1 else 0
+    if labels.dtype.kind not in "iuf":
+        raise DataError(f"{path}: labels are {labels.dtype} values; they must be class indices (whole numbers)")
+    tops = []
+    for i, u in enumerate(units):
+        u = np.asarray(u)
+        if u.ndim != 1 or u.dtype.kind not in "iuf":
+            raise DataError(f"{path}: sample {i}: units must be a list of channel indices, got "
+                            f"{f'dtype {u.dtype}' if u.ndim == 1 else f'shape {u.shape}'}")
+        if u.size:
+            if not np.isfinite(u).all():
+                raise DataError(f"{path}: sample {i}: units must be whole numbers (channel indices); found NaN or "
+                                "infinity")
+            tops.append(u.max())
+    labels = labels.astype(np.float64)  # whole or not, checked by the reader; the largest is all that counts here
+    finite = labels[np.isfinite(labels)]
+    stored_classes = _count_attribute(attrs, "n_classes", path)
+    return FileShape(int(max(tops, default=-1)), int(finite.max(initial=-1)),
+                     _count_attribute(attrs, "n_channels", path), stored_classes or n_keys or None)
 
 
-def _int_or_none(value) -> int | None:
-    return None if value is None else int(np.asarray(value).item())
+def _count_attribute(attrs: dict, name: str, path: Path) -> int | None:
+    """A root attribute that counts something (n_channels, n_classes): a positive whole number, or absent."""
+    if name not in attrs:
+        return None
+    value = np.asarray(attrs[name])
+    if value.size != 1 or value.dtype.kind not in "iuf":
+        raise DataError(f"{path}: the attribute {name} must be one whole number, got {attrs[name]!r:.80}")
+    number = value.item()
+    if not np.isfinite(number) or number != int(number) or number < 1:
+        raise DataError(f"{path}: the attribute {name} must be a positive whole number, got {number!r}")
+    return int(number)
 
 
 def _agree(what: str, field: str, configured: int | None, stored: dict[Path, int | None], largest: dict[Path, int],

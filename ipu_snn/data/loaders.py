@@ -1,6 +1,6 @@
 """From a data config to train, validation and test datasets of spike frames.
 
-Binary inputs reach the model as packed bits (ipu_snn/neuron/bits.py): 1 bit per
+Binary inputs reach the model as packed bits (ipu_snn/core/bits.py): 1 bit per
 channel and step instead of a 4-byte float, so a long batch stays small (at
 T = 1600, 32 samples of 700 channels are 4.5 MiB instead of 143 MiB), and a
 window of it is unpacked (or multiplied sparsely) only while that window runs.
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..neuron.bits import pack_spikes
+from ..core.bits import pack_spikes
 from .binning import bin_events, pooled_channels
 from .recordings import SpikeRecordings, read_recordings
 from .synthetic import ensure_synthetic

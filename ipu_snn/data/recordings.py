@@ -56,9 +56,10 @@ def read_recordings(path: str | Path, n_channels: int, n_classes: int) -> SpikeR
         missing = [name for name in REQUIRED if name not in f]
         if missing:
             raise DataError(f"{path}: not an SHD/SSC-layout file; missing dataset(s) {', '.join(missing)}")
-        times, units, labels = (_per_sample(f, name, path) for name in REQUIRED)
-        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in np.atleast_1d(f["extra/keys"][()])] \
-            if isinstance(f.get("extra/keys"), h5py.Dataset) else []
+        times, units, labels = (per_sample(f, name, path) for name in REQUIRED)
+        stored_keys = node(f, "extra/keys", path)
+        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in np.atleast_1d(stored_keys[()])] \
+            if isinstance(stored_keys, h5py.Dataset) else []
     recordings = SpikeRecordings([np.asarray(t) for t in times], [np.asarray(u) for u in units], np.asarray(labels),
                                  n_channels, n_classes, keys)
     check_recordings(recordings, str(path))
@@ -71,16 +72,29 @@ def read_recordings(path: str | Path, n_channels: int, n_classes: int) -> SpikeR
                            recordings.labels.astype(np.int64), n_channels, n_classes, keys)
 
 
-def _per_sample(f: h5py.File, name: str, path: Path) -> np.ndarray:
+def node(f: h5py.File, name: str, path: Path):
+    """The group or dataset at ``name``, None if there is none; a DataError naming it if it is a link that
+    does not resolve (a dangling soft link, an external link to a missing file)."""
+    if name not in f:
+        return None
+    try:
+        return f[name]
+    except (KeyError, OSError) as exc:  # h5py: the link is there, what it points to is not
+        raise DataError(f"{path}: {name} is a link that does not resolve ({exc})") from None
+
+
+def per_sample(f: h5py.File, name: str, path: Path) -> np.ndarray:
     """A dataset with one entry per sample, read whole; a DataError naming it if it is anything else."""
-    node = f[name]
-    if not isinstance(node, h5py.Dataset):
+    node_ = node(f, name, path)
+    if node_ is None:
+        raise DataError(f"{path}: not an SHD/SSC-layout file; missing dataset {name}")
+    if not isinstance(node_, h5py.Dataset):
         raise DataError(f"{path}: {name} is a group; the SHD/SSC layout has a dataset there")
-    if node.ndim != 1:
-        what = "a scalar" if node.ndim == 0 else f"of shape {node.shape}"
+    if node_.ndim != 1:
+        what = "a scalar" if node_.ndim == 0 else f"of shape {node_.shape}"
         raise DataError(f"{path}: {name} is {what}; the SHD/SSC layout has one entry per sample there (1-D)")
     try:
-        return node[()]
+        return node_[()]
     except (OSError, TypeError, ValueError) as exc:  # h5py's ways of saying the stored data cannot be read
         raise DataError(f"{path}: {name} cannot be read ({exc})") from None
 
@@ -97,15 +111,20 @@ def check_recordings(rec: SpikeRecordings, source: str) -> None:
         raise DataError(f"{source}: {len(rec.times)} spike-time lists, {len(rec.units)} unit lists "
                         f"and {n} labels; they must have one entry per sample")
     _check_whole(rec.labels, source, "labels", "class indices")
+    events = 0
     for i, (t, u) in enumerate(zip(rec.times, rec.units)):
         for field, values in (("times", t), ("units", u)):
             if values.ndim != 1 or values.dtype.kind not in "iuf":
                 got = f"dtype {values.dtype}" if values.ndim == 1 else f"shape {values.shape}"
                 raise DataError(f"{source}: sample {i}: {field} must be a list of numbers, got {got}")
+        if t.dtype.kind in "iu" and t.size:
+            raise DataError(f"{source}: sample {i}: spike times are integers ({t.dtype}); they must be seconds as "
+                            "floats (integers are usually milliseconds or microseconds: divide and store floats)")
         if t.shape != u.shape:
             raise DataError(f"{source}: sample {i} has {t.size} spike times but {u.size} units")
         if not t.size:
             continue
+        events += t.size
         if not np.isfinite(t).all() or t.min() < 0:
             raise DataError(f"{source}: sample {i} has negative or non-finite spike times")
         if t.max() > MAX_SPIKE_TIME_S:
@@ -116,6 +135,8 @@ def check_recordings(rec: SpikeRecordings, source: str) -> None:
         if u.min() < 0 or u.max() >= rec.n_channels:
             raise DataError(f"{source}: sample {i} has unit {int(u.max() if u.max() >= rec.n_channels else u.min())} "
                             f"outside [0, {rec.n_channels})")
+    if not events:
+        raise DataError(f"{source}: none of its {n} samples holds a spike; a network cannot learn from silence")
     bad = np.flatnonzero((rec.labels < 0) | (rec.labels >= rec.n_classes))
     if bad.size:
         raise DataError(f"{source}: {bad.size} label(s) outside [0, {rec.n_classes}), "

@@ -87,8 +87,29 @@ def _neuron_node(nir, beta: np.ndarray, dt: float, threshold: float | None, meta
 
 def export_graph(cfg: Config, weights: dict[str, torch.Tensor], dt: float | None = None,
                  keep_subtract_reset: bool = False):
-    """The NIR graph of a network with this config and these weights (state_dict keys), its time
-    constants for steps of ``dt`` seconds (default: the data's step)."""
+    """The NIR graph of a network.
+
+    Parameters
+    ----------
+    cfg : Config
+        The network's config.
+    weights : dict of str to Tensor
+        Its weights, under the network's ``state_dict`` keys.
+    dt : float or None
+        Seconds per step the graph's time constants are written for (default: the data's step).
+    keep_subtract_reset : bool
+        Write reset-by-subtraction layers as NIR LIF, keeping the subtraction in the node's metadata
+        (which ipu_snn reads back); otherwise such a layer is refused.
+
+    Returns
+    -------
+    nir.NIRGraph
+
+    Raises
+    ------
+    ConfigError
+        Naming the layer NIR cannot express (ALIF; a subtracting reset without ``keep_subtract_reset``).
+    """
     nir = import_nir()
     dt = float(dt or cfg.data.step_seconds)
     n_inputs = weights["layers.0.fc.weight"].shape[0]
@@ -137,7 +158,22 @@ def write_graph(graph, path: Path) -> None:
 
 def export_run(run_dir: Path, out: Path | None = None, dt: float | None = None,
                keep_subtract_reset: bool = False) -> Path:
-    """Write the newest intact checkpoint of a run folder as a NIR file (default ``RUN/model.nir``)."""
+    """Write the newest intact checkpoint of a run folder as a NIR file.
+
+    Parameters
+    ----------
+    run_dir : Path
+        A folder written by `ipu_snn.train.train`.
+    out : Path or None
+        The file to write (default ``RUN/model.nir``), atomically.
+    dt, keep_subtract_reset
+        As for `export_graph`.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
     from ..config import load_config
     from ..run_folder import newest_intact_checkpoint
 
@@ -393,9 +429,27 @@ def graph_to_model(graph, dt: float, source: str = "graph") -> ImportedModel:
 
 
 def resolve_from_nir(cfg: Config) -> tuple[Config, dict[str, torch.Tensor]]:
-    """``model.from_nir`` made concrete: the config with the graph's layers and readout (and no
-    from_nir), and the graph's weights under the network's state_dict keys, for
-    ``load_state_dict(strict=True)``. Refuses, naming the node, what the network cannot hold."""
+    """``model.from_nir`` made concrete.
+
+    Parameters
+    ----------
+    cfg : Config
+        A config whose ``model.from_nir`` names a NIR file (its time constants read at ``model.nir_dt``,
+        default the data's step).
+
+    Returns
+    -------
+    cfg : Config
+        The config with the graph's layers and readout, and no ``from_nir``.
+    weights : dict of str to Tensor
+        The graph's weights under the network's ``state_dict`` keys, for ``load_state_dict(strict=True)``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the node, for what the network cannot hold, or a graph whose inputs or classes differ
+        from the data's.
+    """
     from ..data import input_shape
 
     path = Path(cfg.model.from_nir).expanduser()

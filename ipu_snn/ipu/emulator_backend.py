@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ipu_snn.ipu.emulator import Tile, hold_list, one_thread, reduce_scatter
 from ipu_snn.ipu.tiles import TILE_GEOMETRY, packed_bytes, split_even
-from ipu_snn.neuron.bits import unpack_spikes
+from ipu_snn.core.bits import unpack_spikes
 from ipu_snn.ops.backend import SpikeKernels
 
 NAME = "ipu_emulator"

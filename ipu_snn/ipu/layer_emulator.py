@@ -65,7 +65,7 @@ from ipu_snn.bptt import Advance, Free, Load, Reverse, Store
 from ipu_snn.errors import UserError
 from ipu_snn.ipu.emulator import Tile, hold_list, one_thread, reduce_scatter, release_list, scatter_values
 from ipu_snn.ipu.tiles import INDEX_BYTES, MatmulPlan, PopulationPlan, TilePlan, chunk_sizes
-from ipu_snn.neuron.bits import unpack_spikes
+from ipu_snn.core.bits import unpack_spikes
 from ipu_snn.neuron.ops import neuron_step_bwd, neuron_step_fwd
 from ipu_snn.ops.reference import listed_mask
 

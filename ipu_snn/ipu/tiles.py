@@ -331,10 +331,6 @@ class PopulationPlan:
         """(tile, neuron_begin, neuron_end) for every tile of the range."""
         return [(self.tile_begin + j, b, e) for j, (b, e) in enumerate(split_even(self.population.neurons, self.tiles))]
 
-    def selector(self, sample: int) -> int:
-        """The tile that builds ``sample``'s spike list (see the module docstring)."""
-        return self.tile_begin + sample % self.tiles
-
 
 @dataclass(frozen=True)
 class TilePlan:

@@ -26,8 +26,8 @@ from ..errors import ConfigError
 from ..executor import TimeLoop
 from ..loop import STEP_STATS, check_overflow
 from ..network import SpikingNetwork, count_parameters
-from ..planner import plan_for_config
 from .model import Evaluation, TrainingStep, build_traced
+from .plan import plan_for_config
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
 from .recomputation import recomputation_for
 from .sdk import import_popdist, import_poptorch

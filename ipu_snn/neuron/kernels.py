@@ -11,12 +11,12 @@ fallback.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from ..core.backends import BackendTable
 from ..errors import DeviceError
 from . import reference
 from .params import neuron_params
@@ -38,41 +38,16 @@ class NeuronKernels:
     leaky_backward: Callable | None = None
 
 
-_LOADERS: dict[str, Callable[[], NeuronKernels]] = {}
-
-#: The backend a tensor device gets when none is named.
-DEFAULT_FOR_DEVICE = {"cpu": "cpu", "cuda": "triton"}
-
-
-def register(name: str, loader: Callable[[], NeuronKernels]) -> None:
-    """Add a backend; ``loader`` runs on first use and may raise DeviceError."""
-    _LOADERS[name] = loader
-    load.cache_clear()
-
-
-def names() -> list[str]:
-    return sorted(_LOADERS)
-
-
-@functools.cache
-def load(name: str) -> NeuronKernels:
-    if name not in _LOADERS:
-        raise ValueError(f"unknown neuron-kernel backend {name!r}; known: {', '.join(names())}")
-    return _LOADERS[name]()
+#: neuron-kernel backend name -> its kernels; the default per device is the device table's (ipu_snn.devices)
+BACKENDS: BackendTable[NeuronKernels] = BackendTable("neuron-kernel", "neurons")
+register = BACKENDS.register
+names = BACKENDS.names
+load = BACKENDS.load
 
 
 def resolve(name: str | None, device: torch.device) -> NeuronKernels:
     """The kernels of ``name`` (None: the default for ``device``), checked against the device."""
-    if name is None:
-        name = DEFAULT_FOR_DEVICE.get(device.type)
-        if name is None:
-            raise DeviceError(f"no fused neuron kernels run on device type {device.type!r}; "
-                              f"defaults exist for {sorted(DEFAULT_FOR_DEVICE)}")
-    kernels = load(name)
-    if device.type not in kernels.device_types:
-        raise DeviceError(f"neuron-kernel backend {name!r} runs on {sorted(kernels.device_types)} tensors, "
-                          f"not on {device.type!r}")
-    return kernels
+    return load(BACKENDS.resolve(name, device))
 
 
 def _reference() -> NeuronKernels:

@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from .bits import packed_row_bytes
+from ..core.bits import packed_row_bytes
 from .kernels import resolve
 from .models import MODELS
 from .spec import RESETS, NeuronSpec

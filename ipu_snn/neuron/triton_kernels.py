@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .bits import packed_row_bytes
+from ..core.bits import packed_row_bytes
 
 #: True when imported under TRITON_INTERPRET=1: the kernels then take CPU tensors (and only those).
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -39,11 +39,11 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..ops.policy import SparsePolicy
+from ..ops.policy import PRODUCT_MODE_CODES, SparsePolicy
 from ..ops.registry import get_kernels, resolve_backend
-from .bits import pack_spikes, unpack_spikes
+from ..core.bits import pack_spikes, unpack_spikes
 from .kernels import NeuronKernels, resolve
-from .params import neuron_params, product_mode
+from .params import neuron_params
 from .spec import NeuronSpec
 
 #: model.fused_saved_dtype -> the dtype d is kept in; None keeps the state's dtype
@@ -117,10 +117,7 @@ def _generic_forward(k: NeuronKernels, s: WindowSettings, currents, v, a, z0, w_
             spikes = get_kernels(resolve_backend(policy.backend, w_rec.device))
             prev_bits = pack_spikes(prev)
             counts = spikes.count_bits(prev_bits)
-            # the same rule as the CPU loop: auto gathers where the spikes fit the lists and are sparse enough
-            gather = policy.mode == "sparse" or (policy.mode == "auto" and int(counts.max()) <= policy.capacity
-                                                 and policy.use_sparse_density(counts, n))
-            if gather:
+            if policy.list_length(counts, n, fixed_lists=True) is not None:
                 out, lost = spikes.bits_forward(prev_bits, n, w_rec, None, policy.capacity)
                 current = current + out
                 dropped += lost.to(torch.int64)
@@ -192,10 +189,9 @@ def _rec_weight_grad(policy: SparsePolicy, prev_bits: Tensor, grad_currents: Ten
     flat = prev_bits.reshape(-1, prev_bits.shape[-1])
     g = grad_currents.reshape(-1, n)
     spikes = get_kernels(resolve_backend(policy.backend, g.device))
-    if policy.mode == "sparse":
-        return spikes.bits_grad_weight(flat, n, g, policy.capacity)
-    if policy.mode == "auto" and policy.use_sparse_density(spikes.count_bits(flat), n):
-        return spikes.bits_grad_weight(flat, n, g, n)
+    length = policy.list_length(spikes.count_bits(flat) if policy.mode == "auto" else None, n)
+    if length is not None:
+        return spikes.bits_grad_weight(flat, n, g, length)
     return unpack_spikes(flat, n, g.dtype).t() @ g
 
 
@@ -210,7 +206,7 @@ class _SpikingWindow(torch.autograd.Function):
         two_states = s.spec.neuron.n_state > 1
         if k.window_forward is not None:
             params = {**neuron_params(s.spec), "keep_d": float(keep), "keep_v": float(keep_v),
-                      "keep_a": float(keep_a), "recurrent_product": product_mode(policy.mode if recurrent else "dense"),
+                      "keep_a": float(keep_a), "recurrent_product": float(PRODUCT_MODE_CODES[policy.mode if recurrent else "dense"]),
                       "capacity": float(policy.capacity if recurrent else 0),
                       "max_density": float(policy.max_density if recurrent else 0.0),
                       "near_min_d": -1.0 if s.near_min_d is None else float(s.near_min_d)}

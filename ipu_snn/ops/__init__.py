@@ -1,9 +1,8 @@
 """Sparse spike ops: the spike format, the ``ipu_snn::`` custom ops and their backends.
 
 Public API:
-  * ``SparseSpikes`` (spikes.py): capacity-K spike lists, ``from_dense`` / ``to_dense``.
-  * ``spike_matmul``, ``sparse_linear`` (matmul.py): differentiable gather-add matmul.
-  * ``spike_product`` (product.py): a window's product of packed spikes, dense or sparse.
+  * ``spike_product`` (product.py): the spike product over packed bits, dense or sparse.
+  * ``SparseSpikes`` (spikes.py): capacity-K spike lists, the format of the list kernels and the IPU emulator.
   * ``SparsePolicy``, ``crossover_density`` (policy.py): how a product runs, from a measured crossover.
   * ``backend_names``, ``resolve_backend``, ``register_backend`` (registry.py).
 """
@@ -15,7 +14,6 @@ import importlib
 _EXPORTS = {
     "SparsePolicy": "policy", "crossover_density": "policy",
     "backend_names": "registry", "register_backend": "registry", "resolve_backend": "registry",
-    "SparseLinearResult": "matmul", "sparse_linear": "matmul", "spike_matmul": "matmul",
     "spike_product": "product",
     "SparseSpikes": "spikes", "SpikeOverflowError": "spikes",
 }

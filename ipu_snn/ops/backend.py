@@ -28,7 +28,7 @@ class SpikeKernels:
     grad_input: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
     #: (z[B, N], near[B, N] bool | None, capacity) -> (ids, counts, near_counts, dropped, near_dropped)
     compact: Callable[[Tensor, Tensor | None, int], tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]
-    #: the same from packed bits (ipu_snn/neuron/bits.py): (bits[R, ceil(n/8)], near bits | None, n, capacity)
+    #: the same from packed bits (ipu_snn/core/bits.py): (bits[R, ceil(n/8)], near bits | None, n, capacity)
     compact_bits: Callable[[Tensor, Tensor | None, int, int], tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]
     #: Products on packed bits over a window's rows (ops/product.py). Each counts only a row's first
     #: `capacity` spikes. (bits, n_in, weight, bias | None, capacity) -> (out [R, n_out], dropped int32 [R])

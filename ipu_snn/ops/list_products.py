@@ -1,6 +1,6 @@
 """Products on packed bits, composed from a backend's spike-list kernels.
 
-The time loop multiplies spikes given as packed bits (ipu_snn/neuron/bits.py).
+The time loop multiplies spikes given as packed bits (ipu_snn/core/bits.py).
 The CPU extension has kernels that read the bits directly; any other backend
 (reference, Triton, the IPU emulator) gets these compositions: compact the bits
 to spike lists, then run its list kernels. Same contract as the CPU's

@@ -1,29 +1,5 @@
-"""Dense or sparse: how each spike product runs, from a crossover measured on the machine it runs on.
-
-A spike product ``z @ W`` (z binary, [R, n_in]) costs a dense matmul the same
-at any spike density, and a gather-add over the spike list in proportion to the
-spikes. Where the two lines cross depends on the machine, the shapes and the
-kernels, so it is measured, not assumed: `crossover_density` times both for a
-product's shape (forward plus weight gradient, the two products that see the
-spikes) at two densities, fits the sparse cost as a line in the density, and
-returns the density where it meets the dense cost. A window's products (rows =
-its steps x samples) are timed at `WINDOW_ROWS` rows, forward plus weight
-gradient; the recurrent product, which runs one step of `STEP_ROWS` samples at
-a time inside the window loop, is timed per step, forward only (its weight
-gradient is a window product). The result is cached per machine on disk (``$IPU_SNN_CACHE`` or ``~/.cache/ipu_snn``), so a resumed run
-makes the same choices as the run it continues.
-
-`SparsePolicy` is a product's setting, fixed when the network is built
-(``model.sparse``):
-
-* ``dense``: always dense;
-* ``sparse``: always the spike list, with at most ``capacity`` spikes per row;
-  what overflows raises or is dropped and counted (``model.sparse_overflow``);
-* ``auto``: sparse where the spike density is at most the measured crossover,
-  dense elsewhere, decided anew for each window (and in the recurrent product,
-  each step) from the spikes it has. It never drops a spike: the lists are as
-  long as the spikes need (the recurrent loop, whose lists are preallocated,
-  multiplies densely a step whose spikes exceed the capacity).
+"""Dense or sparse: how each spike product runs (`SparsePolicy`), and the crossover density measured on
+the machine it runs on (`crossover_density`). docs/spike_products.md gives the design.
 """
 
 from __future__ import annotations
@@ -39,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.bits import pack_spikes
 from ..files import replace_atomically
 from .visits import ListedVisits
 
@@ -47,6 +24,8 @@ MODES = ("dense", "sparse", "auto")
 WINDOW_ROWS = 2048
 #: samples of a recurrent step as timed: a step's dense product is small, and its overhead moves the crossover
 STEP_ROWS = 32
+#: the two densities the sparse cost's line is fit through: spanning where crossovers were measured
+#: (docs/benchmarks/unified_loop.md: sparse wins below a few percent on the CPU), so the line interpolates
 _DENSITIES = (0.02, 0.2)
 
 
@@ -76,6 +55,38 @@ class SparsePolicy:
         if self.exact_lists and not self.listed_grad:
             raise ValueError("SparsePolicy: exact_lists applies to the listed backward (listed_grad)")
 
+    def list_length(self, counts: torch.Tensor, n_in: int, fixed_lists: bool = False) -> int | None:
+        """The one dense/sparse decision of a product: its spike-list length, or None to run it dense.
+
+        Parameters
+        ----------
+        counts : Tensor
+            Spikes per row of the product (int [R]).
+        n_in : int
+            Neurons per row.
+        fixed_lists : bool
+            The lists are preallocated at ``capacity`` (the recurrent product inside the window loop):
+            ``auto`` then runs dense a product whose rows do not all fit. Otherwise ``auto``'s lists are
+            as long as a row can be (``n_in``), so it never drops a spike.
+
+        Returns
+        -------
+        int or None
+            ``dense``: None. ``sparse``: ``capacity`` (what overflows is the policy's ``overflow``'s).
+            ``auto``: the list length where the spike density is at most ``max_density``, else None.
+
+        custom_ops/cpu/layer_window.cpp applies the same rule per step, with ``fixed_lists``, to the mode
+        it is given by name (`PRODUCT_MODE_CODES`); tests/unit/test_products.py holds the two together.
+        """
+        if self.mode == "dense":
+            return None
+        if self.mode == "sparse":
+            return self.capacity
+        if not self.sparse_enough(float(counts.sum()), counts.numel(), n_in) or (fixed_lists and int(counts.max()) > self.capacity):
+            return None
+        return self.capacity if fixed_lists else n_in
+
+
     def grad_capacity(self, listed: int, rows: int, n_in: int) -> int | None:
         """The list length with which the input gradient of ``rows`` rows of ``n_in`` neurons, ``listed`` of
         them listed, runs the listed backward; None: the dense adjoint."""
@@ -83,7 +94,7 @@ class SparsePolicy:
             return None
         if not self.exact_lists:
             return self.capacity
-        if self.mode == "auto" and listed > self.max_density * rows * n_in:
+        if self.mode == "auto" and not self.sparse_enough(listed, rows, n_in):
             return None
         return n_in
 
@@ -93,9 +104,14 @@ class SparsePolicy:
         if self.visits is not None:
             self.visits.add(total if capacity is None else min(listed, total), total)
 
-    def use_sparse_density(self, counts: torch.Tensor, n_in: int) -> bool:
-        """For ``auto``: whether spikes at these counts per row (int [R]) are sparse enough to beat dense."""
-        return counts.numel() > 0 and float(counts.sum()) <= self.max_density * counts.numel() * n_in
+    def sparse_enough(self, spikes: float, rows: int, n_in: int) -> bool:
+        """``auto``'s rule: ``spikes`` over ``rows`` rows of ``n_in`` neurons are at most ``max_density``."""
+        return rows > 0 and spikes <= self.max_density * rows * n_in
+
+
+#: Each mode by name -> its value of the CPU window loop's ``RecMode`` (custom_ops/cpu/layer_window.cpp),
+#: which runs the recurrent product per step by `SparsePolicy.list_length`'s rule; a test reads the enum.
+PRODUCT_MODE_CODES = {"dense": 0, "sparse": 1, "auto": 2}
 
 
 def _cache_file() -> Path:
@@ -132,7 +148,6 @@ def _best_ms(fn, sync, calls: int = 1, repeats: int = 7) -> float:
 
 
 def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, per_step: bool) -> float:
-    from ..neuron.bits import pack_spikes
     from .registry import get_kernels, resolve_backend
 
     kernels = get_kernels(resolve_backend(backend, device))

@@ -1,18 +1,5 @@
-"""``z @ W + b`` for binary spikes z given as packed bits, dense or sparse as a `SparsePolicy` says.
-
-This is the product of the time loop between populations (the binary input,
-layer to layer, layer to readout), over a whole window of steps at once: rows
-are the window's (step, sample) pairs. Spikes arrive as bits
-(ipu_snn/neuron/bits.py) and, when a gradient must reach them, as the dense 0/1
-tensor they came from, which is the autograd link to the layer that fired them.
-
-What backward keeps is the bits (usually the producer's own tensor, so nothing
-is copied) and the weight: never the dense spikes. Sparse, the forward is a
-gather-add of the weight rows of each row's spike list, the weight gradient a
-scatter-add of each row's output gradient into the rows of its spikes
-(row-sparse), and with ``listed_grad`` the input gradient is formed only at the
-listed neurons (spikes, then near-threshold ones), which is Finkbeiner et al.'s
-sparse backward; dense, all three are matmuls.
+"""``z @ W + b`` for binary spikes z given as packed bits, dense or sparse as a `SparsePolicy` says: the
+product of the time loop between populations, over a window's rows. docs/spike_products.md gives the design.
 """
 
 from __future__ import annotations
@@ -21,15 +8,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..core.bits import unpack_spikes
 from .policy import SparsePolicy
 from .registry import get_kernels, resolve_backend
 from .spikes import SpikeOverflowError, raise_on_overflow
-
-
-def _unpack(bits: Tensor, n: int, dtype: torch.dtype) -> Tensor:
-    from ..neuron.bits import unpack_spikes
-
-    return unpack_spikes(bits, n, dtype)
 
 
 class _SpikeProduct(torch.autograd.Function):
@@ -40,20 +22,15 @@ class _SpikeProduct(torch.autograd.Function):
         lead = bits.shape[:-1]
         flat = bits.reshape(-1, bits.shape[-1])
         kernels = get_kernels(resolve_backend(policy.backend, weight.device))
-        # the list length: the policy's when sparse; when auto every spike (auto never drops), or None
-        # for dense where the spikes are too many to win
-        capacity = None
-        if policy.mode == "sparse":
-            capacity = policy.capacity
-        elif policy.mode == "auto" and policy.use_sparse_density(kernels.count_bits(flat), n_in):
-            capacity = n_in
+        counts = kernels.count_bits(flat) if policy.mode == "auto" else None
+        capacity = policy.list_length(counts, n_in)
         if capacity is not None:
             out, dropped = kernels.bits_forward(flat, n_in, weight, bias, capacity)
             if policy.overflow == "error" and bool(dropped.any()):
                 raise_on_overflow(torch.full_like(dropped, capacity), dropped, capacity, where)
         else:
             dropped = torch.zeros(flat.shape[0], dtype=torch.int32, device=bits.device)
-            x = z.reshape(-1, n_in) if z is not None else _unpack(flat, n_in, weight.dtype)
+            x = z.reshape(-1, n_in) if z is not None else unpack_spikes(flat, n_in, weight.dtype)
             out = x @ weight if bias is None else torch.addmm(bias, x, weight)
         ctx.policy, ctx.capacity, ctx.n_in = policy, capacity, n_in
         ctx.has_bias, ctx.z_dtype = bias is not None, None if z is None else z.dtype
@@ -74,7 +51,7 @@ class _SpikeProduct(torch.autograd.Function):
             if capacity is not None:
                 grad_w = kernels.bits_grad_weight(flat, n_in, g, capacity)
             else:
-                grad_w = _unpack(flat, n_in, g.dtype).t() @ g
+                grad_w = unpack_spikes(flat, n_in, g.dtype).t() @ g
         if ctx.needs_input_grad[2]:
             near_flat = None if near is None else near.reshape(flat.shape)
             listed = 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ipu_snn.core.bits import unpack_spikes
+
 
 def listed_mask(counts: Tensor, capacity: int) -> Tensor:
     """[B, K] bool: True where list slot k is below the sample's count."""
@@ -77,9 +79,7 @@ def compact(
 
 def compact_bits(bits: Tensor, near: Tensor | None, n: int, capacity: int
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """`compact` for spikes given as packed bits (ipu_snn/neuron/bits.py)."""
-    from ipu_snn.neuron.bits import unpack_spikes
-
+    """`compact` for spikes given as packed bits (ipu_snn/core/bits.py)."""
     z = unpack_spikes(bits, n, torch.uint8)
     return compact(z, None if near is None else unpack_spikes(near, n, torch.bool), capacity)
 

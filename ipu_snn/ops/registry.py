@@ -1,51 +1,24 @@
-"""One registry from backend name to spike-matmul kernels.
+"""The spike-product backends by name: each a set of kernels with fixed signatures (``SpikeKernels``, backend.py).
 
-A backend is a set of kernels with fixed signatures (``SpikeKernels``, backend.py);
-the public ``ipu_snn::`` ops look them up here by name. Backends load lazily, so
-importing ipu_snn neither compiles the C++ extension nor imports Triton.
-
-The backend follows the tensor device unless one is named, and a backend that
-cannot run is an error: nothing falls back quietly to a different
-implementation, because a silent 50x slowdown (or a different rounding) is worse
-than a clear message.
+Backends load lazily, so importing ipu_snn neither compiles the C++ extension nor
+imports Triton; the table's rules are ipu_snn.core.backends'.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import torch
 
+from ipu_snn.core.backends import BackendTable
 from ipu_snn.errors import DeviceError
 from ipu_snn.ops.backend import SpikeKernels
 
-
-_LOADERS: dict[str, Callable[[], SpikeKernels]] = {}
-
-#: Backend used when none is named, by tensor device type.
-DEFAULT_BACKEND_FOR_DEVICE: dict[str, str] = {"cpu": "cpu", "cuda": "triton"}
-
-
-def register_backend(name: str, loader: Callable[[], SpikeKernels]) -> None:
-    """Add a backend. ``loader`` runs on first use and may raise DeviceError."""
-    _LOADERS[name] = loader
-    get_kernels.cache_clear()
-
-
-def backend_names() -> list[str]:
-    return sorted(_LOADERS)
-
-
-@functools.cache
-def get_kernels(name: str) -> SpikeKernels:
-    """Load a backend by name; raises if it is unknown or cannot run here."""
-    if name not in _LOADERS:
-        raise ValueError(
-            f"Unknown spike-matmul backend {name!r}; known backends: {', '.join(backend_names())}"
-        )
-    return _LOADERS[name]()
-
+#: spike-product backend name -> its kernels; the default per device is the device table's (ipu_snn.devices)
+BACKENDS: BackendTable[SpikeKernels] = BackendTable("spike-product", "spikes")
+register_backend = BACKENDS.register
+backend_names = BACKENDS.names
+get_kernels = BACKENDS.load
 
 def _constant(fn):
     """torch.compile evaluates ``fn`` once while tracing and keeps the result: it loads backends (file
@@ -59,21 +32,8 @@ def _constant(fn):
 
 @_constant
 def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """The backend to use for tensors on ``device``: the named one, checked, or the default."""
-    if backend is None:
-        backend = DEFAULT_BACKEND_FOR_DEVICE.get(device.type)
-        if backend is None:
-            raise DeviceError(
-                f"No spike-matmul backend runs on device type {device.type!r}; "
-                f"defaults exist for {sorted(DEFAULT_BACKEND_FOR_DEVICE)}."
-            )
-    kernels = get_kernels(backend)
-    if device.type not in kernels.device_types:
-        raise DeviceError(
-            f"Spike-matmul backend {backend!r} runs on {sorted(kernels.device_types)} tensors, "
-            f"but got tensors on {device.type!r}. Move the tensors or pick another backend."
-        )
-    return backend
+    """The backend to use for tensors on ``device``: the named one, checked, or the device's default."""
+    return BACKENDS.resolve(backend, device)
 
 
 def _load_reference() -> SpikeKernels:

@@ -11,7 +11,7 @@ from ipu_snn.config import DataConfig, SyntheticConfig
 from ipu_snn.data import (SpikeRecordings, bin_events, ensure_synthetic, generate, load_splits, read_recordings,
                           write_recordings)
 from ipu_snn.errors import DataError
-from ipu_snn.neuron.bits import pack_spikes
+from ipu_snn.core.bits import pack_spikes
 
 
 def small_recordings(n=6, channels=700, classes=20, seed=0):

@@ -182,15 +182,23 @@ def test_flipped_bytes_fail_the_checksum_and_the_previous_checkpoint_stands_in(r
     read_checkpoint(newest)  # epoch 2 trained again, intact
 
 
-def rewrite_state(folder, data: bytes, manifest: bool):
-    """Replace state.pt, with a manifest that vouches for it, or none (as written before checksums were)."""
+def test_a_missing_manifest_is_damage_not_a_checkpoint_without_checks(run_copy, capsys, config_file):
+    newest = run_copy / "checkpoints" / "epoch-0002"
+    (newest / MANIFEST).unlink()
+    flip_tensor_bytes(newest)  # would load silently if a missing manifest turned the checksum off
+    with pytest.raises(TrainingError, match=f"{MANIFEST} is missing"):
+        read_checkpoint(newest)
+    assert main(["train", str(config_file(run_copy.parent, epochs=2)), "--out", str(run_copy), "--resume"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{MANIFEST} is missing" in out and "using epoch-0001" in out
+
+
+def rewrite_state(folder, data: bytes):
+    """Replace state.pt, with a manifest that vouches for it (a forgery that the checksum cannot catch)."""
     (folder / STATE).write_bytes(data)
-    if manifest:
-        sums = json.loads((folder / MANIFEST).read_text())
-        sums["sha256"][STATE] = hashlib.sha256(data).hexdigest()
-        (folder / MANIFEST).write_text(json.dumps(sums))
-    else:
-        (folder / MANIFEST).unlink(missing_ok=True)
+    sums = json.loads((folder / MANIFEST).read_text())
+    sums["sha256"][STATE] = hashlib.sha256(data).hexdigest()
+    (folder / MANIFEST).write_text(json.dumps(sums))
 
 
 def torch_bytes(obj) -> bytes:
@@ -205,15 +213,18 @@ STATES = {
     "random bytes": (lambda: os.urandom(4096), "is not a readable run state"),
     "wrong types": (lambda: torch_bytes({"epoch": "2", "optimizer": {}, "scheduler": {}, "rng": {}, "history": [],
                                          "wall_s": 1.0, "config": {}}), "wrong type: epoch"),
+    "incomplete metric rows": (lambda: torch_bytes({"epoch": 2, "optimizer": {}, "scheduler": {}, "rng": {},
+                                                    "history": [{"epoch": 1}, {"epoch": 2}], "wall_s": 1.0,
+                                                    "config": {}}),
+                               "the metric row of epoch 1 lacks the number(s) lr, train_loss"),
 }
 
 
-@pytest.mark.parametrize("manifest", [True, False], ids=["checksummed", "no manifest"])
 @pytest.mark.parametrize("case", sorted(STATES))
-def test_a_state_that_is_no_run_state_is_a_clear_error(run_copy, capsys, case, manifest, config_file):
+def test_a_state_that_is_no_run_state_is_a_clear_error(run_copy, capsys, case, config_file):
     make, message = STATES[case]
     for folder in checkpoint_folders(run_copy):
-        rewrite_state(folder, make(), manifest)
+        rewrite_state(folder, make())
     code = main(["train", str(config_file(run_copy.parent, epochs=3)), "--out", str(run_copy), "--resume"])
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2 and "Traceback" not in err

@@ -19,7 +19,7 @@ from ipu_snn.config import load_config
 from ipu_snn.executor import TimeLoop
 from ipu_snn.ipu.interpreted import InterpretedNetwork, adopt
 from ipu_snn.network import build_network
-from ipu_snn.neuron.bits import pack_spikes
+from ipu_snn.core.bits import pack_spikes
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from ipu_snn.config import ModelConfig, validate_config
-from ipu_snn.devices import SPECS, device_spec, resolve_device, spike_backend
+from ipu_snn.devices import SPECS, device, device_spec, resolve_device
 from ipu_snn.errors import ConfigError
 import ipu_snn.ipu  # noqa: F401  (registers the emulator's spike backend)
 from ipu_snn.ipu.emulator import TileOverflowError
@@ -164,7 +164,7 @@ def test_backend_kernels_equal_the_cpu_backend(batch, n_in, n_out, density):
 def test_ipu_emulator_device_is_the_cpu_with_the_emulator_backend():
     assert resolve_device("ipu-emulator") == torch.device("cpu")
     assert device_spec("ipu-emulator").name == "ipu-mk2"
-    assert spike_backend("ipu-emulator") == "ipu_emulator" and spike_backend("cpu") is None
+    assert device("ipu-emulator").spikes == "ipu_emulator" and device("cpu").spikes is None
     cfg = validate_config({"model": {"layers": [{"type": "lif", "size": 4}], "sparse": True}, "device": "ipu-emulator"})
     net = build_network(cfg.model, 6, 2, dt=1e-3, device=cfg.device)
     policies = [net.layers[0].policies.input, net.readout.policy]

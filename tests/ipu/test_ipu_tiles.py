@@ -304,7 +304,8 @@ def test_streaming_memory_too_small_is_refused_naming_it():
 def test_largest_steps_is_where_the_tiles_stop_fitting():
     from ipu_snn.config import load_config
     from ipu_snn.ipu.tiles import TimeOnTiles, fits_on_tiles
-    from ipu_snn.planner import largest_steps, schedule_factory, window_choices
+    from ipu_snn.ipu.plan import largest_steps
+    from ipu_snn.planner import schedule_factory, window_choices
 
     cfg = load_config("configs/ipu_w1_rlif.yaml", [])
     for schedule in ("store_all", "double"):

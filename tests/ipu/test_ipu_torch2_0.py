@@ -14,7 +14,7 @@ import sys, tempfile
 from pathlib import Path
 
 # the modules that register torch.library custom ops (torch >= 2.4) when imported, and those importing them
-CUSTOM_OPS = {"ipu_snn.ops.library", "ipu_snn.ops.matmul", "ipu_snn.ops.spikes", "ipu_snn.ops.product",
+CUSTOM_OPS = {"ipu_snn.ops.library", "ipu_snn.ops.spikes", "ipu_snn.ops.product",
               "ipu_snn.neuron.ops"}
 
 class NoCustomOps:

@@ -29,7 +29,7 @@ from ipu_snn.ipu import custom_ops
 from ipu_snn.ipu.model import TrainingStep, build_traced
 from ipu_snn.ipu.options import RECOMPUTE_ALL, micro_batch_size, poptorch_options
 from ipu_snn.ipu.recomputation import Recomputation, phase_block, recomputation_for
-from ipu_snn.planner import plan_for_config
+from ipu_snn.ipu.plan import plan_for_config
 from ipu_snn.network import build_network
 from ipu_snn.reporting import read_metrics_csv
 from ipu_snn.run_folder import newest_intact_checkpoint
@@ -290,6 +290,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(poptorch, tmp_path, tiny)
 def test_refuses_to_resume_nothing_to_overwrite_or_across_drivers(poptorch, tmp_path, tiny):
     with pytest.raises(TrainingError, match="no checkpoint"):
         train(tiny(), tmp_path / "run", resume=True)
+    (tmp_path / "run").mkdir()
     save_checkpoint(tmp_path / "run", 1, torch.nn.Linear(1, 1), {})
     with pytest.raises(TrainingError, match="already holds a run"):
         train(tiny(), tmp_path / "run")

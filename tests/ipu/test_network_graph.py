@@ -13,7 +13,7 @@ import torch
 from ipu_snn.bptt.schedules import double, revolve, store_all, uniform
 from ipu_snn.executor import window_bounds
 from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, HostNetwork, LayerSpec, network_spikes, selfcheck
-from ipu_snn.neuron.bits import pack_spikes
+from ipu_snn.core.bits import pack_spikes
 from ipu_snn.neuron.reference import step
 from ipu_snn.neuron.spec import NeuronSpec
 from ipu_snn.neuron.surrogates import spike

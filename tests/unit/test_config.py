@@ -123,11 +123,6 @@ def test_validate_prints_resolved_config(tmp_path, capsys):
     assert resolved["model"]["layers"][0]["threshold"] == 1.0  # defaults filled in
 
 
-def test_shipped_configs_validate():
-    for name in ["configs/tiny.yaml", "configs/shd_rlif.yaml"]:
-        load_config(name)
-
-
 def test_ipu_without_poptorch_names_the_sdk(tmp_path):
     # a real subprocess: the console script's path, exit status and stderr as a user sees them
     path = write(tmp_path, patched("device", "ipu"))

@@ -1,8 +1,9 @@
-"""The package's layers, read from its imports: no import cycle, and no layer importing a higher one.
+"""The package's layers, read from its imports: no import cycle between modules or between packages, and no
+layer importing a higher one.
 
-Every import counts: at module level or inside a function, absolute or relative
-(``from . import x`` included). Importing ``a.b.c`` also runs the ``__init__``
-of the packages ``a.b`` and ``a`` not already around the importer, so those count
+A *unit* is a subpackage of ipu_snn (all its modules together) or a top-level module. Every import counts: at
+module level or inside a function, absolute or relative (``from . import x`` included). Importing ``a.b.c``
+also runs the ``__init__`` of the packages ``a.b`` and ``a`` not already around the importer, so those count
 too. docs/architecture.md describes the layers.
 """
 
@@ -13,15 +14,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2] / "ipu_snn"
 
-#: Low to high; a module may import its own layer and the layers below it. A name (relative to ipu_snn)
-#: covers the module or package of that name and everything below it, and the most specific name decides;
-#: ``pkg.__init__`` is the package's own module alone.
+#: Low to high: a package or top-level module (a *unit*, named relative to ipu_snn) may import units of its
+#: own layer and the layers below it, never one above, not even inside a function. docs/architecture.md
+#: gives the reasons for the order.
 LAYERS = [
-    ("foundation", ["errors", "config", "files", "devices", "neuron", "ops", "bptt", "data",
-                    "checkpoint", "run_folder", "reporting", "optim", "distributed", "saved_bytes", "selection", "init", "dropout"]),
-    # the IPU's tile model and emulator sit with the planner, which costs IPU runs with the tile plan
-    ("model", ["layers", "executor", "network", "planner", "metrics", "interop", "taps", "losses",
-               "ipu.__init__", "ipu.tiles", "ipu.emulator", "ipu.emulator_backend", "ipu.layer_emulator"]),
+    ("foundation", ["errors", "files", "devices"]),
+    ("core", ["core"]),
+    ("spike products", ["ops"]),
+    ("neuron models", ["neuron"]),
+    ("BPTT", ["bptt"]),
+    ("config schema", ["config"]),
+    ("data and run files", ["data", "checkpoint", "run_folder", "reporting", "optim", "distributed", "interop"]),
+    ("model", ["init", "selection", "dropout", "taps", "layers", "executor", "network", "metrics", "losses"]),
+    ("planner", ["planner"]),
     ("training loop", ["loop"]),
     ("drivers", ["torch_driver", "ipu"]),
     ("entry points", ["train", "evaluate"]),
@@ -118,33 +123,40 @@ def cycles(graph: Graph) -> list[str]:
     return found
 
 
-def layer_of(module: str) -> int | None:
-    """The level of the most specific entry of LAYERS that covers ``module``."""
-    best, best_score = None, -1
-    for level, (_, names) in enumerate(LAYERS):
-        for name in names:
-            if name.endswith("__init__"):
-                covers, score = module == ".".join(["ipu_snn", *name.split(".")[:-1]]), 1000
-            else:
-                full = f"ipu_snn.{name}"
-                covers, score = module == full or module.startswith(full + "."), len(name)
-            if covers and score > best_score:
-                best, best_score = level, score
-    return best
+def unit_of(module: str) -> str:
+    """The unit a module belongs to: its top-level package below ipu_snn, or the top-level module itself."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def unit_graph(graph: Graph) -> Graph:
+    """The imports between units (packages and top-level modules), with where each is made."""
+    units: Graph = {}
+    for module, edges in graph.items():
+        found = units.setdefault(unit_of(module), [])
+        for target, at in edges:
+            edge = (unit_of(target), at)
+            if target in graph and edge[0] != unit_of(module) and edge not in found:
+                found.append(edge)
+    return units
+
+
+def layer_of(unit: str) -> int | None:
+    return next((level for level, (_, names) in enumerate(LAYERS) if unit in names), None)
 
 
 def upward_imports(graph: Graph) -> list[str]:
-    """Each import of a higher layer by a lower one, and each module that has no layer."""
+    """Each import of a higher layer by a lower one, and each unit that has no layer."""
     problems = []
-    for module, edges in sorted(graph.items()):
-        level = layer_of(module)
+    for unit, edges in sorted(unit_graph(graph).items()):
+        level = layer_of(unit)
         if level is None:
-            problems.append(f"{module} has no layer: add it to LAYERS in tests/unit/test_layering.py")
+            problems.append(f"{unit} has no layer: add it to LAYERS in tests/unit/test_layering.py")
             continue
         for target, at in edges:
-            other = layer_of(target) if target in graph else None
+            other = layer_of(target)
             if other is not None and other > level:
-                problems.append(f"{module} imports {target} ({at}): the {LAYERS[level][0]} layer imports "
+                problems.append(f"{unit} imports {target} ({at}): the {LAYERS[level][0]} layer imports "
                                 f"the {LAYERS[other][0]} layer above it")
     return problems
 
@@ -160,9 +172,20 @@ def test_no_import_cycles():
     assert not found, "import cycles:\n" + "\n".join(found)
 
 
+def test_no_package_imports_another_in_a_cycle():
+    found = cycles(unit_graph(import_graph(ROOT)))
+    assert not found, "import cycles between packages:\n" + "\n".join(found)
+
+
 def test_no_layer_imports_a_higher_one():
     found = upward_imports(import_graph(ROOT))
     assert not found, "\n".join(found)
+
+
+def test_every_layer_names_units_that_exist():
+    units = set(unit_graph(import_graph(ROOT)))
+    named = [name for _, names in LAYERS for name in names]
+    assert sorted(set(named) - units) == [] and len(named) == len(set(named))
 
 
 def test_only_the_poptorch_driver_imports_the_sdk():
@@ -189,15 +212,15 @@ def test_the_checks_name_the_offending_imports(tmp_path):
         "cli.py": "import ipu_snn.config\n",
         "neuron/__init__.py": "from .spec import Spec\n",  # a package importing its own module: no cycle
         "neuron/spec.py": "from ..errors import *\nimport poptorch\n",
+        "neuron/window.py": "from ipu_snn.ops import product\n",
         "ops/__init__.py": "",
         "ops/a.py": "from ipu_snn.ops import b\n",
         "ops/b.py": "from .a import x\n",
+        "ops/product.py": "def f():\n    from ..neuron import spec\n",  # modules without a cycle, packages with
         "stray.py": "",
-        # the most specific entry decides: ipu/'s own module and its tile model sit below its driver
-        "planner.py": "def f():\n    from .ipu import tiles\n    from .ipu import trainer\n",
+        "planner.py": "def f():\n    from .ipu import tiles\n",  # a package is one unit: all of ipu/ is a driver
         "ipu/__init__.py": "",
         "ipu/tiles.py": "",
-        "ipu/trainer.py": "",
     })
     graph = import_graph(root)
     assert sorted(cycles(graph)) == [
@@ -206,11 +229,16 @@ def test_the_checks_name_the_offending_imports(tmp_path):
         "ipu_snn.ops.a imports ipu_snn.ops.b (ipu_snn/ops/a.py:1); "
         "ipu_snn.ops.b imports ipu_snn.ops.a (ipu_snn/ops/b.py:1)",
     ]
+    assert sorted(cycles(unit_graph(graph))) == [
+        "cli imports config (ipu_snn/cli.py:1); config imports cli (ipu_snn/config.py:4)",
+        "neuron imports ops (ipu_snn/neuron/window.py:1); ops imports neuron (ipu_snn/ops/product.py:2)",
+    ]
     assert upward_imports(graph) == [
-        "ipu_snn.config imports ipu_snn.cli (ipu_snn/config.py:4): the foundation layer imports the cli layer above it",
-        "ipu_snn.planner imports ipu_snn.ipu.trainer (ipu_snn/planner.py:3): the model layer imports the drivers "
-        "layer above it",
-        "ipu_snn.stray has no layer: add it to LAYERS in tests/unit/test_layering.py",
+        "config imports cli (ipu_snn/config.py:4): the config schema layer imports the cli layer above it",
+        "ops imports neuron (ipu_snn/ops/product.py:2): the spike products layer imports the neuron models layer "
+        "above it",
+        "planner imports ipu (ipu_snn/planner.py:2): the planner layer imports the drivers layer above it",
+        "stray has no layer: add it to LAYERS in tests/unit/test_layering.py",
     ]
     assert sdk_imports(graph) == [
         "ipu_snn.neuron.spec imports poptorch (ipu_snn/neuron/spec.py:2): only ipu_snn.ipu imports the Poplar SDK"]

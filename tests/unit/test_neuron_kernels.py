@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipu_snn.neuron import kernels as kernel_table
-from ipu_snn.neuron.bits import pack_spikes, unpack_spikes
+from ipu_snn.core.bits import pack_spikes, unpack_spikes
 from ipu_snn.neuron.ops import neuron_step_bwd, neuron_step_fwd
 from ipu_snn.neuron.reference import step as reference_step
 from ipu_snn.neuron.spec import NeuronSpec
@@ -203,7 +203,7 @@ def test_bit_layout_is_little_endian_within_each_row():
 @given(lead=st.lists(st.integers(0, 4), max_size=2), n=st.integers(0, 40), density=st.floats(0.0, 1.0))
 def test_the_cpu_and_device_packings_agree(lead, n, density):
     # the CPU packs with numpy, a GPU with torch ops: one layout, checked here on the CPU
-    from ipu_snn.neuron.bits import _pack_on_device
+    from ipu_snn.core.bits import _pack_on_device
 
     z = (torch.rand(*lead, n, generator=torch.Generator().manual_seed(n)) < density).to(torch.float32) * 2.5
     packed = pack_spikes(z)

@@ -21,10 +21,9 @@ from ipu_snn.config import LAYER_CONFIGS, LAYER_TYPES, ModelConfig, SurrogateCon
 from ipu_snn.network import build_network, pack_inputs
 from ipu_snn.neuron import kernels as kernel_table
 from ipu_snn.neuron.models import KERNEL_CODES, MODELS
-from ipu_snn.neuron.params import PRODUCT_MODES, neuron_params
+from ipu_snn.neuron.params import neuron_params
 from ipu_snn.neuron.spec import RESET_CODES, NeuronSpec
 from ipu_snn.neuron.surrogates import SURROGATES
-from ipu_snn.ops.policy import MODES
 
 CUSTOM_OPS = Path(__file__).resolve().parents[2] / "custom_ops"
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -92,12 +91,6 @@ def test_the_poplar_ops_string_tables_name_every_entry():
         assert table == set(SURROGATES)
     for table in kinds:
         assert table == set(KERNEL_CODES) - NOT_ON_POPLAR
-
-
-def test_the_product_modes_are_the_cpp_enum_by_name():
-    assert cpp_enum(GLUE, "ProductMode") == {camel(m): code for m, code in PRODUCT_MODES.items()}
-    assert cpp_constant(GLUE, "kProductModes") == len(PRODUCT_MODES)
-    assert set(MODES) == set(PRODUCT_MODES)  # every mode a SparsePolicy takes has a code
 
 
 def test_the_cpu_ops_read_the_parameter_struct_by_name():

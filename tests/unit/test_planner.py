@@ -32,6 +32,9 @@ MODELS = {
     "dense": MODEL,
     "sparse": {**MODEL, "sparse": True, "sparse_capacity": 1.0},
     "near": {**MODEL, "sparse": True, "sparse_capacity": 1.0, "sparse_grad": "spikes", "sparse_grad_min_derivative": 0.0},
+    # planner.AUTOGRAD_FLOATS_PER_STATE (ALIF's second state is counted alike, and over-predicted by up to 11%
+    # at 7-step windows, whose first steps keep less)
+    "autograd": {"layers": [{"type": "rlif", "size": 24}], "fused": False},
     "learned": {"layers": [{"type": "alif", "size": 20, "learn_decay": True}],
                 "readout": {"learn_decay": True, "reduce": "mean"}, "fused_saved_dtype": "float16"},
 }

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipu_snn.core.bits import pack_spikes
 from ipu_snn.errors import UserError
-from ipu_snn.neuron.bits import pack_spikes
 from ipu_snn.ops import policy as policy_module
-from ipu_snn.ops.policy import SparsePolicy, crossover_density
+from ipu_snn.ops.policy import MODES, PRODUCT_MODE_CODES, SparsePolicy, crossover_density
 from ipu_snn.ops.registry import get_kernels
 from ipu_snn.ops.product import spike_product
 
@@ -107,8 +109,24 @@ def test_crossover_is_measured_once_and_kept_on_disk(tmp_path, monkeypatch):
 
 
 def test_auto_chooses_by_the_spikes_it_has():
-    policy = SparsePolicy("auto", 10, max_density=0.1)
-    assert policy.use_sparse_density(torch.tensor([1, 0, 2]), 20)  # 3 of 60
-    assert not policy.use_sparse_density(torch.tensor([5, 5, 5]), 20)  # a quarter
+    policy = SparsePolicy("auto", 2, max_density=0.1)
+    assert policy.list_length(torch.tensor([1, 0, 2]), 20) == 20  # 3 of 60: every spike listed
+    assert policy.list_length(torch.tensor([5, 5, 5]), 20) is None  # a quarter: dense
+    # preallocated lists (the recurrent loop): sparse only where every row fits them
+    assert policy.list_length(torch.tensor([1, 0, 2]), 20, fixed_lists=True) == 2
+    assert policy.list_length(torch.tensor([0, 0, 3]), 20, fixed_lists=True) is None
+    assert policy.list_length(torch.tensor([], dtype=torch.int32), 20) is None
+    assert SparsePolicy("sparse", 4).list_length(None, 20) == 4
+    assert SparsePolicy().list_length(None, 20) is None
     with pytest.raises(ValueError, match="capacity >= 1"):
         SparsePolicy("sparse", 0)
+
+
+def test_the_cpu_window_loop_takes_each_product_mode_by_its_name():
+    """PRODUCT_MODE_CODES pairs each mode's name with the C++ loop's enum value of the same name."""
+    source = (Path(__file__).resolve().parents[2] / "custom_ops" / "cpu" / "neuron_glue.h").read_text()
+    enum = re.search(r"enum class ProductMode[^{]*\{([^}]*)\}", source).group(1)
+    in_cpp = {name.lower(): int(code) for name, code in re.findall(r"k(\w+)\s*=\s*(\d+)", enum)}
+    assert int(re.search(r"constexpr int32_t kProductModes = (\d+);", source).group(1)) == len(in_cpp)
+    assert in_cpp == PRODUCT_MODE_CODES
+    assert sorted(PRODUCT_MODE_CODES) == sorted(MODES)

@@ -19,7 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipu_snn.errors import DeviceError, UserError
-from ipu_snn.ops import SparseSpikes, resolve_backend, sparse_linear, spike_matmul
+from ipu_snn.core.bits import pack_spikes
+from ipu_snn.ops import SparsePolicy, SparseSpikes, resolve_backend, spike_product
+from ipu_snn.ops.spikes import near_threshold_mask
 from ipu_snn.ops import cpu_ext
 from ipu_snn.ops.registry import get_kernels
 
@@ -53,21 +55,26 @@ def dense_kept(z: torch.Tensor, capacity: int) -> torch.Tensor:
 def check_matmul(backend: str, device: str, batch: int, n_in: int, n_out: int, density: float,
                  capacity: int, seed: int, second_threshold: float | None = None,
                  dense_grad: bool = False, dtype: torch.dtype = torch.float32) -> SparseSpikes:
-    """sparse_linear's output and both gradients against autograd of the dense matmul."""
+    """A sparse `spike_product` (drop_and_count) and both gradients against autograd of the dense matmul of
+    the spikes it keeps; returns the same spikes as lists (`SparseSpikes`), which say what it kept."""
     generator = torch.Generator().manual_seed(seed + 1)
     z = random_spikes(batch, n_in, density, seed, device).to(dtype).requires_grad_()
     weight = torch.randn(n_in, n_out, generator=generator).to(device, dtype).requires_grad_()
     v = torch.rand(batch, n_in, generator=generator).to(device) if second_threshold else None
     threshold = 1.0 if second_threshold else None
-    out, spikes = sparse_linear(z, weight, capacity, overflow="drop_and_count", v=v,
-                                threshold=threshold, second_threshold=second_threshold,
-                                dense_grad=dense_grad, backend=backend)
-    kept = dense_kept(z.detach(), capacity).requires_grad_()
+    near = near_threshold_mask(z.detach(), v, threshold, second_threshold)
+    policy = SparsePolicy("sparse", max(capacity, 1), "drop_and_count", listed_grad=not dense_grad, backend=backend)
+    out, dropped = spike_product(pack_spikes(z.detach()), weight, None, policy, z=z,
+                                 near=None if near is None else pack_spikes(near))
+    spikes = SparseSpikes.from_dense(z.detach(), max(capacity, 1), "drop_and_count", v=v, threshold=threshold,
+                                     second_threshold=second_threshold, backend=backend)
+    kept = dense_kept(z.detach(), max(capacity, 1)).requires_grad_()
     weight_ref = weight.detach().clone().requires_grad_()
     ref = kept @ weight_ref
     tol = TOL if dtype in (torch.float32, torch.float64) else {"rtol": 2e-2, "atol": 2e-2 * n_in}
     torch.testing.assert_close(out, ref, **tol)
     torch.testing.assert_close(spikes.to_dense(dtype), kept.detach())
+    assert torch.equal(dropped.to(spikes.dropped.dtype), spikes.dropped)
 
     grad_out = torch.randn(batch, n_out, generator=generator).to(device, dtype)
     grad_z, grad_w = torch.autograd.grad(out, (z, weight), grad_out)
@@ -181,7 +188,7 @@ def test_constructor_validates_lists():
     seed=st.integers(0, 2**16),
 )
 def test_matches_dense_reference(backend, device, batch, n_in, n_out, density, capacity_fraction, seed):
-    capacity = int(capacity_fraction * n_in)
+    capacity = max(1, int(capacity_fraction * n_in))
     spikes = check_matmul(backend, device, batch, n_in, n_out, density, capacity, seed)
     totals = (random_spikes(batch, n_in, density, seed) != 0).sum(1)
     assert spikes.dropped.cpu().tolist() == (totals - totals.clamp(max=capacity)).tolist()
@@ -228,8 +235,9 @@ def test_other_dtypes(backend, dtype):
 def test_leading_dimensions(backend, device):
     z = random_spikes(6, 16, 0.3, seed=8, device=device).reshape(2, 3, 16).requires_grad_()
     weight = torch.randn(16, 5, device=device, requires_grad=True)
-    out, spikes = sparse_linear(z, weight, capacity=16, backend=backend)
-    assert out.shape == (2, 3, 5) and spikes.batch_size == 6
+    out, dropped = spike_product(pack_spikes(z.detach()), weight, None, SparsePolicy("sparse", 16, backend=backend),
+                                 z=z)
+    assert out.shape == (2, 3, 5) and dropped.shape == (2, 3)
     torch.testing.assert_close(out, z.detach() @ weight.detach(), **TOL)
     out.sum().backward()
     torch.testing.assert_close(weight.grad, z.detach().reshape(6, 16).T @ torch.ones(6, 5, device=device),
@@ -237,29 +245,22 @@ def test_leading_dimensions(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_spike_matmul_without_z_differentiates_weight(backend, device):
+def test_a_product_without_z_differentiates_weight(backend, device):
     z = random_spikes(3, 12, 0.4, seed=9, device=device)
     weight = torch.randn(12, 7, device=device, requires_grad=True)
-    spikes = SparseSpikes.from_dense(z, 12, backend=backend)
-    spike_matmul(spikes, weight, backend=backend).sum().backward()
+    spike_product(pack_spikes(z), weight, None, SparsePolicy("sparse", 12, backend=backend))[0].sum().backward()
     torch.testing.assert_close(weight.grad, z.T @ torch.ones(3, 7, device=device), **TOL)
 
 
 def test_weight_grad_is_deterministic_on_cpu():
-    z = random_spikes(64, 128, 0.5, seed=10)
+    bits = pack_spikes(random_spikes(64, 128, 0.5, seed=10))
     weight = torch.randn(128, 256, requires_grad=True)
     grads = []
     for _ in range(2):
         weight.grad = None
-        sparse_linear(z, weight, 128, backend="cpu").output.pow(2).sum().backward()
+        spike_product(bits, weight, None, SparsePolicy("sparse", 128, backend="cpu"))[0].pow(2).sum().backward()
         grads.append(weight.grad.clone())
     assert torch.equal(grads[0], grads[1])
-
-
-def test_weight_shape_mismatch_is_a_user_error():
-    spikes = SparseSpikes.from_dense(torch.zeros(2, 5), 3, backend="reference")
-    with pytest.raises(ValueError, match="n_in = 5"):
-        spike_matmul(spikes, torch.zeros(4, 3), backend="reference")
 
 
 # ---------------------------------------------------------------- torch.library / torch.compile
@@ -285,18 +286,18 @@ def test_opcheck(backend):
 
 
 def test_torch_compile_traces_through_the_ops():
-    z = random_spikes(4, 24, 0.3, seed=13).requires_grad_()
-    weight = torch.randn(24, 10, requires_grad=True)
+    z = random_spikes(4, 24, 0.3, seed=13)
+    near = torch.rand(4, 24, generator=torch.Generator().manual_seed(14)) > 0.7
+    weight = torch.randn(24, 10)
+    ops = torch.ops.ipu_snn
 
-    def layer(z, weight):
-        out, spikes = sparse_linear(z, weight, 12, overflow="drop_and_count", backend="cpu")
-        return out, spikes.dropped
+    def layer(z, near, weight):
+        spikes = ops.compact_spikes(z, near, 12, "cpu")
+        return ops.spike_matmul_fwd(spikes[0], spikes[1], weight, "cpu"), spikes[3]
 
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
-    out, dropped = compiled(z, weight)
-    torch.testing.assert_close(out, z.detach() @ weight.detach(), **TOL)
-    out.sum().backward()
-    torch.testing.assert_close(weight.grad, z.detach().T @ torch.ones(4, 10), **TOL)
+    out, dropped = compiled(z, near, weight)
+    torch.testing.assert_close(out, z @ weight, **TOL)
     assert dropped.tolist() == [0, 0, 0, 0]
 
 
@@ -308,12 +309,12 @@ def test_default_backend_follows_the_device():
 
 
 def test_unknown_backend_is_a_clear_error():
-    with pytest.raises(ValueError, match="Unknown spike-matmul backend 'fpga'.*known backends"):
+    with pytest.raises(ValueError, match="unknown spike-product backend 'fpga'; known: "):
         resolve_backend("fpga", torch.device("cpu"))
 
 
 def test_device_without_backend_is_a_clear_error():
-    with pytest.raises(DeviceError, match="No spike-matmul backend runs on device type 'meta'"):
+    with pytest.raises(DeviceError, match="no spike-product backend runs on device type 'meta'"):
         resolve_backend(None, torch.device("meta"))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..bits import pack_spikes, unpack_spikes
+from ...core.bits import pack_spikes, unpack_spikes
 from ..model import Decay, NeuronModel, NirMapping, Param
 from ..surrogates import SpikeFn, spike
 from .lif import derivative, fire, heaviside

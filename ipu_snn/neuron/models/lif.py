@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..bits import pack_spikes, unpack_spikes
+from ...core.bits import pack_spikes, unpack_spikes
 from ..model import NeuronModel, NirMapping
 from ..surrogates import SpikeFn, spike, surrogate
 

@@ -1,4 +1,4 @@
-"""Spikes as bits: the one packing every kernel, the fused loop and `bptt.fwdad` share.
+"""Spikes as bits: the one packing every kernel, the fused loop and the spike products share.
 
 Bit k of byte i of a row holds neuron ``8 i + k`` (little-endian bit order); a
 row of n neurons takes ``ceil(n / 8)`` bytes and its unused high bits are 0.
