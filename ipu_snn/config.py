@@ -28,12 +28,15 @@ from pydantic import (
     PositiveInt,
     Tag,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from .bptt.registry import SCHEDULES, ScheduleKind
 from .errors import ConfigError
+from .neuron.models import MODELS, NeuronModel
+from .neuron.surrogates import SURROGATES
 
 
 class _Strict(BaseModel):
@@ -63,8 +66,16 @@ Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class SurrogateConfig(_Strict):
-    name: Literal["fast_sigmoid", "atan", "triangle", "boxcar"] = "fast_sigmoid"
+    name: Literal[tuple(SURROGATES)] = "fast_sigmoid"  # the surrogate table's names
     scale: PositiveFloat = 10.0
+
+
+def _decay_from(value: float | None, tau: float | None, dt: float, default: float) -> float:
+    if value is not None:
+        return value
+    if tau is not None:
+        return math.exp(-dt / tau)
+    return default
 
 
 class _Decay(_Strict):
@@ -81,14 +92,12 @@ class _Decay(_Strict):
         return self
 
     def resolve_beta(self, dt: float, default: float) -> float:
-        if self.beta is not None:
-            return self.beta
-        if self.tau is not None:
-            return math.exp(-dt / self.tau)
-        return default
+        return _decay_from(self.beta, self.tau, dt, default)
 
 
 class _SpikingLayer(_Decay):
+    """The fields of every spiking layer; each neuron model adds its own (`_layer_config`)."""
+
     size: PositiveInt
     threshold: PositiveFloat = 1.0
     reset: Literal["subtract", "zero"] = "subtract"
@@ -99,41 +108,52 @@ class _SpikingLayer(_Decay):
     # dropout on this layer's output spikes to the next layer and the readout, in training (ipu_snn/dropout.py)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
-
-class LIFLayerConfig(_SpikingLayer):
-    type: Literal["lif"]
-
-
-class RLIFLayerConfig(_SpikingLayer):
-    type: Literal["rlif"]
-
-
-class ALIFLayerConfig(_SpikingLayer):
-    type: Literal["alif"]
-    recurrent: bool = True
-    # Adaptation decay per step (rho) or its time constant in seconds.
-    rho: float | None = Field(None, gt=0.0, le=1.0)
-    tau_adapt: PositiveFloat | None = None
-    adapt_strength: NonNegativeFloat = 1.8
-
     @model_validator(mode="after")
-    def _rho_xor_tau(self):
-        if self.rho is not None and self.tau_adapt is not None:
-            raise ValueError("give either rho or tau_adapt, not both")
+    def _decay_xor_tau(self):
+        for decay in self.neuron.decays:
+            if getattr(self, decay.name) is not None and getattr(self, decay.tau) is not None:
+                raise ValueError(f"give either {decay.name} or {decay.tau}, not both")
         return self
 
-    def resolve_rho(self, dt: float) -> float:
-        if self.rho is not None:
-            return self.rho
-        if self.tau_adapt is not None:
-            return math.exp(-dt / self.tau_adapt)
-        return 0.98
+    @property
+    def neuron(self) -> NeuronModel:
+        """The layer's neuron model (the registry entry of its ``type``)."""
+        return MODELS[self.type]
+
+    @property
+    def is_recurrent(self) -> bool:
+        """Whether the layer has recurrent weights: its model's, or its ``recurrent`` field's choice."""
+        fixed = self.neuron.recurrent
+        return self.recurrent if fixed is None else fixed
+
+    def resolve_decays(self, dt: float) -> dict[str, float]:
+        """The model's decays after beta, per step, by name (``rho`` for alif)."""
+        return {d.name: _decay_from(getattr(self, d.name), getattr(self, d.tau), dt, d.default)
+                for d in self.neuron.decays}
+
+    def param_values(self) -> dict[str, float]:
+        """The model's scalar parameters after threshold, by name (``adapt_strength`` for alif)."""
+        return {p.name: getattr(self, p.name) for p in self.neuron.params}
 
 
-LayerConfig = Annotated[
-    Union[LIFLayerConfig, RLIFLayerConfig, ALIFLayerConfig], Field(discriminator="type")
-]
-LAYER_TYPES = ("lif", "rlif", "alif")
+def _layer_config(model: NeuronModel) -> type[_SpikingLayer]:
+    """A model's layer section: the common fields, its ``type``, its decays and parameters."""
+    fields: dict[str, Any] = {"type": (Literal[model.name], ...)}
+    if model.recurrent is None:
+        fields["recurrent"] = (bool, model.recurrent_default)
+    for decay in model.decays:
+        fields[decay.name] = (float | None, Field(None, gt=0.0, le=1.0))
+        fields[decay.tau] = (PositiveFloat | None, None)
+    for param in model.params:
+        fields[param.name] = (float, Field(param.default, ge=param.minimum))
+    name = "".join(part.title() for part in model.name.split("_")).upper() + "LayerConfig"
+    return create_model(name, __base__=_SpikingLayer, __module__=__name__, **fields)
+
+
+#: layer type -> its config section, one per entry of the neuron-model registry
+LAYER_CONFIGS: dict[str, type[_SpikingLayer]] = {name: _layer_config(model) for name, model in MODELS.items()}
+LayerConfig = Annotated[Union[tuple(LAYER_CONFIGS.values())], Field(discriminator="type")]
+LAYER_TYPES = tuple(MODELS)
 
 
 class ReadoutConfig(_Decay):

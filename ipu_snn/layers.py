@@ -105,12 +105,14 @@ class LayerPolicies:
 
 
 class SpikingLayer(nn.Module):
-    """A LIF or ALIF layer (`NeuronSpec.adaptive`), feed-forward or with all-to-all recurrent weights."""
+    """A spiking layer of the model ``spec.model`` (`ipu_snn.neuron.models`), feed-forward or with
+    all-to-all recurrent weights. ``decays``: the model's per-step decays after beta, by name
+    (``{"rho": ...}`` for alif)."""
 
     dropout = 0.0  # on its output spikes, in training (`ipu_snn.dropout`; set by build_network)
     input_scale = 1.0  # its input currents' scale in training, where its inputs had dropout
 
-    def __init__(self, n_in: int, n_out: int, spec: NeuronSpec, *, beta: float, rho: float | None = None,
+    def __init__(self, n_in: int, n_out: int, spec: NeuronSpec, *, beta: float, decays: dict[str, float] | None = None,
                  learn_decay: bool = False, policies: LayerPolicies = LayerPolicies(), mode: StepMode = "fused",
                  saved_dtype: torch.dtype | None = None, near_min_d: float | None = None,
                  kernels: str | None = None, products: Products = torch_products, index: int = 0,
@@ -120,8 +122,9 @@ class SpikingLayer(nn.Module):
             raise ValueError(f"unknown step mode {mode!r}; known: {STEP_MODES}")
         if mode == "fused" and not spec.detach_reset:
             raise ValueError("the fused step mode implements a detached reset only (build_network checks this)")
-        if spec.adaptive != (rho is not None):
-            raise ValueError("an ALIF layer (spec.adaptive) needs rho, a LIF layer none")
+        decays, names = decays or {}, tuple(d.name for d in spec.neuron.decays)
+        if tuple(decays) != names:
+            raise ValueError(f"a {spec.model} layer takes the decays {names or 'beta alone'}, got {tuple(decays)}")
         self.n_out, self.spec, self.mode = n_out, spec, mode
         # Spiking inputs are sparse and non-negative: a plain fan-in init leaves the first layer silent.
         # Scaling by the threshold (twice it) makes neurons reach threshold at the start of training.
@@ -129,8 +132,8 @@ class SpikingLayer(nn.Module):
         recurrent = policies.recurrent is not None
         self.rec = Synapses(n_out, n_out, std=1.0 / math.sqrt(n_out), bias=False) if recurrent else None
         _decay(self, "beta", n_out, beta, learn_decay)
-        if spec.adaptive:
-            _decay(self, "rho", n_out, rho, learn_decay)
+        for name, value in decays.items():
+            _decay(self, name, n_out, value, learn_decay)
         self.policies, self.products = policies, products
         name, field = f"layer{index}", f"model.layers.{index}"
         self.input_site = Site(source, name, f"{field}'s input")
@@ -138,14 +141,15 @@ class SpikingLayer(nn.Module):
         self.settings = WindowSettings(spec, saved_dtype, policies.recurrent, near_min_d, kernels, field)
 
     def decays(self) -> tuple[Tensor, Tensor | None]:
-        """(beta, rho or None), clamped to [0, 1] as every step takes them."""
-        return self.beta.clamp(0.0, 1.0), self.rho.clamp(0.0, 1.0) if self.spec.adaptive else None
+        """(beta, the model's second decay or None: rho for alif), clamped to [0, 1] as every step takes them."""
+        extra = [getattr(self, d.name).clamp(0.0, 1.0) for d in self.spec.neuron.decays]
+        return self.beta.clamp(0.0, 1.0), extra[0] if extra else None
 
     def initial_state(self, batch: int, like: Tensor) -> LayerState:
         zeros = like.new_zeros(batch, self.n_out)
         near = zeros.new_zeros(batch, (self.n_out + 7) // 8, dtype=torch.uint8) \
             if self.settings.near_min_d is not None else None
-        return LayerState(zeros, zeros if self.spec.adaptive else None, zeros, near)
+        return LayerState(zeros, zeros if self.spec.neuron.n_state > 1 else None, zeros, near)
 
     def forward(self, x: Inputs) -> Tensor:
         """The spikes [T, B, n_out] of a whole sequence [T, B, n_in] from the zero state, as one window."""

@@ -201,6 +201,7 @@ def _run(driver: Driver, cfg: Config, out_dir: Path, resume: bool, console: Cons
                              "config": cfg.model_dump(mode="json"), "plan": run_plan.to_json()}
                     save_checkpoint(out_dir, epoch, driver.network, state, keep=cfg.training.keep_checkpoints)
                     if cfg.training.keep_best and is_best_epoch(history, selection_metric(cfg.training)):
+                        (out_dir / BEST).mkdir(exist_ok=True)  # in the run folder, which is never recreated
                         save_checkpoint(out_dir / BEST, epoch, driver.network, state, keep=1)
                     write_reports(out_dir, history, run_summary(history, wall, driver.network) | driver.summary())
                     if tensorboard:

@@ -328,11 +328,10 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     input_policy = _policy(cfg, n_in, cfg.layers[0].size, crossovers, backend, no_lists) if binary_inputs \
         else SparsePolicy()
     for i, layer_cfg in enumerate(cfg.layers):
-        adaptive = layer_cfg.type == "alif"
-        recurrent = layer_cfg.type == "rlif" or (adaptive and layer_cfg.recurrent)
-        spec = NeuronSpec(adaptive, layer_cfg.threshold, layer_cfg.adapt_strength if adaptive else 0.0,
-                          layer_cfg.reset, layer_cfg.surrogate.name, layer_cfg.surrogate.scale,
-                          layer_cfg.detach_reset)
+        recurrent = layer_cfg.is_recurrent
+        spec = NeuronSpec(layer_cfg.type, layer_cfg.threshold, reset=layer_cfg.reset,
+                          surrogate=layer_cfg.surrogate.name, scale=layer_cfg.surrogate.scale,
+                          detach_reset=layer_cfg.detach_reset, **layer_cfg.param_values())
         grad, visits = grads[i], ListedVisits()
         near_min_d = None
         if grad.listed and grad.min_derivative is not None and cfg.sparse is not False:
@@ -342,7 +341,7 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
                              per_step=True, visits=visits) if recurrent else None
         layers.append(SpikingLayer(
             n_in, layer_cfg.size, spec, beta=layer_cfg.resolve_beta(dt, default=0.9),
-            rho=layer_cfg.resolve_rho(dt) if adaptive else None, learn_decay=layer_cfg.learn_decay,
+            decays=layer_cfg.resolve_decays(dt), learn_decay=layer_cfg.learn_decay,
             policies=LayerPolicies(input_policy, rec_policy), mode=mode, saved_dtype=saved, near_min_d=near_min_d,
             kernels=kernels, products=products, index=i, source="input" if i == 0 else f"layer{i - 1}"))
         input_policy = _policy(cfg, layer_cfg.size, cfg.layers[i + 1].size if i + 1 < len(cfg.layers) else n_classes,

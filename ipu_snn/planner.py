@@ -22,6 +22,7 @@ from .bptt.registry import SCHEDULES, ScheduleKind, schedule_kind
 from .config import Config
 from .devices import DeviceSpec, GiB
 from .errors import ConfigError
+from .neuron.model import NeuronModel
 
 FLOAT_BYTES = 4
 #: windows the planner considers (steps), besides one window of T when T is at most the largest
@@ -41,10 +42,15 @@ def _packed(n: int) -> int:
 class LayerShape:
     n_in: int
     n: int
-    adaptive: bool
+    neuron: NeuronModel
     recurrent: bool
     learn_decay: bool
     dropout: bool = False  # its output spikes masked in training (ipu_snn.dropout)
+
+    @property
+    def states(self) -> int:
+        """State variables per neuron (the model's: v, and a for alif), each with its decay."""
+        return self.neuron.n_state
 
 
 @dataclass(frozen=True)
@@ -74,9 +80,8 @@ class NetShape:
 
         layers, n_in = [], n_inputs
         for layer in cfg.model.layers:
-            adaptive = layer.type == "alif"
-            layers.append(LayerShape(n_in, layer.size, adaptive, layer.type == "rlif" or (adaptive and layer.recurrent),
-                                     layer.learn_decay, layer.dropout > 0))
+            layers.append(LayerShape(n_in, layer.size, layer.neuron, layer.is_recurrent, layer.learn_decay,
+                                     layer.dropout > 0))
             n_in = layer.size
         fused = cfg.model.fused is not False and not fused_obstacles(cfg.model)
         return cls(batch or cfg.data.batch_size, cfg.data.num_steps, n_inputs, n_classes, tuple(layers),
@@ -92,7 +97,7 @@ class NetShape:
         count = 0
         for layer in self.layers:
             count += layer.n_in * layer.n + layer.n + (layer.n * layer.n if layer.recurrent else 0)
-            count += layer.n * (1 + layer.adaptive) if layer.learn_decay else 0
+            count += layer.n * layer.states if layer.learn_decay else 0
         n_last = self.layers[-1].n
         return count + n_last * self.n_classes + self.n_classes * (1 + self.readout_learn_decay)
 
@@ -106,11 +111,12 @@ class NetShape:
         return self.batch * self.steps * per_step
 
     def state_bytes(self) -> int:
-        """One window-boundary checkpoint: every layer's v, a (ALIF), last spikes, near bits; the readout's v."""
+        """One window-boundary checkpoint: every layer's state (v, a for ALIF), last spikes, near bits; the
+        readout's v."""
         b = self.batch
         total = b * self.n_classes * FLOAT_BYTES
         for layer in self.layers:
-            total += b * layer.n * FLOAT_BYTES * (2 + layer.adaptive) + (b * _packed(layer.n) if self.near else 0)
+            total += b * layer.n * FLOAT_BYTES * (1 + layer.states) + (b * _packed(layer.n) if self.near else 0)
         return total
 
     def tape_bytes(self, window: int) -> int:
@@ -120,19 +126,21 @@ class NetShape:
         # the window's copy of its input bits, which the input product keeps (float frames stay views)
         total = rows * _packed(self.n_inputs) if self.binary_inputs else 0
         for layer in self.layers:
-            per_step = _packed(layer.n) + layer.n * self.saved_bytes  # spikes as bits, d
+            # spikes as bits, and the model's own: d, and the pre-step state of a learned decay
+            per_step = _packed(layer.n) + layer.n * layer.neuron.saved_bytes_per_neuron_step(self.saved_bytes,
+                                                                                            layer.learn_decay)
             if not self.fused:  # the autograd loop keeps each op's inputs instead: an estimate
-                per_step = _packed(layer.n) + layer.n * FLOAT_BYTES * AUTOGRAD_FLOATS_PER_STATE * (1 + layer.adaptive)
-            if layer.learn_decay:
-                per_step += layer.n * self.saved_bytes * (1 + layer.adaptive)  # v_prev, a_prev
+                per_step = _packed(layer.n) + layer.n * FLOAT_BYTES * AUTOGRAD_FLOATS_PER_STATE * layer.states
+                if layer.learn_decay:
+                    per_step += layer.n * self.saved_bytes * layer.states  # the pre-step state: v_prev, a_prev
             if self.near:
                 per_step += _packed(layer.n)
             if layer.dropout:  # the mask (a bool per spike) and the bits of the spikes that pass
                 per_step += layer.n + _packed(layer.n)
             total += rows * per_step
             total += b * _packed(layer.n) if layer.recurrent else 0  # the initial spikes' bits
-            total += FLOAT_BYTES * layer.n * (1 + layer.adaptive)  # the clamped decays
-            total += b * layer.n * FLOAT_BYTES * (2 + layer.adaptive) + (b * _packed(layer.n) if self.near else 0)
+            total += FLOAT_BYTES * layer.n * layer.states  # the clamped decays
+            total += b * layer.n * FLOAT_BYTES * (1 + layer.states) + (b * _packed(layer.n) if self.near else 0)
         c = self.n_classes
         total += FLOAT_BYTES * c  # the clamped readout decay
         if self.readout_learn_decay:

@@ -10,11 +10,15 @@
 // products go to ATen (at::addmm / at::mm).
 //
 // The recurrent product z_{t-1} @ w_rec is dense or a gather-add over the
-// spike list of z_{t-1}, per step: rec_mode 0 always dense, 1 always sparse
-// (at most `capacity` spikes per sample; the rest are dropped and counted),
-// 2 sparse where the step's spikes fit the capacity and their density is at
+// spike list of z_{t-1}, per step, as the parameter `recurrent_product` (a
+// ProductMode, neuron_glue.h) says: always dense, always sparse (at most
+// `capacity` spikes per sample; the rest are dropped and counted), or auto:
+// sparse where the step's spikes fit the capacity and their density is at
 // most max_density (the crossover measured on this machine,
 // ipu_snn/ops/policy.py), else dense. Both give the same sums up to rounding.
+//
+// Each op takes its scalars as one parameter struct (a dict by field name,
+// read in read_window_fwd / read_window_bwd; ipu_snn/neuron/params.py builds it).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -33,8 +37,51 @@ namespace {
 using namespace ipu_snn::cpu;
 using at::Tensor;
 
-enum RecMode : int64_t { kRecDense = 0, kRecSparse = 1, kRecAuto = 2 };
-enum RecGrad : int64_t { kGradDense = 0, kGradListed = 1 };
+// window_fwd's parameters: the neuron's, then the window's.
+struct WindowForwardParams {
+  core::NeuronScalars neuron;
+  bool keep_d, keep_v, keep_a;  // what backward reads: d at all, the pre-step v and a (learned decays)
+  ProductMode recurrent_product;
+  int64_t capacity;    // spikes per sample in a sparse recurrent product
+  double max_density;  // auto: the largest density that runs sparse
+  double near_min_d;   // < 0: no near-threshold bits
+};
+
+WindowForwardParams read_window_fwd(const ParamDict& params, const char* op) {
+  ParamReader r(params, op);
+  WindowForwardParams p;
+  p.neuron = read_neuron(r);
+  p.keep_d = r.flag("keep_d");
+  p.keep_v = r.flag("keep_v");
+  p.keep_a = r.flag("keep_a");
+  p.recurrent_product = static_cast<ProductMode>(r.code("recurrent_product", kProductModes));
+  p.capacity = r.count("capacity");
+  p.max_density = r.real("max_density");
+  p.near_min_d = r.real("near_min_d");
+  r.done();
+  return p;
+}
+
+// window_bwd's parameters: the neuron's, then the window's.
+struct WindowBackwardParams {
+  core::NeuronScalars neuron;
+  bool keep_ga;      // keep ga per step (a learned rho)
+  bool keep_gv;      // keep gv per step (a learned beta of a model whose current enters its second state)
+  bool listed_grad;  // the recurrent input gradient over the spike (and near) lists
+  int64_t capacity;  // list length of the listed backward
+};
+
+WindowBackwardParams read_window_bwd(const ParamDict& params, const char* op) {
+  ParamReader r(params, op);
+  WindowBackwardParams p;
+  p.neuron = read_neuron(r);
+  p.keep_ga = r.flag("keep_ga");
+  p.keep_gv = r.flag("keep_gv");
+  p.listed_grad = r.flag("listed_grad");
+  p.capacity = r.count("capacity");
+  r.done();
+  return p;
+}
 
 // A step's rows go to threads only when a task gets at least this many neurons:
 // a time step is small, and a parallel region per step costs a thread wake-up
@@ -73,11 +120,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 window_fwd(
     const Tensor& currents_in, const Tensor& v0_in, const c10::optional<Tensor>& a0_in,
     const c10::optional<Tensor>& z0_in, const c10::optional<Tensor>& w_rec_in,
-    const Tensor& beta_in, const c10::optional<Tensor>& rho_in, double threshold,
-    double adapt_strength, int64_t reset, int64_t surrogate, double scale,
-    at::ScalarType saved_dtype, bool keep_d, bool keep_v, bool keep_a, int64_t rec_mode,
-    int64_t capacity, double max_density, double near_min_d) {
+    const Tensor& beta_in, const c10::optional<Tensor>& rho_in, const ParamDict& params,
+    at::ScalarType saved_dtype) {
   const char* op = "window_fwd";
+  const WindowForwardParams p = read_window_fwd(params, op);
+  const core::NeuronScalars& scalars = p.neuron;
+  const ProductMode rec_mode = p.recurrent_product;
+  const int64_t capacity = p.capacity;
+  const double max_density = p.max_density, near_min_d = p.near_min_d;
+  bool keep_d = p.keep_d, keep_v = p.keep_v, keep_a = p.keep_a;
   TORCH_CHECK(currents_in.dim() == 3 && currents_in.device().is_cpu(), op,
               ": currents must be a CPU tensor [L, B, N], got ", currents_in.sizes());
   const int64_t steps = currents_in.size(0), batch = currents_in.size(1),
@@ -86,8 +137,9 @@ window_fwd(
   check_step_matrix(like, "currents", op);
   check_state(v0_in, "v0", like, op);
   check_decay(beta_in, "beta", like, op);
-  const bool adaptive = a0_in.has_value();
-  TORCH_CHECK(adaptive == rho_in.has_value(), op, ": ALIF needs both a0 and rho, LIF neither");
+  const bool adaptive = ipu_snn::cpu::adaptive(scalars);
+  TORCH_CHECK(adaptive == a0_in.has_value() && adaptive == rho_in.has_value(), op,
+              ": ALIF needs both a0 and rho, LIF neither");
   if (adaptive) {
     check_state(*a0_in, "a0", like, op);
     check_decay(*rho_in, "rho", like, op);
@@ -98,15 +150,12 @@ window_fwd(
                              w_rec_in->scalar_type() == like.scalar_type()),
               op, ": a recurrent window needs z0 [B, N] and w_rec [N, N] in the state dtype");
   if (recurrent) check_state(*z0_in, "z0", like, op);
-  TORCH_CHECK(rec_mode >= 0 && rec_mode <= 2, op, ": rec_mode must be 0, 1 or 2, got ", rec_mode);
-  TORCH_CHECK(!recurrent || rec_mode == kRecDense || capacity >= 1, op,
+  TORCH_CHECK(!recurrent || rec_mode == ProductMode::kDense || capacity >= 1, op,
               ": a sparse recurrent product needs a capacity >= 1");
   check_saved_dtype(saved_dtype, like.scalar_type(), op);
-  const core::NeuronScalars scalars{threshold, adapt_strength, parse_reset(reset),
-                                    parse_surrogate(surrogate), scale};
   keep_a = keep_a && adaptive && keep_d;
   keep_v = keep_v && keep_d;
-  const bool sparse_rec = recurrent && rec_mode != kRecDense;
+  const bool sparse_rec = recurrent && rec_mode != ProductMode::kDense;
   const bool near = near_min_d >= 0.0;
 
   const auto currents = currents_in.contiguous();
@@ -172,9 +221,9 @@ window_fwd(
       const T* input = currents_p + t * plane;
       bool gather = false;
       if (recurrent) {
-        if (rec_mode == kRecSparse) {
+        if (rec_mode == ProductMode::kSparse) {
           gather = true;
-        } else if (rec_mode == kRecAuto) {
+        } else if (rec_mode == ProductMode::kAuto) {
           int64_t total = 0, most = 0;
           for (int64_t b = 0; b < batch; ++b) {
             total += count_prev[b];
@@ -183,7 +232,7 @@ window_fwd(
           gather = most <= k_cap && double(total) <= max_density * double(batch * n);
         }
         if (gather) {
-          if (rec_mode == kRecSparse) {
+          if (rec_mode == ProductMode::kSparse) {
             for (int64_t b = 0; b < batch; ++b) dropped_p[b] += std::max<int64_t>(0, count_prev[b] - k_cap);
           }
           ++sparse_steps;
@@ -245,15 +294,17 @@ window_fwd(
           dropped, at::full({1}, sparse_steps, opts.dtype(at::kLong))};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
     const c10::optional<Tensor>& grad_z_in, const c10::optional<Tensor>& grad_z_last_in,
     const Tensor& grad_v_in,
     const c10::optional<Tensor>& grad_a_in, const Tensor& bits_in, const Tensor& d_in,
     const c10::optional<Tensor>& z0_bits_in, const c10::optional<Tensor>& near_in,
     const c10::optional<Tensor>& near0_in, const c10::optional<Tensor>& w_rec_in,
-    const Tensor& beta_in, const c10::optional<Tensor>& rho_in, double adapt_strength,
-    int64_t reset, bool keep_ga, int64_t rec_grad, int64_t capacity) {
+    const Tensor& beta_in, const c10::optional<Tensor>& rho_in, const ParamDict& params) {
   const char* op = "window_bwd";
+  const WindowBackwardParams p = read_window_bwd(params, op);
+  const int64_t capacity = p.capacity;
+  bool keep_ga = p.keep_ga;
   TORCH_CHECK(d_in.dim() == 3 && d_in.device().is_cpu(), op, ": d must be a CPU tensor [L, B, N]");
   const int64_t steps = d_in.size(0), batch = d_in.size(1), n = d_in.size(2);
   check_step_matrix(grad_v_in, "grad_v", op);
@@ -262,7 +313,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
   const auto like = grad_v_in;
   check_saved_dtype(d_in.scalar_type(), like.scalar_type(), op);
   check_decay(beta_in, "beta", like, op);
-  const bool adaptive = rho_in.has_value();
+  const bool adaptive = ipu_snn::cpu::adaptive(p.neuron);
+  TORCH_CHECK(adaptive == rho_in.has_value(), op, ": ALIF needs rho, LIF none");
   if (adaptive) check_decay(*rho_in, "rho", like, op);
   if (grad_a_in.has_value()) {
     TORCH_CHECK(adaptive, op, ": grad_a was given for a LIF layer");
@@ -274,7 +326,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
                   bits_in.size(2) == row_bytes,
               op, ": bits must be uint8 [L, B, ceil(N / 8)]");
   const bool recurrent = w_rec_in.has_value();
-  const bool listed = recurrent && rec_grad == kGradListed;
+  const bool listed = recurrent && p.listed_grad;
   TORCH_CHECK(!recurrent || z0_bits_in.has_value(), op, ": a recurrent window needs z0's bits");
   TORCH_CHECK(!listed || capacity >= 1, op, ": the listed backward needs a capacity >= 1");
   const bool near = near_in.has_value();
@@ -297,15 +349,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
   const auto opts = like.options();
   auto grad_currents = at::empty({steps, batch, n}, opts);
   auto ga_all = keep_ga ? at::empty({steps, batch, n}, opts) : at::empty({0}, opts);
+  // CUBA: the input current enters the synaptic current a, so the kernel's ga is the current's
+  // gradient (written to grad_currents) and its gv, w.r.t. v, goes to gv_all (a learned beta) or scratch
+  const bool into_a = p.neuron.kind == core::NeuronKind::kCuba;
+  const bool keep_gv = p.keep_gv && into_a;
+  auto gv_all = keep_gv ? at::empty({steps, batch, n}, opts) : at::empty({0}, opts);
+  Tensor gv_scratch = into_a && !keep_gv ? at::empty({batch, n}, opts) : Tensor();
   Tensor grad_v = grad_v_in.contiguous().clone();
   Tensor grad_a = adaptive ? (grad_a_in.has_value() ? grad_a_in->contiguous().clone()
                                                     : at::zeros({batch, n}, opts))
                            : Tensor();
   Tensor rec = recurrent ? at::zeros({batch, n}, opts) : Tensor();  // d loss / d z_{t-1} via w_rec
   Tensor gz = at::empty({batch, n}, opts);
-  const core::Reset reset_kind = parse_reset(reset);
   if (steps == 0 || batch == 0 || n == 0) {
-    return {grad_currents, ga_all, grad_v, adaptive ? grad_a : at::empty({0}, opts),
+    return {grad_currents, ga_all, gv_all, grad_v, adaptive ? grad_a : at::empty({0}, opts),
             recurrent ? rec : at::empty({0}, opts)};
   }
 
@@ -329,6 +386,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
       // ga is kept only for a learned rho (grad_rho = sum ga * a_prev); the leak's
       // epilogue below carries rho * ga to the previous step either way
       T* ga = keep_ga ? step(ga_all, t).data_ptr<T>() : nullptr;
+      T* gv_out = gc;
+      if (into_a) {  // the kernel's (gv, ga) are (w.r.t. v, the current's)
+        gv_out = keep_gv ? step(gv_all, t).data_ptr<T>() : gv_scratch.data_ptr<T>();
+        ga = gc;
+      }
       core::LeakBackward<T> leak;
       leak.beta = beta.data_ptr<T>();
       leak.rho = adaptive ? rho.data_ptr<T>() : nullptr;
@@ -348,8 +410,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
             gzp[i] = (gz_t != nullptr ? gz_t[i] : T(0)) + (rec_p != nullptr ? rec_p[i] : T(0)) +
                      (gz_last != nullptr ? gz_last[i] : T(0));
           }
-          core::neuron_backward<T, D>(gzp, gvp, gap, bt, dp, n, b0 * n, b1 * n, adaptive,
-                                      adapt_strength, reset_kind, gc, ga, leak);
+          core::neuron_backward<T, D>(gzp, gvp, gap, bt, dp, n, b0 * n, b1 * n, p.neuron, gv_out, ga, leak);
         });
       });
       if (!recurrent) continue;
@@ -372,7 +433,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> window_bwd(
       });
     }
   });
-  return {grad_currents, ga_all, grad_v, adaptive ? grad_a : at::empty({0}, opts),
+  return {grad_currents, ga_all, gv_all, grad_v, adaptive ? grad_a : at::empty({0}, opts),
           recurrent ? rec : at::empty({0}, opts)};
 }
 
@@ -460,14 +521,12 @@ std::tuple<Tensor, Tensor> leaky_bwd(const c10::optional<Tensor>& grad_trace_in,
 
 TORCH_LIBRARY_FRAGMENT(ipu_snn_cpu, m) {
   m.def("window_fwd(Tensor currents, Tensor v0, Tensor? a0, Tensor? z0, Tensor? w_rec, "
-        "Tensor beta, Tensor? rho, float threshold, float adapt_strength, int reset, "
-        "int surrogate, float scale, ScalarType saved_dtype, bool keep_d, bool keep_v, "
-        "bool keep_a, int rec_mode, int capacity, float max_density, float near_min_d) "
+        "Tensor beta, Tensor? rho, Dict(str, float) params, ScalarType saved_dtype) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("window_bwd(Tensor? grad_z, Tensor? grad_z_last, Tensor grad_v, Tensor? grad_a, Tensor bits, Tensor d, "
         "Tensor? z0_bits, Tensor? near, Tensor? near0, Tensor? w_rec, Tensor beta, Tensor? rho, "
-        "float adapt_strength, int reset, bool keep_ga, int rec_grad, int capacity) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "Dict(str, float) params) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("leaky_fwd(Tensor currents, Tensor beta, Tensor v0) -> Tensor");
   m.def("leaky_bwd(Tensor? grad_trace, Tensor? grad_last, Tensor beta, int steps) -> (Tensor, Tensor)");
 }

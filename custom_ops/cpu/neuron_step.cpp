@@ -26,23 +26,23 @@ using namespace ipu_snn::cpu;
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_fwd(
     const at::Tensor& current_in, const at::Tensor& v_in,
     const c10::optional<at::Tensor>& a_in, const at::Tensor& beta_in,
-    const c10::optional<at::Tensor>& rho_in, double threshold, double adapt_strength,
-    int64_t reset, int64_t surrogate, double scale, at::ScalarType saved_dtype) {
+    const c10::optional<at::Tensor>& rho_in, const ParamDict& params, at::ScalarType saved_dtype) {
   const char* op = "neuron_fwd";
+  ParamReader reader(params, op);
+  const core::NeuronScalars scalars = read_neuron(reader);
+  reader.done();
   check_step_matrix(current_in, "current", op);
   check_state(v_in, "v", current_in, op);
   check_decay(beta_in, "beta", current_in, op);
-  TORCH_CHECK(a_in.has_value() == rho_in.has_value(), op,
+  TORCH_CHECK(a_in.has_value() == adaptive(scalars) && rho_in.has_value() == adaptive(scalars), op,
               ": ALIF needs both a and rho, LIF neither; got a ",
               a_in.has_value() ? "set" : "None", " and rho ",
-              rho_in.has_value() ? "set" : "None");
+              rho_in.has_value() ? "set" : "None", " for kernel ", static_cast<int>(scalars.kind));
   if (a_in.has_value()) {
     check_state(*a_in, "a", current_in, op);
     check_decay(*rho_in, "rho", current_in, op);
   }
   check_saved_dtype(saved_dtype, current_in.scalar_type(), op);
-  const core::NeuronScalars scalars{threshold, adapt_strength, parse_reset(reset),
-                                    parse_surrogate(surrogate), scale};
 
   const auto current = current_in.contiguous();
   const auto v = v_in.contiguous();
@@ -108,8 +108,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_fw
 std::tuple<at::Tensor, at::Tensor> neuron_bwd(
     const at::Tensor& grad_z_in, const at::Tensor& grad_v_in,
     const c10::optional<at::Tensor>& grad_a_in, const at::Tensor& bits_in,
-    const at::Tensor& d_in, bool adaptive, double adapt_strength, int64_t reset) {
+    const at::Tensor& d_in, const ParamDict& params) {
   const char* op = "neuron_bwd";
+  ParamReader reader(params, op);
+  const core::NeuronScalars scalars = read_neuron(reader);
+  reader.done();
+  const bool adaptive = ipu_snn::cpu::adaptive(scalars);
   check_step_matrix(grad_v_in, "grad_v", op);
   check_state(grad_z_in, "grad_z", grad_v_in, op);
   TORCH_CHECK(adaptive || !grad_a_in.has_value(), op,
@@ -127,7 +131,6 @@ std::tuple<at::Tensor, at::Tensor> neuron_bwd(
               ": d must be a CPU tensor of shape ", grad_v_in.sizes(), ", got ",
               d_in.sizes(), " on ", d_in.device());
   check_saved_dtype(d_in.scalar_type(), grad_v_in.scalar_type(), op);
-  const core::Reset reset_kind = parse_reset(reset);
 
   const auto grad_z = grad_z_in.contiguous();
   const auto grad_v = grad_v_in.contiguous();
@@ -154,8 +157,7 @@ std::tuple<at::Tensor, at::Tensor> neuron_bwd(
       T* gvp = gv.data_ptr<T>();
       T* gap = adaptive ? ga.data_ptr<T>() : nullptr;
       at::parallel_for(0, batch * n, kGrainElements, [&](int64_t i0, int64_t i1) {
-        core::neuron_backward<T, D>(gz, gvin, gain, zb, dp, n, i0, i1, adaptive,
-                                    adapt_strength, reset_kind, gvp, gap);
+        core::neuron_backward<T, D>(gz, gvin, gain, zb, dp, n, i0, i1, scalars, gvp, gap);
       });
     });
   });
@@ -168,10 +170,9 @@ std::tuple<at::Tensor, at::Tensor> neuron_bwd(
 // one extension may declare a namespace only once.
 TORCH_LIBRARY_FRAGMENT(ipu_snn_cpu, m) {
   m.def("neuron_fwd(Tensor current, Tensor v, Tensor? a, Tensor beta, Tensor? rho, "
-        "float threshold, float adapt_strength, int reset, int surrogate, float scale, "
-        "ScalarType saved_dtype) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "Dict(str, float) params, ScalarType saved_dtype) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("neuron_bwd(Tensor grad_z, Tensor grad_v, Tensor? grad_a, Tensor zbits, "
-        "Tensor d, bool adaptive, float adapt_strength, int reset) -> (Tensor, Tensor)");
+        "Tensor d, Dict(str, float) params) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ipu_snn_cpu, CPU, m) {

@@ -66,12 +66,27 @@ namespace core {
 
 enum class Reset : int32_t { kSubtract = 0, kZero = 1 };
 
+// The surrogate table's codes (ipu_snn/neuron/surrogates.py); kSurrogateKinds is one past the last.
 enum class SurrogateKind : int32_t {
   kFastSigmoid = 0,
   kAtan = 1,
   kTriangle = 2,
   kBoxcar = 3,
 };
+constexpr int32_t kSurrogateKinds = 4;
+
+// The neuron-model registry's kernel codes (ipu_snn/neuron/models: NeuronModel.kernel_code); models
+// that differ in connectivity only share one (lif and rlif run kLif). kNeuronKinds is one past the last.
+enum class NeuronKind : int32_t {
+  kLif = 0,
+  kAlif = 1,
+  kCuba = 2,
+};
+constexpr int32_t kNeuronKinds = 3;
+
+// Whether a kernel carries a second state (a, with its decay rho) besides v: the registry's
+// NeuronModel.state has two entries.
+inline bool has_second_state(NeuronKind kind) { return kind != NeuronKind::kLif; }
 
 // The scalars of one layer's step, in S (double on the CPU, float on a tile).
 template <typename S>
@@ -81,6 +96,7 @@ struct NeuronScalarsT {
   Reset reset;
   SurrogateKind surrogate;
   S scale;
+  NeuronKind kind = NeuronKind::kLif;  // kAlif: a_prev, rho and a_new are read and written
 };
 using NeuronScalars = NeuronScalarsT<double>;
 
@@ -159,8 +175,11 @@ struct BoxcarGrad {
 // products with z, for the same reason: a product with a 0/1 value invites the
 // compiler to branch, and a branch stops vectorisation. The results are the
 // same numbers (v - 1 * theta is x, v - 0 * theta is v).
-template <typename T, typename D, typename Grad, bool kSubtract, bool kAdaptive, typename I,
-          typename S>
+// kCuba (current-based LIF, NIR's CubaLIF): a is the synaptic current i and rho its decay alpha;
+// the input current enters i, which enters v: i = alpha * i_prev + current, v = beta * v_prev + i,
+// theta = threshold, a_new = i.
+template <typename T, typename D, typename Grad, bool kSubtract, bool kAdaptive, bool kCuba,
+          typename I, typename S>
 void neuron_forward_row(const T* IPU_SNN_RESTRICT current, const T* IPU_SNN_RESTRICT v_prev,
                         const T* IPU_SNN_RESTRICT a_prev, const T* IPU_SNN_RESTRICT beta,
                         const T* IPU_SNN_RESTRICT rho, I row_start, I j_begin,
@@ -173,14 +192,15 @@ void neuron_forward_row(const T* IPU_SNN_RESTRICT current, const T* IPU_SNN_REST
   const Grad grad = grad_in;  // a local copy keeps its constants in registers
   const T* cur = current + row_start;
   const T* vp = v_prev + row_start;
-  const T* ap = kAdaptive ? a_prev + row_start : nullptr;
+  const T* ap = (kAdaptive || kCuba) ? a_prev + row_start : nullptr;
   T* vn = v_new + row_start;
-  T* an = kAdaptive ? a_new + row_start : nullptr;
+  T* an = (kAdaptive || kCuba) ? a_new + row_start : nullptr;
   T* zr = z + row_start;
   D* dr = d + row_start;
   for (I j = j_begin; j < j_end; ++j) {
-    const C v = C(beta[j]) * C(vp[j]) + C(cur[j]);
     C a = C(0), theta = th;
+    if (kCuba) a = C(rho[j]) * C(ap[j]) + C(cur[j]);
+    const C v = C(beta[j]) * C(vp[j]) + (kCuba ? a : C(cur[j]));
     if (kAdaptive) {
       a = C(rho[j]) * C(ap[j]);
       theta = th + adapt * a;
@@ -194,13 +214,14 @@ void neuron_forward_row(const T* IPU_SNN_RESTRICT current, const T* IPU_SNN_REST
       const C zc = fired ? C(1) : C(0);
       an[j] = T(a + zc);
     }
+    if (kCuba) an[j] = T(a);
   }
 }
 
 // Splits [begin, end) into row segments so the inner loop runs over neuron
 // indices: one division finds the first row, the rest are walked.
-template <typename T, typename D, typename Grad, bool kSubtract, bool kAdaptive, typename I,
-          typename S>
+template <typename T, typename D, typename Grad, bool kSubtract, bool kAdaptive, bool kCuba,
+          typename I, typename S>
 void neuron_forward_range(const T* current, const T* v_prev, const T* a_prev,
                           const T* beta, const T* rho, I n_neurons,
                           I begin, I end, S threshold,
@@ -211,7 +232,7 @@ void neuron_forward_range(const T* current, const T* v_prev, const T* a_prev,
   I j_begin = begin - row_start;
   while (row_start < end) {
     const I j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
-    neuron_forward_row<T, D, Grad, kSubtract, kAdaptive>(
+    neuron_forward_row<T, D, Grad, kSubtract, kAdaptive, kCuba>(
         current, v_prev, a_prev, beta, rho, row_start, j_begin, j_end, threshold,
         adapt_strength, grad, v_new, a_new, z, d);
     row_start += n_neurons;
@@ -224,18 +245,21 @@ void neuron_forward_with(const T* current, const T* v_prev, const T* a_prev,
                          const T* beta, const T* rho, I n_neurons,
                          I begin, I end, const NeuronScalarsT<S>& s,
                          const Grad& grad, T* v_new, T* a_new, T* z, D* d) {
-#define IPU_SNN_NEURON_FORWARD(SUB, A)                                                  \
-  neuron_forward_range<T, D, Grad, SUB, A>(current, v_prev, a_prev, beta, rho, n_neurons, \
+#define IPU_SNN_NEURON_FORWARD(SUB, A, CUBA)                                            \
+  neuron_forward_range<T, D, Grad, SUB, A, CUBA>(current, v_prev, a_prev, beta, rho, n_neurons, \
                                            begin, end, s.threshold,                      \
                                            A ? s.adapt_strength : S(0), grad, v_new,     \
                                            a_new, z, d)
   const bool subtract = s.reset == Reset::kSubtract;
-  if (rho != nullptr) {
-    if (subtract) IPU_SNN_NEURON_FORWARD(true, true);
-    else IPU_SNN_NEURON_FORWARD(false, true);
+  if (s.kind == NeuronKind::kCuba) {
+    if (subtract) IPU_SNN_NEURON_FORWARD(true, false, true);
+    else IPU_SNN_NEURON_FORWARD(false, false, true);
+  } else if (rho != nullptr) {
+    if (subtract) IPU_SNN_NEURON_FORWARD(true, true, false);
+    else IPU_SNN_NEURON_FORWARD(false, true, false);
   } else {
-    if (subtract) IPU_SNN_NEURON_FORWARD(true, false);
-    else IPU_SNN_NEURON_FORWARD(false, false);
+    if (subtract) IPU_SNN_NEURON_FORWARD(true, false, false);
+    else IPU_SNN_NEURON_FORWARD(false, false, false);
   }
 #undef IPU_SNN_NEURON_FORWARD
 }
@@ -345,8 +369,11 @@ void repack_bits(const uint8_t* src, I src_row_bytes, I bit_offset, I n, I rows,
 // the same pass: grad_v_prev = beta * gv, grad_a_prev = rho * ga. All inputs
 // of an element are read before its outputs are written, so grad_v_prev may
 // be grad_v and grad_a_prev may be grad_a (in-place carries).
+// kCuba: a is the synaptic current i (after its decay and input); gv is w.r.t. v before the
+// reset and ga = grad_a + gv w.r.t. i, which is also the gradient of the input current; the leak's
+// backward is grad_v_prev = beta * gv, grad_a_prev = rho * ga (rho is alpha).
 template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA, bool kLeak,
-          typename I>
+          bool kCuba, typename I>
 inline void neuron_backward_element(
     const T* IPU_SNN_RESTRICT grad_z, const T* grad_v, const T* grad_a,
     const D* IPU_SNN_RESTRICT d, I i, I j,
@@ -355,15 +382,15 @@ inline void neuron_backward_element(
     const T* IPU_SNN_RESTRICT rho, T* grad_v_prev, T* grad_a_prev) {
   using C = typename NeuronCompute<T>::type;
   const C gvn = C(grad_v[i]);
-  const C gan = (kAdaptive && kGradA) ? C(grad_a[i]) : C(0);
-  const C gx = (C(grad_z[i]) + gan) * static_cast<C>(d[i]);
+  const C gan = ((kAdaptive || kCuba) && kGradA) ? C(grad_a[i]) : C(0);
+  const C gx = (C(grad_z[i]) + (kCuba ? C(0) : gan)) * static_cast<C>(d[i]);
   const C gv = (kSubtract ? gvn : gvn * (C(1) - zc)) + gx;
-  const C ga = gan - adapt * (kSubtract ? gx + gvn * zc : gx);
+  const C ga = kCuba ? gan + gv : gan - adapt * (kSubtract ? gx + gvn * zc : gx);
   gv_out[i] = T(gv);
-  if (kAdaptive && ga_out != nullptr) ga_out[i] = T(ga);
+  if ((kAdaptive || kCuba) && ga_out != nullptr) ga_out[i] = T(ga);
   if (kLeak) {
     grad_v_prev[i] = T(C(beta[j]) * gv);
-    if (kAdaptive) grad_a_prev[i] = T(C(rho[j]) * ga);
+    if (kAdaptive || kCuba) grad_a_prev[i] = T(C(rho[j]) * ga);
   }
 }
 
@@ -372,7 +399,7 @@ inline void neuron_backward_element(
 // becomes 0/1 by arithmetic, not by a branch: a branch on the spikes
 // mispredicts about as often as neurons fire, which made this loop ~5x slower.
 template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA, bool kLeak,
-          typename I, typename S>
+          bool kCuba, typename I, typename S>
 void neuron_backward_row(const T* grad_z, const T* grad_v, const T* grad_a,
                          const uint8_t* row_bits, const D* d, I row_start, I j_begin,
                          I j_end, S adapt_strength, T* gv_out, T* ga_out, const T* beta,
@@ -380,7 +407,7 @@ void neuron_backward_row(const T* grad_z, const T* grad_v, const T* grad_a,
   using C = typename NeuronCompute<T>::type;
   const C adapt = C(adapt_strength);
 #define IPU_SNN_BACKWARD_ELEMENT(J, BIT)                                                 \
-  neuron_backward_element<T, D, kSubtract, kAdaptive, kGradA, kLeak>(                     \
+  neuron_backward_element<T, D, kSubtract, kAdaptive, kGradA, kLeak, kCuba>(              \
       grad_z, grad_v, grad_a, d, row_start + (J), (J), C(int32_t(BIT)), adapt, gv_out,    \
       ga_out, beta, rho, grad_v_prev, grad_a_prev)
   I j = j_begin;
@@ -398,7 +425,7 @@ void neuron_backward_row(const T* grad_z, const T* grad_v, const T* grad_a,
 }
 
 template <typename T, typename D, bool kSubtract, bool kAdaptive, bool kGradA, bool kLeak,
-          typename I, typename S>
+          bool kCuba, typename I, typename S>
 void neuron_backward_range(const T* grad_z, const T* grad_v, const T* grad_a,
                            const uint8_t* bits, const D* d, I n_neurons, I begin, I end,
                            S adapt_strength, T* gv_out, T* ga_out, const T* beta,
@@ -410,7 +437,7 @@ void neuron_backward_range(const T* grad_z, const T* grad_v, const T* grad_a,
   const uint8_t* row_bits = bits + row * row_bytes;
   while (row_start < end) {
     const I j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
-    neuron_backward_row<T, D, kSubtract, kAdaptive, kGradA, kLeak>(
+    neuron_backward_row<T, D, kSubtract, kAdaptive, kGradA, kLeak, kCuba>(
         grad_z, grad_v, grad_a, row_bits, d, row_start, j_begin, j_end, adapt_strength,
         gv_out, ga_out, beta, rho, grad_v_prev, grad_a_prev);
     row_start += n_neurons;
@@ -430,39 +457,69 @@ struct LeakBackward {
   T* grad_a_prev = nullptr;
 };
 
-// One step backward of fire-and-reset over flat elements [begin, end), from
-// grad_z, grad_v (w.r.t. v_new), grad_a (w.r.t. a_new; ALIF, null means 0),
-// the packed spikes and the saved d: writes gv (w.r.t. v before the reset,
-// also the gradient of the input current) and, when ga is not null, ga
-// (w.r.t. a after the decay; ALIF). Only adapt_strength and the reset kind
+// One step backward of fire-and-reset over flat elements [begin, end) for the
+// kernel `kind`, from grad_z, grad_v (w.r.t. v_new), grad_a (w.r.t. a_new;
+// ALIF and CUBA, null means 0), the packed spikes and the saved d: writes gv
+// (w.r.t. v before the reset; for LIF and ALIF also the gradient of the input
+// current) and, when ga is not null, ga (w.r.t. a after the decay; for CUBA
+// the gradient of the input current). Only adapt_strength and the reset kind
 // enter the math: d already holds the surrogate. gv and ga may alias grad_v
 // and grad_a; no other output may alias an input or another output.
+template <typename T, typename D, typename I, typename S>
+void neuron_backward_of(NeuronKind kind, const T* grad_z, const T* grad_v, const T* grad_a,
+                        const uint8_t* bits, const D* d, I n_neurons, I begin, I end,
+                        S adapt_strength, Reset reset, T* gv, T* ga,
+                        const LeakBackward<T>& leak) {
+#define IPU_SNN_NEURON_BACKWARD(SUB, A, G, L, CUBA)                                          \
+  neuron_backward_range<T, D, SUB, A, G, L, CUBA>(grad_z, grad_v, grad_a, bits, d, n_neurons, \
+                                                  begin, end, adapt_strength, gv, ga,          \
+                                                  leak.beta, leak.rho, leak.grad_v_prev,       \
+                                                  leak.grad_a_prev)
+#define IPU_SNN_NEURON_BACKWARD_LEAK(SUB, A, G, CUBA)                           \
+  if (leak.beta != nullptr) IPU_SNN_NEURON_BACKWARD(SUB, A, G, true, CUBA);     \
+  else IPU_SNN_NEURON_BACKWARD(SUB, A, G, false, CUBA)
+  const bool subtract = reset == Reset::kSubtract;
+  if (kind == NeuronKind::kCuba) {
+    if (grad_a == nullptr) {
+      if (subtract) { IPU_SNN_NEURON_BACKWARD_LEAK(true, false, false, true); }
+      else { IPU_SNN_NEURON_BACKWARD_LEAK(false, false, false, true); }
+    } else {
+      if (subtract) { IPU_SNN_NEURON_BACKWARD_LEAK(true, false, true, true); }
+      else { IPU_SNN_NEURON_BACKWARD_LEAK(false, false, true, true); }
+    }
+  } else if (kind == NeuronKind::kLif) {
+    if (subtract) { IPU_SNN_NEURON_BACKWARD_LEAK(true, false, false, false); }
+    else { IPU_SNN_NEURON_BACKWARD_LEAK(false, false, false, false); }
+  } else if (grad_a == nullptr) {
+    if (subtract) { IPU_SNN_NEURON_BACKWARD_LEAK(true, true, false, false); }
+    else { IPU_SNN_NEURON_BACKWARD_LEAK(false, true, false, false); }
+  } else {
+    if (subtract) { IPU_SNN_NEURON_BACKWARD_LEAK(true, true, true, false); }
+    else { IPU_SNN_NEURON_BACKWARD_LEAK(false, true, true, false); }
+  }
+#undef IPU_SNN_NEURON_BACKWARD_LEAK
+#undef IPU_SNN_NEURON_BACKWARD
+}
+
+// The LIF (adaptive false) or ALIF backward, as the Poplar vertices call it.
 template <typename T, typename D, typename I, typename S>
 void neuron_backward(const T* grad_z, const T* grad_v, const T* grad_a,
                      const uint8_t* bits, const D* d, I n_neurons, non_deduced_t<I> begin,
                      non_deduced_t<I> end, bool adaptive, S adapt_strength, Reset reset,
                      T* gv, T* ga, const LeakBackward<T>& leak = LeakBackward<T>()) {
-#define IPU_SNN_NEURON_BACKWARD(SUB, A, G, L)                                          \
-  neuron_backward_range<T, D, SUB, A, G, L>(grad_z, grad_v, grad_a, bits, d, n_neurons, \
-                                            begin, end, adapt_strength, gv, ga,          \
-                                            leak.beta, leak.rho, leak.grad_v_prev,       \
-                                            leak.grad_a_prev)
-#define IPU_SNN_NEURON_BACKWARD_LEAK(SUB, A, G)                           \
-  if (leak.beta != nullptr) IPU_SNN_NEURON_BACKWARD(SUB, A, G, true);     \
-  else IPU_SNN_NEURON_BACKWARD(SUB, A, G, false)
-  const bool subtract = reset == Reset::kSubtract;
-  if (!adaptive) {
-    if (subtract) { IPU_SNN_NEURON_BACKWARD_LEAK(true, false, false); }
-    else { IPU_SNN_NEURON_BACKWARD_LEAK(false, false, false); }
-  } else if (grad_a == nullptr) {
-    if (subtract) { IPU_SNN_NEURON_BACKWARD_LEAK(true, true, false); }
-    else { IPU_SNN_NEURON_BACKWARD_LEAK(false, true, false); }
-  } else {
-    if (subtract) { IPU_SNN_NEURON_BACKWARD_LEAK(true, true, true); }
-    else { IPU_SNN_NEURON_BACKWARD_LEAK(false, true, true); }
-  }
-#undef IPU_SNN_NEURON_BACKWARD_LEAK
-#undef IPU_SNN_NEURON_BACKWARD
+  neuron_backward_of<T, D, I, S>(adaptive ? NeuronKind::kAlif : NeuronKind::kLif, grad_z, grad_v,
+                                 grad_a, bits, d, n_neurons, begin, end, adapt_strength, reset, gv,
+                                 ga, leak);
+}
+
+// The backward of the kernel the parameter struct names (s.kind), as the CPU ops call it.
+template <typename T, typename D, typename I, typename S>
+void neuron_backward(const T* grad_z, const T* grad_v, const T* grad_a,
+                     const uint8_t* bits, const D* d, I n_neurons, non_deduced_t<I> begin,
+                     non_deduced_t<I> end, const NeuronScalarsT<S>& s, T* gv, T* ga,
+                     const LeakBackward<T>& leak = LeakBackward<T>()) {
+  neuron_backward_of<T, D, I, S>(s.kind, grad_z, grad_v, grad_a, bits, d, n_neurons, begin, end,
+                                 s.adapt_strength, s.reset, gv, ga, leak);
 }
 
 }  // namespace core

@@ -33,6 +33,7 @@ import torch
 from ..config import Config, validate_config
 from ..errors import ConfigError
 from ..files import replace_atomically
+from ..neuron.models import MODELS, for_nir
 
 EXTRA = "pip install 'ipu_snn[nir]'"
 META = "ipu_snn."  # prefix of this package's metadata keys
@@ -173,10 +174,10 @@ def export_graph(cfg: Config, weights: dict[str, torch.Tensor], dt: float | None
     edges, previous = [], "input"
     for i, layer in enumerate(cfg.model.layers):
         where = f"model.layers.{i}"
-        if layer.type == "alif":
-            raise ConfigError(f"{where} is an ALIF layer: NIR has no adaptive-threshold neuron, and no composition of "
-                              "NIR nodes reproduces a threshold that rises with each spike and a reset by that moving "
-                              "threshold; export refused (export networks of lif / rlif layers)")
+        if layer.neuron.nir.node is None:
+            writable = ", ".join(name for name, m in MODELS.items() if m.nir.node is not None)
+            raise ConfigError(f"{where} is an {layer.type.upper()} layer: {layer.neuron.nir.refusal}; export refused "
+                              f"(export networks of {writable} layers)")
         if layer.reset == "subtract" and not keep_subtract_reset:
             raise ConfigError(f"{where} resets by subtraction, which NIR's LIF cannot express (it resets to "
                               "v_reset = 0); train with reset: zero, or export with --keep-subtract-reset to write "
@@ -538,7 +539,7 @@ def graph_to_model(graph, dt: float, source: str = "graph", spiking_output: str 
         state[f"layers.{i}.fc.bias"] = _tensor(bias * gain + leak / unit)
         state[f"layers.{i}.beta"] = _tensor(beta)
         layers.append({
-            "type": "rlif" if loop else "lif", "size": n, "beta": float(beta.mean()),
+            "type": for_nir("LIF", bool(loop)).name, "size": n, "beta": float(beta.mean()),
             "threshold": shared if shared is not None else 1.0, "reset": _meta(node, "reset", "zero"),
             "detach_reset": bool(_meta(node, "detach_reset", True)),
             "learn_decay": bool(_meta(node, "learn_decay", False)),

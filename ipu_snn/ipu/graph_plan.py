@@ -41,9 +41,9 @@ def layer_specs(model_cfg) -> list[LayerSpec]:
     """The network op's layers of a model config (LIF and RLIF)."""
     out = []
     for i, layer in enumerate(model_cfg.layers):
-        if layer.type not in ("lif", "rlif"):
+        if layer.neuron.kernel != "lif":  # the registry's kernel (lif and rlif run it)
             raise ConfigError(f"model.layers.{i}: the IPU network op runs LIF and RLIF layers, not {layer.type}")
-        out.append(LayerSpec(layer.size, layer.type == "rlif", layer.threshold, RESET_CODES[layer.reset],
+        out.append(LayerSpec(layer.size, layer.is_recurrent, layer.threshold, RESET_CODES[layer.reset],
                              SURROGATES[layer.surrogate.name].code, layer.surrogate.scale))
     return out
 

@@ -18,8 +18,9 @@ from ipu_snn.taps import Taps
 def _refuse(net: SpikingNetwork) -> None:
     for i, layer in enumerate(net.layers):
         where = f"model.layers.{i}"
-        if layer.spec.adaptive:
-            raise ConfigError(f"{where}: device ipu-emulator runs LIF and RLIF layers (the network op has no ALIF yet)")
+        if layer.spec.neuron.kernel != "lif":
+            raise ConfigError(f"{where}: device ipu-emulator runs LIF and RLIF layers (the network op has no "
+                              f"{layer.spec.model.upper()} yet)")
         if isinstance(layer.beta, torch.nn.Parameter):
             raise ConfigError(f"{where}.learn_decay: device ipu-emulator does not learn decays yet (the network "
                               "op returns no decay gradient); set learn_decay: false")

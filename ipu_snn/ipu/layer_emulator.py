@@ -86,6 +86,7 @@ class LayerParams:
     w_rec: Tensor | None  # [n, n]
     beta: Tensor  # [n]
     rho: Tensor | None  # [n] (ALIF)
+    model: str = "lif"  # the neuron-model registry's name
     threshold: float = 1.0
     adapt_strength: float = 0.0
     reset: str = "subtract"
@@ -102,7 +103,7 @@ class LayerParams:
         return cls(
             w_in=layer.fc.weight.detach(), b_in=layer.fc.bias.detach(),
             w_rec=None if layer.rec is None else layer.rec.weight.detach(),
-            beta=layer.beta.detach(), rho=layer.rho.detach() if spec.adaptive else None,
+            beta=layer.beta.detach(), rho=layer.rho.detach() if spec.neuron.decays else None, model=spec.model,
             threshold=spec.threshold, adapt_strength=spec.adapt_strength, reset=spec.reset,
             surrogate=spec.surrogate, scale=spec.scale, learn_decay=isinstance(layer.beta, torch.nn.Parameter),
         )
@@ -404,7 +405,7 @@ class _LayerRun:
                 if o.a is not None:
                     step["a_prev"] = o.tile.hold_tensor(f"a_prev{t}", "history", o.a.clone())
             cur = current[o.tile.index].to(self.dtype) + o.bias
-            v, a, z, d, bits = neuron_step_fwd(cur, o.v, o.a, o.beta, o.rho, p.threshold, p.adapt_strength, p.reset,
+            v, a, z, d, bits = neuron_step_fwd(cur, o.v, o.a, o.beta, o.rho, p.model, p.threshold, p.adapt_strength, p.reset,
                                                p.surrogate, p.scale, self.saved_dtype, self.backend)
             o.v.copy_(v)
             if o.a is not None:
@@ -451,7 +452,7 @@ class _LayerRun:
             for o in self.owns:
                 step = history[o.tile.index]
                 acc = self.grad_acc[o.tile.index]
-                gc, ga = neuron_step_bwd(acc, o.gv, o.ga, step["zbits"], step["d"], o.rho is not None,
+                gc, ga = neuron_step_bwd(acc, o.gv, o.ga, step["zbits"], step["d"], p.model,
                                          p.adapt_strength, p.reset, self.backend)
                 grad_current[o.tile.index] = o.tile.hold_tensor("grad_current", "activations", gc)
                 if p.learn_decay:

@@ -471,9 +471,8 @@ def populations_of(model_cfg: ModelConfig, n_inputs: int, n_classes: int, capaci
     for i, layer in enumerate(model_cfg.layers):
         name = f"layer{i}"
         own = Source(name, layer.size, spike_capacity(layer.size, capacity_fraction), needs_grad_input=True)
-        recurrent = layer.type == "rlif" or (layer.type == "alif" and layer.recurrent)
-        sources = (prev, own) if recurrent else (prev,)
-        live = 2 if layer.type == "alif" else 1
+        sources = (prev, own) if layer.is_recurrent else (prev,)
+        live = layer.neuron.n_state  # the model's state variables, each with its decay
         pops.append(Population(name, layer.size, sources, spiking=True, live_vars=live,
                                saved_vars=live if layer.learn_decay else 0, decays=live,
                                learn_decay=layer.learn_decay, own=own))

@@ -19,6 +19,7 @@ import torch
 from ..core.backends import BackendTable
 from ..errors import DeviceError
 from . import reference
+from .params import neuron_params
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,12 @@ def _cpu() -> NeuronKernels:
     ops = load_cpu_ops()
 
     def forward(current, v, a, beta, rho, spec, saved_dtype):
-        v_new, a_new, z, d, bits = ops.neuron_fwd(current, v, a, beta, rho, spec.threshold, spec.adapt_strength,
-                                                  spec.reset_code, spec.surrogate_code, spec.scale, saved_dtype)
-        return v_new, (a_new if spec.adaptive else None), z, d, bits
+        v_new, a_new, z, d, bits = ops.neuron_fwd(current, v, a, beta, rho, neuron_params(spec), saved_dtype)
+        return v_new, (a_new if spec.neuron.n_state > 1 else None), z, d, bits
 
     def backward(grad_z, grad_v, grad_a, zbits, d, spec):
-        gv, ga = ops.neuron_bwd(grad_z, grad_v, grad_a, zbits, d, spec.adaptive, spec.adapt_strength,
-                                spec.reset_code)
-        return gv, (ga if spec.adaptive else None)
+        gv, ga = ops.neuron_bwd(grad_z, grad_v, grad_a, zbits, d, neuron_params(spec))
+        return gv, (ga if spec.neuron.n_state > 1 else None)
 
     return NeuronKernels("cpu", frozenset({"cpu"}), forward, backward, ops.window_fwd, ops.window_bwd,
                          ops.leaky_fwd, ops.leaky_bwd)

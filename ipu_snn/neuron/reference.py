@@ -5,7 +5,8 @@ by the plain loop (``model.fused: false``, and an attached reset), traced by
 PopTorch with the straight-through spike, and held against every kernel in the
 tests. `kernel_forward` / `kernel_backward` are the `reference` backend of the
 fused kernels: the same update plus its derivative in plain torch, on any
-device; `kernels` serves them with the compiled ones.
+device, each model's own (its file in `models`); `kernels` serves them with
+the compiled ones.
 """
 
 from __future__ import annotations
@@ -13,27 +14,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.bits import pack_spikes, unpack_spikes
 from .spec import NeuronSpec
-from .surrogates import SpikeFn, spike, surrogate
+from .surrogates import SpikeFn, spike
 
 
 def step(spec: NeuronSpec, beta: Tensor, rho: Tensor | None, v_prev: Tensor, a_prev: Tensor | None,
          current: Tensor, spike_fn: SpikeFn = spike) -> tuple[Tensor, Tensor | None, Tensor]:
-    """One LIF/ALIF step through autograd: ``(v_new, a_new or None, z)``.
+    """One step of ``spec``'s model through autograd (the model's own pure step): ``(v_new, a_new or None, z)``.
 
     ``spike_fn(x, name, scale)`` makes the spikes: `surrogates.spike` (an autograd
     Function) or `surrogates.straight_through_spike` (for tracers)."""
-    v = beta * v_prev + current
-    if spec.adaptive:
-        a = rho * a_prev
-        theta = spec.threshold + spec.adapt_strength * a
-    else:
-        a, theta = None, spec.threshold
-    z = spike_fn(v - theta, spec.surrogate, spec.scale)
-    zr = z.detach() if spec.detach_reset else z
-    v_new = v - zr * theta if spec.reset == "subtract" else v * (1.0 - zr)
-    return v_new, (a + z if spec.adaptive else None), z
+    return spec.neuron.step(spec, beta, rho, v_prev, a_prev, current, spike_fn)
 
 
 def li_step(beta: Tensor, v_prev: Tensor, current: Tensor) -> Tensor:
@@ -41,28 +32,15 @@ def li_step(beta: Tensor, v_prev: Tensor, current: Tensor) -> Tensor:
     return beta * v_prev + current
 
 
-@torch.no_grad()
 def kernel_forward(current: Tensor, v: Tensor, a: Tensor | None, beta: Tensor, rho: Tensor | None,
                    spec: NeuronSpec, saved_dtype: torch.dtype):
-    """The fused forward: ``(v_new, a_new or None, z, d, zbits)`` with d = sg'(v - theta) in ``saved_dtype``."""
-    v_lin = beta * v + current
-    a_dec = rho * a if spec.adaptive else None
-    theta = spec.threshold + spec.adapt_strength * a_dec if spec.adaptive else spec.threshold
-    x = v_lin - theta
-    d = surrogate(spec.surrogate).grad(x, spec.scale).to(saved_dtype)
-    v_new, a_new, z = step(spec, beta, rho, v, a, current, lambda x, name, scale: (x > 0).to(x.dtype))
-    return v_new, a_new, z, d, pack_spikes(z)
+    """The fused forward of ``spec``'s model (its kernel in Python, `NeuronModel.kernel_forward`):
+    ``(v_new, a_new or None, z, d, zbits)`` with d = sg'(v - theta) in ``saved_dtype``."""
+    return spec.neuron.kernel_forward(current, v, a, beta, rho, spec, saved_dtype)
 
 
 def kernel_backward(grad_z: Tensor, grad_v: Tensor, grad_a: Tensor | None, zbits: Tensor, d: Tensor,
                     spec: NeuronSpec) -> tuple[Tensor, Tensor | None]:
-    """The fused backward of fire-and-reset: ``(gv, ga or None)`` (see `spec`)."""
-    z = unpack_spikes(zbits, grad_v.shape[-1], grad_v.dtype)
-    subtract = spec.reset == "subtract"
-    gz = grad_z + grad_a if spec.adaptive and grad_a is not None else grad_z
-    gx = gz * d.to(grad_v.dtype)
-    gv = (grad_v if subtract else grad_v * (1.0 - z)) + gx
-    if not spec.adaptive:
-        return gv, None
-    ga = -spec.adapt_strength * (gx + grad_v * z if subtract else gx)
-    return gv, (ga + grad_a if grad_a is not None else ga)
+    """The fused backward of fire-and-reset of ``spec``'s model (`NeuronModel.kernel_backward`):
+    ``(gv, ga or None)`` (see `spec`)."""
+    return spec.neuron.kernel_backward(grad_z, grad_v, grad_a, zbits, d, spec)

@@ -1,5 +1,8 @@
 """The neuron update's one specification: what a LIF or ALIF step computes, and its backward.
 
+Each model's own step is its file in `ipu_snn.neuron.models`; this is the contract they and the
+kernels share.
+
 Every implementation (the reference steps in `reference`, the C++ core in
 custom_ops/include/neuron_core.h shared by the CPU extension and the Poplar
 vertices, the Triton kernels, the tile emulator) computes exactly this; the
@@ -31,6 +34,11 @@ and of leak-and-integrate, which the time loop applies itself (it is linear)::
     grad_current = gv ;  grad_v_prev = beta * gv ;  grad_a_prev = rho * ga
     grad_beta   += sum over the batch of gv * v_prev ;  grad_rho += sum of ga * a_prev
 
+CUBA (`models.cuba`) puts its synaptic current i in the slot of a and its decay alpha in that of
+rho, and the input current enters i: ``i = alpha * i_prev + current``, ``v = beta * v_prev + i``,
+``theta = threshold``, ``i_new = i``. Its backward is ``gv`` as above with ``gx = grad_z * d``, and
+``ga = grad_a + gv`` w.r.t. i, which is then also the input current's gradient (``grad_current = ga``).
+
 So backward reads only z (kept as bits), d (kept in ``saved_dtype``) and, for a
 learned decay, the pre-step state: this is Guo et al.'s nested forward-mode AD
 applied to the element-wise update, which the fused kernels compute in the
@@ -42,6 +50,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .models import MODELS, NeuronModel
 from .surrogates import SURROGATES
 
 RESETS = ("subtract", "zero")
@@ -52,7 +61,7 @@ RESET_CODES = {"subtract": 0, "zero": 1}  # neuron_core.h's Reset enum
 class NeuronSpec:
     """The scalars of one layer's neuron update (the tensors beta and rho are parameters)."""
 
-    adaptive: bool = False  # ALIF
+    model: str = "lif"  # a name in the neuron-model registry (`ipu_snn.neuron.models`)
     threshold: float = 1.0
     adapt_strength: float = 0.0  # ALIF: how far one spike raises the threshold
     reset: str = "subtract"
@@ -62,6 +71,8 @@ class NeuronSpec:
 
     def __post_init__(self):
         # a spec comes from a validated config: anything else here is a caller's bug
+        if self.model not in MODELS:
+            raise ValueError(f"NeuronSpec.model must be one of {tuple(MODELS)}, got {self.model!r}")
         if self.reset not in RESETS:
             raise ValueError(f"NeuronSpec.reset must be one of {RESETS}, got {self.reset!r}")
         if self.surrogate not in SURROGATES:
@@ -71,6 +82,15 @@ class NeuronSpec:
         if not (math.isfinite(self.threshold) and math.isfinite(self.adapt_strength)):
             raise ValueError(f"NeuronSpec: threshold and adapt_strength must be finite, got "
                              f"{self.threshold}, {self.adapt_strength}")
+
+    @property
+    def neuron(self) -> NeuronModel:
+        """The model's registry entry."""
+        return MODELS[self.model]
+
+    @property
+    def kernel_code(self) -> int:
+        return MODELS[self.model].kernel_code
 
     @property
     def surrogate_code(self) -> int:

@@ -43,6 +43,7 @@ from ..ops.policy import PRODUCT_MODE_CODES, SparsePolicy
 from ..ops.registry import get_kernels, resolve_backend
 from ..core.bits import pack_spikes, unpack_spikes
 from .kernels import NeuronKernels, resolve
+from .params import neuron_params
 from .spec import NeuronSpec
 
 #: model.fused_saved_dtype -> the dtype d is kept in; None keeps the state's dtype
@@ -134,31 +135,36 @@ def _generic_forward(k: NeuronKernels, s: WindowSettings, currents, v, a, z0, w_
 
 
 def _generic_backward(k: NeuronKernels, s: WindowSettings, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0,
-                      w_rec, beta, rho, keep_ga, list_capacity):
+                      w_rec, beta, rho, keep_ga, keep_gv, list_capacity):
     steps, batch, n = d.shape
+    into_a = s.spec.neuron.current_into == 1  # cuba: the current's gradient is the kernel's ga
     grad_currents = grad_v.new_empty(steps, batch, n)
-    ga_all = grad_v.new_empty(steps, batch, n) if keep_ga else None
+    ga_all = grad_v.new_empty(steps, batch, n) if keep_ga and not into_a else None
+    gv_all = grad_v.new_empty(steps, batch, n) if keep_gv and into_a else None
     rec = None
     for t in range(steps - 1, -1, -1):
         gz = grad_z[t] if grad_z is not None else torch.zeros_like(grad_v)
         if rec is not None:
             gz = gz + rec
         gv, ga = k.backward(gz, grad_v, grad_a, bits[t], d[t], s.spec)
-        grad_currents[t] = gv
+        grad_currents[t] = ga if into_a else gv
+        if gv_all is not None:
+            gv_all[t] = gv
         grad_v = beta * gv
-        if s.spec.adaptive:
+        if ga is not None:
             grad_a = rho * ga
-            if keep_ga:
+            if ga_all is not None:
                 ga_all[t] = ga
+        gc = grad_currents[t]
         if w_rec is None:
             continue
         if list_capacity is not None:
             prev, prev_near = (z0_bits, near0) if t == 0 else (bits[t - 1], None if near is None else near[t - 1])
             spikes = get_kernels(resolve_backend(s.recurrent.backend, w_rec.device))
-            rec = spikes.bits_grad_input(prev, prev_near, n, w_rec, gv, list_capacity).to(gv.dtype)
+            rec = spikes.bits_grad_input(prev, prev_near, n, w_rec, gc, list_capacity).to(gc.dtype)
         else:
-            rec = gv @ w_rec.t()
-    return grad_currents, ga_all, grad_v, grad_a, rec
+            rec = gc @ w_rec.t()
+    return grad_currents, ga_all, gv_all, grad_v, grad_a, rec
 
 
 def _rec_list_capacity(policy: SparsePolicy, bits: Tensor, z0_bits: Tensor, near: Tensor | None,
@@ -197,14 +203,17 @@ class _SpikingWindow(torch.autograd.Function):
         keep = any(ctx.needs_input_grad)  # a forward that backward will not read keeps nothing
         keep_v, keep_a = keep and beta.requires_grad, keep and rho is not None and rho.requires_grad
         recurrent, policy = w_rec is not None, s.recurrent
+        two_states = s.spec.neuron.n_state > 1
         if k.window_forward is not None:
+            params = {**neuron_params(s.spec), "keep_d": float(keep), "keep_v": float(keep_v),
+                      "keep_a": float(keep_a), "recurrent_product": float(PRODUCT_MODE_CODES[policy.mode if recurrent else "dense"]),
+                      "capacity": float(policy.capacity if recurrent else 0),
+                      "max_density": float(policy.max_density if recurrent else 0.0),
+                      "near_min_d": -1.0 if s.near_min_d is None else float(s.near_min_d)}
             (z, bits, d, v_prev, a_prev, near, v, a, dropped, _sparse_steps) = k.window_forward(
-                currents.contiguous(), v0, a0, z0 if recurrent else None, w_rec, beta, rho, s.spec.threshold,
-                s.spec.adapt_strength, s.spec.reset_code, s.spec.surrogate_code, s.spec.scale, saved, keep,
-                keep_v, keep_a, PRODUCT_MODE_CODES[policy.mode] if recurrent else 0, policy.capacity if recurrent else 0,
-                policy.max_density if recurrent else 0.0, -1.0 if s.near_min_d is None else s.near_min_d)
+                currents.contiguous(), v0, a0, z0 if recurrent else None, w_rec, beta, rho, params, saved)
             f = _Forward(z, bits, d, v_prev if keep_v else None, a_prev if keep_a else None,
-                         near if s.near_min_d is not None else None, v, a if s.spec.adaptive else None, dropped)
+                         near if s.near_min_d is not None else None, v, a if two_states else None, dropped)
         else:
             f = _generic_forward(k, s, currents, v0, a0, z0, w_rec, beta, rho, saved, keep_v, keep_a)
         if recurrent and policy.mode == "sparse" and policy.overflow == "error" and bool(f.dropped.any()):
@@ -227,49 +236,59 @@ class _SpikingWindow(torch.autograd.Function):
     def backward(ctx, grad_z, _bits, _near, grad_v, grad_a, grad_z_last, _near_last, _dropped):
         bits, d, v_prev, a_prev, near, z0_bits, near0, w_rec, beta, rho = ctx.saved_tensors
         s, k = ctx.s, ctx.k
+        two_states = s.spec.neuron.n_state > 1
         steps, batch, n = d.shape
         if grad_v is None:
             grad_v = torch.zeros(batch, n, dtype=beta.dtype, device=beta.device)
         recurrent = w_rec is not None
         list_capacity = _rec_list_capacity(s.recurrent, bits, z0_bits, near, near0, n) if recurrent else None
         listed = list_capacity is not None
+        # where the current enters the second state (cuba), the current's gradient is the state's, and
+        # a learned beta needs the one w.r.t. v apart
+        into_a = s.spec.neuron.current_into == 1
+        keep_ga, keep_gv = ctx.keep_a and not into_a, ctx.keep_v and into_a
         if k.window_backward is not None:
-            grad_currents, ga_all, grad_v0, grad_a0, rec = k.window_backward(
-                None if grad_z is None else grad_z.contiguous(), grad_z_last, grad_v.contiguous(), None if grad_a is None else grad_a.contiguous(), bits, d,
-                z0_bits, near, near0, w_rec, beta, rho, s.spec.adapt_strength, s.spec.reset_code, ctx.keep_a,
-                int(listed), list_capacity if listed else 0)
+            params = {**neuron_params(s.spec), "keep_ga": float(keep_ga), "keep_gv": float(keep_gv),
+                      "listed_grad": float(listed), "capacity": float(list_capacity if listed else 0)}
+            grad_currents, ga_all, gv_all, grad_v0, grad_a0, rec = k.window_backward(
+                None if grad_z is None else grad_z.contiguous(), grad_z_last, grad_v.contiguous(),
+                None if grad_a is None else grad_a.contiguous(), bits, d, z0_bits, near, near0, w_rec, beta, rho,
+                params)
         else:
             if grad_z_last is not None:
                 grad_z = torch.zeros(steps, batch, n, dtype=grad_z_last.dtype, device=grad_z_last.device) \
                     if grad_z is None else grad_z.clone()
                 grad_z[-1] += grad_z_last
-            if s.spec.adaptive and grad_a is None:
+            if two_states and grad_a is None:
                 grad_a = torch.zeros_like(grad_v)
-            grad_currents, ga_all, grad_v0, grad_a0, rec = _generic_backward(
-                k, s, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0, w_rec, beta, rho, ctx.keep_a,
+            grad_currents, ga_all, gv_all, grad_v0, grad_a0, rec = _generic_backward(
+                k, s, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0, w_rec, beta, rho, keep_ga, keep_gv,
                 list_capacity)
         grad_w = grad_beta = grad_rho = None
         if recurrent and ctx.needs_input_grad[6]:
             prev_bits = torch.cat([z0_bits.unsqueeze(0), bits[:-1]])  # z_{t-1} feeds step t
             grad_w = _rec_weight_grad(s.recurrent, prev_bits, grad_currents, n)
         if ctx.keep_v:
-            grad_beta = (grad_currents * v_prev.to(grad_currents.dtype)).sum((0, 1))
+            gv = gv_all if into_a else grad_currents
+            grad_beta = (gv * v_prev.to(gv.dtype)).sum((0, 1))
         if ctx.keep_a:
-            grad_rho = (ga_all * a_prev.to(ga_all.dtype)).sum((0, 1))
-        return (None, grad_currents, grad_v0, grad_a0 if s.spec.adaptive else None,
+            ga = grad_currents if into_a else ga_all
+            grad_rho = (ga * a_prev.to(ga.dtype)).sum((0, 1))
+        return (None, grad_currents, grad_v0, grad_a0 if two_states else None,
                 rec if recurrent else None, None, grad_w, grad_beta, grad_rho)
 
 
 def spiking_window(currents: Tensor, state: LayerState, w_rec: Tensor | None, beta: Tensor, rho: Tensor | None,
                    settings: WindowSettings) -> tuple[SpikeTrain, LayerState, Tensor]:
-    """A LIF/ALIF layer over one window: (its spikes, its state after the window, spikes dropped per sample).
+    """A spiking layer of any registered model over one window: (its spikes, its state after the window, spikes dropped per sample).
 
     ``currents`` [L, B, N]: the input currents of the window's steps; ``w_rec`` [N, N]
     (stored [from, to]) adds ``z_{t-1} @ w_rec`` to step t; ``beta`` [N] and ``rho``
     [N] (ALIF) are the per-step decays, already clamped to [0, 1]."""
-    if (rho is None) == settings.spec.adaptive:
-        raise ValueError(f"spiking_window: an {'ALIF' if settings.spec.adaptive else 'LIF'} layer takes rho "
-                         f"{'[N]' if settings.spec.adaptive else 'None'}")
+    model = settings.spec.neuron
+    if (rho is None) == (len(model.decays) > 0):
+        raise ValueError(f"spiking_window: a {model.name} layer takes "
+                         f"{', '.join(d.name + ' [N]' for d in model.decays) or 'no rho'}")
     if (w_rec is None) != (settings.recurrent is None):
         raise ValueError("spiking_window: w_rec and settings.recurrent go together")
     z, bits, near, v, a, z_last, near_last, dropped = _SpikingWindow.apply(

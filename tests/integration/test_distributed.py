@@ -90,7 +90,8 @@ def test_two_processes_match_one(tmp_path, overrides):
     assert "done:" in rank_logs(tmp_path, "two", 0, "stdout")
     assert rank_logs(tmp_path, "two", 1, "stdout").strip() == ""
     files = sorted(p.name for p in two.iterdir())
-    assert files == [".lock", "checkpoints", "config.yaml", "curves.png", "metrics.csv", "summary.json"]
+    assert files == [".lock", "checkpoints", "config.yaml", "curves.png", "metrics.csv", "rates.png", "spikes.png",
+                     "summary.json"]
 
 
 @pytest.mark.slow

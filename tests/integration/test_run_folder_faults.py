@@ -78,9 +78,9 @@ def boundaries(tmp_path, monkeypatch):
 def test_epoch_one_has_the_write_boundaries_expected(tmp_path, monkeypatch):
     seen = boundaries(tmp_path, monkeypatch)
     written = [s.rsplit("/", 1)[-1] for s in seen if not s.startswith("fsync")]
-    # the checkpoint first, then the results that describe it
+    # the checkpoint first, then the results that describe it, then the activity plots of the last checkpoint
     assert written == ["config.yaml", "epoch-0001", "LATEST", "metrics.csv", "summary.json", "curves.png",
-                       "summary.json"]
+                       "summary.json", "spikes.png", "rates.png"]
 
 
 def next_commands_work(run, tmp_path):

@@ -59,7 +59,7 @@ def test_history_is_spike_bits_and_surrogate_derivatives():
             state = torch.zeros(batch, own)
             _, _, _, d, bits = neuron_step_fwd(torch.randn(batch, own), state, state if alif else None,
                                                torch.full((own,), 0.9), torch.full((own,), 0.9) if alif else None,
-                                               1.0, 1.8 if alif else 0.0, "subtract", "fast_sigmoid", 10.0, d_dtype, "cpu")
+                                               kind, 1.0, 1.8 if alif else 0.0, "subtract", "fast_sigmoid", 10.0, d_dtype, "cpu")
             kernel_bytes = bits.numel() * bits.element_size() + d.numel() * d.element_size()
             pre_step = (2 if alif else 1) * batch * own * 4 if learn else 0
             assert history_bytes_per_step(pop, own, s) == kernel_bytes + pre_step

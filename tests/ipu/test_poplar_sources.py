@@ -370,7 +370,7 @@ def _reference_step(alif, reset, surrogate, threshold, adapt, scale, current, v_
                     grad_z, grad_v, grad_a):
     """Forward outputs, d and input gradients by autograd through ipu_snn.neuron.reference, in float64."""
     cur, vp, ap = (t.double().requires_grad_(True) for t in (current, v_prev, a_prev))
-    spec = NeuronSpec(bool(alif), threshold, adapt if alif else 0.0, reset, surrogate, scale)
+    spec = NeuronSpec("alif" if alif else "lif", threshold, adapt if alif else 0.0, reset, surrogate, scale)
     v_new, a_new, z = reference_step(spec, beta.double(), rho.double() if alif else None, vp, ap if alif else None,
                                      cur)
     if alif:

@@ -33,13 +33,13 @@ def unrolled(layer, x):
             current = current + z @ layer.rec.weight
         v = beta * v + current
         theta = spec.threshold
-        if spec.adaptive:
+        if spec.model == "alif":
             a = layer.rho.clamp(0, 1) * a
             theta = spec.threshold + spec.adapt_strength * a
         z = spike(v - theta)
         zr = z.detach() if spec.detach_reset else z
         v = v - zr * theta if spec.reset == "subtract" else v * (1 - zr)
-        if spec.adaptive:
+        if spec.model == "alif":
             a = a + z
         out.append(z)
     return torch.stack(out)
@@ -65,9 +65,9 @@ def test_layer_window_matches_unrolled_loop(mode, kind, T, B, n_in, n_out, reset
         detach = True  # the fused mode implements the detached reset only (build_network says so)
     torch.manual_seed(seed)
     adaptive = kind.startswith("alif")
-    spec = NeuronSpec(adaptive, 0.5, 0.5 if adaptive else 0.0, reset, "fast_sigmoid", SCALE, detach)
+    spec = NeuronSpec("alif" if adaptive else "lif", 0.5, 0.5 if adaptive else 0.0, reset, "fast_sigmoid", SCALE, detach)
     recurrent = kind in ("rlif", "alif")
-    layer = SpikingLayer(n_in, n_out, spec, beta=0.8, rho=0.9 if adaptive else None, learn_decay=True,
+    layer = SpikingLayer(n_in, n_out, spec, beta=0.8, decays={"rho": 0.9} if adaptive else None, learn_decay=True,
                          policies=LayerPolicies(SparsePolicy(), SparsePolicy() if recurrent else None),
                          mode=mode).double()
     x = (torch.rand(T, B, n_in, dtype=torch.float64) < 0.4).double().requires_grad_(True)

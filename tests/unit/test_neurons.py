@@ -11,7 +11,7 @@ F64 = torch.float64
 
 def run(spec, beta, rho, currents):
     v = torch.zeros(1, dtype=F64)
-    a = torch.zeros(1, dtype=F64) if spec.adaptive else None
+    a = torch.zeros(1, dtype=F64) if spec.model == "alif" else None
     trace = []
     for c in currents:
         v, a, z = step(spec, torch.tensor(beta, dtype=F64), None if rho is None else torch.tensor(rho, dtype=F64),
@@ -38,7 +38,7 @@ def test_alif_threshold_adapts():
     # t0: v=1.2, a=0, theta=1 -> spike; v=0.2, a=1
     # t1: v=1.4, a=0.5, theta=1.5 -> no spike (a plain LIF would fire here)
     # t2: v=2.6, a=0.25, theta=1.25 -> spike; v=1.35, a=1.25
-    trace = run(NeuronSpec(adaptive=True, threshold=1.0, adapt_strength=1.0), 1.0, 0.5, [1.2, 1.2, 1.2])
+    trace = run(NeuronSpec("alif", threshold=1.0, adapt_strength=1.0), 1.0, 0.5, [1.2, 1.2, 1.2])
     assert [z for *_, z in trace] == [1, 0, 1]
     assert [v for v, *_ in trace] == pytest.approx([0.2, 1.4, 1.35])
     assert [a for _, a, _ in trace] == pytest.approx([1.0, 0.5, 1.25])

@@ -133,8 +133,9 @@ def test_auto_chooses_by_the_spikes_it_has():
 
 def test_the_cpu_window_loop_takes_each_product_mode_by_its_name():
     """PRODUCT_MODE_CODES pairs each mode's name with the C++ loop's enum value of the same name."""
-    source = (Path(__file__).resolve().parents[2] / "custom_ops" / "cpu" / "layer_window.cpp").read_text()
-    enum = re.search(r"enum RecMode[^{]*\{([^}]*)\}", source).group(1)
-    in_cpp = {name.lower(): int(code) for name, code in re.findall(r"kRec(\w+)\s*=\s*(\d+)", enum)}
+    source = (Path(__file__).resolve().parents[2] / "custom_ops" / "cpu" / "neuron_glue.h").read_text()
+    enum = re.search(r"enum class ProductMode[^{]*\{([^}]*)\}", source).group(1)
+    in_cpp = {name.lower(): int(code) for name, code in re.findall(r"k(\w+)\s*=\s*(\d+)", enum)}
+    assert int(re.search(r"constexpr int32_t kProductModes = (\d+);", source).group(1)) == len(in_cpp)
     assert in_cpp == PRODUCT_MODE_CODES
     assert sorted(PRODUCT_MODE_CODES) == sorted(MODES)

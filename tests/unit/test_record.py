@@ -23,7 +23,7 @@ def plain(net, frames):
     for layer in net.layers:
         beta, rho = layer.decays()
         v = torch.zeros(h.shape[1], layer.n_out, dtype=h.dtype)
-        a = v.clone() if layer.spec.adaptive else None
+        a = v.clone() if layer.spec.neuron.n_state > 1 else None
         z, zs, vs = v.clone(), [], []
         for t in range(h.shape[0]):
             current = h[t] @ layer.fc.weight + layer.fc.bias

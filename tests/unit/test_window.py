@@ -1,7 +1,7 @@
 """The unified time loop (fused, sparse and checkpointed at once) against the plain autograd loop, in float64.
 
 Every combination of schedule x window length x sparse/dense products x
-lif/rlif/alif x learned decays is drawn at random; the gradients of every
+lif/rlif/alif/cuba x learned decays is drawn at random; the gradients of every
 parameter must equal plain autograd through ``neuron.reference.step``.
 """
 
@@ -38,6 +38,8 @@ LAYERS = {
     "rlif": {"type": "rlif"},
     "alif": {"type": "alif", "adapt_strength": 0.6},
     "alif_ff": {"type": "alif", "recurrent": False},
+    "cuba": {"type": "cuba", "recurrent": True},
+    "cuba_ff": {"type": "cuba"},
 }
 
 
@@ -135,7 +137,7 @@ def test_windows_split_where_asked():
 def test_state_adjoints_chain_across_two_calls():
     # a window's initial-state gradient is what the previous window's final state receives
     torch.manual_seed(0)
-    spec = NeuronSpec(adaptive=True, threshold=0.5, adapt_strength=0.4)
+    spec = NeuronSpec("alif", threshold=0.5, adapt_strength=0.4)
     policy = SparsePolicy()
     settings_ = WindowSettings(spec, recurrent=policy)
     n, b = 6, 2
