@@ -69,3 +69,6 @@ def test_the_nir_config_trains_from_an_exported_run(tmp_path):
     assert main(["train", str(config), f"model.from_nir={tmp_path / 'model.nir'}", *overrides,
                  "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "summary.json").is_file()
+    # and as shipped, from the graph beside it (its 20 classes)
+    shipped = [o for o in overrides if "n_classes" not in o]
+    assert main(["train", str(config), *shipped, "--out", str(tmp_path / "shipped")]) == 0
