@@ -262,7 +262,7 @@ def auto_products(cfg: ModelConfig, n_inputs: int, n_classes: int, binary_inputs
     sizes = [layer.size for layer in cfg.layers]
     out = [(n_inputs, sizes[0], False)] if binary_inputs else []
     for i, layer in enumerate(cfg.layers):
-        if layer.type == "rlif" or (layer.type == "alif" and layer.recurrent):
+        if layer.is_recurrent:
             out.append((layer.size, layer.size, True))
         out.append((layer.size, sizes[i + 1] if i + 1 < len(sizes) else n_classes, False))
     return list(dict.fromkeys(out))
