@@ -193,8 +193,9 @@ def test_nmnist_missing_folders(tmp_path):
 def test_seed_nmnist_config_reads_nmnist():
     from ipu_snn.config import load_config
 
+    assert load_config("configs/ipu_seed_alif_nmnist.yaml").data.path == "data/nmnist"  # validates as shipped
     with pytest.raises(ConfigError, match="dataset 'nmnist' needs data.path"):
-        load_config("configs/ipu_seed_alif_nmnist.yaml")
+        load_config("configs/ipu_seed_alif_nmnist.yaml", ["data.path="])
     cfg = load_config("configs/ipu_seed_alif_nmnist.yaml", ["data.path=/data/nmnist"])
     assert cfg.data.dataset == "nmnist" and input_shape(cfg.data) == (2312, 10)
 
