@@ -220,7 +220,11 @@ def _kernel_code(spec) -> int:
 
 
 def forward(current: Tensor, v: Tensor, a: Tensor | None, beta: Tensor, rho: Tensor | None, spec,
-            saved_dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+            saved_dtype: torch.dtype, threshold: Tensor | None = None
+            ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+    if threshold is not None:  # build_network refuses learn_threshold where these kernels run
+        raise ValueError("the triton neuron kernels fire at the spec's scalar threshold; a learned per-neuron "
+                         "threshold (learn_threshold) runs on the cpu and reference kernels")
     current, v, beta = current.contiguous(), v.contiguous(), beta.contiguous()
     kernel = _kernel_code(spec)
     two_states = spec.neuron.n_state > 1
