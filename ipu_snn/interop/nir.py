@@ -99,13 +99,14 @@ class Peer:
 # stops with "Unknown node type LI"), IF read as a Leaky with beta 0.9, and a two-node cycle lif <-> rec
 # grouped into a subgraph that nirtorch runs as W_rec (x + z_prev); a three-node cycle through an identity
 # Linear is left to nirtorch, which feeds the previous step's output back: x + W_rec z_prev, as here.
-# snnTorch reads CubaLIF as its Synaptic (r = tau_mem / dt and w_in = tau_syn / dt required, one threshold per layer).
+# snnTorch reads CubaLIF as its Synaptic (r = tau_mem / dt and w_in = tau_syn / dt required); its LIF, IF and
+# CubaLIF take one threshold per layer.
 # Norse 1.1's from_nir: its own dt (default 1e-3), r ignored with a warning, no LI node (dropped), IF run as
 # IAFCell (v + I, exact); CubaLIF as an LIBoxCell synapse (w_in, tau_syn) then r then an LIFBoxCell (r used).
 # docs/nir.md lists what was checked with which version.
 PEERS = {
     "generic": Peer("generic", None, False, False, "LI", True, False),
-    "snntorch": Peer("snntorch", 1e-4, True, False, "LIF", False, True, ("CubaLIF",)),
+    "snntorch": Peer("snntorch", 1e-4, True, False, "LIF", False, True, ("LIF", "IF", "CubaLIF")),
     "norse": Peer("norse", 1e-3, False, True, "LIF", True, False),
 }
 

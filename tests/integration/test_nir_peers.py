@@ -30,12 +30,14 @@ needs_norse = pytest.mark.skipif(not _has("norse", "nirtorch"),
 DATA = {"steps": 40, "max_time": 0.4, "channel_pooling": 20, "batch_size": 16, "val_split": 0.25,
         "synthetic": {"n_train": 48, "n_test": 16, "n_classes": 4}}
 LAYERS = [{"type": "rlif", "size": 16, "beta": 0.9, "reset": "zero", "learn_decay": True},
-          {"type": "lif", "size": 10, "beta": 0.8, "reset": "zero", "threshold": 0.7, "learn_decay": True}]
+          {"type": "lif", "size": 10, "beta": 0.8, "reset": "zero", "threshold": 0.7, "learn_decay": True,
+           "learn_threshold": True}]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A network trained for an epoch (learned per-neuron decays), its config and a batch of inputs."""
+    """A network trained for an epoch (learned per-neuron decays and, in the second layer, thresholds), its config
+    and a batch of inputs."""
     cfg = validate_config({"model": {"layers": LAYERS, "readout": {"beta": 0.9, "learn_decay": True}},
                            "data": DATA, "training": {"epochs": 1, "lr": 0.02}})
     out = tmp_path_factory.mktemp("run")
@@ -260,6 +262,7 @@ def test_a_peer_export_reads_back_here(trained, tmp_path, peer):
     graph = _file(export_graph(cfg, net.state_dict(), peer=peer), tmp_path, f"{peer}.nir")
     back = graph_to_model(graph, infer_dt(graph, 1.0))  # the graph's own ipu_snn.dt, not the 1.0 offered
     assert [layer["type"] for layer in back.layers] == ["rlif", "lif"]
+    assert back.layers[1]["learn_threshold"] and float(net.layers[1].threshold.detach().std()) > 0  # learned, per neuron
     again = build_network(validate_config({"model": {"layers": back.layers, "readout": back.readout}}).model, 35, 4,
                           cfg.data.step_seconds)
     again.load_state_dict(back.state, strict=True)
