@@ -1,6 +1,6 @@
 """Networks to and from NIR, the Neuromorphic Intermediate Representation (``pip install 'ipu_snn[nir]'``).
 
-A network here is a chain: input -> (Affine -> LIF [with a recurrent Linear]) x layers -> Affine -> LI
+A network here is a chain: input -> (Affine -> LIF or CubaLIF [with a recurrent Linear]) x layers -> Affine -> LI
 -> output. NIR's neurons are continuous-time, ``tau dv/dt = (v_leak - v) + r I``; this package's are
 per-step, ``v_t = beta v_{t-1} + I_t``. The two meet under forward Euler at the step ``dt``:
 ``v_t = (1 - dt/tau) v_{t-1} + (dt/tau) (v_leak + r I_t)``, so export writes ``tau = dt / (1 - beta)``,
