@@ -534,11 +534,9 @@ class Config(_Strict):
         if self.device in ipu and any(layer.dropout for layer in self.model.layers):
             raise ValueError(f"model.layers.*.dropout runs on cpu and cuda, not yet on {self.device}")
         for i, layer in enumerate(self.model.layers):
-            if layer.learn_threshold and (self.device in ipu or (self.device == "cuda" and self.model.fused is not False)):
-                why = ("the Triton neuron kernels fire at a scalar threshold (model.fused: false runs the autograd "
-                       "loop there)" if self.device == "cuda" else "the IPU's neuron vertices fire at a scalar threshold")
-                raise ValueError(f"model.layers.{i}.learn_threshold: a learned threshold runs on cpu, not yet on "
-                                 f"{self.device}: {why}")
+            if layer.learn_threshold and self.device in ipu:
+                raise ValueError(f"model.layers.{i}.learn_threshold: a learned threshold runs on cpu and cuda, not yet "
+                                 f"on {self.device}: the IPU's neuron vertices fire at a scalar threshold")
         return self
 
 

@@ -27,7 +27,7 @@ class NeuronKernels:
     name: str
     device_types: frozenset[str]
     #: (current, v, a | None, beta, rho | None, spec, saved_dtype, threshold=None) -> (v_new, a_new | None, z, d,
-    #: zbits); threshold [N]: a learned per-neuron threshold (the triton kernels refuse one)
+    #: zbits); threshold [N]: a learned per-neuron threshold in place of the spec's
     forward: Callable
     #: (grad_z, grad_v, grad_a | None, zbits, d, spec) -> (gv, ga | None)
     backward: Callable

@@ -133,7 +133,7 @@ def test_ipu_without_poptorch_names_the_sdk(tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-@pytest.mark.parametrize("device, fused, refused", [("cpu", "auto", None), ("cuda", "auto", "Triton"),
+@pytest.mark.parametrize("device, fused, refused", [("cpu", "auto", None), ("cuda", "auto", None),
                                                     ("cuda", False, None), ("ipu", "auto", "IPU"),
                                                     ("ipu-emulator", "auto", "IPU")])
 def test_learn_threshold_runs_where_its_kernels_are(device, fused, refused):
