@@ -156,11 +156,12 @@ class NetShape:
 
     def working_bytes(self, window: int) -> int:
         """Buffers alive while one window runs (not kept): currents, spikes, the gradients of both, unpacked
-        dense inputs; an estimate of the peak, for the budget. A learned threshold's gradient adds three
-        [window, B, n] temporaries in its layer's backward (neuron.window._threshold_grad)."""
+        dense inputs; an estimate of the peak, for the budget. A learned threshold's gradient adds up to four
+        [window, B, n] temporaries in its layer's backward (the unpacked spikes, the shifted adjoint, their
+        product, and for cuba the adjoint of v per step: neuron.window._threshold_grad)."""
         widest = max(max(layer.n, layer.n_in) for layer in self.layers)
         thresholds = max((layer.n for layer in self.layers if layer.learn_threshold), default=0)
-        return self.batch * window * FLOAT_BYTES * (5 * widest + 3 * thresholds)
+        return self.batch * window * FLOAT_BYTES * (5 * widest + 4 * thresholds)
 
     def output_bytes(self, window: int) -> int:
         """The stacked outputs of every window [W, B, classes + layers + 1 + the objective's columns]."""
