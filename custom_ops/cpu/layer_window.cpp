@@ -162,7 +162,9 @@ window_fwd(
   const auto currents = currents_in.contiguous();
   const auto beta = beta_in.contiguous();
   const auto rho = adaptive ? rho_in->contiguous() : Tensor();
-  const auto thresholds = threshold_in.has_value() ? threshold_in->contiguous() : Tensor();
+  // one threshold per neuron: the learned one, else the scalar repeated (one kernel variant to compile)
+  const auto thresholds = threshold_in.has_value() ? threshold_in->contiguous()
+                                                   : at::full({n}, scalars.threshold, currents_in.options());
   const auto w_rec = recurrent ? w_rec_in->contiguous() : Tensor();
   const int64_t row_bytes = core::packed_row_bytes(n);
   const auto opts = currents.options();
@@ -209,7 +211,7 @@ window_fwd(
     const T* w = recurrent ? w_rec.data_ptr<T>() : nullptr;
     const T* bp = beta.data_ptr<T>();
     const T* rp = adaptive ? rho.data_ptr<T>() : nullptr;
-    const T* thp = thresholds.defined() ? thresholds.data_ptr<T>() : nullptr;  // a learned threshold
+    const T* thp = thresholds.data_ptr<T>();
     // Raw pointers per step: a Tensor select and an ATen copy per step cost
     // more than the step's own arithmetic at a few hundred neurons.
     const int64_t plane = batch * n, bits_plane = batch * row_bytes;

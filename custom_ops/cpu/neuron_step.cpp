@@ -47,7 +47,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_fw
   if (threshold_in.has_value()) check_decay(*threshold_in, "threshold", current_in, op);  // [N]
 
   const auto current = current_in.contiguous();
-  const auto thresholds = threshold_in.has_value() ? threshold_in->contiguous() : at::Tensor();
+  // one threshold per neuron: the learned one, else the scalar repeated (one kernel variant to compile)
+  const auto thresholds = threshold_in.has_value() ? threshold_in->contiguous()
+                                                   : at::full({current_in.size(1)}, scalars.threshold,
+                                                              current_in.options());
   const auto v = v_in.contiguous();
   const auto beta = beta_in.contiguous();
   const bool adaptive = a_in.has_value();
@@ -77,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_fw
       const T* ap = adaptive ? a.data_ptr<T>() : nullptr;
       const T* bp = beta.data_ptr<T>();
       const T* rp = adaptive ? rho.data_ptr<T>() : nullptr;
-      const T* thp = thresholds.defined() ? thresholds.data_ptr<T>() : nullptr;
+      const T* thp = thresholds.data_ptr<T>();
       T* vn = v_new.data_ptr<T>();
       T* an = adaptive ? a_new.data_ptr<T>() : nullptr;
       T* zp = z.data_ptr<T>();

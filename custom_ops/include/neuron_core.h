@@ -242,70 +242,72 @@ void neuron_forward_range(const T* current, const T* v_prev, const T* a_prev,
   }
 }
 
-template <typename T, typename D, typename Grad, typename I, typename S>
+template <bool kPerNeuron, typename T, typename D, typename Grad, typename I, typename S>
 void neuron_forward_with(const T* current, const T* v_prev, const T* a_prev,
                          const T* beta, const T* rho, I n_neurons,
                          I begin, I end, const NeuronScalarsT<S>& s,
                          const Grad& grad, T* v_new, T* a_new, T* z, D* d,
                          const T* thresholds) {
-#define IPU_SNN_NEURON_FORWARD_T(SUB, A, CUBA, PER)                                         \
-  neuron_forward_range<T, D, Grad, SUB, A, CUBA, PER>(current, v_prev, a_prev, beta, rho,     \
-                                                      n_neurons, begin, end, s.threshold,     \
-                                                      thresholds,                             \
-                                                      A ? s.adapt_strength : S(0), grad,      \
-                                                      v_new, a_new, z, d)
-#define IPU_SNN_NEURON_FORWARD(SUB, A, CUBA)                        \
-  if (thresholds != nullptr) IPU_SNN_NEURON_FORWARD_T(SUB, A, CUBA, true); \
-  else IPU_SNN_NEURON_FORWARD_T(SUB, A, CUBA, false)
+#define IPU_SNN_NEURON_FORWARD(SUB, A, CUBA)                                                  \
+  neuron_forward_range<T, D, Grad, SUB, A, CUBA, kPerNeuron>(current, v_prev, a_prev, beta, rho, \
+                                                             n_neurons, begin, end, s.threshold,  \
+                                                             thresholds,                          \
+                                                             A ? s.adapt_strength : S(0), grad,   \
+                                                             v_new, a_new, z, d)
   const bool subtract = s.reset == Reset::kSubtract;
   if (s.kind == NeuronKind::kCuba) {
-    if (subtract) { IPU_SNN_NEURON_FORWARD(true, false, true); }
-    else { IPU_SNN_NEURON_FORWARD(false, false, true); }
+    if (subtract) IPU_SNN_NEURON_FORWARD(true, false, true);
+    else IPU_SNN_NEURON_FORWARD(false, false, true);
   } else if (rho != nullptr) {
-    if (subtract) { IPU_SNN_NEURON_FORWARD(true, true, false); }
-    else { IPU_SNN_NEURON_FORWARD(false, true, false); }
+    if (subtract) IPU_SNN_NEURON_FORWARD(true, true, false);
+    else IPU_SNN_NEURON_FORWARD(false, true, false);
   } else {
-    if (subtract) { IPU_SNN_NEURON_FORWARD(true, false, false); }
-    else { IPU_SNN_NEURON_FORWARD(false, false, false); }
+    if (subtract) IPU_SNN_NEURON_FORWARD(true, false, false);
+    else IPU_SNN_NEURON_FORWARD(false, false, false);
   }
 #undef IPU_SNN_NEURON_FORWARD
-#undef IPU_SNN_NEURON_FORWARD_T
+}
+
+template <bool kPerNeuron, typename T, typename D, typename I, typename S>
+void neuron_forward_of(const T* current, const T* v_prev, const T* a_prev, const T* beta,
+                       const T* rho, I n_neurons, I begin, I end, const NeuronScalarsT<S>& s,
+                       T* v_new, T* a_new, T* z, D* d, const T* thresholds) {
+  using C = typename NeuronCompute<T>::type;
+#define IPU_SNN_NEURON_SURROGATE(GRAD)                                                          \
+  neuron_forward_with<kPerNeuron>(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s, \
+                                  GRAD<C>(s.scale), v_new, a_new, z, d, thresholds)
+  switch (s.surrogate) {
+    case SurrogateKind::kFastSigmoid: IPU_SNN_NEURON_SURROGATE(FastSigmoidGrad); break;
+    case SurrogateKind::kAtan: IPU_SNN_NEURON_SURROGATE(AtanGrad); break;
+    case SurrogateKind::kTriangle: IPU_SNN_NEURON_SURROGATE(TriangleGrad); break;
+    case SurrogateKind::kBoxcar: IPU_SNN_NEURON_SURROGATE(BoxcarGrad); break;
+  }
+#undef IPU_SNN_NEURON_SURROGATE
 }
 
 // One step forward over flat elements [begin, end) of a [B, n_neurons] step:
 // writes v_new, a_new (ALIF), z (0/1 as T) and d (the surrogate derivative as
 // D). No output may alias an input or another output. Pack z into bits with
 // pack_bits afterwards; a caller that owns whole bytes (see pack_bits) can do
-// both on the same range while z is in cache. thresholds [n_neurons], when
-// given, replaces s.threshold per neuron (a learned threshold).
+// both on the same range while z is in cache.
+template <typename T, typename D, typename I, typename S>
+void neuron_forward(const T* current, const T* v_prev, const T* a_prev, const T* beta,
+                    const T* rho, I n_neurons, non_deduced_t<I> begin, non_deduced_t<I> end,
+                    const NeuronScalarsT<S>& s, T* v_new, T* a_new, T* z, D* d) {
+  neuron_forward_of<false, T, D, I, S>(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
+                                       v_new, a_new, z, d, nullptr);
+}
+
+// The same with one threshold per neuron, thresholds[n_neurons], in place of s.threshold (a
+// learned threshold; ALIF: its base threshold). The CPU ops call this one always (with the
+// scalar repeated where nothing is learned), so they compile one variant, not two.
 template <typename T, typename D, typename I, typename S>
 void neuron_forward(const T* current, const T* v_prev, const T* a_prev, const T* beta,
                     const T* rho, I n_neurons, non_deduced_t<I> begin, non_deduced_t<I> end,
                     const NeuronScalarsT<S>& s, T* v_new, T* a_new, T* z, D* d,
-                    const T* thresholds = nullptr) {
-  using C = typename NeuronCompute<T>::type;
-  switch (s.surrogate) {
-    case SurrogateKind::kFastSigmoid:
-      neuron_forward_with(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
-                          FastSigmoidGrad<C>(s.scale), v_new, a_new, z, d,
-                          thresholds);
-      break;
-    case SurrogateKind::kAtan:
-      neuron_forward_with(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
-                          AtanGrad<C>(s.scale), v_new, a_new, z, d,
-                          thresholds);
-      break;
-    case SurrogateKind::kTriangle:
-      neuron_forward_with(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
-                          TriangleGrad<C>(s.scale), v_new, a_new, z, d,
-                          thresholds);
-      break;
-    case SurrogateKind::kBoxcar:
-      neuron_forward_with(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
-                          BoxcarGrad<C>(s.scale), v_new, a_new, z, d,
-                          thresholds);
-      break;
-  }
+                    const T* thresholds) {
+  neuron_forward_of<true, T, D, I, S>(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
+                                      v_new, a_new, z, d, thresholds);
 }
 
 // Packs z (nonzero = spike) into bits for flat bytes [byte_begin, byte_end) of
