@@ -29,10 +29,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import command_line, load_average, machine, machine_lines, run_child, tail, write_json
+from benchlib import command_line, load_average, machine, machine_lines, notes_block, run_child, tail, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
-ARMS = ["fast_sigmoid 10", "triangle 5", "boxcar 5"]  # "<surrogate> <scale>": the documented study
+ARMS = ["fast_sigmoid 10", "triangle 5", "triangle 3"]  # "<surrogate> <scale>": the documented study
 REFERENCE = "fast_sigmoid 10"
 
 
@@ -63,7 +63,7 @@ def train(out: Path, overrides: list[str], timeout_s: float) -> dict:
     return {"test_accuracy": s["test_accuracy"], "val_accuracy": s["val_accuracy"], "wall_s": round(child.wall_s, 1)}
 
 
-def render(data: dict) -> str:
+def render(data: dict, notes: Path) -> str:
     arms, task_names = list(data["arms"]), list(data["tasks"])
     lines = ["# Surrogate accuracy study", "",
              "Final test accuracy (mean ± sd over seeds, in points) of `configs/tiny.yaml`'s network (RLIF 128 -> LI) "
@@ -111,7 +111,9 @@ def render(data: dict) -> str:
                            f"(largest shortfall {max(gaps):+.1f} points)")
     if verdict:
         lines += ["", "Within 1 point (the issue's bar for a new default):", *verdict]
-    return "\n".join(lines) + "\n"
+    if notes.exists():  # hand-written: the decision, and what the study did not settle
+        lines += ["", *notes_block(notes, "the study")]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def main() -> None:
@@ -126,8 +128,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ipu_snn_surrogate_study")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks")
     parser.add_argument("--timeout-s", type=float, default=1800.0)
+    parser.add_argument("--render", action="store_true", help="only rebuild STEM.md from STEM.json in --out (e.g. "
+                        "after writing the hand-written STEM_notes.md beside it)")
     parser.add_argument("--note", default="", help="a line for the report, e.g. which commit the code was")
     args = parser.parse_args()
+    if args.render:
+        data = json.loads((args.out / f"{args.stem}.json").read_text())
+        (args.out / f"{args.stem}.md").write_text(render(data, args.out / f"{args.stem}_notes.md"))
+        return
     os.environ.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     event_dir = args.work / "event_task"
     if not (event_dir / "test.h5").is_file():
@@ -144,7 +152,7 @@ def main() -> None:
     def save(complete: bool) -> None:
         data["complete"], data["load_end"] = complete, load_average()
         write_json(args.out / f"{args.stem}.json", data)
-        (args.out / f"{args.stem}.md").write_text(render(data))
+        (args.out / f"{args.stem}.md").write_text(render(data, args.out / f"{args.stem}_notes.md"))
 
     lock = threading.Lock()
 
