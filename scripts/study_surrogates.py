@@ -78,6 +78,7 @@ def render(data: dict, notes: Path) -> str:
              f"- Load average (1, 5, 15 min) at start {data['load_start']}, at end {data.get('load_end', 'n/a')} "
              "(the machine was shared; runs use one torch thread, so accuracies do not depend on it)",
              *([f"- Note: {data['note']}"] if data.get("note") else []),
+             *([f"- Every run also: `{' '.join(data['overrides'])}`"] if data.get("overrides") else []),
              f"- Status: {'complete' if data.get('complete') else 'PARTIAL: the study was stopped before every run finished'}",
              "", "| surrogate | " + " | ".join(task_names) + " |", "|---|" + "---|" * len(task_names)]
     means = {}
@@ -124,6 +125,8 @@ def main() -> None:
                         f"reference, {REFERENCE!r}, if it is among them")
     parser.add_argument("--tasks", nargs="*", default=None, help="a subset of the tasks (default: all)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one torch thread each")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run (e.g. training.lr=0.0025)")
     parser.add_argument("--stem", default="surrogates", help="the report's file name, without .md/.json")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ipu_snn_surrogate_study")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks")
@@ -147,6 +150,7 @@ def main() -> None:
     data = {"command": command_line(), "machine": info, "epochs": args.epochs, "seeds": list(range(args.seeds)),
             "arms": {a: {"surrogate": arm(a)[0], "scale": arm(a)[1]} for a in args.arms},
             "tasks": {t: o for t, o in task_table.items()}, "load_start": load_average(), "note": args.note,
+            "overrides": args.set,
             "runs": []}
 
     def save(complete: bool) -> None:
@@ -161,7 +165,7 @@ def main() -> None:
         out = args.work / f"{task.replace(', ', '_').replace(' ', '_')}-{name}-{scale:g}-seed{seed}"
         shutil.rmtree(out, ignore_errors=True)
         run = {"arm": spec, "task": task, "seed": seed}
-        run.update(train(out, [*overrides, f"training.seed={seed}", f"training.epochs={args.epochs}",
+        run.update(train(out, [*overrides, *args.set, f"training.seed={seed}", f"training.epochs={args.epochs}",
                                f"model.layers.0.surrogate.name={name}",
                                f"model.layers.0.surrogate.scale={scale}"], args.timeout_s))
         with lock:
