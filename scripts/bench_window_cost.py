@@ -13,7 +13,7 @@ step's forward and backward through the executor (store_all) with the planner's 
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +33,24 @@ def best_ms(fn, repeats: int) -> float:
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
     return min(samples)  # the least disturbed by other jobs on a shared machine
+
+
+def python_calls(fn) -> int:
+    """Python function calls (and C functions called from Python) while ``fn`` runs: what a window's fixed cost
+    is made of, counted exactly whatever the machine's load."""
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return count
 
 
 def fit(points: list[tuple[float, float, float]]) -> tuple[float, float]:
@@ -65,6 +83,7 @@ def measure(args) -> dict:
     x = pack_inputs((torch.rand(args.batch, args.steps, N_INPUTS, generator=gen) < args.density).float())
     y = torch.randint(0, N_CLASSES, (args.batch,), generator=gen)
     rows = {"network forward": [], "network backward": []}
+    calls = {"network forward": [], "network backward": []}
     layer_rows: dict[str, list] = {}
     for window in args.windows:
         net = network(args, window)
@@ -81,6 +100,9 @@ def measure(args) -> dict:
         total = best_ms(step, args.repeats)
         rows["network forward"].append((args.steps, windows, fwd))
         rows["network backward"].append((args.steps, windows, total - fwd))
+        loss = forward()
+        calls["network forward"].append((args.steps, windows, python_calls(forward)))
+        calls["network backward"].append((args.steps, windows, python_calls(loss.backward)))
         # per layer: the same windows, one layer at a time, with its input as the network gives it
         xt = x.transpose(0, 1)
         h = net.inputs(xt, 0, args.steps)
@@ -117,6 +139,9 @@ def measure(args) -> dict:
         per_step, per_window = fit(points)
         results[name] = {"us_per_window": per_window * 1e3, "us_per_step": per_step * 1e3,
                          "points": [{"windows": w, "ms": ms} for _, w, ms in points]}
+        if name in calls:
+            per_step, per_window = fit(calls[name])
+            results[name] |= {"calls_per_window": per_window, "calls_per_step": per_step}
     return results
 
 
@@ -137,8 +162,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     load = load_average()
     results = measure(args)
-    lines = [f"| what | µs per window | µs per step |", "|---|---|---|",
-             *[f"| {name} | {r['us_per_window']:.0f} | {r['us_per_step']:.0f} |" for name, r in results.items()]]
+    lines = ["| what | µs per window | µs per step | Python calls per window | per step |", "|---|---|---|---|---|",
+             *[f"| {name} | {r['us_per_window']:.0f} | {r['us_per_step']:.0f} | "
+               f"{r.get('calls_per_window', float('nan')):.0f} | {r.get('calls_per_step', float('nan')):.1f} |"
+               for name, r in results.items()]]
     print("\n".join(lines))
     if args.out:
         info = machine()  # after set_num_threads: the threads the figures were measured with
