@@ -135,6 +135,10 @@ def with_bptt(cfg, **fields):
         {k: v for k, v in merged.items() if k in section.model_fields})})
 
 
+#: the off-chip intervals (windows) the memory goal's search tries for double, beside the planner's default
+OFFCHIP_EVERY = (None, 2, 3, 4, 6, 8)
+
+
 def strategy_info(s, p) -> dict:
     return {"window": s.window, "windows": s.windows, "schedule": s.schedule, "predicted_ms": s.predicted_s * 1e3,
             "predicted_local_bytes": s.local_bytes, "predicted_peak_bytes": s.peak_bytes, "costs": p.costs_source}
@@ -142,8 +146,9 @@ def strategy_info(s, p) -> dict:
 
 def planned_loop(cfg, job: dict, memory_ratio: float | None = None):
     """The executor's TimeLoop as ``ipu-snn train`` plans it (window costs measured here, then the
-    planner), or with ``memory_ratio`` the fastest window whose predicted growth (peak less parameters and
-    batch) is within 1/ratio of store_all's; and what the planner predicted for it."""
+    planner), or with ``memory_ratio`` the fastest window (and for double off-chip interval, `OFFCHIP_EVERY`)
+    whose predicted growth (peak less parameters and batch) is within 1/ratio of store_all's; and what the
+    planner predicted for it."""
     from ipu_snn.devices import device_spec
     from ipu_snn.calibration import calibrate
     from ipu_snn.planner import NetShape, plan, refusal, window_choices
@@ -165,7 +170,12 @@ def planned_loop(cfg, job: dict, memory_ratio: float | None = None):
         shape = NetShape.of(cfg, N_INPUTS, N_CLASSES, job["batch"])
         fixed = shape.param_bytes() + shape.batch_bytes()
         goal = (plan_of(with_bptt(cfg, schedule="store_all")).chosen.peak_bytes - fixed) / memory_ratio
-        options = [plan_of(with_bptt(cfg, window=w)) for w in window_choices(job["steps"], None)]
+        # double's off-chip interval is searched with the window: at the same window a shorter interval tapes
+        # a shorter segment (less memory) for about the same time (docs/benchmarks/unified_loop_notes.md)
+        intervals = OFFCHIP_EVERY if cfg.bptt.schedule == "double" else (None,)
+        options = [plan_of(with_bptt(cfg, window=w, **({"offchip_every": m} if m else {})))
+                   for w in window_choices(job["steps"], None) for m in intervals
+                   if m is None or m < -(-job["steps"] // w)]
         fitting = [o for o in options if o.chosen.peak_bytes - fixed <= goal]
         p = (min(fitting, key=lambda o: o.chosen.predicted_s) if fitting
              else min(options, key=lambda o: o.chosen.peak_bytes))
