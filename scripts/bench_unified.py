@@ -796,8 +796,8 @@ def section_lines(data: dict) -> list[str]:
     if not data["isolated"]:
         lines += ["> Contenders ran in one process (`--no-isolate`), so their memory figures share it.", ""]
     lines += ["### Targets", "",
-              "Issue 21's targets first (each listed, measured or not), then earlier issues' targets this run "
-              "measured. *Sparse exact*: `model.sparse: auto` with `model.sparse_grad: auto` (the listed "
+              "As the run that made this section checked them (since issue 21: its targets first, each listed "
+              "whether measured or not, then earlier issues' targets where measured). *Sparse exact*: `model.sparse: auto` with `model.sparse_grad: auto` (the listed "
               "backward, exact for a bounded surrogate); every ipu_snn contender, dense or sparse, uses the "
               f"`{SURROGATE['name']}` surrogate (scale {SURROGATE['scale']:g}). snnTorch keeps its fast sigmoid: its "
               "autograd loop costs the same whatever the surrogate (its `triangular` is not of bounded support).", "",
