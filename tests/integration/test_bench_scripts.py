@@ -115,18 +115,27 @@ def test_targets_compare_with_the_faster_store_all_in_the_right_direction():
             row("fused", 400, 400.0, 200), row("double", 400, 800.0, 4), row("double_sparse", 400, 300.0, 10)]
     z = {"short_t": 100, "long_t": 400, "sparse_steps": 100, "w1_steps": 16, "wide_steps": 100, "wide_hidden": 64}
     targets = bench_unified.cpu_targets(rows, z)
-    time_short, memory_short, plain_short = [t for t in targets if "T=100" in t.text][:3]
+
+    def pick(prefix, steps):
+        return next(t for t in targets if t.text.startswith(prefix) and f"T={steps}" in t.text)
+
+    time_short, memory_short = pick("double (dense) time", 100), pick("double (dense) memory", 100)
+    plain_short = pick("double faster than the plain loop", 100)
     assert time_short.value == pytest.approx(1.3) and time_short.status == "PASS"  # 130 / the faster, 100
     assert memory_short.value == pytest.approx(8.0) and memory_short.status == "MISS"  # that one's 80 MiB / 10
     assert memory_short.shortfall() == "1.25x short"
     assert plain_short.value == pytest.approx(2.0) and plain_short.status == "PASS"
-    time_long, memory_long, _, sparse_time, sparse_memory = [t for t in targets if "T=400" in t.text]
+    time_long, memory_long = pick("double (dense) time", 400), pick("double (dense) memory", 400)
+    sparse_time, sparse_memory = pick("sparse exact + double faster", 400), pick("sparse exact + double memory", 400)
     assert time_long.status == "MISS" and time_long.shortfall() == "1.54x over the limit"  # 800 / 400 against 1.3
     assert memory_long.value == pytest.approx(50.0) and memory_long.status == "PASS"  # 200 / 4 against 30
     assert sparse_time.value == pytest.approx(4 / 3) and sparse_time.status == "MISS"  # against 2x
     assert sparse_memory.value == pytest.approx(20.0) and sparse_memory.shortfall() == "1.50x short"
-    by_text = {t.text.split(" (")[0]: t.status for t in targets}
-    assert by_text["small W1 ms/iter"] == by_text["sparse=auto loss equals dense in float64"] == "not measured"
+    # Issue 21's targets are listed even when this run did not measure them; the earlier ones only when measured.
+    statuses = {t.text.split(" (")[0]: t.status for t in targets}
+    assert statuses["W2-wide snnTorch over sparse exact at 5% input"] == "not measured"
+    assert statuses["every exact combination in float64: loss relative difference"] == "not measured"
+    assert not any(text.startswith("small W1 ms/iter") for text in statuses)
 
 
 def test_cli_targets():
