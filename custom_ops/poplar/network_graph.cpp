@@ -41,12 +41,14 @@ struct Lists {
 
 class Builder {
 public:
-  Builder(poplar::Graph &g, const NetworkSpec &s) : g_(g), s_(s) {}
+  Builder(poplar::Graph &g, const NetworkSpec &s, const RemoteBufferMaker &remote)
+      : g_(g), s_(s), remote_(remote) {}
   NetworkGraph build();
 
 private:
   poplar::Graph &g_;
   const NetworkSpec &s_;
+  const RemoteBufferMaker &remote_;
   std::vector<std::vector<Part>> parts_;
   std::vector<unsigned> firstTile_;
   Tensor counter_;
@@ -141,8 +143,12 @@ void Builder::allocate() {
         p.ckptZ = var(poplar::FLOAT, {s_.localSlots, B, w}, t, pn + "checkpointZ");
       }
       if (s_.offchipSlots > 0) {
-        p.remoteV = g_.addRemoteBuffer(pn + "remoteV", poplar::FLOAT, B * w, s_.offchipSlots);
-        p.remoteZ = g_.addRemoteBuffer(pn + "remoteZ", poplar::FLOAT, B * w, s_.offchipSlots);
+        auto remote = [&](const std::string &name, const Tensor &row) {
+          return remote_ ? remote_(name, row, s_.offchipSlots)
+                         : g_.addRemoteBuffer(name, row.elementType(), row.numElements(), s_.offchipSlots);
+        };
+        p.remoteV = remote(pn + "remoteV", p.v.flatten());
+        p.remoteZ = remote(pn + "remoteZ", p.z.flatten());
       }
       p.bits = var(poplar::UNSIGNED_CHAR, {B, (w + 7) / 8}, t, pn + "bits");
       const unsigned rowsPerWorker = core::worker_span_bound<unsigned>(unsigned(B), 6u, 1u);
@@ -172,6 +178,15 @@ void Builder::allocate() {
     lt.state = whole(parts_[l], &Part::z, 1);
     for (const Part &p : parts_[l]) lt.tiles.push_back(p.tile);
     net_.layers.push_back(lt);
+    net_.carried.push_back(whole(parts_[l], &Part::v, 1));
+    net_.carried.push_back(lt.state);
+    net_.carried.push_back(whole(parts_[l], &Part::tapeZ, 2));
+    net_.carried.push_back(whole(parts_[l], &Part::tapeD, 2));
+    if (layer.recurrent) net_.carried.push_back(whole(parts_[l], &Part::tapeZPrev, 2));
+    if (s_.localSlots > 0) {
+      net_.carried.push_back(whole(parts_[l], &Part::ckptV, 2));
+      net_.carried.push_back(whole(parts_[l], &Part::ckptZ, 2));
+    }
   }
   const std::size_t nb = (s_.inputs + 7) / 8;
   const std::size_t p0 = parts_[0].size();
@@ -180,6 +195,15 @@ void Builder::allocate() {
   for (std::size_t b = 0; b < B; ++b) {
     g_.setTileMapping(net_.inputBits[b], parts_[0][b % p0].tile);
     g_.setTileMapping(inStep_[b], parts_[0][b % p0].tile);
+  }
+  const auto shapes = carriedShapes(s_);
+  if (shapes.size() != net_.carried.size())
+    throw std::logic_error("network graph: carriedShapes disagrees with the carried tensors");
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    std::size_t n = 1;
+    for (std::size_t d : shapes[i]) n *= d;
+    if (n != net_.carried[i].numElements())
+      throw std::logic_error("network graph: carriedShapes disagrees with carried tensor " + std::to_string(i));
   }
   net_.output = whole(parts_.back(), &Part::out, 2);
   net_.gradOutput = whole(parts_.back(), &Part::gradOut, 2);
@@ -602,8 +626,20 @@ std::vector<unsigned> layerTiles(const NetworkSpec &spec, unsigned numTiles) {
   return tiles;
 }
 
-NetworkGraph buildNetwork(poplar::Graph &graph, const NetworkSpec &spec) {
-  return Builder(graph, spec).build();
+std::vector<std::vector<std::size_t>> carriedShapes(const NetworkSpec &spec) {
+  const std::size_t B = spec.batch, S = spec.tapeSlots, K = spec.localSlots;
+  std::vector<std::vector<std::size_t>> shapes;
+  for (const LayerSpec &l : spec.layers) {
+    const std::size_t n = l.size;
+    shapes.insert(shapes.end(), {{B, n}, {B, n}, {S, B, n}, {S, B, n}});
+    if (l.recurrent) shapes.push_back({S, B, n});
+    if (K > 0) shapes.insert(shapes.end(), {{K, B, n}, {K, B, n}});
+  }
+  return shapes;
+}
+
+NetworkGraph buildNetwork(poplar::Graph &graph, const NetworkSpec &spec, const RemoteBufferMaker &remoteBuffer) {
+  return Builder(graph, spec, remoteBuffer).build();
 }
 
 }  // namespace network

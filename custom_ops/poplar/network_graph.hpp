@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,10 @@ struct NetworkGraph {
   poplar::Tensor output;      // float [T, B, n_last]: the last layer's spikes
   poplar::Tensor gradOutput;  // float [T, B, n_last]
   std::vector<LayerTensors> layers;
+  // What the forward program leaves for the backward one, as whole tensors in
+  // carriedShapes' order: the PopART op outputs them and its grad op takes
+  // them back (custom_ops/poplar/network_op.cpp).
+  std::vector<poplar::Tensor> carried;
   poplar::program::Sequence forward;
   poplar::program::Sequence backward;
 };
@@ -84,9 +89,23 @@ struct NetworkGraph {
 // Tiles each layer takes: min(size, its share of the target's tiles).
 std::vector<unsigned> layerTiles(const NetworkSpec &spec, unsigned numTiles);
 
+// The shapes (float elements) of NetworkGraph::carried, from the spec alone
+// (PopART sizes the op's outputs before any graph exists): per layer v and z
+// [B, n], the tapes z and d (and the z each step started from, recurrent
+// layers) [tapeSlots, B, n], and with local slots the checkpoints v and z
+// [localSlots, B, n].
+std::vector<std::vector<std::size_t>> carriedShapes(const NetworkSpec &spec);
+
+// Makes the remote buffer of an off-chip checkpoint: (name, the tensor a row
+// holds, rows). By default graph.addRemoteBuffer; the PopART ops share theirs
+// through the lowering's registry instead.
+using RemoteBufferMaker =
+    std::function<poplar::RemoteBuffer(const std::string &, const poplar::Tensor &, std::size_t)>;
+
 // Builds the network op's graph; throws std::invalid_argument on a spec that
 // cannot be built (no tiles, a schedule the tape cannot hold).
-NetworkGraph buildNetwork(poplar::Graph &graph, const NetworkSpec &spec);
+NetworkGraph buildNetwork(poplar::Graph &graph, const NetworkSpec &spec,
+                          const RemoteBufferMaker &remoteBuffer = {});
 
 }  // namespace network
 }  // namespace ipu_snn
