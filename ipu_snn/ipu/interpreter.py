@@ -152,12 +152,26 @@ class HostNetwork:
     def __init__(self, batch: int, steps: int, n_inputs: int, layers: Sequence[LayerSpec], schedule: Schedule,
                  bounds: Sequence[tuple[int, int]], *, tiles: int = MK2_TILES, tile_bytes: int = MK2_TILE_BYTES,
                  holds_data: bool = True):
+        actions = step_actions(schedule, bounds)
+        self._build(batch, steps, n_inputs, layers, actions, tape_slots(actions), max(schedule.max_local_slots, 0),
+                    max(schedule.max_offchip_slots, 0), tiles, tile_bytes, holds_data)
+
+    @classmethod
+    def from_actions(cls, batch: int, steps: int, n_inputs: int, layers: Sequence[LayerSpec],
+                     actions: Sequence[tuple[int, ...]], tape_slots: int, local_slots: int, offchip_slots: int, *,
+                     tiles: int = MK2_TILES, tile_bytes: int = MK2_TILE_BYTES) -> "HostNetwork":
+        """The graph of a spec as the PopART op's attributes give it (step actions and slot counts)."""
+        host = cls.__new__(cls)
+        host._build(batch, steps, n_inputs, layers, list(actions), tape_slots, local_slots, offchip_slots, tiles,
+                    tile_bytes, True)
+        return host
+
+    def _build(self, batch, steps, n_inputs, layers, actions, tape_slots, local_slots, offchip_slots, tiles,
+               tile_bytes, holds_data) -> None:
         self.lib = library()
         self.batch, self.steps, self.n_inputs, self.layers = batch, steps, n_inputs, list(layers)
-        actions = step_actions(schedule, bounds)
-        self.tape_slots = tape_slots(actions)
-        spec = [batch, steps, n_inputs, len(layers), self.tape_slots, max(schedule.max_local_slots, 0),
-                max(schedule.max_offchip_slots, 0), len(actions)]
+        self.tape_slots = tape_slots
+        spec = [batch, steps, n_inputs, len(layers), self.tape_slots, local_slots, offchip_slots, len(actions)]
         for layer in layers:
             spec += [layer.size, int(layer.recurrent), layer.reset, layer.surrogate]
         for action in actions:
