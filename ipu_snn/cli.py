@@ -191,7 +191,8 @@ def _plan(args, console: Console) -> None:
             try:
                 # the graph's account under "graph" and its time model under "time"; the other fields are
                 # still the tile model's (ipu_snn/ipu/tiles.py) until it is retired
-                graph = graph_plan(cfg.model, n_inputs, micro, time.steps, time.window, time.schedule)
+                graph = graph_plan(cfg.model, n_inputs, n_classes, micro, time.steps, time.window, time.schedule,
+                                   args.density)
                 payload["tiles"].update(source=graph.pop("source"), time=graph.pop("time"), graph=graph)
             except ConfigError as err:  # a model the network op cannot build yet (ALIF): the tile model's count
                 payload["tiles"]["source"] = f"tile model (ipu_snn/ipu/tiles.py): {err}"

@@ -9,14 +9,18 @@
 //                      example_outputs=[output, *carried], attributes={...})
 //
 // Network (inputs -> outputs), B samples, T steps, float32:
-//   bits uint8 [B, T, ceil(n_in / 8)]; per layer l: weight_in [n_in, n],
-//   bias [n], beta [n] (clamped), and for recurrent layers weight_rec [n, n]
-//   -> output [T, B, n_last] (the last layer's spikes), each layer's spike
-//      counts [B, n], then the carried state (network::carriedShapes: per
-//      layer v, z, tapes, local checkpoints).
+//   bits uint8 [B, T, ceil(n_in / 8)]; per spiking layer l: weight_in
+//   [n_in, n], bias [n], beta [n] (clamped), and for recurrent layers
+//   weight_rec [n, n]; then the leaky-integrator readout's weight
+//   [n_last, n_out], bias [n_out], beta [n_out] (clamped)
+//   -> output [T, B, n_out] (the readout's membrane trace), each spiking
+//      layer's spike counts [B, n], then the carried state
+//      (network::carriedShapes).
 // NetworkGrad (its grad op, never called directly):
 //   grad_output, bits, the parameters, the carried state
-//   -> per layer grad_weight_in, grad_bias, [grad_weight_rec] (no decay gradient).
+//   -> per spiking layer grad_weight_in, grad_bias, [grad_weight_rec]; the
+//      readout's grad_weight, grad_bias, grad_beta (no spiking-layer decay
+//      gradient).
 //
 // State between the two. The forward program leaves the tapes, local
 // checkpoints and last state in the graph's tensors; the op outputs them and
@@ -33,8 +37,9 @@
 // ids up (ExchangeBundle::getRemoteBuffer) so that its Load copies read what
 // the forward's Store copies wrote.
 //
-// Attributes (lists one entry per layer): sizes, recurrent, thresholds,
-// resets, surrogates, scales; tape_slots, local_slots, offchip_slots; actions
+// Attributes (lists one entry per spiking layer): sizes, recurrent,
+// thresholds, resets, surrogates, scales; readout (n_out), samples_per_pass;
+// tape_slots, local_slots, offchip_slots; actions
 // (6 ints per action: kind, n0, n1, tape, offchip, slot, as
 // ipu_snn.ipu.interpreter.step_actions writes them).
 #include <cstdint>
@@ -70,8 +75,8 @@ namespace {
 
 namespace network = ipu_snn::network;
 
-const popart::OperatorIdentifier kNetwork = {"ipu_snn", "Network", 1, {4, -1}, -1};
-const popart::OperatorIdentifier kNetworkGrad = {"ipu_snn", "NetworkGrad", 1, {6, -1}, -1};
+const popart::OperatorIdentifier kNetwork = {"ipu_snn", "Network", 1, {7, -1}, -1};
+const popart::OperatorIdentifier kNetworkGrad = {"ipu_snn", "NetworkGrad", 1, {9, -1}, -1};
 
 // Remote buffers of one op pair: ids above any PopART assigns itself
 // (RemoteSetup numbers its own from 0), one block per forward op.
@@ -118,6 +123,8 @@ network::NetworkSpec readSpec(const popart::OpCreatorInfo &info) {
     layer.scale = scales[l];
     spec.layers.push_back(layer);
   }
+  spec.readout = unsigned(a.getAttribute<popart::Attributes::Int>("readout"));
+  spec.samplesPerPass = unsigned(a.getAttribute<popart::Attributes::Int>("samples_per_pass", 0));
   spec.tapeSlots = unsigned(a.getAttribute<popart::Attributes::Int>("tape_slots", 1));
   spec.localSlots = unsigned(a.getAttribute<popart::Attributes::Int>("local_slots", 0));
   spec.offchipSlots = unsigned(a.getAttribute<popart::Attributes::Int>("offchip_slots", 0));
@@ -155,15 +162,18 @@ void appendSpec(popart::OpSerialiserBase &os, const network::NetworkSpec &s) {
   os.appendAttribute("surrogates", surrogates);
   os.appendAttribute("thresholds", thresholds);
   os.appendAttribute("scales", scales);
+  os.appendAttribute("readout", int64_t(s.readout));
+  os.appendAttribute("samples_per_pass", int64_t(s.samplesPerPass));
   os.appendAttribute("tape_slots", int64_t(s.tapeSlots));
   os.appendAttribute("local_slots", int64_t(s.localSlots));
   os.appendAttribute("offchip_slots", int64_t(s.offchipSlots));
   os.appendAttribute("actions", actions);
 }
 
-// Parameter inputs of layer l, from index 1 on: weight_in, bias, beta, [weight_rec].
+// Parameter inputs, from index 1 on: per spiking layer weight_in, bias, beta,
+// [weight_rec]; then the readout's weight, bias, beta.
 std::size_t numParams(const network::NetworkSpec &s) {
-  std::size_t n = 0;
+  std::size_t n = 3;
   for (const network::LayerSpec &l : s.layers) n += l.recurrent ? 4 : 3;
   return n;
 }
@@ -207,15 +217,21 @@ public:
       }
       nIn = l.size;
     }
-    outInfo(0) = popart::TensorInfo(popart::DataType::FLOAT,
-                                    popart::Shape{spec_.steps, spec_.batch, spec_.layers.back().size});
+    const std::vector<popart::Shape> readout = {{int64_t(nIn), spec_.readout}, {spec_.readout}, {spec_.readout}};
+    for (std::size_t k = 0; k < 3; ++k, ++i) {
+      if (inShape(popart::InIndex(i)) != readout[k] || inInfo(popart::InIndex(i)).dataType() != popart::DataType::FLOAT)
+        throw popart::error("ipu_snn Network: input {} (the readout's) must be float32 {}, got {}", i, readout[k],
+                            inInfo(popart::InIndex(i)));
+    }
+    outInfo(0) = popart::TensorInfo(popart::DataType::FLOAT, popart::Shape{spec_.steps, spec_.batch, spec_.readout});
     const std::size_t L = spec_.layers.size();
     for (std::size_t l = 0; l < L; ++l)
       outInfo(popart::OutIndex(1 + l)) =
           popart::TensorInfo(popart::DataType::FLOAT, popart::Shape{spec_.batch, spec_.layers[l].size});
     const auto shapes = network::carriedShapes(spec_);
     for (std::size_t k = 0; k < shapes.size(); ++k)
-      outInfo(popart::OutIndex(1 + L + k)) = popart::TensorInfo(popart::DataType::FLOAT, toShape(shapes[k]));
+      outInfo(popart::OutIndex(1 + L + k)) = popart::TensorInfo(
+          shapes[k].bits ? popart::DataType::UINT8 : popart::DataType::FLOAT, toShape(shapes[k].shape));
   }
 
   std::vector<std::unique_ptr<popart::Op>> getGradOps() final;
@@ -256,6 +272,7 @@ public:
       if (l.recurrent) gradOut_[int(out++)] = int(in + 3);  // weight_rec
       in += l.recurrent ? 4 : 3;
     }
+    for (int k = 0; k < 3; ++k) gradOut_[int(out++)] = int(in) + k;  // the readout's weight, bias, beta
   }
 
   std::unique_ptr<popart::Op> clone() const final { return std::make_unique<NetworkGradOp>(*this); }
@@ -296,13 +313,15 @@ const popart::OpDefinition kNetworkDef(
     {popart::OpDefinition::Inputs({{"bits", {popart::DataType::UINT8}}, {"params", {popart::DataType::FLOAT}}}),
      popart::OpDefinition::Outputs({{"output", {popart::DataType::FLOAT}},
                                     {"spike_counts", {popart::DataType::FLOAT}},
-                                    {"carried", {popart::DataType::FLOAT}}}),
+                                    {"carried", {popart::DataType::FLOAT, popart::DataType::UINT8}}}),
      popart::OpDefinition::Attributes({{"sizes", {"*"}},
                                        {"recurrent", {"*"}},
                                        {"thresholds", {"*"}},
                                        {"resets", {"*"}},
                                        {"surrogates", {"*"}},
                                        {"scales", {"*"}},
+                                       {"readout", {"*"}},
+                                       {"samples_per_pass", {"*"}},
                                        {"tape_slots", {"*"}},
                                        {"local_slots", {"*"}},
                                        {"offchip_slots", {"*"}},
@@ -325,6 +344,7 @@ std::vector<poplar::Tensor> parameters(const network::NetworkGraph &net, const n
     ts.insert(ts.end(), {t.weightIn, t.bias, t.beta});
     if (s.layers[l].recurrent) ts.push_back(t.weightRec);
   }
+  ts.insert(ts.end(), {net.readout.weight, net.readout.bias, net.readout.beta});
   return ts;
 }
 
@@ -407,6 +427,9 @@ public:
       setOutTensor(out++, t.gradBias);
       if (spec.layers[l].recurrent) setOutTensor(out++, t.gradWeightRec);
     }
+    setOutTensor(out++, net.readout.gradWeight);
+    setOutTensor(out++, net.readout.gradBias);
+    setOutTensor(out++, net.readout.gradBeta);
   }
 };
 

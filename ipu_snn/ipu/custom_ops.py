@@ -6,15 +6,16 @@ may name another copy. Loading it registers the op ``Network`` of domain ``ipu_s
 version 1, with PopART, and from then on ``poptorch.custom_op`` reaches it while a
 model is traced:
 
-    Network  (bits uint8 [B, T, ceil(n_in / 8)], per layer weight_in, bias, beta, [weight_rec])
-             -> output [T, B, n_last] (the last layer's spikes), spike counts [B, n] per layer,
-                the carried state (what the backward program reads)
+    Network  (bits uint8 [B, T, ceil(n_in / 8)], per spiking layer weight_in, bias, beta,
+              [weight_rec], then the readout's weight, bias, beta)
+             -> output [T, B, n_out] (the leaky-integrator readout's membrane trace), spike
+                counts [B, n] per spiking layer, the carried state (what the backward reads)
 
-The op runs every spiking layer over all T steps, and its grad op the BPTT schedule's
-backward, in Poplar programs (``program::Repeat`` over steps): one op in the traced graph
-whatever T. PopTorch traces the forward only; PopART differentiates through the grad op
-``NetworkGrad``, which takes the carried state back and returns one gradient per weight
-and bias (none for the decays).
+The op runs every spiking layer and the readout over all T steps, and its grad op the BPTT
+schedule's backward, in Poplar programs (``program::Repeat`` over steps): one op in the
+traced graph whatever T. PopTorch traces the forward only; PopART differentiates through the
+grad op ``NetworkGrad``, which takes the carried state back and returns one gradient per
+weight and bias and the readout's decay gradient (none for the spiking layers' decays).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Sequence
 
+import torch
 from torch import Tensor
 
 from ..bptt.schedules import store_all
@@ -67,29 +69,44 @@ class NetworkOpSpec:
     """The network op's spec, as its attributes carry it (``network_graph.hpp``'s ``NetworkSpec``)."""
 
     layers: tuple[LayerSpec, ...]
+    readout: int  # the readout's neurons, n_out
     actions: tuple[tuple[int, ...], ...]  # step actions, as interpreter.step_actions writes them
     tape_slots: int
     local_slots: int
     offchip_slots: int
+    samples_per_pass: int = 0  # samples per input-gradient pass (0: the whole micro-batch)
 
     def attributes(self) -> dict[str, int | list]:
         return {"sizes": [l.size for l in self.layers], "recurrent": [int(l.recurrent) for l in self.layers],
                 "thresholds": [float(l.threshold) for l in self.layers], "resets": [l.reset for l in self.layers],
                 "surrogates": [l.surrogate for l in self.layers], "scales": [float(l.scale) for l in self.layers],
-                "tape_slots": self.tape_slots, "local_slots": self.local_slots, "offchip_slots": self.offchip_slots,
+                "readout": self.readout, "samples_per_pass": self.samples_per_pass, "tape_slots": self.tape_slots, "local_slots": self.local_slots, "offchip_slots": self.offchip_slots,
                 "actions": [int(x) for action in self.actions for x in action]}
 
-    def carried_shapes(self, batch: int) -> list[tuple[int, ...]]:
-        """Shapes of the carried outputs: ``network::carriedShapes`` (network_graph.cpp) in the same order."""
-        shapes: list[tuple[int, ...]] = []
+    def carried(self, batch: int, steps: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """Shapes and types of the carried outputs: ``network::carriedShapes`` (network_graph.cpp), in its
+        order; nb = ceil(n / 8) bytes of packed spikes."""
+        f, u8 = torch.float32, torch.uint8
+        S, K = self.tape_slots, self.local_slots
+        out: list[tuple[tuple[int, ...], torch.dtype]] = []
         for layer in self.layers:
-            n = layer.size
-            shapes += [(batch, n), (batch, n), (self.tape_slots, batch, n), (self.tape_slots, batch, n)]
+            n, nb = layer.size, (layer.size + 7) // 8
+            out.append(((batch, n), f))
             if layer.recurrent:
-                shapes.append((self.tape_slots, batch, n))
-            if self.local_slots > 0:
-                shapes += [(self.local_slots, batch, n)] * 2
-        return shapes
+                out.append(((batch, nb), u8))
+            out += [((S, batch, n), f), ((S, batch, nb), u8)]
+            if layer.recurrent:
+                out.append(((S, batch, nb), u8))
+            if K > 0:
+                out.append(((K, batch * n), f))
+                if layer.recurrent:
+                    out.append(((K, batch * nb), u8))
+        n = self.readout
+        out.append(((batch, n), f))
+        if K > 0:
+            out.append(((K, batch * n), f))
+        out.append(((steps + 1, batch * n), f))
+        return out
 
 
 def network_spec(network, steps: int) -> NetworkOpSpec:
@@ -100,29 +117,31 @@ def network_spec(network, steps: int) -> NetworkOpSpec:
     layers = tuple(LayerSpec(l.n_out, l.rec is not None, l.spec.threshold, l.spec.reset_code, l.spec.surrogate_code,
                              l.spec.scale) for l in network.layers)
     actions = step_actions(schedule, bounds)
-    return NetworkOpSpec(layers, tuple(actions), tape_slots(actions), max(schedule.max_local_slots, 0),
-                         max(schedule.max_offchip_slots, 0))
+    return NetworkOpSpec(layers, network.readout.n_out, tuple(actions), tape_slots(actions),
+                         max(schedule.max_local_slots, 0), max(schedule.max_offchip_slots, 0))
 
 
 def network_params(network) -> list[Tensor]:
-    """The op's parameter inputs, in its order: per layer weight_in [n_in, n], bias, beta (clamped), [weight_rec]."""
+    """The op's parameter inputs, in its order: per spiking layer weight_in [n_in, n], bias, beta (clamped),
+    [weight_rec]; then the readout's weight [n_last, n_out], bias and beta (clamped)."""
     params: list[Tensor] = []
     for layer in network.layers:
         params += [layer.fc.weight, layer.fc.bias, layer.decays()[0]]
         if layer.rec is not None:
             params.append(layer.rec.weight)
-    return params
+    readout = network.readout
+    return params + [readout.fc.weight, readout.fc.bias, readout.beta.clamp(0.0, 1.0)]
 
 
 def network(poptorch: ModuleType, bits: Tensor, params: Sequence[Tensor], spec: NetworkOpSpec
             ) -> tuple[Tensor, list[Tensor]]:
-    """The last layer's spikes [T, B, n_last] and each layer's spike counts [B, n] of packed input bits
-    uint8 [B, T, ceil(n_in / 8)]: one ``Network`` op."""
+    """The readout's membrane trace [T, B, n_out] and each spiking layer's spike counts [B, n] of packed
+    input bits uint8 [B, T, ceil(n_in / 8)]: one ``Network`` op."""
     batch, steps = bits.shape[0], bits.shape[1]
     like = params[0]
-    examples = [like.new_empty(steps, batch, spec.layers[-1].size),
+    examples = [like.new_empty(steps, batch, spec.readout),
                 *(like.new_empty(batch, l.size) for l in spec.layers),
-                *(like.new_empty(shape) for shape in spec.carried_shapes(batch))]
+                *(like.new_empty(shape, dtype=dtype) for shape, dtype in spec.carried(batch, steps))]
     outputs = poptorch.custom_op([bits, *params], "Network", DOMAIN, DOMAIN_VERSION, example_outputs=examples,
                                  attributes=spec.attributes())
     return outputs[0], list(outputs[1:1 + len(spec.layers)])

@@ -22,6 +22,8 @@ from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, MK2_TILES, HostNetwork, Laye
 from ipu_snn.neuron.spec import RESET_CODES
 from ipu_snn.neuron.surrogates import SURROGATES
 
+#: The fewest samples per input-gradient pass the plan tries.
+MIN_SAMPLES_PER_PASS = 1
 #: GC200 clock, derived: 62.5 TFLOP/s fp32 / (1472 tiles x 32 fp32 flops per tile and cycle).
 CLOCK_HZ = 62.5e12 / (MK2_TILES * 32)
 #: Field elements a tile processes per cycle: six barrel-scheduled workers, one instruction each per
@@ -48,14 +50,30 @@ def layer_specs(model_cfg) -> list[LayerSpec]:
     return out
 
 
-def graph_plan(model_cfg, n_inputs: int, batch: int, steps: int, window: int, schedule) -> dict:
-    """The tile account and predicted time of one micro-batch's network op under ``schedule`` over the
-    windows of ``window`` steps, as ``ipu-snn plan --json`` reports it under ``tiles``."""
+def count_graph(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int, window: int, schedule
+                ) -> tuple[HostNetwork, int]:
+    """The network op's counting graph with the most samples per input-gradient pass (halving from the
+    whole micro-batch) whose fullest tile fits a Mk2 tile; the least tried when none fits. Returns the
+    graph and its samples per pass."""
     bounds = window_bounds(steps, window)
-    host = HostNetwork(batch, steps, n_inputs, layer_specs(model_cfg), schedule, bounds, holds_data=False)
+    passes = batch
+    while True:
+        host = HostNetwork(batch, steps, n_inputs, layer_specs(model_cfg), schedule, bounds, n_classes,
+                           samples_per_pass=passes, holds_data=False)
+        if int(host.tile_bytes().max()) <= MK2_TILE_BYTES or passes <= MIN_SAMPLES_PER_PASS:
+            return host, passes
+        passes = max(MIN_SAMPLES_PER_PASS, passes // 2)
+
+
+def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int, window: int, schedule,
+               rate: float = 0.05) -> dict:
+    """The tile account and predicted time of one micro-batch's network op under ``schedule`` over the
+    windows of ``window`` steps, as ``ipu-snn plan --json`` reports it under ``tiles``; ``rate``: the
+    spikes per neuron and step the compute term assumes."""
+    host, passes = count_graph(model_cfg, n_inputs, n_classes, batch, steps, window, schedule)
     per_tile = host.tile_bytes()
     fullest = int(per_tile.argmax())
-    fwd, bwd = host.cost(False), host.cost(True)
+    fwd, bwd = host.cost(False, rate), host.cost(True, rate)
     both = {k: fwd[k] + bwd[k] for k in fwd}
     counts = host.counts()
     input_bytes = batch * steps * ((n_inputs + 7) // 8)
@@ -78,9 +96,10 @@ def graph_plan(model_cfg, n_inputs: int, batch: int, steps: int, window: int, sc
             "streaming_capacity_bytes": int(STREAMING_BYTES_PER_IPU),
             "graph": {"vertices": counts["vertices"], "compute_sets": counts["compute_sets"],
                       "variables": counts["variables"], "tape_slots": host.tape_slots,
+                      "samples_per_pass": passes, "spike_rate": rate,
                       "compute_set_runs": both["compute_sets"], "exchange_phases": both["exchange_phases"],
                       "remote_bytes_moved": both["remote_bytes"], "input_bytes": input_bytes},
             "time": time}
 
 
-__all__ = ["graph_plan", "layer_specs"]
+__all__ = ["count_graph", "graph_plan", "layer_specs"]

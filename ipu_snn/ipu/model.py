@@ -1,5 +1,5 @@
-"""The network as PopTorch traces it: one PopART network op for every spiking layer over all T steps,
-then the readout, the loss and the statistics in PopTorch.
+"""The network as PopTorch traces it: one PopART network op for every spiking layer and the readout
+over all T steps, then the readout's reduction over time, the loss and the statistics in PopTorch.
 
 The spiking layers run inside the op (``custom_ops/poplar/network_op.cpp`` over
 ``network_graph.cpp``): each layer's neurons on their own tiles, the steps in a
@@ -7,7 +7,7 @@ The spiking layers run inside the op (``custom_ops/poplar/network_op.cpp`` over
 list (checkpoints on the tiles or in streaming memory, as the schedule says), and its
 grad op returning one gradient per weight and bias. PopTorch sees one custom op per
 call whatever T (`ipu_snn.ipu.custom_ops.network`); PopART differentiates the rest
-(the readout and the loss) itself.
+(the reduction over time and the loss) itself.
 
 What the op cannot run is refused before anything is traced (`check_network_op`).
 The modules return sums per sample so that metrics add up over micro-batches,
@@ -31,12 +31,6 @@ from .custom_ops import NetworkOpSpec, network_params, network_spec
 from .interpreted import _refuse
 
 
-def dense_products(inputs, synapses, policy, site):
-    """The readout's input product in PopTorch: a dense matmul of the op's spikes (no spikes dropped)."""
-    x = inputs if isinstance(inputs, Tensor) else inputs.z
-    return F.linear(x, synapses.weight.t(), synapses.bias), None
-
-
 def check_network_op(cfg: Config, network: SpikingNetwork) -> None:
     """Refuse, naming the field, what the network op cannot run: LIF and RLIF layers only (no ALIF, no
     cuba), fixed decays, a detached reset, every spike listed with the exact input gradient, float32."""
@@ -51,11 +45,11 @@ def check_network_op(cfg: Config, network: SpikingNetwork) -> None:
 
 def build_traced(cfg: Config, n_inputs: int, n_classes: int, dt: float, loop: TimeLoop = TimeLoop()
                  ) -> SpikingNetwork:
-    """The config's network (same parameters and values as on the CPU) for the network op, checked first;
-    its readout integrates in PopTorch (``autograd`` mode, dense products). The op library is loaded
-    here, so that a missing build stops the run before anything is traced."""
+    """The config's network (same parameters and values as on the CPU) for the network op, which runs its
+    spiking layers and readout; checked first. The op library is loaded here, so that a missing build
+    stops the run before anything is traced."""
     network = build_network(cfg.model, n_inputs, n_classes, dt, loop=loop, binary_inputs=cfg.data.binary,
-                            device=cfg.device, mode="autograd", products=dense_products)
+                            device=cfg.device, mode="autograd")
     check_network_op(cfg, network)
     custom_ops.load_op_library()
     return network
@@ -68,7 +62,8 @@ def per_sample_stats(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 class OpNetwork(nn.Module):
     """Logits [B, classes] and each spiking layer's rate [B, layers] of packed input bits uint8
-    [B, T, ceil(n_in / 8)]: the network op, then the readout over its spikes."""
+    [B, T, ceil(n_in / 8)]: the network op (its output is the readout's membrane trace), then the
+    readout's reduction over time."""
 
     def __init__(self, network: SpikingNetwork, poptorch: ModuleType):
         super().__init__()
@@ -87,9 +82,7 @@ class OpNetwork(nn.Module):
                               "(data.binary: true)")
         net = self.network
         batch, steps = x.shape[0], x.shape[1]
-        z, counts = custom_ops.network(self._poptorch, x, network_params(net), self.spec(steps))
-        readout = net.readout
-        trace, _, _ = readout.window(readout.initial_state(batch, readout.fc.weight), z)
+        trace, counts = custom_ops.network(self._poptorch, x, network_params(net), self.spec(steps))
         logits = _COMBINE[net.reduce](_WINDOW_REDUCE[net.reduce](trace)[None], steps)
         rates = torch.stack([c.sum(1) / (steps * l.n_out) for c, l in zip(counts, net.layers)], 1)
         return logits, rates.to(logits.dtype)

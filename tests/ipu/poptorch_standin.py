@@ -122,21 +122,22 @@ def identity_loss(x, reduction):
 # ---------------------------------------------------------------- custom ops
 
 
-def _network(bits, *params, sizes, recurrent, thresholds, resets, surrogates, scales, tape_slots, local_slots,
-             offchip_slots, actions):
+def _network(bits, *params, sizes, recurrent, thresholds, resets, surrogates, scales, readout, samples_per_pass,
+             tape_slots, local_slots, offchip_slots, actions):
     """The Network op on the host interpreter (built once per spec and shape, as a compiled graph is)."""
-    from ipu_snn.ipu.interpreter import HostNetwork, LayerSpec, network_spikes
+    from ipu_snn.ipu.interpreter import HostNetwork, LayerSpec, network_trace
 
     batch, steps = bits.shape[0], bits.shape[1]
     layers = [LayerSpec(*row) for row in zip(sizes, map(bool, recurrent), thresholds, resets, surrogates, scales)]
-    key = (batch, steps, params[0].shape[0], tuple(layers), tuple(actions), tape_slots, local_slots, offchip_slots)
+    key = (batch, steps, params[0].shape[0], tuple(layers), readout, samples_per_pass, tuple(actions), tape_slots,
+           local_slots, offchip_slots)
     if key not in _HOSTS:
         _HOSTS.clear()
         steps_actions = [tuple(actions[i:i + 6]) for i in range(0, len(actions), 6)]
-        _HOSTS[key] = HostNetwork.from_actions(batch, steps, params[0].shape[0], layers, steps_actions, tape_slots,
-                                               local_slots, offchip_slots)
+        _HOSTS[key] = HostNetwork.from_actions(batch, steps, params[0].shape[0], layers, readout, samples_per_pass,
+                                               steps_actions, tape_slots, local_slots, offchip_slots)
     host = _HOSTS[key]
-    out = network_spikes(host, bits, params)
+    out = network_trace(host, bits, params)
     counts = [torch.from_numpy(host.read(f"spike_count.{i}", (batch, n))).to(out.dtype) for i, n in enumerate(sizes)]
     return [out, *counts]
 
@@ -149,8 +150,10 @@ custom_op_calls: list[dict] = []
 def custom_op(inputs, name, domain, domain_version, example_outputs, attributes=None):
     assert (domain, domain_version) == ("ipu_snn", 1), (domain, domain_version)
     attributes = attributes or {}
-    for key, value in attributes.items():
+    for key, value in attributes.items():  # as poptorch.custom_op checks them (python/ops.py:820-833)
         assert isinstance(key, str) and isinstance(value, (int, float, str, list, tuple)), (key, value)
+        if isinstance(value, (list, tuple)):
+            assert all(type(v) is type(value[0]) for v in value), (key, value)
     outputs = CUSTOM_OPS[name](*inputs, **attributes)
     # outputs only the grad op reads (the network op's carried state): zeros of their shapes
     outputs += [torch.zeros_like(example) for example in example_outputs[len(outputs):]]

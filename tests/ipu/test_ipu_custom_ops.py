@@ -68,15 +68,17 @@ def test_network_op_spec_carries_the_schedule_and_its_slots():
     net = build_network(cfg, 10, 3, 1e-3, loop=TimeLoop(2, lambda w: double(w, 2, 1)))
     spec = custom_ops.network_spec(net, 12)  # 6 windows of 2 steps
     attrs = spec.attributes()
-    assert attrs["sizes"] == [6, 4] and attrs["recurrent"] == [1, 0]
+    assert attrs["sizes"] == [6, 4] and attrs["recurrent"] == [1, 0] and attrs["readout"] == 3
     assert attrs["offchip_slots"] >= 1 and attrs["local_slots"] >= 1  # double with one local slot
     kinds = attrs["actions"][0::6]
     assert kinds.count(1) == 12  # every step reversed once
     assert 2 in kinds and 3 in kinds  # stores and loads of checkpoints
-    # carried: per layer v, z, tape z, tape d (+ the z each step started from, recurrent), two local checkpoints
-    shapes = spec.carried_shapes(5)
-    assert len(shapes) == (2 + 3 + 2) + (2 + 2 + 2)
-    assert shapes[2] == (spec.tape_slots, 5, 6) and shapes[5] == (spec.local_slots, 5, 6)
+    carried = spec.carried(5, 12)
+    # rlif: v, last bits, tape d, tape bits, tape previous bits, checkpoints v and bits; lif: v, tape d, tape bits,
+    # checkpoints v; readout: v, checkpoints v; the trace with its zero row
+    assert len(carried) == 7 + 4 + 2 + 1
+    assert carried[1] == ((5, 1), torch.uint8) and carried[2] == ((spec.tape_slots, 5, 6), torch.float32)
+    assert carried[-1] == ((13, 5 * 3), torch.float32)
 
 
 def test_network_call_is_one_custom_op_with_its_example_outputs(poptorch):
@@ -90,9 +92,10 @@ def test_network_call_is_one_custom_op_with_its_example_outputs(poptorch):
     net = build_network(cfg, 10, 3, 1e-3, loop=TimeLoop(2, lambda w: uniform(w, 2)))
     bits = pack_spikes((torch.rand(3, 8, 10, generator=torch.Generator().manual_seed(0)) < 0.4).float())
     spec = custom_ops.network_spec(net, 8)
-    z, counts = custom_ops.network(poptorch, bits, custom_ops.network_params(net), spec)
-    assert z.shape == (8, 3, 6) and set(z.unique().tolist()) <= {0.0, 1.0}
-    assert len(counts) == 1 and torch.equal(counts[0], z.sum(0))  # each neuron's spikes over the steps
+    trace, counts = custom_ops.network(poptorch, bits, custom_ops.network_params(net), spec)
+    assert trace.shape == (8, 3, 3) and len(counts) == 1 and counts[0].shape == (3, 6)
+    # the CPU network's spikes: each neuron's count over the batch and the steps
+    torch.testing.assert_close(counts[0].sum(0), net(bits, with_counts=True).counts[0][0].float())
     (call,) = poptorch_standin.custom_op_calls
-    assert call["name"] == "Network" and call["shapes"][0] == (3, 8, 2) and call["inputs"] == 1 + 4
+    assert call["name"] == "Network" and call["shapes"][0] == (3, 8, 2) and call["inputs"] == 1 + 4 + 3
     assert call["attributes"] == spec.attributes()

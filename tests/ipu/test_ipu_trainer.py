@@ -77,7 +77,8 @@ def test_one_network_op_per_call_whatever_T(poptorch, tiny, steps):
     TrainingStep(traced, poptorch)(x, y)
     (call,) = poptorch_standin.custom_op_calls
     assert call["name"] == "Network" and call["shapes"][0] == (2, steps, 3)  # packed bits uint8 [B, T, ceil(20 / 8)]
-    assert call["inputs"] == 1 + 4 + 3  # bits, rlif (weight_in, bias, beta, weight_rec), lif (weight_in, bias, beta)
+    # bits, rlif (weight_in, bias, beta, weight_rec), lif (weight_in, bias, beta), readout (weight, bias, beta)
+    assert call["inputs"] == 1 + 4 + 3 + 3
     actions = call["attributes"]["actions"]
     assert len(actions) % 6 == 0 and max(actions[1::6]) == steps - 1  # reversed down from the last step
 

@@ -232,14 +232,14 @@ def test_tile_path_has_no_64_bit_or_double_arithmetic():
 def test_op_names_match_the_poptorch_calls():
     op = (POPLAR_SOURCES / "network_op.cpp").read_text()
     calls = (ROOT / "ipu_snn" / "ipu" / "custom_ops.py").read_text()
-    # Network: bits and at least one layer's three parameters, any number of outputs; its grad op NetworkGrad
-    assert '{"ipu_snn", "Network", 1, {4, -1}, -1}' in op and '"Network", DOMAIN, DOMAIN_VERSION' in calls
-    assert '{"ipu_snn", "NetworkGrad", 1, {6, -1}, -1}' in op
+    # Network: bits, at least one layer's three parameters and the readout's three; its grad op NetworkGrad
+    assert '{"ipu_snn", "Network", 1, {7, -1}, -1}' in op and '"Network", DOMAIN, DOMAIN_VERSION' in calls
+    assert '{"ipu_snn", "NetworkGrad", 1, {9, -1}, -1}' in op
     assert "popart::OpCreator<NetworkOp>" in op and "NetworkOp::getGradOps" in op
     for creator in ("OpxCreator<NetworkOpx>", "OpxCreator<NetworkGradOpx>"):
         assert creator in op
     # every attribute the Python call sets is declared and read
-    for name in re.findall(r'"(\w+)": ', calls.split("def attributes", 1)[1].split("def carried_shapes", 1)[0]):
+    for name in re.findall(r'"(\w+)": ', calls.split("def attributes", 1)[1].split("def carried", 1)[0]):
         assert f'{{"{name}", {{"*"}}}}' in op and f'"{name}"' in op.split("network::NetworkSpec readSpec", 1)[1], name
     # thin wrappers: both Opx build the graph with buildNetwork and add its programs
     for opx, program in (("class NetworkOpx ", "net.forward"), ("class NetworkGradOpx ", "net.backward")):
