@@ -70,6 +70,8 @@ def library() -> ctypes.CDLL:
     for name in ("ipu_snn_net_write", "ipu_snn_net_read"):
         getattr(so, name).argtypes = [p, c, p, c, u]
     so.ipu_snn_net_run.argtypes = [p, ctypes.c_int, c, u]
+    so.ipu_snn_net_numel.argtypes = [p, c, c, u]
+    so.ipu_snn_net_numel.restype = ctypes.c_longlong
     so.ipu_snn_net_tile_bytes.argtypes = [p, p]
     so.ipu_snn_net_tile_bytes.restype = u
     so.ipu_snn_net_counts.argtypes = [p, p]
@@ -203,14 +205,28 @@ class HostNetwork:
         if rc != 0:
             raise InterpreterError(err.value.decode())
 
+    def numel(self, name: str) -> int:
+        """Elements of a named tensor (``carried.<k>``: the op's carried state, in its order)."""
+        err = ctypes.create_string_buffer(4096)
+        n = self.lib.ipu_snn_net_numel(self.handle, name.encode(), err, len(err))
+        if n < 0:
+            raise InterpreterError(err.value.decode())
+        return int(n)
+
+    def _sized(self, name: str, size: int) -> None:
+        if self.numel(name) != size:
+            raise InterpreterError(f"{name} holds {self.numel(name)} elements, not {size}")
+
     def write(self, name: str, array: np.ndarray) -> None:
         """Set a named tensor (``input_bits``, ``weight_in.0``, ...) from a C-contiguous array of its type."""
         array = np.ascontiguousarray(array)
+        self._sized(name, array.size)
         err = ctypes.create_string_buffer(4096)
         self._check(self.lib.ipu_snn_net_write(self.handle, name.encode(), array.ctypes.data, err, len(err)), err)
 
     def read(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
         out = np.empty(shape, dtype=dtype)
+        self._sized(name, out.size)
         err = ctypes.create_string_buffer(4096)
         self._check(self.lib.ipu_snn_net_read(self.handle, name.encode(), out.ctypes.data, err, len(err)), err)
         return out

@@ -23,9 +23,9 @@ mimics the semantics the trainer relies on:
   graph on the host interpreter (ipu_snn.ipu.interpreter: its forward program, and its backward
   program in an autograd Function standing in for PopART's autodiff through ``NetworkGrad``),
   checks ``example_outputs`` against what it computed, and records each call's name, attributes
-  and input shapes in ``custom_op_calls``. The carried outputs, which only the grad op reads, come
-  back as zeros of their shapes: the interpreter's backward program reads the state from the same
-  host graph.
+  and input shapes in ``custom_op_calls``. The carried outputs, which only the grad op reads, are
+  read from the graph after the forward program, at the shapes and types the call gives them (the
+  interpreter's backward program reads the state from the same host graph).
 It says nothing about what PopART or an IPU would compute.
 """
 
@@ -142,6 +142,14 @@ def _network(bits, *params, sizes, recurrent, thresholds, resets, surrogates, sc
     return [out, *counts]
 
 
+def _carried(examples):
+    """The op's carried outputs as the graph holds them after its forward program (read checks each size)."""
+    host = next(iter(_HOSTS.values()))
+    dtypes = {torch.float32: "float32", torch.uint8: "uint8"}
+    return [torch.from_numpy(host.read(f"carried.{k}", tuple(e.shape), dtype=dtypes[e.dtype]))
+            for k, e in enumerate(examples)]
+
+
 _HOSTS: dict = {}
 CUSTOM_OPS = {"Network": _network}
 custom_op_calls: list[dict] = []
@@ -155,8 +163,8 @@ def custom_op(inputs, name, domain, domain_version, example_outputs, attributes=
         if isinstance(value, (list, tuple)):
             assert all(type(v) is type(value[0]) for v in value), (key, value)
     outputs = CUSTOM_OPS[name](*inputs, **attributes)
-    # outputs only the grad op reads (the network op's carried state): zeros of their shapes
-    outputs += [torch.zeros_like(example) for example in example_outputs[len(outputs):]]
+    # outputs only the grad op reads: the network op's carried state, read from the graph
+    outputs += _carried(example_outputs[len(outputs):])
     for out, example in zip(outputs, example_outputs, strict=True):
         assert out.shape == example.shape and out.dtype == example.dtype, (name, out.shape, example.shape)
     custom_op_calls.append({"name": name, "attributes": dict(attributes), "inputs": len(inputs),

@@ -101,6 +101,7 @@ void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned til
         h->named["grad_weight_rec" + i] = lt.gradWeightRec;
       }
     }
+    for (std::size_t k = 0; k < h->net.carried.size(); ++k) h->named["carried." + std::to_string(k)] = h->net.carried[k];
     return h;
   } catch (const std::exception &e) {
     fail(e, err, errLen);
@@ -114,6 +115,15 @@ int ipu_snn_net_write(void *handle, const char *name, const void *data, char *er
     return 0;
   } catch (const std::exception &e) {
     return fail(e, err, errLen);
+  }
+}
+// Elements of a named tensor, or -1 (err set) when there is none.
+long long ipu_snn_net_numel(void *handle, const char *name, char *err, unsigned errLen) {
+  try {
+    return static_cast<long long>(tensor(static_cast<Handle *>(handle), name).numElements());
+  } catch (const std::exception &e) {
+    fail(e, err, errLen);
+    return -1;
   }
 }
 int ipu_snn_net_read(void *handle, const char *name, void *data, char *err, unsigned errLen) {
