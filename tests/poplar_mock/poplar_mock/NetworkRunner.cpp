@@ -141,6 +141,23 @@ unsigned ipu_snn_net_tile_bytes(void *handle, std::uint64_t *out) {
   std::memcpy(out, bytes.data(), bytes.size() * sizeof(std::uint64_t));
   return unsigned(bytes.size());
 }
+// Bytes of the op's parameters (weights, biases, decays) on each tile (out[numTiles]): what an
+// optimizer's slots replicate beside them.
+void ipu_snn_net_param_bytes(void *handle, std::uint64_t *out) {
+  Handle *h = static_cast<Handle *>(handle);
+  const auto &g = poplar_mock::GraphData::of(h->graph);
+  std::fill(out, out + g.target.getNumTiles(), 0);
+  auto endsWith = [](const std::string &s, const char *suffix) {
+    const std::size_t n = std::strlen(suffix);
+    return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
+  };
+  for (const auto &v : g.vars) {
+    if (!(endsWith(v.name, ".weightIn") || endsWith(v.name, ".weightRec") || endsWith(v.name, ".bias") ||
+          endsWith(v.name, ".beta")))
+      continue;
+    for (const auto &m : v.mapping) out[m.tile] += (m.end - m.begin) * poplar_mock::typeBytes(v.type);
+  }
+}
 // remote bytes, vertices, compute sets, variables, vertex runs, exchanged bytes, remote bytes moved
 void ipu_snn_net_counts(void *handle, std::uint64_t *out) {
   Handle *h = static_cast<Handle *>(handle);
