@@ -225,7 +225,7 @@ double opsOf(const poplar_mock::VertexRecord &v, double rate) {
   if (t.rfind("BitsMatmulGradWeight", 0) == 0) {
     const double n = value("numInputs"), rows = elements(v, "gradWeight");
     const double batch = elements(v, "bits") / std::ceil(n / 8);
-    return n * batch + rate * batch * rows;  // a bit test per (neuron, sample), a row added per spike
+    return batch * std::ceil(n / 8) + rate * batch * rows;  // each sample's bytes walked, a row added per spike
   }
   if (t.rfind("DenseGradInput", 0) == 0) return elements(v, "weight") * elements(v, "gradOut") / (elements(v, "weight") / value("numInputs"));
   if (t.rfind("SumParts", 0) == 0 || t.rfind("ReduceSlices", 0) == 0) return elements(v, "parts");
