@@ -496,18 +496,26 @@ void add_rows_of_bits(const T* weight, I weight_stride, I n_cols, const uint8_t*
 // grad_weight[i, c] += the sum of grad_out[b, c] over the samples b < batch
 // whose bit i is set, for the weight rows [i_begin, i_end) (a worker's share),
 // c < n_cols; bits rows of row_bytes bytes, grad_out rows strided by
-// grad_stride. Samples are added in order, so the sum is deterministic.
+// grad_stride. Each sample's bytes over the range are walked set bit by set
+// bit, samples in order, so every sum is deterministic.
 template <typename G, typename Acc, typename I>
 void grad_weight_bits(const G* grad_out, I grad_stride, I n_cols, const uint8_t* bits, I row_bytes,
                       I batch, I i_begin, I i_end, Acc* grad_weight, I weight_stride) {
-  for (I i = i_begin; i < i_end; ++i) {
-    Acc* gw = grad_weight + i * weight_stride;
-    const I byte = i / 8;
-    const uint8_t mask = static_cast<uint8_t>(1u << (i % 8));
-    for (I b = 0; b < batch; ++b) {
-      if ((bits[b * row_bytes + byte] & mask) == 0) continue;
-      const G* g = grad_out + b * grad_stride;
-      for (I c = 0; c < n_cols; ++c) gw[c] += Acc(g[c]);
+  if (i_begin >= i_end) return;
+  const I k0 = i_begin / 8, k1 = (i_end + 7) / 8;
+  for (I b = 0; b < batch; ++b) {
+    const uint8_t* row = bits + b * row_bytes;
+    const G* g = grad_out + b * grad_stride;
+    for (I k = k0; k < k1; ++k) {
+      uint32_t byte = row[k];
+      if (k == k0) byte &= 0xFFu << (i_begin % 8);
+      if (k == k1 - 1 && i_end % 8 != 0) byte &= (1u << (i_end % 8)) - 1u;
+      while (byte != 0) {
+        const I i = 8 * k + static_cast<I>(__builtin_ctz(byte));
+        byte &= byte - 1;
+        Acc* gw = grad_weight + i * weight_stride;
+        for (I c = 0; c < n_cols; ++c) gw[c] += Acc(g[c]);
+      }
     }
   }
 }

@@ -16,6 +16,7 @@ Constants and their sources: ipu_snn/ipu/README.md, "The plan from the graph".
 
 from __future__ import annotations
 
+from ipu_snn.devices import SPECS
 from ipu_snn.errors import ConfigError
 from ipu_snn.executor import window_bounds
 from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, MK2_TILES, HostNetwork, LayerSpec
@@ -24,19 +25,21 @@ from ipu_snn.neuron.surrogates import SURROGATES
 
 #: The fewest samples per input-gradient pass the plan tries.
 MIN_SAMPLES_PER_PASS = 1
-#: GC200 clock, derived: 62.5 TFLOP/s fp32 / (1472 tiles x 32 fp32 flops per tile and cycle).
-CLOCK_HZ = 62.5e12 / (MK2_TILES * 32)
-#: Field elements a tile processes per cycle: six barrel-scheduled workers, one instruction each per
-#: six cycles, at least one instruction per element (a lower bound on the work).
+_MK2 = SPECS["ipu-mk2"]
+#: GC200 clock, derived: 62.5 TFLOP/s fp32 / (1472 tiles x 32 fp32 flops per tile and cycle) = 1.33 GHz.
+CLOCK_HZ = _MK2.fp32_flops / (MK2_TILES * 32)
+#: Inner-loop iterations a tile retires per cycle: six barrel-scheduled workers, one instruction each per
+#: six cycles (IPU Programmer's Guide, "Tile architecture"), at least one instruction per iteration (a
+#: lower bound on the work; a single-worker vertex retires one per six cycles, counted in the graph).
 ELEMENTS_PER_CYCLE = 1.0
-#: One tile's share of the GC200's 8 TB/s all-to-all IPU-Exchange.
+#: One tile's share of the GC200's 8 TB/s all-to-all IPU-Exchange (Graphcore's GC200 figure).
 TILE_EXCHANGE_BYTES_PER_S = 8e12 / MK2_TILES
 #: Cycles per BSP synchronisation of one IPU: an assumption (no public figure found), see the README.
 SYNC_CYCLES = 150
-#: The IPU's PCIe Gen4 x16 link, each way: host input and streaming memory both cross it.
-LINK_BYTES_PER_S = 32e9
-#: Streaming memory per IPU: the IPU-M2000 holds up to about 260 GB for its four IPUs.
-STREAMING_BYTES_PER_IPU = 260e9 / 4
+#: The IPU's PCIe Gen4 x16 link, each way: host input and streaming memory both cross it (devices.py).
+LINK_BYTES_PER_S = _MK2.offchip_bandwidth
+#: Streaming memory per IPU (devices.py: the IPU-M2000's about 260 GB for its four IPUs).
+STREAMING_BYTES_PER_IPU = _MK2.offchip_bytes
 
 
 def layer_specs(model_cfg) -> list[LayerSpec]:
@@ -50,28 +53,41 @@ def layer_specs(model_cfg) -> list[LayerSpec]:
     return out
 
 
-def count_graph(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int, window: int, schedule
-                ) -> tuple[HostNetwork, int]:
+def count_graph(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int, window: int, schedule,
+                slots: int = 2) -> tuple[HostNetwork, int]:
     """The network op's counting graph with the most samples per input-gradient pass (halving from the
-    whole micro-batch) whose fullest tile fits a Mk2 tile; the least tried when none fits. Returns the
+    whole micro-batch) whose fullest tile, with ``slots`` optimizer buffers per parameter, fits a Mk2
+    tile; when none fits, the fewest tried before halving stopped shrinking the fullest tile. Returns the
     graph and its samples per pass."""
     bounds = window_bounds(steps, window)
-    passes = batch
+    passes, best = batch, None
     while True:
         host = HostNetwork(batch, steps, n_inputs, layer_specs(model_cfg), schedule, bounds, n_classes,
                            samples_per_pass=passes, holds_data=False)
-        if int(host.tile_bytes().max()) <= MK2_TILE_BYTES or passes <= MIN_SAMPLES_PER_PASS:
+        fullest = int((host.tile_bytes() + slots * host.param_bytes()).max())
+        if best is not None and fullest >= best[2]:  # the partials are not what fills the fullest tile
+            return best[0], best[1]
+        best = (host, passes, fullest)
+        if fullest <= MK2_TILE_BYTES or passes <= MIN_SAMPLES_PER_PASS:
             return host, passes
         passes = max(MIN_SAMPLES_PER_PASS, passes // 2)
 
+def optimizer_slots(training_cfg) -> int:
+    """Buffers per parameter the optimizer keeps beside it (Adam, AdamW: 2; SGD: its momentum, if any)."""
+    if training_cfg.optimizer in ("adam", "adamw"):
+        return 2
+    return int(training_cfg.momentum > 0)
+
 
 def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int, window: int, schedule,
-               rate: float = 0.05) -> dict:
+               rate: float = 0.05, slots: int = 2) -> dict:
     """The tile account and predicted time of one micro-batch's network op under ``schedule`` over the
     windows of ``window`` steps, as ``ipu-snn plan --json`` reports it under ``tiles``; ``rate``: the
-    spikes per neuron and step the compute term assumes."""
-    host, passes = count_graph(model_cfg, n_inputs, n_classes, batch, steps, window, schedule)
-    per_tile = host.tile_bytes()
+    spikes per neuron and step the compute term assumes; ``slots``: the optimizer's buffers per parameter,
+    which PopART lays out as their parameters, on the op's tiles (`optimizer_slots`)."""
+    host, passes = count_graph(model_cfg, n_inputs, n_classes, batch, steps, window, schedule, slots)
+    op_bytes = host.tile_bytes()
+    per_tile = op_bytes + slots * host.param_bytes()
     fullest = int(per_tile.argmax())
     fwd, bwd = host.cost(False, rate), host.cost(True, rate)
     both = {k: fwd[k] + bwd[k] for k in fwd}
@@ -90,7 +106,10 @@ def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int,
             "max_tile_bytes": int(per_tile.max()),
             "tile_capacity_bytes": MK2_TILE_BYTES,
             "tiles_used": int((per_tile > 0).sum()),
-            "fullest_tile": {"tile": fullest, "bytes": int(per_tile[fullest]),
+            "op_max_tile_bytes": int(op_bytes.max()),
+            "optimizer_slots": slots,
+            "fullest_tile": {"tile": fullest, "bytes": int(per_tile[fullest]), "op_bytes": int(op_bytes[fullest]),
+                             "optimizer_bytes": int(per_tile[fullest] - op_bytes[fullest]),
                              "largest": [{"name": n, "bytes": b} for n, b in host.tile_variables(fullest)[:6]]},
             "streaming_bytes": counts["remote_bytes"],
             "streaming_capacity_bytes": int(STREAMING_BYTES_PER_IPU),
@@ -102,4 +121,4 @@ def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int,
             "time": time}
 
 
-__all__ = ["count_graph", "graph_plan", "layer_specs"]
+__all__ = ["count_graph", "graph_plan", "layer_specs", "optimizer_slots"]

@@ -75,6 +75,7 @@ def library() -> ctypes.CDLL:
     so.ipu_snn_net_tile_bytes.argtypes = [p, p]
     so.ipu_snn_net_tile_bytes.restype = u
     so.ipu_snn_net_counts.argtypes = [p, p]
+    so.ipu_snn_net_param_bytes.argtypes = [p, p]
     so.ipu_snn_net_free.argtypes = [p]
     so.ipu_snn_mock_selfcheck.argtypes = [ctypes.c_int, c, u]
     so.ipu_snn_net_cost.argtypes = [p, ctypes.c_int, ctypes.c_double, p]
@@ -240,6 +241,12 @@ class HostNetwork:
         """Bytes of the graph's variables on each tile (code, vertex state and exchange buffers aside)."""
         out = np.zeros(self.tiles, dtype=np.uint64)
         self.lib.ipu_snn_net_tile_bytes(self.handle, out.ctypes.data)
+        return out
+
+    def param_bytes(self) -> np.ndarray:
+        """Bytes of the op's parameters (weights, biases, decays) on each tile."""
+        out = np.zeros(self.tiles, dtype=np.uint64)
+        self.lib.ipu_snn_net_param_bytes(self.handle, out.ctypes.data)
         return out
 
     def cost(self, backward: bool, rate: float = 0.05) -> dict[str, float]:

@@ -151,6 +151,23 @@ unsigned ipu_snn_net_tile_bytes(void *handle, std::uint64_t *out) {
   std::memcpy(out, bytes.data(), bytes.size() * sizeof(std::uint64_t));
   return unsigned(bytes.size());
 }
+// Bytes of the op's parameters (weights, biases, decays) on each tile (out[numTiles]): what an
+// optimizer's slots replicate beside them.
+void ipu_snn_net_param_bytes(void *handle, std::uint64_t *out) {
+  Handle *h = static_cast<Handle *>(handle);
+  const auto &g = poplar_mock::GraphData::of(h->graph);
+  std::fill(out, out + g.target.getNumTiles(), 0);
+  auto endsWith = [](const std::string &s, const char *suffix) {
+    const std::size_t n = std::strlen(suffix);
+    return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
+  };
+  for (const auto &v : g.vars) {
+    if (!(endsWith(v.name, ".weightIn") || endsWith(v.name, ".weightRec") || endsWith(v.name, ".bias") ||
+          endsWith(v.name, ".beta")))
+      continue;
+    for (const auto &m : v.mapping) out[m.tile] += (m.end - m.begin) * poplar_mock::typeBytes(v.type);
+  }
+}
 // remote bytes, vertices, compute sets, variables, vertex runs, exchanged bytes, remote bytes moved
 void ipu_snn_net_counts(void *handle, std::uint64_t *out) {
   Handle *h = static_cast<Handle *>(handle);
@@ -218,7 +235,7 @@ double opsOf(const poplar_mock::VertexRecord &v, double rate) {
   if (t.rfind("BitsMatmulGradWeight", 0) == 0) {
     const double n = value("numInputs"), rows = elements(v, "gradWeight");
     const double batch = elements(v, "bits") / std::ceil(n / 8);
-    return n * batch + rate * batch * rows;  // a bit test per (neuron, sample), a row added per spike
+    return batch * std::ceil(n / 8) + rate * batch * rows;  // each sample's bytes walked, a row added per spike
   }
   if (t.rfind("DenseGradInput", 0) == 0) return elements(v, "weight") * elements(v, "gradOut") / (elements(v, "weight") / value("numInputs"));
   if (t.rfind("SumParts", 0) == 0 || t.rfind("ReduceSlices", 0) == 0) return elements(v, "parts");
