@@ -184,11 +184,32 @@ popart::Shape toShape(const std::vector<std::size_t> &dims) {
 
 // ------------------------------------------------------------------ IR ops --
 
-class NetworkOp : public popart::Op {
+// What the op and its grad op share: the spec, part of their outline identity.
+// One op per model: nothing to outline, and the grad op reads the op's remote
+// buffers.
+class SpecOp : public popart::Op {
+public:
+  SpecOp(const popart::OperatorIdentifier &opid, network::NetworkSpec spec, const popart::Op::Settings &settings)
+      : popart::Op(opid, settings), spec_(std::move(spec)) {}
+
+  void appendOutlineAttributes(popart::OpSerialiserBase &os) const override {
+    popart::Op::appendOutlineAttributes(os);
+    appendSpec(os, spec_);
+  }
+  bool isOutlineable() const override { return false; }
+  float getSubgraphValue() const override { return getHighSubgraphValue(); }
+
+  const network::NetworkSpec &spec() const { return spec_; }
+
+protected:
+  network::NetworkSpec spec_;
+};
+
+class NetworkOp : public SpecOp {
 public:
   NetworkOp(const popart::OperatorIdentifier &opid, network::NetworkSpec spec,
             const popart::Op::Settings &settings)
-      : popart::Op(opid, settings), spec_(std::move(spec)) {}
+      : SpecOp(opid, std::move(spec), settings) {}
 
   std::unique_ptr<popart::Op> clone() const final { return std::make_unique<NetworkOp>(*this); }
 
@@ -235,26 +256,11 @@ public:
   }
 
   std::vector<std::unique_ptr<popart::Op>> getGradOps() final;
-
-  void appendOutlineAttributes(popart::OpSerialiserBase &os) const override {
-    popart::Op::appendOutlineAttributes(os);
-    appendSpec(os, spec_);
-  }
-
-  // One per model: nothing to outline, and its grad op reads its remote buffers.
-  bool isOutlineable() const override { return false; }
-  float getSubgraphValue() const override { return getHighSubgraphValue(); }
-
-  const network::NetworkSpec &spec() const { return spec_; }
-
-private:
-  network::NetworkSpec spec_;
 };
 
-class NetworkGradOp : public popart::Op {
+class NetworkGradOp : public SpecOp {
 public:
-  explicit NetworkGradOp(const NetworkOp &fwd)
-      : popart::Op(kNetworkGrad, fwd.settings), spec_(fwd.spec()), forward_(fwd.id) {
+  explicit NetworkGradOp(const NetworkOp &fwd) : SpecOp(kNetworkGrad, fwd.spec(), fwd.settings), forward_(fwd.id) {
     const std::size_t params = numParams(spec_);
     const std::size_t carried = network::carriedShapes(spec_).size();
     // grad_output, bits, the parameters, the carried state
@@ -264,7 +270,7 @@ public:
     const std::size_t L = spec_.layers.size();
     for (std::size_t k = 0; k < carried; ++k)
       gradIn_.emplace_back(popart::InIndex(2 + params + k), popart::OutIndex(1 + L + k), popart::GradOpInType::Out);
-    // one gradient per weight and bias; the decays get none
+    // one gradient per weight and bias, and the readout's decay; the spiking layers' decays get none
     std::size_t in = 1, out = 0;
     for (const network::LayerSpec &l : spec_.layers) {
       gradOut_[int(out++)] = int(in);      // weight_in
@@ -284,18 +290,9 @@ public:
   const std::vector<popart::GradInOutMapper> &gradInputInfo() const final { return gradIn_; }
   const std::map<int, int> &gradOutToNonGradIn() const final { return gradOut_; }
 
-  void appendOutlineAttributes(popart::OpSerialiserBase &os) const override {
-    popart::Op::appendOutlineAttributes(os);
-    appendSpec(os, spec_);
-  }
-  bool isOutlineable() const override { return false; }
-  float getSubgraphValue() const override { return getHighSubgraphValue(); }
-
-  const network::NetworkSpec &spec() const { return spec_; }
   popart::OpId forward() const { return forward_; }
 
 private:
-  network::NetworkSpec spec_;
   popart::OpId forward_;
   std::vector<popart::GradInOutMapper> gradIn_;
   std::map<int, int> gradOut_;
