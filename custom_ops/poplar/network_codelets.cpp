@@ -15,24 +15,6 @@
 
 namespace core = ipu_snn::core;
 
-// out[b, c] += bias[c]: the bias added to a step's input current (the
-// product vertices overwrite their output). Each worker owns a word-aligned share.
-template <typename T>
-class BiasRows : public poplar::MultiVertex {
-public:
-  poplar::Input<poplar::Vector<T>> bias;         // [width]
-  poplar::InOut<AlignedVector<float>> out;       // [B, width]
-
-  bool compute(unsigned worker) {
-    const unsigned width = bias.size();
-    const core::Span<unsigned> mine = share<float>(out.size(), numWorkers(), worker);
-    for (unsigned i = mine.begin; i < mine.end; ++i) out[i] += float(bias[i % width]);
-    return true;
-  }
-};
-template class BiasRows<float>;
-template class BiasRows<half>;
-
 // acc[c] += sum over r < rows of x[r * width + c], width = acc.size(): with
 // rows = 1 an element-wise sum (weight gradients accumulated over the steps,
 // gradients of z from several consumers), with rows = B a bias gradient.

@@ -16,6 +16,8 @@ Constants and their sources: ipu_snn/ipu/README.md, "The plan from the graph".
 
 from __future__ import annotations
 
+import numpy as np
+
 from ipu_snn.devices import SPECS
 from ipu_snn.errors import ConfigError
 from ipu_snn.executor import window_bounds
@@ -26,6 +28,12 @@ from ipu_snn.neuron.surrogates import SURROGATES
 #: The fewest samples per input-gradient pass the plan tries.
 MIN_SAMPLES_PER_PASS = 1
 _MK2 = SPECS["ipu-mk2"]
+#: Estimated code per tile: the dozen small codelets the op's tiles run and the control program (a few
+#: KiB each on the IPU's compact ISA); not derived from the graph, a fixed cost per tile.
+CODE_BYTES = 24 * 1024
+#: Estimated state of one vertex: its field pointers and sizes (Poplar's vertex state is tens of bytes),
+#: rounded up for the exchange's edge lists; times the vertices the graph maps to the tile.
+VERTEX_STATE_BYTES = 128
 #: GC200 clock, derived: 62.5 TFLOP/s fp32 / (1472 tiles x 32 fp32 flops per tile and cycle) = 1.33 GHz.
 CLOCK_HZ = _MK2.fp32_flops / (MK2_TILES * 32)
 #: Inner-loop iterations a tile retires per cycle: six barrel-scheduled workers, one instruction each per
@@ -64,13 +72,27 @@ def count_graph(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int
     while True:
         host = HostNetwork(batch, steps, n_inputs, layer_specs(model_cfg), schedule, bounds, n_classes,
                            samples_per_pass=passes, holds_data=False)
-        fullest = int((host.tile_bytes() + slots * host.param_bytes()).max())
+        fullest = int(tile_account(host, slots)["total"].max())
         if best is not None and fullest >= best[2]:  # the partials are not what fills the fullest tile
             return best[0], best[1]
         best = (host, passes, fullest)
         if fullest <= MK2_TILE_BYTES or passes <= MIN_SAMPLES_PER_PASS:
             return host, passes
         passes = max(MIN_SAMPLES_PER_PASS, passes // 2)
+
+
+def tile_account(host: HostNetwork, slots: int) -> dict:
+    """Each tile's bytes by kind (arrays over the tiles): ``op``, the variables the op's graph maps to it
+    (the interpreter's record); ``optimizer``, ``slots`` buffers per parameter on it; ``exchange``, the
+    most it receives in one compute set; ``vertices`` and ``code``, the estimates above; and ``total``."""
+    received, vertices = host.tile_overheads()
+    used = (host.tile_bytes() > 0) | (vertices > 0)
+    account = {"op": host.tile_bytes().astype(np.int64), "optimizer": slots * host.param_bytes().astype(np.int64),
+               "exchange": received.astype(np.int64), "vertices": VERTEX_STATE_BYTES * vertices.astype(np.int64),
+               "code": CODE_BYTES * used.astype(np.int64)}
+    account["total"] = sum(account.values())
+    return account
+
 
 def optimizer_slots(training_cfg) -> int:
     """Buffers per parameter the optimizer keeps beside it (Adam, AdamW: 2; SGD: its momentum, if any)."""
@@ -86,8 +108,8 @@ def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int,
     spikes per neuron and step the compute term assumes; ``slots``: the optimizer's buffers per parameter,
     which PopART lays out as their parameters, on the op's tiles (`optimizer_slots`)."""
     host, passes = count_graph(model_cfg, n_inputs, n_classes, batch, steps, window, schedule, slots)
-    op_bytes = host.tile_bytes()
-    per_tile = op_bytes + slots * host.param_bytes()
+    account = tile_account(host, slots)
+    op_bytes, per_tile = account["op"], account["total"]
     fullest = int(per_tile.argmax())
     fwd, bwd = host.cost(False, rate), host.cost(True, rate)
     both = {k: fwd[k] + bwd[k] for k in fwd}
@@ -108,8 +130,8 @@ def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int,
             "tiles_used": int((per_tile > 0).sum()),
             "op_max_tile_bytes": int(op_bytes.max()),
             "optimizer_slots": slots,
-            "fullest_tile": {"tile": fullest, "bytes": int(per_tile[fullest]), "op_bytes": int(op_bytes[fullest]),
-                             "optimizer_bytes": int(per_tile[fullest] - op_bytes[fullest]),
+            "fullest_tile": {"tile": fullest, "bytes": int(per_tile[fullest]),
+                             "bytes_by_kind": {k: int(v[fullest]) for k, v in account.items() if k != "total"},
                              "largest": [{"name": n, "bytes": b} for n, b in host.tile_variables(fullest)[:6]]},
             "streaming_bytes": counts["remote_bytes"],
             "streaming_capacity_bytes": int(STREAMING_BYTES_PER_IPU),

@@ -76,6 +76,7 @@ def library() -> ctypes.CDLL:
     so.ipu_snn_net_tile_bytes.restype = u
     so.ipu_snn_net_counts.argtypes = [p, p]
     so.ipu_snn_net_param_bytes.argtypes = [p, p]
+    so.ipu_snn_net_tile_overheads.argtypes = [p, p, p]
     so.ipu_snn_net_free.argtypes = [p]
     so.ipu_snn_mock_selfcheck.argtypes = [ctypes.c_int, c, u]
     so.ipu_snn_net_cost.argtypes = [p, ctypes.c_int, ctypes.c_double, p]
@@ -248,6 +249,14 @@ class HostNetwork:
         out = np.zeros(self.tiles, dtype=np.uint64)
         self.lib.ipu_snn_net_param_bytes(self.handle, out.ctypes.data)
         return out
+
+    def tile_overheads(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per tile: the most bytes it receives from other tiles in one compute set (the exchange's landing
+        buffers), and the vertices mapped to it."""
+        received = np.zeros(self.tiles, dtype=np.uint64)
+        vertices = np.zeros(self.tiles, dtype=np.uint64)
+        self.lib.ipu_snn_net_tile_overheads(self.handle, received.ctypes.data, vertices.ctypes.data)
+        return received, vertices
 
     def cost(self, backward: bool, rate: float = 0.05) -> dict[str, float]:
         """One run of the forward or backward program, from the graph alone (see NetworkRunner.cpp), with

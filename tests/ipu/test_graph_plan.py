@@ -35,9 +35,12 @@ def test_the_plans_tile_bytes_are_the_interpreters_record(sizes, name):
     run = HostNetwork(batch, steps, n_in, layer_specs(cfg), schedule, window_bounds(steps, window), 3)
     recorded = run.tile_bytes()
     # the op's bytes are the interpreter's record (within 5%: here the same graph, so exact); the plan adds
-    # the optimizer's two Adam buffers per parameter, which PopTorch keeps beside them
+    # the optimizer's two Adam buffers per parameter, the exchange's landing buffers, vertex state and code
     assert planned["op_max_tile_bytes"] == int(recorded.max())
-    assert planned["max_tile_bytes"] == int((recorded + 2 * run.param_bytes()).max()) > int(recorded.max())
+    fullest = planned["fullest_tile"]
+    kinds = fullest["bytes_by_kind"]
+    assert kinds["op"] == int(recorded[fullest["tile"]]) and sum(kinds.values()) == planned["max_tile_bytes"]
+    assert kinds["optimizer"] > 0 and kinds["exchange"] > 0 and kinds["code"] == 24 * 1024
     # a tile per neuron (the readout's 3 too), and the trace over batch x 3 tiles
     assert planned["tiles_used"] == int((recorded > 0).sum()) == max(int(sizes[0]) + int(sizes[1]) + 3, batch * 3)
     assert planned["source"] == "graph" and planned["fits"]

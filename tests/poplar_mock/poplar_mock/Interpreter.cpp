@@ -207,10 +207,6 @@ template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const 
                                                           FIELD(gradCurrent), FIELD(gradBeta), FIELD(gradBias)});
   }
   {
-    using V = BiasRows<T>;
-    r["BiasRows" + suffix] = makeVertex<V>({FIELD(bias), FIELD(out)});
-  }
-  {
     using V = AccumulateRows<T>;
     r["AccumulateRows" + suffix] = makeVertex<V>({FIELD(x), FIELD(acc), FIELD(rows)});
   }

@@ -25,6 +25,8 @@ struct Handle {
   poplar::Graph graph;
   NetworkGraph net;
   std::map<std::string, poplar::Tensor> named;
+  // per compute set, the bytes each tile receives from other tiles (each tensor once); filled on first use
+  std::vector<std::map<unsigned, double>> received;
 };
 int fail(const std::exception &e, char *err, unsigned errLen) {
   std::snprintf(err, errLen, "%s", e.what());
@@ -76,7 +78,7 @@ void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned til
     }
     for (unsigned a = 0; a < actions; ++a, p += 6)
       s.actions.push_back(Action{ActionKind(p[0]), p[1], p[2], p[3] != 0, p[4] != 0, p[5]});
-    auto *h = new Handle{poplar_mock::GraphData::makeGraph(tiles, bytesPerTile, holdsData != 0), {}, {}};
+    auto *h = new Handle{poplar_mock::GraphData::makeGraph(tiles, bytesPerTile, holdsData != 0), {}, {}, {}};
     h->net = ipu_snn::network::buildNetwork(h->graph, s);
     h->named["input_bits"] = h->net.inputBits;
     h->named["output"] = h->net.output;
@@ -252,25 +254,55 @@ double opsOf(const poplar_mock::VertexRecord &v, double rate) {
 }
 }  // namespace
 
+namespace {
+const std::vector<std::map<unsigned, double>> &receivedPerComputeSet(Handle *h) {
+  if (!h->received.empty()) return h->received;
+  const auto &g = poplar_mock::GraphData::of(h->graph);
+  const TileIndex index(g);
+  h->received.resize(g.computeSets.size());
+  for (std::size_t cs = 0; cs < g.computeSets.size(); ++cs) {
+    std::map<unsigned, std::set<const void *>> seen;  // a tensor is received once per tile
+    for (unsigned id : g.computeSets[cs]) {
+      const auto &v = g.vertices[id];
+      for (const auto &[name, t] : v.fields)
+        if (seen[unsigned(v.tile)].insert(&poplar_mock::TensorAccess::data(t)).second)
+          h->received[cs][unsigned(v.tile)] += index.offTile(g, t, v.tile);
+    }
+  }
+  return h->received;
+}
+}  // namespace
+
+// What a tile holds besides its variables, from the graph: received[t], the most bytes tile t receives
+// from other tiles in one compute set (the exchange's landing buffers; each tensor once per compute
+// set), and vertices[t], the vertices mapped to it (their state).
+void ipu_snn_net_tile_overheads(void *handle, std::uint64_t *received, std::uint64_t *vertices) {
+  Handle *h = static_cast<Handle *>(handle);
+  const auto &g = poplar_mock::GraphData::of(h->graph);
+  const unsigned tiles = g.target.getNumTiles();
+  std::fill(received, received + tiles, 0);
+  std::fill(vertices, vertices + tiles, 0);
+  for (const auto &v : g.vertices) ++vertices[v.tile];
+  for (const auto &in : receivedPerComputeSet(h))
+    for (const auto &[t, b] : in) received[t] = std::max<std::uint64_t>(received[t], std::uint64_t(b));
+}
+
 void ipu_snn_net_cost(void *handle, int backward, double rate, double *out) {
   Handle *h = static_cast<Handle *>(handle);
   const auto &g = poplar_mock::GraphData::of(h->graph);
   const TileIndex index(g);
   // per compute set: busiest tile's work and received bytes
+  const auto &receivedPerCs = receivedPerComputeSet(h);
   std::vector<std::pair<double, double>> perCs(g.computeSets.size(), {0.0, 0.0});
   for (std::size_t cs = 0; cs < g.computeSets.size(); ++cs) {
-    std::map<unsigned, double> work, received;
-    std::map<unsigned, std::set<const void *>> seen;  // a tensor is received once per tile
+    std::map<unsigned, double> work;
     for (unsigned id : g.computeSets[cs]) {
       const auto &v = g.vertices[id];
       const bool single = v.type.rfind("Step", 0) == 0;
       work[unsigned(v.tile)] += (single ? 6.0 : 1.0) * opsOf(v, rate);
-      for (const auto &[name, t] : v.fields)
-        if (seen[unsigned(v.tile)].insert(&poplar_mock::TensorAccess::data(t)).second)
-          received[unsigned(v.tile)] += index.offTile(g, t, v.tile);
     }
     for (const auto &[t, w] : work) perCs[cs].first = std::max(perCs[cs].first, w);
-    for (const auto &[t, b] : received) perCs[cs].second = std::max(perCs[cs].second, b);
+    for (const auto &[t, b] : receivedPerCs[cs]) perCs[cs].second = std::max(perCs[cs].second, b);
   }
   // consecutive Copy programs form one exchange phase; its time is its busiest receiving tile's bytes
   double totals[5] = {0, 0, 0, 0, 0};
