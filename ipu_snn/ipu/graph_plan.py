@@ -25,7 +25,7 @@ from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, MK2_TILES, HostNetwork, Laye
 from ipu_snn.neuron.spec import RESET_CODES
 from ipu_snn.neuron.surrogates import SURROGATES
 
-#: The fewest samples per input-gradient pass the plan tries.
+#: The fewest samples per input-gradient pass the plan takes.
 MIN_SAMPLES_PER_PASS = 1
 _MK2 = SPECS["ipu-mk2"]
 #: Estimated code per tile: the dozen small codelets the op's tiles run and the control program (a few
@@ -63,22 +63,34 @@ def layer_specs(model_cfg) -> list[LayerSpec]:
 
 def count_graph(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int, window: int, schedule,
                 slots: int = 2) -> tuple[HostNetwork, int]:
-    """The network op's counting graph with the most samples per input-gradient pass (halving from the
-    whole micro-batch) whose fullest tile, with ``slots`` optimizer buffers per parameter, fits a Mk2
-    tile; when none fits, the fewest tried before halving stopped shrinking the fullest tile. Returns the
-    graph and its samples per pass."""
+    """The network op's counting graph with as many samples per input-gradient pass as fit a Mk2 tile (with
+    ``slots`` optimizer buffers per parameter): the whole micro-batch if it fits, else half of it if that
+    fits; else the fullest tile, about linear in the samples per pass, is extrapolated from those two
+    counts to the most samples that fit, which are counted and halved until they do. When the line says
+    not even one sample fits, the half batch's graph (the plan then refuses). Returns the graph and its
+    samples per pass."""
     bounds = window_bounds(steps, window)
-    passes, best = batch, None
-    while True:
+
+    def count(passes: int) -> tuple[HostNetwork, int]:
         host = HostNetwork(batch, steps, n_inputs, layer_specs(model_cfg), schedule, bounds, n_classes,
                            samples_per_pass=passes, holds_data=False)
-        fullest = int(tile_account(host, slots)["total"].max())
-        if best is not None and fullest >= best[2]:  # the partials are not what fills the fullest tile
-            return best[0], best[1]
-        best = (host, passes, fullest)
-        if fullest <= MK2_TILE_BYTES or passes <= MIN_SAMPLES_PER_PASS:
+        return host, int(tile_account(host, slots)["total"].max())
+
+    host, whole = count(batch)
+    half_passes = batch // 2
+    if whole <= MK2_TILE_BYTES or half_passes < MIN_SAMPLES_PER_PASS:
+        return host, batch
+    half, fullest = count(half_passes)
+    if fullest <= MK2_TILE_BYTES:
+        return half, half_passes
+    per_sample = (whole - fullest) / (batch - half_passes)
+    passes = half_passes - int(-(-(fullest - MK2_TILE_BYTES) // per_sample)) if per_sample > 0 else 0
+    while passes >= MIN_SAMPLES_PER_PASS:
+        host, total = count(passes)
+        if total <= MK2_TILE_BYTES:
             return host, passes
-        passes = max(MIN_SAMPLES_PER_PASS, passes // 2)
+        passes //= 2
+    return half, half_passes
 
 
 def tile_account(host: HostNetwork, slots: int) -> dict:
