@@ -9,7 +9,7 @@ from ipu_snn.data import load_splits
 from ipu_snn.network import build_network
 from ipu_snn.reporting import record_activity
 from ipu_snn.run_folder import newest_intact_checkpoint
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 RAW = {"model": {"layers": [{"type": "rlif", "size": 24}, {"type": "lif", "size": 12}]},

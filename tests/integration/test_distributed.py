@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from ipu_snn.config import validate_config
 from ipu_snn.distributed import DistContext, GlobalBatchSampler
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 RAW = {
     "model": {"layers": [{"type": "rlif", "size": 24, "tau": 0.1}], "readout": {"reduce": "mean"}},

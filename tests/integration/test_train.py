@@ -13,7 +13,7 @@ from ipu_snn.config import load_config, validate_config
 from ipu_snn.errors import TrainingError
 from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.loop import epoch_line
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 DETERMINISTIC = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "rate_layer0"]
 
