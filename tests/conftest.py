@@ -34,13 +34,29 @@ def _poptorch_importable() -> bool:
     return True
 
 
+HAS_CUDA = torch.cuda.is_available()
+#: where the Triton kernels run: compiled on a GPU when there is one, interpreted on the CPU otherwise
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``ipu`` run only where the Poplar SDK's PopTorch imports."""
-    marked = [item for item in items if item.get_closest_marker("ipu") is not None]
-    if marked and not _poptorch_importable():
-        skip = pytest.mark.skip(reason="needs the Graphcore Poplar SDK (PopTorch)")
-        for item in marked:
-            item.add_marker(skip)
+    """Tests marked ``ipu`` run only where the Poplar SDK's PopTorch imports, ``gpu`` only with a CUDA GPU,
+    ``triton`` only where Triton is installed."""
+    needs = {"ipu": (_poptorch_importable, "needs the Graphcore Poplar SDK (PopTorch)"),
+             "gpu": (lambda: HAS_CUDA, "needs a CUDA GPU"),
+             "triton": (lambda: importlib.util.find_spec("triton") is not None, "triton is not installed")}
+    for name, (available, reason) in needs.items():
+        marked = [item for item in items if item.get_closest_marker(name) is not None]
+        if marked and not available():
+            for item in marked:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def device(request) -> str:
+    """The device of a kernel test, parametrized indirectly (``indirect=["device"]``): "cpu" or "cuda" as
+    given, "triton" where the Triton kernels run (`TRITON_DEVICE`)."""
+    return TRITON_DEVICE if request.param == "triton" else request.param
 
 
 #: A run small enough to train in seconds: one recurrent layer on the synthetic data, cosine schedule.
