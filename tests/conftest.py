@@ -24,6 +24,21 @@ def _private_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _short_calibration():
+    """A run calibrates each new shape once per session (the private cache). Here the window costs are
+    timed on windows of 8 and 16 steps, once after the warm-up, instead of 16 and 64 steps three times: the
+    same code at a seventh of the cost. Tests of the measurement call `measure_window_costs` themselves."""
+    from ipu_snn import calibration
+
+    measure = calibration.measure_window_costs
+    mp = pytest.MonkeyPatch()
+    mp.setattr(calibration, "measure_window_costs",
+               lambda *args, **kwargs: measure(*args, **{"lengths": (8, 16), "repeats": 1, **kwargs}))
+    yield
+    mp.undo()
+
+
 def _poptorch_importable() -> bool:
     if importlib.util.find_spec("poptorch") is None:
         return False
@@ -32,6 +47,25 @@ def _poptorch_importable() -> bool:
     except ImportError:
         return False
     return True
+
+
+@pytest.fixture(autouse=True)
+def _undrawn_plots(request, monkeypatch):
+    """curves.png, spikes.png and rates.png keep their atomic write (the same path, a PNG signature) but are
+    not drawn: drawing costs about a second per training run, and only the tests marked ``plots`` (which
+    draw them) and the CLI's subprocess runs read images. What the plots show is still computed
+    (``record_activity`` runs)."""
+    if request.node.get_closest_marker("plots") is not None:
+        return
+    from ipu_snn import loop, reporting
+    from ipu_snn.files import replace_atomically
+
+    def undrawn(path, *args):
+        replace_atomically(path, b"\x89PNG\r\n\x1a\n")
+
+    monkeypatch.setattr(loop, "plot_curves", undrawn)
+    monkeypatch.setattr(reporting, "plot_spikes", undrawn)
+    monkeypatch.setattr(reporting, "plot_rates", undrawn)
 
 
 HAS_CUDA = torch.cuda.is_available()

@@ -1,5 +1,6 @@
 """spikes.png and rates.png: written at the end of training and by ``eval --plots``, from the last checkpoint."""
 
+import pytest
 import torch
 from rich.console import Console
 
@@ -18,6 +19,7 @@ RAW = {"model": {"layers": [{"type": "rlif", "size": 24}, {"type": "lif", "size"
        "training": {"epochs": 1}}
 
 
+@pytest.mark.plots
 def test_training_and_eval_plots_write_the_networks_spikes(tmp_path, capsys):
     cfg = validate_config(RAW)
     run = tmp_path / "run"

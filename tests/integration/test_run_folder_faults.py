@@ -17,7 +17,6 @@ from ipu_snn.checkpoint import checkpoint_folders, read_checkpoint, save_checkpo
 from ipu_snn.cli import main
 from ipu_snn.config import validate_config
 from ipu_snn.errors import StorageError, TrainingError
-from ipu_snn.files import replace_atomically
 from ipu_snn.run_folder import claim_run_folder
 from ipu_snn.training import train
 
@@ -40,12 +39,6 @@ def quiet():
 
 class Killed(BaseException):
     """Stands in for SIGKILL at a write boundary (not an Exception: nothing in ipu_snn catches it)."""
-
-
-@pytest.fixture(autouse=True)
-def fast_plot(monkeypatch):
-    """curves.png keeps its write boundary, without a second of matplotlib per run."""
-    monkeypatch.setattr(loop, "plot_curves", lambda path, history: replace_atomically(path, b"\x89PNG"))
 
 
 class Faults:

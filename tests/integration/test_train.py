@@ -44,6 +44,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, small, quiet):
     assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
 
 
+@pytest.mark.plots  # curves.png drawn
 def test_outputs_and_checkpoint_rotation(tmp_path, small, quiet):
     summary = train(small(keep_checkpoints=2), tmp_path, console=quiet())
     assert {"val_accuracy", "train_loss", "samples_per_s", "wall_s", "epochs"} <= set(summary)
