@@ -2,6 +2,10 @@ import copy
 import importlib.util
 import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,6 +41,27 @@ def _short_calibration():
                lambda *args, **kwargs: measure(*args, **{"lengths": (8, 16), "repeats": 1, **kwargs}))
     yield
     mp.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _interpreter_built_aside(request, _private_cache):
+    """The IPU graph interpreter's library (`ipu_snn.ipu.interpreter.library`: g++ of the Poplar mock and the
+    network graph, cached by source hash in the session's cache) is built by a second process from the start
+    of a session that reaches tests/ipu/ after other tests, on the other core, while those tests run; the
+    first test that needs it then finds it built. Should one need it sooner, it builds its own copy (the
+    cache's file is replaced atomically): the same library either way."""
+    ipu = [i for i, item in enumerate(request.session.items) if "ipu" in item.path.parent.parts[-1:]]
+    if not ipu or ipu[0] == 0 or shutil.which("g++") is None:
+        yield
+        return
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    build = subprocess.Popen([sys.executable, "-c", "from ipu_snn.ipu.interpreter import library; library()"],
+                             cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield
+    if build.poll() is None:
+        build.kill()
+    build.wait()
 
 
 def _poptorch_importable() -> bool:
