@@ -45,6 +45,10 @@ def unpack_spikes(bits: Tensor, n: int, dtype: torch.dtype = torch.float32) -> T
     if bits.dtype != torch.uint8 or bits.dim() < 1 or bits.shape[-1] != packed_row_bytes(n):
         raise ValueError(f"unpack_spikes: bits must be uint8 [..., {packed_row_bytes(n)}] for n = {n} "
                          f"neurons, got {bits.dtype} {tuple(bits.shape)}")
+    if bits.device.type == "cpu":
+        # numpy unpacks in one pass: about 6x faster than the shifts below for a window's input rows,
+        # which the dense products unpack every window (forward and backward)
+        return torch.from_numpy(np.unpackbits(bits.numpy(), axis=-1, count=n, bitorder="little")).to(dtype)
     shifts = torch.tensor(_SHIFTS, dtype=torch.uint8, device=bits.device)
     return ((bits.unsqueeze(-1) >> shifts) & 1).flatten(-2)[..., :n].to(dtype)
 

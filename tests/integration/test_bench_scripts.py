@@ -55,7 +55,8 @@ def test_unified_quick_run_measures_every_contender_and_writes_the_doc(tmp_path)
     assert all(r["local_bytes"] > 0 and r["predicted_local_bytes"] > 0 for r in planned.values())
     checks = [r for r in data["rows"] if r["job"]["kind"] == "loss64"]
     assert len(checks) == 2 and all(c["sparse=true"]["loss_rel_diff"] < 1e-9 for c in checks)
-    assert all(c["sparse=auto"]["loss_rel_diff"] <= 1e-12 and c["sparse=auto"]["grad_rel_diff"] <= 1e-12 for c in checks)
+    assert all(c[k]["loss_rel_diff"] <= 1e-12 and c[k]["grad_rel_diff"] <= 1e-12 for c in checks
+               for k in ("sparse=auto", "double", "sparse=auto+double"))
     assert all(t["status"] in ("PASS", "MISS") for t in data["targets"]), data["targets"]
 
     doc = (tmp_path / "unified_loop.md").read_text()
@@ -66,6 +67,17 @@ def test_unified_quick_run_measures_every_contender_and_writes_the_doc(tmp_path)
     (tmp_path / "unified_loop.md").unlink()
     assert run(sys.executable, str(SCRIPTS / "bench_unified.py"), "--render", "--out", str(tmp_path)).returncode == 0
     assert (tmp_path / "unified_loop.md").read_text() == doc
+
+
+def test_unified_targets_runs_only_what_the_issue_targets_read():
+    jobs = bench_unified.make_jobs(bench_unified.parse_args(["--targets"]))
+    got = {(j["section"], j["contender"], j["steps"], j["density"]) for j in jobs}
+    assert got == {("w2", k, t, 0.05) for k in ("fused", "double", "double_sparse") for t in (1600, 6400)} | {
+        ("sparse", k, 1600, d) for k in ("fused", "fused_sparse_exact", "loss64") for d in (0.05, 0.01)} | {
+        ("wide", k, 1600, 0.05) for k in ("fused", "fused_sparse_exact", "snntorch")}
+    (peer,) = [j for j in jobs if j["contender"] == "snntorch"]
+    assert peer["repeats"] == 1 and peer["memory"] is False and peer["hidden"] == 1024
+    assert {j["memory_ratio"] for j in jobs if j["contender"] == "double"} == {10, 30}
 
 
 def test_unified_runs_a_contender_in_its_own_process(tmp_path):
