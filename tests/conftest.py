@@ -111,7 +111,7 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # not per test: hypothesis' @given tests take it too
 def device(request) -> str:
     """The device of a kernel test, parametrized indirectly (``indirect=["device"]``): "cpu" or "cuda" as
     given, "triton" where the Triton kernels run (`TRITON_DEVICE`)."""
