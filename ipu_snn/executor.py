@@ -20,9 +20,6 @@ the fused loop's few bytes per neuron-step. ``uniform``, ``revolve``,
 ``double`` and ``two_level`` hold a few window states and one segment of
 windows at a time. The planner (ipu_snn.planner) picks L and the schedule.
 
-For a tracer (PopTorch) `unroll_windows` runs the same windows as a plain loop
-and marks the states the schedule keeps, so that they become recomputation
-checkpoints of the traced graph.
 """
 
 from __future__ import annotations
@@ -196,33 +193,3 @@ def _rebuild(like, tensors):
 def _leaves_of(state0) -> Callable:
     """The function from a state shaped like ``state0`` to its tensors, as `_flatten` orders them."""
     return _leaves if _plain(state0) else (lambda state: _flatten(state)[0])
-
-
-def unroll_windows(window: Callable, x: Tensor, state0, steps: int, loop: TimeLoop,
-                   mark: Callable | None = None) -> tuple[Tensor, object]:
-    """The same windows as a plain loop for a tracer; the states the loop's schedule keeps at
-    window starts go through ``mark`` (the IPU model's PhaseMarks: ``poptorch.recomputationCheckpoint``,
-    and a new ``poptorch.Block`` where an off-chip checkpoint starts a phase)."""
-    bounds = loop.bounds(steps)
-    kept = kept_windows(loop, len(bounds)) if mark is not None else frozenset()
-    state, ys = state0, []
-    for n, (t0, t1) in enumerate(bounds):
-        if n in kept:
-            leaves, unflatten = _flatten(state)
-            marked = mark(*leaves)
-            state = unflatten([marked] if isinstance(marked, Tensor) else list(marked))
-        state, y = window(state, x, t0, t1)
-        ys.append(y)
-    return torch.stack(ys), state
-
-
-def kept_windows(loop: TimeLoop, windows: int) -> frozenset[int]:
-    """The windows whose starting state the schedule's forward sweep keeps (any tier): for a tracer, the
-    states it marks. State 0 is the zero initial state, and the last is never needed by backward."""
-    from .bptt.schedules import Store
-
-    if loop.schedule is None:
-        return frozenset()
-    schedule = loop.schedule(windows)
-    forward = schedule.actions[: schedule.forward_phase_end]
-    return frozenset(a.n for a in forward if isinstance(a, Store) and 0 < a.n < windows)

@@ -23,7 +23,7 @@ def step(spec: NeuronSpec, beta: Tensor, rho: Tensor | None, v_prev: Tensor, a_p
     """One step of ``spec``'s model through autograd (the model's own pure step): ``(v_new, a_new or None, z)``.
 
     ``spike_fn(x, name, scale)`` makes the spikes: `surrogates.spike` (an autograd
-    Function) or `surrogates.straight_through_spike` (for tracers)."""
+    Function) or `surrogates.straight_through_spike` (differentiable ops only)."""
     return spec.neuron.step(spec, beta, rho, v_prev, a_prev, current, spike_fn)
 
 
