@@ -113,7 +113,7 @@ def _export(args, console: Console) -> None:
 
 def _train(args, console: Console) -> None:
     from .config import load_config
-    from .train import train
+    from .training import train
 
     cfg = load_config(args.config, args.overrides)
     out = args.out if args.out is not None else cfg.out_dir or str(Path("runs") / Path(args.config).stem)

@@ -214,8 +214,19 @@ CompactCounts compact_row(const Z* z, const M* near, I n, int32_t capacity,
   return result;
 }
 
+// The bits of byte k of a row of n neurons that hold neurons: the last byte's
+// padding bits (neurons n and up) are dropped. The packing writes them 0, but
+// bits that arrive from outside need not be, and an id >= n would index past
+// every [n, ...] weight, gradient and list: the list builders below read
+// every byte through this, so padding never indexes memory.
+inline uint32_t row_byte(const uint8_t* bits, int64_t k, int64_t n) {
+  const int64_t left = n - 8 * k;  // neurons from this byte on
+  return left >= 8 ? uint32_t(bits[k]) : uint32_t(bits[k]) & ((1u << left) - 1u);
+}
+
 // The ids of a row's spikes, ascending, at most `capacity` of them; returns
 // how many spikes the row has in all (more than written when it overflows).
+// Padding bits are not spikes (row_byte).
 inline int64_t spike_ids(const uint8_t* bits, int64_t n, int64_t capacity, int32_t* ids) {
   const int64_t n_bytes = (n + 7) / 8;
   int64_t total = 0, k = 0;
@@ -223,7 +234,7 @@ inline int64_t spike_ids(const uint8_t* bits, int64_t n, int64_t capacity, int32
   // spike, and a word test costs what a byte test does (3x faster measured).
   for (; k + 8 <= n_bytes; k += 8) {
     uint64_t word = 0;
-    for (int64_t b = 0; b < 8; ++b) word |= static_cast<uint64_t>(bits[k + b]) << (8 * b);
+    for (int64_t b = 0; b < 8; ++b) word |= static_cast<uint64_t>(row_byte(bits, k + b, n)) << (8 * b);
     while (word != 0) {
       if (total < capacity) ids[total] = static_cast<int32_t>(8 * k + __builtin_ctzll(word));
       ++total;
@@ -231,7 +242,7 @@ inline int64_t spike_ids(const uint8_t* bits, int64_t n, int64_t capacity, int32
     }
   }
   for (; k < n_bytes; ++k) {
-    uint32_t byte = bits[k];
+    uint32_t byte = row_byte(bits, k, n);
     while (byte != 0) {
       if (total < capacity) ids[total] = static_cast<int32_t>(8 * k + __builtin_ctz(byte));
       ++total;
@@ -256,7 +267,7 @@ inline CompactCounts compact_bits_row(const uint8_t* bits, const uint8_t* near_b
   int32_t filled = result.spikes;
   if (near_bits != nullptr) {
     for (int64_t k = 0; k < n_bytes; ++k) {
-      uint32_t byte = near_bits[k] & ~static_cast<uint32_t>(bits[k]) & 0xffu;
+      uint32_t byte = row_byte(near_bits, k, n) & ~static_cast<uint32_t>(bits[k]) & 0xffu;
       while (byte != 0) {
         const int64_t j = 8 * k + __builtin_ctz(byte);
         byte &= byte - 1;

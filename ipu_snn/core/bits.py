@@ -1,7 +1,8 @@
 """Spikes as bits: the one packing every kernel, the fused loop and the spike products share.
 
 Bit k of byte i of a row holds neuron ``8 i + k`` (little-endian bit order); a
-row of n neurons takes ``ceil(n / 8)`` bytes and its unused high bits are 0.
+row of n neurons takes ``ceil(n / 8)`` bytes and its unused high bits are written 0 (and never read as
+spikes: the list builders of custom_ops/include/spike_core.h mask them).
 custom_ops/include/neuron_core.h (``pack_bits``) and the Triton kernels write
 the same layout.
 """

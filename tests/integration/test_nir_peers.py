@@ -15,7 +15,7 @@ from ipu_snn.config import validate_config  # noqa: E402
 from ipu_snn.interop.nir import NIRWarning, export_graph, graph_to_model, infer_dt, write_graph  # noqa: E402
 from ipu_snn.network import build_network  # noqa: E402
 from ipu_snn.run_folder import newest_intact_checkpoint  # noqa: E402
-from ipu_snn.train import train  # noqa: E402
+from ipu_snn.training import train  # noqa: E402
 
 
 def _has(*names):

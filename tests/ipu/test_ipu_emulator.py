@@ -92,7 +92,7 @@ def test_two_layer_network_gets_the_cpu_backends_gradients(sparse_grad):
 
 def test_train_cli_on_the_ipu_emulator_matches_cpu(tmp_path):
     from ipu_snn.cli import main
-    from ipu_snn.train import train
+    from ipu_snn.training import train
 
     raw = {"model": {"layers": [{"type": "rlif", "size": 12, "tau": 0.1}, {"type": "lif", "size": 8, "tau": 0.1}],
                      "readout": {"reduce": "mean"}, "sparse": True, "sparse_capacity": 1.0,
@@ -145,7 +145,7 @@ def test_plan_cli_refuses_a_network_too_large_for_one_mk2(tmp_path, capsys):
 def test_train_on_the_ipu_emulator_with_double_checkpointing(tmp_path):
     # Through the train entry point: device ipu-emulator with bptt.schedule double (off-chip checkpoints in the
     # host's store for the CPU run) trains as the CPU does with the same schedule and windows.
-    from ipu_snn.train import train
+    from ipu_snn.training import train
 
     raw = {"model": {"layers": [{"type": "rlif", "size": 12, "tau": 0.1}], "readout": {"reduce": "mean"},
                      "sparse": True, "sparse_capacity": 1.0, "sparse_overflow": "drop_and_count",

@@ -31,7 +31,7 @@ import poptorch_standin
 sys.modules["poptorch"] = poptorch_standin.make_poptorch()
 import json
 from ipu_snn.config import validate_config
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 with tempfile.TemporaryDirectory() as out:
     summary = train(validate_config(json.loads(sys.argv[2])), Path(out) / "run")

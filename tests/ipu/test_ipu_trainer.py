@@ -34,7 +34,7 @@ from ipu_snn.reporting import read_metrics_csv
 from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.evaluate import evaluate_run
 from ipu_snn.torch_driver import evaluate
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the stand-in runs the op on the host interpreter")
 

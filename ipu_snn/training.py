@@ -1,4 +1,4 @@
-"""``train``: one run as the config says, through the driver of its device.
+"""``train`` (the API's ``ipu_snn.train``): one run as the config says, through the driver of its device.
 
 The loop itself (epochs, validation, checkpoints, resume) is ``ipu_snn.loop``;
 the drivers are ``ipu_snn.torch_driver`` (CPU, CUDA, ipu-emulator; launched by
@@ -8,8 +8,6 @@ Model; launched by poprun to scale).
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 from typing import Mapping
 
@@ -67,13 +65,3 @@ def train(cfg: Config | Mapping | str | Path, out: str | Path, *, resume: bool =
     return run(make_driver(cfg), cfg, out_dir, resume=resume, console=console, on_epoch_end=on_epoch_end,
                initial_weights=initial_weights)
 
-
-class _Callable(types.ModuleType):
-    # importing ipu_snn.train makes this module the package's attribute `train`, in place of the API's
-    # function of that name: calling the module calls the function, so `ipu_snn.train(cfg, out=...)` works
-    # whatever was imported first
-    def __call__(self, *args, **kwargs):
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _Callable
