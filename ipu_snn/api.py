@@ -26,7 +26,7 @@ from .network import NetworkOutput, SpikingNetwork, build_network
 from .planner import plan
 from .taps import Recording, Taps
 from .torch_driver import load_backends
-from .train import train
+from .training import train
 
 
 def load_config(source: str | Path | Mapping | Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:

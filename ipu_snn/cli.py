@@ -113,7 +113,7 @@ def _export(args, console: Console) -> None:
 
 def _train(args, console: Console) -> None:
     from .config import load_config
-    from .train import train
+    from .training import train
 
     cfg = load_config(args.config, args.overrides)
     out = args.out if args.out is not None else cfg.out_dir or str(Path("runs") / Path(args.config).stem)
@@ -185,16 +185,16 @@ def _plan(args, console: Console) -> None:
         payload["tiles"]["largest_T"] = largest_steps_table(cfg, spec, n_inputs, n_classes, micro)
         if spec.name == "ipu-mk2":  # what the network op's graph allocates, and its time model
             from .errors import ConfigError
-            from .ipu.graph_plan import graph_plan
+            from .ipu.graph_plan import graph_plan, optimizer_slots
 
             time = tile_plan.time
             try:
-                # the graph's account under "graph" and its time model under "time"; the other fields are
-                # still the tile model's (ipu_snn/ipu/tiles.py) until it is retired
-                graph = graph_plan(cfg.model, n_inputs, micro, time.steps, time.window, time.schedule)
-                payload["tiles"].update(source=graph.pop("source"), time=graph.pop("time"), graph=graph)
+                graph = graph_plan(cfg.model, n_inputs, n_classes, micro, time.steps, time.window, time.schedule,
+                                   args.density, optimizer_slots(cfg.training))
             except ConfigError as err:  # a model the network op cannot build yet (ALIF): the tile model's count
                 payload["tiles"]["source"] = f"tile model (ipu_snn/ipu/tiles.py): {err}"
+            else:
+                payload["tiles"] = graph_tiles(payload["tiles"], graph)
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
@@ -206,27 +206,61 @@ def _plan(args, console: Console) -> None:
             console.print(tiles_lines(payload["tiles"]), highlight=False)
 
 
+def graph_tiles(model: dict, graph: dict) -> dict:
+    """``plan``'s ``tiles`` section from the network op's graph count (ipu_snn.ipu.graph_plan): every byte
+    and time it reports is the graph's; of the tile model it keeps only the schedule and window the planner
+    chose (``time_loop``), where nothing fit its refusal's suggestions, and ``largest_T``, marked as its."""
+    fits = graph["fits"]
+    refusal = None
+    if not fits:
+        refusal = (f"the network op's graph does not fit one ipu-mk2: its fullest tile holds "
+                   f"{graph['max_tile_bytes']:,} bytes of {graph['tile_capacity_bytes']:,}"
+                   + (f"; {model['refusal']}" if model.get("refusal") else ""))
+    loop = dict(model["time_loop"])
+    loop.pop("peak_on_tiles", None)
+    loop.pop("local_checkpoints_and_taped_windows", None)
+    return {"source": "graph", "device": model["device"], "tiles_total": model["tiles_total"],
+            "used": graph["tiles_used"], "max_tile_bytes": graph["max_tile_bytes"],
+            "tile_capacity_bytes": graph["tile_capacity_bytes"], "fits": fits,
+            "fullest_tile": graph["fullest_tile"], "time_loop": loop,
+            "streaming_memory": {"bytes": graph["streaming_bytes"], "capacity_bytes": graph["streaming_capacity_bytes"],
+                                 "transfer_bytes": graph["graph"]["remote_bytes_moved"]},
+            "time": graph["time"], "graph": dict(graph["graph"], optimizer_slots=graph["optimizer_slots"],
+                                                 op_max_tile_bytes=graph["op_max_tile_bytes"]),
+            "refusal": refusal,
+            "largest_T": dict(model["largest_T"], source="the tile model (ipu_snn/ipu/tiles.py)")}
+
+
 def tiles_lines(t: dict) -> str:
     """The tile plan of ``ipu-snn plan --device ipu-*`` in a few lines."""
-    loop, memory, predicted = t["time_loop"], t["streaming_memory"], t["predicted"]
-    passes = ", ".join(f"{p['name']} {p['samples_per_pass']}" for p in t["populations"])
-    lines = [f"tiles: {loop['schedule']} over {loop['windows']} windows of {loop['window']} steps; {t['used']} of "
-             f"{t['tiles_total']} tiles used, fullest {t['max_tile_bytes'] / 1024:.0f} KiB of "
-             f"{t['tile_capacity_bytes'] / 1024:.0f} KiB; samples per pass: {passes}",
-             f"streaming memory: {memory['bytes'] / 2**20:,.1f} MiB of checkpoints, {memory['transfer_bytes'] / 2**20:,.1f}"
-             f" MiB moved per iteration at {memory['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s",
-             f"predicted {predicted['total_s'] * 1e3:,.1f} ms per iteration, {t['time_model']}"]
+    loop, memory = t["time_loop"], t["streaming_memory"]
     if t.get("source") == "graph":
         g = t["graph"]
         terms = ", ".join(f"{k[:-2]} {v * 1e3:,.2f}" for k, v in t["time"].items() if k != "total_s")
-        lines.append(f"the network op's graph: fullest tile {g['max_tile_bytes'] / 1024:,.0f} KiB "
-                     f"({', '.join(x['name'] for x in g['fullest_tile']['largest'][:3])}), "
-                     f"{'fits' if g['fits'] else 'does not fit'}; predicted "
-                     f"{t['time']['total_s'] * 1e3:,.1f} ms per iteration ({terms} ms)")
+        lines = [f"tiles (the network op's graph): {loop['schedule']} over {loop['windows']} windows of "
+                 f"{loop['window']} steps; {t['used']} of {t['tiles_total']} tiles used, fullest "
+                 f"{t['max_tile_bytes'] / 1024:,.0f} KiB of {t['tile_capacity_bytes'] / 1024:.0f} KiB "
+                 f"({', '.join(x['name'] for x in t['fullest_tile']['largest'][:3])}); "
+                 f"{g['samples_per_pass']} samples per input-gradient pass",
+                 f"streaming memory: {memory['bytes'] / 2**20:,.1f} MiB of checkpoints, "
+                 f"{memory['transfer_bytes'] / 2**20:,.1f} MiB moved per iteration",
+                 f"predicted {t['time']['total_s'] * 1e3:,.1f} ms per iteration ({terms} ms), at a spike rate "
+                 f"of {g['spike_rate']}; a model, never run on an IPU"]
+    else:
+        predicted = t["predicted"]
+        passes = ", ".join(f"{p['name']} {p['samples_per_pass']}" for p in t["populations"])
+        lines = [f"tiles: {loop['schedule']} over {loop['windows']} windows of {loop['window']} steps; {t['used']} of "
+                 f"{t['tiles_total']} tiles used, fullest {t['max_tile_bytes'] / 1024:.0f} KiB of "
+                 f"{t['tile_capacity_bytes'] / 1024:.0f} KiB; samples per pass: {passes}",
+                 f"streaming memory: {memory['bytes'] / 2**20:,.1f} MiB of checkpoints, "
+                 f"{memory['transfer_bytes'] / 2**20:,.1f} MiB moved per iteration at "
+                 f"{memory['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s",
+                 f"predicted {predicted['total_s'] * 1e3:,.1f} ms per iteration, {t['time_model']}"]
     if not t["fits"]:
         lines.append(t["refusal"])
     largest = t["largest_T"]
-    lines.append(f"largest T on one {t['device']} (batch {largest['batch']}): " + ", ".join(
+    lines.append(f"largest T on one {t['device']} (batch {largest['batch']}"
+                 + (", the tile model's search" if "source" in largest else "") + "): " + ", ".join(
         f"{name} {row['T']:,}{'+' if row['at_cap'] else ''}" + (f" ({row['vs_store_all']}x)" if row['vs_store_all']
                                                                  and name != "store_all" else "")
         for name, row in largest["schedules"].items()))

@@ -67,7 +67,7 @@ Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 class SurrogateConfig(_Strict):
     name: Literal[tuple(SURROGATES)] = "fast_sigmoid"  # the surrogate table's names
-    scale: PositiveFloat = 10.0
+    scale: PositiveFloat = 10.0  # a sharpness: the derivative's width is about 1/scale (ipu_snn/neuron/surrogates.py)
 
 
 def _decay_from(value: float | None, tau: float | None, dt: float, default: float) -> float:

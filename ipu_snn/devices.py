@@ -139,12 +139,15 @@ SPECS: dict[str, DeviceSpec] = {
                    "H200 SXM: 141 GB HBM3e at 4.8 TB/s, 67 TFLOP/s fp32, PCIe Gen5 x16 to host RAM"),
         DeviceSpec("a100", 80 * GiB, 512 * GiB, 2.0e12, 25e9, 19.5e12, 2.5e-4,
                    "A100 SXM 80GB: HBM2e at 2.0 TB/s, 19.5 TFLOP/s fp32, PCIe Gen4 x16 to host RAM"),
-        # streaming memory: the IPU-M2000's DRAM, reached over the IPU's PCIe Gen4 x16 link at 32 GB/s each
-        # way (a peak; the sources are in ipu_snn/ipu/README.md, "Streaming memory")
-        DeviceSpec("ipu-mk2", 1472 * 624 * 1024, 256 * GiB, 47.5e12, 32e9, 62.5e12, 5e-6,
+        # streaming memory: the IPU-M2000's DRAM, up to about 260 GB for its four IPUs (65 GB each), reached
+        # over the IPU's PCIe Gen4 x16 link at 32 GB/s each way (a peak; the sources are in
+        # ipu_snn/ipu/README.md, "Streaming memory"). No step floor: the network op's graph counts a
+        # step's syncs and exchange itself (ipu_snn/ipu/graph_plan.py); no public figure gives a floor.
+        DeviceSpec("ipu-mk2", 1472 * 624 * 1024, 260 * 10**9 // 4, 47.5e12, 32e9, 62.5e12, 0.0,
                    "IPU Mk2 GC200: 1472 tiles x 624 KiB SRAM, 62.5 TFLOP/s fp32, streaming memory over PCIe Gen4 x16",
                    fused=False, tiles=True),
-        DeviceSpec("ipu-mk1", 1216 * 256 * 1024, 256 * GiB, 45e12, 16e9, 31.1e12, 5e-6,
+        # Mk1 (the C2 PCIe card): no IPU-Machine; its off-chip tier is the host's RAM, taken as the GPUs' 512 GiB
+        DeviceSpec("ipu-mk1", 1216 * 256 * 1024, 512 * GiB, 45e12, 16e9, 31.1e12, 0.0,
                    "IPU Mk1 GC2: 1216 tiles x 256 KiB SRAM, 31.1 TFLOP/s fp32, PCIe Gen4 to the host", fused=False,
                    tiles=True),
     ]

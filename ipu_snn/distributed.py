@@ -95,8 +95,8 @@ def shutdown(ctx: DistContext, clean: bool = True, release: Callable[[], None] |
     """
     if release is not None:
         release()
-    gc.collect()
     if ctx.active and dist.is_initialized():
+        gc.collect()  # a process group only (a second in a large heap: not for a single-process run)
         if clean:
             dist.barrier()
         time.sleep(0.05)

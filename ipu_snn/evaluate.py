@@ -29,7 +29,7 @@ def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, 
     Parameters
     ----------
     run_dir : Path
-        A folder written by `ipu_snn.train.train`.
+        A folder written by `ipu_snn.train`.
     split : {"test", "val", "train"}
     device : str or None
         Where to evaluate (default: the run's own device; the host CPU for IPU runs).

@@ -20,9 +20,6 @@ the fused loop's few bytes per neuron-step. ``uniform``, ``revolve``,
 ``double`` and ``two_level`` hold a few window states and one segment of
 windows at a time. The planner (ipu_snn.planner) picks L and the schedule.
 
-For a tracer (PopTorch) `unroll_windows` runs the same windows as a plain loop
-and marks the states the schedule keeps, so that they become recomputation
-checkpoints of the traced graph.
 """
 
 from __future__ import annotations
@@ -96,6 +93,7 @@ def scan_windows(module: nn.Module, x: Tensor, state0, steps: int, loop: TimeLoo
     named = list(module.named_parameters())
     names, params = [n for n, _ in named], [p for _, p in named]
     flat0, unflatten = _flatten(state0)
+    leaves = _leaves_of(state0)
     slots = _parameter_slots(module, names)
 
     def cell(params, flat_state, n):
@@ -107,7 +105,7 @@ def scan_windows(module: nn.Module, x: Tensor, state0, steps: int, loop: TimeLoo
         else:
             with _swapped(slots, params):
                 state, y = module(unflatten(flat_state), x, t0, t1)
-        return _flatten(state)[0], y
+        return leaves(state), y
 
     index = torch.arange(len(bounds))
     ys, final = scan(cell, params, flat0, index, loop.schedule, stats=stats, owned=(x,))
@@ -144,6 +142,13 @@ def _swapped(slots: list[tuple[nn.Module, str]], tensors):
 def _flatten(state) -> tuple[tuple[Tensor, ...], Callable]:
     """The tensors of a nested state (None leaves, such as a LIF's missing adaptation, dropped),
     and the function that puts tensors back into that structure."""
+    if _plain(state):
+        # tuples (named or not) of tensors and None, as the network's states are: rebuilt directly, a
+        # few calls per window instead of torch's pytree registry walk
+        def unflatten(tensors):
+            return _rebuild(state, iter(tensors))
+
+        return _leaves(state), unflatten
     leaves, spec = pytree.tree_flatten(state)
     present = [leaf is not None for leaf in leaves]
 
@@ -154,31 +159,37 @@ def _flatten(state) -> tuple[tuple[Tensor, ...], Callable]:
     return tuple(leaf for leaf in leaves if leaf is not None), unflatten
 
 
-def unroll_windows(window: Callable, x: Tensor, state0, steps: int, loop: TimeLoop,
-                   mark: Callable | None = None) -> tuple[Tensor, object]:
-    """The same windows as a plain loop for a tracer; the states the loop's schedule keeps at
-    window starts go through ``mark`` (the IPU model's PhaseMarks: ``poptorch.recomputationCheckpoint``,
-    and a new ``poptorch.Block`` where an off-chip checkpoint starts a phase)."""
-    bounds = loop.bounds(steps)
-    kept = kept_windows(loop, len(bounds)) if mark is not None else frozenset()
-    state, ys = state0, []
-    for n, (t0, t1) in enumerate(bounds):
-        if n in kept:
-            leaves, unflatten = _flatten(state)
-            marked = mark(*leaves)
-            state = unflatten([marked] if isinstance(marked, Tensor) else list(marked))
-        state, y = window(state, x, t0, t1)
-        ys.append(y)
-    return torch.stack(ys), state
+def _plain(state) -> bool:
+    if isinstance(state, tuple):
+        return all(_plain(item) for item in state)
+    return state is None or isinstance(state, Tensor)
 
 
-def kept_windows(loop: TimeLoop, windows: int) -> frozenset[int]:
-    """The windows whose starting state the schedule's forward sweep keeps (any tier): for a tracer, the
-    states it marks. State 0 is the zero initial state, and the last is never needed by backward."""
-    from .bptt.schedules import Store
+def _leaves(state) -> tuple[Tensor, ...]:
+    """The tensors of a `_plain` state, in `_flatten`'s order."""
+    out: list[Tensor] = []
 
-    if loop.schedule is None:
-        return frozenset()
-    schedule = loop.schedule(windows)
-    forward = schedule.actions[: schedule.forward_phase_end]
-    return frozenset(a.n for a in forward if isinstance(a, Store) and 0 < a.n < windows)
+    def walk(node):
+        if isinstance(node, Tensor):
+            out.append(node)
+        elif node is not None:
+            for item in node:
+                walk(item)
+
+    walk(state)
+    return tuple(out)
+
+
+def _rebuild(like, tensors):
+    """``like``'s structure with its tensors taken from the iterator ``tensors``."""
+    if isinstance(like, Tensor):
+        return next(tensors)
+    if like is None:
+        return None
+    items = [_rebuild(item, tensors) for item in like]
+    return type(like)(*items) if hasattr(like, "_fields") else type(like)(items)
+
+
+def _leaves_of(state0) -> Callable:
+    """The function from a state shaped like ``state0`` to its tensors, as `_flatten` orders them."""
+    return _leaves if _plain(state0) else (lambda state: _flatten(state)[0])

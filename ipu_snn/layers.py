@@ -9,10 +9,7 @@ the network's *step mode*, fixed when the network is built (`build_network`):
   derivatives, a few bytes per neuron-step;
 * ``autograd``: a plain loop over the window's steps through the autograd step
   (`ipu_snn.neuron.reference.step`): the ground truth, and the only mode with an
-  attached reset (``detach_reset: false``);
-* ``straight_through``: the same loop with the straight-through spike, made of
-  plain differentiable ops, for tracers that differentiate what they record
-  (PopTorch), with products from a `Products` the tracer supplies.
+  attached reset (``detach_reset: false``).
 
 Products between populations (input to layer, recurrent, layer to readout) go
 through a `Products` function, which picks dense or sparse per product as its
@@ -32,13 +29,13 @@ from torch import Tensor, nn
 from .core.bits import pack_spikes
 from .neuron.reference import li_step, step
 from .neuron.spec import NeuronSpec
-from .neuron.surrogates import spike, straight_through_spike
+from .neuron.surrogates import spike
 from .neuron.window import LayerState, SpikeTrain, WindowSettings, leaky_integrate, spiking_window
 from .dropout import rescale
 from .ops.policy import SparsePolicy
 
-StepMode = Literal["autograd", "fused", "straight_through"]
-STEP_MODES = ("autograd", "fused", "straight_through")
+StepMode = Literal["autograd", "fused"]
+STEP_MODES = ("autograd", "fused")
 
 #: What a population receives: another layer's spikes, or dense input frames [L, B, n_in]
 #: (spike counts, or any float input; binary inputs arrive as a SpikeTrain without z).
@@ -173,7 +170,7 @@ class SpikingLayer(nn.Module):
             w_rec = self.rec.weight if self.rec is not None else None
             train, state, lost = spiking_window(currents, state, w_rec, beta, rho, self.settings, self.threshold)
             return train, state, _add(dropped, lost if self.policies.recurrent is not None else None)
-        spike_fn = spike if self.mode == "autograd" else straight_through_spike
+        spike_fn = spike
         v, a, z_prev = state.v, state.a, state.z
         outputs = []
         for current in currents.unbind(0):

@@ -11,7 +11,7 @@ A :class:`Driver` is the thin, device-specific part: it joins the processes,
 builds the model, runs the optimizer steps of an epoch, evaluates a data set
 and moves the data. ``ipu_snn.torch_driver`` drives CPU/CUDA (and torchrun);
 ``ipu_snn.ipu.trainer`` drives PopTorch. This module imports neither: drivers
-import it, and ``ipu_snn.train`` picks one.
+import it, and ``ipu_snn.training`` picks one.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from .bptt import ScanStats
 from .config import ModelConfig
 from .devices import device as device_row
 from .errors import ConfigError
-from .executor import TimeLoop, scan_windows, unroll_windows
+from .executor import TimeLoop, scan_windows
 from .dropout import drop, keep_mask
 from .init import initialize
 from .layers import STEP_MODES, LayerPolicies, LIReadout, Products, SpikingLayer, StepMode, torch_products
@@ -119,8 +119,7 @@ class SpikingNetwork(nn.Module):
         extra = window_taps(taps, self.layers, seen, trains, state, steps or t1 - t0)
         return tuple(new_state) + (v,), torch.cat(y + (per_neuron if with_counts else []) + extra, 1)
 
-    def forward(self, x: Tensor, mark=None, with_counts: bool = False, record=(), taps: Taps = Taps()
-                ) -> NetworkOutput:
+    def forward(self, x: Tensor, with_counts: bool = False, record=(), taps: Taps = Taps()) -> NetworkOutput:
         """The whole sequence: logits, mean spike rates per layer, spikes dropped (and, ``with_counts``,
         each neuron's spikes; with ``taps``, what they ask for, `ipu_snn.taps`).
 
@@ -128,10 +127,7 @@ class SpikingNetwork(nn.Module):
         ``out.record`` holds; recording keeps a float per neuron-step of each, under any schedule
         (docs/python_api.md).
 
-        In the traced mode (``straight_through``) the windows run as a plain loop for the
-        tracer, and ``mark`` (the IPU model's PhaseMarks: recomputation checkpoints and phase
-        starts) marks the states the loop's schedule keeps; otherwise the executor runs the
-        schedule."""
+        The executor runs the windows under the loop's schedule."""
         if x.dim() != 3:
             raise ValueError(f"the network takes a batch [B, T, inputs], got shape {tuple(x.shape)}")
         batch, steps = x.shape[0], x.shape[1]
@@ -143,11 +139,8 @@ class SpikingNetwork(nn.Module):
         taps.check(sizes)
         seed = int(torch.randint(2**31, ())) if self.training and any(layer.dropout for layer in self.layers) else None
         window = _Windows(self, with_counts, taps, min(self.loop.window or steps, steps), seed)
-        if self.mode == "straight_through":
-            ys, final = unroll_windows(window, xt, state0, steps, self.loop, mark)
-        else:
-            self.last_scan = ScanStats()
-            ys, final = scan_windows(window, xt, state0, steps, self.loop, self.last_scan)
+        self.last_scan = ScanStats()
+        ys, final = scan_windows(window, xt, state0, steps, self.loop, self.last_scan)
         n_classes, n_layers = self.readout.n_out, len(self.layers)
         logits = _COMBINE[self.reduce](ys[..., :n_classes], steps)
         stats = ys[..., n_classes:n_classes + n_layers + 1 + (sum(sizes) if with_counts else 0)].detach().sum(0)
@@ -288,7 +281,7 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     device : str
         The config's device; its row of the device table (``ipu_snn.devices.DEVICES``) gives the
         backends (ipu-emulator runs every product on its own backend and needs ``model.sparse: true``).
-    mode : {"fused", "autograd", "straight_through"} or None
+    mode : {"fused", "autograd"} or None
         The step mode (None: from ``model.fused``).
     products : callable
         How products run (a tracer supplies its own).
@@ -314,9 +307,6 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     if backend is not None and backend not in backend_names():
         raise ValueError(f"device {device} needs the {backend} spike backend, which ipu_snn.ipu registers: "
                          "import ipu_snn.ipu before building the network")
-    if mode == "straight_through" and crossovers is None:
-        # a tracer's products multiply sparse: auto densely (ipu_snn.ipu.model): no crossover applies
-        crossovers = {crossover_key(*p): 0.0 for p in auto_products(cfg, n_inputs, n_classes, binary_inputs)}
     if cfg.sparse_grad_min_derivative is not None and mode != "fused":
         raise ConfigError("model.sparse_grad_min_derivative lists near-threshold neurons from the fused kernels' "
                           "surrogate derivative, so it needs the fused step mode (model.fused: auto or true)")

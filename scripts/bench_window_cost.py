@@ -13,7 +13,7 @@ step's forward and backward through the executor (store_all) with the planner's 
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -32,7 +32,25 @@ def best_ms(fn, repeats: int) -> float:
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    return min(samples)  # the least disturbed by other jobs on a shared machine
+
+
+def python_calls(fn) -> int:
+    """Python function calls (and C functions called from Python) while ``fn`` runs: what a window's fixed cost
+    is made of, counted exactly whatever the machine's load."""
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return count
 
 
 def fit(points: list[tuple[float, float, float]]) -> tuple[float, float]:
@@ -44,15 +62,18 @@ def fit(points: list[tuple[float, float, float]]) -> tuple[float, float]:
 
 
 def network(args, window: int):
-    from ipu_snn.config import ModelConfig
+    from ipu_snn.calibration import crossovers
+    from ipu_snn.config import validate_config
     from ipu_snn.executor import TimeLoop
     from ipu_snn.network import build_network
 
-    cfg = ModelConfig.model_validate({"layers": [{"type": "rlif", "size": args.hidden, "beta": 0.95,
-                                                  "surrogate": {"name": "triangle", "scale": 10.0}}] * args.depth,
-                                      "readout": {"beta": 0.95}, "sparse": args.sparse})
+    cfg = validate_config({"model": {"layers": [{"type": "rlif", "size": args.hidden, "beta": 0.95,
+                                                 "surrogate": {"name": "triangle", "scale": 10.0}}] * args.depth,
+                                     "readout": {"beta": 0.95}, "sparse": args.sparse},
+                           "data": {"steps": args.steps, "batch_size": args.batch}}, source="bench_window_cost")
     torch.manual_seed(0)
-    return build_network(cfg, N_INPUTS, N_CLASSES, dt=1e-3, loop=TimeLoop(window))
+    measured = crossovers(cfg, N_INPUTS, N_CLASSES, "cpu")[0] if args.sparse == "auto" else None
+    return build_network(cfg.model, N_INPUTS, N_CLASSES, dt=1e-3, loop=TimeLoop(window), crossovers=measured)
 
 
 def measure(args) -> dict:
@@ -62,6 +83,7 @@ def measure(args) -> dict:
     x = pack_inputs((torch.rand(args.batch, args.steps, N_INPUTS, generator=gen) < args.density).float())
     y = torch.randint(0, N_CLASSES, (args.batch,), generator=gen)
     rows = {"network forward": [], "network backward": []}
+    calls = {"network forward": [], "network backward": []}
     layer_rows: dict[str, list] = {}
     for window in args.windows:
         net = network(args, window)
@@ -78,6 +100,9 @@ def measure(args) -> dict:
         total = best_ms(step, args.repeats)
         rows["network forward"].append((args.steps, windows, fwd))
         rows["network backward"].append((args.steps, windows, total - fwd))
+        loss = forward()
+        calls["network forward"].append((args.steps, windows, python_calls(forward)))
+        calls["network backward"].append((args.steps, windows, python_calls(loss.backward)))
         # per layer: the same windows, one layer at a time, with its input as the network gives it
         xt = x.transpose(0, 1)
         h = net.inputs(xt, 0, args.steps)
@@ -114,6 +139,9 @@ def measure(args) -> dict:
         per_step, per_window = fit(points)
         results[name] = {"us_per_window": per_window * 1e3, "us_per_step": per_step * 1e3,
                          "points": [{"windows": w, "ms": ms} for _, w, ms in points]}
+        if name in calls:
+            per_step, per_window = fit(calls[name])
+            results[name] |= {"calls_per_window": per_window, "calls_per_step": per_step}
     return results
 
 
@@ -134,8 +162,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     load = load_average()
     results = measure(args)
-    lines = [f"| what | µs per window | µs per step |", "|---|---|---|",
-             *[f"| {name} | {r['us_per_window']:.0f} | {r['us_per_step']:.0f} |" for name, r in results.items()]]
+    lines = ["| what | µs per window | µs per step | Python calls per window |", "|---|---|---|---|",
+             *[f"| {name} | {r['us_per_window']:.0f} | {r['us_per_step']:.0f} | "
+               + (f"{r['calls_per_window']:.0f} |" if "calls_per_window" in r else " |") for name, r in results.items()]]
     print("\n".join(lines))
     if args.out:
         info = machine()  # after set_num_threads: the threads the figures were measured with
@@ -146,8 +175,10 @@ def main() -> None:
             "# The fixed cost of a window", "",
             f"`scripts/bench_window_cost.py`: 700 -> {args.depth} x RLIF {args.hidden} -> LI 20, batch {args.batch}, "
             f"T={args.steps} cut into windows of L in {args.windows}, {args.density:.0%} input, sparse={args.sparse}; "
-            "time = per_step * T + per_window * T / L fitted by least squares (medians of "
-            f"{args.repeats}). Layer rows: the layer's window calls alone (input product + time loop).", "",
+            "time = per_step * T + per_window * T / L fitted by least squares (fastest of "
+            f"{args.repeats}). Layer rows: the layer's window calls alone (input product + time loop). Python "
+            "calls: function calls (Python's and C functions called from Python) per window, fitted the same way "
+            "and exact whatever the load.", "",
             *machine_lines(info), f"- Load average (1, 5, 15 min) before {load}, after {load_average()}: "
             "a shared machine; the figures are contaminated by other jobs and want a quiet-machine rerun", "",
             *lines, ""]))

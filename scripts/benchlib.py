@@ -9,6 +9,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -39,7 +40,7 @@ def machine() -> dict:
 
 
 def command_line() -> str:
-    return " ".join(["python"] + sys.argv)
+    return shlex.join(["python"] + sys.argv)  # quoted: an argument with a space stays one
 
 
 def load_average() -> list[float]:

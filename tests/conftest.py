@@ -2,6 +2,10 @@ import copy
 import importlib.util
 import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +28,42 @@ def _private_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _short_calibration():
+    """A run calibrates each new shape once per session (the private cache). Here the window costs are
+    timed on windows of 8 and 16 steps, once after the warm-up, instead of 16 and 64 steps three times: the
+    same code at a seventh of the cost. Tests of the measurement call `measure_window_costs` themselves."""
+    from ipu_snn import calibration
+
+    measure = calibration.measure_window_costs
+    mp = pytest.MonkeyPatch()
+    mp.setattr(calibration, "measure_window_costs",
+               lambda *args, **kwargs: measure(*args, **{"lengths": (8, 16), "repeats": 1, **kwargs}))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _interpreter_built_aside(request, _private_cache):
+    """The IPU graph interpreter's library (`ipu_snn.ipu.interpreter.library`: g++ of the Poplar mock and the
+    network graph, cached by source hash in the session's cache) is built by a second process from the start
+    of a session that reaches tests/ipu/ after other tests, on the other core, while those tests run; the
+    first test that needs it then finds it built. Should one need it sooner, it builds its own copy (the
+    cache's file is replaced atomically): the same library either way."""
+    ipu = [i for i, item in enumerate(request.session.items) if "ipu" in item.path.parent.parts[-1:]]
+    if not ipu or ipu[0] == 0 or shutil.which("g++") is None:
+        yield
+        return
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    build = subprocess.Popen([sys.executable, "-c", "from ipu_snn.ipu.interpreter import library; library()"],
+                             cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield
+    if build.poll() is None:
+        build.kill()
+    build.wait()
+
+
 def _poptorch_importable() -> bool:
     if importlib.util.find_spec("poptorch") is None:
         return False
@@ -34,13 +74,48 @@ def _poptorch_importable() -> bool:
     return True
 
 
+@pytest.fixture(autouse=True)
+def _undrawn_plots(request, monkeypatch):
+    """curves.png, spikes.png and rates.png keep their atomic write (the same path, a PNG signature) but are
+    not drawn: drawing costs about a second per training run, and only the tests marked ``plots`` (which
+    draw them) and the CLI's subprocess runs read images. What the plots show is still computed
+    (``record_activity`` runs)."""
+    if request.node.get_closest_marker("plots") is not None:
+        return
+    from ipu_snn import loop, reporting
+    from ipu_snn.files import replace_atomically
+
+    def undrawn(path, *args):
+        replace_atomically(path, b"\x89PNG\r\n\x1a\n")
+
+    monkeypatch.setattr(loop, "plot_curves", undrawn)
+    monkeypatch.setattr(reporting, "plot_spikes", undrawn)
+    monkeypatch.setattr(reporting, "plot_rates", undrawn)
+
+
+HAS_CUDA = torch.cuda.is_available()
+#: where the Triton kernels run: compiled on a GPU when there is one, interpreted on the CPU otherwise
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``ipu`` run only where the Poplar SDK's PopTorch imports."""
-    marked = [item for item in items if item.get_closest_marker("ipu") is not None]
-    if marked and not _poptorch_importable():
-        skip = pytest.mark.skip(reason="needs the Graphcore Poplar SDK (PopTorch)")
-        for item in marked:
-            item.add_marker(skip)
+    """Tests marked ``ipu`` run only where the Poplar SDK's PopTorch imports, ``gpu`` only with a CUDA GPU,
+    ``triton`` only where Triton is installed."""
+    needs = {"ipu": (_poptorch_importable, "needs the Graphcore Poplar SDK (PopTorch)"),
+             "gpu": (lambda: HAS_CUDA, "needs a CUDA GPU"),
+             "triton": (lambda: importlib.util.find_spec("triton") is not None, "triton is not installed")}
+    for name, (available, reason) in needs.items():
+        marked = [item for item in items if item.get_closest_marker(name) is not None]
+        if marked and not available():
+            for item in marked:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")  # not per test: hypothesis' @given tests take it too
+def device(request) -> str:
+    """The device of a kernel test, parametrized indirectly (``indirect=["device"]``): "cpu" or "cuda" as
+    given, "triton" where the Triton kernels run (`TRITON_DEVICE`)."""
+    return TRITON_DEVICE if request.param == "triton" else request.param
 
 
 #: A run small enough to train in seconds: one recurrent layer on the synthetic data, cosine schedule.

@@ -35,8 +35,8 @@
 // the enum values below are that table's codes, checked by a test):
 //     fast_sigmoid  1 / (s |x| + 1)^2
 //     atan          (s / 2) / (1 + (pi / 2 * s * x)^2)
-//     triangle      s * max(1 - s |x|, 0)
-//     boxcar        s if |x| < 0.5 / s else 0
+//     triangle      max(1 - s |x|, 0)
+//     boxcar        1 if |x| < 0.5 / s else 0
 //
 // LIF or ALIF: in the forward, rho == nullptr is LIF (a_prev and a_new are
 // then ignored and may be null); the backward takes an explicit flag, and
@@ -155,16 +155,16 @@ struct TriangleGrad {
   explicit TriangleGrad(S s) : scale(C(s)) {}
   C operator()(C x) const {
     const C t = C(1) - scale * abs_value(x);
-    return scale * (t > C(0) ? t : C(0));
+    return t > C(0) ? t : C(0);
   }
 };
 
 template <typename C>
 struct BoxcarGrad {
-  C scale, half_width;
+  C half_width;
   template <typename S>
-  explicit BoxcarGrad(S s) : scale(C(s)), half_width(C(S(0.5) / s)) {}
-  C operator()(C x) const { return abs_value(x) < half_width ? scale : C(0); }
+  explicit BoxcarGrad(S s) : half_width(C(S(0.5) / s)) {}
+  C operator()(C x) const { return abs_value(x) < half_width ? C(1) : C(0); }
 };
 
 // Forward over neurons [j_begin, j_end) of the row that starts at flat index

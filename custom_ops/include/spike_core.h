@@ -214,8 +214,19 @@ CompactCounts compact_row(const Z* z, const M* near, I n, int32_t capacity,
   return result;
 }
 
+// The bits of byte k of a row of n neurons that hold neurons: the last byte's
+// padding bits (neurons n and up) are dropped. The packing writes them 0, but
+// bits that arrive from outside need not be, and an id >= n would index past
+// every [n, ...] weight, gradient and list: the list builders below read
+// every byte through this, so padding never indexes memory.
+inline uint32_t row_byte(const uint8_t* bits, int64_t k, int64_t n) {
+  const int64_t left = n - 8 * k;  // neurons from this byte on
+  return left >= 8 ? uint32_t(bits[k]) : uint32_t(bits[k]) & ((1u << left) - 1u);
+}
+
 // The ids of a row's spikes, ascending, at most `capacity` of them; returns
 // how many spikes the row has in all (more than written when it overflows).
+// Padding bits are not spikes (row_byte).
 inline int64_t spike_ids(const uint8_t* bits, int64_t n, int64_t capacity, int32_t* ids) {
   const int64_t n_bytes = (n + 7) / 8;
   int64_t total = 0, k = 0;
@@ -223,7 +234,7 @@ inline int64_t spike_ids(const uint8_t* bits, int64_t n, int64_t capacity, int32
   // spike, and a word test costs what a byte test does (3x faster measured).
   for (; k + 8 <= n_bytes; k += 8) {
     uint64_t word = 0;
-    for (int64_t b = 0; b < 8; ++b) word |= static_cast<uint64_t>(bits[k + b]) << (8 * b);
+    for (int64_t b = 0; b < 8; ++b) word |= static_cast<uint64_t>(row_byte(bits, k + b, n)) << (8 * b);
     while (word != 0) {
       if (total < capacity) ids[total] = static_cast<int32_t>(8 * k + __builtin_ctzll(word));
       ++total;
@@ -231,7 +242,7 @@ inline int64_t spike_ids(const uint8_t* bits, int64_t n, int64_t capacity, int32
     }
   }
   for (; k < n_bytes; ++k) {
-    uint32_t byte = bits[k];
+    uint32_t byte = row_byte(bits, k, n);
     while (byte != 0) {
       if (total < capacity) ids[total] = static_cast<int32_t>(8 * k + __builtin_ctz(byte));
       ++total;
@@ -256,7 +267,7 @@ inline CompactCounts compact_bits_row(const uint8_t* bits, const uint8_t* near_b
   int32_t filled = result.spikes;
   if (near_bits != nullptr) {
     for (int64_t k = 0; k < n_bytes; ++k) {
-      uint32_t byte = near_bits[k] & ~static_cast<uint32_t>(bits[k]) & 0xffu;
+      uint32_t byte = row_byte(near_bits, k, n) & ~static_cast<uint32_t>(bits[k]) & 0xffu;
       while (byte != 0) {
         const int64_t j = 8 * k + __builtin_ctz(byte);
         byte &= byte - 1;
@@ -466,6 +477,69 @@ void scatter_listed_range(const V* values, const int32_t* ids, int32_t count, I 
   for (int32_t k = 0; k < count; ++k) {
     const I j = I(ids[k]);
     if (j >= j_begin && j < j_end) out[j] = T(out[j] + T(values[k]));
+  }
+}
+
+// ------------------------------------------------------- Spikes as packed bits --
+// A step's spikes as packed bits (neuron i is bit i % 8 of byte i / 8 of the
+// sample's row of row_bytes bytes): no list, no capacity, exact whatever the
+// rate. Set bits are walked with a count-trailing-zeros, so the cost follows
+// the spikes, not n_in.
+
+// out[c] += the sum of weight[i, c] over the set bits i < n_in of one row,
+// c < n_cols (weight rows strided by weight_stride).
+template <typename T, typename Acc, typename I>
+void add_rows_of_bits(const T* weight, I weight_stride, I n_cols, const uint8_t* row_bits, I n_in,
+                      Acc* out) {
+  const I n_bytes = (n_in + 7) / 8;
+  for (I k = 0; k < n_bytes; ++k) {
+    uint32_t byte = row_bits[k];
+    while (byte != 0) {
+      const I i = 8 * k + static_cast<I>(__builtin_ctz(byte));
+      byte &= byte - 1;
+      if (i >= n_in) break;
+      const T* w = weight + i * weight_stride;
+      for (I c = 0; c < n_cols; ++c) out[c] += Acc(w[c]);
+    }
+  }
+}
+
+// grad_weight[i, c] += the sum of grad_out[b, c] over the samples b < batch
+// whose bit i is set, for the weight rows [i_begin, i_end) (a worker's share),
+// c < n_cols; bits rows of row_bytes bytes, grad_out rows strided by
+// grad_stride. Each sample's bytes over the range are walked set bit by set
+// bit, samples in order, so every sum is deterministic.
+template <typename G, typename Acc, typename I>
+void grad_weight_bits(const G* grad_out, I grad_stride, I n_cols, const uint8_t* bits, I row_bytes,
+                      I batch, I i_begin, I i_end, Acc* grad_weight, I weight_stride) {
+  if (i_begin >= i_end) return;
+  const I k0 = i_begin / 8, k1 = (i_end + 7) / 8;
+  for (I b = 0; b < batch; ++b) {
+    const uint8_t* row = bits + b * row_bytes;
+    const G* g = grad_out + b * grad_stride;
+    for (I k = k0; k < k1; ++k) {
+      uint32_t byte = row[k];
+      if (k == k0) byte &= 0xFFu << (i_begin % 8);
+      if (k == k1 - 1 && i_end % 8 != 0) byte &= (1u << (i_end % 8)) - 1u;
+      while (byte != 0) {
+        const I i = 8 * k + static_cast<I>(__builtin_ctz(byte));
+        byte &= byte - 1;
+        Acc* gw = grad_weight + i * weight_stride;
+        for (I c = 0; c < n_cols; ++c) gw[c] += Acc(g[c]);
+      }
+    }
+  }
+}
+
+// The dense input gradient of the tile's columns for `rows` samples, laid out
+// neuron-major: partial[i * rows + r] = <weight[i, 0:n_cols], grad_out[r, 0:n_cols]>
+// for the positions [p_begin, p_end) of [n_in * rows] (a worker's share).
+template <typename T, typename G, typename Acc, typename I>
+void grad_input_dense(const T* weight, I weight_stride, I n_cols, const G* grad_out, I grad_stride,
+                      I rows, I p_begin, I p_end, T* partial) {
+  for (I p = p_begin; p < p_end; ++p) {
+    const I i = p / rows, r = p % rows;
+    partial[p] = T(dot<T, G, Acc>(weight + i * weight_stride, grad_out + r * grad_stride, n_cols));
   }
 }
 

@@ -15,24 +15,6 @@
 
 namespace core = ipu_snn::core;
 
-// out[b, c] += bias[c]: the bias added to a step's input current (the
-// product vertices overwrite their output). Each worker owns a word-aligned share.
-template <typename T>
-class BiasRows : public poplar::MultiVertex {
-public:
-  poplar::Input<poplar::Vector<T>> bias;         // [width]
-  poplar::InOut<AlignedVector<float>> out;       // [B, width]
-
-  bool compute(unsigned worker) {
-    const unsigned width = bias.size();
-    const core::Span<unsigned> mine = share<float>(out.size(), numWorkers(), worker);
-    for (unsigned i = mine.begin; i < mine.end; ++i) out[i] += float(bias[i % width]);
-    return true;
-  }
-};
-template class BiasRows<float>;
-template class BiasRows<half>;
-
 // acc[c] += sum over r < rows of x[r * width + c], width = acc.size(): with
 // rows = 1 an element-wise sum (weight gradients accumulated over the steps,
 // gradients of z from several consumers), with rows = B a bias gradient.
@@ -100,10 +82,11 @@ public:
 };
 template class StepStore<float>;
 template class StepStore<half>;
+template class StepStore<unsigned char>;
 
-// dst[r * len + i] = src[(step % slots) * stepStride + r * rowStride + i],
+// dst[r * len + i] = src[((step + offset) % slots) * stepStride + r * rowStride + i],
 // len = dst.size() / rows: one step's rows out of a buffer (the tape, the
-// inputs [B, T, bytes], the output gradient).
+// inputs [B, T, bytes], the output gradient; offset slots - 1: the step before).
 template <typename T>
 class StepLoad : public poplar::Vertex {
 public:
@@ -114,10 +97,11 @@ public:
   unsigned rows;
   unsigned rowStride;
   unsigned stepStride;
+  unsigned offset;
 
   bool compute() {
     const unsigned len = dst.size() / rows;
-    const unsigned base = (*step % slots) * stepStride;
+    const unsigned base = ((*step + offset) % slots) * stepStride;
     for (unsigned r = 0; r < rows; ++r)
       for (unsigned i = 0; i < len; ++i) dst[r * len + i] = src[base + r * rowStride + i];
     return true;
@@ -126,26 +110,6 @@ public:
 template class StepLoad<float>;
 template class StepLoad<half>;
 template class StepLoad<unsigned char>;
-
-// The spike list of one sample's packed input bits (bit j % 8 of byte j / 8),
-// ascending: core::unpack_bit into a mask, then core::compact_row, which
-// writes every slot of ids (0 past the count).
-class BitsToList : public poplar::Vertex {
-public:
-  poplar::Input<poplar::Vector<unsigned char>> bits;  // [ceil(numNeurons / 8)]
-  poplar::InOut<poplar::Vector<unsigned char>> mask;  // scratch [numNeurons]
-  poplar::Output<poplar::Vector<int>> ids;            // [capacity]
-  poplar::Output<int> count;
-  unsigned numNeurons;
-
-  bool compute() {
-    for (unsigned j = 0; j < numNeurons; ++j) mask[j] = core::unpack_bit(&bits[0], j) ? 1 : 0;
-    const core::CompactCounts found = core::compact_row<unsigned char, unsigned char, unsigned>(
-        &mask[0], nullptr, numNeurons, static_cast<int32_t>(ids.size()), &ids[0]);
-    *count = found.spikes;
-    return true;
-  }
-};
 
 // step += delta: the time loop's step counter (delta -1 in the backward sweep).
 class StepCount : public poplar::Vertex {
@@ -173,3 +137,168 @@ public:
 };
 template class ZeroFill<float>;
 template class ZeroFill<half>;
+template class ZeroFill<unsigned char>;
+
+// A step's input current of the tile's neurons from spikes as packed bits:
+// out[b, c] = bias[c] + sum of weight[i, c] over the bits i set in bits[b]
+// (+ the same over bitsRec with weightRec where recurrent). Each worker owns
+// whole samples (core::add_rows_of_bits).
+template <typename T>
+class BitsMatmulForward : public poplar::MultiVertex {
+public:
+  poplar::Input<poplar::Vector<unsigned char>> bits;     // [B, rowBytes]
+  poplar::Input<poplar::Vector<T>> weight;               // [numInputs, width]
+  poplar::Input<poplar::Vector<unsigned char>> bitsRec;  // [B, rowBytesRec] (recurrent)
+  poplar::Input<poplar::Vector<T>> weightRec;            // [numRec, width] (recurrent)
+  poplar::Input<poplar::Vector<T>> bias;                 // [width]
+  poplar::Output<AlignedVector<float>> out;              // [B, width]
+  unsigned numInputs;
+  unsigned numRec;  // 0: not recurrent (bitsRec, weightRec not read)
+
+  bool compute(unsigned worker) {
+    const unsigned width = bias.size(), batch = out.size() / width;
+    const unsigned rowBytes = bits.size() / batch;
+    const core::Span<unsigned> samples = share<float>(batch, numWorkers(), worker);
+    for (unsigned b = samples.begin; b < samples.end; ++b) {
+      float *row = &out[b * width];
+      for (unsigned c = 0; c < width; ++c) row[c] = float(bias[c]);
+      core::add_rows_of_bits<T, float, unsigned>(&weight[0], width, width, &bits[b * rowBytes], numInputs, row);
+      if (numRec > 0)
+        core::add_rows_of_bits<T, float, unsigned>(&weightRec[0], width, width,
+                                                   &bitsRec[b * (bitsRec.size() / batch)], numRec, row);
+    }
+    return true;
+  }
+};
+template class BitsMatmulForward<float>;
+template class BitsMatmulForward<half>;
+
+// gradWeight[i, c] += sum of gradOut[b, c] over the samples b whose bit i is
+// set: a step's weight gradient of the tile's columns, accumulated. Each
+// worker owns whole weight rows (core::grad_weight_bits).
+template <typename T>
+class BitsMatmulGradWeight : public poplar::MultiVertex {
+public:
+  poplar::Input<poplar::Vector<unsigned char>> bits;  // [B, rowBytes]
+  poplar::Input<poplar::Vector<T>> gradOut;           // [B, width]
+  poplar::InOut<AlignedVector<float>> gradWeight;     // [numInputs, width]
+  unsigned numInputs;
+
+  bool compute(unsigned worker) {
+    const unsigned width = gradWeight.size() / numInputs, batch = gradOut.size() / width;
+    const core::Span<unsigned> rows = share<float>(numInputs, numWorkers(), worker);
+    core::grad_weight_bits<T, float, unsigned>(&gradOut[0], width, width, &bits[0], bits.size() / batch, batch,
+                                               rows.begin, rows.end, &gradWeight[0], width);
+    return true;
+  }
+};
+template class BitsMatmulGradWeight<float>;
+template class BitsMatmulGradWeight<half>;
+
+// The tile's share of a product's dense input gradient for the samples
+// [rowBegin, rowBegin + rows), neuron-major: partial[i * rows + r] =
+// <weight[i, :], gradOut[rowBegin + r, :]> over the tile's columns. Summed
+// over the tiles (SumParts, ReduceSlices) it is the gradient of the input.
+template <typename T>
+class DenseGradInput : public poplar::MultiVertex {
+public:
+  poplar::Input<poplar::Vector<T>> weight;    // [numInputs, width]
+  poplar::Input<poplar::Vector<T>> gradOut;   // [rows, width]: the pass's samples
+  poplar::Output<AlignedVector<T>> partial;   // [numInputs, rows]
+  unsigned numInputs;
+
+  bool compute(unsigned worker) {
+    const unsigned width = weight.size() / numInputs, rows = gradOut.size() / width;
+    const core::Span<unsigned> mine = share<T>(partial.size(), numWorkers(), worker);
+    core::grad_input_dense<T, T, float, unsigned>(&weight[0], width, width, &gradOut[0], width, rows, mine.begin,
+                                                  mine.end, &partial[0]);
+    return true;
+  }
+};
+template class DenseGradInput<float>;
+template class DenseGradInput<half>;
+
+// out[(rowBegin + r) * width + i] = sum over p of parts[p * width * rows + i * rows + r]:
+// neuron-major partial sums of a pass (rows samples) summed into the rows
+// [rowBegin, rowBegin + rows) of a [B, width] gradient; other rows are kept.
+// Each worker owns whole neurons.
+template <typename T>
+class ReduceSlices : public poplar::MultiVertex {
+public:
+  poplar::Input<poplar::Vector<T>> parts;   // [numParts, width, rows]
+  poplar::InOut<poplar::Vector<T>> out;     // [B, width]
+  unsigned numParts;
+  unsigned width;
+  unsigned rowBegin;
+
+  bool compute(unsigned worker) {
+    const unsigned rows = parts.size() / (numParts * width), len = width * rows;
+    const core::Span<unsigned> mine = core::worker_span<unsigned>(width, numWorkers(), worker, 1u);
+    for (unsigned i = mine.begin; i < mine.end; ++i)
+      for (unsigned r = 0; r < rows; ++r) {
+        float sum = 0.0f;
+        for (unsigned p = 0; p < numParts; ++p) sum += float(parts[p * len + i * rows + r]);
+        out[(rowBegin + r) * width + i] = T(sum);
+      }
+    return true;
+  }
+};
+template class ReduceSlices<float>;
+template class ReduceSlices<half>;
+
+// The leaky-integrator readout's step: vNew[b, c] = beta[c] vPrev[b, c] + current[b, c].
+template <typename T>
+class LeakyIntegrate : public poplar::MultiVertex {
+public:
+  poplar::Input<poplar::Vector<float>> current;  // [B, width]
+  poplar::Input<poplar::Vector<T>> vPrev;        // [B, width]
+  poplar::Input<poplar::Vector<T>> beta;         // [width]
+  poplar::Output<AlignedVector<T>> vNew;         // [B, width]
+
+  bool compute(unsigned worker) {
+    const unsigned width = beta.size();
+    const core::Span<unsigned> mine = share<T>(vNew.size(), numWorkers(), worker);
+    for (unsigned i = mine.begin; i < mine.end; ++i)
+      vNew[i] = T(float(beta[i % width]) * float(vPrev[i]) + current[i]);
+    return true;
+  }
+};
+template class LeakyIntegrate<float>;
+template class LeakyIntegrate<half>;
+
+// The readout's step backward: g = gradOut + beta * carried (the gradient of
+// v(t) from the trace and from v(t + 1)); gradCurrent = g, carried = g, and the
+// decay's and bias's gradients += sum over samples of g v(t - 1) and of g.
+// Each worker owns whole neurons (columns).
+template <typename T>
+class LeakyIntegrateBackward : public poplar::MultiVertex {
+public:
+  poplar::Input<poplar::Vector<T>> gradOut;     // [B, width]: the trace's gradient at t
+  poplar::Input<poplar::Vector<T>> vPrev;       // [B, width]: v(t - 1)
+  poplar::Input<poplar::Vector<T>> beta;        // [width]
+  poplar::InOut<poplar::Vector<T>> carried;     // [B, width]: the gradient of v(t + 1), then of v(t)
+  poplar::Output<poplar::Vector<T>> gradCurrent;  // [B, width]
+  poplar::InOut<poplar::Vector<float>> gradBeta;  // [width]
+  poplar::InOut<poplar::Vector<float>> gradBias;  // [width]
+
+  bool compute(unsigned worker) {
+    const unsigned width = beta.size(), batch = gradOut.size() / width;
+    const core::Span<unsigned> mine = core::worker_span<unsigned>(width, numWorkers(), worker, 1u);
+    for (unsigned c = mine.begin; c < mine.end; ++c) {
+      float gb = gradBeta[c], gbias = gradBias[c];
+      for (unsigned b = 0; b < batch; ++b) {
+        const unsigned i = b * width + c;
+        const float g = float(gradOut[i]) + float(beta[c]) * float(carried[i]);
+        carried[i] = T(g);
+        gradCurrent[i] = T(g);
+        gb += g * float(vPrev[i]);
+        gbias += g;
+      }
+      gradBeta[c] = gb;
+      gradBias[c] = gbias;
+    }
+    return true;
+  }
+};
+template class LeakyIntegrateBackward<float>;
+template class LeakyIntegrateBackward<half>;

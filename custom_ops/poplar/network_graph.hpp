@@ -1,15 +1,27 @@
 // The network op's graph: plain functions over a poplar::Graph (Poplar only)
-// that build every spiking layer's tensors, vertices, tile mappings and
-// programs for a whole sequence. The PopART op and grad op are wrappers that
-// call buildNetwork; the host interpreter (ipu_snn/ipu/interpreter.py) runs
-// the very same graph, and `ipu-snn plan --device ipu-mk2` counts it.
+// that build every spiking layer and the leaky-integrator readout over T
+// steps: tensors, vertices, tile mappings and programs. The PopART op and grad
+// op are wrappers that call buildNetwork; the host interpreter
+// (ipu_snn/ipu/interpreter.py) runs the very same graph, and `ipu-snn plan
+// --device ipu-mk2` counts it (a counting graph that holds no data).
 //
-// Layout: layer l's neurons are split over its own tile range
-// (tiling::splitEven); each tile holds, for its columns, the input and
-// recurrent weight columns, bias, decay, state (v, z), the taped steps of the
-// BPTT schedule (z, d and the z the step started from), the local checkpoints
-// and the weight-gradient accumulators. Inputs are packed bits
-// uint8 [B, T, ceil(n_in / 8)], sample b on tile b mod (layer 0's tiles).
+// The op's output is the readout's membrane trace float [T, B, n_out] (the
+// readout runs inside the op); the loss and the readout's reduction over time
+// stay outside (PopTorch). Its grad op takes the trace's gradient and returns
+// the gradients of every weight and bias, and of the readout's decay.
+//
+// Layout: each population (a spiking layer, the readout) takes its own tile
+// range (layerTiles), its neurons split over it (tiling::splitEven); a tile
+// holds its neurons' weight columns, bias, decay, state and gradient
+// accumulators, and the BPTT tape of its neurons (the surrogate derivative d,
+// and the spikes as bits). A layer's spikes of a step are packed bits
+// uint8 [B, ceil(n / 8)], byte k on the tile owning neuron 8k; every consumer
+// tile reads them whole (no spike list, no capacity). The input gradient of a
+// product is formed per tile for `samplesPerPass` samples at a time and summed
+// over the tiles in two stages (groups of about sqrt(tiles)). Inputs are
+// packed bits uint8 [B, T, ceil(n_in / 8)], sample b on layer 0's tile
+// b mod its tiles. The trace and its gradient are spread over every tile
+// ([T, k] per tile for k of the B * n_out (sample, neuron) pairs).
 //
 // Programs: `forward` runs the schedule's actions up to its first Reverse,
 // `backward` the rest. Advance(n0, n1) is a program::Repeat of one step's
@@ -20,6 +32,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -52,10 +65,12 @@ struct Action {
 
 struct NetworkSpec {
   unsigned batch = 1, steps = 1, inputs = 1;
-  std::vector<LayerSpec> layers;
-  unsigned tapeSlots = 1;     // taped steps alive at once (step n uses slot n % tapeSlots)
-  unsigned localSlots = 0;    // checkpoints kept on the tiles
-  unsigned offchipSlots = 0;  // checkpoints in streaming memory
+  std::vector<LayerSpec> layers;  // the spiking layers
+  unsigned readout = 1;           // the leaky-integrator readout's neurons (n_out)
+  unsigned tapeSlots = 1;         // taped steps alive at once (step n uses slot n % tapeSlots)
+  unsigned localSlots = 0;        // checkpoints kept on the tiles
+  unsigned offchipSlots = 0;      // checkpoints in streaming memory
+  unsigned samplesPerPass = 0;    // samples per input-gradient pass (0: the whole batch)
   std::vector<Action> actions;
 };
 
@@ -72,21 +87,60 @@ struct LayerTensors {
   std::vector<unsigned> tiles;   // the layer's tiles, one per column range
 };
 
+// The leaky-integrator readout v(t) = beta v(t - 1) + z_last(t) W + b, v(-1) = 0.
+struct ReadoutTensors {
+  poplar::Tensor weight;      // [n_last, n_out]
+  poplar::Tensor bias;        // [n_out]
+  poplar::Tensor beta;        // [n_out], clamped to [0, 1] by the caller
+  poplar::Tensor gradWeight;  // float [n_last, n_out]
+  poplar::Tensor gradBias;    // float [n_out]
+  poplar::Tensor gradBeta;    // float [n_out]
+  std::vector<unsigned> tiles;
+};
+
 struct NetworkGraph {
   poplar::Tensor inputBits;   // uint8 [B, T, ceil(n_in / 8)]
-  poplar::Tensor output;      // float [T, B, n_last]: the last layer's spikes
-  poplar::Tensor gradOutput;  // float [T, B, n_last]
+  poplar::Tensor output;      // float [T, B, n_out]: the readout's membrane trace
+  poplar::Tensor gradOutput;  // float [T, B, n_out]
   std::vector<LayerTensors> layers;
+  ReadoutTensors readout;
+  // What the forward program leaves for the backward one, as whole tensors in
+  // carriedShapes' order: the PopART op outputs them and its grad op takes
+  // them back (custom_ops/poplar/network_op.cpp).
+  std::vector<poplar::Tensor> carried;
   poplar::program::Sequence forward;
   poplar::program::Sequence backward;
 };
 
-// Tiles each layer takes: min(size, its share of the target's tiles).
+// Tiles each population takes (the spiking layers, then the readout):
+// min(size, its share of the target's tiles).
 std::vector<unsigned> layerTiles(const NetworkSpec &spec, unsigned numTiles);
+
+// One carried tensor: packed bits (uint8) or float, and its shape.
+struct CarriedShape {
+  bool bits = false;
+  std::vector<std::size_t> shape;
+};
+
+// NetworkGraph::carried's types and shapes, from the spec alone (PopART sizes
+// the op's outputs before any graph exists), nb = ceil(n / 8): per spiking
+// layer v [B, n], for recurrent layers the last spikes' bits [B, nb], the tape
+// d [S, B, n] and bits [S, B, nb] (and the bits each step started from,
+// recurrent), with local slots the checkpoints v [K, B n] (and bits
+// [K, B nb], recurrent); the readout's v [B, n_out] (and checkpoints
+// [K, B n_out]); the trace with its zero row [T + 1, B n_out].
+std::vector<CarriedShape> carriedShapes(const NetworkSpec &spec);
+
+// Makes the remote buffer of an off-chip checkpoint: (name, the tensor a row
+// holds, rows). By default graph.addRemoteBuffer; the PopART ops share theirs
+// through the lowering's registry instead.
+using RemoteBufferMaker =
+    std::function<poplar::RemoteBuffer(const std::string &, const poplar::Tensor &, std::size_t)>;
 
 // Builds the network op's graph; throws std::invalid_argument on a spec that
 // cannot be built (no tiles, a schedule the tape cannot hold).
-NetworkGraph buildNetwork(poplar::Graph &graph, const NetworkSpec &spec);
+NetworkGraph buildNetwork(poplar::Graph &graph, const NetworkSpec &spec,
+                          const RemoteBufferMaker &remoteBuffer = {});
 
 }  // namespace network
 }  // namespace ipu_snn

@@ -6,7 +6,7 @@
 // neuron_backward), which the CPU extension runs in CI, called with a tile's
 // types: unsigned indices and float scalars.
 //
-// Decomposition (built by neuron_step_op.cpp): a tile owns the neurons
+// Decomposition (network_graph.cpp): a tile owns the neurons
 // [colBegin, colEnd) of the layer, the same columns the spike-matmul split
 // gives it, so the input current arrives where it was computed. Its [B, N]
 // fields hold only its own columns, flattened to [B, width] with

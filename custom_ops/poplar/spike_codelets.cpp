@@ -6,7 +6,7 @@
 // against torch references in CI. No arithmetic of its own lives here, so a
 // bug fixed in the header is fixed on the IPU too.
 //
-// Decomposition (built by spike_matmul_op.cpp, the column split of
+// Decomposition (the column split of
 // ipu_snn/ipu/tiles.py): a tile owns a contiguous range of postsynaptic
 // neurons, the weight columns [colBegin, colEnd). Each tile receives the whole
 // spike list (ids, counts; a few KiB, broadcast) and walks it sample by sample

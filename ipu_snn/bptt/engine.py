@@ -321,26 +321,24 @@ class _Run:
         """Run step n recording its graph, and count the bytes that graph keeps."""
         state_in = tuple(t.detach().requires_grad_(_differentiable(t)) for t in self.state)
         x = self.xs[n].detach().requires_grad_(self.x_needs_grad)
-        held: dict[int, int] = {}
-        # the input state is the previous step's output, a checkpoint or the
-        # caller's state0, all counted (or owned) elsewhere
-        elsewhere = self.caller_storages | {t.untyped_storage().data_ptr() for t in state_in}
-
-        def hold(t: torch.Tensor) -> None:
-            st = t.untyped_storage()
-            if st.data_ptr() not in elsewhere:
-                held[st.data_ptr()] = st.nbytes()
+        saved: list[torch.Tensor] = []
 
         def pack(t: torch.Tensor) -> torch.Tensor:
-            hold(t)
+            saved.append(t)
             return t
 
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
             state, y = self.cell(self.params, state_in, x)
         state = tuple(state)
-        for t in state + (y,):
-            hold(t)
-        nbytes = sum(held.values())
+        # each storage once; the input state is the previous step's output, a checkpoint or the
+        # caller's state0, all counted (or owned) elsewhere
+        held: dict[int, int] = {}
+        for t in (*saved, *state, y):
+            st = t.untyped_storage()
+            held[st.data_ptr()] = st.nbytes()
+        for t in state_in:
+            held.pop(t.untyped_storage().data_ptr(), None)
+        nbytes = sum(n for ptr, n in held.items() if ptr not in self.caller_storages)
         self.tapes[n] = _Tape(state_in, x, (y,) + state, nbytes)
         self.tape_bytes += nbytes
         self.stats.tape_bytes_per_step = max(self.stats.tape_bytes_per_step, nbytes)
@@ -388,6 +386,10 @@ class _Run:
         if "offchip" in self.tiers:
             s.peak_offchip_bytes = self.tiers["offchip"].peak_bytes
             s.peak_offchip_slots = self.tiers["offchip"].peak_slots
+
+
+def _unpack(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _or_zeros(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

@@ -255,7 +255,7 @@ def export_run(run_dir: Path, out: Path | None = None, dt: float | None = None,
     Parameters
     ----------
     run_dir : Path
-        A folder written by `ipu_snn.train.train`.
+        A folder written by `ipu_snn.train`.
     out : Path or None
         The file to write (default ``RUN/model.nir``), atomically.
     dt, keep_subtract_reset, peer

@@ -1,24 +1,21 @@
-"""The IPU spike ops: the PopART op library, loaded with ctypes, called through ``poptorch.custom_op``.
+"""The IPU network op: the PopART op library, loaded with ctypes, called once per model through ``poptorch.custom_op``.
 
-``make -C custom_ops ipu`` builds ``custom_ops/build/libspike_matmul_op.so``
-(``custom_ops/poplar/spike_matmul_op.cpp``); ``IPU_SNN_IPU_OPS`` may name
-another copy. Loading it registers the ops of domain ``ipu_snn``, version 1,
-with PopART, and from then on ``poptorch.custom_op`` reaches them while a
+``make -C custom_ops ipu`` builds ``custom_ops/build/libipu_snn_ops.so``
+(``custom_ops/poplar/network_op.cpp`` over ``network_graph.cpp``); ``IPU_SNN_IPU_OPS``
+may name another copy. Loading it registers the op ``Network`` of domain ``ipu_snn``,
+version 1, with PopART, and from then on ``poptorch.custom_op`` reaches it while a
 model is traced:
 
-    SpikeMatmul           (ids, counts, weight) -> out [B, N_out]
-    SpikeMatmulGradInput  (ids, listed counts, weight, grad_out) -> values [B, K]
-    SpikeSelect           (membrane) -> ids [B, K], counts [B, 4]
-    SpikeLinear           (z, ids, counts, weight) -> out [B, N_out]
+    Network  (bits uint8 [B, T, ceil(n_in / 8)], per spiking layer weight_in, bias, beta,
+              [weight_rec], then the readout's weight, bias, beta)
+             -> output [T, B, n_out] (the leaky-integrator readout's membrane trace), spike
+                counts [B, n] per spiking layer, the carried state (what the backward reads)
 
-PopTorch only traces the forward pass: PopART differentiates the graph,
-through the ops' PopART grad ops, which cannot be called from Python.
-``SpikeMatmul``'s grad op reaches only the weight. ``SpikeLinear`` also takes the
-dense spikes z the list was made from, and its grad ops give PopART both
-gradients: the weight's, and z's (``grad_out @ weight.T``, or with
-``dense_grad=False`` only at the listed neurons), which is what BPTT through a
-sparse layer needs; ``spike_linear`` (after ``compact``) is what the traced
-network's products call (ipu_snn.ipu.model).
+The op runs every spiking layer and the readout over all T steps, and its grad op the BPTT
+schedule's backward, in Poplar programs (``program::Repeat`` over steps): one op in the
+traced graph whatever T. PopTorch traces the forward only; PopART differentiates through the
+grad op ``NetworkGrad``, which takes the carried state back and returns one gradient per
+weight and bias and the readout's decay gradient (none for the spiking layers' decays).
 """
 
 from __future__ import annotations
@@ -29,16 +26,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from ..bptt.schedules import store_all
 from ..errors import DeviceError
+from ..executor import window_bounds
+from .interpreter import LayerSpec, step_actions, tape_slots
 
 DOMAIN = "ipu_snn"
 DOMAIN_VERSION = 1
 LIBRARY_ENV = "IPU_SNN_IPU_OPS"
-DEFAULT_LIBRARY = Path(__file__).resolve().parents[2] / "custom_ops" / "build" / "libspike_matmul_op.so"
+DEFAULT_LIBRARY = Path(__file__).resolve().parents[2] / "custom_ops" / "build" / "libipu_snn_ops.so"
 
 
 def library_path() -> Path:
@@ -49,94 +50,98 @@ def library_path() -> Path:
 def _load(path: Path) -> ctypes.CDLL:
     if not path.is_file():
         raise DeviceError(
-            f"the IPU spike-op library {path} does not exist. Build it where the Graphcore Poplar SDK 3.x is "
+            f"the IPU op library {path} does not exist. Build it where the Graphcore Poplar SDK 3.x is "
             f"enabled (`source <sdk>/enable`, then `make -C custom_ops ipu`), or set {LIBRARY_ENV} to a built copy")
     try:
         return ctypes.cdll.LoadLibrary(str(path))
     except OSError as exc:
-        raise DeviceError(f"cannot load the IPU spike-op library {path}: {exc}. It links against PopART and "
+        raise DeviceError(f"cannot load the IPU op library {path}: {exc}. It links against PopART and "
                           "Poplar: enable the same Poplar SDK it was built with (`source <sdk>/enable`)") from None
 
 
 def load_op_library() -> ctypes.CDLL:
-    """Load (once per path) the PopART ops, so that ``poptorch.custom_op`` can reach them."""
+    """Load (once per path) the PopART network op, so that ``poptorch.custom_op`` can reach it."""
     return _load(library_path())
 
 
 @dataclass(frozen=True)
-class TileRange:
-    """The tiles an op's work is spread over; ``end <= 0`` means up to the last tile."""
+class NetworkOpSpec:
+    """The network op's spec, as its attributes carry it (``network_graph.hpp``'s ``NetworkSpec``)."""
 
-    begin: int = 0
-    end: int = 0
+    layers: tuple[LayerSpec, ...]
+    readout: int  # the readout's neurons, n_out
+    actions: tuple[tuple[int, ...], ...]  # step actions, as interpreter.step_actions writes them
+    tape_slots: int
+    local_slots: int
+    offchip_slots: int
+    samples_per_pass: int = 0  # samples per input-gradient pass (0: the whole micro-batch)
 
-    def attributes(self) -> dict[str, int]:
-        return {"tile_begin": int(self.begin), "tile_end": int(self.end)}
+    def attributes(self) -> dict[str, int | list]:
+        return {"sizes": [l.size for l in self.layers], "recurrent": [int(l.recurrent) for l in self.layers],
+                "thresholds": [float(l.threshold) for l in self.layers], "resets": [l.reset for l in self.layers],
+                "surrogates": [l.surrogate for l in self.layers], "scales": [float(l.scale) for l in self.layers],
+                "readout": self.readout, "samples_per_pass": self.samples_per_pass, "tape_slots": self.tape_slots, "local_slots": self.local_slots, "offchip_slots": self.offchip_slots,
+                "actions": [int(x) for action in self.actions for x in action]}
 
-
-ALL_TILES = TileRange()
-
-
-def spike_matmul(poptorch: ModuleType, ids: Tensor, counts: Tensor, weight: Tensor,
-                 tiles: TileRange = ALL_TILES) -> Tensor:
-    """out[b] = the sum of the weight rows ids[b, :counts[b]]: ``spikes @ weight``, [B, N_out]."""
-    (out,) = poptorch.custom_op([ids, counts, weight], "SpikeMatmul", DOMAIN, DOMAIN_VERSION,
-                                example_outputs=[weight.new_empty(ids.shape[0], weight.shape[1])],
-                                attributes=tiles.attributes())
-    return out
-
-
-def spike_matmul_grad_input(poptorch: ModuleType, ids: Tensor, listed_counts: Tensor, weight: Tensor,
-                            grad_out: Tensor, tiles: TileRange = ALL_TILES) -> Tensor:
-    """values[b, k] = <weight[ids[b, k]], grad_out[b]> for the listed k, 0 elsewhere ([B, K])."""
-    (values,) = poptorch.custom_op([ids, listed_counts, weight, grad_out], "SpikeMatmulGradInput", DOMAIN,
-                                   DOMAIN_VERSION, example_outputs=[weight.new_empty(ids.shape)],
-                                   attributes=tiles.attributes())
-    return values
-
-
-def spike_select(poptorch: ModuleType, membrane: Tensor, capacity: int, threshold: float,
-                 near_threshold: float | None = None, tiles: TileRange = ALL_TILES) -> tuple[Tensor, Tensor]:
-    """Neurons with membrane > threshold, then (with a lower ``near_threshold``) those above it that
-    did not spike, listed per sample: ids int32 [B, K] and counts int32 [B, 4] =
-    {spikes, near, dropped, near_dropped}."""
-    batch = membrane.shape[0]
-    near = threshold if near_threshold is None else near_threshold  # >= threshold: second threshold off
-    ids, counts = poptorch.custom_op(
-        [membrane], "SpikeSelect", DOMAIN, DOMAIN_VERSION,
-        example_outputs=[membrane.new_empty(batch, capacity, dtype=torch.int32),
-                         membrane.new_empty(batch, 4, dtype=torch.int32)],
-        attributes={"capacity": int(capacity), "threshold": float(threshold), "near_threshold": float(near),
-                    **tiles.attributes()})
-    return ids, counts
+    def carried(self, batch: int, steps: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """Shapes and types of the carried outputs: ``network::carriedShapes`` (network_graph.cpp), in its
+        order; nb = ceil(n / 8) bytes of packed spikes."""
+        f, u8 = torch.float32, torch.uint8
+        S, K = self.tape_slots, self.local_slots
+        out: list[tuple[tuple[int, ...], torch.dtype]] = []
+        for layer in self.layers:
+            n, nb = layer.size, (layer.size + 7) // 8
+            out.append(((batch, n), f))
+            if layer.recurrent:
+                out.append(((batch, nb), u8))
+            out += [((S, batch, n), f), ((S, batch, nb), u8)]
+            if layer.recurrent:
+                out.append(((S, batch, nb), u8))
+            if K > 0:
+                out.append(((K, batch * n), f))
+                if layer.recurrent:
+                    out.append(((K, batch * nb), u8))
+        n = self.readout
+        out.append(((batch, n), f))
+        if K > 0:
+            out.append(((K, batch * n), f))
+        out.append(((steps + 1, batch * n), f))
+        return out
 
 
-def spike_linear(poptorch: ModuleType, z: Tensor, ids: Tensor, counts: Tensor, weight: Tensor, *,
-                 dense_grad: bool = True, tiles: TileRange = ALL_TILES) -> Tensor:
-    """``z @ weight`` [B, N_out] for dense 0/1 spikes z [B, N_in] listed as ``ids``/``counts`` (the first
-    counts[b] entries of ids[b], as ``compact`` makes them), computed as a gather-add over the list.
-
-    Differentiable on the IPU with respect to ``weight`` and ``z``: PopART builds the backward pass
-    from the grad ops of SpikeLinear, the exact ``grad_out @ weight.T`` for z, or with
-    ``dense_grad=False`` that product at the listed neurons only and 0 elsewhere.
-    """
-    (out,) = poptorch.custom_op([z, ids, counts, weight], "SpikeLinear", DOMAIN, DOMAIN_VERSION,
-                                example_outputs=[weight.new_empty(z.shape[0], weight.shape[1])],
-                                attributes={"dense_grad": int(bool(dense_grad)), **tiles.attributes()})
-    return out
+def network_spec(network, steps: int) -> NetworkOpSpec:
+    """The op spec of a built `SpikingNetwork` for sequences of ``steps``: its spiking layers and the BPTT
+    schedule of its time loop over the loop's windows, as step actions (store_all without a schedule)."""
+    bounds = window_bounds(steps, network.loop.window or steps)
+    schedule = network.loop.schedule(len(bounds)) if network.loop.schedule is not None else store_all(len(bounds))
+    layers = tuple(LayerSpec(l.n_out, l.rec is not None, l.spec.threshold, l.spec.reset_code, l.spec.surrogate_code,
+                             l.spec.scale) for l in network.layers)
+    actions = step_actions(schedule, bounds)
+    return NetworkOpSpec(layers, network.readout.n_out, tuple(actions), tape_slots(actions),
+                         max(schedule.max_local_slots, 0), max(schedule.max_offchip_slots, 0))
 
 
-# Spikes and near-threshold flags coded as one membrane for SpikeSelect: a spike
-# is 1 (plus 0.5 if also flagged near), a near-threshold neuron 0.5, the rest 0.
-_SPIKE_LEVEL, _NEAR_LEVEL = 0.75, 0.25
+def network_params(network) -> list[Tensor]:
+    """The op's parameter inputs, in its order: per spiking layer weight_in [n_in, n], bias, beta (clamped),
+    [weight_rec]; then the readout's weight [n_last, n_out], bias and beta (clamped)."""
+    params: list[Tensor] = []
+    for layer in network.layers:
+        params += [layer.fc.weight, layer.fc.bias, layer.decays()[0]]
+        if layer.rec is not None:
+            params.append(layer.rec.weight)
+    readout = network.readout
+    return params + [readout.fc.weight, readout.fc.bias, readout.beta.clamp(0.0, 1.0)]
 
 
-def compact(poptorch: ModuleType, z: Tensor, near: Tensor | None, capacity: int,
-            tiles: TileRange = ALL_TILES) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The registry's ``compact`` (dense spikes to a spike list) through SpikeSelect."""
-    membrane = (z != 0).to(torch.float32)
-    if near is not None:
-        membrane = membrane + 0.5 * near.to(torch.float32)
-    ids, counts = spike_select(poptorch, membrane, capacity, _SPIKE_LEVEL,
-                               _NEAR_LEVEL if near is not None else None, tiles)
-    return ids, counts[:, 0], counts[:, 1], counts[:, 2], counts[:, 3]
+def network(poptorch: ModuleType, bits: Tensor, params: Sequence[Tensor], spec: NetworkOpSpec
+            ) -> tuple[Tensor, list[Tensor]]:
+    """The readout's membrane trace [T, B, n_out] and each spiking layer's spike counts [B, n] of packed
+    input bits uint8 [B, T, ceil(n_in / 8)]: one ``Network`` op."""
+    batch, steps = bits.shape[0], bits.shape[1]
+    like = params[0]
+    examples = [like.new_empty(steps, batch, spec.readout),
+                *(like.new_empty(batch, l.size) for l in spec.layers),
+                *(like.new_empty(shape, dtype=dtype) for shape, dtype in spec.carried(batch, steps))]
+    outputs = poptorch.custom_op([bits, *params], "Network", DOMAIN, DOMAIN_VERSION, example_outputs=examples,
+                                 attributes=spec.attributes())
+    return outputs[0], list(outputs[1:1 + len(spec.layers)])

@@ -23,9 +23,9 @@ vertices walk the lists sample by sample and build none, so none is charged.) A 
 would exceed its SRAM raises TileOverflowError, as the Poplar compiler would
 refuse the graph. Bytes that cross tiles are counted per phase.
 
-A whole layer over T steps (neuron updates, spike select, the BPTT schedule's
-windows and checkpoints) runs in ipu_snn.ipu.layer_emulator; ``device: ipu-emulator`` trains through the
-``ipu_emulator`` backend of ipu_snn.ipu.emulator_backend.
+The spiking layers over T steps run as the network op's Poplar graph on the host
+interpreter (ipu_snn.ipu.interpreter); on ``device: ipu-emulator`` the readout's
+products run through the ``ipu_emulator`` backend of ipu_snn.ipu.emulator_backend.
 """
 
 from __future__ import annotations

@@ -17,8 +17,7 @@ would, with the shared C++ core (the ``cpu`` backend) doing each tile's sums:
 Every buffer of a call is charged to its tile, and a tile past its 624 KiB of
 SRAM raises TileOverflowError. A call sees only its own op's buffers, not the
 rest of what the plan puts on the tile (state, history, optimizer): the whole
-account is ``ipu-snn plan --device ipu-mk2`` and the layer emulator's
-(ipu_snn.ipu.layer_emulator). Results equal the ``cpu`` backend's up to the
+account is ``ipu-snn plan --device ipu-mk2``'s. Results equal the ``cpu`` backend's up to the
 order of float sums.
 """
 

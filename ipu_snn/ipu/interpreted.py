@@ -1,6 +1,6 @@
-"""``device: ipu-emulator``: the spiking layers run as the IPU network op's Poplar graph on the host
-interpreter (`ipu_snn.ipu.interpreter`); the readout, the loss and the optimizer stay in torch, as they
-stay in PopTorch around the op on an IPU."""
+"""``device: ipu-emulator``: the spiking layers and the leaky-integrator readout run as the IPU network
+op's Poplar graph on the host interpreter (`ipu_snn.ipu.interpreter`); the readout's reduction over time,
+the loss and the optimizer stay in torch, as they stay in PopTorch around the op on an IPU."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ipu_snn.errors import ConfigError
 from ipu_snn.executor import window_bounds
-from ipu_snn.ipu.interpreter import HostNetwork, LayerSpec, network_spikes
+from ipu_snn.ipu.interpreter import HostNetwork, LayerSpec, network_trace
 from ipu_snn.network import NetworkOutput, SpikingNetwork, _COMBINE, _WINDOW_REDUCE
 from ipu_snn.taps import Taps
 
@@ -57,7 +57,7 @@ class InterpretedNetwork(SpikingNetwork):
             layers = [LayerSpec(l.n_out, l.rec is not None, l.spec.threshold, l.spec.reset_code,
                                 l.spec.surrogate_code, l.spec.scale) for l in self.layers]
             cache.clear()  # one shape at a time: the graph holds the micro-batch's tapes
-            cache[key] = HostNetwork(batch, steps, self.n_inputs, layers, schedule, bounds)
+            cache[key] = HostNetwork(batch, steps, self.n_inputs, layers, schedule, bounds, self.readout.n_out)
         return cache[key]
 
     def forward(self, x: Tensor, mark=None, with_counts: bool = False, record=(), taps: Taps = Taps()
@@ -74,8 +74,10 @@ class InterpretedNetwork(SpikingNetwork):
             params += [layer.fc.weight, layer.fc.bias, layer.decays()[0]]
             if layer.rec is not None:
                 params.append(layer.rec.weight)
-        z = network_spikes(host, x.cpu(), params)
-        trace, _, dropped = self.readout.window(self.readout.initial_state(batch, self.readout.fc.weight), z)
+        readout = self.readout
+        params += [readout.fc.weight, readout.fc.bias, readout.beta.clamp(0.0, 1.0)]
+        trace = network_trace(host, x.cpu(), params)
+        dropped = None  # the op adds every spike: nothing is dropped
         logits = _COMBINE[self.reduce](_WINDOW_REDUCE[self.reduce](trace)[None], steps)
         sizes = [layer.n_out for layer in self.layers]
         spikes = [torch.from_numpy(host.read(f"spike_count.{i}", (batch, n))) for i, n in enumerate(sizes)]

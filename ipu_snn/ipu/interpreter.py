@@ -2,10 +2,11 @@
 mock Poplar graph and run by its interpreter (tests/poplar_mock/poplar_mock), through ctypes.
 
 `HostNetwork` builds the graph that the PopART network op would build for one micro-batch (every
-spiking layer over T steps, the BPTT schedule's actions as Poplar programs) and either runs it
-(``holds_data=True``; `device: ipu-emulator`) or only counts what it allocates on each tile (the plan).
-`network_spikes` is the op as a torch autograd Function: forward runs the graph's forward program,
-backward its backward program, whose weight gradients accumulate on the tiles.
+spiking layer and the leaky-integrator readout over T steps, the BPTT schedule's actions as Poplar
+programs) and either runs it (``holds_data=True``; `device: ipu-emulator`) or only counts what it
+allocates on each tile (the plan). `network_trace` is the op as a torch autograd Function: forward
+runs the graph's forward program (the readout's membrane trace), backward its backward program, whose
+weight gradients accumulate on the tiles.
 """
 
 from __future__ import annotations
@@ -69,12 +70,16 @@ def library() -> ctypes.CDLL:
     for name in ("ipu_snn_net_write", "ipu_snn_net_read"):
         getattr(so, name).argtypes = [p, c, p, c, u]
     so.ipu_snn_net_run.argtypes = [p, ctypes.c_int, c, u]
+    so.ipu_snn_net_numel.argtypes = [p, c, c, u]
+    so.ipu_snn_net_numel.restype = ctypes.c_longlong
     so.ipu_snn_net_tile_bytes.argtypes = [p, p]
     so.ipu_snn_net_tile_bytes.restype = u
     so.ipu_snn_net_counts.argtypes = [p, p]
+    so.ipu_snn_net_param_bytes.argtypes = [p, p]
+    so.ipu_snn_net_tile_overheads.argtypes = [p, p, p]
     so.ipu_snn_net_free.argtypes = [p]
     so.ipu_snn_mock_selfcheck.argtypes = [ctypes.c_int, c, u]
-    so.ipu_snn_net_cost.argtypes = [p, ctypes.c_int, p]
+    so.ipu_snn_net_cost.argtypes = [p, ctypes.c_int, ctypes.c_double, p]
     so.ipu_snn_net_tile_vars.argtypes = [p, u, c, u]
     return so
 
@@ -145,19 +150,41 @@ class HostNetwork:
         The BPTT schedule over ``bounds``' windows.
     bounds : list of (t0, t1)
         The windows' steps.
+    n_out : int
+        The leaky-integrator readout's neurons.
+    samples_per_pass : int
+        Samples per pass of the input gradients' partial sums (0: the whole micro-batch).
     holds_data : bool
         False: a counting graph (no element storage; it can only be counted, not run).
     """
 
     def __init__(self, batch: int, steps: int, n_inputs: int, layers: Sequence[LayerSpec], schedule: Schedule,
-                 bounds: Sequence[tuple[int, int]], *, tiles: int = MK2_TILES, tile_bytes: int = MK2_TILE_BYTES,
-                 holds_data: bool = True):
+                 bounds: Sequence[tuple[int, int]], n_out: int, *, samples_per_pass: int = 0,
+                 tiles: int = MK2_TILES, tile_bytes: int = MK2_TILE_BYTES, holds_data: bool = True):
+        actions = step_actions(schedule, bounds)
+        self._build(batch, steps, n_inputs, layers, n_out, samples_per_pass, actions, tape_slots(actions),
+                    max(schedule.max_local_slots, 0), max(schedule.max_offchip_slots, 0), tiles, tile_bytes,
+                    holds_data)
+
+    @classmethod
+    def from_actions(cls, batch: int, steps: int, n_inputs: int, layers: Sequence[LayerSpec], n_out: int,
+                     samples_per_pass: int, actions: Sequence[tuple[int, ...]], tape_slots: int, local_slots: int,
+                     offchip_slots: int, *, tiles: int = MK2_TILES, tile_bytes: int = MK2_TILE_BYTES
+                     ) -> "HostNetwork":
+        """The graph of a spec as the PopART op's attributes give it (step actions and slot counts)."""
+        host = cls.__new__(cls)
+        host._build(batch, steps, n_inputs, layers, n_out, samples_per_pass, list(actions), tape_slots, local_slots,
+                    offchip_slots, tiles, tile_bytes, True)
+        return host
+
+    def _build(self, batch, steps, n_inputs, layers, n_out, samples_per_pass, actions, tape_slots, local_slots,
+               offchip_slots, tiles, tile_bytes, holds_data) -> None:
         self.lib = library()
         self.batch, self.steps, self.n_inputs, self.layers = batch, steps, n_inputs, list(layers)
-        actions = step_actions(schedule, bounds)
-        self.tape_slots = tape_slots(actions)
-        spec = [batch, steps, n_inputs, len(layers), self.tape_slots, max(schedule.max_local_slots, 0),
-                max(schedule.max_offchip_slots, 0), len(actions)]
+        self.n_out = n_out
+        self.tape_slots = tape_slots
+        spec = [batch, steps, n_inputs, len(layers), self.tape_slots, local_slots, offchip_slots, len(actions), n_out,
+                samples_per_pass]
         for layer in layers:
             spec += [layer.size, int(layer.recurrent), layer.reset, layer.surrogate]
         for action in actions:
@@ -180,14 +207,28 @@ class HostNetwork:
         if rc != 0:
             raise InterpreterError(err.value.decode())
 
+    def numel(self, name: str) -> int:
+        """Elements of a named tensor (``carried.<k>``: the op's carried state, in its order)."""
+        err = ctypes.create_string_buffer(4096)
+        n = self.lib.ipu_snn_net_numel(self.handle, name.encode(), err, len(err))
+        if n < 0:
+            raise InterpreterError(err.value.decode())
+        return int(n)
+
+    def _sized(self, name: str, size: int) -> None:
+        if self.numel(name) != size:
+            raise InterpreterError(f"{name} holds {self.numel(name)} elements, not {size}")
+
     def write(self, name: str, array: np.ndarray) -> None:
         """Set a named tensor (``input_bits``, ``weight_in.0``, ...) from a C-contiguous array of its type."""
         array = np.ascontiguousarray(array)
+        self._sized(name, array.size)
         err = ctypes.create_string_buffer(4096)
         self._check(self.lib.ipu_snn_net_write(self.handle, name.encode(), array.ctypes.data, err, len(err)), err)
 
     def read(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
         out = np.empty(shape, dtype=dtype)
+        self._sized(name, out.size)
         err = ctypes.create_string_buffer(4096)
         self._check(self.lib.ipu_snn_net_read(self.handle, name.encode(), out.ctypes.data, err, len(err)), err)
         return out
@@ -203,10 +244,25 @@ class HostNetwork:
         self.lib.ipu_snn_net_tile_bytes(self.handle, out.ctypes.data)
         return out
 
-    def cost(self, backward: bool) -> dict[str, float]:
-        """One run of the forward or backward program, from the graph alone (see NetworkRunner.cpp)."""
+    def param_bytes(self) -> np.ndarray:
+        """Bytes of the op's parameters (weights, biases, decays) on each tile."""
+        out = np.zeros(self.tiles, dtype=np.uint64)
+        self.lib.ipu_snn_net_param_bytes(self.handle, out.ctypes.data)
+        return out
+
+    def tile_overheads(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per tile: the most bytes it receives from other tiles in one compute set (the exchange's landing
+        buffers), and the vertices mapped to it."""
+        received = np.zeros(self.tiles, dtype=np.uint64)
+        vertices = np.zeros(self.tiles, dtype=np.uint64)
+        self.lib.ipu_snn_net_tile_overheads(self.handle, received.ctypes.data, vertices.ctypes.data)
+        return received, vertices
+
+    def cost(self, backward: bool, rate: float = 0.05) -> dict[str, float]:
+        """One run of the forward or backward program, from the graph alone (see NetworkRunner.cpp), with
+        spikes at ``rate`` of every layer's neurons per step."""
         out = np.zeros(5, dtype=np.float64)
-        self.lib.ipu_snn_net_cost(self.handle, int(backward), out.ctypes.data)
+        self.lib.ipu_snn_net_cost(self.handle, int(backward), float(rate), out.ctypes.data)
         keys = ("compute_sets", "work_elements", "received_bytes", "exchange_phases", "remote_bytes")
         return dict(zip(keys, map(float, out)))
 
@@ -238,17 +294,18 @@ def _np(t: Tensor) -> np.ndarray:
 class _NetworkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, host: HostNetwork, bits: Tensor, *params: Tensor):
-        # params per layer: weight_in, bias, beta (clamped), [weight_rec]
-        i = 0
-        for l, layer in enumerate(host.layers):
-            for name in ("weight_in", "bias", "beta") + (("weight_rec",) if layer.recurrent else ()):
-                host.write(f"{name}.{l}", _np(params[i]))
-                i += 1
+        # params: per layer weight_in, bias, beta (clamped), [weight_rec]; then the readout's weight,
+        # bias, beta (clamped)
+        names = [f"{name}.{l}" for l, layer in enumerate(host.layers)
+                 for name in ("weight_in", "bias", "beta") + (("weight_rec",) if layer.recurrent else ())]
+        names += ["readout_weight", "readout_bias", "readout_beta"]
+        for name, param in zip(names, params, strict=True):
+            host.write(name, _np(param))
         host.write("input_bits", bits.detach().contiguous().numpy())
         host.run(backward=False)
         ctx.host = host
         ctx.dtypes = [p.dtype for p in params]
-        out = host.read("output", (host.steps, host.batch, host.layers[-1].size))
+        out = host.read("output", (host.steps, host.batch, host.n_out))
         return torch.from_numpy(out).to(params[0].dtype)
 
     @staticmethod
@@ -261,18 +318,23 @@ class _NetworkFunction(torch.autograd.Function):
             n_in = host.n_inputs if l == 0 else host.layers[l - 1].size
             grads.append(host.read(f"grad_weight_in.{l}", (n_in, layer.size)))
             grads.append(host.read(f"grad_bias.{l}", (layer.size,)))
-            grads.append(None)  # beta: the op does not learn decays
+            grads.append(None)  # beta: the op does not learn the spiking layers' decays
             if layer.recurrent:
                 grads.append(host.read(f"grad_weight_rec.{l}", (layer.size, layer.size)))
+        n_last = host.layers[-1].size
+        grads += [host.read("grad_readout_weight", (n_last, host.n_out)), host.read("grad_readout_bias", (host.n_out,)),
+                  host.read("grad_readout_beta", (host.n_out,))]
         out = [None if g is None else torch.from_numpy(g).to(dt) for g, dt in zip(grads, ctx.dtypes)]
         return (None, None, *out)
 
 
-def network_spikes(host: HostNetwork, bits: Tensor, params: Sequence[Tensor]) -> Tensor:
-    """The last spiking layer's spikes [T, B, n] of packed input bits uint8 [B, T, ceil(n_in / 8)], run by
-    the network op's graph on the host interpreter; differentiable w.r.t. the weights and biases."""
+def network_trace(host: HostNetwork, bits: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """The readout's membrane trace [T, B, n_out] of packed input bits uint8 [B, T, ceil(n_in / 8)], run by
+    the network op's graph on the host interpreter; differentiable w.r.t. the weights and biases, and the
+    readout's decay. ``params``: per spiking layer weight_in [n_in, n], bias, beta, [weight_rec], then the
+    readout's weight [n_last, n_out], bias and beta."""
     return _NetworkFunction.apply(host, bits, *params)
 
 
-__all__ = ["HostNetwork", "InterpreterError", "LayerSpec", "library", "network_spikes", "selfcheck", "step_actions",
+__all__ = ["HostNetwork", "InterpreterError", "LayerSpec", "library", "network_trace", "selfcheck", "step_actions",
            "tape_slots"]

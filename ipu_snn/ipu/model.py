@@ -1,33 +1,15 @@
-"""The network as PopTorch traces it: the executor's windows, unrolled, for PopART to differentiate.
+"""The network as PopTorch traces it: one PopART network op for every spiking layer and the readout
+over all T steps, then the readout's reduction over time, the loss and the statistics in PopTorch.
 
-PopTorch records the forward pass only and PopART builds the backward pass from
-it, so the network is built in the ``straight_through`` step mode
-(ipu_snn.layers), decided once in `build_traced`:
+The spiking layers run inside the op (``custom_ops/poplar/network_op.cpp`` over
+``network_graph.cpp``): each layer's neurons on their own tiles, the steps in a
+``program::Repeat``, the BPTT schedule of the network's time loop as the op's action
+list (checkpoints on the tiles or in streaming memory, as the schedule says), and its
+grad op returning one gradient per weight and bias. PopTorch sees one custom op per
+call whatever T (`ipu_snn.ipu.custom_ops.network`); PopART differentiates the rest
+(the reduction over time and the loss) itself.
 
-* ``torch.autograd.Function`` backward methods are never called, so neither the
-  fused kernels nor the surrogate spike Function can run: the neuron update is
-  the autograd step (ipu_snn.neuron.reference.step) with the straight-through
-  spike ``heaviside(x) + s(x) - detach(s(x))``, whose derivative PopART takes is
-  the surrogate's (``s`` is its primitive from the surrogate table);
-* sparse products (``model.sparse: true``) are `traced_products`: a spike list by
-  the PopART op SpikeSelect and the PopART op SpikeLinear, which takes the dense
-  spikes as well so that its grad ops give PopART the spikes' gradient (BPTT
-  through the layer) as well as the weight's. Spikes over a list's capacity
-  cannot stop a compiled graph: they are counted per sample and returned with
-  the statistics, and the trainer acts on ``model.sparse_overflow``. ``auto`` is
-  dense: no sparse/dense crossover has been measured on an IPU;
-* the BPTT schedule runs as the executor's windows unrolled into the graph
-  (ipu_snn.executor.unroll_windows): the window states the schedule keeps
-  become ``poptorch.recomputationCheckpoint``s, and PopART recomputes the rest;
-  where the schedule keeps states off chip, each segment of windows from one
-  off-chip checkpoint to the next is a ``poptorch.Block``, one execution phase
-  (`PhaseMarks`, ipu_snn.ipu.recomputation).
-
-Where the ops run: given the tile plan (``ipu_snn.ipu.tiles``), each product's
-SpikeLinear runs on the tiles of the population it feeds (which owns the weight
-columns) and its SpikeSelect on the tiles of the population whose spikes it
-lists; without a plan both spread over the whole IPU.
-
+What the op cannot run is refused before anything is traced (`check_network_op`).
 The modules return sums per sample so that metrics add up over micro-batches,
 replicas and device iterations, whatever PopTorch's output mode concatenates.
 """
@@ -41,60 +23,36 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config
+from ..errors import ConfigError
 from ..executor import TimeLoop
-from ..layers import Inputs, Site, Synapses
-from ..network import SpikingNetwork, build_network
-from ..ops.policy import SparsePolicy
+from ..network import _COMBINE, _WINDOW_REDUCE, SpikingNetwork, build_network
 from . import custom_ops
-from .custom_ops import ALL_TILES, TileRange
-from .recomputation import Recomputation, phase_block, recomputation_for
-from .tiles import TilePlan
+from .custom_ops import NetworkOpSpec, network_params, network_spec
+from .interpreted import _refuse
 
 
-def tile_ranges(plan: TilePlan | None, site: Site) -> tuple[TileRange, TileRange]:
-    """(SpikeLinear's tiles, SpikeSelect's tiles) of the product at ``site``: the consumer's
-    population owns the weight columns; the lists are built on the tiles of the population whose
-    spikes they list (the host's inputs have none, so on the consumer's)."""
-    if plan is None:
-        return ALL_TILES, ALL_TILES
-    matmul = plan.matmul(f"{site.source}->{site.target}")
-    names = {p.population.name: p for p in plan.populations}
-    lister = names.get(site.source, names[site.target])
-    return TileRange(matmul.tile_begin, matmul.tile_end), TileRange(lister.tile_begin, lister.tile_end)
+def check_network_op(cfg: Config, network: SpikingNetwork) -> None:
+    """Refuse, naming the field, what the network op cannot run: LIF and RLIF layers only (no ALIF, no
+    cuba), fixed decays, a detached reset, every spike listed with the exact input gradient, float32."""
+    _refuse(network)
+    if cfg.model.fused_saved_dtype != "float32":
+        raise ConfigError(f"model.fused_saved_dtype: {cfg.model.fused_saved_dtype}; the IPU network op keeps its "
+                          "surrogate derivatives in float32 (set fused_saved_dtype: float32)")
+    if not cfg.data.binary:
+        raise ConfigError("data.binary: false; the IPU network op takes the inputs as packed bits "
+                          "(set data.binary: true)")
 
 
-def traced_products(poptorch: ModuleType, plan: TilePlan | None = None):
-    """The products of the traced network: PopART's spike ops where ``model.sparse: true``, dense elsewhere."""
-
-    def products(inputs: Inputs, synapses: Synapses, policy: SparsePolicy, site: Site):
-        x = inputs if isinstance(inputs, Tensor) else inputs.z
-        if policy.mode != "sparse":
-            return F.linear(x, synapses.weight.t(), synapses.bias), None
-        matmul_tiles, select_tiles = tile_ranges(plan, site)
-        flat = x.reshape(-1, x.shape[-1])
-        # the list is data for the matmul: no gradient flows through the selection
-        ids, counts, _, dropped, _ = custom_ops.compact(poptorch, flat.detach(), None, policy.capacity, select_tiles)
-        out = custom_ops.spike_linear(poptorch, flat, ids, counts, synapses.weight,
-                                      dense_grad=not policy.listed_grad, tiles=matmul_tiles)
-        out = out.reshape(*x.shape[:-1], out.shape[-1])
-        # per sample: the batch is the second-to-last axis ([B, n] in a step, [L, B, n] in a window)
-        per_sample = dropped.to(out.dtype).reshape(x.shape[:-1])
-        if per_sample.dim() > 1:
-            per_sample = per_sample.flatten(0, -2).sum(0)
-        return (out if synapses.bias is None else out + synapses.bias), per_sample
-
-    return products
-
-
-def build_traced(cfg: Config, n_inputs: int, n_classes: int, dt: float, poptorch: ModuleType,
-                 loop: TimeLoop = TimeLoop(), plan: TilePlan | None = None) -> SpikingNetwork:
-    """The config's network in the straight-through step mode with PopART's products (same parameters,
-    values and gradients as on the CPU). With a sparse product the op library is loaded here, so that a
-    missing build stops the run before anything is traced."""
-    if cfg.model.sparse is True:
-        custom_ops.load_op_library()
-    return build_network(cfg.model, n_inputs, n_classes, dt, loop=loop, binary_inputs=cfg.data.binary,
-                         device=cfg.device, mode="straight_through", products=traced_products(poptorch, plan))
+def build_traced(cfg: Config, n_inputs: int, n_classes: int, dt: float, loop: TimeLoop = TimeLoop()
+                 ) -> SpikingNetwork:
+    """The config's network (same parameters and values as on the CPU) for the network op, which runs its
+    spiking layers and readout; checked first. The op library is loaded here, so that a missing build
+    stops the run before anything is traced."""
+    network = build_network(cfg.model, n_inputs, n_classes, dt, loop=loop, binary_inputs=cfg.data.binary,
+                            device=cfg.device, mode="autograd")
+    check_network_op(cfg, network)
+    custom_ops.load_op_library()
+    return network
 
 
 def per_sample_stats(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -102,70 +60,66 @@ def per_sample_stats(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return F.cross_entropy(logits, y, reduction="none"), (logits.argmax(1) == y).to(logits.dtype)
 
 
-class PhaseMarks:
-    """``mark`` for the unrolled windows (ipu_snn.executor.unroll_windows), which calls it with the state
-    each kept window starts from, in window order: the state becomes a recomputation checkpoint, and where
-    the window starts an execution phase (an off-chip checkpoint) a new Block starts first, so that the
-    checkpoint and every op up to the next phase's are that phase's.
-
-    ``poptorch.Block.start`` begins a block until the next one starts, as ``poptorch.BeginBlock`` does for
-    a module (the unrolled loop has no module per window to wrap); `begin` starts the first phase's."""
-
-    def __init__(self, poptorch: ModuleType, recomputation: Recomputation):
-        self._poptorch = poptorch
-        self._kept = iter(sorted(recomputation.checkpoints))
-        self._phases = frozenset(recomputation.phase_starts)
-
-    def begin(self) -> None:
-        if self._phases:
-            self._poptorch.Block.start(phase_block(0))
-
-    def __call__(self, *tensors: Tensor):
-        window = next(self._kept)
-        if window in self._phases:
-            self._poptorch.Block.start(phase_block(window))
-        return self._poptorch.recomputationCheckpoint(*tensors)
-
-
-class TrainingStep(nn.Module):
-    """Forward of one micro-batch for ``poptorch.trainingModel``.
-
-    Returns the loss PopART differentiates (the micro-batch mean, so that mean
-    reduction over accumulation and replicas gives the global-batch mean) and
-    per-sample statistics [B, 4 + layers]: loss, correct, 1, spikes dropped over
-    a sparse list's capacity, each layer's rate. The network's time loop marks
-    its checkpoints and phases (`PhaseMarks`) as ``options.poptorch_options``
-    sets them up from the same loop and T (``recomputation_for``).
-    """
+class OpNetwork(nn.Module):
+    """Logits [B, classes] and each spiking layer's rate [B, layers] of packed input bits uint8
+    [B, T, ceil(n_in / 8)]: the network op (its output is the readout's membrane trace), then the
+    readout's reduction over time."""
 
     def __init__(self, network: SpikingNetwork, poptorch: ModuleType):
         super().__init__()
         self.network = network
         self._poptorch = poptorch
+        self._specs: dict[int, NetworkOpSpec] = {}
+
+    def spec(self, steps: int) -> NetworkOpSpec:
+        if steps not in self._specs:
+            self._specs[steps] = network_spec(self.network, steps)
+        return self._specs[steps]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.dim() != 3 or x.dtype != torch.uint8:
+            raise ConfigError("the IPU network op takes binary inputs as packed bits uint8 [B, T, ceil(n / 8)] "
+                              "(data.binary: true)")
+        net = self.network
+        batch, steps = x.shape[0], x.shape[1]
+        trace, counts = custom_ops.network(self._poptorch, x, network_params(net), self.spec(steps))
+        logits = _COMBINE[net.reduce](_WINDOW_REDUCE[net.reduce](trace)[None], steps)
+        rates = torch.stack([c.sum(1) / (steps * l.n_out) for c, l in zip(counts, net.layers)], 1)
+        return logits, rates.to(logits.dtype)
+
+
+class TrainingStep(nn.Module):
+    """Forward of one micro-batch for ``poptorch.trainingModel``.
+
+    Returns the loss PopART differentiates (the micro-batch mean, so that mean reduction over
+    accumulation and replicas gives the global-batch mean) and per-sample statistics
+    [B, 4 + layers]: loss, correct, 1, spikes dropped (0: the op lists every spike), each layer's rate.
+    """
+
+    def __init__(self, network: SpikingNetwork, poptorch: ModuleType):
+        super().__init__()
+        self.model = OpNetwork(network, poptorch)
+        self._poptorch = poptorch
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        recomputation = recomputation_for(self.network.loop, x.shape[1])
-        marks = None
-        if recomputation is not None:
-            marks = PhaseMarks(self._poptorch, recomputation)
-            marks.begin()
-        out = self.network(x, mark=marks)
-        losses, correct = per_sample_stats(out.logits, y)
+        logits, rates = self.model(x)
+        losses, correct = per_sample_stats(logits, y)
         loss = self._poptorch.identity_loss(losses, reduction="mean")
-        stats = torch.cat([torch.stack([losses, correct, torch.ones_like(correct), out.dropped], 1), out.rates], 1)
+        stats = torch.cat([torch.stack([losses, correct, torch.ones_like(correct), torch.zeros_like(correct)], 1),
+                           rates], 1)
         return loss, stats.detach()
 
 
 class Evaluation(nn.Module):
     """Forward of one batch for ``poptorch.inferenceModel``: per-sample [loss, correct, 1, dropped
-    spikes], zero for padding samples (``valid`` = 0), so that a data set needs no partial last batch."""
+    spikes (0)], zero for padding samples (``valid`` = 0), so that a data set needs no partial last batch."""
 
-    def __init__(self, network: SpikingNetwork):
+    def __init__(self, network: SpikingNetwork, poptorch: ModuleType):
         super().__init__()
-        self.network = network
+        self.model = OpNetwork(network, poptorch)
 
     def forward(self, x: Tensor, y: Tensor, valid: Tensor) -> Tensor:
-        out = self.network(x)
-        losses, correct = per_sample_stats(out.logits, y)
-        valid = valid.to(out.logits.dtype)
-        return torch.stack([losses * valid, correct * valid, valid, out.dropped * valid], 1)
+        logits, _ = self.model(x)
+        losses, correct = per_sample_stats(logits, y)
+        valid = valid.to(logits.dtype)
+        return torch.stack([losses * valid, correct * valid, valid, torch.zeros_like(valid)], 1)

@@ -13,23 +13,17 @@ from types import ModuleType
 
 from ..config import Config
 from ..errors import ConfigError
-from .recomputation import Recomputation
-
-# popart::RecomputationType::RecomputeAll (popart/sessionoptions.hpp): recompute every
-# op in backward except the outputs of recomputation checkpoints.
-RECOMPUTE_ALL = 4
 
 
 def poptorch_options(cfg: Config, poptorch: ModuleType, popdist: ModuleType | None = None, *,
-                     training: bool = True, recomputation: Recomputation | None = None):
+                     training: bool = True):
     """Options of the training model (``training=True``) or of the evaluation model.
 
     Under ``poprun`` the replication factor and this instance's share of it come
     from the launcher (``popdist.poptorch.Options``); alone, from ``ipu.replication``.
     Gradients are averaged over accumulation steps and replicas, as DDP does on
-    CPU/GPU, so a config trains the same on either. ``recomputation`` (from the
-    BPTT schedule, see ``recomputation.py``) turns on PopART's recomputation and,
-    for off-chip checkpoints, phased execution with activations in streaming memory.
+    CPU/GPU, so a config trains the same on either. The BPTT schedule needs no
+    option: it runs inside the network op (``model.py``), off-chip checkpoints included.
     """
     if popdist is not None and popdist.isPopdistEnvSet():
         opts = popdist.poptorch.Options()
@@ -53,28 +47,7 @@ def poptorch_options(cfg: Config, poptorch: ModuleType, popdist: ModuleType | No
     # the statistics a call returns are summed over its micro-batches and device
     # iterations, so an epoch's metrics cover every sample, not the last batch
     opts.outputMode(poptorch.OutputMode.Sum)
-    if recomputation is not None:
-        opts._Popart.set("explicitRecomputation", True)
-        opts._Popart.set("autoRecomputation", RECOMPUTE_ALL)
-        if recomputation.phase_starts:
-            set_phases(opts, poptorch, recomputation)
     return opts
-
-
-def set_phases(opts, poptorch: ModuleType, recomputation: Recomputation) -> None:
-    """One execution phase per segment of windows between off-chip checkpoints, all on the replica's IPU,
-    run one after another: what crosses phases (the checkpoints, as activations) goes to streaming memory at
-    the end of each phase, while weights, optimizer state and accumulators stay on the tiles (every phase
-    uses all of them)."""
-    strategy = poptorch.SerialPhasedExecution(*(poptorch.Phase(block) for block in recomputation.blocks))
-    for k in range(len(recomputation.blocks)):
-        strategy.phase(k).ipus(0)
-    strategy.setTensorsLiveness(poptorch.Liveness.OffChipAfterEachPhase)
-    opts.setExecutionStrategy(strategy)
-    opts.TensorLocations.setActivationLocation(poptorch.TensorLocationSettings().useOnChipStorage(False))
-    opts.TensorLocations.setWeightLocation(poptorch.TensorLocationSettings().useOnChipStorage(True))
-    opts.TensorLocations.setOptimizerLocation(poptorch.TensorLocationSettings().useOnChipStorage(True))
-    opts.TensorLocations.setAccumulatorLocation(poptorch.TensorLocationSettings().useOnChipStorage(True))
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from ..planner import RunPlan
 from .tile_planning import plan_for_config
 from .model import Evaluation, TrainingStep, build_traced
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
-from .recomputation import recomputation_for
 from .sdk import import_popdist, import_poptorch
 from .tiles import TilePlan
 
@@ -52,7 +51,7 @@ def check_ipu_config(cfg: Config) -> None:
     """What the IPU trainer cannot do yet is refused up front, naming the field."""
     if cfg.model.fused is True:
         raise ConfigError("model.fused: true asks for the fused CPU/CUDA time-loop kernels, which do not run on "
-                          "the IPU (PopTorch unrolls the loop into the graph); set model.fused to auto or false")
+                          "the IPU (the network op runs the time loop in Poplar); set model.fused to auto or false")
 
 
 def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> TilePlan:
@@ -107,7 +106,7 @@ class Evaluator:
         self.poptorch, self.micro_batch, self.cfg = poptorch, micro_batch, cfg
         self.options = poptorch_options(cfg, poptorch, popdist, training=False)
         self.per_call = micro_batch * cfg.ipu.device_iterations * reps.local
-        self.inference_model = poptorch.inferenceModel(Evaluation(network), self.options)
+        self.inference_model = poptorch.inferenceModel(Evaluation(network, poptorch), self.options)
 
     def __call__(self, dataset: Dataset) -> tuple[float, float]:
         # every instance evaluates the whole set, so all of them report the same numbers
@@ -158,13 +157,11 @@ class PopTorchDriver:
         if per_call > len(splits.train):
             raise ConfigError(f"data: one device call takes {per_call} training samples per instance, more than "
                               f"the {len(splits.train)} there are; lower data.batch_size or ipu.device_iterations")
-        self.network = build_traced(cfg, splits.n_inputs, splits.n_classes, splits.dt, self.poptorch, loop,
-                                    self.tile_plan)
+        self.network = build_traced(cfg, splits.n_inputs, splits.n_classes, splits.dt, loop)
         if initial_weights is not None:  # model.from_nir
             self.network.load_state_dict(initial_weights, strict=True)
         self.network.train()
         self.optimizer = ipu_optimizer(cfg.training, self.network.parameters(), self.poptorch)
-        self.recomputation = recomputation_for(loop, cfg.data.num_steps)
 
     def describe(self, splits: DataSplits) -> str:
         return (f"training {count_parameters(self.network):,} parameters on {self.cfg.device} x {self.reps.total} "
@@ -173,9 +170,9 @@ class PopTorchDriver:
 
     def start(self, splits: DataSplits) -> None:
         poptorch, cfg = self.poptorch, self.cfg
-        options = poptorch_options(cfg, poptorch, self.popdist, recomputation=self.recomputation)
-        # float frames: the traced graph multiplies them (or lists them with SpikeSelect); it does not unpack bits
-        self.loader = poptorch.DataLoader(options, splits.train.as_dense(), batch_size=self.micro_batch,
+        options = poptorch_options(cfg, poptorch, self.popdist)
+        # packed bits uint8 [B, T, ceil(n / 8)]: the network op unpacks them on the tiles, step by step
+        self.loader = poptorch.DataLoader(options, splits.train, batch_size=self.micro_batch,
                                           shuffle=True, drop_last=True)
         # compiled on its first call, with the optimizer state a resumed run loaded into the optimizer
         self.training_model = poptorch.trainingModel(TrainingStep(self.network, poptorch), options, self.optimizer)
@@ -201,7 +198,7 @@ class PopTorchDriver:
         return state
 
     def evaluate(self, dataset) -> dict:
-        loss, accuracy = self.evaluator(dataset.as_dense())
+        loss, accuracy = self.evaluator(dataset)
         return {"loss": loss, "accuracy": accuracy}
 
     def barrier(self) -> None:

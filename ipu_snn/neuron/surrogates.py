@@ -17,6 +17,12 @@ A spike is the Heaviside step ``z = (x > 0)`` of the threshold distance
 * ``bounded``: whether ``grad`` is zero far from the threshold, which makes the
   sparse backward through near-threshold neurons exact (``model.sparse_grad``).
 
+``scale`` means one thing for every row: sharpness, the width of ``grad`` is
+about ``1/scale``. ``fast_sigmoid``, ``triangle`` and ``boxcar`` peak at 1 at the
+threshold, whatever the scale, so a bounded surrogate can stand in for
+fast_sigmoid without multiplying the gradient through time (docs/benchmarks/
+surrogates.md); ``atan`` keeps Fang et al.'s unit area (peak ``scale/2``).
+
 Adding a surrogate is one row here, plus one function in each kernel language:
 a functor in neuron_core.h (which the CPU extension and the Poplar vertices
 share) and a branch in ``ipu_snn/neuron/triton_kernels.py``.
@@ -53,16 +59,16 @@ def _atan_grad(x: Tensor, scale: float) -> Tensor:
 
 
 def _triangle_grad(x: Tensor, scale: float) -> Tensor:
-    return scale * torch.clamp(1.0 - scale * x.abs(), min=0.0)
+    return torch.clamp(1.0 - scale * x.abs(), min=0.0)
 
 
 def _boxcar_grad(x: Tensor, scale: float) -> Tensor:
-    return scale * (x.abs() < 0.5 / scale).to(x.dtype)
+    return (x.abs() < 0.5 / scale).to(x.dtype)
 
 
 def _triangle_primitive(x: Tensor, scale: float) -> Tensor:
     u = torch.clamp(scale * x, -1.0, 1.0)
-    return u - u * u.abs() / 2.0
+    return (u - u * u.abs() / 2.0) / scale
 
 
 SURROGATES: dict[str, Surrogate] = {s.name: s for s in [
@@ -71,9 +77,9 @@ SURROGATES: dict[str, Surrogate] = {s.name: s for s in [
     Surrogate("atan", 1, _atan_grad, lambda x, k: torch.atan((math.pi / 2.0) * k * x) / math.pi, False,
               "Fang et al. 2021"),
     Surrogate("triangle", 2, _triangle_grad, _triangle_primitive, True,
-              "unit-area triangle of half-width 1/scale, Bellec et al. 2018"),
-    Surrogate("boxcar", 3, _boxcar_grad, lambda x, k: torch.clamp(k * x, -0.5, 0.5), True,
-              "unit-area box of width 1/scale: straight-through near the threshold"),
+              "peak-1 triangle of half-width 1/scale, Bellec et al. 2018"),
+    Surrogate("boxcar", 3, _boxcar_grad, lambda x, k: torch.clamp(x, -0.5 / k, 0.5 / k), True,
+              "peak-1 box of width 1/scale: straight-through near the threshold"),
 ]}
 
 

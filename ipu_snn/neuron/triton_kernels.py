@@ -81,9 +81,9 @@ def _surrogate_grad(x, params_ptr, SURROGATE: tl.constexpr):
         u = tl.load(params_ptr + _ATAN_SLOPE) * x
         g = tl.load(params_ptr + _HALF_SCALE) / (1.0 + u * u)
     elif SURROGATE == _TRIANGLE:
-        g = scale * tl.maximum(1.0 - scale * ax, 0.0)
+        g = tl.maximum(1.0 - scale * ax, 0.0)
     elif SURROGATE == _BOXCAR:
-        g = tl.where(ax < tl.load(params_ptr + _BOX_HALF_WIDTH), scale, 0.0)
+        g = (ax < tl.load(params_ptr + _BOX_HALF_WIDTH)).to(x.dtype)
     else:
         tl.static_assert(False, "a surrogate code without a branch here (SURROGATE_CODES)")
     return g

@@ -209,10 +209,13 @@ def _rec_weight_grad(policy: SparsePolicy, prev_bits: Tensor, grad_currents: Ten
 
 class _SpikingWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s: WindowSettings, currents, v0, a0, z0, near0, w_rec, beta, rho, threshold):
+    def forward(ctx, s: WindowSettings, grad_enabled: bool, currents, v0, a0, z0, near0, w_rec, beta, rho,
+                threshold):
         k = resolve(s.kernels, currents.device)
         saved = s.saved_dtype or currents.dtype
-        keep = any(ctx.needs_input_grad)  # a forward that backward will not read keeps nothing
+        # a forward that backward will not read keeps nothing: inference, and a schedule's untaped windows
+        # (needs_input_grad holds under no_grad as well, and forward always runs with grad disabled)
+        keep = grad_enabled and any(ctx.needs_input_grad)
         keep_v, keep_a = keep and beta.requires_grad, keep and rho is not None and rho.requires_grad
         recurrent, policy = w_rec is not None, s.recurrent
         two_states = s.spec.neuron.n_state > 1
@@ -280,7 +283,7 @@ class _SpikingWindow(torch.autograd.Function):
                 k, s, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0, w_rec, beta, rho, keep_ga, keep_gv,
                 list_capacity)
         grad_w = grad_beta = grad_rho = grad_threshold = None
-        if recurrent and ctx.needs_input_grad[6]:
+        if recurrent and ctx.needs_input_grad[7]:
             prev_bits = torch.cat([z0_bits.unsqueeze(0), bits[:-1]])  # z_{t-1} feeds step t
             grad_w = _rec_weight_grad(s.recurrent, prev_bits, grad_currents, n)
         if ctx.keep_v:
@@ -291,7 +294,7 @@ class _SpikingWindow(torch.autograd.Function):
             grad_rho = (ga * a_prev.to(ga.dtype)).sum((0, 1))
         if ctx.learn_threshold:
             grad_threshold = _threshold_grad(gv_all if into_a else grad_currents, bits, grad_v_last, beta)
-        return (None, grad_currents, grad_v0, grad_a0 if two_states else None,
+        return (None, None, grad_currents, grad_v0, grad_a0 if two_states else None,
                 rec if recurrent else None, None, grad_w, grad_beta, grad_rho, grad_threshold)
 
 
@@ -311,7 +314,8 @@ def spiking_window(currents: Tensor, state: LayerState, w_rec: Tensor | None, be
     if (w_rec is None) != (settings.recurrent is None):
         raise ValueError("spiking_window: w_rec and settings.recurrent go together")
     z, bits, near, v, a, z_last, near_last, dropped = _SpikingWindow.apply(
-        settings, currents, state.v, state.a, state.z, state.near, w_rec, beta, rho, threshold)
+        settings, torch.is_grad_enabled(), currents, state.v, state.a, state.z, state.near, w_rec, beta, rho,
+        threshold)
     return SpikeTrain(z, bits, near), LayerState(v, a, z_last, near_last), dropped
 
 

@@ -1,5 +1,6 @@
 """spikes.png and rates.png: written at the end of training and by ``eval --plots``, from the last checkpoint."""
 
+import pytest
 import torch
 from rich.console import Console
 
@@ -9,7 +10,7 @@ from ipu_snn.data import load_splits
 from ipu_snn.network import build_network
 from ipu_snn.reporting import record_activity
 from ipu_snn.run_folder import newest_intact_checkpoint
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 RAW = {"model": {"layers": [{"type": "rlif", "size": 24}, {"type": "lif", "size": 12}]},
@@ -18,6 +19,7 @@ RAW = {"model": {"layers": [{"type": "rlif", "size": 24}, {"type": "lif", "size"
        "training": {"epochs": 1}}
 
 
+@pytest.mark.plots
 def test_training_and_eval_plots_write_the_networks_spikes(tmp_path, capsys):
     cfg = validate_config(RAW)
     run = tmp_path / "run"

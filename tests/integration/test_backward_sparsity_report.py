@@ -6,7 +6,7 @@ from rich.console import Console
 
 from ipu_snn.config import validate_config
 from ipu_snn.reporting import read_metrics_csv
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 
 def config(surrogate: str, sparse) -> dict:

@@ -25,7 +25,7 @@ PEER = """
 import os, signal, sys
 from rich.console import Console
 from ipu_snn.config import load_config
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 def fault(epoch, row, network):
     if epoch == 1:

@@ -15,7 +15,7 @@ from ipu_snn.cli import main
 from ipu_snn.config import validate_config
 from ipu_snn.errors import ConfigError
 from ipu_snn.network import build_network
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 nir = pytest.importorskip("nir", reason="needs the nir extra (pip install 'ipu_snn[nir]')")
 from ipu_snn.interop.nir import (decay_to_nir, export_graph, graph_to_model, nir_to_decay, read_graph,  # noqa: E402

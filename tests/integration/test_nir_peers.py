@@ -16,7 +16,7 @@ from ipu_snn.interop.nir import (NIRWarning, SNNTORCH_DT, export_graph, graph_to
                                  write_graph)
 from ipu_snn.network import build_network  # noqa: E402
 from ipu_snn.run_folder import newest_intact_checkpoint  # noqa: E402
-from ipu_snn.train import train  # noqa: E402
+from ipu_snn.training import train  # noqa: E402
 
 
 def _has(*names):

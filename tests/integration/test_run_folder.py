@@ -22,7 +22,7 @@ from ipu_snn.cli import main
 from ipu_snn.errors import TrainingError
 from ipu_snn.files import lock_holder
 from ipu_snn.run_folder import LOCK, newest_intact_checkpoint
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 
 RUN_TIMEOUT_S = 180  # bounds every subprocess: a hang fails the test instead of the suite

@@ -12,14 +12,13 @@ import yaml
 from rich.console import Console
 
 from ipu_snn import loop
-from ipu_snn import train as train_module
+from ipu_snn import training as train_module
 from ipu_snn.checkpoint import checkpoint_folders, read_checkpoint, save_checkpoint
 from ipu_snn.cli import main
 from ipu_snn.config import validate_config
 from ipu_snn.errors import StorageError, TrainingError
-from ipu_snn.files import replace_atomically
 from ipu_snn.run_folder import claim_run_folder
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 TINY = {
     "model": {"layers": [{"type": "lif", "size": 8, "tau": 0.1}], "fused": False},
@@ -40,12 +39,6 @@ def quiet():
 
 class Killed(BaseException):
     """Stands in for SIGKILL at a write boundary (not an Exception: nothing in ipu_snn catches it)."""
-
-
-@pytest.fixture(autouse=True)
-def fast_plot(monkeypatch):
-    """curves.png keeps its write boundary, without a second of matplotlib per run."""
-    monkeypatch.setattr(loop, "plot_curves", lambda path, history: replace_atomically(path, b"\x89PNG"))
 
 
 class Faults:

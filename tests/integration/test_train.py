@@ -13,7 +13,7 @@ from ipu_snn.config import load_config, validate_config
 from ipu_snn.errors import TrainingError
 from ipu_snn.run_folder import newest_intact_checkpoint
 from ipu_snn.loop import epoch_line
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 DETERMINISTIC = ["train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "rate_layer0"]
 
@@ -44,6 +44,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, small, quiet):
     assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
 
 
+@pytest.mark.plots  # curves.png drawn
 def test_outputs_and_checkpoint_rotation(tmp_path, small, quiet):
     summary = train(small(keep_checkpoints=2), tmp_path, console=quiet())
     assert {"val_accuracy", "train_loss", "samples_per_s", "wall_s", "epochs"} <= set(summary)

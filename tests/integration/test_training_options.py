@@ -10,7 +10,7 @@ from ipu_snn.config import validate_config
 from ipu_snn.errors import ConfigError
 from ipu_snn.reporting import read_metrics_csv
 from ipu_snn.selection import best_epoch, should_stop
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 SMALL = {
     "model": {"layers": [{"type": "rlif", "size": 24, "tau": 0.1}], "readout": {"reduce": "mean"}},

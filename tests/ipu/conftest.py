@@ -8,7 +8,7 @@ from ipu_snn.config import validate_config
 
 #: A run PopTorch's stand-in trains in seconds: two layers, two replicas, two device iterations.
 TINY = {
-    "model": {"layers": [{"type": "rlif", "size": 12}, {"type": "alif", "size": 10}], "readout": {"reduce": "mean"}},
+    "model": {"layers": [{"type": "rlif", "size": 12}, {"type": "lif", "size": 10}], "readout": {"reduce": "mean"}},
     "data": {"dataset": "synthetic", "steps": 6, "channel_pooling": 35, "batch_size": 16, "val_split": 0.25,
              "synthetic": {"n_train": 64, "n_test": 20, "n_classes": 3}},
     "training": {"epochs": 2, "lr": 0.01, "grad_accumulation": 2, "grad_clip": 1.0, "seed": 3},

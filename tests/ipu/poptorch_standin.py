@@ -19,17 +19,13 @@ mimics the semantics the trainer relies on:
   is written after them whenever the model attaches; ``state_dict`` reads them
   back (with ``ipu_state``/``ipu_param``, as PopTorch 3.x's
   ``_poplar_executor.py`` and ``optim.py`` do), and a training step runs with them;
-* ``Block``, ``Phase``, ``SerialPhasedExecution`` and ``setExecutionStrategy``
-  follow PopTorch's checks (a phase's stages need an IPU, a Block id must
-  belong to one phase of the strategy), and record which Block each
-  ``recomputationCheckpoint`` was traced in (``module.marks.blocks``);
-* ``custom_op`` computes the ipu_snn PopART ops with the reference kernels
-  (SpikeSelect as its Poplar vertex does), checks ``example_outputs``
-  against what it computed, and records each call's name, attributes and
-  input shapes in ``custom_op_calls``. SpikeLinear runs the CPU backend's kernels in an
-  autograd Function whose backward is what its PopART grad ops compute (the
-  weight gradient, and z's: dense, or at the listed neurons with dense_grad 0),
-  standing in for PopART's autodiff.
+* ``custom_op`` runs the ipu_snn PopART network op (``Network``) as the network op's own Poplar
+  graph on the host interpreter (ipu_snn.ipu.interpreter: its forward program, and its backward
+  program in an autograd Function standing in for PopART's autodiff through ``NetworkGrad``),
+  checks ``example_outputs`` against what it computed, and records each call's name, attributes
+  and input shapes in ``custom_op_calls``. The carried outputs, which only the grad op reads, are
+  read from the graph after the forward program, at the shapes and types the call gives them (the
+  interpreter's backward program reads the state from the same host graph).
 It says nothing about what PopART or an IPU would compute.
 """
 
@@ -41,20 +37,6 @@ import math
 import types
 
 import torch
-
-
-# ipu_snn.ops (torch.library custom ops) needs torch >= 2.4, while PopTorch 3.4 pins torch 2.0.1:
-# the sparse ops are imported when a custom op runs, so the dense trainer also runs on 2.0.1.
-def _reference():
-    from ipu_snn.ops import reference
-
-    return reference
-
-
-def get_kernels(name):
-    from ipu_snn.ops.registry import get_kernels as kernels
-
-    return kernels(name)
 
 
 class OutputMode(enum.IntEnum):
@@ -69,13 +51,6 @@ class ReductionType(enum.IntEnum):
     Sum = 0
     Mean = 1
     NoReduction = 2
-
-
-class Liveness(enum.IntEnum):
-    AlwaysLive = 0
-    OffChipAfterFwd = 1
-    OffChipAfterFwdNoOverlap = 2
-    OffChipAfterEachPhase = 3
 
 
 class _Section:
@@ -101,9 +76,6 @@ class Options:
         self.values = {"replication_factor": replication, "device_iterations": 1, "gradient_accumulation": 1,
                        "output_mode": OutputMode.Default}
         self.Training = _Section(self, "Training", ("gradientAccumulation", "accumulationAndReplicationReductionType"))
-        self.TensorLocations = _Section(self, "TensorLocations", ("setActivationLocation", "setWeightLocation",
-                                                                   "setOptimizerLocation", "setAccumulatorLocation"))
-        self._Popart = _Section(self, "_Popart", ("set",))
 
     def record(self, name, args):
         self.log.append((name, args))
@@ -139,184 +111,60 @@ class Options:
     def enableExecutableCaching(self, path):
         return self._set("enableExecutableCaching", (path,))
 
-    def setExecutionStrategy(self, strategy):
-        assert isinstance(strategy, SerialPhasedExecution), strategy
-        return self._set("setExecutionStrategy", (strategy,), "strategy")
-
     def calls(self) -> dict:
         return {name: args for name, args in self.own}
-
-
-class TensorLocationSettings:
-    def __init__(self):
-        self.settings = {}
-
-    def useOnChipStorage(self, use=True):
-        self.settings["onChip"] = int(use)
-        return self
-
-    def __eq__(self, other):
-        return isinstance(other, TensorLocationSettings) and other.settings == self.settings
 
 
 def identity_loss(x, reduction):
     return {"sum": x.sum, "mean": x.mean}.get(reduction, lambda: x)()
 
 
-class _Marks:
-    count = 0
-    blocks: list = []  # the Block each checkpoint was traced in (None: outside any)
-
-
-class _Blocks:
-    current = None
-    started: list = []  # every Block started, in order
-
-
-def recomputationCheckpoint(*tensors):
-    _Marks.count += 1
-    _Marks.blocks.append(_Blocks.current)
-    return tensors[0] if len(tensors) == 1 else tuple(tensors)
-
-
-# ---------------------------------------------------------------- blocks and phases (python/ops.py, python/options.py)
-
-
-class Block:
-    """A context manager, or ``Block.start``: every op after it is the block's until the next one starts."""
-
-    @staticmethod
-    def start(user_id=None, ipu_id=None):
-        assert user_id is None or isinstance(user_id, str), user_id
-        _Blocks.current = user_id
-        _Blocks.started.append(user_id)
-
-    def __init__(self, user_id=None, ipu_id=None):
-        self._user_id, self._ipu_id = user_id, ipu_id
-
-    def __enter__(self):
-        Block.start(self._user_id, self._ipu_id)
-
-    def __exit__(self, *exc):
-        _Blocks.current = None
-
-
-class Stage:
-    def __init__(self, *block_ids):
-        assert all(isinstance(b, str) for b in block_ids), block_ids
-        self.blocks, self.ipu_id = block_ids, None
-
-    def ipu(self, ipu):
-        assert isinstance(ipu, int)
-        self.ipu_id = ipu
-        return self
-
-
-class Phase:
-    def __init__(self, *arg):
-        if all(isinstance(a, Stage) for a in arg):
-            self.stages = list(arg)
-        else:
-            assert all(isinstance(a, str) for a in arg), arg
-            self.stages = [Stage(*arg)]
-
-    def stage(self, idx):
-        return self.stages[idx]
-
-    def ipus(self, *ipus):
-        assert len(ipus) == len(self.stages), (ipus, len(self.stages))
-        for stage, ipu in zip(self.stages, ipus):
-            stage.ipu(ipu)
-
-
-class SerialPhasedExecution:
-    def __init__(self, *phases):
-        assert phases, "There is currently no AutoStage for PhasedExecution, please explicitly specify the phases"
-        self.phases, self.block_map = [], {}
-        for args in phases:
-            phase = args if isinstance(args, Phase) else Phase(*(args if isinstance(args, list) else [args]))
-            self.phases.append(phase)
-            for stage in phase.stages:
-                for block in stage.blocks:
-                    assert block not in self.block_map, f"{block} associated with more than one stage"
-                    self.block_map[block] = stage
-        self.liveness = Liveness.AlwaysLive
-
-    def phase(self, phase):
-        assert isinstance(phase, int) and phase >= 0
-        return self.phases[phase]
-
-    def setTensorsLiveness(self, liveness):
-        assert isinstance(liveness, Liveness)
-        self.liveness = liveness
-        return self
-
-    def check(self, started):
-        """PopTorch's PhaseManager: a traced Block must be one of the strategy's, on a set IPU."""
-        for block in started:
-            assert block in self.block_map, f"Unknown Block '{block}' list of expected Blocks: {list(self.block_map)}"
-            assert self.block_map[block].ipu_id is not None, f"no IPU for block {block}"
-
-
 # ---------------------------------------------------------------- custom ops
 
 
-def _spike_select(membrane, capacity, threshold, near_threshold):
-    # as the SpikeSelect vertex: spikes above threshold, near above near_threshold when it is lower
-    spike = membrane > threshold
-    near = membrane > near_threshold if near_threshold < threshold else None
-    ids, counts, near_counts, dropped, near_dropped = _reference().compact(spike, near, capacity)
-    return [ids, torch.stack([counts, near_counts, dropped, near_dropped], 1)]
+def _network(bits, *params, sizes, recurrent, thresholds, resets, surrogates, scales, readout, samples_per_pass,
+             tape_slots, local_slots, offchip_slots, actions):
+    """The Network op on the host interpreter (built once per spec and shape, as a compiled graph is)."""
+    from ipu_snn.ipu.interpreter import HostNetwork, LayerSpec, network_trace
+
+    batch, steps = bits.shape[0], bits.shape[1]
+    layers = [LayerSpec(*row) for row in zip(sizes, map(bool, recurrent), thresholds, resets, surrogates, scales)]
+    key = (batch, steps, params[0].shape[0], tuple(layers), readout, samples_per_pass, tuple(actions), tape_slots,
+           local_slots, offchip_slots)
+    if key not in _HOSTS:
+        _HOSTS.clear()
+        steps_actions = [tuple(actions[i:i + 6]) for i in range(0, len(actions), 6)]
+        _HOSTS[key] = HostNetwork.from_actions(batch, steps, params[0].shape[0], layers, readout, samples_per_pass,
+                                               steps_actions, tape_slots, local_slots, offchip_slots)
+    host = _HOSTS[key]
+    out = network_trace(host, bits, params)
+    counts = [torch.from_numpy(host.read(f"spike_count.{i}", (batch, n))).to(out.dtype) for i, n in enumerate(sizes)]
+    return [out, *counts]
 
 
-class _SpikeLinear(torch.autograd.Function):
-    """SpikeLinear and its grad ops SpikeLinearGradWeight / SpikeLinearGradSpikes, on the cpu backend."""
-
-    @staticmethod
-    def forward(ctx, z, ids, counts, weight, dense_grad):
-        ids, counts = ids.contiguous(), counts.contiguous()  # Poplar tensors have no strides
-        ctx.save_for_backward(ids, counts, weight)
-        ctx.dense_grad, ctx.z_dtype = dense_grad, z.dtype
-        return get_kernels("cpu").forward(ids, counts, weight)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        ids, counts, weight = ctx.saved_tensors
-        kernels = get_kernels("cpu")
-        grad_out = grad_out.contiguous()
-        grad_weight = kernels.grad_weight(ids, counts, grad_out, weight.shape[0])
-        if ctx.dense_grad:
-            grad_z = grad_out @ weight.T
-        else:  # the listed values scattered to their neurons, 0 at the rest (ScatterListed)
-            values = kernels.grad_input(ids, counts, weight, grad_out)
-            live = _reference().listed_mask(counts, ids.shape[1])
-            grad_z = torch.zeros(ids.shape[0], weight.shape[0], dtype=values.dtype)
-            grad_z.scatter_add_(1, torch.where(live, ids, 0).long(), torch.where(live, values, 0))
-        return grad_z.to(ctx.z_dtype), None, None, grad_weight, None
+def _carried(examples):
+    """The op's carried outputs as the graph holds them after its forward program (read checks each size)."""
+    host = next(iter(_HOSTS.values()))
+    dtypes = {torch.float32: "float32", torch.uint8: "uint8"}
+    return [torch.from_numpy(host.read(f"carried.{k}", tuple(e.shape), dtype=dtypes[e.dtype]))
+            for k, e in enumerate(examples)]
 
 
-def _spike_linear(z, ids, counts, weight, dense_grad, **attributes):
-    assert dense_grad in (0, 1), dense_grad  # an int attribute, as the op reads it
-    return [_SpikeLinear.apply(z, ids, counts, weight, bool(dense_grad))]
-
-
-CUSTOM_OPS = {
-    "SpikeMatmul": lambda ids, counts, weight, **a: [_reference().forward(ids, counts, weight)],
-    "SpikeMatmulGradInput": lambda ids, counts, weight, grad_out, **a: [
-        _reference().grad_input(ids, counts, weight, grad_out)],
-    "SpikeSelect": lambda membrane, capacity, threshold, near_threshold, **a: _spike_select(
-        membrane, capacity, threshold, near_threshold),
-    "SpikeLinear": _spike_linear,
-}
+_HOSTS: dict = {}
+CUSTOM_OPS = {"Network": _network}
 custom_op_calls: list[dict] = []
 
 
 def custom_op(inputs, name, domain, domain_version, example_outputs, attributes=None):
     assert (domain, domain_version) == ("ipu_snn", 1), (domain, domain_version)
     attributes = attributes or {}
-    for key, value in attributes.items():
+    for key, value in attributes.items():  # as poptorch.custom_op checks them (python/ops.py:820-833)
         assert isinstance(key, str) and isinstance(value, (int, float, str, list, tuple)), (key, value)
+        if isinstance(value, (list, tuple)):
+            assert all(type(v) is type(value[0]) for v in value), (key, value)
     outputs = CUSTOM_OPS[name](*inputs, **attributes)
+    # outputs only the grad op reads: the network op's carried state, read from the graph
+    outputs += _carried(example_outputs[len(outputs):])
     for out, example in zip(outputs, example_outputs, strict=True):
         assert out.shape == example.shape and out.dtype == example.dtype, (name, out.shape, example.shape)
     custom_op_calls.append({"name": name, "attributes": dict(attributes), "inputs": len(inputs),
@@ -466,7 +314,6 @@ class Executor:
         assert n % (steps * per_step) == 0, f"batch {n} is not a multiple of {steps} x {per_step}"
         micro = n // (steps * per_step)
         outputs = []
-        _Blocks.current, _Blocks.started = None, []
         for step in range(steps):
             if self.training:
                 self.model.train()
@@ -483,11 +330,6 @@ class Executor:
                 if math.isfinite(self.optimizer.max_grad_norm):
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optimizer.max_grad_norm)
                 self.optimizer.step()
-        strategy = v.get("strategy")
-        if strategy is not None:
-            strategy.check(_Blocks.started)
-        else:
-            assert not _Blocks.started, f"Blocks {_Blocks.started} traced without an execution strategy"
         mode = v["output_mode"]
         if mode == OutputMode.Sum:
             result = tuple(torch.stack(column).sum(0) for column in zip(*outputs))
@@ -530,16 +372,11 @@ def make_poptorch() -> types.ModuleType:
         module.training_models.append(executor)
         return executor
 
-    for name in ("OutputMode", "ReductionType", "TensorLocationSettings", "identity_loss", "recomputationCheckpoint",
-                 "custom_op", "optim", "DataLoader", "inferenceModel", "Block", "Stage", "Phase",
-                 "SerialPhasedExecution", "Liveness"):
+    for name in ("OutputMode", "ReductionType", "identity_loss", "custom_op", "optim", "DataLoader",
+                 "inferenceModel"):
         setattr(module, name, globals()[name])
     module.trainingModel = training_model
-    module.marks = _Marks
     Executor.attached = None
-    _Marks.count = 0
-    _Marks.blocks = []
-    _Blocks.current, _Blocks.started = None, []
     custom_op_calls.clear()
     return module
 

@@ -31,11 +31,18 @@ def test_the_plans_tile_bytes_are_the_interpreters_record(sizes, name):
     steps, window, batch, n_in = 12, 3, 4, 11
     windows = len(window_bounds(steps, window))
     schedule = {"store_all": store_all, "uniform": lambda w: uniform(w, 2), "double": lambda w: double(w, 2, 1)}[name](windows)
-    planned = graph_plan(cfg, n_in, batch, steps, window, schedule)
-    run = HostNetwork(batch, steps, n_in, layer_specs(cfg), schedule, window_bounds(steps, window))
+    planned = graph_plan(cfg, n_in, 3, batch, steps, window, schedule)
+    run = HostNetwork(batch, steps, n_in, layer_specs(cfg), schedule, window_bounds(steps, window), 3)
     recorded = run.tile_bytes()
-    assert planned["max_tile_bytes"] == int(recorded.max())  # within 5%: here the same graph, so exact
-    assert planned["tiles_used"] == int((recorded > 0).sum()) == int(sizes[0]) + int(sizes[1])
+    # the op's bytes are the interpreter's record (within 5%: here the same graph, so exact); the plan adds
+    # the optimizer's two Adam buffers per parameter, the exchange's landing buffers, vertex state and code
+    assert planned["op_max_tile_bytes"] == int(recorded.max())
+    fullest = planned["fullest_tile"]
+    kinds = fullest["bytes_by_kind"]
+    assert kinds["op"] == int(recorded[fullest["tile"]]) and sum(kinds.values()) == planned["max_tile_bytes"]
+    assert kinds["optimizer"] > 0 and kinds["exchange"] > 0 and kinds["code"] == 24 * 1024
+    # a tile per neuron (the readout's 3 too), and the trace over batch x 3 tiles
+    assert planned["tiles_used"] == int((recorded > 0).sum()) == max(int(sizes[0]) + int(sizes[1]) + 3, batch * 3)
     assert planned["source"] == "graph" and planned["fits"]
     time = planned["time"]
     for term in ("compute_s", "exchange_s", "sync_s", "host_io_s"):
@@ -46,8 +53,8 @@ def test_the_plans_tile_bytes_are_the_interpreters_record(sizes, name):
 
 def test_a_longer_sequence_costs_proportionally_more_time():
     cfg = load_config(CONFIG).model
-    short = graph_plan(cfg, 11, 4, 8, 8, store_all(1))["time"]
-    long = graph_plan(cfg, 11, 4, 16, 16, store_all(1))["time"]
+    short = graph_plan(cfg, 11, 3, 4, 8, 8, store_all(1))["time"]
+    long = graph_plan(cfg, 11, 3, 4, 16, 16, store_all(1))["time"]
     # twice the steps, twice the step programs' work (the zeroing at the start of each program aside)
     assert 1.8 < long["compute_s"] / short["compute_s"] <= 2.0
 
@@ -61,6 +68,7 @@ def test_plan_json_reports_the_graph(tmp_path):
     tiles = json.loads(result.stdout)["tiles"]
     assert tiles["source"] == "graph"
     assert set(tiles["time"]) == {"compute_s", "exchange_s", "sync_s", "host_io_s", "streaming_s", "total_s"}
-    graph = tiles["graph"]
-    assert graph["fits"] and graph["max_tile_bytes"] <= graph["tile_capacity_bytes"]
-    assert graph["tiles_used"] == 64  # one neuron per tile
+    assert tiles["fits"] and tiles["max_tile_bytes"] <= tiles["tile_capacity_bytes"]
+    # a tile per neuron (32 + 32 and the readout's 4 classes); the trace (batch 32 x 4) over 128 tiles
+    assert tiles["used"] == max(32 + 32 + 4, 32 * 4)
+    assert tiles["graph"]["vertices"] > 0 and tiles["graph"]["optimizer_slots"] == 2

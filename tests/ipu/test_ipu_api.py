@@ -1,6 +1,7 @@
-"""The IPU path's outer surface: every PopTorch/PopDist call is one checked against the public 3.x
-sources (the table in ipu_snn/ipu/README.md), the POD16 config is valid, and ``device: ipu`` without
-the SDK stops at start-up with a message naming it."""
+"""The IPU path's outer surface: every PopTorch/PopDist call, and every PopART call of the network op,
+is one checked against the public 3.x sources (the tables in ipu_snn/ipu/README.md; the PopART names
+are also checked against the vendored PopART headers), the POD16 config is valid, and ``device: ipu``
+without the SDK stops at start-up with a message naming it."""
 
 import importlib.util
 import io
@@ -75,29 +76,51 @@ def test_every_sdk_call_is_in_the_fidelity_table():
 def test_the_scan_sees_the_calls():
     # a scanner that finds nothing would pass the test above vacuously
     found = calls_in_code()
-    for call in ("poptorch.trainingModel", "poptorch.custom_op", "poptorch.recomputationCheckpoint",
-                 "opts.Training.gradientAccumulation", "opts._Popart.set", "popdist.getNumTotalReplicas",
-                 "training_model.detachFromDevice", "TensorLocationSettings().useOnChipStorage"):
+    for call in ("poptorch.trainingModel", "poptorch.custom_op", "opts.Training.gradientAccumulation",
+                 "popdist.getNumTotalReplicas", "training_model.detachFromDevice"):
         assert call in found, call
-    assert "poptorch.Options" in checked_calls() and "TensorLocationSettings().useOnChipStorage" in checked_calls()
+    assert "poptorch.Options" in checked_calls() and "poptorch.custom_op" in checked_calls()
 
 
-def popart_keys_in_code() -> dict[str, set[str]]:
-    """The PopART session options set through ``opts._Popart.set("key", ...)`` (the key is a string,
-    which the call scan above drops)."""
-    found: dict[str, set[str]] = {}
-    for path in sorted(IPU.glob("*.py")):
-        for key in re.findall(r'_Popart\s*\.\s*set\(\s*"(\w+)"', path.read_text()):
-            found.setdefault(key, set()).add(path.name)
-    return found
+OP_SOURCE = ROOT / "custom_ops" / "poplar" / "network_op.cpp"
+POPART_HEADERS = ROOT / "tests" / "ipu_sdk_headers" / "popart"
+# Calls of the C++ language and library, and of the op's own helpers, that the PopART headers also use.
+_NOT_POPART = {"add", "back", "begin", "emplace_back", "empty", "end", "for", "if", "insert", "int", "move",
+               "push_back", "size", "InIndex", "OutIndex", "Attributes"}
 
 
-def test_every_popart_session_option_is_in_the_fidelity_table():
-    found = popart_keys_in_code()
-    assert {"explicitRecomputation", "autoRecomputation"} <= set(found)  # the scan sees them
-    checked = set(re.findall(r'^\|\s*`opts\._Popart\.set\("(\w+)"', _fidelity_table(), re.M))
-    unchecked = {key: sorted(files) for key, files in found.items() if key not in checked}
-    assert not unchecked, f"add a row per PopART option to the API-fidelity table of ipu_snn/ipu/README.md: {unchecked}"
+def _popart_declares(name: str, headers: str) -> bool:
+    return re.search(rf"\b{name}\s*\(", headers) is not None or re.search(rf"\b(class|using|struct) {name}\b", headers)
+
+
+def popart_calls_of_the_op() -> set[str]:
+    """Names the op source calls (``name(`` or ``name<...>(``) that the vendored PopART headers declare."""
+    source = re.sub(r"//.*", "", OP_SOURCE.read_text())
+    headers = "\n".join(p.read_text() for p in POPART_HEADERS.rglob("*.hpp"))
+    called = set(re.findall(r"\b(\w+)\s*(?:<[^<>()]*>)?\(", source))
+    return {n for n in called - _NOT_POPART if re.search(rf"\b{n}\s*\(", headers)}
+
+
+def checked_popart_calls() -> set[str]:
+    table = _fidelity_table().split("**The PopART calls of the network op**", 1)[1]
+    return set(re.findall(r"^\|\s*`(\w+)`\s*\|", table, re.M))
+
+
+def test_every_popart_call_of_the_network_op_is_in_the_fidelity_table():
+    found = popart_calls_of_the_op()
+    # the scan sees the op's PopART surface: the registry calls, the grad-op wiring, the Opx calls
+    assert {"createRemoteBuffer", "getRemoteBuffer", "getExchangeBundle", "gradInputInfo", "setOutTensor",
+            "getInTensor", "setRemoteBufferInfo"} <= found
+    unchecked = sorted(found - checked_popart_calls())
+    assert not unchecked, f"add these PopART calls of network_op.cpp to ipu_snn/ipu/README.md's table: {unchecked}"
+
+
+def test_every_row_of_the_popart_table_is_a_call_the_headers_declare():
+    headers = "\n".join(p.read_text() for p in POPART_HEADERS.rglob("*.hpp"))
+    source = OP_SOURCE.read_text()
+    for name in checked_popart_calls():
+        assert re.search(rf"\b{name}\b", source), f"{name}: listed but network_op.cpp does not use it"
+        assert _popart_declares(name, headers), f"{name}: the vendored PopART 3.4 headers do not declare it"
 
 
 def test_pod16_config_is_valid():
@@ -133,6 +156,9 @@ def test_every_poplar_call_of_the_network_graph_has_a_checked_source():
     calls = {f"{name}" for name in re.findall(r"\bg_\.(\w+)(?:<\w+>)?\(", source)}
     calls |= {f"program::{name}" for name in re.findall(r"program::(\w+)\(", source)}
     calls |= {f"poplar::{name}" for name in re.findall(r"poplar::(concat)\(", source)}
+    op = (poplar_sources / "network_op.cpp").read_text()  # the op's own Poplar calls
+    calls |= {f"program::{name}" for name in re.findall(r"program::(\w+)\(", op)}
+    calls |= set(re.findall(r"graph\(\)\.(\w+)\(", op))
     assert {"addRemoteBuffer", "program::Repeat", "program::Copy", "addConstant"} <= calls
     missing = sorted(c for c in calls if c.split("::")[-1] not in table)
     assert not missing, f"add these Poplar calls to custom_ops/poplar/README.md's mock table with a source: {missing}"

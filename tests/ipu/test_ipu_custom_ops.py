@@ -1,5 +1,5 @@
-"""The IPU spike ops without the SDK: loading the PopART library, and the ``poptorch.custom_op`` calls
-(names, inputs, attributes, output shapes) against the reference kernels through a stand-in PopTorch."""
+"""The IPU network op without the SDK: loading the PopART library, and the ``poptorch.custom_op`` call
+(name, inputs, attributes, output shapes) that the model makes."""
 
 import ctypes
 import sys
@@ -40,14 +40,16 @@ def test_missing_library_says_how_to_build_it(fresh_library, tmp_path):
 
 def test_default_library_is_the_make_target(fresh_library):
     fresh_library.delenv(custom_ops.LIBRARY_ENV, raising=False)
-    assert custom_ops.library_path().parts[-3:] == ("custom_ops", "build", "libspike_matmul_op.so")
+    assert custom_ops.library_path().parts[-3:] == ("custom_ops", "build", "libipu_snn_ops.so")
+    makefile = (custom_ops.DEFAULT_LIBRARY.parents[1] / "Makefile").read_text()
+    assert "OP_LIB := $(BUILD)/libipu_snn_ops.so" in makefile
 
 
 def test_unloadable_library_is_a_device_error(fresh_library, tmp_path):
-    fake = tmp_path / "libspike_matmul_op.so"
+    fake = tmp_path / "libipu_snn_ops.so"
     fake.write_text("not an ELF file")
     fresh_library.setenv(custom_ops.LIBRARY_ENV, str(fake))
-    with pytest.raises(DeviceError, match="cannot load the IPU spike-op library"):
+    with pytest.raises(DeviceError, match="cannot load the IPU op library"):
         custom_ops.load_op_library()
 
 
@@ -56,84 +58,44 @@ def test_library_loads_once(poptorch):
     assert isinstance(first, ctypes.CDLL) and custom_ops.load_op_library() is first
 
 
-def _spikes(generator, batch, n, density=0.3):
-    z = (torch.rand(batch, n, generator=generator) < density).float()
-    near = torch.rand(batch, n, generator=generator) < 0.2
-    return z, near
+def test_network_op_spec_carries_the_schedule_and_its_slots():
+    from ipu_snn.bptt.schedules import double
+    from ipu_snn.config import ModelConfig
+    from ipu_snn.executor import TimeLoop
+    from ipu_snn.network import build_network
+
+    cfg = ModelConfig.model_validate({"layers": [{"type": "rlif", "size": 6}, {"type": "lif", "size": 4}]})
+    net = build_network(cfg, 10, 3, 1e-3, loop=TimeLoop(2, lambda w: double(w, 2, 1)))
+    spec = custom_ops.network_spec(net, 12)  # 6 windows of 2 steps
+    attrs = spec.attributes()
+    assert attrs["sizes"] == [6, 4] and attrs["recurrent"] == [1, 0] and attrs["readout"] == 3
+    assert attrs["offchip_slots"] >= 1 and attrs["local_slots"] >= 1  # double with one local slot
+    kinds = attrs["actions"][0::6]
+    assert kinds.count(1) == 12  # every step reversed once
+    assert 2 in kinds and 3 in kinds  # stores and loads of checkpoints
+    carried = spec.carried(5, 12)
+    # rlif: v, last bits, tape d, tape bits, tape previous bits, checkpoints v and bits; lif: v, tape d, tape bits,
+    # checkpoints v; readout: v, checkpoints v; the trace with its zero row
+    assert len(carried) == 7 + 4 + 2 + 1
+    assert carried[1] == ((5, 1), torch.uint8) and carried[2] == ((spec.tape_slots, 5, 6), torch.float32)
+    assert carried[-1] == ((13, 5 * 3), torch.float32)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_ipu_ops_match_the_reference(poptorch, seed):
-    g = torch.Generator().manual_seed(seed)
-    batch, n_in, n_out, capacity = 5, 19, 7, 6
-    tiles = custom_ops.TileRange(3, 40)
-    z, near = _spikes(g, batch, n_in)
-    weight = torch.randn(n_in, n_out, generator=g)
-    grad_out = torch.randn(batch, n_out, generator=g)
+def test_network_call_is_one_custom_op_with_its_example_outputs(poptorch):
+    from ipu_snn.bptt.schedules import uniform
+    from ipu_snn.config import ModelConfig
+    from ipu_snn.core.bits import pack_spikes
+    from ipu_snn.executor import TimeLoop
+    from ipu_snn.network import build_network
 
-    # the stand-in runs the reference kernels; what is checked here is the calls' plumbing (which input
-    # goes where, what comes back), so the expectations are written from the dense spikes alone
-    for flags in (None, near):
-        ids, counts, near_counts, dropped, near_dropped = custom_ops.compact(poptorch, z, flags, capacity, tiles)
-        for b in range(batch):
-            fired = torch.nonzero(z[b]).flatten()
-            close = torch.nonzero(flags[b] & (z[b] == 0)).flatten() if flags is not None else fired[:0]
-            listed = torch.cat([fired, close])[:capacity]
-            assert counts[b] == min(len(fired), capacity) and dropped[b] == len(fired) - counts[b]
-            assert near_counts[b] == len(listed) - counts[b] and near_dropped[b] == len(close) - near_counts[b]
-            assert ids[b, :len(listed)].tolist() == listed.tolist()
-    kept = torch.zeros(batch, n_in)
-    listed_mask = torch.zeros(batch, n_in, dtype=torch.bool)
-    for b in range(batch):
-        kept[b, ids[b, :counts[b]].long()] = 1.0
-        listed_mask[b, ids[b, :counts[b] + near_counts[b]].long()] = True
-    assert torch.allclose(custom_ops.spike_matmul(poptorch, ids, counts, weight, tiles=tiles), kept @ weight,
-                          atol=1e-5)
-    listed = counts + near_counts
-    values = custom_ops.spike_matmul_grad_input(poptorch, ids, listed, weight, grad_out, tiles=tiles)
-    dense = grad_out @ weight.t()
-    for b in range(batch):
-        assert torch.allclose(values[b, :listed[b]], dense[b, ids[b, :listed[b]].long()], atol=1e-5)
-
-    calls = {c["name"]: c for c in poptorch_standin.custom_op_calls}
-    assert set(calls) == {"SpikeSelect", "SpikeMatmul", "SpikeMatmulGradInput"}
-    assert all(c["attributes"]["tile_begin"] == 3 and c["attributes"]["tile_end"] == 40 for c in calls.values())
-    assert calls["SpikeSelect"]["attributes"]["capacity"] == capacity
-    assert calls["SpikeMatmulGradInput"]["inputs"] == 4
-
-
-def test_spike_select_thresholds(poptorch):
-    membrane = torch.tensor([[0.2, 1.5, 0.9, 1.1, 0.7]])
-    ids, counts = custom_ops.spike_select(poptorch, membrane, capacity=3, threshold=1.0, near_threshold=0.8)
-    # spikes 1 and 3 first, then the near-threshold 2; 0 and 4 are below both thresholds
-    assert ids.tolist() == [[1, 3, 2]] and counts.tolist() == [[2, 1, 0, 0]]
-    ids, counts = custom_ops.spike_select(poptorch, membrane, capacity=1, threshold=1.0)
-    assert ids.tolist() == [[1]] and counts.tolist() == [[1, 0, 1, 0]]  # one spike over capacity, no near list
-    assert poptorch_standin.custom_op_calls[-1]["attributes"]["near_threshold"] == 1.0
-
-
-@pytest.mark.parametrize("dense_grad", [True, False])
-def test_spike_linear_call_and_its_gradients(poptorch, dense_grad):
-    g = torch.Generator().manual_seed(4)
-    batch, n_in, n_out, capacity = 4, 11, 6, 3
-    z, _ = _spikes(g, batch, n_in)
-    z = z.requires_grad_()
-    weight = torch.randn(n_in, n_out, generator=g, requires_grad=True)
-    ids, counts, _, _, _ = custom_ops.compact(poptorch, z.detach(), None, capacity, tiles=custom_ops.TileRange(2, 9))
-    out = custom_ops.spike_linear(poptorch, z, ids, counts, weight, dense_grad=dense_grad,
-                                  tiles=custom_ops.TileRange(2, 9))
-    call = poptorch_standin.custom_op_calls[-1]
-    assert call["name"] == "SpikeLinear" and call["inputs"] == 4
-    assert call["attributes"] == {"dense_grad": int(dense_grad), "tile_begin": 2, "tile_end": 9}
-
-    # what the stand-in's SpikeLinear (PopART's grad ops in its place) gives, against dense autograd
-    grad_out = torch.randn(batch, n_out, generator=g)
-    grad_z, grad_w = torch.autograd.grad(out, (z, weight), grad_out)
-    listed = torch.zeros(batch, n_in)
-    for b in range(batch):
-        listed[b, ids[b, :counts[b]].long()] = 1.0
-    assert torch.allclose(out, listed @ weight, atol=1e-6)
-    assert torch.allclose(grad_w, listed.T @ grad_out, atol=1e-5)
-    full = grad_out @ weight.detach().T
-    assert torch.allclose(grad_z, full if dense_grad else full * listed, atol=1e-5)
-    assert (listed != (z.detach() != 0).float()).any(), "the case must overflow the list somewhere"
+    cfg = ModelConfig.model_validate({"layers": [{"type": "rlif", "size": 6}]})
+    net = build_network(cfg, 10, 3, 1e-3, loop=TimeLoop(2, lambda w: uniform(w, 2)))
+    bits = pack_spikes((torch.rand(3, 8, 10, generator=torch.Generator().manual_seed(0)) < 0.4).float())
+    spec = custom_ops.network_spec(net, 8)
+    trace, counts = custom_ops.network(poptorch, bits, custom_ops.network_params(net), spec)
+    assert trace.shape == (8, 3, 3) and len(counts) == 1 and counts[0].shape == (3, 6)
+    # the CPU network's spikes: each neuron's count over the batch and the steps
+    torch.testing.assert_close(counts[0].sum(0), net(bits, with_counts=True).counts[0][0].float())
+    (call,) = poptorch_standin.custom_op_calls
+    assert call["name"] == "Network" and call["shapes"][0] == (3, 8, 2) and call["inputs"] == 1 + 4 + 3
+    assert call["attributes"] == spec.attributes()

@@ -328,13 +328,12 @@ def test_w1_fits_one_mk2_under_double_with_a_predicted_time(capsys):
     assert main(["plan", "configs/shd_rlif.yaml", "--device", "ipu-mk2", "bptt.schedule=double", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     tiles = out["tiles"]
+    # the network op's graph counts every byte (ipu_snn/ipu/graph_plan.py)
+    assert tiles["source"] == "graph"
     assert tiles["fits"] and tiles["max_tile_bytes"] <= tiles["tile_capacity_bytes"] == 624 * 1024
     assert tiles["time_loop"]["T"] == 1000 and tiles["time_loop"]["schedule"].startswith("double")
-    assert tiles["streaming_memory"]["bytes"] > 0 and tiles["fullest_tile"]["bytes_by_kind"]["checkpoints"] == 0
-    assert tiles["predicted"]["total_s"] > 0 and "not a measurement" in tiles["time_model"]
-    chosen = next(s for s in out["strategies"] if s["name"] == out["choice"])
-    assert chosen["predicted_s"] == pytest.approx(tiles["predicted"]["total_s"])
-    assert chosen["offchip_bytes"] == tiles["streaming_memory"]["bytes"]
+    assert tiles["streaming_memory"]["bytes"] > 0 and tiles["streaming_memory"]["transfer_bytes"] > 0
+    assert all(v > 0 for v in tiles["time"].values())  # streaming too: double's checkpoints go off-chip
     largest = tiles["largest_T"]["schedules"]
     assert 0 < largest["store_all"]["T"] < 1000 <= largest["double"]["T"]
     assert largest["double"]["T"] > 10 * largest["store_all"]["T"]

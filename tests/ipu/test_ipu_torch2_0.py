@@ -1,5 +1,5 @@
-"""The IPU path on PopTorch 3.4's torch (2.0.1), which lacks ``torch.library.custom_op``: a dense IPU training
-run must not import the modules that define custom ops. Run in a subprocess with those modules made
+"""The IPU path on PopTorch 3.4's torch (2.0.1), which lacks ``torch.library.custom_op``: an IPU training
+run (the network op, on the stand-in) must not import the modules that define custom ops. Run in a subprocess with those modules made
 unimportable, as they are on torch 2.0.1, and the PopTorch stand-in as poptorch."""
 
 import json
@@ -10,8 +10,10 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 
 SCRIPT = r"""
-import sys, tempfile
+import _ctypes, os, sys, tempfile
 from pathlib import Path
+
+os.environ["IPU_SNN_IPU_OPS"] = _ctypes.__file__  # a loadable library where the op library would be
 
 # the modules that register torch.library custom ops (torch >= 2.4) when imported, and those importing them
 CUSTOM_OPS = {"ipu_snn.ops.library", "ipu_snn.ops.spikes", "ipu_snn.ops.product",
@@ -29,7 +31,7 @@ import poptorch_standin
 sys.modules["poptorch"] = poptorch_standin.make_poptorch()
 import json
 from ipu_snn.config import validate_config
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 with tempfile.TemporaryDirectory() as out:
     summary = train(validate_config(json.loads(sys.argv[2])), Path(out) / "run")

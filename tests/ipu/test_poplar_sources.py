@@ -50,7 +50,7 @@ SDK_HEADERS = Path(__file__).resolve().parents[1] / "ipu_sdk_headers"
 SDK_INCLUDE_DIRS = [SDK_HEADERS / "popart", SDK_HEADERS / "poplibs", SDK_HEADERS / "poprithms"]
 HARNESS = Path(__file__).resolve().parents[1] / "poplar_harness" / "codelet_harness.cpp"
 CODELETS = ["spike_codelets.cpp", "neuron_codelets.cpp", "network_codelets.cpp"]
-OPS = ["spike_matmul_op.cpp", "neuron_step_op.cpp"]
+OPS = ["network_op.cpp"]
 
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
@@ -90,8 +90,8 @@ def test_make_ipu_builds_every_source_into_one_codelet_file_and_one_library():
     cxx = [line for line in commands if "-shared" in line]
     assert len(popc) == 1 and len(cxx) == 1, result.stdout
     assert all(name in popc[0] for name in CODELETS)
-    assert "spike_matmul_op.cpp" in cxx[0] and "neuron_step_op.cpp" in cxx[0] and "network_graph.cpp" in cxx[0]
-    assert "-lpoplin" in cxx[0]  # SpikeLinear's dense spike gradient is poplin::matMul
+    assert "network_op.cpp" in cxx[0] and "network_graph.cpp" in cxx[0] and "-lpopart" in cxx[0]
+    assert "_op.cpp" not in cxx[0].replace("network_op.cpp", "")  # one op library: the network op
 
 
 @needs_make
@@ -230,35 +230,29 @@ def test_tile_path_has_no_64_bit_or_double_arithmetic():
 
 
 def test_op_names_match_the_poptorch_calls():
-    matmul = (POPLAR_SOURCES / "spike_matmul_op.cpp").read_text()
-    for op in ("SpikeMatmul", "SpikeMatmulGradInput", "SpikeSelect"):
-        assert re.search(rf'\{{\s*"ipu_snn",\s*"{op}",\s*1,', matmul), op
-    # SpikeLinear: z, ids, counts, weight -> out, differentiated by its two grad ops
-    assert re.search(r'\{\s*"ipu_snn",\s*"SpikeLinear",\s*1,\s*\{4, 4\},\s*1\}', matmul)
-    for op in ("SpikeLinearGradWeight", "SpikeLinearGradSpikes"):
-        assert re.search(rf'\{{\s*"ipu_snn",\s*"{op}",\s*1,', matmul), op
-        assert f"OpxCreator<{op}Opx>" in matmul or f"k{op}}}" in matmul, op
-    assert "popart::OpCreator<SpikeLinearOp>" in matmul and '{"dense_grad", {"*"}}' in matmul
-    assert "SpikeLinearOp::getGradOps" in matmul and "poplin::matMul(" in matmul
-    neuron = (POPLAR_SOURCES / "neuron_step_op.cpp").read_text()
-    assert '{"ipu_snn", "NeuronStep", 1, {5, 5}, 5}' in neuron
-    assert '{"ipu_snn", "NeuronStepGrad", 1, {7, 7}, 3}' in neuron
-    # Both registered, so poptorch.custom_op reaches them; grad op also via getGradOps.
-    assert "popart::OpCreator<NeuronStepOp>" in neuron and "popart::OpCreator<NeuronStepGradOp>" in neuron
-    assert "getGradOps" in neuron and "gradOutToNonGradIn" in neuron
-    for text, names in ((matmul, ("SpikeMatmulForward", "SpikeMatmulGradWeight", "SpikeMatmulGradInput",
-                                   "ScatterListed", "SpikeSelect")),
-                        (neuron, ("NeuronForward", "PackSpikes", "NeuronBackward"))):
-        for name in names:
-            assert f'vertexName("{name}"' in text, name
-    # Codelets are added by every Opx's constructor (as PopTorch's custom ops do), never
-    # remembered per graph.
-    shared = (POPLAR_SOURCES / "tiled_ops.hpp").read_text()
-    assert "static" not in shared.split("inline void addCodelets", 1)[1].split("}", 1)[0]
-    for text, opx in ((matmul, ("SpikeOpx", "SpikeSelectOpx")), (neuron, ("NeuronStepOpx", "NeuronStepGradOpx"))):
-        for name in opx:
-            ctor = text.split(f"  {name}(popart::Op *op, popart::popx::Devicex *devicex)", 1)[1].split("\n  }", 1)[0]
-            assert "addCodelets(graph());" in ctor, name
+    op = (POPLAR_SOURCES / "network_op.cpp").read_text()
+    calls = (ROOT / "ipu_snn" / "ipu" / "custom_ops.py").read_text()
+    # Network: bits, at least one layer's three parameters and the readout's three; its grad op NetworkGrad
+    assert '{"ipu_snn", "Network", 1, {7, -1}, -1}' in op and '"Network", DOMAIN, DOMAIN_VERSION' in calls
+    assert '{"ipu_snn", "NetworkGrad", 1, {9, -1}, -1}' in op
+    assert "popart::OpCreator<NetworkOp>" in op and "NetworkOp::getGradOps" in op
+    for creator in ("OpxCreator<NetworkOpx>", "OpxCreator<NetworkGradOpx>"):
+        assert creator in op
+    # every attribute the Python call sets is declared and read
+    for name in re.findall(r'"(\w+)": ', calls.split("def attributes", 1)[1].split("def carried", 1)[0]):
+        assert f'{{"{name}", {{"*"}}}}' in op and f'"{name}"' in op.split("network::NetworkSpec readSpec", 1)[1], name
+    # thin wrappers: both Opx build the graph with buildNetwork and add its programs
+    for opx, program in (("class NetworkOpx ", "net.forward"), ("class NetworkGradOpx ", "net.backward")):
+        grow = op.split(opx, 1)[1].split("void grow(", 1)[1].split("\n  }\n", 1)[0]
+        assert "network::buildNetwork(graph(), spec, remote)" in grow and f"prog.add({program});" in grow, opx
+    # the carried state goes out of the op and back into its grad op (GradOpInType::Out)
+    assert "popart::GradOpInType::Out" in op and "net.carried" in op
+    # the remote buffers are shared through the lowering's registry, as PopART's remote exchange does
+    assert "bundle().createRemoteBuffer(graph(), id, {row})" in op and "bundle().getRemoteBuffer(id).first" in op
+    assert "getExchangeBundle()" in op
+    # codelets are added by every Opx's constructor (as PopTorch's custom ops do), never remembered per graph
+    ctor = op.split("NetworkOpxBase(popart::Op *op, popart::popx::Devicex *devicex)", 1)[1].split("\n  }", 1)[0]
+    assert "graph().addCodelets(" in ctor and "static" not in ctor
 
 
 # ----------------------------------------------------------------- behaviour --
@@ -440,20 +434,3 @@ def test_neuron_vertices_over_a_column_split_match_autograd(harness, kind, reset
 def test_neuron_backward_with_gradients_popart_leaves_out(harness, kind, missing):
     # The last step (no gradient reaches v_new or a_new), or a z nothing reads.
     _check_neuron_step(harness, kind, "subtract", "fast_sigmoid", 21, 3, missing)
-
-
-def test_neuron_step_grad_treats_an_unconnected_gradient_as_zero():
-    """PopART leaves a grad op's GradOut input unconnected when its forward output got no
-    gradient. Running setup() and grow() needs PopART itself; this pins the source contract:
-    shapes come from d (always connected) and every gradient input goes through hasInput."""
-    text = (POPLAR_SOURCES / "neuron_step_op.cpp").read_text()
-    grad_op = text.split("class NeuronStepGradOp : public TiledOp {", 1)[1].split("\n};", 1)[0]
-    setup = grad_op.split("void setup() final {", 1)[1].split("\n  }", 1)[0]
-    assert "inInfo(kD)" in setup and "hasInput(i) && inInfo(i)" in setup and "inInfo(kGrad" not in setup
-    opx = text.split("class NeuronStepGradOpx : public popart::popx::Opx {", 1)[1].split("\n};", 1)[0]
-    for grad in ("kGradZ", "kGradV", "kGradA"):
-        assert f"getInTensor(NeuronStepGradOp::{grad})" not in opx, grad
-        assert f"gradientOrZero(NeuronStepGradOp::{grad}," in opx, grad
-    or_zero = opx.split("poplar::Tensor gradientOrZero(", 1)[1]
-    assert "if (hasInput(index)) return getInTensor(index);" in or_zero
-    assert "setInitialValue(zero, 0)" in or_zero and ".broadcast(" in or_zero

@@ -30,7 +30,7 @@ LAYERS = [
     ("calibration", ["calibration"]),
     ("training loop", ["loop"]),
     ("drivers", ["torch_driver", "ipu"]),
-    ("entry points", ["train", "evaluate"]),
+    ("entry points", ["training", "evaluate"]),
     ("cli", ["cli"]),
     # the package's own module serves the Python API (ipu_snn.api) lazily: the top of the stack
     ("api", ["api", "__init__"]),

@@ -13,7 +13,7 @@ from ipu_snn.config import validate_config
 from ipu_snn.metrics import WorkloadTally, footprint_bytes, parameter_count
 from ipu_snn.network import build_network
 from ipu_snn.reporting import read_metrics_csv
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 LAYERS = [{"type": "rlif", "size": 12, "beta": 0.9, "learn_decay": True}, {"type": "lif", "size": 9, "beta": 0.8}]
 

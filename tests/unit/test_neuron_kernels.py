@@ -6,7 +6,6 @@ present (conftest.py sets TRITON_INTERPRET); those cases are kept small.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,17 +24,13 @@ from ipu_snn.neuron.spec import NeuronSpec
 from ipu_snn.neuron.surrogates import SURROGATES
 from ipu_snn.ops.cpu_ext import CUSTOM_OPS_DIR
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-HAS_CUDA = torch.cuda.is_available()
-needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+# the device "triton" is where the Triton kernels run (tests/conftest.py's `device`)
 
 BACKENDS = [
     pytest.param("reference", "cpu", id="reference"),
-    pytest.param("reference", "cuda", id="reference-cuda", marks=needs_cuda),
+    pytest.param("reference", "cuda", id="reference-cuda", marks=pytest.mark.gpu),
     pytest.param("cpu", "cpu", id="cpu"),
-    pytest.param("triton", TRITON_DEVICE, id="triton", marks=needs_triton),
+    pytest.param("triton", "triton", id="triton", marks=pytest.mark.triton),
 ]
 F64 = {"rtol": 1e-12, "atol": 1e-12}
 
@@ -114,10 +109,10 @@ step_shapes = st.tuples(st.integers(1, 5), st.integers(1, 40))  # N: mostly not 
 
 
 @pytest.mark.parametrize("surrogate", sorted(SURROGATES))
-@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 def test_every_surrogate_on_every_backend_matches_autograd(backend, device, surrogate):
     # the table is enumerated: a new row is tested on every backend without touching this file
-    examples = 6 if backend == "triton" and not HAS_CUDA else 12
+    examples = 6 if backend == "triton" and device == "cpu" else 12
 
     @settings(max_examples=examples, deadline=None, derandomize=True)
     @given(shape=step_shapes, alif=st.booleans(), reset=st.sampled_from(["subtract", "zero"]),
@@ -129,14 +124,14 @@ def test_every_surrogate_on_every_backend_matches_autograd(backend, device, surr
     run()
 
 
-@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 @pytest.mark.parametrize("alif", [False, True], ids=["lif", "alif"])
 def test_float32_state_matches_autograd(backend, device, alif):
     step = Step(3, 19, alif, "subtract", "atan", 4.0, 0.8, seed=5, dtype=torch.float32, device=device)
     check_against_autograd(step, backend, {"rtol": 1e-5, "atol": 1e-6})
 
 
-@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 def test_missing_grad_a_counts_as_zero(backend, device):
     step = Step(2, 11, True, "subtract", "triangle", 2.0, 0.5, seed=3, device=device)
     _, _, _, d, zbits = step.forward(backend)
@@ -150,7 +145,7 @@ def test_missing_grad_a_counts_as_zero(backend, device):
 SAVED = [(torch.float16, 2.0**-11, 2.0**-25), (torch.bfloat16, 2.0**-8, 0.0)]
 
 
-@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 @pytest.mark.parametrize("saved, unit_roundoff, smallest_step", SAVED, ids=["float16", "bfloat16"])
 @pytest.mark.parametrize("state", [torch.float32, torch.float64])
 def test_reduced_precision_d_is_the_rounded_float32_d(backend, device, saved, unit_roundoff,
@@ -223,7 +218,7 @@ def test_bits_round_trip(lead, n, seed):
     assert bool((bits[..., -1].int() < 2 ** (n - 8 * (bits.shape[-1] - 1))).all())  # padding bits are 0
 
 
-@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 def test_kernel_bits_equal_packed_z_with_zero_padding(backend, device):
     step = Step(3, 13, False, "zero", "boxcar", 1.0, 0.1, seed=4, device=device)  # fires often
     _, _, z, _, zbits = step.forward(backend)

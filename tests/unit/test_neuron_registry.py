@@ -2,7 +2,7 @@
 every kernel backend against autograd through the model's own step, in float64.
 
 A model or surrogate added to the Python tables but missing from a kernel (a C++ enum, the Triton
-codes, a Poplar op's string table, the parameter struct's reader) fails here.
+codes, the Poplar network op's codes, the parameter struct's reader) fails here.
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ def cpp_constant(path: Path, name: str) -> int:
     return int(re.search(rf"constexpr int32_t {name} = (\d+);", path.read_text()).group(1))
 
 
-#: kernels the Poplar vertices (custom_ops/poplar/) do not run yet; every other kernel must be in their tables
-NOT_ON_POPLAR = {"cuba"}
 CORE = CUSTOM_OPS / "include" / "neuron_core.h"
 GLUE = CUSTOM_OPS / "cpu" / "neuron_glue.h"
 
@@ -74,23 +72,14 @@ def test_the_surrogate_codes_are_the_tables_in_every_language():
         assert triton_kernels.SURROGATE_CODES == codes
 
 
-def _poplar_tables(attribute: str) -> list[set[str]]:
-    """The string tables of the Poplar ops' attribute ``attribute``: the names in each ``lookup`` call's map."""
-    tables = []
-    for path in sorted((CUSTOM_OPS / "poplar").glob("*.cpp")):
-        for body, attr in re.findall(r"lookup<[^>]+>\(\s*\{(\{.*?\})\},\s*\"(\w+)\"", path.read_text(), re.S):
-            if attr == attribute:
-                tables.append(set(re.findall(r'\{"(\w+)",', body)))
-    return tables
-
-
-def test_the_poplar_ops_string_tables_name_every_entry():
-    surrogates, kinds = _poplar_tables("surrogate"), _poplar_tables("kind")
-    assert surrogates and kinds, "no Poplar string table found: update this test to read the Poplar op's tables"
-    for table in surrogates:
-        assert table == set(SURROGATES)
-    for table in kinds:
-        assert table == set(KERNEL_CODES) - NOT_ON_POPLAR
+def test_the_poplar_network_op_takes_the_registrys_codes():
+    # The network op has no string table of its own: its attributes carry the surrogate and reset codes of
+    # the tables above (checked against neuron_core.h's enums, which its vertices read), as ints.
+    op = (CUSTOM_OPS / "poplar" / "network_op.cpp").read_text()
+    for attribute in ("surrogates", "resets"):
+        assert f'perLayer<Ints>(a, "{attribute}", n)' in op, attribute
+    calls = (CUSTOM_OPS.parent / "ipu_snn" / "ipu" / "custom_ops.py").read_text()
+    assert "l.spec.reset_code, l.spec.surrogate_code" in calls
 
 
 def test_the_cpu_ops_read_the_parameter_struct_by_name():

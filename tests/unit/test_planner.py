@@ -18,7 +18,7 @@ from ipu_snn.network import build_network, count_parameters, pack_inputs
 from ipu_snn.bptt.registry import SCHEDULES as REGISTRY
 from ipu_snn.calibration import measure_window_costs
 from ipu_snn.planner import NetShape, analytic_costs, candidates, plan
-from ipu_snn.train import train
+from ipu_snn.training import train
 
 MODEL = {"layers": [{"type": "rlif", "size": 24, "learn_decay": True}, {"type": "alif", "size": 12}],
          "readout": {"reduce": "max"}}

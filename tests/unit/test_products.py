@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipu_snn.core.bits import pack_spikes
+from ipu_snn.core.bits import pack_spikes, unpack_spikes
 from ipu_snn.errors import UserError
 from ipu_snn.ops import policy as policy_module
 from ipu_snn.ops.policy import MODES, PRODUCT_MODE_CODES, SparsePolicy
@@ -88,6 +88,44 @@ def test_bits_kernels_of_the_cpu_equal_the_list_compositions():
                                        ref.bits_grad_input(bits, near, n_in, weight, grad, capacity),
                                        rtol=1e-5, atol=1e-4)
         assert torch.equal(cpu.count_bits(bits), ref.count_bits(bits))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])  # Triton's bits products compact as the reference
+def test_padding_bits_of_packed_input_are_not_spikes(backend):
+    """Bits beyond n in a row's last byte (random bytes from outside; the packing writes 0) never list a
+    neuron: every product equals that of the same bits with the padding cleared. They used to list ids
+    >= n, which the CPU kernels read weights at and wrote gradient rows to, past the end (heap corruption)."""
+    g = torch.Generator().manual_seed(3)
+    kernels = get_kernels(backend)
+    shapes = ((13, 5), (61, 7), (70, 3)) + (((1101, 1000),) if backend == "cpu" else ())  # 61: padding in a word
+    for n_in, n_out in shapes:
+        raw = torch.randint(0, 256, (16, (n_in + 7) // 8), generator=g, dtype=torch.uint8)
+        near = torch.randint(0, 256, raw.shape, generator=g, dtype=torch.uint8)
+        clean, clean_near = pack_spikes(unpack_spikes(raw, n_in)), pack_spikes(unpack_spikes(near, n_in))
+        weight = torch.randn(n_in, n_out, generator=g, dtype=torch.float64)
+        grad = torch.randn(16, n_out, generator=g, dtype=torch.float64)
+        ids, counts, near_counts, dropped, _ = kernels.compact_bits(raw, near, n_in, n_in)
+        assert int(ids.max()) < n_in
+        for a, b in zip((ids, counts, near_counts, dropped), kernels.compact_bits(clean, clean_near, n_in, n_in)):
+            assert torch.equal(a, b)
+        for capacity in (4, n_in):
+            for a, b in zip(kernels.bits_forward(raw, n_in, weight, None, capacity),
+                            kernels.bits_forward(clean, n_in, weight, None, capacity)):
+                assert torch.equal(a, b)
+            assert torch.equal(kernels.bits_grad_weight(raw, n_in, grad, capacity),
+                               kernels.bits_grad_weight(clean, n_in, grad, capacity))
+            assert torch.equal(kernels.bits_grad_input(raw, near, n_in, weight, grad, capacity),
+                               kernels.bits_grad_input(clean, clean_near, n_in, weight, grad, capacity))
+        policy = SparsePolicy("sparse", n_in, listed_grad=True, backend=backend)
+        z = unpack_spikes(clean, n_in, torch.float64).requires_grad_()
+        for bits, near_bits in ((raw, near), (clean, clean_near)):
+            w = weight.clone().requires_grad_()
+            out, _ = spike_product(bits, w, None, policy, z=z, near=near_bits)
+            got = (out, *torch.autograd.grad(out, (z, w), grad))
+            if bits is raw:
+                first = got
+        for a, b in zip(first, got):
+            assert torch.equal(a, b)
 
 
 def test_crossovers_are_calibrated_once_and_building_measures_nothing(tmp_path, monkeypatch):

@@ -6,7 +6,6 @@ GPU is present; conftest.py sets TRITON_INTERPRET before anything imports Triton
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -25,18 +24,12 @@ from ipu_snn.ops.spikes import near_threshold_mask
 from ipu_snn.ops import cpu_ext
 from ipu_snn.ops.registry import get_kernels
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-HAS_CUDA = torch.cuda.is_available()
-needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-
-# Triton kernels run compiled on a GPU when there is one, interpreted on CPU otherwise.
-TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+# the device "triton" is where the Triton kernels run (tests/conftest.py's `device`)
 BACKENDS = [
     pytest.param("reference", "cpu", id="reference"),
     pytest.param("cpu", "cpu", id="cpu"),
-    pytest.param("triton", TRITON_DEVICE, id="triton", marks=needs_triton),
-    pytest.param("triton_sorted", TRITON_DEVICE, id="triton_sorted", marks=needs_triton),
+    pytest.param("triton", "triton", id="triton", marks=pytest.mark.triton),
+    pytest.param("triton_sorted", "triton", id="triton_sorted", marks=pytest.mark.triton),
 ]
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 
@@ -97,7 +90,7 @@ def test_from_dense_lists_spikes_in_order_and_pads_with_zero():
     torch.testing.assert_close(spikes.to_dense(), z)
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 def test_compaction_matches_reference(backend, device):
     z = random_spikes(7, 50, 0.3, seed=3, device=device)
     v = torch.rand(7, 50, generator=torch.Generator().manual_seed(4)).to(device)
@@ -118,7 +111,7 @@ def test_overflow_error_names_the_counts():
         SparseSpikes.from_dense(z, capacity=5, overflow="error", backend="reference")
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 def test_overflow_drop_and_count_keeps_first_k(backend, device):
     z = torch.zeros(2, 10, device=device)
     z[0, [1, 2, 4, 6, 9]] = 1
@@ -177,7 +170,7 @@ def test_constructor_validates_lists():
 # ---------------------------------------------------------------- matmul and gradients
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 @settings(max_examples=20, deadline=None)
 @given(
     batch=st.integers(0, 6),
@@ -194,33 +187,33 @@ def test_matches_dense_reference(backend, device, batch, n_in, n_out, density, c
     assert spikes.dropped.cpu().tolist() == (totals - totals.clamp(max=capacity)).tolist()
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 def test_zero_spikes(backend, device):
     spikes = check_matmul(backend, device, 4, 30, 20, density=0.0, capacity=8, seed=0)
     assert spikes.counts.sum() == 0
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 def test_full_capacity(backend, device):
     # density 1 with capacity n_in: every neuron fires and exactly fills the list.
     spikes = check_matmul(backend, device, 3, 24, 33, density=1.0, capacity=24, seed=1)
     assert spikes.counts.tolist() == [24, 24, 24] and spikes.total_dropped() == 0
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 def test_overflow_drop_and_count_matmul(backend, device):
     spikes = check_matmul(backend, device, 5, 40, 17, density=0.5, capacity=6, seed=2)
     assert spikes.total_dropped() > 0
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 def test_second_threshold_gradients(backend, device):
     spikes = check_matmul(backend, device, 6, 48, 40, density=0.1, capacity=30, seed=5,
                           second_threshold=0.7)
     assert spikes.near_counts.sum() > 0
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 def test_dense_grad_mode(backend, device):
     check_matmul(backend, device, 4, 32, 24, density=0.2, capacity=20, seed=6, dense_grad=True)
 
@@ -231,7 +224,7 @@ def test_other_dtypes(backend, dtype):
     check_matmul(backend, "cpu", 4, 64, 96, density=0.2, capacity=40, seed=7, dtype=dtype)
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 def test_leading_dimensions(backend, device):
     z = random_spikes(6, 16, 0.3, seed=8, device=device).reshape(2, 3, 16).requires_grad_()
     weight = torch.randn(16, 5, device=device, requires_grad=True)
@@ -244,7 +237,7 @@ def test_leading_dimensions(backend, device):
                                **TOL)
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend, device", BACKENDS, indirect=["device"])
 def test_a_product_without_z_differentiates_weight(backend, device):
     z = random_spikes(3, 12, 0.4, seed=9, device=device)
     weight = torch.randn(12, 7, device=device, requires_grad=True)
@@ -344,15 +337,14 @@ def test_cpu_kernels_reject_out_of_range_ids():
 # ---------------------------------------------------------------- GPU only
 
 
-@needs_cuda
-@needs_triton
+@pytest.mark.gpu
+@pytest.mark.triton
 def test_cuda_default_backend_is_triton():
     assert resolve_backend(None, torch.device("cuda")) == "triton"
 
 
-@needs_cuda
-@needs_triton
 @pytest.mark.gpu
+@pytest.mark.triton
 @pytest.mark.parametrize("backend", ["triton", "triton_sorted", "reference"])
 def test_cuda_large_shape(backend):
     check_matmul(backend, "cuda", 128, 1024, 1024, density=0.05, capacity=120, seed=14,

@@ -14,8 +14,8 @@ from ipu_snn.neuron.surrogates import SURROGATES, spike, straight_through_spike,
 PRIMITIVES = {
     "fast_sigmoid": lambda x, k: x / (1 + k * x.abs()),
     "atan": lambda x, k: torch.atan(math.pi / 2 * k * x) / math.pi,
-    "triangle": lambda x, k: torch.where(x.abs() < 1 / k, k * x - k * k * x * x.abs() / 2, torch.sign(x) / 2),
-    "boxcar": lambda x, k: torch.clamp(k * x, -0.5, 0.5),
+    "triangle": lambda x, k: torch.where(x.abs() < 1 / k, x - k * x * x.abs() / 2, torch.sign(x) / (2 * k)),
+    "boxcar": lambda x, k: torch.clamp(x, -0.5 / k, 0.5 / k),
 }
 
 
@@ -52,12 +52,23 @@ def test_bounded_rows_are_zero_far_from_threshold(name):
     assert bool((surrogate(name).grad(far, 5.0) == 0).all()) == SURROGATES[name].bounded
 
 
-@pytest.mark.parametrize("name", ["triangle", "boxcar", "atan"])
-def test_unit_area(name):
-    # the normalised surrogates integrate to one: a step's total gradient is scale-free
+def test_atan_has_unit_area():
+    # Fang et al.'s normalisation: a step's total gradient is scale-free
     x = torch.linspace(-200, 200, 2_000_001, dtype=torch.float64)
-    area = torch.trapezoid(surrogate(name).grad(x, 4.0), x).item()
+    area = torch.trapezoid(surrogate("atan").grad(x, 4.0), x).item()
     assert area == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("name", ["fast_sigmoid", "triangle", "boxcar"])
+@pytest.mark.parametrize("scale", [0.5, 5.0, 40.0])
+def test_peak_one_and_width_one_over_scale(name, scale):
+    # scale is a sharpness, never a gain: these peak at 1 at the threshold at every scale (so a bounded
+    # surrogate does not multiply the gradient at every step through time), and sharpen as 1/scale
+    g = surrogate(name).grad
+    assert g(torch.zeros(1, dtype=torch.float64), scale).item() == 1.0
+    x = torch.linspace(-4 / scale, 4 / scale, 80_001, dtype=torch.float64)
+    assert torch.trapezoid(g(x, scale), x).item() * scale == pytest.approx(
+        {"fast_sigmoid": 1.6, "triangle": 1.0, "boxcar": 1.0}[name], abs=2e-3)
 
 
 def test_unknown_surrogate():

@@ -1,4 +1,5 @@
-// Mock of <poplar/DataStream.hpp> (Poplar 3.x): RemoteBuffer, a buffer in
+// Mock of <poplar/DataStream.hpp> (Poplar 3.x): DataStream (a host stream,
+// which PopART's IrLowering keeps in maps) and RemoteBuffer, a buffer in
 // streaming memory (repeats rows of numElements elements) that programs copy
 // to and from (program::Copy with an offset tensor naming the row).
 #pragma once
@@ -9,6 +10,10 @@ namespace poplar_mock {
 struct GraphData;
 }
 namespace poplar {
+class DataStream {
+public:
+  DataStream();
+};
 class RemoteBuffer {
 public:
   std::size_t numElements() const;

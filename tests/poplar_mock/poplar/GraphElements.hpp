@@ -1,5 +1,6 @@
 // Mock of <poplar/GraphElements.hpp> (Poplar 3.x): handles of compute sets,
-// vertices and vertex fields.
+// vertices and vertex fields; Function and FunctionBuffer, which PopART's
+// popprograms.hpp and irlowering.hpp hold by value.
 #pragma once
 #include <string>
 #include <poplar/StringRef.hpp>
@@ -17,6 +18,14 @@ private:
   friend struct ::poplar_mock::GraphData;
   unsigned vertex_ = ~0u;
   std::string name_;
+};
+class Function {
+private:
+  unsigned id_ = ~0u;
+};
+class FunctionBuffer {
+private:
+  unsigned id_ = ~0u;
 };
 class VertexRef {
 public:

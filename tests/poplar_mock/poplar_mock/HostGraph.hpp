@@ -51,6 +51,7 @@ struct Variable {
   std::vector<std::size_t> shape;
   std::size_t n;
   std::vector<Mapping> mapping;
+  std::size_t mappedEnd = 0;  // the end of the highest mapped element
   bool constant = false;
   bool hasInit = false;
   double init = 0;

@@ -58,13 +58,27 @@ Tensor TensorAccess::make(TensorData d) {
   t.data_ = std::make_shared<const TensorData>(std::move(d));
   return t;
 }
-// Elements [begin, end) of the flattened tensor, appended to out (merging runs).
-static void appendRange(const std::vector<Region> &regions, std::size_t begin, std::size_t end,
-                        std::vector<Region> &out) {
+// Where each region starts in the flattened tensor (for the binary search of appendRange).
+static std::vector<std::size_t> regionStarts(const std::vector<Region> &regions) {
+  std::vector<std::size_t> starts;
+  starts.reserve(regions.size());
   std::size_t at = 0;
   for (const Region &r : regions) {
-    const std::size_t len = r.end - r.begin;
-    if (at + len > begin && at < end) {
+    starts.push_back(at);
+    at += r.end - r.begin;
+  }
+  return starts;
+}
+// Elements [begin, end) of the flattened tensor, appended to out (merging runs).
+static void appendRange(const std::vector<Region> &regions, const std::vector<std::size_t> &starts,
+                        std::size_t begin, std::size_t end, std::vector<Region> &out) {
+  std::size_t i = std::size_t(std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin());
+  i = i == 0 ? 0 : i - 1;
+  for (; i < regions.size(); ++i) {
+    const Region &r = regions[i];
+    const std::size_t at = starts[i], len = r.end - r.begin;
+    if (at >= end) break;
+    if (at + len > begin) {
       const std::size_t b = std::max(begin, at) - at, e = std::min(end, at + len) - at;
       Region piece{r.var, r.begin + b, r.begin + e};
       if (!out.empty() && out.back().var == piece.var && out.back().end == piece.begin)
@@ -72,8 +86,6 @@ static void appendRange(const std::vector<Region> &regions, std::size_t begin, s
       else
         out.push_back(piece);
     }
-    at += len;
-    if (at >= end) break;
   }
 }
 
@@ -158,9 +170,10 @@ Tensor Tensor::slice(std::size_t begin, std::size_t end, unsigned dimension) con
   out.shape[dimension] = end - begin;
   const std::size_t inner = poplar_mock::product(d.shape, dimension + 1);
   const std::size_t outer = poplar_mock::product(std::vector<std::size_t>(d.shape.begin(), d.shape.begin() + dimension));
+  const std::vector<std::size_t> starts = poplar_mock::regionStarts(d.regions);
   for (std::size_t o = 0; o < outer; ++o) {
     const std::size_t base = o * d.shape[dimension] * inner;
-    poplar_mock::appendRange(d.regions, base + begin * inner, base + end * inner, out.regions);
+    poplar_mock::appendRange(d.regions, starts, base + begin * inner, base + end * inner, out.regions);
   }
   return TensorAccess::make(std::move(out));
 }
@@ -190,11 +203,13 @@ Tensor concat(ArrayRef<Tensor> ts, unsigned dimension) {
   for (const Tensor &t : ts) out.shape[dimension] += TensorAccess::data(t).shape.at(dimension);
   const std::size_t outer =
       poplar_mock::product(std::vector<std::size_t>(first.shape.begin(), first.shape.begin() + dimension));
+  std::vector<std::vector<std::size_t>> starts;
+  for (const Tensor &t : ts) starts.push_back(poplar_mock::regionStarts(TensorAccess::data(t).regions));
   for (std::size_t o = 0; o < outer; ++o)
-    for (const Tensor &t : ts) {
-      const TensorData &d = TensorAccess::data(t);
+    for (std::size_t i = 0; i < ts.size(); ++i) {
+      const TensorData &d = TensorAccess::data(ts[i]);
       const std::size_t block = poplar_mock::product(d.shape, dimension);
-      poplar_mock::appendRange(d.regions, o * block, (o + 1) * block, out.regions);
+      poplar_mock::appendRange(d.regions, starts[i], o * block, (o + 1) * block, out.regions);
     }
   return TensorAccess::make(std::move(out));
 }
@@ -228,7 +243,13 @@ void Graph::setTileMapping(const Tensor &t, unsigned tileNum) {
   GraphData &g = GraphData::of(*this);
   if (tileNum >= g.target.getNumTiles()) throw Error("poplar_mock: tile " + std::to_string(tileNum) + " out of range");
   for (const Region &r : TensorAccess::data(t).regions) {
-    auto &m = g.vars[r.var].mapping;
+    auto &var = g.vars[r.var];
+    auto &m = var.mapping;
+    if (r.begin >= var.mappedEnd) {  // past everything mapped so far (a mapping built in order): appended
+      m.push_back({r.begin, r.end, tileNum});
+      var.mappedEnd = r.end;
+      continue;
+    }
     // a new mapping replaces the old one over its range
     std::vector<poplar_mock::Mapping> kept;
     for (const auto &old : m) {
@@ -238,6 +259,7 @@ void Graph::setTileMapping(const Tensor &t, unsigned tileNum) {
     }
     kept.push_back({r.begin, r.end, tileNum});
     m.swap(kept);
+    for (const auto &k : m) var.mappedEnd = std::max(var.mappedEnd, k.end);
   }
 }
 void Graph::setTileMapping(VertexRef v, unsigned tileNum) {

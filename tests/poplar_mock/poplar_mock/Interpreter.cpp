@@ -179,8 +179,32 @@ template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const 
          FIELD(reset), FIELD(adaptive), FIELD(colBegin), FIELD(colEnd), FIELD(ownSlice)});
   }
   {
-    using V = BiasRows<T>;
-    r["BiasRows" + suffix] = makeVertex<V>({FIELD(bias), FIELD(out)});
+    using V = BitsMatmulForward<T>;
+    r["BitsMatmulForward" + suffix] = makeVertex<V>({FIELD(bits), FIELD(weight), FIELD(bitsRec), FIELD(weightRec),
+                                                     FIELD(bias), FIELD(out), FIELD(numInputs), FIELD(numRec)});
+  }
+  {
+    using V = BitsMatmulGradWeight<T>;
+    r["BitsMatmulGradWeight" + suffix] =
+        makeVertex<V>({FIELD(bits), FIELD(gradOut), FIELD(gradWeight), FIELD(numInputs)});
+  }
+  {
+    using V = DenseGradInput<T>;
+    r["DenseGradInput" + suffix] = makeVertex<V>({FIELD(weight), FIELD(gradOut), FIELD(partial), FIELD(numInputs)});
+  }
+  {
+    using V = ReduceSlices<T>;
+    r["ReduceSlices" + suffix] =
+        makeVertex<V>({FIELD(parts), FIELD(out), FIELD(numParts), FIELD(width), FIELD(rowBegin)});
+  }
+  {
+    using V = LeakyIntegrate<T>;
+    r["LeakyIntegrate" + suffix] = makeVertex<V>({FIELD(current), FIELD(vPrev), FIELD(beta), FIELD(vNew)});
+  }
+  {
+    using V = LeakyIntegrateBackward<T>;
+    r["LeakyIntegrateBackward" + suffix] = makeVertex<V>({FIELD(gradOut), FIELD(vPrev), FIELD(beta), FIELD(carried),
+                                                          FIELD(gradCurrent), FIELD(gradBeta), FIELD(gradBias)});
   }
   {
     using V = AccumulateRows<T>;
@@ -201,7 +225,8 @@ template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const 
   {
     using V = StepLoad<T>;
     r["StepLoad" + suffix] = makeVertex<V>(
-        {FIELD(src), FIELD(dst), FIELD(step), FIELD(slots), FIELD(rows), FIELD(rowStride), FIELD(stepStride)});
+        {FIELD(src), FIELD(dst), FIELD(step), FIELD(slots), FIELD(rows), FIELD(rowStride), FIELD(stepStride),
+         FIELD(offset)});
   }
 }
 const std::map<std::string, VertexSpec> &registry() {
@@ -212,11 +237,16 @@ const std::map<std::string, VertexSpec> &registry() {
     {
       using V = StepLoad<unsigned char>;
       m["StepLoad<unsigned char>"] = makeVertex<V>(
-          {FIELD(src), FIELD(dst), FIELD(step), FIELD(slots), FIELD(rows), FIELD(rowStride), FIELD(stepStride)});
+          {FIELD(src), FIELD(dst), FIELD(step), FIELD(slots), FIELD(rows), FIELD(rowStride), FIELD(stepStride),
+         FIELD(offset)});
     }
     {
-      using V = BitsToList;
-      m["BitsToList"] = makeVertex<V>({FIELD(bits), FIELD(mask), FIELD(ids), FIELD(count), FIELD(numNeurons)});
+      using V = StepStore<unsigned char>;
+      m["StepStore<unsigned char>"] = makeVertex<V>({FIELD(src), FIELD(dst), FIELD(step), FIELD(slots)});
+    }
+    {
+      using V = ZeroFill<unsigned char>;
+      m["ZeroFill<unsigned char>"] = makeVertex<V>({FIELD(out)});
     }
     {
       using V = selfcheck::ReadsOutput;

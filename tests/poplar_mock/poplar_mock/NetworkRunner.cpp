@@ -3,9 +3,11 @@
 // the host interpreter that runs it. ipu_snn/ipu/interpreter.py builds and loads it.
 #include <cstdint>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 
 #include "HostGraph.hpp"
@@ -23,6 +25,8 @@ struct Handle {
   poplar::Graph graph;
   NetworkGraph net;
   std::map<std::string, poplar::Tensor> named;
+  // per compute set, the bytes each tile receives from other tiles (each tensor once); filled on first use
+  std::vector<std::map<unsigned, double>> received;
 };
 int fail(const std::exception &e, char *err, unsigned errLen) {
   std::snprintf(err, errLen, "%s", e.what());
@@ -45,7 +49,7 @@ const poplar::Tensor &tensor(Handle *h, const char *name) {
 
 extern "C" {
 // spec: batch, steps, inputs, layers, tapeSlots, localSlots, offchipSlots, actions,
-// then per layer (size, recurrent, reset, surrogate), then per action
+// readout (n_out), samplesPerPass, then per layer (size, recurrent, reset, surrogate), then per action
 // (kind, n0, n1, tape, offchip, slot); scalars: per layer (threshold, scale).
 void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned tiles, unsigned bytesPerTile,
                         int holdsData, char *err, unsigned errLen) {
@@ -59,7 +63,9 @@ void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned til
     s.localSlots = spec[5];
     s.offchipSlots = spec[6];
     const unsigned actions = spec[7];
-    const unsigned *p = spec + 8;
+    s.readout = spec[8];
+    s.samplesPerPass = spec[9];
+    const unsigned *p = spec + 10;
     for (unsigned l = 0; l < layers; ++l, p += 4) {
       LayerSpec ls;
       ls.size = p[0];
@@ -72,11 +78,16 @@ void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned til
     }
     for (unsigned a = 0; a < actions; ++a, p += 6)
       s.actions.push_back(Action{ActionKind(p[0]), p[1], p[2], p[3] != 0, p[4] != 0, p[5]});
-    auto *h = new Handle{poplar_mock::GraphData::makeGraph(tiles, bytesPerTile, holdsData != 0), {}, {}};
+    auto *h = new Handle{poplar_mock::GraphData::makeGraph(tiles, bytesPerTile, holdsData != 0), {}, {}, {}};
     h->net = ipu_snn::network::buildNetwork(h->graph, s);
     h->named["input_bits"] = h->net.inputBits;
     h->named["output"] = h->net.output;
     h->named["grad_output"] = h->net.gradOutput;
+    const auto &r = h->net.readout;
+    for (auto [name, t] : {std::pair{"readout_weight", r.weight}, {"readout_bias", r.bias}, {"readout_beta", r.beta},
+                           {"grad_readout_weight", r.gradWeight}, {"grad_readout_bias", r.gradBias},
+                           {"grad_readout_beta", r.gradBeta}})
+      h->named[name] = t;
     for (unsigned l = 0; l < layers; ++l) {
       const auto &lt = h->net.layers[l];
       const std::string i = "." + std::to_string(l);
@@ -92,6 +103,7 @@ void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned til
         h->named["grad_weight_rec" + i] = lt.gradWeightRec;
       }
     }
+    for (std::size_t k = 0; k < h->net.carried.size(); ++k) h->named["carried." + std::to_string(k)] = h->net.carried[k];
     return h;
   } catch (const std::exception &e) {
     fail(e, err, errLen);
@@ -105,6 +117,15 @@ int ipu_snn_net_write(void *handle, const char *name, const void *data, char *er
     return 0;
   } catch (const std::exception &e) {
     return fail(e, err, errLen);
+  }
+}
+// Elements of a named tensor, or -1 (err set) when there is none.
+long long ipu_snn_net_numel(void *handle, const char *name, char *err, unsigned errLen) {
+  try {
+    return static_cast<long long>(tensor(static_cast<Handle *>(handle), name).numElements());
+  } catch (const std::exception &e) {
+    fail(e, err, errLen);
+    return -1;
   }
 }
 int ipu_snn_net_read(void *handle, const char *name, void *data, char *err, unsigned errLen) {
@@ -132,6 +153,23 @@ unsigned ipu_snn_net_tile_bytes(void *handle, std::uint64_t *out) {
   std::memcpy(out, bytes.data(), bytes.size() * sizeof(std::uint64_t));
   return unsigned(bytes.size());
 }
+// Bytes of the op's parameters (weights, biases, decays) on each tile (out[numTiles]): what an
+// optimizer's slots replicate beside them.
+void ipu_snn_net_param_bytes(void *handle, std::uint64_t *out) {
+  Handle *h = static_cast<Handle *>(handle);
+  const auto &g = poplar_mock::GraphData::of(h->graph);
+  std::fill(out, out + g.target.getNumTiles(), 0);
+  auto endsWith = [](const std::string &s, const char *suffix) {
+    const std::size_t n = std::strlen(suffix);
+    return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
+  };
+  for (const auto &v : g.vars) {
+    if (!(endsWith(v.name, ".weightIn") || endsWith(v.name, ".weightRec") || endsWith(v.name, ".bias") ||
+          endsWith(v.name, ".beta")))
+      continue;
+    for (const auto &m : v.mapping) out[m.tile] += (m.end - m.begin) * poplar_mock::typeBytes(v.type);
+  }
+}
 // remote bytes, vertices, compute sets, variables, vertex runs, exchanged bytes, remote bytes moved
 void ipu_snn_net_counts(void *handle, std::uint64_t *out) {
   Handle *h = static_cast<Handle *>(handle);
@@ -144,61 +182,155 @@ void ipu_snn_net_counts(void *handle, std::uint64_t *out) {
 void ipu_snn_net_free(void *handle) { delete static_cast<Handle *>(handle); }
 
 // What one run of a program costs, for the plan's time model, from the graph
-// alone (a counting graph will do): out = {compute set executions, the sum
-// over them of the busiest tile's vertex work (field elements, a single-worker
-// vertex's counted 6 times: one issue slot in 6), the sum of the busiest
-// tile's bytes received from other tiles (vertex fields and Copy programs),
-// exchange phases (compute sets, and each run of consecutive Copy programs),
-// bytes copied to or from remote buffers}.
-void ipu_snn_net_cost(void *handle, int backward, double *out) {
+// alone (a counting graph will do). Each vertex's work is its codelet's inner
+// loop iterations (opsOf: spikes at `rate` of the neurons per step), a
+// single-worker vertex's counted 6 times (one issue slot in 6). out =
+// {compute set executions, the sum over them of the busiest tile's work, the
+// sum of the busiest tile's bytes received from other tiles (each tensor once
+// per tile and compute set; Copy programs too), exchange phases (compute sets,
+// and each run of consecutive Copy programs), bytes copied to or from remote
+// buffers}.
+namespace {
+struct TileIndex {  // each variable's mapping sorted, for the tiles of a region
+  std::vector<std::vector<poplar_mock::Mapping>> sorted;
+  explicit TileIndex(const poplar_mock::GraphData &g) {
+    for (const auto &v : g.vars) {
+      sorted.push_back(v.mapping);
+      std::sort(sorted.back().begin(), sorted.back().end(),
+                [](const auto &a, const auto &b) { return a.begin < b.begin; });
+    }
+  }
+  // bytes of the tensor not on `tile`
+  double offTile(const poplar_mock::GraphData &g, const poplar::Tensor &t, int tile) const {
+    double bytes = 0;
+    for (const auto &r : poplar_mock::TensorAccess::data(t).regions) {
+      const auto &m = sorted[r.var];
+      auto it = std::upper_bound(m.begin(), m.end(), r.begin, [](std::size_t x, const auto &e) { return x < e.begin; });
+      if (it != m.begin()) --it;
+      for (; it != m.end() && it->begin < r.end; ++it) {
+        const std::size_t b = std::max(it->begin, r.begin), e = std::min(it->end, r.end);
+        if (b < e && int(it->tile) != tile) bytes += double((e - b) * poplar_mock::typeBytes(g.vars[r.var].type));
+      }
+    }
+    return bytes;
+  }
+  int tileOf(const poplar::Tensor &t) const {
+    const auto &r = poplar_mock::TensorAccess::data(t).regions.at(0);
+    const auto &m = sorted[r.var];
+    auto it = std::upper_bound(m.begin(), m.end(), r.begin, [](std::size_t x, const auto &e) { return x < e.begin; });
+    return it == m.begin() ? -1 : int((--it)->tile);
+  }
+};
+double elements(const poplar_mock::VertexRecord &v, const char *field) {
+  return double(v.fields.at(field).numElements());
+}
+// Inner-loop iterations of one vertex's compute() (all workers together).
+double opsOf(const poplar_mock::VertexRecord &v, double rate) {
+  const std::string &t = v.type;
+  auto value = [&](const char *name) { return v.values.at(name); };
+  if (t.rfind("BitsMatmulForward", 0) == 0) {
+    const double width = elements(v, "bias"), out = elements(v, "out"), batch = out / width;
+    // bias, every byte scanned, a weight row added per spike
+    return out + elements(v, "bits") + batch * rate * (value("numInputs") + value("numRec")) * width +
+           (value("numRec") > 0 ? elements(v, "bitsRec") : 0.0);
+  }
+  if (t.rfind("BitsMatmulGradWeight", 0) == 0) {
+    const double n = value("numInputs"), rows = elements(v, "gradWeight");
+    const double batch = elements(v, "bits") / std::ceil(n / 8);
+    return batch * std::ceil(n / 8) + rate * batch * rows;  // each sample's bytes walked, a row added per spike
+  }
+  if (t.rfind("DenseGradInput", 0) == 0) return elements(v, "weight") * elements(v, "gradOut") / (elements(v, "weight") / value("numInputs"));
+  if (t.rfind("SumParts", 0) == 0 || t.rfind("ReduceSlices", 0) == 0) return elements(v, "parts");
+  if (t.rfind("StepLoad", 0) == 0) return elements(v, "dst");
+  if (t.rfind("StepStore", 0) == 0) return elements(v, "src");
+  if (t.rfind("NeuronForward", 0) == 0) return 4 * elements(v, "current");
+  if (t.rfind("NeuronBackward", 0) == 0) return 4 * elements(v, "gradZ") + elements(v, "bits");
+  if (t.rfind("LeakyIntegrateBackward", 0) == 0) return 4 * elements(v, "gradOut");
+  if (t.rfind("LeakyIntegrate", 0) == 0) return 2 * elements(v, "vNew");
+  if (t.rfind("PackSpikes", 0) == 0) return elements(v, "z");
+  if (t.rfind("AccumulateRows", 0) == 0) return elements(v, "x");
+  if (t.rfind("ZeroFill", 0) == 0) return elements(v, "out");
+  return 1.0;  // StepCount
+}
+}  // namespace
+
+namespace {
+const std::vector<std::map<unsigned, double>> &receivedPerComputeSet(Handle *h) {
+  if (!h->received.empty()) return h->received;
+  const auto &g = poplar_mock::GraphData::of(h->graph);
+  const TileIndex index(g);
+  h->received.resize(g.computeSets.size());
+  for (std::size_t cs = 0; cs < g.computeSets.size(); ++cs) {
+    std::map<unsigned, std::set<const void *>> seen;  // a tensor is received once per tile
+    for (unsigned id : g.computeSets[cs]) {
+      const auto &v = g.vertices[id];
+      for (const auto &[name, t] : v.fields)
+        if (seen[unsigned(v.tile)].insert(&poplar_mock::TensorAccess::data(t)).second)
+          h->received[cs][unsigned(v.tile)] += index.offTile(g, t, v.tile);
+    }
+  }
+  return h->received;
+}
+}  // namespace
+
+// What a tile holds besides its variables, from the graph: received[t], the most bytes tile t receives
+// from other tiles in one compute set (the exchange's landing buffers; each tensor once per compute
+// set), and vertices[t], the vertices mapped to it (their state).
+void ipu_snn_net_tile_overheads(void *handle, std::uint64_t *received, std::uint64_t *vertices) {
   Handle *h = static_cast<Handle *>(handle);
   const auto &g = poplar_mock::GraphData::of(h->graph);
   const unsigned tiles = g.target.getNumTiles();
-  auto tileOf = [&](unsigned var, std::size_t i) -> int {
-    for (const auto &m : g.vars[var].mapping)
-      if (m.begin <= i && i < m.end) return int(m.tile);
-    return -1;
-  };
+  std::fill(received, received + tiles, 0);
+  std::fill(vertices, vertices + tiles, 0);
+  for (const auto &v : g.vertices) ++vertices[v.tile];
+  for (const auto &in : receivedPerComputeSet(h))
+    for (const auto &[t, b] : in) received[t] = std::max<std::uint64_t>(received[t], std::uint64_t(b));
+}
+
+void ipu_snn_net_cost(void *handle, int backward, double rate, double *out) {
+  Handle *h = static_cast<Handle *>(handle);
+  const auto &g = poplar_mock::GraphData::of(h->graph);
+  const TileIndex index(g);
   // per compute set: busiest tile's work and received bytes
+  const auto &receivedPerCs = receivedPerComputeSet(h);
   std::vector<std::pair<double, double>> perCs(g.computeSets.size(), {0.0, 0.0});
   for (std::size_t cs = 0; cs < g.computeSets.size(); ++cs) {
-    std::map<unsigned, double> work, received;
+    std::map<unsigned, double> work;
     for (unsigned id : g.computeSets[cs]) {
       const auto &v = g.vertices[id];
-      const bool single = v.type.rfind("SpikeSelect", 0) == 0 || v.type.rfind("Step", 0) == 0 ||
-                          v.type == "BitsToList";
-      double elements = 0;
-      // a step load or store touches one step of its buffer: the step's side, twice
-      const char *step = v.type.rfind("StepLoad", 0) == 0 ? "dst" : v.type.rfind("StepStore", 0) == 0 ? "src" : nullptr;
-      for (const auto &[name, t] : v.fields) {
-        const auto &d = poplar_mock::TensorAccess::data(t);
-        if (step == nullptr)
-          elements += double(d.numElements());
-        else if (name == step)
-          elements += 2.0 * double(d.numElements());
-        for (const auto &r : d.regions) {
-          const int at = tileOf(r.var, r.begin);
-          if (at != v.tile) received[unsigned(v.tile)] += double((r.end - r.begin) * poplar_mock::typeBytes(g.vars[r.var].type));
-        }
-      }
-      work[unsigned(v.tile)] += single ? 6 * elements : elements;
+      const bool single = v.type.rfind("Step", 0) == 0;
+      work[unsigned(v.tile)] += (single ? 6.0 : 1.0) * opsOf(v, rate);
     }
     for (const auto &[t, w] : work) perCs[cs].first = std::max(perCs[cs].first, w);
-    for (const auto &[t, b] : received) perCs[cs].second = std::max(perCs[cs].second, b);
+    for (const auto &[t, b] : receivedPerCs[cs]) perCs[cs].second = std::max(perCs[cs].second, b);
   }
-  (void)tiles;
+  // consecutive Copy programs form one exchange phase; its time is its busiest receiving tile's bytes
   double totals[5] = {0, 0, 0, 0, 0};
   std::function<void(const poplar_mock::ProgramNode &, double)> walk = [&](const poplar_mock::ProgramNode &n,
                                                                              double times) {
     switch (n.kind) {
       case poplar_mock::ProgramNode::SEQUENCE: {
+        std::map<int, double> copied;
+        auto flush = [&] {
+          double most = 0;
+          for (const auto &[t, b] : copied) most = std::max(most, b);
+          totals[2] += times * most;
+          copied.clear();
+        };
         bool inCopies = false;
         for (const auto &c : n.children) {
           const bool copy = c->kind == poplar_mock::ProgramNode::COPY;
           if (copy && !inCopies) totals[3] += times;
+          if (!copy && inCopies) flush();
           inCopies = copy;
-          walk(*c, times);
+          if (copy) {
+            const int to = index.tileOf(c->dst);
+            copied[to] += index.offTile(g, c->src, to);
+          } else {
+            walk(*c, times);
+          }
         }
+        flush();
         break;
       }
       case poplar_mock::ProgramNode::REPEAT:
@@ -210,14 +342,10 @@ void ipu_snn_net_cost(void *handle, int backward, double *out) {
         totals[2] += times * perCs[n.cs].second;
         totals[3] += times;
         break;
-      case poplar_mock::ProgramNode::COPY: {
-        const auto &src = poplar_mock::TensorAccess::data(n.src);
-        const auto &dst = poplar_mock::TensorAccess::data(n.dst);
-        const int from = tileOf(src.regions.at(0).var, src.regions.at(0).begin);
-        const int to = tileOf(dst.regions.at(0).var, dst.regions.at(0).begin);
-        if (from != to) totals[2] += times * double(dst.numElements() * poplar_mock::typeBytes(g.vars[dst.regions[0].var].type));
+      case poplar_mock::ProgramNode::COPY:  // a Copy on its own (not in a sequence)
+        totals[2] += times * index.offTile(g, n.src, index.tileOf(n.dst));
+        totals[3] += times;
         break;
-      }
       case poplar_mock::ProgramNode::TO_REMOTE: case poplar_mock::ProgramNode::FROM_REMOTE: {
         const auto &r = g.remotes.at(n.remote);
         totals[4] += times * double(r.numElements * poplar_mock::typeBytes(r.type));
