@@ -397,8 +397,9 @@ def test_header_is_self_contained_and_in_place_safe(tmp_path: Path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("backend, device", [p for p in BACKENDS if p.id != "reference-cuda"], indirect=["device"])
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_a_per_neuron_threshold_on_the_step_kernels(model):
+def test_a_per_neuron_threshold_on_the_step_kernels(model, backend, device):
     # learn_threshold: a threshold [N] in place of the spec's scalar (ALIF: its base threshold), as the
     # autograd step fires
     g = torch.Generator().manual_seed(4)
@@ -414,13 +415,11 @@ def test_a_per_neuron_threshold_on_the_step_kernels(model):
     v_ref, a_ref, z_ref = reference_step(spec, beta, rho, v, a, current, threshold=threshold)
     assert not torch.equal(z_ref, reference_step(spec, beta, rho, v, a, current)[2])  # the threshold matters
     ref = kernel_table.load("reference").forward(current, v, a, beta, rho, spec, torch.float64, threshold)
-    for name in ("reference", "cpu") + (("triton",) if HAS_TRITON else ()):
-        dev = TRITON_DEVICE if name == "triton" else "cpu"
-        on = [t.to(dev) if t is not None else None for t in (current, v, a, beta, rho, threshold)]
-        out = kernel_table.load(name).forward(*on[:5], spec, torch.float64, on[5])
-        v_new, a_new, z, d, bits = [t.cpu() if t is not None else None for t in out]
-        torch.testing.assert_close(v_new, v_ref, **F64)
-        assert torch.equal(z, z_ref) and torch.equal(bits, ref[4])
-        torch.testing.assert_close(d, ref[3], **F64)
-        if two:
-            torch.testing.assert_close(a_new, a_ref, **F64)
+    on = [t.to(device) if t is not None else None for t in (current, v, a, beta, rho, threshold)]
+    out = kernel_table.load(backend).forward(*on[:5], spec, torch.float64, on[5])
+    v_new, a_new, z, d, bits = [t.cpu() if t is not None else None for t in out]
+    torch.testing.assert_close(v_new, v_ref, **F64)
+    assert torch.equal(z, z_ref) and torch.equal(bits, ref[4])
+    torch.testing.assert_close(d, ref[3], **F64)
+    if two:
+        torch.testing.assert_close(a_new, a_ref, **F64)
