@@ -100,6 +100,8 @@ class _SpikingLayer(_Decay):
 
     size: PositiveInt
     threshold: PositiveFloat = 1.0
+    # a per-neuron threshold parameter [size], initialised from threshold and trained (alif: its base threshold)
+    learn_threshold: bool = False
     reset: Literal["subtract", "zero"] = "subtract"
     # Detaching the reset from the graph is the usual choice for surrogate-gradient
     # training (Zenke & Vogels 2021): it keeps gradients from cancelling themselves.
@@ -531,6 +533,10 @@ class Config(_Strict):
                              f"and cuda, not yet on {self.device}")
         if self.device in ipu and any(layer.dropout for layer in self.model.layers):
             raise ValueError(f"model.layers.*.dropout runs on cpu and cuda, not yet on {self.device}")
+        for i, layer in enumerate(self.model.layers):
+            if layer.learn_threshold and self.device in ipu:
+                raise ValueError(f"model.layers.{i}.learn_threshold: a learned threshold runs on cpu and cuda, not yet "
+                                 f"on {self.device}: the IPU's neuron vertices fire at a scalar threshold")
         return self
 
 

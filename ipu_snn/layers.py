@@ -87,6 +87,11 @@ def _decay(module: nn.Module, name: str, n: int, value: float, learn: bool) -> N
         module.register_buffer(name, tensor)
 
 
+def _threshold(module: nn.Module, n: int, value: float, learn: bool) -> None:
+    """A learned per-neuron threshold [N] from the config's ``threshold`` (``learn_threshold``), else none."""
+    module.threshold = nn.Parameter(torch.full((n,), float(value))) if learn else None
+
+
 def _add(total: Tensor | None, more: Tensor | None) -> Tensor | None:
     if more is None:
         return total
@@ -110,7 +115,8 @@ class SpikingLayer(nn.Module):
     input_scale = 1.0  # its input currents' scale in training, where its inputs had dropout
 
     def __init__(self, n_in: int, n_out: int, spec: NeuronSpec, *, beta: float, decays: dict[str, float] | None = None,
-                 learn_decay: bool = False, policies: LayerPolicies = LayerPolicies(), mode: StepMode = "fused",
+                 learn_decay: bool = False, learn_threshold: bool = False,
+                 policies: LayerPolicies = LayerPolicies(), mode: StepMode = "fused",
                  saved_dtype: torch.dtype | None = None, near_min_d: float | None = None,
                  kernels: str | None = None, products: Products = torch_products, index: int = 0,
                  source: str = "input"):
@@ -131,6 +137,7 @@ class SpikingLayer(nn.Module):
         _decay(self, "beta", n_out, beta, learn_decay)
         for name, value in decays.items():
             _decay(self, name, n_out, value, learn_decay)
+        _threshold(self, n_out, spec.threshold, learn_threshold)
         self.policies, self.products = policies, products
         name, field = f"layer{index}", f"model.layers.{index}"
         self.input_site = Site(source, name, f"{field}'s input")
@@ -161,7 +168,7 @@ class SpikingLayer(nn.Module):
         beta, rho = self.decays()
         if self.mode == "fused":
             w_rec = self.rec.weight if self.rec is not None else None
-            train, state, lost = spiking_window(currents, state, w_rec, beta, rho, self.settings)
+            train, state, lost = spiking_window(currents, state, w_rec, beta, rho, self.settings, self.threshold)
             return train, state, _add(dropped, lost if self.policies.recurrent is not None else None)
         spike_fn = spike
         v, a, z_prev = state.v, state.a, state.z
@@ -171,7 +178,7 @@ class SpikingLayer(nn.Module):
                 prev = SpikeTrain(z_prev, pack_spikes(z_prev), None)
                 rec, lost = self.products(prev, self.rec, self.policies.recurrent, self.recurrent_site)
                 current, dropped = current + rec, _add(dropped, lost)
-            v, a, z_prev = step(self.spec, beta, rho, v, a, current, spike_fn)
+            v, a, z_prev = step(self.spec, beta, rho, v, a, current, spike_fn, self.threshold)
             outputs.append(z_prev)
         z = torch.stack(outputs)
         bits = pack_spikes(z.detach()) if self.mode == "autograd" else None

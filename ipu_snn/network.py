@@ -332,7 +332,7 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
         layers.append(SpikingLayer(
             n_in, layer_cfg.size, spec, beta=layer_cfg.resolve_beta(dt, default=0.9),
             decays=layer_cfg.resolve_decays(dt), learn_decay=layer_cfg.learn_decay,
-            policies=LayerPolicies(input_policy, rec_policy), mode=mode, saved_dtype=saved, near_min_d=near_min_d,
+            learn_threshold=layer_cfg.learn_threshold, policies=LayerPolicies(input_policy, rec_policy), mode=mode, saved_dtype=saved, near_min_d=near_min_d,
             kernels=kernels, products=products, index=i, source="input" if i == 0 else f"layer{i - 1}"))
         input_policy = _policy(cfg, layer_cfg.size, cfg.layers[i + 1].size if i + 1 < len(cfg.layers) else n_classes,
                                crossovers, backend, grad, visits=visits)

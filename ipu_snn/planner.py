@@ -46,6 +46,7 @@ class LayerShape:
     recurrent: bool
     learn_decay: bool
     dropout: bool = False  # its output spikes masked in training (ipu_snn.dropout)
+    learn_threshold: bool = False  # a threshold parameter [n] (and its gradient, Adam's moments)
 
     @property
     def states(self) -> int:
@@ -81,7 +82,7 @@ class NetShape:
         layers, n_in = [], n_inputs
         for layer in cfg.model.layers:
             layers.append(LayerShape(n_in, layer.size, layer.neuron, layer.is_recurrent, layer.learn_decay,
-                                     layer.dropout > 0))
+                                     layer.dropout > 0, layer.learn_threshold))
             n_in = layer.size
         fused = cfg.model.fused is not False and not fused_obstacles(cfg.model)
         return cls(batch or cfg.data.batch_size, cfg.data.num_steps, n_inputs, n_classes, tuple(layers),
@@ -98,6 +99,7 @@ class NetShape:
         for layer in self.layers:
             count += layer.n_in * layer.n + layer.n + (layer.n * layer.n if layer.recurrent else 0)
             count += layer.n * layer.states if layer.learn_decay else 0
+            count += layer.n if layer.learn_threshold else 0
         n_last = self.layers[-1].n
         return count + n_last * self.n_classes + self.n_classes * (1 + self.readout_learn_decay)
 
@@ -154,9 +156,12 @@ class NetShape:
 
     def working_bytes(self, window: int) -> int:
         """Buffers alive while one window runs (not kept): currents, spikes, the gradients of both, unpacked
-        dense inputs; an estimate of the peak, for the budget."""
+        dense inputs; an estimate of the peak, for the budget. A learned threshold's gradient adds up to four
+        [window, B, n] temporaries in its layer's backward (the unpacked spikes, the shifted adjoint, their
+        product, and for cuba the adjoint of v per step: neuron.window._threshold_grad)."""
         widest = max(max(layer.n, layer.n_in) for layer in self.layers)
-        return self.batch * window * FLOAT_BYTES * 5 * widest
+        thresholds = max((layer.n for layer in self.layers if layer.learn_threshold), default=0)
+        return self.batch * window * FLOAT_BYTES * (5 * widest + 4 * thresholds)
 
     def output_bytes(self, window: int) -> int:
         """The stacked outputs of every window [W, B, classes + layers + 1 + the objective's columns]."""

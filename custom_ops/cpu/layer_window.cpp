@@ -121,7 +121,7 @@ window_fwd(
     const Tensor& currents_in, const Tensor& v0_in, const c10::optional<Tensor>& a0_in,
     const c10::optional<Tensor>& z0_in, const c10::optional<Tensor>& w_rec_in,
     const Tensor& beta_in, const c10::optional<Tensor>& rho_in, const ParamDict& params,
-    at::ScalarType saved_dtype) {
+    at::ScalarType saved_dtype, const c10::optional<Tensor>& threshold_in) {
   const char* op = "window_fwd";
   const WindowForwardParams p = read_window_fwd(params, op);
   const core::NeuronScalars& scalars = p.neuron;
@@ -144,6 +144,7 @@ window_fwd(
     check_state(*a0_in, "a0", like, op);
     check_decay(*rho_in, "rho", like, op);
   }
+  if (threshold_in.has_value()) check_decay(*threshold_in, "threshold", like, op);  // [N], like a decay
   const bool recurrent = w_rec_in.has_value();
   TORCH_CHECK(!recurrent || (z0_in.has_value() && w_rec_in->dim() == 2 &&
                              w_rec_in->size(0) == n && w_rec_in->size(1) == n &&
@@ -161,6 +162,9 @@ window_fwd(
   const auto currents = currents_in.contiguous();
   const auto beta = beta_in.contiguous();
   const auto rho = adaptive ? rho_in->contiguous() : Tensor();
+  // one threshold per neuron: the learned one, else the scalar repeated (one kernel variant to compile)
+  const auto thresholds = threshold_in.has_value() ? threshold_in->contiguous()
+                                                   : at::full({n}, scalars.threshold, currents_in.options());
   const auto w_rec = recurrent ? w_rec_in->contiguous() : Tensor();
   const int64_t row_bytes = core::packed_row_bytes(n);
   const auto opts = currents.options();
@@ -207,6 +211,7 @@ window_fwd(
     const T* w = recurrent ? w_rec.data_ptr<T>() : nullptr;
     const T* bp = beta.data_ptr<T>();
     const T* rp = adaptive ? rho.data_ptr<T>() : nullptr;
+    const T* thp = thresholds.data_ptr<T>();
     // Raw pointers per step: a Tensor select and an ATen copy per step cost
     // more than the step's own arithmetic at a few hundred neurons.
     const int64_t plane = batch * n, bits_plane = batch * row_bytes;
@@ -272,7 +277,8 @@ window_fwd(
                                          std::min<int32_t>(count_prev[b], int32_t(k_cap)), cp + row);
               in = cp;
             }
-            core::neuron_forward<T, D>(in, vp, ap, bp, rp, n, row, row + n, scalars, vn, an, zt, dt);
+            core::neuron_forward<T, D>(in, vp, ap, bp, rp, n, row, row + n, scalars, vn, an, zt, dt,
+                                       thp);
             core::pack_bits<T>(zt + row, n, 0, row_bytes, bt + b * row_bytes);
             if (near) pack_near_row<T, D>(zt + row, dt + row, n, near_min_d, nt + b * row_bytes);
             if (sparse_rec) {
@@ -521,7 +527,8 @@ std::tuple<Tensor, Tensor> leaky_bwd(const c10::optional<Tensor>& grad_trace_in,
 
 TORCH_LIBRARY_FRAGMENT(ipu_snn_cpu, m) {
   m.def("window_fwd(Tensor currents, Tensor v0, Tensor? a0, Tensor? z0, Tensor? w_rec, "
-        "Tensor beta, Tensor? rho, Dict(str, float) params, ScalarType saved_dtype) "
+        "Tensor beta, Tensor? rho, Dict(str, float) params, ScalarType saved_dtype, "
+        "Tensor? threshold=None) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("window_bwd(Tensor? grad_z, Tensor? grad_z_last, Tensor grad_v, Tensor? grad_a, Tensor bits, Tensor d, "
         "Tensor? z0_bits, Tensor? near, Tensor? near0, Tensor? w_rec, Tensor beta, Tensor? rho, "

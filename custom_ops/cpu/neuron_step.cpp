@@ -26,7 +26,8 @@ using namespace ipu_snn::cpu;
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_fwd(
     const at::Tensor& current_in, const at::Tensor& v_in,
     const c10::optional<at::Tensor>& a_in, const at::Tensor& beta_in,
-    const c10::optional<at::Tensor>& rho_in, const ParamDict& params, at::ScalarType saved_dtype) {
+    const c10::optional<at::Tensor>& rho_in, const ParamDict& params, at::ScalarType saved_dtype,
+    const c10::optional<at::Tensor>& threshold_in) {
   const char* op = "neuron_fwd";
   ParamReader reader(params, op);
   const core::NeuronScalars scalars = read_neuron(reader);
@@ -43,8 +44,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_fw
     check_decay(*rho_in, "rho", current_in, op);
   }
   check_saved_dtype(saved_dtype, current_in.scalar_type(), op);
+  if (threshold_in.has_value()) check_decay(*threshold_in, "threshold", current_in, op);  // [N]
 
   const auto current = current_in.contiguous();
+  // one threshold per neuron: the learned one, else the scalar repeated (one kernel variant to compile)
+  const auto thresholds = threshold_in.has_value() ? threshold_in->contiguous()
+                                                   : at::full({current_in.size(1)}, scalars.threshold,
+                                                              current_in.options());
   const auto v = v_in.contiguous();
   const auto beta = beta_in.contiguous();
   const bool adaptive = a_in.has_value();
@@ -74,6 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_fw
       const T* ap = adaptive ? a.data_ptr<T>() : nullptr;
       const T* bp = beta.data_ptr<T>();
       const T* rp = adaptive ? rho.data_ptr<T>() : nullptr;
+      const T* thp = thresholds.data_ptr<T>();
       T* vn = v_new.data_ptr<T>();
       T* an = adaptive ? a_new.data_ptr<T>() : nullptr;
       T* zp = z.data_ptr<T>();
@@ -91,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> neuron_fw
           const int64_t first = (k - row * row_bytes) * 8;
           const int64_t last = std::min(n, (byte_end - row * row_bytes) * 8);
           core::neuron_forward<T, D>(cur, vp, ap, bp, rp, n, row * n + first,
-                                     row * n + last, scalars, vn, an, zp, dp);
+                                     row * n + last, scalars, vn, an, zp, dp, thp);
           core::pack_bits<T>(zp, n, k, byte_end, bp8);
           k = byte_end;
         }
@@ -170,7 +177,8 @@ std::tuple<at::Tensor, at::Tensor> neuron_bwd(
 // one extension may declare a namespace only once.
 TORCH_LIBRARY_FRAGMENT(ipu_snn_cpu, m) {
   m.def("neuron_fwd(Tensor current, Tensor v, Tensor? a, Tensor beta, Tensor? rho, "
-        "Dict(str, float) params, ScalarType saved_dtype) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "Dict(str, float) params, ScalarType saved_dtype, Tensor? threshold=None) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("neuron_bwd(Tensor grad_z, Tensor grad_v, Tensor? grad_a, Tensor zbits, "
         "Tensor d, Dict(str, float) params) -> (Tensor, Tensor)");
 }

@@ -7,7 +7,8 @@
 // work (element or byte ranges on CPU threads, on IPU tiles and workers).
 //
 // Contract: one time step of one layer, elementwise over a row-major [B, N]
-// step flattened to i = b * N + j, with per-neuron decays beta[j], rho[j]:
+// step flattened to i = b * N + j, with per-neuron decays beta[j], rho[j]
+// (and, for a learned threshold, threshold[j] in place of the scalar):
 //     v     = beta * v_prev + current
 //     a     = rho * a_prev                       (ALIF only; LIF: a = 0)
 //     theta = threshold + adapt_strength * a
@@ -179,12 +180,12 @@ struct BoxcarGrad {
 // the input current enters i, which enters v: i = alpha * i_prev + current, v = beta * v_prev + i,
 // theta = threshold, a_new = i.
 template <typename T, typename D, typename Grad, bool kSubtract, bool kAdaptive, bool kCuba,
-          typename I, typename S>
+          bool kPerNeuron, typename I, typename S>
 void neuron_forward_row(const T* IPU_SNN_RESTRICT current, const T* IPU_SNN_RESTRICT v_prev,
                         const T* IPU_SNN_RESTRICT a_prev, const T* IPU_SNN_RESTRICT beta,
                         const T* IPU_SNN_RESTRICT rho, I row_start, I j_begin,
-                        I j_end, S threshold, S adapt_strength,
-                        const Grad& grad_in, T* IPU_SNN_RESTRICT v_new,
+                        I j_end, S threshold, const T* IPU_SNN_RESTRICT thresholds,
+                        S adapt_strength, const Grad& grad_in, T* IPU_SNN_RESTRICT v_new,
                         T* IPU_SNN_RESTRICT a_new, T* IPU_SNN_RESTRICT z,
                         D* IPU_SNN_RESTRICT d) {
   using C = typename NeuronCompute<T>::type;
@@ -198,12 +199,13 @@ void neuron_forward_row(const T* IPU_SNN_RESTRICT current, const T* IPU_SNN_REST
   T* zr = z + row_start;
   D* dr = d + row_start;
   for (I j = j_begin; j < j_end; ++j) {
-    C a = C(0), theta = th;
+    const C base = kPerNeuron ? C(thresholds[j]) : th;
+    C a = C(0), theta = base;
     if (kCuba) a = C(rho[j]) * C(ap[j]) + C(cur[j]);
     const C v = C(beta[j]) * C(vp[j]) + (kCuba ? a : C(cur[j]));
     if (kAdaptive) {
       a = C(rho[j]) * C(ap[j]);
-      theta = th + adapt * a;
+      theta = base + adapt * a;
     }
     const C x = v - theta;
     const bool fired = x > C(0);
@@ -221,10 +223,10 @@ void neuron_forward_row(const T* IPU_SNN_RESTRICT current, const T* IPU_SNN_REST
 // Splits [begin, end) into row segments so the inner loop runs over neuron
 // indices: one division finds the first row, the rest are walked.
 template <typename T, typename D, typename Grad, bool kSubtract, bool kAdaptive, bool kCuba,
-          typename I, typename S>
+          bool kPerNeuron, typename I, typename S>
 void neuron_forward_range(const T* current, const T* v_prev, const T* a_prev,
                           const T* beta, const T* rho, I n_neurons,
-                          I begin, I end, S threshold,
+                          I begin, I end, S threshold, const T* thresholds,
                           S adapt_strength, const Grad& grad, T* v_new,
                           T* a_new, T* z, D* d) {
   if (begin >= end) return;
@@ -232,24 +234,26 @@ void neuron_forward_range(const T* current, const T* v_prev, const T* a_prev,
   I j_begin = begin - row_start;
   while (row_start < end) {
     const I j_end = (end - row_start < n_neurons) ? end - row_start : n_neurons;
-    neuron_forward_row<T, D, Grad, kSubtract, kAdaptive, kCuba>(
-        current, v_prev, a_prev, beta, rho, row_start, j_begin, j_end, threshold,
+    neuron_forward_row<T, D, Grad, kSubtract, kAdaptive, kCuba, kPerNeuron>(
+        current, v_prev, a_prev, beta, rho, row_start, j_begin, j_end, threshold, thresholds,
         adapt_strength, grad, v_new, a_new, z, d);
     row_start += n_neurons;
     j_begin = 0;
   }
 }
 
-template <typename T, typename D, typename Grad, typename I, typename S>
+template <bool kPerNeuron, typename T, typename D, typename Grad, typename I, typename S>
 void neuron_forward_with(const T* current, const T* v_prev, const T* a_prev,
                          const T* beta, const T* rho, I n_neurons,
                          I begin, I end, const NeuronScalarsT<S>& s,
-                         const Grad& grad, T* v_new, T* a_new, T* z, D* d) {
-#define IPU_SNN_NEURON_FORWARD(SUB, A, CUBA)                                            \
-  neuron_forward_range<T, D, Grad, SUB, A, CUBA>(current, v_prev, a_prev, beta, rho, n_neurons, \
-                                           begin, end, s.threshold,                      \
-                                           A ? s.adapt_strength : S(0), grad, v_new,     \
-                                           a_new, z, d)
+                         const Grad& grad, T* v_new, T* a_new, T* z, D* d,
+                         const T* thresholds) {
+#define IPU_SNN_NEURON_FORWARD(SUB, A, CUBA)                                                  \
+  neuron_forward_range<T, D, Grad, SUB, A, CUBA, kPerNeuron>(current, v_prev, a_prev, beta, rho, \
+                                                             n_neurons, begin, end, s.threshold,  \
+                                                             thresholds,                          \
+                                                             A ? s.adapt_strength : S(0), grad,   \
+                                                             v_new, a_new, z, d)
   const bool subtract = s.reset == Reset::kSubtract;
   if (s.kind == NeuronKind::kCuba) {
     if (subtract) IPU_SNN_NEURON_FORWARD(true, false, true);
@@ -264,6 +268,23 @@ void neuron_forward_with(const T* current, const T* v_prev, const T* a_prev,
 #undef IPU_SNN_NEURON_FORWARD
 }
 
+template <bool kPerNeuron, typename T, typename D, typename I, typename S>
+void neuron_forward_of(const T* current, const T* v_prev, const T* a_prev, const T* beta,
+                       const T* rho, I n_neurons, I begin, I end, const NeuronScalarsT<S>& s,
+                       T* v_new, T* a_new, T* z, D* d, const T* thresholds) {
+  using C = typename NeuronCompute<T>::type;
+#define IPU_SNN_NEURON_SURROGATE(GRAD)                                                          \
+  neuron_forward_with<kPerNeuron>(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s, \
+                                  GRAD<C>(s.scale), v_new, a_new, z, d, thresholds)
+  switch (s.surrogate) {
+    case SurrogateKind::kFastSigmoid: IPU_SNN_NEURON_SURROGATE(FastSigmoidGrad); break;
+    case SurrogateKind::kAtan: IPU_SNN_NEURON_SURROGATE(AtanGrad); break;
+    case SurrogateKind::kTriangle: IPU_SNN_NEURON_SURROGATE(TriangleGrad); break;
+    case SurrogateKind::kBoxcar: IPU_SNN_NEURON_SURROGATE(BoxcarGrad); break;
+  }
+#undef IPU_SNN_NEURON_SURROGATE
+}
+
 // One step forward over flat elements [begin, end) of a [B, n_neurons] step:
 // writes v_new, a_new (ALIF), z (0/1 as T) and d (the surrogate derivative as
 // D). No output may alias an input or another output. Pack z into bits with
@@ -273,25 +294,20 @@ template <typename T, typename D, typename I, typename S>
 void neuron_forward(const T* current, const T* v_prev, const T* a_prev, const T* beta,
                     const T* rho, I n_neurons, non_deduced_t<I> begin, non_deduced_t<I> end,
                     const NeuronScalarsT<S>& s, T* v_new, T* a_new, T* z, D* d) {
-  using C = typename NeuronCompute<T>::type;
-  switch (s.surrogate) {
-    case SurrogateKind::kFastSigmoid:
-      neuron_forward_with(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
-                          FastSigmoidGrad<C>(s.scale), v_new, a_new, z, d);
-      break;
-    case SurrogateKind::kAtan:
-      neuron_forward_with(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
-                          AtanGrad<C>(s.scale), v_new, a_new, z, d);
-      break;
-    case SurrogateKind::kTriangle:
-      neuron_forward_with(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
-                          TriangleGrad<C>(s.scale), v_new, a_new, z, d);
-      break;
-    case SurrogateKind::kBoxcar:
-      neuron_forward_with(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
-                          BoxcarGrad<C>(s.scale), v_new, a_new, z, d);
-      break;
-  }
+  neuron_forward_of<false, T, D, I, S>(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
+                                       v_new, a_new, z, d, nullptr);
+}
+
+// The same with one threshold per neuron, thresholds[n_neurons], in place of s.threshold (a
+// learned threshold; ALIF: its base threshold). The CPU ops call this one always (with the
+// scalar repeated where nothing is learned), so they compile one variant, not two.
+template <typename T, typename D, typename I, typename S>
+void neuron_forward(const T* current, const T* v_prev, const T* a_prev, const T* beta,
+                    const T* rho, I n_neurons, non_deduced_t<I> begin, non_deduced_t<I> end,
+                    const NeuronScalarsT<S>& s, T* v_new, T* a_new, T* z, D* d,
+                    const T* thresholds) {
+  neuron_forward_of<true, T, D, I, S>(current, v_prev, a_prev, beta, rho, n_neurons, begin, end, s,
+                                      v_new, a_new, z, d, thresholds);
 }
 
 // Packs z (nonzero = spike) into bits for flat bytes [byte_begin, byte_end) of

@@ -1,6 +1,6 @@
 """Networks to and from NIR, the Neuromorphic Intermediate Representation (``pip install 'ipu_snn[nir]'``).
 
-A network here is a chain: input -> (Affine -> LIF [with a recurrent Linear]) x layers -> Affine -> LI
+A network here is a chain: input -> (Affine -> LIF or CubaLIF [with a recurrent Linear]) x layers -> Affine -> LI
 -> output. NIR's neurons are continuous-time, ``tau dv/dt = (v_leak - v) + r I``; this package's are
 per-step, ``v_t = beta v_{t-1} + I_t``. The two meet under forward Euler at the step ``dt``:
 ``v_t = (1 - dt/tau) v_{t-1} + (dt/tau) (v_leak + r I_t)``, so export writes ``tau = dt / (1 - beta)``,
@@ -90,27 +90,33 @@ class Peer:
     readout: str  # "LI", or "LIF": a LIF that never spikes (threshold +inf) whose membrane is the LI readout
     integrators: bool  # write a layer that does not leak (beta = 1 everywhere) as NIR's IF / I
     delayed_recurrence: bool  # route the recurrent edge lif -> rec -> identity -> lif (see PEERS)
+    # node types the reader takes one threshold per layer for: per-neuron thresholds (learn_threshold) are folded
+    # into the incoming weights, each neuron's voltage measured in units of its threshold (exact for both resets)
+    shared_threshold: tuple[str, ...] = ()
 
 
 # generic: NIR as specified. snnTorch 1.0's import_from_nir: dt = 1e-4 whatever the graph, no LI node (it
 # stops with "Unknown node type LI"), IF read as a Leaky with beta 0.9, and a two-node cycle lif <-> rec
 # grouped into a subgraph that nirtorch runs as W_rec (x + z_prev); a three-node cycle through an identity
 # Linear is left to nirtorch, which feeds the previous step's output back: x + W_rec z_prev, as here.
+# snnTorch reads CubaLIF as its Synaptic (r = tau_mem / dt and w_in = tau_syn / dt required); its LIF, IF and
+# CubaLIF take one threshold per layer.
 # Norse 1.1's from_nir: its own dt (default 1e-3), r ignored with a warning, no LI node (dropped), IF run as
-# IAFCell (v + I, exact). docs/nir.md lists what was checked with which version.
+# IAFCell (v + I, exact); CubaLIF as an LIBoxCell synapse (w_in, tau_syn) then r then an LIFBoxCell (r used).
+# docs/nir.md lists what was checked with which version.
 PEERS = {
     "generic": Peer("generic", None, False, False, "LI", True, False),
-    "snntorch": Peer("snntorch", 1e-4, True, False, "LIF", False, True),
+    "snntorch": Peer("snntorch", 1e-4, True, False, "LIF", False, True, ("LIF", "IF", "CubaLIF")),
     "norse": Peer("norse", 1e-3, False, True, "LIF", True, False),
 }
 
 
-def _neuron_node(nir, beta: np.ndarray, dt: float, threshold: float | None, metadata: dict, peer: Peer):
-    """The NIR neuron node of a layer (``threshold`` None: the readout) and the gain to fold into the weights
-    that feed it (1 unless the peer ignores r)."""
+def _neuron_node(nir, beta: np.ndarray, dt: float, threshold, metadata: dict, peer: Peer):
+    """The NIR neuron node of a layer (``threshold``, a number or one per neuron; None: the readout) and the
+    gain to fold into the weights that feed it (1 unless the peer ignores r)."""
     n = beta.shape[0]
     spiking = threshold is not None or peer.readout == "LIF"
-    v_th = np.full(n, float(threshold) if threshold is not None else np.inf)
+    v_th = _per_neuron(threshold if threshold is not None else np.inf, n)
     gain = np.ones(n)
     if peer.integrators and np.all(beta == 1.0):  # a plain integrator: NIR's IF / I (forward Euler: v += r dt I)
         r = np.full(n, 1.0 if peer.fold_r else 1.0 / dt)  # a peer that ignores r adds the input as is
@@ -124,6 +130,17 @@ def _neuron_node(nir, beta: np.ndarray, dt: float, threshold: float | None, meta
         return nir.LI(tau=tau, r=r, v_leak=np.zeros(n), metadata=metadata), gain
     return nir.LIF(tau=tau, r=r, v_leak=np.zeros(n), v_threshold=v_th, v_reset=np.zeros(n),
                    metadata=metadata), gain
+
+
+def _cuba_node(nir, beta: np.ndarray, alpha: np.ndarray, dt: float, threshold, metadata: dict):
+    """The NIR CubaLIF of a cuba layer: ``tau_syn dI/dt = -I + w_in S``, ``tau_mem dv/dt = -v + r I``, whose
+    forward-Euler step at dt is ours, ``i = alpha i + I``, ``v = beta v + i``, with w_in = tau_syn / dt and
+    r = tau_mem / dt (as snnTorch's Synaptic and Norse's CubaLIF read it: neither ignores r or w_in)."""
+    n = beta.shape[0]
+    tau_mem, r = decay_to_nir(beta, dt)
+    tau_syn, w_in = decay_to_nir(alpha, dt)
+    return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau_mem, r=r, v_leak=np.zeros(n), v_threshold=_per_neuron(threshold, n),
+                       v_reset=np.zeros(n), w_in=w_in, metadata=metadata), np.ones(n)
 
 
 def _affine(nir, weight: torch.Tensor, bias: torch.Tensor, gain: np.ndarray):
@@ -186,8 +203,19 @@ def export_graph(cfg: Config, weights: dict[str, torch.Tensor], dt: float | None
         fc, neuron = f"layer{i}.fc", f"layer{i}.lif"
         meta = {f"{META}reset": layer.reset, f"{META}detach_reset": layer.detach_reset,
                 f"{META}surrogate": layer.surrogate.name, f"{META}surrogate_scale": layer.surrogate.scale,
-                f"{META}learn_decay": layer.learn_decay}
-        nodes[neuron], gain = _neuron_node(nir, _decays(weights, f"{p}.beta"), dt, layer.threshold, meta, how)
+                f"{META}learn_decay": layer.learn_decay, f"{META}learn_threshold": layer.learn_threshold}
+        # a learned threshold is one per neuron: NIR's v_threshold holds it as it is
+        threshold = _array(weights[f"{p}.threshold"]).astype(np.float64) if layer.learn_threshold else layer.threshold
+        if layer.neuron.nir.node in how.shared_threshold and np.ndim(threshold) and _uniform(threshold) is None:
+            unit, threshold = threshold, 1.0  # the reader takes one threshold: volts in units of each neuron's
+        else:
+            unit = 1.0
+        if layer.neuron.nir.node == "CubaLIF":
+            nodes[neuron], gain = _cuba_node(nir, _decays(weights, f"{p}.beta"), _decays(weights, f"{p}.alpha"), dt,
+                                             threshold, meta)
+        else:
+            nodes[neuron], gain = _neuron_node(nir, _decays(weights, f"{p}.beta"), dt, threshold, meta, how)
+        gain = gain / unit
         nodes[fc] = _affine(nir, weights[f"{p}.fc.weight"], weights[f"{p}.fc.bias"], gain)
         edges += [(previous, fc), (fc, neuron)]
         if f"{p}.rec.weight" in weights:
@@ -396,27 +424,40 @@ def _synapse(chain: _Chain, name: str) -> tuple[np.ndarray, np.ndarray]:
     return weight, _per_neuron(bias, weight.shape[0])
 
 
-def _dynamics(chain: _Chain, name: str, n: int, dt: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(beta, input scale, constant current per step) of a neuron node at step dt."""
+def _check_decay(chain: _Chain, name: str, tau: np.ndarray, decay: np.ndarray, dt: float) -> None:
+    bad = np.flatnonzero((decay <= 0.0) | (decay > 1.0) | ~np.isfinite(decay))
+    if bad.size:
+        raise chain.error(f"{_describe(name, chain.nodes[name])}: its time constant {tau[bad[0]]:.3g} s is not longer "
+                          f"than the step dt = {dt:.3g} s, so the step's decay 1 - dt/tau = {decay[bad[0]]:.3g} is "
+                          "outside (0, 1]; set model.nir_dt to the step the graph was made for (snnTorch: 1e-4)")
+
+
+def _dynamics(chain: _Chain, name: str, n: int, dt: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(beta, input scale, constant current per step, the synaptic current's decay alpha or None) of a neuron
+    node at step dt."""
     node, kind = chain.nodes[name], chain.kind(name)
     if kind in ("IF", "I"):
-        return np.ones(n), _per_neuron(node.r, n) * dt, np.zeros(n)
+        return np.ones(n), _per_neuron(node.r, n) * dt, np.zeros(n), None
     tau = _per_neuron(node.tau_mem if kind == "CubaLIF" else node.tau, n)
     beta, scale = nir_to_decay(tau, _per_neuron(node.r, n), dt)
-    if kind == "CubaLIF":
-        # tau_syn dI/dt = -I + w_in S: at tau_syn = dt its forward-Euler step is I_t = w_in S_t, a plain LIF
-        tau_syn = _per_neuron(node.tau_syn, n)
-        if not np.allclose(tau_syn, dt, rtol=1e-6, atol=0.0):
-            raise chain.error(f"{_describe(name, node)} has a synaptic current (tau_syn {tau_syn.max():.3g} s against "
-                              f"a step of {dt:.3g} s); ipu_snn's neurons have none. Only tau_syn = dt maps (see "
-                              "model.nir_dt)")
-        scale = scale * _per_neuron(node.w_in, n)
-    bad = np.flatnonzero((beta <= 0.0) | (beta > 1.0) | ~np.isfinite(beta))
-    if bad.size:
-        raise chain.error(f"{_describe(name, node)}: its time constant {tau[bad[0]]:.3g} s is not longer than the "
-                          f"step dt = {dt:.3g} s, so the step's decay 1 - dt/tau = {beta[bad[0]]:.3g} is outside (0, 1]; "
-                          "set model.nir_dt to the step the graph was made for (snnTorch: 1e-4)")
-    return beta, scale, _per_neuron(node.v_leak, n) * (1.0 - beta)
+    _check_decay(chain, name, tau, beta, dt)
+    leak = _per_neuron(node.v_leak, n) * (1.0 - beta)
+    if kind != "CubaLIF":
+        return beta, scale, leak, None
+    # tau_syn dI/dt = -I + w_in S, forward Euler: I_t = alpha I_{t-1} + (1 - alpha) w_in S_t; with v's input
+    # scale folded in, ours: i = alpha i + I, v = beta v + i (a cuba layer). At tau_syn = dt (alpha = 0) that is
+    # the plain input, read as a LIF layer.
+    tau_syn = _per_neuron(node.tau_syn, n)
+    alpha, syn_scale = nir_to_decay(tau_syn, _per_neuron(node.w_in, n), dt)
+    scale = scale * syn_scale
+    if np.allclose(tau_syn, dt, rtol=1e-6, atol=0.0):
+        return beta, scale, leak, None
+    _check_decay(chain, name, tau_syn, alpha, dt)
+    if not np.allclose(leak, 0.0):
+        raise chain.error(f"{_describe(name, node)} has v_leak != 0 and a synaptic current: ipu_snn's cuba neuron "
+                          "takes its constant input through the synaptic current, which a leak into v cannot match")
+    return beta, scale, leak, alpha
 
 
 def _uniform(values: np.ndarray) -> float | None:
@@ -493,7 +534,7 @@ def graph_to_model(graph, dt: float, source: str = "graph", spiking_output: str 
         if kind not in SPIKING + INTEGRATORS:
             raise chain.error(f"{_describe(neuron, node)} follows synapse '{synapse}'; ipu_snn expects a neuron there")
         loop = _recurrent_path(chain, neuron, synapse)
-        beta, scale, leak = _dynamics(chain, neuron, n, dt)
+        beta, scale, leak, alpha = _dynamics(chain, neuron, n, dt)
         last = chain.succ[neuron] == [end] or (loop and sorted(chain.succ[neuron]) == sorted([end, loop[0]]))
         as_readout = kind in INTEGRATORS
         if kind in SPIKING and last:
@@ -512,6 +553,9 @@ def graph_to_model(graph, dt: float, source: str = "graph", spiking_output: str 
                               "reading", NIRWarning, stacklevel=2)
                 as_readout = spiking_output == "membrane"
         if as_readout:
+            if alpha is not None:
+                raise chain.error(f"{_describe(neuron, node)} has a synaptic current, so its membrane is no leaky-"
+                                  "integrator readout; read the graph with model.nir_output: spike_count")
             if loop or not last:
                 raise chain.error(f"{_describe(neuron, node)}: the leaky-integrator readout must feed the output alone")
             state["readout.fc.weight"] = _tensor((w_in * scale[:, None]).T)
@@ -526,9 +570,13 @@ def graph_to_model(graph, dt: float, source: str = "graph", spiking_output: str 
         if (threshold <= 0).any() or not np.all(np.isfinite(threshold)):
             raise chain.error(f"{_describe(neuron, node)} has a threshold <= 0 or infinite in a hidden layer; "
                               "ipu_snn's thresholds are positive and finite")
-        # per-neuron thresholds: measure each neuron's voltage in units of its threshold (exact for both resets)
+        # per-neuron thresholds: a learned threshold (written by ipu_snn) is read back as one; others are read by
+        # measuring each neuron's voltage in units of its threshold (exact for both resets)
+        learned = bool(_meta(node, "learn_threshold", False))
         shared = _uniform(threshold)
-        unit = np.ones(n) if shared is not None else threshold
+        unit = np.ones(n) if shared is not None or learned else threshold
+        if learned:
+            state[f"layers.{len(layers)}.threshold"] = _tensor(threshold)
         gain = scale / unit
         i = len(layers)
         state[f"layers.{i}.fc.weight"] = _tensor((w_in * gain[:, None]).T)
@@ -538,9 +586,15 @@ def graph_to_model(graph, dt: float, source: str = "graph", spiking_output: str 
             bias = bias + rec_bias  # a recurrent bias is a constant current like the input's
         state[f"layers.{i}.fc.bias"] = _tensor(bias * gain + leak / unit)
         state[f"layers.{i}.beta"] = _tensor(beta)
+        synaptic = {}
+        if alpha is not None:
+            state[f"layers.{i}.alpha"] = _tensor(alpha)
+            synaptic = {"alpha": float(alpha.mean()), "recurrent": bool(loop)}
         layers.append({
-            "type": for_nir("LIF", bool(loop)).name, "size": n, "beta": float(beta.mean()),
-            "threshold": shared if shared is not None else 1.0, "reset": _meta(node, "reset", "zero"),
+            "type": for_nir("CubaLIF" if alpha is not None else "LIF", bool(loop)).name, "size": n,
+            "beta": float(beta.mean()), **synaptic,
+            "threshold": shared if shared is not None else float(threshold.mean()) if learned else 1.0,
+            "learn_threshold": learned, "reset": _meta(node, "reset", "zero"),
             "detach_reset": bool(_meta(node, "detach_reset", True)),
             "learn_decay": bool(_meta(node, "learn_decay", False)),
             "surrogate": {"name": _meta(node, "surrogate", "fast_sigmoid"),

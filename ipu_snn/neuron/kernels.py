@@ -26,7 +26,8 @@ from .params import neuron_params
 class NeuronKernels:
     name: str
     device_types: frozenset[str]
-    #: (current, v, a | None, beta, rho | None, spec, saved_dtype) -> (v_new, a_new | None, z, d, zbits)
+    #: (current, v, a | None, beta, rho | None, spec, saved_dtype, threshold=None) -> (v_new, a_new | None, z, d,
+    #: zbits); threshold [N]: a learned per-neuron threshold in place of the spec's
     forward: Callable
     #: (grad_z, grad_v, grad_a | None, zbits, d, spec) -> (gv, ga | None)
     backward: Callable
@@ -59,8 +60,9 @@ def _cpu() -> NeuronKernels:
 
     ops = load_cpu_ops()
 
-    def forward(current, v, a, beta, rho, spec, saved_dtype):
-        v_new, a_new, z, d, bits = ops.neuron_fwd(current, v, a, beta, rho, neuron_params(spec), saved_dtype)
+    def forward(current, v, a, beta, rho, spec, saved_dtype, threshold=None):
+        v_new, a_new, z, d, bits = ops.neuron_fwd(current, v, a, beta, rho, neuron_params(spec), saved_dtype,
+                                                  threshold)
         return v_new, (a_new if spec.neuron.n_state > 1 else None), z, d, bits
 
     def backward(grad_z, grad_v, grad_a, zbits, d, spec):

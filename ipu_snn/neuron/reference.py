@@ -19,12 +19,16 @@ from .surrogates import SpikeFn, spike
 
 
 def step(spec: NeuronSpec, beta: Tensor, rho: Tensor | None, v_prev: Tensor, a_prev: Tensor | None,
-         current: Tensor, spike_fn: SpikeFn = spike) -> tuple[Tensor, Tensor | None, Tensor]:
+         current: Tensor, spike_fn: SpikeFn = spike, threshold: Tensor | None = None
+         ) -> tuple[Tensor, Tensor | None, Tensor]:
     """One step of ``spec``'s model through autograd (the model's own pure step): ``(v_new, a_new or None, z)``.
 
     ``spike_fn(x, name, scale)`` makes the spikes: `surrogates.spike` (an autograd
-    Function) or `surrogates.straight_through_spike` (differentiable ops only)."""
-    return spec.neuron.step(spec, beta, rho, v_prev, a_prev, current, spike_fn)
+    Function) or `surrogates.straight_through_spike` (differentiable ops only). ``threshold`` [N]: a
+    learned per-neuron threshold in place of ``spec.threshold`` (ALIF: its base threshold)."""
+    if threshold is None:
+        return spec.neuron.step(spec, beta, rho, v_prev, a_prev, current, spike_fn)
+    return spec.neuron.step(spec, beta, rho, v_prev, a_prev, current, spike_fn, threshold)
 
 
 def li_step(beta: Tensor, v_prev: Tensor, current: Tensor) -> Tensor:
@@ -33,10 +37,13 @@ def li_step(beta: Tensor, v_prev: Tensor, current: Tensor) -> Tensor:
 
 
 def kernel_forward(current: Tensor, v: Tensor, a: Tensor | None, beta: Tensor, rho: Tensor | None,
-                   spec: NeuronSpec, saved_dtype: torch.dtype):
+                   spec: NeuronSpec, saved_dtype: torch.dtype, threshold: Tensor | None = None):
     """The fused forward of ``spec``'s model (its kernel in Python, `NeuronModel.kernel_forward`):
-    ``(v_new, a_new or None, z, d, zbits)`` with d = sg'(v - theta) in ``saved_dtype``."""
-    return spec.neuron.kernel_forward(current, v, a, beta, rho, spec, saved_dtype)
+    ``(v_new, a_new or None, z, d, zbits)`` with d = sg'(v - theta) in ``saved_dtype``; ``threshold`` [N]:
+    a learned threshold."""
+    if threshold is None:
+        return spec.neuron.kernel_forward(current, v, a, beta, rho, spec, saved_dtype)
+    return spec.neuron.kernel_forward(current, v, a, beta, rho, spec, saved_dtype, threshold)
 
 
 def kernel_backward(grad_z: Tensor, grad_v: Tensor, grad_a: Tensor | None, zbits: Tensor, d: Tensor,

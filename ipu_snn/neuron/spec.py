@@ -39,6 +39,16 @@ rho, and the input current enters i: ``i = alpha * i_prev + current``, ``v = bet
 ``theta = threshold``, ``i_new = i``. Its backward is ``gv`` as above with ``gx = grad_z * d``, and
 ``ga = grad_a + gv`` w.r.t. i, which is then also the input current's gradient (``grad_current = ga``).
 
+A learned threshold (``learn_threshold``: a parameter ``threshold[N]`` in place of the scalar) enters
+the update only as theta, so with the reset's z detached its gradient comes from the adjoints above::
+
+    dL/dtheta_t = -gx - (grad_v * z if subtract else 0) = (1 - z) * grad_v - gv     (both resets)
+    grad_threshold = sum over the batch and the steps of dL/dtheta_t
+
+with grad_v w.r.t. v_new (the next step's ``beta * gv``, or the adjoint of the window's last v), which
+the window loop forms from what its backward already has (`window._threshold_grad`); ALIF's base
+threshold takes the same, as theta = threshold + adapt_strength * a.
+
 So backward reads only z (kept as bits), d (kept in ``saved_dtype``) and, for a
 learned decay, the pre-step state: this is Guo et al.'s nested forward-mode AD
 applied to the element-wise update, which the fused kernels compute in the

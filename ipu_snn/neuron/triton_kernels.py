@@ -122,9 +122,9 @@ def _tile(batch, n, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
 @triton.jit
 def _forward_kernel(inputs, params_ptr, outputs, batch, n, row_bytes, KERNEL: tl.constexpr,
                     SUBTRACT: tl.constexpr, SURROGATE: tl.constexpr, SAVED_BF16: tl.constexpr,
-                    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
-    # inputs: (current, v, a, beta, rho); outputs: (v_new, a_new, z, d, bits)
-    current_ptr, v_ptr, a_ptr, beta_ptr, rho_ptr = inputs
+                    PER_NEURON: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    # inputs: (current, v, a, beta, rho, threshold [N] if PER_NEURON); outputs: (v_new, a_new, z, d, bits)
+    current_ptr, v_ptr, a_ptr, beta_ptr, rho_ptr, threshold_ptr = inputs
     v_new_ptr, a_new_ptr, z_ptr, d_ptr, bits_ptr = outputs
     rows, cols, row_ok, col_ok, ok, offs = _tile(batch, n, BLOCK_B, BLOCK_N)
 
@@ -135,7 +135,10 @@ def _forward_kernel(inputs, params_ptr, outputs, batch, n, row_bytes, KERNEL: tl
         a = alpha[None, :] * tl.load(a_ptr + offs, mask=ok, other=0.0) + current
         current = a
     v = beta[None, :] * tl.load(v_ptr + offs, mask=ok, other=0.0) + current
-    theta = tl.load(params_ptr + _THRESHOLD)
+    if PER_NEURON:  # a learned threshold, one per neuron
+        theta = tl.load(threshold_ptr + cols, mask=col_ok, other=1.0)[None, :]
+    else:
+        theta = tl.load(params_ptr + _THRESHOLD)
     if KERNEL == _ALIF:
         rho = tl.load(rho_ptr + cols, mask=col_ok, other=0.0)
         a = rho[None, :] * tl.load(a_ptr + offs, mask=ok, other=0.0)
@@ -220,8 +223,10 @@ def _kernel_code(spec) -> int:
 
 
 def forward(current: Tensor, v: Tensor, a: Tensor | None, beta: Tensor, rho: Tensor | None, spec,
-            saved_dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+            saved_dtype: torch.dtype, threshold: Tensor | None = None
+            ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
     current, v, beta = current.contiguous(), v.contiguous(), beta.contiguous()
+    threshold = threshold.contiguous() if threshold is not None else None
     kernel = _kernel_code(spec)
     two_states = spec.neuron.n_state > 1
     batch, n = current.shape
@@ -240,10 +245,11 @@ def forward(current: Tensor, v: Tensor, a: Tensor | None, beta: Tensor, rho: Ten
                      current.device)
     saved_bf16 = saved_dtype == torch.bfloat16
     _forward_kernel[_grid(batch, n)](
-        (current, v, a, beta, rho), params,
+        (current, v, a, beta, rho, beta if threshold is None else threshold), params,
         (v_new, a_new if two_states else v_new, z, d.view(torch.int16) if saved_bf16 else d, bits),
         batch, n, bits.shape[1], KERNEL=kernel, SUBTRACT=spec.reset == "subtract",
-        SURROGATE=SURROGATE_CODES[spec.surrogate], SAVED_BF16=saved_bf16, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)
+        SURROGATE=SURROGATE_CODES[spec.surrogate], SAVED_BF16=saved_bf16, PER_NEURON=threshold is not None,
+        BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N)
     return v_new, a_new, z, d, bits
 
 

@@ -101,7 +101,8 @@ class _Forward(NamedTuple):
 
 
 def _generic_forward(k: NeuronKernels, s: WindowSettings, currents, v, a, z0, w_rec, beta, rho, saved, keep_v,
-                     keep_a) -> _Forward:
+                     keep_a, threshold=None) -> _Forward:
+    learned = {} if threshold is None else {"threshold": threshold}
     steps, batch, n = currents.shape
     z = currents.new_empty(steps, batch, n)
     bits = currents.new_empty(steps, batch, (n + 7) // 8, dtype=torch.uint8)
@@ -127,7 +128,7 @@ def _generic_forward(k: NeuronKernels, s: WindowSettings, currents, v, a, z0, w_
             v_prev[t] = v
         if keep_a:
             a_prev[t] = a
-        v, a, z[t], d[t], bits[t] = k.forward(current, v, a, beta, rho, s.spec, saved)
+        v, a, z[t], d[t], bits[t] = k.forward(current, v, a, beta, rho, s.spec, saved, **learned)
         if near is not None:
             near[t] = _near_bits(z[t], d[t], s.near_min_d)
         prev = z[t]
@@ -167,6 +168,17 @@ def _generic_backward(k: NeuronKernels, s: WindowSettings, grad_z, grad_v, grad_
     return grad_currents, ga_all, gv_all, grad_v, grad_a, rec
 
 
+def _threshold_grad(gv: Tensor, bits: Tensor, grad_v_last: Tensor, beta: Tensor) -> Tensor:
+    """dL/dthreshold [N] of a window from gv [L, B, N] (w.r.t. v before each step's reset), its spikes and the
+    adjoint of its last v: with x = v - theta and v_new = v - z theta (or v (1 - z)), z detached in the reset,
+    dL/dtheta_t = -gx_t - [subtract] z_t grad_v_t = (1 - z_t) grad_v_t - gv_t for both resets, where grad_v_t
+    (w.r.t. v_new of step t) is beta gv_{t+1}, and the adjoint of the last v for the last step. ALIF's
+    theta = threshold + adapt_strength a takes the same; `ipu_snn.neuron.spec` states it."""
+    z = unpack_spikes(bits, gv.shape[-1], gv.dtype)
+    grad_v_after = torch.cat([beta * gv[1:], grad_v_last.unsqueeze(0)])
+    return ((1.0 - z) * grad_v_after - gv).sum((0, 1))
+
+
 def _rec_list_capacity(policy: SparsePolicy, bits: Tensor, z0_bits: Tensor, near: Tensor | None,
                        near0: Tensor | None, n: int) -> int | None:
     """The list length of the window's listed recurrent adjoint, or None for the dense one; counted in the
@@ -197,7 +209,8 @@ def _rec_weight_grad(policy: SparsePolicy, prev_bits: Tensor, grad_currents: Ten
 
 class _SpikingWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s: WindowSettings, grad_enabled: bool, currents, v0, a0, z0, near0, w_rec, beta, rho):
+    def forward(ctx, s: WindowSettings, grad_enabled: bool, currents, v0, a0, z0, near0, w_rec, beta, rho,
+                threshold):
         k = resolve(s.kernels, currents.device)
         saved = s.saved_dtype or currents.dtype
         # a forward that backward will not read keeps nothing: inference, and a schedule's untaped windows
@@ -213,17 +226,19 @@ class _SpikingWindow(torch.autograd.Function):
                       "max_density": float(policy.max_density if recurrent else 0.0),
                       "near_min_d": -1.0 if s.near_min_d is None else float(s.near_min_d)}
             (z, bits, d, v_prev, a_prev, near, v, a, dropped, _sparse_steps) = k.window_forward(
-                currents.contiguous(), v0, a0, z0 if recurrent else None, w_rec, beta, rho, params, saved)
+                currents.contiguous(), v0, a0, z0 if recurrent else None, w_rec, beta, rho, params, saved,
+                threshold)
             f = _Forward(z, bits, d, v_prev if keep_v else None, a_prev if keep_a else None,
                          near if s.near_min_d is not None else None, v, a if two_states else None, dropped)
         else:
-            f = _generic_forward(k, s, currents, v0, a0, z0, w_rec, beta, rho, saved, keep_v, keep_a)
+            f = _generic_forward(k, s, currents, v0, a0, z0, w_rec, beta, rho, saved, keep_v, keep_a, threshold)
         if recurrent and policy.mode == "sparse" and policy.overflow == "error" and bool(f.dropped.any()):
             from ..ops.spikes import raise_on_overflow  # the custom ops (torch >= 2.4): only where lists are
 
             raise_on_overflow(torch.full_like(f.dropped, policy.capacity), f.dropped, policy.capacity,
                               f"{s.where}'s recurrent spikes")
         ctx.s, ctx.k, ctx.keep_v, ctx.keep_a = s, k, keep_v, keep_a
+        ctx.learn_threshold = keep and threshold is not None and threshold.requires_grad
         ctx.has_grad_a = a0 is not None
         if keep:
             z0_bits = pack_spikes(z0) if recurrent else None
@@ -248,7 +263,8 @@ class _SpikingWindow(torch.autograd.Function):
         # where the current enters the second state (cuba), the current's gradient is the state's, and
         # a learned beta needs the one w.r.t. v apart
         into_a = s.spec.neuron.current_into == 1
-        keep_ga, keep_gv = ctx.keep_a and not into_a, ctx.keep_v and into_a
+        keep_ga, keep_gv = ctx.keep_a and not into_a, (ctx.keep_v or ctx.learn_threshold) and into_a
+        grad_v_last = grad_v
         if k.window_backward is not None:
             params = {**neuron_params(s.spec), "keep_ga": float(keep_ga), "keep_gv": float(keep_gv),
                       "listed_grad": float(listed), "capacity": float(list_capacity if listed else 0)}
@@ -266,7 +282,7 @@ class _SpikingWindow(torch.autograd.Function):
             grad_currents, ga_all, gv_all, grad_v0, grad_a0, rec = _generic_backward(
                 k, s, grad_z, grad_v, grad_a, bits, d, z0_bits, near, near0, w_rec, beta, rho, keep_ga, keep_gv,
                 list_capacity)
-        grad_w = grad_beta = grad_rho = None
+        grad_w = grad_beta = grad_rho = grad_threshold = None
         if recurrent and ctx.needs_input_grad[7]:
             prev_bits = torch.cat([z0_bits.unsqueeze(0), bits[:-1]])  # z_{t-1} feeds step t
             grad_w = _rec_weight_grad(s.recurrent, prev_bits, grad_currents, n)
@@ -276,17 +292,21 @@ class _SpikingWindow(torch.autograd.Function):
         if ctx.keep_a:
             ga = grad_currents if into_a else ga_all
             grad_rho = (ga * a_prev.to(ga.dtype)).sum((0, 1))
+        if ctx.learn_threshold:
+            grad_threshold = _threshold_grad(gv_all if into_a else grad_currents, bits, grad_v_last, beta)
         return (None, None, grad_currents, grad_v0, grad_a0 if two_states else None,
-                rec if recurrent else None, None, grad_w, grad_beta, grad_rho)
+                rec if recurrent else None, None, grad_w, grad_beta, grad_rho, grad_threshold)
 
 
 def spiking_window(currents: Tensor, state: LayerState, w_rec: Tensor | None, beta: Tensor, rho: Tensor | None,
-                   settings: WindowSettings) -> tuple[SpikeTrain, LayerState, Tensor]:
+                   settings: WindowSettings, threshold: Tensor | None = None) -> tuple[SpikeTrain, LayerState, Tensor]:
     """A spiking layer of any registered model over one window: (its spikes, its state after the window, spikes dropped per sample).
 
     ``currents`` [L, B, N]: the input currents of the window's steps; ``w_rec`` [N, N]
     (stored [from, to]) adds ``z_{t-1} @ w_rec`` to step t; ``beta`` [N] and ``rho``
-    [N] (ALIF) are the per-step decays, already clamped to [0, 1]."""
+    [N] (ALIF) are the per-step decays, already clamped to [0, 1]; ``threshold`` [N]: a learned
+    per-neuron threshold (``learn_threshold``) in place of the spec's, whose gradient comes from the
+    window's own adjoints (`_threshold_grad`), nothing more kept."""
     model = settings.spec.neuron
     if (rho is None) == (len(model.decays) > 0):
         raise ValueError(f"spiking_window: a {model.name} layer takes "
@@ -294,7 +314,8 @@ def spiking_window(currents: Tensor, state: LayerState, w_rec: Tensor | None, be
     if (w_rec is None) != (settings.recurrent is None):
         raise ValueError("spiking_window: w_rec and settings.recurrent go together")
     z, bits, near, v, a, z_last, near_last, dropped = _SpikingWindow.apply(
-        settings, torch.is_grad_enabled(), currents, state.v, state.a, state.z, state.near, w_rec, beta, rho)
+        settings, torch.is_grad_enabled(), currents, state.v, state.a, state.z, state.near, w_rec, beta, rho,
+        threshold)
     return SpikeTrain(z, bits, near), LayerState(v, a, z_last, near_last), dropped
 
 

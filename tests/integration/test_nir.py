@@ -117,13 +117,17 @@ def simulate_nir(graph_nodes, chain, x, dt):
         b = getattr(graph_nodes[syn], "bias", np.zeros(w.shape[0]))
         node = graph_nodes[neuron]
         v = np.zeros((h.shape[1], w.shape[0]))
-        z = np.zeros_like(v)
+        z, syn = np.zeros_like(v), np.zeros_like(v)
         out = []
         for t in range(h.shape[0]):
             current = h[t] @ w.T + b
             if rec:
-                current = current + z @ graph_nodes[rec].weight.T + graph_nodes[rec].bias
-            v = v + dt / node.tau * ((node.v_leak - v) + node.r * current)
+                current = current + z @ graph_nodes[rec].weight.T + getattr(graph_nodes[rec], "bias", 0.0)
+            if isinstance(node, nir.CubaLIF):  # tau_syn dI/dt = -I + w_in S, then tau_mem dv/dt = v_leak - v + r I
+                syn = syn + dt / node.tau_syn * (-syn + node.w_in * current)
+                v = v + dt / node.tau_mem * ((node.v_leak - v) + node.r * syn)
+            else:
+                v = v + dt / node.tau * ((node.v_leak - v) + node.r * current)
             if isinstance(node, nir.LI):
                 out.append(v.copy())
                 continue
@@ -162,22 +166,44 @@ def test_imported_lif_follows_nir_forward_euler_with_leak_gain_and_per_neuron_th
     np.testing.assert_allclose(ours_v, membrane, rtol=1e-4, atol=1e-5)
 
 
-def test_cuba_lif_maps_only_without_a_synaptic_time_constant():
-    n = 4
+def test_cuba_lif_reads_as_a_cuba_layer_that_follows_nir_forward_euler():
+    rng = np.random.default_rng(5)
+    dt, n_in, n = 1e-3, 10, 6
 
-    def graph(tau_syn):
-        cuba = nir.CubaLIF(tau_syn=np.full(n, tau_syn), tau_mem=np.full(n, 0.01), r=np.full(n, 10.0),
-                           v_leak=np.zeros(n), v_threshold=np.ones(n), w_in=np.full(n, 2.0))
-        nodes = {"i": nir.Input(input_type={"input": np.array([3])}), "a": nir.Linear(weight=np.ones((n, 3))),
-                 "c": cuba, "b": nir.Linear(weight=np.ones((2, n))),
+    def graph(tau_syn, v_leak=0.0, recurrent=True):
+        cuba = nir.CubaLIF(tau_syn=tau_syn, tau_mem=rng.uniform(4e-3, 2e-2, n), r=rng.uniform(0.5, 3.0, n),
+                           v_leak=np.full(n, v_leak), v_threshold=rng.uniform(0.2, 1.2, n), v_reset=np.zeros(n),
+                           w_in=rng.uniform(0.5, 2.0, n))
+        nodes = {"i": nir.Input(input_type={"input": np.array([n_in])}),
+                 "a": nir.Affine(weight=rng.normal(0, 1.5, (n, n_in)), bias=rng.normal(0, 0.1, n)), "c": cuba,
+                 "rec": nir.Linear(weight=rng.normal(0, 0.8, (n, n))), "b": nir.Linear(weight=np.ones((2, n))),
                  "li": nir.LI(tau=np.full(2, 0.01), r=np.full(2, 10.0), v_leak=np.zeros(2)),
                  "o": nir.Output(output_type={"output": np.array([2])})}
-        return nir.NIRGraph(nodes=nodes, edges=[("i", "a"), ("a", "c"), ("c", "b"), ("b", "li"), ("li", "o")])
+        edges = [("i", "a"), ("a", "c"), ("c", "b"), ("b", "li"), ("li", "o")]
+        if not recurrent:
+            del nodes["rec"]
+        return nodes, edges + ([("c", "rec"), ("rec", "c")] if recurrent else [])
 
-    model = graph_to_model(graph(1e-3), 1e-3)
-    np.testing.assert_allclose(model.state["layers.0.fc.weight"].numpy(), 2.0)  # w_in r dt / tau_mem
-    with pytest.raises(ConfigError, match="node 'c' \\(CubaLIF\\) has a synaptic current"):
-        graph_to_model(graph(5e-3), 1e-3)
+    nodes, edges = graph(rng.uniform(2e-3, 8e-3, n))
+    model = graph_to_model(nir.NIRGraph(nodes=nodes, edges=edges), dt)
+    assert model.layers[0]["type"] == "cuba" and model.layers[0]["recurrent"] is True
+    cfg = validate_config({"model": {"layers": model.layers, "readout": model.readout}})
+    net = build_network(cfg.model, n_in, 2, dt)
+    net.load_state_dict(model.state, strict=True)
+    x = (rng.random((40, 5, n_in)) < 0.4).astype(np.float32)
+    spikes = simulate_nir(nodes, [("a", "c", "rec")], x, dt)
+    ours = net.layers[0](torch.from_numpy(x)).detach().double().numpy()
+    assert spikes.mean() > 0.05 and (ours == spikes).all()
+    # at tau_syn = dt the synaptic current is the plain input: a LIF layer, w_in folded into the weights
+    nodes, edges = graph(np.full(n, dt), recurrent=False)
+    model = graph_to_model(nir.NIRGraph(nodes=nodes, edges=edges), dt)
+    assert model.layers[0]["type"] == "lif"
+    np.testing.assert_allclose(model.state["layers.0.fc.weight"].numpy().T,
+                               nodes["a"].weight * (nodes["c"].w_in * nodes["c"].r * dt / nodes["c"].tau_mem
+                                                    / nodes["c"].v_threshold)[:, None], rtol=1e-6)
+    nodes, edges = graph(np.full(n, 5e-3), v_leak=0.1)
+    with pytest.raises(ConfigError, match="node 'c' \\(CubaLIF\\) has v_leak != 0 and a synaptic current"):
+        graph_to_model(nir.NIRGraph(nodes=nodes, edges=edges), dt)
 
 
 # ------------------------------------------------------------------------------------ refusals

@@ -131,3 +131,19 @@ def test_ipu_without_poptorch_names_the_sdk(tmp_path):
     assert proc.returncode == 2
     assert "Poplar SDK" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("device, fused, refused", [("cpu", "auto", None), ("cuda", "auto", None),
+                                                    ("cuda", False, None), ("ipu", "auto", "IPU"),
+                                                    ("ipu-emulator", "auto", "IPU")])
+def test_learn_threshold_runs_where_its_kernels_are(device, fused, refused):
+    from ipu_snn.config import validate_config
+    from ipu_snn.errors import ConfigError
+
+    raw = {"device": device, "model": {"fused": fused, "sparse": device == "ipu-emulator",
+                                       "layers": [{"type": "cuba", "size": 8, "learn_threshold": True}]}}
+    if refused is None:
+        assert validate_config(raw).model.layers[0].learn_threshold
+    else:
+        with pytest.raises(ConfigError, match=f"model.layers.0.learn_threshold: .*not yet on {device}.*{refused}"):
+            validate_config(raw)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from ipu_snn.neuron import kernels as kernel_table
 from ipu_snn.core.bits import pack_spikes, unpack_spikes
+from ipu_snn.neuron.models import MODELS
 from ipu_snn.neuron.ops import neuron_step_bwd, neuron_step_fwd
 from ipu_snn.neuron.reference import step as reference_step
 from ipu_snn.neuron.spec import NeuronSpec
@@ -394,3 +395,31 @@ def test_header_is_self_contained_and_in_place_safe(tmp_path: Path):
                     str(source), "-o", str(binary)], check=True, capture_output=True, text=True)
     result = subprocess.run([str(binary)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("backend, device", [p for p in BACKENDS if p.id != "reference-cuda"], indirect=["device"])
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_a_per_neuron_threshold_on_the_step_kernels(model, backend, device):
+    # learn_threshold: a threshold [N] in place of the spec's scalar (ALIF: its base threshold), as the
+    # autograd step fires
+    g = torch.Generator().manual_seed(4)
+    batch, n, two = 3, 13, MODELS[model].n_state > 1
+
+    def rand(*shape, low=-1.0, high=1.0):
+        return low + (high - low) * torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    spec = NeuronSpec(model, 0.8, 0.6 if model == "alif" else 0.0, "subtract", "atan", 3.0)
+    current, v, beta = rand(batch, n, low=-0.5, high=1.5), rand(batch, n), rand(n, low=0.0, high=1.0)
+    a, rho = (rand(batch, n, low=0.0, high=1.0), rand(n, low=0.0, high=1.0)) if two else (None, None)
+    threshold = rand(n, low=0.2, high=1.4)
+    v_ref, a_ref, z_ref = reference_step(spec, beta, rho, v, a, current, threshold=threshold)
+    assert not torch.equal(z_ref, reference_step(spec, beta, rho, v, a, current)[2])  # the threshold matters
+    ref = kernel_table.load("reference").forward(current, v, a, beta, rho, spec, torch.float64, threshold)
+    on = [t.to(device) if t is not None else None for t in (current, v, a, beta, rho, threshold)]
+    out = kernel_table.load(backend).forward(*on[:5], spec, torch.float64, on[5])
+    v_new, a_new, z, d, bits = [t.cpu() if t is not None else None for t in out]
+    torch.testing.assert_close(v_new, v_ref, **F64)
+    assert torch.equal(z, z_ref) and torch.equal(bits, ref[4])
+    torch.testing.assert_close(d, ref[3], **F64)
+    if two:
+        torch.testing.assert_close(a_new, a_ref, **F64)

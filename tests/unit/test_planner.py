@@ -14,7 +14,7 @@ from ipu_snn.config import validate_config
 from ipu_snn.devices import device_spec
 from ipu_snn.errors import ConfigError, DeviceError
 from ipu_snn.executor import TimeLoop
-from ipu_snn.network import build_network, pack_inputs
+from ipu_snn.network import build_network, count_parameters, pack_inputs
 from ipu_snn.bptt.registry import SCHEDULES as REGISTRY
 from ipu_snn.calibration import measure_window_costs
 from ipu_snn.planner import NetShape, analytic_costs, candidates, plan
@@ -266,3 +266,21 @@ def test_an_evaluation_that_cannot_fit_is_refused_from_shapes():
                             "data": {"steps": 2000, "batch_size": 4096}})
     with pytest.raises(ConfigError, match="evaluating does not fit h100"):
         check_evaluation_fits(huge, device_spec("h100"), 16)
+
+
+def test_a_learned_threshold_is_counted_as_a_parameter_and_keeps_nothing_more():
+    # model.layers.N.learn_threshold: n floats (with its gradient and Adam's moments in param_bytes); its gradient
+    # comes from the window's adjoints, so what a window keeps for backward is the same as without it
+    peaks = []
+    for learn in (False, True):
+        layers = [{"type": t, "size": n, "learn_threshold": learn} for t, n in (("cuba", 20), ("alif", 12))]
+        cfg = config("uniform", model={"layers": layers})
+        shape = NetShape.of(cfg, 10, 3)
+        torch.manual_seed(0)
+        net = build_network(cfg.model, 10, 3, dt=1e-3, loop=TimeLoop(16, candidates(cfg.bptt)["uniform"].build))
+        assert shape.param_count() == count_parameters(net)
+        assert sum(p.numel() for n, p in net.named_parameters() if n.endswith("threshold")) == (32 if learn else 0)
+        net(pack_inputs((torch.rand(8, 60, 10) < 0.3).float())).logits.sum().backward()
+        assert (net.layers[0].threshold.grad.abs().sum() > 0) if learn else net.layers[0].threshold is None
+        peaks.append(net.last_scan.peak_local_bytes)
+    assert peaks[0] == peaks[1]

@@ -14,23 +14,23 @@ from torch import Tensor
 from ...core.bits import pack_spikes, unpack_spikes
 from ..model import Decay, NeuronModel, NirMapping, Param
 from ..surrogates import SpikeFn, spike
-from .lif import derivative, fire, heaviside
+from .lif import derivative, fire, heaviside, threshold_of
 
 
 def step(spec, beta: Tensor, rho: Tensor, v_prev: Tensor, a_prev: Tensor, current: Tensor,
-         spike_fn: SpikeFn = spike) -> tuple[Tensor, Tensor, Tensor]:
-    """One ALIF step through autograd: ``(v_new, a_new, z)``."""
+         spike_fn: SpikeFn = spike, threshold: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One ALIF step through autograd: ``(v_new, a_new, z)``; ``threshold`` [N]: a learned base threshold."""
     a = rho * a_prev
-    v_new, z = fire(spec, beta * v_prev + current, spec.threshold + spec.adapt_strength * a, spike_fn)
+    v_new, z = fire(spec, beta * v_prev + current, threshold_of(spec, threshold) + spec.adapt_strength * a, spike_fn)
     return v_new, a + z, z
 
 
 @torch.no_grad()
-def kernel_forward(current, v, a, beta, rho, spec, saved_dtype):
+def kernel_forward(current, v, a, beta, rho, spec, saved_dtype, threshold=None):
     """The alif kernel's forward: ``(v_new, a_new, z, d, zbits)``."""
-    theta = spec.threshold + spec.adapt_strength * (rho * a)
+    theta = threshold_of(spec, threshold) + spec.adapt_strength * (rho * a)
     d = derivative(spec, beta * v + current - theta, saved_dtype)
-    v_new, a_new, z = step(spec, beta, rho, v, a, current, heaviside)
+    v_new, a_new, z = step(spec, beta, rho, v, a, current, heaviside, threshold)
     return v_new, a_new, z, d, pack_spikes(z)
 
 

@@ -15,22 +15,22 @@ from torch import Tensor
 from ...core.bits import pack_spikes, unpack_spikes
 from ..model import Decay, NeuronModel, NirMapping
 from ..surrogates import SpikeFn, spike
-from .lif import derivative, fire, heaviside, through_reset
+from .lif import derivative, fire, heaviside, threshold_of, through_reset
 
 
 def step(spec, beta: Tensor, alpha: Tensor, v_prev: Tensor, i_prev: Tensor, current: Tensor,
-         spike_fn: SpikeFn = spike) -> tuple[Tensor, Tensor, Tensor]:
-    """One CUBA step through autograd: ``(v_new, i_new, z)``."""
+         spike_fn: SpikeFn = spike, threshold: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One CUBA step through autograd: ``(v_new, i_new, z)``; ``threshold`` [N]: a learned threshold."""
     i = alpha * i_prev + current
-    v_new, z = fire(spec, beta * v_prev + i, spec.threshold, spike_fn)
+    v_new, z = fire(spec, beta * v_prev + i, threshold_of(spec, threshold), spike_fn)
     return v_new, i, z
 
 
 @torch.no_grad()
-def kernel_forward(current, v, i, beta, alpha, spec, saved_dtype):
+def kernel_forward(current, v, i, beta, alpha, spec, saved_dtype, threshold=None):
     """The cuba kernel's forward: ``(v_new, i_new, z, d, zbits)``."""
-    d = derivative(spec, beta * v + (alpha * i + current) - spec.threshold, saved_dtype)
-    v_new, i_new, z = step(spec, beta, alpha, v, i, current, heaviside)
+    d = derivative(spec, beta * v + (alpha * i + current) - threshold_of(spec, threshold), saved_dtype)
+    v_new, i_new, z = step(spec, beta, alpha, v, i, current, heaviside, threshold)
     return v_new, i_new, z, d, pack_spikes(z)
 
 
@@ -40,7 +40,8 @@ def kernel_backward(grad_z, grad_v, grad_i, zbits, d, spec):
     return gv, (gv + grad_i if grad_i is not None else gv)
 
 
-NIR = NirMapping(None, refusal="writing it as NIR's CubaLIF is not implemented yet")
+NIR = NirMapping("CubaLIF", (("tau_mem", "beta"), ("r", "beta"), ("tau_syn", "alpha"), ("w_in", "alpha"),
+                             ("v_threshold", "threshold"), ("v_leak", "0"), ("v_reset", "0")))
 
 CUBA = NeuronModel(name="cuba", kernel="cuba", kernel_code=2, state=("v", "i"),
                    decays=(Decay("alpha", "tau_syn", 0.8),), params=(), recurrent=None, step=step,

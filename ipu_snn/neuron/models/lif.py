@@ -22,10 +22,15 @@ def fire(spec, v: Tensor, theta, spike_fn: SpikeFn) -> tuple[Tensor, Tensor]:
     return (v - zr * theta if spec.reset == "subtract" else v * (1.0 - zr)), z
 
 
+def threshold_of(spec, threshold: Tensor | None):
+    """The threshold a step fires at: the layer's learned one [N] where it has one, else the spec's scalar."""
+    return spec.threshold if threshold is None else threshold
+
+
 def step(spec, beta: Tensor, rho: None, v_prev: Tensor, a_prev: None, current: Tensor,
-         spike_fn: SpikeFn = spike) -> tuple[Tensor, None, Tensor]:
-    """One LIF step through autograd: ``(v_new, None, z)``."""
-    v_new, z = fire(spec, beta * v_prev + current, spec.threshold, spike_fn)
+         spike_fn: SpikeFn = spike, threshold: Tensor | None = None) -> tuple[Tensor, None, Tensor]:
+    """One LIF step through autograd: ``(v_new, None, z)``; ``threshold`` [N]: a learned threshold."""
+    v_new, z = fire(spec, beta * v_prev + current, threshold_of(spec, threshold), spike_fn)
     return v_new, None, z
 
 
@@ -47,10 +52,10 @@ def through_reset(spec, grad_z: Tensor, grad_v: Tensor, z: Tensor, d: Tensor) ->
 
 
 @torch.no_grad()
-def kernel_forward(current, v, a, beta, rho, spec, saved_dtype):
+def kernel_forward(current, v, a, beta, rho, spec, saved_dtype, threshold=None):
     """The lif kernel's forward: ``(v_new, None, z, d, zbits)``."""
-    d = derivative(spec, beta * v + current - spec.threshold, saved_dtype)
-    v_new, _, z = step(spec, beta, rho, v, a, current, heaviside)
+    d = derivative(spec, beta * v + current - threshold_of(spec, threshold), saved_dtype)
+    v_new, _, z = step(spec, beta, rho, v, a, current, heaviside, threshold)
     return v_new, None, z, d, pack_spikes(z)
 
 
