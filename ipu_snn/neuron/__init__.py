@@ -4,7 +4,7 @@ and the fused window loop.
 * `models`: the neuron-model registry (`MODELS`: lif, rlif, alif, cuba), a file per model; `model`: `NeuronModel`;
 * `spec`: `NeuronSpec` and the math contract, written once;
 * `params`: the compiled kernels' one parameter struct, by field name;
-* `surrogates`: the surrogate table (name, kernel code, derivative, primitive);
+* `surrogates`: the surrogate table (name, kernel code, derivative);
 * `reference`: the autograd step (each model's own, the ground truth) and the reference kernels;
 * `kernels`: the kernel table (reference, cpu, triton); `triton_kernels`: the Triton step;
 * `ops`: the fused step as ``ipu_snn::`` custom ops (visible to torch.compile);
@@ -12,6 +12,6 @@ and the fused window loop.
 """
 
 from .spec import NeuronSpec
-from .surrogates import SURROGATES, spike, straight_through_spike, surrogate
+from .surrogates import SURROGATES, spike, surrogate
 
-__all__ = ["NeuronSpec", "SURROGATES", "spike", "straight_through_spike", "surrogate"]
+__all__ = ["NeuronSpec", "SURROGATES", "spike", "surrogate"]

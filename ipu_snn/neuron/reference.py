@@ -23,8 +23,7 @@ def step(spec: NeuronSpec, beta: Tensor, rho: Tensor | None, v_prev: Tensor, a_p
          ) -> tuple[Tensor, Tensor | None, Tensor]:
     """One step of ``spec``'s model through autograd (the model's own pure step): ``(v_new, a_new or None, z)``.
 
-    ``spike_fn(x, name, scale)`` makes the spikes: `surrogates.spike` (an autograd
-    Function) or `surrogates.straight_through_spike` (differentiable ops only). ``threshold`` [N]: a
+    ``spike_fn(x, name, scale)`` makes the spikes (`surrogates.spike`: an autograd Function). ``threshold`` [N]: a
     learned per-neuron threshold in place of ``spec.threshold`` (ALIF: its base threshold)."""
     if threshold is None:
         return spec.neuron.step(spec, beta, rho, v_prev, a_prev, current, spike_fn)

@@ -2,8 +2,7 @@
 
 A spike is the Heaviside step ``z = (x > 0)`` of the threshold distance
 ``x = v - theta``; its derivative is zero almost everywhere, so training uses a
-*surrogate* derivative ``sg'(x)``, the derivative of a smooth stand-in
-``sg(x)`` (the *primitive*). Each row of `SURROGATES` gives:
+*surrogate* derivative ``sg'(x)``. Each row of `SURROGATES` gives:
 
 * ``code``: the integer every compiled kernel uses for this surrogate: the
   ``SurrogateKind`` enum of custom_ops/include/neuron_core.h (C++ and the
@@ -11,9 +10,6 @@ A spike is the Heaviside step ``z = (x > 0)`` of the threshold distance
   PopART op's attribute. A test reads the C++ enum and checks it against this
   table, so the codes cannot drift;
 * ``grad``: the derivative in closed form, the one every kernel computes;
-* ``primitive``: the smooth stand-in, whose autograd derivative equals ``grad``
-  (tested); PopTorch traces it in the straight-through spike, because PopART
-  never calls an autograd Function's backward;
 * ``bounded``: whether ``grad`` is zero far from the threshold, which makes the
   sparse backward through near-threshold neurons exact (``model.sparse_grad``).
 
@@ -45,7 +41,6 @@ class Surrogate:
     name: str
     code: int
     grad: Fn
-    primitive: Fn
     bounded: bool
     source: str
 
@@ -66,19 +61,14 @@ def _boxcar_grad(x: Tensor, scale: float) -> Tensor:
     return (x.abs() < 0.5 / scale).to(x.dtype)
 
 
-def _triangle_primitive(x: Tensor, scale: float) -> Tensor:
-    u = torch.clamp(scale * x, -1.0, 1.0)
-    return (u - u * u.abs() / 2.0) / scale
-
-
 SURROGATES: dict[str, Surrogate] = {s.name: s for s in [
-    Surrogate("fast_sigmoid", 0, _fast_sigmoid_grad, lambda x, k: x / (1.0 + k * x.abs()), False,
+    Surrogate("fast_sigmoid", 0, _fast_sigmoid_grad, False,
               "SuperSpike, Zenke & Ganguli 2018"),
-    Surrogate("atan", 1, _atan_grad, lambda x, k: torch.atan((math.pi / 2.0) * k * x) / math.pi, False,
+    Surrogate("atan", 1, _atan_grad, False,
               "Fang et al. 2021"),
-    Surrogate("triangle", 2, _triangle_grad, _triangle_primitive, True,
+    Surrogate("triangle", 2, _triangle_grad, True,
               "peak-1 triangle of half-width 1/scale, Bellec et al. 2018"),
-    Surrogate("boxcar", 3, _boxcar_grad, lambda x, k: torch.clamp(x, -0.5 / k, 0.5 / k), True,
+    Surrogate("boxcar", 3, _boxcar_grad, True,
               "peak-1 box of width 1/scale: straight-through near the threshold"),
 ]}
 
@@ -107,15 +97,6 @@ class _SpikeFunction(torch.autograd.Function):
 def spike(x: Tensor, name: str, scale: float) -> Tensor:
     """Heaviside spikes of ``x`` whose backward is the surrogate derivative (an autograd Function)."""
     return _SpikeFunction.apply(x, surrogate(name).grad, scale)
-
-
-def straight_through_spike(x: Tensor, name: str, scale: float) -> Tensor:
-    """The same spikes and gradient from differentiable ops only: ``H(x) + s(x) - detach(s(x))``.
-
-    For tracers that differentiate the recorded ops themselves (PopTorch/PopART),
-    which never call an autograd Function's backward."""
-    smooth = surrogate(name).primitive(x, scale)
-    return (x > 0).to(x.dtype) + (smooth - smooth.detach())
 
 
 SpikeFn = Callable[[Tensor, str, float], Tensor]

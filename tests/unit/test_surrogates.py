@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipu_snn.neuron.surrogates import SURROGATES, spike, straight_through_spike, surrogate
+from ipu_snn.neuron.surrogates import SURROGATES, spike, surrogate
 
 # Smooth stand-ins for the step function, written independently of the surrogate table;
 # autograd of these must match the closed-form derivatives there.
@@ -29,12 +29,10 @@ def test_backward_matches_primitive(name, values, scale):
     x = x[((x.abs() - 1 / scale).abs() > 1e-6) & ((x.abs() - 0.5 / scale).abs() > 1e-6)]
     xp = x.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(PRIMITIVES[name](xp, scale).sum(), xp)
-    # three routes to the surrogate derivative: the autograd Function, the straight-through spike
-    # (the table's primitive, as PopTorch traces it), and the table's closed form the kernels compute
-    for spike_fn in (spike, straight_through_spike):
-        xs = x.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(spike_fn(xs, name, scale), xs, torch.ones_like(x))
-        torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+    # two routes to the surrogate derivative: the autograd Function, and the table's closed form the kernels compute
+    xs = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(spike(xs, name, scale), xs, torch.ones_like(x))
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(surrogate(name).grad(x, scale), expected, rtol=1e-10, atol=1e-12)
 
 
@@ -42,7 +40,6 @@ def test_backward_matches_primitive(name, values, scale):
 def test_forward_is_heaviside(name):
     x = torch.tensor([-1.0, -1e-6, 0.0, 1e-6, 2.0])
     assert spike(x, name, 5.0).tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
-    assert straight_through_spike(x, name, 5.0).tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("name", sorted(SURROGATES))
