@@ -218,6 +218,30 @@ public:
 template class DenseGradInput<float>;
 template class DenseGradInput<half>;
 
+// DenseGradInput's listed twin: the positions of inputs whose surrogate
+// derivative is 0 at that sample (their bit in `live` clear) are 0 and cost no
+// dot product (core::grad_input_dense with a mask). Exact: such an input's
+// gradient is multiplied by that 0 in its own backward.
+template <typename T>
+class ListedGradInput : public poplar::MultiVertex {
+public:
+  poplar::Input<poplar::Vector<T>> weight;              // [numInputs, width]
+  poplar::Input<poplar::Vector<T>> gradOut;             // [rows, width]: the pass's samples
+  poplar::Input<poplar::Vector<unsigned char>> live;    // [rows, ceil(numInputs / 8)]: d != 0, as bits
+  poplar::Output<AlignedVector<T>> partial;             // [numInputs, rows]
+  unsigned numInputs;
+
+  bool compute(unsigned worker) {
+    const unsigned width = weight.size() / numInputs, rows = gradOut.size() / width;
+    const core::Span<unsigned> mine = share<T>(partial.size(), numWorkers(), worker);
+    core::grad_input_dense<T, T, float, unsigned>(&weight[0], width, width, &gradOut[0], width, rows, mine.begin,
+                                                  mine.end, &partial[0], &live[0], live.size() / rows);
+    return true;
+  }
+};
+template class ListedGradInput<float>;
+template class ListedGradInput<half>;
+
 // out[(rowBegin + r) * width + i] = sum over p of parts[p * width * rows + i * rows + r]:
 // neuron-major partial sums of a pass (rows samples) summed into the rows
 // [rowBegin, rowBegin + rows) of a [B, width] gradient; other rows are kept.

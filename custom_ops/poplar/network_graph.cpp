@@ -46,6 +46,9 @@ struct Pop {
   // this step's (newBits), the last step's (stateBits, recurrent), and in the
   // backward step the taped ones of step n (stepBits) and n - 1 (prevBits)
   Tensor newBits, stateBits, stepBits, prevBits;
+  // listed layers: in the backward step, which of step n's spikes can take a gradient (d != 0), as bits
+  Tensor liveBits;
+  bool live = false;  // liveBits exists: some consumer tile lists by it (Builder::listsAt)
   Tensor zNewWhole;  // [B, n]
 };
 
@@ -95,6 +98,9 @@ private:
   std::size_t passSize() const { return s_.samplesPerPass == 0 ? s_.batch : std::min(s_.samplesPerPass, s_.batch); }
   std::size_t nIn(std::size_t l) const { return l == 0 ? s_.inputs : pops_[l - 1].n; }
   Pop &readout() { return pops_.back(); }
+  // Whether consumer tile p forms its input gradient of dest listed (ListedGradInput): dest is listed and
+  // p holds more than one column (with one, a bit test costs what the one-term dot product it saves does).
+  static bool listsAt(const Pop &dest, const Part &p) { return dest.spec.listed && p.width() > 1; }
   std::size_t spiking() const { return pops_.size() - 1; }
   Tensor var(const poplar::Type &type, std::vector<std::size_t> shape, unsigned tile, const std::string &name) {
     Tensor t = g_.addVariable(type, shape, {name});
@@ -238,6 +244,15 @@ void Builder::allocate() {
           p.remoteBits = remote(pn + "remoteBits", pop.stateBits.slice(p.kb0, p.kb1, 1).flatten());
       }
     pops_.push_back(std::move(pop));
+  }
+  // a listed layer's live bits, where a consumer tile lists by them (listsAt)
+  for (std::size_t l = 0; l < L; ++l) {
+    Pop &pop = pops_[l];
+    bool used = false;
+    for (const Pop *cons : {&pops_[l + 1], &pop})
+      for (const Part &p : cons->parts) used = used || listsAt(pop, p);
+    if (used) pop.liveBits = layerBits(pop, "layer" + std::to_string(l) + ".liveBits");
+    pop.live = used;
   }
   // the first reduction stage's buffers: member k of a group sums chunk k
   for (std::size_t l = 0; l <= L; ++l) {
@@ -500,7 +515,8 @@ void Builder::gradWeight(poplar::ComputeSet cs, const Tensor &bits, std::size_t 
 
 // The gradient of a product's input (n neurons of `dest`) from the consumer's
 // gradCurrent, into dest's `into` [B, w]: per pass of samples, each consumer
-// tile's dense partial, summed in two stages (Tree).
+// tile's dense partial, summed in two stages (Tree). For a listed dest only at
+// its neurons of non-zero d (ListedGradInput over dest.liveBits, listsAt), 0 elsewhere.
 void Builder::gradInput(program::Sequence &seq, Pop &cons, Tensor Part::*weight, std::size_t n, Pop &dest,
                         Tensor Part::*into, const std::string &name) {
   const std::size_t B = s_.batch, C = passSize();
@@ -510,9 +526,11 @@ void Builder::gradInput(program::Sequence &seq, Pop &cons, Tensor Part::*weight,
     const std::string pn = name + ".pass" + std::to_string(b0 / C);
     poplar::ComputeSet gi = g_.addComputeSet({pn});
     for (Part &p : cons.parts) {
-      poplar::VertexRef v = vertex(gi, "DenseGradInput<float>", p.tile);
+      const bool listed = listsAt(dest, p);  // dest.liveBits holds the step's d != 0 (backwardStep)
+      poplar::VertexRef v = vertex(gi, listed ? "ListedGradInput<float>" : "DenseGradInput<float>", p.tile);
       g_.connect(v["weight"], (p.*weight).flatten());
       g_.connect(v["gradOut"], p.gc.slice(b0, b1, 0).flatten());
+      if (listed) g_.connect(v["live"], dest.liveBits.slice(b0, b1, 0).flatten());
       g_.connect(v["partial"], p.partial.slice(0, n * rows, 0));
       g_.setInitialValue(v["numInputs"], n);
     }
@@ -573,6 +591,25 @@ program::Sequence Builder::backwardStep() {
     stepLoad(load, outPieces_[j], vPrevStep_[j], outTiles_[j], s_.steps + 1, s_.steps);
   }
   seq.add(program::Execute(load));
+  // Listed layers: which neurons of the step can take a gradient (d != 0), as bits, byte k by the
+  // tile of neuron 8k (d of up to 7 neighbours exchanged), read whole by the consumer tiles.
+  poplar::ComputeSet live = g_.addComputeSet({"liveBits"});
+  bool anyListed = false;
+  for (std::size_t l = 0; l < L; ++l) {
+    Pop &pop = pops_[l];
+    if (!pop.live) continue;
+    anyListed = true;
+    const Tensor d = whole(pop.parts, &Part::dStep, 1);
+    for (Part &p : pop.parts) {
+      if (p.bytes() == 0) continue;
+      const std::size_t z0 = 8 * p.kb0, z1 = std::min(8 * p.kb1, pop.n);
+      poplar::VertexRef k = vertex(live, "PackSpikes<float>", p.tile);
+      g_.connect(k["z"], d.slice(z0, z1, 1).flatten());
+      g_.connect(k["bits"], pop.liveBits.slice(p.kb0, p.kb1, 1).flatten());
+      g_.setInitialValue(k["numNeurons"], z1 - z0);
+    }
+  }
+  if (anyListed) seq.add(program::Execute(live));
   // The readout: its step backward, weight gradient, and the gradient of the last layer's spikes.
   Pop &r = readout();
   const Tensor gradTrace = poplar::concat(gradStep_).reshape({B, std::size_t(s_.readout)});
@@ -596,8 +633,11 @@ program::Sequence Builder::backwardStep() {
   for (std::size_t l = L; l-- > 0;) {
     Pop &pop = pops_[l];
     const std::string ln = "layer" + std::to_string(l);
-    // gradient w.r.t. z(n): from above (the next layer or the readout), and the recurrent one from step n + 1
+    // gradient w.r.t. z(n): from above (the next layer or the readout), and the recurrent one from step
+    // n + 1, formed here from gradCurrent, which still holds step n + 1's (0 before the first step), so
+    // that a listed layer lists it by step n's d
     if (pop.recurrent) {
+      gradInput(seq, pop, &Part::wRec, pop.n, pop, &Part::carried, ln + ".gradRecurrent");
       poplar::ComputeSet cs = g_.addComputeSet({ln + ".gradZ"});
       for (Part &p : pop.parts) {
         poplar::VertexRef v = vertex(cs, "AccumulateRows<float>", p.tile);
@@ -645,7 +685,6 @@ program::Sequence Builder::backwardStep() {
     seq.add(program::Execute(gw));
     // input gradients: to the layer below (step n) and to z(n - 1) (recurrent); layer 0's input is data
     if (l > 0) gradInput(seq, pop, &Part::wIn, nIn(l), pops_[l - 1], &Part::fromAbove, ln + ".gradInput");
-    if (pop.recurrent) gradInput(seq, pop, &Part::wRec, pop.n, pop, &Part::carried, ln + ".gradRecurrent");
   }
   stepCount(seq, -1);
   return seq;
@@ -724,7 +763,7 @@ NetworkGraph Builder::build() {
       }
       state.emplace_back(p.spikeCount, p.tile);
       if (pop.recurrent) {
-        for (const Tensor *t : {&p.gwRec, &p.carried}) grads.emplace_back(*t, p.tile);
+        for (const Tensor *t : {&p.gwRec, &p.gc}) grads.emplace_back(*t, p.tile);  // gc: step T's, 0
         if (p.bytes() > 0) state.emplace_back(pop.stateBits.slice(p.kb0, p.kb1, 1), p.tile);
       }
     }

@@ -49,6 +49,11 @@ struct LayerSpec {
   unsigned reset = 0;      // core::Reset
   unsigned surrogate = 0;  // core::SurrogateKind
   float scale = 10.0f;
+  // The listed backward: the gradient of this layer's spikes is formed only
+  // where the spike's surrogate derivative d is non-zero (ListedGradInput; 0
+  // elsewhere). Exact, since that gradient reaches the neuron only times d;
+  // worth it for a surrogate of bounded support (triangle, boxcar).
+  bool listed = false;
 };
 
 enum class ActionKind : unsigned { Advance = 0, Reverse = 1, Store = 2, Load = 3, Free = 4 };

@@ -38,7 +38,8 @@
 // the forward's Store copies wrote.
 //
 // Attributes (lists one entry per spiking layer): sizes, recurrent,
-// thresholds, resets, surrogates, scales; readout (n_out), samples_per_pass;
+// thresholds, resets, surrogates, scales, listed (the listed backward,
+// LayerSpec::listed); readout (n_out), samples_per_pass;
 // tape_slots, local_slots, offchip_slots; actions
 // (6 ints per action: kind, n0, n1, tape, offchip, slot, as
 // ipu_snn.ipu.interpreter.step_actions writes them).
@@ -112,6 +113,7 @@ network::NetworkSpec readSpec(const popart::OpCreatorInfo &info) {
   const Ints surrogates = perLayer<Ints>(a, "surrogates", n);
   const Floats thresholds = perLayer<Floats>(a, "thresholds", n);
   const Floats scales = perLayer<Floats>(a, "scales", n);
+  const Ints listed = perLayer<Ints>(a, "listed", n);
   network::NetworkSpec spec;
   for (std::size_t l = 0; l < n; ++l) {
     network::LayerSpec layer;
@@ -121,6 +123,7 @@ network::NetworkSpec readSpec(const popart::OpCreatorInfo &info) {
     layer.reset = unsigned(resets[l]);
     layer.surrogate = unsigned(surrogates[l]);
     layer.scale = scales[l];
+    layer.listed = listed[l] != 0;
     spec.layers.push_back(layer);
   }
   spec.readout = unsigned(a.getAttribute<popart::Attributes::Int>("readout"));
@@ -144,7 +147,7 @@ network::NetworkSpec readSpec(const popart::OpCreatorInfo &info) {
 }
 
 void appendSpec(popart::OpSerialiserBase &os, const network::NetworkSpec &s) {
-  std::vector<int64_t> sizes, recurrent, resets, surrogates, actions;
+  std::vector<int64_t> sizes, recurrent, resets, surrogates, listed, actions;
   std::vector<float> thresholds, scales;
   for (const network::LayerSpec &l : s.layers) {
     sizes.push_back(l.size);
@@ -153,6 +156,7 @@ void appendSpec(popart::OpSerialiserBase &os, const network::NetworkSpec &s) {
     surrogates.push_back(l.surrogate);
     thresholds.push_back(l.threshold);
     scales.push_back(l.scale);
+    listed.push_back(l.listed);
   }
   for (const network::Action &a : s.actions)
     actions.insert(actions.end(), {int64_t(a.kind), a.n0, a.n1, a.tape, a.offchip, a.slot});
@@ -162,6 +166,7 @@ void appendSpec(popart::OpSerialiserBase &os, const network::NetworkSpec &s) {
   os.appendAttribute("surrogates", surrogates);
   os.appendAttribute("thresholds", thresholds);
   os.appendAttribute("scales", scales);
+  os.appendAttribute("listed", listed);
   os.appendAttribute("readout", int64_t(s.readout));
   os.appendAttribute("samples_per_pass", int64_t(s.samplesPerPass));
   os.appendAttribute("tape_slots", int64_t(s.tapeSlots));
@@ -317,6 +322,7 @@ const popart::OpDefinition kNetworkDef(
                                        {"resets", {"*"}},
                                        {"surrogates", {"*"}},
                                        {"scales", {"*"}},
+                                       {"listed", {"*"}},
                                        {"readout", {"*"}},
                                        {"samples_per_pass", {"*"}},
                                        {"tape_slots", {"*"}},

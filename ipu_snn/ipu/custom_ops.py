@@ -80,6 +80,7 @@ class NetworkOpSpec:
         return {"sizes": [l.size for l in self.layers], "recurrent": [int(l.recurrent) for l in self.layers],
                 "thresholds": [float(l.threshold) for l in self.layers], "resets": [l.reset for l in self.layers],
                 "surrogates": [l.surrogate for l in self.layers], "scales": [float(l.scale) for l in self.layers],
+                "listed": [int(l.listed) for l in self.layers],
                 "readout": self.readout, "samples_per_pass": self.samples_per_pass, "tape_slots": self.tape_slots, "local_slots": self.local_slots, "offchip_slots": self.offchip_slots,
                 "actions": [int(x) for action in self.actions for x in action]}
 

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ipu_snn.errors import ConfigError
 from ipu_snn.executor import window_bounds
-from ipu_snn.ipu.interpreter import HostNetwork, LayerSpec, network_trace
+from ipu_snn.ipu.interpreter import MK2_TILES, HostNetwork, LayerSpec, network_trace
 from ipu_snn.network import NetworkOutput, SpikingNetwork, _COMBINE, _WINDOW_REDUCE
 from ipu_snn.taps import Taps
 
@@ -33,8 +33,9 @@ def _refuse(net: SpikingNetwork) -> None:
             if policy is None or policy.mode == "dense":
                 continue
             if policy.listed_grad:
-                raise ConfigError("model.sparse_grad: spikes; the network op computes the exact input gradient "
-                                  "(set sparse_grad: dense on device ipu-emulator)")
+                raise ConfigError("model.sparse_grad: spikes; the network op computes the exact input gradient, "
+                                  "listed where the surrogate is bounded (set sparse_grad: auto or dense on device "
+                                  "ipu-emulator)")
             if policy.capacity < n_in:
                 raise ConfigError(f"model.sparse_capacity: the network op lists every spike of {where}'s "
                                   f"{n_in} inputs (capacity {policy.capacity}); set sparse_capacity: 1.0")
@@ -44,6 +45,8 @@ class InterpretedNetwork(SpikingNetwork):
     """A `SpikingNetwork` whose spiking layers run in the network op's graph on the host interpreter.
 
     Same parameters and state dict; `adopt` turns a built network into one."""
+
+    tiles = MK2_TILES  # the emulated IPU's tiles (a test may take fewer, to put several neurons on a tile)
 
     def _host(self, batch: int, steps: int) -> HostNetwork:
         key = (batch, steps)
@@ -57,7 +60,8 @@ class InterpretedNetwork(SpikingNetwork):
             layers = [LayerSpec(l.n_out, l.rec is not None, l.spec.threshold, l.spec.reset_code,
                                 l.spec.surrogate_code, l.spec.scale) for l in self.layers]
             cache.clear()  # one shape at a time: the graph holds the micro-batch's tapes
-            cache[key] = HostNetwork(batch, steps, self.n_inputs, layers, schedule, bounds, self.readout.n_out)
+            cache[key] = HostNetwork(batch, steps, self.n_inputs, layers, schedule, bounds, self.readout.n_out,
+                                     tiles=self.tiles)
         return cache[key]
 
     def forward(self, x: Tensor, mark=None, with_counts: bool = False, record=(), taps: Taps = Taps()

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ipu_snn.bptt.schedules import Advance, Free, Load, Reverse, Schedule, Store
 from ipu_snn.errors import UserError
+from ipu_snn.neuron.surrogates import SURROGATES
 
 ROOT = Path(__file__).resolve().parents[2]
 _POPLAR = ROOT / "custom_ops" / "poplar"
@@ -86,7 +87,10 @@ def library() -> ctypes.CDLL:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One spiking layer as the network op takes it (LIF; recurrent or not)."""
+    """One spiking layer as the network op takes it (LIF; recurrent or not).
+
+    ``listed``: the op forms the gradient of the layer's spikes only where their surrogate derivative is
+    non-zero (exact); None takes the op's one rule, `listed_grad`."""
 
     size: int
     recurrent: bool
@@ -94,6 +98,18 @@ class LayerSpec:
     reset: int  # NeuronSpec.reset_code
     surrogate: int  # NeuronSpec.surrogate_code
     scale: float
+    listed: bool | None = None
+
+    def __post_init__(self):
+        if self.listed is None:
+            object.__setattr__(self, "listed", listed_grad(self.surrogate))
+
+
+def listed_grad(surrogate_code: int) -> bool:
+    """Whether the network op lists a layer's spike gradient (the listed backward): where its surrogate has
+    bounded support (triangle, boxcar), whose derivative is 0 at most neurons, as ``model.sparse_grad: auto``
+    decides on the CPU. Exact either way; elsewhere the dense input gradient."""
+    return next(s.bounded for s in SURROGATES.values() if s.code == surrogate_code)
 
 
 def step_actions(schedule: Schedule, bounds: Sequence[tuple[int, int]]) -> list[tuple[int, ...]]:
@@ -186,7 +202,7 @@ class HostNetwork:
         spec = [batch, steps, n_inputs, len(layers), self.tape_slots, local_slots, offchip_slots, len(actions), n_out,
                 samples_per_pass]
         for layer in layers:
-            spec += [layer.size, int(layer.recurrent), layer.reset, layer.surrogate]
+            spec += [layer.size, int(layer.recurrent), layer.reset, layer.surrogate, int(layer.listed)]
         for action in actions:
             spec += list(action)
         self._spec = np.asarray(spec, dtype=np.uint32)

@@ -5,6 +5,7 @@ float64, under every schedule and sample pass; the interpreter's refusals; each 
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -100,6 +101,40 @@ def test_trace_and_gradients_equal_autograd_under_every_schedule(name, window, p
         assert float((got.grad.double() - exp.grad).abs().max()) <= RTOL * scale
     counts = host.counts()
     assert (counts["remote_bytes_moved"] > 0) == (name == "double")
+
+
+@pytest.mark.parametrize("name", ["store_all", "uniform", "double"])
+@pytest.mark.parametrize("surrogate, scale", [("triangle", 3.0), ("boxcar", 2.0)])
+def test_the_listed_backward_equals_autograd(surrogate, scale, name):
+    # a bounded surrogate: the op forms the spikes' gradients only where d != 0 (ListedGradInput), exact
+    spec = NeuronSpec(surrogate=surrogate, scale=scale)
+    layers = _layers(spec)
+    assert all(l.listed for l in layers)
+    x, params = _problem(3, spec)
+    bounds = window_bounds(T, 2)
+    # 8 tiles: several neurons on a tile, where a tile lists (one column: the dense partial costs the same)
+    host = HostNetwork(B, T, N_IN, layers, _schedules(len(bounds))[name], bounds, N_OUT, samples_per_pass=2,
+                       tiles=8)
+    assert any(name.endswith("liveBits") for t in range(8) for name, _ in host.tile_variables(t))
+    leaves = [t.clone().requires_grad_() for t in params]
+    trace = network_trace(host, pack_spikes(x), leaves)
+    want, ref = _reference(x, params, spec)
+    assert float((trace.detach().double() - want.detach()).abs().max()) <= 1e-5 * float(want.detach().abs().max())
+    grad = torch.randn(trace.shape, generator=torch.Generator().manual_seed(7))
+    (trace * grad).sum().backward()
+    (want * grad.double()).sum().backward()
+    for got, exp in zip(leaves, ref):
+        if got.grad is None:
+            continue
+        scale_ = float(exp.grad.abs().max())
+        assert scale_ > 0
+        assert float((got.grad.double() - exp.grad).abs().max()) <= RTOL * scale_
+    # the time model counts a dot product only at the neurons of non-zero d (at the plan's density)
+    dense = HostNetwork(B, T, N_IN, [replace(l, listed=False) for l in layers], store_all(len(bounds)), bounds,
+                        N_OUT, samples_per_pass=2, tiles=8, holds_data=False)
+    listed = HostNetwork(B, T, N_IN, layers, store_all(len(bounds)), bounds, N_OUT, samples_per_pass=2, tiles=8,
+                         holds_data=False)
+    assert listed.cost(True, 0.05)["work_elements"] < dense.cost(True, 0.05)["work_elements"]
 
 
 def test_the_tape_and_checkpoints_follow_the_schedule():

@@ -193,6 +193,11 @@ template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const 
     r["DenseGradInput" + suffix] = makeVertex<V>({FIELD(weight), FIELD(gradOut), FIELD(partial), FIELD(numInputs)});
   }
   {
+    using V = ListedGradInput<T>;
+    r["ListedGradInput" + suffix] =
+        makeVertex<V>({FIELD(weight), FIELD(gradOut), FIELD(live), FIELD(partial), FIELD(numInputs)});
+  }
+  {
     using V = ReduceSlices<T>;
     r["ReduceSlices" + suffix] =
         makeVertex<V>({FIELD(parts), FIELD(out), FIELD(numParts), FIELD(width), FIELD(rowBegin)});

@@ -49,7 +49,7 @@ const poplar::Tensor &tensor(Handle *h, const char *name) {
 
 extern "C" {
 // spec: batch, steps, inputs, layers, tapeSlots, localSlots, offchipSlots, actions,
-// readout (n_out), samplesPerPass, then per layer (size, recurrent, reset, surrogate), then per action
+// readout (n_out), samplesPerPass, then per layer (size, recurrent, reset, surrogate, listed), then per action
 // (kind, n0, n1, tape, offchip, slot); scalars: per layer (threshold, scale).
 void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned tiles, unsigned bytesPerTile,
                         int holdsData, char *err, unsigned errLen) {
@@ -66,12 +66,13 @@ void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned til
     s.readout = spec[8];
     s.samplesPerPass = spec[9];
     const unsigned *p = spec + 10;
-    for (unsigned l = 0; l < layers; ++l, p += 4) {
+    for (unsigned l = 0; l < layers; ++l, p += 5) {
       LayerSpec ls;
       ls.size = p[0];
       ls.recurrent = p[1] != 0;
       ls.reset = p[2];
       ls.surrogate = p[3];
+      ls.listed = p[4] != 0;
       ls.threshold = scalars[2 * l];
       ls.scale = scalars[2 * l + 1];
       s.layers.push_back(ls);
@@ -240,6 +241,12 @@ double opsOf(const poplar_mock::VertexRecord &v, double rate) {
     return batch * std::ceil(n / 8) + rate * batch * rows;  // each sample's bytes walked, a row added per spike
   }
   if (t.rfind("DenseGradInput", 0) == 0) return elements(v, "weight") * elements(v, "gradOut") / (elements(v, "weight") / value("numInputs"));
+  if (t.rfind("ListedGradInput", 0) == 0) {
+    // a bit tested per partial element; a dot product only where the input's surrogate derivative is
+    // non-zero, taken as `rate` of them (a bounded surrogate: about the neurons near their threshold)
+    const double width = elements(v, "weight") / value("numInputs");
+    return elements(v, "partial") * (1.0 + rate * width);
+  }
   if (t.rfind("SumParts", 0) == 0 || t.rfind("ReduceSlices", 0) == 0) return elements(v, "parts");
   if (t.rfind("StepLoad", 0) == 0) return elements(v, "dst");
   if (t.rfind("StepStore", 0) == 0) return elements(v, "src");
