@@ -40,6 +40,55 @@ public:
 template class AccumulateRows<float>;
 template class AccumulateRows<half>;
 
+// acc[c] += sum over r of x[r * width + c] y[r * width + c], width = acc.size():
+// a learned decay's gradient over a step (gv times v(t - 1)). Each worker owns
+// a word-aligned share of acc.
+template <typename T>
+class AccumulateProducts : public poplar::MultiVertex {
+public:
+  poplar::Input<poplar::Vector<T>> x;            // [rows, width]
+  poplar::Input<poplar::Vector<T>> y;            // [rows, width]
+  poplar::InOut<AlignedVector<float>> acc;       // [width]
+
+  bool compute(unsigned worker) {
+    const unsigned width = acc.size(), rows = x.size() / width;
+    const core::Span<unsigned> mine = share<float>(width, numWorkers(), worker);
+    for (unsigned c = mine.begin; c < mine.end; ++c) {
+      float sum = acc[c];
+      for (unsigned r = 0; r < rows; ++r) sum += float(x[r * width + c]) * float(y[r * width + c]);
+      acc[c] = sum;
+    }
+    return true;
+  }
+};
+template class AccumulateProducts<float>;
+template class AccumulateProducts<half>;
+
+// A learned threshold's gradient over a step, accumulated
+// (core::threshold_grad_columns): bits holds, for every sample, the packed
+// bytes [colBegin / 8, ceil(colEnd / 8)) of the step's spikes, which start
+// colBegin % 8 neurons before the tile's first. Each worker owns whole columns.
+template <typename T>
+class ThresholdGrad : public poplar::MultiVertex {
+public:
+  poplar::Input<poplar::Vector<T>> gradVNew;             // [B, width]: w.r.t. v after the reset
+  poplar::Input<poplar::Vector<T>> gradV;                // [B, width]: w.r.t. v before it
+  poplar::Input<poplar::Vector<unsigned char>> bits;     // [B, rowBytes]
+  poplar::InOut<poplar::Vector<float>> gradThreshold;    // [width]
+  unsigned colBegin;
+
+  bool compute(unsigned worker) {
+    const unsigned width = gradThreshold.size(), batch = gradV.size() / width;
+    const core::Span<unsigned> mine = core::worker_span<unsigned>(width, numWorkers(), worker, 1u);
+    core::threshold_grad_columns<T, float, unsigned>(&gradVNew[0], &gradV[0], &bits[0], bits.size() / batch,
+                                                     colBegin % 8, width, batch, mine.begin, mine.end,
+                                                     &gradThreshold[0]);
+    return true;
+  }
+};
+template class ThresholdGrad<float>;
+template class ThresholdGrad<half>;
+
 // out[i] = sum over p of parts[p * len + i]: the per-tile partial input
 // gradients of a product (SpikeMatmulGradInput), summed where they are used.
 template <typename T>

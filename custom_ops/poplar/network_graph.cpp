@@ -88,8 +88,8 @@ Tensor layerBits(poplar::Graph &g, const NetworkSpec &s, const std::vector<PartL
 }
 
 // The op's inputs after the bits: per spiking layer weight_in, bias, beta,
-// [weight_rec]; then the readout's weight, bias, beta.
-enum class Param { WeightIn, Bias, Beta, WeightRec };
+// [weight_rec], [threshold]; then the readout's weight, bias, beta.
+enum class Param { WeightIn, Bias, Beta, WeightRec, Threshold };
 struct ParamRef {
   std::size_t pop;
   Param param;
@@ -99,6 +99,7 @@ std::vector<ParamRef> paramRefs(const NetworkSpec &s) {
   for (std::size_t l = 0; l <= s.layers.size(); ++l) {
     for (Param p : {Param::WeightIn, Param::Bias, Param::Beta}) refs.push_back({l, p});
     if (l < s.layers.size() && s.layers[l].recurrent) refs.push_back({l, Param::WeightRec});
+    if (l < s.layers.size() && s.layers[l].learnThreshold) refs.push_back({l, Param::Threshold});
   }
   return refs;
 }
@@ -119,6 +120,7 @@ Tensor makeInput(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, std:
   const std::size_t rows = ref.param == Param::WeightIn ? inputsOf(s, l) : ref.param == Param::WeightRec ? s.layers[l].size : 0;
   const char *name = ref.param == Param::WeightIn ? "weightIn" : ref.param == Param::Bias ? "bias"
                      : ref.param == Param::Beta   ? "beta"
+                     : ref.param == Param::Threshold ? "threshold"
                                                   : "weightRec";
   std::vector<Tensor> parts;
   for (const PartLayout &p : lay.pops[l]) {
@@ -129,7 +131,7 @@ Tensor makeInput(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, std:
 }
 
 // The carried state, in carriedShapes' order.
-enum class Carry { V, StateBits, TapeD, TapeBits, TapePrevBits, CheckpointV, CheckpointBits, Trace };
+enum class Carry { V, StateBits, TapeD, TapeVPrev, TapeBits, TapePrevBits, CheckpointV, CheckpointBits, Trace };
 struct CarriedRef {
   std::size_t pop;
   Carry kind;
@@ -143,6 +145,7 @@ std::vector<CarriedRef> carriedRefs(const NetworkSpec &s) {
     refs.push_back({l, Carry::V});
     if (rec) refs.push_back({l, Carry::StateBits});
     refs.push_back({l, Carry::TapeD});
+    if (s.layers[l].learnDecay) refs.push_back({l, Carry::TapeVPrev});
     refs.push_back({l, Carry::TapeBits});
     if (rec) refs.push_back({l, Carry::TapePrevBits});
     if (local) {
@@ -181,6 +184,10 @@ Tensor makeCarried(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, co
         dim = 2;
         ts.push_back(variable(g, poplar::FLOAT, {S, B, w}, p.tile, pn + "tapeD"));
         break;
+      case Carry::TapeVPrev:
+        dim = 2;
+        ts.push_back(variable(g, poplar::FLOAT, {S, B, w}, p.tile, pn + "tapeVPrev"));
+        break;
       case Carry::TapeBits: case Carry::TapePrevBits:
         dim = 2;
         if (kb > 0)
@@ -201,10 +208,11 @@ Tensor makeCarried(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, co
 // them. Inputs and carried state are slices of the whole tensors (given or
 // made by makeInput / makeCarried); the rest is the build's own.
 struct Part : PartLayout {
-  Tensor wIn, bias, beta, wRec;              // parameters
-  Tensor gwIn, gBias, gwRec, gBeta;          // gradients, accumulated
+  Tensor wIn, bias, beta, wRec, threshold;   // parameters
+  Tensor gwIn, gBias, gwRec, gBeta, gThreshold;  // gradients, accumulated
   Tensor v, vNew, zNew, d, current, scratch, spikeCount;  // state and one step
-  Tensor tapeD, tapeBits, tapePrevBits;      // [S, B, w], [S, B, kb]
+  Tensor tapeD, tapeVPrev, tapeBits, tapePrevBits;  // [S, B, w], [S, B, kb]
+  Tensor vPrevStep;                          // the backward step's v(n - 1) (learnDecay)
   Tensor ckptV, ckptBits;                    // [localSlots, ...]
   poplar::RemoteBuffer remoteV, remoteBits;  // offchip slots
   Tensor dStep, gv, gvNew, gc, carried, fromAbove, ownBits;
@@ -349,6 +357,7 @@ void Builder::takeInputs() {
     const Tensor whole = rows > 0 ? t.reshape({rows, pop.n}) : t.reshape({pop.n});
     Tensor Part::*member = ref.param == Param::WeightIn ? &Part::wIn : ref.param == Param::Bias ? &Part::bias
                            : ref.param == Param::Beta   ? &Part::beta
+                           : ref.param == Param::Threshold ? &Part::threshold
                                                         : &Part::wRec;
     for (Part &p : pop.parts) p.*member = whole.slice(p.c0, p.c1, rows > 0 ? 1 : 0);
     if (pop.readout) {
@@ -358,6 +367,7 @@ void Builder::takeInputs() {
       LayerTensors &lt = net_.layers[ref.pop];
       (ref.param == Param::WeightIn ? lt.weightIn : ref.param == Param::Bias ? lt.bias
        : ref.param == Param::Beta   ? lt.beta
+       : ref.param == Param::Threshold ? lt.threshold
                                     : lt.weightRec) = whole;
     }
   }
@@ -394,6 +404,7 @@ void Builder::takeCarried() {
       switch (ref.kind) {
         case Carry::V: p.v = whole.slice(p.c0, p.c1, 1); break;
         case Carry::TapeD: p.tapeD = whole.slice(p.c0, p.c1, 2); break;
+        case Carry::TapeVPrev: p.tapeVPrev = whole.slice(p.c0, p.c1, 2); break;
         case Carry::TapeBits: if (bytes) p.tapeBits = whole.slice(p.kb0, p.kb1, 2); break;
         case Carry::TapePrevBits: if (bytes) p.tapePrevBits = whole.slice(p.kb0, p.kb1, 2); break;
         case Carry::CheckpointV: p.ckptV = whole.slice(B * p.c0, B * p.c1, 1); break;
@@ -457,6 +468,11 @@ void Builder::allocateBackward() {
         for (auto [member, name] : {std::pair{&Part::dStep, "dStep"}, {&Part::gvNew, "gradVNew"},
                                     {&Part::fromAbove, "gradZ"}})
           p.*member = f({B, w}, name);
+        if (pop.spec.learnDecay) {
+          p.gBeta = f({w}, "gradBeta");
+          p.vPrevStep = f({B, w}, "vPrevStep");
+        }
+        if (pop.spec.learnThreshold) p.gThreshold = f({w}, "gradThreshold");
         if (l == 0) widest = 0;  // data: no input gradient
         if (pop.recurrent) {
           p.gwRec = f({n, w}, "gradWeightRec");
@@ -484,6 +500,8 @@ void Builder::allocateBackward() {
     lt.gradWeightIn = whole(pop.parts, &Part::gwIn, 1);
     lt.gradBias = whole(pop.parts, &Part::gBias, 0);
     if (pop.recurrent) lt.gradWeightRec = whole(pop.parts, &Part::gwRec, 1);
+    if (pop.spec.learnDecay) lt.gradBeta = whole(pop.parts, &Part::gBeta, 0);
+    if (pop.spec.learnThreshold) lt.gradThreshold = whole(pop.parts, &Part::gThreshold, 0);
   }
   // a listed layer's live bits, where a consumer tile lists by them (listsAt)
   for (std::size_t l = 0; l < L; ++l) {
@@ -668,6 +686,8 @@ program::Sequence Builder::forwardStep(bool tape) {
       g_.connect(v["aNew"], p.scratch.flatten());
       g_.connect(v["z"], p.zNew.flatten());
       g_.connect(v["d"], p.d.flatten());
+      g_.connect(v["thresholds"], pop.spec.learnThreshold ? p.threshold : p.beta);  // else not read
+      g_.setInitialValue(v["perNeuron"], pop.spec.learnThreshold ? 1 : 0);
       g_.setInitialValue(v["threshold"], pop.spec.threshold);
       g_.setInitialValue(v["adaptStrength"], 0.0f);
       g_.setInitialValue(v["scale"], pop.spec.scale);
@@ -699,6 +719,7 @@ program::Sequence Builder::forwardStep(bool tape) {
     for (Part &p : pop.parts) {
       if (tape) {
         stepStore(store, p.d, p.tapeD, p.tile, s_.tapeSlots);
+        if (pop.spec.learnDecay) stepStore(store, p.v, p.tapeVPrev, p.tile, s_.tapeSlots);  // v(n - 1): not yet copied
         if (p.bytes() > 0) {
           stepStore(store, pop.newBits.slice(p.kb0, p.kb1, 1), p.tapeBits, p.tile, s_.tapeSlots);
           if (pop.recurrent)
@@ -799,6 +820,7 @@ program::Sequence Builder::backwardStep() {
     Pop &pop = pops_[l];
     for (Part &p : pop.parts) {
       stepLoad(load, p.tapeD, p.dStep, p.tile, s_.tapeSlots);
+      if (pop.spec.learnDecay) stepLoad(load, p.tapeVPrev, p.vPrevStep, p.tile, s_.tapeSlots);
       if (p.bytes() == 0) continue;
       stepLoad(load, p.tapeBits, pop.stepBits.slice(p.kb0, p.kb1, 1), p.tile, s_.tapeSlots);
       if (pop.recurrent) stepLoad(load, p.tapePrevBits, pop.prevBits.slice(p.kb0, p.kb1, 1), p.tile, s_.tapeSlots);
@@ -890,8 +912,8 @@ program::Sequence Builder::backwardStep() {
       g_.setInitialValue(v["ownSlice"], p.ownBits.numElements() / 6);
     }
     seq.add(program::Execute(neuron));
-    for (Part &p : pop.parts) seq.add(program::Copy(p.gvNew, p.gv));
-    // weight and bias gradients of the step, accumulated on the tiles
+    // weight, bias, and learned decay and threshold gradients of the step, accumulated on the tiles (gv
+    // still holds the gradient of v after step n's reset: the threshold's reads it)
     poplar::ComputeSet gw = g_.addComputeSet({ln + ".gradWeight"});
     const Tensor in = l == 0 ? inStep_.flatten() : pops_[l - 1].stepBits.flatten();
     const Tensor prev = pop.recurrent ? pop.prevBits.flatten() : Tensor();
@@ -902,8 +924,23 @@ program::Sequence Builder::backwardStep() {
       g_.connect(a["x"], p.gc.flatten());
       g_.connect(a["acc"], p.gBias);
       g_.setInitialValue(a["rows"], B);
+      if (pop.spec.learnDecay) {  // v = beta v(n - 1) + ...: += gv v(n - 1)
+        poplar::VertexRef d = vertex(gw, "AccumulateProducts<float>", p.tile);
+        g_.connect(d["x"], p.gc.flatten());
+        g_.connect(d["y"], p.vPrevStep.flatten());
+        g_.connect(d["acc"], p.gBeta);
+      }
+      if (pop.spec.learnThreshold) {
+        poplar::VertexRef t = vertex(gw, "ThresholdGrad<float>", p.tile);
+        g_.connect(t["gradVNew"], p.gv.flatten());
+        g_.connect(t["gradV"], p.gc.flatten());
+        g_.connect(t["bits"], pop.stepBits.slice(p.c0 / 8, (p.c1 + 7) / 8, 1).flatten());
+        g_.connect(t["gradThreshold"], p.gThreshold);
+        g_.setInitialValue(t["colBegin"], p.c0);
+      }
     }
     seq.add(program::Execute(gw));
+    for (Part &p : pop.parts) seq.add(program::Copy(p.gvNew, p.gv));
     // input gradients: to the layer below (step n) and to z(n - 1) (recurrent); layer 0's input is data
     if (l > 0) gradInput(seq, pop, &Part::wIn, nIn(l), pops_[l - 1], &Part::fromAbove, ln + ".gradInput");
   }
@@ -1003,6 +1040,8 @@ NetworkGraph Builder::build() {
       }
       if (pop.recurrent)  // gc: step n + 1's gradCurrent at step n (backwardStep), 0 at the first
         for (const Tensor *t : {&p.gwRec, &p.gc}) zeroed.emplace_back(*t, p.tile);
+      if (pop.spec.learnDecay) zeroed.emplace_back(p.gBeta, p.tile);
+      if (pop.spec.learnThreshold) zeroed.emplace_back(p.gThreshold, p.tile);
     }
   if (forward) {
     for (std::size_t j = 0; j < outPieces_.size(); ++j) zeroed.emplace_back(outPieces_[j][s_.steps], outTiles_[j]);
@@ -1041,7 +1080,7 @@ std::vector<CarriedShape> carriedShapes(const NetworkSpec &spec) {
     switch (ref.kind) {
       case Carry::V: shapes.push_back({false, {B, n}}); break;
       case Carry::StateBits: shapes.push_back({true, {B, nb}}); break;
-      case Carry::TapeD: shapes.push_back({false, {S, B, n}}); break;
+      case Carry::TapeD: case Carry::TapeVPrev: shapes.push_back({false, {S, B, n}}); break;
       case Carry::TapeBits: case Carry::TapePrevBits: shapes.push_back({true, {S, B, nb}}); break;
       case Carry::CheckpointV: shapes.push_back({false, {K, B * n}}); break;
       case Carry::CheckpointBits: shapes.push_back({true, {K, B * nb}}); break;

@@ -55,6 +55,13 @@ struct LayerSpec {
   // elsewhere). Exact, since that gradient reaches the neuron only times d;
   // worth it for a surrogate of bounded support (triangle, boxcar).
   bool listed = false;
+  // Learned decay: beta's gradient out of the backward build (grad_beta +=
+  // sum over samples and steps of gv v(t - 1); v(t - 1) taped per step).
+  bool learnDecay = false;
+  // Learned threshold: a per-neuron threshold [n] as an input after the
+  // layer's weights, in place of `threshold`, and its gradient (sum of
+  // (1 - z) grad_v_new - gv, ipu_snn/neuron/spec.py).
+  bool learnThreshold = false;
 };
 
 enum class ActionKind : unsigned { Advance = 0, Reverse = 1, Store = 2, Load = 3, Free = 4 };
@@ -88,6 +95,9 @@ struct LayerTensors {
   poplar::Tensor gradWeightIn;   // float [n_in, n], accumulated over the steps
   poplar::Tensor gradBias;       // float [n]
   poplar::Tensor gradWeightRec;  // float [n, n]
+  poplar::Tensor threshold;      // [n] (learnThreshold)
+  poplar::Tensor gradBeta;       // float [n] (learnDecay)
+  poplar::Tensor gradThreshold;  // float [n] (learnThreshold)
   poplar::Tensor spikeCount;     // float [B, n]: spikes of each neuron over the forward pass
   poplar::Tensor state;          // float [B, n]: z after the last step run
   std::vector<unsigned> tiles;   // the layer's tiles, one per column range
@@ -131,8 +141,8 @@ struct CarriedShape {
 // NetworkGraph::carried's types and shapes, from the spec alone (PopART sizes
 // the op's outputs before any graph exists), nb = ceil(n / 8): per spiking
 // layer v [B, n], for recurrent layers the last spikes' bits [B, nb], the tape
-// d [S, B, n] and bits [S, B, nb] (and the bits each step started from,
-// recurrent), with local slots the checkpoints v [K, B n] (and bits
+// d [S, B, n] (and v(t - 1) [S, B, n], learnDecay) and bits [S, B, nb] (and the
+// bits each step started from, recurrent), with local slots the checkpoints v [K, B n] (and bits
 // [K, B nb], recurrent); the readout's v [B, n_out] (and checkpoints
 // [K, B n_out]); the trace with its zero row [T + 1, B n_out].
 std::vector<CarriedShape> carriedShapes(const NetworkSpec &spec);
@@ -159,7 +169,8 @@ struct NetworkTensors {
 
 // The op's inputs: the packed bits uint8 [B, T, ceil(n_in / 8)], then per
 // spiking layer weight_in [n_in, n], bias [n], beta [n], [weight_rec [n, n]],
-// then the readout's weight [n_last, n_out], bias, beta.
+// [threshold [n] (learnThreshold)], then the readout's weight [n_last, n_out],
+// bias, beta.
 std::size_t inputCount(const NetworkSpec &spec);
 
 // Input `index` laid out on the op's tiles, exactly as buildNetwork lays out an

@@ -49,12 +49,14 @@ public:
   poplar::Output<AlignedVector<T>> aNew;     // [B, width]
   poplar::Output<AlignedVector<T>> z;        // [B, width]
   poplar::Output<AlignedVector<T>> d;        // [B, width]
+  poplar::Input<poplar::Vector<T>> thresholds;  // [width]: per-neuron thresholds (perNeuron)
   float threshold;
   float adaptStrength;
   float scale;
   unsigned reset;      // core::Reset
   unsigned surrogate;  // core::SurrogateKind
   unsigned adaptive;   // 0: LIF, 1: ALIF
+  unsigned perNeuron;  // 1: thresholds (a learned one) in place of threshold
   unsigned colBegin;
   unsigned colEnd;
 
@@ -64,10 +66,16 @@ public:
     const core::NeuronScalarsT<float> s{threshold, adaptStrength,
                                         static_cast<core::Reset>(reset),
                                         static_cast<core::SurrogateKind>(surrogate), scale};
-    core::neuron_forward<T, T>(&current[0], &vPrev[0], adaptive ? &aPrev[0] : nullptr,
-                               &beta[0], adaptive ? &rho[0] : nullptr, width, mine.begin,
-                               mine.end, s, &vNew[0], adaptive ? &aNew[0] : nullptr, &z[0],
-                               &d[0]);
+    if (perNeuron)
+      core::neuron_forward<T, T>(&current[0], &vPrev[0], adaptive ? &aPrev[0] : nullptr,
+                                 &beta[0], adaptive ? &rho[0] : nullptr, width, mine.begin,
+                                 mine.end, s, &vNew[0], adaptive ? &aNew[0] : nullptr, &z[0],
+                                 &d[0], &thresholds[0]);
+    else
+      core::neuron_forward<T, T>(&current[0], &vPrev[0], adaptive ? &aPrev[0] : nullptr,
+                                 &beta[0], adaptive ? &rho[0] : nullptr, width, mine.begin,
+                                 mine.end, s, &vNew[0], adaptive ? &aNew[0] : nullptr, &z[0],
+                                 &d[0]);
     if (!adaptive) {
       for (unsigned i = mine.begin; i < mine.end; ++i) aNew[i] = T(0.0f);
     }

@@ -33,7 +33,7 @@ def _schedules(windows: int):
             "double": double(windows, 2, 1)}
 
 
-def _problem(seed: int, spec: NeuronSpec):
+def _problem(seed: int, spec: NeuronSpec, learn_threshold: bool = False):
     g = torch.Generator().manual_seed(seed)
     x = (torch.rand(B, T, N_IN, generator=g) < 0.4).float()
     params, n_prev = [], N_IN
@@ -42,13 +42,15 @@ def _problem(seed: int, spec: NeuronSpec):
                    torch.rand(n, generator=g) * 0.5 + 0.4]
         if rec:
             params.append(torch.randn(n, n, generator=g) * 0.5)
+        if learn_threshold:
+            params.append(spec.threshold * (torch.rand(n, generator=g) * 0.6 + 0.7))
         n_prev = n
     params += [torch.randn(n_prev, N_OUT, generator=g), torch.randn(N_OUT, generator=g) * 0.1,
                torch.rand(N_OUT, generator=g) * 0.5 + 0.4]
     return x, params
 
 
-def _reference(x, params, spec):
+def _reference(x, params, spec, learn_threshold: bool = False):
     p = [t.detach().double().requires_grad_() for t in params]
     h, i = x.double().transpose(0, 1), 0
     for n, rec in SIZES:
@@ -56,12 +58,14 @@ def _reference(x, params, spec):
         i += 3
         w_rec = p[i] if rec else None
         i += int(rec)
+        threshold = p[i] if learn_threshold else None
+        i += int(learn_threshold)
         v = torch.zeros(B, n, dtype=torch.float64)
         z = torch.zeros(B, n, dtype=torch.float64)
         out = []
         for t in range(T):
             current = h[t] @ w + b + (z @ w_rec if rec else 0.0)
-            v, _, z = step(spec, beta, None, v, None, current, spike)
+            v, _, z = step(spec, beta, None, v, None, current, spike, threshold)
             out.append(z)
         h = torch.stack(out)
     w, b, beta = p[i:i + 3]
@@ -72,8 +76,9 @@ def _reference(x, params, spec):
     return torch.stack(trace), p
 
 
-def _layers(spec):
-    return [LayerSpec(n, rec, spec.threshold, spec.reset_code, spec.surrogate_code, spec.scale) for n, rec in SIZES]
+def _layers(spec, learn_decay: bool = False, learn_threshold: bool = False):
+    return [LayerSpec(n, rec, spec.threshold, spec.reset_code, spec.surrogate_code, spec.scale,
+                      learn_decay=learn_decay, learn_threshold=learn_threshold) for n, rec in SIZES]
 
 
 @pytest.mark.parametrize("window, passes", [(1, 0), (2, 2)])
@@ -135,6 +140,29 @@ def test_the_listed_backward_equals_autograd(surrogate, scale, name):
     listed = HostNetwork(B, T, N_IN, layers, store_all(len(bounds)), bounds, N_OUT, samples_per_pass=2, tiles=8,
                          holds_data=False)
     assert listed.cost(True, 0.05)["work_elements"] < dense.cost(True, 0.05)["work_elements"]
+
+
+@pytest.mark.parametrize("name", ["store_all", "uniform", "double"])
+@pytest.mark.parametrize("reset, surrogate", [("subtract", "fast_sigmoid"), ("zero", "triangle")])
+def test_learned_decays_and_thresholds_equal_autograd(name, reset, surrogate):
+    # beta and a per-neuron threshold of every spiking layer learned: their gradients out of the op
+    spec = NeuronSpec(reset=reset, surrogate=surrogate, scale=3.0)
+    x, params = _problem(5, spec, learn_threshold=True)
+    bounds = window_bounds(T, 2)
+    host = HostNetwork(B, T, N_IN, _layers(spec, True, True), _schedules(len(bounds))[name], bounds, N_OUT,
+                       samples_per_pass=2, tiles=8)
+    leaves = [t.clone().requires_grad_() for t in params]
+    trace = network_trace(host, pack_spikes(x), leaves)
+    want, ref = _reference(x, params, spec, learn_threshold=True)
+    assert float((trace.detach().double() - want.detach()).abs().max()) <= 1e-5 * float(want.detach().abs().max())
+    grad = torch.randn(trace.shape, generator=torch.Generator().manual_seed(7))
+    (trace * grad).sum().backward()
+    (want * grad.double()).sum().backward()
+    for k, (got, exp) in enumerate(zip(leaves, ref)):
+        assert got.grad is not None, k  # every parameter learned
+        scale = float(exp.grad.abs().max())
+        assert scale > 0, k
+        assert float((got.grad.double() - exp.grad).abs().max()) <= RTOL * scale, k
 
 
 def test_the_tape_and_checkpoints_follow_the_schedule():

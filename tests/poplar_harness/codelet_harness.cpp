@@ -353,6 +353,7 @@ void runNeuron(const NeuronCase &c) {
     bind(f.vNew, v); bind(f.aNew, a); bind(f.z, zb); bind(f.d, db);
     f.threshold = c.threshold; f.adaptStrength = c.adaptStrength; f.scale = c.scale;
     f.reset = c.reset; f.surrogate = c.surrogate; f.adaptive = c.adaptive;
+    bind(f.thresholds, beta); f.perNeuron = 0;  // the layer's scalar threshold
     f.colBegin = cols.begin; f.colEnd = cols.end;
     runWorkers(f, {written(v), written(a), written(zb), written(db)}, "NeuronForward");
     unblock(vNew, n, cols, v); unblock(aNew, n, cols, a);

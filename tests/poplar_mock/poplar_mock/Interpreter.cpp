@@ -164,8 +164,8 @@ template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const 
     using V = NeuronForward<T>;
     r["NeuronForward" + suffix] = makeVertex<V>(
         {FIELD(current), FIELD(vPrev), FIELD(aPrev), FIELD(beta), FIELD(rho), FIELD(vNew), FIELD(aNew),
-         FIELD(z), FIELD(d), FIELD(threshold), FIELD(adaptStrength), FIELD(scale), FIELD(reset),
-         FIELD(surrogate), FIELD(adaptive), FIELD(colBegin), FIELD(colEnd)});
+         FIELD(z), FIELD(d), FIELD(thresholds), FIELD(threshold), FIELD(adaptStrength), FIELD(scale),
+         FIELD(reset), FIELD(surrogate), FIELD(adaptive), FIELD(perNeuron), FIELD(colBegin), FIELD(colEnd)});
   }
   {
     using V = PackSpikes<T>;
@@ -210,6 +210,15 @@ template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const 
     using V = LeakyIntegrateBackward<T>;
     r["LeakyIntegrateBackward" + suffix] = makeVertex<V>({FIELD(gradOut), FIELD(vPrev), FIELD(beta), FIELD(carried),
                                                           FIELD(gradCurrent), FIELD(gradBeta), FIELD(gradBias)});
+  }
+  {
+    using V = AccumulateProducts<T>;
+    r["AccumulateProducts" + suffix] = makeVertex<V>({FIELD(x), FIELD(y), FIELD(acc)});
+  }
+  {
+    using V = ThresholdGrad<T>;
+    r["ThresholdGrad" + suffix] =
+        makeVertex<V>({FIELD(gradVNew), FIELD(gradV), FIELD(bits), FIELD(gradThreshold), FIELD(colBegin)});
   }
   {
     using V = AccumulateRows<T>;

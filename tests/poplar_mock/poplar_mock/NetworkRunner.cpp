@@ -63,13 +63,15 @@ NetworkSpec readSpec(const unsigned *spec, const float *scalars) {
   s.readout = spec[8];
   s.samplesPerPass = spec[9];
   const unsigned *p = spec + 10;
-  for (unsigned l = 0; l < layers; ++l, p += 5) {
+  for (unsigned l = 0; l < layers; ++l, p += 7) {
     LayerSpec ls;
     ls.size = p[0];
     ls.recurrent = p[1] != 0;
     ls.reset = p[2];
     ls.surrogate = p[3];
     ls.listed = p[4] != 0;
+    ls.learnDecay = p[5] != 0;
+    ls.learnThreshold = p[6] != 0;
     ls.threshold = scalars[2 * l];
     ls.scale = scalars[2 * l + 1];
     s.layers.push_back(ls);
@@ -82,7 +84,8 @@ NetworkSpec readSpec(const unsigned *spec, const float *scalars) {
 
 extern "C" {
 // spec: batch, steps, inputs, layers, tapeSlots, localSlots, offchipSlots, actions,
-// readout (n_out), samplesPerPass, then per layer (size, recurrent, reset, surrogate, listed), then per action
+// readout (n_out), samplesPerPass, then per layer (size, recurrent, reset, surrogate, listed, learnDecay,
+// learnThreshold), then per action
 // (kind, n0, n1, tape, offchip, slot); scalars: per layer (threshold, scale).
 void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned tiles, unsigned bytesPerTile,
                         int holdsData, char *err, unsigned errLen) {
@@ -128,6 +131,11 @@ void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned til
       if (s.layers[l].recurrent) {
         h->named["weight_rec" + i] = lt.weightRec;
         h->named["grad_weight_rec" + i] = gl.gradWeightRec;
+      }
+      if (s.layers[l].learnDecay) h->named["grad_beta" + i] = gl.gradBeta;
+      if (s.layers[l].learnThreshold) {
+        h->named["threshold" + i] = lt.threshold;
+        h->named["grad_threshold" + i] = gl.gradThreshold;
       }
     }
     for (std::size_t k = 0; k < h->net.carried.size(); ++k) h->named["carried." + std::to_string(k)] = h->net.carried[k];
@@ -212,7 +220,7 @@ void ipu_snn_net_param_bytes(void *handle, std::uint64_t *out) {
   };
   for (const auto &v : g.vars) {
     if (!(endsWith(v.name, ".weightIn") || endsWith(v.name, ".weightRec") || endsWith(v.name, ".bias") ||
-          endsWith(v.name, ".beta")))
+          endsWith(v.name, ".beta") || endsWith(v.name, ".threshold")))
       continue;
     for (const auto &m : v.mapping) out[m.tile] += (m.end - m.begin) * poplar_mock::typeBytes(v.type);
   }
@@ -302,6 +310,8 @@ double opsOf(const poplar_mock::VertexRecord &v, double rate) {
   if (t.rfind("LeakyIntegrate", 0) == 0) return 2 * elements(v, "vNew");
   if (t.rfind("PackSpikes", 0) == 0) return elements(v, "z");
   if (t.rfind("AccumulateRows", 0) == 0) return elements(v, "x");
+  if (t.rfind("AccumulateProducts", 0) == 0) return elements(v, "x");
+  if (t.rfind("ThresholdGrad", 0) == 0) return 2 * elements(v, "gradV");
   if (t.rfind("ZeroFill", 0) == 0) return elements(v, "out");
   return 1.0;  // StepCount
 }
