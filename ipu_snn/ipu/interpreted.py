@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from ipu_snn.errors import ConfigError
-from ipu_snn.executor import window_bounds
-from ipu_snn.ipu.interpreter import MK2_TILES, HostNetwork, LayerSpec, network_trace
+from ipu_snn.ipu.custom_ops import network_params, network_spec
+from ipu_snn.ipu.interpreter import MK2_TILES, HostNetwork, network_trace
 from ipu_snn.network import NetworkOutput, SpikingNetwork, _COMBINE, _WINDOW_REDUCE
 from ipu_snn.taps import Taps
 
@@ -21,9 +21,6 @@ def _refuse(net: SpikingNetwork) -> None:
         if layer.spec.neuron.kernel != "lif":
             raise ConfigError(f"{where}: device ipu-emulator runs LIF and RLIF layers (the network op has no "
                               f"{layer.spec.model.upper()} yet)")
-        if isinstance(layer.beta, torch.nn.Parameter):
-            raise ConfigError(f"{where}.learn_decay: device ipu-emulator does not learn decays yet (the network "
-                              "op returns no decay gradient); set learn_decay: false")
         if not layer.spec.detach_reset:
             raise ConfigError(f"{where}.detach_reset: the network op's neuron vertices detach the reset")
         if layer.settings.near_min_d is not None:
@@ -52,16 +49,11 @@ class InterpretedNetwork(SpikingNetwork):
         key = (batch, steps)
         cache = self.__dict__.setdefault("_hosts", {})
         if key not in cache:
-            bounds = window_bounds(steps, self.loop.window or steps)
-            schedule = self.loop.schedule(len(bounds)) if self.loop.schedule is not None else None
-            if schedule is None:
-                from ipu_snn.bptt.schedules import store_all
-                schedule = store_all(len(bounds))
-            layers = [LayerSpec(l.n_out, l.rec is not None, l.spec.threshold, l.spec.reset_code,
-                                l.spec.surrogate_code, l.spec.scale) for l in self.layers]
+            spec = network_spec(self, steps)  # the op's spec, as PopART's op would take it
             cache.clear()  # one shape at a time: the graph holds the micro-batch's tapes
-            cache[key] = HostNetwork(batch, steps, self.n_inputs, layers, schedule, bounds, self.readout.n_out,
-                                     tiles=self.tiles)
+            cache[key] = HostNetwork.from_actions(batch, steps, self.n_inputs, spec.layers, spec.readout,
+                                                  spec.samples_per_pass, spec.actions, spec.tape_slots,
+                                                  spec.local_slots, spec.offchip_slots, tiles=self.tiles)
         return cache[key]
 
     def forward(self, x: Tensor, mark=None, with_counts: bool = False, record=(), taps: Taps = Taps()
@@ -73,14 +65,7 @@ class InterpretedNetwork(SpikingNetwork):
             raise ConfigError("device ipu-emulator takes binary inputs as packed bits (data.binary: true)")
         batch, steps = x.shape[0], x.shape[1]
         host = self._host(batch, steps)
-        params = []
-        for layer in self.layers:
-            params += [layer.fc.weight, layer.fc.bias, layer.decays()[0]]
-            if layer.rec is not None:
-                params.append(layer.rec.weight)
-        readout = self.readout
-        params += [readout.fc.weight, readout.fc.bias, readout.beta.clamp(0.0, 1.0)]
-        trace = network_trace(host, x.cpu(), params)
+        trace = network_trace(host, x.cpu(), network_params(self))
         dropped = None  # the op adds every spike: nothing is dropped
         logits = _COMBINE[self.reduce](_WINDOW_REDUCE[self.reduce](trace)[None], steps)
         sizes = [layer.n_out for layer in self.layers]

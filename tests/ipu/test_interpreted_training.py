@@ -37,7 +37,12 @@ LISTED = ["model.sparse_grad=auto", "model.layers.0.surrogate.name=triangle", "m
           "model.layers.0.surrogate.scale=3", "model.layers.1.surrogate.scale=3"]
 
 
-@pytest.mark.parametrize("name, extra", [(n, []) for n in SCHEDULES] + [("store_all", LISTED), ("double", LISTED)])
+# every spiking layer's decay and per-neuron threshold learned: their gradients out of the network op
+LEARNED = [f"model.layers.{i}.{field}=true" for i in (0, 1) for field in ("learn_decay", "learn_threshold")]
+
+
+@pytest.mark.parametrize("name, extra", [(n, []) for n in SCHEDULES] + [("store_all", LISTED), ("double", LISTED)]
+                         + [(n, LEARNED) for n in ("store_all", "uniform", "double")])
 def test_gradients_equal_the_cpu_backends(name, extra):
     import ipu_snn.ipu  # noqa: F401  (registers the readout's spike backend)
 
@@ -48,7 +53,7 @@ def test_gradients_equal_the_cpu_backends(name, extra):
     cpu = build_network(cfg, n_in, classes, 1e-3, loop=loop, device="cpu")
     ipu = adopt(build_network(cfg, n_in, classes, 1e-3, loop=loop, device="ipu-emulator"))
     assert isinstance(ipu, InterpretedNetwork)
-    if extra:
+    if extra == LISTED:
         ipu.tiles = 8
     ipu.load_state_dict(cpu.state_dict())
     g = torch.Generator().manual_seed(1)
@@ -72,8 +77,8 @@ def test_gradients_equal_the_cpu_backends(name, extra):
 def test_refuses_what_the_op_does_not_compute():
     from ipu_snn.errors import ConfigError
 
-    cfg = load_config(CONFIG, ["model.layers.0.learn_decay=true"]).model
-    with pytest.raises(ConfigError, match="learn_decay"):
+    cfg = load_config(CONFIG, ["model.layers.1.type=alif"]).model
+    with pytest.raises(ConfigError, match="model.layers.1: .*ALIF"):
         adopt(build_network(cfg, 11, 3, 1e-3, device="ipu-emulator"))
 
 
