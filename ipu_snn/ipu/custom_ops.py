@@ -7,7 +7,7 @@ version 1, with PopART, and from then on ``poptorch.custom_op`` reaches it while
 model is traced:
 
     Network  (bits uint8 [B, T, ceil(n_in / 8)], per spiking layer weight_in, bias, beta,
-              [weight_rec], then the readout's weight, bias, beta)
+              [weight_rec], [threshold (learned)], then the readout's weight, bias, beta)
              -> output [T, B, n_out] (the leaky-integrator readout's membrane trace), spike
                 counts [B, n] per spiking layer, the carried state (what the backward reads)
 
@@ -15,7 +15,8 @@ The op runs every spiking layer and the readout over all T steps, and its grad o
 schedule's backward, in Poplar programs (``program::Repeat`` over steps): one op in the
 traced graph whatever T. PopTorch traces the forward only; PopART differentiates through the
 grad op ``NetworkGrad``, which takes the carried state back and returns one gradient per
-weight and bias and the readout's decay gradient (none for the spiking layers' decays).
+weight and bias, the readout's decay gradient, and the spiking layers' decay and threshold gradients
+where they learn them.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def layer_specs(model_cfg) -> list[LayerSpec]:
         if layer.neuron.kernel != "lif":  # the registry's kernel (lif and rlif run it)
             raise ConfigError(f"model.layers.{i}: the IPU network op runs LIF and RLIF layers, not {layer.type}")
         out.append(LayerSpec(layer.size, layer.is_recurrent, layer.threshold, RESET_CODES[layer.reset],
-                             SURROGATES[layer.surrogate.name].code, layer.surrogate.scale))
+                             SURROGATES[layer.surrogate.name].code, layer.surrogate.scale,
+                             learn_decay=layer.learn_decay, learn_threshold=layer.learn_threshold))
     return out
 
 

@@ -91,3 +91,15 @@ def test_train_cli_trains_through_the_interpreter(tmp_path):
         capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 1/1" in result.stdout
+
+
+@pytest.mark.parametrize("extra", [[], LISTED, LEARNED])
+def test_the_plan_counts_the_layers_the_op_runs(extra):
+    # graph_plan builds its counting graph from the config; the op (and ipu-emulator) from the built network:
+    # both give the same layers (listed backward, learned decays and thresholds), so the plan counts their tapes
+    from ipu_snn.ipu.custom_ops import network_spec
+    from ipu_snn.ipu.graph_plan import layer_specs
+
+    cfg = load_config(CONFIG, ["model.layers.0.size=7", "model.layers.1.size=5", *extra]).model
+    net = adopt(build_network(cfg, 11, 3, 1e-3, device="ipu-emulator"))
+    assert network_spec(net, 10).layers == tuple(layer_specs(cfg))
