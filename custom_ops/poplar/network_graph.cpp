@@ -89,7 +89,7 @@ Tensor layerBits(poplar::Graph &g, const NetworkSpec &s, const std::vector<PartL
 
 // The op's inputs after the bits: per spiking layer weight_in, bias, beta,
 // [weight_rec], [threshold]; then the readout's weight, bias, beta.
-enum class Param { WeightIn, Bias, Beta, WeightRec, Threshold };
+enum class Param { WeightIn, Bias, Beta, WeightRec, Threshold, Rho };
 struct ParamRef {
   std::size_t pop;
   Param param;
@@ -100,6 +100,7 @@ std::vector<ParamRef> paramRefs(const NetworkSpec &s) {
     for (Param p : {Param::WeightIn, Param::Bias, Param::Beta}) refs.push_back({l, p});
     if (l < s.layers.size() && s.layers[l].recurrent) refs.push_back({l, Param::WeightRec});
     if (l < s.layers.size() && s.layers[l].learnThreshold) refs.push_back({l, Param::Threshold});
+    if (l < s.layers.size() && s.layers[l].twoStates()) refs.push_back({l, Param::Rho});
   }
   return refs;
 }
@@ -121,6 +122,7 @@ Tensor makeInput(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, std:
   const char *name = ref.param == Param::WeightIn ? "weightIn" : ref.param == Param::Bias ? "bias"
                      : ref.param == Param::Beta   ? "beta"
                      : ref.param == Param::Threshold ? "threshold"
+                     : ref.param == Param::Rho    ? "rho"
                                                   : "weightRec";
   std::vector<Tensor> parts;
   for (const PartLayout &p : lay.pops[l]) {
@@ -131,7 +133,8 @@ Tensor makeInput(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, std:
 }
 
 // The carried state, in carriedShapes' order.
-enum class Carry { V, StateBits, TapeD, TapeVPrev, TapeBits, TapePrevBits, CheckpointV, CheckpointBits, Trace };
+enum class Carry { V, A, StateBits, TapeD, TapeVPrev, TapeBits, TapePrevBits, CheckpointV, CheckpointA, CheckpointBits,
+                   Trace };
 struct CarriedRef {
   std::size_t pop;
   Carry kind;
@@ -143,6 +146,7 @@ std::vector<CarriedRef> carriedRefs(const NetworkSpec &s) {
   for (std::size_t l = 0; l < L; ++l) {
     const bool rec = s.layers[l].recurrent;
     refs.push_back({l, Carry::V});
+    if (s.layers[l].twoStates()) refs.push_back({l, Carry::A});
     if (rec) refs.push_back({l, Carry::StateBits});
     refs.push_back({l, Carry::TapeD});
     if (s.layers[l].learnDecay) refs.push_back({l, Carry::TapeVPrev});
@@ -150,6 +154,7 @@ std::vector<CarriedRef> carriedRefs(const NetworkSpec &s) {
     if (rec) refs.push_back({l, Carry::TapePrevBits});
     if (local) {
       refs.push_back({l, Carry::CheckpointV});
+      if (s.layers[l].twoStates()) refs.push_back({l, Carry::CheckpointA});
       if (rec) refs.push_back({l, Carry::CheckpointBits});
     }
   }
@@ -180,6 +185,7 @@ Tensor makeCarried(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, co
     const std::string pn = partName(s, l, p);
     switch (ref.kind) {
       case Carry::V: ts.push_back(variable(g, poplar::FLOAT, {B, w}, p.tile, pn + "v")); break;
+      case Carry::A: ts.push_back(variable(g, poplar::FLOAT, {B, w}, p.tile, pn + "a")); break;
       case Carry::TapeD:
         dim = 2;
         ts.push_back(variable(g, poplar::FLOAT, {S, B, w}, p.tile, pn + "tapeD"));
@@ -195,6 +201,7 @@ Tensor makeCarried(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, co
                                 pn + (ref.kind == Carry::TapeBits ? "tapeBits" : "tapePrevBits")));
         break;
       case Carry::CheckpointV: ts.push_back(variable(g, poplar::FLOAT, {K, B * w}, p.tile, pn + "checkpointV")); break;
+      case Carry::CheckpointA: ts.push_back(variable(g, poplar::FLOAT, {K, B * w}, p.tile, pn + "checkpointA")); break;
       case Carry::CheckpointBits:
         if (kb > 0) ts.push_back(variable(g, poplar::UNSIGNED_CHAR, {K, B * kb}, p.tile, pn + "checkpointBits"));
         break;
@@ -213,8 +220,9 @@ struct Part : PartLayout {
   Tensor v, vNew, zNew, d, current, scratch, spikeCount;  // state and one step
   Tensor tapeD, tapeVPrev, tapeBits, tapePrevBits;  // [S, B, w], [S, B, kb]
   Tensor vPrevStep;                          // the backward step's v(n - 1) (learnDecay)
-  Tensor ckptV, ckptBits;                    // [localSlots, ...]
-  poplar::RemoteBuffer remoteV, remoteBits;  // offchip slots
+  Tensor ckptV, ckptA, ckptBits;             // [localSlots, ...]
+  poplar::RemoteBuffer remoteV, remoteA, remoteBits;  // offchip slots
+  Tensor rho, a, aNew, ga, gaNew, gvPre;     // the second state (ALIF, CUBA): decay, state, step, gradients
   Tensor dStep, gv, gvNew, gc, carried, fromAbove, ownBits;
   Tensor partial;  // [max n_in x samplesPerPass]: a pass's input-gradient partial, neuron-major
   Tensor stage;    // the first reduction stage's sums of a slice of it
@@ -358,6 +366,7 @@ void Builder::takeInputs() {
     Tensor Part::*member = ref.param == Param::WeightIn ? &Part::wIn : ref.param == Param::Bias ? &Part::bias
                            : ref.param == Param::Beta   ? &Part::beta
                            : ref.param == Param::Threshold ? &Part::threshold
+                           : ref.param == Param::Rho    ? &Part::rho
                                                         : &Part::wRec;
     for (Part &p : pop.parts) p.*member = whole.slice(p.c0, p.c1, rows > 0 ? 1 : 0);
     if (pop.readout) {
@@ -368,6 +377,7 @@ void Builder::takeInputs() {
       (ref.param == Param::WeightIn ? lt.weightIn : ref.param == Param::Bias ? lt.bias
        : ref.param == Param::Beta   ? lt.beta
        : ref.param == Param::Threshold ? lt.threshold
+       : ref.param == Param::Rho    ? lt.rho
                                     : lt.weightRec) = whole;
     }
   }
@@ -403,11 +413,13 @@ void Builder::takeCarried() {
       const bool bytes = p.bytes() > 0;
       switch (ref.kind) {
         case Carry::V: p.v = whole.slice(p.c0, p.c1, 1); break;
+        case Carry::A: p.a = whole.slice(p.c0, p.c1, 1); break;
         case Carry::TapeD: p.tapeD = whole.slice(p.c0, p.c1, 2); break;
         case Carry::TapeVPrev: p.tapeVPrev = whole.slice(p.c0, p.c1, 2); break;
         case Carry::TapeBits: if (bytes) p.tapeBits = whole.slice(p.kb0, p.kb1, 2); break;
         case Carry::TapePrevBits: if (bytes) p.tapePrevBits = whole.slice(p.kb0, p.kb1, 2); break;
         case Carry::CheckpointV: p.ckptV = whole.slice(B * p.c0, B * p.c1, 1); break;
+        case Carry::CheckpointA: p.ckptA = whole.slice(B * p.c0, B * p.c1, 1); break;
         case Carry::CheckpointBits: if (bytes) p.ckptBits = whole.slice(B * p.kb0, B * p.kb1, 1); break;
         default: break;
       }
@@ -433,6 +445,7 @@ void Builder::allocateStepScratch(bool counts) {
       for (auto [member, name] : {std::pair{&Part::zNew, "zNew"}, {&Part::d, "d"}})
         p.*member = f({B, p.width()}, name);
       if (counts) p.spikeCount = f({B, p.width()}, "spikeCount");
+      if (pop.spec.twoStates()) p.aNew = f({B, p.width()}, "aNew");
     }
     if (pop.readout) continue;
     pop.newBits = layerBits(g_, s_, layout_.pops[l], pop.n, popName(s_, l) + ".bits");
@@ -473,6 +486,11 @@ void Builder::allocateBackward() {
           p.vPrevStep = f({B, w}, "vPrevStep");
         }
         if (pop.spec.learnThreshold) p.gThreshold = f({w}, "gradThreshold");
+        if (pop.spec.twoStates()) {
+          p.ga = f({B, w}, "gradA");
+          p.gaNew = f({B, w}, "gradANew");
+        }
+        if (pop.spec.kind == 2) p.gvPre = f({B, w}, "gradVPre");
         if (l == 0) widest = 0;  // data: no input gradient
         if (pop.recurrent) {
           p.gwRec = f({n, w}, "gradWeightRec");
@@ -604,6 +622,7 @@ void Builder::allocate(bool steps, bool backSteps) {
           return g_.addRemoteBuffer(name, row.elementType(), row.numElements(), s_.offchipSlots);
         };
         p.remoteV = remote(pn + "remoteV", p.v.flatten());
+        if (pop.spec.twoStates()) p.remoteA = remote(pn + "remoteA", p.a.flatten());
         if (pop.recurrent && p.bytes() > 0)
           p.remoteBits = remote(pn + "remoteBits", pop.stateBits.slice(p.kb0, p.kb1, 1).flatten());
       }
@@ -679,21 +698,22 @@ program::Sequence Builder::forwardStep(bool tape) {
       poplar::VertexRef v = vertex(neuron, "NeuronForward<float>", p.tile);
       g_.connect(v["current"], p.current.flatten());
       g_.connect(v["vPrev"], p.v.flatten());
-      g_.connect(v["aPrev"], p.v.flatten());  // LIF: not read
+      const bool two = pop.spec.twoStates();
+      g_.connect(v["aPrev"], (two ? p.a : p.v).flatten());  // LIF: not read
       g_.connect(v["beta"], p.beta);
-      g_.connect(v["rho"], p.beta);  // LIF: not read
+      g_.connect(v["rho"], two ? p.rho : p.beta);  // LIF: not read
       g_.connect(v["vNew"], p.vNew.flatten());
-      g_.connect(v["aNew"], p.scratch.flatten());
+      g_.connect(v["aNew"], (two ? p.aNew : p.scratch).flatten());
       g_.connect(v["z"], p.zNew.flatten());
       g_.connect(v["d"], p.d.flatten());
       g_.connect(v["thresholds"], pop.spec.learnThreshold ? p.threshold : p.beta);  // else not read
       g_.setInitialValue(v["perNeuron"], pop.spec.learnThreshold ? 1 : 0);
       g_.setInitialValue(v["threshold"], pop.spec.threshold);
-      g_.setInitialValue(v["adaptStrength"], 0.0f);
+      g_.setInitialValue(v["adaptStrength"], pop.spec.adaptStrength);
       g_.setInitialValue(v["scale"], pop.spec.scale);
       g_.setInitialValue(v["reset"], pop.spec.reset);
       g_.setInitialValue(v["surrogate"], pop.spec.surrogate);
-      g_.setInitialValue(v["adaptive"], 0);
+      g_.setInitialValue(v["kind"], pop.spec.kind);
       g_.setInitialValue(v["colBegin"], 0);
       g_.setInitialValue(v["colEnd"], p.width());
     }
@@ -740,6 +760,7 @@ program::Sequence Builder::forwardStep(bool tape) {
   for (Pop &pop : pops_)
     for (Part &p : pop.parts) {
       seq.add(program::Copy(p.vNew, p.v));
+      if (pop.spec.twoStates()) seq.add(program::Copy(p.aNew, p.a));
       if (pop.recurrent && p.bytes() > 0)
         seq.add(program::Copy(pop.newBits.slice(p.kb0, p.kb1, 1), pop.stateBits.slice(p.kb0, p.kb1, 1)));
     }
@@ -895,18 +916,20 @@ program::Sequence Builder::backwardStep() {
       poplar::VertexRef v = vertex(neuron, "NeuronBackward<float>", p.tile);
       g_.connect(v["gradZ"], p.fromAbove.flatten());
       g_.connect(v["gradV"], p.gv.flatten());
-      g_.connect(v["gradA"], p.gv.flatten());  // LIF: not read
+      const bool two = pop.spec.twoStates();
+      g_.connect(v["gradA"], (two ? p.ga : p.gv).flatten());  // LIF: not read
       g_.connect(v["bits"], pop.stepBits.slice(p.c0 / 8, (p.c1 + 7) / 8, 1).flatten());
       g_.connect(v["d"], p.dStep.flatten());
       g_.connect(v["beta"], p.beta);
-      g_.connect(v["rho"], p.beta);  // LIF: not read
+      g_.connect(v["rho"], two ? p.rho : p.beta);  // LIF: not read
       g_.connect(v["gradCurrent"], p.gc.flatten());
       g_.connect(v["gradVPrev"], p.gvNew.flatten());
-      g_.connect(v["gradAPrev"], p.scratch.flatten());
+      g_.connect(v["gradAPrev"], (two ? p.gaNew : p.scratch).flatten());
+      g_.connect(v["gradVPre"], (pop.spec.kind == 2 ? p.gvPre : p.scratch).flatten());  // CUBA's gv
       g_.connect(v["ownBits"], p.ownBits);
-      g_.setInitialValue(v["adaptStrength"], 0.0f);
+      g_.setInitialValue(v["adaptStrength"], pop.spec.adaptStrength);
       g_.setInitialValue(v["reset"], pop.spec.reset);
-      g_.setInitialValue(v["adaptive"], 0);
+      g_.setInitialValue(v["kind"], pop.spec.kind);
       g_.setInitialValue(v["colBegin"], p.c0);
       g_.setInitialValue(v["colEnd"], p.c1);
       g_.setInitialValue(v["ownSlice"], p.ownBits.numElements() / 6);
@@ -926,21 +949,24 @@ program::Sequence Builder::backwardStep() {
       g_.setInitialValue(a["rows"], B);
       if (pop.spec.learnDecay) {  // v = beta v(n - 1) + ...: += gv v(n - 1)
         poplar::VertexRef d = vertex(gw, "AccumulateProducts<float>", p.tile);
-        g_.connect(d["x"], p.gc.flatten());
+        g_.connect(d["x"], (pop.spec.kind == 2 ? p.gvPre : p.gc).flatten());
         g_.connect(d["y"], p.vPrevStep.flatten());
         g_.connect(d["acc"], p.gBeta);
       }
       if (pop.spec.learnThreshold) {
         poplar::VertexRef t = vertex(gw, "ThresholdGrad<float>", p.tile);
         g_.connect(t["gradVNew"], p.gv.flatten());
-        g_.connect(t["gradV"], p.gc.flatten());
+        g_.connect(t["gradV"], (pop.spec.kind == 2 ? p.gvPre : p.gc).flatten());  // gv: before the reset
         g_.connect(t["bits"], pop.stepBits.slice(p.c0 / 8, (p.c1 + 7) / 8, 1).flatten());
         g_.connect(t["gradThreshold"], p.gThreshold);
         g_.setInitialValue(t["colBegin"], p.c0);
       }
     }
     seq.add(program::Execute(gw));
-    for (Part &p : pop.parts) seq.add(program::Copy(p.gvNew, p.gv));
+    for (Part &p : pop.parts) {
+      seq.add(program::Copy(p.gvNew, p.gv));
+      if (pop.spec.twoStates()) seq.add(program::Copy(p.gaNew, p.ga));
+    }
     // input gradients: to the layer below (step n) and to z(n - 1) (recurrent); layer 0's input is data
     if (l > 0) gradInput(seq, pop, &Part::wIn, nIn(l), pops_[l - 1], &Part::fromAbove, ln + ".gradInput");
   }
@@ -985,10 +1011,14 @@ program::Sequence Builder::actions(std::size_t begin, std::size_t end) {
             if (a.offchip) {
               const Tensor slot = constantStep(a.slot);
               seq.add(store ? program::Copy(p.v.flatten(), p.remoteV, slot) : program::Copy(p.remoteV, p.v.flatten(), slot));
+              if (pop.spec.twoStates())
+                seq.add(store ? program::Copy(p.a.flatten(), p.remoteA, slot) : program::Copy(p.remoteA, p.a.flatten(), slot));
               if (bits)
                 seq.add(store ? program::Copy(own, p.remoteBits, slot) : program::Copy(p.remoteBits, own, slot));
             } else {
               seq.add(store ? program::Copy(p.v.flatten(), p.ckptV[a.slot]) : program::Copy(p.ckptV[a.slot], p.v.flatten()));
+              if (pop.spec.twoStates())
+                seq.add(store ? program::Copy(p.a.flatten(), p.ckptA[a.slot]) : program::Copy(p.ckptA[a.slot], p.a.flatten()));
               if (bits) seq.add(store ? program::Copy(own, p.ckptBits[a.slot]) : program::Copy(p.ckptBits[a.slot], own));
             }
           }
@@ -1027,6 +1057,7 @@ NetworkGraph Builder::build() {
     for (Part &p : pop.parts) {
       if (forward) {
         zeroed.emplace_back(p.v, p.tile);
+        if (pop.spec.twoStates()) zeroed.emplace_back(p.a, p.tile);
         if (pop.readout) continue;
         zeroed.emplace_back(p.spikeCount, p.tile);
         if (pop.recurrent && p.bytes() > 0) zeroed.emplace_back(pop.stateBits.slice(p.kb0, p.kb1, 1), p.tile);
@@ -1041,6 +1072,7 @@ NetworkGraph Builder::build() {
       if (pop.recurrent)  // gc: step n + 1's gradCurrent at step n (backwardStep), 0 at the first
         for (const Tensor *t : {&p.gwRec, &p.gc}) zeroed.emplace_back(*t, p.tile);
       if (pop.spec.learnDecay) zeroed.emplace_back(p.gBeta, p.tile);
+      if (pop.spec.twoStates()) zeroed.emplace_back(p.ga, p.tile);
       if (pop.spec.learnThreshold) zeroed.emplace_back(p.gThreshold, p.tile);
     }
   if (forward) {
@@ -1078,11 +1110,11 @@ std::vector<CarriedShape> carriedShapes(const NetworkSpec &spec) {
   for (const CarriedRef &ref : carriedRefs(spec)) {
     const std::size_t n = ref.pop == spec.layers.size() ? spec.readout : spec.layers[ref.pop].size, nb = (n + 7) / 8;
     switch (ref.kind) {
-      case Carry::V: shapes.push_back({false, {B, n}}); break;
+      case Carry::V: case Carry::A: shapes.push_back({false, {B, n}}); break;
       case Carry::StateBits: shapes.push_back({true, {B, nb}}); break;
       case Carry::TapeD: case Carry::TapeVPrev: shapes.push_back({false, {S, B, n}}); break;
       case Carry::TapeBits: case Carry::TapePrevBits: shapes.push_back({true, {S, B, nb}}); break;
-      case Carry::CheckpointV: shapes.push_back({false, {K, B * n}}); break;
+      case Carry::CheckpointV: case Carry::CheckpointA: shapes.push_back({false, {K, B * n}}); break;
       case Carry::CheckpointBits: shapes.push_back({true, {K, B * nb}}); break;
       case Carry::Trace: shapes.push_back({false, {T + 1, B * n}}); break;
     }

@@ -11,7 +11,8 @@
 // Network (inputs -> outputs), B samples, T steps, float32:
 //   bits uint8 [B, T, ceil(n_in / 8)]; per spiking layer l: weight_in
 //   [n_in, n], bias [n], beta [n] (clamped), for recurrent layers
-//   weight_rec [n, n], for a learned threshold threshold [n]; then the
+//   weight_rec [n, n], for a learned threshold threshold [n], for ALIF and
+//   CUBA rho [n] (clamped; no gradient); then the
 //   leaky-integrator readout's weight
 //   [n_last, n_out], bias [n_out], beta [n_out] (clamped)
 //   -> output [T, B, n_out] (the readout's membrane trace), each spiking
@@ -120,6 +121,8 @@ network::NetworkSpec readSpec(const popart::OpCreatorInfo &info) {
   const Ints listed = perLayer<Ints>(a, "listed", n);
   const Ints learnDecay = perLayer<Ints>(a, "learn_decay", n);
   const Ints learnThreshold = perLayer<Ints>(a, "learn_threshold", n);
+  const Ints kinds = perLayer<Ints>(a, "kinds", n);
+  const Floats adaptStrengths = perLayer<Floats>(a, "adapt_strengths", n);
   network::NetworkSpec spec;
   for (std::size_t l = 0; l < n; ++l) {
     network::LayerSpec layer;
@@ -132,6 +135,8 @@ network::NetworkSpec readSpec(const popart::OpCreatorInfo &info) {
     layer.listed = listed[l] != 0;
     layer.learnDecay = learnDecay[l] != 0;
     layer.learnThreshold = learnThreshold[l] != 0;
+    layer.kind = unsigned(kinds[l]);
+    layer.adaptStrength = adaptStrengths[l];
     spec.layers.push_back(layer);
   }
   spec.readout = unsigned(a.getAttribute<popart::Attributes::Int>("readout"));
@@ -155,8 +160,8 @@ network::NetworkSpec readSpec(const popart::OpCreatorInfo &info) {
 }
 
 void appendSpec(popart::OpSerialiserBase &os, const network::NetworkSpec &s) {
-  std::vector<int64_t> sizes, recurrent, resets, surrogates, listed, learnDecay, learnThreshold, actions;
-  std::vector<float> thresholds, scales;
+  std::vector<int64_t> sizes, recurrent, resets, surrogates, listed, learnDecay, learnThreshold, kinds, actions;
+  std::vector<float> thresholds, scales, adaptStrengths;
   for (const network::LayerSpec &l : s.layers) {
     sizes.push_back(l.size);
     recurrent.push_back(l.recurrent);
@@ -167,6 +172,8 @@ void appendSpec(popart::OpSerialiserBase &os, const network::NetworkSpec &s) {
     listed.push_back(l.listed);
     learnDecay.push_back(l.learnDecay);
     learnThreshold.push_back(l.learnThreshold);
+    kinds.push_back(l.kind);
+    adaptStrengths.push_back(l.adaptStrength);
   }
   for (const network::Action &a : s.actions)
     actions.insert(actions.end(), {int64_t(a.kind), a.n0, a.n1, a.tape, a.offchip, a.slot});
@@ -179,6 +186,8 @@ void appendSpec(popart::OpSerialiserBase &os, const network::NetworkSpec &s) {
   os.appendAttribute("listed", listed);
   os.appendAttribute("learn_decay", learnDecay);
   os.appendAttribute("learn_threshold", learnThreshold);
+  os.appendAttribute("kinds", kinds);
+  os.appendAttribute("adapt_strengths", adaptStrengths);
   os.appendAttribute("readout", int64_t(s.readout));
   os.appendAttribute("samples_per_pass", int64_t(s.samplesPerPass));
   os.appendAttribute("tape_slots", int64_t(s.tapeSlots));
@@ -247,6 +256,7 @@ public:
       std::vector<popart::Shape> expected = {{int64_t(nIn), l.size}, {l.size}, {l.size}};
       if (l.recurrent) expected.push_back({l.size, l.size});
       if (l.learnThreshold) expected.push_back({l.size});
+      if (l.twoStates()) expected.push_back({l.size});  // rho
       for (std::size_t k = 0; k < expected.size(); ++k, ++i) {
         if (inShape(popart::InIndex(i)) != expected[k] || inInfo(popart::InIndex(i)).dataType() != popart::DataType::FLOAT)
           throw popart::error("ipu_snn Network: input {} must be float32 {}, got {}", i, expected[k], inInfo(popart::InIndex(i)));
@@ -294,7 +304,7 @@ public:
       if (l.learnDecay) gradOut_[int(out++)] = int(in + 2);    // beta
       if (l.recurrent) gradOut_[int(out++)] = int(in + 3);     // weight_rec
       if (l.learnThreshold) gradOut_[int(out++)] = int(in + (l.recurrent ? 4 : 3));  // threshold
-      in += 3 + (l.recurrent ? 1 : 0) + (l.learnThreshold ? 1 : 0);
+      in += 3 + (l.recurrent ? 1 : 0) + (l.learnThreshold ? 1 : 0) + (l.twoStates() ? 1 : 0);  // rho: none
     }
     for (int k = 0; k < 3; ++k) gradOut_[int(out++)] = int(in) + k;  // the readout's weight, bias, beta
   }
@@ -338,6 +348,8 @@ const popart::OpDefinition kNetworkDef(
                                        {"listed", {"*"}},
                                        {"learn_decay", {"*"}},
                                        {"learn_threshold", {"*"}},
+                                       {"kinds", {"*"}},
+                                       {"adapt_strengths", {"*"}},
                                        {"readout", {"*"}},
                                        {"samples_per_pass", {"*"}},
                                        {"tape_slots", {"*"}},

@@ -18,9 +18,10 @@ from ipu_snn.taps import Taps
 def _refuse(net: SpikingNetwork) -> None:
     for i, layer in enumerate(net.layers):
         where = f"model.layers.{i}"
-        if layer.spec.neuron.kernel != "lif":
-            raise ConfigError(f"{where}: device ipu-emulator runs LIF and RLIF layers (the network op has no "
-                              f"{layer.spec.model.upper()} yet)")
+        if layer.spec.neuron.n_state > 1 and isinstance(layer.beta, torch.nn.Parameter):
+            raise ConfigError(f"{where}.learn_decay: the network op does not learn an {layer.spec.model.upper()} "
+                              "layer's decays yet (the second state's decay has no gradient there); set "
+                              "learn_decay: false")
         if not layer.spec.detach_reset:
             raise ConfigError(f"{where}.detach_reset: the network op's neuron vertices detach the reset")
         if layer.settings.near_min_d is not None:

@@ -90,7 +90,8 @@ def library() -> ctypes.CDLL:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One spiking layer as the network op takes it (LIF; recurrent or not).
+    """One spiking layer as the network op takes it (LIF, ALIF or CUBA: ``kind``, the model's kernel code;
+    recurrent or not).
 
     ``listed``: the op forms the gradient of the layer's spikes only where their surrogate derivative is
     non-zero (exact); None takes the op's one rule, `listed_grad`. ``learn_decay``: beta's gradient comes
@@ -106,6 +107,8 @@ class LayerSpec:
     listed: bool | None = None
     learn_decay: bool = False
     learn_threshold: bool = False
+    kind: int = 0  # NeuronModel.kernel_code: 0 LIF, 1 ALIF, 2 CUBA (a second state with its decay rho)
+    adapt_strength: float = 0.0  # ALIF's
 
     def __post_init__(self):
         if self.listed is None:
@@ -169,10 +172,10 @@ def encode_spec(batch: int, steps: int, n_inputs: int, layers: Sequence[LayerSpe
             samples_per_pass]
     for layer in layers:
         spec += [layer.size, int(layer.recurrent), layer.reset, layer.surrogate, int(layer.listed),
-                 int(layer.learn_decay), int(layer.learn_threshold)]
+                 int(layer.learn_decay), int(layer.learn_threshold), layer.kind]
     for action in actions:
         spec += list(action)
-    scalars = [x for l in layers for x in (l.threshold, l.scale)] or [0.0]
+    scalars = [x for l in layers for x in (l.threshold, l.scale, l.adapt_strength)] or [0.0]
     return np.asarray(spec, dtype=np.uint32), np.asarray(scalars, dtype=np.float32)
 
 
@@ -353,7 +356,7 @@ class _NetworkFunction(torch.autograd.Function):
         # weight, bias, beta (clamped)
         names = [f"{name}.{l}" for l, layer in enumerate(host.layers)
                  for name in ("weight_in", "bias", "beta") + (("weight_rec",) if layer.recurrent else ())
-                 + (("threshold",) if layer.learn_threshold else ())]
+                 + (("threshold",) if layer.learn_threshold else ()) + (("rho",) if layer.kind else ())]
         names += ["readout_weight", "readout_bias", "readout_beta"]
         for name, param in zip(names, params, strict=True):
             host.write(name, _np(param))
@@ -379,6 +382,8 @@ class _NetworkFunction(torch.autograd.Function):
                 grads.append(host.read(f"grad_weight_rec.{l}", (layer.size, layer.size)))
             if layer.learn_threshold:
                 grads.append(host.read(f"grad_threshold.{l}", (layer.size,)))
+            if layer.kind:
+                grads.append(None)  # rho: the op does not learn the second state's decay
         n_last = host.layers[-1].size
         grads += [host.read("grad_readout_weight", (n_last, host.n_out)), host.read("grad_readout_bias", (host.n_out,)),
                   host.read("grad_readout_beta", (host.n_out,))]
@@ -390,8 +395,8 @@ def network_trace(host: HostNetwork, bits: Tensor, params: Sequence[Tensor]) -> 
     """The readout's membrane trace [T, B, n_out] of packed input bits uint8 [B, T, ceil(n_in / 8)], run by
     the network op's graph on the host interpreter; differentiable w.r.t. the weights and biases, the
     readout's decay, and the spiking layers' decays and thresholds where they learn them (`LayerSpec`).
-    ``params``: per spiking layer weight_in [n_in, n], bias, beta, [weight_rec], [threshold], then the
-    readout's weight [n_last, n_out], bias and beta."""
+    ``params``: per spiking layer weight_in [n_in, n], bias, beta, [weight_rec], [threshold], [rho (ALIF,
+    CUBA)], then the readout's weight [n_last, n_out], bias and beta."""
     return _NetworkFunction.apply(host, bits, *params)
 
 

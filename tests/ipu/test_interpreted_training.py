@@ -39,10 +39,14 @@ LISTED = ["model.sparse_grad=auto", "model.layers.0.surrogate.name=triangle", "m
 
 # every spiking layer's decay and per-neuron threshold learned: their gradients out of the network op
 LEARNED = [f"model.layers.{i}.{field}=true" for i in (0, 1) for field in ("learn_decay", "learn_threshold")]
+# a recurrent ALIF layer, then a CUBA layer, their thresholds learned
+TWO_STATES = ["model.layers.0.type=alif", "model.layers.0.recurrent=true", "model.layers.1.type=cuba",
+              "model.layers.0.learn_threshold=true", "model.layers.1.learn_threshold=true"]
 
 
 @pytest.mark.parametrize("name, extra", [(n, []) for n in SCHEDULES] + [("store_all", LISTED), ("double", LISTED)]
-                         + [(n, LEARNED) for n in ("store_all", "uniform", "double")])
+                         + [(n, LEARNED) for n in ("store_all", "uniform", "double")]
+                         + [(n, TWO_STATES) for n in ("store_all", "uniform", "double")])
 def test_gradients_equal_the_cpu_backends(name, extra):
     import ipu_snn.ipu  # noqa: F401  (registers the readout's spike backend)
 
@@ -77,8 +81,8 @@ def test_gradients_equal_the_cpu_backends(name, extra):
 def test_refuses_what_the_op_does_not_compute():
     from ipu_snn.errors import ConfigError
 
-    cfg = load_config(CONFIG, ["model.layers.1.type=alif"]).model
-    with pytest.raises(ConfigError, match="model.layers.1: .*ALIF"):
+    cfg = load_config(CONFIG, ["model.layers.1.type=alif", "model.layers.1.learn_decay=true"]).model
+    with pytest.raises(ConfigError, match="model.layers.1.learn_decay: .*ALIF"):
         adopt(build_network(cfg, 11, 3, 1e-3, device="ipu-emulator"))
 
 
@@ -93,7 +97,7 @@ def test_train_cli_trains_through_the_interpreter(tmp_path):
     assert "epoch 1/1" in result.stdout
 
 
-@pytest.mark.parametrize("extra", [[], LISTED, LEARNED])
+@pytest.mark.parametrize("extra", [[], LISTED, LEARNED, TWO_STATES])
 def test_the_plan_counts_the_layers_the_op_runs(extra):
     # graph_plan builds its counting graph from the config; the op (and ipu-emulator) from the built network:
     # both give the same layers (listed backward, learned decays and thresholds), so the plan counts their tapes

@@ -45,6 +45,8 @@ def _problem(seed: int, spec: NeuronSpec, learn_threshold: bool = False):
             params.append(torch.randn(n, n, generator=g) * 0.5)
         if learn_threshold:
             params.append(spec.threshold * (torch.rand(n, generator=g) * 0.6 + 0.7))
+        if spec.neuron.n_state > 1:  # rho
+            params.append(torch.rand(n, generator=g) * 0.5 + 0.4)
         n_prev = n
     params += [torch.randn(n_prev, N_OUT, generator=g), torch.randn(N_OUT, generator=g) * 0.1,
                torch.rand(N_OUT, generator=g) * 0.5 + 0.4]
@@ -61,12 +63,15 @@ def _reference(x, params, spec, learn_threshold: bool = False):
         i += int(rec)
         threshold = p[i] if learn_threshold else None
         i += int(learn_threshold)
+        rho = p[i] if spec.neuron.n_state > 1 else None
+        i += int(rho is not None)
         v = torch.zeros(B, n, dtype=torch.float64)
+        a = torch.zeros(B, n, dtype=torch.float64) if rho is not None else None
         z = torch.zeros(B, n, dtype=torch.float64)
         out = []
         for t in range(T):
             current = h[t] @ w + b + (z @ w_rec if rec else 0.0)
-            v, _, z = step(spec, beta, None, v, None, current, spike, threshold)
+            v, a, z = step(spec, beta, rho, v, a, current, spike, threshold)
             out.append(z)
         h = torch.stack(out)
     w, b, beta = p[i:i + 3]
@@ -79,7 +84,8 @@ def _reference(x, params, spec, learn_threshold: bool = False):
 
 def _layers(spec, learn_decay: bool = False, learn_threshold: bool = False):
     return [LayerSpec(n, rec, spec.threshold, spec.reset_code, spec.surrogate_code, spec.scale,
-                      learn_decay=learn_decay, learn_threshold=learn_threshold) for n, rec in SIZES]
+                      learn_decay=learn_decay, learn_threshold=learn_threshold, kind=spec.kernel_code,
+                      adapt_strength=spec.adapt_strength) for n, rec in SIZES]
 
 
 @pytest.mark.parametrize("window, passes", [(1, 0), (2, 2)])
@@ -164,6 +170,35 @@ def test_learned_decays_and_thresholds_equal_autograd(name, reset, surrogate):
         scale = float(exp.grad.abs().max())
         assert scale > 0, k
         assert float((got.grad.double() - exp.grad).abs().max()) <= RTOL * scale, k
+
+
+@pytest.mark.parametrize("name", ["store_all", "uniform", "double"])
+@pytest.mark.parametrize("model, reset", [("alif", "subtract"), ("alif", "zero"), ("cuba", "subtract")])
+def test_alif_and_cuba_equal_autograd(name, model, reset):
+    # a second state (ALIF's adaptation, CUBA's synaptic current) on the tiles, carried, checkpointed on the
+    # tiles (uniform) and off-chip (double); the thresholds learned; rho given (not learned)
+    spec = NeuronSpec(model=model, reset=reset, surrogate="triangle" if model == "alif" else "fast_sigmoid",
+                      scale=2.0, adapt_strength=0.6 if model == "alif" else 0.0)
+    x, params = _problem(11, spec, learn_threshold=True)
+    bounds = window_bounds(T, 2)
+    host = HostNetwork(B, T, N_IN, _layers(spec, learn_threshold=True), _schedules(len(bounds))[name], bounds,
+                       N_OUT, samples_per_pass=2, tiles=8)
+    leaves = [t.clone().requires_grad_() for t in params]
+    trace = network_trace(host, pack_spikes(x), leaves)
+    want, ref = _reference(x, params, spec, learn_threshold=True)
+    assert float((trace.detach().double() - want.detach()).abs().max()) <= 1e-5 * float(want.detach().abs().max())
+    grad = torch.randn(trace.shape, generator=torch.Generator().manual_seed(7))
+    (trace * grad).sum().backward()
+    (want * grad.double()).sum().backward()
+    learned = 0
+    for k, (got, exp) in enumerate(zip(leaves, ref)):
+        if got.grad is None:  # the spiking layers' beta and rho: not learned here
+            continue
+        learned += 1
+        scale = float(exp.grad.abs().max())
+        assert scale > 0, k
+        assert float((got.grad.double() - exp.grad).abs().max()) <= RTOL * scale, k
+    assert learned == len(leaves) - 2 * len(SIZES)
 
 
 def test_the_tape_and_checkpoints_follow_the_schedule():

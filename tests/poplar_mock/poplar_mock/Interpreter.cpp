@@ -165,7 +165,7 @@ template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const 
     r["NeuronForward" + suffix] = makeVertex<V>(
         {FIELD(current), FIELD(vPrev), FIELD(aPrev), FIELD(beta), FIELD(rho), FIELD(vNew), FIELD(aNew),
          FIELD(z), FIELD(d), FIELD(thresholds), FIELD(threshold), FIELD(adaptStrength), FIELD(scale),
-         FIELD(reset), FIELD(surrogate), FIELD(adaptive), FIELD(perNeuron), FIELD(colBegin), FIELD(colEnd)});
+         FIELD(reset), FIELD(surrogate), FIELD(kind), FIELD(perNeuron), FIELD(colBegin), FIELD(colEnd)});
   }
   {
     using V = PackSpikes<T>;
@@ -175,8 +175,8 @@ template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const 
     using V = NeuronBackward<T>;
     r["NeuronBackward" + suffix] = makeVertex<V>(
         {FIELD(gradZ), FIELD(gradV), FIELD(gradA), FIELD(bits), FIELD(d), FIELD(beta), FIELD(rho),
-         FIELD(gradCurrent), FIELD(gradVPrev), FIELD(gradAPrev), FIELD(ownBits), FIELD(adaptStrength),
-         FIELD(reset), FIELD(adaptive), FIELD(colBegin), FIELD(colEnd), FIELD(ownSlice)});
+         FIELD(gradCurrent), FIELD(gradVPrev), FIELD(gradAPrev), FIELD(gradVPre), FIELD(ownBits),
+         FIELD(adaptStrength), FIELD(reset), FIELD(kind), FIELD(colBegin), FIELD(colEnd), FIELD(ownSlice)});
   }
   {
     using V = BitsMatmulForward<T>;

@@ -63,7 +63,7 @@ NetworkSpec readSpec(const unsigned *spec, const float *scalars) {
   s.readout = spec[8];
   s.samplesPerPass = spec[9];
   const unsigned *p = spec + 10;
-  for (unsigned l = 0; l < layers; ++l, p += 7) {
+  for (unsigned l = 0; l < layers; ++l, p += 8) {
     LayerSpec ls;
     ls.size = p[0];
     ls.recurrent = p[1] != 0;
@@ -72,8 +72,10 @@ NetworkSpec readSpec(const unsigned *spec, const float *scalars) {
     ls.listed = p[4] != 0;
     ls.learnDecay = p[5] != 0;
     ls.learnThreshold = p[6] != 0;
-    ls.threshold = scalars[2 * l];
-    ls.scale = scalars[2 * l + 1];
+    ls.kind = p[7];
+    ls.threshold = scalars[3 * l];
+    ls.scale = scalars[3 * l + 1];
+    ls.adaptStrength = scalars[3 * l + 2];
     s.layers.push_back(ls);
   }
   for (unsigned a = 0; a < actions; ++a, p += 6)
@@ -85,8 +87,8 @@ NetworkSpec readSpec(const unsigned *spec, const float *scalars) {
 extern "C" {
 // spec: batch, steps, inputs, layers, tapeSlots, localSlots, offchipSlots, actions,
 // readout (n_out), samplesPerPass, then per layer (size, recurrent, reset, surrogate, listed, learnDecay,
-// learnThreshold), then per action
-// (kind, n0, n1, tape, offchip, slot); scalars: per layer (threshold, scale).
+// learnThreshold, kind), then per action
+// (kind, n0, n1, tape, offchip, slot); scalars: per layer (threshold, scale, adaptStrength).
 void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned tiles, unsigned bytesPerTile,
                         int holdsData, char *err, unsigned errLen) {
   try {
@@ -133,6 +135,7 @@ void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned til
         h->named["grad_weight_rec" + i] = gl.gradWeightRec;
       }
       if (s.layers[l].learnDecay) h->named["grad_beta" + i] = gl.gradBeta;
+      if (s.layers[l].twoStates()) h->named["rho" + i] = lt.rho;
       if (s.layers[l].learnThreshold) {
         h->named["threshold" + i] = lt.threshold;
         h->named["grad_threshold" + i] = gl.gradThreshold;
