@@ -254,7 +254,7 @@ def train_epoch(driver: Driver, cfg: Config, epoch: int, progress: Progress) -> 
            "epoch_s": elapsed}
     row |= {f"rate_layer{i}": r / seen for i, r in enumerate(rates)}
     row |= backward_visits()
-    if cfg.model.sparse is not False:
+    if cfg.model.sparse is True:  # auto's lists never drop a spike
         row["spikes_dropped"] = int(dropped)
     return row
 
