@@ -149,7 +149,8 @@ def render(out: Path, notes: Path) -> str:
                 f"{a['hidden']} neurons, {a['density']:.0%} input"
         if data["quick"]:
             title += " — QUICK SMOKE RUN (reduced sizes; not the issue's measurement)"
-        lines += [title, "", *machine_lines(data["machine"], data["command"]),
+        lines += [title, "", *([f"**{data['note']}**", ""] if data.get("note") else []),
+                  *machine_lines(data["machine"], data["command"]),
                   f"- Load average (1, 5, 15 min) before: {data['load_before']}, after: {data['load_after']}",
                   f"- sparse=auto crossovers: {data['crossovers']}", "",
                   f"- `vs dense`: samples/s over `{DENSE}`'s (`{' '.join(SETTINGS[DENSE])}`: the default's "

@@ -150,7 +150,8 @@ def _best_ms(fn, sync, calls: int = 1, repeats: int = 7) -> float:
     return best * 1e3
 
 
-def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, per_step: bool) -> float:
+def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, per_step: bool,
+             repeats: int = 7) -> float:
     from .registry import get_kernels, resolve_backend
 
     kernels = get_kernels(resolve_backend(backend, device))
@@ -167,9 +168,9 @@ def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, p
 
     z = spikes(0.1)
     if per_step:
-        dense = _best_ms(lambda: torch.addmm(grad, z, weight, out=out), sync, calls)
+        dense = _best_ms(lambda: torch.addmm(grad, z, weight, out=out), sync, calls, repeats)
     else:
-        dense = _best_ms(lambda: (z @ weight, z.t() @ grad), sync, calls)
+        dense = _best_ms(lambda: (z @ weight, z.t() @ grad), sync, calls, repeats)
     sparse = []
     for density in _DENSITIES:
         bits = pack_spikes(spikes(density))
@@ -182,7 +183,7 @@ def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, p
                 kernels.bits_forward(bits, n_in, weight, None, n_in)
                 kernels.bits_grad_weight(bits, n_in, grad, n_in)
 
-        sparse.append(_best_ms(run, sync, calls))
+        sparse.append(_best_ms(run, sync, calls, repeats))
     (d0, d1), (s0, s1) = _DENSITIES, sparse
     slope = max((s1 - s0) / (d1 - d0), 1e-9)
     return float(min(1.0, max(0.0, (dense - (s0 - slope * d0)) / slope)))
@@ -199,8 +200,9 @@ def crossover_key(n_in: int, n_out: int, per_step: bool = False) -> str:
 
 
 def measure_crossover(device: torch.device, n_in: int, n_out: int, backend: str | None = None,
-                      per_step: bool = False) -> float:
+                      per_step: bool = False, repeats: int = 7) -> float:
     """The spike density at or below which the sparse product of this shape beats the dense one here:
-    a window's product, or with ``per_step`` the recurrent product of one step. Measured now (a fraction
-    of a second); `ipu_snn.calibration` caches it per machine and shape."""
-    return _measure(torch.device(device), n_in, n_out, backend, per_step)
+    a window's product, or with ``per_step`` the recurrent product of one step, each side the fastest of
+    ``repeats`` timings. Measured now (a fraction of a second on a quiet machine); `ipu_snn.calibration`
+    caches it per machine and shape."""
+    return _measure(torch.device(device), n_in, n_out, backend, per_step, repeats)
