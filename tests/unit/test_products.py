@@ -200,3 +200,24 @@ def test_the_cpu_window_loop_takes_each_product_mode_by_its_name():
     assert int(re.search(r"constexpr int32_t kProductModes = (\d+);", source).group(1)) == len(in_cpp)
     assert in_cpp == PRODUCT_MODE_CODES
     assert sorted(PRODUCT_MODE_CODES) == sorted(MODES)
+
+
+def test_a_default_run_and_the_api_take_the_crossovers_measured_here(small_run, quiet):
+    """Without a word about model.sparse, ipu-snn train's plan and ipu_snn.build run every product auto at the
+    crossover the calibration step measured on this machine (not the unmeasured default)."""
+    import ipu_snn
+    from ipu_snn.config import validate_config
+    from ipu_snn.data import input_shape
+    from ipu_snn.loop import plan_time_loop
+    from ipu_snn.network import auto_products
+    from ipu_snn.ops.policy import crossover_key
+
+    cfg = validate_config({**small_run, "bptt": {"window": 20}})  # a set window: no window costs to time
+    n_inputs, n_classes = input_shape(cfg.data)
+    run_plan = plan_time_loop(cfg, quiet(), cfg.data.batch_size)
+    keys = {crossover_key(*p) for p in auto_products(cfg.model, n_inputs, n_classes, cfg.data.binary)}
+    assert cfg.model.sparse == "auto" and keys and set(run_plan.crossovers) == keys
+    net = ipu_snn.build(cfg)
+    layer = net.layers[0]
+    assert layer.policies.input.max_density == run_plan.crossovers[crossover_key(n_inputs, layer.n_out)]
+    assert layer.policies.recurrent.max_density == run_plan.crossovers[crossover_key(layer.n_out, layer.n_out, True)]
