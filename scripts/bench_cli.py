@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
                                  if "samples_per_s" in r else "FAILED " + r["failed"]), flush=True)
     where = f"T={args.steps}" + ("" if args.steps == 1600 else ", standing in for the issue's T=1600")
     measured = targets(rows, where)
-    payload = {"device": args.device, "quick": args.quick, "command": " ".join(["python"] + sys.argv),
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    payload = {"device": args.device, "quick": args.quick, "command": threads + " ".join(["python"] + sys.argv),
                "machine": machine(), "load_before": load_before, "load_after": load_average(),
                "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "config": yaml.safe_load(cfg_path.read_text()), "rows": rows,
