@@ -238,7 +238,7 @@ def products_mode(cfg: ModelConfig, device: str = "cpu") -> bool | str:
 
 def _policy(cfg: ModelConfig, n_in: int, n_out: int, crossovers: dict | None, backend: str | None,
             grad: ListedGrad, per_step: bool = False, visits: ListedVisits | None = None, *,
-            sparse: bool | str, default: float = 0.0) -> SparsePolicy:
+            sparse: bool | str, default: float) -> SparsePolicy:
     if sparse is False:
         return SparsePolicy()
     capacity = max(1, math.ceil(cfg.sparse_capacity * n_in))
