@@ -124,12 +124,13 @@ struct CarriedShape {
 };
 
 // NetworkGraph::carried's types and shapes, from the spec alone (PopART sizes
-// the op's outputs before any graph exists), nb = ceil(n / 8): per spiking
-// layer v [B, n], for recurrent layers the last spikes' bits [B, nb], the tape
-// d [S, B, n] and bits [S, B, nb] (and the bits each step started from,
-// recurrent), with local slots the checkpoints v [K, B n] (and bits
-// [K, B nb], recurrent); the readout's v [B, n_out] (and checkpoints
-// [K, B n_out]); the trace with its zero row [T + 1, B n_out].
+// the op's outputs before any graph exists). Each is flat and part-major (each
+// tile's block whole, so that a tile's share is one slice), nb = ceil(n / 8):
+// per spiking layer v [B n], for recurrent layers the last spikes' bits
+// [B nb], the tape d [S B n] and bits [S B nb] (and the bits each step started
+// from, recurrent), with local slots the checkpoints v [K B n] (and bits
+// [K B nb], recurrent); the readout's v [B n_out] (and checkpoints
+// [K B n_out]); the trace with its zero row [(T + 1) B n_out].
 std::vector<CarriedShape> carriedShapes(const NetworkSpec &spec);
 
 // Makes the remote buffer of an off-chip checkpoint: (name, the tensor a row
