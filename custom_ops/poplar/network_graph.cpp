@@ -116,16 +116,21 @@ Tensor makeInput(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, std:
   }
   const ParamRef ref = paramRefs(s).at(index - 1);
   const std::size_t l = ref.pop;
-  const std::size_t rows = ref.param == Param::WeightIn ? inputsOf(s, l) : ref.param == Param::WeightRec ? s.layers[l].size : 0;
-  const char *name = ref.param == Param::WeightIn ? "weightIn" : ref.param == Param::Bias ? "bias"
-                     : ref.param == Param::Beta   ? "beta"
-                                                  : "weightRec";
+  const bool weight = ref.param == Param::WeightIn || ref.param == Param::WeightRec;
+  const std::size_t rows = ref.param == Param::WeightIn ? inputsOf(s, l) : weight ? s.layers[l].size : 1;
+  const char *name = "";
+  switch (ref.param) {
+    case Param::WeightIn: name = "weightIn"; break;
+    case Param::Bias: name = "bias"; break;
+    case Param::Beta: name = "beta"; break;
+    case Param::WeightRec: name = "weightRec"; break;
+  }
   std::vector<Tensor> parts;
   for (const PartLayout &p : lay.pops[l]) {
-    std::vector<std::size_t> shape = rows > 0 ? std::vector<std::size_t>{rows, p.width()} : std::vector<std::size_t>{p.width()};
+    const std::vector<std::size_t> shape = weight ? std::vector<std::size_t>{rows, p.width()} : std::vector<std::size_t>{p.width()};
     parts.push_back(variable(g, poplar::FLOAT, shape, p.tile, partName(s, l, p) + name));
   }
-  return poplar::concat(parts, rows > 0 ? 1 : 0);
+  return poplar::concat(parts, weight ? 1 : 0);
 }
 
 // The carried state, in carriedShapes' order.
@@ -384,25 +389,31 @@ void Builder::takeInputs() {
     }
     const ParamRef ref = refs[i - 1];
     Pop &pop = pops_[ref.pop];
-    const std::size_t rows = ref.param == Param::WeightIn ? nIn(ref.pop) : ref.param == Param::WeightRec ? pop.n : 0;
-    checkGiven(t, poplar::FLOAT, std::max<std::size_t>(rows, 1) * pop.n, "input " + std::to_string(i));
-    const Tensor whole = rows > 0 ? t.reshape({rows, pop.n}) : t.reshape({pop.n});
-    Tensor Part::*member = ref.param == Param::WeightIn ? &Part::wIn : ref.param == Param::Bias ? &Part::bias
-                           : ref.param == Param::Beta   ? &Part::beta
-                                                        : &Part::wRec;
+    const bool weight = ref.param == Param::WeightIn || ref.param == Param::WeightRec;
+    const std::size_t rows = ref.param == Param::WeightIn ? nIn(ref.pop) : pop.n;
+    checkGiven(t, poplar::FLOAT, (weight ? rows : 1) * pop.n, "input " + std::to_string(i));
+    const Tensor whole = weight ? t.reshape({rows, pop.n}) : t.reshape({pop.n});
     std::vector<std::size_t> at;
     for (const Part &p : pop.parts) at.push_back(p.c0);
     at.push_back(pop.n);
-    const std::vector<Tensor> shares = slices(whole, rows > 0 ? 1 : 0, at);
-    for (std::size_t j = 0; j < shares.size(); ++j) pop.parts[j].*member = shares[j];
-    if (pop.readout) {
-      ReadoutTensors &r = net_.readout;
-      (ref.param == Param::WeightIn ? r.weight : ref.param == Param::Bias ? r.bias : r.beta) = whole;
-    } else {
-      LayerTensors &lt = net_.layers[ref.pop];
-      (ref.param == Param::WeightIn ? lt.weightIn : ref.param == Param::Bias ? lt.bias
-       : ref.param == Param::Beta   ? lt.beta
-                                    : lt.weightRec) = whole;
+    const std::vector<Tensor> shares = slices(whole, weight ? 1 : 0, at);
+    LayerTensors none;
+    LayerTensors &lt = pop.readout ? none : net_.layers[ref.pop];
+    ReadoutTensors &r = net_.readout;
+    for (std::size_t j = 0; j < shares.size(); ++j) {
+      Part &p = pop.parts[j];
+      switch (ref.param) {
+        case Param::WeightIn: p.wIn = shares[j]; break;
+        case Param::Bias: p.bias = shares[j]; break;
+        case Param::Beta: p.beta = shares[j]; break;
+        case Param::WeightRec: p.wRec = shares[j]; break;
+      }
+    }
+    switch (ref.param) {
+      case Param::WeightIn: (pop.readout ? r.weight : lt.weightIn) = whole; break;
+      case Param::Bias: (pop.readout ? r.bias : lt.bias) = whole; break;
+      case Param::Beta: (pop.readout ? r.beta : lt.beta) = whole; break;
+      case Param::WeightRec: lt.weightRec = whole; break;
     }
   }
 }

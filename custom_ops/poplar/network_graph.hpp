@@ -1,7 +1,9 @@
 // The network op's graph: plain functions over a poplar::Graph (Poplar only)
 // that build every spiking layer and the leaky-integrator readout over T
 // steps: tensors, vertices, tile mappings and programs. The PopART op and grad
-// op are wrappers that call buildNetwork; the host interpreter
+// op are wrappers that call buildNetwork, the op for the forward pass over its
+// inputs (laid out by createInput), the grad op for the backward pass over the
+// inputs and the forward's carried state (nothing copied); the host interpreter
 // (ipu_snn/ipu/interpreter.py) runs the very same graph, and `ipu-snn plan
 // --device ipu-mk2` counts it (a counting graph that holds no data).
 //
