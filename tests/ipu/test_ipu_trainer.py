@@ -113,8 +113,9 @@ def test_traced_network_has_the_cpu_logits_and_gradients(poptorch, tiny):
 
 def test_tiny_run_trains_and_writes_the_run_folder(poptorch, monkeypatch, tmp_path, tiny):
     cfg = tiny()
-    # A tile one byte short of the tiny op's whole micro-batch, so the plan halves its samples per
-    # input-gradient pass: the op must get the plan's count, not the micro-batch (checked at the end).
+    # A tile one byte short of the tiny op's whole micro-batch, so the plan's samples per input-gradient
+    # pass differ from the micro-batch (count_graph falls back to half of it: at this size fewer samples
+    # per pass do not shrink the fullest tile): the op must get the plan's count (checked at the end).
     splits = load_splits(cfg.data, cfg.training.seed)
     micro = micro_batch_size(cfg, cfg.ipu.replication)
     time = plan_for_config(cfg, splits.n_inputs, splits.n_classes, micro).time
