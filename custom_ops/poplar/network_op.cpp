@@ -52,6 +52,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -65,6 +66,7 @@
 #include <popart/popx/irlowering.hpp>
 #include <popart/popx/opx.hpp>
 #include <popart/popx/opxmanager.hpp>
+#include <popart/region.hpp>
 #include <popart/tensorinfo.hpp>
 
 #include <poplar/Graph.hpp>
@@ -315,6 +317,15 @@ public:
     for (const auto &[out, in] : gradOut_) outInfo(out) = inInfo(popart::InIndex(1 + in));
   }
 
+  // The backward program writes the carried state it takes (a recomputation
+  // rewrites the state, tapes and checkpoints in place), so the op says so, as
+  // VarUpdateOp says it of the weight it updates.
+  popart::view::Regions modifies(popart::InIndex index) const final {
+    if (index >= popart::InIndex(1 + network::inputCount(spec_)))
+      return {popart::view::Region::getFull(inShape(index))};
+    return popart::Op::modifies(index);
+  }
+
   const std::vector<popart::GradInOutMapper> &gradInputInfo() const final { return gradIn_; }
   const std::map<int, int> &gradOutToNonGradIn() const final { return gradOut_; }
 
@@ -402,6 +413,13 @@ public:
   poplar::Tensor createInput(popart::InIndex index, const poplar::DebugNameAndId &) const final {
     return network::createInput(graph(), getOp<NetworkOp>().spec(), std::size_t(index));
   }
+
+  // A creator must also say what must exist before it creates (the lowering asks
+  // every candidate; Opx's default throws): nothing, as GRUOpx answers.
+  std::set<popart::TensorId> mustExistBeforeCreate(popart::InIndex) const final { return {}; }
+
+  // Opx's default throws too; the op's layouts are its own, equal to no other Opx's.
+  bool createsEquiv(int, const popart::popx::Opx *, int) const final { return false; }
 
   void grow(poplar::program::Sequence &prog) const final {
     const NetworkOp &op = getOp<NetworkOp>();
