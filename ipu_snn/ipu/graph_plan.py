@@ -20,7 +20,6 @@ import numpy as np
 
 from ipu_snn.devices import SPECS
 from ipu_snn.executor import window_bounds
-from ipu_snn.errors import ConfigError
 from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, MK2_TILES, HostNetwork, LayerSpec
 from ipu_snn.neuron.spec import RESET_CODES
 from ipu_snn.neuron.surrogates import SURROGATES
@@ -119,15 +118,7 @@ def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int,
     """The tile account and predicted time of one micro-batch's network op under ``schedule`` over the
     windows of ``window`` steps, as ``ipu-snn plan --json`` reports it under ``tiles``; ``rate``: the
     spikes per neuron and step the compute term assumes; ``slots``: the optimizer's buffers per parameter,
-    which PopART lays out as their parameters, on the op's tiles (`optimizer_slots`).
-
-    ALIF and CUBA layers (which the op runs) are refused here for now, so that ``ipu-snn plan`` keeps the tile
-    model's count for them: the ALIF seed network's counting graphs took 284 s (under a load of 6 on 2 cores,
-    2026-12-06) against the tile model's seconds."""
-    for i, layer in enumerate(model_cfg.layers):
-        if layer.neuron.kernel_code != 0:
-            raise ConfigError(f"model.layers.{i}: the plan counts a {layer.type} layer with the tile model (its "
-                              "counting graph is not yet fast enough)")
+    which PopART lays out as their parameters, on the op's tiles (`optimizer_slots`)."""
     host, passes = count_graph(model_cfg, n_inputs, n_classes, batch, steps, window, schedule, slots)
     account = tile_account(host, slots)
     op_bytes, per_tile = account["op"], account["total"]

@@ -125,9 +125,8 @@ def test_seed_configs_plan_as_fitting_one_mk2(config, capsys):
     assert tiles["fits"] and tiles["refusal"] is None
     assert tiles["max_tile_bytes"] <= tiles["tile_capacity_bytes"] == 624 * 1024
     assert tiles["time_loop"]["T"] == 100
-    # the RLIF network is counted from the network op's graph; the ALIF one, which the op runs, from the tile
-    # model still (its counting graphs take minutes: graph_plan.layer_specs)
-    assert (tiles["source"] == "graph") == ("rlif" in config)
+    # both networks (RLIF, ALIF) are counted from the network op's graph
+    assert tiles["source"] == "graph"
 
 
 def test_plan_cli_refuses_a_network_too_large_for_one_mk2(tmp_path, capsys):
