@@ -1,6 +1,13 @@
 """The IPU plan counted from the network op's graph: what custom_ops/poplar/network_graph.cpp allocates
 on each tile, built on a counting graph that holds no data, and a time model over its programs.
 
+`GraphModel` is the one IPU memory model: for a fixed network, micro-batch and samples per input-gradient
+pass, each tile's bytes are affine in the tape slots S, the local checkpoint slots K and the steps T
+(the tapes are [S, B, w], the checkpoints [K, B w], the input bits [B, T, nb] and the trace [T + 1, k];
+off-chip slots are remote buffers, no tile memory). It counts four small counting graphs (T = 2 or 4)
+and solves each tile's coefficients exactly; the planner evaluates every candidate schedule, window and
+T with them, and `graph_plan` verifies the choice with one real count of the whole graph.
+
 Time per iteration (forward program + backward program), each term from the graph:
 
 * compute: the busiest tile's vertex work per compute set (field elements; a single-worker vertex
@@ -16,12 +23,16 @@ Constants and their sources: ipu_snn/ipu/README.md, "The plan from the graph".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
+
 import numpy as np
 
+from ipu_snn.bptt import Advance, Reverse, Schedule
 from ipu_snn.devices import SPECS
 from ipu_snn.errors import ConfigError
 from ipu_snn.executor import window_bounds
-from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, MK2_TILES, HostNetwork, LayerSpec
+from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, MK2_TILES, HostNetwork, LayerSpec, step_actions, tape_slots
 from ipu_snn.neuron.spec import RESET_CODES
 from ipu_snn.neuron.surrogates import SURROGATES
 
@@ -42,55 +53,115 @@ CLOCK_HZ = _MK2.fp32_flops / (MK2_TILES * 32)
 ELEMENTS_PER_CYCLE = 1.0
 #: One tile's share of the GC200's 8 TB/s all-to-all IPU-Exchange (Graphcore's GC200 figure).
 TILE_EXCHANGE_BYTES_PER_S = 8e12 / MK2_TILES
-#: Cycles per BSP synchronisation of one IPU: an assumption (no public figure found), see the README.
+#: Cycles per BSP synchronisation of one IPU (see the README, "The plan from the graph": the figure and
+#: what it rests on).
 SYNC_CYCLES = 150
 #: The IPU's PCIe Gen4 x16 link, each way: host input and streaming memory both cross it (devices.py).
 LINK_BYTES_PER_S = _MK2.offchip_bandwidth
 #: Streaming memory per IPU (devices.py: the IPU-M2000's about 260 GB for its four IPUs).
 STREAMING_BYTES_PER_IPU = _MK2.offchip_bytes
+#: The cost walk's terms (NetworkRunner.cpp, ipu_snn_net_cost), in its order.
+_TERMS = ("compute_sets", "work_elements", "received_bytes", "exchange_phases", "remote_bytes")
+#: A step constant: one UNSIGNED_INT on tile 0 (network_graph.cpp, ``constantStep``).
+CONSTANT_BYTES = 4
+_PHASE = np.array([0.0, 0.0, 0.0, 1.0, 0.0])
 
 
 def layer_specs(model_cfg) -> list[LayerSpec]:
-    """The network op's layers of a model config (LIF and RLIF)."""
+    """The network op's layers of a model config (LIF and RLIF); a ConfigError naming the layer the op
+    cannot build (the plan then counts nothing: there is no other IPU memory model)."""
     out = []
     for i, layer in enumerate(model_cfg.layers):
         if layer.neuron.kernel != "lif":  # the registry's kernel (lif and rlif run it)
-            raise ConfigError(f"model.layers.{i}: the IPU network op runs LIF and RLIF layers, not {layer.type}")
+            raise ConfigError(f"model.layers.{i}: the IPU network op runs LIF and RLIF layers, not {layer.type}, "
+                              "so its graph cannot be counted (the IPU plan is the graph's count)")
         out.append(LayerSpec(layer.size, layer.is_recurrent, layer.threshold, RESET_CODES[layer.reset],
                              SURROGATES[layer.surrogate.name].code, layer.surrogate.scale))
     return out
 
 
-def count_graph(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int, window: int, schedule,
-                slots: int = 2) -> tuple[HostNetwork, int]:
-    """The network op's counting graph with as many samples per input-gradient pass as fit a Mk2 tile (with
-    ``slots`` optimizer buffers per parameter): the whole micro-batch if it fits, else half of it if that
-    fits; else the fullest tile, about linear in the samples per pass, is extrapolated from those two
-    counts to the most samples that fit, which are counted and halved until they do. When the line says
-    not even one sample fits, the half batch's graph (the plan then refuses). Returns the graph and its
-    samples per pass."""
-    bounds = window_bounds(steps, window)
+def taped_slots(schedule: Schedule, bounds) -> int:
+    """`interpreter.tape_slots` of the schedule's step actions, from its windows (no per-step expansion):
+    the most taped steps alive at once, which peak right after an Advance that tapes."""
+    live: set[int] = set()
+    peak = 1
+    for action in schedule.actions:
+        if isinstance(action, Advance) and action.store_outputs:
+            live |= set(range(action.n0, action.n1))
+            peak = max(peak, sum(bounds[w][1] - bounds[w][0] for w in live))
+        elif isinstance(action, Reverse):
+            live.discard(action.n)
+    return peak
 
-    def count(passes: int) -> tuple[HostNetwork, int]:
-        host = HostNetwork(batch, steps, n_inputs, layer_specs(model_cfg), schedule, bounds, n_classes,
-                           samples_per_pass=passes, holds_data=False)
-        return host, int(tile_account(host, slots)["total"].max())
 
-    host, whole = count(batch)
-    half_passes = batch // 2
-    if whole <= MK2_TILE_BYTES or half_passes < MIN_SAMPLES_PER_PASS:
-        return host, batch
-    half, fullest = count(half_passes)
-    if fullest <= MK2_TILE_BYTES:
-        return half, half_passes
-    per_sample = (whole - fullest) / (batch - half_passes)
-    passes = half_passes - int(-(-(fullest - MK2_TILE_BYTES) // per_sample)) if per_sample > 0 else 0
-    while passes >= MIN_SAMPLES_PER_PASS:
-        host, total = count(passes)
-        if total <= MK2_TILE_BYTES:
-            return host, passes
-        passes //= 2
-    return half, half_passes
+def step_constants(schedule: Schedule, bounds) -> int:
+    """The step constants the op's programs copy (network_graph.cpp, ``constantStep``: one UNSIGNED_INT
+    on tile 0 per distinct value): the first step of each Advance and of each run of Reverses, and each
+    off-chip slot a Store or Load selects (slots are taken lowest first, so 0 .. O - 1). The one term of
+    tile 0's bytes that is not affine in the slots and T."""
+    values: set[int] = set(range(max(schedule.max_offchip_slots, 0)))
+    previous = None
+    for action in schedule.actions:
+        if isinstance(action, Advance):
+            values.add(bounds[action.n0][0])
+        elif isinstance(action, Reverse) and not (isinstance(previous, Reverse) and previous.n == action.n + 1):
+            values.add(bounds[action.n][1] - 1)
+        previous = action
+    return len(values)
+
+
+def action_constants(actions) -> int:
+    """`step_constants` of step actions as the op's builder walks them (``Builder::actions``)."""
+    values, i = set(), 0
+    while i < len(actions):
+        kind, n0, _, _, offchip, slot = actions[i]
+        if kind == 0:
+            values.add(n0)
+        elif kind == 1:
+            values.add(n0)
+            while i + 1 < len(actions) and actions[i + 1][0] == 1 and actions[i + 1][1] + 1 == actions[i][1]:
+                i += 1
+        elif kind in (2, 3) and offchip:
+            values.add(slot)
+        i += 1
+    return len(values)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A time loop as the op's graph sees it: T steps in windows (``bounds``) under ``schedule``, and the
+    slots it needs: tape S, local checkpoint K, off-chip O."""
+
+    steps: int
+    window: int
+    schedule: Schedule
+    tape: int
+    local: int
+    offchip: int
+    constants: int
+
+    @classmethod
+    def of(cls, steps: int, window: int, schedule: Schedule) -> "Candidate":
+        window = min(window, steps)
+        bounds = window_bounds(steps, window)
+        if schedule.T != len(bounds):
+            raise ValueError(f"schedule {schedule.name} is for {schedule.T} windows, T={steps} in windows of "
+                             f"{window} makes {len(bounds)}")
+        return cls(steps, window, schedule, taped_slots(schedule, bounds), max(schedule.max_local_slots, 0),
+                   max(schedule.max_offchip_slots, 0), step_constants(schedule, bounds))
+
+    @property
+    def windows(self) -> int:
+        return self.schedule.T
+
+    @cached_property
+    def actions(self) -> list[tuple[int, ...]]:
+        return step_actions(self.schedule, window_bounds(self.steps, self.window))
+
+    @property
+    def evaluated_steps(self) -> int:
+        """Time steps run forward, recomputation included."""
+        return sum(n1 - n0 for kind, n0, n1, *_ in self.actions if kind == 0)
 
 
 def tile_account(host: HostNetwork, slots: int) -> dict:
@@ -98,12 +169,202 @@ def tile_account(host: HostNetwork, slots: int) -> dict:
     (the interpreter's record); ``optimizer``, ``slots`` buffers per parameter on it; ``exchange``, the
     most it receives in one compute set; ``vertices`` and ``code``, the estimates above; and ``total``."""
     received, vertices = host.tile_overheads()
-    used = (host.tile_bytes() > 0) | (vertices > 0)
-    account = {"op": host.tile_bytes().astype(np.int64), "optimizer": slots * host.param_bytes().astype(np.int64),
-               "exchange": received.astype(np.int64), "vertices": VERTEX_STATE_BYTES * vertices.astype(np.int64),
+    return _account(host.tile_bytes().astype(np.int64), host.param_bytes().astype(np.int64),
+                    received.astype(np.int64), vertices.astype(np.int64), slots)
+
+
+def _account(op, params, received, vertices, slots: int) -> dict:
+    used = (op > 0) | (vertices > 0)
+    account = {"op": op, "optimizer": slots * params, "exchange": received, "vertices": VERTEX_STATE_BYTES * vertices,
                "code": CODE_BYTES * used.astype(np.int64)}
     account["total"] = sum(account.values())
     return account
+
+
+def _cost(host: HostNetwork, backward: bool, rate: float) -> np.ndarray:
+    c = host.cost(backward, rate)
+    return np.array([c[k] for k in _TERMS])
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The counting graph at S = K = O = 1, T = 2 for some samples per pass: what does not scale with them."""
+
+    op: np.ndarray
+    params: np.ndarray
+    received: np.ndarray
+    vertices: np.ndarray
+    remote_per_slot: int
+
+
+class GraphModel:
+    """Each tile's bytes and the time terms of the network op's graph for any schedule, window and T, from
+    a few counting graphs of the same network and micro-batch (see the module docstring).
+
+    Parameters
+    ----------
+    model_cfg : ModelConfig
+        The network (LIF and RLIF layers: `layer_specs`).
+    n_inputs, n_classes, batch : int
+        Input channels, readout neurons, the micro-batch.
+    slots : int
+        The optimizer's buffers per parameter (`optimizer_slots`).
+    rate : float
+        Spikes per neuron and step the compute term assumes.
+    """
+
+    def __init__(self, model_cfg, n_inputs: int, n_classes: int, batch: int, slots: int = 2, rate: float = 0.05):
+        self.model_cfg, self.layers = model_cfg, layer_specs(model_cfg)
+        self.n_inputs, self.n_classes, self.batch, self.slots, self.rate = n_inputs, n_classes, batch, slots, rate
+        self.counted = 0  # counting graphs built
+        self._bases: dict[int, _Base] = {}
+
+    # ------------------------------------------------------------------ counting graphs
+
+    def _graph(self, passes: int, steps: int, actions, tape: int, local: int) -> HostNetwork:
+        self.counted += 1
+        return HostNetwork.from_actions(self.batch, steps, self.n_inputs, self.layers, self.n_classes, passes,
+                                        actions, tape, local, 1, holds_data=False)
+
+    # probes' actions (kind, n0, n1, tape, offchip, slot): P1 tapes step 0, P2 steps 0-1, P3 runs step 0 untaped
+    _P1 = [(0, 0, 1, 1, 0, 0), (1, 0, 0, 0, 0, 0)]
+    _P2 = [(0, 0, 2, 1, 0, 0), (1, 1, 0, 0, 0, 0), (1, 0, 0, 0, 0, 0)]
+    _P3 = [(0, 0, 1, 0, 0, 0), (0, 1, 2, 1, 0, 0), (1, 1, 0, 0, 0, 0)]
+
+    @staticmethod
+    def _affine(tile_bytes: np.ndarray, actions) -> np.ndarray:
+        """A probe's bytes less its step constants (`step_constants`), which are not affine."""
+        op = tile_bytes.astype(np.int64)
+        op[0] -= CONSTANT_BYTES * action_constants(actions)
+        return op
+
+    def _base_of(self, host: HostNetwork) -> _Base:
+        received, vertices = host.tile_overheads()
+        return _Base(self._affine(host.tile_bytes(), self._P1), host.param_bytes().astype(np.int64),
+                     received.astype(np.int64), vertices.astype(np.int64), host.counts()["remote_bytes"])
+
+    def base(self, passes: int) -> _Base:
+        """The graph at S = K = 1, T = 2 with ``passes`` samples per pass (the whole batch: probe P1)."""
+        if passes == self.batch:
+            self._probes  # noqa: B018  (P1 is the whole batch's base)
+        if passes not in self._bases:
+            self._bases[passes] = self._base_of(self._graph(passes, 2, self._P1, 1, 1))
+        return self._bases[passes]
+
+    @cached_property
+    def _probes(self) -> tuple[np.ndarray, dict]:
+        """Per-tile slopes (bytes per tape slot, per local slot, per step) and the programs' unit costs,
+        from four counting graphs of the whole batch per pass."""
+        p1 = self._graph(self.batch, 2, self._P1, 1, 1)
+        self._bases[self.batch] = self._base_of(p1)
+        p2 = self._graph(self.batch, 2, self._P2, 2, 1)
+        p3 = self._graph(self.batch, 2, self._P3, 1, 2)
+        p4 = self._graph(self.batch, 4, self._P1, 1, 1)
+        op1, op2, op3, op4 = (self._affine(p.tile_bytes(), actions)
+                              for p, actions in ((p1, self._P1), (p2, self._P2), (p3, self._P3), (p4, self._P1)))
+        slopes = np.stack([op2 - op1, op3 - op1, (op4 - op1) // 2])
+        f1, b1 = _cost(p1, False, self.rate), _cost(p1, True, self.rate)
+        f2, b2 = _cost(p2, False, self.rate), _cost(p2, True, self.rate)
+        f3 = _cost(p3, False, self.rate)
+        taped, back = f2 - f1, b2 - b1
+        units = {"taped": taped, "back": back, "step": f3 - f1 - _PHASE, "zero_forward": f1 - _PHASE - taped,
+                 "zero_backward": b1 - _PHASE - back}
+        return slopes, units
+
+    # ------------------------------------------------------------------ bytes
+
+    def account(self, tape: int, local: int, steps: int, passes: int, constants: int = 1) -> dict:
+        """Each tile's bytes by kind (as `tile_account` counts a real graph) at S = ``tape``, K = ``local``,
+        T = ``steps``, ``passes`` samples per pass and ``constants`` step constants (`step_constants`)."""
+        slopes, _ = self._probes
+        base = self.base(passes)
+        op = base.op + slopes[0] * (tape - 1) + slopes[1] * (local - 1) + slopes[2] * (steps - 2)
+        op[0] += CONSTANT_BYTES * constants
+        return _account(op, base.params, base.received, base.vertices, self.slots)
+
+    def kept_bytes(self, c: Candidate) -> int:
+        """The tapes and local checkpoints over all tiles (what the schedule keeps on the chip)."""
+        slopes, _ = self._probes
+        return int(slopes[0].sum() * c.tape + slopes[1].sum() * c.local)
+
+    def streaming_bytes(self, c: Candidate) -> int:
+        return c.offchip * self.base(self.batch).remote_per_slot
+
+    def max_tile_bytes(self, c: Candidate, passes: int = MIN_SAMPLES_PER_PASS) -> int:
+        return int(self.account(c.tape, c.local, c.steps, min(passes, self.batch), c.constants)["total"].max())
+
+    def fits(self, c: Candidate, passes: int = MIN_SAMPLES_PER_PASS) -> bool:
+        """Every tile within its SRAM (at the fewest samples per pass, by default: whether some pass size
+        fits) and the off-chip checkpoints within streaming memory."""
+        return self.max_tile_bytes(c, passes) <= MK2_TILE_BYTES and self.streaming_bytes(c) <= STREAMING_BYTES_PER_IPU
+
+    def samples_per_pass(self, c: Candidate) -> int:
+        """The most samples per input-gradient pass that fit: the whole micro-batch, or its half; else the
+        fullest tile, about linear in them, extrapolated from those two to the most that fit, checked and
+        halved until it fits; the half batch when not even one sample fits (the plan then refuses)."""
+        whole = self.max_tile_bytes(c, self.batch)
+        half_passes = self.batch // 2
+        if whole <= MK2_TILE_BYTES or half_passes < MIN_SAMPLES_PER_PASS:
+            return self.batch
+        half = self.max_tile_bytes(c, half_passes)
+        if half <= MK2_TILE_BYTES:
+            return half_passes
+        per_sample = (whole - half) / (self.batch - half_passes)
+        passes = half_passes - int(-(-(half - MK2_TILE_BYTES) // per_sample)) if per_sample > 0 else 0
+        while passes >= MIN_SAMPLES_PER_PASS:
+            if self.max_tile_bytes(c, passes) <= MK2_TILE_BYTES:
+                return passes
+            passes //= 2
+        return half_passes
+
+    # ------------------------------------------------------------------ time
+
+    def program_terms(self, c: Candidate) -> dict[str, float]:
+        """The cost walk's terms of the forward and the backward program together (`HostNetwork.cost`), from
+        the probes' unit costs at whole-batch passes: the steps, the zeroing, the counter's and the local
+        checkpoints' copies (consecutive copies are one exchange phase) and the remote copies."""
+        _, units = self._probes
+        remote = self.base(self.batch).remote_per_slot
+        actions = c.actions
+        first = next((i for i, a in enumerate(actions) if a[0] == 1), len(actions))
+        total = units["zero_forward"] + units["zero_backward"]
+        for part in (actions[:first], actions[first:]):
+            in_copies, i = False, 0
+            while i < len(part):
+                kind, n0, n1, tape, offchip, _ = part[i]
+                if kind == 0:
+                    total = total + (0 if in_copies else _PHASE) + (n1 - n0) * units["taped" if tape else "step"]
+                    in_copies = False
+                elif kind == 1:
+                    j = i
+                    while j + 1 < len(part) and part[j + 1][0] == 1 and part[j + 1][1] + 1 == part[j][1]:
+                        j += 1
+                    total = total + (0 if in_copies else _PHASE) + (j - i + 1) * units["back"]
+                    in_copies, i = False, j
+                elif kind in (2, 3) and offchip:
+                    total = total + np.array([0.0, 0.0, 0.0, 0.0, float(remote)])
+                    in_copies = False
+                elif kind in (2, 3):
+                    total = total + (0 if in_copies else _PHASE)
+                    in_copies = True
+                i += 1
+        return dict(zip(_TERMS, map(float, total)))
+
+    def time(self, c: Candidate) -> dict[str, float]:
+        """`time_terms` of the candidate's programs (at whole-batch passes)."""
+        return time_terms(self.program_terms(c), self.batch, c.steps, self.n_inputs)
+
+
+def time_terms(both: dict, batch: int, steps: int, n_inputs: int) -> dict[str, float]:
+    """The time model's terms (seconds per iteration) from the cost walk's terms of both programs."""
+    input_bytes = batch * steps * ((n_inputs + 7) // 8)
+    time = {"compute_s": both["work_elements"] / ELEMENTS_PER_CYCLE / CLOCK_HZ,
+            "exchange_s": both["received_bytes"] / TILE_EXCHANGE_BYTES_PER_S,
+            "sync_s": both["exchange_phases"] * SYNC_CYCLES / CLOCK_HZ,
+            "host_io_s": input_bytes / LINK_BYTES_PER_S,
+            "streaming_s": both["remote_bytes"] / LINK_BYTES_PER_S}
+    time["total_s"] = sum(time.values())
+    return time
 
 
 def optimizer_slots(training_cfg) -> int:
@@ -114,25 +375,28 @@ def optimizer_slots(training_cfg) -> int:
 
 
 def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int, window: int, schedule,
-               rate: float = 0.05, slots: int = 2) -> dict:
+               rate: float = 0.05, slots: int = 2, model: GraphModel | None = None) -> dict:
     """The tile account and predicted time of one micro-batch's network op under ``schedule`` over the
-    windows of ``window`` steps, as ``ipu-snn plan --json`` reports it under ``tiles``; ``rate``: the
-    spikes per neuron and step the compute term assumes; ``slots``: the optimizer's buffers per parameter,
-    which PopART lays out as their parameters, on the op's tiles (`optimizer_slots`)."""
-    host, passes = count_graph(model_cfg, n_inputs, n_classes, batch, steps, window, schedule, slots)
+    windows of ``window`` steps, as ``ipu-snn plan --json`` reports it under ``tiles``: the samples per
+    pass chosen by the model (`GraphModel.samples_per_pass`), then the whole graph counted once, which
+    every number reported is; ``model_check`` compares the model's fullest tile and time with it.
+    ``rate``: the spikes per neuron and step the compute term assumes; ``slots``: the optimizer's
+    buffers per parameter, which PopART lays out as their parameters, on the op's tiles
+    (`optimizer_slots`)."""
+    model = model or GraphModel(model_cfg, n_inputs, n_classes, batch, slots, rate)
+    c = Candidate.of(steps, window, schedule)
+    passes = model.samples_per_pass(c)
+    host = HostNetwork.from_actions(batch, steps, n_inputs, model.layers, n_classes, passes, c.actions, c.tape,
+                                    c.local, c.offchip, holds_data=False)
+    model.counted += 1
     account = tile_account(host, slots)
     op_bytes, per_tile = account["op"], account["total"]
     fullest = int(per_tile.argmax())
     fwd, bwd = host.cost(False, rate), host.cost(True, rate)
     both = {k: fwd[k] + bwd[k] for k in fwd}
     counts = host.counts()
-    input_bytes = batch * steps * ((n_inputs + 7) // 8)
-    time = {"compute_s": both["work_elements"] / ELEMENTS_PER_CYCLE / CLOCK_HZ,
-            "exchange_s": both["received_bytes"] / TILE_EXCHANGE_BYTES_PER_S,
-            "sync_s": both["exchange_phases"] * SYNC_CYCLES / CLOCK_HZ,
-            "host_io_s": input_bytes / LINK_BYTES_PER_S,
-            "streaming_s": both["remote_bytes"] / LINK_BYTES_PER_S}
-    time["total_s"] = sum(time.values())
+    time = time_terms(both, batch, steps, n_inputs)
+    predicted = model.account(c.tape, c.local, steps, passes, c.constants)["total"]
     fits_tiles = int(per_tile.max()) <= MK2_TILE_BYTES
     fits_streaming = counts["remote_bytes"] <= STREAMING_BYTES_PER_IPU
     return {"source": "graph",
@@ -148,11 +412,15 @@ def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int,
             "streaming_bytes": counts["remote_bytes"],
             "streaming_capacity_bytes": int(STREAMING_BYTES_PER_IPU),
             "graph": {"vertices": counts["vertices"], "compute_sets": counts["compute_sets"],
-                      "variables": counts["variables"], "tape_slots": host.tape_slots,
-                      "samples_per_pass": passes, "spike_rate": rate,
+                      "variables": counts["variables"], "tape_slots": c.tape, "local_slots": c.local,
+                      "offchip_slots": c.offchip, "samples_per_pass": passes, "spike_rate": rate,
                       "compute_set_runs": both["compute_sets"], "exchange_phases": both["exchange_phases"],
-                      "remote_bytes_moved": both["remote_bytes"], "input_bytes": input_bytes},
+                      "remote_bytes_moved": both["remote_bytes"],
+                      "input_bytes": batch * steps * ((n_inputs + 7) // 8), "counting_graphs": model.counted},
+            "model_check": {"tiles_equal": bool(np.array_equal(predicted, per_tile)),
+                            "max_tile_bytes": int(predicted.max())},
             "time": time}
 
 
-__all__ = ["count_graph", "graph_plan", "layer_specs", "optimizer_slots"]
+__all__ = ["Candidate", "GraphModel", "graph_plan", "layer_specs", "optimizer_slots", "taped_slots", "tile_account",
+           "time_terms"]

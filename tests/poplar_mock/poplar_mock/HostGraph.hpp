@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -30,10 +31,35 @@ struct Region {
   unsigned var;
   std::size_t begin, end;
 };
+// A tensor's elements as runs of variables, in its row-major order. A concat's
+// runs are made on first use (`regions()`): a counting graph never reads most
+// of them (the carried tapes: [S, B, 1] pieces of a thousand tiles would be
+// S B thousand runs), and reshapes share them.
+class RegionList {
+public:
+  explicit RegionList(std::vector<Region> r) : regions_(std::move(r)) {}
+  explicit RegionList(std::function<std::vector<Region>()> make) : make_(std::move(make)) {}
+  const std::vector<Region> &get() const {
+    if (make_) {
+      regions_ = make_();
+      make_ = nullptr;
+    }
+    return regions_;
+  }
+
+private:
+  mutable std::vector<Region> regions_;
+  mutable std::function<std::vector<Region>()> make_;
+};
 struct TensorData {
   poplar::Type type;
   std::vector<std::size_t> shape;
-  std::vector<Region> regions;  // in the tensor's row-major element order
+  std::shared_ptr<const RegionList> list;
+  TensorData(poplar::Type t, std::vector<std::size_t> s, std::vector<Region> r)
+      : type(t), shape(std::move(s)), list(std::make_shared<const RegionList>(std::move(r))) {}
+  TensorData(poplar::Type t, std::vector<std::size_t> s, std::shared_ptr<const RegionList> l)
+      : type(t), shape(std::move(s)), list(std::move(l)) {}
+  const std::vector<Region> &regions() const { return list->get(); }
   std::size_t numElements() const;
 };
 struct TensorAccess {

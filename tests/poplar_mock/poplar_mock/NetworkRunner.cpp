@@ -200,22 +200,34 @@ struct TileIndex {  // each variable's mapping sorted, for the tiles of a region
                 [](const auto &a, const auto &b) { return a.begin < b.begin; });
     }
   }
-  // bytes of the tensor not on `tile`
+  // bytes of the tensor not on `tile` (a tensor's bytes per tile are summed once: every consumer tile
+  // of a layer's bits asks)
   double offTile(const poplar_mock::GraphData &g, const poplar::Tensor &t, int tile) const {
-    double bytes = 0;
-    for (const auto &r : poplar_mock::TensorAccess::data(t).regions) {
-      const auto &m = sorted[r.var];
-      auto it = std::upper_bound(m.begin(), m.end(), r.begin, [](std::size_t x, const auto &e) { return x < e.begin; });
-      if (it != m.begin()) --it;
-      for (; it != m.end() && it->begin < r.end; ++it) {
-        const std::size_t b = std::max(it->begin, r.begin), e = std::min(it->end, r.end);
-        if (b < e && int(it->tile) != tile) bytes += double((e - b) * poplar_mock::typeBytes(g.vars[r.var].type));
+    const auto *key = &poplar_mock::TensorAccess::data(t);
+    auto found = perTile.find(key);
+    if (found == perTile.end()) {
+      std::pair<double, std::map<int, double>> held{0.0, {}};
+      for (const auto &r : key->regions()) {
+        const auto &m = sorted[r.var];
+        auto it = std::upper_bound(m.begin(), m.end(), r.begin, [](std::size_t x, const auto &e) { return x < e.begin; });
+        if (it != m.begin()) --it;
+        for (; it != m.end() && it->begin < r.end; ++it) {
+          const std::size_t b = std::max(it->begin, r.begin), e = std::min(it->end, r.end);
+          if (b >= e) continue;
+          const double bytes = double((e - b) * poplar_mock::typeBytes(g.vars[r.var].type));
+          held.first += bytes;
+          held.second[int(it->tile)] += bytes;
+        }
       }
+      found = perTile.emplace(key, std::move(held)).first;
     }
-    return bytes;
+    auto on = found->second.second.find(tile);
+    return found->second.first - (on == found->second.second.end() ? 0.0 : on->second);
   }
+  // per tensor (its data, which copies of a Tensor share): its bytes, and its bytes on each tile
+  mutable std::map<const void *, std::pair<double, std::map<int, double>>> perTile;
   int tileOf(const poplar::Tensor &t) const {
-    const auto &r = poplar_mock::TensorAccess::data(t).regions.at(0);
+    const auto &r = poplar_mock::TensorAccess::data(t).regions().at(0);
     const auto &m = sorted[r.var];
     auto it = std::upper_bound(m.begin(), m.end(), r.begin, [](std::size_t x, const auto &e) { return x < e.begin; });
     return it == m.begin() ? -1 : int((--it)->tile);
