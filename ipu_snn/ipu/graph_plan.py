@@ -53,9 +53,10 @@ CLOCK_HZ = _MK2.fp32_flops / (MK2_TILES * 32)
 ELEMENTS_PER_CYCLE = 1.0
 #: One tile's share of the GC200's 8 TB/s all-to-all IPU-Exchange (Graphcore's GC200 figure).
 TILE_EXCHANGE_BYTES_PER_S = 8e12 / MK2_TILES
-#: Cycles per BSP synchronisation of one IPU (see the README, "The plan from the graph": the figure and
-#: what it rests on).
-SYNC_CYCLES = 150
+#: Cycles per BSP synchronisation of one IPU: Graphcore's own planner cost, "we also sync prior to each
+#: exchange which has approximately the same cost each time" (graphcore/poplibs
+#: lib/popnn/CTCLossPlan.cpp:349-351 @ 7eac0f26: 90); an estimate of Graphcore's, not a measurement.
+SYNC_CYCLES = 90
 #: The IPU's PCIe Gen4 x16 link, each way: host input and streaming memory both cross it (devices.py).
 LINK_BYTES_PER_S = _MK2.offchip_bandwidth
 #: Streaming memory per IPU (devices.py: the IPU-M2000's about 260 GB for its four IPUs).
@@ -403,6 +404,7 @@ def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int,
             "fits": fits_tiles and fits_streaming,
             "max_tile_bytes": int(per_tile.max()),
             "tile_capacity_bytes": MK2_TILE_BYTES,
+            "tiles_total": MK2_TILES,
             "tiles_used": int((per_tile > 0).sum()),
             "op_max_tile_bytes": int(op_bytes.max()),
             "optimizer_slots": slots,

@@ -26,11 +26,10 @@ from ..errors import ConfigError
 from ..loop import STEP_STATS, check_overflow
 from ..network import SpikingNetwork, count_parameters
 from ..planner import RunPlan
-from .tile_planning import plan_for_config
+from .tile_planning import GraphTilePlan, plan_for_config
 from .model import Evaluation, TrainingStep, build_traced
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
 from .sdk import import_popdist, import_poptorch
-from .tiles import TilePlan
 
 T = TypeVar("T")
 
@@ -54,10 +53,10 @@ def check_ipu_config(cfg: Config) -> None:
                           "the IPU (the network op runs the time loop in Poplar); set model.fused to auto or false")
 
 
-def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> TilePlan:
-    """The per-tile plan of one replica (one IPU, ``micro_batch`` samples), or a ConfigError if it does not fit.
+def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> GraphTilePlan:
+    """The network op's graph count of one replica (one IPU, ``micro_batch`` samples), or a ConfigError if it
+    does not fit.
 
-    Its tile ranges are where the sparse layers' ops run (``model.map_tiles``).
     A replica is one IPU: PopTorch's replication copies the model, it does not
     split it, so a network too big for one IPU is refused before anything compiles.
     """
@@ -69,8 +68,8 @@ def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> TilePlan
                  else f"{accumulation} accumulation steps")
         raise ConfigError(
             f"model: {plan.refusal()} The plan is one replica's: a micro-batch of {micro_batch} samples "
-            f"(data.batch_size {cfg.data.batch_size} over {split}) and {plan.time.name} over {plan.time.windows} "
-            f"windows of {plan.time.window} steps on the tiles. A replica runs on one IPU (ipus-per-replica 1: "
+            f"(data.batch_size {cfg.data.batch_size} over {split}) and {plan.schedule} over {plan.windows} "
+            f"windows of {plan.window} steps on the tiles. A replica runs on one IPU (ipus-per-replica 1: "
             "replication copies the model, it does not split it), so more IPUs do not make it fit.")
     return plan
 
