@@ -36,8 +36,9 @@ from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, MK2_TILES, HostNetwork, Laye
 from ipu_snn.neuron.spec import RESET_CODES
 from ipu_snn.neuron.surrogates import SURROGATES
 
-#: The fewest samples per input-gradient pass the plan takes.
-MIN_SAMPLES_PER_PASS = 1
+#: The most input-gradient passes per backward step the plan tries (each pass adds its vertices to every
+#: tile, and its compute sets and syncs to the step).
+MAX_PASSES = 16
 _MK2 = SPECS["ipu-mk2"]
 #: Estimated code per tile: the dozen small codelets the op's tiles run and the control program (a few
 #: KiB each on the IPU's compact ISA); not derived from the graph, a fixed cost per tile.
@@ -291,32 +292,42 @@ class GraphModel:
     def streaming_bytes(self, c: Candidate) -> int:
         return c.offchip * self.base(self.batch).remote_per_slot
 
-    def max_tile_bytes(self, c: Candidate, passes: int = MIN_SAMPLES_PER_PASS) -> int:
-        return int(self.account(c.tape, c.local, c.steps, min(passes, self.batch), c.constants)["total"].max())
+    def max_tile_bytes(self, c: Candidate, passes: int) -> int:
+        return int(self.account(c.tape, c.local, c.steps, passes, c.constants)["total"].max())
 
-    def fits(self, c: Candidate, passes: int = MIN_SAMPLES_PER_PASS) -> bool:
-        """Every tile within its SRAM (at the fewest samples per pass, by default: whether some pass size
-        fits) and the off-chip checkpoints within streaming memory."""
-        return self.max_tile_bytes(c, passes) <= MK2_TILE_BYTES and self.streaming_bytes(c) <= STREAMING_BYTES_PER_IPU
+    def counted_passes(self) -> list[int]:
+        """The pass sizes whose counting graph the model holds."""
+        return list(self._bases)
 
-    def samples_per_pass(self, c: Candidate) -> int:
-        """The most samples per input-gradient pass that fit: the whole micro-batch, or its half; else the
-        fullest tile, about linear in them, extrapolated from those two to the most that fit, checked and
-        halved until it fits; the half batch when not even one sample fits (the plan then refuses)."""
-        whole = self.max_tile_bytes(c, self.batch)
-        half_passes = self.batch // 2
-        if whole <= MK2_TILE_BYTES or half_passes < MIN_SAMPLES_PER_PASS:
-            return self.batch
-        half = self.max_tile_bytes(c, half_passes)
-        if half <= MK2_TILE_BYTES:
-            return half_passes
-        per_sample = (whole - half) / (self.batch - half_passes)
-        passes = half_passes - int(-(-(half - MK2_TILE_BYTES) // per_sample)) if per_sample > 0 else 0
-        while passes >= MIN_SAMPLES_PER_PASS:
-            if self.max_tile_bytes(c, passes) <= MK2_TILE_BYTES:
+    def pass_sizes(self) -> list[int]:
+        """The samples per input-gradient pass the plan tries, most first: the micro-batch, then halved, down
+        to ``MAX_PASSES`` passes per step."""
+        sizes, size = [], self.batch
+        while size >= max(1, -(-self.batch // MAX_PASSES)):
+            sizes.append(size)
+            size //= 2
+        return sizes
+
+    def samples_per_pass(self, c: Candidate) -> int | None:
+        """The most samples per input-gradient pass (of `pass_sizes`) with which every tile fits; None when
+        none does. Fewer samples per pass shrink the pass's partials but add its vertices: the walk stops
+        where the fullest tile stops shrinking (its bytes, per-sample terms plus per-pass terms, are convex
+        in the pass size), so a candidate that fits nowhere costs no counting graphs of tiny passes."""
+        if self.streaming_bytes(c) > STREAMING_BYTES_PER_IPU:
+            return None
+        fullest = None
+        for passes in self.pass_sizes():
+            bytes_ = self.max_tile_bytes(c, passes)
+            if bytes_ <= MK2_TILE_BYTES:
                 return passes
-            passes //= 2
-        return half_passes
+            if fullest is not None and bytes_ >= fullest:
+                return None
+            fullest = bytes_
+        return None
+
+    def fits(self, c: Candidate) -> bool:
+        """Every tile within its SRAM at some pass size, and the off-chip checkpoints within streaming memory."""
+        return self.samples_per_pass(c) is not None
 
     # ------------------------------------------------------------------ time
 
@@ -380,13 +391,13 @@ def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int,
     """The tile account and predicted time of one micro-batch's network op under ``schedule`` over the
     windows of ``window`` steps, as ``ipu-snn plan --json`` reports it under ``tiles``: the samples per
     pass chosen by the model (`GraphModel.samples_per_pass`), then the whole graph counted once, which
-    every number reported is; ``model_check`` compares the model's fullest tile and time with it.
+    every number reported is; ``model_check`` compares the model's bytes of every tile with it.
     ``rate``: the spikes per neuron and step the compute term assumes; ``slots``: the optimizer's
     buffers per parameter, which PopART lays out as their parameters, on the op's tiles
     (`optimizer_slots`)."""
     model = model or GraphModel(model_cfg, n_inputs, n_classes, batch, slots, rate)
     c = Candidate.of(steps, window, schedule)
-    passes = model.samples_per_pass(c)
+    passes = model.samples_per_pass(c) or model.pass_sizes()[-1]  # none fits: the most passes, counted and refused
     host = HostNetwork.from_actions(batch, steps, n_inputs, model.layers, n_classes, passes, c.actions, c.tape,
                                     c.local, c.offchip, holds_data=False)
     model.counted += 1

@@ -39,19 +39,22 @@ def _check_device(spec: DeviceSpec) -> None:
 
 
 def tile_strategies(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int):
-    """The planner's hook: ``cost(name, schedule, T, window) -> Strategy`` from the graph's model: fits at
-    the fewest samples per pass (whether some pass size fits), time at whole-batch passes (every candidate
-    reverses T steps, so the pass size shifts every candidate's backward alike)."""
+    """The planner's hook: ``cost(name, schedule, T, window) -> Strategy`` from the graph's model: its bytes at
+    the most samples per pass that fit (the fullest tile at the least it needs when none does), its time at
+    whole-batch passes (every candidate reverses T steps, so the pass size shifts every candidate's backward
+    alike)."""
     _check_device(spec)
     model = graph_model(cfg, n_inputs, n_classes, batch)
 
     def cost(name: str, sched, steps: int, window: int) -> Strategy:
         c = Candidate.of(steps, window, sched)
-        fullest = model.max_tile_bytes(c)
+        passes = model.samples_per_pass(c)
+        fullest = (model.max_tile_bytes(c, passes) if passes else
+                   min(model.max_tile_bytes(c, p) for p in model.pass_sizes() if p in model.counted_passes()))
         offchip = model.streaming_bytes(c)
         transfers = sum(1 for a in c.actions if a[0] in (2, 3) and a[4]) * model.base(model.batch).remote_per_slot
         return Strategy(name, sched.name, c.window, c.windows, model.kept_bytes(c), fullest * MK2_TILES, offchip,
-                        sched.forward_steps, transfers, model.time(c)["total_s"], model.fits(c), fullest)
+                        sched.forward_steps, transfers, model.time(c)["total_s"], passes is not None, fullest)
 
     return cost
 

@@ -167,8 +167,20 @@ Tensor Tensor::slice(std::size_t begin, std::size_t end, unsigned dimension) con
   const std::size_t inner = poplar_mock::product(d.shape, dimension + 1);
   const std::size_t outer = poplar_mock::product(std::vector<std::size_t>(d.shape.begin(), d.shape.begin() + dimension));
   const std::vector<Region> &regions = d.regions();
-  const std::vector<std::size_t> starts = poplar_mock::regionStarts(regions);
   std::vector<Region> out;
+  if (regions.size() == 1) {  // one run of one variable (most slices): no search
+    const Region &r = regions[0];
+    for (std::size_t o = 0; o < outer; ++o) {
+      const std::size_t b = r.begin + o * d.shape[dimension] * inner + begin * inner, e = b - begin * inner + end * inner;
+      if (b == e) continue;
+      if (!out.empty() && out.back().end == b)
+        out.back().end = e;
+      else
+        out.push_back(Region{r.var, b, e});
+    }
+    return TensorAccess::make(TensorData{d.type, std::move(shape), std::move(out)});
+  }
+  const std::vector<std::size_t> starts = poplar_mock::regionStarts(regions);
   for (std::size_t o = 0; o < outer; ++o) {
     const std::size_t base = o * d.shape[dimension] * inner;
     poplar_mock::appendRange(regions, starts, base + begin * inner, base + end * inner, out);
@@ -202,16 +214,26 @@ Tensor concat(ArrayRef<Tensor> ts, unsigned dimension) {
   const std::size_t outer =
       poplar_mock::product(std::vector<std::size_t>(first.shape.begin(), first.shape.begin() + dimension));
   // the runs are made when first used (poplar_mock::RegionList)
-  std::vector<std::shared_ptr<const TensorData>> parts;
-  for (const Tensor &t : ts) parts.push_back(std::make_shared<const TensorData>(TensorAccess::data(t)));
+  std::vector<Tensor> parts(ts.begin(), ts.end());
   auto make = [parts, outer, dimension] {
-    std::vector<std::vector<std::size_t>> starts;
-    for (const auto &d : parts) starts.push_back(poplar_mock::regionStarts(d->regions()));
     std::vector<Region> out;
+    if (outer == 1) {  // the parts one after another (a flat concat): their runs, merged where they meet
+      for (const Tensor &t : parts)
+        for (const Region &r : TensorAccess::data(t).regions()) {
+          if (!out.empty() && out.back().var == r.var && out.back().end == r.begin)
+            out.back().end = r.end;
+          else
+            out.push_back(r);
+        }
+      return out;
+    }
+    std::vector<std::vector<std::size_t>> starts;
+    for (const Tensor &t : parts) starts.push_back(poplar_mock::regionStarts(TensorAccess::data(t).regions()));
     for (std::size_t o = 0; o < outer; ++o)
       for (std::size_t i = 0; i < parts.size(); ++i) {
-        const std::size_t block = poplar_mock::product(parts[i]->shape, dimension);
-        poplar_mock::appendRange(parts[i]->regions(), starts[i], o * block, (o + 1) * block, out);
+        const TensorData &d = TensorAccess::data(parts[i]);
+        const std::size_t block = poplar_mock::product(d.shape, dimension);
+        poplar_mock::appendRange(d.regions(), starts[i], o * block, (o + 1) * block, out);
       }
     return out;
   };

@@ -286,8 +286,11 @@ const std::vector<std::map<unsigned, double>> &receivedPerComputeSet(Handle *h) 
   const auto &g = poplar_mock::GraphData::of(h->graph);
   const TileIndex index(g);
   h->received.resize(g.computeSets.size());
+  // a tensor is received once per tile; one buffer for every compute set (freeing a large one per compute
+  // set made malloc consolidate its free lists each time)
+  std::vector<std::tuple<unsigned, const void *, const poplar::Tensor *>> fields;
   for (std::size_t cs = 0; cs < g.computeSets.size(); ++cs) {
-    std::vector<std::tuple<unsigned, const void *, const poplar::Tensor *>> fields;  // a tensor is received once per tile
+    fields.clear();
     for (unsigned id : g.computeSets[cs]) {
       const auto &v = g.vertices[id];
       for (const auto &[name, t] : v.fields) fields.emplace_back(unsigned(v.tile), &poplar_mock::TensorAccess::data(t), &t);
