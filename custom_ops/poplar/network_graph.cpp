@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <stdexcept>
 
 #include "tile_split.hpp"
@@ -17,13 +18,189 @@ namespace {
 using poplar::Tensor;
 namespace program = poplar::program;
 
-// One tile's share of a population: its columns and everything it keeps for them.
-struct Part {
-  unsigned tile;
-  std::size_t c0, c1;
-  std::size_t kb0 = 0, kb1 = 0;  // the bytes of the layer's spike bits this tile writes (neurons 8k on it)
+// Where one tile's share of a population lies: its columns, and the bytes of
+// the layer's spike bits it writes (neurons 8k on it).
+struct PartLayout {
+  unsigned tile = 0;
+  std::size_t c0 = 0, c1 = 0;
+  std::size_t kb0 = 0, kb1 = 0;
   std::size_t width() const { return c1 - c0; }
   std::size_t bytes() const { return kb1 - kb0; }
+};
+
+// The op's layout on the target, from the spec alone: each population's parts
+// (the spiking layers, then the readout) on its own tile range (layerTiles),
+// its neurons split evenly (tiling::splitEven); the trace's (sample, neuron)
+// pairs split over the first min(B n_out, tiles) tiles. Every tensor the op
+// takes, outputs or creates is laid out from this (one place decides it).
+struct Layout {
+  std::vector<std::vector<PartLayout>> pops;
+  std::vector<tiling::Range> outRanges;  // the trace pairs on tile j
+};
+
+Layout layoutOf(const NetworkSpec &s, unsigned numTiles) {
+  Layout lay;
+  const std::vector<unsigned> tiles = layerTiles(s, numTiles);
+  unsigned next = 0;
+  for (std::size_t l = 0; l <= s.layers.size(); ++l) {
+    const std::size_t n = l == s.layers.size() ? s.readout : s.layers[l].size;
+    std::vector<PartLayout> parts;
+    for (const auto &r : tiling::splitEven(n, tiles[l])) {
+      PartLayout p;
+      p.tile = next + unsigned(parts.size());
+      p.c0 = r.begin;
+      p.c1 = r.end;
+      p.kb0 = (p.c0 + 7) / 8;
+      p.kb1 = (p.c1 + 7) / 8;
+      parts.push_back(p);
+    }
+    next += tiles[l];
+    lay.pops.push_back(std::move(parts));
+  }
+  const std::size_t K = std::size_t(s.batch) * s.readout;
+  lay.outRanges = tiling::splitEven(K, std::min<std::size_t>(K, numTiles));
+  return lay;
+}
+
+std::string popName(const NetworkSpec &s, std::size_t l) {
+  return l == s.layers.size() ? "readout" : "layer" + std::to_string(l);
+}
+std::string partName(const NetworkSpec &s, std::size_t l, const PartLayout &p) {
+  return popName(s, l) + ".tile" + std::to_string(p.tile) + ".";
+}
+std::size_t inputsOf(const NetworkSpec &s, std::size_t l) { return l == 0 ? s.inputs : s.layers[l - 1].size; }
+
+Tensor variable(poplar::Graph &g, const poplar::Type &type, std::vector<std::size_t> shape, unsigned tile,
+                const std::string &name) {
+  Tensor t = g.addVariable(type, shape, {name});
+  g.setTileMapping(t, tile);
+  return t;
+}
+
+// A layer's spike bits [B, ceil(n / 8)]: byte k of every row on the tile that owns neuron 8k.
+Tensor layerBits(poplar::Graph &g, const NetworkSpec &s, const std::vector<PartLayout> &parts, std::size_t n,
+                 const std::string &name) {
+  Tensor t = g.addVariable(poplar::UNSIGNED_CHAR, {std::size_t(s.batch), (n + 7) / 8}, {name});
+  for (std::size_t b = 0; b < s.batch; ++b)
+    for (const PartLayout &p : parts)
+      if (p.bytes() > 0) g.setTileMapping(t[b].slice(p.kb0, p.kb1, 0), p.tile);
+  return t;
+}
+
+// The op's inputs after the bits: per spiking layer weight_in, bias, beta,
+// [weight_rec]; then the readout's weight, bias, beta.
+enum class Param { WeightIn, Bias, Beta, WeightRec };
+struct ParamRef {
+  std::size_t pop;
+  Param param;
+};
+std::vector<ParamRef> paramRefs(const NetworkSpec &s) {
+  std::vector<ParamRef> refs;
+  for (std::size_t l = 0; l <= s.layers.size(); ++l) {
+    for (Param p : {Param::WeightIn, Param::Bias, Param::Beta}) refs.push_back({l, p});
+    if (l < s.layers.size() && s.layers[l].recurrent) refs.push_back({l, Param::WeightRec});
+  }
+  return refs;
+}
+
+// Input `index` of the op, laid out: the bits [B, T, nb] with sample b on layer
+// 0's part b mod its parts; a parameter as its parts' columns (weights) or
+// elements (vectors), each on its part's tile.
+Tensor makeInput(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, std::size_t index) {
+  if (index == 0) {
+    const std::size_t B = s.batch;
+    Tensor t = g.addVariable(poplar::UNSIGNED_CHAR, {B, std::size_t(s.steps), (s.inputs + 7) / 8}, {"inputBits"});
+    const auto &first = lay.pops[0];
+    for (std::size_t b = 0; b < B; ++b) g.setTileMapping(t[b], first[b % first.size()].tile);
+    return t;
+  }
+  const ParamRef ref = paramRefs(s).at(index - 1);
+  const std::size_t l = ref.pop;
+  const std::size_t rows = ref.param == Param::WeightIn ? inputsOf(s, l) : ref.param == Param::WeightRec ? s.layers[l].size : 0;
+  const char *name = ref.param == Param::WeightIn ? "weightIn" : ref.param == Param::Bias ? "bias"
+                     : ref.param == Param::Beta   ? "beta"
+                                                  : "weightRec";
+  std::vector<Tensor> parts;
+  for (const PartLayout &p : lay.pops[l]) {
+    std::vector<std::size_t> shape = rows > 0 ? std::vector<std::size_t>{rows, p.width()} : std::vector<std::size_t>{p.width()};
+    parts.push_back(variable(g, poplar::FLOAT, shape, p.tile, partName(s, l, p) + name));
+  }
+  return poplar::concat(parts, rows > 0 ? 1 : 0);
+}
+
+// The carried state, in carriedShapes' order.
+enum class Carry { V, StateBits, TapeD, TapeBits, TapePrevBits, CheckpointV, CheckpointBits, Trace };
+struct CarriedRef {
+  std::size_t pop;
+  Carry kind;
+};
+std::vector<CarriedRef> carriedRefs(const NetworkSpec &s) {
+  std::vector<CarriedRef> refs;
+  const bool local = s.localSlots > 0;
+  const std::size_t L = s.layers.size();
+  for (std::size_t l = 0; l < L; ++l) {
+    const bool rec = s.layers[l].recurrent;
+    refs.push_back({l, Carry::V});
+    if (rec) refs.push_back({l, Carry::StateBits});
+    refs.push_back({l, Carry::TapeD});
+    refs.push_back({l, Carry::TapeBits});
+    if (rec) refs.push_back({l, Carry::TapePrevBits});
+    if (local) {
+      refs.push_back({l, Carry::CheckpointV});
+      if (rec) refs.push_back({l, Carry::CheckpointBits});
+    }
+  }
+  refs.push_back({L, Carry::V});
+  if (local) refs.push_back({L, Carry::CheckpointV});
+  refs.push_back({L, Carry::Trace});
+  return refs;
+}
+
+// Carried tensor `ref`, laid out: each part's share on its tile (bits: the
+// parts that write bytes), the trace's pairs on their tiles.
+Tensor makeCarried(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, const CarriedRef &ref) {
+  const std::size_t B = s.batch, S = s.tapeSlots, K = s.localSlots, l = ref.pop;
+  const auto &parts = lay.pops[l];
+  if (ref.kind == Carry::StateBits) {
+    return layerBits(g, s, parts, s.layers[l].size, popName(s, l) + ".stateBits");
+  }
+  std::vector<Tensor> ts;
+  if (ref.kind == Carry::Trace) {
+    for (std::size_t j = 0; j < lay.outRanges.size(); ++j)
+      ts.push_back(variable(g, poplar::FLOAT, {std::size_t(s.steps) + 1, lay.outRanges[j].size()}, unsigned(j),
+                            "trace.tile" + std::to_string(j) + ".output"));
+    return poplar::concat(ts, 1);
+  }
+  unsigned dim = 1;
+  for (const PartLayout &p : parts) {
+    const std::size_t w = p.width(), kb = p.bytes();
+    const std::string pn = partName(s, l, p);
+    switch (ref.kind) {
+      case Carry::V: ts.push_back(variable(g, poplar::FLOAT, {B, w}, p.tile, pn + "v")); break;
+      case Carry::TapeD:
+        dim = 2;
+        ts.push_back(variable(g, poplar::FLOAT, {S, B, w}, p.tile, pn + "tapeD"));
+        break;
+      case Carry::TapeBits: case Carry::TapePrevBits:
+        dim = 2;
+        if (kb > 0)
+          ts.push_back(variable(g, poplar::UNSIGNED_CHAR, {S, B, kb}, p.tile,
+                                pn + (ref.kind == Carry::TapeBits ? "tapeBits" : "tapePrevBits")));
+        break;
+      case Carry::CheckpointV: ts.push_back(variable(g, poplar::FLOAT, {K, B * w}, p.tile, pn + "checkpointV")); break;
+      case Carry::CheckpointBits:
+        if (kb > 0) ts.push_back(variable(g, poplar::UNSIGNED_CHAR, {K, B * kb}, p.tile, pn + "checkpointBits"));
+        break;
+      default: break;
+    }
+  }
+  return poplar::concat(ts, dim);
+}
+
+// One tile's share of a population: its columns and everything it keeps for
+// them. Inputs and carried state are slices of the whole tensors (given or
+// made by makeInput / makeCarried); the rest is the build's own.
+struct Part : PartLayout {
   Tensor wIn, bias, beta, wRec;              // parameters
   Tensor gwIn, gBias, gwRec, gBeta;          // gradients, accumulated
   Tensor v, vNew, zNew, d, current, scratch, spikeCount;  // state and one step
@@ -73,14 +250,18 @@ Tree treeOf(const std::vector<Part> &consumers, const std::vector<Part> &dest) {
 
 class Builder {
 public:
-  Builder(poplar::Graph &g, const NetworkSpec &s, const RemoteBufferMaker &remote)
-      : g_(g), s_(s), remote_(remote) {}
+  Builder(poplar::Graph &g, const NetworkSpec &s, Pass pass, const NetworkTensors &given,
+          const RemoteBufferMaker &remote)
+      : g_(g), s_(s), pass_(pass), given_(given), remote_(remote) {}
   NetworkGraph build();
 
 private:
   poplar::Graph &g_;
   const NetworkSpec &s_;
+  const Pass pass_;
+  const NetworkTensors &given_;
   const RemoteBufferMaker &remote_;
+  Layout layout_;
   std::vector<Pop> pops_;  // the spiking layers, then the readout
   Tensor counter_;
   Tensor inStep_;  // uint8 [B, nb], sample b on layer 0's tile b mod parts
@@ -97,9 +278,7 @@ private:
   Pop &readout() { return pops_.back(); }
   std::size_t spiking() const { return pops_.size() - 1; }
   Tensor var(const poplar::Type &type, std::vector<std::size_t> shape, unsigned tile, const std::string &name) {
-    Tensor t = g_.addVariable(type, shape, {name});
-    g_.setTileMapping(t, tile);
-    return t;
+    return variable(g_, type, std::move(shape), tile, name);
   }
   Tensor constantStep(unsigned n) {
     auto found = constants_.find(n);
@@ -118,10 +297,11 @@ private:
     for (const Part &p : ps) ts.push_back(p.*member);
     return poplar::concat(ts, dim);
   }
-  Tensor layerBits(const Pop &pop, const std::string &name);
-  void allocate();
-  void allocateCarried();
-  void allocateOutput();
+  void allocate(bool steps, bool backSteps);
+  void takeInputs();
+  void takeCarried();
+  void allocateStepScratch(bool counts);
+  void allocateBackward();
   void stepLoad(poplar::ComputeSet cs, const Tensor &src, const Tensor &dst, unsigned tile, std::size_t slots,
                 std::size_t offset = 0);
   void stepStore(poplar::ComputeSet cs, const Tensor &src, const Tensor &dst, unsigned tile, std::size_t slots);
@@ -135,109 +315,169 @@ private:
   void stepCount(program::Sequence &seq, int delta);
 };
 
-// A layer's spike bits [B, ceil(n / 8)]: byte k of every row on the tile that owns neuron 8k.
-Tensor Builder::layerBits(const Pop &pop, const std::string &name) {
-  const std::size_t nb = (pop.n + 7) / 8;
-  Tensor t = g_.addVariable(poplar::UNSIGNED_CHAR, {std::size_t(s_.batch), nb}, {name});
-  for (std::size_t b = 0; b < s_.batch; ++b)
-    for (const Part &p : pop.parts)
-      if (p.bytes() > 0) g_.setTileMapping(t[b].slice(p.kb0, p.kb1, 0), p.tile);
-  return t;
+// A given tensor must be what the op's layout would have made: its type and size.
+void checkGiven(const Tensor &t, const poplar::Type &type, std::size_t n, const std::string &what) {
+  if (!(t.elementType() == type) || t.numElements() != n)
+    throw std::invalid_argument("network graph: the given " + what + " has " + std::to_string(t.numElements()) +
+                                " elements of another size or type than the " + std::to_string(n) + " it needs");
 }
 
-void Builder::allocate() {
-  const unsigned numTiles = g_.getTarget().getNumTiles();
-  const std::vector<unsigned> tiles = layerTiles(s_, numTiles);
-  const std::size_t B = s_.batch, S = s_.tapeSlots, C = passSize();
-  const std::size_t L = s_.layers.size();
-  unsigned next = 0;
-  for (std::size_t l = 0; l <= L; ++l) {
-    Pop pop;
-    pop.readout = l == L;
-    pop.n = pop.readout ? s_.readout : s_.layers[l].size;
-    if (!pop.readout) {
-      pop.spec = s_.layers[l];
-      pop.recurrent = pop.spec.recurrent;
+// The op's inputs (given, or made by makeInput), each part's share a slice of them.
+void Builder::takeInputs() {
+  const std::size_t count = inputCount(s_);
+  if (!given_.inputs.empty() && given_.inputs.size() != count)
+    throw std::invalid_argument("network graph: " + std::to_string(given_.inputs.size()) + " inputs given, " +
+                                std::to_string(count) + " needed");
+  const auto refs = paramRefs(s_);
+  for (std::size_t i = 0; i < count; ++i) {
+    const Tensor t = given_.inputs.empty() ? makeInput(g_, s_, layout_, i) : given_.inputs[i];
+    if (i == 0) {
+      checkGiven(t, poplar::UNSIGNED_CHAR, std::size_t(s_.batch) * s_.steps * ((s_.inputs + 7) / 8), "input bits");
+      net_.inputBits = t.reshape({std::size_t(s_.batch), std::size_t(s_.steps), (s_.inputs + 7) / 8});
+      continue;
     }
-    const std::size_t n = pop.n, nin = nIn(l);
-    const auto ranges = tiling::splitEven(n, tiles[l]);
-    const std::string ln = pop.readout ? "readout" : "layer" + std::to_string(l);
-    for (std::size_t j = 0; j < ranges.size(); ++j) {
-      Part p;
-      p.tile = next + unsigned(j);
-      p.c0 = ranges[j].begin;
-      p.c1 = ranges[j].end;
-      p.kb0 = (p.c0 + 7) / 8;
-      p.kb1 = (p.c1 + 7) / 8;
-      const std::size_t w = p.width(), kb = p.bytes();
-      const unsigned t = p.tile;
-      const std::string pn = ln + ".tile" + std::to_string(t) + ".";
+    const ParamRef ref = refs[i - 1];
+    Pop &pop = pops_[ref.pop];
+    const std::size_t rows = ref.param == Param::WeightIn ? nIn(ref.pop) : ref.param == Param::WeightRec ? pop.n : 0;
+    checkGiven(t, poplar::FLOAT, std::max<std::size_t>(rows, 1) * pop.n, "input " + std::to_string(i));
+    const Tensor whole = rows > 0 ? t.reshape({rows, pop.n}) : t.reshape({pop.n});
+    Tensor Part::*member = ref.param == Param::WeightIn ? &Part::wIn : ref.param == Param::Bias ? &Part::bias
+                           : ref.param == Param::Beta   ? &Part::beta
+                                                        : &Part::wRec;
+    for (Part &p : pop.parts) p.*member = whole.slice(p.c0, p.c1, rows > 0 ? 1 : 0);
+    if (pop.readout) {
+      ReadoutTensors &r = net_.readout;
+      (ref.param == Param::WeightIn ? r.weight : ref.param == Param::Bias ? r.bias : r.beta) = whole;
+    } else {
+      LayerTensors &lt = net_.layers[ref.pop];
+      (ref.param == Param::WeightIn ? lt.weightIn : ref.param == Param::Bias ? lt.bias
+       : ref.param == Param::Beta   ? lt.beta
+                                    : lt.weightRec) = whole;
+    }
+  }
+}
+
+// The carried state (given: the forward build's; or made by makeCarried), each
+// part's share a slice of it.
+void Builder::takeCarried() {
+  const auto refs = carriedRefs(s_);
+  const auto shapes = carriedShapes(s_);
+  if (!given_.carried.empty() && given_.carried.size() != refs.size())
+    throw std::invalid_argument("network graph: " + std::to_string(given_.carried.size()) +
+                                " carried tensors given, " + std::to_string(refs.size()) + " needed");
+  const std::size_t B = s_.batch;
+  for (std::size_t k = 0; k < refs.size(); ++k) {
+    const CarriedRef ref = refs[k];
+    const Tensor t = given_.carried.empty() ? makeCarried(g_, s_, layout_, ref) : given_.carried[k];
+    std::size_t n = 1;
+    for (std::size_t d : shapes[k].shape) n *= d;
+    checkGiven(t, shapes[k].bits ? poplar::UNSIGNED_CHAR : poplar::FLOAT, n, "carried tensor " + std::to_string(k));
+    const Tensor whole = t.reshape(shapes[k].shape);
+    net_.carried.push_back(whole);
+    Pop &pop = pops_[ref.pop];
+    if (ref.kind == Carry::StateBits) {
+      pop.stateBits = whole;
+      continue;
+    }
+    if (ref.kind == Carry::Trace) {
+      for (const auto &r : outRanges_) outPieces_.push_back(whole.slice(r.begin, r.end, 1));
+      continue;
+    }
+    for (Part &p : pop.parts) {
+      const bool bytes = p.bytes() > 0;
+      switch (ref.kind) {
+        case Carry::V: p.v = whole.slice(p.c0, p.c1, 1); break;
+        case Carry::TapeD: p.tapeD = whole.slice(p.c0, p.c1, 2); break;
+        case Carry::TapeBits: if (bytes) p.tapeBits = whole.slice(p.kb0, p.kb1, 2); break;
+        case Carry::TapePrevBits: if (bytes) p.tapePrevBits = whole.slice(p.kb0, p.kb1, 2); break;
+        case Carry::CheckpointV: p.ckptV = whole.slice(B * p.c0, B * p.c1, 1); break;
+        case Carry::CheckpointBits: if (bytes) p.ckptBits = whole.slice(B * p.kb0, B * p.kb1, 1); break;
+        default: break;
+      }
+    }
+  }
+}
+
+// What a forward step computes into (its current, neuron update and spike
+// bits; the spiking layers' `scratch` is allocate's), and with `counts` each
+// layer's spike counts (the forward build's output).
+void Builder::allocateStepScratch(bool counts) {
+  const std::size_t B = s_.batch;
+  for (std::size_t l = 0; l < pops_.size(); ++l) {
+    Pop &pop = pops_[l];
+    for (Part &p : pop.parts) {
+      const std::string pn = partName(s_, l, p);
       auto f = [&](std::vector<std::size_t> shape, const std::string &name) {
-        return var(poplar::FLOAT, shape, t, pn + name);
+        return var(poplar::FLOAT, shape, p.tile, pn + name);
       };
-      p.wIn = f({nin, w}, "weightIn");
+      p.vNew = f({B, p.width()}, "vNew");
+      p.current = f({B, p.width()}, "current");
+      if (pop.readout) continue;
+      for (auto [member, name] : {std::pair{&Part::zNew, "zNew"}, {&Part::d, "d"}})
+        p.*member = f({B, p.width()}, name);
+      if (counts) p.spikeCount = f({B, p.width()}, "spikeCount");
+    }
+    if (pop.readout) continue;
+    pop.newBits = layerBits(g_, s_, layout_.pops[l], pop.n, popName(s_, l) + ".bits");
+    pop.zNewWhole = whole(pop.parts, &Part::zNew, 1);
+    LayerTensors &lt = net_.layers[l];
+    if (counts) lt.spikeCount = whole(pop.parts, &Part::spikeCount, 1);
+    lt.state = pop.zNewWhole;
+  }
+}
+
+// What the backward step needs anew: the gradient accumulators, the step's
+// gradients and its taped inputs, the input-gradient partials and their first
+// stage, the output's gradient (unless given) and its step.
+void Builder::allocateBackward() {
+  const std::size_t B = s_.batch, C = passSize(), L = spiking();
+  for (std::size_t l = 0; l <= L; ++l) {
+    Pop &pop = pops_[l];
+    const std::size_t n = pop.n, nin = nIn(l);
+    for (Part &p : pop.parts) {
+      const std::size_t w = p.width();
+      const std::string pn = partName(s_, l, p);
+      auto f = [&](std::vector<std::size_t> shape, const std::string &name) {
+        return var(poplar::FLOAT, shape, p.tile, pn + name);
+      };
       p.gwIn = f({nin, w}, "gradWeightIn");
-      p.bias = f({w}, "bias");
       p.gBias = f({w}, "gradBias");
-      p.beta = f({w}, "beta");
-      for (auto [member, name] : {std::pair{&Part::v, "v"}, {&Part::vNew, "vNew"}, {&Part::current, "current"},
-                                  {&Part::gc, "gradCurrent"}, {&Part::gv, "gradV"}})
-        p.*member = f({B, w}, name);
+      p.gc = f({B, w}, "gradCurrent");
+      p.gv = f({B, w}, "gradV");
       std::size_t widest = nin;  // the partial's neurons: the largest input it takes the gradient of
       if (pop.readout) {
         p.gBeta = f({w}, "gradBeta");
       } else {
-        for (auto [member, name] : {std::pair{&Part::zNew, "zNew"}, {&Part::d, "d"}, {&Part::scratch, "scratch"},
-                                    {&Part::dStep, "dStep"}, {&Part::gvNew, "gradVNew"},
-                                    {&Part::spikeCount, "spikeCount"}, {&Part::fromAbove, "gradZ"}})
+        for (auto [member, name] : {std::pair{&Part::dStep, "dStep"}, {&Part::gvNew, "gradVNew"},
+                                    {&Part::fromAbove, "gradZ"}})
           p.*member = f({B, w}, name);
         if (l == 0) widest = 0;  // data: no input gradient
         if (pop.recurrent) {
-          p.wRec = f({n, w}, "weightRec");
           p.gwRec = f({n, w}, "gradWeightRec");
           p.carried = f({B, w}, "gradZCarried");
           widest = std::max(widest, n);
         }
-        p.tapeD = f({S, B, w}, "tapeD");
-        if (kb > 0) {
-          p.tapeBits = var(poplar::UNSIGNED_CHAR, {S, B, kb}, t, pn + "tapeBits");
-          if (pop.recurrent) p.tapePrevBits = var(poplar::UNSIGNED_CHAR, {S, B, kb}, t, pn + "tapePrevBits");
-        }
         const unsigned rowsPerWorker = core::worker_span_bound<unsigned>(unsigned(B), 6u, 1u);
         p.ownBits = var(poplar::UNSIGNED_CHAR,
-                        {6 * std::size_t(core::packed_slice_bytes<unsigned>(rowsPerWorker, unsigned(w)))}, t,
+                        {6 * std::size_t(core::packed_slice_bytes<unsigned>(rowsPerWorker, unsigned(w)))}, p.tile,
                         pn + "ownBits");
       }
       if (widest > 0) p.partial = f({widest * C}, "gradInputPartial");
-      if (s_.localSlots > 0) {
-        p.ckptV = f({s_.localSlots, B * w}, "checkpointV");
-        if (pop.recurrent && kb > 0)
-          p.ckptBits = var(poplar::UNSIGNED_CHAR, {s_.localSlots, B * kb}, t, pn + "checkpointBits");
-      }
-      pop.parts.push_back(p);
     }
-    next += tiles[l];
-    if (!pop.readout) {
-      pop.newBits = layerBits(pop, ln + ".bits");
-      pop.stepBits = layerBits(pop, ln + ".stepBits");
-      if (pop.recurrent) {
-        pop.stateBits = layerBits(pop, ln + ".stateBits");
-        pop.prevBits = layerBits(pop, ln + ".prevBits");
-      }
-      pop.zNewWhole = whole(pop.parts, &Part::zNew, 1);
+    if (pop.readout) {
+      ReadoutTensors &r = net_.readout;
+      r.gradWeight = whole(pop.parts, &Part::gwIn, 1);
+      r.gradBias = whole(pop.parts, &Part::gBias, 0);
+      r.gradBeta = whole(pop.parts, &Part::gBeta, 0);
+      continue;
     }
-    if (s_.offchipSlots > 0)  // a row of each is what a Store/Load copy moves (actions())
-      for (Part &p : pop.parts) {
-        const std::string pn = ln + ".tile" + std::to_string(p.tile) + ".";
-        auto remote = [&](const std::string &name, const Tensor &row) {
-          return remote_ ? remote_(name, row, s_.offchipSlots)
-                         : g_.addRemoteBuffer(name, row.elementType(), row.numElements(), s_.offchipSlots);
-        };
-        p.remoteV = remote(pn + "remoteV", p.v.flatten());
-        if (pop.recurrent && p.bytes() > 0)
-          p.remoteBits = remote(pn + "remoteBits", pop.stateBits.slice(p.kb0, p.kb1, 1).flatten());
-      }
-    pops_.push_back(std::move(pop));
+    const std::string ln = popName(s_, l);
+    pop.stepBits = layerBits(g_, s_, layout_.pops[l], n, ln + ".stepBits");
+    if (pop.recurrent) pop.prevBits = layerBits(g_, s_, layout_.pops[l], n, ln + ".prevBits");
+    LayerTensors &lt = net_.layers[l];
+    lt.gradWeightIn = whole(pop.parts, &Part::gwIn, 1);
+    lt.gradBias = whole(pop.parts, &Part::gBias, 0);
+    if (pop.recurrent) lt.gradWeightRec = whole(pop.parts, &Part::gwRec, 1);
   }
   // the first reduction stage's buffers: member k of a group sums chunk k
   for (std::size_t l = 0; l <= L; ++l) {
@@ -257,104 +497,84 @@ void Builder::allocate() {
       if (m.stageLen > 0)
         m.stage = var(poplar::FLOAT, {m.stageLen}, m.tile, "stage" + std::to_string(l) + ".tile" + std::to_string(m.tile));
   }
-  for (std::size_t l = 0; l <= L; ++l) {
-    const Pop &pop = pops_[l];
-    if (pop.readout) {
-      ReadoutTensors &r = net_.readout;
-      r.weight = whole(pop.parts, &Part::wIn, 1);
-      r.bias = whole(pop.parts, &Part::bias, 0);
-      r.beta = whole(pop.parts, &Part::beta, 0);
-      r.gradWeight = whole(pop.parts, &Part::gwIn, 1);
-      r.gradBias = whole(pop.parts, &Part::gBias, 0);
-      r.gradBeta = whole(pop.parts, &Part::gBeta, 0);
-      for (const Part &p : pop.parts) r.tiles.push_back(p.tile);
-      continue;
-    }
-    LayerTensors lt;
-    lt.weightIn = whole(pop.parts, &Part::wIn, 1);
-    lt.bias = whole(pop.parts, &Part::bias, 0);
-    lt.beta = whole(pop.parts, &Part::beta, 0);
-    lt.gradWeightIn = whole(pop.parts, &Part::gwIn, 1);
-    lt.gradBias = whole(pop.parts, &Part::gBias, 0);
-    if (pop.recurrent) {
-      lt.weightRec = whole(pop.parts, &Part::wRec, 1);
-      lt.gradWeightRec = whole(pop.parts, &Part::gwRec, 1);
-    }
-    lt.spikeCount = whole(pop.parts, &Part::spikeCount, 1);
-    lt.state = pop.zNewWhole;
-    for (const Part &p : pop.parts) lt.tiles.push_back(p.tile);
-    net_.layers.push_back(lt);
+  // the output's gradient [T, B, n_out] (given, or laid out as the trace) and its step
+  const std::size_t T = s_.steps, N = s_.readout;
+  Tensor grad;
+  if (given_.gradOutput) {
+    checkGiven(*given_.gradOutput, poplar::FLOAT, T * B * N, "output gradient");
+    grad = given_.gradOutput->reshape({T, B * N});
+  } else {
+    std::vector<Tensor> pieces;
+    for (std::size_t j = 0; j < outRanges_.size(); ++j)
+      pieces.push_back(var(poplar::FLOAT, {T, outRanges_[j].size()}, outTiles_[j],
+                           "trace.tile" + std::to_string(j) + ".gradOutput"));
+    grad = poplar::concat(pieces, 1);
   }
-  const std::size_t nb = (s_.inputs + 7) / 8, T = s_.steps;
-  const auto &first = pops_[0].parts;
-  net_.inputBits = g_.addVariable(poplar::UNSIGNED_CHAR, {B, T, nb}, {"inputBits"});
-  inStep_ = g_.addVariable(poplar::UNSIGNED_CHAR, {B, nb}, {"inputStep"});
-  for (std::size_t b = 0; b < B; ++b) {
-    g_.setTileMapping(net_.inputBits[b], first[b % first.size()].tile);
-    g_.setTileMapping(inStep_[b], first[b % first.size()].tile);
-  }
-  allocateOutput();
-  counter_ = var(poplar::UNSIGNED_INT, {1}, 0, "step");
-  allocateCarried();
-}
-
-// NetworkGraph::carried, in carriedShapes' order (checked against it).
-void Builder::allocateCarried() {
-  auto joined = [](const Pop &pop, Tensor Part::*member, unsigned dim, bool bits) {
-    std::vector<Tensor> ts;
-    for (const Part &p : pop.parts)
-      if (!bits || p.bytes() > 0) ts.push_back(p.*member);
-    return poplar::concat(ts, dim);
-  };
-  const bool local = s_.localSlots > 0;
-  for (const Pop &pop : pops_) {
-    net_.carried.push_back(joined(pop, &Part::v, 1, false));
-    if (pop.readout) {
-      if (local) net_.carried.push_back(joined(pop, &Part::ckptV, 1, false));
-      continue;
-    }
-    if (pop.recurrent) net_.carried.push_back(pop.stateBits);
-    net_.carried.push_back(joined(pop, &Part::tapeD, 2, false));
-    net_.carried.push_back(joined(pop, &Part::tapeBits, 2, true));
-    if (pop.recurrent) net_.carried.push_back(joined(pop, &Part::tapePrevBits, 2, true));
-    if (local) {
-      net_.carried.push_back(joined(pop, &Part::ckptV, 1, false));
-      if (pop.recurrent) net_.carried.push_back(joined(pop, &Part::ckptBits, 1, true));
-    }
-  }
-  net_.carried.push_back(poplar::concat(outPieces_, 1));
-  const auto shapes = carriedShapes(s_);
-  if (shapes.size() != net_.carried.size())
-    throw std::logic_error("network graph: carriedShapes disagrees with the carried tensors");
-  for (std::size_t i = 0; i < shapes.size(); ++i) {
-    std::size_t n = 1;
-    for (std::size_t d : shapes[i].shape) n *= d;
-    const poplar::Type type = shapes[i].bits ? poplar::UNSIGNED_CHAR : poplar::FLOAT;
-    if (n != net_.carried[i].numElements() || !(net_.carried[i].elementType() == type))
-      throw std::logic_error("network graph: carriedShapes disagrees with carried tensor " + std::to_string(i));
-  }
-}
-
-// The trace [T, B, n_out] and its gradient over every tile: tile j holds the
-// (sample, neuron) pairs outRanges_[j] of every step.
-void Builder::allocateOutput() {
-  const std::size_t T = s_.steps, K = std::size_t(s_.batch) * s_.readout;
-  const std::size_t H = std::min<std::size_t>(K, g_.getTarget().getNumTiles());
-  outRanges_ = tiling::splitEven(K, H);
-  std::vector<Tensor> outs, grads;
-  for (std::size_t j = 0; j < H; ++j) {
+  for (std::size_t j = 0; j < outRanges_.size(); ++j) {
     const std::size_t k = outRanges_[j].size();
-    const unsigned t = unsigned(j);
+    const unsigned t = outTiles_[j];
     const std::string pn = "trace.tile" + std::to_string(t) + ".";
-    outTiles_.push_back(t);
-    outPieces_.push_back(var(poplar::FLOAT, {T + 1, k}, t, pn + "output"));
-    gradPieces_.push_back(var(poplar::FLOAT, {T, k}, t, pn + "gradOutput"));
+    gradPieces_.push_back(grad.slice(outRanges_[j].begin, outRanges_[j].end, 1));
     gradStep_.push_back(var(poplar::FLOAT, {k}, t, pn + "gradOutputStep"));
     vPrevStep_.push_back(var(poplar::FLOAT, {k}, t, pn + "vPrevStep"));
-    outs.push_back(outPieces_.back().slice(0, T, 0));
   }
-  net_.output = poplar::concat(outs, 1).reshape({T, std::size_t(s_.batch), std::size_t(s_.readout)});
-  net_.gradOutput = poplar::concat(gradPieces_, 1).reshape({T, std::size_t(s_.batch), std::size_t(s_.readout)});
+  net_.gradOutput = grad.reshape({T, B, N});
+}
+
+// Everything the build's programs use: `steps` (forward steps run) and
+// `backSteps` (backward steps run) say which per-step tensors it needs.
+void Builder::allocate(bool steps, bool backSteps) {
+  layout_ = layoutOf(s_, g_.getTarget().getNumTiles());
+  const std::size_t B = s_.batch, L = s_.layers.size();
+  net_.layers.resize(L);
+  for (std::size_t l = 0; l <= L; ++l) {
+    Pop pop;
+    pop.readout = l == L;
+    pop.n = pop.readout ? s_.readout : s_.layers[l].size;
+    if (!pop.readout) {
+      pop.spec = s_.layers[l];
+      pop.recurrent = pop.spec.recurrent;
+    }
+    for (const PartLayout &pl : layout_.pops[l]) {
+      Part p;
+      static_cast<PartLayout &>(p) = pl;
+      if (!pop.readout && (steps || backSteps))
+        p.scratch = var(poplar::FLOAT, {B, p.width()}, p.tile, partName(s_, l, p) + "scratch");
+      pop.parts.push_back(p);
+      (pop.readout ? net_.readout.tiles : net_.layers[l].tiles).push_back(p.tile);
+    }
+    pops_.push_back(std::move(pop));
+  }
+  outRanges_ = layout_.outRanges;
+  for (std::size_t j = 0; j < outRanges_.size(); ++j) outTiles_.push_back(unsigned(j));
+  takeInputs();
+  takeCarried();
+  const std::size_t T = s_.steps, nb = (s_.inputs + 7) / 8;
+  std::vector<Tensor> outs;
+  for (const Tensor &piece : outPieces_) outs.push_back(piece.slice(0, T, 0));
+  net_.output = poplar::concat(outs, 1).reshape({T, B, std::size_t(s_.readout)});
+  const auto &first = pops_[0].parts;
+  inStep_ = g_.addVariable(poplar::UNSIGNED_CHAR, {B, nb}, {"inputStep"});
+  for (std::size_t b = 0; b < B; ++b) g_.setTileMapping(inStep_[b], first[b % first.size()].tile);
+  counter_ = var(poplar::UNSIGNED_INT, {1}, 0, "step");
+  if (steps) allocateStepScratch(pass_ == Pass::Forward);
+  if (backSteps) allocateBackward();
+  if (s_.offchipSlots > 0)  // a row of each is what a Store/Load copy moves (actions())
+    for (std::size_t l = 0; l <= L; ++l) {
+      Pop &pop = pops_[l];
+      for (Part &p : pop.parts) {
+        const std::string pn = partName(s_, l, p);
+        auto remote = [&](const std::string &name, const Tensor &row) {
+          if (remote_) return remote_(name, row, s_.offchipSlots);
+          if (pass_ == Pass::Backward)
+            throw std::invalid_argument("network graph: the backward build needs the forward build's remote buffers");
+          return g_.addRemoteBuffer(name, row.elementType(), row.numElements(), s_.offchipSlots);
+        };
+        p.remoteV = remote(pn + "remoteV", p.v.flatten());
+        if (pop.recurrent && p.bytes() > 0)
+          p.remoteBits = remote(pn + "remoteBits", pop.stateBits.slice(p.kb0, p.kb1, 1).flatten());
+      }
+    }
 }
 
 void Builder::stepCount(program::Sequence &seq, int delta) {
@@ -470,6 +690,7 @@ program::Sequence Builder::forwardStep(bool tape) {
             stepStore(store, pop.stateBits.slice(p.kb0, p.kb1, 1), p.tapePrevBits, p.tile, s_.tapeSlots);
         }
       }
+      if (pass_ != Pass::Forward) continue;  // the spike counts are the forward's output
       poplar::VertexRef a = vertex(store, "AccumulateRows<float>", p.tile);
       g_.connect(a["x"], p.zNew.flatten());
       g_.connect(a["acc"], p.spikeCount.flatten());
@@ -706,38 +927,54 @@ program::Sequence Builder::actions(std::size_t begin, std::size_t end) {
 NetworkGraph Builder::build() {
   if (s_.layers.empty()) throw std::invalid_argument("the network op needs a spiking layer");
   if (s_.readout == 0) throw std::invalid_argument("the network op needs a readout neuron");
-  allocate();
   std::size_t firstReverse = s_.actions.size();
   for (std::size_t i = 0; i < s_.actions.size(); ++i)
     if (s_.actions[i].kind == ActionKind::Reverse) {
       firstReverse = i;
       break;
     }
-  std::vector<std::pair<Tensor, unsigned>> state, grads;
+  // this build's actions, and which steps they run
+  const bool forward = pass_ == Pass::Forward;
+  const std::size_t begin = forward ? 0 : firstReverse, end = forward ? firstReverse : s_.actions.size();
+  bool plain = false, taped = false, reverse = false;
+  for (std::size_t i = begin; i < end; ++i) {
+    const Action &a = s_.actions[i];
+    if (a.kind == ActionKind::Advance) (a.tape ? taped : plain) = true;
+    reverse |= a.kind == ActionKind::Reverse;
+  }
+  allocate(plain || taped, reverse);
+  if (plain) step_ = forwardStep(false);
+  if (taped) taped_ = forwardStep(true);
+  if (reverse) back_ = backwardStep();
+  std::vector<std::pair<Tensor, unsigned>> zeroed;  // the forward's state, or the backward's accumulators
   for (Pop &pop : pops_)
     for (Part &p : pop.parts) {
-      state.emplace_back(p.v, p.tile);
-      for (const Tensor *t : {&p.gv, &p.gwIn, &p.gBias}) grads.emplace_back(*t, p.tile);
-      if (pop.readout) {
-        grads.emplace_back(p.gBeta, p.tile);
+      if (forward) {
+        zeroed.emplace_back(p.v, p.tile);
+        if (pop.readout) continue;
+        zeroed.emplace_back(p.spikeCount, p.tile);
+        if (pop.recurrent && p.bytes() > 0) zeroed.emplace_back(pop.stateBits.slice(p.kb0, p.kb1, 1), p.tile);
         continue;
       }
-      state.emplace_back(p.spikeCount, p.tile);
-      if (pop.recurrent) {
-        for (const Tensor *t : {&p.gwRec, &p.carried}) grads.emplace_back(*t, p.tile);
-        if (p.bytes() > 0) state.emplace_back(pop.stateBits.slice(p.kb0, p.kb1, 1), p.tile);
+      if (!reverse) continue;
+      for (const Tensor *t : {&p.gv, &p.gwIn, &p.gBias}) zeroed.emplace_back(*t, p.tile);
+      if (pop.readout) {
+        zeroed.emplace_back(p.gBeta, p.tile);
+        continue;
       }
+      if (pop.recurrent)
+        for (const Tensor *t : {&p.gwRec, &p.carried}) zeroed.emplace_back(*t, p.tile);
     }
-  for (std::size_t j = 0; j < outPieces_.size(); ++j) state.emplace_back(outPieces_[j][s_.steps], outTiles_[j]);
-  step_ = forwardStep(false);
-  taped_ = forwardStep(true);
-  back_ = backwardStep();
-  net_.forward = program::Sequence({}, {"networkForward"});
-  zero(net_.forward, state, "zeroState");
-  net_.forward.add(actions(0, firstReverse));
-  net_.backward = program::Sequence({}, {"networkBackward"});
-  zero(net_.backward, grads, "zeroGradients");
-  net_.backward.add(actions(firstReverse, s_.actions.size()));
+  if (forward) {
+    for (std::size_t j = 0; j < outPieces_.size(); ++j) zeroed.emplace_back(outPieces_[j][s_.steps], outTiles_[j]);
+    net_.forward = program::Sequence({}, {"networkForward"});
+    zero(net_.forward, zeroed, "zeroState");
+    net_.forward.add(actions(begin, end));
+  } else {
+    net_.backward = program::Sequence({}, {"networkBackward"});
+    if (!zeroed.empty()) zero(net_.backward, zeroed, "zeroGradients");
+    net_.backward.add(actions(begin, end));
+  }
   return net_;
 }
 
@@ -760,27 +997,32 @@ std::vector<unsigned> layerTiles(const NetworkSpec &spec, unsigned numTiles) {
 std::vector<CarriedShape> carriedShapes(const NetworkSpec &spec) {
   const std::size_t B = spec.batch, S = spec.tapeSlots, K = spec.localSlots, T = spec.steps;
   std::vector<CarriedShape> shapes;
-  for (const LayerSpec &l : spec.layers) {
-    const std::size_t n = l.size, nb = (n + 7) / 8;
-    shapes.push_back({false, {B, n}});
-    if (l.recurrent) shapes.push_back({true, {B, nb}});
-    shapes.push_back({false, {S, B, n}});
-    shapes.push_back({true, {S, B, nb}});
-    if (l.recurrent) shapes.push_back({true, {S, B, nb}});
-    if (K > 0) {
-      shapes.push_back({false, {K, B * n}});
-      if (l.recurrent) shapes.push_back({true, {K, B * nb}});
+  for (const CarriedRef &ref : carriedRefs(spec)) {
+    const std::size_t n = ref.pop == spec.layers.size() ? spec.readout : spec.layers[ref.pop].size, nb = (n + 7) / 8;
+    switch (ref.kind) {
+      case Carry::V: shapes.push_back({false, {B, n}}); break;
+      case Carry::StateBits: shapes.push_back({true, {B, nb}}); break;
+      case Carry::TapeD: shapes.push_back({false, {S, B, n}}); break;
+      case Carry::TapeBits: case Carry::TapePrevBits: shapes.push_back({true, {S, B, nb}}); break;
+      case Carry::CheckpointV: shapes.push_back({false, {K, B * n}}); break;
+      case Carry::CheckpointBits: shapes.push_back({true, {K, B * nb}}); break;
+      case Carry::Trace: shapes.push_back({false, {T + 1, B * n}}); break;
     }
   }
-  const std::size_t n = spec.readout;
-  shapes.push_back({false, {B, n}});
-  if (K > 0) shapes.push_back({false, {K, B * n}});
-  shapes.push_back({false, {T + 1, B * n}});
   return shapes;
 }
 
-NetworkGraph buildNetwork(poplar::Graph &graph, const NetworkSpec &spec, const RemoteBufferMaker &remoteBuffer) {
-  return Builder(graph, spec, remoteBuffer).build();
+std::size_t inputCount(const NetworkSpec &spec) { return 1 + paramRefs(spec).size(); }
+
+poplar::Tensor createInput(poplar::Graph &graph, const NetworkSpec &spec, std::size_t index) {
+  if (index >= inputCount(spec))
+    throw std::invalid_argument("network graph: the op has no input " + std::to_string(index));
+  return makeInput(graph, spec, layoutOf(spec, graph.getTarget().getNumTiles()), index);
+}
+
+NetworkGraph buildNetwork(poplar::Graph &graph, const NetworkSpec &spec, Pass pass, const NetworkTensors &given,
+                          const RemoteBufferMaker &remoteBuffer) {
+  return Builder(graph, spec, pass, given, remoteBuffer).build();
 }
 
 }  // namespace network

@@ -33,6 +33,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -101,15 +102,15 @@ struct ReadoutTensors {
 struct NetworkGraph {
   poplar::Tensor inputBits;   // uint8 [B, T, ceil(n_in / 8)]
   poplar::Tensor output;      // float [T, B, n_out]: the readout's membrane trace
-  poplar::Tensor gradOutput;  // float [T, B, n_out]
+  poplar::Tensor gradOutput;  // float [T, B, n_out] (backward)
   std::vector<LayerTensors> layers;
   ReadoutTensors readout;
   // What the forward program leaves for the backward one, as whole tensors in
   // carriedShapes' order: the PopART op outputs them and its grad op takes
   // them back (custom_ops/poplar/network_op.cpp).
   std::vector<poplar::Tensor> carried;
-  poplar::program::Sequence forward;
-  poplar::program::Sequence backward;
+  poplar::program::Sequence forward;   // the forward build's
+  poplar::program::Sequence backward;  // the backward build's
 };
 
 // Tiles each population takes (the spiking layers, then the readout):
@@ -132,14 +133,44 @@ struct CarriedShape {
 std::vector<CarriedShape> carriedShapes(const NetworkSpec &spec);
 
 // Makes the remote buffer of an off-chip checkpoint: (name, the tensor a row
-// holds, rows). By default graph.addRemoteBuffer; the PopART ops share theirs
-// through the lowering's registry instead.
+// holds, rows). By default the forward build calls graph.addRemoteBuffer; the
+// backward build must be given the forward's (the PopART ops share theirs
+// through the lowering's registry, the host interpreter by name).
 using RemoteBufferMaker =
     std::function<poplar::RemoteBuffer(const std::string &, const poplar::Tensor &, std::size_t)>;
 
-// Builds the network op's graph; throws std::invalid_argument on a spec that
-// cannot be built (no tiles, a schedule the tape cannot hold).
-NetworkGraph buildNetwork(poplar::Graph &graph, const NetworkSpec &spec,
+// Which program a build makes. PopART grows the op's forward build in its Opx
+// and the backward build in its grad op's, over the forward's tensors.
+enum class Pass : unsigned { Forward = 0, Backward = 1 };
+
+// Tensors a build uses as they are, in place of new variables: nothing is
+// copied. Each list is empty (the build makes them, laid out as createInput and
+// the carried state's layout say) or complete.
+struct NetworkTensors {
+  std::vector<poplar::Tensor> inputs;        // the op's inputs (inputCount): the bits, then the parameters
+  std::vector<poplar::Tensor> carried;       // in carriedShapes' order: the forward build's NetworkGraph::carried
+  std::optional<poplar::Tensor> gradOutput;  // float [T, B, n_out] (backward)
+};
+
+// The op's inputs: the packed bits uint8 [B, T, ceil(n_in / 8)], then per
+// spiking layer weight_in [n_in, n], bias [n], beta [n], [weight_rec [n, n]],
+// then the readout's weight [n_last, n_out], bias, beta.
+std::size_t inputCount(const NetworkSpec &spec);
+
+// Input `index` laid out on the op's tiles, exactly as buildNetwork lays out an
+// input it is not given (one function decides both): the bits' sample b on
+// layer 0's part b mod its parts, each parameter's columns on their neurons'
+// tiles. What PopART's Opx::createInput returns.
+poplar::Tensor createInput(poplar::Graph &graph, const NetworkSpec &spec, std::size_t index);
+
+// Builds one pass of the network op's graph: the tensors it is not given, the
+// vertices, and its program (NetworkGraph::forward or ::backward). The forward
+// build makes the carried state; the backward build takes it (given) and makes
+// only its scratch and the gradients; a forward step runs in it only where the
+// schedule recomputes. Throws std::invalid_argument on a spec that cannot be
+// built (no tiles, a schedule the tape cannot hold) or a given tensor of the
+// wrong size or type.
+NetworkGraph buildNetwork(poplar::Graph &graph, const NetworkSpec &spec, Pass pass, const NetworkTensors &given = {},
                           const RemoteBufferMaker &remoteBuffer = {});
 
 }  // namespace network

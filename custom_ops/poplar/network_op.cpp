@@ -26,16 +26,19 @@
 // checkpoints and last state in the graph's tensors; the op outputs them and
 // the grad op takes them back as inputs (GradOpInType::Out, as PopART's own
 // grad ops take saved forward outputs, e.g. BatchNormGradOp's saved mean and
-// variance, graphcore/popart willow/src/op/batchnorm.cpp:185-191). The GradOpx
-// builds the same graph again (buildNetwork) and copies them into it before
-// running the backward program: PopART hands a grad op only tensors, not the
-// forward Opx's programs. Off-chip checkpoints live in remote buffers, which
-// are not tensors: the forward Opx creates them in the lowering's registry
-// (ExchangeBundle::createRemoteBuffer, as RemoteStoreOpx/RemoteLoadOpx do,
-// graphcore/popart willow/src/popx/op/exchange/exchangex.cpp:76-87, 458-474),
-// under ids derived from the forward op's id, and the GradOpx looks the same
-// ids up (ExchangeBundle::getRemoteBuffer) so that its Load copies read what
-// the forward's Store copies wrote.
+// variance, graphcore/popart willow/src/op/batchnorm.cpp:185-191). Neither Opx
+// copies anything: the Opx lays out the op's inputs itself (createInput, the
+// layout buildNetwork uses), its forward build uses them and creates the
+// carried state, and the GradOpx's backward build uses the inputs, the
+// parameters and the carried state as PopART hands them over (getInTensor),
+// creating only its scratch and the gradients. Off-chip checkpoints live in
+// remote buffers, which are not tensors: the forward Opx creates them in the
+// lowering's registry (ExchangeBundle::createRemoteBuffer, as
+// RemoteStoreOpx/RemoteLoadOpx do, graphcore/popart
+// willow/src/popx/op/exchange/exchangex.cpp:76-87, 458-474), under ids derived
+// from the forward op's id, and the GradOpx looks the same ids up
+// (ExchangeBundle::getRemoteBuffer) so that its Load copies read what the
+// forward's Store copies wrote.
 //
 // Attributes (lists one entry per spiking layer): sizes, recurrent,
 // thresholds, resets, surrogates, scales; readout (n_out), samples_per_pass;
@@ -172,11 +175,7 @@ void appendSpec(popart::OpSerialiserBase &os, const network::NetworkSpec &s) {
 
 // Parameter inputs, from index 1 on: per spiking layer weight_in, bias, beta,
 // [weight_rec]; then the readout's weight, bias, beta.
-std::size_t numParams(const network::NetworkSpec &s) {
-  std::size_t n = 3;
-  for (const network::LayerSpec &l : s.layers) n += l.recurrent ? 4 : 3;
-  return n;
-}
+std::size_t numParams(const network::NetworkSpec &s) { return network::inputCount(s) - 1; }
 
 popart::Shape toShape(const std::vector<std::size_t> &dims) {
   return popart::Shape(dims.begin(), dims.end());
@@ -333,18 +332,6 @@ popart::OpCreator<NetworkOp> networkCreator(
 
 // ------------------------------------------------------------ Poplar lowering --
 
-// The parameters of a built graph, in the op's input order (from index 1).
-std::vector<poplar::Tensor> parameters(const network::NetworkGraph &net, const network::NetworkSpec &s) {
-  std::vector<poplar::Tensor> ts;
-  for (std::size_t l = 0; l < s.layers.size(); ++l) {
-    const network::LayerTensors &t = net.layers[l];
-    ts.insert(ts.end(), {t.weightIn, t.bias, t.beta});
-    if (s.layers[l].recurrent) ts.push_back(t.weightRec);
-  }
-  ts.insert(ts.end(), {net.readout.weight, net.readout.bias, net.readout.beta});
-  return ts;
-}
-
 class NetworkOpxBase : public popart::popx::Opx {
 public:
   NetworkOpxBase(popart::Op *op, popart::popx::Devicex *devicex) : popart::popx::Opx(op, devicex) {
@@ -356,10 +343,11 @@ public:
   }
 
 protected:
-  // Copies PopART's inputs from `first` on into the graph's tensors.
-  void copyIn(poplar::program::Sequence &prog, popart::InIndex first, const std::vector<poplar::Tensor> &into) const {
-    for (std::size_t i = 0; i < into.size(); ++i)
-      prog.add(poplar::program::Copy(getInTensor(first + popart::InIndex(i)), into[i]));
+  // PopART's inputs from `first` on, `count` of them, as they are.
+  std::vector<poplar::Tensor> opInputs(popart::InIndex first, std::size_t count) const {
+    std::vector<poplar::Tensor> ts;
+    for (std::size_t i = 0; i < count; ++i) ts.push_back(getInTensor(first + popart::InIndex(i)));
+    return ts;
   }
 
   popart::popx::ExchangeBundle &bundle() const { return dv_p->lowering().getExchangeBundle(); }
@@ -369,6 +357,16 @@ class NetworkOpx : public NetworkOpxBase {
 public:
   NetworkOpx(popart::Op *op, popart::popx::Devicex *devicex) : NetworkOpxBase(op, devicex) {
     verifyOp<NetworkOp>(op, {kNetwork});
+  }
+
+  // The op lays out every input itself (the bits and the parameters), on the
+  // tiles its graph uses them, as GRUOpx and LSTMOpx lay out theirs.
+  popart::popx::InputCreatorType getInputCreatorType(popart::InIndex) const final {
+    return popart::popx::InputCreatorType::CanCreate;
+  }
+
+  poplar::Tensor createInput(popart::InIndex index, const poplar::DebugNameAndId &) const final {
+    return network::createInput(graph(), getOp<NetworkOp>().spec(), std::size_t(index));
   }
 
   void grow(poplar::program::Sequence &prog) const final {
@@ -384,9 +382,9 @@ public:
       bundle().createRemoteBuffer(graph(), id, {row});
       return bundle().getRemoteBuffer(id).first;
     };
-    network::NetworkGraph net = network::buildNetwork(graph(), spec, remote);
-    copyIn(prog, 0, {net.inputBits});
-    copyIn(prog, 1, parameters(net, spec));
+    network::NetworkTensors given;
+    given.inputs = opInputs(0, network::inputCount(spec));
+    network::NetworkGraph net = network::buildNetwork(graph(), spec, network::Pass::Forward, given, remote);
     prog.add(net.forward);
     setOutTensor(0, net.output);
     const std::size_t L = spec.layers.size();
@@ -411,11 +409,13 @@ public:
         throw popart::error("ipu_snn NetworkGrad: the forward op registered no remote buffer {} ({})", id, name);
       return bundle().getRemoteBuffer(id).first;
     };
-    network::NetworkGraph net = network::buildNetwork(graph(), spec, remote);
-    const std::vector<poplar::Tensor> params = parameters(net, spec);
-    copyIn(prog, 0, {net.gradOutput, net.inputBits});
-    copyIn(prog, 2, params);
-    copyIn(prog, popart::InIndex(2 + params.size()), net.carried);
+    // grad_output, bits, the parameters, the carried state (NetworkGradOp's inputs), used as they are
+    const std::size_t n = network::inputCount(spec);
+    network::NetworkTensors given;
+    given.gradOutput = getInTensor(0);
+    given.inputs = opInputs(1, n);
+    given.carried = opInputs(popart::InIndex(1 + n), network::carriedShapes(spec).size());
+    network::NetworkGraph net = network::buildNetwork(graph(), spec, network::Pass::Backward, given, remote);
     prog.add(net.backward);
     int out = 0;
     for (std::size_t l = 0; l < spec.layers.size(); ++l) {

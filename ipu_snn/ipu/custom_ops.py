@@ -31,10 +31,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..bptt.schedules import store_all
+from ..bptt.schedules import Schedule, store_all
 from ..errors import DeviceError
 from ..executor import window_bounds
-from .interpreter import LayerSpec, step_actions, tape_slots
+from .interpreter import LayerSpec, carried_shapes, step_actions, tape_slots
 
 DOMAIN = "ipu_snn"
 DOMAIN_VERSION = 1
@@ -84,41 +84,32 @@ class NetworkOpSpec:
                 "actions": [int(x) for action in self.actions for x in action]}
 
     def carried(self, batch: int, steps: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
-        """Shapes and types of the carried outputs: ``network::carriedShapes`` (network_graph.cpp), in its
-        order; nb = ceil(n / 8) bytes of packed spikes."""
-        f, u8 = torch.float32, torch.uint8
-        S, K = self.tape_slots, self.local_slots
-        out: list[tuple[tuple[int, ...], torch.dtype]] = []
-        for layer in self.layers:
-            n, nb = layer.size, (layer.size + 7) // 8
-            out.append(((batch, n), f))
-            if layer.recurrent:
-                out.append(((batch, nb), u8))
-            out += [((S, batch, n), f), ((S, batch, nb), u8)]
-            if layer.recurrent:
-                out.append(((S, batch, nb), u8))
-            if K > 0:
-                out.append(((K, batch * n), f))
-                if layer.recurrent:
-                    out.append(((K, batch * nb), u8))
-        n = self.readout
-        out.append(((batch, n), f))
-        if K > 0:
-            out.append(((K, batch * n), f))
-        out.append(((steps + 1, batch * n), f))
-        return out
+        """Shapes and types of the carried outputs, in their order: ``network::carriedShapes``
+        (network_graph.cpp) itself, read through the host interpreter's C interface (packed bits: uint8)."""
+        return [(shape, torch.uint8 if bits else torch.float32)
+                for shape, bits in carried_shapes(batch, steps, self.layers, self.readout, self.tape_slots,
+                                                  self.local_slots)]
 
 
-def network_spec(network, steps: int) -> NetworkOpSpec:
-    """The op spec of a built `SpikingNetwork` for sequences of ``steps``: its spiking layers and the BPTT
-    schedule of its time loop over the loop's windows, as step actions (store_all without a schedule)."""
+def op_schedule(network, steps: int) -> tuple[list[tuple[int, int]], Schedule]:
+    """The windows of a built `SpikingNetwork`'s time loop over ``steps`` and its BPTT schedule over them
+    (store_all without one): what the network op runs."""
     bounds = window_bounds(steps, network.loop.window or steps)
     schedule = network.loop.schedule(len(bounds)) if network.loop.schedule is not None else store_all(len(bounds))
+    return bounds, schedule
+
+
+def network_spec(network, steps: int, samples_per_pass: int = 0) -> NetworkOpSpec:
+    """The op spec of a built `SpikingNetwork` for sequences of ``steps``: its spiking layers and the BPTT
+    schedule of its time loop over the loop's windows, as step actions (`op_schedule`), with
+    ``samples_per_pass`` samples per input-gradient pass (0: the whole micro-batch; the IPU trainer passes the
+    plan's, `graph_plan.pass_size`)."""
+    bounds, schedule = op_schedule(network, steps)
     layers = tuple(LayerSpec(l.n_out, l.rec is not None, l.spec.threshold, l.spec.reset_code, l.spec.surrogate_code,
                              l.spec.scale) for l in network.layers)
     actions = step_actions(schedule, bounds)
     return NetworkOpSpec(layers, network.readout.n_out, tuple(actions), tape_slots(actions),
-                         max(schedule.max_local_slots, 0), max(schedule.max_offchip_slots, 0))
+                         max(schedule.max_local_slots, 0), max(schedule.max_offchip_slots, 0), samples_per_pass)
 
 
 def network_params(network) -> list[Tensor]:

@@ -28,7 +28,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ipu_snn.bptt import Advance, Reverse, Schedule
+from ipu_snn.bptt import Advance, Free, Load, Reverse, Schedule, Store
 from ipu_snn.devices import SPECS
 from ipu_snn.errors import ConfigError
 from ipu_snn.executor import window_bounds
@@ -67,6 +67,8 @@ _TERMS = ("compute_sets", "work_elements", "received_bytes", "exchange_phases", 
 #: A step constant: one UNSIGNED_INT on tile 0 (network_graph.cpp, ``constantStep``).
 CONSTANT_BYTES = 4
 _PHASE = np.array([0.0, 0.0, 0.0, 1.0, 0.0])
+#: The builds' key (`Builds`) of the probes that give the slopes: a taped forward, a backward.
+KEY = (False, True, False, False)
 
 
 def layer_specs(model_cfg) -> list[LayerSpec]:
@@ -96,37 +98,64 @@ def taped_slots(schedule: Schedule, bounds) -> int:
     return peak
 
 
-def step_constants(schedule: Schedule, bounds) -> int:
-    """The step constants the op's programs copy (network_graph.cpp, ``constantStep``: one UNSIGNED_INT
-    on tile 0 per distinct value): the first step of each Advance and of each run of Reverses, and each
-    off-chip slot a Store or Load selects (slots are taken lowest first, so 0 .. O - 1). The one term of
-    tile 0's bytes that is not affine in the slots and T."""
-    values: set[int] = set(range(max(schedule.max_offchip_slots, 0)))
-    previous = None
-    for action in schedule.actions:
-        if isinstance(action, Advance):
-            values.add(bounds[action.n0][0])
-        elif isinstance(action, Reverse) and not (isinstance(previous, Reverse) and previous.n == action.n + 1):
-            values.add(bounds[action.n][1] - 1)
-        previous = action
-    return len(values)
+@dataclass(frozen=True)
+class Builds:
+    """What the op's two builds (the forward op's and the grad op's, network_graph.cpp's ``Pass``) make that
+    is not affine in the slots and T: which step programs each builds (``key``: the forward build's plain and
+    taped step, the grad build's plain and taped recomputed step; the grad build always has the backward
+    step), and their step constants (``constantStep``: one UNSIGNED_INT on tile 0 per distinct value a
+    build copies: the first step of each Advance and of each run of Reverses, each off-chip slot a Store
+    or Load selects)."""
 
+    key: tuple[bool, bool, bool, bool]
+    constants: int
 
-def action_constants(actions) -> int:
-    """`step_constants` of step actions as the op's builder walks them (``Builder::actions``)."""
-    values, i = set(), 0
-    while i < len(actions):
-        kind, n0, _, _, offchip, slot = actions[i]
-        if kind == 0:
-            values.add(n0)
-        elif kind == 1:
-            values.add(n0)
-            while i + 1 < len(actions) and actions[i + 1][0] == 1 and actions[i + 1][1] + 1 == actions[i][1]:
+    @classmethod
+    def of_actions(cls, actions) -> "Builds":
+        """From step actions, as ``Builder::actions`` walks them."""
+        first = next((i for i, a in enumerate(actions) if a[0] == 1), len(actions))
+        key, constants = [], 0
+        for part in (actions[:first], actions[first:]):
+            key += [any(a[0] == 0 and not a[3] for a in part), any(a[0] == 0 and a[3] for a in part)]
+            values, i = set(), 0
+            while i < len(part):
+                kind, n0, _, _, offchip, slot = part[i]
+                if kind in (0, 1):
+                    values.add(n0)
+                if kind == 1:
+                    while i + 1 < len(part) and part[i + 1][0] == 1 and part[i + 1][1] + 1 == part[i][1]:
+                        i += 1
+                elif kind in (2, 3) and offchip:
+                    values.add(slot)
                 i += 1
-        elif kind in (2, 3) and offchip:
-            values.add(slot)
-        i += 1
-    return len(values)
+            constants += len(values)
+        return cls(tuple(key), constants)
+
+    @classmethod
+    def of_schedule(cls, schedule: Schedule, bounds) -> "Builds":
+        """From the schedule over windows, without expanding its Reverses to steps (`step_actions`' slots)."""
+        key, constants, values, slots = [False] * 4, 0, set(), {"local": {}, "offchip": {}}
+        build, previous = 0, None
+        for action in schedule.actions:
+            if isinstance(action, Reverse) and build == 0:
+                constants, values, build = len(values), set(), 1
+            if isinstance(action, Advance):
+                values.add(bounds[action.n0][0])
+                key[2 * build + int(action.store_outputs)] = True
+            elif isinstance(action, Reverse):
+                if not (isinstance(previous, Reverse) and previous.n == action.n + 1):
+                    values.add(bounds[action.n][1] - 1)
+            elif isinstance(action, Store):
+                used = set(slots[action.tier].values())
+                slots[action.tier][action.n] = next(k for k in range(len(used) + 1) if k not in used)
+                if action.tier == "offchip":
+                    values.add(slots["offchip"][action.n])
+            elif isinstance(action, Load) and action.tier == "offchip":
+                values.add(slots["offchip"][action.n])
+            elif isinstance(action, Free):
+                slots[action.tier].pop(action.n)
+            previous = action
+        return cls(tuple(key), constants + len(values))
 
 
 @dataclass(frozen=True)
@@ -140,7 +169,7 @@ class Candidate:
     tape: int
     local: int
     offchip: int
-    constants: int
+    builds: Builds
 
     @classmethod
     def of(cls, steps: int, window: int, schedule: Schedule) -> "Candidate":
@@ -150,7 +179,7 @@ class Candidate:
             raise ValueError(f"schedule {schedule.name} is for {schedule.T} windows, T={steps} in windows of "
                              f"{window} makes {len(bounds)}")
         return cls(steps, window, schedule, taped_slots(schedule, bounds), max(schedule.max_local_slots, 0),
-                   max(schedule.max_offchip_slots, 0), step_constants(schedule, bounds))
+                   max(schedule.max_offchip_slots, 0), Builds.of_schedule(schedule, bounds))
 
     @property
     def windows(self) -> int:
@@ -219,7 +248,9 @@ class GraphModel:
         self.model_cfg, self.layers = model_cfg, layer_specs(model_cfg)
         self.n_inputs, self.n_classes, self.batch, self.slots, self.rate = n_inputs, n_classes, batch, slots, rate
         self.counted = 0  # counting graphs built
-        self._bases: dict[int, _Base] = {}
+        self._bases: dict[tuple, _Base] = {}  # (passes, builds' key) -> its counting graph's account
+        self._units: dict[str, np.ndarray] = {}  # the cost walk's terms of one run of each program
+        self._walked: dict[tuple, tuple] = {}  # builds' key -> the whole batch's base graph's (forward, backward) walk
 
     # ------------------------------------------------------------------ counting graphs
 
@@ -228,76 +259,110 @@ class GraphModel:
         return HostNetwork.from_actions(self.batch, steps, self.n_inputs, self.layers, self.n_classes, passes,
                                         actions, tape, local, 1, holds_data=False)
 
-    # probes' actions (kind, n0, n1, tape, offchip, slot): P1 tapes step 0, P2 steps 0-1, P3 runs step 0 untaped
-    _P1 = [(0, 0, 1, 1, 0, 0), (1, 0, 0, 0, 0, 0)]
-    _P2 = [(0, 0, 2, 1, 0, 0), (1, 1, 0, 0, 0, 0), (1, 0, 0, 0, 0, 0)]
-    _P3 = [(0, 0, 1, 0, 0, 0), (0, 1, 2, 1, 0, 0), (1, 1, 0, 0, 0, 0)]
+    @staticmethod
+    def probe_actions(key: tuple[bool, ...], taped_back: int = 1) -> list[tuple[int, ...]]:
+        """Step actions (kind, n0, n1, tape, offchip, slot) whose builds make the programs of ``key`` (each
+        run once; the grad build's taped recomputation ``taped_back`` times) over T = 2."""
+        forward_plain, forward_taped, back_plain, back_taped = key
+        out = [(0, 0, 1, 0, 0, 0)] if forward_plain else []
+        if forward_taped:
+            out.append((0, int(forward_plain), int(forward_plain) + 1, 1, 0, 0))
+        out.append((1, 1, 0, 0, 0, 0))
+        if back_plain:
+            out.append((0, 0, 1, 0, 0, 0))
+        if back_taped:
+            out.append((0, 0, taped_back, 1, 0, 0))
+        return out
 
     @staticmethod
     def _affine(tile_bytes: np.ndarray, actions) -> np.ndarray:
-        """A probe's bytes less its step constants (`step_constants`), which are not affine."""
+        """A graph's bytes less its step constants (`Builds`), which are not affine."""
         op = tile_bytes.astype(np.int64)
-        op[0] -= CONSTANT_BYTES * action_constants(actions)
+        op[0] -= CONSTANT_BYTES * Builds.of_actions(actions).constants
         return op
 
-    def _base_of(self, host: HostNetwork) -> _Base:
-        received, vertices = host.tile_overheads()
-        return _Base(self._affine(host.tile_bytes(), self._P1), host.param_bytes().astype(np.int64),
-                     received.astype(np.int64), vertices.astype(np.int64), host.counts()["remote_bytes"])
-
-    def base(self, passes: int) -> _Base:
-        """The graph at S = K = 1, T = 2 with ``passes`` samples per pass (the whole batch: probe P1)."""
-        if passes == self.batch:
-            self._probes  # noqa: B018  (P1 is the whole batch's base)
-        if passes not in self._bases:
-            self._bases[passes] = self._base_of(self._graph(passes, 2, self._P1, 1, 1))
-        return self._bases[passes]
+    def base(self, passes: int, key: tuple[bool, ...] = KEY) -> _Base:
+        """The graph of the builds ``key`` at S = K = 1, T = 2 with ``passes`` samples per pass."""
+        if (passes, key) not in self._bases:
+            actions = self.probe_actions(key)
+            host = self._graph(passes, 2, actions, 1, 1)
+            received, vertices = host.tile_overheads()
+            self._bases[passes, key] = _Base(self._affine(host.tile_bytes(), actions),
+                                             host.param_bytes().astype(np.int64), received.astype(np.int64),
+                                             vertices.astype(np.int64), host.counts()["remote_bytes"])
+            if passes == self.batch:
+                self._walked[key] = (_cost(host, False, self.rate), _cost(host, True, self.rate))
+        return self._bases[passes, key]
 
     @cached_property
-    def _probes(self) -> tuple[np.ndarray, dict]:
-        """Per-tile slopes (bytes per tape slot, per local slot, per step) and the programs' unit costs,
-        from four counting graphs of the whole batch per pass."""
-        p1 = self._graph(self.batch, 2, self._P1, 1, 1)
-        self._bases[self.batch] = self._base_of(p1)
-        p2 = self._graph(self.batch, 2, self._P2, 2, 1)
-        p3 = self._graph(self.batch, 2, self._P3, 1, 2)
-        p4 = self._graph(self.batch, 4, self._P1, 1, 1)
-        op1, op2, op3, op4 = (self._affine(p.tile_bytes(), actions)
-                              for p, actions in ((p1, self._P1), (p2, self._P2), (p3, self._P3), (p4, self._P1)))
-        slopes = np.stack([op2 - op1, op3 - op1, (op4 - op1) // 2])
-        f1, b1 = _cost(p1, False, self.rate), _cost(p1, True, self.rate)
-        f2, b2 = _cost(p2, False, self.rate), _cost(p2, True, self.rate)
-        f3 = _cost(p3, False, self.rate)
-        taped, back = f2 - f1, b2 - b1
-        units = {"taped": taped, "back": back, "step": f3 - f1 - _PHASE, "zero_forward": f1 - _PHASE - taped,
-                 "zero_backward": b1 - _PHASE - back}
-        return slopes, units
+    def slopes(self) -> np.ndarray:
+        """Per tile, bytes per tape slot, per local slot and per step: three counting graphs besides the
+        whole batch's base of `KEY` (the same builds, so only S, K or T differs); the first also gives the
+        unit costs of a taped forward step and of a backward step."""
+        actions, doubled = self.probe_actions(KEY), [(0, 0, 2, 1, 0, 0), (1, 1, 0, 0, 0, 0), (1, 0, 0, 0, 0, 0)]
+        op1 = self.base(self.batch).op
+        tape = self._graph(self.batch, 2, doubled, 2, 1)
+        ops = [self._affine(tape.tile_bytes(), doubled),
+               self._affine(self._graph(self.batch, 2, actions, 1, 2).tile_bytes(), actions),
+               self._affine(self._graph(self.batch, 4, actions, 1, 1).tile_bytes(), actions)]
+        f1, b1 = self._walked[KEY]
+        taped, back = _cost(tape, False, self.rate) - f1, _cost(tape, True, self.rate) - b1
+        self._units.update(forward_taped=taped, back=back, zero_forward=f1 - _PHASE - taped,
+                           zero_backward=b1 - _PHASE - back)
+        return np.stack([ops[0] - op1, ops[1] - op1, (ops[2] - op1) // 2])
+
+    def units(self, key: tuple[bool, ...]) -> dict[str, np.ndarray]:
+        """The cost walk's terms of one run of each program the builds ``key`` make (and the zeroing): from
+        the whole batch's base graph of ``key`` less what `slopes`' graphs gave, and where the grad build
+        recomputes both plainly and taped, one more graph with its taped step run twice."""
+        self.slopes  # noqa: B018  (the taped forward step, the backward step, the zeroing)
+        self.base(self.batch, key)
+        forward_plain, forward_taped, back_plain, back_taped = key
+        f, b = self._walked[key]
+        u = self._units
+        if forward_plain and "forward_plain" not in u:
+            u["forward_plain"] = f - u["zero_forward"] - (1 + forward_taped) * _PHASE - forward_taped * u["forward_taped"]
+        rest = b - u["zero_backward"] - (1 + back_plain + back_taped) * _PHASE - u["back"]
+        if back_plain and back_taped and "back_taped" not in u:
+            actions = self.probe_actions(key, taped_back=2)
+            u["back_taped"] = _cost(self._graph(self.batch, 2, actions, 1, 1), True, self.rate) - b
+        if back_taped and not back_plain:
+            u.setdefault("back_taped", rest)
+        if back_plain and "back_plain" not in u:
+            u["back_plain"] = rest - (u["back_taped"] if back_taped else 0)
+        return u
 
     # ------------------------------------------------------------------ bytes
 
-    def account(self, tape: int, local: int, steps: int, passes: int, constants: int = 1) -> dict:
+    def account(self, tape: int, local: int, steps: int, passes: int, builds: Builds = Builds(KEY, 2)) -> dict:
         """Each tile's bytes by kind (as `tile_account` counts a real graph) at S = ``tape``, K = ``local``,
-        T = ``steps``, ``passes`` samples per pass and ``constants`` step constants (`step_constants`)."""
-        slopes, _ = self._probes
+        T = ``steps``, ``passes`` samples per pass, and the ``builds``' programs and step constants."""
+        slopes = self.slopes
         base = self.base(passes)
         op = base.op + slopes[0] * (tape - 1) + slopes[1] * (local - 1) + slopes[2] * (steps - 2)
-        op[0] += CONSTANT_BYTES * constants
-        return _account(op, base.params, base.received, base.vertices, self.slots)
+        op[0] += CONSTANT_BYTES * builds.constants
+        received, vertices = base.received, base.vertices
+        if builds.key != KEY:
+            # the other step programs' variables and vertices, which do not depend on the pass size; their
+            # compute sets are forward steps as `KEY`'s taped one is, so they receive no more than it does
+            extra, plain = self.base(self.batch, builds.key), self.base(self.batch)
+            op = op + extra.op - plain.op
+            vertices = vertices + extra.vertices - plain.vertices
+        return _account(op, base.params, received, vertices, self.slots)
 
     def kept_bytes(self, c: Candidate) -> int:
         """The tapes and local checkpoints over all tiles (what the schedule keeps on the chip)."""
-        slopes, _ = self._probes
-        return int(slopes[0].sum() * c.tape + slopes[1].sum() * c.local)
+        return int(self.slopes[0].sum() * c.tape + self.slopes[1].sum() * c.local)
 
     def streaming_bytes(self, c: Candidate) -> int:
         return c.offchip * self.base(self.batch).remote_per_slot
 
     def max_tile_bytes(self, c: Candidate, passes: int) -> int:
-        return int(self.account(c.tape, c.local, c.steps, passes, c.constants)["total"].max())
+        return int(self.account(c.tape, c.local, c.steps, passes, c.builds)["total"].max())
 
     def counted_passes(self) -> list[int]:
         """The pass sizes whose counting graph the model holds."""
-        return list(self._bases)
+        return sorted({passes for passes, _ in self._bases})
 
     def pass_sizes(self) -> list[int]:
         """The samples per input-gradient pass the plan tries, most first: the micro-batch, then halved, down
@@ -333,19 +398,20 @@ class GraphModel:
 
     def program_terms(self, c: Candidate) -> dict[str, float]:
         """The cost walk's terms of the forward and the backward program together (`HostNetwork.cost`), from
-        the probes' unit costs at whole-batch passes: the steps, the zeroing, the counter's and the local
+        the unit costs (`units`) at whole-batch passes: the steps, the zeroing, the counter's and the local
         checkpoints' copies (consecutive copies are one exchange phase) and the remote copies."""
-        _, units = self._probes
-        remote = self.base(self.batch).remote_per_slot
+        units = self.units(c.builds.key)
+        remote = np.array([0.0, 0.0, 0.0, 0.0, float(self.base(self.batch).remote_per_slot)])
         actions = c.actions
         first = next((i for i, a in enumerate(actions) if a[0] == 1), len(actions))
         total = units["zero_forward"] + units["zero_backward"]
-        for part in (actions[:first], actions[first:]):
+        for build, part in (("forward", actions[:first]), ("back", actions[first:])):
             in_copies, i = False, 0
             while i < len(part):
                 kind, n0, n1, tape, offchip, _ = part[i]
                 if kind == 0:
-                    total = total + (0 if in_copies else _PHASE) + (n1 - n0) * units["taped" if tape else "step"]
+                    step = units[f"{build}_{'taped' if tape else 'plain'}"]
+                    total = total + (0 if in_copies else _PHASE) + (n1 - n0) * step
                     in_copies = False
                 elif kind == 1:
                     j = i
@@ -354,8 +420,7 @@ class GraphModel:
                     total = total + (0 if in_copies else _PHASE) + (j - i + 1) * units["back"]
                     in_copies, i = False, j
                 elif kind in (2, 3) and offchip:
-                    total = total + np.array([0.0, 0.0, 0.0, 0.0, float(remote)])
-                    in_copies = False
+                    total, in_copies = total + remote, False
                 elif kind in (2, 3):
                     total = total + (0 if in_copies else _PHASE)
                     in_copies = True
@@ -386,6 +451,14 @@ def optimizer_slots(training_cfg) -> int:
     return int(training_cfg.momentum > 0)
 
 
+def pass_size(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int, window: int, schedule,
+              slots: int = 2) -> int:
+    """The samples per input-gradient pass the plan counts the op with (`GraphModel.samples_per_pass`; where
+    none fits, the most passes, which the plan refuses)."""
+    model = GraphModel(model_cfg, n_inputs, n_classes, batch, slots)
+    return model.samples_per_pass(Candidate.of(steps, window, schedule)) or model.pass_sizes()[-1]
+
+
 def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int, window: int, schedule,
                rate: float = 0.05, slots: int = 2, model: GraphModel | None = None) -> dict:
     """The tile account and predicted time of one micro-batch's network op under ``schedule`` over the
@@ -408,7 +481,7 @@ def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int,
     both = {k: fwd[k] + bwd[k] for k in fwd}
     counts = host.counts()
     time = time_terms(both, batch, steps, n_inputs)
-    predicted = model.account(c.tape, c.local, steps, passes, c.constants)["total"]
+    predicted = model.account(c.tape, c.local, steps, passes, c.builds)["total"]
     fits_tiles = int(per_tile.max()) <= MK2_TILE_BYTES
     fits_streaming = counts["remote_bytes"] <= STREAMING_BYTES_PER_IPU
     return {"source": "graph",
@@ -435,5 +508,5 @@ def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int,
             "time": time}
 
 
-__all__ = ["Candidate", "GraphModel", "graph_plan", "layer_specs", "optimizer_slots", "taped_slots", "tile_account",
+__all__ = ["Builds", "Candidate", "GraphModel", "graph_plan", "pass_size", "layer_specs", "optimizer_slots", "taped_slots", "tile_account",
            "time_terms"]

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from ipu_snn.errors import ConfigError
-from ipu_snn.executor import window_bounds
-from ipu_snn.ipu.interpreter import HostNetwork, LayerSpec, network_trace
+from ipu_snn.ipu.custom_ops import network_params, network_spec
+from ipu_snn.ipu.interpreter import HostNetwork, network_trace
 from ipu_snn.network import NetworkOutput, SpikingNetwork, _COMBINE, _WINDOW_REDUCE
 from ipu_snn.taps import Taps
 
@@ -49,15 +49,11 @@ class InterpretedNetwork(SpikingNetwork):
         key = (batch, steps)
         cache = self.__dict__.setdefault("_hosts", {})
         if key not in cache:
-            bounds = window_bounds(steps, self.loop.window or steps)
-            schedule = self.loop.schedule(len(bounds)) if self.loop.schedule is not None else None
-            if schedule is None:
-                from ipu_snn.bptt.schedules import store_all
-                schedule = store_all(len(bounds))
-            layers = [LayerSpec(l.n_out, l.rec is not None, l.spec.threshold, l.spec.reset_code,
-                                l.spec.surrogate_code, l.spec.scale) for l in self.layers]
+            spec = network_spec(self, steps)  # the op's spec, as PopART's op would take it
             cache.clear()  # one shape at a time: the graph holds the micro-batch's tapes
-            cache[key] = HostNetwork(batch, steps, self.n_inputs, layers, schedule, bounds, self.readout.n_out)
+            cache[key] = HostNetwork.from_actions(batch, steps, self.n_inputs, spec.layers, spec.readout,
+                                                  spec.samples_per_pass, spec.actions, spec.tape_slots,
+                                                  spec.local_slots, spec.offchip_slots)
         return cache[key]
 
     def forward(self, x: Tensor, mark=None, with_counts: bool = False, record=(), taps: Taps = Taps()
@@ -69,14 +65,7 @@ class InterpretedNetwork(SpikingNetwork):
             raise ConfigError("device ipu-emulator takes binary inputs as packed bits (data.binary: true)")
         batch, steps = x.shape[0], x.shape[1]
         host = self._host(batch, steps)
-        params = []
-        for layer in self.layers:
-            params += [layer.fc.weight, layer.fc.bias, layer.decays()[0]]
-            if layer.rec is not None:
-                params.append(layer.rec.weight)
-        readout = self.readout
-        params += [readout.fc.weight, readout.fc.bias, readout.beta.clamp(0.0, 1.0)]
-        trace = network_trace(host, x.cpu(), params)
+        trace = network_trace(host, x.cpu(), network_params(self))
         dropped = None  # the op adds every spike: nothing is dropped
         logits = _COMBINE[self.reduce](_WINDOW_REDUCE[self.reduce](trace)[None], steps)
         sizes = [layer.n_out for layer in self.layers]

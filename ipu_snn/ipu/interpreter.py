@@ -81,6 +81,9 @@ def library() -> ctypes.CDLL:
     so.ipu_snn_mock_selfcheck.argtypes = [ctypes.c_int, c, u]
     so.ipu_snn_net_cost.argtypes = [p, ctypes.c_int, ctypes.c_double, p]
     so.ipu_snn_net_tile_vars.argtypes = [p, u, c, u]
+    so.ipu_snn_net_vars.argtypes = [p, c, u]
+    so.ipu_snn_net_vars.restype = u
+    so.ipu_snn_net_carried_shapes.argtypes = [p, p, p, u, c, u]
     return so
 
 
@@ -137,6 +140,36 @@ def tape_slots(actions: list[tuple[int, ...]]) -> int:
     return peak
 
 
+def encode_spec(batch: int, steps: int, n_inputs: int, layers: Sequence[LayerSpec], n_out: int,
+                samples_per_pass: int, actions: Sequence[tuple[int, ...]], tape_slots: int, local_slots: int,
+                offchip_slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """The spec as NetworkRunner.cpp's C interface takes it: its integers (uint32) and per layer threshold and
+    scale (float32)."""
+    spec = [batch, steps, n_inputs, len(layers), tape_slots, local_slots, offchip_slots, len(actions), n_out,
+            samples_per_pass]
+    for layer in layers:
+        spec += [layer.size, int(layer.recurrent), layer.reset, layer.surrogate]
+    for action in actions:
+        spec += list(action)
+    scalars = [x for l in layers for x in (l.threshold, l.scale)] or [0.0]
+    return np.asarray(spec, dtype=np.uint32), np.asarray(scalars, dtype=np.float32)
+
+
+def carried_shapes(batch: int, steps: int, layers: Sequence[LayerSpec], n_out: int, tape_slots: int,
+                   local_slots: int) -> list[tuple[tuple[int, ...], bool]]:
+    """The network op's carried outputs, (shape, packed bits?) each, in their order: what
+    ``network::carriedShapes`` (custom_ops/poplar/network_graph.cpp) computes, read through the C interface."""
+    spec, scalars = encode_spec(batch, steps, 1, layers, n_out, 0, [], tape_slots, local_slots, 0)
+    most = 8 * len(layers) + 3
+    out = np.zeros((most, 5), dtype=np.uint64)
+    err = ctypes.create_string_buffer(4096)
+    count = library().ipu_snn_net_carried_shapes(spec.ctypes.data, scalars.ctypes.data, out.ctypes.data, most, err,
+                                                 len(err))
+    if count < 0:
+        raise InterpreterError(err.value.decode())
+    return [(tuple(int(d) for d in row[2:2 + int(row[1])]), bool(row[0])) for row in out[:count]]
+
+
 class HostNetwork:
     """The network op's graph for one micro-batch, on the mock Poplar graph.
 
@@ -183,14 +216,8 @@ class HostNetwork:
         self.batch, self.steps, self.n_inputs, self.layers = batch, steps, n_inputs, list(layers)
         self.n_out = n_out
         self.tape_slots = tape_slots
-        spec = [batch, steps, n_inputs, len(layers), self.tape_slots, local_slots, offchip_slots, len(actions), n_out,
-                samples_per_pass]
-        for layer in layers:
-            spec += [layer.size, int(layer.recurrent), layer.reset, layer.surrogate]
-        for action in actions:
-            spec += list(action)
-        self._spec = np.asarray(spec, dtype=np.uint32)
-        self._scalars = np.asarray([x for l in layers for x in (l.threshold, l.scale)] or [0.0], dtype=np.float32)
+        self._spec, self._scalars = encode_spec(batch, steps, n_inputs, layers, n_out, samples_per_pass, actions,
+                                                tape_slots, local_slots, offchip_slots)
         err = ctypes.create_string_buffer(4096)
         self.handle = self.lib.ipu_snn_net_build(self._spec.ctypes.data, self._scalars.ctypes.data, tiles,
                                                  tile_bytes, int(holds_data), err, len(err))
@@ -272,6 +299,13 @@ class HostNetwork:
         self.lib.ipu_snn_net_tile_vars(self.handle, tile, buf, len(buf))
         return [(line.rsplit(" ", 1)[0], int(line.rsplit(" ", 1)[1])) for line in buf.value.decode().splitlines()]
 
+    def variables(self) -> list[tuple[str, int]]:
+        """(name, bytes) of every variable of the graph (its forward build's and its backward build's)."""
+        size = self.lib.ipu_snn_net_vars(self.handle, None, 0)
+        buf = ctypes.create_string_buffer(size)
+        self.lib.ipu_snn_net_vars(self.handle, buf, len(buf))
+        return [(line.rsplit(" ", 1)[0], int(line.rsplit(" ", 1)[1])) for line in buf.value.decode().splitlines()]
+
     def counts(self) -> dict[str, int]:
         out = np.zeros(7, dtype=np.uint64)
         self.lib.ipu_snn_net_counts(self.handle, out.ctypes.data)
@@ -336,5 +370,5 @@ def network_trace(host: HostNetwork, bits: Tensor, params: Sequence[Tensor]) -> 
     return _NetworkFunction.apply(host, bits, *params)
 
 
-__all__ = ["HostNetwork", "InterpreterError", "LayerSpec", "library", "network_trace", "selfcheck", "step_actions",
+__all__ = ["HostNetwork", "InterpreterError", "LayerSpec", "carried_shapes", "encode_spec", "library", "network_trace", "selfcheck", "step_actions",
            "tape_slots"]

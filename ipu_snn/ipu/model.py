@@ -63,17 +63,19 @@ def per_sample_stats(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 class OpNetwork(nn.Module):
     """Logits [B, classes] and each spiking layer's rate [B, layers] of packed input bits uint8
     [B, T, ceil(n_in / 8)]: the network op (its output is the readout's membrane trace), then the
-    readout's reduction over time."""
+    readout's reduction over time. ``samples_per_pass``: the op's samples per input-gradient pass (0: the
+    whole micro-batch; the trainer passes the plan's)."""
 
-    def __init__(self, network: SpikingNetwork, poptorch: ModuleType):
+    def __init__(self, network: SpikingNetwork, poptorch: ModuleType, samples_per_pass: int = 0):
         super().__init__()
         self.network = network
         self._poptorch = poptorch
+        self.samples_per_pass = samples_per_pass
         self._specs: dict[int, NetworkOpSpec] = {}
 
     def spec(self, steps: int) -> NetworkOpSpec:
         if steps not in self._specs:
-            self._specs[steps] = network_spec(self.network, steps)
+            self._specs[steps] = network_spec(self.network, steps, self.samples_per_pass)
         return self._specs[steps]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -96,9 +98,9 @@ class TrainingStep(nn.Module):
     [B, 4 + layers]: loss, correct, 1, spikes dropped (0: the op lists every spike), each layer's rate.
     """
 
-    def __init__(self, network: SpikingNetwork, poptorch: ModuleType):
+    def __init__(self, network: SpikingNetwork, poptorch: ModuleType, samples_per_pass: int = 0):
         super().__init__()
-        self.model = OpNetwork(network, poptorch)
+        self.model = OpNetwork(network, poptorch, samples_per_pass)
         self._poptorch = poptorch
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,9 +116,9 @@ class Evaluation(nn.Module):
     """Forward of one batch for ``poptorch.inferenceModel``: per-sample [loss, correct, 1, dropped
     spikes (0)], zero for padding samples (``valid`` = 0), so that a data set needs no partial last batch."""
 
-    def __init__(self, network: SpikingNetwork, poptorch: ModuleType):
+    def __init__(self, network: SpikingNetwork, poptorch: ModuleType, samples_per_pass: int = 0):
         super().__init__()
-        self.model = OpNetwork(network, poptorch)
+        self.model = OpNetwork(network, poptorch, samples_per_pass)
 
     def forward(self, x: Tensor, y: Tensor, valid: Tensor) -> Tensor:
         logits, _ = self.model(x)

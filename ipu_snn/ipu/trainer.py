@@ -26,6 +26,8 @@ from ..errors import ConfigError
 from ..loop import STEP_STATS, check_overflow
 from ..network import SpikingNetwork, count_parameters
 from ..planner import RunPlan
+from .custom_ops import op_schedule
+from .graph_plan import optimizer_slots, pass_size
 from .tile_planning import GraphTilePlan, plan_for_config
 from .model import Evaluation, TrainingStep, build_traced
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
@@ -74,6 +76,18 @@ def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> GraphTil
     return plan
 
 
+def plan_samples_per_pass(cfg: Config, network: SpikingNetwork, n_inputs: int, n_classes: int,
+                          micro_batch: int) -> int:
+    """The network op's samples per input-gradient pass: the plan's choice (`graph_plan.pass_size`, as
+    ``ipu-snn plan --device ipu-mk2`` reports it) for the op the network runs (its time loop's window and
+    schedule over ``data.steps``), one replica's micro-batch and the optimizer's buffers. So the op PopART
+    builds is the program the plan counted."""
+    steps = cfg.data.num_steps
+    _, schedule = op_schedule(network, steps)
+    return pass_size(cfg.model, n_inputs, n_classes, micro_batch, steps, network.loop.window or steps, schedule,
+                     optimizer_slots(cfg.training))
+
+
 class PaddedDataset(Dataset):
     """``dataset`` padded to a multiple of ``multiple`` samples with flagged repeats of sample 0.
 
@@ -101,11 +115,12 @@ class Evaluator:
     host's current weights.
     """
 
-    def __init__(self, poptorch, cfg: Config, popdist, network: SpikingNetwork, micro_batch: int, reps: Replicas):
+    def __init__(self, poptorch, cfg: Config, popdist, network: SpikingNetwork, micro_batch: int, reps: Replicas,
+                 samples_per_pass: int = 0):
         self.poptorch, self.micro_batch, self.cfg = poptorch, micro_batch, cfg
         self.options = poptorch_options(cfg, poptorch, popdist, training=False)
         self.per_call = micro_batch * cfg.ipu.device_iterations * reps.local
-        self.inference_model = poptorch.inferenceModel(Evaluation(network, poptorch), self.options)
+        self.inference_model = poptorch.inferenceModel(Evaluation(network, poptorch, samples_per_pass), self.options)
 
     def __call__(self, dataset: Dataset) -> tuple[float, float]:
         # every instance evaluates the whole set, so all of them report the same numbers
@@ -157,6 +172,8 @@ class PopTorchDriver:
             raise ConfigError(f"data: one device call takes {per_call} training samples per instance, more than "
                               f"the {len(splits.train)} there are; lower data.batch_size or ipu.device_iterations")
         self.network = build_traced(cfg, splits.n_inputs, splits.n_classes, splits.dt, loop)
+        self.samples_per_pass = plan_samples_per_pass(cfg, self.network, splits.n_inputs, splits.n_classes,
+                                                      self.micro_batch)
         if initial_weights is not None:  # model.from_nir
             self.network.load_state_dict(initial_weights, strict=True)
         self.network.train()
@@ -174,8 +191,10 @@ class PopTorchDriver:
         self.loader = poptorch.DataLoader(options, splits.train, batch_size=self.micro_batch,
                                           shuffle=True, drop_last=True)
         # compiled on its first call, with the optimizer state a resumed run loaded into the optimizer
-        self.training_model = poptorch.trainingModel(TrainingStep(self.network, poptorch), options, self.optimizer)
-        self.evaluator = Evaluator(poptorch, cfg, self.popdist, self.network, self.micro_batch, self.reps)
+        self.training_model = poptorch.trainingModel(TrainingStep(self.network, poptorch, self.samples_per_pass),
+                                                     options, self.optimizer)
+        self.evaluator = Evaluator(poptorch, cfg, self.popdist, self.network, self.micro_batch, self.reps,
+                                   self.samples_per_pass)
 
     def steps_per_epoch(self) -> int:
         return len(self.loader)

@@ -18,7 +18,7 @@ from ipu_snn.bptt.schedules import double, revolve, store_all, uniform
 from ipu_snn.config import load_config
 from ipu_snn.errors import ConfigError
 from ipu_snn.executor import window_bounds
-from ipu_snn.ipu.graph_plan import (Candidate, GraphModel, action_constants, graph_plan, layer_specs, tile_account,
+from ipu_snn.ipu.graph_plan import (Builds, Candidate, GraphModel, graph_plan, layer_specs, tile_account,
                                     time_terms)
 from ipu_snn.ipu.interpreter import HostNetwork, step_actions, tape_slots
 
@@ -69,10 +69,10 @@ def test_the_graph_model_is_the_graphs_count():
         bounds = window_bounds(steps, window)
         c = Candidate.of(steps, window, SCHEDULES[name](len(bounds)))
         actions = step_actions(c.schedule, bounds)
-        assert (c.tape, c.constants) == (tape_slots(actions), action_constants(actions)), name
+        assert (c.tape, c.builds) == (tape_slots(actions), Builds.of_actions(actions)), name
         host = HostNetwork.from_actions(batch, steps, n_in, model.layers, 3, passes, actions, c.tape, c.local,
                                         c.offchip, holds_data=False)
-        real, modelled = tile_account(host, 2), model.account(c.tape, c.local, steps, passes, c.constants)
+        real, modelled = tile_account(host, 2), model.account(c.tape, c.local, steps, passes, c.builds)
         for kind in real:
             np.testing.assert_array_equal(modelled[kind], real[kind], err_msg=f"{name} {kind}")
         assert model.streaming_bytes(c) == host.counts()["remote_bytes"]

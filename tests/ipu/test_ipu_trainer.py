@@ -26,6 +26,7 @@ from ipu_snn.data import input_shape, load_splits
 from ipu_snn.errors import ConfigError, DeviceError, TrainingError
 from ipu_snn.executor import TimeLoop
 from ipu_snn.ipu import custom_ops
+from ipu_snn.ipu.graph_plan import graph_plan, optimizer_slots
 from ipu_snn.ipu.model import TrainingStep, build_traced
 from ipu_snn.ipu.options import micro_batch_size
 from ipu_snn.ipu.tile_planning import plan_for_config
@@ -152,6 +153,14 @@ def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path, tiny):
     assert eval_opts.calls()["outputMode"] == (poptorch_standin.OutputMode.All,)
     assert not any(name.startswith("Training.") for name in eval_opts.calls())
     assert poptorch_standin.Executor.attached is None  # both executors released their IPUs
+
+    # the op PopART would build is the program the plan counted: its samples per input-gradient pass are
+    # those `ipu-snn plan --device ipu-mk2` reports for one replica under the planned schedule and window
+    micro = micro_batch_size(cfg, cfg.ipu.replication)
+    time = plan_for_config(cfg, splits.n_inputs, splits.n_classes, micro).time
+    planned = graph_plan(cfg.model, splits.n_inputs, splits.n_classes, micro, time.steps, time.window, time.schedule,
+                         slots=optimizer_slots(cfg.training))["graph"]["samples_per_pass"]
+    assert planned > 0 and {c["attributes"]["samples_per_pass"] for c in poptorch_standin.custom_op_calls} == {planned}
 
 
 def test_poprun_instance_takes_its_share_and_writes_nothing(poptorch, monkeypatch, tmp_path, tiny):

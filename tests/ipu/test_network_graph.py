@@ -12,7 +12,8 @@ import torch
 
 from ipu_snn.bptt.schedules import double, revolve, store_all, uniform
 from ipu_snn.executor import window_bounds
-from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, HostNetwork, LayerSpec, network_trace, selfcheck
+from ipu_snn.ipu.interpreter import (MK2_TILE_BYTES, HostNetwork, LayerSpec, carried_shapes, network_trace,
+                                     selfcheck)
 from ipu_snn.core.bits import pack_spikes
 from ipu_snn.neuron.reference import step
 from ipu_snn.neuron.spec import NeuronSpec
@@ -122,6 +123,34 @@ def test_each_tile_fits_and_the_counting_graph_records_the_same_bytes():
         assert recorded.max() <= MK2_TILE_BYTES
         assert (recorded > 0).sum() >= sum(n for n, _ in SIZES) + N_OUT  # one neuron per tile; the trace spread
         np.testing.assert_array_equal(recorded, count.tile_bytes())
+
+
+# the variables of the carried state (makeCarried's names) and of the parameters (makeInput's)
+_CARRIED = (".v", ".stateBits", ".tapeD", ".tapeBits", ".tapePrevBits", ".checkpointV", ".checkpointBits", ".output")
+_PARAMS = (".weightIn", ".bias", ".beta", ".weightRec")
+
+
+@pytest.mark.parametrize("name", ["store_all", "revolve"])
+def test_the_two_builds_hold_the_carried_state_and_the_parameters_once(name):
+    # The forward build makes the carried state, the backward build (the grad op's) uses it as it is: after
+    # both, its variables hold exactly one copy of each carried output, and one of each parameter.
+    spec = NeuronSpec()
+    bounds = window_bounds(T, 2)
+    schedule = _schedules(len(bounds))[name]
+    host = HostNetwork(B, T, N_IN, _layers(spec), schedule, bounds, N_OUT, holds_data=False)
+    variables = host.variables()
+    carried = carried_shapes(B, T, _layers(spec), N_OUT, host.tape_slots, max(schedule.max_local_slots, 0))
+    one_copy = sum(int(np.prod(shape)) * (1 if bits else 4) for shape, bits in carried)
+    assert sum(b for n, b in variables if n.endswith(_CARRIED)) == one_copy
+    params, n_prev = 0, N_IN
+    for n, rec in SIZES:
+        params += 4 * (n_prev * n + 2 * n + (n * n if rec else 0))
+        n_prev = n
+    params += 4 * (n_prev * N_OUT + 2 * N_OUT)
+    assert sum(b for n, b in variables if n.endswith(_PARAMS)) == params
+    # the grad build makes its own forward-step scratch only where the schedule recomputes (revolve)
+    steps_scratch = sum(1 for n, _ in variables if n.endswith(".vNew"))
+    assert steps_scratch == (2 if name == "revolve" else 1) * (sum(n for n, _ in SIZES) + N_OUT)
 
 
 def test_a_counting_graph_cannot_run():

@@ -241,10 +241,18 @@ def test_op_names_match_the_poptorch_calls():
     # every attribute the Python call sets is declared and read
     for name in re.findall(r'"(\w+)": ', calls.split("def attributes", 1)[1].split("def carried", 1)[0]):
         assert f'{{"{name}", {{"*"}}}}' in op and f'"{name}"' in op.split("network::NetworkSpec readSpec", 1)[1], name
-    # thin wrappers: both Opx build the graph with buildNetwork and add its programs
-    for opx, program in (("class NetworkOpx ", "net.forward"), ("class NetworkGradOpx ", "net.backward")):
-        grow = op.split(opx, 1)[1].split("void grow(", 1)[1].split("\n  }\n", 1)[0]
-        assert "network::buildNetwork(graph(), spec, remote)" in grow and f"prog.add({program});" in grow, opx
+    # thin wrappers: each Opx builds its pass with buildNetwork over PopART's tensors and adds its program;
+    # nothing is copied into the op's graph (no second copy of the inputs or the carried state)
+    for opx, pass_, program in (("class NetworkOpx ", "Forward", "net.forward"),
+                                ("class NetworkGradOpx ", "Backward", "net.backward")):
+        body = op.split(opx, 1)[1].split("\n};\n", 1)[0]
+        grow = body.split("void grow(", 1)[1].split("\n  }\n", 1)[0]
+        assert f"network::buildNetwork(graph(), spec, network::Pass::{pass_}, given, remote)" in grow, opx
+        assert f"prog.add({program});" in grow and "given.inputs = opInputs(" in grow, opx
+    assert "Copy(" not in op and "getInTensor(first + " in op
+    # the forward Opx lays out its inputs with the graph's own layout function
+    forward = op.split("class NetworkOpx ", 1)[1].split("\n};\n", 1)[0]
+    assert "InputCreatorType::CanCreate" in forward and "network::createInput(graph()," in forward
     # the carried state goes out of the op and back into its grad op (GradOpInType::Out)
     assert "popart::GradOpInType::Out" in op and "net.carried" in op
     # the remote buffers are shared through the lowering's registry, as PopART's remote exchange does

@@ -46,9 +46,23 @@ public:
     }
     return regions_;
   }
+  // where each run starts in the tensor's element order (for slicing by binary search), made once
+  const std::vector<std::size_t> &starts() const {
+    if (starts_.size() != get().size()) {
+      starts_.clear();
+      starts_.reserve(regions_.size());
+      std::size_t at = 0;
+      for (const Region &r : regions_) {
+        starts_.push_back(at);
+        at += r.end - r.begin;
+      }
+    }
+    return starts_;
+  }
 
 private:
   mutable std::vector<Region> regions_;
+  mutable std::vector<std::size_t> starts_;
   mutable std::function<std::vector<Region>()> make_;
 };
 struct TensorData {
@@ -59,7 +73,11 @@ struct TensorData {
       : type(t), shape(std::move(s)), list(std::make_shared<const RegionList>(std::move(r))) {}
   TensorData(poplar::Type t, std::vector<std::size_t> s, std::shared_ptr<const RegionList> l)
       : type(t), shape(std::move(s)), list(std::move(l)) {}
+  // a concat's parts and dimension (a slice that is exactly one part is that part: no runs searched)
+  std::shared_ptr<const std::vector<poplar::Tensor>> concatParts;
+  unsigned concatDim = 0;
   const std::vector<Region> &regions() const { return list->get(); }
+  const std::vector<std::size_t> &starts() const { return list->starts(); }
   std::size_t numElements() const;
 };
 struct TensorAccess {

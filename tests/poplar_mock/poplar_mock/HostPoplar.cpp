@@ -54,17 +54,6 @@ Tensor TensorAccess::make(TensorData d) {
   t.data_ = std::make_shared<const TensorData>(std::move(d));
   return t;
 }
-// Where each region starts in the flattened tensor (for the binary search of appendRange).
-static std::vector<std::size_t> regionStarts(const std::vector<Region> &regions) {
-  std::vector<std::size_t> starts;
-  starts.reserve(regions.size());
-  std::size_t at = 0;
-  for (const Region &r : regions) {
-    starts.push_back(at);
-    at += r.end - r.begin;
-  }
-  return starts;
-}
 // Elements [begin, end) of the flattened tensor, appended to out (merging runs).
 static void appendRange(const std::vector<Region> &regions, const std::vector<std::size_t> &starts,
                         std::size_t begin, std::size_t end, std::vector<Region> &out) {
@@ -162,6 +151,15 @@ Tensor Tensor::slice(std::size_t begin, std::size_t end, unsigned dimension) con
   const TensorData &d = TensorAccess::data(*this);
   if (dimension >= d.shape.size() || begin > end || end > d.shape[dimension])
     throw Error("poplar_mock: Tensor::slice out of range");
+  if (d.concatParts && dimension == d.concatDim) {
+    std::size_t at = 0;
+    for (const Tensor &part : *d.concatParts) {
+      const std::size_t n = TensorAccess::data(part).shape.at(dimension);
+      if (at == begin && at + n == end) return part;
+      if (at >= end) break;
+      at += n;
+    }
+  }
   std::vector<std::size_t> shape = d.shape;
   shape[dimension] = end - begin;
   const std::size_t inner = poplar_mock::product(d.shape, dimension + 1);
@@ -180,7 +178,7 @@ Tensor Tensor::slice(std::size_t begin, std::size_t end, unsigned dimension) con
     }
     return TensorAccess::make(TensorData{d.type, std::move(shape), std::move(out)});
   }
-  const std::vector<std::size_t> starts = poplar_mock::regionStarts(regions);
+  const std::vector<std::size_t> &starts = d.starts();
   for (std::size_t o = 0; o < outer; ++o) {
     const std::size_t base = o * d.shape[dimension] * inner;
     poplar_mock::appendRange(regions, starts, base + begin * inner, base + end * inner, out);
@@ -191,10 +189,12 @@ Tensor Tensor::operator[](std::size_t i) const {
   Tensor s = slice(i, i + 1, 0);
   TensorData d = TensorAccess::data(s);
   d.shape.erase(d.shape.begin());
+  d.concatParts = nullptr;
   return TensorAccess::make(std::move(d));
 }
 Tensor Tensor::flatten() const {
   TensorData d = TensorAccess::data(*this);
+  if (d.shape.size() != 1) d.concatParts = nullptr;
   d.shape = {d.numElements()};
   return TensorAccess::make(std::move(d));
 }
@@ -202,6 +202,7 @@ Tensor Tensor::reshape(ArrayRef<std::size_t> shape) const {
   TensorData d = TensorAccess::data(*this);
   std::vector<std::size_t> s(shape.begin(), shape.end());
   if (poplar_mock::product(s) != d.numElements()) throw Error("poplar_mock: reshape changes the size");
+  if (s != d.shape) d.concatParts = nullptr;
   d.shape = s;
   return TensorAccess::make(std::move(d));
 }
@@ -214,8 +215,8 @@ Tensor concat(ArrayRef<Tensor> ts, unsigned dimension) {
   const std::size_t outer =
       poplar_mock::product(std::vector<std::size_t>(first.shape.begin(), first.shape.begin() + dimension));
   // the runs are made when first used (poplar_mock::RegionList)
-  std::vector<Tensor> parts(ts.begin(), ts.end());
-  auto make = [parts, outer, dimension] {
+  auto parts = std::make_shared<const std::vector<Tensor>>(ts.begin(), ts.end());
+  auto make = [parts = *parts, outer, dimension] {
     std::vector<Region> out;
     if (outer == 1) {  // the parts one after another (a flat concat): their runs, merged where they meet
       for (const Tensor &t : parts)
@@ -227,18 +228,18 @@ Tensor concat(ArrayRef<Tensor> ts, unsigned dimension) {
         }
       return out;
     }
-    std::vector<std::vector<std::size_t>> starts;
-    for (const Tensor &t : parts) starts.push_back(poplar_mock::regionStarts(TensorAccess::data(t).regions()));
     for (std::size_t o = 0; o < outer; ++o)
       for (std::size_t i = 0; i < parts.size(); ++i) {
         const TensorData &d = TensorAccess::data(parts[i]);
         const std::size_t block = poplar_mock::product(d.shape, dimension);
-        poplar_mock::appendRange(d.regions(), starts[i], o * block, (o + 1) * block, out);
+        poplar_mock::appendRange(d.regions(), d.starts(), o * block, (o + 1) * block, out);
       }
     return out;
   };
-  return TensorAccess::make(
-      TensorData{first.type, std::move(shape), std::make_shared<const poplar_mock::RegionList>(std::function(make))});
+  TensorData out{first.type, std::move(shape), std::make_shared<const poplar_mock::RegionList>(std::function(make))};
+  out.concatParts = std::move(parts);
+  out.concatDim = dimension;
+  return TensorAccess::make(std::move(out));
 }
 
 const Target &Graph::getTarget() const { return GraphData::of(*this).target; }

@@ -23,9 +23,13 @@ using ipu_snn::network::LayerSpec;
 using ipu_snn::network::NetworkGraph;
 using ipu_snn::network::NetworkSpec;
 
+// The two builds PopART makes of the network op, in one graph: the forward
+// build (the op's Opx), then the backward build over the forward's tensors (its
+// grad op's GradOpx), the inputs laid out by createInput as the Opx's are.
 struct Handle {
   poplar::Graph graph;
-  NetworkGraph net;
+  NetworkGraph net;  // the forward build
+  NetworkGraph grad;  // the backward build
   std::map<std::string, poplar::Tensor> named;
   // per compute set, the bytes each tile receives from other tiles (each tensor once); filled on first use
   std::vector<std::map<unsigned, double>> received;
@@ -47,6 +51,34 @@ const poplar::Tensor &tensor(Handle *h, const char *name) {
     }
   throw poplar_mock::Error(std::string("no tensor named ") + name);
 }
+
+NetworkSpec readSpec(const unsigned *spec, const float *scalars) {
+  NetworkSpec s;
+  s.batch = spec[0];
+  s.steps = spec[1];
+  s.inputs = spec[2];
+  const unsigned layers = spec[3];
+  s.tapeSlots = spec[4];
+  s.localSlots = spec[5];
+  s.offchipSlots = spec[6];
+  const unsigned actions = spec[7];
+  s.readout = spec[8];
+  s.samplesPerPass = spec[9];
+  const unsigned *p = spec + 10;
+  for (unsigned l = 0; l < layers; ++l, p += 4) {
+    LayerSpec ls;
+    ls.size = p[0];
+    ls.recurrent = p[1] != 0;
+    ls.reset = p[2];
+    ls.surrogate = p[3];
+    ls.threshold = scalars[2 * l];
+    ls.scale = scalars[2 * l + 1];
+    s.layers.push_back(ls);
+  }
+  for (unsigned a = 0; a < actions; ++a, p += 6)
+    s.actions.push_back(Action{ActionKind(p[0]), p[1], p[2], p[3] != 0, p[4] != 0, p[5]});
+  return s;
+}
 }  // namespace
 
 extern "C" {
@@ -56,53 +88,47 @@ extern "C" {
 void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned tiles, unsigned bytesPerTile,
                         int holdsData, char *err, unsigned errLen) {
   try {
-    NetworkSpec s;
-    s.batch = spec[0];
-    s.steps = spec[1];
-    s.inputs = spec[2];
-    const unsigned layers = spec[3];
-    s.tapeSlots = spec[4];
-    s.localSlots = spec[5];
-    s.offchipSlots = spec[6];
-    const unsigned actions = spec[7];
-    s.readout = spec[8];
-    s.samplesPerPass = spec[9];
-    const unsigned *p = spec + 10;
-    for (unsigned l = 0; l < layers; ++l, p += 4) {
-      LayerSpec ls;
-      ls.size = p[0];
-      ls.recurrent = p[1] != 0;
-      ls.reset = p[2];
-      ls.surrogate = p[3];
-      ls.threshold = scalars[2 * l];
-      ls.scale = scalars[2 * l + 1];
-      s.layers.push_back(ls);
-    }
-    for (unsigned a = 0; a < actions; ++a, p += 6)
-      s.actions.push_back(Action{ActionKind(p[0]), p[1], p[2], p[3] != 0, p[4] != 0, p[5]});
-    auto *h = new Handle{poplar_mock::GraphData::makeGraph(tiles, bytesPerTile, holdsData != 0), {}, {}, {}};
-    h->net = ipu_snn::network::buildNetwork(h->graph, s);
+    const NetworkSpec s = readSpec(spec, scalars);
+    auto *h = new Handle{poplar_mock::GraphData::makeGraph(tiles, bytesPerTile, holdsData != 0), {}, {}, {}, {}};
+    ipu_snn::network::NetworkTensors given;
+    for (std::size_t i = 0; i < ipu_snn::network::inputCount(s); ++i)
+      given.inputs.push_back(ipu_snn::network::createInput(h->graph, s, i));
+    // the off-chip checkpoints' buffers: made by the forward build, found by name by the backward one
+    std::map<std::string, poplar::RemoteBuffer> remotes;
+    h->net = ipu_snn::network::buildNetwork(
+        h->graph, s, ipu_snn::network::Pass::Forward, given,
+        [&](const std::string &name, const poplar::Tensor &row, std::size_t rows) {
+          return remotes.emplace(name, h->graph.addRemoteBuffer(name, row.elementType(), row.numElements(), rows))
+              .first->second;
+        });
+    given.carried = h->net.carried;
+    h->grad = ipu_snn::network::buildNetwork(h->graph, s, ipu_snn::network::Pass::Backward, given,
+                                             [&](const std::string &name, const poplar::Tensor &, std::size_t) {
+                                               return remotes.at(name);
+                                             });
     h->named["input_bits"] = h->net.inputBits;
     h->named["output"] = h->net.output;
-    h->named["grad_output"] = h->net.gradOutput;
+    h->named["grad_output"] = h->grad.gradOutput;
     const auto &r = h->net.readout;
+    const auto &gr = h->grad.readout;
     for (auto [name, t] : {std::pair{"readout_weight", r.weight}, {"readout_bias", r.bias}, {"readout_beta", r.beta},
-                           {"grad_readout_weight", r.gradWeight}, {"grad_readout_bias", r.gradBias},
-                           {"grad_readout_beta", r.gradBeta}})
+                           {"grad_readout_weight", gr.gradWeight}, {"grad_readout_bias", gr.gradBias},
+                           {"grad_readout_beta", gr.gradBeta}})
       h->named[name] = t;
-    for (unsigned l = 0; l < layers; ++l) {
+    for (unsigned l = 0; l < s.layers.size(); ++l) {
       const auto &lt = h->net.layers[l];
+      const auto &gl = h->grad.layers[l];
       const std::string i = "." + std::to_string(l);
       h->named["weight_in" + i] = lt.weightIn;
       h->named["bias" + i] = lt.bias;
       h->named["beta" + i] = lt.beta;
-      h->named["grad_weight_in" + i] = lt.gradWeightIn;
-      h->named["grad_bias" + i] = lt.gradBias;
+      h->named["grad_weight_in" + i] = gl.gradWeightIn;
+      h->named["grad_bias" + i] = gl.gradBias;
       h->named["spike_count" + i] = lt.spikeCount;
       h->named["state_z" + i] = lt.state;
       if (s.layers[l].recurrent) {
         h->named["weight_rec" + i] = lt.weightRec;
-        h->named["grad_weight_rec" + i] = lt.gradWeightRec;
+        h->named["grad_weight_rec" + i] = gl.gradWeightRec;
       }
     }
     for (std::size_t k = 0; k < h->net.carried.size(); ++k) h->named["carried." + std::to_string(k)] = h->net.carried[k];
@@ -110,6 +136,26 @@ void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned til
   } catch (const std::exception &e) {
     fail(e, err, errLen);
     return nullptr;
+  }
+}
+// The carried outputs' types and shapes of a spec (network::carriedShapes), 5 numbers each
+// (bits 0/1, rank, up to 3 dims) into out[5 * max]; returns how many, or -1 (err set).
+int ipu_snn_net_carried_shapes(const unsigned *spec, const float *scalars, std::uint64_t *out, unsigned max,
+                               char *err, unsigned errLen) {
+  try {
+    const auto shapes = ipu_snn::network::carriedShapes(readSpec(spec, scalars));
+    if (shapes.size() > max) throw std::length_error("more carried tensors than the buffer holds");
+    for (std::size_t k = 0; k < shapes.size(); ++k) {
+      std::uint64_t *row = out + 5 * k;
+      std::fill(row, row + 5, 0);
+      row[0] = shapes[k].bits;
+      row[1] = shapes[k].shape.size();
+      std::copy(shapes[k].shape.begin(), shapes[k].shape.end(), row + 2);
+    }
+    return int(shapes.size());
+  } catch (const std::exception &e) {
+    fail(e, err, errLen);
+    return -1;
   }
 }
 int ipu_snn_net_write(void *handle, const char *name, const void *data, char *err, unsigned errLen) {
@@ -142,7 +188,7 @@ int ipu_snn_net_read(void *handle, const char *name, void *data, char *err, unsi
 int ipu_snn_net_run(void *handle, int backward, char *err, unsigned errLen) {
   try {
     Handle *h = static_cast<Handle *>(handle);
-    poplar_mock::run(poplar_mock::GraphData::of(h->graph), backward ? h->net.backward : h->net.forward);
+    poplar_mock::run(poplar_mock::GraphData::of(h->graph), backward ? h->grad.backward : h->net.forward);
     return 0;
   } catch (const std::exception &e) {
     return fail(e, err, errLen);
@@ -388,7 +434,7 @@ void ipu_snn_net_cost(void *handle, int backward, double rate, double *out) {
       }
     }
   };
-  walk(poplar_mock::ProgramAccess::node(backward ? h->net.backward : h->net.forward), 1.0);
+  walk(poplar_mock::ProgramAccess::node(backward ? h->grad.backward : h->net.forward), 1.0);
   std::memcpy(out, totals, sizeof(totals));
 }
 
@@ -407,6 +453,17 @@ void ipu_snn_net_tile_vars(void *handle, unsigned tile, char *buf, unsigned len)
   std::string text;
   for (const auto &[bytes, name] : held) text += name + " " + std::to_string(bytes) + "\n";
   std::snprintf(buf, len, "%s", text.c_str());
+}
+
+// Every variable of the graph (both builds) with its bytes: "name bytes" lines into buf; returns the
+// length the whole list needs (it is cut at len).
+unsigned ipu_snn_net_vars(void *handle, char *buf, unsigned len) {
+  Handle *h = static_cast<Handle *>(handle);
+  std::string text;
+  for (const auto &v : poplar_mock::GraphData::of(h->graph).vars)
+    text += v.name + " " + std::to_string(v.n * poplar_mock::typeBytes(v.type)) + "\n";
+  std::snprintf(buf, len, "%s", text.c_str());
+  return unsigned(text.size() + 1);
 }
 
 // The interpreter's self-check: a graph with one fault (0: a vertex that reads
