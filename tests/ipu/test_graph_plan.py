@@ -81,7 +81,9 @@ def test_the_graph_model_is_the_graphs_count():
         walked = {k: whole.cost(False)[k] + whole.cost(True)[k] for k in whole.cost(False)}
         assert model.program_terms(c) == pytest.approx(walked, rel=1e-12), name
         assert model.time(c) == pytest.approx(time_terms(walked, batch, steps, n_in), rel=1e-12)
-    assert model.counted == 4 + 3  # the probes, and a base per other samples per pass
+    # the whole batch's base and the three slopes' graphs; a base per other samples per pass (2, 1, 3); one per
+    # other builds' key (uniform's, and double's and revolve's), whose taped recomputation uniform's gave
+    assert model.counted == 4 + 3 + 2
 
 
 def test_a_model_the_op_cannot_build_is_not_counted():
