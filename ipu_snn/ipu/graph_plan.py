@@ -77,7 +77,7 @@ def layer_specs(model_cfg) -> list[LayerSpec]:
     out = []
     for i, layer in enumerate(model_cfg.layers):
         if layer.neuron.kernel != "lif":  # the registry's kernel (lif and rlif run it)
-            raise ConfigError(f"model.layers.{i}: the IPU network op runs LIF and RLIF layers, not {layer.type}, "
+            raise ConfigError(f"model.layers.{i}: the IPU network op runs LIF and RLIF layers, not {layer.type.upper()}, "
                               "so its graph cannot be counted (the IPU plan is the graph's count)")
         out.append(LayerSpec(layer.size, layer.is_recurrent, layer.threshold, RESET_CODES[layer.reset],
                              SURROGATES[layer.surrogate.name].code, layer.surrogate.scale))

@@ -88,7 +88,7 @@ def test_the_graph_model_is_the_graphs_count():
 
 def test_a_model_the_op_cannot_build_is_not_counted():
     alif = load_config(CONFIG, ["model.layers.0.type=alif"]).model
-    with pytest.raises(ConfigError, match=r"model.layers.0: the IPU network op runs LIF and RLIF layers, not alif"):
+    with pytest.raises(ConfigError, match=r"model.layers.0: the IPU network op runs LIF and RLIF layers, not ALIF"):
         GraphModel(alif, 11, 3, 4)
 
 

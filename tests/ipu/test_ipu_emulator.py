@@ -131,7 +131,7 @@ def test_a_network_the_op_cannot_build_is_refused_not_planned(capsys):
     # planning reads no N-MNIST file: its shape is fixed (2312 channels, 10 classes)
     assert main(["plan", "configs/ipu_seed_alif_nmnist.yaml", "data.path=/nowhere/nmnist", "--device",
                  "ipu-mk2", "--json"]) == 2
-    assert "the IPU network op runs LIF and RLIF layers, not alif" in capsys.readouterr().err
+    assert "the IPU network op runs LIF and RLIF layers, not ALIF" in capsys.readouterr().err
 
 
 def test_plan_cli_refuses_a_network_too_large_for_one_mk2(tmp_path, capsys):

@@ -26,7 +26,6 @@ from ipu_snn.data import input_shape, load_splits
 from ipu_snn.errors import ConfigError, DeviceError, TrainingError
 from ipu_snn.executor import TimeLoop
 from ipu_snn.ipu import custom_ops
-from ipu_snn.ipu.graph_plan import graph_plan, optimizer_slots
 from ipu_snn.ipu.model import TrainingStep, build_traced
 from ipu_snn.ipu.options import micro_batch_size
 from ipu_snn.ipu.tile_planning import plan_for_config
@@ -157,9 +156,7 @@ def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path, tiny):
     # the op PopART would build is the program the plan counted: its samples per input-gradient pass are
     # those `ipu-snn plan --device ipu-mk2` reports for one replica under the planned schedule and window
     micro = micro_batch_size(cfg, cfg.ipu.replication)
-    time = plan_for_config(cfg, splits.n_inputs, splits.n_classes, micro).time
-    planned = graph_plan(cfg.model, splits.n_inputs, splits.n_classes, micro, time.steps, time.window, time.schedule,
-                         slots=optimizer_slots(cfg.training))["graph"]["samples_per_pass"]
+    planned = plan_for_config(cfg, splits.n_inputs, splits.n_classes, micro).tiles["graph"]["samples_per_pass"]
     assert planned > 0 and {c["attributes"]["samples_per_pass"] for c in poptorch_standin.custom_op_calls} == {planned}
 
 
