@@ -37,7 +37,7 @@ class Device:
     poptorch : bool
         PopTorch compiles the model for it (ipu_snn.ipu.trainer trains it).
     registered_by : str or None
-        The package above the registries whose import registers its backends (and its tile model
+        The package above the registries whose import registers its backends (and its memory model
         with the planner).
     """
 

@@ -456,7 +456,7 @@ def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int, budget
     cfg : Config
         The run's config: its network, data shape and ``bptt`` section.
     spec : DeviceSpec
-        The device planned for; an IPU's is costed by the tile model its package registers
+        The device planned for; an IPU's is costed by the graph model its package registers
         (`TILE_PLANNERS`).
     n_inputs, n_classes : int
         The data's shape.
