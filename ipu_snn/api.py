@@ -60,8 +60,9 @@ def build(cfg: Config, *, batch: int | None = None) -> SpikingNetwork:
     Its windows and BPTT schedule are the planner's choice for ``cfg.bptt`` (from its cost model: training
     measures window costs where the choice depends on time) at ``batch`` samples (default
     ``data.batch_size``); a config that cannot fit is refused before anything is allocated. Its products
-    are sparse or dense as ``model.sparse`` says. A ``model.from_nir`` graph gives the layers and first
-    weights.
+    are sparse or dense as ``model.sparse`` says: under ``auto`` (the default) at the crossovers the
+    calibration step measures on this machine, as training runs them (`ipu_snn.calibration.crossovers`,
+    cached). A ``model.from_nir`` graph gives the layers and first weights.
 
     Returns
     -------

@@ -206,10 +206,11 @@ class ModelConfig(_Strict):
     # counts as the logits; membrane reads its membrane as the leaky-integrator readout (docs/nir.md)
     nir_output: Literal["spike_count", "membrane"] = "spike_count"
     # Multiply spikes by weights as gather-adds over spike lists (ipu_snn.ops) instead of dense matrix
-    # products: the binary input, recurrent, layer-to-layer and readout products. true: always, with lists of
-    # sparse_capacity; auto: where the spike density is below the crossover measured on this machine
-    # (ipu_snn.ops.policy), decided per window; false: dense.
-    sparse: Union[bool, Literal["auto"]] = False
+    # products: the binary input, recurrent, layer-to-layer and readout products. auto (default): where the
+    # spike density is at most the crossover measured on this machine (ipu_snn.calibration; a network built
+    # without one gets ipu_snn.ops.policy.DEFAULT_CROSSOVERS), decided per window, exact either way; true:
+    # always, with lists of sparse_capacity; false: dense.
+    sparse: Union[bool, Literal["auto"]] = "auto"
     sparse_capacity: float = Field(0.25, gt=0.0, le=1.0)  # spike-list length as a fraction of the neurons
     sparse_overflow: Literal["error", "drop_and_count"] = "error"
     # The gradient of a layer's spikes (docs/architecture.md, "The listed backward"). auto: exact; where a

@@ -80,6 +80,13 @@ def default_backend(column: str, device_type: str) -> str | None:
     return TENSOR_DEFAULTS.get(device_type, {}).get(column)
 
 
+def host_device(name: str) -> str:
+    """The config device a run's copy on the host CPU (its plots; ``eval`` of an IPU run) is built for: a
+    PopTorch device's own (its model's tensors are the host's, and its products as the IPU network op
+    leaves them, ``ipu_snn.network.products_mode``), else ``cpu``."""
+    return name if device(name).poptorch else "cpu"
+
+
 def poptorch_available() -> bool:
     return importlib.util.find_spec("poptorch") is not None
 

@@ -8,7 +8,7 @@ from typing import Callable
 from .checkpoint import load_weights
 from .config import load_config
 from .data import load_splits
-from .devices import POPTORCH_DEVICES, device_spec, resolve_device
+from .devices import POPTORCH_DEVICES, device_spec, host_device, resolve_device
 from .errors import TrainingError
 from .executor import TimeLoop
 from .losses import make_objective
@@ -63,8 +63,10 @@ def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, 
     run_plan = stored_plan(found.state, cfg, cfg.data.batch_size)
     check_evaluation_fits(cfg, device_spec(name), run_plan.window)
     splits = load_splits(cfg.data, cfg.training.seed)
+    # an IPU run's host copy is built for its own device row: the host's tensors, its products as the op left them
+    built_for = host_device(cfg.device) if device is None and cfg.device in POPTORCH_DEVICES else name
     model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=TimeLoop(run_plan.window),
-                          binary_inputs=cfg.data.binary, device=name, crossovers=run_plan.crossovers)
+                          binary_inputs=cfg.data.binary, device=built_for, crossovers=run_plan.crossovers)
     load_weights(model, found.weights, found.folder)
     dataset = getattr(splits, split)
     if dataset is None:

@@ -31,7 +31,7 @@ from torch import Tensor
 from .checkpoint import load_weights, point_latest, save_checkpoint
 from .config import BPTT_SECTIONS, Config, dump_config
 from .data import DataSplits, input_shape, load_splits
-from .devices import POPTORCH_DEVICES, device_spec
+from .devices import POPTORCH_DEVICES, device_spec, host_device
 from .errors import ConfigError, TrainingError
 from .files import replace_atomically
 from .metrics import footprint_bytes
@@ -254,7 +254,7 @@ def train_epoch(driver: Driver, cfg: Config, epoch: int, progress: Progress) -> 
            "epoch_s": elapsed}
     row |= {f"rate_layer{i}": r / seen for i, r in enumerate(rates)}
     row |= backward_visits()
-    if cfg.model.sparse is not False:
+    if cfg.model.sparse is True:  # auto's lists never drop a spike
         row["spikes_dropped"] = int(dropped)
     return row
 
@@ -425,7 +425,7 @@ def last_checkpoint_network(cfg: Config, splits: DataSplits, out_dir: Path) -> S
     found = newest_intact_checkpoint(out_dir)
     run_plan = stored_plan(found.state, cfg, cfg.data.batch_size)
     model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=TimeLoop(run_plan.window),
-                          binary_inputs=cfg.data.binary, device="cpu", crossovers=run_plan.crossovers)
+                          binary_inputs=cfg.data.binary, device=host_device(cfg.device), crossovers=run_plan.crossovers)
     load_weights(model, found.weights, found.folder)
     return model
 

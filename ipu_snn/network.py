@@ -20,7 +20,7 @@ from .core.bits import pack_spikes
 from .neuron.spec import NeuronSpec
 from .neuron.surrogates import surrogate
 from .neuron.window import SAVED_DTYPES, SpikeTrain
-from .ops.policy import SparsePolicy, crossover_key
+from .ops.policy import SparsePolicy, crossover_key, default_crossover
 from .ops.visits import ListedVisits
 from .ops.registry import backend_names
 from .taps import Recording, Taps, collect, widths, window_taps
@@ -217,7 +217,7 @@ def listed_backward(cfg: ModelConfig, fused: bool, device: str = "cpu") -> list[
     fused = fused and device_row(device).spikes is None
     plans = []
     for layer in cfg.layers:
-        if cfg.sparse is False or cfg.sparse_grad == "dense":
+        if products_mode(cfg, device) is False or cfg.sparse_grad == "dense":
             plans.append(ListedGrad(False, False, None))
         elif cfg.sparse_grad == "spikes":
             plans.append(ListedGrad(True, False, cfg.sparse_grad_min_derivative))
@@ -228,21 +228,27 @@ def listed_backward(cfg: ModelConfig, fused: bool, device: str = "cpu") -> list[
     return plans
 
 
+def products_mode(cfg: ModelConfig, device: str = "cpu") -> bool | str:
+    """``model.sparse`` as ``device`` runs it. On a PopTorch device (ipu, ipu-model) the IPU network op runs
+    every spike product itself, listing every spike, whatever the host copy's policies say: there ``auto``
+    leaves the choice to it and builds the host copy's products dense (``true`` is checked against what the
+    op runs, `ipu_snn.ipu.model.check_network_op`). Elsewhere ``model.sparse`` as given."""
+    return False if cfg.sparse == "auto" and device_row(device).poptorch else cfg.sparse
+
+
 def _policy(cfg: ModelConfig, n_in: int, n_out: int, crossovers: dict | None, backend: str | None,
-            grad: ListedGrad, per_step: bool = False, visits: ListedVisits | None = None) -> SparsePolicy:
-    if cfg.sparse is False:
+            grad: ListedGrad, per_step: bool = False, visits: ListedVisits | None = None, *,
+            sparse: bool | str, default: float) -> SparsePolicy:
+    if sparse is False:
         return SparsePolicy()
     capacity = max(1, math.ceil(cfg.sparse_capacity * n_in))
     lists = {"listed_grad": grad.listed, "exact_lists": grad.exact, "backend": backend,
              "visits": visits if grad.listed else None}
-    if cfg.sparse is True:
+    if sparse is True:
         return SparsePolicy("sparse", capacity, cfg.sparse_overflow, **lists)
-    key = crossover_key(n_in, n_out, per_step)
-    if key not in (crossovers or {}):
-        raise ValueError(f"model.sparse: auto needs the measured dense/sparse crossover of each product (here "
-                         f"{key}): pass build_network's crossovers, from ipu_snn.calibration.crossovers or a "
-                         "RunPlan")
-    return SparsePolicy("auto", capacity, max_density=crossovers[key], **lists)
+    # auto: the measured crossover of this product where given, else the documented default (ops.policy)
+    crossover = (crossovers or {}).get(crossover_key(n_in, n_out, per_step), default)
+    return SparsePolicy("auto", capacity, max_density=crossover, **lists)
 
 
 def auto_products(cfg: ModelConfig, n_inputs: int, n_classes: int, binary_inputs: bool = True
@@ -286,9 +292,11 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     products : callable
         How products run (a tracer supplies its own).
     crossovers : dict or None
-        For ``model.sparse: auto``, the measured dense/sparse crossover of each product (`auto_products`,
-        keyed by ``ipu_snn.ops.policy.crossover_key``): a RunPlan's, or ``ipu_snn.calibration.crossovers``.
-        Building a network never measures anything.
+        For ``model.sparse: auto`` (the default), the measured dense/sparse crossover of each product
+        (`auto_products`, keyed by ``ipu_snn.ops.policy.crossover_key``): a RunPlan's, or
+        ``ipu_snn.calibration.crossovers``. A product without one gets the documented default of its
+        device (``ipu_snn.ops.policy.DEFAULT_CROSSOVERS``). Building a network never measures anything;
+        on ipu and ipu-model ``auto`` leaves the products to the IPU network op (`products_mode`).
 
     Returns
     -------
@@ -303,7 +311,8 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
     backend = row.spikes
     if backend is not None and cfg.sparse is not True:
         raise ConfigError(f"model.sparse: device {device} runs every spike matmul on the {backend} backend, "
-                          f"so it needs model.sparse: true (got {cfg.sparse!r})")
+                          f"so it needs model.sparse: true (got {cfg.sparse!r}"
+                          + (", the default)" if "sparse" not in cfg.model_fields_set else ")"))
     if backend is not None and backend not in backend_names():
         raise ValueError(f"device {device} needs the {backend} spike backend, which ipu_snn.ipu registers: "
                          "import ipu_snn.ipu before building the network")
@@ -312,10 +321,12 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
                           "surrogate derivative, so it needs the fused step mode (model.fused: auto or true)")
     grads = listed_backward(cfg, mode == "fused", device)
     no_lists = ListedGrad(False, False, None)
+    # how model.sparse runs here, and the crossover of an auto product given no measured one
+    how = {"sparse": products_mode(cfg, device), "default": default_crossover(row.tensors)}
     saved = SAVED_DTYPES[cfg.fused_saved_dtype]
     kernels = row.neurons
     layers, n_in = [], n_inputs
-    input_policy = _policy(cfg, n_in, cfg.layers[0].size, crossovers, backend, no_lists) if binary_inputs \
+    input_policy = _policy(cfg, n_in, cfg.layers[0].size, crossovers, backend, no_lists, **how) if binary_inputs \
         else SparsePolicy()
     for i, layer_cfg in enumerate(cfg.layers):
         recurrent = layer_cfg.is_recurrent
@@ -324,18 +335,18 @@ def build_network(cfg: ModelConfig, n_inputs: int, n_classes: int, dt: float, *,
                           detach_reset=layer_cfg.detach_reset, **layer_cfg.param_values())
         grad, visits = grads[i], ListedVisits()
         near_min_d = None
-        if grad.listed and grad.min_derivative is not None and cfg.sparse is not False:
+        if grad.listed and grad.min_derivative is not None:
             peak = float(surrogate(spec.surrogate).grad(torch.zeros((), dtype=torch.float64), spec.scale))
             near_min_d = grad.min_derivative * peak
         rec_policy = _policy(cfg, layer_cfg.size, layer_cfg.size, crossovers, backend, grad,
-                             per_step=True, visits=visits) if recurrent else None
+                             per_step=True, visits=visits, **how) if recurrent else None
         layers.append(SpikingLayer(
             n_in, layer_cfg.size, spec, beta=layer_cfg.resolve_beta(dt, default=0.9),
             decays=layer_cfg.resolve_decays(dt), learn_decay=layer_cfg.learn_decay,
             learn_threshold=layer_cfg.learn_threshold, policies=LayerPolicies(input_policy, rec_policy), mode=mode, saved_dtype=saved, near_min_d=near_min_d,
             kernels=kernels, products=products, index=i, source="input" if i == 0 else f"layer{i - 1}"))
         input_policy = _policy(cfg, layer_cfg.size, cfg.layers[i + 1].size if i + 1 < len(cfg.layers) else n_classes,
-                               crossovers, backend, grad, visits=visits)
+                               crossovers, backend, grad, visits=visits, **how)
         layers[-1].visits = visits if grad.listed else None
         n_in = layer_cfg.size
     initialize(layers, cfg.init)
@@ -361,4 +372,4 @@ def pack_inputs(x: Tensor) -> Tensor:
 
 
 __all__ = ["ListedGrad", "NetworkOutput", "SpikingNetwork", "auto_products", "build_network", "count_parameters", "fused_obstacles",
-           "listed_backward", "pack_inputs", "step_mode"]
+           "listed_backward", "pack_inputs", "products_mode", "step_mode"]

@@ -31,14 +31,19 @@ def _private_cache(tmp_path_factory):
 @pytest.fixture(autouse=True, scope="session")
 def _short_calibration():
     """A run calibrates each new shape once per session (the private cache). Here the window costs are
-    timed on windows of 8 and 16 steps, once after the warm-up, instead of 16 and 64 steps three times: the
-    same code at a seventh of the cost. Tests of the measurement call `measure_window_costs` themselves."""
+    timed on windows of 8 and 16 steps, once after the warm-up, instead of 16 and 64 steps three times, and
+    the dense/sparse crossovers (model.sparse: auto, the default) from one timing of each side instead of
+    the fastest of seven: the same code at a fraction of the cost. Tests of the measurement call
+    `measure_window_costs` and `ipu_snn.ops.policy.measure_crossover` themselves. A run in a subprocess
+    measures in full, once per shape and session (the cache is shared)."""
     from ipu_snn import calibration
 
     measure = calibration.measure_window_costs
+    crossover = calibration.measure_crossover
     mp = pytest.MonkeyPatch()
     mp.setattr(calibration, "measure_window_costs",
                lambda *args, **kwargs: measure(*args, **{"lengths": (8, 16), "repeats": 1, **kwargs}))
+    mp.setattr(calibration, "measure_crossover", lambda *args, **kwargs: crossover(*args, **{"repeats": 1, **kwargs}))
     yield
     mp.undo()
 

@@ -116,16 +116,21 @@ Tensor makeInput(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, std:
   }
   const ParamRef ref = paramRefs(s).at(index - 1);
   const std::size_t l = ref.pop;
-  const std::size_t rows = ref.param == Param::WeightIn ? inputsOf(s, l) : ref.param == Param::WeightRec ? s.layers[l].size : 0;
-  const char *name = ref.param == Param::WeightIn ? "weightIn" : ref.param == Param::Bias ? "bias"
-                     : ref.param == Param::Beta   ? "beta"
-                                                  : "weightRec";
+  const bool weight = ref.param == Param::WeightIn || ref.param == Param::WeightRec;
+  const std::size_t rows = ref.param == Param::WeightIn ? inputsOf(s, l) : weight ? s.layers[l].size : 1;
+  const char *name = "";
+  switch (ref.param) {
+    case Param::WeightIn: name = "weightIn"; break;
+    case Param::Bias: name = "bias"; break;
+    case Param::Beta: name = "beta"; break;
+    case Param::WeightRec: name = "weightRec"; break;
+  }
   std::vector<Tensor> parts;
   for (const PartLayout &p : lay.pops[l]) {
-    std::vector<std::size_t> shape = rows > 0 ? std::vector<std::size_t>{rows, p.width()} : std::vector<std::size_t>{p.width()};
+    const std::vector<std::size_t> shape = weight ? std::vector<std::size_t>{rows, p.width()} : std::vector<std::size_t>{p.width()};
     parts.push_back(variable(g, poplar::FLOAT, shape, p.tile, partName(s, l, p) + name));
   }
-  return poplar::concat(parts, rows > 0 ? 1 : 0);
+  return poplar::concat(parts, weight ? 1 : 0);
 }
 
 // The carried state, in carriedShapes' order.
@@ -156,45 +161,59 @@ std::vector<CarriedRef> carriedRefs(const NetworkSpec &s) {
   return refs;
 }
 
-// Carried tensor `ref`, laid out: each part's share on its tile (bits: the
-// parts that write bytes), the trace's pairs on their tiles.
-Tensor makeCarried(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, const CarriedRef &ref) {
+// The carried state is flat and part-major: each holder's block whole, in
+// order (a part's v [B, w], tape d [S, B, w], tape bits [S, B, kb] of the parts
+// that write bytes, checkpoints [K, B w] and [K, B kb]; the trace's [T + 1, k]
+// on tile j; a recurrent layer's last bits [B, nb] one variable mapped by byte),
+// so that a part's share is one contiguous slice of the whole.
+struct Block {
+  unsigned tile;
+  std::vector<std::size_t> shape;  // empty: this holder has none
+  std::string name;
+};
+std::vector<Block> carriedBlocks(const NetworkSpec &s, const Layout &lay, const CarriedRef &ref) {
   const std::size_t B = s.batch, S = s.tapeSlots, K = s.localSlots, l = ref.pop;
-  const auto &parts = lay.pops[l];
-  if (ref.kind == Carry::StateBits) {
-    return layerBits(g, s, parts, s.layers[l].size, popName(s, l) + ".stateBits");
-  }
-  std::vector<Tensor> ts;
+  std::vector<Block> blocks;
   if (ref.kind == Carry::Trace) {
     for (std::size_t j = 0; j < lay.outRanges.size(); ++j)
-      ts.push_back(variable(g, poplar::FLOAT, {std::size_t(s.steps) + 1, lay.outRanges[j].size()}, unsigned(j),
-                            "trace.tile" + std::to_string(j) + ".output"));
-    return poplar::concat(ts, 1);
+      blocks.push_back({unsigned(j), {std::size_t(s.steps) + 1, lay.outRanges[j].size()},
+                        "trace.tile" + std::to_string(j) + ".output"});
+    return blocks;
   }
-  unsigned dim = 1;
-  for (const PartLayout &p : parts) {
+  for (const PartLayout &p : lay.pops[l]) {
     const std::size_t w = p.width(), kb = p.bytes();
     const std::string pn = partName(s, l, p);
+    std::vector<std::size_t> shape;
+    std::string name;
     switch (ref.kind) {
-      case Carry::V: ts.push_back(variable(g, poplar::FLOAT, {B, w}, p.tile, pn + "v")); break;
-      case Carry::TapeD:
-        dim = 2;
-        ts.push_back(variable(g, poplar::FLOAT, {S, B, w}, p.tile, pn + "tapeD"));
-        break;
+      case Carry::V: shape = {B, w}, name = "v"; break;
+      case Carry::TapeD: shape = {S, B, w}, name = "tapeD"; break;
       case Carry::TapeBits: case Carry::TapePrevBits:
-        dim = 2;
-        if (kb > 0)
-          ts.push_back(variable(g, poplar::UNSIGNED_CHAR, {S, B, kb}, p.tile,
-                                pn + (ref.kind == Carry::TapeBits ? "tapeBits" : "tapePrevBits")));
+        if (kb > 0) shape = {S, B, kb};
+        name = ref.kind == Carry::TapeBits ? "tapeBits" : "tapePrevBits";
         break;
-      case Carry::CheckpointV: ts.push_back(variable(g, poplar::FLOAT, {K, B * w}, p.tile, pn + "checkpointV")); break;
+      case Carry::CheckpointV: shape = {K, B * w}, name = "checkpointV"; break;
       case Carry::CheckpointBits:
-        if (kb > 0) ts.push_back(variable(g, poplar::UNSIGNED_CHAR, {K, B * kb}, p.tile, pn + "checkpointBits"));
+        if (kb > 0) shape = {K, B * kb};
+        name = "checkpointBits";
         break;
       default: break;
     }
+    blocks.push_back({p.tile, shape, pn + name});
   }
-  return poplar::concat(ts, dim);
+  return blocks;
+}
+
+// Carried tensor `ref`, laid out: each block on its holder's tile.
+Tensor makeCarried(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, const CarriedRef &ref) {
+  if (ref.kind == Carry::StateBits)
+    return layerBits(g, s, lay.pops[ref.pop], s.layers[ref.pop].size, popName(s, ref.pop) + ".stateBits").flatten();
+  const bool bits = ref.kind == Carry::TapeBits || ref.kind == Carry::TapePrevBits || ref.kind == Carry::CheckpointBits;
+  std::vector<Tensor> ts;
+  for (const Block &b : carriedBlocks(s, lay, ref))
+    if (!b.shape.empty())
+      ts.push_back(variable(g, bits ? poplar::UNSIGNED_CHAR : poplar::FLOAT, b.shape, b.tile, b.name).flatten());
+  return poplar::concat(ts, 0);
 }
 
 // One tile's share of a population: its columns and everything it keeps for
@@ -315,6 +334,38 @@ private:
   void stepCount(program::Sequence &seq, int delta);
 };
 
+// Columns [c0, c1) of a population's [B, w] per-part tensors `member`, as
+// [B, c1 - c0]: the overlapping parts' slices side by side (cheaper to build
+// than a slice of the whole [B, n], which has B regions per part).
+Tensor columns(const Pop &pop, Tensor Part::*member, std::size_t c0, std::size_t c1) {
+  std::vector<Tensor> ts;
+  auto q = std::upper_bound(pop.parts.begin(), pop.parts.end(), c0,
+                            [](std::size_t c, const Part &p) { return c < p.c1; });
+  for (; q != pop.parts.end() && q->c0 < c1; ++q)
+    ts.push_back(((*q).*member).slice(std::max(c0, q->c0) - q->c0, std::min(c1, q->c1) - q->c0, 1));
+  return poplar::concat(ts, 1);
+}
+
+// The slices [at[i], at[i + 1]) of `t` along `dim`, by halving: a view of R
+// regions is sliced in O(R) time (the mock Poplar's, as any plain region list),
+// so halving costs O(R log P) in all where P slices of the whole would cost
+// O(R P) (W1's weights and output gradient have about a million regions).
+void slicesInto(const Tensor &t, unsigned dim, const std::vector<std::size_t> &at, std::size_t b, std::size_t e,
+                std::vector<Tensor> &out) {
+  if (e - b == 1) {
+    out[b] = t;
+    return;
+  }
+  const std::size_t m = (b + e) / 2;
+  slicesInto(t.slice(0, at[m] - at[b], dim), dim, at, b, m, out);
+  slicesInto(t.slice(at[m] - at[b], at[e] - at[b], dim), dim, at, m, e, out);
+}
+std::vector<Tensor> slices(const Tensor &t, unsigned dim, const std::vector<std::size_t> &at) {
+  std::vector<Tensor> out(at.size() - 1);
+  if (!out.empty()) slicesInto(t.slice(at.front(), at.back(), dim), dim, at, 0, out.size(), out);
+  return out;
+}
+
 // A given tensor must be what the op's layout would have made: its type and size.
 void checkGiven(const Tensor &t, const poplar::Type &type, std::size_t n, const std::string &what) {
   if (!(t.elementType() == type) || t.numElements() != n)
@@ -338,60 +389,78 @@ void Builder::takeInputs() {
     }
     const ParamRef ref = refs[i - 1];
     Pop &pop = pops_[ref.pop];
-    const std::size_t rows = ref.param == Param::WeightIn ? nIn(ref.pop) : ref.param == Param::WeightRec ? pop.n : 0;
-    checkGiven(t, poplar::FLOAT, std::max<std::size_t>(rows, 1) * pop.n, "input " + std::to_string(i));
-    const Tensor whole = rows > 0 ? t.reshape({rows, pop.n}) : t.reshape({pop.n});
-    Tensor Part::*member = ref.param == Param::WeightIn ? &Part::wIn : ref.param == Param::Bias ? &Part::bias
-                           : ref.param == Param::Beta   ? &Part::beta
-                                                        : &Part::wRec;
-    for (Part &p : pop.parts) p.*member = whole.slice(p.c0, p.c1, rows > 0 ? 1 : 0);
-    if (pop.readout) {
-      ReadoutTensors &r = net_.readout;
-      (ref.param == Param::WeightIn ? r.weight : ref.param == Param::Bias ? r.bias : r.beta) = whole;
-    } else {
-      LayerTensors &lt = net_.layers[ref.pop];
-      (ref.param == Param::WeightIn ? lt.weightIn : ref.param == Param::Bias ? lt.bias
-       : ref.param == Param::Beta   ? lt.beta
-                                    : lt.weightRec) = whole;
+    const bool weight = ref.param == Param::WeightIn || ref.param == Param::WeightRec;
+    const std::size_t rows = ref.param == Param::WeightIn ? nIn(ref.pop) : pop.n;
+    checkGiven(t, poplar::FLOAT, (weight ? rows : 1) * pop.n, "input " + std::to_string(i));
+    const Tensor whole = weight ? t.reshape({rows, pop.n}) : t.reshape({pop.n});
+    std::vector<std::size_t> at;
+    for (const Part &p : pop.parts) at.push_back(p.c0);
+    at.push_back(pop.n);
+    const std::vector<Tensor> shares = slices(whole, weight ? 1 : 0, at);
+    LayerTensors none;
+    LayerTensors &lt = pop.readout ? none : net_.layers[ref.pop];
+    ReadoutTensors &r = net_.readout;
+    for (std::size_t j = 0; j < shares.size(); ++j) {
+      Part &p = pop.parts[j];
+      switch (ref.param) {
+        case Param::WeightIn: p.wIn = shares[j]; break;
+        case Param::Bias: p.bias = shares[j]; break;
+        case Param::Beta: p.beta = shares[j]; break;
+        case Param::WeightRec: p.wRec = shares[j]; break;
+      }
+    }
+    switch (ref.param) {
+      case Param::WeightIn: (pop.readout ? r.weight : lt.weightIn) = whole; break;
+      case Param::Bias: (pop.readout ? r.bias : lt.bias) = whole; break;
+      case Param::Beta: (pop.readout ? r.beta : lt.beta) = whole; break;
+      case Param::WeightRec: lt.weightRec = whole; break;
     }
   }
 }
 
 // The carried state (given: the forward build's; or made by makeCarried), each
-// part's share a slice of it.
+// part's share a slice of it (carriedBlocks).
 void Builder::takeCarried() {
   const auto refs = carriedRefs(s_);
   const auto shapes = carriedShapes(s_);
   if (!given_.carried.empty() && given_.carried.size() != refs.size())
     throw std::invalid_argument("network graph: " + std::to_string(given_.carried.size()) +
                                 " carried tensors given, " + std::to_string(refs.size()) + " needed");
-  const std::size_t B = s_.batch;
   for (std::size_t k = 0; k < refs.size(); ++k) {
     const CarriedRef ref = refs[k];
     const Tensor t = given_.carried.empty() ? makeCarried(g_, s_, layout_, ref) : given_.carried[k];
-    std::size_t n = 1;
-    for (std::size_t d : shapes[k].shape) n *= d;
-    checkGiven(t, shapes[k].bits ? poplar::UNSIGNED_CHAR : poplar::FLOAT, n, "carried tensor " + std::to_string(k));
-    const Tensor whole = t.reshape(shapes[k].shape);
+    checkGiven(t, shapes[k].bits ? poplar::UNSIGNED_CHAR : poplar::FLOAT, shapes[k].shape.at(0),
+               "carried tensor " + std::to_string(k));
+    const Tensor whole = t.flatten();
     net_.carried.push_back(whole);
     Pop &pop = pops_[ref.pop];
     if (ref.kind == Carry::StateBits) {
-      pop.stateBits = whole;
+      pop.stateBits = whole.reshape({std::size_t(s_.batch), (pop.n + 7) / 8});
       continue;
     }
-    if (ref.kind == Carry::Trace) {
-      for (const auto &r : outRanges_) outPieces_.push_back(whole.slice(r.begin, r.end, 1));
-      continue;
+    const std::vector<Block> blocks = carriedBlocks(s_, layout_, ref);
+    std::vector<std::size_t> at = {0};
+    for (const Block &b : blocks) {
+      std::size_t n = b.shape.empty() ? 0 : 1;
+      for (std::size_t d : b.shape) n *= d;
+      at.push_back(at.back() + n);
     }
-    for (Part &p : pop.parts) {
-      const bool bytes = p.bytes() > 0;
+    const std::vector<Tensor> pieces = slices(whole, 0, at);
+    for (std::size_t j = 0; j < blocks.size(); ++j) {
+      if (blocks[j].shape.empty()) continue;
+      const Tensor block = pieces[j].reshape(blocks[j].shape);
+      if (ref.kind == Carry::Trace) {
+        outPieces_.push_back(block);
+        continue;
+      }
+      Part &p = pop.parts[j];
       switch (ref.kind) {
-        case Carry::V: p.v = whole.slice(p.c0, p.c1, 1); break;
-        case Carry::TapeD: p.tapeD = whole.slice(p.c0, p.c1, 2); break;
-        case Carry::TapeBits: if (bytes) p.tapeBits = whole.slice(p.kb0, p.kb1, 2); break;
-        case Carry::TapePrevBits: if (bytes) p.tapePrevBits = whole.slice(p.kb0, p.kb1, 2); break;
-        case Carry::CheckpointV: p.ckptV = whole.slice(B * p.c0, B * p.c1, 1); break;
-        case Carry::CheckpointBits: if (bytes) p.ckptBits = whole.slice(B * p.kb0, B * p.kb1, 1); break;
+        case Carry::V: p.v = block; break;
+        case Carry::TapeD: p.tapeD = block; break;
+        case Carry::TapeBits: p.tapeBits = block; break;
+        case Carry::TapePrevBits: p.tapePrevBits = block; break;
+        case Carry::CheckpointV: p.ckptV = block; break;
+        case Carry::CheckpointBits: p.ckptBits = block; break;
         default: break;
       }
     }
@@ -510,11 +579,14 @@ void Builder::allocateBackward() {
                            "trace.tile" + std::to_string(j) + ".gradOutput"));
     grad = poplar::concat(pieces, 1);
   }
+  std::vector<std::size_t> at;
+  for (const auto &r : outRanges_) at.push_back(r.begin);
+  at.push_back(B * N);
+  gradPieces_ = slices(grad, 1, at);
   for (std::size_t j = 0; j < outRanges_.size(); ++j) {
     const std::size_t k = outRanges_[j].size();
     const unsigned t = outTiles_[j];
     const std::string pn = "trace.tile" + std::to_string(t) + ".";
-    gradPieces_.push_back(grad.slice(outRanges_[j].begin, outRanges_[j].end, 1));
     gradStep_.push_back(var(poplar::FLOAT, {k}, t, pn + "gradOutputStep"));
     vPrevStep_.push_back(var(poplar::FLOAT, {k}, t, pn + "vPrevStep"));
   }
@@ -671,7 +743,7 @@ program::Sequence Builder::forwardStep(bool tape) {
       if (p.bytes() == 0) continue;
       const std::size_t z0 = 8 * p.kb0, z1 = std::min(8 * p.kb1, pop.n);
       poplar::VertexRef k = vertex(pack, "PackSpikes<float>", p.tile);
-      g_.connect(k["z"], pop.zNewWhole.slice(z0, z1, 1).flatten());
+      g_.connect(k["z"], columns(pop, &Part::zNew, z0, z1).flatten());
       g_.connect(k["bits"], pop.newBits.slice(p.kb0, p.kb1, 1).flatten());
       g_.setInitialValue(k["numNeurons"], z1 - z0);
     }
@@ -1000,13 +1072,13 @@ std::vector<CarriedShape> carriedShapes(const NetworkSpec &spec) {
   for (const CarriedRef &ref : carriedRefs(spec)) {
     const std::size_t n = ref.pop == spec.layers.size() ? spec.readout : spec.layers[ref.pop].size, nb = (n + 7) / 8;
     switch (ref.kind) {
-      case Carry::V: shapes.push_back({false, {B, n}}); break;
-      case Carry::StateBits: shapes.push_back({true, {B, nb}}); break;
-      case Carry::TapeD: shapes.push_back({false, {S, B, n}}); break;
-      case Carry::TapeBits: case Carry::TapePrevBits: shapes.push_back({true, {S, B, nb}}); break;
-      case Carry::CheckpointV: shapes.push_back({false, {K, B * n}}); break;
-      case Carry::CheckpointBits: shapes.push_back({true, {K, B * nb}}); break;
-      case Carry::Trace: shapes.push_back({false, {T + 1, B * n}}); break;
+      case Carry::V: shapes.push_back({false, {B * n}}); break;
+      case Carry::StateBits: shapes.push_back({true, {B * nb}}); break;
+      case Carry::TapeD: shapes.push_back({false, {S * B * n}}); break;
+      case Carry::TapeBits: case Carry::TapePrevBits: shapes.push_back({true, {S * B * nb}}); break;
+      case Carry::CheckpointV: shapes.push_back({false, {K * B * n}}); break;
+      case Carry::CheckpointBits: shapes.push_back({true, {K * B * nb}}); break;
+      case Carry::Trace: shapes.push_back({false, {(T + 1) * B * n}}); break;
     }
   }
   return shapes;

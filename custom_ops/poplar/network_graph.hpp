@@ -1,7 +1,9 @@
 // The network op's graph: plain functions over a poplar::Graph (Poplar only)
 // that build every spiking layer and the leaky-integrator readout over T
 // steps: tensors, vertices, tile mappings and programs. The PopART op and grad
-// op are wrappers that call buildNetwork; the host interpreter
+// op are wrappers that call buildNetwork, the op for the forward pass over its
+// inputs (laid out by createInput), the grad op for the backward pass over the
+// inputs and the forward's carried state (nothing copied); the host interpreter
 // (ipu_snn/ipu/interpreter.py) runs the very same graph, and `ipu-snn plan
 // --device ipu-mk2` counts it (a counting graph that holds no data).
 //
@@ -124,12 +126,13 @@ struct CarriedShape {
 };
 
 // NetworkGraph::carried's types and shapes, from the spec alone (PopART sizes
-// the op's outputs before any graph exists), nb = ceil(n / 8): per spiking
-// layer v [B, n], for recurrent layers the last spikes' bits [B, nb], the tape
-// d [S, B, n] and bits [S, B, nb] (and the bits each step started from,
-// recurrent), with local slots the checkpoints v [K, B n] (and bits
-// [K, B nb], recurrent); the readout's v [B, n_out] (and checkpoints
-// [K, B n_out]); the trace with its zero row [T + 1, B n_out].
+// the op's outputs before any graph exists). Each is flat and part-major (each
+// tile's block whole, so that a tile's share is one slice), nb = ceil(n / 8):
+// per spiking layer v [B n], for recurrent layers the last spikes' bits
+// [B nb], the tape d [S B n] and bits [S B nb] (and the bits each step started
+// from, recurrent), with local slots the checkpoints v [K B n] (and bits
+// [K B nb], recurrent); the readout's v [B n_out] (and checkpoints
+// [K B n_out]); the trace with its zero row [(T + 1) B n_out].
 std::vector<CarriedShape> carriedShapes(const NetworkSpec &spec);
 
 // Makes the remote buffer of an off-chip checkpoint: (name, the tensor a row

@@ -62,6 +62,7 @@
 #include <popart/popx/irlowering.hpp>
 #include <popart/popx/opx.hpp>
 #include <popart/popx/opxmanager.hpp>
+#include <popart/region.hpp>
 #include <popart/tensorinfo.hpp>
 
 #include <poplar/Graph.hpp>
@@ -284,6 +285,15 @@ public:
 
   void setup() final {
     for (const auto &[out, in] : gradOut_) outInfo(out) = inInfo(popart::InIndex(1 + in));
+  }
+
+  // The backward program writes the carried state it takes (a recomputation
+  // rewrites the state, tapes and checkpoints in place), so the op says so, as
+  // VarUpdateOp says it of the weight it updates.
+  popart::view::Regions modifies(popart::InIndex index) const final {
+    if (index >= popart::InIndex(1 + network::inputCount(spec_)))
+      return {popart::view::Region::getFull(inShape(index))};
+    return popart::Op::modifies(index);
   }
 
   const std::vector<popart::GradInOutMapper> &gradInputInfo() const final { return gradIn_; }

@@ -3,7 +3,8 @@ mock Poplar graph and run by its interpreter (tests/poplar_mock/poplar_mock), th
 
 `HostNetwork` builds the graph that the PopART network op would build for one micro-batch (every
 spiking layer and the leaky-integrator readout over T steps, the BPTT schedule's actions as Poplar
-programs) and either runs it (``holds_data=True``; `device: ipu-emulator`) or only counts what it
+programs) as PopART builds it: the inputs laid out by ``network::createInput``, the op's forward build,
+then its grad op's backward build over the forward's tensors, in one graph. It either runs it (``holds_data=True``; `device: ipu-emulator`) or only counts what it
 allocates on each tile (the plan). `network_trace` is the op as a torch autograd Function: forward
 runs the graph's forward program (the readout's membrane trace), backward its backward program, whose
 weight gradients accumulate on the tiles.

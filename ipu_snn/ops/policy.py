@@ -1,6 +1,6 @@
 """Dense or sparse: how each spike product runs (`SparsePolicy`), from a crossover measured on the machine
-it runs on (`measure_crossover`, cached per machine and shape by ``ipu_snn.calibration``).
-docs/spike_products.md gives the design.
+it runs on (`measure_crossover`, cached per machine and shape by ``ipu_snn.calibration``), or where none was
+measured, the documented default (`DEFAULT_CROSSOVERS`). docs/spike_products.md gives the design.
 """
 
 from __future__ import annotations
@@ -24,6 +24,16 @@ STEP_ROWS = 32
 #: the two densities the sparse cost's line is fit through: spanning where crossovers were measured
 #: (docs/benchmarks/unified_loop.md: sparse wins below a few percent on the CPU), so the line interpolates
 _DENSITIES = (0.02, 0.2)
+
+#: The crossover of a ``model.sparse: auto`` product given no measured one (a direct
+#: `ipu_snn.network.build_network` call; ``ipu-snn train`` and ``ipu_snn.build`` pass the calibration step's),
+#: by the torch device type of its tensors. ``cpu`` (the C++ kernels): 0.08, just below the smallest crossover
+#: measured for the current kernels, 0.086, W2-small's readout (256 -> 20), in docs/benchmarks/unified_loop.md
+#: (2026-12-06, 2 CPU cores; its other products measured 0.154-0.588), so the lists are taken only where every
+#: product measured there was faster sparse. ``cuda`` (the Triton kernels): 0, dense (lists only for a window
+#: without spikes), since no GPU crossover has been measured in this repository. Either way the products are
+#: exact; the crossover only decides their speed.
+DEFAULT_CROSSOVERS: dict[str, float] = {"cpu": 0.08, "cuda": 0.0}
 
 
 @dataclass(frozen=True)
@@ -140,7 +150,8 @@ def _best_ms(fn, sync, calls: int = 1, repeats: int = 7) -> float:
     return best * 1e3
 
 
-def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, per_step: bool) -> float:
+def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, per_step: bool,
+             repeats: int = 7) -> float:
     from .registry import get_kernels, resolve_backend
 
     kernels = get_kernels(resolve_backend(backend, device))
@@ -157,9 +168,9 @@ def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, p
 
     z = spikes(0.1)
     if per_step:
-        dense = _best_ms(lambda: torch.addmm(grad, z, weight, out=out), sync, calls)
+        dense = _best_ms(lambda: torch.addmm(grad, z, weight, out=out), sync, calls, repeats)
     else:
-        dense = _best_ms(lambda: (z @ weight, z.t() @ grad), sync, calls)
+        dense = _best_ms(lambda: (z @ weight, z.t() @ grad), sync, calls, repeats)
     sparse = []
     for density in _DENSITIES:
         bits = pack_spikes(spikes(density))
@@ -172,10 +183,15 @@ def _measure(device: torch.device, n_in: int, n_out: int, backend: str | None, p
                 kernels.bits_forward(bits, n_in, weight, None, n_in)
                 kernels.bits_grad_weight(bits, n_in, grad, n_in)
 
-        sparse.append(_best_ms(run, sync, calls))
+        sparse.append(_best_ms(run, sync, calls, repeats))
     (d0, d1), (s0, s1) = _DENSITIES, sparse
     slope = max((s1 - s0) / (d1 - d0), 1e-9)
     return float(min(1.0, max(0.0, (dense - (s0 - slope * d0)) / slope)))
+
+
+def default_crossover(device_type: str) -> float:
+    """`DEFAULT_CROSSOVERS`' value for tensors of ``device_type`` (0, dense, for a type it has no entry for)."""
+    return DEFAULT_CROSSOVERS.get(device_type, 0.0)
 
 
 def crossover_key(n_in: int, n_out: int, per_step: bool = False) -> str:
@@ -184,8 +200,9 @@ def crossover_key(n_in: int, n_out: int, per_step: bool = False) -> str:
 
 
 def measure_crossover(device: torch.device, n_in: int, n_out: int, backend: str | None = None,
-                      per_step: bool = False) -> float:
+                      per_step: bool = False, repeats: int = 7) -> float:
     """The spike density at or below which the sparse product of this shape beats the dense one here:
-    a window's product, or with ``per_step`` the recurrent product of one step. Measured now (a fraction
-    of a second); `ipu_snn.calibration` caches it per machine and shape."""
-    return _measure(torch.device(device), n_in, n_out, backend, per_step)
+    a window's product, or with ``per_step`` the recurrent product of one step, each side the fastest of
+    ``repeats`` timings. Measured now (a fraction of a second on a quiet machine); `ipu_snn.calibration`
+    caches it per machine and shape."""
+    return _measure(torch.device(device), n_in, n_out, backend, per_step, repeats)

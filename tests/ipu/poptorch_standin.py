@@ -25,7 +25,8 @@ mimics the semantics the trainer relies on:
   checks ``example_outputs`` against what it computed, and records each call's name, attributes
   and input shapes in ``custom_op_calls``. The carried outputs, which only the grad op reads, are
   read from the graph after the forward program, at the shapes and types the call gives them (the
-  interpreter's backward program reads the state from the same host graph).
+  interpreter's backward build uses the forward build's carried tensors themselves, as the grad op's
+  GradOpx does).
 It says nothing about what PopART or an IPU would compute.
 """
 

@@ -31,7 +31,9 @@ def config(schedule="auto", model=None, **data):
 
 
 MODELS = {
-    "dense": MODEL,
+    "dense": {**MODEL, "sparse": False},
+    # the default products (model.sparse: auto), with a bounded surrogate: the exact listed backward's near bits
+    "auto": {**MODEL, "layers": [{**layer, "surrogate": {"name": "triangle", "scale": 3}} for layer in MODEL["layers"]]},
     "sparse": {**MODEL, "sparse": True, "sparse_capacity": 1.0},
     "near": {**MODEL, "sparse": True, "sparse_capacity": 1.0, "sparse_grad": "spikes", "sparse_grad_min_derivative": 0.0},
     # planner.AUTOGRAD_FLOATS_PER_STATE (ALIF's second state is counted alike, and over-predicted by up to 11%

@@ -151,8 +151,31 @@ def test_crossovers_are_calibrated_once_and_building_measures_nothing(tmp_path, 
     assert crossovers(cfg, 64, 4) == (measured, True)
     net = build_network(cfg.model, 64, 4, dt=1e-3, crossovers=measured)
     assert net.layers[0].policies.input.max_density == measured["64x32|window"]
-    with pytest.raises(ValueError, match="crossover"):
-        build_network(cfg.model, 64, 4, dt=1e-3)
+    # a product given no measured crossover gets its device's documented default, still measuring nothing
+    net = build_network(cfg.model, 64, 4, dt=1e-3, crossovers={"64x32|window": 0.5})
+    assert net.layers[0].policies.input.max_density == 0.5
+    assert net.layers[0].policies.recurrent.max_density == policy_module.DEFAULT_CROSSOVERS["cpu"]
+
+
+def test_sparse_auto_is_the_default_and_each_device_decides_it_explicitly():
+    """A config that says nothing builds ``auto`` products at the default crossover of its device's tensors
+    (cpu: the C++ kernels'; cuda: 0, dense, no GPU crossover measured); on ipu and ipu-model the network op
+    runs the products, so auto leaves the host copy's dense (and its listed backward off)."""
+    from ipu_snn.config import validate_config
+    from ipu_snn.network import build_network, listed_backward, products_mode
+
+    cfg = validate_config({"model": {"layers": [{"type": "rlif", "size": 8,
+                                                 "surrogate": {"name": "triangle", "scale": 3}}]}})
+    assert cfg.model.sparse == "auto"
+    net = build_network(cfg.model, 16, 4, dt=1e-3)
+    products = [net.layers[0].policies.input, net.layers[0].policies.recurrent, net.readout.policy]
+    assert {(p.mode, p.max_density) for p in products} == {("auto", policy_module.DEFAULT_CROSSOVERS["cpu"])}
+    assert policy_module.default_crossover("cuda") == 0.0 and policy_module.default_crossover("mps") == 0.0
+    for device in ("ipu", "ipu-model"):
+        assert products_mode(cfg.model, device) is False and products_mode(cfg.model, "cpu") == "auto"
+        assert not any(g.listed for g in listed_backward(cfg.model, True, device))
+        assert listed_backward(cfg.model, True, "cpu")[0].listed
+        assert products_mode(cfg.model.model_copy(update={"sparse": True}), device) is True
 
 
 def test_auto_chooses_by_the_spikes_it_has():
@@ -177,3 +200,24 @@ def test_the_cpu_window_loop_takes_each_product_mode_by_its_name():
     assert int(re.search(r"constexpr int32_t kProductModes = (\d+);", source).group(1)) == len(in_cpp)
     assert in_cpp == PRODUCT_MODE_CODES
     assert sorted(PRODUCT_MODE_CODES) == sorted(MODES)
+
+
+def test_a_default_run_and_the_api_take_the_crossovers_measured_here(small_run, quiet):
+    """Without a word about model.sparse, ipu-snn train's plan and ipu_snn.build run every product auto at the
+    crossover the calibration step measured on this machine (not the unmeasured default)."""
+    import ipu_snn
+    from ipu_snn.config import validate_config
+    from ipu_snn.data import input_shape
+    from ipu_snn.loop import plan_time_loop
+    from ipu_snn.network import auto_products
+    from ipu_snn.ops.policy import crossover_key
+
+    cfg = validate_config({**small_run, "bptt": {"window": 20}})  # a set window: no window costs to time
+    n_inputs, n_classes = input_shape(cfg.data)
+    run_plan = plan_time_loop(cfg, quiet(), cfg.data.batch_size)
+    keys = {crossover_key(*p) for p in auto_products(cfg.model, n_inputs, n_classes, cfg.data.binary)}
+    assert cfg.model.sparse == "auto" and keys and set(run_plan.crossovers) == keys
+    net = ipu_snn.build(cfg)
+    layer = net.layers[0]
+    assert layer.policies.input.max_density == run_plan.crossovers[crossover_key(n_inputs, layer.n_out)]
+    assert layer.policies.recurrent.max_density == run_plan.crossovers[crossover_key(layer.n_out, layer.n_out, True)]
