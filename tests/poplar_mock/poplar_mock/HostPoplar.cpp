@@ -151,13 +151,21 @@ Tensor Tensor::slice(std::size_t begin, std::size_t end, unsigned dimension) con
   const TensorData &d = TensorAccess::data(*this);
   if (dimension >= d.shape.size() || begin > end || end > d.shape[dimension])
     throw Error("poplar_mock: Tensor::slice out of range");
-  if (d.concatParts && dimension == d.concatDim) {
-    std::size_t at = 0;
-    for (const Tensor &part : *d.concatParts) {
-      const std::size_t n = TensorAccess::data(part).shape.at(dimension);
-      if (at == begin && at + n == end) return part;
+  if (d.concatParts && dimension == d.concatDim) {  // along the concat, at its parts' bounds: those parts
+    std::size_t at = 0, first = 0;
+    bool started = false;
+    for (std::size_t i = 0; i < d.concatParts->size(); ++i) {
+      if (at == begin) {
+        first = i;
+        started = true;
+      }
+      at += TensorAccess::data((*d.concatParts)[i]).shape.at(dimension);
+      if (started && at == end) {
+        if (i == first) return (*d.concatParts)[i];
+        std::vector<Tensor> kept(d.concatParts->begin() + first, d.concatParts->begin() + i + 1);
+        return concat(kept, dimension);
+      }
       if (at >= end) break;
-      at += n;
     }
   }
   std::vector<std::size_t> shape = d.shape;
