@@ -5,8 +5,9 @@ on each tile, built on a counting graph that holds no data, and a time model ove
 pass, each tile's bytes are affine in the tape slots S, the local checkpoint slots K and the steps T
 (the tapes are [S, B, w], the checkpoints [K, B w], the input bits [B, T, nb] and the trace [T + 1, k];
 off-chip slots are remote buffers, no tile memory). It counts four small counting graphs (T = 2 or 4)
-and solves each tile's coefficients exactly; the planner evaluates every candidate schedule, window and
-T with them, and `graph_plan` verifies the choice with one real count of the whole graph.
+and solves each tile's coefficients exactly; what is not affine (each build's step constants and step
+programs, `Builds`; the samples per pass) is counted apart. The planner evaluates every candidate
+schedule, window and T with it, and `graph_plan` counts the chosen one's whole graph once.
 
 Time per iteration (forward program + backward program), each term from the graph:
 
@@ -32,7 +33,7 @@ from ipu_snn.bptt import Advance, Free, Load, Reverse, Schedule, Store
 from ipu_snn.devices import SPECS
 from ipu_snn.errors import ConfigError
 from ipu_snn.executor import window_bounds
-from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, MK2_TILES, HostNetwork, LayerSpec, step_actions, tape_slots
+from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, MK2_TILES, HostNetwork, LayerSpec, step_actions
 from ipu_snn.neuron.spec import RESET_CODES
 from ipu_snn.neuron.surrogates import SURROGATES
 
