@@ -49,6 +49,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -378,6 +379,13 @@ public:
   poplar::Tensor createInput(popart::InIndex index, const poplar::DebugNameAndId &) const final {
     return network::createInput(graph(), getOp<NetworkOp>().spec(), std::size_t(index));
   }
+
+  // A creator must also say what must exist before it creates (the lowering asks
+  // every candidate; Opx's default throws): nothing, as GRUOpx answers.
+  std::set<popart::TensorId> mustExistBeforeCreate(popart::InIndex) const final { return {}; }
+
+  // Opx's default throws too; the op's layouts are its own, equal to no other Opx's.
+  bool createsEquiv(int, const popart::popx::Opx *, int) const final { return false; }
 
   void grow(poplar::program::Sequence &prog) const final {
     const NetworkOp &op = getOp<NetworkOp>();

@@ -111,6 +111,8 @@ def test_traced_network_has_the_cpu_logits_and_gradients(poptorch, tiny):
 
 def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path, tiny):
     cfg = tiny()
+    splits = load_splits(cfg.data, cfg.training.seed)
+    micro = micro_batch_size(cfg, cfg.ipu.replication)
     out = tmp_path / "run"
     seen_epochs = []
     summary = train(cfg, out, on_epoch_end=lambda epoch, row, net: seen_epochs.append(epoch))
@@ -130,7 +132,6 @@ def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path, tiny):
     found = newest_intact_checkpoint(out)
     weights, state = found.weights, found.state
     assert state["epoch"] == 2 and len(state["history"]) == 2
-    splits = load_splits(cfg.data, cfg.training.seed)
     net = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt)
     initial = {k: v.clone() for k, v in net.state_dict().items()}
     net.load_state_dict(weights)
@@ -155,7 +156,6 @@ def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path, tiny):
 
     # the op PopART would build is the program the plan counted: its samples per input-gradient pass are
     # those `ipu-snn plan --device ipu-mk2` reports for one replica under the planned schedule and window
-    micro = micro_batch_size(cfg, cfg.ipu.replication)
     planned = plan_for_config(cfg, splits.n_inputs, splits.n_classes, micro).tiles["graph"]["samples_per_pass"]
     assert planned > 0 and {c["attributes"]["samples_per_pass"] for c in poptorch_standin.custom_op_calls} == {planned}
 

@@ -263,6 +263,39 @@ def test_op_names_match_the_poptorch_calls():
     assert "graph().addCodelets(" in ctor and "static" not in ctor
 
 
+def _opx_classes(code: str) -> dict[str, tuple[list[str], str]]:
+    """Each class of a source: its base classes and its body (comments dropped)."""
+    code = re.sub(r"//.*", "", code)
+    classes = {}
+    for match in re.finditer(r"\bclass (\w+)\s*:\s*([^{;]*)\{", code):
+        bases = re.findall(r"(?:public|protected|private)\s+([\w:]+)", match.group(2))
+        classes[match.group(1)] = ([b.split("::")[-1] for b in bases], code[match.end():].split("\n};", 1)[0])
+    return classes
+
+
+def test_every_opx_that_creates_inputs_says_what_must_exist_and_what_it_equals():
+    # PopART asks every creator candidate what must exist before it creates (IrLowering's
+    # getInitTensorCreators, removeNonDependencyFreeCreators) and Opx's defaults of that and of
+    # createsEquiv throw (graphcore/popart willow/src/popx/opx.cpp at sdk/poplar/3.4.0), so an Opx that
+    # answers CanCreate must override both, itself or through a base class in its file.
+    creators = []
+    for path in sorted(POPLAR_SOURCES.glob("*.cpp")):
+        classes = _opx_classes(path.read_text())
+
+        def bodies(name: str) -> str:
+            bases, body = classes.get(name, ([], ""))
+            return body + "".join(bodies(b) for b in bases)
+
+        for name in classes:
+            body = bodies(name)
+            if re.search(r"InputCreatorType::CanCreate\b", body):
+                creators.append(name)
+                for method in ("mustExistBeforeCreate", "createsEquiv"):
+                    assert re.search(rf"\b{method}\s*\([^)]*\)\s*const\s+(?:final|override)\b", body), \
+                        f"{path.name}: {name} returns CanCreate but does not override {method}"
+    assert "NetworkOpx" in creators  # the scan sees the network op's creator
+
+
 # ----------------------------------------------------------------- behaviour --
 
 
