@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="predict memory and time of each BPTT schedule and pick one")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--device", help="h100, h200, a100, cpu, ipu-mk2, ipu-mk1 (default: the config's device)")
+    p.add_argument("--device", help="h100, h200, a100, cpu, ipu-mk2 (default: the config's device)")
     p.add_argument("--budget-gib", type=_number(0, low_open=True, what="a positive number of GiB"), help="local memory budget (default: the device's memory)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--plot", help="write a plot of memory against time per schedule to this file")
@@ -173,28 +173,14 @@ def _plan(args, console: Console) -> None:
     if spec.tiles:
         from .ipu.options import micro_batch_size
         from .ipu.tile_planning import largest_steps_table, plan_for_config
-        from .ipu.tiles import tiles_json
 
-        # per-tile account of one replica (its micro-batch, as the IPU trainer plans it) under the chosen
+        # the network op's graph of one replica (its micro-batch, as the IPU trainer plans it) under the chosen
         # schedule and window (the configured schedule's leanest where nothing fits), and how long a
         # sequence each schedule fits on one IPU
         micro = micro_batch_size(cfg, cfg.ipu.replication)
         micro_plan = result if micro == result.batch else None
-        tile_plan = plan_for_config(cfg, n_inputs, n_classes, micro, spec, micro_plan)
-        payload["tiles"] = tiles_json(tile_plan)
-        payload["tiles"]["largest_T"] = largest_steps_table(cfg, spec, n_inputs, n_classes, micro)
-        if spec.name == "ipu-mk2":  # what the network op's graph allocates, and its time model
-            from .errors import ConfigError
-            from .ipu.graph_plan import graph_plan, optimizer_slots
-
-            time = tile_plan.time
-            try:
-                graph = graph_plan(cfg.model, n_inputs, n_classes, micro, time.steps, time.window, time.schedule,
-                                   args.density, optimizer_slots(cfg.training))
-            except ConfigError as err:  # a model the network op cannot build yet (ALIF): the tile model's count
-                payload["tiles"]["source"] = f"tile model (ipu_snn/ipu/tiles.py): {err}"
-            else:
-                payload["tiles"] = graph_tiles(payload["tiles"], graph)
+        tile_plan = plan_for_config(cfg, n_inputs, n_classes, micro, spec, micro_plan, args.density)
+        payload["tiles"] = graph_tiles(tile_plan, largest_steps_table(cfg, spec, n_inputs, n_classes, micro))
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
@@ -206,61 +192,41 @@ def _plan(args, console: Console) -> None:
             console.print(tiles_lines(payload["tiles"]), highlight=False)
 
 
-def graph_tiles(model: dict, graph: dict) -> dict:
-    """``plan``'s ``tiles`` section from the network op's graph count (ipu_snn.ipu.graph_plan): every byte
-    and time it reports is the graph's; of the tile model it keeps only the schedule and window the planner
-    chose (``time_loop``), where nothing fit its refusal's suggestions, and ``largest_T``, marked as its."""
-    fits = graph["fits"]
-    refusal = None
-    if not fits:
-        refusal = (f"the network op's graph does not fit one ipu-mk2: its fullest tile holds "
-                   f"{graph['max_tile_bytes']:,} bytes of {graph['tile_capacity_bytes']:,}"
-                   + (f"; {model['refusal']}" if model.get("refusal") else ""))
-    loop = dict(model["time_loop"])
-    loop.pop("peak_on_tiles", None)
-    loop.pop("local_checkpoints_and_taped_windows", None)
-    return {"source": "graph", "device": model["device"], "tiles_total": model["tiles_total"],
+def graph_tiles(tile_plan, largest: dict) -> dict:
+    """``plan``'s ``tiles`` section: the network op's graph count of the chosen time loop (every byte and
+    time it reports is the graph's; ipu_snn.ipu.graph_plan) and ``largest_T`` from the graph's model."""
+    graph = tile_plan.tiles
+    loop = {"T": tile_plan.steps, "window": tile_plan.window, "windows": tile_plan.windows,
+            "schedule": tile_plan.schedule}
+    return {"source": "graph", "device": "ipu-mk2", "tiles_total": graph["tiles_total"],
             "used": graph["tiles_used"], "max_tile_bytes": graph["max_tile_bytes"],
-            "tile_capacity_bytes": graph["tile_capacity_bytes"], "fits": fits,
+            "tile_capacity_bytes": graph["tile_capacity_bytes"], "fits": graph["fits"],
             "fullest_tile": graph["fullest_tile"], "time_loop": loop,
             "streaming_memory": {"bytes": graph["streaming_bytes"], "capacity_bytes": graph["streaming_capacity_bytes"],
                                  "transfer_bytes": graph["graph"]["remote_bytes_moved"]},
             "time": graph["time"], "graph": dict(graph["graph"], optimizer_slots=graph["optimizer_slots"],
                                                  op_max_tile_bytes=graph["op_max_tile_bytes"]),
-            "refusal": refusal,
-            "largest_T": dict(model["largest_T"], source="the tile model (ipu_snn/ipu/tiles.py)")}
+            "model_check": graph["model_check"], "refusal": tile_plan.refusal() or None, "largest_T": largest}
 
 
 def tiles_lines(t: dict) -> str:
     """The tile plan of ``ipu-snn plan --device ipu-*`` in a few lines."""
     loop, memory = t["time_loop"], t["streaming_memory"]
-    if t.get("source") == "graph":
-        g = t["graph"]
-        terms = ", ".join(f"{k[:-2]} {v * 1e3:,.2f}" for k, v in t["time"].items() if k != "total_s")
-        lines = [f"tiles (the network op's graph): {loop['schedule']} over {loop['windows']} windows of "
-                 f"{loop['window']} steps; {t['used']} of {t['tiles_total']} tiles used, fullest "
-                 f"{t['max_tile_bytes'] / 1024:,.0f} KiB of {t['tile_capacity_bytes'] / 1024:.0f} KiB "
-                 f"({', '.join(x['name'] for x in t['fullest_tile']['largest'][:3])}); "
-                 f"{g['samples_per_pass']} samples per input-gradient pass",
-                 f"streaming memory: {memory['bytes'] / 2**20:,.1f} MiB of checkpoints, "
-                 f"{memory['transfer_bytes'] / 2**20:,.1f} MiB moved per iteration",
-                 f"predicted {t['time']['total_s'] * 1e3:,.1f} ms per iteration ({terms} ms), at a spike rate "
-                 f"of {g['spike_rate']}; a model, never run on an IPU"]
-    else:
-        predicted = t["predicted"]
-        passes = ", ".join(f"{p['name']} {p['samples_per_pass']}" for p in t["populations"])
-        lines = [f"tiles: {loop['schedule']} over {loop['windows']} windows of {loop['window']} steps; {t['used']} of "
-                 f"{t['tiles_total']} tiles used, fullest {t['max_tile_bytes'] / 1024:.0f} KiB of "
-                 f"{t['tile_capacity_bytes'] / 1024:.0f} KiB; samples per pass: {passes}",
-                 f"streaming memory: {memory['bytes'] / 2**20:,.1f} MiB of checkpoints, "
-                 f"{memory['transfer_bytes'] / 2**20:,.1f} MiB moved per iteration at "
-                 f"{memory['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s",
-                 f"predicted {predicted['total_s'] * 1e3:,.1f} ms per iteration, {t['time_model']}"]
+    g = t["graph"]
+    terms = ", ".join(f"{k[:-2]} {v * 1e3:,.2f}" for k, v in t["time"].items() if k != "total_s")
+    lines = [f"tiles (the network op's graph): {loop['schedule']} over {loop['windows']} windows of "
+             f"{loop['window']} steps; {t['used']} of {t['tiles_total']} tiles used, fullest "
+             f"{t['max_tile_bytes'] / 1024:,.0f} KiB of {t['tile_capacity_bytes'] / 1024:.0f} KiB "
+             f"({', '.join(x['name'] for x in t['fullest_tile']['largest'][:3])}); "
+             f"{g['samples_per_pass']} samples per input-gradient pass",
+             f"streaming memory: {memory['bytes'] / 2**20:,.1f} MiB of checkpoints, "
+             f"{memory['transfer_bytes'] / 2**20:,.1f} MiB moved per iteration",
+             f"predicted {t['time']['total_s'] * 1e3:,.1f} ms per iteration ({terms} ms), at a spike rate "
+             f"of {g['spike_rate']}; a model, never run on an IPU"]
     if not t["fits"]:
         lines.append(t["refusal"])
     largest = t["largest_T"]
-    lines.append(f"largest T on one {t['device']} (batch {largest['batch']}"
-                 + (", the tile model's search" if "source" in largest else "") + "): " + ", ".join(
+    lines.append(f"largest T on one {t['device']} (batch {largest['batch']}, by the graph's model): " + ", ".join(
         f"{name} {row['T']:,}{'+' if row['at_cap'] else ''}" + (f" ({row['vs_store_all']}x)" if row['vs_store_all']
                                                                  and name != "store_all" else "")
         for name, row in largest["schedules"].items()))

@@ -37,7 +37,7 @@ class Device:
     poptorch : bool
         PopTorch compiles the model for it (ipu_snn.ipu.trainer trains it).
     registered_by : str or None
-        The package above the registries whose import registers its backends (and its tile model
+        The package above the registries whose import registers its backends (and its memory model
         with the planner).
     """
 
@@ -130,7 +130,7 @@ class DeviceSpec:
     # model.fused runs here (the fused time loop, forward-AD steps); not on an IPU, where PopART
     # differentiates the traced loop, so its plan counts what the plain step keeps
     fused: bool = True
-    # a run here is planned on the device's tiles, by the tile model its package registers with the planner
+    # a run here is planned on the device's tiles, by the memory model its package registers with the planner
     tiles: bool = False
 
 
@@ -153,10 +153,8 @@ SPECS: dict[str, DeviceSpec] = {
         DeviceSpec("ipu-mk2", 1472 * 624 * 1024, 260 * 10**9 // 4, 47.5e12, 32e9, 62.5e12, 0.0,
                    "IPU Mk2 GC200: 1472 tiles x 624 KiB SRAM, 62.5 TFLOP/s fp32, streaming memory over PCIe Gen4 x16",
                    fused=False, tiles=True),
-        # Mk1 (the C2 PCIe card): no IPU-Machine; its off-chip tier is the host's RAM, taken as the GPUs' 512 GiB
-        DeviceSpec("ipu-mk1", 1216 * 256 * 1024, 512 * GiB, 45e12, 16e9, 31.1e12, 0.0,
-                   "IPU Mk1 GC2: 1216 tiles x 256 KiB SRAM, 31.1 TFLOP/s fp32, PCIe Gen4 to the host", fused=False,
-                   tiles=True),
+        # No Mk1 (GC2): the IPU plan is the network op's graph, counted for the GC200's tiles
+        # (ipu_snn/ipu/graph_plan.py), and its time model's constants are the GC200's.
     ]
 }
 
@@ -169,7 +167,7 @@ def cpu_spec() -> DeviceSpec:
 
 
 def device_spec(name: str) -> DeviceSpec:
-    """A spec by planner name (h100, h200, a100, cpu, ipu-mk2, ipu-mk1) or by config device."""
+    """A spec by planner name (h100, h200, a100, cpu, ipu-mk2) or by config device."""
     name = DEVICES[name].spec if name in DEVICES else name
     if name == "cuda":
         gpu = torch.cuda.get_device_name().lower() if torch.cuda.is_available() else "h100"

@@ -6,8 +6,8 @@ Bytes come from shapes alone (`NetShape`), counted as the executor counts them
 refuses a run that cannot fit from arithmetic before any schedule is generated. Time
 comes from window costs: measured on this machine (`ipu_snn.calibration`), or for
 another device from its spec (`analytic_costs`). `plan` costs every schedule of the
-registry (`ipu_snn.bptt.registry`) over the window lengths; on an IPU the tile model
-that ``ipu_snn.ipu`` registers (`TILE_PLANNERS`) judges each instead, so this module
+registry (`ipu_snn.bptt.registry`) over the window lengths; on an IPU the network op's
+graph model that ``ipu_snn.ipu`` registers (`TILE_PLANNERS`) judges each instead, so this module
 never imports it. Design notes: docs/architecture.md.
 """
 
@@ -456,7 +456,7 @@ def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int, budget
     cfg : Config
         The run's config: its network, data shape and ``bptt`` section.
     spec : DeviceSpec
-        The device planned for; an IPU's is costed by the tile model its package registers
+        The device planned for; an IPU's is costed by the graph model its package registers
         (`TILE_PLANNERS`).
     n_inputs, n_classes : int
         The data's shape.
@@ -500,7 +500,7 @@ def plan(cfg: Config, spec: DeviceSpec, *, n_inputs: int, n_classes: int, budget
         choice = fastest
     else:
         choice = cfg.bptt.schedule if any(s.name == cfg.bptt.schedule for s in fitting) else None
-    source = "the tile plan's model (ipu_snn.ipu.tiles)" if tiles is not None else costs.source
+    source = "the network op's graph (ipu_snn.ipu.graph_plan)" if tiles is not None else costs.source
     return Plan(spec.name, budget_bytes, shape.steps, shape.batch, source, strategies, choice, fastest, kinds,
                 generic, dict(crossovers or {}))
 
@@ -523,9 +523,9 @@ def refusal(p: Plan) -> str:
 # ------------------------------------------------------------------------------ IPU: the tiles decide
 
 #: device (spec) name -> ``make(cfg, spec, n_inputs, n_classes, batch)``, which returns
-#: ``cost(name, schedule, T, window) -> Strategy`` from the device's tile model. The IPU package registers
-#: its own (ipu_snn.ipu.tile_planning) when imported, so that the planner never imports it and a CPU or GPU
-#: plan never loads the tile model.
+#: ``cost(name, schedule, T, window) -> Strategy`` from the device's own memory model (an IPU's: its network
+#: op's graph). The IPU package registers its own (ipu_snn.ipu.tile_planning) when imported, so that the
+#: planner never imports it and a CPU or GPU plan never loads it.
 TILE_PLANNERS: dict[str, Callable] = {}
 
 

@@ -1,4 +1,4 @@
-"""The IPU path: PopTorch options and trainer, the PopART custom ops, the tile model and emulator (see README.md).
+"""The IPU path: PopTorch options and trainer, the PopART custom ops, the plan from the op's graph (see README.md).
 
 PopTorch and PopDist ship with the Graphcore Poplar SDK and are imported lazily,
 only when an IPU run starts.
@@ -17,6 +17,6 @@ def _load_emulator():
 # backends register themselves when the IPU path is imported (ipu_snn.torch_driver does for device: ipu-emulator).
 register_backend("ipu_emulator", _load_emulator)
 
-# The planner (below this package) does not import the tile model either: importing the IPU path
+# The planner (below this package) does not import the graph's memory model either: importing the IPU path
 # registers its tile planner (ipu_snn.planner.TILE_PLANNERS), so a CPU or GPU plan never loads it.
 from . import tile_planning  # noqa: E402,F401

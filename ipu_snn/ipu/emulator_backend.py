@@ -1,16 +1,17 @@
 """The ``ipu_emulator`` spike-matmul backend: every kernel call runs tile by tile on the emulator.
 
-``device: ipu-emulator`` trains on the CPU with this backend (ipu_snn.devices
-names it), so a small model runs through the same per-tile decomposition an IPU
-would, with the shared C++ core (the ``cpu`` backend) doing each tile's sums:
+The device table names it for ``device: ipu-emulator``. Training there runs the spiking layers and the
+readout as the network op's graph on the host interpreter (ipu_snn.ipu.interpreted), so no product
+reaches this backend; a network built for ipu-emulator and not handed to the interpreter
+(``build_network(..., device="ipu-emulator")``, ``ipu-snn eval --device ipu-emulator``) runs its
+products here, tile by tile, with the shared C++ core (the ``cpu`` backend) doing each tile's sums:
 
 * a matmul's ``n_out`` output columns are split evenly over
   ``min(n_out, 1472)`` tiles, one Mk2 tile per column up to the IPU's tile
-  count: the mapping ipu_snn.ipu.tiles gives every population of a model
-  smaller than one IPU (it never puts fewer than one neuron on a tile);
+  count, as the network op splits a population smaller than one IPU;
 * forward and weight gradient: each tile works on its own columns, with the
   spike list broadcast to it; input gradient: each tile's partial values at the
-  listed slots, reduce-scattered over the tiles (emulator.reduce_scatter);
+  listed slots, reduce-scattered over the tiles (`reduce_scatter`);
 * compaction (spike select): sample b is compacted on selecting tile
   ``b mod tiles`` of the population's ``min(n, 1472)`` tiles.
 
@@ -23,19 +24,93 @@ order of float sums.
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 
-from ipu_snn.ipu.emulator import Tile, hold_list, one_thread, reduce_scatter
-from ipu_snn.ipu.tiles import TILE_GEOMETRY, packed_bytes, split_even
 from ipu_snn.core.bits import unpack_spikes
+from ipu_snn.errors import UserError
+from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, MK2_TILES
 from ipu_snn.ops.backend import SpikeKernels
 
 NAME = "ipu_emulator"
-DEVICE = "ipu-mk2"
-TILES, TILE_BYTES = TILE_GEOMETRY[DEVICE]
+TILES, TILE_BYTES = MK2_TILES, MK2_TILE_BYTES
 #: The per-tile kernels: the shared C++ core.
 CORE = "cpu"
+
+
+class TileOverflowError(UserError):
+    """A tile's buffers exceed its SRAM."""
+
+
+@contextmanager
+def one_thread():
+    """Run the per-tile kernel calls on one CPU thread (a tile's share is a few columns: waking OpenMP's
+    thread team for each call cost about 15 ms a call on a busy 2-core machine, 10x the work)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class Tile:
+    """One tile's SRAM: what a call holds on it, by name."""
+
+    index: int
+    capacity: int
+    held: dict[str, int] = field(default_factory=dict)
+
+    def hold(self, name: str, kind: str, nbytes: int) -> None:
+        total = sum(self.held.values()) + nbytes
+        if total > self.capacity:
+            raise TileOverflowError(f"tile {self.index} overflows its SRAM: holding {name} ({kind}, {nbytes} B) "
+                                    f"brings it to {total} B of {self.capacity} B; held: "
+                                    + ", ".join(f"{n} {b} B" for n, b in self.held.items()))
+        self.held[name] = nbytes
+
+    def hold_tensor(self, name: str, kind: str, t: Tensor) -> Tensor:
+        self.hold(name, kind, t.numel() * t.element_size())
+        return t
+
+
+def hold_list(tile: Tile, name: str, ids: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """The broadcast copy of a spike list this tile receives."""
+    return (tile.hold_tensor(f"{name}_ids", "spike_lists", ids.clone()),
+            tile.hold_tensor(f"{name}_counts", "spike_lists", counts.clone()))
+
+
+def reduce_scatter(tiles: dict[int, Tile], order: list[int], partials: dict[int, Tensor], slots: int) -> Tensor:
+    """Sum the tiles' [B, K] partials: tile j receives chunk j of every other tile's partial (chunks padded
+    to one static size, as an IPU exchange needs); the summed flat values [B*K]."""
+    n = len(order)
+    chunk = math.ceil(slots / n)
+    padded = {t: torch.nn.functional.pad(partials[t].reshape(-1), (0, chunk * n - slots)) for t in order}
+    summed = []
+    for j, t in enumerate(order):
+        others = [padded[s][j * chunk:(j + 1) * chunk] for s in order if s != t]
+        own = padded[t][j * chunk:(j + 1) * chunk]
+        if others:
+            own = own + tiles[t].hold_tensor("reduce_receive", "reduce_receive", torch.stack(others)).sum(0)
+        summed.append(own)
+    return torch.cat(summed)[:slots]
+
+
+def split_even(n: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous [begin, end) ranges of n items over parts, sizes differing by at most one (the op's
+    ``tiling::splitEven``)."""
+    base, extra = divmod(n, parts)
+    bounds, start = [], 0
+    for j in range(parts):
+        end = start + base + (1 if j < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
 
 
 def column_slices(n_out: int) -> list[tuple[int, int, int]]:
@@ -90,7 +165,7 @@ def grad_input(ids: Tensor, counts: Tensor, weight: Tensor, grad_out: Tensor) ->
         g = tile.hold_tensor("grad_out", "activations", grad_out[:, b:e].contiguous())
         partials[t] = tile.hold_tensor("partial", "grad_partials",
                                        torch.ops.ipu_snn.spike_matmul_grad_input(ids_t, counts_t, w, g, CORE))
-    summed, _ = reduce_scatter(tiles, [t for t, _, _ in slices], partials, batch * capacity)
+    summed = reduce_scatter(tiles, [t for t, _, _ in slices], partials, batch * capacity)
     return summed.view(batch, capacity)
 
 
@@ -105,7 +180,7 @@ def compact(z: Tensor, near: Tensor | None, capacity: int) -> tuple[Tensor, Tens
         tile = Tile(j, TILE_BYTES)
         samples = len(range(j, batch, selectors))
         # The sample's spike (and near-threshold) bits arrive from the owners; its list row leaves.
-        tile.hold("select_bits", "select", samples * packed_bytes(n) * (1 if near is None else 2))
+        tile.hold("select_bits", "select", samples * ((n + 7) // 8) * (1 if near is None else 2))
         found = torch.ops.ipu_snn.compact_spikes(z[rows].contiguous(), None if near is None else near[rows].contiguous(),
                                                  capacity, CORE)
         tile.hold("select_rows", "select", samples * (capacity + 1) * 4)

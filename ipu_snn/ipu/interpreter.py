@@ -227,12 +227,12 @@ class HostNetwork:
     @classmethod
     def from_actions(cls, batch: int, steps: int, n_inputs: int, layers: Sequence[LayerSpec], n_out: int,
                      samples_per_pass: int, actions: Sequence[tuple[int, ...]], tape_slots: int, local_slots: int,
-                     offchip_slots: int, *, tiles: int = MK2_TILES, tile_bytes: int = MK2_TILE_BYTES
-                     ) -> "HostNetwork":
+                     offchip_slots: int, *, tiles: int = MK2_TILES, tile_bytes: int = MK2_TILE_BYTES,
+                     holds_data: bool = True) -> "HostNetwork":
         """The graph of a spec as the PopART op's attributes give it (step actions and slot counts)."""
         host = cls.__new__(cls)
         host._build(batch, steps, n_inputs, layers, n_out, samples_per_pass, list(actions), tape_slots, local_slots,
-                    offchip_slots, tiles, tile_bytes, True)
+                    offchip_slots, tiles, tile_bytes, holds_data)
         return host
 
     def _build(self, batch, steps, n_inputs, layers, n_out, samples_per_pass, actions, tape_slots, local_slots,

@@ -27,12 +27,11 @@ from ..loop import STEP_STATS, check_overflow
 from ..network import SpikingNetwork, count_parameters
 from ..planner import RunPlan
 from .custom_ops import op_schedule
-from .graph_plan import count_graph, optimizer_slots
-from .tile_planning import plan_for_config
+from .graph_plan import optimizer_slots, pass_size
+from .tile_planning import GraphTilePlan, plan_for_config
 from .model import Evaluation, TrainingStep, build_traced
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
 from .sdk import import_popdist, import_poptorch
-from .tiles import TilePlan
 
 T = TypeVar("T")
 
@@ -56,10 +55,10 @@ def check_ipu_config(cfg: Config) -> None:
                           "the IPU (the network op runs the time loop in Poplar); set model.fused to auto or false")
 
 
-def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> TilePlan:
-    """The per-tile plan of one replica (one IPU, ``micro_batch`` samples), or a ConfigError if it does not fit.
+def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> GraphTilePlan:
+    """The network op's graph count of one replica (one IPU, ``micro_batch`` samples), or a ConfigError if it
+    does not fit.
 
-    Its tile ranges are where the sparse layers' ops run (``model.map_tiles``).
     A replica is one IPU: PopTorch's replication copies the model, it does not
     split it, so a network too big for one IPU is refused before anything compiles.
     """
@@ -71,23 +70,22 @@ def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> TilePlan
                  else f"{accumulation} accumulation steps")
         raise ConfigError(
             f"model: {plan.refusal()} The plan is one replica's: a micro-batch of {micro_batch} samples "
-            f"(data.batch_size {cfg.data.batch_size} over {split}) and {plan.time.name} over {plan.time.windows} "
-            f"windows of {plan.time.window} steps on the tiles. A replica runs on one IPU (ipus-per-replica 1: "
+            f"(data.batch_size {cfg.data.batch_size} over {split}) and {plan.schedule} over {plan.windows} "
+            f"windows of {plan.window} steps on the tiles. A replica runs on one IPU (ipus-per-replica 1: "
             "replication copies the model, it does not split it), so more IPUs do not make it fit.")
     return plan
 
 
 def plan_samples_per_pass(cfg: Config, network: SpikingNetwork, n_inputs: int, n_classes: int,
                           micro_batch: int) -> int:
-    """The network op's samples per input-gradient pass: the plan's choice (`graph_plan.count_graph`, as
+    """The network op's samples per input-gradient pass: the plan's choice (`graph_plan.pass_size`, as
     ``ipu-snn plan --device ipu-mk2`` reports it) for the op the network runs (its time loop's window and
     schedule over ``data.steps``), one replica's micro-batch and the optimizer's buffers. So the op PopART
     builds is the program the plan counted."""
     steps = cfg.data.num_steps
     _, schedule = op_schedule(network, steps)
-    _, passes = count_graph(cfg.model, n_inputs, n_classes, micro_batch, steps, network.loop.window or steps,
-                            schedule, optimizer_slots(cfg.training))
-    return passes
+    return pass_size(cfg.model, n_inputs, n_classes, micro_batch, steps, network.loop.window or steps, schedule,
+                     optimizer_slots(cfg.training))
 
 
 class PaddedDataset(Dataset):

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ipu_snn.bptt.schedules import double, store_all, uniform
+from ipu_snn.bptt.schedules import double, revolve, store_all, uniform
 from ipu_snn.config import load_config
 from ipu_snn.executor import window_bounds
-from ipu_snn.ipu.graph_plan import graph_plan, layer_specs
-from ipu_snn.ipu.interpreter import HostNetwork
+from ipu_snn.ipu.graph_plan import (Builds, Candidate, GraphModel, graph_plan, layer_specs, tile_account,
+                                    time_terms)
+from ipu_snn.ipu.interpreter import HostNetwork, step_actions, tape_slots
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,47 @@ def test_the_plans_tile_bytes_are_the_interpreters_record(sizes, name):
     assert time["total_s"] == pytest.approx(sum(v for k, v in time.items() if k != "total_s"))
 
 
+SCHEDULES = {"store_all": store_all, "uniform": lambda w: uniform(w, 2), "double": lambda w: double(w, 2, 1),
+             "revolve": lambda w: revolve(w, 2)}
+
+
+# the network op's other layers (ipumodels): ALIF and cuba with their second state, learned decays (v(t-1)
+# taped) and thresholds, bounded surrogates (the listed backward's live bits)
+OTHER_LAYERS = [["model.layers.0.type=alif", "model.layers.0.recurrent=true", "model.layers.1.type=cuba"],
+                [f"model.layers.{i}.{f}=true" for i in (0, 1) for f in ("learn_decay", "learn_threshold")]
+                + ["model.layers.0.surrogate.name=triangle"]]
+
+
+@pytest.mark.parametrize("extra", [[]] + OTHER_LAYERS)
+def test_the_graph_model_is_the_graphs_count(extra):
+    # GraphModel solves each tile's bytes, affine in the tape and local slots and T, from four counting graphs;
+    # at other slots, T, windows and samples per pass it gives exactly the bytes and the cost walk's terms of
+    # the graph built there
+    cfg = load_config(CONFIG, ["model.layers.0.size=9", "model.layers.1.size=4", *extra]).model
+    batch, n_in = 4, 11
+    model = GraphModel(cfg, n_in, 3, batch)
+    for name, steps, window, passes in [("store_all", 7, 7, 4), ("uniform", 12, 3, 2), ("double", 12, 3, 1),
+                                        ("revolve", 10, 2, 3)]:
+        bounds = window_bounds(steps, window)
+        c = Candidate.of(steps, window, SCHEDULES[name](len(bounds)))
+        actions = step_actions(c.schedule, bounds)
+        assert (c.tape, c.builds) == (tape_slots(actions), Builds.of_actions(actions)), name
+        host = HostNetwork.from_actions(batch, steps, n_in, model.layers, 3, passes, actions, c.tape, c.local,
+                                        c.offchip, holds_data=False)
+        real, modelled = tile_account(host, 2), model.account(c.tape, c.local, steps, passes, c.builds)
+        for kind in real:
+            np.testing.assert_array_equal(modelled[kind], real[kind], err_msg=f"{name} {kind}")
+        assert model.streaming_bytes(c) == host.counts()["remote_bytes"]
+        whole = HostNetwork.from_actions(batch, steps, n_in, model.layers, 3, batch, actions, c.tape, c.local,
+                                         c.offchip, holds_data=False)
+        walked = {k: whole.cost(False)[k] + whole.cost(True)[k] for k in whole.cost(False)}
+        assert model.program_terms(c) == pytest.approx(walked, rel=1e-12), name
+        assert model.time(c) == pytest.approx(time_terms(walked, batch, steps, n_in), rel=1e-12)
+    # the whole batch's base and the three slopes' graphs; a base per other samples per pass (2, 1, 3); one per
+    # other builds' key (uniform's, and double's and revolve's), whose taped recomputation uniform's gave
+    assert model.counted == 4 + 3 + 2
+
+
 def test_a_longer_sequence_costs_proportionally_more_time():
     cfg = load_config(CONFIG).model
     short = graph_plan(cfg, 11, 3, 4, 8, 8, store_all(1))["time"]
@@ -72,3 +114,7 @@ def test_plan_json_reports_the_graph(tmp_path):
     # a tile per neuron (32 + 32 and the readout's 4 classes); the trace (batch 32 x 4) over 128 tiles
     assert tiles["used"] == max(32 + 32 + 4, 32 * 4)
     assert tiles["graph"]["vertices"] > 0 and tiles["graph"]["optimizer_slots"] == 2
+    # the planner's model of the graph agrees with the count of the chosen graph, tile by tile; largest_T is
+    # the model's too
+    assert tiles["model_check"]["tiles_equal"] and tiles["largest_T"]["source"] == "graph"
+    assert tiles["largest_T"]["schedules"]["store_all"]["T"] >= tiles["time_loop"]["T"]

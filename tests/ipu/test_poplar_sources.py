@@ -40,7 +40,7 @@ from ipu_snn.neuron.reference import step as reference_step
 from ipu_snn.neuron.spec import RESET_CODES, NeuronSpec
 from ipu_snn.neuron.surrogates import SURROGATES as SURROGATE_TABLE
 from ipu_snn.neuron.surrogates import surrogate as surrogate_row
-from ipu_snn.ipu.tiles import split_even
+from ipu_snn.ipu.emulator_backend import split_even
 
 ROOT = Path(__file__).resolve().parents[2]
 CUSTOM_OPS = ROOT / "custom_ops"
@@ -325,7 +325,7 @@ def _values(t: torch.Tensor) -> list[str]:
     return [repr(float(x)) for x in t.to(torch.float32).flatten().tolist()]
 
 
-def test_split_is_the_planners_split_even(harness):
+def test_split_is_the_emulators_split_even(harness):
     pairs = [(n, parts) for n in range(0, 40, 3) for parts in range(1, 9)]
     lines = _run(harness, ["split", len(pairs)] + [x for p in pairs for x in p])
     for (n, parts), line in zip(pairs, lines):

@@ -237,11 +237,11 @@ def test_the_run_plan_is_data_that_round_trips():
     assert plan(config("store_all"), device_spec("h100"), n_inputs=10, n_classes=3).run_plan().loop().schedule is None
 
 
-def test_a_cpu_plan_does_not_load_the_ipu_tile_model():
+def test_a_cpu_plan_does_not_load_the_ipu_graph_model():
     code = ("import sys; from ipu_snn.config import load_config; from ipu_snn.devices import device_spec; "
             "from ipu_snn.planner import plan; "
             "p = plan(load_config('configs/tiny.yaml'), device_spec('cpu'), n_inputs=70, n_classes=20); "
-            "assert p.choice == 'store_all'; assert 'ipu_snn.ipu.tiles' not in sys.modules, 'loaded'; "
+            "assert p.choice == 'store_all'; assert 'ipu_snn.ipu.graph_plan' not in sys.modules, 'loaded'; "
             "assert not any(m.startswith('ipu_snn.ipu') for m in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

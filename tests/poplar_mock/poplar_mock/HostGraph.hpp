@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -30,10 +31,53 @@ struct Region {
   unsigned var;
   std::size_t begin, end;
 };
+// A tensor's elements as runs of variables, in its row-major order. A concat's
+// runs are made on first use (`regions()`): a counting graph never reads most
+// of them (the carried tapes: [S, B, 1] pieces of a thousand tiles would be
+// S B thousand runs), and reshapes share them.
+class RegionList {
+public:
+  explicit RegionList(std::vector<Region> r) : regions_(std::move(r)) {}
+  explicit RegionList(std::function<std::vector<Region>()> make) : make_(std::move(make)) {}
+  const std::vector<Region> &get() const {
+    if (make_) {
+      regions_ = make_();
+      make_ = nullptr;
+    }
+    return regions_;
+  }
+  // where each run starts in the tensor's element order (for slicing by binary search), made once
+  const std::vector<std::size_t> &starts() const {
+    if (starts_.size() != get().size()) {
+      starts_.clear();
+      starts_.reserve(regions_.size());
+      std::size_t at = 0;
+      for (const Region &r : regions_) {
+        starts_.push_back(at);
+        at += r.end - r.begin;
+      }
+    }
+    return starts_;
+  }
+
+private:
+  mutable std::vector<Region> regions_;
+  mutable std::vector<std::size_t> starts_;
+  mutable std::function<std::vector<Region>()> make_;
+};
 struct TensorData {
   poplar::Type type;
   std::vector<std::size_t> shape;
-  std::vector<Region> regions;  // in the tensor's row-major element order
+  std::shared_ptr<const RegionList> list;
+  TensorData(poplar::Type t, std::vector<std::size_t> s, std::vector<Region> r)
+      : type(t), shape(std::move(s)), list(std::make_shared<const RegionList>(std::move(r))) {}
+  TensorData(poplar::Type t, std::vector<std::size_t> s, std::shared_ptr<const RegionList> l)
+      : type(t), shape(std::move(s)), list(std::move(l)) {}
+  // a concat's parts and dimension (a slice that is exactly one part is that part: no runs searched)
+  std::shared_ptr<const std::vector<poplar::Tensor>> concatParts;
+  unsigned concatDim = 0;
+  const std::vector<Region> &regions() const { return list->get(); }
+  const std::vector<std::size_t> &starts() const { return list->starts(); }
   std::size_t numElements() const;
 };
 struct TensorAccess {

@@ -39,16 +39,12 @@ const char *typeName(int id) {
   static const char *names[] = {"bool", "unsigned char", "int", "unsigned int", "half", "float"};
   return names[id];
 }
-std::size_t TensorData::numElements() const {
-  std::size_t n = 0;
-  for (const Region &r : regions) n += r.end - r.begin;
-  return n;
-}
 static std::size_t product(const std::vector<std::size_t> &s, std::size_t from = 0) {
   std::size_t p = 1;
   for (std::size_t i = from; i < s.size(); ++i) p *= s[i];
   return p;
 }
+std::size_t TensorData::numElements() const { return product(shape); }
 const TensorData &TensorAccess::data(const Tensor &t) {
   if (!t.data_) throw Error("poplar_mock: use of an empty Tensor");
   return *t.data_;
@@ -57,17 +53,6 @@ Tensor TensorAccess::make(TensorData d) {
   Tensor t;
   t.data_ = std::make_shared<const TensorData>(std::move(d));
   return t;
-}
-// Where each region starts in the flattened tensor (for the binary search of appendRange).
-static std::vector<std::size_t> regionStarts(const std::vector<Region> &regions) {
-  std::vector<std::size_t> starts;
-  starts.reserve(regions.size());
-  std::size_t at = 0;
-  for (const Region &r : regions) {
-    starts.push_back(at);
-    at += r.end - r.begin;
-  }
-  return starts;
 }
 // Elements [begin, end) of the flattened tensor, appended to out (merging runs).
 static void appendRange(const std::vector<Region> &regions, const std::vector<std::size_t> &starts,
@@ -166,25 +151,58 @@ Tensor Tensor::slice(std::size_t begin, std::size_t end, unsigned dimension) con
   const TensorData &d = TensorAccess::data(*this);
   if (dimension >= d.shape.size() || begin > end || end > d.shape[dimension])
     throw Error("poplar_mock: Tensor::slice out of range");
-  TensorData out{d.type, d.shape, {}};
-  out.shape[dimension] = end - begin;
+  if (d.concatParts && dimension == d.concatDim) {  // along the concat, at its parts' bounds: those parts
+    std::size_t at = 0, first = 0;
+    bool started = false;
+    for (std::size_t i = 0; i < d.concatParts->size(); ++i) {
+      if (at == begin) {
+        first = i;
+        started = true;
+      }
+      at += TensorAccess::data((*d.concatParts)[i]).shape.at(dimension);
+      if (started && at == end) {
+        if (i == first) return (*d.concatParts)[i];
+        std::vector<Tensor> kept(d.concatParts->begin() + first, d.concatParts->begin() + i + 1);
+        return concat(kept, dimension);
+      }
+      if (at >= end) break;
+    }
+  }
+  std::vector<std::size_t> shape = d.shape;
+  shape[dimension] = end - begin;
   const std::size_t inner = poplar_mock::product(d.shape, dimension + 1);
   const std::size_t outer = poplar_mock::product(std::vector<std::size_t>(d.shape.begin(), d.shape.begin() + dimension));
-  const std::vector<std::size_t> starts = poplar_mock::regionStarts(d.regions);
+  const std::vector<Region> &regions = d.regions();
+  std::vector<Region> out;
+  if (regions.size() == 1) {  // one run of one variable (most slices): no search
+    const Region &r = regions[0];
+    for (std::size_t o = 0; o < outer; ++o) {
+      const std::size_t b = r.begin + o * d.shape[dimension] * inner + begin * inner, e = b - begin * inner + end * inner;
+      if (b == e) continue;
+      if (!out.empty() && out.back().end == b)
+        out.back().end = e;
+      else
+        out.push_back(Region{r.var, b, e});
+    }
+    return TensorAccess::make(TensorData{d.type, std::move(shape), std::move(out)});
+  }
+  const std::vector<std::size_t> &starts = d.starts();
   for (std::size_t o = 0; o < outer; ++o) {
     const std::size_t base = o * d.shape[dimension] * inner;
-    poplar_mock::appendRange(d.regions, starts, base + begin * inner, base + end * inner, out.regions);
+    poplar_mock::appendRange(regions, starts, base + begin * inner, base + end * inner, out);
   }
-  return TensorAccess::make(std::move(out));
+  return TensorAccess::make(TensorData{d.type, std::move(shape), std::move(out)});
 }
 Tensor Tensor::operator[](std::size_t i) const {
   Tensor s = slice(i, i + 1, 0);
   TensorData d = TensorAccess::data(s);
   d.shape.erase(d.shape.begin());
+  d.concatParts = nullptr;
   return TensorAccess::make(std::move(d));
 }
 Tensor Tensor::flatten() const {
   TensorData d = TensorAccess::data(*this);
+  if (d.shape.size() != 1) d.concatParts = nullptr;
   d.shape = {d.numElements()};
   return TensorAccess::make(std::move(d));
 }
@@ -192,25 +210,43 @@ Tensor Tensor::reshape(ArrayRef<std::size_t> shape) const {
   TensorData d = TensorAccess::data(*this);
   std::vector<std::size_t> s(shape.begin(), shape.end());
   if (poplar_mock::product(s) != d.numElements()) throw Error("poplar_mock: reshape changes the size");
+  if (s != d.shape) d.concatParts = nullptr;
   d.shape = s;
   return TensorAccess::make(std::move(d));
 }
 Tensor concat(ArrayRef<Tensor> ts, unsigned dimension) {
   if (ts.size() == 0) throw Error("poplar_mock: concat of nothing");
   const TensorData &first = TensorAccess::data(ts[0]);
-  TensorData out{first.type, first.shape, {}};
-  out.shape[dimension] = 0;
-  for (const Tensor &t : ts) out.shape[dimension] += TensorAccess::data(t).shape.at(dimension);
+  std::vector<std::size_t> shape = first.shape;
+  shape[dimension] = 0;
+  for (const Tensor &t : ts) shape[dimension] += TensorAccess::data(t).shape.at(dimension);
   const std::size_t outer =
       poplar_mock::product(std::vector<std::size_t>(first.shape.begin(), first.shape.begin() + dimension));
-  std::vector<std::vector<std::size_t>> starts;
-  for (const Tensor &t : ts) starts.push_back(poplar_mock::regionStarts(TensorAccess::data(t).regions));
-  for (std::size_t o = 0; o < outer; ++o)
-    for (std::size_t i = 0; i < ts.size(); ++i) {
-      const TensorData &d = TensorAccess::data(ts[i]);
-      const std::size_t block = poplar_mock::product(d.shape, dimension);
-      poplar_mock::appendRange(d.regions, starts[i], o * block, (o + 1) * block, out.regions);
+  // the runs are made when first used (poplar_mock::RegionList)
+  auto parts = std::make_shared<const std::vector<Tensor>>(ts.begin(), ts.end());
+  auto make = [parts = *parts, outer, dimension] {
+    std::vector<Region> out;
+    if (outer == 1) {  // the parts one after another (a flat concat): their runs, merged where they meet
+      for (const Tensor &t : parts)
+        for (const Region &r : TensorAccess::data(t).regions()) {
+          if (!out.empty() && out.back().var == r.var && out.back().end == r.begin)
+            out.back().end = r.end;
+          else
+            out.push_back(r);
+        }
+      return out;
     }
+    for (std::size_t o = 0; o < outer; ++o)
+      for (std::size_t i = 0; i < parts.size(); ++i) {
+        const TensorData &d = TensorAccess::data(parts[i]);
+        const std::size_t block = poplar_mock::product(d.shape, dimension);
+        poplar_mock::appendRange(d.regions(), d.starts(), o * block, (o + 1) * block, out);
+      }
+    return out;
+  };
+  TensorData out{first.type, std::move(shape), std::make_shared<const poplar_mock::RegionList>(std::function(make))};
+  out.concatParts = std::move(parts);
+  out.concatDim = dimension;
   return TensorAccess::make(std::move(out));
 }
 
@@ -242,7 +278,7 @@ Tensor Graph::addConstantValue(const Type &type, ArrayRef<std::size_t> shape, do
 void Graph::setTileMapping(const Tensor &t, unsigned tileNum) {
   GraphData &g = GraphData::of(*this);
   if (tileNum >= g.target.getNumTiles()) throw Error("poplar_mock: tile " + std::to_string(tileNum) + " out of range");
-  for (const Region &r : TensorAccess::data(t).regions) {
+  for (const Region &r : TensorAccess::data(t).regions()) {
     auto &var = g.vars[r.var];
     auto &m = var.mapping;
     if (r.begin >= var.mappedEnd) {  // past everything mapped so far (a mapping built in order): appended
@@ -296,7 +332,7 @@ void Graph::setFieldValue(FieldRef field, double val) {
 }
 void Graph::setTensorValue(const Tensor &t, double val) {
   GraphData &g = GraphData::of(*this);
-  for (const Region &r : TensorAccess::data(t).regions) {
+  for (const Region &r : TensorAccess::data(t).regions()) {
     if (r.begin != 0 || r.end != g.vars[r.var].n)
       throw Error("poplar_mock: setInitialValue on part of a variable is not modelled");
     g.vars[r.var].hasInit = true;
@@ -305,7 +341,7 @@ void Graph::setTensorValue(const Tensor &t, double val) {
 }
 void Graph::setTensorValues(const Tensor &t, const std::vector<double> &vals) {
   GraphData &g = GraphData::of(*this);
-  const auto &regions = TensorAccess::data(t).regions;
+  const auto &regions = TensorAccess::data(t).regions();
   if (regions.size() != 1 || regions[0].begin != 0 || regions[0].end != g.vars[regions[0].var].n ||
       vals.size() != g.vars[regions[0].var].n)
     throw Error("poplar_mock: setInitialValue with values needs a whole variable and one value per element");

@@ -281,7 +281,7 @@ unsigned char *at(GraphData &g, unsigned var, std::size_t i) {
   return v.data.data() + i * typeBytes(v.type);
 }
 void gather(const GraphData &g, const Tensor &t, unsigned char *out) {
-  for (const Region &r : TensorAccess::data(t).regions) {
+  for (const Region &r : TensorAccess::data(t).regions()) {
     const Variable &v = g.vars[r.var];
     const std::size_t b = typeBytes(v.type);
     std::memcpy(out, v.data.data() + r.begin * b, (r.end - r.begin) * b);
@@ -289,7 +289,7 @@ void gather(const GraphData &g, const Tensor &t, unsigned char *out) {
   }
 }
 void scatter(GraphData &g, const Tensor &t, const unsigned char *in) {
-  for (const Region &r : TensorAccess::data(t).regions) {
+  for (const Region &r : TensorAccess::data(t).regions()) {
     Variable &v = g.vars[r.var];
     if (v.constant) throw Error("poplar_mock: a program writes the constant '" + v.name + "'");
     const std::size_t b = typeBytes(v.type);
@@ -302,7 +302,7 @@ std::size_t tensorBytes(const Tensor &t) {
 }
 std::size_t offTileBytes(const GraphData &g, const Tensor &t, int tile) {
   std::size_t bytes = 0;
-  for (const Region &r : TensorAccess::data(t).regions)
+  for (const Region &r : TensorAccess::data(t).regions())
     for (const Mapping &m : g.vars[r.var].mapping) {
       const std::size_t b = std::max(m.begin, r.begin), e = std::min(m.end, r.end);
       if (b < e && int(m.tile) != tile) bytes += (e - b) * typeBytes(g.vars[r.var].type);
@@ -480,7 +480,7 @@ void run(GraphData &g, const poplar::program::Program &p) {
   runNode(g, ProgramAccess::node(p));
 }
 void write(GraphData &g, const Tensor &t, const void *src) {
-  for (const Region &r : TensorAccess::data(t).regions) {
+  for (const Region &r : TensorAccess::data(t).regions()) {
     Variable &v = g.vars[r.var];
     const std::size_t b = typeBytes(v.type);
     std::memcpy(at(g, r.var, r.begin), src, (r.end - r.begin) * b);

@@ -8,6 +8,8 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <tuple>
+#include <unordered_map>
 #include <string>
 
 #include "HostGraph.hpp"
@@ -258,22 +260,46 @@ struct TileIndex {  // each variable's mapping sorted, for the tiles of a region
                 [](const auto &a, const auto &b) { return a.begin < b.begin; });
     }
   }
-  // bytes of the tensor not on `tile`
+  // bytes of the tensor not on `tile`; a tensor of many pieces (a layer's bits, mapped per sample and
+  // tile, which every consumer tile reads) has its bytes per tile summed once
   double offTile(const poplar_mock::GraphData &g, const poplar::Tensor &t, int tile) const {
-    double bytes = 0;
-    for (const auto &r : poplar_mock::TensorAccess::data(t).regions) {
+    const auto *key = &poplar_mock::TensorAccess::data(t);
+    const auto &regions = key->regions();
+    std::size_t pieces = 0;  // at most this many pieces to visit
+    for (const auto &r : regions) pieces += sorted[r.var].size();
+    if (pieces <= 256) {
+      double bytes = 0;
+      visit(g, regions, [&](unsigned on, double b) { bytes += int(on) != tile ? b : 0.0; });
+      return bytes;
+    }
+    auto found = perTile.find(key);
+    if (found == perTile.end()) {
+      std::pair<double, std::unordered_map<unsigned, double>> held{0.0, {}};
+      visit(g, regions, [&](unsigned on, double b) {
+        held.first += b;
+        held.second[on] += b;
+      });
+      found = perTile.emplace(key, std::move(held)).first;
+    }
+    auto on = found->second.second.find(unsigned(tile));
+    return found->second.first - (on == found->second.second.end() ? 0.0 : on->second);
+  }
+  // f(tile, bytes) for each piece of the regions on one tile
+  void visit(const poplar_mock::GraphData &g, const std::vector<poplar_mock::Region> &regions,
+             const std::function<void(unsigned, double)> &f) const {
+    for (const auto &r : regions) {
       const auto &m = sorted[r.var];
       auto it = std::upper_bound(m.begin(), m.end(), r.begin, [](std::size_t x, const auto &e) { return x < e.begin; });
       if (it != m.begin()) --it;
       for (; it != m.end() && it->begin < r.end; ++it) {
         const std::size_t b = std::max(it->begin, r.begin), e = std::min(it->end, r.end);
-        if (b < e && int(it->tile) != tile) bytes += double((e - b) * poplar_mock::typeBytes(g.vars[r.var].type));
+        if (b < e) f(it->tile, double((e - b) * poplar_mock::typeBytes(g.vars[r.var].type)));
       }
     }
-    return bytes;
   }
+  mutable std::unordered_map<const void *, std::pair<double, std::unordered_map<unsigned, double>>> perTile;
   int tileOf(const poplar::Tensor &t) const {
-    const auto &r = poplar_mock::TensorAccess::data(t).regions.at(0);
+    const auto &r = poplar_mock::TensorAccess::data(t).regions().at(0);
     const auto &m = sorted[r.var];
     auto it = std::upper_bound(m.begin(), m.end(), r.begin, [](std::size_t x, const auto &e) { return x < e.begin; });
     return it == m.begin() ? -1 : int((--it)->tile);
@@ -326,13 +352,22 @@ const std::vector<std::map<unsigned, double>> &receivedPerComputeSet(Handle *h) 
   const auto &g = poplar_mock::GraphData::of(h->graph);
   const TileIndex index(g);
   h->received.resize(g.computeSets.size());
+  // a tensor is received once per tile; one buffer for every compute set (freeing a large one per compute
+  // set made malloc consolidate its free lists each time)
+  std::vector<std::tuple<unsigned, const void *, const poplar::Tensor *>> fields;
   for (std::size_t cs = 0; cs < g.computeSets.size(); ++cs) {
-    std::map<unsigned, std::set<const void *>> seen;  // a tensor is received once per tile
+    fields.clear();
     for (unsigned id : g.computeSets[cs]) {
       const auto &v = g.vertices[id];
-      for (const auto &[name, t] : v.fields)
-        if (seen[unsigned(v.tile)].insert(&poplar_mock::TensorAccess::data(t)).second)
-          h->received[cs][unsigned(v.tile)] += index.offTile(g, t, v.tile);
+      for (const auto &[name, t] : v.fields) fields.emplace_back(unsigned(v.tile), &poplar_mock::TensorAccess::data(t), &t);
+    }
+    std::sort(fields.begin(), fields.end(), [](const auto &a, const auto &b) {
+      return std::tie(std::get<0>(a), std::get<1>(a)) < std::tie(std::get<0>(b), std::get<1>(b));
+    });
+    for (std::size_t i = 0; i < fields.size(); ++i) {
+      const auto &[tile, data, t] = fields[i];
+      if (i > 0 && std::get<0>(fields[i - 1]) == tile && std::get<1>(fields[i - 1]) == data) continue;
+      h->received[cs][tile] += index.offTile(g, *t, int(tile));
     }
   }
   return h->received;
