@@ -115,6 +115,27 @@ def test_trace_and_gradients_equal_autograd_under_every_schedule(name, window, p
     assert (counts["remote_bytes_moved"] > 0) == (name == "double")
 
 
+def _compare(host, x, params, spec, learn_threshold=False) -> list[int]:
+    """Run the op and the float64 autograd reference; check the trace and every gradient the op returns
+    (each non-zero in the reference); the indices of the parameters it returned gradients for."""
+    leaves = [t.clone().requires_grad_() for t in params]
+    trace = network_trace(host, pack_spikes(x), leaves)
+    want, ref = _reference(x, params, spec, learn_threshold)
+    assert float((trace.detach().double() - want.detach()).abs().max()) <= 1e-5 * float(want.detach().abs().max())
+    grad = torch.randn(trace.shape, generator=torch.Generator().manual_seed(7))
+    (trace * grad).sum().backward()
+    (want * grad.double()).sum().backward()
+    returned = []
+    for k, (got, exp) in enumerate(zip(leaves, ref)):
+        if got.grad is None:
+            continue
+        returned.append(k)
+        scale = float(exp.grad.abs().max())
+        assert scale > 0, k
+        assert float((got.grad.double() - exp.grad).abs().max()) <= RTOL * scale, k
+    return returned
+
+
 @pytest.mark.parametrize("name", ["store_all", "uniform", "double"])
 @pytest.mark.parametrize("surrogate, scale", [("triangle", 3.0), ("boxcar", 2.0)])
 def test_the_listed_backward_equals_autograd(surrogate, scale, name):
@@ -128,19 +149,7 @@ def test_the_listed_backward_equals_autograd(surrogate, scale, name):
     host = HostNetwork(B, T, N_IN, layers, _schedules(len(bounds))[name], bounds, N_OUT, samples_per_pass=2,
                        tiles=8)
     assert any(name.endswith("liveBits") for t in range(8) for name, _ in host.tile_variables(t))
-    leaves = [t.clone().requires_grad_() for t in params]
-    trace = network_trace(host, pack_spikes(x), leaves)
-    want, ref = _reference(x, params, spec)
-    assert float((trace.detach().double() - want.detach()).abs().max()) <= 1e-5 * float(want.detach().abs().max())
-    grad = torch.randn(trace.shape, generator=torch.Generator().manual_seed(7))
-    (trace * grad).sum().backward()
-    (want * grad.double()).sum().backward()
-    for got, exp in zip(leaves, ref):
-        if got.grad is None:
-            continue
-        scale_ = float(exp.grad.abs().max())
-        assert scale_ > 0
-        assert float((got.grad.double() - exp.grad).abs().max()) <= RTOL * scale_
+    assert len(_compare(host, x, params, spec)) == len(params) - len(SIZES)  # all but the layers' betas
     # the time model counts a dot product only at the neurons of non-zero d (at the plan's density)
     dense = HostNetwork(B, T, N_IN, [replace(l, listed=False) for l in layers], store_all(len(bounds)), bounds,
                         N_OUT, samples_per_pass=2, tiles=8, holds_data=False)
@@ -158,18 +167,7 @@ def test_learned_decays_and_thresholds_equal_autograd(name, reset, surrogate):
     bounds = window_bounds(T, 2)
     host = HostNetwork(B, T, N_IN, _layers(spec, True, True), _schedules(len(bounds))[name], bounds, N_OUT,
                        samples_per_pass=2, tiles=8)
-    leaves = [t.clone().requires_grad_() for t in params]
-    trace = network_trace(host, pack_spikes(x), leaves)
-    want, ref = _reference(x, params, spec, learn_threshold=True)
-    assert float((trace.detach().double() - want.detach()).abs().max()) <= 1e-5 * float(want.detach().abs().max())
-    grad = torch.randn(trace.shape, generator=torch.Generator().manual_seed(7))
-    (trace * grad).sum().backward()
-    (want * grad.double()).sum().backward()
-    for k, (got, exp) in enumerate(zip(leaves, ref)):
-        assert got.grad is not None, k  # every parameter learned
-        scale = float(exp.grad.abs().max())
-        assert scale > 0, k
-        assert float((got.grad.double() - exp.grad).abs().max()) <= RTOL * scale, k
+    assert _compare(host, x, params, spec, learn_threshold=True) == list(range(len(params)))  # every one learned
 
 
 @pytest.mark.parametrize("name", ["store_all", "uniform", "double"])
@@ -183,22 +181,8 @@ def test_alif_and_cuba_equal_autograd(name, model, reset):
     bounds = window_bounds(T, 2)
     host = HostNetwork(B, T, N_IN, _layers(spec, learn_threshold=True), _schedules(len(bounds))[name], bounds,
                        N_OUT, samples_per_pass=2, tiles=8)
-    leaves = [t.clone().requires_grad_() for t in params]
-    trace = network_trace(host, pack_spikes(x), leaves)
-    want, ref = _reference(x, params, spec, learn_threshold=True)
-    assert float((trace.detach().double() - want.detach()).abs().max()) <= 1e-5 * float(want.detach().abs().max())
-    grad = torch.randn(trace.shape, generator=torch.Generator().manual_seed(7))
-    (trace * grad).sum().backward()
-    (want * grad.double()).sum().backward()
-    learned = 0
-    for k, (got, exp) in enumerate(zip(leaves, ref)):
-        if got.grad is None:  # the spiking layers' beta and rho: not learned here
-            continue
-        learned += 1
-        scale = float(exp.grad.abs().max())
-        assert scale > 0, k
-        assert float((got.grad.double() - exp.grad).abs().max()) <= RTOL * scale, k
-    assert learned == len(leaves) - 2 * len(SIZES)
+    # all but the spiking layers' beta and rho (not learned here)
+    assert len(_compare(host, x, params, spec, learn_threshold=True)) == len(params) - 2 * len(SIZES)
 
 
 def test_the_tape_and_checkpoints_follow_the_schedule():
