@@ -534,10 +534,6 @@ class Config(_Strict):
                              f"and cuda, not yet on {self.device}")
         if self.device in ipu and any(layer.dropout for layer in self.model.layers):
             raise ValueError(f"model.layers.*.dropout runs on cpu and cuda, not yet on {self.device}")
-        for i, layer in enumerate(self.model.layers):
-            if layer.learn_threshold and self.device in ipu:
-                raise ValueError(f"model.layers.{i}.learn_threshold: a learned threshold runs on cpu and cuda, not yet "
-                                 f"on {self.device}: the IPU's neuron vertices fire at a scalar threshold")
         return self
 
 

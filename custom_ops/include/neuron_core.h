@@ -517,6 +517,30 @@ void neuron_backward_of(NeuronKind kind, const T* grad_z, const T* grad_v, const
 #undef IPU_SNN_NEURON_BACKWARD
 }
 
+// A learned threshold's gradient (ipu_snn/neuron/spec.py; the CPU window forms
+// the same in ipu_snn/neuron/window.py `_threshold_grad`), accumulated over one
+// step of `rows` rows of a [rows, width] block for its columns
+// [c_begin, c_end): grad_threshold[c] += sum over r of
+// (1 - z[r, c]) grad_v_new[r, c] - gv[r, c], for both resets, with grad_v_new
+// w.r.t. v after the step's reset and gv w.r.t. v before it; z[r, c] is bit
+// bit_offset + c of row r of bits (row_bytes a row).
+template <typename T, typename Acc, typename I>
+void threshold_grad_columns(const T* grad_v_new, const T* gv, const uint8_t* bits, I row_bytes,
+                            I bit_offset, I width, I rows, I c_begin, I c_end,
+                            Acc* grad_threshold) {
+  using C = typename NeuronCompute<T>::type;
+  for (I c = c_begin; c < c_end; ++c) {
+    const I bit = bit_offset + c;
+    C sum = C(grad_threshold[c]);
+    for (I r = 0; r < rows; ++r) {
+      const bool fired = (bits[r * row_bytes + (bit >> 3)] >> (bit & 7)) & 1u;
+      const I i = r * width + c;
+      sum += (fired ? C(0) : C(grad_v_new[i])) - C(gv[i]);
+    }
+    grad_threshold[c] = Acc(sum);
+  }
+}
+
 // The LIF (adaptive false) or ALIF backward, as the Poplar vertices call it.
 template <typename T, typename D, typename I, typename S>
 void neuron_backward(const T* grad_z, const T* grad_v, const T* grad_a,

@@ -534,11 +534,21 @@ void grad_weight_bits(const G* grad_out, I grad_stride, I n_cols, const uint8_t*
 // The dense input gradient of the tile's columns for `rows` samples, laid out
 // neuron-major: partial[i * rows + r] = <weight[i, 0:n_cols], grad_out[r, 0:n_cols]>
 // for the positions [p_begin, p_end) of [n_in * rows] (a worker's share).
+// With `live` (packed bits [rows, live_row_bytes]: bit i of row r set where
+// input i of sample r has a non-zero surrogate derivative), the positions
+// whose bit is clear are 0 and cost no dot product: the listed backward, exact,
+// because the gradient of a spike reaches its neuron only times that
+// derivative (ipu_snn/neuron/spec.py).
 template <typename T, typename G, typename Acc, typename I>
 void grad_input_dense(const T* weight, I weight_stride, I n_cols, const G* grad_out, I grad_stride,
-                      I rows, I p_begin, I p_end, T* partial) {
+                      I rows, I p_begin, I p_end, T* partial, const uint8_t* live = nullptr,
+                      I live_row_bytes = 0) {
   for (I p = p_begin; p < p_end; ++p) {
     const I i = p / rows, r = p % rows;
+    if (live != nullptr && ((live[r * live_row_bytes + (i >> 3)] >> (i & 7)) & 1u) == 0) {
+      partial[p] = T(0);
+      continue;
+    }
     partial[p] = T(dot<T, G, Acc>(weight + i * weight_stride, grad_out + r * grad_stride, n_cols));
   }
 }

@@ -40,6 +40,55 @@ public:
 template class AccumulateRows<float>;
 template class AccumulateRows<half>;
 
+// acc[c] += sum over r of x[r * width + c] y[r * width + c], width = acc.size():
+// a learned decay's gradient over a step (gv times v(t - 1)). Each worker owns
+// a word-aligned share of acc.
+template <typename T>
+class AccumulateProducts : public poplar::MultiVertex {
+public:
+  poplar::Input<poplar::Vector<T>> x;            // [rows, width]
+  poplar::Input<poplar::Vector<T>> y;            // [rows, width]
+  poplar::InOut<AlignedVector<float>> acc;       // [width]
+
+  bool compute(unsigned worker) {
+    const unsigned width = acc.size(), rows = x.size() / width;
+    const core::Span<unsigned> mine = share<float>(width, numWorkers(), worker);
+    for (unsigned c = mine.begin; c < mine.end; ++c) {
+      float sum = acc[c];
+      for (unsigned r = 0; r < rows; ++r) sum += float(x[r * width + c]) * float(y[r * width + c]);
+      acc[c] = sum;
+    }
+    return true;
+  }
+};
+template class AccumulateProducts<float>;
+template class AccumulateProducts<half>;
+
+// A learned threshold's gradient over a step, accumulated
+// (core::threshold_grad_columns): bits holds, for every sample, the packed
+// bytes [colBegin / 8, ceil(colEnd / 8)) of the step's spikes, which start
+// colBegin % 8 neurons before the tile's first. Each worker owns whole columns.
+template <typename T>
+class ThresholdGrad : public poplar::MultiVertex {
+public:
+  poplar::Input<poplar::Vector<T>> gradVNew;             // [B, width]: w.r.t. v after the reset
+  poplar::Input<poplar::Vector<T>> gradV;                // [B, width]: w.r.t. v before it
+  poplar::Input<poplar::Vector<unsigned char>> bits;     // [B, rowBytes]
+  poplar::InOut<poplar::Vector<float>> gradThreshold;    // [width]
+  unsigned colBegin;
+
+  bool compute(unsigned worker) {
+    const unsigned width = gradThreshold.size(), batch = gradV.size() / width;
+    const core::Span<unsigned> mine = core::worker_span<unsigned>(width, numWorkers(), worker, 1u);
+    core::threshold_grad_columns<T, float, unsigned>(&gradVNew[0], &gradV[0], &bits[0], bits.size() / batch,
+                                                     colBegin % 8, width, batch, mine.begin, mine.end,
+                                                     &gradThreshold[0]);
+    return true;
+  }
+};
+template class ThresholdGrad<float>;
+template class ThresholdGrad<half>;
+
 // out[i] = sum over p of parts[p * len + i]: the per-tile partial input
 // gradients of a product (SpikeMatmulGradInput), summed where they are used.
 template <typename T>
@@ -217,6 +266,30 @@ public:
 };
 template class DenseGradInput<float>;
 template class DenseGradInput<half>;
+
+// DenseGradInput's listed twin: the positions of inputs whose surrogate
+// derivative is 0 at that sample (their bit in `live` clear) are 0 and cost no
+// dot product (core::grad_input_dense with a mask). Exact: such an input's
+// gradient is multiplied by that 0 in its own backward.
+template <typename T>
+class ListedGradInput : public poplar::MultiVertex {
+public:
+  poplar::Input<poplar::Vector<T>> weight;              // [numInputs, width]
+  poplar::Input<poplar::Vector<T>> gradOut;             // [rows, width]: the pass's samples
+  poplar::Input<poplar::Vector<unsigned char>> live;    // [rows, ceil(numInputs / 8)]: d != 0, as bits
+  poplar::Output<AlignedVector<T>> partial;             // [numInputs, rows]
+  unsigned numInputs;
+
+  bool compute(unsigned worker) {
+    const unsigned width = weight.size() / numInputs, rows = gradOut.size() / width;
+    const core::Span<unsigned> mine = share<T>(partial.size(), numWorkers(), worker);
+    core::grad_input_dense<T, T, float, unsigned>(&weight[0], width, width, &gradOut[0], width, rows, mine.begin,
+                                                  mine.end, &partial[0], &live[0], live.size() / rows);
+    return true;
+  }
+};
+template class ListedGradInput<float>;
+template class ListedGradInput<half>;
 
 // out[(rowBegin + r) * width + i] = sum over p of parts[p * width * rows + i * rows + r]:
 // neuron-major partial sums of a pass (rows samples) summed into the rows

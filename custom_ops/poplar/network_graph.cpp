@@ -88,8 +88,8 @@ Tensor layerBits(poplar::Graph &g, const NetworkSpec &s, const std::vector<PartL
 }
 
 // The op's inputs after the bits: per spiking layer weight_in, bias, beta,
-// [weight_rec]; then the readout's weight, bias, beta.
-enum class Param { WeightIn, Bias, Beta, WeightRec };
+// [weight_rec], [threshold]; then the readout's weight, bias, beta.
+enum class Param { WeightIn, Bias, Beta, WeightRec, Threshold, Rho };
 struct ParamRef {
   std::size_t pop;
   Param param;
@@ -99,6 +99,8 @@ std::vector<ParamRef> paramRefs(const NetworkSpec &s) {
   for (std::size_t l = 0; l <= s.layers.size(); ++l) {
     for (Param p : {Param::WeightIn, Param::Bias, Param::Beta}) refs.push_back({l, p});
     if (l < s.layers.size() && s.layers[l].recurrent) refs.push_back({l, Param::WeightRec});
+    if (l < s.layers.size() && s.layers[l].learnThreshold) refs.push_back({l, Param::Threshold});
+    if (l < s.layers.size() && s.layers[l].twoStates()) refs.push_back({l, Param::Rho});
   }
   return refs;
 }
@@ -124,6 +126,8 @@ Tensor makeInput(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, std:
     case Param::Bias: name = "bias"; break;
     case Param::Beta: name = "beta"; break;
     case Param::WeightRec: name = "weightRec"; break;
+    case Param::Threshold: name = "threshold"; break;
+    case Param::Rho: name = "rho"; break;
   }
   std::vector<Tensor> parts;
   for (const PartLayout &p : lay.pops[l]) {
@@ -134,7 +138,8 @@ Tensor makeInput(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, std:
 }
 
 // The carried state, in carriedShapes' order.
-enum class Carry { V, StateBits, TapeD, TapeBits, TapePrevBits, CheckpointV, CheckpointBits, Trace };
+enum class Carry { V, A, StateBits, TapeD, TapeVPrev, TapeBits, TapePrevBits, CheckpointV, CheckpointA, CheckpointBits,
+                   Trace };
 struct CarriedRef {
   std::size_t pop;
   Carry kind;
@@ -146,12 +151,15 @@ std::vector<CarriedRef> carriedRefs(const NetworkSpec &s) {
   for (std::size_t l = 0; l < L; ++l) {
     const bool rec = s.layers[l].recurrent;
     refs.push_back({l, Carry::V});
+    if (s.layers[l].twoStates()) refs.push_back({l, Carry::A});
     if (rec) refs.push_back({l, Carry::StateBits});
     refs.push_back({l, Carry::TapeD});
+    if (s.layers[l].learnDecay) refs.push_back({l, Carry::TapeVPrev});
     refs.push_back({l, Carry::TapeBits});
     if (rec) refs.push_back({l, Carry::TapePrevBits});
     if (local) {
       refs.push_back({l, Carry::CheckpointV});
+      if (s.layers[l].twoStates()) refs.push_back({l, Carry::CheckpointA});
       if (rec) refs.push_back({l, Carry::CheckpointBits});
     }
   }
@@ -187,12 +195,15 @@ std::vector<Block> carriedBlocks(const NetworkSpec &s, const Layout &lay, const 
     std::string name;
     switch (ref.kind) {
       case Carry::V: shape = {B, w}, name = "v"; break;
+      case Carry::A: shape = {B, w}, name = "a"; break;
       case Carry::TapeD: shape = {S, B, w}, name = "tapeD"; break;
+      case Carry::TapeVPrev: shape = {S, B, w}, name = "tapeVPrev"; break;
       case Carry::TapeBits: case Carry::TapePrevBits:
         if (kb > 0) shape = {S, B, kb};
         name = ref.kind == Carry::TapeBits ? "tapeBits" : "tapePrevBits";
         break;
       case Carry::CheckpointV: shape = {K, B * w}, name = "checkpointV"; break;
+      case Carry::CheckpointA: shape = {K, B * w}, name = "checkpointA"; break;
       case Carry::CheckpointBits:
         if (kb > 0) shape = {K, B * kb};
         name = "checkpointBits";
@@ -220,12 +231,14 @@ Tensor makeCarried(poplar::Graph &g, const NetworkSpec &s, const Layout &lay, co
 // them. Inputs and carried state are slices of the whole tensors (given or
 // made by makeInput / makeCarried); the rest is the build's own.
 struct Part : PartLayout {
-  Tensor wIn, bias, beta, wRec;              // parameters
-  Tensor gwIn, gBias, gwRec, gBeta;          // gradients, accumulated
+  Tensor wIn, bias, beta, wRec, threshold;   // parameters
+  Tensor gwIn, gBias, gwRec, gBeta, gThreshold;  // gradients, accumulated
   Tensor v, vNew, zNew, d, current, scratch, spikeCount;  // state and one step
-  Tensor tapeD, tapeBits, tapePrevBits;      // [S, B, w], [S, B, kb]
-  Tensor ckptV, ckptBits;                    // [localSlots, ...]
-  poplar::RemoteBuffer remoteV, remoteBits;  // offchip slots
+  Tensor tapeD, tapeVPrev, tapeBits, tapePrevBits;  // [S, B, w], [S, B, kb]
+  Tensor vPrevStep;                          // the backward step's v(n - 1) (learnDecay)
+  Tensor ckptV, ckptA, ckptBits;             // [localSlots, ...]
+  poplar::RemoteBuffer remoteV, remoteA, remoteBits;  // offchip slots
+  Tensor rho, a, aNew, ga, gaNew, gvPre;     // the second state (ALIF, CUBA): decay, state, step, gradients
   Tensor dStep, gv, gvNew, gc, carried, fromAbove, ownBits;
   Tensor partial;  // [max n_in x samplesPerPass]: a pass's input-gradient partial, neuron-major
   Tensor stage;    // the first reduction stage's sums of a slice of it
@@ -242,6 +255,9 @@ struct Pop {
   // this step's (newBits), the last step's (stateBits, recurrent), and in the
   // backward step the taped ones of step n (stepBits) and n - 1 (prevBits)
   Tensor newBits, stateBits, stepBits, prevBits;
+  // listed layers: in the backward step, which of step n's spikes can take a gradient (d != 0), as bits
+  Tensor liveBits;
+  bool live = false;  // liveBits exists: some consumer tile lists by it (Builder::listsAt)
   Tensor zNewWhole;  // [B, n]
 };
 
@@ -295,6 +311,9 @@ private:
   std::size_t passSize() const { return s_.samplesPerPass == 0 ? s_.batch : std::min(s_.samplesPerPass, s_.batch); }
   std::size_t nIn(std::size_t l) const { return l == 0 ? s_.inputs : pops_[l - 1].n; }
   Pop &readout() { return pops_.back(); }
+  // Whether consumer tile p forms its input gradient of dest listed (ListedGradInput): dest is listed and
+  // p holds more than one column (with one, a bit test costs what the one-term dot product it saves does).
+  static bool listsAt(const Pop &dest, const Part &p) { return dest.spec.listed && p.width() > 1; }
   std::size_t spiking() const { return pops_.size() - 1; }
   Tensor var(const poplar::Type &type, std::vector<std::size_t> shape, unsigned tile, const std::string &name) {
     return variable(g_, type, std::move(shape), tile, name);
@@ -407,6 +426,8 @@ void Builder::takeInputs() {
         case Param::Bias: p.bias = shares[j]; break;
         case Param::Beta: p.beta = shares[j]; break;
         case Param::WeightRec: p.wRec = shares[j]; break;
+        case Param::Threshold: p.threshold = shares[j]; break;
+        case Param::Rho: p.rho = shares[j]; break;
       }
     }
     switch (ref.param) {
@@ -414,6 +435,8 @@ void Builder::takeInputs() {
       case Param::Bias: (pop.readout ? r.bias : lt.bias) = whole; break;
       case Param::Beta: (pop.readout ? r.beta : lt.beta) = whole; break;
       case Param::WeightRec: lt.weightRec = whole; break;
+      case Param::Threshold: lt.threshold = whole; break;
+      case Param::Rho: lt.rho = whole; break;
     }
   }
 }
@@ -456,10 +479,13 @@ void Builder::takeCarried() {
       Part &p = pop.parts[j];
       switch (ref.kind) {
         case Carry::V: p.v = block; break;
+        case Carry::A: p.a = block; break;
         case Carry::TapeD: p.tapeD = block; break;
+        case Carry::TapeVPrev: p.tapeVPrev = block; break;
         case Carry::TapeBits: p.tapeBits = block; break;
         case Carry::TapePrevBits: p.tapePrevBits = block; break;
         case Carry::CheckpointV: p.ckptV = block; break;
+        case Carry::CheckpointA: p.ckptA = block; break;
         case Carry::CheckpointBits: p.ckptBits = block; break;
         default: break;
       }
@@ -485,6 +511,7 @@ void Builder::allocateStepScratch(bool counts) {
       for (auto [member, name] : {std::pair{&Part::zNew, "zNew"}, {&Part::d, "d"}})
         p.*member = f({B, p.width()}, name);
       if (counts) p.spikeCount = f({B, p.width()}, "spikeCount");
+      if (pop.spec.twoStates()) p.aNew = f({B, p.width()}, "aNew");
     }
     if (pop.readout) continue;
     pop.newBits = layerBits(g_, s_, layout_.pops[l], pop.n, popName(s_, l) + ".bits");
@@ -520,6 +547,16 @@ void Builder::allocateBackward() {
         for (auto [member, name] : {std::pair{&Part::dStep, "dStep"}, {&Part::gvNew, "gradVNew"},
                                     {&Part::fromAbove, "gradZ"}})
           p.*member = f({B, w}, name);
+        if (pop.spec.learnDecay) {
+          p.gBeta = f({w}, "gradBeta");
+          p.vPrevStep = f({B, w}, "vPrevStep");
+        }
+        if (pop.spec.learnThreshold) p.gThreshold = f({w}, "gradThreshold");
+        if (pop.spec.twoStates()) {
+          p.ga = f({B, w}, "gradA");
+          p.gaNew = f({B, w}, "gradANew");
+        }
+        if (pop.spec.kind == 2) p.gvPre = f({B, w}, "gradVPre");
         if (l == 0) widest = 0;  // data: no input gradient
         if (pop.recurrent) {
           p.gwRec = f({n, w}, "gradWeightRec");
@@ -547,6 +584,17 @@ void Builder::allocateBackward() {
     lt.gradWeightIn = whole(pop.parts, &Part::gwIn, 1);
     lt.gradBias = whole(pop.parts, &Part::gBias, 0);
     if (pop.recurrent) lt.gradWeightRec = whole(pop.parts, &Part::gwRec, 1);
+    if (pop.spec.learnDecay) lt.gradBeta = whole(pop.parts, &Part::gBeta, 0);
+    if (pop.spec.learnThreshold) lt.gradThreshold = whole(pop.parts, &Part::gThreshold, 0);
+  }
+  // a listed layer's live bits, where a consumer tile lists by them (listsAt)
+  for (std::size_t l = 0; l < L; ++l) {
+    Pop &pop = pops_[l];
+    bool used = false;
+    for (const Pop *cons : {&pops_[l + 1], &pop})
+      for (const Part &p : cons->parts) used = used || listsAt(pop, p);
+    if (used) pop.liveBits = layerBits(g_, s_, layout_.pops[l], pop.n, popName(s_, l) + ".liveBits");
+    pop.live = used;
   }
   // the first reduction stage's buffers: member k of a group sums chunk k
   for (std::size_t l = 0; l <= L; ++l) {
@@ -643,6 +691,7 @@ void Builder::allocate(bool steps, bool backSteps) {
           return g_.addRemoteBuffer(name, row.elementType(), row.numElements(), s_.offchipSlots);
         };
         p.remoteV = remote(pn + "remoteV", p.v.flatten());
+        if (pop.spec.twoStates()) p.remoteA = remote(pn + "remoteA", p.a.flatten());
         if (pop.recurrent && p.bytes() > 0)
           p.remoteBits = remote(pn + "remoteBits", pop.stateBits.slice(p.kb0, p.kb1, 1).flatten());
       }
@@ -718,19 +767,22 @@ program::Sequence Builder::forwardStep(bool tape) {
       poplar::VertexRef v = vertex(neuron, "NeuronForward<float>", p.tile);
       g_.connect(v["current"], p.current.flatten());
       g_.connect(v["vPrev"], p.v.flatten());
-      g_.connect(v["aPrev"], p.v.flatten());  // LIF: not read
+      const bool two = pop.spec.twoStates();
+      g_.connect(v["aPrev"], (two ? p.a : p.v).flatten());  // LIF: not read
       g_.connect(v["beta"], p.beta);
-      g_.connect(v["rho"], p.beta);  // LIF: not read
+      g_.connect(v["rho"], two ? p.rho : p.beta);  // LIF: not read
       g_.connect(v["vNew"], p.vNew.flatten());
-      g_.connect(v["aNew"], p.scratch.flatten());
+      g_.connect(v["aNew"], (two ? p.aNew : p.scratch).flatten());
       g_.connect(v["z"], p.zNew.flatten());
       g_.connect(v["d"], p.d.flatten());
+      g_.connect(v["thresholds"], pop.spec.learnThreshold ? p.threshold : p.beta);  // else not read
+      g_.setInitialValue(v["perNeuron"], pop.spec.learnThreshold ? 1 : 0);
       g_.setInitialValue(v["threshold"], pop.spec.threshold);
-      g_.setInitialValue(v["adaptStrength"], 0.0f);
+      g_.setInitialValue(v["adaptStrength"], pop.spec.adaptStrength);
       g_.setInitialValue(v["scale"], pop.spec.scale);
       g_.setInitialValue(v["reset"], pop.spec.reset);
       g_.setInitialValue(v["surrogate"], pop.spec.surrogate);
-      g_.setInitialValue(v["adaptive"], 0);
+      g_.setInitialValue(v["kind"], pop.spec.kind);
       g_.setInitialValue(v["colBegin"], 0);
       g_.setInitialValue(v["colEnd"], p.width());
     }
@@ -756,6 +808,7 @@ program::Sequence Builder::forwardStep(bool tape) {
     for (Part &p : pop.parts) {
       if (tape) {
         stepStore(store, p.d, p.tapeD, p.tile, s_.tapeSlots);
+        if (pop.spec.learnDecay) stepStore(store, p.v, p.tapeVPrev, p.tile, s_.tapeSlots);  // v(n - 1): not yet copied
         if (p.bytes() > 0) {
           stepStore(store, pop.newBits.slice(p.kb0, p.kb1, 1), p.tapeBits, p.tile, s_.tapeSlots);
           if (pop.recurrent)
@@ -776,6 +829,7 @@ program::Sequence Builder::forwardStep(bool tape) {
   for (Pop &pop : pops_)
     for (Part &p : pop.parts) {
       seq.add(program::Copy(p.vNew, p.v));
+      if (pop.spec.twoStates()) seq.add(program::Copy(p.aNew, p.a));
       if (pop.recurrent && p.bytes() > 0)
         seq.add(program::Copy(pop.newBits.slice(p.kb0, p.kb1, 1), pop.stateBits.slice(p.kb0, p.kb1, 1)));
     }
@@ -793,7 +847,8 @@ void Builder::gradWeight(poplar::ComputeSet cs, const Tensor &bits, std::size_t 
 
 // The gradient of a product's input (n neurons of `dest`) from the consumer's
 // gradCurrent, into dest's `into` [B, w]: per pass of samples, each consumer
-// tile's dense partial, summed in two stages (Tree).
+// tile's dense partial, summed in two stages (Tree). For a listed dest only at
+// its neurons of non-zero d (ListedGradInput over dest.liveBits, listsAt), 0 elsewhere.
 void Builder::gradInput(program::Sequence &seq, Pop &cons, Tensor Part::*weight, std::size_t n, Pop &dest,
                         Tensor Part::*into, const std::string &name) {
   const std::size_t B = s_.batch, C = passSize();
@@ -803,9 +858,11 @@ void Builder::gradInput(program::Sequence &seq, Pop &cons, Tensor Part::*weight,
     const std::string pn = name + ".pass" + std::to_string(b0 / C);
     poplar::ComputeSet gi = g_.addComputeSet({pn});
     for (Part &p : cons.parts) {
-      poplar::VertexRef v = vertex(gi, "DenseGradInput<float>", p.tile);
+      const bool listed = listsAt(dest, p);  // dest.liveBits holds the step's d != 0 (backwardStep)
+      poplar::VertexRef v = vertex(gi, listed ? "ListedGradInput<float>" : "DenseGradInput<float>", p.tile);
       g_.connect(v["weight"], (p.*weight).flatten());
       g_.connect(v["gradOut"], p.gc.slice(b0, b1, 0).flatten());
+      if (listed) g_.connect(v["live"], dest.liveBits.slice(b0, b1, 0).flatten());
       g_.connect(v["partial"], p.partial.slice(0, n * rows, 0));
       g_.setInitialValue(v["numInputs"], n);
     }
@@ -853,6 +910,7 @@ program::Sequence Builder::backwardStep() {
     Pop &pop = pops_[l];
     for (Part &p : pop.parts) {
       stepLoad(load, p.tapeD, p.dStep, p.tile, s_.tapeSlots);
+      if (pop.spec.learnDecay) stepLoad(load, p.tapeVPrev, p.vPrevStep, p.tile, s_.tapeSlots);
       if (p.bytes() == 0) continue;
       stepLoad(load, p.tapeBits, pop.stepBits.slice(p.kb0, p.kb1, 1), p.tile, s_.tapeSlots);
       if (pop.recurrent) stepLoad(load, p.tapePrevBits, pop.prevBits.slice(p.kb0, p.kb1, 1), p.tile, s_.tapeSlots);
@@ -866,6 +924,25 @@ program::Sequence Builder::backwardStep() {
     stepLoad(load, outPieces_[j], vPrevStep_[j], outTiles_[j], s_.steps + 1, s_.steps);
   }
   seq.add(program::Execute(load));
+  // Listed layers: which neurons of the step can take a gradient (d != 0), as bits, byte k by the
+  // tile of neuron 8k (d of up to 7 neighbours exchanged), read whole by the consumer tiles.
+  poplar::ComputeSet live = g_.addComputeSet({"liveBits"});
+  bool anyListed = false;
+  for (std::size_t l = 0; l < L; ++l) {
+    Pop &pop = pops_[l];
+    if (!pop.live) continue;
+    anyListed = true;
+    const Tensor d = whole(pop.parts, &Part::dStep, 1);
+    for (Part &p : pop.parts) {
+      if (p.bytes() == 0) continue;
+      const std::size_t z0 = 8 * p.kb0, z1 = std::min(8 * p.kb1, pop.n);
+      poplar::VertexRef k = vertex(live, "PackSpikes<float>", p.tile);
+      g_.connect(k["z"], d.slice(z0, z1, 1).flatten());
+      g_.connect(k["bits"], pop.liveBits.slice(p.kb0, p.kb1, 1).flatten());
+      g_.setInitialValue(k["numNeurons"], z1 - z0);
+    }
+  }
+  if (anyListed) seq.add(program::Execute(live));
   // The readout: its step backward, weight gradient, and the gradient of the last layer's spikes.
   Pop &r = readout();
   const Tensor gradTrace = poplar::concat(gradStep_).reshape({B, std::size_t(s_.readout)});
@@ -889,8 +966,11 @@ program::Sequence Builder::backwardStep() {
   for (std::size_t l = L; l-- > 0;) {
     Pop &pop = pops_[l];
     const std::string ln = "layer" + std::to_string(l);
-    // gradient w.r.t. z(n): from above (the next layer or the readout), and the recurrent one from step n + 1
+    // gradient w.r.t. z(n): from above (the next layer or the readout), and the recurrent one from step
+    // n + 1, formed here from gradCurrent, which still holds step n + 1's (0 before the first step), so
+    // that a listed layer lists it by step n's d
     if (pop.recurrent) {
+      gradInput(seq, pop, &Part::wRec, pop.n, pop, &Part::carried, ln + ".gradRecurrent");
       poplar::ComputeSet cs = g_.addComputeSet({ln + ".gradZ"});
       for (Part &p : pop.parts) {
         poplar::VertexRef v = vertex(cs, "AccumulateRows<float>", p.tile);
@@ -905,25 +985,27 @@ program::Sequence Builder::backwardStep() {
       poplar::VertexRef v = vertex(neuron, "NeuronBackward<float>", p.tile);
       g_.connect(v["gradZ"], p.fromAbove.flatten());
       g_.connect(v["gradV"], p.gv.flatten());
-      g_.connect(v["gradA"], p.gv.flatten());  // LIF: not read
+      const bool two = pop.spec.twoStates();
+      g_.connect(v["gradA"], (two ? p.ga : p.gv).flatten());  // LIF: not read
       g_.connect(v["bits"], pop.stepBits.slice(p.c0 / 8, (p.c1 + 7) / 8, 1).flatten());
       g_.connect(v["d"], p.dStep.flatten());
       g_.connect(v["beta"], p.beta);
-      g_.connect(v["rho"], p.beta);  // LIF: not read
+      g_.connect(v["rho"], two ? p.rho : p.beta);  // LIF: not read
       g_.connect(v["gradCurrent"], p.gc.flatten());
       g_.connect(v["gradVPrev"], p.gvNew.flatten());
-      g_.connect(v["gradAPrev"], p.scratch.flatten());
+      g_.connect(v["gradAPrev"], (two ? p.gaNew : p.scratch).flatten());
+      g_.connect(v["gradVPre"], (pop.spec.kind == 2 ? p.gvPre : p.scratch).flatten());  // CUBA's gv
       g_.connect(v["ownBits"], p.ownBits);
-      g_.setInitialValue(v["adaptStrength"], 0.0f);
+      g_.setInitialValue(v["adaptStrength"], pop.spec.adaptStrength);
       g_.setInitialValue(v["reset"], pop.spec.reset);
-      g_.setInitialValue(v["adaptive"], 0);
+      g_.setInitialValue(v["kind"], pop.spec.kind);
       g_.setInitialValue(v["colBegin"], p.c0);
       g_.setInitialValue(v["colEnd"], p.c1);
       g_.setInitialValue(v["ownSlice"], p.ownBits.numElements() / 6);
     }
     seq.add(program::Execute(neuron));
-    for (Part &p : pop.parts) seq.add(program::Copy(p.gvNew, p.gv));
-    // weight and bias gradients of the step, accumulated on the tiles
+    // weight, bias, and learned decay and threshold gradients of the step, accumulated on the tiles (gv
+    // still holds the gradient of v after step n's reset: the threshold's reads it)
     poplar::ComputeSet gw = g_.addComputeSet({ln + ".gradWeight"});
     const Tensor in = l == 0 ? inStep_.flatten() : pops_[l - 1].stepBits.flatten();
     const Tensor prev = pop.recurrent ? pop.prevBits.flatten() : Tensor();
@@ -934,11 +1016,28 @@ program::Sequence Builder::backwardStep() {
       g_.connect(a["x"], p.gc.flatten());
       g_.connect(a["acc"], p.gBias);
       g_.setInitialValue(a["rows"], B);
+      if (pop.spec.learnDecay) {  // v = beta v(n - 1) + ...: += gv v(n - 1)
+        poplar::VertexRef d = vertex(gw, "AccumulateProducts<float>", p.tile);
+        g_.connect(d["x"], (pop.spec.kind == 2 ? p.gvPre : p.gc).flatten());
+        g_.connect(d["y"], p.vPrevStep.flatten());
+        g_.connect(d["acc"], p.gBeta);
+      }
+      if (pop.spec.learnThreshold) {
+        poplar::VertexRef t = vertex(gw, "ThresholdGrad<float>", p.tile);
+        g_.connect(t["gradVNew"], p.gv.flatten());
+        g_.connect(t["gradV"], (pop.spec.kind == 2 ? p.gvPre : p.gc).flatten());  // gv: before the reset
+        g_.connect(t["bits"], pop.stepBits.slice(p.c0 / 8, (p.c1 + 7) / 8, 1).flatten());
+        g_.connect(t["gradThreshold"], p.gThreshold);
+        g_.setInitialValue(t["colBegin"], p.c0);
+      }
     }
     seq.add(program::Execute(gw));
+    for (Part &p : pop.parts) {
+      seq.add(program::Copy(p.gvNew, p.gv));
+      if (pop.spec.twoStates()) seq.add(program::Copy(p.gaNew, p.ga));
+    }
     // input gradients: to the layer below (step n) and to z(n - 1) (recurrent); layer 0's input is data
     if (l > 0) gradInput(seq, pop, &Part::wIn, nIn(l), pops_[l - 1], &Part::fromAbove, ln + ".gradInput");
-    if (pop.recurrent) gradInput(seq, pop, &Part::wRec, pop.n, pop, &Part::carried, ln + ".gradRecurrent");
   }
   stepCount(seq, -1);
   return seq;
@@ -981,10 +1080,14 @@ program::Sequence Builder::actions(std::size_t begin, std::size_t end) {
             if (a.offchip) {
               const Tensor slot = constantStep(a.slot);
               seq.add(store ? program::Copy(p.v.flatten(), p.remoteV, slot) : program::Copy(p.remoteV, p.v.flatten(), slot));
+              if (pop.spec.twoStates())
+                seq.add(store ? program::Copy(p.a.flatten(), p.remoteA, slot) : program::Copy(p.remoteA, p.a.flatten(), slot));
               if (bits)
                 seq.add(store ? program::Copy(own, p.remoteBits, slot) : program::Copy(p.remoteBits, own, slot));
             } else {
               seq.add(store ? program::Copy(p.v.flatten(), p.ckptV[a.slot]) : program::Copy(p.ckptV[a.slot], p.v.flatten()));
+              if (pop.spec.twoStates())
+                seq.add(store ? program::Copy(p.a.flatten(), p.ckptA[a.slot]) : program::Copy(p.ckptA[a.slot], p.a.flatten()));
               if (bits) seq.add(store ? program::Copy(own, p.ckptBits[a.slot]) : program::Copy(p.ckptBits[a.slot], own));
             }
           }
@@ -1023,6 +1126,7 @@ NetworkGraph Builder::build() {
     for (Part &p : pop.parts) {
       if (forward) {
         zeroed.emplace_back(p.v, p.tile);
+        if (pop.spec.twoStates()) zeroed.emplace_back(p.a, p.tile);
         if (pop.readout) continue;
         zeroed.emplace_back(p.spikeCount, p.tile);
         if (pop.recurrent && p.bytes() > 0) zeroed.emplace_back(pop.stateBits.slice(p.kb0, p.kb1, 1), p.tile);
@@ -1034,8 +1138,11 @@ NetworkGraph Builder::build() {
         zeroed.emplace_back(p.gBeta, p.tile);
         continue;
       }
-      if (pop.recurrent)
-        for (const Tensor *t : {&p.gwRec, &p.carried}) zeroed.emplace_back(*t, p.tile);
+      if (pop.recurrent)  // gc: step n + 1's gradCurrent at step n (backwardStep), 0 at the first
+        for (const Tensor *t : {&p.gwRec, &p.gc}) zeroed.emplace_back(*t, p.tile);
+      if (pop.spec.learnDecay) zeroed.emplace_back(p.gBeta, p.tile);
+      if (pop.spec.twoStates()) zeroed.emplace_back(p.ga, p.tile);
+      if (pop.spec.learnThreshold) zeroed.emplace_back(p.gThreshold, p.tile);
     }
   if (forward) {
     for (std::size_t j = 0; j < outPieces_.size(); ++j) zeroed.emplace_back(outPieces_[j][s_.steps], outTiles_[j]);
@@ -1072,11 +1179,11 @@ std::vector<CarriedShape> carriedShapes(const NetworkSpec &spec) {
   for (const CarriedRef &ref : carriedRefs(spec)) {
     const std::size_t n = ref.pop == spec.layers.size() ? spec.readout : spec.layers[ref.pop].size, nb = (n + 7) / 8;
     switch (ref.kind) {
-      case Carry::V: shapes.push_back({false, {B * n}}); break;
+      case Carry::V: case Carry::A: shapes.push_back({false, {B * n}}); break;
       case Carry::StateBits: shapes.push_back({true, {B * nb}}); break;
-      case Carry::TapeD: shapes.push_back({false, {S * B * n}}); break;
+      case Carry::TapeD: case Carry::TapeVPrev: shapes.push_back({false, {S * B * n}}); break;
       case Carry::TapeBits: case Carry::TapePrevBits: shapes.push_back({true, {S * B * nb}}); break;
-      case Carry::CheckpointV: shapes.push_back({false, {K * B * n}}); break;
+      case Carry::CheckpointV: case Carry::CheckpointA: shapes.push_back({false, {K * B * n}}); break;
       case Carry::CheckpointBits: shapes.push_back({true, {K * B * nb}}); break;
       case Carry::Trace: shapes.push_back({false, {(T + 1) * B * n}}); break;
     }

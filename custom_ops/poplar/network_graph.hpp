@@ -52,6 +52,24 @@ struct LayerSpec {
   unsigned reset = 0;      // core::Reset
   unsigned surrogate = 0;  // core::SurrogateKind
   float scale = 10.0f;
+  // The listed backward: the gradient of this layer's spikes is formed only
+  // where the spike's surrogate derivative d is non-zero (ListedGradInput; 0
+  // elsewhere). Exact, since that gradient reaches the neuron only times d;
+  // worth it for a surrogate of bounded support (triangle, boxcar).
+  bool listed = false;
+  // Learned decay: beta's gradient out of the backward build (grad_beta +=
+  // sum over samples and steps of gv v(t - 1); v(t - 1) taped per step).
+  bool learnDecay = false;
+  // Learned threshold: a per-neuron threshold [n] as an input after the
+  // layer's weights, in place of `threshold`, and its gradient (sum of
+  // (1 - z) grad_v_new - gv, ipu_snn/neuron/spec.py).
+  bool learnThreshold = false;
+  // The neuron model (core::NeuronKind: 0 LIF, 1 ALIF, 2 CUBA). ALIF and CUBA
+  // keep a second state a (adaptation; CUBA's synaptic current) with its own
+  // decay rho (an op input after the layer's others); adaptStrength is ALIF's.
+  unsigned kind = 0;
+  float adaptStrength = 0.0f;
+  bool twoStates() const { return kind != 0; }
 };
 
 enum class ActionKind : unsigned { Advance = 0, Reverse = 1, Store = 2, Load = 3, Free = 4 };
@@ -85,6 +103,10 @@ struct LayerTensors {
   poplar::Tensor gradWeightIn;   // float [n_in, n], accumulated over the steps
   poplar::Tensor gradBias;       // float [n]
   poplar::Tensor gradWeightRec;  // float [n, n]
+  poplar::Tensor threshold;      // [n] (learnThreshold)
+  poplar::Tensor rho;            // [n]: the second state's decay (ALIF, CUBA), clamped by the caller
+  poplar::Tensor gradBeta;       // float [n] (learnDecay)
+  poplar::Tensor gradThreshold;  // float [n] (learnThreshold)
   poplar::Tensor spikeCount;     // float [B, n]: spikes of each neuron over the forward pass
   poplar::Tensor state;          // float [B, n]: z after the last step run
   std::vector<unsigned> tiles;   // the layer's tiles, one per column range
@@ -128,10 +150,11 @@ struct CarriedShape {
 // NetworkGraph::carried's types and shapes, from the spec alone (PopART sizes
 // the op's outputs before any graph exists). Each is flat and part-major (each
 // tile's block whole, so that a tile's share is one slice), nb = ceil(n / 8):
-// per spiking layer v [B n], for recurrent layers the last spikes' bits
-// [B nb], the tape d [S B n] and bits [S B nb] (and the bits each step started
-// from, recurrent), with local slots the checkpoints v [K B n] (and bits
-// [K B nb], recurrent); the readout's v [B n_out] (and checkpoints
+// per spiking layer v [B n] (and a [B n], ALIF and CUBA), for recurrent layers
+// the last spikes' bits [B nb], the tape d [S B n] (and v(t - 1) [S B n],
+// learnDecay) and bits [S B nb] (and the bits each step started from,
+// recurrent), with local slots the checkpoints v [K B n] (and a [K B n], and
+// bits [K B nb], recurrent); the readout's v [B n_out] (and checkpoints
 // [K B n_out]); the trace with its zero row [(T + 1) B n_out].
 std::vector<CarriedShape> carriedShapes(const NetworkSpec &spec);
 
@@ -157,7 +180,8 @@ struct NetworkTensors {
 
 // The op's inputs: the packed bits uint8 [B, T, ceil(n_in / 8)], then per
 // spiking layer weight_in [n_in, n], bias [n], beta [n], [weight_rec [n, n]],
-// then the readout's weight [n_last, n_out], bias, beta.
+// [threshold [n] (learnThreshold)], [rho [n] (ALIF, CUBA)], then the readout's
+// weight [n_last, n_out], bias, beta.
 std::size_t inputCount(const NetworkSpec &spec);
 
 // Input `index` laid out on the op's tiles, exactly as buildNetwork lays out an

@@ -10,17 +10,19 @@
 //
 // Network (inputs -> outputs), B samples, T steps, float32:
 //   bits uint8 [B, T, ceil(n_in / 8)]; per spiking layer l: weight_in
-//   [n_in, n], bias [n], beta [n] (clamped), and for recurrent layers
-//   weight_rec [n, n]; then the leaky-integrator readout's weight
+//   [n_in, n], bias [n], beta [n] (clamped), for recurrent layers
+//   weight_rec [n, n], for a learned threshold threshold [n], for ALIF and
+//   CUBA rho [n] (clamped; no gradient); then the
+//   leaky-integrator readout's weight
 //   [n_last, n_out], bias [n_out], beta [n_out] (clamped)
 //   -> output [T, B, n_out] (the readout's membrane trace), each spiking
 //      layer's spike counts [B, n], then the carried state
 //      (network::carriedShapes).
 // NetworkGrad (its grad op, never called directly):
 //   grad_output, bits, the parameters, the carried state
-//   -> per spiking layer grad_weight_in, grad_bias, [grad_weight_rec]; the
-//      readout's grad_weight, grad_bias, grad_beta (no spiking-layer decay
-//      gradient).
+//   -> per spiking layer grad_weight_in, grad_bias, [grad_beta (learn_decay)],
+//      [grad_weight_rec], [grad_threshold (learn_threshold)]; the readout's
+//      grad_weight, grad_bias, grad_beta.
 //
 // State between the two. The forward program leaves the tapes, local
 // checkpoints and last state in the graph's tensors; the op outputs them and
@@ -41,7 +43,8 @@
 // forward's Store copies wrote.
 //
 // Attributes (lists one entry per spiking layer): sizes, recurrent,
-// thresholds, resets, surrogates, scales; readout (n_out), samples_per_pass;
+// thresholds, resets, surrogates, scales, listed (the listed backward,
+// LayerSpec::listed); readout (n_out), samples_per_pass;
 // tape_slots, local_slots, offchip_slots; actions
 // (6 ints per action: kind, n0, n1, tape, offchip, slot, as
 // ipu_snn.ipu.interpreter.step_actions writes them).
@@ -117,6 +120,11 @@ network::NetworkSpec readSpec(const popart::OpCreatorInfo &info) {
   const Ints surrogates = perLayer<Ints>(a, "surrogates", n);
   const Floats thresholds = perLayer<Floats>(a, "thresholds", n);
   const Floats scales = perLayer<Floats>(a, "scales", n);
+  const Ints listed = perLayer<Ints>(a, "listed", n);
+  const Ints learnDecay = perLayer<Ints>(a, "learn_decay", n);
+  const Ints learnThreshold = perLayer<Ints>(a, "learn_threshold", n);
+  const Ints kinds = perLayer<Ints>(a, "kinds", n);
+  const Floats adaptStrengths = perLayer<Floats>(a, "adapt_strengths", n);
   network::NetworkSpec spec;
   for (std::size_t l = 0; l < n; ++l) {
     network::LayerSpec layer;
@@ -126,6 +134,11 @@ network::NetworkSpec readSpec(const popart::OpCreatorInfo &info) {
     layer.reset = unsigned(resets[l]);
     layer.surrogate = unsigned(surrogates[l]);
     layer.scale = scales[l];
+    layer.listed = listed[l] != 0;
+    layer.learnDecay = learnDecay[l] != 0;
+    layer.learnThreshold = learnThreshold[l] != 0;
+    layer.kind = unsigned(kinds[l]);
+    layer.adaptStrength = adaptStrengths[l];
     spec.layers.push_back(layer);
   }
   spec.readout = unsigned(a.getAttribute<popart::Attributes::Int>("readout"));
@@ -149,8 +162,8 @@ network::NetworkSpec readSpec(const popart::OpCreatorInfo &info) {
 }
 
 void appendSpec(popart::OpSerialiserBase &os, const network::NetworkSpec &s) {
-  std::vector<int64_t> sizes, recurrent, resets, surrogates, actions;
-  std::vector<float> thresholds, scales;
+  std::vector<int64_t> sizes, recurrent, resets, surrogates, listed, learnDecay, learnThreshold, kinds, actions;
+  std::vector<float> thresholds, scales, adaptStrengths;
   for (const network::LayerSpec &l : s.layers) {
     sizes.push_back(l.size);
     recurrent.push_back(l.recurrent);
@@ -158,6 +171,11 @@ void appendSpec(popart::OpSerialiserBase &os, const network::NetworkSpec &s) {
     surrogates.push_back(l.surrogate);
     thresholds.push_back(l.threshold);
     scales.push_back(l.scale);
+    listed.push_back(l.listed);
+    learnDecay.push_back(l.learnDecay);
+    learnThreshold.push_back(l.learnThreshold);
+    kinds.push_back(l.kind);
+    adaptStrengths.push_back(l.adaptStrength);
   }
   for (const network::Action &a : s.actions)
     actions.insert(actions.end(), {int64_t(a.kind), a.n0, a.n1, a.tape, a.offchip, a.slot});
@@ -167,6 +185,11 @@ void appendSpec(popart::OpSerialiserBase &os, const network::NetworkSpec &s) {
   os.appendAttribute("surrogates", surrogates);
   os.appendAttribute("thresholds", thresholds);
   os.appendAttribute("scales", scales);
+  os.appendAttribute("listed", listed);
+  os.appendAttribute("learn_decay", learnDecay);
+  os.appendAttribute("learn_threshold", learnThreshold);
+  os.appendAttribute("kinds", kinds);
+  os.appendAttribute("adapt_strengths", adaptStrengths);
   os.appendAttribute("readout", int64_t(s.readout));
   os.appendAttribute("samples_per_pass", int64_t(s.samplesPerPass));
   os.appendAttribute("tape_slots", int64_t(s.tapeSlots));
@@ -232,8 +255,11 @@ public:
     std::size_t i = 1;
     std::size_t nIn = spec_.inputs;
     for (const network::LayerSpec &l : spec_.layers) {
-      const std::vector<popart::Shape> expected = {{int64_t(nIn), l.size}, {l.size}, {l.size}, {l.size, l.size}};
-      for (std::size_t k = 0; k < (l.recurrent ? 4u : 3u); ++k, ++i) {
+      std::vector<popart::Shape> expected = {{int64_t(nIn), l.size}, {l.size}, {l.size}};
+      if (l.recurrent) expected.push_back({l.size, l.size});
+      if (l.learnThreshold) expected.push_back({l.size});
+      if (l.twoStates()) expected.push_back({l.size});  // rho
+      for (std::size_t k = 0; k < expected.size(); ++k, ++i) {
         if (inShape(popart::InIndex(i)) != expected[k] || inInfo(popart::InIndex(i)).dataType() != popart::DataType::FLOAT)
           throw popart::error("ipu_snn Network: input {} must be float32 {}, got {}", i, expected[k], inInfo(popart::InIndex(i)));
       }
@@ -271,13 +297,16 @@ public:
     const std::size_t L = spec_.layers.size();
     for (std::size_t k = 0; k < carried; ++k)
       gradIn_.emplace_back(popart::InIndex(2 + params + k), popart::OutIndex(1 + L + k), popart::GradOpInType::Out);
-    // one gradient per weight and bias, and the readout's decay; the spiking layers' decays get none
+    // one gradient per weight and bias, the readout's decay, and the spiking layers' learned decays and
+    // thresholds
     std::size_t in = 1, out = 0;
     for (const network::LayerSpec &l : spec_.layers) {
-      gradOut_[int(out++)] = int(in);      // weight_in
-      gradOut_[int(out++)] = int(in + 1);  // bias
-      if (l.recurrent) gradOut_[int(out++)] = int(in + 3);  // weight_rec
-      in += l.recurrent ? 4 : 3;
+      gradOut_[int(out++)] = int(in);                          // weight_in
+      gradOut_[int(out++)] = int(in + 1);                      // bias
+      if (l.learnDecay) gradOut_[int(out++)] = int(in + 2);    // beta
+      if (l.recurrent) gradOut_[int(out++)] = int(in + 3);     // weight_rec
+      if (l.learnThreshold) gradOut_[int(out++)] = int(in + (l.recurrent ? 4 : 3));  // threshold
+      in += 3 + (l.recurrent ? 1 : 0) + (l.learnThreshold ? 1 : 0) + (l.twoStates() ? 1 : 0);  // rho: none
     }
     for (int k = 0; k < 3; ++k) gradOut_[int(out++)] = int(in) + k;  // the readout's weight, bias, beta
   }
@@ -327,6 +356,11 @@ const popart::OpDefinition kNetworkDef(
                                        {"resets", {"*"}},
                                        {"surrogates", {"*"}},
                                        {"scales", {"*"}},
+                                       {"listed", {"*"}},
+                                       {"learn_decay", {"*"}},
+                                       {"learn_threshold", {"*"}},
+                                       {"kinds", {"*"}},
+                                       {"adapt_strengths", {"*"}},
                                        {"readout", {"*"}},
                                        {"samples_per_pass", {"*"}},
                                        {"tape_slots", {"*"}},
@@ -440,7 +474,9 @@ public:
       const network::LayerTensors &t = net.layers[l];
       setOutTensor(out++, t.gradWeightIn);
       setOutTensor(out++, t.gradBias);
+      if (spec.layers[l].learnDecay) setOutTensor(out++, t.gradBeta);
       if (spec.layers[l].recurrent) setOutTensor(out++, t.gradWeightRec);
+      if (spec.layers[l].learnThreshold) setOutTensor(out++, t.gradThreshold);
     }
     setOutTensor(out++, net.readout.gradWeight);
     setOutTensor(out++, net.readout.gradBias);

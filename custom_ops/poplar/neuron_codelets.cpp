@@ -24,9 +24,10 @@
 // the backward vertex reads the bytes that overlap its columns and re-packs its
 // own bits tile-locally, [rows, ceil(width / 8)], before calling the core.
 //
-// LIF or ALIF: `adaptive` = 0 is LIF; aPrev and rho are then not read and
-// aNew / gradAPrev are written as 0 (LIF has a = 0), so one op signature
-// serves both kinds.
+// The neuron model: `kind` is core::NeuronKind (0 LIF, 1 ALIF, 2 CUBA). For
+// LIF aPrev and rho are not read and aNew / gradAPrev are written as 0 (LIF
+// has a = 0), so one vertex signature serves every kind; for CUBA a is the
+// synaptic current and rho its decay.
 #include <poplar/HalfFloat.hpp>
 #include <poplar/Vertex.hpp>
 
@@ -49,12 +50,14 @@ public:
   poplar::Output<AlignedVector<T>> aNew;     // [B, width]
   poplar::Output<AlignedVector<T>> z;        // [B, width]
   poplar::Output<AlignedVector<T>> d;        // [B, width]
+  poplar::Input<poplar::Vector<T>> thresholds;  // [width]: per-neuron thresholds (perNeuron)
   float threshold;
   float adaptStrength;
   float scale;
   unsigned reset;      // core::Reset
   unsigned surrogate;  // core::SurrogateKind
-  unsigned adaptive;   // 0: LIF, 1: ALIF
+  unsigned kind;       // core::NeuronKind
+  unsigned perNeuron;  // 1: thresholds (a learned one) in place of threshold
   unsigned colBegin;
   unsigned colEnd;
 
@@ -63,11 +66,19 @@ public:
     const core::Span<unsigned> mine = share<T>(current.size(), numWorkers(), worker);
     const core::NeuronScalarsT<float> s{threshold, adaptStrength,
                                         static_cast<core::Reset>(reset),
-                                        static_cast<core::SurrogateKind>(surrogate), scale};
-    core::neuron_forward<T, T>(&current[0], &vPrev[0], adaptive ? &aPrev[0] : nullptr,
-                               &beta[0], adaptive ? &rho[0] : nullptr, width, mine.begin,
-                               mine.end, s, &vNew[0], adaptive ? &aNew[0] : nullptr, &z[0],
-                               &d[0]);
+                                        static_cast<core::SurrogateKind>(surrogate), scale,
+                                        static_cast<core::NeuronKind>(kind)};
+    const bool adaptive = kind != 0;  // a second state (ALIF, CUBA)
+    if (perNeuron)
+      core::neuron_forward<T, T>(&current[0], &vPrev[0], adaptive ? &aPrev[0] : nullptr,
+                                 &beta[0], adaptive ? &rho[0] : nullptr, width, mine.begin,
+                                 mine.end, s, &vNew[0], adaptive ? &aNew[0] : nullptr, &z[0],
+                                 &d[0], &thresholds[0]);
+    else
+      core::neuron_forward<T, T>(&current[0], &vPrev[0], adaptive ? &aPrev[0] : nullptr,
+                                 &beta[0], adaptive ? &rho[0] : nullptr, width, mine.begin,
+                                 mine.end, s, &vNew[0], adaptive ? &aNew[0] : nullptr, &z[0],
+                                 &d[0]);
     if (!adaptive) {
       for (unsigned i = mine.begin; i < mine.end; ++i) aNew[i] = T(0.0f);
     }
@@ -117,12 +128,15 @@ public:
   poplar::Output<AlignedVector<T>> gradCurrent;        // [B, width]
   poplar::Output<AlignedVector<T>> gradVPrev;          // [B, width]
   poplar::Output<AlignedVector<T>> gradAPrev;          // [B, width]
+  // CUBA: gv, the gradient of v before the reset (gradCurrent is then the
+  // synaptic current's, ga); other kinds leave it unwritten.
+  poplar::InOut<AlignedVector<T>> gradVPre;            // [B, width]
   // Scratch: one word-aligned slice of ownSlice bytes per worker, for its rows
   // packed tile-locally (core::packed_slice_bytes of its most rows).
   poplar::InOut<AlignedVector<unsigned char>> ownBits;
   float adaptStrength;
   unsigned reset;     // core::Reset
-  unsigned adaptive;  // 0: LIF, 1: ALIF
+  unsigned kind;      // core::NeuronKind
   unsigned colBegin;
   unsigned colEnd;
   unsigned ownSlice;
@@ -140,16 +154,18 @@ public:
     // The worker's rows as a step of their own: every pointer starts at its first row.
     const unsigned first = rows.begin * width, count = (rows.end - rows.begin) * width;
     // the op's outputs are the gradients w.r.t. the previous step: the leak's backward is fused in
+    const bool adaptive = kind != 0, cuba = kind == unsigned(core::NeuronKind::kCuba);
     core::LeakBackward<T> leak;
     leak.beta = &beta[0];
     leak.rho = adaptive ? &rho[0] : nullptr;
     leak.grad_v_prev = &gradVPrev[first];
     leak.grad_a_prev = adaptive ? &gradAPrev[first] : nullptr;
-    core::neuron_backward<T, T>(&gradZ[first], &gradV[first],
-                                adaptive ? &gradA[first] : nullptr, own, &d[first], width, 0u,
-                                count, adaptive != 0, adaptStrength,
-                                static_cast<core::Reset>(reset), &gradCurrent[first], nullptr,
-                                leak);
+    // the input current's gradient: gv (LIF, ALIF), or CUBA's ga (its current enters a)
+    core::neuron_backward_of<T, T>(static_cast<core::NeuronKind>(kind), &gradZ[first], &gradV[first],
+                                   adaptive ? &gradA[first] : nullptr, own, &d[first], width, 0u,
+                                   count, adaptStrength, static_cast<core::Reset>(reset),
+                                   cuba ? &gradVPre[first] : &gradCurrent[first],
+                                   cuba ? &gradCurrent[first] : nullptr, leak);
     if (!adaptive) {
       for (unsigned i = first; i < first + count; ++i) gradAPrev[i] = T(0.0f);
     }

@@ -7,7 +7,7 @@ version 1, with PopART, and from then on ``poptorch.custom_op`` reaches it while
 model is traced:
 
     Network  (bits uint8 [B, T, ceil(n_in / 8)], per spiking layer weight_in, bias, beta,
-              [weight_rec], then the readout's weight, bias, beta)
+              [weight_rec], [threshold (learned)], [rho (ALIF, CUBA)], then the readout's weight, bias, beta)
              -> output [T, B, n_out] (the leaky-integrator readout's membrane trace), spike
                 counts [B, n] per spiking layer, the carried state (what the backward reads)
 
@@ -15,7 +15,8 @@ The op runs every spiking layer and the readout over all T steps, and its grad o
 schedule's backward, in Poplar programs (``program::Repeat`` over steps): one op in the
 traced graph whatever T. PopTorch traces the forward only; PopART differentiates through the
 grad op ``NetworkGrad``, which takes the carried state back and returns one gradient per
-weight and bias and the readout's decay gradient (none for the spiking layers' decays).
+weight and bias, the readout's decay gradient, and the spiking layers' decay and threshold gradients
+where they learn them.
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ class NetworkOpSpec:
         return {"sizes": [l.size for l in self.layers], "recurrent": [int(l.recurrent) for l in self.layers],
                 "thresholds": [float(l.threshold) for l in self.layers], "resets": [l.reset for l in self.layers],
                 "surrogates": [l.surrogate for l in self.layers], "scales": [float(l.scale) for l in self.layers],
+                "listed": [int(l.listed) for l in self.layers],
+                "learn_decay": [int(l.learn_decay) for l in self.layers],
+                "learn_threshold": [int(l.learn_threshold) for l in self.layers],
+                "kinds": [l.kind for l in self.layers],
+                "adapt_strengths": [float(l.adapt_strength) for l in self.layers],
                 "readout": self.readout, "samples_per_pass": self.samples_per_pass, "tape_slots": self.tape_slots, "local_slots": self.local_slots, "offchip_slots": self.offchip_slots,
                 "actions": [int(x) for action in self.actions for x in action]}
 
@@ -106,7 +112,9 @@ def network_spec(network, steps: int, samples_per_pass: int = 0) -> NetworkOpSpe
     plan's, `graph_plan.pass_size`)."""
     bounds, schedule = op_schedule(network, steps)
     layers = tuple(LayerSpec(l.n_out, l.rec is not None, l.spec.threshold, l.spec.reset_code, l.spec.surrogate_code,
-                             l.spec.scale) for l in network.layers)
+                             l.spec.scale, learn_decay=isinstance(l.beta, torch.nn.Parameter),
+                             learn_threshold=l.threshold is not None, kind=l.spec.kernel_code,
+                             adapt_strength=l.spec.adapt_strength) for l in network.layers)
     actions = step_actions(schedule, bounds)
     return NetworkOpSpec(layers, network.readout.n_out, tuple(actions), tape_slots(actions),
                          max(schedule.max_local_slots, 0), max(schedule.max_offchip_slots, 0), samples_per_pass)
@@ -114,12 +122,17 @@ def network_spec(network, steps: int, samples_per_pass: int = 0) -> NetworkOpSpe
 
 def network_params(network) -> list[Tensor]:
     """The op's parameter inputs, in its order: per spiking layer weight_in [n_in, n], bias, beta (clamped),
-    [weight_rec]; then the readout's weight [n_last, n_out], bias and beta (clamped)."""
+    [weight_rec], [threshold (learned)], [rho (clamped; ALIF, CUBA)]; then the readout's weight [n_last, n_out],
+    bias and beta (clamped)."""
     params: list[Tensor] = []
     for layer in network.layers:
         params += [layer.fc.weight, layer.fc.bias, layer.decays()[0]]
         if layer.rec is not None:
             params.append(layer.rec.weight)
+        if layer.threshold is not None:
+            params.append(layer.threshold)
+        if layer.decays()[1] is not None:
+            params.append(layer.decays()[1])
     readout = network.readout
     return params + [readout.fc.weight, readout.fc.bias, readout.beta.clamp(0.0, 1.0)]
 

@@ -31,7 +31,6 @@ import numpy as np
 
 from ipu_snn.bptt import Advance, Free, Load, Reverse, Schedule, Store
 from ipu_snn.devices import SPECS
-from ipu_snn.errors import ConfigError
 from ipu_snn.executor import window_bounds
 from ipu_snn.ipu.interpreter import MK2_TILE_BYTES, MK2_TILES, HostNetwork, LayerSpec, step_actions
 from ipu_snn.neuron.spec import RESET_CODES
@@ -73,15 +72,14 @@ KEY = (False, True, False, False)
 
 
 def layer_specs(model_cfg) -> list[LayerSpec]:
-    """The network op's layers of a model config (LIF and RLIF); a ConfigError naming the layer the op
-    cannot build (the plan then counts nothing: there is no other IPU memory model)."""
+    """The network op's layers of a model config (LIF, RLIF, ALIF, CUBA)."""
     out = []
-    for i, layer in enumerate(model_cfg.layers):
-        if layer.neuron.kernel != "lif":  # the registry's kernel (lif and rlif run it)
-            raise ConfigError(f"model.layers.{i}: the IPU network op runs LIF and RLIF layers, not {layer.type.upper()}, "
-                              "so its graph cannot be counted (the IPU plan is the graph's count)")
+    for layer in model_cfg.layers:
         out.append(LayerSpec(layer.size, layer.is_recurrent, layer.threshold, RESET_CODES[layer.reset],
-                             SURROGATES[layer.surrogate.name].code, layer.surrogate.scale))
+                             SURROGATES[layer.surrogate.name].code, layer.surrogate.scale,
+                             learn_decay=layer.learn_decay, learn_threshold=layer.learn_threshold,
+                             kind=layer.neuron.kernel_code,
+                             adapt_strength=layer.param_values().get("adapt_strength", 0.0)))
     return out
 
 

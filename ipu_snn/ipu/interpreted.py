@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ipu_snn.errors import ConfigError
 from ipu_snn.ipu.custom_ops import network_params, network_spec
-from ipu_snn.ipu.interpreter import HostNetwork, network_trace
+from ipu_snn.ipu.interpreter import MK2_TILES, HostNetwork, network_trace
 from ipu_snn.network import NetworkOutput, SpikingNetwork, _COMBINE, _WINDOW_REDUCE
 from ipu_snn.taps import Taps
 
@@ -18,12 +18,10 @@ from ipu_snn.taps import Taps
 def _refuse(net: SpikingNetwork) -> None:
     for i, layer in enumerate(net.layers):
         where = f"model.layers.{i}"
-        if layer.spec.neuron.kernel != "lif":
-            raise ConfigError(f"{where}: device ipu-emulator runs LIF and RLIF layers (the network op has no "
-                              f"{layer.spec.model.upper()} yet)")
-        if isinstance(layer.beta, torch.nn.Parameter):
-            raise ConfigError(f"{where}.learn_decay: device ipu-emulator does not learn decays yet (the network "
-                              "op returns no decay gradient); set learn_decay: false")
+        if layer.spec.neuron.n_state > 1 and isinstance(layer.beta, torch.nn.Parameter):
+            raise ConfigError(f"{where}.learn_decay: the network op does not learn an {layer.spec.model.upper()} "
+                              "layer's decays yet (the second state's decay has no gradient there); set "
+                              "learn_decay: false")
         if not layer.spec.detach_reset:
             raise ConfigError(f"{where}.detach_reset: the network op's neuron vertices detach the reset")
         if layer.settings.near_min_d is not None:
@@ -33,8 +31,9 @@ def _refuse(net: SpikingNetwork) -> None:
             if policy is None or policy.mode == "dense":
                 continue
             if policy.listed_grad:
-                raise ConfigError("model.sparse_grad: spikes; the network op computes the exact input gradient "
-                                  "(set sparse_grad: dense on device ipu-emulator)")
+                raise ConfigError("model.sparse_grad: spikes; the network op computes the exact input gradient, "
+                                  "listed where the surrogate is bounded (set sparse_grad: auto or dense on device "
+                                  "ipu-emulator)")
             if policy.capacity < n_in:
                 raise ConfigError(f"model.sparse_capacity: the network op lists every spike of {where}'s "
                                   f"{n_in} inputs (capacity {policy.capacity}); set sparse_capacity: 1.0")
@@ -45,6 +44,8 @@ class InterpretedNetwork(SpikingNetwork):
 
     Same parameters and state dict; `adopt` turns a built network into one."""
 
+    tiles = MK2_TILES  # the emulated IPU's tiles (a test may take fewer, to put several neurons on a tile)
+
     def _host(self, batch: int, steps: int) -> HostNetwork:
         key = (batch, steps)
         cache = self.__dict__.setdefault("_hosts", {})
@@ -53,7 +54,7 @@ class InterpretedNetwork(SpikingNetwork):
             cache.clear()  # one shape at a time: the graph holds the micro-batch's tapes
             cache[key] = HostNetwork.from_actions(batch, steps, self.n_inputs, spec.layers, spec.readout,
                                                   spec.samples_per_pass, spec.actions, spec.tape_slots,
-                                                  spec.local_slots, spec.offchip_slots)
+                                                  spec.local_slots, spec.offchip_slots, tiles=self.tiles)
         return cache[key]
 
     def forward(self, x: Tensor, mark=None, with_counts: bool = False, record=(), taps: Taps = Taps()

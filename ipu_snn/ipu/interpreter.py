@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ipu_snn.bptt.schedules import Advance, Free, Load, Reverse, Schedule, Store
 from ipu_snn.errors import UserError
+from ipu_snn.neuron.surrogates import SURROGATES
 
 ROOT = Path(__file__).resolve().parents[2]
 _POPLAR = ROOT / "custom_ops" / "poplar"
@@ -90,7 +91,13 @@ def library() -> ctypes.CDLL:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One spiking layer as the network op takes it (LIF; recurrent or not)."""
+    """One spiking layer as the network op takes it (LIF, ALIF or CUBA: ``kind``, the model's kernel code;
+    recurrent or not).
+
+    ``listed``: the op forms the gradient of the layer's spikes only where their surrogate derivative is
+    non-zero (exact); None takes the op's one rule, `listed_grad`. ``learn_decay``: beta's gradient comes
+    out of the op; ``learn_threshold``: the op takes a per-neuron threshold [n] after the layer's weights
+    (in place of ``threshold``) and returns its gradient."""
 
     size: int
     recurrent: bool
@@ -98,6 +105,22 @@ class LayerSpec:
     reset: int  # NeuronSpec.reset_code
     surrogate: int  # NeuronSpec.surrogate_code
     scale: float
+    listed: bool | None = None
+    learn_decay: bool = False
+    learn_threshold: bool = False
+    kind: int = 0  # NeuronModel.kernel_code: 0 LIF, 1 ALIF, 2 CUBA (a second state with its decay rho)
+    adapt_strength: float = 0.0  # ALIF's
+
+    def __post_init__(self):
+        if self.listed is None:
+            object.__setattr__(self, "listed", listed_grad(self.surrogate))
+
+
+def listed_grad(surrogate_code: int) -> bool:
+    """Whether the network op lists a layer's spike gradient (the listed backward): where its surrogate has
+    bounded support (triangle, boxcar), whose derivative is 0 at most neurons, as ``model.sparse_grad: auto``
+    decides on the CPU. Exact either way; elsewhere the dense input gradient."""
+    return next(s.bounded for s in SURROGATES.values() if s.code == surrogate_code)
 
 
 def step_actions(schedule: Schedule, bounds: Sequence[tuple[int, int]]) -> list[tuple[int, ...]]:
@@ -149,10 +172,11 @@ def encode_spec(batch: int, steps: int, n_inputs: int, layers: Sequence[LayerSpe
     spec = [batch, steps, n_inputs, len(layers), tape_slots, local_slots, offchip_slots, len(actions), n_out,
             samples_per_pass]
     for layer in layers:
-        spec += [layer.size, int(layer.recurrent), layer.reset, layer.surrogate]
+        spec += [layer.size, int(layer.recurrent), layer.reset, layer.surrogate, int(layer.listed),
+                 int(layer.learn_decay), int(layer.learn_threshold), layer.kind]
     for action in actions:
         spec += list(action)
-    scalars = [x for l in layers for x in (l.threshold, l.scale)] or [0.0]
+    scalars = [x for l in layers for x in (l.threshold, l.scale, l.adapt_strength)] or [0.0]
     return np.asarray(spec, dtype=np.uint32), np.asarray(scalars, dtype=np.float32)
 
 
@@ -329,10 +353,11 @@ def _np(t: Tensor) -> np.ndarray:
 class _NetworkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, host: HostNetwork, bits: Tensor, *params: Tensor):
-        # params: per layer weight_in, bias, beta (clamped), [weight_rec]; then the readout's weight,
-        # bias, beta (clamped)
+        # params: per layer weight_in, bias, beta (clamped), [weight_rec], [threshold]; then the readout's
+        # weight, bias, beta (clamped)
         names = [f"{name}.{l}" for l, layer in enumerate(host.layers)
-                 for name in ("weight_in", "bias", "beta") + (("weight_rec",) if layer.recurrent else ())]
+                 for name in ("weight_in", "bias", "beta") + (("weight_rec",) if layer.recurrent else ())
+                 + (("threshold",) if layer.learn_threshold else ()) + (("rho",) if layer.kind else ())]
         names += ["readout_weight", "readout_bias", "readout_beta"]
         for name, param in zip(names, params, strict=True):
             host.write(name, _np(param))
@@ -353,9 +378,13 @@ class _NetworkFunction(torch.autograd.Function):
             n_in = host.n_inputs if l == 0 else host.layers[l - 1].size
             grads.append(host.read(f"grad_weight_in.{l}", (n_in, layer.size)))
             grads.append(host.read(f"grad_bias.{l}", (layer.size,)))
-            grads.append(None)  # beta: the op does not learn the spiking layers' decays
+            grads.append(host.read(f"grad_beta.{l}", (layer.size,)) if layer.learn_decay else None)
             if layer.recurrent:
                 grads.append(host.read(f"grad_weight_rec.{l}", (layer.size, layer.size)))
+            if layer.learn_threshold:
+                grads.append(host.read(f"grad_threshold.{l}", (layer.size,)))
+            if layer.kind:
+                grads.append(None)  # rho: the op does not learn the second state's decay
         n_last = host.layers[-1].size
         grads += [host.read("grad_readout_weight", (n_last, host.n_out)), host.read("grad_readout_bias", (host.n_out,)),
                   host.read("grad_readout_beta", (host.n_out,))]
@@ -365,9 +394,10 @@ class _NetworkFunction(torch.autograd.Function):
 
 def network_trace(host: HostNetwork, bits: Tensor, params: Sequence[Tensor]) -> Tensor:
     """The readout's membrane trace [T, B, n_out] of packed input bits uint8 [B, T, ceil(n_in / 8)], run by
-    the network op's graph on the host interpreter; differentiable w.r.t. the weights and biases, and the
-    readout's decay. ``params``: per spiking layer weight_in [n_in, n], bias, beta, [weight_rec], then the
-    readout's weight [n_last, n_out], bias and beta."""
+    the network op's graph on the host interpreter; differentiable w.r.t. the weights and biases, the
+    readout's decay, and the spiking layers' decays and thresholds where they learn them (`LayerSpec`).
+    ``params``: per spiking layer weight_in [n_in, n], bias, beta, [weight_rec], [threshold], [rho (ALIF,
+    CUBA)], then the readout's weight [n_last, n_out], bias and beta."""
     return _NetworkFunction.apply(host, bits, *params)
 
 

@@ -32,8 +32,8 @@ from .interpreted import _refuse
 
 
 def check_network_op(cfg: Config, network: SpikingNetwork) -> None:
-    """Refuse, naming the field, what the network op cannot run: LIF and RLIF layers only (no ALIF, no
-    cuba), fixed decays, a detached reset, every spike listed with the exact input gradient, float32."""
+    """Refuse, naming the field, what the network op cannot run: learned decays of ALIF and cuba layers, an
+    attached reset, spikes listed other than exactly, float16 saved derivatives, float inputs."""
     _refuse(network)
     if cfg.model.fused_saved_dtype != "float32":
         raise ConfigError(f"model.fused_saved_dtype: {cfg.model.fused_saved_dtype}; the IPU network op keeps its "

@@ -123,13 +123,16 @@ def identity_loss(x, reduction):
 # ---------------------------------------------------------------- custom ops
 
 
-def _network(bits, *params, sizes, recurrent, thresholds, resets, surrogates, scales, readout, samples_per_pass,
-             tape_slots, local_slots, offchip_slots, actions):
+def _network(bits, *params, sizes, recurrent, thresholds, resets, surrogates, scales, listed, learn_decay,
+             learn_threshold, kinds, adapt_strengths, readout, samples_per_pass, tape_slots, local_slots,
+             offchip_slots, actions):
     """The Network op on the host interpreter (built once per spec and shape, as a compiled graph is)."""
     from ipu_snn.ipu.interpreter import HostNetwork, LayerSpec, network_trace
 
     batch, steps = bits.shape[0], bits.shape[1]
-    layers = [LayerSpec(*row) for row in zip(sizes, map(bool, recurrent), thresholds, resets, surrogates, scales)]
+    layers = [LayerSpec(*row) for row in zip(sizes, map(bool, recurrent), thresholds, resets, surrogates, scales,
+                                             map(bool, listed), map(bool, learn_decay), map(bool, learn_threshold),
+                                             kinds, adapt_strengths)]
     key = (batch, steps, params[0].shape[0], tuple(layers), readout, samples_per_pass, tuple(actions), tape_slots,
            local_slots, offchip_slots)
     if key not in _HOSTS:

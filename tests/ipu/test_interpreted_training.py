@@ -31,12 +31,22 @@ SCHEDULES = {"store_all": store_all, "uniform": lambda w: uniform(w, 2), "revolv
              "double": lambda w: double(w, 2, 1)}
 
 
-# sparse_grad: auto with a bounded surrogate: the network op lists spikes only, so auto keeps the exact
-# dense adjoint here (network.listed_backward), and the op's gradients still equal the CPU backend's
-LISTED = ["model.sparse_grad=auto", "model.layers.0.surrogate.name=triangle", "model.layers.1.surrogate.name=triangle"]
+# a bounded surrogate: the network op forms the spikes' gradients only where d != 0 (the listed backward, on
+# the tiles that hold several neurons: 8 tiles here), and its gradients still equal the CPU backend's
+LISTED = ["model.sparse_grad=auto", "model.layers.0.surrogate.name=triangle", "model.layers.1.surrogate.name=boxcar",
+          "model.layers.0.surrogate.scale=3", "model.layers.1.surrogate.scale=3"]
 
 
-@pytest.mark.parametrize("name, extra", [(n, []) for n in SCHEDULES] + [("store_all", LISTED)])
+# every spiking layer's decay and per-neuron threshold learned: their gradients out of the network op
+LEARNED = [f"model.layers.{i}.{field}=true" for i in (0, 1) for field in ("learn_decay", "learn_threshold")]
+# a recurrent ALIF layer, then a CUBA layer, their thresholds learned
+TWO_STATES = ["model.layers.0.type=alif", "model.layers.0.recurrent=true", "model.layers.1.type=cuba",
+              "model.layers.0.learn_threshold=true", "model.layers.1.learn_threshold=true"]
+
+
+@pytest.mark.parametrize("name, extra", [(n, []) for n in SCHEDULES] + [("store_all", LISTED), ("double", LISTED)]
+                         + [(n, LEARNED) for n in ("store_all", "uniform", "double")]
+                         + [(n, TWO_STATES) for n in ("store_all", "uniform", "double")])
 def test_gradients_equal_the_cpu_backends(name, extra):
     import ipu_snn.ipu  # noqa: F401  (registers the readout's spike backend)
 
@@ -47,6 +57,8 @@ def test_gradients_equal_the_cpu_backends(name, extra):
     cpu = build_network(cfg, n_in, classes, 1e-3, loop=loop, device="cpu")
     ipu = adopt(build_network(cfg, n_in, classes, 1e-3, loop=loop, device="ipu-emulator"))
     assert isinstance(ipu, InterpretedNetwork)
+    if extra == LISTED:
+        ipu.tiles = 8
     ipu.load_state_dict(cpu.state_dict())
     g = torch.Generator().manual_seed(1)
     x = pack_spikes((torch.rand(batch, steps, n_in, generator=g) < 0.4).float())
@@ -69,8 +81,8 @@ def test_gradients_equal_the_cpu_backends(name, extra):
 def test_refuses_what_the_op_does_not_compute():
     from ipu_snn.errors import ConfigError
 
-    cfg = load_config(CONFIG, ["model.layers.0.learn_decay=true"]).model
-    with pytest.raises(ConfigError, match="learn_decay"):
+    cfg = load_config(CONFIG, ["model.layers.1.type=alif", "model.layers.1.learn_decay=true"]).model
+    with pytest.raises(ConfigError, match="model.layers.1.learn_decay: .*ALIF"):
         adopt(build_network(cfg, 11, 3, 1e-3, device="ipu-emulator"))
 
 
@@ -83,3 +95,15 @@ def test_train_cli_trains_through_the_interpreter(tmp_path):
         capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 1/1" in result.stdout
+
+
+@pytest.mark.parametrize("extra", [[], LISTED, LEARNED, TWO_STATES])
+def test_the_plan_counts_the_layers_the_op_runs(extra):
+    # graph_plan builds its counting graph from the config; the op (and ipu-emulator) from the built network:
+    # both give the same layers (listed backward, learned decays and thresholds), so the plan counts their tapes
+    from ipu_snn.ipu.custom_ops import network_spec
+    from ipu_snn.ipu.graph_plan import layer_specs
+
+    cfg = load_config(CONFIG, ["model.layers.0.size=7", "model.layers.1.size=5", *extra]).model
+    net = adopt(build_network(cfg, 11, 3, 1e-3, device="ipu-emulator"))
+    assert network_spec(net, 10).layers == tuple(layer_specs(cfg))

@@ -124,14 +124,16 @@ def test_seed_config_plans_as_fitting_one_mk2(capsys):
     assert tiles["time_loop"]["T"] == 100
 
 
-def test_a_network_the_op_cannot_build_is_refused_not_planned(capsys):
-    # the IPU plan is the network op's graph count; with no ALIF in the op there is nothing to count
+def test_the_alif_seed_network_plans_from_the_ops_graph(capsys):
+    # the network op runs ALIF layers: the seed paper's ALIF workload is counted from its graph, and fits
     from ipu_snn.cli import main
 
     # planning reads no N-MNIST file: its shape is fixed (2312 channels, 10 classes)
     assert main(["plan", "configs/ipu_seed_alif_nmnist.yaml", "data.path=/nowhere/nmnist", "--device",
-                 "ipu-mk2", "--json"]) == 2
-    assert "the IPU network op runs LIF and RLIF layers, not ALIF" in capsys.readouterr().err
+                 "ipu-mk2", "--json"]) == 0
+    tiles = json.loads(capsys.readouterr().out)["tiles"]
+    assert tiles["fits"] and tiles["refusal"] is None and tiles["source"] == "graph"
+    assert tiles["max_tile_bytes"] <= tiles["tile_capacity_bytes"] == 624 * 1024
 
 
 def test_plan_cli_refuses_a_network_too_large_for_one_mk2(tmp_path, capsys):

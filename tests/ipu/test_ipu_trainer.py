@@ -173,9 +173,8 @@ def test_poprun_instance_takes_its_share_and_writes_nothing(poptorch, monkeypatc
 
 @pytest.mark.parametrize("change, error, match", [
     ({"model": {"layers": [{"type": "rlif", "size": 8}], "fused": True}}, ConfigError, "model.fused"),
-    ({"model": {"layers": [{"type": "alif", "size": 8}]}}, ConfigError, "model.layers.0: .*ALIF"),
-    ({"model": {"layers": [{"type": "rlif", "size": 8, "learn_decay": True}]}}, ConfigError,
-     "model.layers.0.learn_decay"),
+    ({"model": {"layers": [{"type": "alif", "size": 8, "learn_decay": True}]}}, ConfigError,
+     "model.layers.0.learn_decay: .*ALIF"),
     ({"model": {"fused_saved_dtype": "float16"}}, ConfigError, "model.fused_saved_dtype: float16"),
     ({"model": {"sparse": True, "sparse_capacity": 1.0, "sparse_grad": "spikes"}}, ConfigError,
      "model.sparse_grad: spikes"),

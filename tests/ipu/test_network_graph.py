@@ -5,6 +5,7 @@ float64, under every schedule and sample pass; the interpreter's refusals; each 
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def _schedules(windows: int):
             "double": double(windows, 2, 1)}
 
 
-def _problem(seed: int, spec: NeuronSpec):
+def _problem(seed: int, spec: NeuronSpec, learn_threshold: bool = False):
     g = torch.Generator().manual_seed(seed)
     x = (torch.rand(B, T, N_IN, generator=g) < 0.4).float()
     params, n_prev = [], N_IN
@@ -42,13 +43,17 @@ def _problem(seed: int, spec: NeuronSpec):
                    torch.rand(n, generator=g) * 0.5 + 0.4]
         if rec:
             params.append(torch.randn(n, n, generator=g) * 0.5)
+        if learn_threshold:
+            params.append(spec.threshold * (torch.rand(n, generator=g) * 0.6 + 0.7))
+        if spec.neuron.n_state > 1:  # rho
+            params.append(torch.rand(n, generator=g) * 0.5 + 0.4)
         n_prev = n
     params += [torch.randn(n_prev, N_OUT, generator=g), torch.randn(N_OUT, generator=g) * 0.1,
                torch.rand(N_OUT, generator=g) * 0.5 + 0.4]
     return x, params
 
 
-def _reference(x, params, spec):
+def _reference(x, params, spec, learn_threshold: bool = False):
     p = [t.detach().double().requires_grad_() for t in params]
     h, i = x.double().transpose(0, 1), 0
     for n, rec in SIZES:
@@ -56,12 +61,17 @@ def _reference(x, params, spec):
         i += 3
         w_rec = p[i] if rec else None
         i += int(rec)
+        threshold = p[i] if learn_threshold else None
+        i += int(learn_threshold)
+        rho = p[i] if spec.neuron.n_state > 1 else None
+        i += int(rho is not None)
         v = torch.zeros(B, n, dtype=torch.float64)
+        a = torch.zeros(B, n, dtype=torch.float64) if rho is not None else None
         z = torch.zeros(B, n, dtype=torch.float64)
         out = []
         for t in range(T):
             current = h[t] @ w + b + (z @ w_rec if rec else 0.0)
-            v, _, z = step(spec, beta, None, v, None, current, spike)
+            v, a, z = step(spec, beta, rho, v, a, current, spike, threshold)
             out.append(z)
         h = torch.stack(out)
     w, b, beta = p[i:i + 3]
@@ -72,8 +82,10 @@ def _reference(x, params, spec):
     return torch.stack(trace), p
 
 
-def _layers(spec):
-    return [LayerSpec(n, rec, spec.threshold, spec.reset_code, spec.surrogate_code, spec.scale) for n, rec in SIZES]
+def _layers(spec, learn_decay: bool = False, learn_threshold: bool = False):
+    return [LayerSpec(n, rec, spec.threshold, spec.reset_code, spec.surrogate_code, spec.scale,
+                      learn_decay=learn_decay, learn_threshold=learn_threshold, kind=spec.kernel_code,
+                      adapt_strength=spec.adapt_strength) for n, rec in SIZES]
 
 
 @pytest.mark.parametrize("window, passes", [(1, 0), (2, 2)])
@@ -101,6 +113,76 @@ def test_trace_and_gradients_equal_autograd_under_every_schedule(name, window, p
         assert float((got.grad.double() - exp.grad).abs().max()) <= RTOL * scale
     counts = host.counts()
     assert (counts["remote_bytes_moved"] > 0) == (name == "double")
+
+
+def _compare(host, x, params, spec, learn_threshold=False) -> list[int]:
+    """Run the op and the float64 autograd reference; check the trace and every gradient the op returns
+    (each non-zero in the reference); the indices of the parameters it returned gradients for."""
+    leaves = [t.clone().requires_grad_() for t in params]
+    trace = network_trace(host, pack_spikes(x), leaves)
+    want, ref = _reference(x, params, spec, learn_threshold)
+    assert float((trace.detach().double() - want.detach()).abs().max()) <= 1e-5 * float(want.detach().abs().max())
+    grad = torch.randn(trace.shape, generator=torch.Generator().manual_seed(7))
+    (trace * grad).sum().backward()
+    (want * grad.double()).sum().backward()
+    returned = []
+    for k, (got, exp) in enumerate(zip(leaves, ref)):
+        if got.grad is None:
+            continue
+        returned.append(k)
+        scale = float(exp.grad.abs().max())
+        assert scale > 0, k
+        assert float((got.grad.double() - exp.grad).abs().max()) <= RTOL * scale, k
+    return returned
+
+
+@pytest.mark.parametrize("name", ["store_all", "uniform", "double"])
+@pytest.mark.parametrize("surrogate, scale", [("triangle", 3.0), ("boxcar", 2.0)])
+def test_the_listed_backward_equals_autograd(surrogate, scale, name):
+    # a bounded surrogate: the op forms the spikes' gradients only where d != 0 (ListedGradInput), exact
+    spec = NeuronSpec(surrogate=surrogate, scale=scale)
+    layers = _layers(spec)
+    assert all(l.listed for l in layers)
+    x, params = _problem(3, spec)
+    bounds = window_bounds(T, 2)
+    # 8 tiles: several neurons on a tile, where a tile lists (one column: the dense partial costs the same)
+    host = HostNetwork(B, T, N_IN, layers, _schedules(len(bounds))[name], bounds, N_OUT, samples_per_pass=2,
+                       tiles=8)
+    assert any(name.endswith("liveBits") for t in range(8) for name, _ in host.tile_variables(t))
+    assert len(_compare(host, x, params, spec)) == len(params) - len(SIZES)  # all but the layers' betas
+    # the time model counts a dot product only at the neurons of non-zero d (at the plan's density)
+    dense = HostNetwork(B, T, N_IN, [replace(l, listed=False) for l in layers], store_all(len(bounds)), bounds,
+                        N_OUT, samples_per_pass=2, tiles=8, holds_data=False)
+    listed = HostNetwork(B, T, N_IN, layers, store_all(len(bounds)), bounds, N_OUT, samples_per_pass=2, tiles=8,
+                         holds_data=False)
+    assert listed.cost(True, 0.05)["work_elements"] < dense.cost(True, 0.05)["work_elements"]
+
+
+@pytest.mark.parametrize("name", ["store_all", "uniform", "double"])
+@pytest.mark.parametrize("reset, surrogate", [("subtract", "fast_sigmoid"), ("zero", "triangle")])
+def test_learned_decays_and_thresholds_equal_autograd(name, reset, surrogate):
+    # beta and a per-neuron threshold of every spiking layer learned: their gradients out of the op
+    spec = NeuronSpec(reset=reset, surrogate=surrogate, scale=3.0)
+    x, params = _problem(5, spec, learn_threshold=True)
+    bounds = window_bounds(T, 2)
+    host = HostNetwork(B, T, N_IN, _layers(spec, True, True), _schedules(len(bounds))[name], bounds, N_OUT,
+                       samples_per_pass=2, tiles=8)
+    assert _compare(host, x, params, spec, learn_threshold=True) == list(range(len(params)))  # every one learned
+
+
+@pytest.mark.parametrize("name", ["store_all", "uniform", "double"])
+@pytest.mark.parametrize("model, reset", [("alif", "subtract"), ("alif", "zero"), ("cuba", "subtract")])
+def test_alif_and_cuba_equal_autograd(name, model, reset):
+    # a second state (ALIF's adaptation, CUBA's synaptic current) on the tiles, carried, checkpointed on the
+    # tiles (uniform) and off-chip (double); the thresholds learned; rho given (not learned)
+    spec = NeuronSpec(model=model, reset=reset, surrogate="triangle" if model == "alif" else "fast_sigmoid",
+                      scale=2.0, adapt_strength=0.6 if model == "alif" else 0.0)
+    x, params = _problem(11, spec, learn_threshold=True)
+    bounds = window_bounds(T, 2)
+    host = HostNetwork(B, T, N_IN, _layers(spec, learn_threshold=True), _schedules(len(bounds))[name], bounds,
+                       N_OUT, samples_per_pass=2, tiles=8)
+    # all but the spiking layers' beta and rho (not learned here)
+    assert len(_compare(host, x, params, spec, learn_threshold=True)) == len(params) - 2 * len(SIZES)
 
 
 def test_the_tape_and_checkpoints_follow_the_schedule():

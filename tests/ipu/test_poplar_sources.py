@@ -197,7 +197,7 @@ VERTICES = {
                             # lists one sample's spikes in order: one worker's job
                             "SpikeSelect": "Vertex"}),
     "neuron_codelets.cpp": ("neuron_core.h",
-                            ("neuron_forward", "pack_bits", "repack_bits", "neuron_backward"),
+                            ("neuron_forward", "pack_bits", "repack_bits", "neuron_backward_of"),
                             {"NeuronForward": "MultiVertex", "PackSpikes": "MultiVertex",
                              "NeuronBackward": "MultiVertex"}),
 }

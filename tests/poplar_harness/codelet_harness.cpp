@@ -352,7 +352,8 @@ void runNeuron(const NeuronCase &c) {
     bind(f.beta, beta); bind(f.rho, rho);
     bind(f.vNew, v); bind(f.aNew, a); bind(f.z, zb); bind(f.d, db);
     f.threshold = c.threshold; f.adaptStrength = c.adaptStrength; f.scale = c.scale;
-    f.reset = c.reset; f.surrogate = c.surrogate; f.adaptive = c.adaptive;
+    f.reset = c.reset; f.surrogate = c.surrogate; f.kind = c.adaptive;  // 0 LIF, 1 ALIF
+    bind(f.thresholds, beta); f.perNeuron = 0;  // the layer's scalar threshold
     f.colBegin = cols.begin; f.colEnd = cols.end;
     runWorkers(f, {written(v), written(a), written(zb), written(db)}, "NeuronForward");
     unblock(vNew, n, cols, v); unblock(aNew, n, cols, a);
@@ -390,13 +391,14 @@ void runNeuron(const NeuronCase &c) {
         ipu_snn::core::packed_slice_bytes<unsigned>(rowsPerWorker, cols.size());
     std::vector<unsigned char> ownBits(workers * ownSlice);
     const std::size_t size = c.batch * cols.size();
-    std::vector<T> gc(size), gvp(size), gap(size);
+    std::vector<T> gc(size), gvp(size), gap(size), gvPre(size);
     NeuronBackward<T> b;
     bind(b.gradZ, gz); bind(b.gradV, gv); bind(b.gradA, ga); bind(b.bits, bitBlock);
     bind(b.d, dBlock); bind(b.beta, beta); bind(b.rho, rho);
     bind(b.gradCurrent, gc); bind(b.gradVPrev, gvp); bind(b.gradAPrev, gap);
+    bind(b.gradVPre, gvPre);  // CUBA's: not written for LIF and ALIF
     bind(b.ownBits, ownBits);
-    b.adaptStrength = c.adaptStrength; b.reset = c.reset; b.adaptive = c.adaptive;
+    b.adaptStrength = c.adaptStrength; b.reset = c.reset; b.kind = c.adaptive;
     b.colBegin = cols.begin; b.colEnd = cols.end; b.ownSlice = ownSlice;
     runWorkers(b, {written(gc), written(gvp), written(gap), written(ownBits, true)},
                "NeuronBackward");

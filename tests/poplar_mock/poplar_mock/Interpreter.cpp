@@ -164,8 +164,8 @@ template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const 
     using V = NeuronForward<T>;
     r["NeuronForward" + suffix] = makeVertex<V>(
         {FIELD(current), FIELD(vPrev), FIELD(aPrev), FIELD(beta), FIELD(rho), FIELD(vNew), FIELD(aNew),
-         FIELD(z), FIELD(d), FIELD(threshold), FIELD(adaptStrength), FIELD(scale), FIELD(reset),
-         FIELD(surrogate), FIELD(adaptive), FIELD(colBegin), FIELD(colEnd)});
+         FIELD(z), FIELD(d), FIELD(thresholds), FIELD(threshold), FIELD(adaptStrength), FIELD(scale),
+         FIELD(reset), FIELD(surrogate), FIELD(kind), FIELD(perNeuron), FIELD(colBegin), FIELD(colEnd)});
   }
   {
     using V = PackSpikes<T>;
@@ -175,8 +175,8 @@ template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const 
     using V = NeuronBackward<T>;
     r["NeuronBackward" + suffix] = makeVertex<V>(
         {FIELD(gradZ), FIELD(gradV), FIELD(gradA), FIELD(bits), FIELD(d), FIELD(beta), FIELD(rho),
-         FIELD(gradCurrent), FIELD(gradVPrev), FIELD(gradAPrev), FIELD(ownBits), FIELD(adaptStrength),
-         FIELD(reset), FIELD(adaptive), FIELD(colBegin), FIELD(colEnd), FIELD(ownSlice)});
+         FIELD(gradCurrent), FIELD(gradVPrev), FIELD(gradAPrev), FIELD(gradVPre), FIELD(ownBits),
+         FIELD(adaptStrength), FIELD(reset), FIELD(kind), FIELD(colBegin), FIELD(colEnd), FIELD(ownSlice)});
   }
   {
     using V = BitsMatmulForward<T>;
@@ -193,6 +193,11 @@ template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const 
     r["DenseGradInput" + suffix] = makeVertex<V>({FIELD(weight), FIELD(gradOut), FIELD(partial), FIELD(numInputs)});
   }
   {
+    using V = ListedGradInput<T>;
+    r["ListedGradInput" + suffix] =
+        makeVertex<V>({FIELD(weight), FIELD(gradOut), FIELD(live), FIELD(partial), FIELD(numInputs)});
+  }
+  {
     using V = ReduceSlices<T>;
     r["ReduceSlices" + suffix] =
         makeVertex<V>({FIELD(parts), FIELD(out), FIELD(numParts), FIELD(width), FIELD(rowBegin)});
@@ -205,6 +210,15 @@ template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const 
     using V = LeakyIntegrateBackward<T>;
     r["LeakyIntegrateBackward" + suffix] = makeVertex<V>({FIELD(gradOut), FIELD(vPrev), FIELD(beta), FIELD(carried),
                                                           FIELD(gradCurrent), FIELD(gradBeta), FIELD(gradBias)});
+  }
+  {
+    using V = AccumulateProducts<T>;
+    r["AccumulateProducts" + suffix] = makeVertex<V>({FIELD(x), FIELD(y), FIELD(acc)});
+  }
+  {
+    using V = ThresholdGrad<T>;
+    r["ThresholdGrad" + suffix] =
+        makeVertex<V>({FIELD(gradVNew), FIELD(gradV), FIELD(bits), FIELD(gradThreshold), FIELD(colBegin)});
   }
   {
     using V = AccumulateRows<T>;

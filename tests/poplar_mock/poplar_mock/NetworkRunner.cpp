@@ -65,14 +65,19 @@ NetworkSpec readSpec(const unsigned *spec, const float *scalars) {
   s.readout = spec[8];
   s.samplesPerPass = spec[9];
   const unsigned *p = spec + 10;
-  for (unsigned l = 0; l < layers; ++l, p += 4) {
+  for (unsigned l = 0; l < layers; ++l, p += 8) {
     LayerSpec ls;
     ls.size = p[0];
     ls.recurrent = p[1] != 0;
     ls.reset = p[2];
     ls.surrogate = p[3];
-    ls.threshold = scalars[2 * l];
-    ls.scale = scalars[2 * l + 1];
+    ls.listed = p[4] != 0;
+    ls.learnDecay = p[5] != 0;
+    ls.learnThreshold = p[6] != 0;
+    ls.kind = p[7];
+    ls.threshold = scalars[3 * l];
+    ls.scale = scalars[3 * l + 1];
+    ls.adaptStrength = scalars[3 * l + 2];
     s.layers.push_back(ls);
   }
   for (unsigned a = 0; a < actions; ++a, p += 6)
@@ -83,8 +88,9 @@ NetworkSpec readSpec(const unsigned *spec, const float *scalars) {
 
 extern "C" {
 // spec: batch, steps, inputs, layers, tapeSlots, localSlots, offchipSlots, actions,
-// readout (n_out), samplesPerPass, then per layer (size, recurrent, reset, surrogate), then per action
-// (kind, n0, n1, tape, offchip, slot); scalars: per layer (threshold, scale).
+// readout (n_out), samplesPerPass, then per layer (size, recurrent, reset, surrogate, listed, learnDecay,
+// learnThreshold, kind), then per action
+// (kind, n0, n1, tape, offchip, slot); scalars: per layer (threshold, scale, adaptStrength).
 void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned tiles, unsigned bytesPerTile,
                         int holdsData, char *err, unsigned errLen) {
   try {
@@ -129,6 +135,12 @@ void *ipu_snn_net_build(const unsigned *spec, const float *scalars, unsigned til
       if (s.layers[l].recurrent) {
         h->named["weight_rec" + i] = lt.weightRec;
         h->named["grad_weight_rec" + i] = gl.gradWeightRec;
+      }
+      if (s.layers[l].learnDecay) h->named["grad_beta" + i] = gl.gradBeta;
+      if (s.layers[l].twoStates()) h->named["rho" + i] = lt.rho;
+      if (s.layers[l].learnThreshold) {
+        h->named["threshold" + i] = lt.threshold;
+        h->named["grad_threshold" + i] = gl.gradThreshold;
       }
     }
     for (std::size_t k = 0; k < h->net.carried.size(); ++k) h->named["carried." + std::to_string(k)] = h->net.carried[k];
@@ -213,7 +225,7 @@ void ipu_snn_net_param_bytes(void *handle, std::uint64_t *out) {
   };
   for (const auto &v : g.vars) {
     if (!(endsWith(v.name, ".weightIn") || endsWith(v.name, ".weightRec") || endsWith(v.name, ".bias") ||
-          endsWith(v.name, ".beta")))
+          endsWith(v.name, ".beta") || endsWith(v.name, ".threshold")))
       continue;
     for (const auto &m : v.mapping) out[m.tile] += (m.end - m.begin) * poplar_mock::typeBytes(v.type);
   }
@@ -312,6 +324,12 @@ double opsOf(const poplar_mock::VertexRecord &v, double rate) {
     return batch * std::ceil(n / 8) + rate * batch * rows;  // each sample's bytes walked, a row added per spike
   }
   if (t.rfind("DenseGradInput", 0) == 0) return elements(v, "weight") * elements(v, "gradOut") / (elements(v, "weight") / value("numInputs"));
+  if (t.rfind("ListedGradInput", 0) == 0) {
+    // a bit tested per partial element; a dot product only where the input's surrogate derivative is
+    // non-zero, taken as `rate` of them (a bounded surrogate: about the neurons near their threshold)
+    const double width = elements(v, "weight") / value("numInputs");
+    return elements(v, "partial") * (1.0 + rate * width);
+  }
   if (t.rfind("SumParts", 0) == 0 || t.rfind("ReduceSlices", 0) == 0) return elements(v, "parts");
   if (t.rfind("StepLoad", 0) == 0) return elements(v, "dst");
   if (t.rfind("StepStore", 0) == 0) return elements(v, "src");
@@ -321,6 +339,8 @@ double opsOf(const poplar_mock::VertexRecord &v, double rate) {
   if (t.rfind("LeakyIntegrate", 0) == 0) return 2 * elements(v, "vNew");
   if (t.rfind("PackSpikes", 0) == 0) return elements(v, "z");
   if (t.rfind("AccumulateRows", 0) == 0) return elements(v, "x");
+  if (t.rfind("AccumulateProducts", 0) == 0) return elements(v, "x");
+  if (t.rfind("ThresholdGrad", 0) == 0) return 2 * elements(v, "gradV");
   if (t.rfind("ZeroFill", 0) == 0) return elements(v, "out");
   return 1.0;  // StepCount
 }
