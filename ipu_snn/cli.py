@@ -180,7 +180,7 @@ def _plan(args, console: Console) -> None:
         micro = micro_batch_size(cfg, cfg.ipu.replication)
         micro_plan = result if micro == result.batch else None
         tile_plan = plan_for_config(cfg, n_inputs, n_classes, micro, spec, micro_plan, args.density)
-        payload["tiles"] = graph_tiles(tile_plan, largest_steps_table(cfg, spec, n_inputs, n_classes, micro))
+        payload["tiles"] = graph_tiles(tile_plan, largest_steps_table(cfg, n_inputs, n_classes, micro))
     if args.json:
         print(json.dumps(payload, indent=2))
     else:

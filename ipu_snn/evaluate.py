@@ -56,6 +56,7 @@ def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, 
     cfg = load_config(run_dir / "config.yaml")
     # an IPU run's checkpoints are host copies of its weights: evaluating them needs no compiled graph
     name = device or ("cpu" if cfg.device in POPTORCH_DEVICES else cfg.device)
+    asked = device  # None: the run's own device (a torch.device from here on)
     device = resolve_device(name)
     load_backends(name)
     # the windows and product policies the run trained with (its checkpoint stores its plan); no schedule:
@@ -64,7 +65,7 @@ def evaluate_run(run_dir: Path, split: str = "test", device: str | None = None, 
     check_evaluation_fits(cfg, device_spec(name), run_plan.window)
     splits = load_splits(cfg.data, cfg.training.seed)
     # an IPU run's host copy is built for its own device row: the host's tensors, its products as the op left them
-    built_for = host_device(cfg.device) if device is None and cfg.device in POPTORCH_DEVICES else name
+    built_for = host_device(cfg.device) if asked is None and cfg.device in POPTORCH_DEVICES else name
     model = build_network(cfg.model, splits.n_inputs, splits.n_classes, splits.dt, loop=TimeLoop(run_plan.window),
                           binary_inputs=cfg.data.binary, device=built_for, crossovers=run_plan.crossovers)
     load_weights(model, found.weights, found.folder)

@@ -7,7 +7,7 @@
 // bug fixed in the header is fixed on the IPU too.
 //
 // Decomposition (the column split of
-// ipu_snn/ipu/tiles.py): a tile owns a contiguous range of postsynaptic
+// tiling::splitEven, tile_split.hpp): a tile owns a contiguous range of postsynaptic
 // neurons, the weight columns [colBegin, colEnd). Each tile receives the whole
 // spike list (ids, counts; a few KiB, broadcast) and walks it sample by sample
 // over its own columns. Forward output columns and weight-gradient columns are

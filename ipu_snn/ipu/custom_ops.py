@@ -109,7 +109,7 @@ def network_spec(network, steps: int, samples_per_pass: int = 0) -> NetworkOpSpe
     """The op spec of a built `SpikingNetwork` for sequences of ``steps``: its spiking layers and the BPTT
     schedule of its time loop over the loop's windows, as step actions (`op_schedule`), with
     ``samples_per_pass`` samples per input-gradient pass (0: the whole micro-batch; the IPU trainer passes the
-    plan's, `graph_plan.pass_size`)."""
+    tile plan's, `trainer.plan_samples_per_pass`)."""
     bounds, schedule = op_schedule(network, steps)
     layers = tuple(LayerSpec(l.n_out, l.rec is not None, l.spec.threshold, l.spec.reset_code, l.spec.surrogate_code,
                              l.spec.scale, learn_decay=isinstance(l.beta, torch.nn.Parameter),

@@ -188,11 +188,6 @@ class Candidate:
     def actions(self) -> list[tuple[int, ...]]:
         return step_actions(self.schedule, window_bounds(self.steps, self.window))
 
-    @property
-    def evaluated_steps(self) -> int:
-        """Time steps run forward, recomputation included."""
-        return sum(n1 - n0 for kind, n0, n1, *_ in self.actions if kind == 0)
-
 
 def tile_account(host: HostNetwork, slots: int) -> dict:
     """Each tile's bytes by kind (arrays over the tiles): ``op``, the variables the op's graph maps to it
@@ -234,7 +229,7 @@ class GraphModel:
     Parameters
     ----------
     model_cfg : ModelConfig
-        The network (LIF and RLIF layers: `layer_specs`).
+        The network (LIF, RLIF, ALIF and cuba layers: `layer_specs`).
     n_inputs, n_classes, batch : int
         Input channels, readout neurons, the micro-batch.
     slots : int
@@ -450,14 +445,6 @@ def optimizer_slots(training_cfg) -> int:
     return int(training_cfg.momentum > 0)
 
 
-def pass_size(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int, window: int, schedule,
-              slots: int = 2) -> int:
-    """The samples per input-gradient pass the plan counts the op with (`GraphModel.samples_per_pass`; where
-    none fits, the most passes, which the plan refuses)."""
-    model = GraphModel(model_cfg, n_inputs, n_classes, batch, slots)
-    return model.samples_per_pass(Candidate.of(steps, window, schedule)) or model.pass_sizes()[-1]
-
-
 def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int, window: int, schedule,
                rate: float = 0.05, slots: int = 2, model: GraphModel | None = None) -> dict:
     """The tile account and predicted time of one micro-batch's network op under ``schedule`` over the
@@ -507,5 +494,5 @@ def graph_plan(model_cfg, n_inputs: int, n_classes: int, batch: int, steps: int,
             "time": time}
 
 
-__all__ = ["Builds", "Candidate", "GraphModel", "graph_plan", "pass_size", "layer_specs", "optimizer_slots", "taped_slots", "tile_account",
+__all__ = ["Builds", "Candidate", "GraphModel", "graph_plan", "layer_specs", "optimizer_slots", "taped_slots", "tile_account",
            "time_terms"]

@@ -127,7 +127,7 @@ def plan_for_config(cfg: Config, n_inputs: int, n_classes: int, batch: int, spec
     return out
 
 
-def largest_steps(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int,
+def largest_steps(cfg: Config, n_inputs: int, n_classes: int, batch: int,
                   kind: ScheduleKind | None, cap: int) -> tuple[int, int | None]:
     """The largest T <= ``cap`` whose time loop fits one IPU's tiles by the graph's model under the schedule
     ``kind`` (None: store_all), with some window of `window_choices`; and that window (None when not even
@@ -162,16 +162,16 @@ def largest_steps(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, 
 LARGEST_T_FACTOR = 100
 
 
-def largest_steps_table(cfg: Config, spec: DeviceSpec, n_inputs: int, n_classes: int, batch: int) -> dict:
+def largest_steps_table(cfg: Config, n_inputs: int, n_classes: int, batch: int) -> dict:
     """For every candidate schedule, the largest T that fits one IPU's tiles by the graph's model, next to
     store_all's; the search stops at LARGEST_T_FACTOR times store_all's (reported as ``at_cap``)."""
     kinds = candidates(cfg.bptt, compare_all=True)
-    base, base_window = largest_steps(cfg, spec, n_inputs, n_classes, batch, None, cap=1 << 30)
+    base, base_window = largest_steps(cfg, n_inputs, n_classes, batch, None, cap=1 << 30)
     cap = max(1, base) * LARGEST_T_FACTOR
     table = {}
     for name, kind in kinds.items():
         recomputes = name != "store_all"
-        steps, window = largest_steps(cfg, spec, n_inputs, n_classes, batch, kind, cap) if recomputes \
+        steps, window = largest_steps(cfg, n_inputs, n_classes, batch, kind, cap) if recomputes \
             else (base, base_window)
         table[name] = {"T": steps, "window": window, "at_cap": recomputes and steps >= cap,
                        "vs_store_all": round(steps / base, 2) if base else None}

@@ -22,12 +22,11 @@ from torch.utils.data import Dataset
 from ..config import Config, TrainingConfig
 from ..data import DataSplits, input_shape
 from ..devices import resolve_device
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..loop import STEP_STATS, check_overflow
 from ..network import SpikingNetwork, count_parameters
 from ..planner import RunPlan
 from .custom_ops import op_schedule
-from .graph_plan import optimizer_slots, pass_size
 from .tile_planning import GraphTilePlan, plan_for_config
 from .model import Evaluation, TrainingStep, build_traced
 from .options import Replicas, micro_batch_size, poptorch_options, replicas
@@ -76,16 +75,20 @@ def fitting_tile_plan(cfg: Config, micro_batch: int, reps: Replicas) -> GraphTil
     return plan
 
 
-def plan_samples_per_pass(cfg: Config, network: SpikingNetwork, n_inputs: int, n_classes: int,
-                          micro_batch: int) -> int:
-    """The network op's samples per input-gradient pass: the plan's choice (`graph_plan.pass_size`, as
-    ``ipu-snn plan --device ipu-mk2`` reports it) for the op the network runs (its time loop's window and
-    schedule over ``data.steps``), one replica's micro-batch and the optimizer's buffers. So the op PopART
-    builds is the program the plan counted."""
-    steps = cfg.data.num_steps
-    _, schedule = op_schedule(network, steps)
-    return pass_size(cfg.model, n_inputs, n_classes, micro_batch, steps, network.loop.window or steps, schedule,
-                     optimizer_slots(cfg.training))
+def plan_samples_per_pass(plan: GraphTilePlan, network: SpikingNetwork, steps: int) -> int:
+    """The network op's samples per input-gradient pass: the tile plan's (as ``ipu-snn plan --device ipu-mk2``
+    reports it), so the op PopART builds is the program the plan counted. A TrainingError where the network's
+    time loop over ``steps`` (its windows and schedule, `op_schedule`) is not the one the plan counted."""
+    bounds, schedule = op_schedule(network, steps)
+    graph = plan.tiles["graph"]
+    runs = (steps, min(network.loop.window or steps, steps), len(bounds), schedule.name,
+            max(schedule.max_local_slots, 0), max(schedule.max_offchip_slots, 0))
+    planned = (plan.steps, plan.window, plan.windows, plan.schedule, graph["local_slots"], graph["offchip_slots"])
+    if runs != planned:
+        raise TrainingError(f"the network op would run T, window, windows, schedule, local and off-chip slots "
+                            f"{runs}, but the tile plan counted {planned}: the plan would not be of the program "
+                            "that runs")
+    return graph["samples_per_pass"]
 
 
 class PaddedDataset(Dataset):
@@ -172,8 +175,7 @@ class PopTorchDriver:
             raise ConfigError(f"data: one device call takes {per_call} training samples per instance, more than "
                               f"the {len(splits.train)} there are; lower data.batch_size or ipu.device_iterations")
         self.network = build_traced(cfg, splits.n_inputs, splits.n_classes, splits.dt, loop)
-        self.samples_per_pass = plan_samples_per_pass(cfg, self.network, splits.n_inputs, splits.n_classes,
-                                                      self.micro_batch)
+        self.samples_per_pass = plan_samples_per_pass(self.tile_plan, self.network, cfg.data.num_steps)
         if initial_weights is not None:  # model.from_nir
             self.network.load_state_dict(initial_weights, strict=True)
         self.network.train()

@@ -1,4 +1,4 @@
-"""Fixtures shared by the IPU tests: a tiny IPU-Model run and the schedules the tile tests use."""
+"""Fixtures shared by the IPU tests: a tiny IPU-Model run."""
 
 import copy
 
@@ -34,16 +34,3 @@ def tiny():
 
     return make
 
-
-@pytest.fixture(scope="session")
-def schedules():
-    """``schedules(name, every)(W)``: the schedule of W windows that the tile tests plan and emulate."""
-    def make(name, every):
-        from ipu_snn.bptt import Costs, double, revolve, two_level_optimal, uniform
-    
-        return {"uniform": lambda W: uniform(W, every), "revolve": lambda W: revolve(W, every),
-                "double": lambda W: double(W, every, 0, "uniform"),
-                "double_revolve": lambda W: double(W, every, 1, "revolve"),
-                "two_level": lambda W: two_level_optimal(W, every, W, Costs(offchip_write=0.3, offchip_read=0.3))}[name]
-
-    return make

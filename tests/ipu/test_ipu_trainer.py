@@ -19,19 +19,21 @@ import torch
 import torch.nn.functional as F
 
 import poptorch_standin
-from ipu_snn.bptt.schedules import double, uniform
+from ipu_snn.bptt.schedules import double, store_all, uniform
 from ipu_snn.checkpoint import save_checkpoint
 from ipu_snn.core.bits import pack_spikes
 from ipu_snn.data import input_shape, load_splits
 from ipu_snn.errors import ConfigError, DeviceError, TrainingError
 from ipu_snn.executor import TimeLoop
-from ipu_snn.ipu import custom_ops
+from ipu_snn.ipu import custom_ops, graph_plan
 from ipu_snn.ipu.model import TrainingStep, build_traced
 from ipu_snn.ipu.options import micro_batch_size
-from ipu_snn.ipu.tile_planning import plan_for_config
+from ipu_snn.ipu.graph_plan import Candidate
+from ipu_snn.ipu.tile_planning import graph_model, plan_for_config
 from ipu_snn.network import build_network
 from ipu_snn.reporting import read_metrics_csv
 from ipu_snn.run_folder import newest_intact_checkpoint
+from ipu_snn import evaluate as evaluation
 from ipu_snn.evaluate import evaluate_run
 from ipu_snn.torch_driver import evaluate
 from ipu_snn.training import train
@@ -109,10 +111,26 @@ def test_traced_network_has_the_cpu_logits_and_gradients(poptorch, tiny):
 # ------------------------------------------------------------------ the trainer
 
 
-def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path, tiny):
-    cfg = tiny()
+def _budget_for_half_passes(cfg, n_inputs, n_classes, micro):
+    """A tile SRAM budget under which the planned store_all time loop fits one IPU with half the micro-batch per
+    input-gradient pass but not with all of it (the fullest tile's bytes at the two, by the graph's model)."""
+    model = graph_model(cfg, n_inputs, n_classes, micro)
+    c = Candidate.of(cfg.data.num_steps, cfg.bptt.window, store_all(-(-cfg.data.num_steps // cfg.bptt.window)))
+    half, whole = model.max_tile_bytes(c, micro // 2), model.max_tile_bytes(c, micro)
+    assert half < whole  # halving the pass shrinks the fullest tile at this size
+    return (half + whole) // 2
+
+
+def test_tiny_run_trains_and_writes_the_run_folder(poptorch, monkeypatch, tmp_path, tiny):
+    # a first layer of 48: the input-gradient partials per sample then outweigh a pass's own terms on the fullest
+    # tile, so fewer samples per pass shrink it (at 12 they grow it)
+    cfg = tiny(model={"layers": [{"type": "rlif", "size": 48}, {"type": "lif", "size": 10}]},
+               bptt={"schedule": "store_all", "window": 3})
     splits = load_splits(cfg.data, cfg.training.seed)
     micro = micro_batch_size(cfg, cfg.ipu.replication)
+    # tiles smaller than a Mk2's, so that the plan gives the op fewer samples per pass than the micro-batch
+    monkeypatch.setattr(graph_plan, "MK2_TILE_BYTES", _budget_for_half_passes(cfg, splits.n_inputs,
+                                                                              splits.n_classes, micro))
     out = tmp_path / "run"
     seen_epochs = []
     summary = train(cfg, out, on_epoch_end=lambda epoch, row, net: seen_epochs.append(epoch))
@@ -142,8 +160,17 @@ def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path, tiny):
     test_loss, test_accuracy = evaluate(net, splits.test, 7, torch.device("cpu"))
     assert summary["test_loss"] == pytest.approx(test_loss, rel=1e-5)
     assert summary["test_accuracy"] == pytest.approx(test_accuracy)
-    # ipu-snn eval of an IPU run evaluates its host copy on the CPU
+    # ipu-snn eval of an IPU run evaluates its host copy on the CPU, built for the run's own device row: its
+    # products as the op leaves them (model.sparse: auto -> dense; the IPU host's torch lacks the list ops)
+    built = []
+    monkeypatch.setattr(evaluation, "build_network",
+                        lambda *args, **kwargs: built.append((kwargs["device"], build_network(*args, **kwargs)))
+                        or built[-1][1])
     assert evaluate_run(out) == pytest.approx((test_loss, test_accuracy), rel=1e-5)
+    (device, host_copy), = built
+    policies = [p for layer in host_copy.layers for p in (layer.policies.input, layer.policies.recurrent) if p]
+    assert cfg.model.sparse == "auto" and device == "ipu-model"
+    assert {p.mode for p in policies + [host_copy.readout.policy]} == {"dense"}
 
     training_opts, eval_opts = poptorch.options_made
     calls = training_opts.calls()
@@ -157,7 +184,8 @@ def test_tiny_run_trains_and_writes_the_run_folder(poptorch, tmp_path, tiny):
     # the op PopART would build is the program the plan counted: its samples per input-gradient pass are
     # those `ipu-snn plan --device ipu-mk2` reports for one replica under the planned schedule and window
     planned = plan_for_config(cfg, splits.n_inputs, splits.n_classes, micro).tiles["graph"]["samples_per_pass"]
-    assert planned > 0 and {c["attributes"]["samples_per_pass"] for c in poptorch_standin.custom_op_calls} == {planned}
+    assert 0 < planned < micro
+    assert {c["attributes"]["samples_per_pass"] for c in poptorch_standin.custom_op_calls} == {planned}
 
 
 def test_poprun_instance_takes_its_share_and_writes_nothing(poptorch, monkeypatch, tmp_path, tiny):

@@ -421,9 +421,8 @@ def _reference_step(alif, reset, surrogate, threshold, adapt, scale, current, v_
 
 def _check_neuron_step(harness, kind, reset, surrogate, neurons_, tiles, missing=()):
     """Runs the neuron vertices through the harness and compares every output with autograd.
-    `missing`: gradients (z, v, a) that PopART leaves unconnected, which NeuronStepGradOpx
-    replaces by a broadcast zero: the harness gets zeros there, and the reference leaves
-    those outputs out of the loss."""
+    `missing`: gradients (z, v, a) that arrive as zeros (an output nothing downstream reads):
+    the harness gets zeros there, and the reference leaves those outputs out of the loss."""
     # 13 samples share out over 6 workers unevenly, by elements forward and by (pairs
     # of, for half) rows backward.
     g = torch.Generator().manual_seed(len(kind) * 100 + RESETS[reset] * 10 + SURROGATES[surrogate] + neurons_)

@@ -373,7 +373,7 @@ void runNeuron(const NeuronCase &c) {
     unblock(bits, rowBytes, bytes, bitBlock);
   }
   // NeuronBackward, reading the stitched bits; each worker has its own slice
-  // of re-packed spikes, sized as NeuronStepGradOpx::grow sizes it.
+  // of re-packed spikes, sized as network_graph.cpp sizes a part's ownBits.
   const unsigned workers = poplar::MultiVertex::numWorkers();
   const unsigned rowsPerWorker = ipu_snn::core::worker_span_bound<unsigned>(
       c.batch, workers, ipu_snn::core::kWordItems<T>);
