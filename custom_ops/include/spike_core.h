@@ -18,9 +18,9 @@
 // (a row is at least one page), which made a per-sample gather about 4x slower
 // on CPU. A tile has no cache or TLB, holds only a few weight columns, and
 // shares its work among worker threads that cannot wait for one another to
-// build an index; the per-sample loops further down ("On a tile") walk the list
-// directly instead, each worker owning the outputs it writes, and add in the
-// same order (a sample's list is ascending, as compact_row writes it).
+// build an index; the packed-bit loops further down (network_codelets.cpp's)
+// walk each sample's bits directly instead, each worker owning the outputs it
+// writes, and add in ascending neuron order, as the CPU loops do.
 //
 // T is the weight/gradient element type (float, double, half, bfloat16); Acc
 // is the type sums are carried in, so half weights accumulate in float. I,
@@ -392,91 +392,6 @@ void scatter_add_bits_row(const G* IPU_SNN_SPIKE_RESTRICT grad_row, int64_t n_ou
   for (int64_t k = 0; k < count; ++k) {
     Acc* gw = grad_weight + static_cast<int64_t>(ids[k]) * n_out;
     for (int64_t c = 0; c < n_out; ++c) gw[c] += Acc(grad_row[c]);
-  }
-}
-
-// ----------------------------------------------------------------- On a tile --
-// A tile owns a block of columns [0, n_cols) of the weight (rows strided by
-// weight_stride) and of the output; ids [B * capacity] and counts [B] are the
-// whole spike list. Each function covers a range a worker owns, so workers
-// that own disjoint ranges never write the same element.
-
-// Forward, spikes @ weight, for samples [b_begin, b_end): out[b, c] = the sum
-// over k < counts[b] of weight[ids[b * capacity + k], c]. Overwrites those
-// output rows. Spikes are 1, so nothing is multiplied.
-template <typename T, typename Acc, typename I>
-void forward_samples(const T* weight, I weight_stride, const int32_t* ids,
-                     const int32_t* counts, I capacity, I b_begin, I b_end, I n_cols,
-                     Acc* out, I out_stride) {
-  for (I b = b_begin; b < b_end; ++b) {
-    Acc* o = out + b * out_stride;
-    for (I c = 0; c < n_cols; ++c) o[c] = Acc(0);
-    const int32_t* listed = ids + b * capacity;
-    for (int32_t k = 0; k < counts[b]; ++k) {
-      const T* row = weight + I(listed[k]) * weight_stride;
-      for (I c = 0; c < n_cols; ++c) o[c] += Acc(row[c]);
-    }
-  }
-}
-
-// Weight gradient, spikes^T @ grad_out, for the weight rows (neurons)
-// [row_begin, row_end): grad_weight[i, c] = the sum of grad_out[b, c] over the
-// entries (b, k < counts[b]) that list i, in sample order. Overwrites those
-// rows (0 where nothing lists the neuron); entries of other rows are skipped.
-template <typename G, typename Acc, typename I>
-void grad_weight_samples(const G* grad_out, I grad_stride, const int32_t* ids,
-                         const int32_t* counts, I batch, I capacity, I row_begin,
-                         I row_end, I n_cols, Acc* grad_weight, I grad_weight_stride) {
-  for (I i = row_begin; i < row_end; ++i) {
-    Acc* gw = grad_weight + i * grad_weight_stride;
-    for (I c = 0; c < n_cols; ++c) gw[c] = Acc(0);
-  }
-  for (I b = 0; b < batch; ++b) {
-    const int32_t* listed = ids + b * capacity;
-    const G* g = grad_out + b * grad_stride;
-    for (int32_t k = 0; k < counts[b]; ++k) {
-      const I i = I(listed[k]);
-      if (i < row_begin || i >= row_end) continue;
-      Acc* gw = grad_weight + i * grad_weight_stride;
-      for (I c = 0; c < n_cols; ++c) gw[c] += Acc(g[c]);
-    }
-  }
-}
-
-// Input gradient at the list positions [p_begin, p_end) of [B, capacity]:
-// values[p] = <weight[ids[p], :], grad_out[b, :]> over the block's columns
-// for p = b * capacity + k with k < counts[b], and 0 at unlisted positions.
-template <typename T, typename G, typename Acc, typename I>
-void grad_input_positions(const T* weight, I weight_stride, I n_cols, const G* grad_out,
-                          I grad_stride, const int32_t* ids, const int32_t* counts,
-                          I capacity, I p_begin, I p_end, T* values) {
-  if (p_begin >= p_end) return;
-  I b = p_begin / capacity, k = p_begin - b * capacity;  // the one division
-  for (I p = p_begin; p < p_end; ++p) {
-    values[p] = k < I(counts[b])
-                    ? T(dot<T, G, Acc>(weight + I(ids[p]) * weight_stride,
-                                       grad_out + b * grad_stride, n_cols))
-                    : T(0);
-    if (++k == capacity) {
-      k = 0;
-      ++b;
-    }
-  }
-}
-
-// One sample's input gradient as a dense row, restricted to the neurons
-// [j_begin, j_end): the listed values put back at their neurons,
-// out[ids[k]] += values[k] for k < count, and 0 at every neuron the sample did
-// not list. Overwrites out[j_begin, j_end) (out indexed by neuron). Adds rather
-// than assigns so that it equals a scatter-add however the list was built (a
-// list from compact_row names no neuron twice).
-template <typename V, typename T, typename I>
-void scatter_listed_range(const V* values, const int32_t* ids, int32_t count, I j_begin,
-                          I j_end, T* out) {
-  for (I j = j_begin; j < j_end; ++j) out[j] = T(0);
-  for (int32_t k = 0; k < count; ++k) {
-    const I j = I(ids[k]);
-    if (j >= j_begin && j < j_end) out[j] = T(out[j] + T(values[k]));
   }
 }
 

@@ -1,6 +1,6 @@
-// Poplar vertices that the network op (network_graph.cpp) adds to the spike
-// and neuron vertices: the glue of a time loop run on the tiles. Compiled by
-// popc into the same .gp as the others.
+// Poplar vertices that the network op (network_graph.cpp) adds to the neuron
+// vertices: the glue of a time loop run on the tiles. Compiled by popc into
+// the same .gp as neuron_codelets.cpp.
 //
 // Step indexing: a program::Repeat runs the same compute sets every step, so a
 // vertex that reads or writes "step n" of a buffer takes the step counter (a
@@ -90,7 +90,7 @@ template class ThresholdGrad<float>;
 template class ThresholdGrad<half>;
 
 // out[i] = sum over p of parts[p * len + i]: the per-tile partial input
-// gradients of a product (SpikeMatmulGradInput), summed where they are used.
+// gradients of a product (DenseGradInput, ListedGradInput), summed where they are used.
 template <typename T>
 class SumParts : public poplar::MultiVertex {
 public:

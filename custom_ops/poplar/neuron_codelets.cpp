@@ -1,7 +1,7 @@
 // Poplar vertices of the fused LIF/ALIF neuron step (Poplar SDK 3.x, compiled
-// by popc into the same spike_codelets.gp as spike_codelets.cpp).
+// by popc into the same ipu_snn_codelets.gp as network_codelets.cpp).
 //
-// Like the matmul vertices, every compute() is glue around the shared core,
+// Like the network vertices, every compute() is glue around the shared core,
 // custom_ops/include/neuron_core.h (neuron_forward, pack_bits, repack_bits,
 // neuron_backward), which the CPU extension runs in CI, called with a tile's
 // types: unsigned indices and float scalars.

@@ -18,7 +18,7 @@ for a column split over 2-3 tiles with boundaries inside a packed spike byte,
 stitching the tiles' outputs as grow() maps them. A MultiVertex runs with every
 worker id, and the harness fails if two workers write the same 32-bit word or
 the result depends on their order. Its results are compared with references
-computed here in torch (dense matmuls, and autograd through ipu_snn.neuron.reference),
+computed here in torch (autograd through ipu_snn.neuron.reference),
 so a wrong field convention, stride, split, worker share or bit offset in the
 glue fails. The mock's half is a float, so half rounding is not emulated: the
 half instantiations are checked for the same glue, not precision.
@@ -49,7 +49,7 @@ MOCK = Path(__file__).resolve().parents[1] / "poplar_mock"
 SDK_HEADERS = Path(__file__).resolve().parents[1] / "ipu_sdk_headers"
 SDK_INCLUDE_DIRS = [SDK_HEADERS / "popart", SDK_HEADERS / "poplibs", SDK_HEADERS / "poprithms"]
 HARNESS = Path(__file__).resolve().parents[1] / "poplar_harness" / "codelet_harness.cpp"
-CODELETS = ["spike_codelets.cpp", "neuron_codelets.cpp", "network_codelets.cpp"]
+CODELETS = ["neuron_codelets.cpp", "network_codelets.cpp"]
 OPS = ["network_op.cpp"]
 
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
@@ -189,13 +189,6 @@ def test_sources_use_only_sdk_headers():
 
 # source: (core header, core functions it calls, vertices: base class)
 VERTICES = {
-    "spike_codelets.cpp": ("spike_core.h",
-                           ("forward_samples", "grad_weight_samples", "grad_input_positions",
-                            "scatter_listed_range", "compact_row"),
-                           {"SpikeMatmulForward": "MultiVertex", "SpikeMatmulGradWeight": "MultiVertex",
-                            "SpikeMatmulGradInput": "MultiVertex", "ScatterListed": "MultiVertex",
-                            # lists one sample's spikes in order: one worker's job
-                            "SpikeSelect": "Vertex"}),
     "neuron_codelets.cpp": ("neuron_core.h",
                             ("neuron_forward", "pack_bits", "repack_bits", "neuron_backward_of"),
                             {"NeuronForward": "MultiVertex", "PackSpikes": "MultiVertex",
@@ -363,42 +356,6 @@ TOLERANCE = {"float": 1e-5, "half": 4e-3}
 def _as_stored(t: torch.Tensor, dtype: str) -> torch.Tensor:
     """t as the harness holds it in that type (it reads float32 and converts), in float64."""
     return (t.to(torch.float16) if dtype == "half" else t.to(torch.float32)).double()
-
-
-@pytest.mark.parametrize("n_out,tiles", [(10, 3), (9, 2), (2, 3)])
-def test_spike_matmul_vertices_over_a_column_split_match_dense(harness, n_out, tiles):
-    g = torch.Generator().manual_seed(n_out * 10 + tiles)
-    # 9 samples and 12 rows share out over 6 workers unevenly; 9 * 5 list positions
-    # split into half-precision word pairs with a short last pair.
-    batch, capacity, n_in = 9, 5, 12
-    counts = torch.randint(0, capacity + 1, (batch,), generator=g)
-    ids = torch.randint(0, n_in, (batch, capacity), generator=g)  # unused slots: valid junk
-    for b in range(batch):
-        ids[b, :counts[b]] = torch.randperm(n_in, generator=g)[:counts[b]].sort().values
-    weight = torch.randn(n_in, n_out, generator=g)
-    grad_out = torch.randn(batch, n_out, generator=g)
-
-    out = _run(harness, ["matmul", batch, capacity, n_in, n_out, tiles, *ids.flatten().tolist(),
-                         *counts.tolist(), *_values(weight), *_values(grad_out)])
-    assert len(out) == 8
-
-    listed = torch.arange(capacity)[None, :] < counts[:, None]
-    spikes = torch.zeros(batch, n_in, dtype=torch.float64)
-    for b in range(batch):
-        spikes[b, ids[b, listed[b]]] = 1.0
-    for offset, dtype in ((0, "float"), (4, "half")):
-        w, go = _as_stored(weight, dtype), _as_stored(grad_out, dtype)
-        want_out = spikes @ w
-        want_grad_w = spikes.t() @ go
-        want_values = torch.where(listed, (w[ids] * go[:, None, :]).sum(-1), torch.zeros((), dtype=torch.float64))
-        # SpikeLinear's sparse z gradient: the dense one at the listed neurons, 0 elsewhere
-        want_grad_z = (go @ w.t()) * spikes
-        tol = TOLERANCE[dtype]
-        got_out, got_gw, got_values, got_grad_z = out[offset:offset + 4]
-        for name, got, want in (("forward", got_out, want_out), ("grad weight", got_gw, want_grad_w),
-                                ("grad input", got_values, want_values), ("scattered grad z", got_grad_z, want_grad_z)):
-            np.testing.assert_allclose(got.reshape(want.shape), want.numpy(), rtol=tol, atol=tol,
-                                       err_msg=f"{name} ({dtype})")
 
 
 def _reference_step(alif, reset, surrogate, threshold, adapt, scale, current, v_prev, a_prev, beta, rho,

@@ -6,8 +6,7 @@
 // Poplar's vertex state). For every tile of the column split it copies the
 // tile's blocks out of the global tensors (what connecting
 // `columnBlock(tensor, columns)` to a field gives the vertex), runs the
-// vertex, and puts the outputs back where the Opx maps them; the
-// input-gradient partials are summed over the tiles as popops::reduce does.
+// vertex, and puts the outputs back where the Opx maps them.
 // The split is tile_split.hpp's, the one the Opx use. The test compares the
 // output with torch references computed independently in Python.
 //
@@ -22,11 +21,6 @@
 //
 // Protocol (whitespace-separated tokens on stdin, results on stdout):
 //   split   <count> then <n> <parts> pairs  -> one line per pair: begin end ...
-//   matmul  <B> <K> <nIn> <nOut> <tiles> ids[B*K] counts[B] weight[nIn*nOut]
-//           gradOut[B*nOut]                 -> per type (float, half):
-//           out[B*nOut] gradWeight[nIn*nOut] values[B*K] gradZ[B*nIn], one
-//           line each (gradZ: the values scattered to rows by ScatterListed,
-//           one vertex per sample, as SpikeLinearGradSpikes with dense_grad 0)
 //   neuron  <B> <N> <tiles> <adaptive> <reset> <surrogate> <threshold>
 //           <adapt_strength> <scale> current vPrev aPrev [B*N] beta rho [N]
 //           gradZ gradV gradA [B*N]         -> per type (float, half):
@@ -47,14 +41,12 @@
 #include <poplar_mock/FieldAccess.hpp>
 
 #include "neuron_codelets.cpp"
-#include "spike_codelets.cpp"
 #include "tile_split.hpp"
 
 namespace {
 
 using ipu_snn::tiling::Range;
 using poplar_mock::bind;
-using poplar_mock::bindScalar;
 
 template <typename T>
 std::vector<T> readValues(std::size_t n) {
@@ -266,64 +258,6 @@ void runSplit() {
   }
 }
 
-struct MatmulCase {
-  std::size_t batch, capacity, nIn, nOut, tiles;
-  std::vector<int> ids, counts;
-  std::vector<float> weight, gradOut;
-};
-
-template <typename T>
-void runMatmul(MatmulCase &m) {
-  const std::vector<T> weight = convert<T>(m.weight), gradOut = convert<T>(m.gradOut);
-  std::vector<float> out(m.batch * m.nOut), gradWeight(m.nIn * m.nOut);
-  std::vector<float> values(m.batch * m.capacity, 0.0f);  // the reduce over tiles
-  for (const Range &cols : ownedColumns(m.nOut, m.tiles)) {
-    // This tile's blocks, as SpikeMatmul*Opx::grow connect them.
-    std::vector<T> wBlock = block(weight, m.nOut, cols), gBlock = block(gradOut, m.nOut, cols);
-
-    SpikeMatmulForward<T> fwd;
-    std::vector<float> outBlock(m.batch * cols.size());
-    bind(fwd.ids, m.ids); bind(fwd.counts, m.counts); bind(fwd.weight, wBlock);
-    bind(fwd.out, outBlock);
-    fwd.capacity = m.capacity; fwd.colBegin = cols.begin; fwd.colEnd = cols.end;
-    runWorkers(fwd, {written(outBlock)}, "SpikeMatmulForward");
-    unblock(out, m.nOut, cols, outBlock);
-
-    SpikeMatmulGradWeight<T> gw;
-    std::vector<float> gwBlock(m.nIn * cols.size());
-    bind(gw.ids, m.ids); bind(gw.counts, m.counts); bind(gw.gradOut, gBlock);
-    bind(gw.gradWeight, gwBlock);
-    gw.capacity = m.capacity; gw.colBegin = cols.begin; gw.colEnd = cols.end;
-    runWorkers(gw, {written(gwBlock)}, "SpikeMatmulGradWeight");
-    unblock(gradWeight, m.nOut, cols, gwBlock);
-
-    SpikeMatmulGradInput<T> gi;
-    std::vector<T> partial(m.batch * m.capacity);
-    bind(gi.ids, m.ids); bind(gi.counts, m.counts); bind(gi.weight, wBlock);
-    bind(gi.gradOut, gBlock); bind(gi.partial, partial);
-    gi.capacity = m.capacity; gi.colBegin = cols.begin; gi.colEnd = cols.end;
-    runWorkers(gi, {written(partial)}, "SpikeMatmulGradInput");
-    for (std::size_t i = 0; i < values.size(); ++i) values[i] += float(partial[i]);
-  }
-  // ScatterListed, one vertex per sample, on the reduced values (in T, as the
-  // reduce returns them); every row element must be written.
-  std::vector<float> gradZ(m.batch * m.nIn);
-  for (std::size_t b = 0; b < m.batch; ++b) {
-    std::vector<T> row(values.begin() + b * m.capacity, values.begin() + (b + 1) * m.capacity);
-    std::vector<int> ids(m.ids.begin() + b * m.capacity, m.ids.begin() + (b + 1) * m.capacity);
-    int count = m.counts[b];
-    std::vector<T> rowOut(m.nIn);
-    ScatterListed<T> sc;
-    bind(sc.values, row); bind(sc.ids, ids); bindScalar(sc.count, count); bind(sc.out, rowOut);
-    runWorkers(sc, {written(rowOut)}, "ScatterListed");
-    std::copy(rowOut.begin(), rowOut.end(), gradZ.begin() + b * m.nIn);
-  }
-  printLine(out);
-  printLine(gradWeight);
-  printLine(values);
-  printLine(gradZ);
-}
-
 struct NeuronCase {
   std::size_t batch, neurons, tiles;
   unsigned adaptive, reset, surrogate;
@@ -421,15 +355,6 @@ int main() {
     runWorkerSpans();
   } else if (mode == "selfcheck") {
     runSelfCheck();
-  } else if (mode == "matmul") {
-    MatmulCase m;
-    std::cin >> m.batch >> m.capacity >> m.nIn >> m.nOut >> m.tiles;
-    m.ids = readValues<int>(m.batch * m.capacity);
-    m.counts = readValues<int>(m.batch);
-    m.weight = readValues<float>(m.nIn * m.nOut);
-    m.gradOut = readValues<float>(m.batch * m.nOut);
-    runMatmul<float>(m);
-    runMatmul<half>(m);
   } else if (mode == "neuron") {
     NeuronCase c;
     std::cin >> c.batch >> c.neurons >> c.tiles >> c.adaptive >> c.reset >> c.surrogate >>

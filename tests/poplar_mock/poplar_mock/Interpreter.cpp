@@ -14,7 +14,6 @@
 #include <poplar/Vertex.hpp>
 
 #include "FieldAccess.hpp"
-#include "spike_codelets.cpp"
 #include "neuron_codelets.cpp"
 #include "network_codelets.cpp"
 
@@ -137,29 +136,6 @@ template <typename V> VertexSpec makeVertex(std::vector<FieldSpec> fields) {
 
 template <typename T> void addTyped(std::map<std::string, VertexSpec> &r, const std::string &t) {
   const std::string suffix = "<" + t + ">";
-  {
-    using V = SpikeMatmulForward<T>;
-    r["SpikeMatmulForward" + suffix] = makeVertex<V>(
-        {FIELD(ids), FIELD(counts), FIELD(weight), FIELD(out), FIELD(capacity), FIELD(colBegin), FIELD(colEnd)});
-  }
-  {
-    using V = SpikeMatmulGradWeight<T>;
-    r["SpikeMatmulGradWeight" + suffix] = makeVertex<V>({FIELD(ids), FIELD(counts), FIELD(gradOut),
-                                                         FIELD(gradWeight), FIELD(capacity),
-                                                         FIELD(colBegin), FIELD(colEnd)});
-  }
-  {
-    using V = SpikeMatmulGradInput<T>;
-    r["SpikeMatmulGradInput" + suffix] =
-        makeVertex<V>({FIELD(ids), FIELD(counts), FIELD(weight), FIELD(gradOut), FIELD(partial),
-                       FIELD(capacity), FIELD(colBegin), FIELD(colEnd)});
-  }
-  {
-    using V = SpikeSelect<T>;
-    r["SpikeSelect" + suffix] = makeVertex<V>({FIELD(membrane), FIELD(spikeMask), FIELD(nearMask), FIELD(ids),
-                                               FIELD(counts), FIELD(threshold), FIELD(nearThreshold),
-                                               FIELD(useNear)});
-  }
   {
     using V = NeuronForward<T>;
     r["NeuronForward" + suffix] = makeVertex<V>(
